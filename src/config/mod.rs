@@ -1,0 +1,295 @@
+//! Configuration in two layers (SPEC §3): [`raw`] mirrors the TOML with
+//! unknown keys rejected; [`validate`] turns it into the typed [`Config`]
+//! below, or into every error found, each naming its key.
+//!
+//! After validation invalid states are unrepresentable: addresses are
+//! `SocketAddr`s, durations `Duration`s, regexes compiled, CIDRs parsed.
+
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::{NameValue, RuleSpec};
+pub use validate::{compile_rules, parse_config};
+
+use crate::route::rule::Rule;
+
+/// One of the two pools of every app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    /// The other colour: blue's standby is green and the other way round.
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    /// Index into `[blue, green]` arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Color> {
+        match s {
+            "blue" => Some(Color::Blue),
+            "green" => Some(Color::Green),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from; `None` for a config built from a string
+    /// (tests, the embedded demo). Reload re-reads this path.
+    pub path: Option<PathBuf>,
+    pub server: ServerSettings,
+    pub limits: Limits,
+    pub tls: Vec<CertPaths>,
+    pub admin: AdminSettings,
+    pub state: StateSettings,
+    /// Apps in name order.
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Plain HTTP/1.1 + h2c listeners. Default `["0.0.0.0:8080"]`.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners. Default none.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Data-plane worker threads; default 0 = one per core.
+    pub workers: usize,
+    /// How long SIGTERM waits for in-flight work. Default 30 s.
+    pub shutdown_timeout: Duration,
+    /// Add `x-cutover-color` to responses. Default false.
+    pub color_header: bool,
+}
+
+impl ServerSettings {
+    /// The number of worker threads to start: `workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head in bytes (default 65536); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes; 0 (default) = unlimited; larger gets 413.
+    pub max_body_bytes: u64,
+    /// Request head must be complete within this (default 10 s) or 408.
+    pub client_header_timeout: Duration,
+    /// Idle keep-alive client connections are closed after this (default 60 s).
+    pub client_idle_timeout: Duration,
+    /// Upstream TCP connect limit (default 2 s); beyond it, 502 (after one retry).
+    pub upstream_connect_timeout: Duration,
+    /// Upstream response head limit (default 60 s); beyond it, 504.
+    pub upstream_response_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this (default 30 s).
+    pub upstream_idle_timeout: Duration,
+    /// No upstream connection is reused past this age (default 10 min).
+    pub upstream_max_lifetime: Duration,
+    /// Downstream connections at once (default 20000); beyond it accept waits.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 65536,
+            max_body_bytes: 0,
+            client_header_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
+            upstream_connect_timeout: Duration::from_secs(2),
+            upstream_response_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(30),
+            upstream_max_lifetime: Duration::from_secs(600),
+            max_connections: 20000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Default `127.0.0.1:9901`.
+    pub listen: SocketAddr,
+    /// Where the token comes from; read when the daemon starts.
+    pub token: TokenSource,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    None,
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Runtime state file; `None` keeps state in memory only (tests, demo).
+    pub file: Option<PathBuf>,
+}
+
+/// How a user is recognised so that they stay on their colour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    Cookie(String),
+    Header(http::HeaderName),
+    Ip,
+    None,
+}
+
+impl fmt::Display for Sticky {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sticky::Cookie(n) => write!(f, "cookie:{n}"),
+            Sticky::Header(n) => write!(f, "header:{n}"),
+            Sticky::Ip => f.write_str("ip"),
+            Sticky::None => f.write_str("none"),
+        }
+    }
+}
+
+/// A host pattern: exact (`shop.example.com`) or wildcard (`*.shop.example.com`,
+/// stored as the suffix `shop.example.com`). Always lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    /// Empty = the catch-all app.
+    pub hosts: Vec<HostPattern>,
+    /// Default "/".
+    pub path_prefix: String,
+    /// Initial live colour when no state exists. Default blue.
+    pub live: Color,
+    /// Initial standby share of default traffic, 0–100. Default 0.
+    pub standby_percent: f64,
+    /// Default `cookie:cutover`.
+    pub sticky: Sticky,
+    /// Upgraded connections on a pool with no traffic are closed after this.
+    pub drain_timeout: Option<Duration>,
+    /// `[blue, green]`.
+    pub pools: [PoolConfig; 2],
+    /// The initial rules, validated; compiled again into the snapshot.
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub servers: Vec<ServerConfig>,
+    /// Default round robin.
+    pub balance: Balance,
+    pub health: Option<HealthConfig>,
+    /// Default HTTP/1.1.
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// Relative share of the pool's traffic. Default 1.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Default `/healthz`.
+    pub path: String,
+    /// Default 2 s.
+    pub interval: Duration,
+    /// Default 1 s.
+    pub timeout: Duration,
+    /// Consecutive successes to mark a server up. Default 2.
+    pub rise: u32,
+    /// Consecutive failures to mark a server down. Default 3.
+    pub fall: u32,
+}
+
+impl Config {
+    /// Read and validate a config file. Errors come back all at once.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+        parse_config(&text, Some(path))
+    }
+
+    /// Parse a config from a string; relative paths resolve against the
+    /// current directory.
+    pub fn from_toml(text: &str) -> Result<Config, Vec<String>> {
+        parse_config(text, None)
+    }
+
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+/// Compiled rules of one app, with the key prefix used in errors.
+pub type CompiledRules = Vec<Rule>;

@@ -1,0 +1,154 @@
+//! The TOML file as serde sees it: every section and key of SPEC §3, with
+//! unknown keys rejected. Nothing here is checked beyond its TOML type;
+//! [`super::validate`] turns these into typed values or a list of errors.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Vec<String>>,
+    pub listen_tls: Option<Vec<String>>,
+    pub workers: Option<i64>,
+    pub shutdown_timeout: Option<String>,
+    pub color_header: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<i64>,
+    pub max_body_bytes: Option<i64>,
+    pub client_header_timeout: Option<String>,
+    pub client_idle_timeout: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_response_timeout: Option<String>,
+    pub upstream_idle_timeout: Option<String>,
+    pub upstream_max_lifetime: Option<String>,
+    pub max_connections: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub certs: Vec<RawCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub hosts: Option<Vec<String>>,
+    pub path_prefix: Option<String>,
+    pub live: Option<String>,
+    pub standby_percent: Option<f64>,
+    pub sticky: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub blue: Option<RawPool>,
+    pub green: Option<RawPool>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    #[serde(default)]
+    pub servers: Vec<RawServerEntry>,
+    pub balance: Option<String>,
+    pub health: Option<RawHealth>,
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawServerEntry {
+    Addr(String),
+    Full(RawServerFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerFull {
+    pub addr: String,
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+}
+
+/// A canary rule as written in the config, in the state file and in the
+/// admin API (`PUT /v1/apps/{app}/rules`). The same type in all three places
+/// so a rule is validated by one function wherever it comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub name: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameValue {
+    pub name: String,
+    pub value: String,
+}

@@ -1,0 +1,425 @@
+//! Raw TOML → typed [`Config`], collecting every error with the key it
+//! belongs to (`apps.shop.rules[1].percent: must be between 0 and 100, got 150`).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw::*;
+use super::*;
+use crate::route::rule::Rule;
+
+/// Collects errors so that one run reports all of them.
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, key: &str, msg: impl fmt::Display) {
+        self.0.push(format!("{key}: {msg}"));
+    }
+}
+
+pub fn parse_config(text: &str, path: Option<&Path>) -> Result<Config, Vec<String>> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "config".into());
+        vec![format!("{name}: {}", e.to_string().trim_end())]
+    })?;
+    let base = path
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut errs = Errors(Vec::new());
+    let cfg = build(raw, &base, path, &mut errs);
+    if errs.0.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) -> Config {
+    let d = Limits::default();
+    let server = ServerSettings {
+        listen: addrs(
+            "server.listen",
+            raw.server.listen.unwrap_or_else(|| vec!["0.0.0.0:8080".into()]),
+            errs,
+        ),
+        listen_tls: addrs("server.listen_tls", raw.server.listen_tls.unwrap_or_default(), errs),
+        workers: int_range("server.workers", raw.server.workers, 0, 0, 1024, errs) as usize,
+        shutdown_timeout: duration(
+            "server.shutdown_timeout",
+            raw.server.shutdown_timeout,
+            Duration::from_secs(30),
+            errs,
+        ),
+        color_header: raw.server.color_header.unwrap_or(false),
+    };
+    if server.listen.is_empty() && server.listen_tls.is_empty() {
+        errs.push("server.listen", "at least one listen or listen_tls address is needed");
+    }
+    let l = raw.limits;
+    let limits = Limits {
+        max_header_bytes: int_range(
+            "limits.max_header_bytes",
+            l.max_header_bytes,
+            d.max_header_bytes as i64,
+            1024,
+            16 << 20,
+            errs,
+        ) as usize,
+        max_body_bytes: int_range("limits.max_body_bytes", l.max_body_bytes, 0, 0, i64::MAX, errs)
+            as u64,
+        client_header_timeout: duration(
+            "limits.client_header_timeout",
+            l.client_header_timeout,
+            d.client_header_timeout,
+            errs,
+        ),
+        client_idle_timeout: duration(
+            "limits.client_idle_timeout",
+            l.client_idle_timeout,
+            d.client_idle_timeout,
+            errs,
+        ),
+        upstream_connect_timeout: duration(
+            "limits.upstream_connect_timeout",
+            l.upstream_connect_timeout,
+            d.upstream_connect_timeout,
+            errs,
+        ),
+        upstream_response_timeout: duration(
+            "limits.upstream_response_timeout",
+            l.upstream_response_timeout,
+            d.upstream_response_timeout,
+            errs,
+        ),
+        upstream_idle_timeout: duration(
+            "limits.upstream_idle_timeout",
+            l.upstream_idle_timeout,
+            d.upstream_idle_timeout,
+            errs,
+        ),
+        upstream_max_lifetime: duration(
+            "limits.upstream_max_lifetime",
+            l.upstream_max_lifetime,
+            d.upstream_max_lifetime,
+            errs,
+        ),
+        max_connections: int_range(
+            "limits.max_connections",
+            l.max_connections,
+            d.max_connections as i64,
+            1,
+            10_000_000,
+            errs,
+        ) as usize,
+    };
+    let tls = raw
+        .tls
+        .certs
+        .into_iter()
+        .map(|c| CertPaths { cert: base.join(c.cert), key: base.join(c.key) })
+        .collect::<Vec<_>>();
+    if !server.listen_tls.is_empty() && tls.is_empty() {
+        errs.push("server.listen_tls", "TLS listeners need at least one [[tls.certs]] entry");
+    }
+    let admin = admin(raw.admin, base, errs);
+    let state = StateSettings { file: raw.state.file.map(|f| base.join(f)) };
+    let apps = raw
+        .apps
+        .into_iter()
+        .map(|(name, app)| build_app(name, app, errs))
+        .collect::<Vec<_>>();
+    if apps.is_empty() {
+        errs.push("apps", "at least one app is needed");
+    }
+    check_overlaps(&apps, errs);
+    Config {
+        path: path.map(Path::to_path_buf),
+        server,
+        limits,
+        tls,
+        admin,
+        state,
+        apps,
+    }
+}
+
+fn admin(raw: RawAdmin, base: &Path, errs: &mut Errors) -> AdminSettings {
+    let listen = match raw.listen {
+        None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+        Some(s) => addr("admin.listen", &s, errs).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
+    };
+    let token = match (raw.token_file, raw.token_env) {
+        (Some(_), Some(_)) => {
+            errs.push("admin.token_file", "give token_file or token_env, not both");
+            TokenSource::None
+        }
+        (Some(f), None) => TokenSource::File(base.join(f)),
+        (None, Some(e)) if e.is_empty() => {
+            errs.push("admin.token_env", "must name an environment variable");
+            TokenSource::None
+        }
+        (None, Some(e)) => TokenSource::Env(e),
+        (None, None) => TokenSource::None,
+    };
+    if token == TokenSource::None && !listen.ip().is_loopback() {
+        errs.push(
+            "admin.listen",
+            format!("{listen} is not a loopback address: set admin.token_file or admin.token_env"),
+        );
+    }
+    AdminSettings { listen, token }
+}
+
+fn build_app(name: String, raw: RawApp, errs: &mut Errors) -> AppConfig {
+    let key = format!("apps.{name}");
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        errs.push(&key, "app names may hold only letters, digits, '-' and '_'");
+    }
+    let hosts = raw
+        .hosts
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| host_pattern(&format!("{key}.hosts[{i}]"), h, errs))
+        .collect();
+    let path_prefix = raw.path_prefix.unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') {
+        errs.push(&format!("{key}.path_prefix"), format!("must start with '/', got {path_prefix:?}"));
+    }
+    let live = match raw.live.as_deref() {
+        None => Color::Blue,
+        Some(s) => color(&format!("{key}.live"), s, errs),
+    };
+    let standby_percent = raw.standby_percent.unwrap_or(0.0);
+    percent(&format!("{key}.standby_percent"), standby_percent, errs);
+    let sticky = sticky(&format!("{key}.sticky"), raw.sticky.as_deref().unwrap_or("cookie:cutover"), errs);
+    let drain_timeout = raw
+        .drain_timeout
+        .map(|s| duration(&format!("{key}.drain_timeout"), Some(s), Duration::ZERO, errs));
+    let blue = pool(&format!("{key}.blue"), raw.blue, errs);
+    let green = pool(&format!("{key}.green"), raw.green, errs);
+    if let Err(e) = compile_rules(&key, &raw.rules) {
+        errs.0.extend(e);
+    }
+    AppConfig {
+        name,
+        hosts,
+        path_prefix,
+        live,
+        standby_percent,
+        sticky,
+        drain_timeout,
+        pools: [blue, green],
+        rules: raw.rules,
+    }
+}
+
+fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
+    let Some(raw) = raw else {
+        errs.push(key, "missing: every app needs a blue and a green pool");
+        return PoolConfig {
+            servers: vec![],
+            balance: Balance::RoundRobin,
+            health: None,
+            protocol: Protocol::Http1,
+        };
+    };
+    if raw.servers.is_empty() {
+        errs.push(&format!("{key}.servers"), "a pool needs at least one server");
+    }
+    let mut servers = Vec::new();
+    for (i, s) in raw.servers.iter().enumerate() {
+        let k = format!("{key}.servers[{i}]");
+        let (a, w) = match s {
+            RawServerEntry::Addr(a) => (a.as_str(), 1),
+            RawServerEntry::Full(f) => (f.addr.as_str(), int_range(&format!("{k}.weight"), f.weight, 1, 1, 1000, errs)),
+        };
+        if let Some(addr) = addr(&k, a, errs) {
+            if servers.iter().any(|s: &ServerConfig| s.addr == addr) {
+                errs.push(&k, format!("{addr} is listed twice"));
+            }
+            servers.push(ServerConfig { addr, weight: w as u32 });
+        }
+    }
+    let balance = match raw.balance.as_deref() {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("least_requests") => Balance::LeastRequests,
+        Some(o) => {
+            errs.push(&format!("{key}.balance"), format!("must be \"round_robin\" or \"least_requests\", got {o:?}"));
+            Balance::RoundRobin
+        }
+    };
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http1") => Protocol::Http1,
+        Some("h2") => Protocol::H2,
+        Some(o) => {
+            errs.push(&format!("{key}.protocol"), format!("must be \"http1\" or \"h2\", got {o:?}"));
+            Protocol::Http1
+        }
+    };
+    let health = raw.health.map(|h| {
+        let k = format!("{key}.health");
+        let path = h.path.unwrap_or_else(|| "/healthz".into());
+        if !path.starts_with('/') {
+            errs.push(&format!("{k}.path"), format!("must start with '/', got {path:?}"));
+        }
+        let interval = duration(&format!("{k}.interval"), h.interval, Duration::from_secs(2), errs);
+        let timeout = duration(&format!("{k}.timeout"), h.timeout, Duration::from_secs(1), errs);
+        if interval.is_zero() {
+            errs.push(&format!("{k}.interval"), "must be more than 0");
+        }
+        HealthConfig {
+            path,
+            interval,
+            timeout,
+            rise: int_range(&format!("{k}.rise"), h.rise, 2, 1, 100, errs) as u32,
+            fall: int_range(&format!("{k}.fall"), h.fall, 3, 1, 100, errs) as u32,
+        }
+    });
+    PoolConfig { servers, balance, health, protocol }
+}
+
+/// Validates and compiles an app's rules; `app_key` is `apps.NAME`.
+/// Used for the config, the state file and `PUT /v1/apps/{app}/rules` alike.
+pub fn compile_rules(app_key: &str, specs: &[RuleSpec]) -> Result<Vec<Rule>, Vec<String>> {
+    let mut errs = Errors(Vec::new());
+    let mut out = Vec::with_capacity(specs.len());
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let key = format!("{app_key}.rules[{i}]");
+        if spec.name.is_empty() {
+            errs.push(&format!("{key}.name"), "must not be empty");
+        } else if let Some(j) = names.insert(&spec.name, i) {
+            errs.push(&format!("{key}.name"), format!("{:?} is already the name of rules[{j}]", spec.name));
+        }
+        match Rule::compile(spec) {
+            Ok(rule) => out.push(rule),
+            Err(list) => {
+                for (field, msg) in list {
+                    errs.push(&format!("{key}.{field}"), msg);
+                }
+            }
+        }
+    }
+    if errs.0.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn check_overlaps(apps: &[AppConfig], errs: &mut Errors) {
+    let mut seen: HashMap<(Option<&HostPattern>, &str), &str> = HashMap::new();
+    for app in apps {
+        let hosts: Vec<Option<&HostPattern>> = if app.hosts.is_empty() {
+            vec![None]
+        } else {
+            app.hosts.iter().map(Some).collect()
+        };
+        for h in hosts {
+            if let Some(other) = seen.insert((h, app.path_prefix.as_str()), &app.name) {
+                let what = h.map(|h| format!("host {h}")).unwrap_or_else(|| "the catch-all (no hosts)".into());
+                errs.push(
+                    &format!("apps.{}", app.name),
+                    format!("{what} with path_prefix {:?} is already served by apps.{other}", app.path_prefix),
+                );
+            }
+        }
+    }
+}
+
+fn host_pattern(key: &str, h: &str, errs: &mut Errors) -> Option<HostPattern> {
+    let lower = h.to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest.to_string()),
+        None => (false, lower),
+    };
+    let ok = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !ok {
+        errs.push(key, format!("{h:?} is not a host name or a \"*.\" wildcard"));
+        return None;
+    }
+    Some(if wild { HostPattern::Wildcard(name) } else { HostPattern::Exact(name) })
+}
+
+fn sticky(key: &str, s: &str, errs: &mut Errors) -> Sticky {
+    if let Some(name) = s.strip_prefix("cookie:") {
+        if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Sticky::Cookie(name.to_string());
+        }
+    } else if let Some(name) = s.strip_prefix("header:") {
+        if let Ok(h) = http::HeaderName::from_bytes(name.as_bytes()) {
+            return Sticky::Header(h);
+        }
+    } else if s == "ip" {
+        return Sticky::Ip;
+    } else if s == "none" {
+        return Sticky::None;
+    }
+    errs.push(key, format!("must be \"cookie:NAME\", \"header:NAME\", \"ip\" or \"none\", got {s:?}"));
+    Sticky::None
+}
+
+fn color(key: &str, s: &str, errs: &mut Errors) -> Color {
+    Color::parse(s).unwrap_or_else(|| {
+        errs.push(key, format!("must be \"blue\" or \"green\", got {s:?}"));
+        Color::Blue
+    })
+}
+
+fn percent(key: &str, p: f64, errs: &mut Errors) {
+    if !(0.0..=100.0).contains(&p) {
+        errs.push(key, format!("must be between 0 and 100, got {p}"));
+    }
+}
+
+fn duration(key: &str, s: Option<String>, default: Duration, errs: &mut Errors) -> Duration {
+    match s {
+        None => default,
+        Some(s) => humantime::parse_duration(&s).unwrap_or_else(|e| {
+            errs.push(key, format!("{s:?} is not a duration like \"250ms\", \"2s\" or \"5m\" ({e})"));
+            default
+        }),
+    }
+}
+
+fn int_range(key: &str, v: Option<i64>, default: i64, min: i64, max: i64, errs: &mut Errors) -> i64 {
+    match v {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => v,
+        Some(v) => {
+            errs.push(key, format!("must be between {min} and {max}, got {v}"));
+            default
+        }
+    }
+}
+
+fn addrs(key: &str, list: Vec<String>, errs: &mut Errors) -> Vec<SocketAddr> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, a)| addr(&format!("{key}[{i}]"), a, errs))
+        .collect()
+}
+
+/// `IP:PORT`, or `HOST:PORT` resolved once, now (as nginx does at start).
+fn addr(key: &str, s: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let resolved = if s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+        s.to_socket_addrs().ok().and_then(|mut it| it.next())
+    } else {
+        None
+    };
+    if resolved.is_none() {
+        errs.push(key, format!("{s:?} is not an address like \"127.0.0.1:8080\""));
+    }
+    resolved
+}
+

@@ -1,0 +1,50 @@
+//! The control plane: everything that is not per request. It owns the one
+//! [`ArcSwap`] of the routing snapshot and is the only writer of it.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Semaphore};
+
+use crate::route::Snapshot;
+
+/// What the data plane and the control plane share.
+pub struct Shared {
+    /// The routing table. Loaded once per request; replaced whole.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// The epoch of the last stored snapshot; workers watch it to close
+    /// idle connections of pools that just lost their traffic.
+    pub swapped: watch::Sender<u64>,
+    /// `true` once shutdown has begun.
+    pub shutdown: watch::Sender<bool>,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_timeout: Duration,
+    /// `max_connections` over all workers.
+    pub conn_limit: Arc<Semaphore>,
+    /// Open client connections, all workers.
+    pub downstream_connections: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, shutdown_timeout: Duration) -> Shared {
+        let max = snapshot.settings.limits.max_connections;
+        let epoch = snapshot.epoch;
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            swapped: watch::Sender::new(epoch),
+            shutdown: watch::Sender::new(false),
+            shutdown_timeout,
+            conn_limit: Arc::new(Semaphore::new(max)),
+            downstream_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Make `snap` the routing table for every request that starts from now.
+    pub fn store(&self, snap: Snapshot) {
+        let epoch = snap.epoch;
+        self.snapshot.store(Arc::new(snap));
+        self.swapped.send_replace(epoch);
+    }
+}

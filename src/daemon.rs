@@ -1,0 +1,120 @@
+//! Putting it together: build the first snapshot, start the worker threads
+//! and the control plane, wait for the shutdown signal, drain.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use socket2::{Domain, SockRef, Socket, Type};
+
+use crate::config::Config;
+use crate::control::Shared;
+use crate::route::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid state: {}", .0.join("; "))]
+    State(Vec<String>),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// The sockets the daemon serves. Tests bind `127.0.0.1:0` themselves and
+/// pass them in; the binary uses [`Listeners::bind`].
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain HTTP/1.1 + h2c listeners.
+    pub plain: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Bind every `server.listen` address with `SO_REUSEPORT`, so that each
+    /// worker can open its own twin socket and the kernel spreads clients.
+    pub fn bind(config: &Config) -> io::Result<Listeners> {
+        let plain = config
+            .server
+            .listen
+            .iter()
+            .map(|a| bind_reuseport(*a).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))))
+            .collect::<io::Result<_>>()?;
+        Ok(Listeners { plain })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.plain.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// This worker's copy of `l`: a twin socket on the same address when `l`
+/// has `SO_REUSEPORT` (the kernel balances between twins), else a clone
+/// of the same socket (the workers share one accept queue).
+fn worker_socket(l: &std::net::TcpListener) -> io::Result<std::net::TcpListener> {
+    if SockRef::from(l).reuse_port().unwrap_or(false) {
+        bind_reuseport(l.local_addr()?)
+    } else {
+        l.try_clone()
+    }
+}
+
+/// Run the daemon until `shutdown` completes, then drain (SPEC §8): stop
+/// accepting, let in-flight requests finish for up to `shutdown_timeout`.
+/// Blocks the calling thread, which becomes the control-plane thread.
+pub fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let states = BTreeMap::new();
+    let snapshot = Snapshot::build(&config, &states, None, 1).map_err(DaemonError::State)?;
+    let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout));
+
+    let workers = config.server.worker_count();
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let sockets = if i == 0 {
+            listeners.plain.iter().map(|l| l.try_clone()).collect::<io::Result<Vec<_>>>()?
+        } else {
+            listeners.plain.iter().map(worker_socket).collect::<io::Result<Vec<_>>>()?
+        };
+        let shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("cutover-worker-{i}"))
+                .spawn(move || crate::proxy::run_worker(shared, sockets))?,
+        );
+    }
+    drop(listeners);
+    tracing::info!(
+        workers,
+        apps = config.apps.len(),
+        listen = ?config.server.listen,
+        "cutover is serving"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        shutdown.await;
+        tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");
+        shared.shutdown.send_replace(true);
+    });
+    for t in threads {
+        match t.join() {
+            Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
+            Err(_) => tracing::error!("worker panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

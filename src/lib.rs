@@ -1,0 +1,33 @@
+//! cutover — a Layer-7 blue-green reverse proxy daemon.
+//!
+//! # Layout
+//!
+//! Hot path (runs per request):
+//! - [`proxy`]: worker threads, accept loop, the request handler,
+//!   header rewriting, upstream connection pools, bodies, tunnels.
+//! - [`route`]: the immutable routing [`route::Snapshot`] and the routing
+//!   decision of SPEC §4 (hosts, prefixes, canary rules, sticky buckets,
+//!   server pick). Pure data, no I/O.
+//!
+//! Control plane (runs beside it, never per request):
+//! - [`control`]: the one `ArcSwap` of the snapshot and the state shared
+//!   with the workers.
+//! - [`daemon`]: start workers and the control thread, wait, drain.
+//!
+//! Around them:
+//! - [`config`]: the TOML file in two layers, raw serde types and the
+//!   validated, typed [`config::Config`].
+//! - [`cli`]: the command line; [`demo`]: the built-in demo upstreams.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod proxy;
+pub mod route;
+
+pub use config::Config;
+pub use daemon::{run, Listeners};

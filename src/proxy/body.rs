@@ -1,0 +1,139 @@
+//! Body wrappers of the request path. Both stream: nothing is buffered.
+//!
+//! - [`RequestBody`] carries the client's body to the upstream and stops it
+//!   past `max_body_bytes`;
+//! - [`ResponseBody`] carries the upstream's (or our own) body to the
+//!   client and holds the [`Exchange`] guard, whose drop ends the request:
+//!   counters, statistics, and returning the upstream connection to the pool.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use super::exchange::Exchange;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct TooLarge(pub u64);
+
+pin_project_lite::pin_project! {
+    /// The client's body on its way upstream, cut off past `limit` bytes
+    /// (0 = no limit) with a [`TooLarge`] error, which the handler finds in
+    /// the upstream error's source chain and answers with 413.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        seen: u64,
+        limit: u64,
+    }
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody { inner, seen: 0, limit }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.limit > 0 && *this.seen > *this.limit {
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What the client receives. `exchange` is dropped when the body ends
+    /// (or the client goes away), which ends the request's accounting.
+    pub struct ResponseBody {
+        #[pin]
+        inner: Either<Incoming, Full<Bytes>>,
+        exchange: Option<Exchange>,
+    }
+}
+
+impl ResponseBody {
+    pub fn upstream(inner: Incoming, exchange: Exchange) -> ResponseBody {
+        ResponseBody { inner: Either::Left(inner), exchange: Some(exchange) }
+    }
+
+    pub fn full(bytes: Bytes, exchange: Option<Exchange>) -> ResponseBody {
+        ResponseBody { inner: Either::Right(Full::new(bytes)), exchange }
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody::full(Bytes::new(), None)
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(b: Bytes) -> Self {
+        ResponseBody::full(b, None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let out = ready!(this.inner.poll_frame(cx));
+        match &out {
+            None => {
+                if let Some(ex) = this.exchange.take() {
+                    ex.finish(true);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(ex) = this.exchange.take() {
+                    ex.finish(false);
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(out)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            if let Some(ex) = &self.exchange {
+                ex.mark_complete();
+            }
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

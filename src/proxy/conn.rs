@@ -1,0 +1,103 @@
+//! Accepting client connections and serving HTTP/1.1 and h2c on them.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::handler;
+use super::headers::client_value;
+use super::io::{ConnState, TimedIo};
+use super::Worker;
+
+/// What every request on one client connection shares.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` element, rendered once.
+    pub client_value: HeaderValue,
+    pub tls: bool,
+    pub state: Arc<ConnState>,
+}
+
+/// Accept until shutdown. `max_connections` is a semaphore shared by all
+/// workers: past it, accept waits (the kernel backlog holds new clients).
+pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    let mut shutdown = worker.shared.shutdown.subscribe();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            p = worker.shared.conn_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::task::spawn_local(serve(worker.clone(), stream, peer, permit));
+    }
+}
+
+async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    let _open = worker.connection_opened();
+    let (header_timeout, idle_timeout) = {
+        let snap = worker.shared.snapshot.load();
+        (snap.settings.limits.client_header_timeout, snap.settings.limits.client_idle_timeout)
+    };
+    let state = Arc::new(ConnState::default());
+    let info = Rc::new(ConnInfo { peer, client_value: client_value(peer.ip()), tls: false, state: state.clone() });
+    let io = TimedIo::new(stream, state, header_timeout, idle_timeout);
+    let svc_worker = worker.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let (w, i) = (svc_worker.clone(), info.clone());
+        async move { Ok::<_, std::convert::Infallible>(handler::handle(w, i, req).await) }
+    });
+    let conn = worker.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut shutdown = worker.shared.shutdown.subscribe();
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.wait_for(|stop| *stop) => {
+            // Finish the request in progress, then close (HTTP/1.1:
+            // `Connection: close`; HTTP/2: GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+    drop(permit);
+}
+
+/// Counts a worker's open client connections; dropping it uncounts.
+pub struct OpenConnection(pub(super) Rc<Worker>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.shared.downstream_connections.fetch_sub(1, Relaxed);
+        let n = self.0.open.get() - 1;
+        self.0.open.set(n);
+        if n == 0 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Proxy errors and the one place they become status codes (SPEC §5).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    #[error("no app for this host and path")]
+    NoApp,
+    #[error("no healthy server")]
+    NoHealthyServer,
+    #[error("upstream connect failed")]
+    Connect,
+    #[error("upstream connection broke")]
+    Upstream,
+    #[error("upstream response timed out")]
+    UpstreamTimeout,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("bad request")]
+    BadRequest,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoApp => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyServer => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect | ProxyError::Upstream => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short plain-text body: what happened, nothing of the internals.
+    fn body(self) -> &'static str {
+        match self {
+            ProxyError::NoApp => "not found\n",
+            ProxyError::NoHealthyServer => "service unavailable: no healthy server\n",
+            ProxyError::Connect | ProxyError::Upstream => "bad gateway\n",
+            ProxyError::UpstreamTimeout => "gateway timeout\n",
+            ProxyError::BodyTooLarge => "payload too large\n",
+            ProxyError::BadRequest => "bad request\n",
+        }
+    }
+
+    pub fn response<B: From<Bytes>>(self) -> Response<B> {
+        let mut resp = Response::new(B::from(Bytes::from_static(self.body().as_bytes())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if self == ProxyError::BodyTooLarge {
+            // The rest of the body is not read: the connection cannot be reused.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Written straight to the socket when a request head does not arrive in
+/// time: hyper has no request to answer at that point.
+pub const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";

@@ -1,0 +1,187 @@
+//! One request through the proxy, in phases (SPEC §4–5):
+//! route → check limits → rewrite the request → pick and connect (one retry
+//! on connect failure) → send → rewrite the response → stream it back.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use super::body::{RequestBody, ResponseBody, TooLarge};
+use super::conn::ConnInfo;
+use super::error::ProxyError;
+use super::exchange::Exchange;
+use super::headers;
+use super::upstream::Pooled;
+use super::Worker;
+use crate::config::Sticky;
+use crate::route::rule::RequestView;
+use crate::route::Server;
+
+static COLOR_VALUES: [HeaderValue; 2] = [HeaderValue::from_static("blue"), HeaderValue::from_static("green")];
+
+pub async fn handle(worker: Rc<Worker>, conn: Rc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let ex = Exchange::begin(worker.clone(), conn.state.clone());
+    forward(&worker, &conn, req, ex).await
+}
+
+/// The answer for a request that goes no further than the proxy.
+fn fail(mut ex: Exchange, err: ProxyError) -> Response<ResponseBody> {
+    ex.set_status(err.status().as_u16());
+    let resp: Response<Bytes> = err.response();
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, ResponseBody::full(body, Some(ex)))
+}
+
+async fn forward(worker: &Rc<Worker>, conn: &ConnInfo, req: Request<Incoming>, mut ex: Exchange) -> Response<ResponseBody> {
+    // Phase 1: route, with one snapshot load. Everything needed later is
+    // copied out so the guard is not held across an await.
+    let snap = worker.shared.snapshot.load();
+    let limits = &snap.settings.limits;
+    let (max_body, connect_timeout, response_timeout) =
+        (limits.max_body_bytes, limits.upstream_connect_timeout, limits.upstream_response_timeout);
+    let color_header = snap.settings.color_header;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let Some(app) = snap.find_app(host_str, req.uri().path()) else {
+        return fail(ex, ProxyError::NoApp);
+    };
+    let view = RequestView { path: req.uri().path(), headers: req.headers(), client_ip: conn.peer.ip() };
+    let decision = app.decide(&view);
+    let pool = app.pool(decision.color).clone();
+    let set_cookie = match (&decision.new_cookie, &app.sticky) {
+        (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex()),
+        _ => None,
+    };
+    drop(snap);
+
+    // Phase 2: limits that need no upstream.
+    if max_body > 0 && content_length(req.headers()).is_some_and(|n| n > max_body) {
+        return fail(ex, ProxyError::BodyTooLarge);
+    }
+    let Some(server) = pool.pick(None).cloned() else {
+        return fail(ex, ProxyError::NoHealthyServer);
+    };
+    ex.bind(&pool, &server);
+
+    // Phase 3: the upstream request.
+    let (mut parts, body) = req.into_parts();
+    let upgrade = headers::is_upgrade_request(&parts.headers);
+    let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::add_forwarded(&mut parts.headers, &conn.client_value, conn.tls, host.clone());
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(h) = host {
+            parts.headers.insert(header::HOST, h);
+        }
+    }
+    if parts.uri.scheme().is_some() {
+        // HTTP/2 clients send absolute URIs; HTTP/1.1 upstreams want origin-form.
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = Version::HTTP_11;
+
+    // Phase 4: a connection; a connect failure is retried once on another
+    // healthy server of the same colour (nothing was sent yet).
+    let mut up = match connection(worker, &server, connect_timeout).await {
+        Ok(c) => c,
+        Err(()) => match pool.pick(Some(server.id)).cloned() {
+            Some(other) => {
+                ex.bind(&pool, &other);
+                match connection(worker, &other, connect_timeout).await {
+                    Ok(c) => c,
+                    Err(()) => return fail(ex, ProxyError::Connect),
+                }
+            }
+            None => return fail(ex, ProxyError::Connect),
+        },
+    };
+
+    // Phase 5: send, and wait for the response head.
+    let req = Request::from_parts(parts, RequestBody::new(body, max_body));
+    let sent = up.tx.send_request(req);
+    let mut resp = match tokio::time::timeout(response_timeout, sent).await {
+        Err(_) => return fail(ex, ProxyError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            let err = if is_too_large(&e) { ProxyError::BodyTooLarge } else { ProxyError::Upstream };
+            tracing::debug!(server = %up.server.addr, error = %e, "upstream exchange failed");
+            return fail(ex, err);
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    // Phase 6: the response.
+    let status = resp.status();
+    ex.set_status(status.as_u16());
+    let tunnel = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
+    if tunnel {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        if let Some(client_upgrade) = client_upgrade {
+            super::tunnel::spawn(pool.clone(), client_upgrade, upstream_upgrade, up);
+        }
+    } else {
+        ex.set_upstream(up);
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers, tunnel);
+    if color_header {
+        rparts.headers.insert(headers::X_CUTOVER_COLOR.clone(), COLOR_VALUES[pool.color.index()].clone());
+    }
+    if let Some(c) = set_cookie {
+        rparts.headers.append(header::SET_COOKIE, c);
+    }
+    Response::from_parts(rparts, ResponseBody::upstream(rbody, ex))
+}
+
+/// A pooled connection if one is idle and usable, else a new one.
+async fn connection(worker: &Worker, server: &Arc<Server>, connect_timeout: std::time::Duration) -> Result<Pooled, ()> {
+    while let Some(mut c) = worker.upstreams.take(server) {
+        if c.tx.ready().await.is_ok() {
+            return Ok(c);
+        }
+    }
+    match worker.upstreams.connect(server, connect_timeout).await {
+        Ok(c) => {
+            server.consecutive_failures.store(0, std::sync::atomic::Ordering::Relaxed);
+            Ok(c)
+        }
+        Err(e) => {
+            server.connect_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(server = %server.addr, app = %server.app, color = %server.color, error = %e, "upstream connect failed");
+            Err(())
+        }
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn is_too_large(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<TooLarge>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+fn cookie_header(name: &str, id: &[u8; 32]) -> Option<HeaderValue> {
+    let mut v = Vec::with_capacity(name.len() + 72);
+    v.extend_from_slice(name.as_bytes());
+    v.push(b'=');
+    v.extend_from_slice(id);
+    v.extend_from_slice(b"; Path=/; HttpOnly; SameSite=Lax");
+    HeaderValue::from_bytes(&v).ok()
+}
+

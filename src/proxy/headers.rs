@@ -1,0 +1,216 @@
+//! Header rewriting between client and upstream (SPEC §5).
+//!
+//! Hop-by-hop fields are defined by RFC 9110 §7.6.1: `Connection` and every
+//! field it names, plus the well-known `Keep-Alive`, `Proxy-Connection`,
+//! `TE`, `Trailer`, `Transfer-Encoding` and `Upgrade`. A proxy must not
+//! forward them. `TE: trailers` is the exception kept towards upstreams
+//! (RFC 9110 §10.1.4), since gRPC needs it. An upgrade request keeps its
+//! `Upgrade` field and `Connection: upgrade` (RFC 9110 §7.8).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_CUTOVER_COLOR: HeaderName = HeaderName::from_static("x-cutover-color");
+
+/// Remove hop-by-hop fields in place. With `upgrade` set (a request or 101
+/// response of a protocol upgrade), `Upgrade` and `Connection: upgrade`
+/// survive; everything else the `Connection` field names is still removed.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(first) = headers.get(header::CONNECTION) {
+        // The common `Connection: keep-alive` / `close` names nothing else to
+        // remove; only other tokens need the slow path (which allocates).
+        let simple = headers.get_all(header::CONNECTION).iter().count() == 1
+            && is_plain_token(first.as_bytes());
+        if !simple {
+            let values: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+            for v in &values {
+                for token in v.to_str().unwrap_or("").split(',') {
+                    let token = token.trim();
+                    if upgrade && token.eq_ignore_ascii_case("upgrade") {
+                        continue;
+                    }
+                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                        headers.remove(name);
+                    }
+                }
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(te) = headers.remove(header::TE) {
+        let wants_trailers = te
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"));
+        if wants_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// `keep-alive` or `close`: a Connection value naming no other field.
+fn is_plain_token(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+}
+
+/// Does this request ask for a protocol upgrade (RFC 9110 §7.8)?
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Set `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the host the client asked for).
+/// `client` is the client address already rendered as a header value.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<HeaderValue>) {
+    match headers.get(&X_FORWARDED_FOR) {
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), client.clone());
+        }
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+    }
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// The client address as an `X-Forwarded-For` element (computed once per
+/// connection).
+pub fn client_value(ip: IpAddr) -> HeaderValue {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn connection_is_removed() {
+        let mut h = map(&[("connection", "keep-alive"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("connection").is_none());
+        assert_eq!(h.get("x-a").unwrap(), "1");
+    }
+
+    #[test]
+    fn fields_named_by_connection_are_removed() {
+        let mut h = map(&[("connection", "close, x-secret, X-Other"), ("x-secret", "s"), ("x-other", "o"), ("x-keep", "k")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("x-other").is_none());
+        assert_eq!(h.get("x-keep").unwrap(), "k");
+    }
+
+    #[test]
+    fn keep_alive_is_removed() {
+        let mut h = map(&[("keep-alive", "timeout=5")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn proxy_connection_is_removed() {
+        let mut h = map(&[("proxy-connection", "keep-alive")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn te_is_removed_except_trailers() {
+        let mut h = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("te").is_none());
+        let mut h = map(&[("te", "gzip, trailers;q=1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn trailer_is_removed() {
+        let mut h = map(&[("trailer", "x-checksum")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn transfer_encoding_is_removed() {
+        let mut h = map(&[("transfer-encoding", "chunked")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn upgrade_is_removed_unless_upgrading() {
+        let mut h = map(&[("upgrade", "websocket"), ("connection", "Upgrade")]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+
+        let mut h = map(&[("upgrade", "websocket"), ("connection", "Upgrade, x-drop"), ("x-drop", "1")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(h.get("x-drop").is_none());
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let client = client_value("192.0.2.9".parse().unwrap());
+        let mut h = map(&[("x-forwarded-for", "203.0.113.1")]);
+        add_forwarded(&mut h, &client, false, Some(HeaderValue::from_static("shop.example.com")));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 192.0.2.9");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example.com");
+
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &client_value("::ffff:10.1.2.3".parse().unwrap()), true, None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    }
+}

@@ -1,0 +1,146 @@
+//! The data plane — everything that runs per request.
+//!
+//! Each worker thread runs a current-thread tokio runtime with its own
+//! listening sockets (`SO_REUSEPORT` twins when the daemon bound them) and
+//! its own upstream connection pools. The only things a request touches
+//! that other threads see are the read-only [`crate::route::Snapshot`] and
+//! atomic counters.
+//!
+//! - [`conn`]: accept, `max_connections`, serve HTTP/1.1 + h2c, drain;
+//! - [`io`]: client header and idle timeouts on the socket;
+//! - [`handler`]: the request phases, route → forward → respond;
+//! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
+//! - [`upstream`]: per-worker, per-server connection pools;
+//! - [`body`], [`exchange`]: streaming bodies and per-request accounting;
+//! - [`tunnel`]: upgraded (WebSocket) connections;
+//! - [`error`]: proxy errors → status codes.
+
+pub mod body;
+mod conn;
+pub mod error;
+mod exchange;
+pub mod headers;
+mod handler;
+pub mod io;
+mod tunnel;
+mod upstream;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioTimer;
+use hyper_util::server::conn::auto;
+use tokio::sync::Notify;
+
+use crate::control::Shared;
+
+/// Runs hyper's background tasks (HTTP/2 streams) on the worker's own
+/// thread, so they may hold thread-local state.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// One data-plane thread's state, shared by its tasks through `Rc`.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    upstreams: upstream::Upstreams,
+    http: auto::Builder<LocalExec>,
+    /// Open client connections on this worker (drain waits for zero).
+    open: Cell<usize>,
+    all_closed: Notify,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>) -> Worker {
+        let limits = shared.snapshot.load().settings.limits.clone();
+        let mut http = auto::Builder::new(LocalExec);
+        http.http1()
+            .timer(TokioTimer::new())
+            // Head and idle timeouts are ours (see `io`), with a 408.
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_pending_accept_reset_streams(Some(64))
+            .max_local_error_reset_streams(Some(256))
+            .keep_alive_interval(Some(Duration::from_secs(20)));
+        Worker {
+            upstreams: upstream::Upstreams::new(&limits),
+            shared,
+            http,
+            open: Cell::new(0),
+            all_closed: Notify::new(),
+        }
+    }
+
+    fn connection_opened(self: &Rc<Self>) -> conn::OpenConnection {
+        self.open.set(self.open.get() + 1);
+        self.shared.downstream_connections.fetch_add(1, Relaxed);
+        conn::OpenConnection(self.clone())
+    }
+
+    async fn drained(&self) {
+        while self.open.get() > 0 {
+            let notified = self.all_closed.notified();
+            if self.open.get() == 0 {
+                break;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Run one worker on the current thread until shutdown and drain.
+/// `listeners` are this worker's own sockets.
+pub fn run_worker(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let worker = Rc::new(Worker::new(shared.clone()));
+        for l in listeners {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tokio::task::spawn_local(conn::accept_loop(worker.clone(), l));
+        }
+        tokio::task::spawn_local(sweeper(worker.clone()));
+        let mut shutdown = shared.shutdown.subscribe();
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        let grace = shared.shutdown_timeout;
+        if tokio::time::timeout(grace, worker.drained()).await.is_err() {
+            tracing::warn!(open = worker.open.get(), "shutdown timeout reached; closing remaining connections");
+        }
+        worker.upstreams.clear();
+        Ok(())
+    })
+}
+
+/// Closes idle upstream connections that must not stay open: at once when
+/// a new snapshot is stored, and on a short tick for idle timeouts.
+async fn sweeper(worker: Rc<Worker>) {
+    let mut swapped = worker.shared.swapped.subscribe();
+    let mut shutdown = worker.shared.shutdown.subscribe();
+    loop {
+        let snap = worker.shared.snapshot.load_full();
+        worker.upstreams.sweep(&snap);
+        let tick = (snap.settings.limits.upstream_idle_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_millis(500));
+        drop(snap);
+        tokio::select! {
+            _ = swapped.changed() => {}
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+}

@@ -1,0 +1,507 @@
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::rule::{RequestView, Rule};
+use super::sticky::{self, CookieId, BUCKETS};
+use super::Decision;
+use crate::config::{
+    compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits, PoolConfig,
+    Protocol, RuleSpec, Sticky,
+};
+
+/// What operators change at runtime for one app (SPEC §8): the state file
+/// owns it, the config only gives its initial value.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppState {
+    pub live: Color,
+    pub standby_percent: f64,
+    pub rules: Vec<RuleSpec>,
+}
+
+impl AppState {
+    pub fn initial(app: &AppConfig) -> AppState {
+        AppState { live: app.live, standby_percent: app.standby_percent, rules: app.rules.clone() }
+    }
+
+    /// The colour that receives the `standby_percent` share.
+    pub fn standby(&self) -> Color {
+        self.live.other()
+    }
+}
+
+/// Per-listener settings the data plane reads on every connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: Limits,
+    pub color_header: bool,
+}
+
+/// One upstream server. Lives as long as any snapshot (or in-flight
+/// request) names it, so its health and counters survive flips and reloads.
+#[derive(Debug)]
+pub struct Server {
+    /// Process-unique id; workers index their connection pools by it.
+    pub id: usize,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub app: Arc<str>,
+    pub color: Color,
+    pub protocol: Protocol,
+    /// Written by health checks (active and passive), read per request.
+    pub healthy: AtomicBool,
+    /// Requests bound to this server and not yet finished.
+    pub in_flight: AtomicU64,
+    /// Open upstream TCP connections, over all workers.
+    pub open_connections: AtomicU64,
+    pub connect_errors: AtomicU64,
+    /// Consecutive connect failures or 5xx answers (passive health).
+    pub consecutive_failures: AtomicU64,
+}
+
+static NEXT_SERVER_ID: AtomicUsize = AtomicUsize::new(0);
+
+impl Server {
+    pub fn new(app: Arc<str>, color: Color, addr: SocketAddr, weight: u32, protocol: Protocol) -> Server {
+        Server {
+            id: NEXT_SERVER_ID.fetch_add(1, Relaxed),
+            addr,
+            weight,
+            app,
+            color,
+            protocol,
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the request duration histogram.
+pub const DURATION_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Request statistics of one colour of one app. Atomics only: the request
+/// path adds to them without a lock. Shared by every snapshot.
+#[derive(Debug, Default)]
+pub struct ColorStats {
+    /// Index 0 = 1xx … 4 = 5xx.
+    pub responses: [AtomicU64; 5],
+    pub in_flight: AtomicU64,
+    /// Open upgraded (WebSocket) tunnels.
+    pub tunnels: AtomicU64,
+    /// Non-cumulative counts per bucket; the last is +Inf.
+    pub duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    pub duration_sum_micros: AtomicU64,
+}
+
+impl ColorStats {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let i = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+        self.duration_buckets[i].fetch_add(1, Relaxed);
+        self.duration_sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+}
+
+/// The servers of one colour of one app.
+#[derive(Debug)]
+pub struct Pool {
+    pub color: Color,
+    pub config: PoolConfig,
+    pub servers: Vec<Arc<Server>>,
+    pub stats: Arc<ColorStats>,
+    /// Smooth weighted round-robin order, as server indexes.
+    schedule: Vec<u32>,
+    rr: AtomicUsize,
+}
+
+impl Pool {
+    fn new(color: Color, config: PoolConfig, servers: Vec<Arc<Server>>, stats: Arc<ColorStats>) -> Pool {
+        let schedule = smooth_wrr(&servers.iter().map(|s| s.weight).collect::<Vec<_>>());
+        Pool { color, config, servers, stats, schedule, rr: AtomicUsize::new(0) }
+    }
+
+    pub fn balance(&self) -> Balance {
+        self.config.balance
+    }
+
+    pub fn health(&self) -> Option<&HealthConfig> {
+        self.config.health.as_ref()
+    }
+
+    pub fn any_healthy(&self) -> bool {
+        self.servers.iter().any(|s| s.is_healthy())
+    }
+
+    /// A healthy server, by the pool's balance, other than `exclude`.
+    /// `None` when no healthy server is left: never another colour's.
+    pub fn pick(&self, exclude: Option<usize>) -> Option<&Arc<Server>> {
+        let usable = |s: &Arc<Server>| s.is_healthy() && Some(s.id) != exclude;
+        match self.config.balance {
+            Balance::RoundRobin => {
+                let n = self.rr.fetch_add(1, Relaxed);
+                let first = self.schedule[n % self.schedule.len()] as usize;
+                let len = self.servers.len();
+                (0..len).map(|k| &self.servers[(first + k) % len]).find(|s| usable(s))
+            }
+            Balance::LeastRequests => {
+                // Power of two choices: two random candidates, the one with
+                // fewer requests in flight per unit of weight wins.
+                let len = self.servers.len();
+                let a = fastrand::usize(..len);
+                let b = if len > 1 { (a + 1 + fastrand::usize(..len - 1)) % len } else { a };
+                let (sa, sb) = (&self.servers[a], &self.servers[b]);
+                let load = |s: &Server| s.in_flight.load(Relaxed) * 1000 / u64::from(s.weight.max(1));
+                let (best, other) = if load(sb) < load(sa) { (sb, sa) } else { (sa, sb) };
+                if usable(best) {
+                    Some(best)
+                } else if usable(other) {
+                    Some(other)
+                } else {
+                    (0..len).map(|k| &self.servers[(a + k) % len]).find(|s| usable(s))
+                }
+            }
+        }
+    }
+}
+
+/// Smooth weighted round robin (as nginx does it), unrolled into one cycle.
+fn smooth_wrr(weights: &[u32]) -> Vec<u32> {
+    if weights.is_empty() {
+        return vec![0];
+    }
+    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, w) in current.iter_mut().zip(weights) {
+                *c += i64::from(*w);
+            }
+            let (best, _) = current.iter().enumerate().max_by_key(|(i, c)| (**c, -(*i as i64))).unwrap();
+            current[best] -= total;
+            best as u32
+        })
+        .collect()
+}
+
+/// One app as the request path sees it.
+#[derive(Debug)]
+pub struct App {
+    pub name: Arc<str>,
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    pub sticky: Sticky,
+    pub state: AppState,
+    pub drain_timeout: Option<Duration>,
+    /// Compiled `state.rules`.
+    pub rules: Vec<Rule>,
+    /// `[blue, green]`.
+    pub pools: [Arc<Pool>; 2],
+    standby_bp: u32,
+    /// A partial split or a partial rule is in force: new users get a cookie.
+    set_cookie: bool,
+}
+
+impl App {
+    pub fn pool(&self, color: Color) -> &Arc<Pool> {
+        &self.pools[color.index()]
+    }
+
+    /// Does any traffic go to `color` now? (The live colour always does;
+    /// standby needs a share or a rule; a rule can also point at live.)
+    pub fn receives_traffic(&self, color: Color) -> bool {
+        color == self.state.live
+            && (self.standby_bp < BUCKETS || self.rules.iter().any(|r| r.to == color && r.percent_bp > 0))
+            || color != self.state.live
+                && (self.standby_bp > 0 || self.rules.iter().any(|r| r.to == color && r.percent_bp > 0))
+    }
+
+    /// SPEC §4 steps 2–4: the rules, then the split, with the sticky bucket
+    /// computed only if a partial rule or split needs it.
+    pub fn decide(&self, req: &RequestView<'_>) -> Decision {
+        let mut new_cookie = None;
+        if self.set_cookie {
+            if let Sticky::Cookie(name) = &self.sticky {
+                if req.cookie(name).is_none() {
+                    new_cookie = Some(CookieId::random());
+                }
+            }
+        }
+        let mut bucket = None;
+        let mut bucket = || *bucket.get_or_insert_with(|| self.bucket(req, new_cookie));
+        for rule in &self.rules {
+            if rule.matches(req) {
+                if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
+                    return Decision { color: rule.to, new_cookie };
+                }
+                break;
+            }
+        }
+        let color = match self.standby_bp {
+            0 => self.state.live,
+            bp if bp >= BUCKETS => self.state.standby(),
+            bp if bucket() < bp => self.state.standby(),
+            _ => self.state.live,
+        };
+        Decision { color, new_cookie }
+    }
+
+    fn bucket(&self, req: &RequestView<'_>, new_cookie: Option<CookieId>) -> u32 {
+        match &self.sticky {
+            Sticky::Cookie(name) => match (req.cookie(name), new_cookie) {
+                (Some(v), _) => sticky::bucket(v.as_bytes()),
+                (None, Some(id)) => id.bucket(),
+                (None, None) => sticky::random_bucket(),
+            },
+            Sticky::Header(name) => match req.headers.get(name) {
+                Some(v) => sticky::bucket(v.as_bytes()),
+                None => sticky::random_bucket(),
+            },
+            Sticky::Ip => sticky::ip_bucket(req.client_ip),
+            Sticky::None => sticky::random_bucket(),
+        }
+    }
+}
+
+/// Everything the request path reads, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Bumped by every change; `If-Match` compares against it.
+    pub epoch: u64,
+    pub apps: Vec<Arc<App>>,
+    pub settings: Arc<Settings>,
+    exact: HashMap<String, Vec<u32>>,
+    wildcard: HashMap<String, Vec<u32>>,
+    catch_all: Vec<u32>,
+}
+
+impl Snapshot {
+    /// Build a snapshot of `config` with the runtime `states` (apps missing
+    /// from `states` take the config's initial values). Servers, pools and
+    /// statistics of `old` are reused where the config did not change them,
+    /// so health, counters and connection pools survive.
+    pub fn build(
+        config: &Config,
+        states: &BTreeMap<String, AppState>,
+        old: Option<&Snapshot>,
+        epoch: u64,
+    ) -> Result<Snapshot, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut apps = Vec::with_capacity(config.apps.len());
+        for app_cfg in &config.apps {
+            let state = states.get(&app_cfg.name).cloned().unwrap_or_else(|| AppState::initial(app_cfg));
+            let rules = match compile_rules(&format!("apps.{}", app_cfg.name), &state.rules) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.extend(e);
+                    continue;
+                }
+            };
+            let old_app = old.and_then(|o| o.app(&app_cfg.name));
+            let name: Arc<str> = old_app.map(|a| a.name.clone()).unwrap_or_else(|| app_cfg.name.as_str().into());
+            let pools = Color::ALL.map(|color| {
+                let cfg = &app_cfg.pools[color.index()];
+                let old_pool = old_app.map(|a| a.pool(color));
+                match old_pool {
+                    Some(p) if p.config == *cfg => p.clone(),
+                    _ => {
+                        let servers = cfg
+                            .servers
+                            .iter()
+                            .map(|s| {
+                                old_pool
+                                    .and_then(|p| {
+                                        p.servers.iter().find(|o| {
+                                            o.addr == s.addr && o.weight == s.weight && o.protocol == cfg.protocol
+                                        })
+                                    })
+                                    .cloned()
+                                    .unwrap_or_else(|| {
+                                        Arc::new(Server::new(name.clone(), color, s.addr, s.weight, cfg.protocol))
+                                    })
+                            })
+                            .collect();
+                        let stats = old_pool.map(|p| p.stats.clone()).unwrap_or_default();
+                        Arc::new(Pool::new(color, cfg.clone(), servers, stats))
+                    }
+                }
+            });
+            let standby_bp = (state.standby_percent * 100.0).round().clamp(0.0, BUCKETS as f64) as u32;
+            let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS) || rules.iter().any(|r| r.percent_bp < BUCKETS);
+            apps.push(Arc::new(App {
+                name,
+                hosts: app_cfg.hosts.clone(),
+                path_prefix: app_cfg.path_prefix.clone(),
+                sticky: app_cfg.sticky.clone(),
+                state,
+                drain_timeout: app_cfg.drain_timeout,
+                rules,
+                pools,
+                standby_bp,
+                set_cookie,
+            }));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let settings = Arc::new(Settings { limits: config.limits.clone(), color_header: config.server.color_header });
+        Ok(Snapshot::index(apps, settings, epoch))
+    }
+
+    /// The same topology with some apps' runtime state replaced: what a
+    /// flip, shift or rules change stores. Pools and servers are shared.
+    pub fn with_states(&self, states: &BTreeMap<String, AppState>, epoch: u64) -> Result<Snapshot, Vec<String>> {
+        let mut errors = Vec::new();
+        let apps = self
+            .apps
+            .iter()
+            .map(|app| match states.get(&*app.name) {
+                Some(state) if *state != app.state => {
+                    match compile_rules(&format!("apps.{}", app.name), &state.rules) {
+                        Ok(rules) => {
+                            let standby_bp =
+                                (state.standby_percent * 100.0).round().clamp(0.0, BUCKETS as f64) as u32;
+                            Arc::new(App {
+                                name: app.name.clone(),
+                                hosts: app.hosts.clone(),
+                                path_prefix: app.path_prefix.clone(),
+                                sticky: app.sticky.clone(),
+                                state: state.clone(),
+                                drain_timeout: app.drain_timeout,
+                                set_cookie: (standby_bp > 0 && standby_bp < BUCKETS)
+                                    || rules.iter().any(|r| r.percent_bp < BUCKETS),
+                                rules,
+                                pools: app.pools.clone(),
+                                standby_bp,
+                            })
+                        }
+                        Err(e) => {
+                            errors.extend(e);
+                            app.clone()
+                        }
+                    }
+                }
+                _ => app.clone(),
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Snapshot::index(apps, self.settings.clone(), epoch))
+    }
+
+    fn index(apps: Vec<Arc<App>>, settings: Arc<Settings>, epoch: u64) -> Snapshot {
+        let mut exact: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut wildcard: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut catch_all = Vec::new();
+        for (i, app) in apps.iter().enumerate() {
+            if app.hosts.is_empty() {
+                catch_all.push(i as u32);
+            }
+            for h in &app.hosts {
+                match h {
+                    HostPattern::Exact(n) => exact.entry(n.clone()).or_default().push(i as u32),
+                    HostPattern::Wildcard(s) => wildcard.entry(s.clone()).or_default().push(i as u32),
+                }
+            }
+        }
+        // Longest prefix first, so the first prefix that matches wins.
+        let by_prefix = |v: &mut Vec<u32>| v.sort_by_key(|i| std::cmp::Reverse(apps[*i as usize].path_prefix.len()));
+        exact.values_mut().for_each(by_prefix);
+        wildcard.values_mut().for_each(by_prefix);
+        by_prefix(&mut catch_all);
+        Snapshot { epoch, apps, settings, exact, wildcard, catch_all }
+    }
+
+    pub fn app(&self, name: &str) -> Option<&Arc<App>> {
+        self.apps.iter().find(|a| &*a.name == name)
+    }
+
+    /// SPEC §4 step 1: the app for a host (case-insensitive, port ignored):
+    /// exact host names first, then `*.` wildcards from the longest suffix,
+    /// then the catch-all apps; within each, the longest matching
+    /// `path_prefix`.
+    pub fn find_app(&self, host: &str, path: &str) -> Option<&Arc<App>> {
+        let mut buf = [0u8; 256];
+        let host = normalize_host(host, &mut buf);
+        let pick = |list: &Vec<u32>| {
+            list.iter()
+                .map(|i| &self.apps[*i as usize])
+                .find(|a| path.starts_with(a.path_prefix.as_str()))
+        };
+        if let Some(host) = host {
+            if let Some(app) = self.exact.get(host).and_then(pick) {
+                return Some(app);
+            }
+            if !self.wildcard.is_empty() {
+                let mut rest = host;
+                while let Some(dot) = rest.find('.') {
+                    rest = &rest[dot + 1..];
+                    if let Some(app) = self.wildcard.get(rest).and_then(pick) {
+                        return Some(app);
+                    }
+                }
+            }
+        }
+        pick(&self.catch_all)
+    }
+}
+
+/// Strip the port (and IPv6 brackets) and lower-case into `buf` when
+/// needed. `None` for an empty or oversized host.
+fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> Option<&'a str> {
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match host.rfind(':') {
+            Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+            _ => host,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > buf.len() {
+        return None;
+    }
+    if !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(host);
+    }
+    let out = &mut buf[..host.len()];
+    out.copy_from_slice(host.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_wrr_interleaves_by_weight() {
+        assert_eq!(smooth_wrr(&[1, 1]), vec![0, 1]);
+        assert_eq!(smooth_wrr(&[2, 1]), vec![0, 1, 0]);
+        let s = smooth_wrr(&[5, 1, 1]);
+        assert_eq!(s.iter().filter(|i| **i == 0).count(), 5);
+        assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("Shop.Example.COM:8080", &mut b), Some("shop.example.com"));
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("[::1]:80", &mut b), Some("::1"));
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("example.com.", &mut b), Some("example.com"));
+    }
+}
