@@ -13,7 +13,11 @@ use crate::config::{Config, HostPattern, Sticky};
 pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "cutover", version, about = "Blue-green and canary reverse proxy")]
+#[command(
+    name = "cutover",
+    version,
+    about = "Blue-green and canary reverse proxy"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -53,7 +57,11 @@ impl Cli {
         match Cli::try_parse() {
             Ok(cli) => cli,
             Err(e) => {
-                let code = if e.use_stderr() { i32::from(EXIT_USAGE) } else { 0 };
+                let code = if e.use_stderr() {
+                    i32::from(EXIT_USAGE)
+                } else {
+                    0
+                };
                 let _ = e.print();
                 std::process::exit(code);
             }
@@ -140,8 +148,16 @@ pub fn summary(c: &Config) -> String {
     let _ = writeln!(
         s,
         "listen {:?}  tls {:?}  workers {}  admin {}",
-        c.server.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        c.server.listen_tls.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        c.server
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>(),
+        c.server
+            .listen_tls
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>(),
         c.server.worker_count(),
         c.admin.listen
     );
@@ -149,7 +165,11 @@ pub fn summary(c: &Config) -> String {
         let hosts = if app.hosts.is_empty() {
             "(any host)".to_string()
         } else {
-            app.hosts.iter().map(HostPattern::to_string).collect::<Vec<_>>().join(", ")
+            app.hosts
+                .iter()
+                .map(HostPattern::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let _ = writeln!(
             s,
@@ -168,17 +188,33 @@ pub fn summary(c: &Config) -> String {
             let servers: Vec<String> = pool
                 .servers
                 .iter()
-                .map(|s| if s.weight == 1 { s.addr.to_string() } else { format!("{} (weight {})", s.addr, s.weight) })
+                .map(|s| {
+                    if s.weight == 1 {
+                        s.addr.to_string()
+                    } else {
+                        format!("{} (weight {})", s.addr, s.weight)
+                    }
+                })
                 .collect();
             let _ = writeln!(
                 s,
                 "  {color:<5} {}{}",
                 servers.join(", "),
-                if pool.health.is_some() { "  [health checked]" } else { "" }
+                if pool.health.is_some() {
+                    "  [health checked]"
+                } else {
+                    ""
+                }
             );
         }
         for r in &app.rules {
-            let _ = writeln!(s, "  rule {} -> {} ({}%)", r.name, r.to, r.percent.unwrap_or(100.0));
+            let _ = writeln!(
+                s,
+                "  rule {} -> {} ({}%)",
+                r.name,
+                r.to,
+                r.percent.unwrap_or(100.0)
+            );
         }
     }
     s

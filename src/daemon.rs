@@ -37,13 +37,19 @@ impl Listeners {
             .server
             .listen
             .iter()
-            .map(|a| bind_reuseport(*a).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))))
+            .map(|a| {
+                bind_reuseport(*a)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
+            })
             .collect::<io::Result<_>>()?;
         Ok(Listeners { plain })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.plain.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.plain
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 }
 
@@ -74,7 +80,11 @@ fn worker_socket(l: &std::net::TcpListener) -> io::Result<std::net::TcpListener>
 /// Run the daemon until `shutdown` completes, then drain (SPEC §8): stop
 /// accepting, let in-flight requests finish for up to `shutdown_timeout`.
 /// Blocks the calling thread, which becomes the control-plane thread.
-pub fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let states = BTreeMap::new();
     let snapshot = Snapshot::build(&config, &states, None, 1).map_err(DaemonError::State)?;
     let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout));
@@ -83,9 +93,17 @@ pub fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = 
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
         let sockets = if i == 0 {
-            listeners.plain.iter().map(|l| l.try_clone()).collect::<io::Result<Vec<_>>>()?
+            listeners
+                .plain
+                .iter()
+                .map(|l| l.try_clone())
+                .collect::<io::Result<Vec<_>>>()?
         } else {
-            listeners.plain.iter().map(worker_socket).collect::<io::Result<Vec<_>>>()?
+            listeners
+                .plain
+                .iter()
+                .map(worker_socket)
+                .collect::<io::Result<Vec<_>>>()?
         };
         let shared = shared.clone();
         threads.push(
@@ -102,7 +120,9 @@ pub fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = 
         "cutover is serving"
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         shutdown.await;
         tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");

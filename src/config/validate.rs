@@ -21,7 +21,9 @@ impl Errors {
 
 pub fn parse_config(text: &str, path: Option<&Path>) -> Result<Config, Vec<String>> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "config".into());
+        let name = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "config".into());
         vec![format!("{name}: {}", e.to_string().trim_end())]
     })?;
     let base = path
@@ -42,10 +44,16 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
     let server = ServerSettings {
         listen: addrs(
             "server.listen",
-            raw.server.listen.unwrap_or_else(|| vec!["0.0.0.0:8080".into()]),
+            raw.server
+                .listen
+                .unwrap_or_else(|| vec!["0.0.0.0:8080".into()]),
             errs,
         ),
-        listen_tls: addrs("server.listen_tls", raw.server.listen_tls.unwrap_or_default(), errs),
+        listen_tls: addrs(
+            "server.listen_tls",
+            raw.server.listen_tls.unwrap_or_default(),
+            errs,
+        ),
         workers: int_range("server.workers", raw.server.workers, 0, 0, 1024, errs) as usize,
         shutdown_timeout: duration(
             "server.shutdown_timeout",
@@ -56,7 +64,10 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         color_header: raw.server.color_header.unwrap_or(false),
     };
     if server.listen.is_empty() && server.listen_tls.is_empty() {
-        errs.push("server.listen", "at least one listen or listen_tls address is needed");
+        errs.push(
+            "server.listen",
+            "at least one listen or listen_tls address is needed",
+        );
     }
     let l = raw.limits;
     let limits = Limits {
@@ -68,8 +79,14 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             16 << 20,
             errs,
         ) as usize,
-        max_body_bytes: int_range("limits.max_body_bytes", l.max_body_bytes, 0, 0, i64::MAX, errs)
-            as u64,
+        max_body_bytes: int_range(
+            "limits.max_body_bytes",
+            l.max_body_bytes,
+            0,
+            0,
+            i64::MAX,
+            errs,
+        ) as u64,
         client_header_timeout: duration(
             "limits.client_header_timeout",
             l.client_header_timeout,
@@ -119,13 +136,21 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         .tls
         .certs
         .into_iter()
-        .map(|c| CertPaths { cert: base.join(c.cert), key: base.join(c.key) })
+        .map(|c| CertPaths {
+            cert: base.join(c.cert),
+            key: base.join(c.key),
+        })
         .collect::<Vec<_>>();
     if !server.listen_tls.is_empty() && tls.is_empty() {
-        errs.push("server.listen_tls", "TLS listeners need at least one [[tls.certs]] entry");
+        errs.push(
+            "server.listen_tls",
+            "TLS listeners need at least one [[tls.certs]] entry",
+        );
     }
     let admin = admin(raw.admin, base, errs);
-    let state = StateSettings { file: raw.state.file.map(|f| base.join(f)) };
+    let state = StateSettings {
+        file: raw.state.file.map(|f| base.join(f)),
+    };
     let apps = raw
         .apps
         .into_iter()
@@ -149,7 +174,9 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
 fn admin(raw: RawAdmin, base: &Path, errs: &mut Errors) -> AdminSettings {
     let listen = match raw.listen {
         None => SocketAddr::from(([127, 0, 0, 1], 9901)),
-        Some(s) => addr("admin.listen", &s, errs).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        Some(s) => {
+            addr("admin.listen", &s, errs).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901)))
+        }
     };
     let token = match (raw.token_file, raw.token_env) {
         (Some(_), Some(_)) => {
@@ -175,7 +202,11 @@ fn admin(raw: RawAdmin, base: &Path, errs: &mut Errors) -> AdminSettings {
 
 fn build_app(name: String, raw: RawApp, errs: &mut Errors) -> AppConfig {
     let key = format!("apps.{name}");
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         errs.push(&key, "app names may hold only letters, digits, '-' and '_'");
     }
     let hosts = raw
@@ -187,7 +218,10 @@ fn build_app(name: String, raw: RawApp, errs: &mut Errors) -> AppConfig {
         .collect();
     let path_prefix = raw.path_prefix.unwrap_or_else(|| "/".into());
     if !path_prefix.starts_with('/') {
-        errs.push(&format!("{key}.path_prefix"), format!("must start with '/', got {path_prefix:?}"));
+        errs.push(
+            &format!("{key}.path_prefix"),
+            format!("must start with '/', got {path_prefix:?}"),
+        );
     }
     let live = match raw.live.as_deref() {
         None => Color::Blue,
@@ -195,10 +229,19 @@ fn build_app(name: String, raw: RawApp, errs: &mut Errors) -> AppConfig {
     };
     let standby_percent = raw.standby_percent.unwrap_or(0.0);
     percent(&format!("{key}.standby_percent"), standby_percent, errs);
-    let sticky = sticky(&format!("{key}.sticky"), raw.sticky.as_deref().unwrap_or("cookie:cutover"), errs);
-    let drain_timeout = raw
-        .drain_timeout
-        .map(|s| duration(&format!("{key}.drain_timeout"), Some(s), Duration::ZERO, errs));
+    let sticky = sticky(
+        &format!("{key}.sticky"),
+        raw.sticky.as_deref().unwrap_or("cookie:cutover"),
+        errs,
+    );
+    let drain_timeout = raw.drain_timeout.map(|s| {
+        duration(
+            &format!("{key}.drain_timeout"),
+            Some(s),
+            Duration::ZERO,
+            errs,
+        )
+    });
     let blue = pool(&format!("{key}.blue"), raw.blue, errs);
     let green = pool(&format!("{key}.green"), raw.green, errs);
     if let Err(e) = compile_rules(&key, &raw.rules) {
@@ -228,27 +271,39 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
         };
     };
     if raw.servers.is_empty() {
-        errs.push(&format!("{key}.servers"), "a pool needs at least one server");
+        errs.push(
+            &format!("{key}.servers"),
+            "a pool needs at least one server",
+        );
     }
     let mut servers = Vec::new();
     for (i, s) in raw.servers.iter().enumerate() {
         let k = format!("{key}.servers[{i}]");
         let (a, w) = match s {
             RawServerEntry::Addr(a) => (a.as_str(), 1),
-            RawServerEntry::Full(f) => (f.addr.as_str(), int_range(&format!("{k}.weight"), f.weight, 1, 1, 1000, errs)),
+            RawServerEntry::Full(f) => (
+                f.addr.as_str(),
+                int_range(&format!("{k}.weight"), f.weight, 1, 1, 1000, errs),
+            ),
         };
         if let Some(addr) = addr(&k, a, errs) {
             if servers.iter().any(|s: &ServerConfig| s.addr == addr) {
                 errs.push(&k, format!("{addr} is listed twice"));
             }
-            servers.push(ServerConfig { addr, weight: w as u32 });
+            servers.push(ServerConfig {
+                addr,
+                weight: w as u32,
+            });
         }
     }
     let balance = match raw.balance.as_deref() {
         None | Some("round_robin") => Balance::RoundRobin,
         Some("least_requests") => Balance::LeastRequests,
         Some(o) => {
-            errs.push(&format!("{key}.balance"), format!("must be \"round_robin\" or \"least_requests\", got {o:?}"));
+            errs.push(
+                &format!("{key}.balance"),
+                format!("must be \"round_robin\" or \"least_requests\", got {o:?}"),
+            );
             Balance::RoundRobin
         }
     };
@@ -256,7 +311,10 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
         None | Some("http1") => Protocol::Http1,
         Some("h2") => Protocol::H2,
         Some(o) => {
-            errs.push(&format!("{key}.protocol"), format!("must be \"http1\" or \"h2\", got {o:?}"));
+            errs.push(
+                &format!("{key}.protocol"),
+                format!("must be \"http1\" or \"h2\", got {o:?}"),
+            );
             Protocol::Http1
         }
     };
@@ -264,10 +322,23 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
         let k = format!("{key}.health");
         let path = h.path.unwrap_or_else(|| "/healthz".into());
         if !path.starts_with('/') {
-            errs.push(&format!("{k}.path"), format!("must start with '/', got {path:?}"));
+            errs.push(
+                &format!("{k}.path"),
+                format!("must start with '/', got {path:?}"),
+            );
         }
-        let interval = duration(&format!("{k}.interval"), h.interval, Duration::from_secs(2), errs);
-        let timeout = duration(&format!("{k}.timeout"), h.timeout, Duration::from_secs(1), errs);
+        let interval = duration(
+            &format!("{k}.interval"),
+            h.interval,
+            Duration::from_secs(2),
+            errs,
+        );
+        let timeout = duration(
+            &format!("{k}.timeout"),
+            h.timeout,
+            Duration::from_secs(1),
+            errs,
+        );
         if interval.is_zero() {
             errs.push(&format!("{k}.interval"), "must be more than 0");
         }
@@ -279,7 +350,12 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
             fall: int_range(&format!("{k}.fall"), h.fall, 3, 1, 100, errs) as u32,
         }
     });
-    PoolConfig { servers, balance, health, protocol }
+    PoolConfig {
+        servers,
+        balance,
+        health,
+        protocol,
+    }
 }
 
 /// Validates and compiles an app's rules; `app_key` is `apps.NAME`.
@@ -293,7 +369,10 @@ pub fn compile_rules(app_key: &str, specs: &[RuleSpec]) -> Result<Vec<Rule>, Vec
         if spec.name.is_empty() {
             errs.push(&format!("{key}.name"), "must not be empty");
         } else if let Some(j) = names.insert(&spec.name, i) {
-            errs.push(&format!("{key}.name"), format!("{:?} is already the name of rules[{j}]", spec.name));
+            errs.push(
+                &format!("{key}.name"),
+                format!("{:?} is already the name of rules[{j}]", spec.name),
+            );
         }
         match Rule::compile(spec) {
             Ok(rule) => out.push(rule),
@@ -321,10 +400,15 @@ fn check_overlaps(apps: &[AppConfig], errs: &mut Errors) {
         };
         for h in hosts {
             if let Some(other) = seen.insert((h, app.path_prefix.as_str()), &app.name) {
-                let what = h.map(|h| format!("host {h}")).unwrap_or_else(|| "the catch-all (no hosts)".into());
+                let what = h
+                    .map(|h| format!("host {h}"))
+                    .unwrap_or_else(|| "the catch-all (no hosts)".into());
                 errs.push(
                     &format!("apps.{}", app.name),
-                    format!("{what} with path_prefix {:?} is already served by apps.{other}", app.path_prefix),
+                    format!(
+                        "{what} with path_prefix {:?} is already served by apps.{other}",
+                        app.path_prefix
+                    ),
                 );
             }
         }
@@ -339,18 +423,32 @@ fn host_pattern(key: &str, h: &str, errs: &mut Errors) -> Option<HostPattern> {
     };
     let ok = !name.is_empty()
         && name.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !ok {
-        errs.push(key, format!("{h:?} is not a host name or a \"*.\" wildcard"));
+        errs.push(
+            key,
+            format!("{h:?} is not a host name or a \"*.\" wildcard"),
+        );
         return None;
     }
-    Some(if wild { HostPattern::Wildcard(name) } else { HostPattern::Exact(name) })
+    Some(if wild {
+        HostPattern::Wildcard(name)
+    } else {
+        HostPattern::Exact(name)
+    })
 }
 
 fn sticky(key: &str, s: &str, errs: &mut Errors) -> Sticky {
     if let Some(name) = s.strip_prefix("cookie:") {
-        if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        if !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
             return Sticky::Cookie(name.to_string());
         }
     } else if let Some(name) = s.strip_prefix("header:") {
@@ -362,7 +460,10 @@ fn sticky(key: &str, s: &str, errs: &mut Errors) -> Sticky {
     } else if s == "none" {
         return Sticky::None;
     }
-    errs.push(key, format!("must be \"cookie:NAME\", \"header:NAME\", \"ip\" or \"none\", got {s:?}"));
+    errs.push(
+        key,
+        format!("must be \"cookie:NAME\", \"header:NAME\", \"ip\" or \"none\", got {s:?}"),
+    );
     Sticky::None
 }
 
@@ -383,13 +484,23 @@ fn duration(key: &str, s: Option<String>, default: Duration, errs: &mut Errors) 
     match s {
         None => default,
         Some(s) => humantime::parse_duration(&s).unwrap_or_else(|e| {
-            errs.push(key, format!("{s:?} is not a duration like \"250ms\", \"2s\" or \"5m\" ({e})"));
+            errs.push(
+                key,
+                format!("{s:?} is not a duration like \"250ms\", \"2s\" or \"5m\" ({e})"),
+            );
             default
         }),
     }
 }
 
-fn int_range(key: &str, v: Option<i64>, default: i64, min: i64, max: i64, errs: &mut Errors) -> i64 {
+fn int_range(
+    key: &str,
+    v: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+    errs: &mut Errors,
+) -> i64 {
     match v {
         None => default,
         Some(v) if (min..=max).contains(&v) => v,
@@ -412,14 +523,19 @@ fn addr(key: &str, s: &str, errs: &mut Errors) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
-    let resolved = if s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+    let resolved = if s
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
         s.to_socket_addrs().ok().and_then(|mut it| it.next())
     } else {
         None
     };
     if resolved.is_none() {
-        errs.push(key, format!("{s:?} is not an address like \"127.0.0.1:8080\""));
+        errs.push(
+            key,
+            format!("{s:?} is not an address like \"127.0.0.1:8080\""),
+        );
     }
     resolved
 }
-

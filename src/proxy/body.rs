@@ -36,7 +36,11 @@ pin_project_lite::pin_project! {
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> RequestBody {
-        RequestBody { inner, seen: 0, limit }
+        RequestBody {
+            inner,
+            seen: 0,
+            limit,
+        }
     }
 }
 
@@ -44,7 +48,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         match ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -82,11 +89,17 @@ pin_project_lite::pin_project! {
 
 impl ResponseBody {
     pub fn upstream(inner: Incoming, exchange: Exchange) -> ResponseBody {
-        ResponseBody { inner: Either::Left(inner), exchange: Some(exchange) }
+        ResponseBody {
+            inner: Either::Left(inner),
+            exchange: Some(exchange),
+        }
     }
 
     pub fn full(bytes: Bytes, exchange: Option<Exchange>) -> ResponseBody {
-        ResponseBody { inner: Either::Right(Full::new(bytes)), exchange }
+        ResponseBody {
+            inner: Either::Right(Full::new(bytes)),
+            exchange,
+        }
     }
 
     pub fn empty() -> ResponseBody {
@@ -104,7 +117,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let out = ready!(this.inner.poll_frame(cx));
         match &out {

@@ -56,21 +56,36 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
     }
 }
 
-async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+async fn serve(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
     let _open = worker.connection_opened();
     let (header_timeout, idle_timeout) = {
         let snap = worker.shared.snapshot.load();
-        (snap.settings.limits.client_header_timeout, snap.settings.limits.client_idle_timeout)
+        (
+            snap.settings.limits.client_header_timeout,
+            snap.settings.limits.client_idle_timeout,
+        )
     };
     let state = Arc::new(ConnState::default());
-    let info = Rc::new(ConnInfo { peer, client_value: client_value(peer.ip()), tls: false, state: state.clone() });
+    let info = Rc::new(ConnInfo {
+        peer,
+        client_value: client_value(peer.ip()),
+        tls: false,
+        state: state.clone(),
+    });
     let io = TimedIo::new(stream, state, header_timeout, idle_timeout);
     let svc_worker = worker.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (w, i) = (svc_worker.clone(), info.clone());
         async move { Ok::<_, std::convert::Infallible>(handler::handle(w, i, req).await) }
     });
-    let conn = worker.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = worker
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut shutdown = worker.shared.shutdown.subscribe();
     let result = tokio::select! {

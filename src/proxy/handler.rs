@@ -21,9 +21,16 @@ use crate::config::Sticky;
 use crate::route::rule::RequestView;
 use crate::route::Server;
 
-static COLOR_VALUES: [HeaderValue; 2] = [HeaderValue::from_static("blue"), HeaderValue::from_static("green")];
+static COLOR_VALUES: [HeaderValue; 2] = [
+    HeaderValue::from_static("blue"),
+    HeaderValue::from_static("green"),
+];
 
-pub async fn handle(worker: Rc<Worker>, conn: Rc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let ex = Exchange::begin(worker.clone(), conn.state.clone());
     forward(&worker, &conn, req, ex).await
 }
@@ -36,24 +43,36 @@ fn fail(mut ex: Exchange, err: ProxyError) -> Response<ResponseBody> {
     Response::from_parts(parts, ResponseBody::full(body, Some(ex)))
 }
 
-async fn forward(worker: &Rc<Worker>, conn: &ConnInfo, req: Request<Incoming>, mut ex: Exchange) -> Response<ResponseBody> {
+async fn forward(
+    worker: &Rc<Worker>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    mut ex: Exchange,
+) -> Response<ResponseBody> {
     // Phase 1: route, with one snapshot load. Everything needed later is
     // copied out so the guard is not held across an await.
     let snap = worker.shared.snapshot.load();
     let limits = &snap.settings.limits;
-    let (max_body, connect_timeout, response_timeout) =
-        (limits.max_body_bytes, limits.upstream_connect_timeout, limits.upstream_response_timeout);
+    let (max_body, connect_timeout, response_timeout) = (
+        limits.max_body_bytes,
+        limits.upstream_connect_timeout,
+        limits.upstream_response_timeout,
+    );
     let color_header = snap.settings.color_header;
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let Some(app) = snap.find_app(host_str, req.uri().path()) else {
         return fail(ex, ProxyError::NoApp);
     };
-    let view = RequestView { path: req.uri().path(), headers: req.headers(), client_ip: conn.peer.ip() };
+    let view = RequestView {
+        path: req.uri().path(),
+        headers: req.headers(),
+        client_ip: conn.peer.ip(),
+    };
     let decision = app.decide(&view);
     let pool = app.pool(decision.color).clone();
     let set_cookie = match (&decision.new_cookie, &app.sticky) {
@@ -74,9 +93,18 @@ async fn forward(worker: &Rc<Worker>, conn: &ConnInfo, req: Request<Incoming>, m
     // Phase 3: the upstream request.
     let (mut parts, body) = req.into_parts();
     let upgrade = headers::is_upgrade_request(&parts.headers);
-    let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, &conn.client_value, conn.tls, host.clone());
+    headers::add_forwarded(
+        &mut parts.headers,
+        &conn.client_value,
+        conn.tls,
+        host.clone(),
+    );
     if !parts.headers.contains_key(header::HOST) {
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
@@ -84,7 +112,11 @@ async fn forward(worker: &Rc<Worker>, conn: &ConnInfo, req: Request<Incoming>, m
     }
     if parts.uri.scheme().is_some() {
         // HTTP/2 clients send absolute URIs; HTTP/1.1 upstreams want origin-form.
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
@@ -111,7 +143,11 @@ async fn forward(worker: &Rc<Worker>, conn: &ConnInfo, req: Request<Incoming>, m
     let mut resp = match tokio::time::timeout(response_timeout, sent).await {
         Err(_) => return fail(ex, ProxyError::UpstreamTimeout),
         Ok(Err(e)) => {
-            let err = if is_too_large(&e) { ProxyError::BodyTooLarge } else { ProxyError::Upstream };
+            let err = if is_too_large(&e) {
+                ProxyError::BodyTooLarge
+            } else {
+                ProxyError::Upstream
+            };
             tracing::debug!(server = %up.server.addr, error = %e, "upstream exchange failed");
             return fail(ex, err);
         }
@@ -133,7 +169,10 @@ async fn forward(worker: &Rc<Worker>, conn: &ConnInfo, req: Request<Incoming>, m
     let (mut rparts, rbody) = resp.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers, tunnel);
     if color_header {
-        rparts.headers.insert(headers::X_CUTOVER_COLOR.clone(), COLOR_VALUES[pool.color.index()].clone());
+        rparts.headers.insert(
+            headers::X_CUTOVER_COLOR.clone(),
+            COLOR_VALUES[pool.color.index()].clone(),
+        );
     }
     if let Some(c) = set_cookie {
         rparts.headers.append(header::SET_COOKIE, c);
@@ -142,7 +181,11 @@ async fn forward(worker: &Rc<Worker>, conn: &ConnInfo, req: Request<Incoming>, m
 }
 
 /// A pooled connection if one is idle and usable, else a new one.
-async fn connection(worker: &Worker, server: &Arc<Server>, connect_timeout: std::time::Duration) -> Result<Pooled, ()> {
+async fn connection(
+    worker: &Worker,
+    server: &Arc<Server>,
+    connect_timeout: std::time::Duration,
+) -> Result<Pooled, ()> {
     while let Some(mut c) = worker.upstreams.take(server) {
         if c.tx.ready().await.is_ok() {
             return Ok(c);
@@ -150,11 +193,15 @@ async fn connection(worker: &Worker, server: &Arc<Server>, connect_timeout: std:
     }
     match worker.upstreams.connect(server, connect_timeout).await {
         Ok(c) => {
-            server.consecutive_failures.store(0, std::sync::atomic::Ordering::Relaxed);
+            server
+                .consecutive_failures
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             Ok(c)
         }
         Err(e) => {
-            server.connect_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            server
+                .connect_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(server = %server.addr, app = %server.app, color = %server.color, error = %e, "upstream connect failed");
             Err(())
         }
@@ -184,4 +231,3 @@ fn cookie_header(name: &str, id: &[u8; 32]) -> Option<HeaderValue> {
     v.extend_from_slice(b"; Path=/; HttpOnly; SameSite=Lax");
     HeaderValue::from_bytes(&v).ok()
 }
-

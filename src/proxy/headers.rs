@@ -28,7 +28,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         let simple = headers.get_all(header::CONNECTION).iter().count() == 1
             && is_plain_token(first.as_bytes());
         if !simple {
-            let values: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+            let values: Vec<HeaderValue> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
             for v in &values {
                 for token in v.to_str().unwrap_or("").split(',') {
                     let token = token.trim();
@@ -48,11 +52,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     headers.remove(header::TRAILER);
     headers.remove(header::TRANSFER_ENCODING);
     if let Some(te) = headers.remove(header::TE) {
-        let wants_trailers = te
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"));
+        let wants_trailers = te.to_str().unwrap_or("").split(',').any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        });
         if wants_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
@@ -72,16 +78,23 @@ fn is_plain_token(v: &[u8]) -> bool {
 /// Does this request ask for a protocol upgrade (RFC 9110 §7.8)?
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
 }
 
 /// Set `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the host the client asked for).
 /// `client` is the client address already rendered as a header value.
-pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<HeaderValue>) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
     match headers.get(&X_FORWARDED_FOR) {
         None => {
             headers.insert(X_FORWARDED_FOR.clone(), client.clone());
@@ -125,7 +138,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -140,7 +156,12 @@ mod tests {
 
     #[test]
     fn fields_named_by_connection_are_removed() {
-        let mut h = map(&[("connection", "close, x-secret, X-Other"), ("x-secret", "s"), ("x-other", "o"), ("x-keep", "k")]);
+        let mut h = map(&[
+            ("connection", "close, x-secret, X-Other"),
+            ("x-secret", "s"),
+            ("x-other", "o"),
+            ("x-keep", "k"),
+        ]);
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("x-secret").is_none());
         assert!(h.get("x-other").is_none());
@@ -192,7 +213,11 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert!(h.is_empty());
 
-        let mut h = map(&[("upgrade", "websocket"), ("connection", "Upgrade, x-drop"), ("x-drop", "1")]);
+        let mut h = map(&[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade, x-drop"),
+            ("x-drop", "1"),
+        ]);
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
@@ -203,13 +228,23 @@ mod tests {
     fn forwarded_for_is_appended() {
         let client = client_value("192.0.2.9".parse().unwrap());
         let mut h = map(&[("x-forwarded-for", "203.0.113.1")]);
-        add_forwarded(&mut h, &client, false, Some(HeaderValue::from_static("shop.example.com")));
+        add_forwarded(
+            &mut h,
+            &client,
+            false,
+            Some(HeaderValue::from_static("shop.example.com")),
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 192.0.2.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example.com");
 
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, &client_value("::ffff:10.1.2.3".parse().unwrap()), true, None);
+        add_forwarded(
+            &mut h,
+            &client_value("::ffff:10.1.2.3".parse().unwrap()),
+            true,
+            None,
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
     }

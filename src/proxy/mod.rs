@@ -19,8 +19,8 @@ pub mod body;
 mod conn;
 pub mod error;
 mod exchange;
-pub mod headers;
 mod handler;
+pub mod headers;
 pub mod io;
 mod tunnel;
 mod upstream;
@@ -104,8 +104,13 @@ impl Worker {
 
 /// Run one worker on the current thread until shutdown and drain.
 /// `listeners` are this worker's own sockets.
-pub fn run_worker(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn run_worker(
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let worker = Rc::new(Worker::new(shared.clone()));
@@ -119,7 +124,10 @@ pub fn run_worker(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) ->
         let _ = shutdown.wait_for(|stop| *stop).await;
         let grace = shared.shutdown_timeout;
         if tokio::time::timeout(grace, worker.drained()).await.is_err() {
-            tracing::warn!(open = worker.open.get(), "shutdown timeout reached; closing remaining connections");
+            tracing::warn!(
+                open = worker.open.get(),
+                "shutdown timeout reached; closing remaining connections"
+            );
         }
         worker.upstreams.clear();
         Ok(())

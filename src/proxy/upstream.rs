@@ -73,7 +73,12 @@ impl Upstreams {
             {
                 continue; // dropped: the connection closes
             }
-            return Some(Pooled { tx: c.tx, server: c.server, created: c.created, reused: true });
+            return Some(Pooled {
+                tx: c.tx,
+                server: c.server,
+                created: c.created,
+                reused: true,
+            });
         }
         None
     }
@@ -97,7 +102,12 @@ impl Upstreams {
             }
             counted.open_connections.fetch_sub(1, Relaxed);
         });
-        Ok(Pooled { tx, server: server.clone(), created: Instant::now(), reused: false })
+        Ok(Pooled {
+            tx,
+            server: server.clone(),
+            created: Instant::now(),
+            reused: false,
+        })
     }
 
     /// Give a connection back after a complete exchange, unless it is
@@ -115,7 +125,12 @@ impl Upstreams {
         if idle.len() <= id {
             idle.resize_with(id + 1, Vec::new);
         }
-        idle[id].push(Idle { tx: conn.tx, server: conn.server, created: conn.created, since: now });
+        idle[id].push(Idle {
+            tx: conn.tx,
+            server: conn.server,
+            created: conn.created,
+            since: now,
+        });
     }
 
     fn receives(&self, id: usize) -> bool {
@@ -126,8 +141,10 @@ impl Upstreams {
     /// their idle timeout or lifetime, and every idle connection to a pool
     /// that no longer receives traffic or a server that left the config.
     pub fn sweep(&self, snap: &Snapshot) {
-        self.idle_timeout.set(snap.settings.limits.upstream_idle_timeout);
-        self.max_lifetime.set(snap.settings.limits.upstream_max_lifetime);
+        self.idle_timeout
+            .set(snap.settings.limits.upstream_idle_timeout);
+        self.max_lifetime
+            .set(snap.settings.limits.upstream_max_lifetime);
         let mut receiving = self.receiving.borrow_mut();
         receiving.iter_mut().for_each(|r| *r = false);
         for app in &snap.apps {

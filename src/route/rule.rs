@@ -58,37 +58,64 @@ impl Rule {
     pub fn compile(spec: &RuleSpec) -> Result<Rule, Vec<(&'static str, String)>> {
         let mut errs = Vec::new();
         let to = Color::parse(&spec.to).unwrap_or_else(|| {
-            errs.push(("to", format!("must be \"blue\" or \"green\", got {:?}", spec.to)));
+            errs.push((
+                "to",
+                format!("must be \"blue\" or \"green\", got {:?}", spec.to),
+            ));
             Color::Green
         });
         let percent = spec.percent.unwrap_or(100.0);
         if !(0.0..=100.0).contains(&percent) {
-            errs.push(("percent", format!("must be between 0 and 100, got {percent}")));
+            errs.push((
+                "percent",
+                format!("must be between 0 and 100, got {percent}"),
+            ));
         }
-        let user_agent = spec.user_agent.as_deref().and_then(|re| match Regex::new(re) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
-                errs.push(("user_agent", format!("invalid regex {re:?}: {first}")));
-                None
-            }
-        });
+        let user_agent = spec
+            .user_agent
+            .as_deref()
+            .and_then(|re| match Regex::new(re) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let first = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    errs.push(("user_agent", format!("invalid regex {re:?}: {first}")));
+                    None
+                }
+            });
         let header = spec.header.as_ref().and_then(|nv| {
-            match (HeaderName::from_bytes(nv.name.as_bytes()), HeaderValue::from_str(&nv.value)) {
+            match (
+                HeaderName::from_bytes(nv.name.as_bytes()),
+                HeaderValue::from_str(&nv.value),
+            ) {
                 (Ok(n), Ok(v)) => Some((n, v)),
                 (Err(_), _) => {
-                    errs.push(("header.name", format!("{:?} is not a valid header name", nv.name)));
+                    errs.push((
+                        "header.name",
+                        format!("{:?} is not a valid header name", nv.name),
+                    ));
                     None
                 }
                 (_, Err(_)) => {
-                    errs.push(("header.value", format!("{:?} is not a valid header value", nv.value)));
+                    errs.push((
+                        "header.value",
+                        format!("{:?} is not a valid header value", nv.value),
+                    ));
                     None
                 }
             }
         });
         let cookie = spec.cookie.as_ref().and_then(|nv| {
             if nv.name.is_empty() || nv.name.contains([';', '=', ' ']) {
-                errs.push(("cookie.name", format!("{:?} is not a valid cookie name", nv.name)));
+                errs.push((
+                    "cookie.name",
+                    format!("{:?} is not a valid cookie name", nv.name),
+                ));
                 None
             } else {
                 Some((nv.name.clone(), nv.value.clone()))
@@ -99,10 +126,15 @@ impl Rule {
                 errs.push(("client_ip", "must list at least one network".to_string()));
             }
             list.iter()
-                .filter_map(|s| parse_net(s).or_else(|| {
-                    errs.push(("client_ip", format!("{s:?} is not an address or CIDR network")));
-                    None
-                }))
+                .filter_map(|s| {
+                    parse_net(s).or_else(|| {
+                        errs.push((
+                            "client_ip",
+                            format!("{s:?} is not an address or CIDR network"),
+                        ));
+                        None
+                    })
+                })
                 .collect()
         });
         if let Some(p) = &spec.path_prefix {
@@ -196,7 +228,11 @@ mod tests {
     }
 
     fn view<'a>(headers: &'a HeaderMap, path: &'a str, ip: &str) -> RequestView<'a> {
-        RequestView { path, headers, client_ip: ip.parse().unwrap() }
+        RequestView {
+            path,
+            headers,
+            client_ip: ip.parse().unwrap(),
+        }
     }
 
     #[test]
@@ -211,7 +247,10 @@ mod tests {
     #[test]
     fn all_conditions_must_hold() {
         let mut s = spec("r");
-        s.header = Some(NameValue { name: "x-preview".into(), value: "yes".into() });
+        s.header = Some(NameValue {
+            name: "x-preview".into(),
+            value: "yes".into(),
+        });
         s.path_prefix = Some("/beta".into());
         s.client_ip = Some(vec!["192.0.2.0/24".into()]);
         let rule = Rule::compile(&s).unwrap();

@@ -8,8 +8,8 @@ use super::rule::{RequestView, Rule};
 use super::sticky::{self, CookieId, BUCKETS};
 use super::Decision;
 use crate::config::{
-    compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits, PoolConfig,
-    Protocol, RuleSpec, Sticky,
+    compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits,
+    PoolConfig, Protocol, RuleSpec, Sticky,
 };
 
 /// What operators change at runtime for one app (SPEC §8): the state file
@@ -24,7 +24,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn initial(app: &AppConfig) -> AppState {
-        AppState { live: app.live, standby_percent: app.standby_percent, rules: app.rules.clone() }
+        AppState {
+            live: app.live,
+            standby_percent: app.standby_percent,
+            rules: app.rules.clone(),
+        }
     }
 
     /// The colour that receives the `standby_percent` share.
@@ -65,7 +69,13 @@ pub struct Server {
 static NEXT_SERVER_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl Server {
-    pub fn new(app: Arc<str>, color: Color, addr: SocketAddr, weight: u32, protocol: Protocol) -> Server {
+    pub fn new(
+        app: Arc<str>,
+        color: Color,
+        addr: SocketAddr,
+        weight: u32,
+        protocol: Protocol,
+    ) -> Server {
         Server {
             id: NEXT_SERVER_ID.fetch_add(1, Relaxed),
             addr,
@@ -87,7 +97,9 @@ impl Server {
 }
 
 /// Upper bounds (seconds) of the request duration histogram.
-pub const DURATION_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Request statistics of one colour of one app. Atomics only: the request
 /// path adds to them without a lock. Shared by every snapshot.
@@ -108,9 +120,13 @@ impl ColorStats {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);
         let secs = elapsed.as_secs_f64();
-        let i = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
         self.duration_buckets[i].fetch_add(1, Relaxed);
-        self.duration_sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.duration_sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 }
 
@@ -127,9 +143,21 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn new(color: Color, config: PoolConfig, servers: Vec<Arc<Server>>, stats: Arc<ColorStats>) -> Pool {
+    fn new(
+        color: Color,
+        config: PoolConfig,
+        servers: Vec<Arc<Server>>,
+        stats: Arc<ColorStats>,
+    ) -> Pool {
         let schedule = smooth_wrr(&servers.iter().map(|s| s.weight).collect::<Vec<_>>());
-        Pool { color, config, servers, stats, schedule, rr: AtomicUsize::new(0) }
+        Pool {
+            color,
+            config,
+            servers,
+            stats,
+            schedule,
+            rr: AtomicUsize::new(0),
+        }
     }
 
     pub fn balance(&self) -> Balance {
@@ -153,23 +181,36 @@ impl Pool {
                 let n = self.rr.fetch_add(1, Relaxed);
                 let first = self.schedule[n % self.schedule.len()] as usize;
                 let len = self.servers.len();
-                (0..len).map(|k| &self.servers[(first + k) % len]).find(|s| usable(s))
+                (0..len)
+                    .map(|k| &self.servers[(first + k) % len])
+                    .find(|s| usable(s))
             }
             Balance::LeastRequests => {
                 // Power of two choices: two random candidates, the one with
                 // fewer requests in flight per unit of weight wins.
                 let len = self.servers.len();
                 let a = fastrand::usize(..len);
-                let b = if len > 1 { (a + 1 + fastrand::usize(..len - 1)) % len } else { a };
+                let b = if len > 1 {
+                    (a + 1 + fastrand::usize(..len - 1)) % len
+                } else {
+                    a
+                };
                 let (sa, sb) = (&self.servers[a], &self.servers[b]);
-                let load = |s: &Server| s.in_flight.load(Relaxed) * 1000 / u64::from(s.weight.max(1));
-                let (best, other) = if load(sb) < load(sa) { (sb, sa) } else { (sa, sb) };
+                let load =
+                    |s: &Server| s.in_flight.load(Relaxed) * 1000 / u64::from(s.weight.max(1));
+                let (best, other) = if load(sb) < load(sa) {
+                    (sb, sa)
+                } else {
+                    (sa, sb)
+                };
                 if usable(best) {
                     Some(best)
                 } else if usable(other) {
                     Some(other)
                 } else {
-                    (0..len).map(|k| &self.servers[(a + k) % len]).find(|s| usable(s))
+                    (0..len)
+                        .map(|k| &self.servers[(a + k) % len])
+                        .find(|s| usable(s))
                 }
             }
         }
@@ -188,7 +229,11 @@ fn smooth_wrr(weights: &[u32]) -> Vec<u32> {
             for (c, w) in current.iter_mut().zip(weights) {
                 *c += i64::from(*w);
             }
-            let (best, _) = current.iter().enumerate().max_by_key(|(i, c)| (**c, -(*i as i64))).unwrap();
+            let (best, _) = current
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, c)| (**c, -(*i as i64)))
+                .unwrap();
             current[best] -= total;
             best as u32
         })
@@ -222,9 +267,11 @@ impl App {
     /// standby needs a share or a rule; a rule can also point at live.)
     pub fn receives_traffic(&self, color: Color) -> bool {
         color == self.state.live
-            && (self.standby_bp < BUCKETS || self.rules.iter().any(|r| r.to == color && r.percent_bp > 0))
+            && (self.standby_bp < BUCKETS
+                || self.rules.iter().any(|r| r.to == color && r.percent_bp > 0))
             || color != self.state.live
-                && (self.standby_bp > 0 || self.rules.iter().any(|r| r.to == color && r.percent_bp > 0))
+                && (self.standby_bp > 0
+                    || self.rules.iter().any(|r| r.to == color && r.percent_bp > 0))
     }
 
     /// SPEC §4 steps 2–4: the rules, then the split, with the sticky bucket
@@ -243,7 +290,10 @@ impl App {
         for rule in &self.rules {
             if rule.matches(req) {
                 if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
-                    return Decision { color: rule.to, new_cookie };
+                    return Decision {
+                        color: rule.to,
+                        new_cookie,
+                    };
                 }
                 break;
             }
@@ -300,7 +350,10 @@ impl Snapshot {
         let mut errors = Vec::new();
         let mut apps = Vec::with_capacity(config.apps.len());
         for app_cfg in &config.apps {
-            let state = states.get(&app_cfg.name).cloned().unwrap_or_else(|| AppState::initial(app_cfg));
+            let state = states
+                .get(&app_cfg.name)
+                .cloned()
+                .unwrap_or_else(|| AppState::initial(app_cfg));
             let rules = match compile_rules(&format!("apps.{}", app_cfg.name), &state.rules) {
                 Ok(r) => r,
                 Err(e) => {
@@ -309,7 +362,9 @@ impl Snapshot {
                 }
             };
             let old_app = old.and_then(|o| o.app(&app_cfg.name));
-            let name: Arc<str> = old_app.map(|a| a.name.clone()).unwrap_or_else(|| app_cfg.name.as_str().into());
+            let name: Arc<str> = old_app
+                .map(|a| a.name.clone())
+                .unwrap_or_else(|| app_cfg.name.as_str().into());
             let pools = Color::ALL.map(|color| {
                 let cfg = &app_cfg.pools[color.index()];
                 let old_pool = old_app.map(|a| a.pool(color));
@@ -323,12 +378,20 @@ impl Snapshot {
                                 old_pool
                                     .and_then(|p| {
                                         p.servers.iter().find(|o| {
-                                            o.addr == s.addr && o.weight == s.weight && o.protocol == cfg.protocol
+                                            o.addr == s.addr
+                                                && o.weight == s.weight
+                                                && o.protocol == cfg.protocol
                                         })
                                     })
                                     .cloned()
                                     .unwrap_or_else(|| {
-                                        Arc::new(Server::new(name.clone(), color, s.addr, s.weight, cfg.protocol))
+                                        Arc::new(Server::new(
+                                            name.clone(),
+                                            color,
+                                            s.addr,
+                                            s.weight,
+                                            cfg.protocol,
+                                        ))
                                     })
                             })
                             .collect();
@@ -337,8 +400,11 @@ impl Snapshot {
                     }
                 }
             });
-            let standby_bp = (state.standby_percent * 100.0).round().clamp(0.0, BUCKETS as f64) as u32;
-            let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS) || rules.iter().any(|r| r.percent_bp < BUCKETS);
+            let standby_bp = (state.standby_percent * 100.0)
+                .round()
+                .clamp(0.0, BUCKETS as f64) as u32;
+            let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS)
+                || rules.iter().any(|r| r.percent_bp < BUCKETS);
             apps.push(Arc::new(App {
                 name,
                 hosts: app_cfg.hosts.clone(),
@@ -355,13 +421,20 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let settings = Arc::new(Settings { limits: config.limits.clone(), color_header: config.server.color_header });
+        let settings = Arc::new(Settings {
+            limits: config.limits.clone(),
+            color_header: config.server.color_header,
+        });
         Ok(Snapshot::index(apps, settings, epoch))
     }
 
     /// The same topology with some apps' runtime state replaced: what a
     /// flip, shift or rules change stores. Pools and servers are shared.
-    pub fn with_states(&self, states: &BTreeMap<String, AppState>, epoch: u64) -> Result<Snapshot, Vec<String>> {
+    pub fn with_states(
+        &self,
+        states: &BTreeMap<String, AppState>,
+        epoch: u64,
+    ) -> Result<Snapshot, Vec<String>> {
         let mut errors = Vec::new();
         let apps = self
             .apps
@@ -370,8 +443,10 @@ impl Snapshot {
                 Some(state) if *state != app.state => {
                     match compile_rules(&format!("apps.{}", app.name), &state.rules) {
                         Ok(rules) => {
-                            let standby_bp =
-                                (state.standby_percent * 100.0).round().clamp(0.0, BUCKETS as f64) as u32;
+                            let standby_bp = (state.standby_percent * 100.0)
+                                .round()
+                                .clamp(0.0, BUCKETS as f64)
+                                as u32;
                             Arc::new(App {
                                 name: app.name.clone(),
                                 hosts: app.hosts.clone(),
@@ -412,16 +487,27 @@ impl Snapshot {
             for h in &app.hosts {
                 match h {
                     HostPattern::Exact(n) => exact.entry(n.clone()).or_default().push(i as u32),
-                    HostPattern::Wildcard(s) => wildcard.entry(s.clone()).or_default().push(i as u32),
+                    HostPattern::Wildcard(s) => {
+                        wildcard.entry(s.clone()).or_default().push(i as u32)
+                    }
                 }
             }
         }
         // Longest prefix first, so the first prefix that matches wins.
-        let by_prefix = |v: &mut Vec<u32>| v.sort_by_key(|i| std::cmp::Reverse(apps[*i as usize].path_prefix.len()));
+        let by_prefix = |v: &mut Vec<u32>| {
+            v.sort_by_key(|i| std::cmp::Reverse(apps[*i as usize].path_prefix.len()))
+        };
         exact.values_mut().for_each(by_prefix);
         wildcard.values_mut().for_each(by_prefix);
         by_prefix(&mut catch_all);
-        Snapshot { epoch, apps, settings, exact, wildcard, catch_all }
+        Snapshot {
+            epoch,
+            apps,
+            settings,
+            exact,
+            wildcard,
+            catch_all,
+        }
     }
 
     pub fn app(&self, name: &str) -> Option<&Arc<App>> {
@@ -498,7 +584,10 @@ mod tests {
     #[test]
     fn hosts_are_normalized() {
         let mut b = [0u8; 256];
-        assert_eq!(normalize_host("Shop.Example.COM:8080", &mut b), Some("shop.example.com"));
+        assert_eq!(
+            normalize_host("Shop.Example.COM:8080", &mut b),
+            Some("shop.example.com")
+        );
         let mut b = [0u8; 256];
         assert_eq!(normalize_host("[::1]:80", &mut b), Some("::1"));
         let mut b = [0u8; 256];

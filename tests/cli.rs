@@ -1,0 +1,141 @@
+//! The `cutover` binary from the outside: `check` and `run` exit codes and
+//! messages (SPEC §2).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cutover(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .output()
+        .expect("run cutover")
+}
+
+fn check_text(dir: &Path, text: &str) -> Output {
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    cutover(&["check", "-c", path.to_str().unwrap()])
+}
+
+const GOOD_APP: &str = r#"
+[apps.shop]
+[apps.shop.blue]
+servers = ["127.0.0.1:9001"]
+[apps.shop.green]
+servers = ["127.0.0.1:9002"]
+"#;
+
+#[test]
+fn check_accepts_the_reference_config_and_prints_a_summary() {
+    let ref_config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cutover.toml");
+    let out = cutover(&["check", "-c", ref_config]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("app shop"), "{stdout}");
+    assert!(
+        stdout.contains("rule mobile-canary -> green (20%)"),
+        "{stdout}"
+    );
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");
+    assert!(cutover(&["check", "-c", demo]).status.success());
+}
+
+#[test]
+fn check_rejects_bad_configs_naming_every_key_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            r#"
+[apps.shop]
+live = "purple"
+standby_percent = 150
+sticky = "session"
+drain_timeout = "soon"
+[apps.shop.blue]
+servers = []
+[apps.shop.green]
+servers = ["not-an-address"]
+[[apps.shop.rules]]
+name = "a"
+to = "red"
+[[apps.shop.rules]]
+name = "b"
+to = "green"
+percent = 150
+user_agent = "(unclosed"
+client_ip = ["300.1.1.1/8"]
+"#,
+            &[
+                "apps.shop.live: must be \"blue\" or \"green\", got \"purple\"",
+                "apps.shop.standby_percent: must be between 0 and 100, got 150",
+                "apps.shop.sticky:",
+                "apps.shop.drain_timeout:",
+                "apps.shop.blue.servers: a pool needs at least one server",
+                "apps.shop.green.servers[0]:",
+                "apps.shop.rules[0].to: must be \"blue\" or \"green\", got \"red\"",
+                "apps.shop.rules[1].percent: must be between 0 and 100, got 150",
+                "apps.shop.rules[1].user_agent: invalid regex",
+                "apps.shop.rules[1].client_ip:",
+            ],
+        ),
+        (
+            &format!("{GOOD_APP}\n[apps.shop2]\n[apps.shop2.blue]\nservers = [\"127.0.0.1:1\"]\n[apps.shop2.green]\nservers = [\"127.0.0.1:2\"]\n"),
+            &["apps.shop2: the catch-all (no hosts) with path_prefix \"/\" is already served by apps.shop"],
+        ),
+        (
+            r#"
+[apps.a]
+hosts = ["x.test"]
+[apps.a.blue]
+servers = ["127.0.0.1:1"]
+[apps.a.green]
+servers = ["127.0.0.1:2"]
+[apps.b]
+hosts = ["X.test"]
+[apps.b.blue]
+servers = ["127.0.0.1:1"]
+"#,
+            &["apps.b: host x.test with path_prefix \"/\" is already served by apps.a", "apps.b.green: missing"],
+        ),
+        (&format!("[limits]\nclient_idle_timeout = \"forever\"\n{GOOD_APP}"), &["limits.client_idle_timeout:"]),
+        (&format!("[server]\nlisten = [\"nowhere\"]\n{GOOD_APP}"), &["server.listen[0]:"]),
+        (&format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{GOOD_APP}"), &["admin.listen: 0.0.0.0:9901 is not a loopback address"]),
+        (&format!("[server]\nlistn = []\n{GOOD_APP}"), &["unknown field `listn`", "line 2"]),
+        (&format!("{GOOD_APP}\n[[apps.shop.rules]]\nname = \"x\"\nto = \"green\"\nheader = {{ name = \"x\" }}\n"), &["missing field `value`"]),
+    ];
+    for (text, wanted) in cases {
+        let out = check_text(dir.path(), text);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "config accepted:\n{text}\nstdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for w in *wanted {
+            assert!(stderr.contains(w), "missing {w:?} in:\n{stderr}");
+        }
+    }
+}
+
+#[test]
+fn run_exits_64_on_a_bad_config_and_on_bad_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[apps.x]\nlive = \"red\"\n").unwrap();
+    let out = cutover(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("apps.x.live"));
+    assert_eq!(cutover(&["run"]).status.code(), Some(64));
+    assert_eq!(cutover(&["frobnicate"]).status.code(), Some(64));
+    assert_eq!(
+        cutover(&["check", "-c", "/nonexistent/cutover.toml"])
+            .status
+            .code(),
+        Some(1)
+    );
+}

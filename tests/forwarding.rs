@@ -1,0 +1,316 @@
+//! Forwarding rules, limits and errors (SPEC §5) with real servers.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::*;
+
+fn config(blue: &str, green: &str, limits: &str) -> String {
+    format!(
+        r#"
+[server]
+shutdown_timeout = "5s"
+color_header = true
+
+[limits]
+{limits}
+
+[apps.shop]
+[apps.shop.blue]
+servers = [{blue}]
+[apps.shop.green]
+servers = [{green}]
+"#
+    )
+}
+
+fn one(u: &Upstream) -> String {
+    format!("\"{}\"", u.addr)
+}
+
+/// An address nothing listens on.
+fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    format!("\"{a}\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_headers_are_set_and_host_is_kept() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
+    let r = get(
+        &client(),
+        &proxy.url("/echo?q=1"),
+        &[
+            ("host", "shop.example.com"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ],
+    )
+    .await;
+    let seen = r.json();
+    assert_eq!(seen["host"][0], "shop.example.com");
+    assert_eq!(seen["x-forwarded-for"][0], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"][0], "http");
+    assert_eq!(seen["x-forwarded-host"][0], "shop.example.com");
+    assert_eq!(seen["_uri"][0], "/echo?q=1");
+    assert_eq!(r.headers["x-cutover-color"], "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_request_headers_do_not_reach_the_upstream() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
+    let r = get(
+        &client(),
+        &proxy.url("/echo"),
+        &[
+            ("connection", "x-private, keep-alive"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("trailer", "x-sum"),
+            ("upgrade", "h2c"),
+            ("x-end-to-end", "kept"),
+        ],
+    )
+    .await;
+    let seen = r.json();
+    for h in [
+        "x-private",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+    ] {
+        assert!(seen.get(h).is_none(), "{h} reached the upstream: {seen}");
+    }
+    assert_eq!(seen["x-end-to-end"][0], "kept");
+    // `TE: trailers` is the one TE value a proxy forwards.
+    let r = get(&client(), &proxy.url("/echo"), &[("te", "trailers")]).await;
+    assert_eq!(r.json()["te"][0], "trailers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_response_headers_do_not_reach_the_client() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
+    let r = get(&client(), &proxy.url("/hop"), &[]).await;
+    assert_eq!(r.status, 200);
+    for h in ["x-secret", "keep-alive", "proxy-connection", "upgrade"] {
+        assert!(r.headers.get(h).is_none(), "{h} reached the client");
+    }
+    assert_eq!(r.headers["x-end-to-end"], "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_mib_upload_and_a_16_mib_download_arrive_intact() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
+    let cl = client();
+    let size = 16 << 20;
+    let upload: Vec<u8> = (0..size).map(|i: usize| (i * 7 + 3) as u8).collect();
+    let expected = format!("{size} {}", sha256_hex(&upload));
+    let r = send(&cl, "POST", &proxy.url("/digest"), &[], Bytes::from(upload)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), expected);
+
+    let r = get(&cl, &proxy.url(&format!("/download/{size}")), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), size);
+    let want: Vec<u8> = (0..size).map(pattern_byte).collect();
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&want));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_gives_502() {
+    let g = Upstream::start("green").await;
+    let proxy = Proxy::start(&config(
+        &dead_addr(),
+        &one(&g),
+        r#"upstream_connect_timeout = "500ms""#,
+    ));
+    let r = get(&client(), &proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), "bad gateway\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_failure_is_retried_on_another_server_of_the_same_colour() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(
+        &format!("{}, {}", dead_addr(), one(&b)),
+        &one(&g),
+        "",
+    ));
+    let cl = client();
+    for _ in 0..20 {
+        let r = get(&cl, &proxy.url("/"), &[]).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "blue"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_gives_504() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(
+        &one(&b),
+        &one(&g),
+        r#"upstream_response_timeout = "300ms""#,
+    ));
+    let start = Instant::now();
+    let r = get(&client(), &proxy.url("/delay/3000"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_kib_header_gives_431() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
+    let big = "a".repeat(100 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
+    let out = raw_exchange(proxy.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out:.80}");
+    assert_eq!(b.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_head_gives_408_and_the_connection_closes() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(
+        &one(&b),
+        &one(&g),
+        r#"client_header_timeout = "300ms""#,
+    ));
+    let start = Instant::now();
+    let out = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_client_idle_timeout() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(
+        &one(&b),
+        &one(&g),
+        "client_idle_timeout = \"300ms\"\nclient_header_timeout = \"5s\"",
+    ));
+    let start = Instant::now();
+    let out = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("blue"), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_bytes_gives_413() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), "max_body_bytes = 1024"));
+    let cl = client();
+    let r = send(&cl, "POST", &proxy.url("/digest"), &[], vec![b'x'; 2048]).await;
+    assert_eq!(r.status, 413);
+    let r = send(&cl, "POST", &proxy.url("/digest"), &[], vec![b'x'; 1000]).await;
+    assert_eq!(r.text(), format!("1000 {}", sha256_hex(&[b'x'; 1000])));
+    // A chunked body declares no length: it is cut off while streaming.
+    let chunk = "400\r\n".to_string() + &"y".repeat(1024) + "\r\n";
+    let req = format!("POST /digest HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n");
+    let out = raw_exchange(proxy.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_is_served_like_http1() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
+    let h2: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let r = get(&h2, &proxy.url("/echo"), &[]).await;
+    let seen = r.json();
+    assert_eq!(seen["_upstream"][0], "blue");
+    assert_eq!(seen["_version"][0], "HTTP/1.1");
+    assert_eq!(seen["host"][0], proxy.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_a_1s_in_flight_request_finish() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
+    let url = proxy.url("/delay/1000");
+    let in_flight = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    // Wait until the upstream has the request, then begin the shutdown.
+    while b.requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = proxy.addr;
+    let stopped = tokio::spawn(proxy.join());
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "blue"));
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("proxy stopped")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}

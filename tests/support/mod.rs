@@ -1,0 +1,336 @@
+//! Test support: real upstream servers on 127.0.0.1:0, the real proxy
+//! in-process, and a real HTTP client. Nothing is mocked.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+
+pub type Body =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Every test is bounded in time.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A real upstream HTTP/1.1 server. It answers every path with its name,
+/// except:
+/// - `/delay/MS`: waits MS milliseconds first;
+/// - `/echo`: the request headers as JSON (`{"name": ["v1", …]}`), plus
+///   `"_method"`, `"_uri"` and `"_version"`;
+/// - `/digest`: reads the whole body, answers `LEN SHA256HEX`;
+/// - `/download/N`: streams N deterministic bytes in 64 KiB chunks;
+/// - `/status/N`: answers status N;
+/// - `/hop`: answers with hop-by-hop headers that must not reach clients.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    /// TCP connections currently open to this upstream.
+    pub open: Arc<AtomicUsize>,
+    /// Requests served.
+    pub requests: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (o, r) = (open.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                let (o, r) = (o.clone(), r.clone());
+                o.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        r.fetch_add(1, SeqCst);
+                        answer(name, req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                    o.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name,
+            open,
+            requests,
+            stop: Some(stop),
+        }
+    }
+
+    /// Stop accepting (open connections stay).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The deterministic byte at offset `i` of `/download/N`.
+pub fn pattern_byte(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 8)) as u8
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let first = parts.next().unwrap_or("");
+    let arg = parts.next().unwrap_or("");
+    let resp = match first {
+        "delay" => {
+            tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
+            Response::new(full(name))
+        }
+        "echo" => {
+            let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (k, v) in req.headers() {
+                map.entry(k.to_string())
+                    .or_default()
+                    .push(v.to_str().unwrap_or("").to_string());
+            }
+            map.insert("_method".into(), vec![req.method().to_string()]);
+            map.insert("_uri".into(), vec![req.uri().to_string()]);
+            map.insert("_version".into(), vec![format!("{:?}", req.version())]);
+            map.insert("_upstream".into(), vec![name.to_string()]);
+            Response::new(full(serde_json::to_vec(&map).unwrap()))
+        }
+        "digest" => {
+            let mut hasher = Sha256::new();
+            let mut len = 0usize;
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            len += d.len();
+                            hasher.update(d);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            Response::new(full(format!("{len} {}", hex(&hasher.finalize()))))
+        }
+        "download" => {
+            let total: usize = arg.parse().unwrap_or(0);
+            let chunks = (0..total).step_by(65536).map(move |start| {
+                let end = (start + 65536).min(total);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(
+                    (start..end).map(pattern_byte).collect::<Vec<u8>>(),
+                )))
+            });
+            let stream = StreamBody::new(futures_stream(chunks));
+            let mut r = Response::new(BodyExt::boxed(stream));
+            r.headers_mut()
+                .insert("content-length", total.to_string().parse().unwrap());
+            r
+        }
+        "status" => {
+            let mut r = Response::new(full(name));
+            *r.status_mut() = StatusCode::from_u16(arg.parse().unwrap_or(500)).unwrap();
+            r
+        }
+        "hop" => {
+            let mut r = Response::new(full(name));
+            let h = r.headers_mut();
+            h.insert("connection", "x-secret".parse().unwrap());
+            h.insert("x-secret", "s".parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert("proxy-connection", "keep-alive".parse().unwrap());
+            h.insert("upgrade", "h2c".parse().unwrap());
+            h.insert("x-end-to-end", "kept".parse().unwrap());
+            r
+        }
+        _ => Response::new(full(name)),
+    };
+    Ok(resp)
+}
+
+/// An iterator as a `Stream` (no extra crate needed).
+fn futures_stream<I: Iterator + Unpin>(it: I) -> IterStream<I> {
+    IterStream(it)
+}
+
+pub struct IterStream<I>(I);
+
+impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
+    type Item = I::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+/// The proxy, in-process, on 127.0.0.1:0.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Start the proxy with `toml` (its `[server] listen` is ignored: the
+    /// proxy listens on a fresh loopback port).
+    pub fn start(toml: &str) -> Proxy {
+        let config =
+            cutover::Config::from_toml(toml).unwrap_or_else(|e| panic!("test config: {e:?}"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listeners = cutover::Listeners {
+            plain: vec![listener],
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            cutover::run(config, listeners, async {
+                let _ = stopped.await;
+            })
+            .expect("proxy run");
+        });
+        Proxy {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Begin a graceful shutdown; `join` waits for it.
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    pub async fn join(mut self) {
+        self.shutdown();
+        let t = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || t.join().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `name=value` part of the first `Set-Cookie`, if any.
+    pub fn set_cookie(&self) -> Option<String> {
+        let v = self.headers.get("set-cookie")?.to_str().ok()?;
+        Some(v.split(';').next()?.to_string())
+    }
+}
+
+/// Send a request with the given headers and body; read the whole reply.
+pub async fn send(
+    c: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(full(body)).unwrap();
+    let resp = tokio::time::timeout(TEST_TIMEOUT, c.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(
+    c: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    send(c, "GET", url, headers, Bytes::new()).await
+}
+
+/// Write raw bytes on a new connection and read until the server closes it
+/// (or `limit` passes).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
