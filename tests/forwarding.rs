@@ -314,3 +314,60 @@ async fn graceful_shutdown_lets_a_1s_in_flight_request_finish() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_makes_further_clients_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), "max_connections = 1"));
+    // The first client holds the only slot with a keep-alive connection.
+    let mut first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The second is accepted by the kernel but not served...
+    let url = proxy.url("/");
+    let second = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "a second connection was served past max_connections"
+    );
+    // ...until the first goes away.
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served after the slot freed")
+        .unwrap();
+    assert_eq!(r.text(), "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_listener() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let text = config(&one(&b), &one(&g), "").replace("[server]", "[server]\nworkers = 3");
+    let proxy = Proxy::start(&text);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = proxy.url("/");
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..20 {
+                assert_eq!(get(&c, &url, &[]).await.text(), "blue");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -35,8 +35,68 @@ pub fn parse_config(text: &str, path: Option<&Path>) -> Result<Config, Vec<Strin
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
-        Err(errs.0)
+        Err(errs.0.into_iter().map(|e| with_line(text, e)).collect())
     }
+}
+
+/// Append `(line N)` to an error `KEY: message` when the key can be found
+/// in the text: the table header, then the key inside that table.
+fn with_line(text: &str, error: String) -> String {
+    let key = error.split(": ").next().unwrap_or("");
+    match line_of(text, key) {
+        Some(n) => format!("{error} (line {n})"),
+        None => error,
+    }
+}
+
+/// Best effort: the 1-based line where `key` (`apps.shop.rules[1].percent`)
+/// is written, or its table's header.
+pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
+    // Split into the table path and the field: the longest prefix of the
+    // segments that names a table header in the text is the table.
+    let segments: Vec<&str> = key.split('.').collect();
+    let lines: Vec<&str> = text.lines().collect();
+    for cut in (1..=segments.len()).rev() {
+        let table = segments[..cut].join(".");
+        let (table_name, index) = match table.rsplit_once('[') {
+            Some((name, rest)) if rest.ends_with(']') => (
+                name.to_string(),
+                rest.trim_end_matches(']').parse::<usize>().ok(),
+            ),
+            _ => (table.clone(), None),
+        };
+        let header = match index {
+            Some(_) => format!("[[{table_name}]]"),
+            None => format!("[{table_name}]"),
+        };
+        let mut seen = 0;
+        let start = lines.iter().position(|l| {
+            if l.trim() == header {
+                seen += 1;
+                seen > index.unwrap_or(0)
+            } else {
+                false
+            }
+        });
+        let Some(start) = start else { continue };
+        let Some(field) = segments.get(cut) else {
+            return Some(start + 1);
+        };
+        let field = field.split('[').next().unwrap_or(field);
+        for (i, l) in lines.iter().enumerate().skip(start + 1) {
+            let t = l.trim_start();
+            if t.starts_with('[') {
+                break;
+            }
+            if t.strip_prefix(field)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+            {
+                return Some(i + 1);
+            }
+        }
+        return Some(start + 1);
+    }
+    None
 }
 
 fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) -> Config {
@@ -538,4 +598,22 @@ fn addr(key: &str, s: &str, errs: &mut Errors) -> Option<SocketAddr> {
         );
     }
     resolved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_of;
+
+    const TEXT: &str = "[server]\nworkers = 2\n\n[apps.shop]\nlive = \"red\"\n[apps.shop.blue]\nservers = []\n[[apps.shop.rules]]\nname = \"a\"\n[[apps.shop.rules]]\nname = \"b\"\npercent = 150\n";
+
+    #[test]
+    fn errors_point_at_their_line() {
+        assert_eq!(line_of(TEXT, "server.workers"), Some(2));
+        assert_eq!(line_of(TEXT, "apps.shop.live"), Some(5));
+        assert_eq!(line_of(TEXT, "apps.shop.blue.servers"), Some(7));
+        assert_eq!(line_of(TEXT, "apps.shop.rules[1].percent"), Some(12));
+        assert_eq!(line_of(TEXT, "apps.shop.rules[0].to"), Some(8));
+        assert_eq!(line_of(TEXT, "apps.shop"), Some(4));
+        assert_eq!(line_of(TEXT, "limits.max_body_bytes"), None);
+    }
 }

@@ -84,12 +84,28 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.conn.request_ended();
+        let elapsed = self.start.elapsed();
         if let Some((pool, server)) = &self.target {
             server.in_flight.fetch_sub(1, Relaxed);
             pool.stats.in_flight.fetch_sub(1, Relaxed);
             if self.status != 0 {
-                pool.stats.record(self.status, self.start.elapsed());
+                pool.stats.record(self.status, elapsed);
             }
+            tracing::debug!(
+                app = %server.app,
+                color = %server.color,
+                server = %server.addr,
+                status = self.status,
+                micros = elapsed.as_micros() as u64,
+                complete = self.complete.get(),
+                "request"
+            );
+        } else {
+            tracing::debug!(
+                status = self.status,
+                micros = elapsed.as_micros() as u64,
+                "request not forwarded"
+            );
         }
         if let Some(up) = self.upstream.take() {
             if self.complete.get() {
