@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::client::{self, Endpoint, EndpointArgs};
 use crate::config::{Config, HostPattern, Sticky};
 
 /// Exit code for bad usage or a bad config (sysexits `EX_USAGE`).
@@ -40,6 +41,10 @@ pub enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Ignore the state file (even a corrupt one): start from the
+        /// config's initial values.
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Validate a config: print a summary, or every error with its key.
     Check {
@@ -49,6 +54,110 @@ pub enum Command {
     },
     /// Run the proxy on the embedded demo config with two demo upstreams.
     Demo,
+    /// Show apps, live colour, split, rules, servers with health.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// Send all traffic of APP (or of every app, atomically) to its standby colour.
+    Flip {
+        app: Option<String>,
+        /// Flip even if the new live pool has no healthy server.
+        #[arg(long)]
+        force: bool,
+        /// Show the result without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// Send PERCENT (0-100) of APP's default traffic to its standby colour.
+    Shift {
+        /// `[APP] PERCENT`.
+        #[arg(num_args = 1..=2, value_names = ["APP", "PERCENT"], required = true)]
+        args: Vec<String>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// Restore the state before the last change (of APP, or the last change overall).
+    Rollback {
+        app: Option<String>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// List, add or remove canary rules: `rules [APP] [list | add --name N --to C ... | remove NAME]`.
+    Rules {
+        /// `[APP] [list|add|remove] [NAME]`.
+        args: Vec<String>,
+        #[command(flatten)]
+        rule: RuleArgs,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// The recent changes: time, who, before -> after.
+    History {
+        /// Show at most this many, newest last.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+}
+
+/// How the client subcommands reach the admin API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Admin API URL (else $CUTOVER_ADMIN, else the config's [admin] listen, else http://127.0.0.1:9901).
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// File holding the admin token (else $CUTOVER_TOKEN, else the config's token).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The daemon's config file, to find the admin address and token.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The rule `rules add` creates.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RuleArgs {
+    /// Rule name (add).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Colour the rule sends to: blue or green (add).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Share of matching users, 0-100 (add; default 100).
+    #[arg(long)]
+    pub percent: Option<f64>,
+    /// User-agent regex (add).
+    #[arg(long)]
+    pub user_agent: Option<String>,
+    /// Header condition NAME=VALUE (add).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub header: Option<String>,
+    /// Cookie condition NAME=VALUE (add).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub cookie: Option<String>,
+    /// Client network, repeatable (add).
+    #[arg(long, value_name = "CIDR")]
+    pub client_ip: Vec<String>,
+    /// Path prefix condition (add).
+    #[arg(long)]
+    pub path_prefix: Option<String>,
 }
 
 impl Cli {
@@ -70,9 +179,255 @@ impl Cli {
 
     pub fn execute(self) -> ExitCode {
         match self.command {
-            Command::Run { config } => run(&config),
+            Command::Run {
+                config,
+                reset_state,
+            } => run(&config, reset_state),
             Command::Check { config } => check(&config),
             Command::Demo => demo(),
+            other => client_command(other),
+        }
+    }
+}
+
+fn endpoint(args: &ClientArgs) -> Result<Endpoint, ExitCode> {
+    Endpoint::resolve(&EndpointArgs {
+        admin: args.admin.clone(),
+        token_file: args.token_file.clone(),
+        config: args.config.clone(),
+    })
+    .map_err(|e| {
+        eprintln!("cutover: {e:#}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("cutover: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Print a call's result: 0 when done, 1 when refused or unreachable.
+fn finish(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cutover: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn client_command(cmd: Command) -> ExitCode {
+    let options =
+        |force: bool, dry_run: bool| serde_json::json!({ "force": force, "dry_run": dry_run });
+    match cmd {
+        Command::Status { json, endpoint: e } => {
+            let ep = match endpoint(&e) {
+                Ok(ep) => ep,
+                Err(c) => return c,
+            };
+            finish(ep.ok("GET", "/v1/status", None, None).map(|v| {
+                if json {
+                    format!("{v:#}\n")
+                } else {
+                    client::status_table(&v)
+                }
+            }))
+        }
+        Command::Flip {
+            app,
+            force,
+            dry_run,
+            endpoint: e,
+        } => {
+            let ep = match endpoint(&e) {
+                Ok(ep) => ep,
+                Err(c) => return c,
+            };
+            let path = match &app {
+                Some(a) => format!("/v1/apps/{a}/flip"),
+                None => "/v1/flip".to_string(),
+            };
+            finish(
+                ep.ok("POST", &path, Some(options(force, dry_run)), None)
+                    .map(|v| client::describe_change(&v)),
+            )
+        }
+        Command::Shift {
+            args,
+            force,
+            dry_run,
+            endpoint: e,
+        } => {
+            let ep = match endpoint(&e) {
+                Ok(ep) => ep,
+                Err(c) => return c,
+            };
+            let (app, pct) = match args.as_slice() {
+                [p] => (None, p),
+                [a, p] => (Some(a.clone()), p),
+                _ => return usage("shift takes [APP] PERCENT"),
+            };
+            let Ok(percent) = pct.trim_end_matches('%').parse::<f64>() else {
+                return usage(format!(
+                    "PERCENT must be a number from 0 to 100, got {pct:?}"
+                ));
+            };
+            let app = match client::pick_app(&ep, app) {
+                Ok(a) => a,
+                Err(m) => return usage(m),
+            };
+            let mut body = options(force, dry_run);
+            body["percent"] = serde_json::json!(percent);
+            finish(
+                ep.ok("POST", &format!("/v1/apps/{app}/shift"), Some(body), None)
+                    .map(|v| client::describe_change(&v)),
+            )
+        }
+        Command::Rollback {
+            app,
+            force,
+            dry_run,
+            endpoint: e,
+        } => {
+            let ep = match endpoint(&e) {
+                Ok(ep) => ep,
+                Err(c) => return c,
+            };
+            let path = match &app {
+                Some(a) => format!("/v1/apps/{a}/rollback"),
+                None => "/v1/rollback".to_string(),
+            };
+            finish(
+                ep.ok("POST", &path, Some(options(force, dry_run)), None)
+                    .map(|v| client::describe_change(&v)),
+            )
+        }
+        Command::Rules {
+            args,
+            rule,
+            endpoint: e,
+        } => {
+            let ep = match endpoint(&e) {
+                Ok(ep) => ep,
+                Err(c) => return c,
+            };
+            rules_command(&ep, args, rule)
+        }
+        Command::History {
+            limit,
+            json,
+            endpoint: e,
+        } => {
+            let ep = match endpoint(&e) {
+                Ok(ep) => ep,
+                Err(c) => return c,
+            };
+            finish(ep.ok("GET", "/v1/history", None, None).map(|v| {
+                if json {
+                    format!("{v:#}\n")
+                } else {
+                    client::history_table(&v, limit)
+                }
+            }))
+        }
+        Command::Run { .. } | Command::Check { .. } | Command::Demo => {
+            unreachable!("handled by execute")
+        }
+    }
+}
+
+/// `rules [APP] [list|add|remove] [NAME]`, in either order of APP and action.
+fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs) -> ExitCode {
+    const ACTIONS: [&str; 3] = ["list", "add", "remove"];
+    let (mut app, mut action, mut rest) = (None, None, Vec::new());
+    for a in args {
+        if action.is_none() && ACTIONS.contains(&a.as_str()) {
+            action = Some(a);
+        } else if action.is_none() && app.is_none() {
+            app = Some(a);
+        } else {
+            rest.push(a);
+        }
+    }
+    let action = action.unwrap_or_else(|| "list".into());
+    // `rules remove APP NAME`: the first extra word is the app.
+    if action == "remove" && app.is_none() && rest.len() == 2 {
+        app = Some(rest.remove(0));
+    }
+    let app = match client::pick_app(ep, app) {
+        Ok(a) => a,
+        Err(m) => return usage(m),
+    };
+    let path = format!("/v1/apps/{app}/rules");
+    match action.as_str() {
+        "list" => finish(
+            ep.ok("GET", &path, None, None)
+                .map(|v| client::rules_table(&v["rules"])),
+        ),
+        "remove" => {
+            let [name] = rest.as_slice() else {
+                return usage("rules remove takes the rule's NAME");
+            };
+            finish(
+                ep.ok("DELETE", &format!("{path}/{name}"), None, None)
+                    .map(|_| format!("removed rule {name:?} from {app}\n")),
+            )
+        }
+        _ => {
+            let (Some(name), Some(to)) = (rule.name.clone(), rule.to.clone()) else {
+                return usage("rules add needs --name and --to");
+            };
+            let pair =
+                |s: &Option<String>, what: &str| -> Result<Option<serde_json::Value>, ExitCode> {
+                    match s {
+                        None => Ok(None),
+                        Some(s) => match s.split_once('=') {
+                            Some((n, v)) => Ok(Some(serde_json::json!({ "name": n, "value": v }))),
+                            None => Err(usage(format!("--{what} takes NAME=VALUE, got {s:?}"))),
+                        },
+                    }
+                };
+            let header = match pair(&rule.header, "header") {
+                Ok(h) => h,
+                Err(c) => return c,
+            };
+            let cookie = match pair(&rule.cookie, "cookie") {
+                Ok(c) => c,
+                Err(c) => return c,
+            };
+            let mut spec = serde_json::json!({ "name": name, "to": to });
+            if let Some(p) = rule.percent {
+                spec["percent"] = p.into();
+            }
+            if let Some(u) = rule.user_agent {
+                spec["user_agent"] = u.into();
+            }
+            if let Some(h) = header {
+                spec["header"] = h;
+            }
+            if let Some(c) = cookie {
+                spec["cookie"] = c;
+            }
+            if !rule.client_ip.is_empty() {
+                spec["client_ip"] = rule.client_ip.into();
+            }
+            if let Some(p) = rule.path_prefix {
+                spec["path_prefix"] = p.into();
+            }
+            // Read, append, write back with If-Match: a concurrent change is
+            // refused (412) rather than lost.
+            let result = ep.ok("GET", &path, None, None).and_then(|current| {
+                let epoch = current["epoch"].as_u64();
+                let mut rules = current["rules"].as_array().cloned().unwrap_or_default();
+                rules.push(spec);
+                ep.ok("PUT", &path, Some(serde_json::Value::Array(rules)), epoch)
+            });
+            finish(result.map(|v| client::rules_table(&v["apps"][&app]["rules"])))
         }
     }
 }
@@ -87,15 +442,15 @@ fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn run(path: &Path) -> ExitCode {
+fn run(path: &Path, reset_state: bool) -> ExitCode {
     let config = match load_or_report(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    serve(config)
+    serve(config, crate::Options { reset_state })
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, options: crate::Options) -> ExitCode {
     let listeners = match crate::Listeners::bind(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -103,7 +458,7 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match crate::run(config, listeners, shutdown_signal()) {
+    match crate::run_with(config, listeners, options, shutdown_signal()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cutover: {e}");
@@ -242,5 +597,5 @@ fn demo() -> ExitCode {
     println!("  curl -A 'iPhone' -i {url}               -> half of mobile users get green, sticky by cookie");
     println!();
     println!("Ctrl-C stops it.");
-    serve(config)
+    serve(config, crate::Options::default())
 }

@@ -1,7 +1,6 @@
 //! Putting it together: build the first snapshot, start the worker threads
 //! and the control plane, wait for the shutdown signal, drain.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -9,16 +8,31 @@ use std::sync::Arc;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
-use crate::config::Config;
+use crate::config::{Config, TokenSource};
+use crate::control::admin::{self, Admin};
+use crate::control::ops::{initial_state, Control};
+use crate::control::state::StateError;
 use crate::control::Shared;
 use crate::route::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("invalid state: {}", .0.join("; "))]
-    State(Vec<String>),
+    Invalid(Vec<String>),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("admin token: {0}")]
+    Token(String),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// How to start, beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Ignore the state file (even a corrupt one) and start from the
+    /// config's initial values; the file is rewritten on the next change.
+    pub reset_state: bool,
 }
 
 /// The sockets the daemon serves. Tests bind `127.0.0.1:0` themselves and
@@ -27,6 +41,8 @@ pub enum DaemonError {
 pub struct Listeners {
     /// Plain HTTP/1.1 + h2c listeners.
     pub plain: Vec<std::net::TcpListener>,
+    /// The admin API; `None` serves no admin API.
+    pub admin: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -42,7 +58,13 @@ impl Listeners {
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
             })
             .collect::<io::Result<_>>()?;
-        Ok(Listeners { plain })
+        let a = config.admin.listen;
+        let admin = std::net::TcpListener::bind(a)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a} (admin): {e}")))?;
+        Ok(Listeners {
+            plain,
+            admin: Some(admin),
+        })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -85,9 +107,28 @@ pub fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let states = BTreeMap::new();
-    let snapshot = Snapshot::build(&config, &states, None, 1).map_err(DaemonError::State)?;
+    run_with(config, listeners, Options::default(), shutdown)
+}
+
+/// [`run`] with [`Options`].
+pub fn run_with(
+    config: Config,
+    listeners: Listeners,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let token = read_token(&config.admin.token)?;
+    let state = initial_state(&config, options.reset_state)?;
+    if options.reset_state {
+        tracing::warn!("--reset-state: starting from the config's initial values");
+    }
+    let snapshot =
+        Snapshot::build(&config, &state.apps, None, state.epoch).map_err(DaemonError::Invalid)?;
     let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout));
+    let admin = Arc::new(Admin::new(
+        Control::new(shared.clone(), config.clone(), state),
+        token,
+    ));
 
     let workers = config.server.worker_count();
     let mut threads = Vec::with_capacity(workers);
@@ -112,7 +153,8 @@ pub fn run(
                 .spawn(move || crate::proxy::run_worker(shared, sockets))?,
         );
     }
-    drop(listeners);
+    let listeners_admin = listeners.admin;
+    drop(listeners.plain);
     tracing::info!(
         workers,
         apps = config.apps.len(),
@@ -124,10 +166,18 @@ pub fn run(
         .enable_all()
         .build()?;
     rt.block_on(async {
+        if let Some(l) = listeners_admin {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!(admin = %l.local_addr()?, "admin API listening");
+            tokio::spawn(admin::serve(l, admin.clone(), shared.shutdown.subscribe()));
+        }
+        tokio::spawn(reload_on_sighup(admin.clone()));
         shutdown.await;
         tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");
         shared.shutdown.send_replace(true);
-    });
+        Ok::<_, io::Error>(())
+    })?;
     for t in threads {
         match t.join() {
             Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
@@ -137,4 +187,31 @@ pub fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP re-reads the config file, like `POST /v1/reload`.
+async fn reload_on_sighup(admin: Arc<Admin>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        let _ = admin.lock().reload();
+    }
+}
+
+fn read_token(source: &TokenSource) -> Result<Option<String>, DaemonError> {
+    let token = match source {
+        TokenSource::None => return Ok(None),
+        TokenSource::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| DaemonError::Token(format!("cannot read {}: {e}", path.display())))?,
+        TokenSource::Env(var) => std::env::var(var)
+            .map_err(|_| DaemonError::Token(format!("environment variable {var} is not set")))?,
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(DaemonError::Token("the token is empty".into()));
+    }
+    Ok(Some(token))
 }

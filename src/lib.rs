@@ -10,18 +10,21 @@
 //!   server pick). Pure data, no I/O.
 //!
 //! Control plane (runs beside it, never per request):
-//! - [`control`]: the one `ArcSwap` of the snapshot and the state shared
-//!   with the workers.
+//! - [`control`]: the one `ArcSwap` of the snapshot and its only writer:
+//!   flip/shift/rules/reload (`ops`), the state file (`state`), the admin
+//!   API (`admin`), Prometheus metrics (`metrics`).
 //! - [`daemon`]: start workers and the control thread, wait, drain.
 //!
 //! Around them:
 //! - [`config`]: the TOML file in two layers, raw serde types and the
 //!   validated, typed [`config::Config`].
-//! - [`cli`]: the command line; [`demo`]: the built-in demo upstreams.
+//! - [`cli`]: the command line; [`client`]: the admin client behind the
+//!   `status`/`flip`/`shift`/… subcommands; [`demo`]: the demo upstreams.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -30,4 +33,4 @@ pub mod proxy;
 pub mod route;
 
 pub use config::Config;
-pub use daemon::{run, Listeners};
+pub use daemon::{run, run_with, Listeners, Options};

@@ -1,5 +1,15 @@
 //! The control plane: everything that is not per request. It owns the one
 //! [`ArcSwap`] of the routing snapshot and is the only writer of it.
+//!
+//! - [`ops`]: flip, shift, rollback, rules, reload — validate, persist, swap;
+//! - [`state`]: the runtime state file, written atomically;
+//! - [`admin`]: the admin HTTP API on its own listener;
+//! - [`metrics`]: the Prometheus exposition.
+
+pub mod admin;
+pub mod metrics;
+pub mod ops;
+pub mod state;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

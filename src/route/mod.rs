@@ -9,7 +9,7 @@
 //! share.
 
 pub mod rule;
-mod snapshot;
+pub mod snapshot;
 pub mod sticky;
 
 pub use snapshot::{App, AppState, ColorStats, Pool, Server, Settings, Snapshot};

@@ -203,9 +203,11 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
     }
 }
 
-/// The proxy, in-process, on 127.0.0.1:0.
+/// The proxy, in-process, on 127.0.0.1:0, with its admin API on another
+/// loopback port.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -216,10 +218,23 @@ impl Proxy {
     pub fn start(toml: &str) -> Proxy {
         let config =
             cutover::Config::from_toml(toml).unwrap_or_else(|e| panic!("test config: {e:?}"));
+        Proxy::start_config(config)
+    }
+
+    /// Start from a config file on disk (so reload can re-read it).
+    pub fn start_file(path: &std::path::Path) -> Proxy {
+        let config = cutover::Config::load(path).unwrap_or_else(|e| panic!("test config: {e:?}"));
+        Proxy::start_config(config)
+    }
+
+    pub fn start_config(config: cutover::Config) -> Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = admin_listener.local_addr().unwrap();
         let listeners = cutover::Listeners {
             plain: vec![listener],
+            admin: Some(admin_listener),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -230,9 +245,14 @@ impl Proxy {
         });
         Proxy {
             addr,
+            admin,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -333,4 +353,35 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> St
     let mut out = Vec::new();
     let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Call the admin API with an optional bearer token and JSON body.
+pub async fn admin_call(
+    c: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    proxy: &Proxy,
+    method: &str,
+    path: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> Reply {
+    send(c, method, &proxy.admin_url(path), extra, body.to_string()).await
+}
+
+/// `GET /v1/status` as JSON.
+pub async fn status(
+    c: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    proxy: &Proxy,
+) -> serde_json::Value {
+    let r = admin_call(c, proxy, "GET", "/v1/status", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Free loopback ports for a daemon started as a separate process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,407 @@
+//! The admin client behind `cutover status|flip|shift|rollback|rules|history`
+//! (SPEC §2): finds the admin endpoint and token, calls the admin API,
+//! prints the answer for people.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::config::{Config, TokenSource};
+
+/// Where and how to reach the admin API.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub authority: String,
+    pub token: Option<String>,
+}
+
+/// What the user gave on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointArgs {
+    pub admin: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// `--admin`, then `CUTOVER_ADMIN`, then `[admin] listen` of `-c FILE`,
+    /// then `http://127.0.0.1:9901`; the token from `--token-file`, then
+    /// `CUTOVER_TOKEN`, then the config's token source.
+    pub fn resolve(args: &EndpointArgs) -> Result<Endpoint> {
+        let config = match &args.config {
+            Some(path) => Some(
+                Config::load(path).map_err(|e| anyhow!("{}: {}", path.display(), e.join("; ")))?,
+            ),
+            None => None,
+        };
+        let url = args
+            .admin
+            .clone()
+            .or_else(|| {
+                std::env::var("CUTOVER_ADMIN")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .or_else(|| {
+                config.as_ref().map(|c| {
+                    let mut a = c.admin.listen;
+                    if a.ip().is_unspecified() {
+                        a.set_ip(if a.is_ipv6() {
+                            "::1".parse().unwrap()
+                        } else {
+                            "127.0.0.1".parse().unwrap()
+                        });
+                    }
+                    format!("http://{a}")
+                })
+            })
+            .unwrap_or_else(|| "http://127.0.0.1:9901".into());
+        let authority = url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("admin URL {url:?}: only http:// URLs are supported"))?
+            .trim_end_matches('/')
+            .to_string();
+        let token = if let Some(f) = &args.token_file {
+            Some(read_trimmed(f)?)
+        } else if let Some(t) = std::env::var("CUTOVER_TOKEN")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            Some(t.trim().to_string())
+        } else {
+            match config.map(|c| c.admin.token) {
+                Some(TokenSource::File(f)) => Some(read_trimmed(&f)?),
+                Some(TokenSource::Env(var)) => {
+                    std::env::var(&var).ok().map(|t| t.trim().to_string())
+                }
+                _ => None,
+            }
+        };
+        Ok(Endpoint { authority, token })
+    }
+
+    /// One call: `(status, JSON body)`. Network failures are errors.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<u64>,
+    ) -> Result<(u16, Value)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(self.call_async(method, path, body, if_match))
+            .with_context(|| format!("cannot reach the admin API at http://{}", self.authority))
+    }
+
+    async fn call_async(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<u64>,
+    ) -> Result<(u16, Value)> {
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::net::TcpStream::connect(&self.authority),
+        )
+        .await
+        .map_err(|_| anyhow!("connect timed out"))??;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+            .header(
+                "x-cutover-actor",
+                std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+            );
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(e) = if_match {
+            req = req.header("if-match", e.to_string());
+        }
+        let bytes = match &body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(v)?)
+            }
+            None => Bytes::new(),
+        };
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tx.send_request(req.body(Full::new(bytes))?),
+        )
+        .await
+        .map_err(|_| anyhow!("no answer within 60s"))??;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        };
+        Ok((status, value))
+    }
+
+    /// A call that must succeed: non-2xx becomes an error with the
+    /// server's message.
+    pub fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<u64>,
+    ) -> Result<Value> {
+        let (status, v) = self.call(method, path, body, if_match)?;
+        if (200..300).contains(&status) {
+            Ok(v)
+        } else {
+            let msg = v
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            bail!("refused ({status}): {msg}")
+        }
+    }
+}
+
+fn read_trimmed(path: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// The app to act on: the one named, or the only app there is.
+pub fn pick_app(ep: &Endpoint, app: Option<String>) -> Result<String, String> {
+    if let Some(a) = app {
+        return Ok(a);
+    }
+    let status = ep
+        .ok("GET", "/v1/status", None, None)
+        .map_err(|e| e.to_string())?;
+    let names: Vec<String> = status["apps"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    match names.as_slice() {
+        [only] => Ok(only.clone()),
+        _ => Err(format!("name the app: one of {}", names.join(", "))),
+    }
+}
+
+fn percent(v: &Value) -> String {
+    let p = v.as_f64().unwrap_or(0.0);
+    if p.fract() == 0.0 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p}%")
+    }
+}
+
+/// A one-line summary per app of a status document, for the apps named.
+pub fn describe_change(v: &Value) -> String {
+    let mut out = String::new();
+    let dry = v["dry_run"].as_bool().unwrap_or(false);
+    let changed: Vec<&str> = v["changed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if changed.is_empty() {
+        let _ = writeln!(out, "nothing to change (epoch {})", v["epoch"]);
+        return out;
+    }
+    for name in changed {
+        let a = &v["apps"][name];
+        let _ = writeln!(
+            out,
+            "{}{name}: live {}, {} of default traffic to standby {}, {} rule(s)",
+            if dry { "dry run: " } else { "" },
+            a["live"].as_str().unwrap_or("?"),
+            percent(&a["standby_percent"]),
+            a["standby"].as_str().unwrap_or("?"),
+            a["rules"].as_array().map_or(0, Vec::len),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "epoch {}{}",
+        v["epoch"],
+        if dry { " (unchanged: dry run)" } else { "" }
+    );
+    out
+}
+
+fn rule_conditions(r: &Value) -> String {
+    let mut c = Vec::new();
+    if let Some(ua) = r["user_agent"].as_str() {
+        c.push(format!("user_agent ~ {ua}"));
+    }
+    if r["header"].is_object() {
+        c.push(format!(
+            "header {}={}",
+            r["header"]["name"].as_str().unwrap_or(""),
+            r["header"]["value"].as_str().unwrap_or("")
+        ));
+    }
+    if r["cookie"].is_object() {
+        c.push(format!(
+            "cookie {}={}",
+            r["cookie"]["name"].as_str().unwrap_or(""),
+            r["cookie"]["value"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(ips) = r["client_ip"].as_array() {
+        c.push(format!(
+            "client_ip in {}",
+            ips.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    if let Some(p) = r["path_prefix"].as_str() {
+        c.push(format!("path {p}*"));
+    }
+    if c.is_empty() {
+        "every request".into()
+    } else {
+        c.join(" and ")
+    }
+}
+
+pub fn rules_table(rules: &Value) -> String {
+    let mut out = String::new();
+    let list = rules.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        out.push_str("no rules\n");
+    }
+    for (i, r) in list.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}. {} -> {} {} when {}",
+            i + 1,
+            r["name"].as_str().unwrap_or("?"),
+            r["to"].as_str().unwrap_or("?"),
+            percent(&r.get("percent").cloned().unwrap_or(json!(100))),
+            rule_conditions(r)
+        );
+    }
+    out
+}
+
+/// `cutover status`: apps, colours, split, rules, servers.
+pub fn status_table(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "epoch {}", v["epoch"]);
+    let Some(apps) = v["apps"].as_object() else {
+        return out;
+    };
+    for (name, a) in apps {
+        let hosts = a["hosts"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\napp {name}  ({}, prefix {})  live {}  standby {} {}  sticky {}",
+            if hosts.is_empty() { "any host" } else { &hosts },
+            a["path_prefix"].as_str().unwrap_or("/"),
+            a["live"].as_str().unwrap_or("?"),
+            a["standby"].as_str().unwrap_or("?"),
+            percent(&a["standby_percent"]),
+            a["sticky"].as_str().unwrap_or("?")
+        );
+        for color in ["blue", "green"] {
+            let p = &a["pools"][color];
+            let role = if a["live"] == color {
+                "live"
+            } else {
+                "standby"
+            };
+            let _ = writeln!(
+                out,
+                "  {color:<5} {role:<7}  {:<11} in-flight {:<4} tunnels {}",
+                if p["receives_traffic"].as_bool().unwrap_or(false) {
+                    "traffic"
+                } else {
+                    "no traffic"
+                },
+                p["in_flight"],
+                p["tunnels"]
+            );
+            for s in p["servers"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "    {:<22} {:<9} in-flight {:<4} conns {:<4} weight {}",
+                    s["addr"].as_str().unwrap_or("?"),
+                    if s["healthy"].as_bool().unwrap_or(false) {
+                        "healthy"
+                    } else {
+                        "DOWN"
+                    },
+                    s["in_flight"],
+                    s["open_connections"],
+                    s["weight"]
+                );
+            }
+        }
+        for line in rules_table(&a["rules"]).lines() {
+            let _ = writeln!(out, "  rule {line}");
+        }
+    }
+    out
+}
+
+pub fn history_table(v: &Value, limit: usize) -> String {
+    let mut out = String::new();
+    let list = v["history"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        out.push_str("no changes recorded\n");
+    }
+    let skip = list.len().saturating_sub(limit);
+    let side = |s: &Value| {
+        format!(
+            "live {} standby {} rules {}",
+            s["live"].as_str().unwrap_or("?"),
+            percent(&s["standby_percent"]),
+            s["rules"].as_array().map_or(0, Vec::len)
+        )
+    };
+    for h in list.iter().skip(skip) {
+        let _ = writeln!(
+            out,
+            "{}  #{:<4} {:<10} {:<9} {:<12} {} -> {}{}",
+            h["time"].as_str().unwrap_or("?"),
+            h["epoch"],
+            h["app"].as_str().unwrap_or("?"),
+            h["kind"].as_str().unwrap_or("?"),
+            h["actor"].as_str().unwrap_or("?"),
+            side(&h["before"]),
+            side(&h["after"]),
+            if h["forced"].as_bool().unwrap_or(false) {
+                "  (forced)"
+            } else {
+                ""
+            }
+        );
+    }
+    out
+}

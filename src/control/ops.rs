@@ -1,0 +1,507 @@
+//! Runtime changes (SPEC §7–8): flip, shift, rollback, rules, reload.
+//!
+//! [`Control`] is the only writer of the snapshot. Every change is
+//! validated whole first, then written to the state file, then stored in
+//! the `ArcSwap` — so when the caller gets its answer the change is both
+//! durable and seen by every request that starts afterwards. The admin
+//! API serializes calls through one `std::sync::Mutex<Control>`; nothing
+//! in here awaits, so the lock is never held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use super::state::{HistoryEntry, StateFile};
+use super::Shared;
+use crate::config::{compile_rules, Color, Config, RuleSpec};
+use crate::route::{AppState, Snapshot};
+
+/// What a caller asks for.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// One app's traffic (or every app's, `None`) to its standby colour.
+    Flip(Option<String>),
+    Shift(String, f64),
+    /// Back to the state before the app's last change; `None`: undo the
+    /// last change whatever apps it touched.
+    Rollback(Option<String>),
+    SetRules(String, Vec<RuleSpec>),
+    DeleteRule(String, String),
+}
+
+impl Change {
+    fn kind(&self) -> &'static str {
+        match self {
+            Change::Flip(_) => "flip",
+            Change::Shift(..) => "shift",
+            Change::Rollback(_) => "rollback",
+            Change::SetRules(..) | Change::DeleteRule(..) => "rules",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub change: Change,
+    /// Apply even if traffic would go to a pool with no healthy server.
+    pub force: bool,
+    /// Answer with the state that would result; change nothing.
+    pub dry_run: bool,
+    /// `If-Match: EPOCH`: refuse if the state moved on since.
+    pub if_match: Option<u64>,
+    pub actor: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum OpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stale epoch: If-Match {given} but the state is at epoch {current}")]
+    Stale { given: u64, current: u64 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl OpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            OpError::BadRequest(_) => 400,
+            OpError::NotFound(_) => 404,
+            OpError::Conflict(_) => 409,
+            OpError::Stale { .. } => 412,
+            OpError::Internal(_) => 500,
+        }
+    }
+}
+
+/// Counters the control plane keeps for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    /// `(app, kind)` → changes applied.
+    pub state_changes: BTreeMap<(String, String), u64>,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+}
+
+pub struct Control {
+    pub shared: Arc<Shared>,
+    config: Config,
+    state: StateFile,
+    state_path: Option<PathBuf>,
+    pub stats: ControlStats,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl Control {
+    /// `state` already holds an entry for every app of `config` and the
+    /// shared snapshot was built from both.
+    pub fn new(shared: Arc<Shared>, config: Config, state: StateFile) -> Control {
+        let state_path = config.state.file.clone();
+        Control {
+            shared,
+            config,
+            state,
+            state_path,
+            stats: ControlStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.state.epoch
+    }
+
+    pub fn history(&self) -> &[HistoryEntry] {
+        &self.state.history
+    }
+
+    fn require_app(&self, name: &str) -> Result<&AppState, OpError> {
+        if self.config.app(name).is_none() {
+            return Err(OpError::NotFound(format!("no app named {name:?}")));
+        }
+        Ok(&self.state.apps[name])
+    }
+
+    /// Validate, gate, persist and store one change.
+    pub fn apply(&mut self, req: Request) -> Result<Value, OpError> {
+        if let Some(given) = req.if_match {
+            if given != self.state.epoch {
+                return Err(OpError::Stale {
+                    given,
+                    current: self.state.epoch,
+                });
+            }
+        }
+        let targets = self.targets(&req.change)?;
+        let changed: Vec<(String, AppState, AppState)> = targets
+            .into_iter()
+            .filter(|(name, after)| self.state.apps[name] != *after)
+            .map(|(name, after)| {
+                let before = self.state.apps[&name].clone();
+                (name, before, after)
+            })
+            .collect();
+        let current = self.shared.snapshot.load_full();
+        if changed.is_empty() {
+            return Ok(self.answer(&current, self.state.epoch, req.dry_run, &[]));
+        }
+        let mut states = self.state.apps.clone();
+        for (name, _, after) in &changed {
+            states.insert(name.clone(), after.clone());
+        }
+        let epoch = self.state.epoch + 1;
+        let next = current
+            .with_states(&states, epoch)
+            .map_err(|e| OpError::BadRequest(e.join("; ")))?;
+        let names: Vec<&str> = changed.iter().map(|(n, _, _)| n.as_str()).collect();
+        if !req.force {
+            self.health_gate(&next, &names)?;
+        }
+        if req.dry_run {
+            return Ok(self.answer(&next, self.state.epoch, true, &names));
+        }
+        let mut file = self.state.clone();
+        file.apps = states;
+        file.epoch = epoch;
+        let time = now_rfc3339();
+        for (name, before, after) in &changed {
+            file.push_history(HistoryEntry {
+                time: time.clone(),
+                epoch,
+                actor: req.actor.clone(),
+                app: name.clone(),
+                kind: req.change.kind().to_string(),
+                forced: req.force,
+                before: before.clone(),
+                after: after.clone(),
+            });
+        }
+        self.persist(&file)?;
+        self.state = file;
+        self.shared.store(next);
+        for (name, before, after) in &changed {
+            *self
+                .stats
+                .state_changes
+                .entry((name.clone(), req.change.kind().to_string()))
+                .or_default() += 1;
+            tracing::info!(
+                app = %name,
+                kind = req.change.kind(),
+                actor = %req.actor,
+                epoch,
+                forced = req.force,
+                before = %describe(before),
+                after = %describe(after),
+                "state changed"
+            );
+        }
+        let snap = self.shared.snapshot.load_full();
+        Ok(self.answer(&snap, epoch, false, &names))
+    }
+
+    /// The new state of every app the change touches.
+    fn targets(&self, change: &Change) -> Result<Vec<(String, AppState)>, OpError> {
+        match change {
+            Change::Flip(app) => {
+                let names: Vec<String> = match app {
+                    Some(a) => {
+                        self.require_app(a)?;
+                        vec![a.clone()]
+                    }
+                    None => self.config.apps.iter().map(|a| a.name.clone()).collect(),
+                };
+                Ok(names
+                    .into_iter()
+                    .map(|n| {
+                        let before = &self.state.apps[&n];
+                        let after = AppState {
+                            live: before.live.other(),
+                            standby_percent: 0.0,
+                            rules: before.rules.clone(),
+                        };
+                        (n, after)
+                    })
+                    .collect())
+            }
+            Change::Shift(app, percent) => {
+                let before = self.require_app(app)?;
+                if !percent.is_finite() || !(0.0..=100.0).contains(percent) {
+                    return Err(OpError::BadRequest(format!(
+                        "percent: must be between 0 and 100, got {percent}"
+                    )));
+                }
+                Ok(vec![(
+                    app.clone(),
+                    AppState {
+                        standby_percent: *percent,
+                        ..before.clone()
+                    },
+                )])
+            }
+            Change::Rollback(Some(app)) => {
+                self.require_app(app)?;
+                let last = self
+                    .state
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|h| h.app == *app)
+                    .ok_or_else(|| {
+                        OpError::Conflict(format!(
+                            "nothing to roll back: app {app:?} has no recorded change"
+                        ))
+                    })?;
+                Ok(vec![(app.clone(), last.before.clone())])
+            }
+            Change::Rollback(None) => {
+                let last = self.state.history.last().ok_or_else(|| {
+                    OpError::Conflict("nothing to roll back: no recorded change".into())
+                })?;
+                Ok(self
+                    .state
+                    .history
+                    .iter()
+                    .filter(|h| h.epoch == last.epoch && self.config.app(&h.app).is_some())
+                    .map(|h| (h.app.clone(), h.before.clone()))
+                    .collect())
+            }
+            Change::SetRules(app, rules) => {
+                let before = self.require_app(app)?;
+                compile_rules(&format!("apps.{app}"), rules)
+                    .map_err(|e| OpError::BadRequest(e.join("; ")))?;
+                Ok(vec![(
+                    app.clone(),
+                    AppState {
+                        rules: rules.clone(),
+                        ..before.clone()
+                    },
+                )])
+            }
+            Change::DeleteRule(app, rule) => {
+                let before = self.require_app(app)?;
+                if !before.rules.iter().any(|r| r.name == *rule) {
+                    return Err(OpError::NotFound(format!(
+                        "app {app:?} has no rule named {rule:?}"
+                    )));
+                }
+                let rules = before
+                    .rules
+                    .iter()
+                    .filter(|r| r.name != *rule)
+                    .cloned()
+                    .collect();
+                Ok(vec![(
+                    app.clone(),
+                    AppState {
+                        rules,
+                        ..before.clone()
+                    },
+                )])
+            }
+        }
+    }
+
+    /// SPEC §6: refuse to send traffic to a pool with no healthy server.
+    fn health_gate(&self, next: &Snapshot, apps: &[&str]) -> Result<(), OpError> {
+        let mut problems = Vec::new();
+        for name in apps {
+            let Some(app) = next.app(name) else { continue };
+            for color in Color::ALL {
+                if app.receives_traffic(color) && !app.pool(color).any_healthy() {
+                    problems.push(format!(
+                        "app {name:?}: {color} would receive traffic but has no healthy server"
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(OpError::Conflict(format!(
+                "{} (pass force to do it anyway)",
+                problems.join("; ")
+            )))
+        }
+    }
+
+    fn persist(&self, file: &StateFile) -> Result<(), OpError> {
+        match &self.state_path {
+            Some(path) => file.save(path).map_err(|e| {
+                tracing::error!(error = %e, "state not written; change refused");
+                OpError::Internal(e.to_string())
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn answer(&self, snap: &Snapshot, epoch: u64, dry_run: bool, changed: &[&str]) -> Value {
+        let mut v = status_json(snap, epoch);
+        v["dry_run"] = json!(dry_run);
+        v["changed"] = json!(changed);
+        v
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Value {
+        status_json(&self.shared.snapshot.load(), self.state.epoch)
+    }
+
+    /// SIGHUP and `POST /v1/reload`: re-read the config file. On any error
+    /// nothing changes and every error is returned.
+    pub fn reload(&mut self) -> Result<Value, Vec<String>> {
+        let result = self.try_reload();
+        match &result {
+            Ok(_) => {
+                self.stats.reloads_ok += 1;
+                tracing::info!(epoch = self.state.epoch, "config reloaded");
+            }
+            Err(errors) => {
+                self.stats.reloads_error += 1;
+                for e in errors {
+                    tracing::error!(error = %e, "reload refused; still serving the previous config");
+                }
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<Value, Vec<String>> {
+        let path = self
+            .config
+            .path
+            .clone()
+            .ok_or_else(|| vec!["no config file to reload (built-in config)".to_string()])?;
+        let new = Config::load(&path)?;
+        let mut errors = Vec::new();
+        if new.server.listen != self.config.server.listen
+            || new.server.listen_tls != self.config.server.listen_tls
+        {
+            errors.push(
+                "server.listen: listener addresses changed; restart cutover to apply them"
+                    .to_string(),
+            );
+        }
+        if new.admin.listen != self.config.admin.listen {
+            errors.push(
+                "admin.listen: the admin address changed; restart cutover to apply it".to_string(),
+            );
+        }
+        if new.state.file != self.config.state.file {
+            errors.push(
+                "state.file: the state file changed; restart cutover to apply it".to_string(),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut file = self.state.clone();
+        for app in &new.apps {
+            if !file.apps.contains_key(&app.name) {
+                file.apps.insert(app.name.clone(), AppState::initial(app));
+            }
+        }
+        file.epoch += 1;
+        let current = self.shared.snapshot.load_full();
+        let next = Snapshot::build(&new, &file.apps, Some(&current), file.epoch)?;
+        self.persist(&file).map_err(|e| vec![e.to_string()])?;
+        self.state = file;
+        self.config = new;
+        self.shared.store(next);
+        Ok(self.status())
+    }
+}
+
+/// A one-line description of an app state for logs.
+fn describe(s: &AppState) -> String {
+    format!(
+        "live={} standby={}% rules={}",
+        s.live,
+        s.standby_percent,
+        s.rules.len()
+    )
+}
+
+/// The status document: every app with its state, rules and pools.
+pub fn status_json(snap: &Snapshot, epoch: u64) -> Value {
+    let mut apps = serde_json::Map::new();
+    for app in &snap.apps {
+        let mut pools = serde_json::Map::new();
+        for color in Color::ALL {
+            let pool = app.pool(color);
+            let servers: Vec<Value> = pool
+                .servers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "addr": s.addr.to_string(),
+                        "weight": s.weight,
+                        "healthy": s.is_healthy(),
+                        "in_flight": s.in_flight.load(Relaxed),
+                        "open_connections": s.open_connections.load(Relaxed),
+                        "connect_errors": s.connect_errors.load(Relaxed),
+                    })
+                })
+                .collect();
+            pools.insert(
+                color.to_string(),
+                json!({
+                    "receives_traffic": app.receives_traffic(color),
+                    "in_flight": pool.stats.in_flight.load(Relaxed),
+                    "tunnels": pool.stats.tunnels.load(Relaxed),
+                    "health_checked": pool.health().is_some(),
+                    "servers": servers,
+                }),
+            );
+        }
+        apps.insert(
+            app.name.to_string(),
+            json!({
+                "hosts": app.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                "path_prefix": app.path_prefix,
+                "sticky": app.sticky.to_string(),
+                "live": app.state.live,
+                "standby": app.state.standby(),
+                "standby_percent": app.state.standby_percent,
+                "rules": app.state.rules,
+                "pools": pools,
+            }),
+        );
+    }
+    json!({ "epoch": epoch, "apps": apps })
+}
+
+/// Load the state file (if any) and fill in every configured app.
+pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::state::StateError> {
+    let mut state = match (&config.state.file, reset) {
+        (Some(path), false) => StateFile::load(path)?.unwrap_or_default(),
+        _ => StateFile::default(),
+    };
+    for app in &config.apps {
+        if state.apps.contains_key(&app.name) {
+            tracing::info!(app = %app.name, "runtime state from the state file overrides the config's initial values");
+        } else {
+            state.apps.insert(app.name.clone(), AppState::initial(app));
+        }
+    }
+    for name in state.apps.keys() {
+        if config.app(name).is_none() {
+            tracing::warn!(app = %name, "the state file names an app the config no longer has; kept but ignored");
+        }
+    }
+    Ok(state)
+}

@@ -1,0 +1,206 @@
+//! The runtime state file (SPEC §8): what operators changed at runtime —
+//! live colour, split and rules per app — plus the epoch and the recent
+//! history. Written atomically on every change: a temporary file in the
+//! same directory, fsync, rename over the old file, fsync of the directory.
+//! A crash leaves either the old file or the new one, never a mix.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::AppState;
+
+/// History entries kept in the file and served by `GET /v1/history`.
+pub const HISTORY_LIMIT: usize = 100;
+
+/// The file's format version; a file of another version is refused.
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub format: u32,
+    /// Bumped by every change; the snapshot carries the same number.
+    pub epoch: u64,
+    /// Every app's runtime state. Entries of apps no longer in the config
+    /// are kept (and ignored) so that re-adding the app restores them.
+    pub apps: BTreeMap<String, AppState>,
+    /// Oldest first, at most [`HISTORY_LIMIT`].
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEntry {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// The epoch this change produced; one change may touch several apps.
+    pub epoch: u64,
+    /// Who: `local` without a token, else `token` (or the client's
+    /// `x-cutover-actor`, e.g. the CLI user).
+    pub actor: String,
+    pub app: String,
+    /// `flip`, `shift`, `rules`, `rollback`, `reload`.
+    pub kind: String,
+    /// The change was forced past a health check.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    pub before: AppState,
+    pub after: AppState,
+}
+
+impl Default for StateFile {
+    fn default() -> Self {
+        StateFile {
+            format: FORMAT,
+            epoch: 0,
+            apps: BTreeMap::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: cannot read: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "state file {path}: corrupt: {message} (fix or remove it, or start with --reset-state)"
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error("state file {path}: cannot write: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+impl StateFile {
+    /// Read the state file; `Ok(None)` when it does not exist yet.
+    pub fn load(path: &Path) -> Result<Option<StateFile>, StateError> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let corrupt = |message: String| StateError::Corrupt {
+            path: path.to_path_buf(),
+            message,
+        };
+        let state: StateFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if state.format != FORMAT {
+            return Err(corrupt(format!(
+                "format {} is not the supported format {FORMAT}",
+                state.format
+            )));
+        }
+        for (name, app) in &state.apps {
+            if !(0.0..=100.0).contains(&app.standby_percent) {
+                return Err(corrupt(format!(
+                    "apps.{name}.standby_percent: {} is out of range",
+                    app.standby_percent
+                )));
+            }
+            if let Err(errors) = crate::config::compile_rules(&format!("apps.{name}"), &app.rules) {
+                return Err(corrupt(errors.join("; ")));
+            }
+        }
+        Ok(Some(state))
+    }
+
+    /// Write atomically: temp file, fsync, rename, fsync the directory.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let err = |source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".tmp");
+        let tmp = dir.join(tmp_name);
+        let json = serde_json::to_vec_pretty(self).map_err(|e| err(io::Error::other(e)))?;
+        let mut f = File::create(&tmp).map_err(err)?;
+        f.write_all(&json).map_err(err)?;
+        f.write_all(b"\n").map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(err)?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+
+    pub fn push_history(&mut self, entry: HistoryEntry) {
+        self.history.push(entry);
+        if self.history.len() > HISTORY_LIMIT {
+            let extra = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..extra);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Color;
+
+    fn app(live: Color, p: f64) -> AppState {
+        AppState {
+            live,
+            standby_percent: p,
+            rules: vec![],
+        }
+    }
+
+    #[test]
+    fn a_saved_state_loads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        assert_eq!(StateFile::load(&path).unwrap(), None);
+        let mut s = StateFile {
+            epoch: 3,
+            ..Default::default()
+        };
+        s.apps.insert("shop".into(), app(Color::Green, 12.5));
+        s.save(&path).unwrap();
+        assert_eq!(StateFile::load(&path).unwrap(), Some(s));
+        assert!(!dir.path().join("s.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_corrupt_state_is_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        fs::write(&path, "{\"format\": 1, \"epoch\": ").unwrap();
+        let e = StateFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("s.json") && e.contains("corrupt"), "{e}");
+        fs::write(&path, r#"{"format":1,"epoch":1,"apps":{"a":{"live":"red","standby_percent":0,"rules":[]}},"history":[]}"#).unwrap();
+        assert!(StateFile::load(&path).is_err());
+    }
+
+    #[test]
+    fn history_keeps_the_last_hundred() {
+        let mut s = StateFile::default();
+        for i in 0..150 {
+            s.push_history(HistoryEntry {
+                time: String::new(),
+                epoch: i,
+                actor: "local".into(),
+                app: "a".into(),
+                kind: "flip".into(),
+                forced: false,
+                before: app(Color::Blue, 0.0),
+                after: app(Color::Green, 0.0),
+            });
+        }
+        assert_eq!(s.history.len(), HISTORY_LIMIT);
+        assert_eq!(s.history[0].epoch, 50);
+    }
+}

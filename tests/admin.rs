@@ -1,0 +1,774 @@
+//! The admin API, durable state and the CLI client (SPEC §2, §7, §8)
+//! against the real proxy and real upstreams.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn shop(blue: &Upstream, green: &Upstream, extra: &str) -> String {
+    format!(
+        r#"
+{extra}
+[apps.shop]
+[apps.shop.blue]
+servers = ["{b}"]
+[apps.shop.green]
+servers = ["{g}"]
+"#,
+        b = blue.addr,
+        g = green.addr
+    )
+}
+
+async fn flip(c: &Client, proxy: &Proxy) -> serde_json::Value {
+    let r = admin_call(c, proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flip_storm_drops_no_request_among_32_keep_alive_clients() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Arc::new(Proxy::start(&shop(&b, &g, "")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, seen_blue, seen_green) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let (proxy, stop, ok, sb, sg) = (
+            proxy.clone(),
+            stop.clone(),
+            ok.clone(),
+            seen_blue.clone(),
+            seen_green.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(SeqCst) {
+                let r = get(&c, &proxy.url("/"), &[]).await;
+                assert_eq!(
+                    r.status,
+                    200,
+                    "a request failed during the flip storm: {}",
+                    r.text()
+                );
+                match r.text().as_str() {
+                    "blue" => sb.fetch_add(1, SeqCst),
+                    "green" => sg.fetch_add(1, SeqCst),
+                    other => panic!("unexpected body {other:?}"),
+                };
+                ok.fetch_add(1, SeqCst);
+            }
+        }));
+    }
+    let c = client();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut flips = 0;
+    while Instant::now() < end {
+        flip(&c, &proxy).await;
+        flips += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, SeqCst);
+    for t in clients {
+        t.await.expect("a client saw a failure");
+    }
+    assert!(flips > 50, "{flips} flips");
+    assert!(seen_blue.load(SeqCst) > 0 && seen_green.load(SeqCst) > 0);
+    assert!(ok.load(SeqCst) > 1000, "{} requests", ok.load(SeqCst));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flip_hands_new_requests_to_green_while_slow_blue_requests_finish() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Arc::new(Proxy::start(&shop(&b, &g, "")));
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let proxy = proxy.clone();
+        slow.push(tokio::spawn(async move {
+            get(&client(), &proxy.url("/delay/1000"), &[]).await
+        }));
+    }
+    // All ten are held by blue before the flip.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.requests.load(SeqCst) < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "slow requests never reached blue"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let c = client();
+    flip(&c, &proxy).await;
+    for _ in 0..10 {
+        assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+    }
+    for s in slow {
+        let r = s.await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "blue"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_request_after_each_of_50_flips_sees_the_new_colour() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let c = client();
+    let mut expected = "blue";
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), expected);
+    for i in 0..50 {
+        let v = flip(&c, &proxy).await;
+        expected = if expected == "blue" { "green" } else { "blue" };
+        assert_eq!(v["apps"]["shop"]["live"], expected);
+        assert_eq!(v["epoch"], i + 1);
+        assert_eq!(
+            get(&c, &proxy.url("/"), &[]).await.text(),
+            expected,
+            "after flip {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shifting_25_then_50_percent_never_moves_a_sticky_user_back_to_live() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let c = client();
+    let shift = |p: f64| {
+        let (c, proxy) = (&c, &proxy);
+        async move {
+            let r = admin_call(
+                c,
+                proxy,
+                "POST",
+                "/v1/apps/shop/shift",
+                &format!("{{\"percent\": {p}}}"),
+                &[],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.json()["apps"]["shop"]["standby_percent"], p);
+        }
+    };
+    shift(25.0).await;
+    let mut users = Vec::new();
+    for _ in 0..400 {
+        let r = get(&c, &proxy.url("/"), &[]).await;
+        users.push((r.set_cookie().expect("sticky cookie"), r.text()));
+    }
+    let at25 = users.iter().filter(|(_, col)| col == "green").count();
+    assert!((60..=140).contains(&at25), "{at25} of 400 at 25%");
+    shift(50.0).await;
+    let mut at50 = 0;
+    for (cookie, before) in &users {
+        let now = get(&c, &proxy.url("/"), &[("cookie", cookie)]).await.text();
+        if before == "green" {
+            assert_eq!(now, "green", "a standby user went back to live");
+        }
+        if now == "green" {
+            at50 += 1;
+        }
+    }
+    assert!((150..=250).contains(&at50), "{at50} of 400 at 50%");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_required_and_checked_and_get_on_a_mutation_is_405() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), "s3cret-token\n").unwrap();
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, shop(&b, &g, "[admin]\ntoken_file = \"admin.token\"")).unwrap();
+    let proxy = Proxy::start_file(&path);
+    let c = client();
+    let good = [("authorization", "Bearer s3cret-token")];
+    assert_eq!(
+        admin_call(&c, &proxy, "GET", "/healthz", "", &[])
+            .await
+            .status,
+        200
+    );
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"].as_str().unwrap().contains("token"));
+    let r = admin_call(
+        &c,
+        &proxy,
+        "POST",
+        "/v1/apps/shop/flip",
+        "",
+        &[("authorization", "Bearer wrong")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        admin_call(&c, &proxy, "GET", "/v1/status", "", &[])
+            .await
+            .status,
+        401
+    );
+    let r = admin_call(&c, &proxy, "GET", "/v1/status", "", &good).await;
+    assert_eq!(
+        r.json()["apps"]["shop"]["live"],
+        "blue",
+        "a refused call changed nothing"
+    );
+    let r = admin_call(&c, &proxy, "GET", "/v1/apps/shop/flip", "", &good).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.headers["allow"], "POST");
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &good).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["apps"]["shop"]["live"], "green");
+    let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &good)
+        .await
+        .json();
+    assert_eq!(h["history"][0]["actor"], "token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_refused_by_name_and_change_nothing() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let c = client();
+    let before = status(&c, &proxy).await;
+    /// method, path, body, headers, expected status, words of the error.
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        u16,
+        &'a str,
+    );
+    let cases: &[Case] = &[
+        (
+            "POST",
+            "/v1/apps/shop/shift",
+            "{\"percent\": 150}",
+            &[],
+            400,
+            "percent",
+        ),
+        (
+            "POST",
+            "/v1/apps/shop/shift",
+            "{\"percent\": -1}",
+            &[],
+            400,
+            "percent",
+        ),
+        ("POST", "/v1/apps/shop/shift", "{}", &[], 400, "percent"),
+        (
+            "POST",
+            "/v1/apps/shop/shift",
+            "{\"percent\": \"ten\"}",
+            &[],
+            400,
+            "bad JSON",
+        ),
+        (
+            "POST",
+            "/v1/apps/shop/shift",
+            "{\"percent\": 10, \"speed\": 1}",
+            &[],
+            400,
+            "unknown field `speed`",
+        ),
+        (
+            "POST",
+            "/v1/apps/shop/flip",
+            "{not json",
+            &[],
+            400,
+            "bad JSON",
+        ),
+        (
+            "POST",
+            "/v1/apps/nope/flip",
+            "",
+            &[],
+            404,
+            "no app named \"nope\"",
+        ),
+        (
+            "POST",
+            "/v1/apps/nope/shift",
+            "{\"percent\": 5}",
+            &[],
+            404,
+            "nope",
+        ),
+        (
+            "POST",
+            "/v1/apps/shop/flip",
+            "",
+            &[("if-match", "999")],
+            412,
+            "stale epoch",
+        ),
+        (
+            "POST",
+            "/v1/apps/shop/flip",
+            "",
+            &[("if-match", "abc")],
+            400,
+            "If-Match",
+        ),
+        (
+            "PUT",
+            "/v1/apps/shop/rules",
+            "[{\"name\": \"x\", \"to\": \"purple\"}]",
+            &[],
+            400,
+            "apps.shop.rules[0].to",
+        ),
+        (
+            "PUT",
+            "/v1/apps/shop/rules",
+            "[{\"name\": \"x\", \"to\": \"green\", \"user_agent\": \"(\"}]",
+            &[],
+            400,
+            "user_agent",
+        ),
+        (
+            "PUT",
+            "/v1/apps/shop/rules",
+            "[{\"name\": \"x\", \"to\": \"green\", \"percent\": 101}]",
+            &[],
+            400,
+            "percent",
+        ),
+        (
+            "PUT",
+            "/v1/apps/shop/rules",
+            "[{\"name\": \"x\", \"to\": \"green\"}, {\"name\": \"x\", \"to\": \"blue\"}]",
+            &[],
+            400,
+            "already the name",
+        ),
+        (
+            "PUT",
+            "/v1/apps/shop/rules",
+            "[{\"name\": \"x\", \"to\": \"green\", \"colour\": 1}]",
+            &[],
+            400,
+            "colour",
+        ),
+        ("DELETE", "/v1/apps/shop/rules/ghost", "", &[], 404, "ghost"),
+        (
+            "POST",
+            "/v1/apps/shop/rollback",
+            "",
+            &[],
+            409,
+            "nothing to roll back",
+        ),
+        ("POST", "/v1/nowhere", "", &[], 404, "no such endpoint"),
+        (
+            "DELETE",
+            "/v1/apps/shop/flip",
+            "",
+            &[],
+            405,
+            "method not allowed",
+        ),
+    ];
+    for (method, path, body, headers, status_code, needle) in cases {
+        let r = admin_call(&c, &proxy, method, path, body, headers).await;
+        assert_eq!(
+            r.status.as_u16(),
+            *status_code,
+            "{method} {path} {body}: {}",
+            r.text()
+        );
+        let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            msg.contains(needle),
+            "{method} {path} {body}: {msg:?} lacks {needle:?}"
+        );
+    }
+    assert_eq!(
+        status(&c, &proxy).await,
+        before,
+        "a refused call changed the state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_changes_nothing_and_if_match_with_the_current_epoch_applies() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let c = client();
+    let r = admin_call(&c, &proxy, "POST", "/v1/flip", "{\"dry_run\": true}", &[])
+        .await
+        .json();
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["apps"]["shop"]["live"], "green");
+    assert_eq!(r["epoch"], 0);
+    assert_eq!(status(&c, &proxy).await["apps"]["shop"]["live"], "blue");
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+    let r = admin_call(&c, &proxy, "POST", "/v1/flip", "", &[("if-match", "0")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["epoch"], 1);
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_can_be_replaced_read_and_deleted_and_route_at_once() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let c = client();
+    let rules =
+        r#"[{"name": "testers", "header": {"name": "x-preview", "value": "1"}, "to": "green"}]"#;
+    let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", rules, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        get(&c, &proxy.url("/"), &[("x-preview", "1")]).await.text(),
+        "green"
+    );
+    let listed = admin_call(&c, &proxy, "GET", "/v1/apps/shop/rules", "", &[])
+        .await
+        .json();
+    assert_eq!(listed["rules"][0]["name"], "testers");
+    let r = admin_call(&c, &proxy, "DELETE", "/v1/apps/shop/rules/testers", "", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        get(&c, &proxy.url("/"), &[("x-preview", "1")]).await.text(),
+        "blue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_the_previous_state_and_history_lists_every_change() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let c = client();
+    admin_call(
+        &c,
+        &proxy,
+        "POST",
+        "/v1/apps/shop/shift",
+        "{\"percent\": 10}",
+        &[],
+    )
+    .await;
+    flip(&c, &proxy).await;
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollback", "", &[])
+        .await
+        .json();
+    assert_eq!(r["apps"]["shop"]["live"], "blue");
+    assert_eq!(r["apps"]["shop"]["standby_percent"], 10.0);
+    let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[])
+        .await
+        .json();
+    let kinds: Vec<&str> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["shift", "flip", "rollback"]);
+    let last = &h["history"][2];
+    assert_eq!(last["before"]["live"], "green");
+    assert_eq!(last["after"]["live"], "blue");
+    assert_eq!(last["app"], "shop");
+    assert_eq!(last["actor"], "local");
+    assert!(last["time"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipping_every_app_is_one_atomic_change() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let two = format!(
+        "{}\n[apps.api]\nhosts = [\"api.test\"]\n[apps.api.blue]\nservers = [\"{}\"]\n[apps.api.green]\nservers = [\"{}\"]\n",
+        shop(&b, &g, ""),
+        b.addr,
+        g.addr
+    );
+    let proxy = Proxy::start(&two);
+    let c = client();
+    let r = admin_call(&c, &proxy, "POST", "/v1/flip", "", &[])
+        .await
+        .json();
+    assert_eq!(r["epoch"], 1);
+    assert_eq!(r["apps"]["shop"]["live"], "green");
+    assert_eq!(r["apps"]["api"]["live"], "green");
+    assert_eq!(
+        get(&c, &proxy.url("/"), &[("host", "api.test")])
+            .await
+            .text(),
+        "green"
+    );
+    // Undo the last change, whatever apps it touched.
+    let r = admin_call(&c, &proxy, "POST", "/v1/rollback", "", &[])
+        .await
+        .json();
+    assert_eq!(
+        (
+            r["apps"]["shop"]["live"].as_str(),
+            r["apps"]["api"]["live"].as_str()
+        ),
+        (Some("blue"), Some("blue"))
+    );
+}
+
+/// A daemon as a separate process, so it can be killed hard.
+struct Daemon {
+    child: std::process::Child,
+    admin: String,
+    proxy: String,
+}
+
+impl Daemon {
+    fn start(config: &std::path::Path, extra: &[&str]) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(["run", "-c", config.to_str().unwrap()])
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    async fn ready(config: &std::path::Path, admin: u16, proxy: u16) -> Daemon {
+        let child = Daemon::start(config, &[]);
+        let d = Daemon {
+            child,
+            admin: format!("http://127.0.0.1:{admin}"),
+            proxy: format!("http://127.0.0.1:{proxy}"),
+        };
+        let c = client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let req = http::Request::get(format!("{}/healthz", d.admin))
+                .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+                .unwrap();
+            if let Ok(r) = c.request(req).await {
+                if r.status() == 200 {
+                    return d;
+                }
+            }
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+use http_body_util::BodyExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_a_sigkill_and_a_corrupt_state_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("cutover.toml");
+    std::fs::write(
+        &config,
+        shop(
+            &b,
+            &g,
+            &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[state]\nfile = \"state.json\"\n"),
+        ),
+    )
+    .unwrap();
+    let c = client();
+    let d = Daemon::ready(&config, admin, port).await;
+    let flip = send(
+        &c,
+        "POST",
+        &format!("{}/v1/apps/shop/flip", d.admin),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(flip.status, 200);
+    let shift = send(
+        &c,
+        "POST",
+        &format!("{}/v1/apps/shop/shift", d.admin),
+        &[],
+        "{\"percent\": 12.5}",
+    )
+    .await;
+    assert_eq!(shift.status, 200);
+    drop(d); // SIGKILL: no chance to flush anything.
+
+    let d = Daemon::ready(&config, admin, port).await;
+    let s = send(&c, "GET", &format!("{}/v1/status", d.admin), &[], "")
+        .await
+        .json();
+    assert_eq!(s["apps"]["shop"]["live"], "green");
+    assert_eq!(s["apps"]["shop"]["standby_percent"], 12.5);
+    assert_eq!(s["epoch"], 2);
+    assert_eq!(
+        get(&c, &format!("{}/", d.proxy), &[("cookie", "cutover=x")])
+            .await
+            .status,
+        200
+    );
+    drop(d);
+
+    std::fs::write(dir.path().join("state.json"), "{\"format\": 1, \"epo").unwrap();
+    let out = Daemon::start(&config, &[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state.json") && err.contains("corrupt"),
+        "{err}"
+    );
+
+    let mut d = Daemon {
+        child: Daemon::start(&config, &["--reset-state"]),
+        admin: format!("http://127.0.0.1:{admin}"),
+        proxy: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let req = http::Request::get(format!("{}/v1/status", d.admin))
+            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+            .unwrap();
+        if let Ok(r) = c.request(req).await {
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            break serde_json::from_slice::<serde_json::Value>(&body).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon with --reset-state did not come up"
+        );
+        assert!(
+            d.child.try_wait().unwrap().is_none(),
+            "daemon with --reset-state exited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(s["apps"]["shop"]["live"], "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_a_running_daemon() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let admin = proxy.admin_url("");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = tokio::task::block_in_place(|| cli(&["status"]));
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("app shop") && out.contains("live blue"),
+        "{out}"
+    );
+    let (code, out, _) = tokio::task::block_in_place(|| cli(&["flip", "shop"]));
+    assert_eq!(code, Some(0));
+    assert!(out.contains("shop: live green"), "{out}");
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+    let (code, out, _) = tokio::task::block_in_place(|| cli(&["shift", "shop", "12.5"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("12.5%"), "{out}");
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&["shift", "shop", "150"]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("percent"), "{err}");
+    let (code, _, _) = tokio::task::block_in_place(|| cli(&["shift"]));
+    assert_eq!(code, Some(64));
+    let (code, out, _) = tokio::task::block_in_place(|| {
+        cli(&[
+            "rules",
+            "shop",
+            "add",
+            "--name",
+            "testers",
+            "--to",
+            "blue",
+            "--header",
+            "x-preview=1",
+        ])
+    });
+    assert_eq!(code, Some(0));
+    assert!(out.contains("testers -> blue"), "{out}");
+    assert_eq!(
+        get(&c, &proxy.url("/"), &[("x-preview", "1")]).await.text(),
+        "blue"
+    );
+    let (code, out, _) = tokio::task::block_in_place(|| cli(&["history"]));
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("flip") && out.contains("shift") && out.contains("rules"),
+        "{out}"
+    );
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(["status", "--admin", "http://127.0.0.1:1"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            (),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    });
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach"), "{err}");
+}
