@@ -173,6 +173,7 @@ pub fn run_with(
             tokio::spawn(admin::serve(l, admin.clone(), shared.shutdown.subscribe()));
         }
         tokio::spawn(reload_on_sighup(admin.clone()));
+        tokio::spawn(crate::control::health::supervise(shared.clone()));
         shutdown.await;
         tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");
         shared.shutdown.send_replace(true);

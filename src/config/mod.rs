@@ -247,8 +247,28 @@ pub struct PoolConfig {
     /// Default round robin.
     pub balance: Balance,
     pub health: Option<HealthConfig>,
+    pub passive: PassiveConfig,
     /// Default HTTP/1.1.
     pub protocol: Protocol,
+}
+
+/// Passive health: this many consecutive connect failures or 5xx answers
+/// mark a server down for `cooldown`, after which it is probed again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassiveConfig {
+    /// Default 5; 0 turns passive checks off.
+    pub failures: u32,
+    /// Default 10 s.
+    pub cooldown: Duration,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            failures: 5,
+            cooldown: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -97,7 +97,15 @@ pub struct RawPool {
     pub servers: Vec<RawServerEntry>,
     pub balance: Option<String>,
     pub health: Option<RawHealth>,
+    pub passive: Option<RawPassive>,
     pub protocol: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub failures: Option<i64>,
+    pub cooldown: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -327,6 +327,7 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
             servers: vec![],
             balance: Balance::RoundRobin,
             health: None,
+            passive: PassiveConfig::default(),
             protocol: Protocol::Http1,
         };
     };
@@ -410,10 +411,29 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
             fall: int_range(&format!("{k}.fall"), h.fall, 3, 1, 100, errs) as u32,
         }
     });
+    let passive = match raw.passive {
+        None => PassiveConfig::default(),
+        Some(p) => {
+            let k = format!("{key}.passive");
+            let d = PassiveConfig::default();
+            PassiveConfig {
+                failures: int_range(
+                    &format!("{k}.failures"),
+                    p.failures,
+                    d.failures.into(),
+                    0,
+                    1000,
+                    errs,
+                ) as u32,
+                cooldown: duration(&format!("{k}.cooldown"), p.cooldown, d.cooldown, errs),
+            }
+        }
+    };
     PoolConfig {
         servers,
         balance,
         health,
+        passive,
         protocol,
     }
 }

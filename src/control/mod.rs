@@ -4,9 +4,11 @@
 //! - [`ops`]: flip, shift, rollback, rules, reload — validate, persist, swap;
 //! - [`state`]: the runtime state file, written atomically;
 //! - [`admin`]: the admin HTTP API on its own listener;
+//! - [`health`]: active health checks and passive-check recovery;
 //! - [`metrics`]: the Prometheus exposition.
 
 pub mod admin;
+pub mod health;
 pub mod metrics;
 pub mod ops;
 pub mod state;

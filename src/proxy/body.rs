@@ -27,8 +27,9 @@ pin_project_lite::pin_project! {
     /// (0 = no limit) with a [`TooLarge`] error, which the handler finds in
     /// the upstream error's source chain and answers with 413.
     pub struct RequestBody {
+        // `None`: a request sent again without a body.
         #[pin]
-        inner: Incoming,
+        inner: Option<Incoming>,
         seen: u64,
         limit: u64,
     }
@@ -37,9 +38,17 @@ pin_project_lite::pin_project! {
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> RequestBody {
         RequestBody {
-            inner,
+            inner: Some(inner),
             seen: 0,
             limit,
+        }
+    }
+
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            seen: 0,
+            limit: 0,
         }
     }
 }
@@ -53,7 +62,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(inner.poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
@@ -69,11 +81,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -19,7 +19,10 @@ pub struct Exchange {
     worker: Rc<Worker>,
     conn: Arc<ConnState>,
     start: Instant,
-    target: Option<(Arc<Pool>, Arc<Server>)>,
+    /// The colour's pool the request was routed to.
+    pool: Option<Arc<Pool>>,
+    /// The server it is bound to, once picked.
+    server: Option<Arc<Server>>,
     status: u16,
     upstream: Option<Pooled>,
     complete: Cell<bool>,
@@ -32,30 +35,27 @@ impl Exchange {
             worker,
             conn,
             start: Instant::now(),
-            target: None,
+            pool: None,
+            server: None,
             status: 0,
             upstream: None,
             complete: Cell::new(false),
         }
     }
 
-    /// The request is bound to `server` of `pool`: count it in flight there.
-    pub fn bind(&mut self, pool: &Arc<Pool>, server: &Arc<Server>) {
-        if let Some((_, old)) = &self.target {
+    /// The request was routed to `pool`: count it (and its answer) there.
+    pub fn choose(&mut self, pool: &Arc<Pool>) {
+        pool.stats.in_flight.fetch_add(1, Relaxed);
+        self.pool = Some(pool.clone());
+    }
+
+    /// The request is bound to `server` (again, after a connect retry).
+    pub fn bind(&mut self, server: &Arc<Server>) {
+        if let Some(old) = &self.server {
             old.in_flight.fetch_sub(1, Relaxed);
-        } else {
-            pool.stats.in_flight.fetch_add(1, Relaxed);
         }
         server.in_flight.fetch_add(1, Relaxed);
-        self.target = Some((pool.clone(), server.clone()));
-    }
-
-    pub fn server(&self) -> Option<&Arc<Server>> {
-        self.target.as_ref().map(|(_, s)| s)
-    }
-
-    pub fn pool(&self) -> Option<&Arc<Pool>> {
-        self.target.as_ref().map(|(p, _)| p)
+        self.server = Some(server.clone());
     }
 
     pub fn set_status(&mut self, status: u16) {
@@ -85,16 +85,18 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.conn.request_ended();
         let elapsed = self.start.elapsed();
-        if let Some((pool, server)) = &self.target {
+        if let Some(server) = &self.server {
             server.in_flight.fetch_sub(1, Relaxed);
+        }
+        if let Some(pool) = &self.pool {
             pool.stats.in_flight.fetch_sub(1, Relaxed);
             if self.status != 0 {
                 pool.stats.record(self.status, elapsed);
             }
             tracing::debug!(
-                app = %server.app,
-                color = %server.color,
-                server = %server.addr,
+                app = %self.server.as_ref().map_or("", |s| &*s.app),
+                color = %pool.color,
+                server = ?self.server.as_ref().map(|s| s.addr),
                 status = self.status,
                 micros = elapsed.as_micros() as u64,
                 complete = self.complete.get(),

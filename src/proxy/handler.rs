@@ -3,11 +3,14 @@
 //! on connect failure) → send → rewrite the response → stream it back.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::body::{RequestBody, ResponseBody, TooLarge};
@@ -19,7 +22,7 @@ use super::upstream::Pooled;
 use super::Worker;
 use crate::config::Sticky;
 use crate::route::rule::RequestView;
-use crate::route::Server;
+use crate::route::{Pool, Server};
 
 static COLOR_VALUES: [HeaderValue; 2] = [
     HeaderValue::from_static("blue"),
@@ -82,13 +85,14 @@ async fn forward(
     drop(snap);
 
     // Phase 2: limits that need no upstream.
+    ex.choose(&pool);
     if max_body > 0 && content_length(req.headers()).is_some_and(|n| n > max_body) {
         return fail(ex, ProxyError::BodyTooLarge);
     }
     let Some(server) = pool.pick(None).cloned() else {
         return fail(ex, ProxyError::NoHealthyServer);
     };
-    ex.bind(&pool, &server);
+    ex.bind(&server);
 
     // Phase 3: the upstream request.
     let (mut parts, body) = req.into_parts();
@@ -123,12 +127,12 @@ async fn forward(
 
     // Phase 4: a connection; a connect failure is retried once on another
     // healthy server of the same colour (nothing was sent yet).
-    let mut up = match connection(worker, &server, connect_timeout).await {
+    let mut up = match connection(worker, &pool, &server, connect_timeout).await {
         Ok(c) => c,
         Err(()) => match pool.pick(Some(server.id)).cloned() {
             Some(other) => {
-                ex.bind(&pool, &other);
-                match connection(worker, &other, connect_timeout).await {
+                ex.bind(&other);
+                match connection(worker, &pool, &other, connect_timeout).await {
                     Ok(c) => c,
                     Err(()) => return fail(ex, ProxyError::Connect),
                 }
@@ -137,31 +141,76 @@ async fn forward(
         },
     };
 
-    // Phase 5: send, and wait for the response head.
+    // Phase 5: send, and wait for the response head. An upstream may close
+    // an idle keep-alive connection just as we reuse it (hyper#2136). When
+    // that happens the request is sent again, once, on a fresh connection:
+    // if hyper hands the request back unsent (any method), or if it is an
+    // idempotent request without a body (RFC 9110 §9.2.2) on a connection
+    // that sat idle long enough for the upstream to give up on it — only
+    // then is a copy of its head kept, so busy connections pay nothing.
+    let replay = (up.idle_for() >= REPLAY_AFTER_IDLE
+        && parts.method.is_idempotent()
+        && body.is_end_stream()
+        && !upgrade)
+        .then(|| head_copy(&parts));
     let req = Request::from_parts(parts, RequestBody::new(body, max_body));
-    let sent = up.tx.send_request(req);
-    let mut resp = match tokio::time::timeout(response_timeout, sent).await {
-        Err(_) => return fail(ex, ProxyError::UpstreamTimeout),
+    let mut sent = tokio::time::timeout(response_timeout, up.tx.try_send_request(req)).await;
+    if let Ok(Err(e)) = &mut sent {
+        if up.reused {
+            if let Some(again) = e.take_message().or_else(|| replay.map(rebuild)) {
+                tracing::debug!(server = %up.server.addr, error = %e.error(), "reused upstream connection failed; retrying on a fresh one");
+                match worker.upstreams.connect(&up.server, connect_timeout).await {
+                    Ok(fresh) => {
+                        up = fresh;
+                        sent =
+                            tokio::time::timeout(response_timeout, up.tx.try_send_request(again))
+                                .await;
+                    }
+                    Err(_) => {
+                        up.server.connect_errors.fetch_add(1, Relaxed);
+                        up.server.record_failure(&pool.config.passive);
+                        return fail(ex, ProxyError::Connect);
+                    }
+                }
+            }
+        }
+    }
+    let mut resp = match sent {
+        Err(_) => {
+            up.server.record_failure(&pool.config.passive);
+            return fail(ex, ProxyError::UpstreamTimeout);
+        }
         Ok(Err(e)) => {
-            let err = if is_too_large(&e) {
-                ProxyError::BodyTooLarge
-            } else {
-                ProxyError::Upstream
-            };
+            let e = e.into_error();
+            if is_too_large(&e) {
+                return fail(ex, ProxyError::BodyTooLarge);
+            }
             tracing::debug!(server = %up.server.addr, error = %e, "upstream exchange failed");
-            return fail(ex, err);
+            up.server.record_failure(&pool.config.passive);
+            return fail(ex, ProxyError::Upstream);
         }
         Ok(Ok(r)) => r,
     };
 
     // Phase 6: the response.
     let status = resp.status();
+    if status.is_server_error() {
+        up.server.record_failure(&pool.config.passive);
+    } else {
+        up.server.record_success();
+    }
     ex.set_status(status.as_u16());
     let tunnel = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
     if tunnel {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(client_upgrade) = client_upgrade {
-            super::tunnel::spawn(pool.clone(), client_upgrade, upstream_upgrade, up);
+            super::tunnel::spawn(
+                worker.shared.clone(),
+                pool.clone(),
+                client_upgrade,
+                upstream_upgrade,
+                up,
+            );
         }
     } else {
         ex.set_upstream(up);
@@ -180,11 +229,40 @@ async fn forward(
     Response::from_parts(rparts, ResponseBody::upstream(rbody, ex))
 }
 
+/// A reused connection idle at least this long may have been closed by
+/// the upstream as we picked it: keep what is needed to send again.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(100);
+
+/// What a bodiless request needs to be sent again.
+struct HeadCopy {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+fn head_copy(parts: &http::request::Parts) -> HeadCopy {
+    HeadCopy {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+    }
+}
+
+fn rebuild(h: HeadCopy) -> Request<RequestBody> {
+    let mut req = Request::new(RequestBody::empty());
+    *req.method_mut() = h.method;
+    *req.uri_mut() = h.uri;
+    *req.headers_mut() = h.headers;
+    *req.version_mut() = Version::HTTP_11;
+    req
+}
+
 /// A pooled connection if one is idle and usable, else a new one.
 async fn connection(
     worker: &Worker,
+    pool: &Pool,
     server: &Arc<Server>,
-    connect_timeout: std::time::Duration,
+    connect_timeout: Duration,
 ) -> Result<Pooled, ()> {
     while let Some(mut c) = worker.upstreams.take(server) {
         if c.tx.ready().await.is_ok() {
@@ -192,16 +270,10 @@ async fn connection(
         }
     }
     match worker.upstreams.connect(server, connect_timeout).await {
-        Ok(c) => {
-            server
-                .consecutive_failures
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            Ok(c)
-        }
+        Ok(c) => Ok(c),
         Err(e) => {
-            server
-                .connect_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            server.connect_errors.fetch_add(1, Relaxed);
+            server.record_failure(&pool.config.passive);
             tracing::warn!(server = %server.addr, app = %server.app, color = %server.color, error = %e, "upstream connect failed");
             Err(())
         }

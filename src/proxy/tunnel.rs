@@ -1,19 +1,33 @@
 //! Upgraded connections (WebSocket and other `Upgrade` protocols, RFC 9110
 //! §7.8): after the upstream's `101 Switching Protocols` both sides are
 //! joined byte for byte until either closes.
+//!
+//! A flip does not cut a tunnel: it stays on the server it was opened to.
+//! But a tunnel to a pool that no longer receives any traffic is closed
+//! `drain_timeout` after the pool lost it (if the app sets one), so that
+//! no connection to a retired pool lives forever; traffic coming back
+//! before then cancels the countdown.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 use super::upstream::Pooled;
+use crate::control::Shared;
 use crate::route::Pool;
 
 /// Join the client and upstream sides once both upgrades complete.
 /// `conn` keeps the upstream connection's sender alive for the tunnel's life.
-pub fn spawn(pool: Arc<Pool>, client: OnUpgrade, upstream: OnUpgrade, conn: Pooled) {
+pub fn spawn(
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    conn: Pooled,
+) {
     tokio::task::spawn_local(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -23,13 +37,43 @@ pub fn spawn(pool: Arc<Pool>, client: OnUpgrade, upstream: OnUpgrade, conn: Pool
             }
         };
         pool.stats.tunnels.fetch_add(1, Relaxed);
+        let app = conn.server.app.clone();
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        let mut swapped = shared.swapped.subscribe();
+        let mut drain_at: Option<Instant> = None;
+        loop {
+            {
+                let snap = shared.snapshot.load();
+                if let Some(a) = snap.app(&app) {
+                    if a.receives_traffic(pool.color) {
+                        drain_at = None;
+                    } else if drain_at.is_none() {
+                        drain_at = a.drain_timeout.map(|t| Instant::now() + t);
+                    }
+                }
+            }
+            tokio::select! {
+                r = &mut copy => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel closed");
+                    }
+                    break;
+                }
+                changed = swapped.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
+                    tracing::info!(app = %app, color = %pool.color, server = %conn.server.addr, "closing a tunnel to a pool without traffic (drain_timeout)");
+                    break;
+                }
+            }
+        }
         pool.stats.tunnels.fetch_sub(1, Relaxed);
         drop(conn);
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "tunnel closed");
-        }
     });
 }

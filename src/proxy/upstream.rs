@@ -32,6 +32,15 @@ pub struct Pooled {
     created: Instant,
     /// Taken from the idle pool rather than freshly opened.
     pub reused: bool,
+    /// When it went idle, if it came from the pool.
+    idle_since: Option<Instant>,
+}
+
+impl Pooled {
+    /// How long it sat idle in the pool before this request (zero if new).
+    pub fn idle_for(&self) -> Duration {
+        self.idle_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
 }
 
 struct Idle {
@@ -78,6 +87,7 @@ impl Upstreams {
                 server: c.server,
                 created: c.created,
                 reused: true,
+                idle_since: Some(c.since),
             });
         }
         None
@@ -107,6 +117,7 @@ impl Upstreams {
             server: server.clone(),
             created: Instant::now(),
             reused: false,
+            idle_since: None,
         })
     }
 

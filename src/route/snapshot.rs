@@ -9,7 +9,7 @@ use super::sticky::{self, CookieId, BUCKETS};
 use super::Decision;
 use crate::config::{
     compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits,
-    PoolConfig, Protocol, RuleSpec, Sticky,
+    PassiveConfig, PoolConfig, Protocol, RuleSpec, Sticky,
 };
 
 /// What operators change at runtime for one app (SPEC §8): the state file
@@ -55,8 +55,12 @@ pub struct Server {
     pub app: Arc<str>,
     pub color: Color,
     pub protocol: Protocol,
-    /// Written by health checks (active and passive), read per request.
+    /// `active_ok && !passive_down`: the one flag the request path reads.
     pub healthy: AtomicBool,
+    /// The active health check's verdict (true without an active check).
+    pub active_ok: AtomicBool,
+    /// Marked down by passive checks, until a probe after the cool-off.
+    pub passive_down: AtomicBool,
     /// Requests bound to this server and not yet finished.
     pub in_flight: AtomicU64,
     /// Open upstream TCP connections, over all workers.
@@ -84,6 +88,8 @@ impl Server {
             color,
             protocol,
             healthy: AtomicBool::new(true),
+            active_ok: AtomicBool::new(true),
+            passive_down: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             open_connections: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
@@ -93,6 +99,48 @@ impl Server {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Relaxed)
+    }
+
+    /// Recompute `healthy` from the active and passive verdicts.
+    pub fn refresh_health(&self) {
+        let healthy = self.active_ok.load(Relaxed) && !self.passive_down.load(Relaxed);
+        if self.healthy.swap(healthy, Relaxed) != healthy {
+            tracing::warn!(
+                app = %self.app,
+                color = %self.color,
+                server = %self.addr,
+                healthy,
+                "server health changed"
+            );
+        }
+    }
+
+    /// Passive health: a connect failure or a 5xx answer. Past the pool's
+    /// threshold the server is marked down until the health task probes it
+    /// again after the cool-off.
+    pub fn record_failure(&self, passive: &PassiveConfig) {
+        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if passive.failures > 0
+            && n >= u64::from(passive.failures)
+            && !self.passive_down.swap(true, Relaxed)
+        {
+            tracing::warn!(
+                app = %self.app,
+                color = %self.color,
+                server = %self.addr,
+                failures = n,
+                "marked down by passive health check"
+            );
+            self.refresh_health();
+        }
+    }
+
+    /// Passive health: an answer that was not a 5xx. Only writes when
+    /// there is something to reset, to keep the cache line quiet.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Upstream {
     pub open: Arc<AtomicUsize>,
     /// Requests served.
     pub requests: Arc<AtomicUsize>,
+    /// What `/healthz` answers: 200 while true, 503 while false.
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -53,19 +55,33 @@ impl Upstream {
         let open = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (o, r) = (open.clone(), requests.clone());
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (o, r, h) = (open.clone(), requests.clone(), healthy.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
                     _ = &mut stopped => return,
                 };
-                let (o, r) = (o.clone(), r.clone());
+                let (o, r, h) = (o.clone(), r.clone(), h.clone());
                 o.fetch_add(1, SeqCst);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        r.fetch_add(1, SeqCst);
-                        answer(name, req)
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let health = req.uri().path() == "/healthz";
+                        if !health {
+                            r.fetch_add(1, SeqCst);
+                        }
+                        let up = h.load(SeqCst);
+                        async move {
+                            if health {
+                                let mut resp = Response::new(full(if up { "ok" } else { "down" }));
+                                if !up {
+                                    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                                }
+                                return Ok(resp);
+                            }
+                            answer(name, req).await
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -80,6 +96,7 @@ impl Upstream {
             name,
             open,
             requests,
+            healthy,
             stop: Some(stop),
         }
     }
@@ -384,4 +401,82 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An HTTP/1.1 upstream written by hand that closes a keep-alive
+/// connection after `idle` without a request — exactly what exposes the
+/// reuse race of hyper#2136. Answers its name to everything.
+pub struct KeepAliveUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl KeepAliveUpstream {
+    pub async fn start(name: &'static str, idle: Duration) -> KeepAliveUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let r = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+                                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return, // idle timeout, EOF or error: close
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        r.fetch_add(1, SeqCst);
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                            name.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        KeepAliveUpstream { addr, requests }
+    }
+}
+
+/// A WebSocket echo server answering each text message `m` with
+/// `"{name}:{m}"`.
+pub struct WsUpstream {
+    pub addr: SocketAddr,
+}
+
+impl WsUpstream {
+    pub async fn start(name: &'static str) -> WsUpstream {
+        use futures_util::{SinkExt, StreamExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                            let reply = format!("{name}:{}", t.as_str());
+                            if ws.send(reply.into()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        WsUpstream { addr }
+    }
 }

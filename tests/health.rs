@@ -1,0 +1,464 @@
+//! Health checks, health-gated changes, retries, connection hygiene,
+//! WebSocket tunnels and metrics (SPEC §5, §6, §9), with real servers.
+
+mod support;
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+fn two_pools(blue: &str, green: &str, app_extra: &str, pool_extra: &str) -> String {
+    format!(
+        r#"
+[apps.shop]
+{app_extra}
+[apps.shop.blue]
+servers = [{blue}]
+{pool_extra}
+[apps.shop.green]
+servers = [{green}]
+{pool_extra}
+"#
+    )
+}
+
+fn q(u: &Upstream) -> String {
+    format!("\"{}\"", u.addr)
+}
+
+/// Wait (bounded) until `f` holds for the status document.
+async fn until_status(
+    c: &Client,
+    proxy: &Proxy,
+    limit: Duration,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f(&status(c, proxy).await) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}: {}",
+            status(c, proxy).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn green_healthy(s: &serde_json::Value) -> bool {
+    s["apps"]["shop"]["pools"]["green"]["servers"][0]["healthy"]
+        .as_bool()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_path_marks_green_down_and_a_flip_to_it_needs_force() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let health = r#"health = { path = "/healthz", interval = "100ms", timeout = "200ms", rise = 2, fall = 3 }"#;
+    let proxy = Proxy::start(&two_pools(&q(&b), &q(&g), "", health));
+    let c = client();
+    assert!(green_healthy(&status(&c, &proxy).await));
+    g.healthy.store(false, SeqCst);
+    // interval × fall = 300 ms, plus slack for a loaded machine.
+    let took = until_status(&c, &proxy, Duration::from_secs(5), |s| !green_healthy(s)).await;
+    assert!(
+        took >= Duration::from_millis(150),
+        "marked down after {took:?}, before `fall` checks could fail"
+    );
+
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("green"));
+    assert_eq!(
+        get(&c, &proxy.url("/"), &[]).await.text(),
+        "blue",
+        "the refused flip changed nothing"
+    );
+
+    let r = admin_call(
+        &c,
+        &proxy,
+        "POST",
+        "/v1/apps/shop/flip",
+        "{\"force\": true}",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = get(&c, &proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 503, "traffic must not move silently to blue");
+    let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[])
+        .await
+        .json();
+    assert_eq!(h["history"][0]["forced"], true);
+
+    g.healthy.store(true, SeqCst);
+    until_status(&c, &proxy, Duration::from_secs(5), green_healthy).await;
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_of_two_blue_servers_dead_all_200_requests_succeed() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = Proxy::start(&two_pools(
+        &format!("\"{dead}\", {}", q(&b)),
+        &q(&g),
+        "",
+        "",
+    ));
+    let c = client();
+    for i in 0..200 {
+        let r = get(&c, &proxy.url("/"), &[]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "blue"),
+            "request {i}"
+        );
+    }
+    let s = status(&c, &proxy).await;
+    let dead_entry = &s["apps"]["shop"]["pools"]["blue"]["servers"][0];
+    assert!(dead_entry["connect_errors"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        dead_entry["healthy"], false,
+        "passive checks took the dead server out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_5xx_is_taken_out_by_passive_checks_and_probed_back() {
+    let (b1, b2, g) = (
+        Upstream::start("blue-1").await,
+        Upstream::start("blue-2").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&two_pools(
+        &format!("{}, {}", q(&b1), q(&b2)),
+        &q(&g),
+        "",
+        r#"passive = { failures = 3, cooldown = "300ms" }"#,
+    ));
+    let c = client();
+    // /status/500 fails on both servers; after 3 in a row each is marked down.
+    for _ in 0..6 {
+        assert_eq!(get(&c, &proxy.url("/status/500"), &[]).await.status, 500);
+    }
+    let s = status(&c, &proxy).await;
+    let blues = s["apps"]["shop"]["pools"]["blue"]["servers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(blues.iter().all(|s| s["healthy"] == false), "{blues:?}");
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.status, 503);
+    // After the cool-off a probe (TCP connect: no health path) brings them back.
+    until_status(&c, &proxy, Duration::from_secs(5), |s| {
+        s["apps"]["shop"]["pools"]["blue"]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["healthy"] == true)
+    })
+    .await;
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_flip_no_connection_to_blue_stays_open() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&two_pools(&q(&b), &q(&g), "", ""));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let url = proxy.url("/");
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..10 {
+                assert_eq!(get(&c, &url, &[]).await.text(), "blue");
+            }
+        }));
+    }
+    for t in clients {
+        t.await.unwrap();
+    }
+    assert!(
+        b.open.load(SeqCst) > 0,
+        "the proxy keeps connections to blue while it is live"
+    );
+    let c = client();
+    let s = status(&c, &proxy).await;
+    assert!(
+        s["apps"]["shop"]["pools"]["blue"]["servers"][0]["open_connections"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    let start = Instant::now();
+    while b.open.load(SeqCst) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{} connections to blue still open",
+            b.open.load(SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    until_status(&c, &proxy, Duration::from_secs(2), |s| {
+        s["apps"]["shop"]["pools"]["blue"]["servers"][0]["open_connections"] == 0
+    })
+    .await;
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_closing_idle_connections_after_1s_causes_no_502_across_flips() {
+    let b = KeepAliveUpstream::start("blue", Duration::from_secs(1)).await;
+    let g = KeepAliveUpstream::start("green", Duration::from_secs(1)).await;
+    let proxy = std::sync::Arc::new(Proxy::start(&two_pools(
+        &format!("\"{}\"", b.addr),
+        &format!("\"{}\"", g.addr),
+        "",
+        "",
+    )));
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut clients = Vec::new();
+    for k in 0..4u64 {
+        let proxy = proxy.clone();
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let mut n = 0;
+            // Requests spaced around the upstream's 1 s keep-alive timeout.
+            tokio::time::sleep(Duration::from_millis(k * 37)).await;
+            while Instant::now() < end {
+                let r = get(&c, &proxy.url("/"), &[]).await;
+                assert_eq!(r.status, 200, "request {n} of client {k}: {}", r.text());
+                n += 1;
+                let jitter = [990u64, 1000, 1003, 997, 1010, 985][n % 6];
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+            n
+        }));
+    }
+    let c = client();
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    let mut total = 0;
+    for t in clients {
+        total += t.await.expect("a request failed");
+    }
+    assert!(total >= 40, "{total} requests");
+    assert_eq!(
+        b.requests.load(SeqCst) + g.requests.load(SeqCst),
+        total,
+        "every request reached an upstream exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_on_blue_survives_a_flip_and_is_drained_after_drain_timeout() {
+    let (b, g) = (
+        WsUpstream::start("blue").await,
+        WsUpstream::start("green").await,
+    );
+    let proxy = Proxy::start(&two_pools(
+        &format!("\"{}\"", b.addr),
+        &format!("\"{}\"", g.addr),
+        "drain_timeout = \"1s\"",
+        "",
+    ));
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut old, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket through the proxy");
+    old.send(Message::text("one")).await.unwrap();
+    assert_eq!(
+        old.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "blue:one"
+    );
+    let c = client();
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["pools"]["blue"]["tunnels"], 1);
+
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    assert_eq!(r.status, 200);
+    let flipped = Instant::now();
+    // The old session keeps echoing from blue after the flip...
+    old.send(Message::text("two")).await.unwrap();
+    assert_eq!(
+        old.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "blue:two"
+    );
+    // ...while new sessions go to green.
+    let (mut new, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    new.send(Message::text("hi")).await.unwrap();
+    assert_eq!(
+        new.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "green:hi"
+    );
+    // Blue lost all traffic: its tunnel is closed after drain_timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match old.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the blue tunnel was not closed");
+    let after = flipped.elapsed();
+    assert!(
+        after >= Duration::from_millis(800) && after < Duration::from_secs(4),
+        "closed after {after:?}"
+    );
+    new.send(Message::text("still")).await.unwrap();
+    assert_eq!(
+        new.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "green:still"
+    );
+}
+
+fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_the_requests_sent_per_colour() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let rules = "[[apps.shop.rules]]\nname = \"t\"\nheader = { name = \"x-t\", value = \"1\" }\nto = \"green\"\n";
+    let proxy = Proxy::start(&(two_pools(&q(&b), &q(&g), "", "") + rules));
+    let c = client();
+    for _ in 0..37 {
+        assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+    }
+    for _ in 0..11 {
+        assert_eq!(
+            get(&c, &proxy.url("/"), &[("x-t", "1")]).await.text(),
+            "green"
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(get(&c, &proxy.url("/status/404"), &[]).await.status, 404);
+    }
+    let blue2 = "cutover_requests_total{app=\"shop\",color=\"blue\",code_class=\"2xx\"}";
+    let start = Instant::now();
+    let text = loop {
+        let text = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
+            .await
+            .text();
+        // The last response is counted when its body has been sent: wait for it.
+        if metric(&text, blue2) == 37 || start.elapsed() > Duration::from_secs(5) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(metric(&text, blue2), 37, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "cutover_requests_total{app=\"shop\",color=\"green\",code_class=\"2xx\"}"
+        ),
+        11
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "cutover_requests_total{app=\"shop\",color=\"blue\",code_class=\"4xx\"}"
+        ),
+        5
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "cutover_request_duration_seconds_count{app=\"shop\",color=\"blue\"}"
+        ),
+        42
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "cutover_request_duration_seconds_bucket{le=\"+Inf\",app=\"shop\",color=\"green\"}"
+        )
+        .max(metric(
+            &text,
+            "cutover_request_duration_seconds_bucket{app=\"shop\",color=\"green\",le=\"+Inf\"}"
+        )),
+        11
+    );
+    for series in [
+        "cutover_in_flight_requests{app=\"shop\",color=\"blue\"}",
+        "cutover_upstream_connections{app=\"shop\",color=\"blue\",server=",
+        "cutover_upstream_connect_errors_total{app=\"shop\",color=\"green\",server=",
+        "cutover_server_healthy{app=\"shop\",color=\"green\",server=",
+        "cutover_standby_percent{app=\"shop\"}",
+        "cutover_live{app=\"shop\",color=\"blue\"} 1",
+        "cutover_live{app=\"shop\",color=\"green\"} 0",
+        "cutover_config_reloads_total{result=\"ok\"}",
+        "cutover_downstream_connections",
+    ] {
+        assert!(text.contains(series), "missing {series} in\n{text}");
+    }
+    admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    let text = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
+        .await
+        .text();
+    assert_eq!(
+        metric(
+            &text,
+            "cutover_state_changes_total{app=\"shop\",kind=\"flip\"}"
+        ),
+        1
+    );
+}
