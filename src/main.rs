@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use cutover::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: thread-local free lists suit the worker-per-thread design and
+/// measured a few percent less CPU per request than glibc's malloc (see
+/// benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse_or_exit();
     let filter = EnvFilter::try_from_env("CUTOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

@@ -1,0 +1,554 @@
+#!/usr/bin/env python3
+"""End-to-end comparison of cutover with nginx and HAProxy, in one run.
+
+Run it with `bash benches/compare.sh` (installs nginx, haproxy and wrk with
+apt-get when missing, builds cutover in release mode, then runs this).
+The method is written down in benches/README.md; in short:
+
+- one fast upstream: an nginx (1 worker) answering a 5-byte body on
+  127.0.0.1:18080 (and the same on 18082, the "green" pool);
+- each proxy in turn on 127.0.0.1:18081 with one worker/thread: nginx
+  (upstream keepalive), HAProxy (`http-reuse always`), cutover (minimal
+  config) and cutover (realistic config); plus "direct" (wrk straight to
+  the upstream, the limit);
+- wrk -t1 with 64 and 256 keep-alive connections; the proxy's own CPU time
+  (utime + stime of all its processes, from /proc) is read before and
+  after, giving CPU microseconds per request, the figure that holds on a
+  noisy shared machine;
+- RSS with 10,000 idle keep-alive client connections;
+- a flip storm: the same wrk run while cutover's admin API flips every
+  100 ms, and nginx's way of doing it (rewrite the upstream, `nginx -s
+  reload` every 100 ms) for contrast.
+
+Only loopback addresses are used. Every run is bounded in time.
+"""
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUTOVER = os.path.join(ROOT, "target", "release", "cutover")
+UP_BLUE, UP_GREEN, PROXY, ADMIN = 18080, 18082, 18081, 19901
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+def descendants(pid):
+    """pid and all its descendants, from /proc."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def wait_port(port, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def wait_port_free(port, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                time.sleep(0.05)
+        except OSError:
+            return
+    raise RuntimeError(f"port {port} still busy")
+
+
+class Server:
+    """A server process started for one measurement."""
+
+    def __init__(self, name, argv, port, cwd=None):
+        self.name = name
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_port(port)
+        time.sleep(0.2)  # let all workers come up
+
+    def pids(self):
+        return descendants(self.proc.pid)
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------- configs
+
+def nginx_upstream_conf(work):
+    conf = f"""
+worker_processes 1;
+pid {work}/upstream.pid;
+error_log {work}/upstream-error.log error;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{ listen 127.0.0.1:{UP_BLUE}; location / {{ return 200 "hello"; }} }}
+    server {{ listen 127.0.0.1:{UP_GREEN}; location / {{ return 200 "hello"; }} }}
+}}
+"""
+    path = os.path.join(work, "upstream.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def nginx_proxy_conf(work, upstream_port=UP_BLUE):
+    with open(os.path.join(work, "nginx-upstream.inc"), "w") as f:
+        f.write(f"server 127.0.0.1:{upstream_port};\n")
+    conf = f"""
+worker_processes 1;
+daemon off;
+master_process on;
+pid {work}/proxy.pid;
+error_log {work}/proxy-error.log error;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    upstream app {{
+        include {work}/nginx-upstream.inc;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{PROXY};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+    path = os.path.join(work, "proxy.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def haproxy_conf(work):
+    conf = f"""
+global
+    nbthread 1
+    # HAProxy reserves two descriptors per connection: 9990 is the most the
+    # machine's hard limit of 20000 descriptors allows.
+    maxconn 9990
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:{PROXY}
+    default_backend be
+backend be
+    server s1 127.0.0.1:{UP_BLUE}
+"""
+    path = os.path.join(work, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def cutover_minimal_conf(work):
+    conf = f"""
+[server]
+listen = ["127.0.0.1:{PROXY}"]
+workers = 1
+[limits]
+client_idle_timeout = "300s"
+[admin]
+listen = "127.0.0.1:{ADMIN}"
+[apps.bench]
+sticky = "none"
+[apps.bench.blue]
+servers = ["127.0.0.1:{UP_BLUE}"]
+[apps.bench.green]
+servers = ["127.0.0.1:{UP_GREEN}"]
+"""
+    path = os.path.join(work, "cutover-minimal.toml")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def cutover_realistic_conf(work):
+    with open(os.path.join(ROOT, "benches", "realistic.toml")) as f:
+        text = f.read()
+    text = (text.replace("UPSTREAM", f"127.0.0.1:{UP_BLUE}")
+                .replace('"127.0.0.1:18081"', f'"127.0.0.1:{PROXY}"')
+                .replace('"127.0.0.1:19901"', f'"127.0.0.1:{ADMIN}"'))
+    text = text.replace("[admin]", '[limits]\nclient_idle_timeout = "300s"\n\n[admin]')
+    path = os.path.join(work, "cutover-realistic.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def start_proxy(kind, work):
+    if kind == "nginx":
+        conf = nginx_proxy_conf(work)
+        return Server("nginx", ["nginx", "-c", conf, "-p", work], PROXY)
+    if kind == "haproxy":
+        return Server("haproxy", ["haproxy", "-f", haproxy_conf(work)], PROXY)
+    if kind == "cutover":
+        return Server("cutover", [CUTOVER, "run", "-c", cutover_minimal_conf(work)], PROXY)
+    if kind == "cutover-realistic":
+        return Server("cutover-realistic", [CUTOVER, "run", "-c", cutover_realistic_conf(work)], PROXY)
+    raise ValueError(kind)
+
+
+# ---------------------------------------------------------------- load
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+# A realistic browser request for the realistic config (a returning user
+# with a sticky cookie, a desktop user agent that the mobile regex checks).
+BROWSER = [
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "Accept: text/html,application/xhtml+xml;q=0.9,*/*;q=0.8",
+    "Cookie: _ga=GA1.2.3; cutover=5f2c7a1e9b3d4c6a8e0f1a2b3c4d5e6f; theme=dark",
+]
+
+
+def wrk(port, conns, secs, headers=()):
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", "--timeout", "5s"]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append(f"http://127.0.0.1:{port}/")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30).stdout
+    res = {"raw": out}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else 0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        res[f"p{pct}"] = to_ms(m.group(1)) if m else float("nan")
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    res["errors"] = errors
+    return res
+
+
+def measure(server, port, conns, secs, headers=()):
+    wrk(port, conns, 2, headers)  # warm-up: connections, pools, caches
+    pids = server.pids() if server else []
+    before = cpu_seconds(pids)
+    res = wrk(port, conns, secs, headers)
+    after = cpu_seconds(pids)
+    res["cpu_us"] = (after - before) * 1e6 / res["requests"] if server and res["requests"] else float("nan")
+    res["rss_mib"] = rss_kib(server.pids()) / 1024 if server else float("nan")
+    return res
+
+
+# ---------------------------------------------------------------- idle clients
+
+async def hold_idle(port, n):
+    """Open n keep-alive connections, make one request on each, keep them."""
+    conns = []
+    sem = asyncio.Semaphore(500)
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+            conns.append((r, w))
+            w.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await w.drain()
+            await asyncio.wait_for(r.readuntil(b"hello"), 5)
+
+    results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    failed = sum(1 for x in results if isinstance(x, Exception))
+    return conns, failed
+
+
+def idle_rss(kind, work, n):
+    server = start_proxy(kind, work)
+    try:
+        base = rss_kib(server.pids())
+        loop = asyncio.new_event_loop()
+        conns, failed = loop.run_until_complete(hold_idle(PROXY, n))
+        time.sleep(1.0)
+        held = rss_kib(server.pids())
+        for _, w in conns:
+            w.close()
+        loop.close()
+        return {"base_mib": base / 1024, "held_mib": held / 1024, "failed": failed}
+    finally:
+        server.stop()
+        wait_port_free(PROXY)
+
+
+# ---------------------------------------------------------------- flip storms
+
+def storm(stop, action):
+    while not stop.is_set():
+        try:
+            action()
+        except Exception as e:  # keep storming; count nothing here
+            log("storm action failed:", e)
+        stop.wait(0.1)
+
+
+def cutover_flip_storm(work, conns, secs):
+    server = start_proxy("cutover", work)
+    try:
+        steady = measure(server, PROXY, conns, secs)
+        stop = threading.Event()
+        flips = [0]
+
+        def flip():
+            req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}/v1/flip", data=b"", method="POST")
+            urllib.request.urlopen(req, timeout=5).read()
+            flips[0] += 1
+
+        t = threading.Thread(target=storm, args=(stop, flip))
+        t.start()
+        stormy = wrk(PROXY, conns, secs)
+        stop.set()
+        t.join()
+        return steady, stormy, flips[0]
+    finally:
+        server.stop()
+        wait_port_free(PROXY)
+
+
+def nginx_reload_storm(work, conns, secs):
+    server = start_proxy("nginx", work)
+    try:
+        steady = measure(server, PROXY, conns, secs)
+        stop = threading.Event()
+        state = {"port": UP_BLUE, "reloads": 0}
+
+        def reload():
+            state["port"] = UP_GREEN if state["port"] == UP_BLUE else UP_BLUE
+            with open(os.path.join(work, "nginx-upstream.inc"), "w") as f:
+                f.write(f"server 127.0.0.1:{state['port']};\n")
+            subprocess.run(["nginx", "-c", os.path.join(work, "proxy.conf"), "-p", work, "-s", "reload"],
+                           check=True, capture_output=True, timeout=5)
+            state["reloads"] += 1
+
+        t = threading.Thread(target=storm, args=(stop, reload))
+        t.start()
+        stormy = wrk(PROXY, conns, secs)
+        stop.set()
+        t.join()
+        return steady, stormy, state["reloads"]
+    finally:
+        server.stop()
+        wait_port_free(PROXY)
+
+
+# ---------------------------------------------------------------- report
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=10, help="length of each measured wrk run")
+    ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive clients for the memory test")
+    ap.add_argument("--only", default="", help="comma list of sections: throughput,memory,flip")
+    args = ap.parse_args()
+    sections = set(args.only.split(",")) if args.only else {"throughput", "memory", "flip"}
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    for tool in ("nginx", "haproxy", "wrk"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run benches/compare.sh, which installs it")
+    if not os.path.exists(CUTOVER):
+        sys.exit("build cutover first: cargo build --release")
+
+    work = tempfile.mkdtemp(prefix="cutover-bench-")
+    upstream = Server("upstream", ["nginx", "-c", nginx_upstream_conf(work), "-p", work, "-g", "daemon off;"], UP_BLUE)
+    out = []
+    try:
+        out.append(f"# cutover vs nginx vs HAProxy — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+        out.append(f"Machine: {os.cpu_count()} cores, {platform_line()}; "
+                   f"{version('nginx')}, {version('haproxy')}, {version('wrk')}; "
+                   f"wrk -t1, {args.seconds}s per run, 2s warm-up.\n")
+        if "throughput" in sections:
+            out.append(throughput(work, args.seconds))
+        if "memory" in sections:
+            out.append(memory(work, args.idle))
+        if "flip" in sections:
+            out.append(flips(work, args.seconds))
+    finally:
+        upstream.stop()
+    report = "\n".join(out)
+    path = os.path.join(ROOT, "target", "bench-report.md")
+    with open(path, "w") as f:
+        f.write(report)
+    print(report)
+    log(f"(written to {path})")
+
+
+def platform_line():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def version(tool):
+    argv = {"nginx": ["nginx", "-v"], "haproxy": ["haproxy", "-v"], "wrk": ["wrk", "-v"]}[tool]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    text = (p.stdout + p.stderr).strip().splitlines()
+    return text[0] if text else tool
+
+
+def throughput(work, secs):
+    rows = {}
+    for conns in (64, 256):
+        log(f"direct, {conns} connections")
+        rows[("direct", conns)] = measure(None, UP_BLUE, conns, secs)
+        for kind in ("nginx", "haproxy", "cutover", "cutover-realistic"):
+            log(f"{kind}, {conns} connections")
+            server = start_proxy(kind, work)
+            try:
+                headers = BROWSER if kind == "cutover-realistic" else ()
+                rows[(kind, conns)] = measure(server, PROXY, conns, secs, headers)
+            finally:
+                server.stop()
+                wait_port_free(PROXY)
+    lines = ["## Throughput and CPU per request\n",
+             "| proxy | conns | CPU µs/req | req/s | p50 ms | p99 ms | RSS MiB | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (kind, conns), r in rows.items():
+        lines.append(f"| {kind} | {conns} | {r['cpu_us']:.2f} | {r['rps']:.0f} | {r['p50']:.3f} | "
+                     f"{r['p99']:.3f} | {r['rss_mib']:.1f} | {r['errors']} |")
+    lines.append("")
+    lines.append("| ratio | conns | CPU/req | req/s | p99 |")
+    lines.append("|---|---|---|---|---|")
+    for conns in (64, 256):
+        c = rows[("cutover", conns)]
+        for other in ("nginx", "haproxy"):
+            o = rows[(other, conns)]
+            lines.append(f"| cutover / {other} | {conns} | {c['cpu_us'] / o['cpu_us']:.2f} | "
+                         f"{c['rps'] / o['rps']:.2f} | {c['p99'] / o['p99']:.2f} |")
+        real = rows[("cutover-realistic", conns)]
+        lines.append(f"| realistic / minimal cutover | {conns} | {real['cpu_us'] / c['cpu_us']:.2f} | "
+                     f"{real['rps'] / c['rps']:.2f} | {real['p99'] / c['p99']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def memory(work, n):
+    lines = [f"## Memory with {n} idle keep-alive clients\n",
+             "| proxy | RSS before MiB | RSS holding MiB | KiB per connection | failed connects |",
+             "|---|---|---|---|---|"]
+    for kind in ("nginx", "haproxy", "cutover"):
+        log(f"{kind}: {n} idle clients")
+        r = idle_rss(kind, work, n)
+        per = (r["held_mib"] - r["base_mib"]) * 1024 / max(1, n - r["failed"])
+        lines.append(f"| {kind} | {r['base_mib']:.1f} | {r['held_mib']:.1f} | {per:.1f} | {r['failed']} |")
+    return "\n".join(lines) + "\n"
+
+
+def flips(work, secs):
+    lines = ["## Changing the live pool under load (64 connections)\n",
+             "| how | changes | errors | req/s | throughput vs steady |",
+             "|---|---|---|---|---|"]
+    log("cutover flip storm")
+    steady, stormy, n = cutover_flip_storm(work, 64, secs)
+    lines.append(f"| cutover admin flip every 100 ms | {n} | {stormy['errors']} | {stormy['rps']:.0f} | "
+                 f"{stormy['rps'] / steady['rps']:.3f} |")
+    log("nginx reload storm")
+    steady, stormy, n = nginx_reload_storm(work, 64, secs)
+    lines.append(f"| nginx rewrite + `nginx -s reload` every 100 ms | {n} | {stormy['errors']} | "
+                 f"{stormy['rps']:.0f} | {stormy['rps'] / steady['rps']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

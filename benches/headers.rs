@@ -1,0 +1,72 @@
+//! Header rewrite micro-benchmark (SPEC §5): hop-by-hop removal and
+//! `X-Forwarded-*` on a typical browser request, and the response side.
+//!
+//! Run: `cargo bench --bench headers`
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use cutover::proxy::headers::{add_forwarded, client_value, strip_hop_by_hop};
+use http::{HeaderMap, HeaderValue};
+
+fn request_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", "shop.example.com".parse().unwrap());
+    h.insert(
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+            .parse()
+            .unwrap(),
+    );
+    h.insert(
+        "accept",
+        "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
+            .parse()
+            .unwrap(),
+    );
+    h.insert("accept-encoding", "gzip, deflate, br".parse().unwrap());
+    h.insert("connection", "keep-alive".parse().unwrap());
+    h.insert(
+        "cookie",
+        "cutover=5f2c7a1e9b3d4c6a8e0f1a2b3c4d5e6f".parse().unwrap(),
+    );
+    h
+}
+
+fn response_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "text/html".parse().unwrap());
+    h.insert("content-length", "5".parse().unwrap());
+    h.insert("date", "Thu, 26 Nov 2026 05:00:00 GMT".parse().unwrap());
+    h.insert("connection", "keep-alive".parse().unwrap());
+    h
+}
+
+fn bench(c: &mut Criterion) {
+    let client = client_value("192.0.2.10".parse().unwrap());
+    let host = HeaderValue::from_static("shop.example.com");
+    c.bench_function("rewrite_request_headers", |b| {
+        b.iter_batched_ref(
+            request_headers,
+            |h| {
+                strip_hop_by_hop(h, false);
+                add_forwarded(h, &client, false, Some(host.clone()));
+                black_box(h);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("rewrite_response_headers", |b| {
+        b.iter_batched_ref(
+            response_headers,
+            |h| {
+                strip_hop_by_hop(h, false);
+                black_box(h);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,116 @@
+//! Routing decision micro-benchmarks (SPEC §4): app lookup, ten rules with
+//! a user-agent regex, the sticky hash, the server pick.
+//!
+//! Run: `cargo bench --bench routing`
+//! (`cargo bench --bench routing -- --quick` for a fast look.)
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use cutover::route::rule::RequestView;
+use cutover::route::{sticky, Snapshot};
+use http::HeaderMap;
+
+fn snapshot() -> Snapshot {
+    let text = include_str!("realistic.toml").replace("UPSTREAM", "127.0.0.1:1");
+    let config = cutover::Config::from_toml(&text).expect("realistic.toml");
+    Snapshot::build(&config, &BTreeMap::new(), None, 1).expect("snapshot")
+}
+
+fn browser_headers(cookie: Option<&str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", "shop.example.com".parse().unwrap());
+    h.insert(
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+            .parse()
+            .unwrap(),
+    );
+    h.insert(
+        "accept",
+        "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
+            .parse()
+            .unwrap(),
+    );
+    h.insert("accept-language", "en-GB,en;q=0.5".parse().unwrap());
+    h.insert("accept-encoding", "gzip, deflate, br".parse().unwrap());
+    if let Some(c) = cookie {
+        h.insert("cookie", c.parse().unwrap());
+    }
+    h
+}
+
+fn bench(c: &mut Criterion) {
+    let snap = snapshot();
+    let returning = browser_headers(Some(
+        "_ga=GA1.2.3; cutover=5f2c7a1e9b3d4c6a8e0f1a2b3c4d5e6f; theme=dark",
+    ));
+    let fresh = browser_headers(None);
+    let ip = "10.1.2.3".parse().unwrap();
+
+    c.bench_function("find_app", |b| {
+        b.iter(|| {
+            black_box(snap.find_app(black_box("shop.example.com"), black_box("/products/42")))
+        })
+    });
+
+    c.bench_function("decide/returning_user_10_rules", |b| {
+        let app = snap.find_app("shop.example.com", "/products/42").unwrap();
+        b.iter(|| {
+            let view = RequestView {
+                path: "/products/42",
+                headers: black_box(&returning),
+                client_ip: ip,
+            };
+            black_box(app.decide(&view))
+        })
+    });
+
+    c.bench_function("sticky_bucket", |b| {
+        b.iter(|| {
+            black_box(sticky::bucket(black_box(
+                b"5f2c7a1e9b3d4c6a8e0f1a2b3c4d5e6f",
+            )))
+        })
+    });
+
+    c.bench_function("pick/round_robin", |b| {
+        let app = snap.find_app("shop.example.com", "/").unwrap();
+        let pool = app.pool(app.state.live);
+        b.iter(|| black_box(pool.pick(None)))
+    });
+
+    c.bench_function("route/whole_decision_returning_user", |b| {
+        b.iter(|| {
+            let app = snap
+                .find_app(black_box("shop.example.com"), black_box("/products/42"))
+                .unwrap();
+            let view = RequestView {
+                path: "/products/42",
+                headers: &returning,
+                client_ip: ip,
+            };
+            let d = app.decide(&view);
+            black_box(app.pool(d.color).pick(None))
+        })
+    });
+
+    c.bench_function("route/whole_decision_new_user_gets_cookie", |b| {
+        b.iter(|| {
+            let app = snap
+                .find_app(black_box("shop.example.com"), black_box("/"))
+                .unwrap();
+            let view = RequestView {
+                path: "/",
+                headers: &fresh,
+                client_ip: ip,
+            };
+            let d = app.decide(&view);
+            black_box((app.pool(d.color).pick(None), d.new_cookie))
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
