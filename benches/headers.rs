@@ -56,6 +56,40 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    c.bench_function("strip_hop_by_hop_request", |b| {
+        b.iter_batched_ref(
+            request_headers,
+            |h| {
+                strip_hop_by_hop(h, false);
+                black_box(h);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("add_forwarded_request_spare_capacity", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut h = request_headers();
+                h.reserve(8);
+                h
+            },
+            |h| {
+                add_forwarded(h, &client, false, Some(host.clone()));
+                black_box(h);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("add_forwarded_request", |b| {
+        b.iter_batched_ref(
+            request_headers,
+            |h| {
+                add_forwarded(h, &client, false, Some(host.clone()));
+                black_box(h);
+            },
+            BatchSize::SmallInput,
+        )
+    });
     c.bench_function("rewrite_response_headers", |b| {
         b.iter_batched_ref(
             response_headers,

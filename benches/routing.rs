@@ -58,11 +58,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("decide/returning_user_10_rules", |b| {
         let app = snap.find_app("shop.example.com", "/products/42").unwrap();
         b.iter(|| {
-            let view = RequestView {
-                path: "/products/42",
-                headers: black_box(&returning),
-                client_ip: ip,
-            };
+            let view = RequestView::new("/products/42", black_box(&returning), ip, None);
             black_box(app.decide(&view))
         })
     });
@@ -86,11 +82,19 @@ fn bench(c: &mut Criterion) {
             let app = snap
                 .find_app(black_box("shop.example.com"), black_box("/products/42"))
                 .unwrap();
-            let view = RequestView {
-                path: "/products/42",
-                headers: &returning,
-                client_ip: ip,
-            };
+            let view = RequestView::new("/products/42", &returning, ip, None);
+            let d = app.decide(&view);
+            black_box(app.pool(d.color).pick(None))
+        })
+    });
+
+    c.bench_function("route/whole_decision_returning_user_same_connection", |b| {
+        let cache = cutover::route::rule::UaCache::default();
+        b.iter(|| {
+            let app = snap
+                .find_app(black_box("shop.example.com"), black_box("/products/42"))
+                .unwrap();
+            let view = RequestView::new("/products/42", &returning, ip, Some(&cache));
             let d = app.decide(&view);
             black_box(app.pool(d.color).pick(None))
         })
@@ -101,11 +105,7 @@ fn bench(c: &mut Criterion) {
             let app = snap
                 .find_app(black_box("shop.example.com"), black_box("/"))
                 .unwrap();
-            let view = RequestView {
-                path: "/",
-                headers: &fresh,
-                client_ip: ip,
-            };
+            let view = RequestView::new("/", &fresh, ip, None);
             let d = app.decide(&view);
             black_box((app.pool(d.color).pick(None), d.new_cookie))
         })

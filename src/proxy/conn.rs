@@ -15,6 +15,7 @@ use super::handler;
 use super::headers::client_value;
 use super::io::{ConnState, TimedIo};
 use super::Worker;
+use crate::route::rule::UaCache;
 
 /// What every request on one client connection shares.
 pub struct ConnInfo {
@@ -23,6 +24,8 @@ pub struct ConnInfo {
     pub client_value: HeaderValue,
     pub tls: bool,
     pub state: Arc<ConnState>,
+    /// User-agent rule verdicts for this connection's requests.
+    pub ua_cache: UaCache,
 }
 
 /// Accept until shutdown. `max_connections` is a semaphore shared by all
@@ -76,6 +79,7 @@ async fn serve(
         client_value: client_value(peer.ip()),
         tls: false,
         state: state.clone(),
+        ua_cache: UaCache::default(),
     });
     let io = TimedIo::new(stream, state, header_timeout, idle_timeout);
     let svc_worker = worker.clone();

@@ -71,11 +71,12 @@ async fn forward(
     let Some(app) = snap.find_app(host_str, req.uri().path()) else {
         return fail(ex, ProxyError::NoApp);
     };
-    let view = RequestView {
-        path: req.uri().path(),
-        headers: req.headers(),
-        client_ip: conn.peer.ip(),
-    };
+    let view = RequestView::new(
+        req.uri().path(),
+        req.headers(),
+        conn.peer.ip(),
+        Some(&conn.ua_cache),
+    );
     let decision = app.decide(&view);
     let pool = app.pool(decision.color).clone();
     let set_cookie = match (&decision.new_cookie, &app.sticky) {

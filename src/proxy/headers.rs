@@ -22,11 +22,18 @@ pub static X_CUTOVER_COLOR: HeaderName = HeaderName::from_static("x-cutover-colo
 /// response of a protocol upgrade), `Upgrade` and `Connection: upgrade`
 /// survive; everything else the `Connection` field names is still removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(first) = headers.get(header::CONNECTION) {
+    // One pass over the names finds which hop-by-hop fields are present, so
+    // only those are removed: a failed removal still hashes its name.
+    let present = headers.keys().fold(0u8, |acc, k| acc | hop_bit(k));
+    if present == 0 && !upgrade {
+        return;
+    }
+    if present & CONNECTION_BIT != 0 {
+        let first = headers.get(header::CONNECTION);
         // The common `Connection: keep-alive` / `close` names nothing else to
         // remove; only other tokens need the slow path (which allocates).
-        let simple = headers.get_all(header::CONNECTION).iter().count() == 1
-            && is_plain_token(first.as_bytes());
+        let simple = first.is_some_and(|v| is_plain_token(v.as_bytes()))
+            && headers.get_all(header::CONNECTION).iter().count() == 1;
         if !simple {
             let values: Vec<HeaderValue> = headers
                 .get_all(header::CONNECTION)
@@ -47,26 +54,65 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.remove(header::TE) {
-        let wants_trailers = te.to_str().unwrap_or("").split(',').any(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("trailers")
-        });
-        if wants_trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present & KEEP_ALIVE_BIT != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & PROXY_CONNECTION_BIT != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & TRAILER_BIT != 0 {
+        headers.remove(header::TRAILER);
+    }
+    if present & TRANSFER_ENCODING_BIT != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & TE_BIT != 0 {
+        if let Some(te) = headers.remove(header::TE) {
+            let wants_trailers = te.to_str().unwrap_or("").split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            });
+            if wants_trailers {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
+    }
+}
+
+const CONNECTION_BIT: u8 = 1;
+const KEEP_ALIVE_BIT: u8 = 2;
+const PROXY_CONNECTION_BIT: u8 = 4;
+const TE_BIT: u8 = 8;
+const TRAILER_BIT: u8 = 16;
+const TRANSFER_ENCODING_BIT: u8 = 32;
+const UPGRADE_BIT: u8 = 64;
+
+/// Which fixed hop-by-hop field `name` is, as a bit (0 for none).
+fn hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        CONNECTION_BIT
+    } else if name == header::TE {
+        TE_BIT
+    } else if name == header::TRANSFER_ENCODING {
+        TRANSFER_ENCODING_BIT
+    } else if name == header::UPGRADE {
+        UPGRADE_BIT
+    } else if name == header::TRAILER {
+        TRAILER_BIT
+    } else if name == KEEP_ALIVE {
+        KEEP_ALIVE_BIT
+    } else if name == PROXY_CONNECTION {
+        PROXY_CONNECTION_BIT
+    } else {
+        0
     }
 }
 

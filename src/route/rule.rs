@@ -15,29 +15,199 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub headers: &'a HeaderMap,
     pub client_ip: IpAddr,
+    /// The client connection's memory of user-agent verdicts, if any.
+    pub ua_cache: Option<&'a UaCache>,
+    /// The `Cookie` field, split into pairs once, on first use.
+    cookies: std::cell::OnceCell<CookieIndex<'a>>,
 }
 
-impl RequestView<'_> {
-    /// The value of cookie `name`, if the request carries it
-    /// (RFC 6265 §5.4: `Cookie: a=1; b=2`, possibly over several headers).
-    pub fn cookie(&self, name: &str) -> Option<&str> {
-        find_cookie(self.headers, name)
+/// The pairs of a request's `Cookie` field, as offsets into it.
+struct CookieIndex<'a> {
+    field: &'a [u8],
+    /// `(name start, name end, value start, value end)`.
+    pairs: [(u16, u16, u16, u16); MAX_INDEXED_COOKIES],
+    len: usize,
+    /// More pairs than indexed, a field over 64 KiB, or several `Cookie`
+    /// fields (HTTP/2 may split them): look up by scanning instead.
+    scan: bool,
+}
+
+const MAX_INDEXED_COOKIES: usize = 16;
+
+impl<'a> CookieIndex<'a> {
+    fn new(headers: &'a HeaderMap) -> CookieIndex<'a> {
+        let mut all = headers.get_all(http::header::COOKIE).iter();
+        let (field, several) = match (all.next(), all.next()) {
+            (None, _) => (&[][..], false),
+            (Some(v), next) => (v.as_bytes(), next.is_some()),
+        };
+        let mut index = CookieIndex {
+            field,
+            pairs: [(0, 0, 0, 0); MAX_INDEXED_COOKIES],
+            len: 0,
+            scan: several || field.len() > usize::from(u16::MAX),
+        };
+        if index.scan {
+            return index;
+        }
+        let mut start = 0;
+        while start < field.len() {
+            let end = memchr::memchr(b';', &field[start..]).map_or(field.len(), |i| start + i);
+            if let Some((n0, n1, v0, v1)) = split_pair(field, start, end) {
+                if index.len == MAX_INDEXED_COOKIES {
+                    index.scan = true;
+                    break;
+                }
+                index.pairs[index.len] = (n0 as u16, n1 as u16, v0 as u16, v1 as u16);
+                index.len += 1;
+            }
+            start = end + 1;
+        }
+        index
+    }
+
+    fn get(&self, headers: &'a HeaderMap, name: &[u8]) -> Option<&'a [u8]> {
+        if self.scan {
+            return headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .find_map(|v| cookie_in(v.as_bytes(), name));
+        }
+        self.pairs[..self.len].iter().find_map(|&(n0, n1, v0, v1)| {
+            (&self.field[n0 as usize..n1 as usize] == name)
+                .then(|| &self.field[v0 as usize..v1 as usize])
+        })
     }
 }
 
-pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    for value in headers.get_all(http::header::COOKIE) {
-        let Ok(s) = value.to_str() else { continue };
-        for pair in s.split(';') {
-            let pair = pair.trim_start_matches(' ');
-            if let Some(rest) = pair.strip_prefix(name) {
-                if let Some(v) = rest.strip_prefix('=') {
-                    return Some(v.trim_end().trim_matches('"'));
-                }
-            }
+/// Offsets of `name` and `value` in `field[start..end]` (`name=value`, with
+/// spaces and quotes trimmed); `None` for a pair without `=` or value.
+fn split_pair(field: &[u8], start: usize, end: usize) -> Option<(usize, usize, usize, usize)> {
+    let pair = &field[start..end];
+    let eq = memchr::memchr(b'=', pair)?;
+    let n0 = start
+        + pair
+            .iter()
+            .take_while(|b| **b == b' ' || **b == b'\t')
+            .count();
+    let n1 = start + eq;
+    let mut v0 = n1 + 1;
+    let mut v1 = end;
+    while v1 > v0 && matches!(field[v1 - 1], b' ' | b'\t') {
+        v1 -= 1;
+    }
+    if v1 - v0 >= 2 && field[v0] == b'"' && field[v1 - 1] == b'"' {
+        v0 += 1;
+        v1 -= 1;
+    }
+    (v1 > v0 && n1 > n0).then_some((n0, n1, v0, v1))
+}
+
+impl<'a> RequestView<'a> {
+    pub fn new(
+        path: &'a str,
+        headers: &'a HeaderMap,
+        client_ip: IpAddr,
+        ua_cache: Option<&'a UaCache>,
+    ) -> Self {
+        RequestView {
+            path,
+            headers,
+            client_ip,
+            ua_cache,
+            cookies: std::cell::OnceCell::new(),
         }
     }
+
+    /// The raw value of cookie `name`, if the request carries it
+    /// (RFC 6265 §5.4: `Cookie: a=1; b=2`). An empty value counts as absent.
+    pub fn cookie_bytes(&self, name: &str) -> Option<&'a [u8]> {
+        self.cookies
+            .get_or_init(|| CookieIndex::new(self.headers))
+            .get(self.headers, name.as_bytes())
+    }
+
+    /// [`Self::cookie_bytes`] as text.
+    pub fn cookie(&self, name: &str) -> Option<&'a str> {
+        self.cookie_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn user_agent(&self) -> &[u8] {
+        self.headers
+            .get(http::header::USER_AGENT)
+            .map_or(&[], |v| v.as_bytes())
+    }
+}
+
+/// Cookie `name` in the headers (where no [`RequestView`] exists).
+pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .find_map(|v| cookie_in(v.as_bytes(), name.as_bytes()))
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Cookie `name` in one `Cookie` field, by scanning it.
+fn cookie_in<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    let mut start = 0;
+    while start < field.len() {
+        let end = memchr::memchr(b';', &field[start..]).map_or(field.len(), |i| start + i);
+        if let Some((n0, n1, v0, v1)) = split_pair(field, start, end) {
+            if &field[n0..n1] == name {
+                return Some(&field[v0..v1]);
+            }
+        }
+        start = end + 1;
+    }
     None
+}
+
+/// User-agent verdicts remembered per client connection. A browser sends
+/// the same `User-Agent` on every request of a keep-alive connection, so
+/// the regexes run once per connection rather than once per request. The
+/// memory is keyed by the app's [`rule_set`](crate::route::App) id, which
+/// changes whenever the rules do.
+#[derive(Debug, Default)]
+pub struct UaCache {
+    entry: std::cell::RefCell<UaEntry>,
+}
+
+#[derive(Debug, Default)]
+struct UaEntry {
+    rule_set: u64,
+    ua: Vec<u8>,
+    /// Bit i: rule i's regex was evaluated for `ua`.
+    known: u64,
+    /// Bit i: and it matched.
+    matched: u64,
+}
+
+impl UaCache {
+    fn verdict(&self, rule_set: u64, index: usize, ua: &[u8], re: &Regex) -> bool {
+        if index >= 64 {
+            return re.is_match(std::str::from_utf8(ua).unwrap_or(""));
+        }
+        let Ok(mut e) = self.entry.try_borrow_mut() else {
+            return re.is_match(std::str::from_utf8(ua).unwrap_or(""));
+        };
+        if e.rule_set != rule_set || e.ua != ua {
+            e.rule_set = rule_set;
+            e.ua.clear();
+            e.ua.extend_from_slice(ua);
+            e.known = 0;
+            e.matched = 0;
+        }
+        let bit = 1u64 << index;
+        if e.known & bit == 0 {
+            e.known |= bit;
+            if re.is_match(std::str::from_utf8(ua).unwrap_or("")) {
+                e.matched |= bit;
+            }
+        }
+        e.matched & bit != 0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -158,7 +328,8 @@ impl Rule {
     }
 
     /// Does every condition hold? A rule with no condition matches all.
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+    /// `rule_set` and `index` identify the rule for the user-agent memory.
+    pub fn matches(&self, req: &RequestView<'_>, rule_set: u64, index: usize) -> bool {
         if let Some(p) = &self.path_prefix {
             if !req.path.starts_with(p.as_str()) {
                 return false;
@@ -170,7 +341,7 @@ impl Rule {
             }
         }
         if let Some((name, value)) = &self.cookie {
-            if req.cookie(name) != Some(value.as_str()) {
+            if req.cookie_bytes(name) != Some(value.as_bytes()) {
                 return false;
             }
         }
@@ -181,12 +352,12 @@ impl Rule {
             }
         }
         if let Some(re) = &self.user_agent {
-            let ua = req
-                .headers
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !re.is_match(ua) {
+            let ua = req.user_agent();
+            let hit = match req.ua_cache {
+                Some(cache) => cache.verdict(rule_set, index, ua, re),
+                None => re.is_match(std::str::from_utf8(ua).unwrap_or("")),
+            };
+            if !hit {
                 return false;
             }
         }
@@ -228,11 +399,7 @@ mod tests {
     }
 
     fn view<'a>(headers: &'a HeaderMap, path: &'a str, ip: &str) -> RequestView<'a> {
-        RequestView {
-            path,
-            headers,
-            client_ip: ip.parse().unwrap(),
-        }
+        RequestView::new(path, headers, ip.parse().unwrap(), None)
     }
 
     #[test]
@@ -242,6 +409,48 @@ mod tests {
         assert_eq!(find_cookie(&h, "cutover"), Some("xyz"));
         assert_eq!(find_cookie(&h, "cut"), None);
         assert_eq!(find_cookie(&h, "b"), Some("2"));
+        assert_eq!(find_cookie(&h, "a"), Some("1"));
+        h.insert("cookie", "q=\"quoted\" ;x=".parse().unwrap());
+        assert_eq!(find_cookie(&h, "q"), Some("quoted"));
+        assert_eq!(find_cookie(&h, "x"), None);
+        let v = RequestView::new("/", &h, "127.0.0.1".parse().unwrap(), None);
+        assert_eq!(v.cookie("q"), Some("quoted"));
+        assert_eq!(v.cookie("x"), None);
+        let mut many = HeaderMap::new();
+        let field: Vec<String> = (0..40).map(|i| format!("c{i}=v{i}")).collect();
+        many.insert("cookie", field.join("; ").parse().unwrap());
+        let v = RequestView::new("/", &many, "127.0.0.1".parse().unwrap(), None);
+        assert_eq!(v.cookie("c3"), Some("v3"));
+        assert_eq!(
+            v.cookie("c39"),
+            Some("v39"),
+            "past the indexed pairs, lookups scan"
+        );
+        let mut split = HeaderMap::new();
+        split.append("cookie", "a=1".parse().unwrap());
+        split.append("cookie", "b=2".parse().unwrap());
+        let v = RequestView::new("/", &split, "127.0.0.1".parse().unwrap(), None);
+        assert_eq!((v.cookie("a"), v.cookie("b")), (Some("1"), Some("2")));
+    }
+
+    #[test]
+    fn user_agent_verdicts_are_remembered_per_rule_set_and_agent() {
+        let mut s = spec("mobile");
+        s.user_agent = Some("(?i)iphone".into());
+        let rule = Rule::compile(&s).unwrap();
+        let cache = UaCache::default();
+        let mut iphone = HeaderMap::new();
+        iphone.insert("user-agent", "Mozilla (iPhone)".parse().unwrap());
+        let mut desktop = HeaderMap::new();
+        desktop.insert("user-agent", "Mozilla (X11)".parse().unwrap());
+        let v = |h: &HeaderMap, set| {
+            let view = RequestView::new("/", h, "127.0.0.1".parse().unwrap(), Some(&cache));
+            rule.matches(&view, set, 3)
+        };
+        assert!(v(&iphone, 1));
+        assert!(v(&iphone, 1));
+        assert!(!v(&desktop, 1), "a new user agent is evaluated afresh");
+        assert!(v(&iphone, 2), "a new rule set is evaluated afresh");
     }
 
     #[test]
@@ -256,11 +465,11 @@ mod tests {
         let rule = Rule::compile(&s).unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-preview", "yes".parse().unwrap());
-        assert!(rule.matches(&view(&h, "/beta/x", "192.0.2.7")));
-        assert!(rule.matches(&view(&h, "/beta/x", "::ffff:192.0.2.7")));
-        assert!(!rule.matches(&view(&h, "/alpha", "192.0.2.7")));
-        assert!(!rule.matches(&view(&h, "/beta", "198.51.100.1")));
-        assert!(!rule.matches(&view(&HeaderMap::new(), "/beta", "192.0.2.7")));
+        assert!(rule.matches(&view(&h, "/beta/x", "192.0.2.7"), 0, 0));
+        assert!(rule.matches(&view(&h, "/beta/x", "::ffff:192.0.2.7"), 0, 0));
+        assert!(!rule.matches(&view(&h, "/alpha", "192.0.2.7"), 0, 0));
+        assert!(!rule.matches(&view(&h, "/beta", "198.51.100.1"), 0, 0));
+        assert!(!rule.matches(&view(&HeaderMap::new(), "/beta", "192.0.2.7"), 0, 0));
     }
 
     #[test]

@@ -1,4 +1,6 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use fnv::FnvHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -304,6 +306,14 @@ pub struct App {
     standby_bp: u32,
     /// A partial split or a partial rule is in force: new users get a cookie.
     set_cookie: bool,
+    /// Unique per compiled rule list, for per-connection verdict memory.
+    rule_set: u64,
+}
+
+static NEXT_RULE_SET: AtomicU64 = AtomicU64::new(1);
+
+fn next_rule_set() -> u64 {
+    NEXT_RULE_SET.fetch_add(1, Relaxed)
 }
 
 impl App {
@@ -328,15 +338,15 @@ impl App {
         let mut new_cookie = None;
         if self.set_cookie {
             if let Sticky::Cookie(name) = &self.sticky {
-                if req.cookie(name).is_none() {
+                if req.cookie_bytes(name).is_none() {
                     new_cookie = Some(CookieId::random());
                 }
             }
         }
         let mut bucket = None;
         let mut bucket = || *bucket.get_or_insert_with(|| self.bucket(req, new_cookie));
-        for rule in &self.rules {
-            if rule.matches(req) {
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.matches(req, self.rule_set, i) {
                 if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
                     return Decision {
                         color: rule.to,
@@ -357,8 +367,8 @@ impl App {
 
     fn bucket(&self, req: &RequestView<'_>, new_cookie: Option<CookieId>) -> u32 {
         match &self.sticky {
-            Sticky::Cookie(name) => match (req.cookie(name), new_cookie) {
-                (Some(v), _) => sticky::bucket(v.as_bytes()),
+            Sticky::Cookie(name) => match (req.cookie_bytes(name), new_cookie) {
+                (Some(v), _) => sticky::bucket(v),
                 (None, Some(id)) => id.bucket(),
                 (None, None) => sticky::random_bucket(),
             },
@@ -379,8 +389,11 @@ pub struct Snapshot {
     pub epoch: u64,
     pub apps: Vec<Arc<App>>,
     pub settings: Arc<Settings>,
-    exact: HashMap<String, Vec<u32>>,
-    wildcard: HashMap<String, Vec<u32>>,
+    /// Host → apps, longest prefix first. FNV: the keys are a few short
+    /// host names fixed at build time, where SipHash's DoS resistance buys
+    /// nothing and costs a hash per request.
+    exact: FnvHashMap<String, Vec<u32>>,
+    wildcard: FnvHashMap<String, Vec<u32>>,
     catch_all: Vec<u32>,
 }
 
@@ -464,6 +477,7 @@ impl Snapshot {
                 pools,
                 standby_bp,
                 set_cookie,
+                rule_set: next_rule_set(),
             }));
         }
         if !errors.is_empty() {
@@ -507,6 +521,7 @@ impl Snapshot {
                                 rules,
                                 pools: app.pools.clone(),
                                 standby_bp,
+                                rule_set: next_rule_set(),
                             })
                         }
                         Err(e) => {
@@ -525,8 +540,8 @@ impl Snapshot {
     }
 
     fn index(apps: Vec<Arc<App>>, settings: Arc<Settings>, epoch: u64) -> Snapshot {
-        let mut exact: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut wildcard: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut exact: FnvHashMap<String, Vec<u32>> = FnvHashMap::default();
+        let mut wildcard: FnvHashMap<String, Vec<u32>> = FnvHashMap::default();
         let mut catch_all = Vec::new();
         for (i, app) in apps.iter().enumerate() {
             if app.hosts.is_empty() {
