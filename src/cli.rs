@@ -483,6 +483,9 @@ async fn shutdown_signal() {
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
             print!("{}", summary(&config));
             println!("{}: ok", path.display());
             ExitCode::SUCCESS

@@ -12,8 +12,9 @@ use crate::config::{Config, TokenSource};
 use crate::control::admin::{self, Admin};
 use crate::control::ops::{initial_state, Control};
 use crate::control::state::StateError;
-use crate::control::Shared;
+use crate::control::{Shared, TlsShared};
 use crate::route::Snapshot;
+use crate::tls::CertStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -41,6 +42,8 @@ pub struct Options {
 pub struct Listeners {
     /// Plain HTTP/1.1 + h2c listeners.
     pub plain: Vec<std::net::TcpListener>,
+    /// TLS listeners (`server.listen_tls`).
+    pub tls: Vec<std::net::TcpListener>,
     /// The admin API; `None` serves no admin API.
     pub admin: Option<std::net::TcpListener>,
 }
@@ -58,11 +61,21 @@ impl Listeners {
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
             })
             .collect::<io::Result<_>>()?;
+        let tls = config
+            .server
+            .listen_tls
+            .iter()
+            .map(|a| {
+                bind_reuseport(*a)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
+            })
+            .collect::<io::Result<_>>()?;
         let a = config.admin.listen;
         let admin = std::net::TcpListener::bind(a)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a} (admin): {e}")))?;
         Ok(Listeners {
             plain,
+            tls,
             admin: Some(admin),
         })
     }
@@ -124,7 +137,20 @@ pub fn run_with(
     }
     let snapshot =
         Snapshot::build(&config, &state.apps, None, state.epoch).map_err(DaemonError::Invalid)?;
-    let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout));
+    let tls = if config.server.listen_tls.is_empty() && listeners.tls.is_empty() {
+        None
+    } else {
+        let (store, infos, warnings) =
+            CertStore::load(&config.tls).map_err(DaemonError::Invalid)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        for i in infos {
+            tracing::info!(file = %i.file, names = ?i.names, "certificate loaded");
+        }
+        Some(TlsShared::new(store))
+    };
+    let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout, tls));
     let admin = Arc::new(Admin::new(
         Control::new(shared.clone(), config.clone(), state),
         token,
@@ -133,19 +159,21 @@ pub fn run_with(
     let workers = config.server.worker_count();
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
-        let sockets = if i == 0 {
-            listeners
-                .plain
-                .iter()
-                .map(|l| l.try_clone())
-                .collect::<io::Result<Vec<_>>>()?
-        } else {
-            listeners
-                .plain
-                .iter()
-                .map(worker_socket)
-                .collect::<io::Result<Vec<_>>>()?
-        };
+        let all = listeners
+            .plain
+            .iter()
+            .map(|l| (l, false))
+            .chain(listeners.tls.iter().map(|l| (l, true)));
+        let sockets = all
+            .map(|(l, tls)| {
+                let s = if i == 0 {
+                    l.try_clone()
+                } else {
+                    worker_socket(l)
+                };
+                s.map(|s| (s, tls))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let shared = shared.clone();
         threads.push(
             std::thread::Builder::new()
@@ -155,6 +183,7 @@ pub fn run_with(
     }
     let listeners_admin = listeners.admin;
     drop(listeners.plain);
+    drop(listeners.tls);
     tracing::info!(
         workers,
         apps = config.apps.len(),

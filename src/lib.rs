@@ -18,6 +18,7 @@
 //! Around them:
 //! - [`config`]: the TOML file in two layers, raw serde types and the
 //!   validated, typed [`config::Config`].
+//! - [`tls`]: certificates by SNI behind an `ArcSwap`, the rustls config.
 //! - [`cli`]: the command line; [`client`]: the admin client behind the
 //!   `status`/`flip`/`shift`/… subcommands; [`demo`]: the demo upstreams.
 
@@ -31,6 +32,7 @@ pub mod daemon;
 pub mod demo;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 
 pub use config::Config;
 pub use daemon::{run, run_with, Listeners, Options};

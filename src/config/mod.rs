@@ -77,6 +77,8 @@ pub struct Config {
     pub state: StateSettings,
     /// Apps in name order.
     pub apps: Vec<AppConfig>,
+    /// Not errors, but worth saying (an expired certificate).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -207,6 +207,19 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             "TLS listeners need at least one [[tls.certs]] entry",
         );
     }
+    // Certificates are read now, so `check` and a reload catch unreadable
+    // files, bad PEM and keys that do not match their certificate.
+    let mut warnings = Vec::new();
+    if !tls.is_empty() {
+        match crate::tls::CertStore::load(&tls) {
+            Ok((_, _, w)) => warnings = w,
+            Err(list) => {
+                for e in list {
+                    errs.push("tls.certs", e);
+                }
+            }
+        }
+    }
     let admin = admin(raw.admin, base, errs);
     let state = StateSettings {
         file: raw.state.file.map(|f| base.join(f)),
@@ -228,6 +241,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         admin,
         state,
         apps,
+        warnings,
     }
 }
 

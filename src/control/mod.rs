@@ -37,10 +37,29 @@ pub struct Shared {
     pub conn_limit: Arc<Semaphore>,
     /// Open client connections, all workers.
     pub downstream_connections: AtomicU64,
+    /// TLS termination, when `listen_tls` is configured.
+    pub tls: Option<TlsShared>,
+}
+
+/// The TLS acceptor and the certificate store it resolves from; a reload
+/// swaps the store, never the acceptor.
+pub struct TlsShared {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub resolver: Arc<crate::tls::Resolver>,
+}
+
+impl TlsShared {
+    pub fn new(store: crate::tls::CertStore) -> TlsShared {
+        let resolver = Arc::new(crate::tls::Resolver {
+            store: ArcSwap::from_pointee(store),
+        });
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(resolver.clone()));
+        TlsShared { acceptor, resolver }
+    }
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, shutdown_timeout: Duration) -> Shared {
+    pub fn new(snapshot: Snapshot, shutdown_timeout: Duration, tls: Option<TlsShared>) -> Shared {
         let max = snapshot.settings.limits.max_connections;
         let epoch = snapshot.epoch;
         Shared {
@@ -50,6 +69,7 @@ impl Shared {
             shutdown_timeout,
             conn_limit: Arc::new(Semaphore::new(max)),
             downstream_connections: AtomicU64::new(0),
+            tls,
         }
     }
 

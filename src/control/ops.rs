@@ -410,17 +410,49 @@ impl Control {
             return Err(errors);
         }
         let mut file = self.state.clone();
+        file.epoch += 1;
+        let time = now_rfc3339();
         for app in &new.apps {
-            if !file.apps.contains_key(&app.name) {
+            let Some(before) = file.apps.get(&app.name).cloned() else {
                 file.apps.insert(app.name.clone(), AppState::initial(app));
+                continue;
+            };
+            // Live colour and split stay as operators left them. Rules the
+            // config declares take effect when the config's rules changed
+            // (the operator edited them); otherwise runtime edits stand.
+            let declared_before = self.config.app(&app.name).map(|a| &a.rules);
+            if declared_before != Some(&app.rules) && before.rules != app.rules {
+                let after = AppState {
+                    rules: app.rules.clone(),
+                    ..before.clone()
+                };
+                file.push_history(HistoryEntry {
+                    time: time.clone(),
+                    epoch: file.epoch,
+                    actor: "reload".into(),
+                    app: app.name.clone(),
+                    kind: "reload".into(),
+                    forced: false,
+                    before,
+                    after: after.clone(),
+                });
+                file.apps.insert(app.name.clone(), after);
             }
         }
-        file.epoch += 1;
         let current = self.shared.snapshot.load_full();
         let next = Snapshot::build(&new, &file.apps, Some(&current), file.epoch)?;
+        let certs = match (&self.shared.tls, new.tls.is_empty()) {
+            (Some(_), false) => Some(crate::tls::CertStore::load(&new.tls)?.0),
+            _ => None,
+        };
         self.persist(&file).map_err(|e| vec![e.to_string()])?;
         self.state = file;
         self.config = new;
+        if let (Some(tls), Some(store)) = (&self.shared.tls, certs) {
+            // New handshakes use the new certificates; open connections
+            // keep the session they have.
+            tls.resolver.store.store(Arc::new(store));
+        }
         self.shared.store(next);
         Ok(self.status())
     }

@@ -30,7 +30,9 @@ pub struct ConnInfo {
 
 /// Accept until shutdown. `max_connections` is a semaphore shared by all
 /// workers: past it, accept waits (the kernel backlog holds new clients).
-pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+/// With `tls`, each connection is a TLS handshake first (within
+/// `client_header_timeout`).
+pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     let mut shutdown = worker.shared.shutdown.subscribe();
     loop {
         let permit = tokio::select! {
@@ -55,16 +57,48 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
             },
         };
         let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(serve(worker.clone(), stream, peer, permit));
+        if tls {
+            tokio::task::spawn_local(serve_tls(worker.clone(), stream, peer, permit));
+        } else {
+            tokio::task::spawn_local(serve(worker.clone(), stream, peer, permit, false));
+        }
     }
 }
 
-async fn serve(
+/// The TLS handshake, then HTTP on the decrypted stream (ALPN `h2` or
+/// `http/1.1`; the HTTP layer tells them apart by the preface).
+async fn serve_tls(
     worker: Rc<Worker>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
+    let Some(acceptor) = worker.shared.tls.as_ref().map(|t| t.acceptor.clone()) else {
+        return;
+    };
+    let limit = worker
+        .shared
+        .snapshot
+        .load()
+        .settings
+        .limits
+        .client_header_timeout;
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve(worker, tls, peer, permit, true).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve<T>(
+    worker: Rc<Worker>,
+    stream: T,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    tls: bool,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let _open = worker.connection_opened();
     let (header_timeout, idle_timeout) = {
         let snap = worker.shared.snapshot.load();
@@ -77,7 +111,7 @@ async fn serve(
     let info = Rc::new(ConnInfo {
         peer,
         client_value: client_value(peer.ip()),
-        tls: false,
+        tls,
         state: state.clone(),
         ua_cache: UaCache::default(),
     });

@@ -20,7 +20,7 @@ use super::exchange::Exchange;
 use super::headers;
 use super::upstream::Pooled;
 use super::Worker;
-use crate::config::Sticky;
+use crate::config::{Protocol, Sticky};
 use crate::route::rule::RequestView;
 use crate::route::{Pool, Server};
 
@@ -115,16 +115,36 @@ async fn forward(
             parts.headers.insert(header::HOST, h);
         }
     }
-    if parts.uri.scheme().is_some() {
-        // HTTP/2 clients send absolute URIs; HTTP/1.1 upstreams want origin-form.
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+    if server.protocol == Protocol::H2 {
+        // h2 upstreams take the target as :scheme, :authority and :path.
+        if parts.uri.scheme().is_none() {
+            let authority = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            if let Ok(uri) = Uri::try_from(format!("http://{authority}{pq}")) {
+                parts.uri = uri;
+            }
+        }
+        parts.version = Version::HTTP_2;
+    } else {
+        if parts.uri.scheme().is_some() {
+            // HTTP/2 clients send absolute URIs; HTTP/1.1 upstreams want origin-form.
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        parts.version = Version::HTTP_11;
     }
-    parts.version = Version::HTTP_11;
 
     // Phase 4: a connection; a connect failure is retried once on another
     // healthy server of the same colour (nothing was sent yet).

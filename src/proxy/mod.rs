@@ -106,7 +106,7 @@ impl Worker {
 /// `listeners` are this worker's own sockets.
 pub fn run_worker(
     shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, bool)>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -114,10 +114,10 @@ pub fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let worker = Rc::new(Worker::new(shared.clone()));
-        for l in listeners {
+        for (l, tls) in listeners {
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
-            tokio::task::spawn_local(conn::accept_loop(worker.clone(), l));
+            tokio::task::spawn_local(conn::accept_loop(worker.clone(), l, tls));
         }
         tokio::task::spawn_local(sweeper(worker.clone()));
         let mut shutdown = shared.shutdown.subscribe();

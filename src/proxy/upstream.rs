@@ -7,6 +7,9 @@
 //! and promptly when their pool stops receiving traffic (SPEC §5 "no
 //! zombies"): [`Upstreams::sweep`] runs on every snapshot swap and on a
 //! short tick.
+//!
+//! Pools with `protocol = "h2"` keep one multiplexed HTTP/2 (h2c)
+//! connection per server per worker instead, shared by every request.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -14,16 +17,60 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
-use crate::config::{Color, Limits};
+use crate::config::{Color, Limits, Protocol};
 use crate::route::{Server, Snapshot};
 
-pub type Sender = http1::SendRequest<RequestBody>;
+/// The sending half of an upstream connection.
+pub enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    /// A clone of the worker's shared HTTP/2 connection to the server.
+    H2(http2::SendRequest<RequestBody>),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(tx) => tx.is_closed(),
+            Sender::H2(tx) => tx.is_closed(),
+        }
+    }
+
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(tx) => tx.ready().await,
+            Sender::H2(tx) => tx.ready().await,
+        }
+    }
+
+    /// Send, getting the request back if it was never sent.
+    pub async fn try_send_request(
+        &mut self,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<RequestBody>>> {
+        match self {
+            Sender::H1(tx) => tx.try_send_request(req).await,
+            Sender::H2(tx) => tx.try_send_request(req).await,
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+}
+
+/// A worker's HTTP/2 connection to one server.
+struct Shared2 {
+    tx: http2::SendRequest<RequestBody>,
+    created: Instant,
+    last_used: Instant,
+}
 
 /// A connection checked out for one request.
 pub struct Pooled {
@@ -53,6 +100,8 @@ struct Idle {
 pub struct Upstreams {
     /// Idle connections by server id, most recently used last.
     idle: RefCell<Vec<Vec<Idle>>>,
+    /// HTTP/2 connections by server id.
+    h2: RefCell<Vec<Option<Shared2>>>,
     /// By server id: does its pool receive traffic in the current snapshot?
     /// Ids past the end belong to servers newer than the last sweep.
     receiving: RefCell<Vec<bool>>,
@@ -64,14 +113,40 @@ impl Upstreams {
     pub fn new(limits: &Limits) -> Upstreams {
         Upstreams {
             idle: RefCell::new(Vec::new()),
+            h2: RefCell::new(Vec::new()),
             receiving: RefCell::new(Vec::new()),
             idle_timeout: Cell::new(limits.upstream_idle_timeout),
             max_lifetime: Cell::new(limits.upstream_max_lifetime),
         }
     }
 
-    /// An idle connection to `server` that is still open and fresh enough.
+    /// An idle connection to `server` that is still open and fresh enough
+    /// (for HTTP/2: the shared connection).
     pub fn take(&self, server: &Arc<Server>) -> Option<Pooled> {
+        if server.protocol == Protocol::H2 {
+            let mut h2 = self.h2.borrow_mut();
+            let slot = h2.get_mut(server.id)?;
+            let now = Instant::now();
+            match slot {
+                Some(c)
+                    if !c.tx.is_closed()
+                        && now.duration_since(c.created) < self.max_lifetime.get() =>
+                {
+                    c.last_used = now;
+                    return Some(Pooled {
+                        tx: Sender::H2(c.tx.clone()),
+                        server: server.clone(),
+                        created: c.created,
+                        reused: true,
+                        idle_since: None,
+                    });
+                }
+                _ => {
+                    *slot = None;
+                    return None;
+                }
+            }
+        }
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(server.id)?;
         let now = Instant::now();
@@ -100,18 +175,46 @@ impl Upstreams {
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         };
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
-        server.open_connections.fetch_add(1, Relaxed);
         let counted = server.clone();
-        tokio::task::spawn_local(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(server = %counted.addr, error = %e, "upstream connection ended");
+        let tx = if server.protocol == Protocol::H2 {
+            let (tx, conn) = http2::Builder::new(super::LocalExec)
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(20)))
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(io::Error::other)?;
+            server.open_connections.fetch_add(1, Relaxed);
+            tokio::task::spawn_local(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(server = %counted.addr, error = %e, "upstream h2 connection ended");
+                }
+                counted.open_connections.fetch_sub(1, Relaxed);
+            });
+            let mut h2 = self.h2.borrow_mut();
+            if h2.len() <= server.id {
+                h2.resize_with(server.id + 1, || None);
             }
-            counted.open_connections.fetch_sub(1, Relaxed);
-        });
+            let now = Instant::now();
+            h2[server.id] = Some(Shared2 {
+                tx: tx.clone(),
+                created: now,
+                last_used: now,
+            });
+            Sender::H2(tx)
+        } else {
+            let (tx, conn) = http1::Builder::new()
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(io::Error::other)?;
+            server.open_connections.fetch_add(1, Relaxed);
+            tokio::task::spawn_local(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(server = %counted.addr, error = %e, "upstream connection ended");
+                }
+                counted.open_connections.fetch_sub(1, Relaxed);
+            });
+            Sender::H1(tx)
+        };
         Ok(Pooled {
             tx,
             server: server.clone(),
@@ -124,6 +227,9 @@ impl Upstreams {
     /// Give a connection back after a complete exchange, unless it is
     /// too old, broken, or its pool no longer receives traffic.
     pub fn put_back(&self, conn: Pooled) {
+        if conn.tx.is_h2() {
+            return; // the shared connection stays in its slot
+        }
         let now = Instant::now();
         if conn.tx.is_closed()
             || now.duration_since(conn.created) >= self.max_lifetime.get()
@@ -180,10 +286,24 @@ impl Upstreams {
                     && now.duration_since(c.created) < lifetime
             });
         }
+        // A shared HTTP/2 connection goes the same way; requests still in
+        // flight on it hold their own handles and finish first.
+        for (id, slot) in self.h2.borrow_mut().iter_mut().enumerate() {
+            let keep = receiving.get(id).copied().unwrap_or(false);
+            if slot.as_ref().is_some_and(|c| {
+                !keep
+                    || c.tx.is_closed()
+                    || now.duration_since(c.last_used) >= idle_timeout
+                    || now.duration_since(c.created) >= lifetime
+            }) {
+                *slot = None;
+            }
+        }
     }
 
     /// Drop every idle connection (shutdown).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
+        self.h2.borrow_mut().clear();
     }
 }

@@ -225,6 +225,8 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, when the config has `listen_tls`.
+    pub tls_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -249,8 +251,12 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let admin_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let admin = admin_listener.local_addr().unwrap();
+        let tls_listener = (!config.server.listen_tls.is_empty())
+            .then(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let tls_addr = tls_listener.as_ref().map(|l| l.local_addr().unwrap());
         let listeners = cutover::Listeners {
             plain: vec![listener],
+            tls: tls_listener.into_iter().collect(),
             admin: Some(admin_listener),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -263,6 +269,7 @@ impl Proxy {
         Proxy {
             addr,
             admin,
+            tls_addr,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -479,4 +486,76 @@ impl WsUpstream {
         });
         WsUpstream { addr }
     }
+}
+
+/// A test certificate authority (rcgen), for TLS tests without committed keys.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cutover test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            der: cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Issue a certificate for `names` into `dir/stem.pem` and `dir/stem.key`;
+    /// returns the certificate's DER.
+    pub fn issue(&self, dir: &std::path::Path, stem: &str, names: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    /// A TLS client trusting this CA, offering `alpn`.
+    pub fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
+}
+
+/// Connect over TLS with SNI `name`: the stream, the certificate the
+/// server showed (DER) and the ALPN protocol agreed.
+pub async fn tls_connect(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    name: &str,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+    Option<Vec<u8>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let tls = connector
+        .connect(server_name, tcp)
+        .await
+        .expect("TLS handshake");
+    let (_, conn) = tls.get_ref();
+    let cert = conn.peer_certificates().unwrap()[0].to_vec();
+    let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+    (tls, cert, alpn)
 }

@@ -1,0 +1,279 @@
+//! TLS termination, HTTP/2 both ways, and trailers (SPEC §3, §5).
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+
+fn tls_config(dir: &std::path::Path, blue: &Upstream, green: &Upstream) -> std::path::PathBuf {
+    let path = dir.join("cutover.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen_tls = ["127.0.0.1:0"]
+
+[[tls.certs]]
+cert = "shop.pem"
+key = "shop.key"
+[[tls.certs]]
+cert = "api.pem"
+key = "api.key"
+
+[apps.shop]
+hosts = ["shop.test"]
+[apps.shop.blue]
+servers = ["{b}"]
+[apps.shop.green]
+servers = ["{g}"]
+
+[apps.api]
+hosts = ["api.test", "*.api.test"]
+[apps.api.blue]
+servers = ["{g}"]
+[apps.api.green]
+servers = ["{g}"]
+"#,
+            b = blue.addr,
+            g = green.addr
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn h1_get(
+    io: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    host: &str,
+) -> (hyper::client::conn::http1::SendRequest<Full<Bytes>>, String) {
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = h1_send(&mut tx, host).await;
+    (tx, body)
+}
+
+async fn h1_send(
+    tx: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: &str,
+) -> String {
+    let req = Request::get("/")
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hostnames_on_one_tls_port_each_get_their_certificate_and_alpn_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let shop_der = ca.issue(dir.path(), "shop", &["shop.test"]);
+    let api_der = ca.issue(dir.path(), "api", &["api.test", "*.api.test"]);
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start_file(&tls_config(dir.path(), &b, &g));
+    let addr = proxy.tls_addr.unwrap();
+
+    let h1 = ca.connector(&[b"http/1.1"]);
+    let (io, cert, alpn) = tls_connect(&h1, addr, "shop.test").await;
+    assert_eq!(cert, shop_der);
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let (_, body) = h1_get(io, "shop.test").await;
+    assert_eq!(body, "blue");
+
+    let (io, cert, _) = tls_connect(&h1, addr, "v2.api.test").await;
+    assert_eq!(cert, api_der, "the wildcard certificate covers a subdomain");
+    assert_eq!(h1_get(io, "v2.api.test").await.1, "green");
+
+    let h2 = ca.connector(&[b"h2", b"http/1.1"]);
+    let (io, cert, alpn) = tls_connect(&h2, addr, "api.test").await;
+    assert_eq!(cert, api_der);
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://api.test/echo")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let seen: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(seen["x-forwarded-proto"][0], "https");
+    assert_eq!(seen["_upstream"][0], "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_prior_knowledge_request_is_routed_by_rules_like_http1() {
+    let (b, g) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let proxy = Proxy::start(&format!(
+        r#"
+[apps.shop]
+[apps.shop.blue]
+servers = ["{}"]
+[apps.shop.green]
+servers = ["{}"]
+[[apps.shop.rules]]
+name = "testers"
+header = {{ name = "x-preview", value = "1" }}
+to = "green"
+[[apps.shop.rules]]
+name = "mobile"
+user_agent = "iPhone"
+to = "green"
+"#,
+        b.addr, g.addr
+    ));
+    let h2: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    assert_eq!(get(&h2, &proxy.url("/"), &[]).await.text(), "blue");
+    assert_eq!(
+        get(&h2, &proxy.url("/"), &[("x-preview", "1")])
+            .await
+            .text(),
+        "green"
+    );
+    assert_eq!(
+        get(&h2, &proxy.url("/"), &[("user-agent", "Mozilla (iPhone)")])
+            .await
+            .text(),
+        "green"
+    );
+}
+
+/// A gRPC-like h2c upstream: answers with a data frame and trailers
+/// echoing what the request's trailers said.
+async fn grpc_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let te = req
+                        .headers()
+                        .get("te")
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    let collected = req.into_body().collect().await.unwrap();
+                    let got = collected
+                        .trailers()
+                        .and_then(|t| t.get("x-request-checksum"))
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let data = collected.to_bytes();
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert(
+                        "x-echo-checksum",
+                        got.unwrap_or_else(|| "missing".into()).parse().unwrap(),
+                    );
+                    trailers.insert(
+                        "x-echo-te",
+                        if te.is_empty() {
+                            "none".parse().unwrap()
+                        } else {
+                            te.parse().unwrap()
+                        },
+                    );
+                    let frames = vec![
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(format!(
+                            "echo:{}",
+                            String::from_utf8_lossy(&data)
+                        )))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    let mut resp = Response::new(body);
+                    resp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_style_exchange_through_an_h2_pool_keeps_trailers_both_ways() {
+    let up = grpc_upstream().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[apps.rpc]
+[apps.rpc.blue]
+servers = ["{up}"]
+protocol = "h2"
+[apps.rpc.green]
+servers = ["{up}"]
+protocol = "h2"
+"#
+    ));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-request-checksum", format!("sum-{i}").parse().unwrap());
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from(format!("call-{i}")))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let req = Request::post(format!("http://{}/pkg.Service/Method", proxy.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("response trailers arrived");
+        assert_eq!(collected.to_bytes(), format!("echo:call-{i}"));
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(
+            trailers["x-echo-checksum"],
+            format!("sum-{i}").as_str(),
+            "request trailers arrived"
+        );
+        assert_eq!(trailers["x-echo-te"], "trailers", "TE: trailers was kept");
+    }
+}
