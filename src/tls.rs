@@ -79,11 +79,7 @@ impl CertStore {
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(sni) = sni {
             let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(e) = self
-                .entries
-                .iter()
-                .find(|e| e.names.contains(&sni))
-            {
+            if let Some(e) = self.entries.iter().find(|e| e.names.contains(&sni)) {
                 return Some(e.key.clone());
             }
             if let Some((_, parent)) = sni.split_once('.') {

@@ -139,3 +139,40 @@ fn run_exits_64_on_a_bad_config_and_on_bad_usage() {
         Some(1)
     );
 }
+
+#[test]
+fn check_reads_certificates_naming_a_bad_file_and_warning_of_an_expired_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["old.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("old.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("old.key"), key.serialize_pem()).unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("wrong.key"), other.serialize_pem()).unwrap();
+    let tls = |key_file: &str| {
+        format!("[server]\nlisten_tls = [\"127.0.0.1:8443\"]\n[[tls.certs]]\ncert = \"old.pem\"\nkey = \"{key_file}\"\n{GOOD_APP}")
+    };
+    let path = dir.path().join("tls.toml");
+    std::fs::write(&path, tls("old.key")).unwrap();
+    let out = cutover(&["check", "-c", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("old.pem: the certificate has expired"));
+
+    std::fs::write(&path, tls("wrong.key")).unwrap();
+    let out = cutover(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("wrong.key: the key does not match the certificate"));
+
+    std::fs::write(&path, tls("missing.key")).unwrap();
+    let out = cutover(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.key"));
+}
