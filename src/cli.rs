@@ -222,51 +222,47 @@ fn finish(result: anyhow::Result<String>) -> ExitCode {
 }
 
 fn client_command(cmd: Command) -> ExitCode {
-    let options =
-        |force: bool, dry_run: bool| serde_json::json!({ "force": force, "dry_run": dry_run });
-    match cmd {
-        Command::Status { json, endpoint: e } => {
-            let ep = match endpoint(&e) {
-                Ok(ep) => ep,
-                Err(c) => return c,
-            };
-            finish(ep.ok("GET", "/v1/status", None, None).map(|v| {
-                if json {
-                    format!("{v:#}\n")
-                } else {
-                    client::status_table(&v)
-                }
-            }))
+    let args = match &cmd {
+        Command::Status { endpoint, .. }
+        | Command::Flip { endpoint, .. }
+        | Command::Shift { endpoint, .. }
+        | Command::Rollback { endpoint, .. }
+        | Command::Rules { endpoint, .. }
+        | Command::History { endpoint, .. } => endpoint,
+        Command::Run { .. } | Command::Check { .. } | Command::Demo => {
+            unreachable!("handled by execute")
         }
+    };
+    let ep = match endpoint(args) {
+        Ok(ep) => ep,
+        Err(c) => return c,
+    };
+    match cmd {
+        Command::Status { json, .. } => finish(ep.ok("GET", "/v1/status", None, None).map(|v| {
+            if json {
+                format!("{v:#}\n")
+            } else {
+                client::status_table(&v)
+            }
+        })),
         Command::Flip {
             app,
             force,
             dry_run,
-            endpoint: e,
-        } => {
-            let ep = match endpoint(&e) {
-                Ok(ep) => ep,
-                Err(c) => return c,
-            };
-            let path = match &app {
-                Some(a) => format!("/v1/apps/{a}/flip"),
-                None => "/v1/flip".to_string(),
-            };
-            finish(
-                ep.ok("POST", &path, Some(options(force, dry_run)), None)
-                    .map(|v| client::describe_change(&v)),
-            )
-        }
+            ..
+        } => change(&ep, "flip", app, force, dry_run),
+        Command::Rollback {
+            app,
+            force,
+            dry_run,
+            ..
+        } => change(&ep, "rollback", app, force, dry_run),
         Command::Shift {
             args,
             force,
             dry_run,
-            endpoint: e,
+            ..
         } => {
-            let ep = match endpoint(&e) {
-                Ok(ep) => ep,
-                Err(c) => return c,
-            };
             let (app, pct) = match args.as_slice() {
                 [p] => (None, p),
                 [a, p] => (Some(a.clone()), p),
@@ -281,52 +277,15 @@ fn client_command(cmd: Command) -> ExitCode {
                 Ok(a) => a,
                 Err(m) => return usage(m),
             };
-            let mut body = options(force, dry_run);
-            body["percent"] = serde_json::json!(percent);
+            let body =
+                serde_json::json!({ "percent": percent, "force": force, "dry_run": dry_run });
             finish(
                 ep.ok("POST", &format!("/v1/apps/{app}/shift"), Some(body), None)
                     .map(|v| client::describe_change(&v)),
             )
         }
-        Command::Rollback {
-            app,
-            force,
-            dry_run,
-            endpoint: e,
-        } => {
-            let ep = match endpoint(&e) {
-                Ok(ep) => ep,
-                Err(c) => return c,
-            };
-            let path = match &app {
-                Some(a) => format!("/v1/apps/{a}/rollback"),
-                None => "/v1/rollback".to_string(),
-            };
-            finish(
-                ep.ok("POST", &path, Some(options(force, dry_run)), None)
-                    .map(|v| client::describe_change(&v)),
-            )
-        }
-        Command::Rules {
-            args,
-            rule,
-            endpoint: e,
-        } => {
-            let ep = match endpoint(&e) {
-                Ok(ep) => ep,
-                Err(c) => return c,
-            };
-            rules_command(&ep, args, rule)
-        }
-        Command::History {
-            limit,
-            json,
-            endpoint: e,
-        } => {
-            let ep = match endpoint(&e) {
-                Ok(ep) => ep,
-                Err(c) => return c,
-            };
+        Command::Rules { args, rule, .. } => rules_command(&ep, args, rule),
+        Command::History { limit, json, .. } => {
             finish(ep.ok("GET", "/v1/history", None, None).map(|v| {
                 if json {
                     format!("{v:#}\n")
@@ -339,6 +298,19 @@ fn client_command(cmd: Command) -> ExitCode {
             unreachable!("handled by execute")
         }
     }
+}
+
+/// `flip` or `rollback` of one app, or of every app / the last change.
+fn change(ep: &Endpoint, verb: &str, app: Option<String>, force: bool, dry_run: bool) -> ExitCode {
+    let path = match &app {
+        Some(a) => format!("/v1/apps/{a}/{verb}"),
+        None => format!("/v1/{verb}"),
+    };
+    let body = serde_json::json!({ "force": force, "dry_run": dry_run });
+    finish(
+        ep.ok("POST", &path, Some(body), None)
+            .map(|v| client::describe_change(&v)),
+    )
 }
 
 /// `rules [APP] [list|add|remove] [NAME]`, in either order of APP and action.

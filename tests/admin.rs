@@ -35,10 +35,7 @@ type Client =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flip_storm_drops_no_request_among_32_keep_alive_clients() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Arc::new(Proxy::start(&shop(&b, &g, "")));
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, seen_blue, seen_green) = (
@@ -93,10 +90,7 @@ async fn a_flip_storm_drops_no_request_among_32_keep_alive_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flip_hands_new_requests_to_green_while_slow_blue_requests_finish() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Arc::new(Proxy::start(&shop(&b, &g, "")));
     let mut slow = Vec::new();
     for _ in 0..10 {
@@ -127,10 +121,7 @@ async fn a_flip_hands_new_requests_to_green_while_slow_blue_requests_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_request_after_each_of_50_flips_sees_the_new_colour() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, ""));
     let c = client();
     let mut expected = "blue";
@@ -150,10 +141,7 @@ async fn the_next_request_after_each_of_50_flips_sees_the_new_colour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shifting_25_then_50_percent_never_moves_a_sticky_user_back_to_live() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, ""));
     let c = client();
     let shift = |p: f64| {
@@ -198,10 +186,7 @@ async fn shifting_25_then_50_percent_never_moves_a_sticky_user_back_to_live() {
 async fn the_token_is_required_and_checked_and_get_on_a_mutation_is_405() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), "s3cret-token\n").unwrap();
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let path = dir.path().join("cutover.toml");
     std::fs::write(&path, shop(&b, &g, "[admin]\ntoken_file = \"admin.token\"")).unwrap();
     let proxy = Proxy::start_file(&path);
@@ -252,10 +237,7 @@ async fn the_token_is_required_and_checked_and_get_on_a_mutation_is_405() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_refused_by_name_and_change_nothing() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, ""));
     let c = client();
     let before = status(&c, &proxy).await;
@@ -424,10 +406,7 @@ async fn bad_inputs_are_refused_by_name_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_changes_nothing_and_if_match_with_the_current_epoch_applies() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, ""));
     let c = client();
     let r = admin_call(&c, &proxy, "POST", "/v1/flip", "{\"dry_run\": true}", &[])
@@ -446,10 +425,7 @@ async fn dry_run_changes_nothing_and_if_match_with_the_current_epoch_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_can_be_replaced_read_and_deleted_and_route_at_once() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, ""));
     let c = client();
     let rules =
@@ -474,10 +450,7 @@ async fn rules_can_be_replaced_read_and_deleted_and_route_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_restores_the_previous_state_and_history_lists_every_change() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, ""));
     let c = client();
     admin_call(
@@ -516,10 +489,7 @@ async fn rollback_restores_the_previous_state_and_history_lists_every_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipping_every_app_is_one_atomic_change() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let two = format!(
         "{}\n[apps.api]\nhosts = [\"api.test\"]\n[apps.api.blue]\nservers = [\"{}\"]\n[apps.api.green]\nservers = [\"{}\"]\n",
         shop(&b, &g, ""),
@@ -606,10 +576,7 @@ use http_body_util::BodyExt;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_changes_survive_a_sigkill_and_a_corrupt_state_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let (port, admin) = (free_port(), free_port());
     let config = dir.path().join("cutover.toml");
     std::fs::write(
@@ -696,10 +663,7 @@ async fn acknowledged_changes_survive_a_sigkill_and_a_corrupt_state_stops_the_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_drives_a_running_daemon() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, ""));
     let admin = proxy.admin_url("");
     let cli = |args: &[&str]| {

@@ -40,10 +40,7 @@ fn dead_addr() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_headers_are_set_and_host_is_kept() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
     let r = get(
         &client(),
@@ -65,10 +62,7 @@ async fn x_forwarded_headers_are_set_and_host_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_request_headers_do_not_reach_the_upstream() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
     let r = get(
         &client(),
@@ -105,10 +99,7 @@ async fn hop_by_hop_request_headers_do_not_reach_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_headers_do_not_reach_the_client() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
     let r = get(&client(), &proxy.url("/hop"), &[]).await;
     assert_eq!(r.status, 200);
@@ -120,10 +111,7 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_16_mib_upload_and_a_16_mib_download_arrive_intact() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
     let cl = client();
     let size = 16 << 20;
@@ -155,10 +143,7 @@ async fn a_dead_upstream_gives_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_failure_is_retried_on_another_server_of_the_same_colour() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(
         &format!("{}, {}", dead_addr(), one(&b)),
         &one(&g),
@@ -173,10 +158,7 @@ async fn a_connect_failure_is_retried_on_another_server_of_the_same_colour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_gives_504() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(
         &one(&b),
         &one(&g),
@@ -190,10 +172,7 @@ async fn a_slow_upstream_gives_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_kib_header_gives_431() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
     let big = "a".repeat(100 * 1024);
     let req = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
@@ -204,10 +183,7 @@ async fn a_100_kib_header_gives_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_head_gives_408_and_the_connection_closes() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(
         &one(&b),
         &one(&g),
@@ -226,10 +202,7 @@ async fn a_stalled_request_head_gives_408_and_the_connection_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_client_idle_timeout() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(
         &one(&b),
         &one(&g),
@@ -253,10 +226,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_client_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_body_bytes_gives_413() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), "max_body_bytes = 1024"));
     let cl = client();
     let r = send(&cl, "POST", &proxy.url("/digest"), &[], vec![b'x'; 2048]).await;
@@ -272,10 +242,7 @@ async fn a_body_over_max_body_bytes_gives_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_is_served_like_http1() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
     let h2: hyper_util::client::legacy::Client<_, Body> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -290,10 +257,7 @@ async fn h2c_prior_knowledge_is_served_like_http1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_lets_a_1s_in_flight_request_finish() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
     let url = proxy.url("/delay/1000");
     let in_flight = tokio::spawn(async move { get(&client(), &url, &[]).await });
@@ -318,10 +282,7 @@ async fn graceful_shutdown_lets_a_1s_in_flight_request_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_makes_further_clients_wait_for_a_free_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), "max_connections = 1"));
     // The first client holds the only slot with a keep-alive connection.
     let mut first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -351,10 +312,7 @@ async fn max_connections_makes_further_clients_wait_for_a_free_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_share_the_listener() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let text = config(&one(&b), &one(&g), "").replace("[server]", "[server]\nworkers = 3");
     let proxy = Proxy::start(&text);
     let mut tasks = Vec::new();

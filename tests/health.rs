@@ -61,10 +61,7 @@ fn green_healthy(s: &serde_json::Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_health_path_marks_green_down_and_a_flip_to_it_needs_force() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let health = r#"health = { path = "/healthz", interval = "100ms", timeout = "200ms", rise = 2, fall = 3 }"#;
     let proxy = Proxy::start(&two_pools(&q(&b), &q(&g), "", health));
     let c = client();
@@ -110,10 +107,7 @@ async fn a_failing_health_path_marks_green_down_and_a_flip_to_it_needs_force() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_of_two_blue_servers_dead_all_200_requests_succeed() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -181,10 +175,7 @@ async fn a_server_answering_5xx_is_taken_out_by_passive_checks_and_probed_back()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_flip_no_connection_to_blue_stays_open() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&two_pools(&q(&b), &q(&g), "", ""));
     let mut clients = Vec::new();
     for _ in 0..8 {
@@ -373,10 +364,7 @@ fn metric(text: &str, line_start: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_the_requests_sent_per_colour() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let rules = "[[apps.shop.rules]]\nname = \"t\"\nheader = { name = \"x-t\", value = \"1\" }\nto = \"green\"\n";
     let proxy = Proxy::start(&(two_pools(&q(&b), &q(&g), "", "") + rules));
     let c = client();

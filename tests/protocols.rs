@@ -88,10 +88,7 @@ async fn two_hostnames_on_one_tls_port_each_get_their_certificate_and_alpn_is_ho
     let ca = TestCa::new();
     let shop_der = ca.issue(dir.path(), "shop", &["shop.test"]);
     let api_der = ca.issue(dir.path(), "api", &["api.test", "*.api.test"]);
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start_file(&tls_config(dir.path(), &b, &g));
     let addr = proxy.tls_addr.unwrap();
 
@@ -128,10 +125,7 @@ async fn two_hostnames_on_one_tls_port_each_get_their_certificate_and_alpn_is_ho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_prior_knowledge_request_is_routed_by_rules_like_http1() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&format!(
         r#"
 [apps.shop]

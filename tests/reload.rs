@@ -109,10 +109,7 @@ async fn a_reload_adds_a_server_and_a_rule_keeps_the_flip_and_drops_nothing_in_f
 async fn a_reload_of_an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cutover.toml");
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     write_config(&path, &[&b], &[&g], "", "");
     let proxy = Proxy::start_file(&path);
     let c = client();
@@ -182,10 +179,7 @@ async fn a_replaced_certificate_serves_new_handshakes_while_open_tls_connections
     let ca = TestCa::new();
     let old_der = ca.issue(dir.path(), "shop", &["shop.test"]);
     let path = dir.path().join("cutover.toml");
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     write_config(&path, &[&b], &[&g], "", "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n[[tls.certs]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n");
     let proxy = Proxy::start_file(&path);
     let connector = ca.connector(&[b"http/1.1"]);

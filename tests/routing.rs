@@ -83,10 +83,7 @@ servers = ["{c}"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_no_app_matches_gets_404() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, r#"hosts = ["shop.test"]"#, ""));
     let r = get(&client(), &proxy.url("/"), &[("host", "unknown.test")]).await;
     assert_eq!(r.status, 404);
@@ -95,10 +92,7 @@ async fn a_request_no_app_matches_gets_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_agent_rule_sends_iphone_and_android_to_green_and_desktop_to_blue() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let rules = r#"
 [[apps.shop.rules]]
 name = "mobile"
@@ -135,10 +129,7 @@ to = "green"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_rule_sends_testers_to_green() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let rules = r#"
 [[apps.shop.rules]]
 name = "testers"
@@ -164,10 +155,7 @@ to = "green"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_rule_sends_the_named_cookie_to_green() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let rules = r#"
 [[apps.shop.rules]]
 name = "beta-users"
@@ -198,10 +186,7 @@ to = "green"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ip_rule_matches_the_office_network_only() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     // Loopback is "the office"; a second rule for another network never matches.
     let rules = r#"
 [[apps.shop.rules]]
@@ -239,10 +224,7 @@ to = "green"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_with_percent_50_splits_matching_users_about_half_and_stickily() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let rules = r#"
 [[apps.shop.rules]]
 name = "mobile-half"
@@ -293,10 +275,7 @@ percent = 50
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_split_30_percent_gives_22_to_38_percent_standby_and_returning_cookies_stick() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, "standby_percent = 30", ""));
     let cl = client();
     let mut users = Vec::new();
@@ -330,10 +309,7 @@ async fn app_split_30_percent_gives_22_to_38_percent_standby_and_returning_cooki
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cookie_is_set_without_a_partial_split_or_rule() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, "standby_percent = 0", ""));
     let r = get(&client(), &proxy.url("/"), &[]).await;
     assert_eq!(r.text(), "blue");
@@ -342,10 +318,7 @@ async fn no_cookie_is_set_without_a_partial_split_or_rule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raising_the_split_from_10_to_40_never_moves_a_user_from_standby_back_to_live() {
-    let (b, g) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
+    let (b, g) = blue_green().await;
     let cl = client();
     let cookies: Vec<String> = (0..600).map(|i| format!("cutover=returning-{i}")).collect();
     let mut at: HashMap<u32, Vec<String>> = HashMap::new();

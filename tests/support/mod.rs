@@ -115,6 +115,14 @@ impl Drop for Upstream {
     }
 }
 
+/// A blue and a green upstream, answering `blue` and `green`.
+pub async fn blue_green() -> (Upstream, Upstream) {
+    (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    )
+}
+
 /// The deterministic byte at offset `i` of `/download/N`.
 pub fn pattern_byte(i: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 8)) as u8
