@@ -315,3 +315,71 @@ async fn sighup_reloads_the_config_file() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_open_websockets_and_closes_connections_to_removed_servers() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.toml");
+    let ws = WsUpstream::start("blue-ws").await;
+    let (b2, g) = (
+        Upstream::start("blue-2").await,
+        Upstream::start("green").await,
+    );
+    let write = |with_b2: bool| {
+        let blue = if with_b2 {
+            format!("\"{}\", \"{}\"", ws.addr, b2.addr)
+        } else {
+            format!("\"{}\"", ws.addr)
+        };
+        std::fs::write(
+            &path,
+            format!("[apps.shop]\n[apps.shop.blue]\nservers = [{blue}]\n[apps.shop.green]\nservers = [\"{}\"]\n", g.addr),
+        )
+        .unwrap();
+    };
+    write(true);
+    let proxy = Proxy::start_file(&path);
+    // Round robin puts the WebSocket on the ws server or on blue-2; retry
+    // until it lands on the WebSocket server.
+    let url = format!("ws://{}/ws", proxy.addr);
+    let mut socket = None;
+    for _ in 0..4 {
+        if let Ok((s, _)) = tokio_tungstenite::connect_async(&url).await {
+            socket = Some(s);
+            break;
+        }
+    }
+    let mut socket = socket.expect("a WebSocket through the proxy");
+    // Requests to blue-2 leave pooled connections open to it.
+    let c = client();
+    for _ in 0..4 {
+        get(&c, &proxy.url("/"), &[]).await;
+    }
+    assert!(b2.open.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    write(false);
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    socket.send(Message::text("after")).await.unwrap();
+    assert_eq!(
+        socket
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "blue-ws:after"
+    );
+    let start = Instant::now();
+    while b2.open.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "connections to the removed server stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
