@@ -228,11 +228,20 @@ async fn a_grpc_style_exchange_through_an_h2_pool_keeps_trailers_both_ways() {
 [apps.rpc.blue]
 servers = ["{up}"]
 protocol = "h2"
+health = {{ path = "/grpc.health.v1.Health/Check", interval = "50ms", timeout = "1s", rise = 1, fall = 1 }}
 [apps.rpc.green]
 servers = ["{up}"]
 protocol = "h2"
 "#
     ));
+    // The health check speaks h2c to an h2c-only server: after several
+    // intervals (fall = 1) the server is still up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = status(&client(), &proxy).await;
+    assert_eq!(
+        s["apps"]["rpc"]["pools"]["blue"]["servers"][0]["healthy"], true,
+        "{s}"
+    );
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let (mut tx, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::config::{Color, HealthConfig, PassiveConfig};
+use crate::config::{Color, HealthConfig, PassiveConfig, Protocol};
 use crate::route::Server;
 
 /// How often a server without an active check looks at its passive flag.
@@ -137,21 +137,40 @@ async fn probe(server: &Server, path: Option<&str>, timeout: Duration) -> bool {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(server.addr).await.ok()?;
         let Some(path) = path else { return Some(true) };
-        let (mut tx, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        let io = TokioIo::new(stream);
+        let status = if server.protocol == Protocol::H2 {
+            // An h2c-only server (gRPC, say) is probed in its own protocol.
+            let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+                hyper_util::rt::TokioExecutor::new(),
+                io,
+            )
+            .await
+            .ok()?;
+            let conn = tokio::spawn(conn);
+            let uri = format!("http://{}{}", server.addr, path);
+            let req = http::Request::get(uri)
+                .header(http::header::USER_AGENT, "cutover-health-check")
+                .body(Empty::new())
+                .ok()?;
+            let status = tx.send_request(req).await.ok()?.status();
+            conn.abort();
+            status
+        } else {
+            let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
                 .await
                 .ok()?;
-        let conn = tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header(http::header::HOST, server.addr.to_string())
-            .header(http::header::USER_AGENT, "cutover-health-check")
-            .header(http::header::CONNECTION, "close")
-            .body(Empty::new())
-            .ok()?;
-        let resp = tx.send_request(req).await.ok()?;
-        conn.abort();
-        let s = resp.status();
-        Some(s.is_success() || s.is_redirection())
+            let conn = tokio::spawn(conn);
+            let req = http::Request::get(path)
+                .header(http::header::HOST, server.addr.to_string())
+                .header(http::header::USER_AGENT, "cutover-health-check")
+                .header(http::header::CONNECTION, "close")
+                .body(Empty::new())
+                .ok()?;
+            let status = tx.send_request(req).await.ok()?.status();
+            conn.abort();
+            status
+        };
+        Some(status.is_success() || status.is_redirection())
     };
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }
