@@ -446,3 +446,30 @@ async fn metrics_count_exactly_the_requests_sent_per_colour() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_outlives_the_client_header_and_idle_timeouts() {
+    let (b, g) = (
+        WsUpstream::start("blue").await,
+        WsUpstream::start("green").await,
+    );
+    let proxy = Proxy::start(&format!(
+        "[limits]\nclient_header_timeout = \"200ms\"\nclient_idle_timeout = \"300ms\"\n{}",
+        two_pools(
+            &format!("\"{}\"", b.addr),
+            &format!("\"{}\"", g.addr),
+            "",
+            ""
+        )
+    ));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        let reply = ws.next().await.unwrap().expect("the tunnel is still open");
+        assert_eq!(reply.into_text().unwrap().as_str(), format!("blue:m{i}"));
+        // Longer than both client timeouts: they apply to HTTP, not to tunnels.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}

@@ -223,6 +223,7 @@ async fn forward(
     ex.set_status(status.as_u16());
     let tunnel = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
     if tunnel {
+        conn.state.upgrade();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(client_upgrade) = client_upgrade {
             super::tunnel::spawn(

@@ -34,6 +34,9 @@ pub struct ConnState {
     /// Requests started in all, so the socket notices a request that began
     /// and ended between two of its reads.
     started: AtomicUsize,
+    /// The connection was upgraded (WebSocket): it is a tunnel now, and
+    /// HTTP's head and idle timeouts no longer apply.
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -44,6 +47,15 @@ impl ConnState {
 
     pub fn request_ended(&self) {
         self.active.fetch_sub(1, Relaxed);
+    }
+
+    /// The next bytes on this connection belong to a tunnel, not HTTP.
+    pub fn upgrade(&self) {
+        self.upgraded.store(true, Relaxed);
+    }
+
+    fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Relaxed)
     }
 
     fn busy(&self) -> bool {
@@ -111,10 +123,10 @@ impl<T> TimedIo<T> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
     /// Follow the requests: busy while one is in progress, idle (with the
-    /// idle deadline) once it ended.
+    /// idle deadline) once it ended. A tunnel is busy for good.
     fn track_requests(&mut self) {
         let started = self.state.started();
-        if self.state.busy() {
+        if self.state.busy() || self.state.is_upgraded() {
             self.phase = Phase::Busy;
             self.seen_started = started;
         } else if self.phase == Phase::Busy || started != self.seen_started {
