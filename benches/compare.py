@@ -357,7 +357,8 @@ def idle_rss(kind, work, n):
         base = rss_kib(server.pids())
         loop = asyncio.new_event_loop()
         conns, failed = loop.run_until_complete(hold_idle(PROXY, n))
-        time.sleep(1.0)
+        # Idle long enough for cutover to park its HTTP/1.1 connections (1 s).
+        time.sleep(2.5)
         held = rss_kib(server.pids())
         for _, w in conns:
             w.close()

@@ -60,9 +60,66 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
         if tls {
             tokio::task::spawn_local(serve_tls(worker.clone(), stream, peer, permit));
         } else {
-            tokio::task::spawn_local(serve(worker.clone(), stream, peer, permit, false));
+            tokio::task::spawn_local(serve_plain(worker.clone(), stream, peer, permit));
         }
     }
+}
+
+/// The per-connection state every request shares, and the client timeouts.
+fn conn_info(worker: &Worker, peer: SocketAddr, tls: bool) -> (Rc<ConnInfo>, Duration, Duration) {
+    let snap = worker.shared.snapshot.load();
+    let limits = &snap.settings.limits;
+    let info = Rc::new(ConnInfo {
+        peer,
+        client_value: client_value(peer.ip()),
+        tls,
+        state: Arc::new(ConnState::default()),
+        ua_cache: UaCache::default(),
+    });
+    (
+        info,
+        limits.client_header_timeout,
+        limits.client_idle_timeout,
+    )
+}
+
+/// A plain connection: HTTP/1.1 or h2c. An HTTP/1.1 connection idle for a
+/// moment is parked (see [`super::io`]): hyper's connection and buffers are
+/// freed and the bare socket waits here for its next request, until the
+/// idle timeout.
+async fn serve_plain(
+    worker: Rc<Worker>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let _open = worker.connection_opened();
+    let (info, header_timeout, idle_timeout) = conn_info(&worker, peer, false);
+    let mut shutdown = worker.shared.shutdown.subscribe();
+    loop {
+        let (park, parked) = tokio::sync::oneshot::channel();
+        let io = TimedIo::new(
+            stream,
+            info.state.clone(),
+            header_timeout,
+            idle_timeout,
+            Some(park),
+        );
+        if !run_http(&worker, &info, io).await {
+            break; // shutting down
+        }
+        // The wrapper is gone with hyper's connection: it either sent the
+        // socket back (parked) or dropped it (closed).
+        let Ok(back) = parked.await else { break };
+        stream = back;
+        let rest = idle_timeout.saturating_sub(super::io::park_after(idle_timeout));
+        tokio::select! {
+            r = stream.readable() => if r.is_err() { break },
+            _ = tokio::time::sleep(rest) => break,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    drop(permit);
 }
 
 /// The TLS handshake, then HTTP on the decrypted stream (ALPN `h2` or
@@ -83,62 +140,50 @@ async fn serve_tls(
         .settings
         .limits
         .client_header_timeout;
-    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve(worker, tls, peer, permit, true).await,
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-    }
+    let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let _open = worker.connection_opened();
+    let (info, header_timeout, idle_timeout) = conn_info(&worker, peer, true);
+    let io = TimedIo::new(tls, info.state.clone(), header_timeout, idle_timeout, None);
+    run_http(&worker, &info, io).await;
+    drop(permit);
 }
 
-async fn serve<T>(
-    worker: Rc<Worker>,
-    stream: T,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    tls: bool,
-) where
+/// Serve HTTP on `io` until the connection ends. `false` when it ended
+/// because the daemon is shutting down.
+async fn run_http<T>(worker: &Rc<Worker>, info: &Rc<ConnInfo>, io: TimedIo<T>) -> bool
+where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let _open = worker.connection_opened();
-    let (header_timeout, idle_timeout) = {
-        let snap = worker.shared.snapshot.load();
-        (
-            snap.settings.limits.client_header_timeout,
-            snap.settings.limits.client_idle_timeout,
-        )
-    };
-    let state = Arc::new(ConnState::default());
-    let info = Rc::new(ConnInfo {
-        peer,
-        client_value: client_value(peer.ip()),
-        tls,
-        state: state.clone(),
-        ua_cache: UaCache::default(),
-    });
-    let io = TimedIo::new(stream, state, header_timeout, idle_timeout);
-    let svc_worker = worker.clone();
+    let (svc_worker, svc_info) = (worker.clone(), info.clone());
     let svc = hyper::service::service_fn(move |req| {
-        let (w, i) = (svc_worker.clone(), info.clone());
+        let (w, i) = (svc_worker.clone(), svc_info.clone());
         async move { Ok::<_, std::convert::Infallible>(handler::handle(w, i, req).await) }
     });
-    let conn = worker
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    // Boxed, so that a parked connection's task does not keep hyper's
+    // connection state inline.
+    let mut conn = Box::pin(
+        worker
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(io), svc),
+    );
     let mut shutdown = worker.shared.shutdown.subscribe();
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
+    let (result, running) = tokio::select! {
+        r = conn.as_mut() => (r, true),
         _ = shutdown.wait_for(|stop| *stop) => {
             // Finish the request in progress, then close (HTTP/1.1:
             // `Connection: close`; HTTP/2: GOAWAY).
             conn.as_mut().graceful_shutdown();
-            conn.await
+            (conn.await, false)
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
     }
-    drop(permit);
+    running
 }
 
 /// Counts a worker's open client connections; dropping it uncounts.

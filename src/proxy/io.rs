@@ -12,6 +12,15 @@
 //! request is in progress (counted by [`super::exchange::Exchange`]). The
 //! timer is re-armed lazily — only when it fires early — so a busy
 //! keep-alive connection costs no timer operations per request.
+//!
+//! **Parking.** hyper keeps an 8 KiB read and an 8 KiB write buffer for a
+//! connection's whole life. A plain HTTP/1.1 connection that has been idle
+//! for [`PARK_AFTER`] is therefore *parked*: the wrapper hands the socket
+//! back to [`super::conn`] and tells hyper the client closed, hyper frees
+//! its connection state, and the bare socket waits for its next request,
+//! when a new hyper connection is built on it. Only a connection whose last
+//! response is fully flushed, that read nothing since the last request
+//! began, and that is not HTTP/2 or a tunnel, is parked.
 
 use std::future::Future;
 use std::io;
@@ -22,7 +31,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
+
+/// How long a keep-alive HTTP/1.1 connection idles before it is parked
+/// (capped at half the idle timeout).
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 use super::error::REQUEST_TIMEOUT_RESPONSE;
 
@@ -80,7 +94,18 @@ enum Phase {
 }
 
 pub struct TimedIo<T> {
-    inner: T,
+    // `None` once parked: the socket went back to the connection task.
+    inner: Option<T>,
+    // Where the socket goes when parked; `None`: never park (TLS).
+    park: Option<oneshot::Sender<T>>,
+    // When an idle connection is parked.
+    park_at: Instant,
+    park_after: Duration,
+    // Everything written has been flushed.
+    flushed: bool,
+    // Bytes arrived while a request was in progress (a body, or pipelined
+    // requests hyper may hold in its buffer): do not park.
+    read_while_busy: bool,
     state: Arc<ConnState>,
     phase: Phase,
     // When the current phase times out.
@@ -96,15 +121,25 @@ pub struct TimedIo<T> {
 }
 
 impl<T> TimedIo<T> {
+    /// `park`: where to hand the socket when the connection is parked.
     pub fn new(
         inner: T,
         state: Arc<ConnState>,
         header_timeout: Duration,
         idle_timeout: Duration,
+        park: Option<oneshot::Sender<T>>,
     ) -> Self {
-        let deadline = Instant::now() + header_timeout;
+        let now = Instant::now();
+        let deadline = now + header_timeout;
+        let park_after = park_after(idle_timeout);
+        let seen_started = state.started();
         TimedIo {
-            inner,
+            inner: Some(inner),
+            park,
+            park_at: now + park_after,
+            park_after,
+            flushed: true,
+            read_while_busy: false,
             state,
             phase: Phase::Fresh,
             deadline,
@@ -112,12 +147,8 @@ impl<T> TimedIo<T> {
             header_timeout,
             idle_timeout,
             h2: false,
-            seen_started: 0,
+            seen_started,
         }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 
@@ -127,14 +158,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
     fn track_requests(&mut self) {
         let started = self.state.started();
         if self.state.busy() || self.state.is_upgraded() {
+            if started != self.seen_started {
+                self.read_while_busy = false;
+            }
             self.phase = Phase::Busy;
             self.seen_started = started;
         } else if self.phase == Phase::Busy || started != self.seen_started {
             self.seen_started = started;
             self.phase = Phase::Idle;
-            self.deadline = Instant::now() + self.idle_timeout;
+            let now = Instant::now();
+            self.deadline = now + self.idle_timeout;
             pull_in(self.timer.as_mut(), self.deadline);
+            if self.park.is_some() {
+                self.park_at = now + self.park_after;
+                pull_in(self.timer.as_mut(), self.park_at);
+            }
         }
+    }
+
+    /// Park now? See the module documentation for the conditions.
+    fn should_park(&self) -> bool {
+        self.park.is_some()
+            && self.phase == Phase::Idle
+            && !self.h2
+            && self.flushed
+            && !self.read_while_busy
+            && Instant::now() >= self.park_at
     }
 
     /// Poll the timer (which registers this task with it); `true` once the
@@ -148,8 +197,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
             if now >= self.deadline {
                 return true;
             }
-            // Fired for an earlier phase: re-arm for this one.
-            let next = self.deadline.min(now + self.header_timeout);
+            // Fired for an earlier phase, or to park: re-arm for this one.
+            let mut next = self.deadline.min(now + self.header_timeout);
+            if self.park.is_some() && self.phase == Phase::Idle && self.park_at > now {
+                next = next.min(self.park_at);
+            }
             self.timer.as_mut().reset(next);
         }
         false
@@ -163,13 +215,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.inner.is_none() {
+            return Poll::Ready(Ok(())); // parked: hyper sees the end
+        }
         this.track_requests();
+        if this.should_park() {
+            if let (Some(inner), Some(park)) = (this.inner.take(), this.park.take()) {
+                if let Err(inner) = park.send(inner) {
+                    this.inner = Some(inner); // nobody to take it: carry on
+                } else {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
         if this.expired(cx) {
             let head = this.phase == Phase::Head && !this.h2;
-            if head {
+            if let (true, Some(inner)) = (head, this.inner.as_mut()) {
                 // Best effort: the socket is idle, so this small write
                 // normally goes out at once.
-                let mut inner = Pin::new(&mut this.inner);
+                let mut inner = Pin::new(inner);
                 let _ = inner.as_mut().poll_write(cx, REQUEST_TIMEOUT_RESPONSE);
                 let _ = inner.as_mut().poll_flush(cx);
             }
@@ -184,9 +248,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
             )));
         }
         let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = Pin::new(inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
             let got = &buf.filled()[before..];
+            if !got.is_empty() && this.phase == Phase::Busy {
+                this.read_while_busy = true;
+            }
             if !got.is_empty() {
                 if this.phase == Phase::Fresh && got.starts_with(b"PRI * HTTP/2") {
                     this.h2 = true;
@@ -219,13 +289,28 @@ fn pull_in(timer: Pin<&mut Sleep>, deadline: Instant) {
     }
 }
 
+/// How long a connection idles before it is parked, for `idle_timeout`.
+pub fn park_after(idle_timeout: Duration) -> Duration {
+    PARK_AFTER.min(idle_timeout / 2)
+}
+
+/// A parked wrapper no longer has the socket.
+fn parked() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection parked")
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err(parked()));
+        };
+        this.flushed = false;
+        Pin::new(inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -237,11 +322,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
             this.track_requests();
             let _ = this.expired(cx);
         }
-        Pin::new(&mut this.inner).poll_flush(cx)
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let r = Pin::new(inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            this.flushed = true;
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        match self.get_mut().inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_shutdown(cx),
+            // Parked: the socket lives on without hyper; nothing to shut.
+            None => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_write_vectored(
@@ -249,10 +345,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err(parked()));
+        };
+        this.flushed = false;
+        Pin::new(inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
     }
 }
