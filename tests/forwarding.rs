@@ -329,3 +329,78 @@ async fn several_workers_share_the_listener() {
         t.await.unwrap();
     }
 }
+
+/// Read one response (head and a body of `content-length`) from `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_parked_while_idle_serves_its_next_requests_and_still_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), "client_idle_timeout = \"3s\""));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.ends_with("blue"));
+    // Idle past the 1 s park delay: the connection is parked, then woken.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    s.write_all(b"POST /digest HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert!(r.contains(&format!("5 {}", sha256_hex(b"hello"))), "{r}");
+    // After a request with a body, and a pipelined pair sent as one write.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut both = read_response(&mut s).await;
+    if both.matches("HTTP/1.1 200").count() < 2 {
+        both += &read_response(&mut s).await;
+    }
+    assert_eq!(both.matches("HTTP/1.1 200").count(), 2, "{both}");
+    // A parked connection is still closed at the idle timeout (3 s).
+    let idle_from = Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut rest))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert_eq!(n, 0);
+    let waited = idle_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_millis(4500),
+        "closed after {waited:?}"
+    );
+}
