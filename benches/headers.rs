@@ -5,32 +5,15 @@
 
 use std::hint::black_box;
 
+mod common;
+
+use common::browser_headers;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use cutover::proxy::headers::{add_forwarded, client_value, strip_hop_by_hop};
 use http::{HeaderMap, HeaderValue};
 
 fn request_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert("host", "shop.example.com".parse().unwrap());
-    h.insert(
-        "user-agent",
-        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-            .parse()
-            .unwrap(),
-    );
-    h.insert(
-        "accept",
-        "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
-            .parse()
-            .unwrap(),
-    );
-    h.insert("accept-encoding", "gzip, deflate, br".parse().unwrap());
-    h.insert("connection", "keep-alive".parse().unwrap());
-    h.insert(
-        "cookie",
-        "cutover=5f2c7a1e9b3d4c6a8e0f1a2b3c4d5e6f".parse().unwrap(),
-    );
-    h
+    browser_headers(Some("cutover=5f2c7a1e9b3d4c6a8e0f1a2b3c4d5e6f"))
 }
 
 fn response_headers() -> HeaderMap {

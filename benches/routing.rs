@@ -7,38 +7,17 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
+mod common;
+
+use common::browser_headers;
 use criterion::{criterion_group, criterion_main, Criterion};
 use cutover::route::rule::RequestView;
 use cutover::route::{sticky, Snapshot};
-use http::HeaderMap;
 
 fn snapshot() -> Snapshot {
     let text = include_str!("realistic.toml").replace("UPSTREAM", "127.0.0.1:1");
     let config = cutover::Config::from_toml(&text).expect("realistic.toml");
     Snapshot::build(&config, &BTreeMap::new(), None, 1).expect("snapshot")
-}
-
-fn browser_headers(cookie: Option<&str>) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert("host", "shop.example.com".parse().unwrap());
-    h.insert(
-        "user-agent",
-        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-            .parse()
-            .unwrap(),
-    );
-    h.insert(
-        "accept",
-        "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
-            .parse()
-            .unwrap(),
-    );
-    h.insert("accept-language", "en-GB,en;q=0.5".parse().unwrap());
-    h.insert("accept-encoding", "gzip, deflate, br".parse().unwrap());
-    if let Some(c) = cookie {
-        h.insert("cookie", c.parse().unwrap());
-    }
-    h
 }
 
 fn bench(c: &mut Criterion) {

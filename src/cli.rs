@@ -65,12 +65,8 @@ pub enum Command {
     /// Send all traffic of APP (or of every app, atomically) to its standby colour.
     Flip {
         app: Option<String>,
-        /// Flip even if the new live pool has no healthy server.
-        #[arg(long)]
-        force: bool,
-        /// Show the result without changing anything.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        change: ChangeFlags,
         #[command(flatten)]
         endpoint: ClientArgs,
     },
@@ -79,20 +75,16 @@ pub enum Command {
         /// `[APP] PERCENT`.
         #[arg(num_args = 1..=2, value_names = ["APP", "PERCENT"], required = true)]
         args: Vec<String>,
-        #[arg(long)]
-        force: bool,
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        change: ChangeFlags,
         #[command(flatten)]
         endpoint: ClientArgs,
     },
     /// Restore the state before the last change (of APP, or the last change overall).
     Rollback {
         app: Option<String>,
-        #[arg(long)]
-        force: bool,
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        change: ChangeFlags,
         #[command(flatten)]
         endpoint: ClientArgs,
     },
@@ -115,6 +107,23 @@ pub enum Command {
         #[command(flatten)]
         endpoint: ClientArgs,
     },
+}
+
+/// The flags every state change takes.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ChangeFlags {
+    /// Apply even if traffic would go to a pool with no healthy server.
+    #[arg(long)]
+    pub force: bool,
+    /// Show the result without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl ChangeFlags {
+    fn body(self) -> serde_json::Value {
+        serde_json::json!({ "force": self.force, "dry_run": self.dry_run })
+    }
 }
 
 /// How the client subcommands reach the admin API.
@@ -245,23 +254,10 @@ fn client_command(cmd: Command) -> ExitCode {
                 client::status_table(&v)
             }
         })),
-        Command::Flip {
-            app,
-            force,
-            dry_run,
-            ..
-        } => change(&ep, "flip", app, force, dry_run),
-        Command::Rollback {
-            app,
-            force,
-            dry_run,
-            ..
-        } => change(&ep, "rollback", app, force, dry_run),
+        Command::Flip { app, change: c, .. } => change(&ep, "flip", app, c),
+        Command::Rollback { app, change: c, .. } => change(&ep, "rollback", app, c),
         Command::Shift {
-            args,
-            force,
-            dry_run,
-            ..
+            args, change: c, ..
         } => {
             let (app, pct) = match args.as_slice() {
                 [p] => (None, p),
@@ -277,8 +273,8 @@ fn client_command(cmd: Command) -> ExitCode {
                 Ok(a) => a,
                 Err(m) => return usage(m),
             };
-            let body =
-                serde_json::json!({ "percent": percent, "force": force, "dry_run": dry_run });
+            let mut body = c.body();
+            body["percent"] = serde_json::json!(percent);
             finish(
                 ep.ok("POST", &format!("/v1/apps/{app}/shift"), Some(body), None)
                     .map(|v| client::describe_change(&v)),
@@ -301,14 +297,13 @@ fn client_command(cmd: Command) -> ExitCode {
 }
 
 /// `flip` or `rollback` of one app, or of every app / the last change.
-fn change(ep: &Endpoint, verb: &str, app: Option<String>, force: bool, dry_run: bool) -> ExitCode {
+fn change(ep: &Endpoint, verb: &str, app: Option<String>, flags: ChangeFlags) -> ExitCode {
     let path = match &app {
         Some(a) => format!("/v1/apps/{a}/{verb}"),
         None => format!("/v1/{verb}"),
     };
-    let body = serde_json::json!({ "force": force, "dry_run": dry_run });
     finish(
-        ep.ok("POST", &path, Some(body), None)
+        ep.ok("POST", &path, Some(flags.body()), None)
             .map(|v| client::describe_change(&v)),
     )
 }
