@@ -218,6 +218,8 @@ pub struct Rule {
     pub percent_bp: u32,
     path_prefix: Option<String>,
     header: Option<(HeaderName, HeaderValue)>,
+    /// The header's bit in the app's per-request presence mask, if any.
+    header_slot: Option<u8>,
     cookie: Option<(String, String)>,
     client_ip: Option<Vec<IpNet>>,
     user_agent: Option<Regex>,
@@ -321,21 +323,47 @@ impl Rule {
             percent_bp: (percent * 100.0).round() as u32,
             path_prefix: spec.path_prefix.clone(),
             header,
+            header_slot: None,
             cookie,
             client_ip,
             user_agent,
         })
     }
 
+    /// Give the rule's header condition a bit among the app's `names`, so
+    /// that one pass over the request's names (see [`header_presence`])
+    /// answers "absent" without a lookup per rule.
+    pub fn assign_header_slot(&mut self, names: &mut Vec<HeaderName>) {
+        let Some((name, _)) = &self.header else {
+            return;
+        };
+        let i = names.iter().position(|n| n == name).unwrap_or_else(|| {
+            names.push(name.clone());
+            names.len() - 1
+        });
+        self.header_slot = u8::try_from(i).ok().filter(|i| *i < 64);
+    }
+
     /// Does every condition hold? A rule with no condition matches all.
-    /// `rule_set` and `index` identify the rule for the user-agent memory.
-    pub fn matches(&self, req: &RequestView<'_>, rule_set: u64, index: usize) -> bool {
+    /// `rule_set` and `index` identify the rule for the user-agent memory;
+    /// `present(slot)` says whether a header with that slot is in the
+    /// request at all.
+    pub fn matches(
+        &self,
+        req: &RequestView<'_>,
+        rule_set: u64,
+        index: usize,
+        present: &dyn Fn(u8) -> bool,
+    ) -> bool {
         if let Some(p) = &self.path_prefix {
             if !req.path.starts_with(p.as_str()) {
                 return false;
             }
         }
         if let Some((name, value)) = &self.header {
+            if self.header_slot.is_some_and(|slot| !present(slot)) {
+                return false;
+            }
             if !req.headers.get_all(name).iter().any(|v| v == value) {
                 return false;
             }
@@ -363,6 +391,20 @@ impl Rule {
         }
         true
     }
+}
+
+/// Bit i set: a header named `names[i]` is in `headers`. One pass over the
+/// request's names; standard names compare by tag, custom ones by bytes.
+pub fn header_presence(headers: &HeaderMap, names: &[HeaderName]) -> u64 {
+    let mut bits = 0u64;
+    for key in headers.keys() {
+        for (i, n) in names.iter().enumerate().take(64) {
+            if key == n {
+                bits |= 1 << i;
+            }
+        }
+    }
+    bits
 }
 
 /// An IPv4 client seen through a dual-stack socket (`::ffff:a.b.c.d`) is
@@ -445,7 +487,7 @@ mod tests {
         desktop.insert("user-agent", "Mozilla (X11)".parse().unwrap());
         let v = |h: &HeaderMap, set| {
             let view = RequestView::new("/", h, "127.0.0.1".parse().unwrap(), Some(&cache));
-            rule.matches(&view, set, 3)
+            rule.matches(&view, set, 3, &|_| true)
         };
         assert!(v(&iphone, 1));
         assert!(v(&iphone, 1));
@@ -465,11 +507,16 @@ mod tests {
         let rule = Rule::compile(&s).unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-preview", "yes".parse().unwrap());
-        assert!(rule.matches(&view(&h, "/beta/x", "192.0.2.7"), 0, 0));
-        assert!(rule.matches(&view(&h, "/beta/x", "::ffff:192.0.2.7"), 0, 0));
-        assert!(!rule.matches(&view(&h, "/alpha", "192.0.2.7"), 0, 0));
-        assert!(!rule.matches(&view(&h, "/beta", "198.51.100.1"), 0, 0));
-        assert!(!rule.matches(&view(&HeaderMap::new(), "/beta", "192.0.2.7"), 0, 0));
+        assert!(rule.matches(&view(&h, "/beta/x", "192.0.2.7"), 0, 0, &|_| true));
+        assert!(rule.matches(&view(&h, "/beta/x", "::ffff:192.0.2.7"), 0, 0, &|_| true));
+        assert!(!rule.matches(&view(&h, "/alpha", "192.0.2.7"), 0, 0, &|_| true));
+        assert!(!rule.matches(&view(&h, "/beta", "198.51.100.1"), 0, 0, &|_| true));
+        assert!(!rule.matches(
+            &view(&HeaderMap::new(), "/beta", "192.0.2.7"),
+            0,
+            0,
+            &|_| true
+        ));
     }
 
     #[test]
@@ -482,5 +529,39 @@ mod tests {
         let errs = Rule::compile(&s).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.0).collect();
         assert_eq!(fields, ["to", "percent", "user_agent", "client_ip"]);
+    }
+
+    #[test]
+    fn header_rules_share_slots_and_absent_headers_fail_fast() {
+        let mk = |name: &str, header: &str, value: &str| {
+            let mut s = spec(name);
+            s.header = Some(NameValue {
+                name: header.into(),
+                value: value.into(),
+            });
+            Rule::compile(&s).unwrap()
+        };
+        let mut rules = vec![
+            mk("a1", "x-a", "1"),
+            mk("b", "x-b", "1"),
+            mk("a2", "X-A", "2"),
+        ];
+        let mut names = Vec::new();
+        for r in &mut rules {
+            r.assign_header_slot(&mut names);
+        }
+        assert_eq!(names.len(), 2, "x-a is one slot whatever its case");
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "2".parse().unwrap());
+        let bits = header_presence(&h, &names);
+        assert_eq!(bits, 0b01);
+        let present = |slot: u8| bits & (1 << slot) != 0;
+        let v = view(&h, "/", "127.0.0.1");
+        assert!(
+            !rules[0].matches(&v, 0, 0, &present),
+            "present, other value"
+        );
+        assert!(!rules[1].matches(&v, 0, 1, &present), "absent");
+        assert!(rules[2].matches(&v, 0, 2, &present));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::rule::{RequestView, Rule};
+use super::rule::{header_presence, RequestView, Rule};
 use super::sticky::{self, CookieId, BUCKETS};
 use super::Decision;
 use crate::config::{
@@ -308,6 +308,17 @@ pub struct App {
     set_cookie: bool,
     /// Unique per compiled rule list, for per-connection verdict memory.
     rule_set: u64,
+    /// The header names the rules test, in slot order.
+    rule_headers: Vec<http::HeaderName>,
+}
+
+/// Give every header rule its presence bit; the names in bit order.
+fn slot_headers(mut rules: Vec<Rule>) -> (Vec<Rule>, Vec<http::HeaderName>) {
+    let mut names = Vec::new();
+    for r in &mut rules {
+        r.assign_header_slot(&mut names);
+    }
+    (rules, names)
 }
 
 static NEXT_RULE_SET: AtomicU64 = AtomicU64::new(1);
@@ -345,8 +356,14 @@ impl App {
         }
         let mut bucket = None;
         let mut bucket = || *bucket.get_or_insert_with(|| self.bucket(req, new_cookie));
+        let presence = std::cell::OnceCell::new();
+        let present = |slot: u8| {
+            presence.get_or_init(|| header_presence(req.headers, &self.rule_headers))
+                & (1u64 << slot)
+                != 0
+        };
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.matches(req, self.rule_set, i) {
+            if rule.matches(req, self.rule_set, i, &present) {
                 if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
                     return Decision {
                         color: rule.to,
@@ -415,13 +432,14 @@ impl Snapshot {
                 .get(&app_cfg.name)
                 .cloned()
                 .unwrap_or_else(|| AppState::initial(app_cfg));
-            let rules = match compile_rules(&format!("apps.{}", app_cfg.name), &state.rules) {
-                Ok(r) => r,
-                Err(e) => {
-                    errors.extend(e);
-                    continue;
-                }
-            };
+            let (rules, rule_headers) =
+                match compile_rules(&format!("apps.{}", app_cfg.name), &state.rules) {
+                    Ok(r) => slot_headers(r),
+                    Err(e) => {
+                        errors.extend(e);
+                        continue;
+                    }
+                };
             let old_app = old.and_then(|o| o.app(&app_cfg.name));
             let name: Arc<str> = old_app
                 .map(|a| a.name.clone())
@@ -478,6 +496,7 @@ impl Snapshot {
                 standby_bp,
                 set_cookie,
                 rule_set: next_rule_set(),
+                rule_headers,
             }));
         }
         if !errors.is_empty() {
@@ -505,6 +524,7 @@ impl Snapshot {
                 Some(state) if *state != app.state => {
                     match compile_rules(&format!("apps.{}", app.name), &state.rules) {
                         Ok(rules) => {
+                            let (rules, rule_headers) = slot_headers(rules);
                             let standby_bp = (state.standby_percent * 100.0)
                                 .round()
                                 .clamp(0.0, BUCKETS as f64)
@@ -522,6 +542,7 @@ impl Snapshot {
                                 pools: app.pools.clone(),
                                 standby_bp,
                                 rule_set: next_rule_set(),
+                                rule_headers,
                             })
                         }
                         Err(e) => {
