@@ -486,6 +486,19 @@ pub fn summary(c: &Config) -> String {
         c.server.worker_count(),
         c.admin.listen
     );
+    if let Ok((_, certs, _)) = crate::tls::CertStore::load(&c.tls) {
+        for cert in certs {
+            let expires = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(cert.not_after.max(0) as u64);
+            let _ = writeln!(
+                s,
+                "certificate {}: {}  (expires {})",
+                cert.file,
+                cert.names.join(", "),
+                humantime::format_rfc3339_seconds(expires)
+            );
+        }
+    }
     for app in &c.apps {
         let hosts = if app.hosts.is_empty() {
             "(any host)".to_string()
