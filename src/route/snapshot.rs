@@ -321,6 +321,44 @@ fn slot_headers(mut rules: Vec<Rule>) -> (Vec<Rule>, Vec<http::HeaderName>) {
     (rules, names)
 }
 
+/// What an app is besides its runtime state: fixed by the config.
+struct Shape {
+    name: Arc<str>,
+    hosts: Vec<HostPattern>,
+    path_prefix: String,
+    sticky: Sticky,
+    drain_timeout: Option<Duration>,
+    pools: [Arc<Pool>; 2],
+}
+
+impl App {
+    /// An app from its shape and runtime state; the rules are compiled
+    /// (errors keyed `apps.NAME.rules[i]…`).
+    fn assemble(shape: Shape, state: AppState) -> Result<App, Vec<String>> {
+        let compiled = compile_rules(&format!("apps.{}", shape.name), &state.rules)?;
+        let (rules, rule_headers) = slot_headers(compiled);
+        let standby_bp = (state.standby_percent * 100.0)
+            .round()
+            .clamp(0.0, BUCKETS as f64) as u32;
+        let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS)
+            || rules.iter().any(|r| r.percent_bp < BUCKETS);
+        Ok(App {
+            name: shape.name,
+            hosts: shape.hosts,
+            path_prefix: shape.path_prefix,
+            sticky: shape.sticky,
+            state,
+            drain_timeout: shape.drain_timeout,
+            rules,
+            pools: shape.pools,
+            standby_bp,
+            set_cookie,
+            rule_set: next_rule_set(),
+            rule_headers,
+        })
+    }
+}
+
 static NEXT_RULE_SET: AtomicU64 = AtomicU64::new(1);
 
 fn next_rule_set() -> u64 {
@@ -432,14 +470,6 @@ impl Snapshot {
                 .get(&app_cfg.name)
                 .cloned()
                 .unwrap_or_else(|| AppState::initial(app_cfg));
-            let (rules, rule_headers) =
-                match compile_rules(&format!("apps.{}", app_cfg.name), &state.rules) {
-                    Ok(r) => slot_headers(r),
-                    Err(e) => {
-                        errors.extend(e);
-                        continue;
-                    }
-                };
             let old_app = old.and_then(|o| o.app(&app_cfg.name));
             let name: Arc<str> = old_app
                 .map(|a| a.name.clone())
@@ -479,25 +509,18 @@ impl Snapshot {
                     }
                 }
             });
-            let standby_bp = (state.standby_percent * 100.0)
-                .round()
-                .clamp(0.0, BUCKETS as f64) as u32;
-            let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS)
-                || rules.iter().any(|r| r.percent_bp < BUCKETS);
-            apps.push(Arc::new(App {
+            let shape = Shape {
                 name,
                 hosts: app_cfg.hosts.clone(),
                 path_prefix: app_cfg.path_prefix.clone(),
                 sticky: app_cfg.sticky.clone(),
-                state,
                 drain_timeout: app_cfg.drain_timeout,
-                rules,
                 pools,
-                standby_bp,
-                set_cookie,
-                rule_set: next_rule_set(),
-                rule_headers,
-            }));
+            };
+            match App::assemble(shape, state) {
+                Ok(app) => apps.push(Arc::new(app)),
+                Err(e) => errors.extend(e),
+            }
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -522,29 +545,16 @@ impl Snapshot {
             .iter()
             .map(|app| match states.get(&*app.name) {
                 Some(state) if *state != app.state => {
-                    match compile_rules(&format!("apps.{}", app.name), &state.rules) {
-                        Ok(rules) => {
-                            let (rules, rule_headers) = slot_headers(rules);
-                            let standby_bp = (state.standby_percent * 100.0)
-                                .round()
-                                .clamp(0.0, BUCKETS as f64)
-                                as u32;
-                            Arc::new(App {
-                                name: app.name.clone(),
-                                hosts: app.hosts.clone(),
-                                path_prefix: app.path_prefix.clone(),
-                                sticky: app.sticky.clone(),
-                                state: state.clone(),
-                                drain_timeout: app.drain_timeout,
-                                set_cookie: (standby_bp > 0 && standby_bp < BUCKETS)
-                                    || rules.iter().any(|r| r.percent_bp < BUCKETS),
-                                rules,
-                                pools: app.pools.clone(),
-                                standby_bp,
-                                rule_set: next_rule_set(),
-                                rule_headers,
-                            })
-                        }
+                    let shape = Shape {
+                        name: app.name.clone(),
+                        hosts: app.hosts.clone(),
+                        path_prefix: app.path_prefix.clone(),
+                        sticky: app.sticky.clone(),
+                        drain_timeout: app.drain_timeout,
+                        pools: app.pools.clone(),
+                    };
+                    match App::assemble(shape, state.clone()) {
+                        Ok(new) => Arc::new(new),
                         Err(e) => {
                             errors.extend(e);
                             app.clone()
