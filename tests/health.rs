@@ -6,7 +6,7 @@ mod support;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -282,17 +282,7 @@ async fn a_websocket_on_blue_survives_a_flip_and_is_drained_after_drain_timeout(
     let (mut old, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("websocket through the proxy");
-    old.send(Message::text("one")).await.unwrap();
-    assert_eq!(
-        old.next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "blue:one"
-    );
+    assert_eq!(ws_echo(&mut old, "one").await, "blue:one");
     let c = client();
     let s = status(&c, &proxy).await;
     assert_eq!(s["apps"]["shop"]["pools"]["blue"]["tunnels"], 1);
@@ -301,30 +291,10 @@ async fn a_websocket_on_blue_survives_a_flip_and_is_drained_after_drain_timeout(
     assert_eq!(r.status, 200);
     let flipped = Instant::now();
     // The old session keeps echoing from blue after the flip...
-    old.send(Message::text("two")).await.unwrap();
-    assert_eq!(
-        old.next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "blue:two"
-    );
+    assert_eq!(ws_echo(&mut old, "two").await, "blue:two");
     // ...while new sessions go to green.
     let (mut new, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    new.send(Message::text("hi")).await.unwrap();
-    assert_eq!(
-        new.next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "green:hi"
-    );
+    assert_eq!(ws_echo(&mut new, "hi").await, "green:hi");
     // Blue lost all traffic: its tunnel is closed after drain_timeout.
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -341,17 +311,7 @@ async fn a_websocket_on_blue_survives_a_flip_and_is_drained_after_drain_timeout(
         after >= Duration::from_millis(800) && after < Duration::from_secs(4),
         "closed after {after:?}"
     );
-    new.send(Message::text("still")).await.unwrap();
-    assert_eq!(
-        new.next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "green:still"
-    );
+    assert_eq!(ws_echo(&mut new, "still").await, "green:still");
 }
 
 fn metric(text: &str, line_start: &str) -> u64 {
@@ -466,9 +426,10 @@ async fn a_websocket_outlives_the_client_header_and_idle_timeouts() {
         .await
         .unwrap();
     for i in 0..4 {
-        ws.send(Message::text(format!("m{i}"))).await.unwrap();
-        let reply = ws.next().await.unwrap().expect("the tunnel is still open");
-        assert_eq!(reply.into_text().unwrap().as_str(), format!("blue:m{i}"));
+        assert_eq!(
+            ws_echo(&mut ws, &format!("m{i}")).await,
+            format!("blue:m{i}")
+        );
         // Longer than both client timeouts: they apply to HTTP, not to tunnels.
         tokio::time::sleep(Duration::from_millis(400)).await;
     }

@@ -318,8 +318,6 @@ async fn sighup_reloads_the_config_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_open_websockets_and_closes_connections_to_removed_servers() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cutover.toml");
     let ws = WsUpstream::start("blue-ws").await;
@@ -362,18 +360,7 @@ async fn a_reload_keeps_open_websockets_and_closes_connections_to_removed_server
     write(false);
     let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    socket.send(Message::text("after")).await.unwrap();
-    assert_eq!(
-        socket
-            .next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "blue-ws:after"
-    );
+    assert_eq!(ws_echo(&mut socket, "after").await, "blue-ws:after");
     let start = Instant::now();
     while b2.open.load(std::sync::atomic::Ordering::SeqCst) > 0 {
         assert!(

@@ -567,3 +567,21 @@ pub async fn tls_connect(
     let alpn = conn.alpn_protocol().map(|p| p.to_vec());
     (tls, cert, alpn)
 }
+
+/// A WebSocket through the proxy.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Send `text` and return the echo (panics if the tunnel closed).
+pub async fn ws_echo(ws: &mut Ws, text: &str) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .unwrap();
+    let reply = ws
+        .next()
+        .await
+        .expect("the tunnel is open")
+        .expect("a frame");
+    reply.into_text().unwrap().as_str().to_string()
+}
