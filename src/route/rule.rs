@@ -1,12 +1,17 @@
-//! Canary rules, compiled: the conditions of one rule must all hold
-//! (SPEC §3). Cheap conditions are tested first and the user-agent regex
-//! last, so a request that fails a header or path test never runs it.
+//! Canary rules (SPEC §3), compiled into a [`RuleTable`]: instead of
+//! walking each rule's conditions in turn, the table evaluates each kind of
+//! condition once per request for all rules at a time — every path prefix,
+//! every header test, every cookie test, every network — each giving a
+//! bitmask of the rules it lets through. The first rule left in the mask
+//! wins, and its user-agent regex (the one costly condition) runs only when
+//! the rule got that far.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
-use regex::Regex;
+use regex::bytes::Regex;
 
 use crate::config::{Color, RuleSpec};
 
@@ -17,90 +22,6 @@ pub struct RequestView<'a> {
     pub client_ip: IpAddr,
     /// The client connection's memory of user-agent verdicts, if any.
     pub ua_cache: Option<&'a UaCache>,
-    /// The `Cookie` field, split into pairs once, on first use.
-    cookies: std::cell::OnceCell<CookieIndex<'a>>,
-}
-
-/// The pairs of a request's `Cookie` field, as offsets into it.
-struct CookieIndex<'a> {
-    field: &'a [u8],
-    /// `(name start, name end, value start, value end)`.
-    pairs: [(u16, u16, u16, u16); MAX_INDEXED_COOKIES],
-    len: usize,
-    /// More pairs than indexed, a field over 64 KiB, or several `Cookie`
-    /// fields (HTTP/2 may split them): look up by scanning instead.
-    scan: bool,
-}
-
-const MAX_INDEXED_COOKIES: usize = 16;
-
-impl<'a> CookieIndex<'a> {
-    fn new(headers: &'a HeaderMap) -> CookieIndex<'a> {
-        let mut all = headers.get_all(http::header::COOKIE).iter();
-        let (field, several) = match (all.next(), all.next()) {
-            (None, _) => (&[][..], false),
-            (Some(v), next) => (v.as_bytes(), next.is_some()),
-        };
-        let mut index = CookieIndex {
-            field,
-            pairs: [(0, 0, 0, 0); MAX_INDEXED_COOKIES],
-            len: 0,
-            scan: several || field.len() > usize::from(u16::MAX),
-        };
-        if index.scan {
-            return index;
-        }
-        let mut start = 0;
-        while start < field.len() {
-            let end = memchr::memchr(b';', &field[start..]).map_or(field.len(), |i| start + i);
-            if let Some((n0, n1, v0, v1)) = split_pair(field, start, end) {
-                if index.len == MAX_INDEXED_COOKIES {
-                    index.scan = true;
-                    break;
-                }
-                index.pairs[index.len] = (n0 as u16, n1 as u16, v0 as u16, v1 as u16);
-                index.len += 1;
-            }
-            start = end + 1;
-        }
-        index
-    }
-
-    fn get(&self, headers: &'a HeaderMap, name: &[u8]) -> Option<&'a [u8]> {
-        if self.scan {
-            return headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .find_map(|v| cookie_in(v.as_bytes(), name));
-        }
-        self.pairs[..self.len].iter().find_map(|&(n0, n1, v0, v1)| {
-            (&self.field[n0 as usize..n1 as usize] == name)
-                .then(|| &self.field[v0 as usize..v1 as usize])
-        })
-    }
-}
-
-/// Offsets of `name` and `value` in `field[start..end]` (`name=value`, with
-/// spaces and quotes trimmed); `None` for a pair without `=` or value.
-fn split_pair(field: &[u8], start: usize, end: usize) -> Option<(usize, usize, usize, usize)> {
-    let pair = &field[start..end];
-    let eq = memchr::memchr(b'=', pair)?;
-    let n0 = start
-        + pair
-            .iter()
-            .take_while(|b| **b == b' ' || **b == b'\t')
-            .count();
-    let n1 = start + eq;
-    let mut v0 = n1 + 1;
-    let mut v1 = end;
-    while v1 > v0 && matches!(field[v1 - 1], b' ' | b'\t') {
-        v1 -= 1;
-    }
-    if v1 - v0 >= 2 && field[v0] == b'"' && field[v1 - 1] == b'"' {
-        v0 += 1;
-        v1 -= 1;
-    }
-    (v1 > v0 && n1 > n0).then_some((n0, n1, v0, v1))
 }
 
 impl<'a> RequestView<'a> {
@@ -115,32 +36,131 @@ impl<'a> RequestView<'a> {
             headers,
             client_ip,
             ua_cache,
-            cookies: std::cell::OnceCell::new(),
         }
     }
 
-    /// The raw value of cookie `name`, if the request carries it
-    /// (RFC 6265 §5.4: `Cookie: a=1; b=2`). An empty value counts as absent.
-    pub fn cookie_bytes(&self, name: &str) -> Option<&'a [u8]> {
-        self.cookies
-            .get_or_init(|| CookieIndex::new(self.headers))
-            .get(self.headers, name.as_bytes())
-    }
-
-    /// [`Self::cookie_bytes`] as text.
-    pub fn cookie(&self, name: &str) -> Option<&'a str> {
-        self.cookie_bytes(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    fn user_agent(&self) -> &[u8] {
+    fn user_agent(&self) -> &'a [u8] {
         self.headers
             .get(http::header::USER_AGENT)
             .map_or(&[], |v| v.as_bytes())
     }
 }
 
-/// Cookie `name` in the headers (where no [`RequestView`] exists).
+/// How many wanted cookies one pass over the `Cookie` fields records;
+/// names past these are looked up by scanning.
+const JAR_SLOTS: usize = 8;
+
+/// The values of the cookies an app asks about, found in one pass over the
+/// request's `Cookie` fields (RFC 6265 §5.4: `Cookie: a=1; b=2`; HTTP/2 may
+/// split them over several fields). The first pair with a name wins; an
+/// empty value counts as absent.
+pub struct CookieJar<'a> {
+    headers: &'a HeaderMap,
+    values: [Option<&'a [u8]>; JAR_SLOTS],
+}
+
+impl<'a> CookieJar<'a> {
+    /// Record the values of `names` (an app's wanted list, see
+    /// [`RuleTable::cookie_names`]).
+    pub fn new(headers: &'a HeaderMap, names: &[Box<[u8]>]) -> CookieJar<'a> {
+        let mut jar = CookieJar {
+            headers,
+            values: [None; JAR_SLOTS],
+        };
+        let wanted = &names[..names.len().min(JAR_SLOTS)];
+        if wanted.is_empty() {
+            return jar;
+        }
+        let mut missing = wanted.len();
+        for field in headers.get_all(http::header::COOKIE) {
+            for (name, value) in CookiePairs::new(field.as_bytes()) {
+                if let Some(slot) = wanted.iter().position(|w| **w == *name) {
+                    if jar.values[slot].is_none() {
+                        jar.values[slot] = Some(value);
+                        missing -= 1;
+                        if missing == 0 {
+                            return jar;
+                        }
+                    }
+                }
+            }
+        }
+        jar
+    }
+
+    /// The value of wanted cookie `slot`, named `name`.
+    pub fn get(&self, slot: usize, name: &[u8]) -> Option<&'a [u8]> {
+        match self.values.get(slot) {
+            Some(v) => *v,
+            None => self
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .find_map(|v| cookie_in(v.as_bytes(), name)),
+        }
+    }
+}
+
+/// The `name=value` pairs of one `Cookie` field, in order: leading
+/// spaces of the name and trailing spaces of the value trimmed, one pair
+/// of quotes around the value removed. Pairs without `=`, an empty name or
+/// an empty value are skipped. A plain byte loop: the pairs are short, so
+/// a vectorised search per delimiter costs more than it saves.
+struct CookiePairs<'a> {
+    field: &'a [u8],
+    at: usize,
+}
+
+impl<'a> CookiePairs<'a> {
+    fn new(field: &'a [u8]) -> Self {
+        CookiePairs { field, at: 0 }
+    }
+}
+
+impl<'a> Iterator for CookiePairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let f = self.field;
+        let mut i = self.at;
+        while i < f.len() {
+            while i < f.len() && matches!(f[i], b' ' | b'\t') {
+                i += 1;
+            }
+            let n0 = i;
+            while i < f.len() && f[i] != b'=' && f[i] != b';' {
+                i += 1;
+            }
+            if i == f.len() || f[i] == b';' {
+                i += 1;
+                continue;
+            }
+            let n1 = i;
+            i += 1;
+            let mut v0 = i;
+            while i < f.len() && f[i] != b';' {
+                i += 1;
+            }
+            let mut v1 = i;
+            i += 1;
+            while v1 > v0 && matches!(f[v1 - 1], b' ' | b'\t') {
+                v1 -= 1;
+            }
+            if v1 - v0 >= 2 && f[v0] == b'"' && f[v1 - 1] == b'"' {
+                v0 += 1;
+                v1 -= 1;
+            }
+            if v1 > v0 && n1 > n0 {
+                self.at = i;
+                return Some((&f[n0..n1], &f[v0..v1]));
+            }
+        }
+        self.at = f.len();
+        None
+    }
+}
+
+/// Cookie `name` in the headers (where no [`CookieJar`] exists).
 pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(http::header::COOKIE)
@@ -151,32 +171,21 @@ pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// Cookie `name` in one `Cookie` field, by scanning it.
 fn cookie_in<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
-    let mut start = 0;
-    while start < field.len() {
-        let end = memchr::memchr(b';', &field[start..]).map_or(field.len(), |i| start + i);
-        if let Some((n0, n1, v0, v1)) = split_pair(field, start, end) {
-            if &field[n0..n1] == name {
-                return Some(&field[v0..v1]);
-            }
-        }
-        start = end + 1;
-    }
-    None
+    CookiePairs::new(field).find_map(|(n, v)| (n == name).then_some(v))
 }
 
 /// User-agent verdicts remembered per client connection. A browser sends
 /// the same `User-Agent` on every request of a keep-alive connection, so
 /// the regexes run once per connection rather than once per request. The
-/// memory is keyed by the app's [`rule_set`](crate::route::App) id, which
-/// changes whenever the rules do.
+/// memory is keyed by the table's id, which changes whenever the rules do.
 #[derive(Debug, Default)]
 pub struct UaCache {
-    entry: std::cell::RefCell<UaEntry>,
+    entry: RefCell<UaEntry>,
 }
 
 #[derive(Debug, Default)]
 struct UaEntry {
-    rule_set: u64,
+    table: u64,
     ua: Vec<u8>,
     /// Bit i: rule i's regex was evaluated for `ua`.
     known: u64,
@@ -185,15 +194,12 @@ struct UaEntry {
 }
 
 impl UaCache {
-    fn verdict(&self, rule_set: u64, index: usize, ua: &[u8], re: &Regex) -> bool {
-        if index >= 64 {
-            return re.is_match(std::str::from_utf8(ua).unwrap_or(""));
-        }
-        let Ok(mut e) = self.entry.try_borrow_mut() else {
-            return re.is_match(std::str::from_utf8(ua).unwrap_or(""));
+    fn verdict(&self, table: u64, index: usize, ua: &[u8], re: &Regex) -> bool {
+        let Some(mut e) = self.entry.try_borrow_mut().ok().filter(|_| index < 64) else {
+            return re.is_match(ua);
         };
-        if e.rule_set != rule_set || e.ua != ua {
-            e.rule_set = rule_set;
+        if e.table != table || e.ua != ua {
+            e.table = table;
             e.ua.clear();
             e.ua.extend_from_slice(ua);
             e.known = 0;
@@ -202,7 +208,7 @@ impl UaCache {
         let bit = 1u64 << index;
         if e.known & bit == 0 {
             e.known |= bit;
-            if re.is_match(std::str::from_utf8(ua).unwrap_or("")) {
+            if re.is_match(ua) {
                 e.matched |= bit;
             }
         }
@@ -210,6 +216,8 @@ impl UaCache {
     }
 }
 
+/// One rule, validated. Its conditions are evaluated by the [`RuleTable`]
+/// it is part of.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
@@ -218,8 +226,6 @@ pub struct Rule {
     pub percent_bp: u32,
     path_prefix: Option<String>,
     header: Option<(HeaderName, HeaderValue)>,
-    /// The header's bit in the app's per-request presence mask, if any.
-    header_slot: Option<u8>,
     cookie: Option<(String, String)>,
     client_ip: Option<Vec<IpNet>>,
     user_agent: Option<Regex>,
@@ -323,96 +329,10 @@ impl Rule {
             percent_bp: (percent * 100.0).round() as u32,
             path_prefix: spec.path_prefix.clone(),
             header,
-            header_slot: None,
             cookie,
             client_ip,
             user_agent,
         })
-    }
-
-    /// Give the rule's header condition a bit among the app's `names`, so
-    /// that one pass over the request's names (see [`header_presence`])
-    /// answers "absent" without a lookup per rule.
-    pub fn assign_header_slot(&mut self, names: &mut Vec<HeaderName>) {
-        let Some((name, _)) = &self.header else {
-            return;
-        };
-        let i = names.iter().position(|n| n == name).unwrap_or_else(|| {
-            names.push(name.clone());
-            names.len() - 1
-        });
-        self.header_slot = u8::try_from(i).ok().filter(|i| *i < 64);
-    }
-
-    /// Does every condition hold? A rule with no condition matches all.
-    /// `rule_set` and `index` identify the rule for the user-agent memory;
-    /// `present(slot)` says whether a header with that slot is in the
-    /// request at all.
-    pub fn matches(
-        &self,
-        req: &RequestView<'_>,
-        rule_set: u64,
-        index: usize,
-        present: &dyn Fn(u8) -> bool,
-    ) -> bool {
-        if let Some(p) = &self.path_prefix {
-            if !req.path.starts_with(p.as_str()) {
-                return false;
-            }
-        }
-        if let Some((name, value)) = &self.header {
-            if self.header_slot.is_some_and(|slot| !present(slot)) {
-                return false;
-            }
-            if !req.headers.get_all(name).iter().any(|v| v == value) {
-                return false;
-            }
-        }
-        if let Some((name, value)) = &self.cookie {
-            if req.cookie_bytes(name) != Some(value.as_bytes()) {
-                return false;
-            }
-        }
-        if let Some(nets) = &self.client_ip {
-            let ip = canonical_ip(req.client_ip);
-            if !nets.iter().any(|n| n.contains(&ip)) {
-                return false;
-            }
-        }
-        if let Some(re) = &self.user_agent {
-            let ua = req.user_agent();
-            let hit = match req.ua_cache {
-                Some(cache) => cache.verdict(rule_set, index, ua, re),
-                None => re.is_match(std::str::from_utf8(ua).unwrap_or("")),
-            };
-            if !hit {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// Bit i set: a header named `names[i]` is in `headers`. One pass over the
-/// request's names; standard names compare by tag, custom ones by bytes.
-pub fn header_presence(headers: &HeaderMap, names: &[HeaderName]) -> u64 {
-    let mut bits = 0u64;
-    for key in headers.keys() {
-        for (i, n) in names.iter().enumerate().take(64) {
-            if key == n {
-                bits |= 1 << i;
-            }
-        }
-    }
-    bits
-}
-
-/// An IPv4 client seen through a dual-stack socket (`::ffff:a.b.c.d`) is
-/// matched as IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 
@@ -420,6 +340,274 @@ fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A client address as the network tests see it: IPv4 (including IPv4
+/// seen through a dual-stack socket, `::ffff:a.b.c.d`) or IPv6, as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IpKey {
+    v4: bool,
+    bits: u128,
+}
+
+impl IpKey {
+    fn of(ip: IpAddr) -> IpKey {
+        match ip {
+            IpAddr::V4(v4) => IpKey {
+                v4: true,
+                bits: u128::from(u32::from(v4)),
+            },
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpKey::of(IpAddr::V4(v4)),
+                None => IpKey {
+                    v4: false,
+                    bits: u128::from(v6),
+                },
+            },
+        }
+    }
+}
+
+/// One network test: `(addr & mask) == net` within one address family.
+#[derive(Debug, Clone)]
+struct NetTest {
+    net: IpKey,
+    mask: u128,
+    rules: u64,
+}
+
+impl NetTest {
+    fn new(net: &IpNet, rules: u64) -> NetTest {
+        let (net, mask) = match net {
+            IpNet::V4(n) => (
+                IpKey::of(IpAddr::V4(n.network())),
+                u128::from(u32::from(n.netmask())),
+            ),
+            IpNet::V6(n) => (
+                IpKey {
+                    v4: false,
+                    bits: u128::from(n.network()),
+                },
+                u128::from(n.netmask()),
+            ),
+        };
+        NetTest { net, mask, rules }
+    }
+
+    fn contains(&self, ip: IpKey) -> bool {
+        ip.v4 == self.net.v4 && ip.bits & self.mask == self.net.bits
+    }
+}
+
+/// Up to 64 consecutive rules, with each kind of condition gathered into
+/// one list of tests; every test carries the bits of the rules it serves.
+#[derive(Debug, Default)]
+struct Chunk {
+    /// Index of the chunk's first rule in the table.
+    base: usize,
+    all: u64,
+    /// Distinct path prefixes.
+    paths: Vec<(Box<str>, u64)>,
+    path_rules: u64,
+    /// `(header name slot, value)`.
+    headers: Vec<(usize, HeaderValue, u64)>,
+    header_rules: u64,
+    /// `(cookie name slot, value)`.
+    cookies: Vec<(usize, Box<[u8]>, u64)>,
+    cookie_rules: u64,
+    nets: Vec<NetTest>,
+    net_rules: u64,
+    user_agent: u64,
+}
+
+/// The rules of one app, compiled for evaluation by condition kind.
+#[derive(Debug)]
+pub struct RuleTable {
+    rules: Vec<Rule>,
+    /// Unique per table, for the per-connection user-agent memory.
+    id: u64,
+    /// The cookies the app asks about: the sticky cookie first (if any),
+    /// then the rules' cookie names.
+    cookie_names: Vec<Box<[u8]>>,
+    /// The header names the rules test, in slot order.
+    header_names: Vec<HeaderName>,
+    /// Bit `n` set: a name in `header_names` is `n` bytes long (63: longer).
+    header_lens: u64,
+    chunks: Vec<Chunk>,
+}
+
+static NEXT_TABLE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Position of `item` in `list`, appending it if new.
+fn slot_of<T: PartialEq>(list: &mut Vec<T>, item: T) -> usize {
+    list.iter().position(|x| *x == item).unwrap_or_else(|| {
+        list.push(item);
+        list.len() - 1
+    })
+}
+
+impl RuleTable {
+    /// Compile `rules` (in priority order). `sticky_cookie` is the app's
+    /// sticky cookie name, looked up in the same pass as the rules' cookies.
+    pub fn new(rules: Vec<Rule>, sticky_cookie: Option<&str>) -> RuleTable {
+        let mut cookie_names: Vec<Box<[u8]>> = Vec::new();
+        if let Some(name) = sticky_cookie {
+            cookie_names.push(name.as_bytes().into());
+        }
+        let mut header_names = Vec::new();
+        let mut chunks = Vec::new();
+        for (base, group) in (0..).step_by(64).zip(rules.chunks(64)) {
+            let mut c = Chunk {
+                base,
+                ..Chunk::default()
+            };
+            for (i, rule) in group.iter().enumerate() {
+                let bit = 1u64 << i;
+                c.all |= bit;
+                if let Some(p) = &rule.path_prefix {
+                    c.path_rules |= bit;
+                    match c.paths.iter_mut().find(|(q, _)| **q == **p) {
+                        Some((_, bits)) => *bits |= bit,
+                        None => c.paths.push((p.as_str().into(), bit)),
+                    }
+                }
+                if let Some((name, value)) = &rule.header {
+                    c.header_rules |= bit;
+                    let slot = slot_of(&mut header_names, name.clone());
+                    c.headers.push((slot, value.clone(), bit));
+                }
+                if let Some((name, value)) = &rule.cookie {
+                    c.cookie_rules |= bit;
+                    let slot = slot_of(&mut cookie_names, name.as_bytes().into());
+                    c.cookies.push((slot, value.as_bytes().into(), bit));
+                }
+                if let Some(nets) = &rule.client_ip {
+                    c.net_rules |= bit;
+                    c.nets.extend(nets.iter().map(|n| NetTest::new(n, bit)));
+                }
+                if rule.user_agent.is_some() {
+                    c.user_agent |= bit;
+                }
+            }
+            chunks.push(c);
+        }
+        let header_lens = header_names
+            .iter()
+            .fold(0u64, |m, n| m | 1 << n.as_str().len().min(63));
+        RuleTable {
+            rules,
+            id: NEXT_TABLE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            cookie_names,
+            header_names,
+            header_lens,
+            chunks,
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The cookie names a [`CookieJar`] for this table records; slot 0 is
+    /// the sticky cookie when the table was given one.
+    pub fn cookie_names(&self) -> &[Box<[u8]>] {
+        &self.cookie_names
+    }
+
+    /// The first rule (in order) whose conditions all hold.
+    pub fn first_match(&self, req: &RequestView<'_>, jar: &CookieJar<'_>) -> Option<&Rule> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let present = self.header_presence(req.headers);
+        let ip = IpKey::of(req.client_ip);
+        for c in &self.chunks {
+            let mut ok = c.all;
+            if c.path_rules & ok != 0 {
+                let pass = c
+                    .paths
+                    .iter()
+                    .filter(|(p, _)| req.path.starts_with(&**p))
+                    .fold(0, |m, (_, bits)| m | bits);
+                ok &= !c.path_rules | pass;
+            }
+            if c.net_rules & ok != 0 {
+                let pass = c
+                    .nets
+                    .iter()
+                    .filter(|t| t.contains(ip))
+                    .fold(0, |m, t| m | t.rules);
+                ok &= !c.net_rules | pass;
+            }
+            if c.cookie_rules & ok != 0 {
+                let pass = c
+                    .cookies
+                    .iter()
+                    .filter(|(slot, value, _)| {
+                        jar.get(*slot, &self.cookie_names[*slot]) == Some(&**value)
+                    })
+                    .fold(0, |m, (_, _, bits)| m | bits);
+                ok &= !c.cookie_rules | pass;
+            }
+            if c.header_rules & ok != 0 {
+                let pass = c
+                    .headers
+                    .iter()
+                    .filter(|(slot, value, _)| {
+                        (*slot >= 64 || present & (1 << slot) != 0)
+                            && req
+                                .headers
+                                .get_all(&self.header_names[*slot])
+                                .iter()
+                                .any(|v| v == value)
+                    })
+                    .fold(0, |m, (_, _, bits)| m | bits);
+                ok &= !c.header_rules | pass;
+            }
+            while ok != 0 {
+                let i = ok.trailing_zeros() as usize;
+                ok &= ok - 1;
+                let rule = &self.rules[c.base + i];
+                if c.user_agent & (1 << i) != 0 && !self.user_agent_matches(c.base + i, req) {
+                    continue;
+                }
+                return Some(rule);
+            }
+        }
+        None
+    }
+
+    fn user_agent_matches(&self, index: usize, req: &RequestView<'_>) -> bool {
+        let Some(re) = &self.rules[index].user_agent else {
+            return true;
+        };
+        let ua = req.user_agent();
+        match req.ua_cache {
+            Some(cache) => cache.verdict(self.id, index, ua, re),
+            None => re.is_match(ua),
+        }
+    }
+
+    /// Bit i set: a header named `header_names[i]` is in `headers`. One
+    /// pass over the request's names; only names of a length some rule
+    /// tests are compared.
+    fn header_presence(&self, headers: &HeaderMap) -> u64 {
+        if self.header_names.is_empty() {
+            return 0;
+        }
+        let mut bits = 0u64;
+        for key in headers.keys() {
+            if self.header_lens & (1 << key.as_str().len().min(63)) == 0 {
+                continue;
+            }
+            for (i, n) in self.header_names.iter().enumerate().take(64) {
+                if key == n {
+                    bits |= 1 << i;
+                }
+            }
+        }
+        bits
+    }
 }
 
 #[cfg(test)]
@@ -440,59 +628,90 @@ mod tests {
         }
     }
 
-    fn view<'a>(headers: &'a HeaderMap, path: &'a str, ip: &str) -> RequestView<'a> {
-        RequestView::new(path, headers, ip.parse().unwrap(), None)
+    fn table(specs: &[RuleSpec]) -> RuleTable {
+        RuleTable::new(
+            specs.iter().map(|s| Rule::compile(s).unwrap()).collect(),
+            Some("cutover"),
+        )
+    }
+
+    /// The name of the first matching rule.
+    fn first(t: &RuleTable, h: &HeaderMap, path: &str, ip: &str) -> Option<String> {
+        let view = RequestView::new(path, h, ip.parse().unwrap(), None);
+        let jar = CookieJar::new(h, t.cookie_names());
+        t.first_match(&view, &jar).map(|r| r.name.clone())
     }
 
     #[test]
-    fn cookie_is_found_among_several() {
+    fn cookies_are_found_among_several() {
         let mut h = HeaderMap::new();
         h.insert("cookie", "a=1; cutover=xyz; b=2".parse().unwrap());
         assert_eq!(find_cookie(&h, "cutover"), Some("xyz"));
         assert_eq!(find_cookie(&h, "cut"), None);
         assert_eq!(find_cookie(&h, "b"), Some("2"));
         assert_eq!(find_cookie(&h, "a"), Some("1"));
+        let names: Vec<Box<[u8]>> = ["cutover", "cut", "b", "q", "x"]
+            .iter()
+            .map(|n| n.as_bytes().into())
+            .collect();
+        let jar = CookieJar::new(&h, &names);
+        assert_eq!(jar.get(0, b"cutover"), Some(&b"xyz"[..]));
+        assert_eq!(jar.get(1, b"cut"), None);
+        assert_eq!(jar.get(2, b"b"), Some(&b"2"[..]));
         h.insert("cookie", "q=\"quoted\" ;x=".parse().unwrap());
         assert_eq!(find_cookie(&h, "q"), Some("quoted"));
         assert_eq!(find_cookie(&h, "x"), None);
-        let v = RequestView::new("/", &h, "127.0.0.1".parse().unwrap(), None);
-        assert_eq!(v.cookie("q"), Some("quoted"));
-        assert_eq!(v.cookie("x"), None);
-        let mut many = HeaderMap::new();
-        let field: Vec<String> = (0..40).map(|i| format!("c{i}=v{i}")).collect();
-        many.insert("cookie", field.join("; ").parse().unwrap());
-        let v = RequestView::new("/", &many, "127.0.0.1".parse().unwrap(), None);
-        assert_eq!(v.cookie("c3"), Some("v3"));
-        assert_eq!(
-            v.cookie("c39"),
-            Some("v39"),
-            "past the indexed pairs, lookups scan"
-        );
+        let jar = CookieJar::new(&h, &names);
+        assert_eq!(jar.get(3, b"q"), Some(&b"quoted"[..]));
+        assert_eq!(jar.get(4, b"x"), None, "an empty value is absent");
+
         let mut split = HeaderMap::new();
-        split.append("cookie", "a=1".parse().unwrap());
-        split.append("cookie", "b=2".parse().unwrap());
-        let v = RequestView::new("/", &split, "127.0.0.1".parse().unwrap(), None);
-        assert_eq!((v.cookie("a"), v.cookie("b")), (Some("1"), Some("2")));
+        split.append("cookie", "a=1; b=2".parse().unwrap());
+        split.append("cookie", "b=3; c=4".parse().unwrap());
+        let many: Vec<Box<[u8]>> = (0..12)
+            .map(|i| format!("n{i}").into_bytes().into())
+            .chain(["b", "c"].iter().map(|n| n.as_bytes().into()))
+            .collect();
+        let jar = CookieJar::new(&split, &many);
+        assert_eq!(
+            (jar.get(12, b"b"), jar.get(13, b"c")),
+            (Some(&b"2"[..]), Some(&b"4"[..])),
+            "past the recorded slots, lookups scan every field; the first pair wins"
+        );
+        let jar = CookieJar::new(&split, &many[12..]);
+        assert_eq!(
+            (jar.get(0, b"b"), jar.get(1, b"c")),
+            (Some(&b"2"[..]), Some(&b"4"[..]))
+        );
     }
 
     #[test]
-    fn user_agent_verdicts_are_remembered_per_rule_set_and_agent() {
+    fn user_agent_verdicts_are_remembered_per_table_and_agent() {
         let mut s = spec("mobile");
         s.user_agent = Some("(?i)iphone".into());
         let rule = Rule::compile(&s).unwrap();
+        let (t1, t2) = (
+            RuleTable::new(vec![rule.clone()], None),
+            RuleTable::new(vec![rule], None),
+        );
         let cache = UaCache::default();
         let mut iphone = HeaderMap::new();
         iphone.insert("user-agent", "Mozilla (iPhone)".parse().unwrap());
         let mut desktop = HeaderMap::new();
         desktop.insert("user-agent", "Mozilla (X11)".parse().unwrap());
-        let v = |h: &HeaderMap, set| {
+        let hit = |t: &RuleTable, h: &HeaderMap| {
             let view = RequestView::new("/", h, "127.0.0.1".parse().unwrap(), Some(&cache));
-            rule.matches(&view, set, 3, &|_| true)
+            t.first_match(&view, &CookieJar::new(h, &[])).is_some()
         };
-        assert!(v(&iphone, 1));
-        assert!(v(&iphone, 1));
-        assert!(!v(&desktop, 1), "a new user agent is evaluated afresh");
-        assert!(v(&iphone, 2), "a new rule set is evaluated afresh");
+        assert!(hit(&t1, &iphone));
+        assert!(hit(&t1, &iphone));
+        assert_eq!(cache.entry.borrow().known, 1);
+        assert!(!hit(&t1, &desktop), "a new user agent is evaluated afresh");
+        assert!(hit(&t2, &iphone), "a new table is evaluated afresh");
+        assert!(
+            !hit(&t2, &HeaderMap::new()),
+            "no user agent matches nothing"
+        );
     }
 
     #[test]
@@ -504,19 +723,30 @@ mod tests {
         });
         s.path_prefix = Some("/beta".into());
         s.client_ip = Some(vec!["192.0.2.0/24".into()]);
-        let rule = Rule::compile(&s).unwrap();
+        let t = table(&[s]);
         let mut h = HeaderMap::new();
         h.insert("x-preview", "yes".parse().unwrap());
-        assert!(rule.matches(&view(&h, "/beta/x", "192.0.2.7"), 0, 0, &|_| true));
-        assert!(rule.matches(&view(&h, "/beta/x", "::ffff:192.0.2.7"), 0, 0, &|_| true));
-        assert!(!rule.matches(&view(&h, "/alpha", "192.0.2.7"), 0, 0, &|_| true));
-        assert!(!rule.matches(&view(&h, "/beta", "198.51.100.1"), 0, 0, &|_| true));
-        assert!(!rule.matches(
-            &view(&HeaderMap::new(), "/beta", "192.0.2.7"),
-            0,
-            0,
-            &|_| true
-        ));
+        let r = Some("r".to_string());
+        assert_eq!(first(&t, &h, "/beta/x", "192.0.2.7"), r);
+        assert_eq!(first(&t, &h, "/beta/x", "::ffff:192.0.2.7"), r);
+        assert_eq!(first(&t, &h, "/alpha", "192.0.2.7"), None);
+        assert_eq!(first(&t, &h, "/beta", "198.51.100.1"), None);
+        assert_eq!(first(&t, &HeaderMap::new(), "/beta", "192.0.2.7"), None);
+    }
+
+    #[test]
+    fn networks_keep_to_their_family() {
+        let mut any6 = spec("any6");
+        any6.client_ip = Some(vec!["::/0".into()]);
+        let mut v4 = spec("v4");
+        v4.client_ip = Some(vec!["10.0.0.0/8".into(), "192.0.2.1".into()]);
+        let t = table(&[any6, v4]);
+        let h = HeaderMap::new();
+        assert_eq!(first(&t, &h, "/", "10.9.8.7").as_deref(), Some("v4"));
+        assert_eq!(first(&t, &h, "/", "::ffff:10.9.8.7").as_deref(), Some("v4"));
+        assert_eq!(first(&t, &h, "/", "192.0.2.1").as_deref(), Some("v4"));
+        assert_eq!(first(&t, &h, "/", "192.0.2.2"), None);
+        assert_eq!(first(&t, &h, "/", "2001:db8::1").as_deref(), Some("any6"));
     }
 
     #[test]
@@ -532,36 +762,161 @@ mod tests {
     }
 
     #[test]
-    fn header_rules_share_slots_and_absent_headers_fail_fast() {
+    fn header_rules_share_slots_and_compare_every_value() {
         let mk = |name: &str, header: &str, value: &str| {
             let mut s = spec(name);
             s.header = Some(NameValue {
                 name: header.into(),
                 value: value.into(),
             });
-            Rule::compile(&s).unwrap()
+            s
         };
-        let mut rules = vec![
+        let t = table(&[
             mk("a1", "x-a", "1"),
             mk("b", "x-b", "1"),
             mk("a2", "X-A", "2"),
-        ];
-        let mut names = Vec::new();
-        for r in &mut rules {
-            r.assign_header_slot(&mut names);
-        }
-        assert_eq!(names.len(), 2, "x-a is one slot whatever its case");
+        ]);
+        assert_eq!(t.header_names.len(), 2, "x-a is one slot whatever its case");
         let mut h = HeaderMap::new();
         h.insert("x-a", "2".parse().unwrap());
-        let bits = header_presence(&h, &names);
-        assert_eq!(bits, 0b01);
-        let present = |slot: u8| bits & (1 << slot) != 0;
-        let v = view(&h, "/", "127.0.0.1");
-        assert!(
-            !rules[0].matches(&v, 0, 0, &present),
-            "present, other value"
-        );
-        assert!(!rules[1].matches(&v, 0, 1, &present), "absent");
-        assert!(rules[2].matches(&v, 0, 2, &present));
+        assert_eq!(t.header_presence(&h), 0b01);
+        assert_eq!(first(&t, &h, "/", "127.0.0.1").as_deref(), Some("a2"));
+        h.append("x-a", "1".parse().unwrap());
+        assert_eq!(first(&t, &h, "/", "127.0.0.1").as_deref(), Some("a1"));
+        let mut b = HeaderMap::new();
+        b.insert("x-b", "1".parse().unwrap());
+        assert_eq!(first(&t, &b, "/", "127.0.0.1").as_deref(), Some("b"));
+    }
+
+    /// The same rules walked one by one, condition by condition: what the
+    /// table must agree with.
+    fn first_by_walking(specs: &[RuleSpec], req: &RequestView<'_>, ua: &Regex) -> Option<String> {
+        let ip = match req.client_ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(req.client_ip),
+            v4 => v4,
+        };
+        specs
+            .iter()
+            .find(|s| {
+                s.path_prefix
+                    .as_ref()
+                    .is_none_or(|p| req.path.starts_with(p.as_str()))
+                    && s.header.as_ref().is_none_or(|h| {
+                        req.headers
+                            .get_all(h.name.as_str())
+                            .iter()
+                            .any(|v| v.as_bytes() == h.value.as_bytes())
+                    })
+                    && s.cookie
+                        .as_ref()
+                        .is_none_or(|c| find_cookie(req.headers, &c.name) == Some(&c.value))
+                    && s.client_ip
+                        .as_ref()
+                        .is_none_or(|nets| nets.iter().any(|n| parse_net(n).unwrap().contains(&ip)))
+                    && s.user_agent
+                        .as_ref()
+                        .is_none_or(|_| ua.is_match(req.user_agent()))
+            })
+            .map(|s| s.name.clone())
+    }
+
+    #[test]
+    fn the_table_agrees_with_walking_the_rules() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let pick =
+            |rng: &mut fastrand::Rng, list: &[&str]| list[rng.usize(..list.len())].to_string();
+        let paths = ["/", "/beta", "/beta/x", "/checkout/v2/pay", "/api"];
+        let hnames = ["x-a", "x-b", "accept-language", "x-long-header-name"];
+        let values = ["1", "2", "yes"];
+        let cnames = ["beta", "qa", "cutover", "c3"];
+        let nets = [
+            "10.0.0.0/8",
+            "192.0.2.0/24",
+            "2001:db8::/32",
+            "::/0",
+            "0.0.0.0/0",
+        ];
+        let ips = [
+            "10.1.2.3",
+            "192.0.2.9",
+            "::ffff:192.0.2.9",
+            "2001:db8::7",
+            "203.0.113.1",
+        ];
+        let uas = ["Mozilla (iPhone)", "Mozilla (X11)", "curl/8"];
+        let ua_re = "(?i)iphone|android";
+        let compiled_ua = Regex::new(ua_re).unwrap();
+        for round in 0..40 {
+            // Up to 150 rules: several 64-rule chunks.
+            let n = if round % 4 == 0 {
+                150
+            } else {
+                1 + rng.usize(..12)
+            };
+            let specs: Vec<RuleSpec> = (0..n)
+                .map(|i| {
+                    let mut s = spec(&format!("r{i}"));
+                    // Mostly one or two conditions, sometimes none.
+                    for _ in 0..rng.usize(..3) {
+                        match rng.usize(..5) {
+                            0 => s.path_prefix = Some(pick(&mut rng, &paths)),
+                            1 => {
+                                s.header = Some(NameValue {
+                                    name: pick(&mut rng, &hnames),
+                                    value: pick(&mut rng, &values),
+                                })
+                            }
+                            2 => {
+                                s.cookie = Some(NameValue {
+                                    name: pick(&mut rng, &cnames),
+                                    value: pick(&mut rng, &values),
+                                })
+                            }
+                            3 => {
+                                s.client_ip =
+                                    Some(vec![pick(&mut rng, &nets), pick(&mut rng, &nets)])
+                            }
+                            _ => s.user_agent = Some(ua_re.into()),
+                        }
+                    }
+                    if n > 12 && i < n - 3 && s.user_agent.is_none() && s.client_ip.is_none() {
+                        // Keep most of a long list from matching everything.
+                        s.cookie = Some(NameValue {
+                            name: pick(&mut rng, &cnames),
+                            value: "never".into(),
+                        });
+                    }
+                    s
+                })
+                .collect();
+            let t = table(&specs);
+            let cache = UaCache::default();
+            for _ in 0..200 {
+                let mut h = HeaderMap::new();
+                for _ in 0..rng.usize(..4) {
+                    h.append(
+                        HeaderName::from_bytes(pick(&mut rng, &hnames).as_bytes()).unwrap(),
+                        pick(&mut rng, &values).parse().unwrap(),
+                    );
+                }
+                let cookies: Vec<String> = (0..rng.usize(..4))
+                    .map(|_| format!("{}={}", pick(&mut rng, &cnames), pick(&mut rng, &values)))
+                    .collect();
+                if !cookies.is_empty() {
+                    h.append("cookie", cookies.join("; ").parse().unwrap());
+                }
+                h.insert("user-agent", pick(&mut rng, &uas).parse().unwrap());
+                let path = pick(&mut rng, &paths);
+                let ip = pick(&mut rng, &ips).parse().unwrap();
+                let with_cache = rng.bool().then_some(&cache);
+                let view = RequestView::new(&path, &h, ip, with_cache);
+                let jar = CookieJar::new(&h, t.cookie_names());
+                assert_eq!(
+                    t.first_match(&view, &jar).map(|r| r.name.clone()),
+                    first_by_walking(&specs, &view, &compiled_ua),
+                    "round {round}, {path} from {ip}, headers {h:?}"
+                );
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::rule::{header_presence, RequestView, Rule};
+use super::rule::{CookieJar, RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use super::Decision;
 use crate::config::{
@@ -300,25 +300,12 @@ pub struct App {
     pub state: AppState,
     pub drain_timeout: Option<Duration>,
     /// Compiled `state.rules`.
-    pub rules: Vec<Rule>,
+    pub rules: RuleTable,
     /// `[blue, green]`.
     pub pools: [Arc<Pool>; 2],
     standby_bp: u32,
     /// A partial split or a partial rule is in force: new users get a cookie.
     set_cookie: bool,
-    /// Unique per compiled rule list, for per-connection verdict memory.
-    rule_set: u64,
-    /// The header names the rules test, in slot order.
-    rule_headers: Vec<http::HeaderName>,
-}
-
-/// Give every header rule its presence bit; the names in bit order.
-fn slot_headers(mut rules: Vec<Rule>) -> (Vec<Rule>, Vec<http::HeaderName>) {
-    let mut names = Vec::new();
-    for r in &mut rules {
-        r.assign_header_slot(&mut names);
-    }
-    (rules, names)
 }
 
 /// What an app is besides its runtime state: fixed by the config.
@@ -336,12 +323,16 @@ impl App {
     /// (errors keyed `apps.NAME.rules[i]…`).
     fn assemble(shape: Shape, state: AppState) -> Result<App, Vec<String>> {
         let compiled = compile_rules(&format!("apps.{}", shape.name), &state.rules)?;
-        let (rules, rule_headers) = slot_headers(compiled);
+        let sticky_cookie = match &shape.sticky {
+            Sticky::Cookie(name) => Some(name.as_str()),
+            _ => None,
+        };
+        let rules = RuleTable::new(compiled, sticky_cookie);
         let standby_bp = (state.standby_percent * 100.0)
             .round()
             .clamp(0.0, BUCKETS as f64) as u32;
         let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS)
-            || rules.iter().any(|r| r.percent_bp < BUCKETS);
+            || rules.rules().iter().any(|r| r.percent_bp < BUCKETS);
         Ok(App {
             name: shape.name,
             hosts: shape.hosts,
@@ -353,16 +344,8 @@ impl App {
             pools: shape.pools,
             standby_bp,
             set_cookie,
-            rule_set: next_rule_set(),
-            rule_headers,
         })
     }
-}
-
-static NEXT_RULE_SET: AtomicU64 = AtomicU64::new(1);
-
-fn next_rule_set() -> u64 {
-    NEXT_RULE_SET.fetch_add(1, Relaxed)
 }
 
 impl App {
@@ -375,40 +358,52 @@ impl App {
     pub fn receives_traffic(&self, color: Color) -> bool {
         color == self.state.live
             && (self.standby_bp < BUCKETS
-                || self.rules.iter().any(|r| r.to == color && r.percent_bp > 0))
+                || self
+                    .rules
+                    .rules()
+                    .iter()
+                    .any(|r| r.to == color && r.percent_bp > 0))
             || color != self.state.live
                 && (self.standby_bp > 0
-                    || self.rules.iter().any(|r| r.to == color && r.percent_bp > 0))
+                    || self
+                        .rules
+                        .rules()
+                        .iter()
+                        .any(|r| r.to == color && r.percent_bp > 0))
     }
 
     /// SPEC §4 steps 2–4: the rules, then the split, with the sticky bucket
     /// computed only if a partial rule or split needs it.
     pub fn decide(&self, req: &RequestView<'_>) -> Decision {
-        let mut new_cookie = None;
-        if self.set_cookie {
-            if let Sticky::Cookie(name) = &self.sticky {
-                if req.cookie_bytes(name).is_none() {
-                    new_cookie = Some(CookieId::random());
-                }
-            }
-        }
-        let mut bucket = None;
-        let mut bucket = || *bucket.get_or_insert_with(|| self.bucket(req, new_cookie));
-        let presence = std::cell::OnceCell::new();
-        let present = |slot: u8| {
-            presence.get_or_init(|| header_presence(req.headers, &self.rule_headers))
-                & (1u64 << slot)
-                != 0
+        let jar = CookieJar::new(req.headers, self.rules.cookie_names());
+        // Slot 0 of the jar is the sticky cookie (see `RuleTable::new`).
+        let sticky_cookie = match &self.sticky {
+            Sticky::Cookie(name) => jar.get(0, name.as_bytes()),
+            _ => None,
         };
-        for (i, rule) in self.rules.iter().enumerate() {
-            if rule.matches(req, self.rule_set, i, &present) {
-                if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
-                    return Decision {
-                        color: rule.to,
-                        new_cookie,
-                    };
-                }
-                break;
+        let new_cookie = (self.set_cookie
+            && sticky_cookie.is_none()
+            && matches!(self.sticky, Sticky::Cookie(_)))
+        .then(CookieId::random);
+        let mut memo = None;
+        let mut bucket = || {
+            *memo.get_or_insert_with(|| match (&self.sticky, sticky_cookie, new_cookie) {
+                (Sticky::Cookie(_), Some(v), _) => sticky::bucket(v),
+                (Sticky::Cookie(_), None, Some(id)) => id.bucket(),
+                (Sticky::Header(name), ..) => match req.headers.get(name) {
+                    Some(v) => sticky::bucket(v.as_bytes()),
+                    None => sticky::random_bucket(),
+                },
+                (Sticky::Ip, ..) => sticky::ip_bucket(req.client_ip),
+                _ => sticky::random_bucket(),
+            })
+        };
+        if let Some(rule) = self.rules.first_match(req, &jar) {
+            if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
+                return Decision {
+                    color: rule.to,
+                    new_cookie,
+                };
             }
         }
         let color = match self.standby_bp {
@@ -418,22 +413,6 @@ impl App {
             _ => self.state.live,
         };
         Decision { color, new_cookie }
-    }
-
-    fn bucket(&self, req: &RequestView<'_>, new_cookie: Option<CookieId>) -> u32 {
-        match &self.sticky {
-            Sticky::Cookie(name) => match (req.cookie_bytes(name), new_cookie) {
-                (Some(v), _) => sticky::bucket(v),
-                (None, Some(id)) => id.bucket(),
-                (None, None) => sticky::random_bucket(),
-            },
-            Sticky::Header(name) => match req.headers.get(name) {
-                Some(v) => sticky::bucket(v.as_bytes()),
-                None => sticky::random_bucket(),
-            },
-            Sticky::Ip => sticky::ip_bucket(req.client_ip),
-            Sticky::None => sticky::random_bucket(),
-        }
     }
 }
 
@@ -644,8 +623,11 @@ fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> Option<&'a str> 
     let host = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        match host.rfind(':') {
-            Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        // `name:digits` → `name`, by a scan from the end (ports are short).
+        let b = host.as_bytes();
+        let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        match b.len().checked_sub(digits + 1) {
+            Some(colon) if b[colon] == b':' => &host[..colon],
             _ => host,
         }
     };
@@ -686,5 +668,11 @@ mod tests {
         assert_eq!(normalize_host("[::1]:80", &mut b), Some("::1"));
         let mut b = [0u8; 256];
         assert_eq!(normalize_host("example.com.", &mut b), Some("example.com"));
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("example.com:", &mut b), Some("example.com"));
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("80", &mut b), Some("80"));
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host(":80", &mut b), None);
     }
 }
