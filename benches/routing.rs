@@ -68,7 +68,7 @@ fn bench(c: &mut Criterion) {
     });
 
     c.bench_function("route/whole_decision_returning_user_same_connection", |b| {
-        let cache = cutover::route::rule::UaCache::default();
+        let cache = cutover::route::rule::ConnMemo::default();
         b.iter(|| {
             let app = snap
                 .find_app(black_box("shop.example.com"), black_box("/products/42"))

@@ -15,7 +15,7 @@ use super::handler;
 use super::headers::client_value;
 use super::io::{ConnState, TimedIo};
 use super::Worker;
-use crate::route::rule::UaCache;
+use crate::route::rule::ConnMemo;
 
 /// What every request on one client connection shares.
 pub struct ConnInfo {
@@ -24,8 +24,8 @@ pub struct ConnInfo {
     pub client_value: HeaderValue,
     pub tls: bool,
     pub state: Arc<ConnState>,
-    /// User-agent rule verdicts for this connection's requests.
-    pub ua_cache: UaCache,
+    /// What routing remembers of this connection's earlier requests.
+    pub memo: ConnMemo,
 }
 
 /// Accept until shutdown. `max_connections` is a semaphore shared by all
@@ -74,7 +74,7 @@ fn conn_info(worker: &Worker, peer: SocketAddr, tls: bool) -> (Rc<ConnInfo>, Dur
         client_value: client_value(peer.ip()),
         tls,
         state: Arc::new(ConnState::default()),
-        ua_cache: UaCache::default(),
+        memo: ConnMemo::default(),
     });
     (
         info,

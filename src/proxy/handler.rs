@@ -75,7 +75,7 @@ async fn forward(
         req.uri().path(),
         req.headers(),
         conn.peer.ip(),
-        Some(&conn.ua_cache),
+        Some(&conn.memo),
     );
     let decision = app.decide(&view);
     let pool = app.pool(decision.color).clone();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::rule::{CookieJar, RequestView, RuleTable};
+use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use super::Decision;
 use crate::config::{
@@ -375,10 +375,10 @@ impl App {
     /// SPEC §4 steps 2–4: the rules, then the split, with the sticky bucket
     /// computed only if a partial rule or split needs it.
     pub fn decide(&self, req: &RequestView<'_>) -> Decision {
-        let jar = CookieJar::new(req.headers, self.rules.cookie_names());
+        let scan = self.rules.scan(req);
         // Slot 0 of the jar is the sticky cookie (see `RuleTable::new`).
         let sticky_cookie = match &self.sticky {
-            Sticky::Cookie(name) => jar.get(0, name.as_bytes()),
+            Sticky::Cookie(name) => scan.cookies.get(0, name.as_bytes()),
             _ => None,
         };
         let new_cookie = (self.set_cookie
@@ -388,7 +388,10 @@ impl App {
         let mut memo = None;
         let mut bucket = || {
             *memo.get_or_insert_with(|| match (&self.sticky, sticky_cookie, new_cookie) {
-                (Sticky::Cookie(_), Some(v), _) => sticky::bucket(v),
+                (Sticky::Cookie(_), Some(v), _) => scan
+                    .cookies
+                    .sticky_bucket()
+                    .unwrap_or_else(|| sticky::bucket(v)),
                 (Sticky::Cookie(_), None, Some(id)) => id.bucket(),
                 (Sticky::Header(name), ..) => match req.headers.get(name) {
                     Some(v) => sticky::bucket(v.as_bytes()),
@@ -398,7 +401,7 @@ impl App {
                 _ => sticky::random_bucket(),
             })
         };
-        if let Some(rule) = self.rules.first_match(req, &jar) {
+        if let Some(rule) = self.rules.first_match(req, &scan) {
             if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
                 return Decision {
                     color: rule.to,
@@ -423,12 +426,50 @@ pub struct Snapshot {
     pub epoch: u64,
     pub apps: Vec<Arc<App>>,
     pub settings: Arc<Settings>,
-    /// Host → apps, longest prefix first. FNV: the keys are a few short
-    /// host names fixed at build time, where SipHash's DoS resistance buys
-    /// nothing and costs a hash per request.
-    exact: FnvHashMap<String, Vec<u32>>,
-    wildcard: FnvHashMap<String, Vec<u32>>,
+    /// Host → apps, longest prefix first.
+    exact: HostTable,
+    wildcard: HostTable,
     catch_all: Vec<u32>,
+}
+
+/// Host names → apps. A handful of names are compared one by one (the
+/// length check rejects most without reading them), which costs less than
+/// hashing the request's host; more go through an FNV map (the keys are
+/// fixed at build time, so SipHash's DoS resistance buys nothing).
+#[derive(Debug, Default)]
+struct HostTable {
+    few: Vec<(Box<str>, Vec<u32>)>,
+    many: FnvHashMap<String, Vec<u32>>,
+}
+
+/// Up to this many names, [`HostTable`] compares instead of hashing.
+const FEW_HOSTS: usize = 8;
+
+impl HostTable {
+    fn new(map: FnvHashMap<String, Vec<u32>>) -> HostTable {
+        if map.len() > FEW_HOSTS {
+            return HostTable {
+                few: Vec::new(),
+                many: map,
+            };
+        }
+        HostTable {
+            few: map.into_iter().map(|(h, a)| (h.into(), a)).collect(),
+            many: FnvHashMap::default(),
+        }
+    }
+
+    fn get(&self, host: &str) -> Option<&Vec<u32>> {
+        if self.many.is_empty() {
+            self.few.iter().find(|(h, _)| **h == *host).map(|(_, a)| a)
+        } else {
+            self.many.get(host)
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.few.is_empty() && self.many.is_empty()
+    }
 }
 
 impl Snapshot {
@@ -577,8 +618,8 @@ impl Snapshot {
             epoch,
             apps,
             settings,
-            exact,
-            wildcard,
+            exact: HostTable::new(exact),
+            wildcard: HostTable::new(wildcard),
             catch_all,
         }
     }
