@@ -105,13 +105,16 @@ async fn serve_plain(
             idle_timeout,
             Some(park),
         );
-        if !run_http(&worker, &info, io).await {
+        // Boxed: the task's own future then only holds what a parked
+        // connection needs, not the serving state.
+        if !Box::pin(run_http(&worker, &info, io)).await {
             break; // shutting down
         }
         // The wrapper is gone with hyper's connection: it either sent the
         // socket back (parked) or dropped it (closed).
         let Ok(back) = parked.await else { break };
         stream = back;
+        info.memo.forget();
         let rest = idle_timeout.saturating_sub(super::io::park_after(idle_timeout));
         tokio::select! {
             r = stream.readable() => if r.is_err() { break },

@@ -105,13 +105,14 @@ impl<'a> CookieJar<'a> {
         let Some(field) = field.filter(|_| !wanted.is_empty()) else {
             return jar;
         };
-        let entry = memo
+        let entries = memo
             .filter(|_| field.len() <= MEMO_MAX)
-            .and_then(|m| m.cookies.try_borrow_mut().ok());
-        let Some(mut e) = entry else {
+            .and_then(|m| m.entries());
+        let Some(mut entries) = entries else {
             jar.record(field, wanted, |_, _| {});
             return jar;
         };
+        let e = &mut entries.cookies;
         if e.table == table && e.field == field {
             for (v, &(v0, v1)) in jar.values.iter_mut().zip(&e.spans) {
                 *v = (v1 > v0).then(|| &field[usize::from(v0)..usize::from(v1)]);
@@ -266,11 +267,17 @@ const MEMO_MAX: usize = 1024;
 /// browsers send the same `User-Agent` and, until a cookie changes, the
 /// same `Cookie` field each time. Every entry is keyed by the exact bytes
 /// it was derived from and by the table's id (which changes whenever the
-/// rules do), so a stale entry is never used.
+/// rules do), so a stale entry is never used. Boxed on first use and
+/// dropped by [`ConnMemo::forget`], so an idle connection holds one word.
 #[derive(Debug, Default)]
 pub struct ConnMemo {
-    user_agent: RefCell<UaEntry>,
-    cookies: RefCell<CookieEntry>,
+    entries: RefCell<Option<Box<Entries>>>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    user_agent: UaEntry,
+    cookies: CookieEntry,
 }
 
 #[derive(Debug, Default)]
@@ -293,16 +300,29 @@ struct CookieEntry {
 }
 
 impl ConnMemo {
+    /// Free what is remembered (a parked connection does not need it).
+    pub fn forget(&self) {
+        if let Ok(mut e) = self.entries.try_borrow_mut() {
+            *e = None;
+        }
+    }
+
+    fn entries(&self) -> Option<std::cell::RefMut<'_, Entries>> {
+        let e = self.entries.try_borrow_mut().ok()?;
+        Some(std::cell::RefMut::map(e, |e| {
+            &mut **e.get_or_insert_with(Box::default)
+        }))
+    }
+
     /// Does rule `index`'s regex match `ua`? Remembered for rules 0..64.
     fn user_agent_matches(&self, table: u64, index: usize, ua: &[u8], re: &Regex) -> bool {
-        let entry = self
-            .user_agent
-            .try_borrow_mut()
-            .ok()
-            .filter(|_| index < 64 && ua.len() <= MEMO_MAX);
-        let Some(mut e) = entry else {
+        let entries = (index < 64 && ua.len() <= MEMO_MAX)
+            .then(|| self.entries())
+            .flatten();
+        let Some(mut entries) = entries else {
             return re.is_match(ua);
         };
+        let e = &mut entries.user_agent;
         if e.table != table || e.ua != ua {
             e.table = table;
             e.ua.clear();
@@ -626,6 +646,14 @@ impl RuleTable {
     /// `User-Agent`, and which of the rules' header names are present
     /// (only names of a length some rule tests are compared).
     pub fn scan<'a>(&self, req: &RequestView<'a>) -> Scan<'a> {
+        if self.rules.is_empty() && self.cookie_names.is_empty() {
+            // Nothing to look for (no rules, no sticky cookie).
+            return Scan {
+                cookies: CookieJar::new(req.headers, &[]),
+                user_agent: &[],
+                present: 0,
+            };
+        }
         let mut cookie: Option<&'a [u8]> = None;
         let mut several_cookies = false;
         let mut user_agent: Option<&'a [u8]> = None;
@@ -840,7 +868,10 @@ mod tests {
             )
         );
         assert_eq!(scan("a=1; cutover=abc"), first, "answered from the memo");
-        assert_eq!(memo.cookies.borrow().field, b"a=1; cutover=abc");
+        assert_eq!(
+            memo.entries.borrow().as_ref().unwrap().cookies.field,
+            b"a=1; cutover=abc"
+        );
         let other = scan("cutover=xyz");
         assert_eq!(
             other,
@@ -850,6 +881,12 @@ mod tests {
             )
         );
         assert_eq!(scan("a=1"), (None, None));
+        memo.forget();
+        assert!(
+            memo.entries.borrow().is_none(),
+            "forgetting frees the entries"
+        );
+        assert_eq!(scan("cutover=xyz"), other);
     }
 
     #[test]
@@ -872,7 +909,7 @@ mod tests {
         };
         assert!(hit(&t1, &iphone));
         assert!(hit(&t1, &iphone));
-        assert_eq!(cache.user_agent.borrow().known, 1);
+        assert_eq!(cache.entries.borrow().as_ref().unwrap().user_agent.known, 1);
         assert!(!hit(&t1, &desktop), "a new user agent is evaluated afresh");
         assert!(hit(&t2, &iphone), "a new table is evaluated afresh");
         assert!(
