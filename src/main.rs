@@ -11,13 +11,15 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's defaults keep freed pages for 10 ms and only return them to
-/// the OS when the thread next allocates — an idle worker never does, so
-/// the buffers of connections that just parked stayed resident (4.5 to 9
+/// mimalloc keeps freed pages for 1 s by default and only returns them to
+/// the OS when the thread next uses its heap — an idle worker does not, so
+/// the buffers of connections that just parked stayed resident (4.2 to 9.3
 /// KiB per idle connection in benches/README.md, run to run). Purging at
-/// once and committing arena memory lazily brought that to 2.7 KiB with no
-/// measurable CPU cost under load. An operator's own `MIMALLOC_*`
-/// environment settings win.
+/// once brought that to ~3.1 KiB and measured less CPU under load, not
+/// more. Lazy arena commit would save more, but only takes effect from the
+/// environment (`MIMALLOC_ARENA_EAGER_COMMIT=0`) before the first
+/// allocation; setting it here is for arenas made later. An operator's own
+/// `MIMALLOC_*` environment settings win.
 fn tune_allocator() {
     // Option numbers from mimalloc.h (v2 and v3 agree); the sys crate does
     // not name these two.

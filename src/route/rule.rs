@@ -643,8 +643,7 @@ impl RuleTable {
     }
 
     /// One pass over the request's headers: the `Cookie` field(s), the
-    /// `User-Agent`, and which of the rules' header names are present
-    /// (only names of a length some rule tests are compared).
+    /// `User-Agent`, and which of the rules' header names are present.
     pub fn scan<'a>(&self, req: &RequestView<'a>) -> Scan<'a> {
         if self.rules.is_empty() && self.cookie_names.is_empty() {
             // Nothing to look for (no rules, no sticky cookie).
