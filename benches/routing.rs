@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(pool.pick(None)))
     });
 
-    c.bench_function("route/whole_decision_returning_user", |b| {
+    c.bench_function("route/whole_decision_returning_user_new_connection", |b| {
         b.iter(|| {
             let app = snap
                 .find_app(black_box("shop.example.com"), black_box("/products/42"))
@@ -74,6 +74,30 @@ fn bench(c: &mut Criterion) {
                 .find_app(black_box("shop.example.com"), black_box("/products/42"))
                 .unwrap();
             let view = RequestView::new("/products/42", &returning, ip, Some(&cache));
+            let d = app.decide(&view);
+            black_box(app.pool(d.color).pick(None))
+        })
+    });
+
+    // A thousand distinct user agents, more than a worker remembers: the
+    // user-agent regex runs on every decision.
+    let unseen: Vec<http::HeaderMap> = (0..1000)
+        .map(|i| {
+            let mut h = returning.clone();
+            let ua =
+                format!("Mozilla/5.0 (X11; Linux x86_64; rv:{i}.0) Gecko/20100101 Firefox/{i}.0");
+            h.insert(http::header::USER_AGENT, ua.parse().unwrap());
+            h
+        })
+        .collect();
+    c.bench_function("route/whole_decision_unseen_user_agent", |b| {
+        let mut next = unseen.iter().cycle();
+        b.iter(|| {
+            let headers = next.next().unwrap();
+            let app = snap
+                .find_app(black_box("shop.example.com"), black_box("/products/42"))
+                .unwrap();
+            let view = RequestView::new("/products/42", headers, ip, None);
             let d = app.decide(&view);
             black_box(app.pool(d.color).pick(None))
         })

@@ -15,12 +15,21 @@ use std::net::IpAddr;
 pub const BUCKETS: u32 = 10_000;
 
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_from(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+fn fnv1a64_from(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// FNV-1a over `seed`'s bytes then `bytes` (for in-process tables, not
+/// for sticky buckets).
+pub fn fnv1a64_with(seed: u64, bytes: &[u8]) -> u64 {
+    fnv1a64_from(fnv1a64(&seed.to_le_bytes()), bytes)
 }
 
 pub fn bucket(key: &[u8]) -> u32 {
