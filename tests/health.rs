@@ -173,6 +173,67 @@ async fn a_server_answering_5xx_is_taken_out_by_passive_checks_and_probed_back()
     assert_eq!(get(&c, &proxy.url("/"), &[]).await.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_burst_the_upstream_pool_shrinks_to_what_steady_traffic_uses() {
+    let (b, g) = blue_green().await;
+    let toml = format!(
+        "[server]\nworkers = 1\n[limits]\nupstream_idle_timeout = \"60s\"\n{}",
+        two_pools(&q(&b), &q(&g), "", "")
+    );
+    let proxy = Proxy::start(&toml);
+    // A burst: 16 requests at once, each held 400 ms by the upstream, so
+    // each needs its own upstream connection.
+    let c = client();
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, url) = (c.clone(), proxy.url("/delay/400"));
+            tokio::spawn(async move { get(&c, &url, &[]).await.status })
+        })
+        .collect();
+    for t in burst {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let after_burst = b.open.load(SeqCst);
+    assert!(after_burst >= 12, "{after_burst} upstream connections");
+    // Two clients keep sending; the surplus is closed within a few sweeps
+    // (500 ms each), long before the 60 s idle timeout, and the
+    // connections the steady traffic uses stay open.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, stop) = (proxy.url("/"), stop.clone());
+            tokio::spawn(async move {
+                let c = client();
+                while !stop.load(SeqCst) {
+                    assert_eq!(get(&c, &url, &[]).await.status, 200);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while b.open.load(SeqCst) > 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "{} upstream connections still open",
+            b.open.load(SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let accepted = b.accepted.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, SeqCst);
+    for t in steady {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        b.accepted.load(SeqCst),
+        accepted,
+        "steady traffic reuses its connections: none closed and reopened"
+    );
+    assert!(b.open.load(SeqCst) >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_flip_no_connection_to_blue_stays_open() {
     let (b, g) = blue_green().await;

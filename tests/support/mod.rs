@@ -41,6 +41,8 @@ pub struct Upstream {
     pub name: &'static str,
     /// TCP connections currently open to this upstream.
     pub open: Arc<AtomicUsize>,
+    /// TCP connections accepted in all.
+    pub accepted: Arc<AtomicUsize>,
     /// Requests served.
     pub requests: Arc<AtomicUsize>,
     /// What `/healthz` answers: 200 while true, 503 while false.
@@ -53,10 +55,12 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (o, r, h) = (open.clone(), requests.clone(), healthy.clone());
+        let a = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -65,6 +69,7 @@ impl Upstream {
                 };
                 let (o, r, h) = (o.clone(), r.clone(), h.clone());
                 o.fetch_add(1, SeqCst);
+                a.fetch_add(1, SeqCst);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let health = req.uri().path() == "/healthz";
@@ -95,6 +100,7 @@ impl Upstream {
             addr,
             name,
             open,
+            accepted,
             requests,
             healthy,
             stop: Some(stop),
