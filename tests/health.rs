@@ -235,6 +235,33 @@ async fn after_a_burst_the_upstream_pool_shrinks_to_what_steady_traffic_uses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_undone_at_once_keeps_the_connections_to_blue() {
+    let (b, g) = blue_green().await;
+    let toml = format!(
+        "[server]\nworkers = 1\n{}",
+        two_pools(&q(&b), &q(&g), "", "")
+    );
+    let proxy = Proxy::start(&toml);
+    let c = client();
+    for _ in 0..5 {
+        assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+    }
+    let accepted = b.accepted.load(SeqCst);
+    assert!(accepted >= 1);
+    // Flip and flip back straight away (within the pools' grace).
+    admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    for _ in 0..5 {
+        assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+    }
+    assert_eq!(
+        b.accepted.load(SeqCst),
+        accepted,
+        "the idle connections to blue were kept through the flip and back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_flip_no_connection_to_blue_stays_open() {
     let (b, g) = blue_green().await;
     let proxy = Proxy::start(&two_pools(&q(&b), &q(&g), "", ""));

@@ -6,14 +6,17 @@
 //! past `upstream_idle_timeout`, when older than `upstream_max_lifetime`,
 //! and promptly when their pool stops receiving traffic (SPEC §5 "no
 //! zombies"): [`Upstreams::sweep`] runs on every snapshot swap and on a
-//! short tick.
+//! short tick. "Promptly" is after a [`GRACE`] of half a second, so that a
+//! change undone at once (a flip and a flip back) reuses the connections
+//! instead of reopening them all; they are closed by the first sweep after
+//! it, within a second of the change.
 //!
 //! Pools with `protocol = "h2"` keep one multiplexed HTTP/2 (h2c)
 //! connection per server per worker instead, shared by every request.
 //!
 //! A pool also shrinks to its demand: connections that sat idle through a
-//! whole sweep interval were not needed, and half of them (the longest
-//! idle) are closed at each sweep. After a burst of clients the surplus is
+//! whole [`TRIM_EVERY`] interval were not needed, and half of them (the
+//! longest idle) are closed at the end of it. After a burst of clients the surplus is
 //! gone within a few seconds instead of lingering until
 //! `upstream_idle_timeout` — each idle HTTP/1.1 connection holds hyper's
 //! buffers, ~30 KiB — while a steady load keeps every connection it uses.
@@ -33,6 +36,14 @@ use tokio::time::Instant;
 use super::body::RequestBody;
 use crate::config::{Color, Limits, Protocol};
 use crate::route::{Server, Snapshot};
+
+/// How long a pool that stopped receiving traffic keeps its idle
+/// connections.
+pub const GRACE: Duration = Duration::from_millis(500);
+
+/// How often pools are trimmed to their demand: idle connections not
+/// needed during a whole interval are surplus, half of them closed.
+const TRIM_EVERY: Duration = Duration::from_millis(500);
 
 /// The sending half of an upstream connection.
 pub enum Sender {
@@ -108,13 +119,18 @@ pub struct Upstreams {
     /// Idle connections by server id, most recently used last.
     idle: RefCell<Vec<Vec<Idle>>>,
     /// By server id: the fewest idle connections seen since the last
-    /// sweep — that many were not needed in the interval.
+    /// trim — that many were not needed in the interval.
     unused: RefCell<Vec<usize>>,
+    /// When pools were last trimmed to their demand.
+    trimmed: Cell<Instant>,
     /// HTTP/2 connections by server id.
     h2: RefCell<Vec<Option<Shared2>>>,
     /// By server id: does its pool receive traffic in the current snapshot?
     /// Ids past the end belong to servers newer than the last sweep.
     receiving: RefCell<Vec<bool>>,
+    /// By server id: when its pool stopped receiving traffic, for the
+    /// [`GRACE`] its idle connections are kept.
+    stopped: RefCell<Vec<Option<Instant>>>,
     idle_timeout: Cell<Duration>,
     max_lifetime: Cell<Duration>,
 }
@@ -124,8 +140,10 @@ impl Upstreams {
         Upstreams {
             idle: RefCell::new(Vec::new()),
             unused: RefCell::new(Vec::new()),
+            trimmed: Cell::new(Instant::now()),
             h2: RefCell::new(Vec::new()),
             receiving: RefCell::new(Vec::new()),
+            stopped: RefCell::new(Vec::new()),
             idle_timeout: Cell::new(limits.upstream_idle_timeout),
             max_lifetime: Cell::new(limits.upstream_max_lifetime),
         }
@@ -251,7 +269,7 @@ impl Upstreams {
         let now = Instant::now();
         if conn.tx.is_closed()
             || now.duration_since(conn.created) >= self.max_lifetime.get()
-            || !self.receives(conn.server.id)
+            || !self.wanted(conn.server.id, now)
         {
             return;
         }
@@ -268,8 +286,18 @@ impl Upstreams {
         });
     }
 
-    fn receives(&self, id: usize) -> bool {
+    /// May connections to server `id` be kept? Yes while its pool receives
+    /// traffic (or the server is newer than the last sweep), and for
+    /// [`GRACE`] after it stopped.
+    fn wanted(&self, id: usize, now: Instant) -> bool {
         self.receiving.borrow().get(id).copied().unwrap_or(true)
+            || self
+                .stopped
+                .borrow()
+                .get(id)
+                .copied()
+                .flatten()
+                .is_some_and(|t| now.duration_since(t) < GRACE)
     }
 
     /// Close what must not stay open under `snap`: idle connections past
@@ -281,6 +309,7 @@ impl Upstreams {
         self.max_lifetime
             .set(snap.settings.limits.upstream_max_lifetime);
         let mut receiving = self.receiving.borrow_mut();
+        let before = receiving.clone();
         receiving.iter_mut().for_each(|r| *r = false);
         for app in &snap.apps {
             for color in Color::ALL {
@@ -293,28 +322,57 @@ impl Upstreams {
                 }
             }
         }
+        // Servers that left the config receive nothing either.
+        let known = self.idle.borrow().len().max(self.h2.borrow().len());
+        if receiving.len() < known {
+            receiving.resize(known, false);
+        }
         let now = Instant::now();
+        {
+            let mut stopped = self.stopped.borrow_mut();
+            stopped.resize(receiving.len(), None);
+            for (id, on) in receiving.iter().enumerate() {
+                if *on {
+                    stopped[id] = None;
+                } else if before.get(id).copied().unwrap_or(true) && stopped[id].is_none() {
+                    stopped[id] = Some(now);
+                }
+            }
+        }
+        drop(receiving);
         let (idle_timeout, lifetime) = (self.idle_timeout.get(), self.max_lifetime.get());
         let mut idle = self.idle.borrow_mut();
         let mut unused = self.unused.borrow_mut();
         unused.resize(idle.len(), 0);
+        // Sweeps also run on every swap; the surplus is judged over a whole
+        // interval, not over the moments between two quick changes.
+        let trim = now.duration_since(self.trimmed.get()) >= TRIM_EVERY;
+        if trim {
+            self.trimmed.set(now);
+        }
         for (id, list) in idle.iter_mut().enumerate() {
-            let keep = receiving.get(id).copied().unwrap_or(false);
+            let keep = self.wanted(id, now);
             // The list is oldest first: close half of the surplus from the
             // front, then what is closed, timed out or not wanted.
-            let surplus = unused[id].min(list.len()).div_ceil(2);
-            list.drain(..surplus);
+            if trim {
+                let surplus = unused[id].min(list.len()).div_ceil(2);
+                list.drain(..surplus);
+            }
             list.retain(|c| {
                 keep && !c.tx.is_closed()
                     && now.duration_since(c.since) < idle_timeout
                     && now.duration_since(c.created) < lifetime
             });
-            unused[id] = list.len();
+            unused[id] = if trim {
+                list.len()
+            } else {
+                unused[id].min(list.len())
+            };
         }
         // A shared HTTP/2 connection goes the same way; requests still in
         // flight on it hold their own handles and finish first.
         for (id, slot) in self.h2.borrow_mut().iter_mut().enumerate() {
-            let keep = receiving.get(id).copied().unwrap_or(false);
+            let keep = self.wanted(id, now);
             if slot.as_ref().is_some_and(|c| {
                 !keep
                     || c.tx.is_closed()
