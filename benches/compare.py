@@ -380,11 +380,31 @@ def storm(stop, action):
         stop.wait(0.1)
 
 
+def under_storm(server, conns, secs, action, cpu=True):
+    """Steady run, the same run while `action` repeats every 100 ms, and a
+    steady run again: the storm is compared with the mean of the two steady
+    runs around it, so the machine drifting during the test does not count
+    as the storm's cost. With `cpu`, also the CPU µs per request of each."""
+    before = measure(server, PROXY, conns, secs)
+    stop = threading.Event()
+    t = threading.Thread(target=storm, args=(stop, action))
+    t.start()
+    pids = server.pids() if cpu else []
+    cpu0 = cpu_seconds(pids)
+    stormy = wrk(PROXY, conns, secs)
+    cpu1 = cpu_seconds(pids)
+    stop.set()
+    t.join()
+    stormy["cpu_us"] = (cpu1 - cpu0) * 1e6 / stormy["requests"] if cpu and stormy["requests"] else float("nan")
+    after = measure(server, PROXY, conns, secs)
+    steady = {"rps": (before["rps"] + after["rps"]) / 2,
+              "cpu_us": (before["cpu_us"] + after["cpu_us"]) / 2 if cpu else float("nan")}
+    return steady, stormy
+
+
 def cutover_flip_storm(work, conns, secs):
     server = start_proxy("cutover", work)
     try:
-        steady = measure(server, PROXY, conns, secs)
-        stop = threading.Event()
         flips = [0]
 
         def flip():
@@ -392,11 +412,7 @@ def cutover_flip_storm(work, conns, secs):
             urllib.request.urlopen(req, timeout=5).read()
             flips[0] += 1
 
-        t = threading.Thread(target=storm, args=(stop, flip))
-        t.start()
-        stormy = wrk(PROXY, conns, secs)
-        stop.set()
-        t.join()
+        steady, stormy = under_storm(server, conns, secs, flip)
         return steady, stormy, flips[0]
     finally:
         server.stop()
@@ -406,8 +422,6 @@ def cutover_flip_storm(work, conns, secs):
 def nginx_reload_storm(work, conns, secs):
     server = start_proxy("nginx", work)
     try:
-        steady = measure(server, PROXY, conns, secs)
-        stop = threading.Event()
         state = {"port": UP_BLUE, "reloads": 0}
 
         def reload():
@@ -418,11 +432,8 @@ def nginx_reload_storm(work, conns, secs):
                            check=True, capture_output=True, timeout=5)
             state["reloads"] += 1
 
-        t = threading.Thread(target=storm, args=(stop, reload))
-        t.start()
-        stormy = wrk(PROXY, conns, secs)
-        stop.set()
-        t.join()
+        # nginx's worker processes change with every reload: no CPU figure.
+        steady, stormy = under_storm(server, conns, secs, reload, cpu=False)
         return steady, stormy, state["reloads"]
     finally:
         server.stop()
@@ -538,16 +549,17 @@ def memory(work, n):
 
 def flips(work, secs):
     lines = ["## Changing the live pool under load (64 connections)\n",
-             "| how | changes | errors | req/s | throughput vs steady |",
-             "|---|---|---|---|---|"]
+             "Each storm is compared with the mean of a steady run before and one after it.\n",
+             "| how | changes | errors | req/s | throughput vs steady | CPU µs/req vs steady |",
+             "|---|---|---|---|---|---|"]
     log("cutover flip storm")
     steady, stormy, n = cutover_flip_storm(work, 64, secs)
     lines.append(f"| cutover admin flip every 100 ms | {n} | {stormy['errors']} | {stormy['rps']:.0f} | "
-                 f"{stormy['rps'] / steady['rps']:.3f} |")
+                 f"{stormy['rps'] / steady['rps']:.3f} | {stormy['cpu_us'] / steady['cpu_us']:.3f} |")
     log("nginx reload storm")
     steady, stormy, n = nginx_reload_storm(work, 64, secs)
     lines.append(f"| nginx rewrite + `nginx -s reload` every 100 ms | {n} | {stormy['errors']} | "
-                 f"{stormy['rps']:.0f} | {stormy['rps'] / steady['rps']:.3f} |")
+                 f"{stormy['rps']:.0f} | {stormy['rps'] / steady['rps']:.3f} | – |")
     return "\n".join(lines) + "\n"
 
 
