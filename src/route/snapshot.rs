@@ -353,23 +353,20 @@ impl App {
         &self.pools[color.index()]
     }
 
-    /// Does any traffic go to `color` now? (The live colour always does;
-    /// standby needs a share or a rule; a rule can also point at live.)
+    /// Does any traffic go to `color` now? The live colour does unless the
+    /// split sends everyone to standby; standby needs a share; either gets
+    /// traffic from a rule that names it.
     pub fn receives_traffic(&self, color: Color) -> bool {
-        color == self.state.live
-            && (self.standby_bp < BUCKETS
-                || self
-                    .rules
-                    .rules()
-                    .iter()
-                    .any(|r| r.to == color && r.percent_bp > 0))
-            || color != self.state.live
-                && (self.standby_bp > 0
-                    || self
-                        .rules
-                        .rules()
-                        .iter()
-                        .any(|r| r.to == color && r.percent_bp > 0))
+        let ruled = self
+            .rules
+            .rules()
+            .iter()
+            .any(|r| r.to == color && r.percent_bp > 0);
+        if color == self.state.live {
+            self.standby_bp < BUCKETS || ruled
+        } else {
+            self.standby_bp > 0 || ruled
+        }
     }
 
     /// SPEC §4 steps 2–4: the rules, then the split, with the sticky bucket
