@@ -240,15 +240,6 @@ impl<'a> Iterator for CookiePairs<'a> {
     }
 }
 
-/// Cookie `name` in the headers (where no [`CookieJar`] exists).
-pub fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .find_map(|v| cookie_in(v.as_bytes(), name.as_bytes()))
-        .and_then(|v| std::str::from_utf8(v).ok())
-}
-
 /// Cookie `name` in one `Cookie` field, by scanning it.
 fn cookie_in<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     CookiePairs::new(field)
@@ -825,6 +816,16 @@ impl RuleTable {
 mod tests {
     use super::*;
     use crate::config::NameValue;
+
+    /// Cookie `name` in the headers, by scanning: the reference the jar is
+    /// checked against.
+    fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .find_map(|v| cookie_in(v.as_bytes(), name.as_bytes()))
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
 
     fn spec(name: &str) -> RuleSpec {
         RuleSpec {
