@@ -28,6 +28,28 @@ servers = [{green}]
     )
 }
 
+/// Wait (bounded) until at most `n` connections to `u` are open.
+async fn until_open_at_most(u: &Upstream, n: usize, limit: Duration) {
+    let start = Instant::now();
+    while u.open.load(SeqCst) > n {
+        assert!(
+            start.elapsed() < limit,
+            "{} connections to {} still open",
+            u.open.load(SeqCst),
+            u.name
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One worker (so one connection pool per server) and `extra` config.
+fn one_worker(b: &Upstream, g: &Upstream, extra: &str) -> String {
+    format!(
+        "[server]\nworkers = 1\n{extra}\n{}",
+        two_pools(&q(b), &q(g), "", "")
+    )
+}
+
 fn q(u: &Upstream) -> String {
     format!("\"{}\"", u.addr)
 }
@@ -176,11 +198,11 @@ async fn a_server_answering_5xx_is_taken_out_by_passive_checks_and_probed_back()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_burst_the_upstream_pool_shrinks_to_what_steady_traffic_uses() {
     let (b, g) = blue_green().await;
-    let toml = format!(
-        "[server]\nworkers = 1\n[limits]\nupstream_idle_timeout = \"60s\"\n{}",
-        two_pools(&q(&b), &q(&g), "", "")
-    );
-    let proxy = Proxy::start(&toml);
+    let proxy = Proxy::start(&one_worker(
+        &b,
+        &g,
+        "[limits]\nupstream_idle_timeout = \"60s\"",
+    ));
     // A burst: 16 requests at once, each held 400 ms by the upstream, so
     // each needs its own upstream connection.
     let c = client();
@@ -211,15 +233,7 @@ async fn after_a_burst_the_upstream_pool_shrinks_to_what_steady_traffic_uses() {
             })
         })
         .collect();
-    let start = Instant::now();
-    while b.open.load(SeqCst) > 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(6),
-            "{} upstream connections still open",
-            b.open.load(SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_open_at_most(&b, 2, Duration::from_secs(6)).await;
     let accepted = b.accepted.load(SeqCst);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, SeqCst);
@@ -237,11 +251,7 @@ async fn after_a_burst_the_upstream_pool_shrinks_to_what_steady_traffic_uses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_undone_at_once_keeps_the_connections_to_blue() {
     let (b, g) = blue_green().await;
-    let toml = format!(
-        "[server]\nworkers = 1\n{}",
-        two_pools(&q(&b), &q(&g), "", "")
-    );
-    let proxy = Proxy::start(&toml);
+    let proxy = Proxy::start(&one_worker(&b, &g, ""));
     let c = client();
     for _ in 0..5 {
         assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
@@ -291,15 +301,7 @@ async fn after_a_flip_no_connection_to_blue_stays_open() {
             > 0
     );
     admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
-    let start = Instant::now();
-    while b.open.load(SeqCst) > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "{} connections to blue still open",
-            b.open.load(SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_open_at_most(&b, 0, Duration::from_secs(2)).await;
     until_status(&c, &proxy, Duration::from_secs(2), |s| {
         s["apps"]["shop"]["pools"]["blue"]["servers"][0]["open_connections"] == 0
     })

@@ -915,7 +915,7 @@ mod tests {
             first,
             (
                 Some(b"abc".to_vec()),
-                Some(super::super::sticky::bucket(b"abc"))
+                Some(crate::route::sticky::bucket(b"abc"))
             )
         );
         assert_eq!(scan("a=1; cutover=abc"), first, "answered from the memo");
@@ -928,7 +928,7 @@ mod tests {
             other,
             (
                 Some(b"xyz".to_vec()),
-                Some(super::super::sticky::bucket(b"xyz"))
+                Some(crate::route::sticky::bucket(b"xyz"))
             )
         );
         assert_eq!(scan("a=1"), (None, None));
