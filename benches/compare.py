@@ -146,17 +146,23 @@ class Server:
 
 # ---------------------------------------------------------------- configs
 
-def nginx_upstream_conf(work):
-    conf = f"""
+def nginx_head(work, name):
+    """What both nginx configs share: one worker, 20,000 descriptors, no
+    access log, keep-alive without limits."""
+    return f"""
 worker_processes 1;
-pid {work}/upstream.pid;
-error_log {work}/upstream-error.log error;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log error;
 worker_rlimit_nofile 20000;
 events {{ worker_connections 20000; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
-    keepalive_timeout 300s;
+    keepalive_timeout 300s;"""
+
+
+def nginx_upstream_conf(work):
+    conf = nginx_head(work, "upstream") + f"""
     server {{ listen 127.0.0.1:{UP_BLUE}; location / {{ return 200 "hello"; }} }}
     server {{ listen 127.0.0.1:{UP_GREEN}; location / {{ return 200 "hello"; }} }}
 }}
@@ -170,18 +176,7 @@ http {{
 def nginx_proxy_conf(work, upstream_port=UP_BLUE):
     with open(os.path.join(work, "nginx-upstream.inc"), "w") as f:
         f.write(f"server 127.0.0.1:{upstream_port};\n")
-    conf = f"""
-worker_processes 1;
-daemon off;
-master_process on;
-pid {work}/proxy.pid;
-error_log {work}/proxy-error.log error;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
+    conf = "\ndaemon off;\nmaster_process on;" + nginx_head(work, "proxy") + f"""
     upstream app {{
         include {work}/nginx-upstream.inc;
         keepalive 128;
