@@ -5,12 +5,16 @@ Instruction counts do not move with the machine's load, so small changes
 to the hot path can be compared where wall-clock numbers are noise.
 
     python3 benches/callgrind.py [--config minimal|realistic] [--requests N]
+    python3 benches/callgrind.py --proxy nginx      # the same harness, nginx
 
-Starts an nginx upstream, runs `cutover run` under
-`valgrind --tool=callgrind`, sends N and then 2N more keep-alive requests
-over 4 connections, and reports (Ir after 3N - Ir after N) / 2N: the
-instructions of one request with start-up excluded. Needs valgrind and
-nginx (benches/compare.sh installs nginx; `apt-get install valgrind`).
+Starts an nginx upstream, runs the proxy (`cutover run`, or nginx with
+`master_process off`, or HAProxy) under `valgrind --tool=callgrind`, sends
+N warm-up requests and dumps the counters, then 2N more keep-alive
+requests over 4 connections and dumps again. Each dump holds the costs
+since the one before it (callgrind zeroes its counters on a dump), so the
+second dump's Ir / 2N is the instructions of one request with start-up
+and warm-up excluded. Needs valgrind and nginx (benches/compare.sh
+installs nginx and HAProxy; `apt-get install valgrind`).
 """
 
 import argparse
@@ -51,43 +55,77 @@ def send(n, conns=4):
         t.join()
 
 
-def total_ir(out_file, pid):
-    """Dump the running callgrind's counters and read the summed Ir."""
+def dump_ir(out_file, pid, part):
+    """Dump the running callgrind's counters (which zeroes them) and read
+    the Ir of that dump: the cost since the previous one. A process that
+    forks (nginx, HAProxy) dumps for each pid; all are summed."""
     subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-    time.sleep(0.5)
-    total = 0
     d = os.path.dirname(out_file)
-    for name in os.listdir(d):
-        if name.startswith(os.path.basename(out_file)):
-            with open(os.path.join(d, name)) as f:
-                for line in f:
-                    if line.startswith("summary:") or line.startswith("totals:"):
-                        total = max(total, int(line.split()[1]))
+    suffix = f".{part}"
+    for _ in range(100):
+        names = [n for n in os.listdir(d)
+                 if n.startswith(os.path.basename(out_file)) and n.endswith(suffix)]
+        if names:
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"callgrind wrote no dump part {part}")
+    time.sleep(0.5)  # let the writer finish
+    total = 0
+    for name in names:
+        with open(os.path.join(d, name)) as f:
+            for line in f:
+                if line.startswith("summary:"):
+                    total += int(line.split()[1])
     return total
+
+
+def proxy_argv(kind, config, work):
+    if kind == "cutover":
+        conf = (compare.cutover_minimal_conf(work) if config == "minimal"
+                else compare.cutover_realistic_conf(work))
+        return [compare.CUTOVER, "run", "-c", conf]
+    if kind == "nginx":
+        # One process: the master would otherwise fork the worker.
+        path = compare.nginx_proxy_conf(work)
+        with open(path) as f:
+            text = f.read().replace("master_process on;", "master_process off;")
+        with open(path, "w") as f:
+            f.write(text)
+        return ["nginx", "-c", path, "-p", work]
+    # valgrind keeps a few descriptors for itself: ask for fewer.
+    path = compare.haproxy_conf(work)
+    with open(path) as f:
+        text = f.read().replace("maxconn 9990", "maxconn 1000")
+    with open(path, "w") as f:
+        f.write(text)
+    return ["haproxy", "-db", "-f", path]
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", choices=["minimal", "realistic"], default="minimal")
+    ap.add_argument("--proxy", choices=["cutover", "nginx", "haproxy"], default="cutover")
+    ap.add_argument("--config", choices=["minimal", "realistic"], default="minimal",
+                    help="cutover's config")
     ap.add_argument("--requests", type=int, default=2000)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="cutover-callgrind-")
     upstream = compare.Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
                                            "-g", "daemon off;"], compare.UP_BLUE)
-    conf = compare.cutover_minimal_conf(work) if args.config == "minimal" else compare.cutover_realistic_conf(work)
     out = os.path.join(work, "callgrind.out")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                             compare.CUTOVER, "run", "-c", conf],
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+                            + proxy_argv(args.proxy, args.config, work),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         compare.wait_port(compare.PROXY, timeout=60)
         n = args.requests
         send(n)
-        first = total_ir(out, proc.pid)
+        dump_ir(out, proc.pid, 1)
         send(2 * n)
-        second = total_ir(out, proc.pid)
-        print(f"profile: {out}*  (callgrind_annotate)", file=sys.stderr)
-        print(f"{args.config}: {(second - first) / (2 * n):.0f} instructions per request "
+        measured = dump_ir(out, proc.pid, 2)
+        name = f"cutover, {args.config} config" if args.proxy == "cutover" else args.proxy
+        print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
+        print(f"{name}: {measured / (2 * n):.0f} instructions per request "
               f"(callgrind, {2 * n} requests after {n} warm-up)")
     finally:
         proc.send_signal(signal.SIGTERM)
