@@ -1,5 +1,6 @@
 //! `cutover`: parse the command line, set up logging, run the subcommand.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::process::ExitCode;
 
 use cutover::cli::{Cli, LogFormat};
@@ -9,7 +10,60 @@ use tracing_subscriber::EnvFilter;
 /// measured a few percent less CPU per request than glibc's malloc (see
 /// benches/README.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Allocator = Allocator;
+
+/// `mimalloc::MiMalloc` asks mimalloc for an *aligned* block on every call.
+/// For blocks over 1 KiB whose size is not a power of two (a `HeaderMap`'s
+/// entries, say) that takes mimalloc's over-allocating path, ~150
+/// instructions instead of ~20, three times per proxied request. Like
+/// std's `System` allocator, this asks for a plain block whenever malloc's
+/// own alignment guarantee covers the layout, and leaves the rest to
+/// `MiMalloc`.
+struct Allocator;
+
+/// What mimalloc, like malloc, aligns every block of at least this size to
+/// (`MI_MAX_ALIGN_SIZE`; smaller blocks to their size rounded to a word).
+const MALLOC_ALIGN: usize = 16;
+
+fn plain(align: usize, size: usize) -> bool {
+    align <= MALLOC_ALIGN && align <= size
+}
+
+// SAFETY: every block comes from mimalloc and goes back to it: `mi_malloc`,
+// `mi_zalloc` and `mi_realloc` return blocks aligned to `MALLOC_ALIGN`
+// (or, below that size, to the size's own power of two), which `plain`
+// checks covers the layout; `mi_free` (via `MiMalloc::dealloc`) takes
+// blocks from any of mimalloc's allocation calls, aligned or not; and
+// everything else is `MiMalloc`'s own implementation.
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if plain(layout.align(), layout.size()) {
+            unsafe { libmimalloc_sys::mi_malloc(layout.size()).cast() }
+        } else {
+            unsafe { mimalloc::MiMalloc.alloc(layout) }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if plain(layout.align(), layout.size()) {
+            unsafe { libmimalloc_sys::mi_zalloc(layout.size()).cast() }
+        } else {
+            unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if plain(layout.align(), new_size) {
+            unsafe { libmimalloc_sys::mi_realloc(ptr.cast(), new_size).cast() }
+        } else {
+            unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        }
+    }
+}
 
 /// Two mimalloc options, set before the first allocation (see below):
 ///
