@@ -6,6 +6,7 @@ to the hot path can be compared where wall-clock numbers are noise.
 
     python3 benches/callgrind.py [--config minimal|realistic] [--requests N]
     python3 benches/callgrind.py --proxy nginx      # the same harness, nginx
+    python3 benches/callgrind.py --flips            # and a phase with flips
 
 Starts an nginx upstream, runs the proxy (`cutover run`, or nginx with
 `master_process off`, or HAProxy) under `valgrind --tool=callgrind`, sends
@@ -13,11 +14,15 @@ N warm-up requests and dumps the counters, then 2N more keep-alive
 requests over 4 connections and dumps again. Each dump holds the costs
 since the one before it (callgrind zeroes its counters on a dump), so the
 second dump's Ir / 2N is the instructions of one request with start-up
-and warm-up excluded. Needs valgrind and nginx (benches/compare.sh
+and warm-up excluded. With `--flips`, a third phase sends 2N more while
+the admin API flips every 100 ms, and reports what a flip adds (the admin
+request itself included) — at a real flip rate against a real request rate
+that is the storm's in-process cost, free of the machine's noise. Needs valgrind and nginx (benches/compare.sh
 installs nginx and HAProxy; `apt-get install valgrind`).
 """
 
 import argparse
+import http.client
 import os
 import signal
 import socket
@@ -80,6 +85,16 @@ def dump_ir(out_file, pid, part):
     return total
 
 
+def flip_storm(stop, flips):
+    while not stop.is_set():
+        admin = http.client.HTTPConnection("127.0.0.1", compare.ADMIN, timeout=60)
+        admin.request("POST", "/v1/flip", body=b"")
+        admin.getresponse().read()
+        admin.close()
+        flips[0] += 1
+        stop.wait(0.1)
+
+
 def proxy_argv(kind, config, work):
     if kind == "cutover":
         conf = (compare.cutover_minimal_conf(work) if config == "minimal"
@@ -108,6 +123,7 @@ def main():
     ap.add_argument("--config", choices=["minimal", "realistic"], default="minimal",
                     help="cutover's config")
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--flips", action="store_true", help="cutover: also measure a flip storm")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="cutover-callgrind-")
     upstream = compare.Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
@@ -126,7 +142,18 @@ def main():
         name = f"cutover, {args.config} config" if args.proxy == "cutover" else args.proxy
         print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
         print(f"{name}: {measured / (2 * n):.0f} instructions per request "
-              f"(callgrind, {2 * n} requests after {n} warm-up)")
+              f"(callgrind, {2 * n} requests after {n} warm-up)", flush=True)
+        if args.flips and args.proxy == "cutover":
+            stop = threading.Event()
+            flips = [0]
+            flipper = threading.Thread(target=flip_storm, args=(stop, flips))
+            flipper.start()
+            send(2 * n)
+            stop.set()
+            flipper.join()
+            stormy = dump_ir(out, proc.pid, 3)
+            print(f"with a flip every 100 ms: {stormy / (2 * n):.0f} instructions per request; "
+                  f"{flips[0]} flips, {(stormy - measured) / max(1, flips[0]):.0f} instructions each")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

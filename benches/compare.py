@@ -16,9 +16,9 @@ The method is written down in benches/README.md; in short:
   after, giving CPU microseconds per request, the figure that holds on a
   noisy shared machine;
 - RSS with 10,000 idle keep-alive client connections;
-- a flip storm: the same wrk run while cutover's admin API flips every
-  100 ms, and nginx's way of doing it (rewrite the upstream, `nginx -s
-  reload` every 100 ms) for contrast.
+- a flip storm: wrk runs while cutover's admin API flips every 100 ms,
+  interleaved with steady runs, and nginx's way of doing it (rewrite the
+  upstream, `nginx -s reload` every 100 ms) for contrast.
 
 Only loopback addresses are used. Every run is bounded in time.
 """
@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
+import http.client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUTOVER = os.path.join(ROOT, "target", "release", "cutover")
@@ -375,26 +375,47 @@ def storm(stop, action):
         stop.wait(0.1)
 
 
+STORM_ROUNDS = 5
+
+
 def under_storm(server, conns, secs, action, cpu=True):
-    """Steady run, the same run while `action` repeats every 100 ms, and a
-    steady run again: the storm is compared with the mean of the two steady
-    runs around it, so the machine drifting during the test does not count
-    as the storm's cost. With `cpu`, also the CPU µs per request of each."""
-    before = measure(server, PROXY, conns, secs)
-    stop = threading.Event()
-    t = threading.Thread(target=storm, args=(stop, action))
-    t.start()
+    """Steady runs and storm runs (`action` every 100 ms), interleaved:
+    STORM_ROUNDS pairs of `secs`/2-second runs in the order steady, storm,
+    storm, steady, steady, ... so that the machine drifting during the
+    test (it is shared) falls on both sides alike. Returns the two sides'
+    totals — req/s, errors, and with `cpu` the CPU µs per request — and
+    the storm/steady throughput ratio of each pair, for the spread."""
+    seg = max(2, secs // 2)
+    wrk(PROXY, conns, 2)  # warm-up
     pids = server.pids() if cpu else []
-    cpu0 = cpu_seconds(pids)
-    stormy = wrk(PROXY, conns, secs)
-    cpu1 = cpu_seconds(pids)
-    stop.set()
-    t.join()
-    stormy["cpu_us"] = (cpu1 - cpu0) * 1e6 / stormy["requests"] if cpu and stormy["requests"] else float("nan")
-    after = measure(server, PROXY, conns, secs)
-    steady = {"rps": (before["rps"] + after["rps"]) / 2,
-              "cpu_us": (before["cpu_us"] + after["cpu_us"]) / 2 if cpu else float("nan")}
-    return steady, stormy
+    sides = {s: {"requests": 0, "secs": 0.0, "errors": 0, "cpu": 0.0} for s in ("steady", "storm")}
+    pairs = []
+    for i in range(STORM_ROUNDS):
+        order = ("steady", "storm") if i % 2 == 0 else ("storm", "steady")
+        got = {}
+        for side in order:
+            stop = threading.Event()
+            t = threading.Thread(target=storm, args=(stop, action))
+            if side == "storm":
+                t.start()
+            cpu0 = cpu_seconds(pids)
+            r = wrk(PROXY, conns, seg)
+            cpu1 = cpu_seconds(pids)
+            stop.set()
+            if side == "storm":
+                t.join()
+            tot = sides[side]
+            tot["requests"] += r["requests"]
+            tot["secs"] += seg
+            tot["errors"] += r["errors"]
+            tot["cpu"] += cpu1 - cpu0
+            got[side] = r["rps"]
+        pairs.append(got["storm"] / got["steady"] if got["steady"] else float("nan"))
+    out = {}
+    for side, tot in sides.items():
+        out[side] = {"rps": tot["requests"] / tot["secs"], "errors": tot["errors"],
+                     "cpu_us": tot["cpu"] * 1e6 / tot["requests"] if cpu and tot["requests"] else float("nan")}
+    return out["steady"], out["storm"], pairs
 
 
 def cutover_flip_storm(work, conns, secs):
@@ -403,12 +424,18 @@ def cutover_flip_storm(work, conns, secs):
         flips = [0]
 
         def flip():
-            req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}/v1/flip", data=b"", method="POST")
-            urllib.request.urlopen(req, timeout=5).read()
+            # A new connection per flip, as `cutover flip` would make.
+            admin = http.client.HTTPConnection("127.0.0.1", ADMIN, timeout=5)
+            admin.request("POST", "/v1/flip", body=b"")
+            resp = admin.getresponse()
+            resp.read()
+            admin.close()
+            if resp.status != 200:
+                raise RuntimeError(f"flip answered {resp.status}")
             flips[0] += 1
 
-        steady, stormy = under_storm(server, conns, secs, flip)
-        return steady, stormy, flips[0]
+        steady, stormy, pairs = under_storm(server, conns, secs, flip)
+        return steady, stormy, pairs, flips[0]
     finally:
         server.stop()
         wait_port_free(PROXY)
@@ -428,8 +455,8 @@ def nginx_reload_storm(work, conns, secs):
             state["reloads"] += 1
 
         # nginx's worker processes change with every reload: no CPU figure.
-        steady, stormy = under_storm(server, conns, secs, reload, cpu=False)
-        return steady, stormy, state["reloads"]
+        steady, stormy, pairs = under_storm(server, conns, secs, reload, cpu=False)
+        return steady, stormy, pairs, state["reloads"]
     finally:
         server.stop()
         wait_port_free(PROXY)
@@ -544,17 +571,20 @@ def memory(work, n):
 
 def flips(work, secs):
     lines = ["## Changing the live pool under load (64 connections)\n",
-             "Each storm is compared with the mean of a steady run before and one after it.\n",
-             "| how | changes | errors | req/s | throughput vs steady | CPU µs/req vs steady |",
+             f"{STORM_ROUNDS} steady and {STORM_ROUNDS} storm runs of {max(2, secs // 2)} s each, "
+             "interleaved (steady, storm, storm, steady, ...); totals of each side, and the spread of the "
+             "storm/steady ratio over the pairs.\n",
+             "| how | changes | errors | req/s | throughput vs steady (pairs: min–max) | CPU µs/req vs steady |",
              "|---|---|---|---|---|---|"]
     log("cutover flip storm")
-    steady, stormy, n = cutover_flip_storm(work, 64, secs)
+    steady, stormy, pairs, n = cutover_flip_storm(work, 64, secs)
     lines.append(f"| cutover admin flip every 100 ms | {n} | {stormy['errors']} | {stormy['rps']:.0f} | "
-                 f"{stormy['rps'] / steady['rps']:.3f} | {stormy['cpu_us'] / steady['cpu_us']:.3f} |")
+                 f"{stormy['rps'] / steady['rps']:.3f} ({min(pairs):.2f}–{max(pairs):.2f}) | "
+                 f"{stormy['cpu_us'] / steady['cpu_us']:.3f} |")
     log("nginx reload storm")
-    steady, stormy, n = nginx_reload_storm(work, 64, secs)
+    steady, stormy, pairs, n = nginx_reload_storm(work, 64, secs)
     lines.append(f"| nginx rewrite + `nginx -s reload` every 100 ms | {n} | {stormy['errors']} | "
-                 f"{stormy['rps']:.0f} | {stormy['rps'] / steady['rps']:.3f} | – |")
+                 f"{stormy['rps']:.0f} | {stormy['rps'] / steady['rps']:.3f} ({min(pairs):.2f}–{max(pairs):.2f}) | – |")
     return "\n".join(lines) + "\n"
 
 
