@@ -201,6 +201,38 @@ async fn a_stalled_request_head_gives_408_and_the_connection_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_head_after_a_kept_alive_request_gives_408() {
+    // The head timer of a second request is set while the connection's
+    // timer is already armed for the idle timeout, much later.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&config(
+        &one(&b),
+        &one(&g),
+        "client_header_timeout = \"300ms\"\nclient_idle_timeout = \"30s\"",
+    ));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.ends_with("blue"));
+    let start = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_client_idle_timeout() {
     let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(

@@ -29,30 +29,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     if present & CONNECTION_BIT != 0 {
-        let first = headers.get(header::CONNECTION);
-        // The common `Connection: keep-alive` / `close` names nothing else to
-        // remove; only other tokens need the slow path (which allocates).
-        let simple = first.is_some_and(|v| is_plain_token(v.as_bytes()))
-            && headers.get_all(header::CONNECTION).iter().count() == 1;
-        if !simple {
-            let values: Vec<HeaderValue> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .cloned()
-                .collect();
-            for v in &values {
-                for token in v.to_str().unwrap_or("").split(',') {
-                    let token = token.trim();
-                    if upgrade && token.eq_ignore_ascii_case("upgrade") {
-                        continue;
-                    }
-                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                        headers.remove(name);
+        // One lookup takes every `Connection` line out. The common
+        // `keep-alive` / `close` names nothing else to remove; only other
+        // tokens need the slow path (which allocates).
+        if let http::header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            let (_, mut values) = entry.remove_entry_mult();
+            let first = values.next();
+            let more: Vec<HeaderValue> = values.collect();
+            let simple =
+                more.is_empty() && first.as_ref().is_some_and(|v| is_plain_token(v.as_bytes()));
+            if !simple {
+                for v in first.iter().chain(&more) {
+                    for token in v.to_str().unwrap_or("").split(',') {
+                        let token = token.trim();
+                        if upgrade && token.eq_ignore_ascii_case("upgrade") {
+                            continue;
+                        }
+                        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                            headers.remove(name);
+                        }
                     }
                 }
             }
         }
-        headers.remove(header::CONNECTION);
     }
     if present & KEEP_ALIVE_BIT != 0 {
         headers.remove(&KEEP_ALIVE);

@@ -27,7 +27,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -112,6 +112,10 @@ pub struct TimedIo<T> {
     deadline: Instant,
     // Armed at or before `deadline`; re-armed when it fires early.
     timer: Pin<Box<Sleep>>,
+    // The waker `timer` was last polled with, unless it was reset since:
+    // while it stands, polling the timer again would only register the
+    // same task again (~120 instructions, several times a request).
+    timer_waker: Option<Waker>,
     header_timeout: Duration,
     idle_timeout: Duration,
     // The client spoke HTTP/2 (prior knowledge): no 408, only idle.
@@ -144,6 +148,7 @@ impl<T> TimedIo<T> {
             phase: Phase::Fresh,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            timer_waker: None,
             header_timeout,
             idle_timeout,
             h2: false,
@@ -168,10 +173,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
             self.phase = Phase::Idle;
             let now = Instant::now();
             self.deadline = now + self.idle_timeout;
-            pull_in(self.timer.as_mut(), self.deadline);
+            self.pull_in(self.deadline);
             if self.park.is_some() {
                 self.park_at = now + self.park_after;
-                pull_in(self.timer.as_mut(), self.park_at);
+                self.pull_in(self.park_at);
             }
         }
     }
@@ -192,6 +197,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
         if self.phase == Phase::Busy {
             return false;
         }
+        if !self.timer.is_elapsed()
+            && self
+                .timer_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return false; // armed, and it will wake this task
+        }
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             if now >= self.deadline {
@@ -204,7 +217,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
             }
             self.timer.as_mut().reset(next);
         }
+        self.timer_waker = Some(cx.waker().clone());
         false
+    }
+
+    /// Make sure the timer fires no later than `deadline`.
+    fn pull_in(&mut self, deadline: Instant) {
+        if self.timer.deadline() > deadline {
+            self.timer.as_mut().reset(deadline);
+            self.timer_waker = None; // to be registered again
+        }
     }
 }
 
@@ -266,26 +288,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
                     if this.phase == Phase::Fresh {
                         this.phase = Phase::Idle;
                         this.deadline = Instant::now() + this.idle_timeout;
-                        pull_in(this.timer.as_mut(), this.deadline);
+                        this.pull_in(this.deadline);
                     }
                 } else if starts_head {
                     // A fresh connection's head timer runs from accept.
                     if this.phase == Phase::Idle {
                         this.deadline = Instant::now() + this.header_timeout;
-                        pull_in(this.timer.as_mut(), this.deadline);
+                        this.pull_in(this.deadline);
                     }
                     this.phase = Phase::Head;
                 }
             }
         }
         result
-    }
-}
-
-/// Make sure the timer fires no later than `deadline`.
-fn pull_in(timer: Pin<&mut Sleep>, deadline: Instant) {
-    if timer.deadline() > deadline {
-        timer.reset(deadline);
     }
 }
 
