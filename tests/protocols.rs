@@ -280,3 +280,23 @@ protocol = "h2"
         assert_eq!(trailers["x-echo-te"], "trailers", "TE: trailers was kept");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_an_idle_h2c_connection_at_once() {
+    // An idle HTTP/2 connection is never parked: shutdown's own wake-up
+    // makes it send GOAWAY and close, at once. (Without that wake-up the
+    // socket's next timer, 1 s after the request, is what would notice.)
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&format!(
+        "[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+        b.addr, g.addr
+    ));
+    let h2: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    assert_eq!(get(&h2, &proxy.url("/"), &[]).await.text(), "blue");
+    tokio::time::timeout(Duration::from_millis(800), proxy.join())
+        .await
+        .expect("the proxy stopped within 800 ms");
+}

@@ -1,5 +1,6 @@
 //! Accepting client connections and serving HTTP/1.1 and h2c on them.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -173,16 +174,18 @@ where
             .http
             .serve_connection_with_upgrades(TokioIo::new(io), svc),
     );
-    let mut shutdown = worker.shared.shutdown.subscribe();
-    let (result, running) = tokio::select! {
-        r = conn.as_mut() => (r, true),
-        _ = shutdown.wait_for(|stop| *stop) => {
-            // Finish the request in progress, then close (HTTP/1.1:
-            // `Connection: close`; HTTP/2: GOAWAY).
+    // Finish the request in progress when shutdown begins, then close
+    // (HTTP/1.1: `Connection: close`; HTTP/2: GOAWAY).
+    let watch = super::StopWatch::new(worker);
+    let mut running = true;
+    let result = std::future::poll_fn(|cx| {
+        if running && watch.stopping(cx) {
             conn.as_mut().graceful_shutdown();
-            (conn.await, false)
+            running = false;
         }
-    };
+        conn.as_mut().poll(cx)
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
     }
