@@ -67,11 +67,13 @@ unsafe impl GlobalAlloc for Allocator {
 
 /// Two mimalloc options, set before the first allocation (see below):
 ///
-/// - purge delay 0: mimalloc keeps freed pages for 1 s by default and only
-///   returns them to the OS when the thread next uses its heap. An idle
-///   worker does not, so the buffers of connections that just parked stayed
-///   resident. Purging at once measured ~3.1 KiB per idle connection instead
-///   of 4.2–9.3, and no more CPU under load.
+/// - purge delay [`PURGE_DELAY_MS`]: freed pages go back to the OS after
+///   this long. mimalloc's 1 s default kept the buffers of connections that
+///   just parked resident, because it purges only when a thread next calls
+///   into it and an idle worker does not; purging at once instead cost a
+///   page fault every ~8 requests under load, as hyper's 8 KiB read buffers
+///   came and went (~3% of the CPU in `perf`). A short delay with
+///   [`purge_thread`] doing the purging gets both.
 /// - lazy arena commit: an eagerly committed first arena cost ~7 MiB of
 ///   resident memory at rest (benches/README.md, "Memory").
 ///
@@ -81,9 +83,9 @@ extern "C" fn tune_allocator() {
     // not name these two.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-    for (option, env) in [
-        (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY"),
-        (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT"),
+    for (option, env, value) in [
+        (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", PURGE_DELAY_MS),
+        (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0),
     ] {
         // SAFETY: `getenv` reads the environment with a NUL-terminated name;
         // this runs before `main`, on the only thread, so nothing writes
@@ -92,10 +94,30 @@ extern "C" fn tune_allocator() {
         let operator_set = unsafe { !libc::getenv(env.as_ptr()).is_null() };
         if !operator_set {
             // SAFETY: `mi_option_set` stores an integer in mimalloc's option
-            // table; 0 is a documented value of both options, and mimalloc
-            // reads them when it next needs them.
-            unsafe { libmimalloc_sys::mi_option_set(option, 0) };
+            // table; both values are in the documented ranges, and mimalloc
+            // reads the options when it next needs them.
+            unsafe { libmimalloc_sys::mi_option_set(option, value) };
         }
+    }
+}
+
+/// See [`tune_allocator`].
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
+
+/// Purges what has waited [`PURGE_DELAY_MS`], every 250 ms, for the whole
+/// process: mimalloc's arenas are shared by all threads, so this one
+/// thread's call frees the pages idle workers left behind.
+fn purge_thread() {
+    let spawned = std::thread::Builder::new()
+        .name("cutover-purge".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            // SAFETY: `mi_collect` may be called from any thread at any
+            // time; `false` asks for the ordinary, non-blocking collection.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no allocator purge thread; idle memory is returned later");
     }
 }
 
@@ -120,5 +142,6 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
     }
+    purge_thread();
     cli.execute()
 }
