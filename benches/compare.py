@@ -31,6 +31,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -467,6 +468,7 @@ def nginx_reload_storm(work, conns, secs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10, help="length of each measured wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive clients for the memory test")
     ap.add_argument("--only", default="", help="comma list of sections: throughput,memory,flip")
     args = ap.parse_args()
@@ -489,7 +491,7 @@ def main():
                    f"{version('nginx')}, {version('haproxy')}, {version('wrk')}; "
                    f"wrk -t1, {args.seconds}s per run, 2s warm-up.\n")
         if "throughput" in sections:
-            out.append(throughput(work, args.seconds))
+            out.append(throughput(work, args.seconds, args.rounds))
         if "memory" in sections:
             out.append(memory(work, args.idle))
         if "flip" in sections:
@@ -522,34 +524,58 @@ def version(tool):
     return text[0] if text else tool
 
 
-def throughput(work, secs):
-    rows = {}
+THROUGHPUT_KINDS = ("direct", "nginx", "haproxy", "cutover", "cutover-realistic")
+
+
+def throughput(work, secs, rounds):
+    """Each proxy `rounds` times, interleaved (the order rotates each round),
+    so that the machine drifting during the test falls on all of them:
+    CPU µs/request and req/s from the totals, latencies the median of the
+    rounds, and the spread of cutover/nginx's CPU ratio over the rounds."""
+    runs = {}
     for conns in (64, 256):
-        log(f"direct, {conns} connections")
-        rows[("direct", conns)] = measure(None, UP_BLUE, conns, secs)
-        for kind in ("nginx", "haproxy", "cutover", "cutover-realistic"):
-            log(f"{kind}, {conns} connections")
-            server = start_proxy(kind, work)
-            try:
-                headers = BROWSER if kind == "cutover-realistic" else ()
-                rows[(kind, conns)] = measure(server, PROXY, conns, secs, headers)
-            finally:
-                server.stop()
-                wait_port_free(PROXY)
+        for i in range(rounds):
+            order = THROUGHPUT_KINDS[1:][i % 4:] + THROUGHPUT_KINDS[1:][:i % 4]
+            for kind in ("direct",) + order:
+                log(f"{kind}, {conns} connections, round {i + 1} of {rounds}")
+                if kind == "direct":
+                    r = measure(None, UP_BLUE, conns, secs)
+                else:
+                    server = start_proxy(kind, work)
+                    try:
+                        headers = BROWSER if kind == "cutover-realistic" else ()
+                        r = measure(server, PROXY, conns, secs, headers)
+                    finally:
+                        server.stop()
+                        wait_port_free(PROXY)
+                runs.setdefault((kind, conns), []).append(r)
+    rows = {}
+    for key, rs in runs.items():
+        total = sum(r["requests"] for r in rs)
+        cpu = sum(r["cpu_us"] * r["requests"] for r in rs) / total if total else float("nan")
+        rows[key] = {"cpu_us": cpu, "rps": total / (secs * len(rs)),
+                     "p50": statistics.median(r["p50"] for r in rs),
+                     "p99": statistics.median(r["p99"] for r in rs),
+                     "rss_mib": max(r["rss_mib"] for r in rs),
+                     "errors": sum(r["errors"] for r in rs)}
     lines = ["## Throughput and CPU per request\n",
+             f"{rounds} rounds of {secs} s per proxy, interleaved; CPU and req/s from the totals, "
+             "p50/p99 the median round.\n",
              "| proxy | conns | CPU µs/req | req/s | p50 ms | p99 ms | RSS MiB | errors |",
              "|---|---|---|---|---|---|---|---|"]
     for (kind, conns), r in rows.items():
         lines.append(f"| {kind} | {conns} | {r['cpu_us']:.2f} | {r['rps']:.0f} | {r['p50']:.3f} | "
                      f"{r['p99']:.3f} | {r['rss_mib']:.1f} | {r['errors']} |")
     lines.append("")
-    lines.append("| ratio | conns | CPU/req | req/s | p99 |")
+    lines.append("| ratio | conns | CPU/req (rounds: min–max) | req/s | p99 |")
     lines.append("|---|---|---|---|---|")
     for conns in (64, 256):
         c = rows[("cutover", conns)]
         for other in ("nginx", "haproxy"):
             o = rows[(other, conns)]
-            lines.append(f"| cutover / {other} | {conns} | {c['cpu_us'] / o['cpu_us']:.2f} | "
+            each = [a["cpu_us"] / b["cpu_us"] for a, b in zip(runs[("cutover", conns)], runs[(other, conns)])]
+            lines.append(f"| cutover / {other} | {conns} | {c['cpu_us'] / o['cpu_us']:.2f} "
+                         f"({min(each):.2f}–{max(each):.2f}) | "
                          f"{c['rps'] / o['rps']:.2f} | {c['p99'] / o['p99']:.2f} |")
         real = rows[("cutover-realistic", conns)]
         lines.append(f"| realistic / minimal cutover | {conns} | {real['cpu_us'] / c['cpu_us']:.2f} | "
