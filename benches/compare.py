@@ -376,17 +376,17 @@ def storm(stop, action):
         stop.wait(0.1)
 
 
-STORM_ROUNDS = 5
+STORM_ROUNDS = 8
 
 
 def under_storm(server, conns, secs, action, cpu=True):
     """Steady runs and storm runs (`action` every 100 ms), interleaved:
-    STORM_ROUNDS pairs of `secs`/2-second runs in the order steady, storm,
+    STORM_ROUNDS pairs of `secs`/3-second runs in the order steady, storm,
     storm, steady, steady, ... so that the machine drifting during the
     test (it is shared) falls on both sides alike. Returns the two sides'
     totals — req/s, errors, and with `cpu` the CPU µs per request — and
     the storm/steady throughput ratio of each pair, for the spread."""
-    seg = max(2, secs // 2)
+    seg = max(2, secs // 3)
     wrk(PROXY, conns, 2)  # warm-up
     pids = server.pids() if cpu else []
     sides = {s: {"requests": 0, "secs": 0.0, "errors": 0, "cpu": 0.0} for s in ("steady", "storm")}
@@ -597,7 +597,7 @@ def memory(work, n):
 
 def flips(work, secs):
     lines = ["## Changing the live pool under load (64 connections)\n",
-             f"{STORM_ROUNDS} steady and {STORM_ROUNDS} storm runs of {max(2, secs // 2)} s each, "
+             f"{STORM_ROUNDS} steady and {STORM_ROUNDS} storm runs of {max(2, secs // 3)} s each, "
              "interleaved (steady, storm, storm, steady, ...); totals of each side, and the spread of the "
              "storm/steady ratio over the pairs.\n",
              "| how | changes | errors | req/s | throughput vs steady (pairs: min–max) | CPU µs/req vs steady |",
