@@ -70,6 +70,11 @@ impl Exchange {
         self.upstream.take()
     }
 
+    /// When the request began (one clock read serves the whole exchange).
+    pub fn started(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start)
+    }
+
     pub fn mark_complete(&self) {
         self.complete.set(true);
     }
@@ -84,7 +89,8 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.conn.request_ended();
-        let elapsed = self.start.elapsed();
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(self.start);
         if let Some(server) = &self.server {
             server.in_flight.fetch_sub(1, Relaxed);
         }
@@ -111,7 +117,9 @@ impl Drop for Exchange {
         }
         if let Some(up) = self.upstream.take() {
             if self.complete.get() {
-                self.worker.upstreams.put_back(up);
+                self.worker
+                    .upstreams
+                    .put_back(up, tokio::time::Instant::from_std(end));
             }
         }
     }

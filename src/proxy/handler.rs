@@ -148,12 +148,13 @@ async fn forward(
 
     // Phase 4: a connection; a connect failure is retried once on another
     // healthy server of the same colour (nothing was sent yet).
-    let mut up = match connection(worker, &pool, &server, connect_timeout).await {
+    let mut up = match connection(worker, &pool, &server, connect_timeout, ex.started()).await {
         Ok(c) => c,
         Err(()) => match pool.pick(Some(server.id)).cloned() {
             Some(other) => {
                 ex.bind(&other);
-                match connection(worker, &pool, &other, connect_timeout).await {
+                let now = tokio::time::Instant::now();
+                match connection(worker, &pool, &other, connect_timeout, now).await {
                     Ok(c) => c,
                     Err(()) => return fail(ex, ProxyError::Connect),
                 }
@@ -169,7 +170,7 @@ async fn forward(
     // idempotent request without a body (RFC 9110 §9.2.2) on a connection
     // that sat idle long enough for the upstream to give up on it — only
     // then is a copy of its head kept, so busy connections pay nothing.
-    let replay = (up.idle_for() >= REPLAY_AFTER_IDLE
+    let replay = (up.idle_for(ex.started()) >= REPLAY_AFTER_IDLE
         && parts.method.is_idempotent()
         && body.is_end_stream()
         && !upgrade)
@@ -285,8 +286,9 @@ async fn connection(
     pool: &Pool,
     server: &Arc<Server>,
     connect_timeout: Duration,
+    now: tokio::time::Instant,
 ) -> Result<Pooled, ()> {
-    while let Some(mut c) = worker.upstreams.take(server) {
+    while let Some(mut c) = worker.upstreams.take(server, now) {
         if c.tx.ready().await.is_ok() {
             return Ok(c);
         }

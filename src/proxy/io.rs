@@ -188,7 +188,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
             && !self.h2
             && self.flushed
             && !self.read_while_busy
+            && !self.surely_early()
             && Instant::now() >= self.park_at
+    }
+
+    /// Is it certainly not yet time to park? It is not while the timer,
+    /// armed at or before `park_at`, has not fired — known without reading
+    /// the clock, as this is asked at every read.
+    fn surely_early(&self) -> bool {
+        !self.timer.is_elapsed() && self.timer.deadline() <= self.park_at
     }
 
     /// Poll the timer (which registers this task with it); `true` once the
@@ -370,5 +378,60 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A kept-alive connection idle for `park_after` hands its socket back,
+    /// and hyper (here: the reader) sees the end of the stream.
+    #[tokio::test]
+    async fn an_idle_connection_parks_after_its_delay_and_not_before() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let state = Arc::new(ConnState::default());
+        let (park, parked) = oneshot::channel();
+        let idle_timeout = Duration::from_millis(1000); // parks after 500 ms
+        let mut io = TimedIo::new(
+            server,
+            state.clone(),
+            Duration::from_secs(5),
+            idle_timeout,
+            Some(park),
+        );
+        // One request and its response, as hyper would drive them.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        state.request_started();
+        state.request_ended();
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        io.flush().await.unwrap();
+        let idle_from = Instant::now();
+        // The next read waits for the client, then ends: parked.
+        let n = tokio::time::timeout(Duration::from_secs(2), io.read(&mut buf))
+            .await
+            .expect("parked before the idle timeout")
+            .unwrap();
+        assert_eq!(n, 0);
+        let waited = idle_from.elapsed();
+        assert!(
+            waited >= park_after(idle_timeout) - Duration::from_millis(5) && waited < idle_timeout,
+            "parked after {waited:?}"
+        );
+        let mut socket = parked.await.expect("the socket came back");
+        // It is the same connection: the client's next bytes arrive on it.
+        client.write_all(b"next").await.unwrap();
+        let mut got = [0u8; 4];
+        socket.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"next");
     }
 }

@@ -102,9 +102,10 @@ pub struct Pooled {
 }
 
 impl Pooled {
-    /// How long it sat idle in the pool before this request (zero if new).
-    pub fn idle_for(&self) -> Duration {
-        self.idle_since.map_or(Duration::ZERO, |t| t.elapsed())
+    /// How long it sat idle in the pool before `now` (zero if new).
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        self.idle_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 }
 
@@ -150,12 +151,12 @@ impl Upstreams {
     }
 
     /// An idle connection to `server` that is still open and fresh enough
-    /// (for HTTP/2: the shared connection).
-    pub fn take(&self, server: &Arc<Server>) -> Option<Pooled> {
+    /// (for HTTP/2: the shared connection). `now`: the request's start,
+    /// read once for all its bookkeeping.
+    pub fn take(&self, server: &Arc<Server>, now: Instant) -> Option<Pooled> {
         if server.protocol == Protocol::H2 {
             let mut h2 = self.h2.borrow_mut();
             let slot = h2.get_mut(server.id)?;
-            let now = Instant::now();
             match slot {
                 Some(c)
                     if !c.tx.is_closed()
@@ -178,7 +179,6 @@ impl Upstreams {
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(server.id)?;
-        let now = Instant::now();
         let found = loop {
             match list.pop() {
                 None => break None,
@@ -261,12 +261,12 @@ impl Upstreams {
     }
 
     /// Give a connection back after a complete exchange, unless it is
-    /// too old, broken, or its pool no longer receives traffic.
-    pub fn put_back(&self, conn: Pooled) {
+    /// too old, broken, or its pool no longer receives traffic. `now`: the
+    /// exchange's end.
+    pub fn put_back(&self, conn: Pooled, now: Instant) {
         if conn.tx.is_h2() {
             return; // the shared connection stays in its slot
         }
-        let now = Instant::now();
         if conn.tx.is_closed()
             || now.duration_since(conn.created) >= self.max_lifetime.get()
             || !self.wanted(conn.server.id, now)
