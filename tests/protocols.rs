@@ -123,6 +123,14 @@ async fn two_hostnames_on_one_tls_port_each_get_their_certificate_and_alpn_is_ho
     assert_eq!(seen["_upstream"][0], "green");
 }
 
+/// A client speaking h2c with prior knowledge.
+fn h2c_client(
+) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_prior_knowledge_request_is_routed_by_rules_like_http1() {
     let (b, g) = blue_green().await;
@@ -144,10 +152,7 @@ to = "green"
 "#,
         b.addr, g.addr
     ));
-    let h2: hyper_util::client::legacy::Client<_, Body> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2 = h2c_client();
     assert_eq!(get(&h2, &proxy.url("/"), &[]).await.text(), "blue");
     assert_eq!(
         get(&h2, &proxy.url("/"), &[("x-preview", "1")])
@@ -291,10 +296,7 @@ async fn shutdown_closes_an_idle_h2c_connection_at_once() {
         "[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
         b.addr, g.addr
     ));
-    let h2: hyper_util::client::legacy::Client<_, Body> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2 = h2c_client();
     assert_eq!(get(&h2, &proxy.url("/"), &[]).await.text(), "blue");
     tokio::time::timeout(Duration::from_millis(800), proxy.join())
         .await
