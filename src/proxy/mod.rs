@@ -65,7 +65,9 @@ pub struct Worker {
     /// Each connection checks `stopping` when polled — a load and a
     /// comparison — where awaiting the shutdown `watch` beside hyper's
     /// connection re-polled it (a lock inside tokio) at every wake-up:
-    /// ~300 instructions per request (callgrind).
+    /// ~300 instructions per request (callgrind). The accept loop and
+    /// parked connections still await the `watch`: they are polled only
+    /// when something happens to them, not once or more per request.
     serving: RefCell<Slab<Option<Waker>>>,
 }
 
@@ -127,7 +129,7 @@ impl Worker {
 }
 
 /// A serving connection's place in [`Worker::serving`].
-pub(crate) struct StopWatch {
+struct StopWatch {
     worker: Rc<Worker>,
     key: usize,
 }
