@@ -62,7 +62,9 @@ async fn forward(
         limits.upstream_response_timeout,
     );
     let color_header = snap.settings.color_header;
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+    let host_field = req.headers().get(header::HOST).cloned();
+    let has_host_field = host_field.is_some();
+    let host = host_field.or_else(|| {
         req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -87,7 +89,9 @@ async fn forward(
 
     // Phase 2: limits that need no upstream.
     ex.choose(&pool);
-    if max_body > 0 && content_length(req.headers()).is_some_and(|n| n > max_body) {
+    // hyper parsed and checked `Content-Length` (for HTTP/2 too): the
+    // body's exact size hint is that length, with no second lookup.
+    if max_body > 0 && req.body().size_hint().exact().is_some_and(|n| n > max_body) {
         return fail(ex, ProxyError::BodyTooLarge);
     }
     let Some(server) = pool.pick(None).cloned() else {
@@ -97,20 +101,22 @@ async fn forward(
 
     // Phase 3: the upstream request.
     let (mut parts, body) = req.into_parts();
-    let upgrade = headers::is_upgrade_request(&parts.headers);
+    let hop = headers::HopFields::scan(&parts.headers);
+    let upgrade = hop.upgrade_requested(&parts.headers);
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
         None
     };
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let named_removed = headers::strip_found(&mut parts.headers, hop, upgrade);
     headers::add_forwarded(
         &mut parts.headers,
         &conn.client_value,
         conn.tls,
         host.clone(),
     );
-    if !parts.headers.contains_key(header::HOST) {
+    // `Connection` may have named `Host` itself: look again only then.
+    if (!has_host_field || named_removed) && !parts.headers.contains_key(header::HOST) {
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
@@ -302,10 +308,6 @@ async fn connection(
             Err(())
         }
     }
-}
-
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn is_too_large(e: &hyper::Error) -> bool {

@@ -18,15 +18,46 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_CUTOVER_COLOR: HeaderName = HeaderName::from_static("x-cutover-color");
 
+/// The fixed hop-by-hop fields a header map holds, found in one pass over
+/// its names: the handler asks whether a request is an upgrade and then
+/// strips it with the same scan.
+#[derive(Clone, Copy, Debug)]
+pub struct HopFields(u8);
+
+impl HopFields {
+    pub fn scan(headers: &HeaderMap) -> HopFields {
+        HopFields(headers.keys().fold(0u8, |acc, k| acc | hop_bit(k)))
+    }
+
+    /// Does this request ask for a protocol upgrade (RFC 9110 §7.8)? It
+    /// has an `Upgrade` field and `Connection` lists `upgrade`.
+    pub fn upgrade_requested(self, headers: &HeaderMap) -> bool {
+        self.0 & UPGRADE_BIT != 0
+            && self.0 & CONNECTION_BIT != 0
+            && headers.get_all(header::CONNECTION).iter().any(|v| {
+                v.to_str()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+    }
+}
+
 /// Remove hop-by-hop fields in place. With `upgrade` set (a request or 101
 /// response of a protocol upgrade), `Upgrade` and `Connection: upgrade`
 /// survive; everything else the `Connection` field names is still removed.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the names finds which hop-by-hop fields are present, so
-    // only those are removed: a failed removal still hashes its name.
-    let present = headers.keys().fold(0u8, |acc, k| acc | hop_bit(k));
+/// `true` when `Connection` named other fields, which were removed.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
+    strip_found(headers, HopFields::scan(headers), upgrade)
+}
+
+/// [`strip_hop_by_hop`] with the fields already scanned. Only those
+/// present are removed: a failed removal still hashes its name.
+pub fn strip_found(headers: &mut HeaderMap, found: HopFields, upgrade: bool) -> bool {
+    let present = found.0;
+    let mut named = false;
     if present == 0 && !upgrade {
-        return;
+        return false;
     }
     if present & CONNECTION_BIT != 0 {
         // One lookup takes every `Connection` line out. The common
@@ -39,6 +70,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             let simple =
                 more.is_empty() && first.as_ref().is_some_and(|v| is_plain_token(v.as_bytes()));
             if !simple {
+                named = true;
                 for v in first.iter().chain(&more) {
                     for token in v.to_str().unwrap_or("").split(',') {
                         let token = token.trim();
@@ -84,6 +116,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
+    named
 }
 
 const CONNECTION_BIT: u8 = 1;
@@ -120,17 +153,6 @@ fn is_plain_token(v: &[u8]) -> bool {
     v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
 }
 
-/// Does this request ask for a protocol upgrade (RFC 9110 §7.8)?
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .unwrap_or("")
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-}
-
 /// Set `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the host the client asked for).
 /// `client` is the client address already rendered as a header value.
@@ -140,17 +162,21 @@ pub fn add_forwarded(
     tls: bool,
     host: Option<HeaderValue>,
 ) {
-    match headers.get(&X_FORWARDED_FOR) {
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), client.clone());
+    match headers.entry(&X_FORWARDED_FOR) {
+        http::header::Entry::Vacant(e) => {
+            e.insert(client.clone());
         }
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
+        http::header::Entry::Occupied(mut e) => {
+            // Every earlier line, in order, then this client (RFC 7239
+            // §7.1's list semantics, which `X-Forwarded-For` follows).
+            let mut v = Vec::with_capacity(e.get().len() + 2 + client.len());
+            for prev in e.iter() {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+            }
             v.extend_from_slice(client.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&v) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
+                e.insert(v);
             }
         }
     }
@@ -254,7 +280,7 @@ mod tests {
     #[test]
     fn upgrade_is_removed_unless_upgrading() {
         let mut h = map(&[("upgrade", "websocket"), ("connection", "Upgrade")]);
-        assert!(is_upgrade_request(&h));
+        assert!(HopFields::scan(&h).upgrade_requested(&h));
         strip_hop_by_hop(&mut h, false);
         assert!(h.is_empty());
 
@@ -282,6 +308,15 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 192.0.2.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example.com");
+
+        // Two earlier lines: both kept, in order, as one line.
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.1, 198.51.100.2"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ]);
+        add_forwarded(&mut h, &client, false, None);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["203.0.113.1, 198.51.100.2, 203.0.113.7, 192.0.2.9"]);
 
         let mut h = HeaderMap::new();
         add_forwarded(
