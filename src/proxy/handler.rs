@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use super::body::{RequestBody, ResponseBody, TooLarge};
 use super::conn::ConnInfo;
+use super::deadline;
 use super::error::ProxyError;
 use super::exchange::Exchange;
 use super::headers;
@@ -182,7 +183,13 @@ async fn forward(
         && !upgrade)
         .then(|| head_copy(&parts));
     let req = Request::from_parts(parts, RequestBody::new(body, max_body));
-    let mut sent = tokio::time::timeout(response_timeout, up.tx.try_send_request(req)).await;
+    let mut sent = worker
+        .deadlines
+        .within(
+            deadline::after(response_timeout),
+            up.tx.try_send_request(req),
+        )
+        .await;
     if let Ok(Err(e)) = &mut sent {
         if up.reused {
             if let Some(again) = e.take_message().or_else(|| replay.map(rebuild)) {
@@ -190,9 +197,13 @@ async fn forward(
                 match worker.upstreams.connect(&up.server, connect_timeout).await {
                     Ok(fresh) => {
                         up = fresh;
-                        sent =
-                            tokio::time::timeout(response_timeout, up.tx.try_send_request(again))
-                                .await;
+                        sent = worker
+                            .deadlines
+                            .within(
+                                deadline::after(response_timeout),
+                                up.tx.try_send_request(again),
+                            )
+                            .await;
                     }
                     Err(_) => {
                         up.server.connect_errors.fetch_add(1, Relaxed);

@@ -8,6 +8,7 @@
 //!
 //! - [`conn`]: accept, `max_connections`, serve HTTP/1.1 + h2c, drain;
 //! - [`io`]: client header and idle timeouts on the socket;
+//! - [`deadline`]: upstream response deadlines, one timer per worker;
 //! - [`handler`]: the request phases, route → forward → respond;
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
 //! - [`upstream`]: per-worker, per-server connection pools;
@@ -17,6 +18,7 @@
 
 pub mod body;
 mod conn;
+mod deadline;
 pub mod error;
 mod exchange;
 mod handler;
@@ -55,6 +57,8 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 pub struct Worker {
     pub shared: Arc<Shared>,
     upstreams: upstream::Upstreams,
+    /// Requests waiting for an upstream's response head.
+    deadlines: deadline::Deadlines,
     http: auto::Builder<LocalExec>,
     /// Open client connections on this worker (drain waits for zero).
     open: Cell<usize>,
@@ -90,6 +94,7 @@ impl Worker {
             .keep_alive_interval(Some(Duration::from_secs(20)));
         Worker {
             upstreams: upstream::Upstreams::new(&limits),
+            deadlines: deadline::Deadlines::default(),
             shared,
             http,
             open: Cell::new(0),
@@ -182,6 +187,8 @@ pub fn run_worker(
             tokio::task::spawn_local(conn::accept_loop(worker.clone(), l, tls));
         }
         tokio::task::spawn_local(sweeper(worker.clone()));
+        let timer = worker.clone();
+        tokio::task::spawn_local(async move { timer.deadlines.run().await });
         let mut shutdown = shared.shutdown.subscribe();
         let _ = shutdown.wait_for(|stop| *stop).await;
         worker.stop();
