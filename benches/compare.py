@@ -189,6 +189,12 @@ def nginx_proxy_conf(work, upstream_port=UP_BLUE):
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The request cutover sends upstream (SPEC §5): the client's
+            # Host kept, and the three X-Forwarded fields.
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
         }}
     }}
 }}
@@ -218,6 +224,10 @@ frontend fe
     bind 127.0.0.1:{PROXY}
     default_backend be
 backend be
+    # The request cutover sends upstream (SPEC §5); HAProxy keeps Host.
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
     server s1 127.0.0.1:{UP_BLUE}
 """
     path = os.path.join(work, "haproxy.cfg")
