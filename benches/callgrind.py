@@ -7,6 +7,7 @@ to the hot path can be compared where wall-clock numbers are noise.
     python3 benches/callgrind.py [--config minimal|realistic] [--requests N]
     python3 benches/callgrind.py --proxy nginx      # the same harness, nginx
     python3 benches/callgrind.py --flips            # and a phase with flips
+    python3 benches/callgrind.py --proxy hyper-floor [--floor-features N]
 
 Starts an nginx upstream, runs the proxy (`cutover run`, or nginx with
 `master_process off`, or HAProxy) under `valgrind --tool=callgrind`, sends
@@ -95,7 +96,18 @@ def flip_storm(stop, flips):
         stop.wait(0.1)
 
 
-def proxy_argv(kind, config, work):
+def hyper_floor_binary():
+    """Build benches/hyper_floor.rs (the thinnest hyper proxy) and return
+    its path."""
+    subprocess.run(["cargo", "build", "--release", "--example", "hyper_floor"],
+                   cwd=compare.ROOT, check=True)
+    return os.path.join(compare.ROOT, "target", "release", "examples", "hyper_floor")
+
+
+def proxy_argv(kind, config, work, floor_features=0):
+    if kind == "hyper-floor":
+        return [hyper_floor_binary(), f"127.0.0.1:{compare.PROXY}",
+                f"127.0.0.1:{compare.UP_BLUE}", str(floor_features)]
     if kind == "cutover":
         conf = (compare.cutover_minimal_conf(work) if config == "minimal"
                 else compare.cutover_realistic_conf(work))
@@ -119,7 +131,10 @@ def proxy_argv(kind, config, work):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--proxy", choices=["cutover", "nginx", "haproxy"], default="cutover")
+    ap.add_argument("--proxy", choices=["cutover", "nginx", "haproxy", "hyper-floor"],
+                    default="cutover")
+    ap.add_argument("--floor-features", type=int, default=0,
+                    help="hyper-floor: the pieces of cutover to add (bits; see benches/hyper_floor.rs)")
     ap.add_argument("--config", choices=["minimal", "realistic"], default="minimal",
                     help="cutover's config")
     ap.add_argument("--requests", type=int, default=2000)
@@ -130,7 +145,7 @@ def main():
                                            "-g", "daemon off;"], compare.UP_BLUE)
     out = os.path.join(work, "callgrind.out")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-                            + proxy_argv(args.proxy, args.config, work),
+                            + proxy_argv(args.proxy, args.config, work, args.floor_features),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         compare.wait_port(compare.PROXY, timeout=60)
@@ -139,7 +154,8 @@ def main():
         dump_ir(out, proc.pid, 1)
         send(2 * n)
         measured = dump_ir(out, proc.pid, 2)
-        name = f"cutover, {args.config} config" if args.proxy == "cutover" else args.proxy
+        name = {"cutover": f"cutover, {args.config} config",
+                "hyper-floor": f"hyper floor, features {args.floor_features}"}.get(args.proxy, args.proxy)
         print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
         print(f"{name}: {measured / (2 * n):.0f} instructions per request "
               f"(callgrind, {2 * n} requests after {n} warm-up)", flush=True)
