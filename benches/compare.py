@@ -16,6 +16,9 @@ The method is written down in benches/README.md; in short:
   after, giving CPU microseconds per request, the figure that holds on a
   noisy shared machine;
 - RSS with 10,000 idle keep-alive client connections;
+- side by side: nginx and cutover at the same time, each with its own
+  wrk, so that whatever the machine does falls on both in the same
+  seconds; the ratio of their CPU per request, round by round;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs, and nginx's way of doing it (rewrite the
   upstream, `nginx -s reload` every 100 ms) for contrast.
@@ -42,6 +45,8 @@ import http.client
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUTOVER = os.path.join(ROOT, "target", "release", "cutover")
 UP_BLUE, UP_GREEN, PROXY, ADMIN = 18080, 18082, 18081, 19901
+# cutover's ports when it runs beside nginx (the side-by-side section).
+SIDE_PROXY, SIDE_ADMIN = 18083, 19903
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -480,9 +485,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=10, help="length of each measured wrk run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive clients for the memory test")
-    ap.add_argument("--only", default="", help="comma list of sections: throughput,memory,flip")
+    ap.add_argument("--only", default="",
+                    help="comma list of sections: throughput,side,memory,flip")
     args = ap.parse_args()
-    sections = set(args.only.split(",")) if args.only else {"throughput", "memory", "flip"}
+    sections = (set(args.only.split(",")) if args.only
+                else {"throughput", "side", "memory", "flip"})
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -502,6 +509,8 @@ def main():
                    f"wrk -t1, {args.seconds}s per run, 2s warm-up.\n")
         if "throughput" in sections:
             out.append(throughput(work, args.seconds, args.rounds))
+        if "side" in sections:
+            out.append(side_by_side(work, args.seconds, 2 * args.rounds))
         if "memory" in sections:
             out.append(memory(work, args.idle))
         if "flip" in sections:
@@ -590,6 +599,65 @@ def throughput(work, secs, rounds):
         real = rows[("cutover-realistic", conns)]
         lines.append(f"| realistic / minimal cutover | {conns} | {real['cpu_us'] / c['cpu_us']:.2f} | "
                      f"{real['rps'] / c['rps']:.2f} | {real['p99'] / c['p99']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def side_by_side(work, secs, rounds):
+    """nginx on PROXY and cutover (minimal config) on SIDE_PROXY, both
+    running, each loaded by its own `wrk -c64` in the same seconds. A
+    machine that slows down or speeds up does so for both: the per-round
+    ratio of their CPU per request is free of the drift between runs that
+    the sequential rounds suffer, though not of the two competing with
+    each other (which they do alike: same upstream, same cores)."""
+    with open(cutover_minimal_conf(work)) as f:
+        conf = (f.read().replace(f"127.0.0.1:{PROXY}", f"127.0.0.1:{SIDE_PROXY}")
+                .replace(f"127.0.0.1:{ADMIN}", f"127.0.0.1:{SIDE_ADMIN}"))
+    side_conf = os.path.join(work, "cutover-side.toml")
+    with open(side_conf, "w") as f:
+        f.write(conf)
+    nginx = start_proxy("nginx", work)
+    cut = Server("cutover", [CUTOVER, "run", "-c", side_conf], SIDE_PROXY)
+    ratios, totals = [], {"nginx": [0, 0.0], "cutover": [0, 0.0]}
+    try:
+        for i in range(rounds):
+            log(f"side by side, round {i + 1} of {rounds}")
+            results = {}
+
+            def load(name, port, seconds):
+                results[name] = wrk(port, 64, seconds)
+
+            for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
+                pids = {"nginx": nginx.pids(), "cutover": cut.pids()}
+                before = {k: cpu_seconds(v) for k, v in pids.items()}
+                threads = [threading.Thread(target=load, args=("nginx", PROXY, seconds)),
+                           threading.Thread(target=load, args=("cutover", SIDE_PROXY, seconds))]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                if not measured:
+                    continue
+                per = {}
+                for k in pids:
+                    n = results[k]["requests"]
+                    cpu = cpu_seconds(pids[k]) - before[k]
+                    totals[k][0] += n
+                    totals[k][1] += cpu
+                    per[k] = cpu * 1e6 / n if n else float("nan")
+                ratios.append(per["cutover"] / per["nginx"])
+    finally:
+        cut.stop()
+        nginx.stop()
+        wait_port_free(PROXY)
+        wait_port_free(SIDE_PROXY)
+    cpu = {k: v[1] * 1e6 / v[0] if v[0] else float("nan") for k, v in totals.items()}
+    lines = ["## Side by side: nginx and cutover loaded at the same time\n",
+             f"{rounds} rounds of {secs} s, each proxy with its own `wrk -t1 -c64`, both at once.\n",
+             "| | nginx CPU µs/req | cutover CPU µs/req | cutover / nginx (rounds: min–max) | rounds |",
+             "|---|---|---|---|---|",
+             f"| 64 conns each | {cpu['nginx']:.2f} | {cpu['cutover']:.2f} | "
+             f"{cpu['cutover'] / cpu['nginx']:.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
+             f"{', '.join(f'{r:.2f}' for r in ratios)} |"]
     return "\n".join(lines) + "\n"
 
 
