@@ -457,6 +457,77 @@ def cutover_flip_storm(work, conns, secs):
         wait_port_free(PROXY)
 
 
+def side_conf(work, name, port, admin):
+    """The minimal cutover config on `port`/`admin`, with its own state file."""
+    with open(cutover_minimal_conf(work)) as f:
+        conf = (f.read().replace(f"127.0.0.1:{PROXY}", f"127.0.0.1:{port}")
+                .replace(f"127.0.0.1:{ADMIN}", f"127.0.0.1:{admin}"))
+    conf += f'\n[state]\nfile = "{os.path.join(work, name + ".state.json")}"\n'
+    path = os.path.join(work, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def flip_side_by_side(work, conns, secs, rounds):
+    """Two identical cutovers loaded at the same time, each by its own wrk;
+    in each round one of them (alternately) is flipped every 100 ms. The
+    storm/steady ratio of each round compares seconds the machine spent
+    alike on both, so it is free of the drift between sequential runs."""
+    a = Server("cutover-a", [CUTOVER, "run", "-c", side_conf(work, "a", PROXY, ADMIN)], PROXY)
+    b = Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "b", SIDE_PROXY, SIDE_ADMIN)],
+               SIDE_PROXY)
+    flips, errors, tput, cpu = [0], 0, [], []
+    try:
+        for i in range(rounds):
+            log(f"flip side by side, round {i + 1} of {rounds}")
+            stormy, steady = ((a, PROXY, ADMIN), (b, SIDE_PROXY, None)) if i % 2 == 0 \
+                else ((b, SIDE_PROXY, SIDE_ADMIN), (a, PROXY, None))
+
+            def flip(admin_port=stormy[2]):
+                admin = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+                admin.request("POST", "/v1/flip", body=b"")
+                resp = admin.getresponse()
+                resp.read()
+                admin.close()
+                if resp.status != 200:
+                    raise RuntimeError(f"flip answered {resp.status}")
+                flips[0] += 1
+
+            results = {}
+
+            def load(name, port, seconds):
+                results[name] = wrk(port, conns, seconds)
+
+            for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
+                pids = {"storm": stormy[0].pids(), "steady": steady[0].pids()}
+                before = {k: cpu_seconds(v) for k, v in pids.items()}
+                stop = threading.Event()
+                flipper = threading.Thread(target=storm, args=(stop, flip))
+                if measured:
+                    flipper.start()
+                threads = [threading.Thread(target=load, args=("storm", stormy[1], seconds)),
+                           threading.Thread(target=load, args=("steady", steady[1], seconds))]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                stop.set()
+                if measured:
+                    flipper.join()
+                    per = {k: (cpu_seconds(v) - before[k]) * 1e6 / results[k]["requests"]
+                           for k, v in pids.items()}
+                    tput.append(results["storm"]["rps"] / results["steady"]["rps"])
+                    cpu.append(per["storm"] / per["steady"])
+                    errors += results["storm"]["errors"]
+    finally:
+        a.stop()
+        b.stop()
+        wait_port_free(PROXY)
+        wait_port_free(SIDE_PROXY)
+    return flips[0], errors, tput, cpu
+
+
 def nginx_reload_storm(work, conns, secs):
     server = start_proxy("nginx", work)
     try:
@@ -685,6 +756,13 @@ def flips(work, secs):
     lines.append(f"| cutover admin flip every 100 ms | {n} | {stormy['errors']} | {stormy['rps']:.0f} | "
                  f"{stormy['rps'] / steady['rps']:.3f} ({min(pairs):.2f}–{max(pairs):.2f}) | "
                  f"{stormy['cpu_us'] / steady['cpu_us']:.3f} |")
+    log("cutover flip storm, side by side")
+    rounds = STORM_ROUNDS
+    n, errors, tput, cpu = flip_side_by_side(work, 64, secs, rounds)
+    side = (f"| cutover admin flip every 100 ms, side by side with a steady twin ({rounds} rounds of "
+            f"{secs} s; the mean of the rounds' ratios) | {n} | {errors} | – | "
+            f"{statistics.mean(tput):.3f} ({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |")
+    lines.append(side)
     log("nginx reload storm")
     steady, stormy, pairs, n = nginx_reload_storm(work, 64, secs)
     lines.append(f"| nginx rewrite + `nginx -s reload` every 100 ms | {n} | {stormy['errors']} | "
