@@ -391,6 +391,32 @@ def storm(stop, action):
         stop.wait(0.1)
 
 
+def post_flip(admin_port):
+    """`POST /v1/flip` on a new connection, as `cutover flip` makes one."""
+    admin = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+    admin.request("POST", "/v1/flip", body=b"")
+    resp = admin.getresponse()
+    resp.read()
+    admin.close()
+    if resp.status != 200:
+        raise RuntimeError(f"flip answered {resp.status}")
+
+
+def wrk_at_once(ports, conns, secs):
+    """One wrk per entry of `ports` (name -> port), all at the same time."""
+    results = {}
+
+    def load(name, port):
+        results[name] = wrk(port, conns, secs)
+
+    threads = [threading.Thread(target=load, args=item) for item in ports.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 STORM_ROUNDS = 8
 
 
@@ -440,14 +466,7 @@ def cutover_flip_storm(work, conns, secs):
         flips = [0]
 
         def flip():
-            # A new connection per flip, as `cutover flip` would make.
-            admin = http.client.HTTPConnection("127.0.0.1", ADMIN, timeout=5)
-            admin.request("POST", "/v1/flip", body=b"")
-            resp = admin.getresponse()
-            resp.read()
-            admin.close()
-            if resp.status != 200:
-                raise RuntimeError(f"flip answered {resp.status}")
+            post_flip(ADMIN)
             flips[0] += 1
 
         steady, stormy, pairs = under_storm(server, conns, secs, flip)
@@ -485,19 +504,8 @@ def flip_side_by_side(work, conns, secs, rounds):
                 else ((b, SIDE_PROXY, SIDE_ADMIN), (a, PROXY, None))
 
             def flip(admin_port=stormy[2]):
-                admin = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
-                admin.request("POST", "/v1/flip", body=b"")
-                resp = admin.getresponse()
-                resp.read()
-                admin.close()
-                if resp.status != 200:
-                    raise RuntimeError(f"flip answered {resp.status}")
+                post_flip(admin_port)
                 flips[0] += 1
-
-            results = {}
-
-            def load(name, port, seconds):
-                results[name] = wrk(port, conns, seconds)
 
             for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
                 pids = {"storm": stormy[0].pids(), "steady": steady[0].pids()}
@@ -506,12 +514,7 @@ def flip_side_by_side(work, conns, secs, rounds):
                 flipper = threading.Thread(target=storm, args=(stop, flip))
                 if measured:
                     flipper.start()
-                threads = [threading.Thread(target=load, args=("storm", stormy[1], seconds)),
-                           threading.Thread(target=load, args=("steady", steady[1], seconds))]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                results = wrk_at_once({"storm": stormy[1], "steady": steady[1]}, conns, seconds)
                 stop.set()
                 if measured:
                     flipper.join()
@@ -680,32 +683,17 @@ def side_by_side(work, secs, rounds):
     ratio of their CPU per request is free of the drift between runs that
     the sequential rounds suffer, though not of the two competing with
     each other (which they do alike: same upstream, same cores)."""
-    with open(cutover_minimal_conf(work)) as f:
-        conf = (f.read().replace(f"127.0.0.1:{PROXY}", f"127.0.0.1:{SIDE_PROXY}")
-                .replace(f"127.0.0.1:{ADMIN}", f"127.0.0.1:{SIDE_ADMIN}"))
-    side_conf = os.path.join(work, "cutover-side.toml")
-    with open(side_conf, "w") as f:
-        f.write(conf)
     nginx = start_proxy("nginx", work)
-    cut = Server("cutover", [CUTOVER, "run", "-c", side_conf], SIDE_PROXY)
+    cut = Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN)],
+                 SIDE_PROXY)
     ratios, totals = [], {"nginx": [0, 0.0], "cutover": [0, 0.0]}
     try:
         for i in range(rounds):
             log(f"side by side, round {i + 1} of {rounds}")
-            results = {}
-
-            def load(name, port, seconds):
-                results[name] = wrk(port, 64, seconds)
-
             for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
                 pids = {"nginx": nginx.pids(), "cutover": cut.pids()}
                 before = {k: cpu_seconds(v) for k, v in pids.items()}
-                threads = [threading.Thread(target=load, args=("nginx", PROXY, seconds)),
-                           threading.Thread(target=load, args=("cutover", SIDE_PROXY, seconds))]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                results = wrk_at_once({"nginx": PROXY, "cutover": SIDE_PROXY}, 64, seconds)
                 if not measured:
                     continue
                 per = {}
