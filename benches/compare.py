@@ -20,7 +20,8 @@ The method is written down in benches/README.md; in short:
   wrk, so that whatever the machine does falls on both in the same
   seconds; the ratio of their CPU per request, round by round;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
-  interleaved with steady runs, and nginx's way of doing it (rewrite the
+  interleaved with steady runs; the same storm on one of two identical
+  cutovers loaded side by side; and nginx's way of doing it (rewrite the
   upstream, `nginx -s reload` every 100 ms) for contrast.
 
 Only loopback addresses are used. Every run is bounded in time.
