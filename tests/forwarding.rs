@@ -61,6 +61,28 @@ async fn x_forwarded_headers_are_set_and_host_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_field_naming_host_does_not_take_host_away() {
+    // `Connection` may name any field, `Host` too: it is removed with the
+    // hop-by-hop fields and put back, as SPEC §5 keeps `Host`.
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
+    let r = get(
+        &client(),
+        &proxy.url("/echo"),
+        &[
+            ("host", "shop.example.com"),
+            ("connection", "host, x-private"),
+            ("x-private", "secret"),
+        ],
+    )
+    .await;
+    let seen = r.json();
+    assert_eq!(seen["host"][0], "shop.example.com");
+    assert_eq!(seen["x-forwarded-host"][0], "shop.example.com");
+    assert!(seen.get("x-private").is_none(), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_request_headers_do_not_reach_the_upstream() {
     let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
