@@ -51,8 +51,7 @@ struct Node {
     at: Instant,
     prev: usize,
     next: usize,
-    /// In the list (not yet expired).
-    linked: bool,
+    /// Taken out of the list by the timer: the deadline passed.
     expired: bool,
     waker: Option<Waker>,
 }
@@ -94,7 +93,6 @@ impl Deadlines {
             at,
             prev: NIL,
             next: NIL,
-            linked: true,
             expired: false,
             waker: None,
         });
@@ -137,7 +135,6 @@ impl Deadlines {
             if node.at > now {
                 return Some(node.at);
             }
-            node.linked = false;
             node.expired = true;
             let waker = node.waker.take();
             let next = node.next;
@@ -217,8 +214,8 @@ impl Drop for Entry<'_> {
     fn drop(&mut self) {
         let mut list = self.list.inner.borrow_mut();
         let node = list.nodes.remove(self.key);
-        if !node.linked {
-            return;
+        if node.expired {
+            return; // the timer already unlinked it
         }
         match node.prev {
             NIL => list.head = (node.next != NIL).then_some(node.next),
