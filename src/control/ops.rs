@@ -8,14 +8,14 @@
 //! in here awaits, so the lock is never held across an `.await`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use super::state::{HistoryEntry, StateFile};
+use super::state::{HistoryEntry, StateError, StateFile};
 use super::Shared;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
 use crate::route::{AppState, Snapshot};
@@ -174,12 +174,10 @@ impl Control {
         if req.dry_run {
             return Ok(self.answer(&next, self.state.epoch, true, &names));
         }
-        let mut file = self.state.clone();
-        file.apps = states;
-        file.epoch = epoch;
         let time = now_rfc3339();
-        for (name, before, after) in &changed {
-            file.push_history(HistoryEntry {
+        let entries: Vec<HistoryEntry> = changed
+            .iter()
+            .map(|(name, before, after)| HistoryEntry {
                 time: time.clone(),
                 epoch,
                 actor: req.actor.clone(),
@@ -188,10 +186,14 @@ impl Control {
                 forced: req.force,
                 before: before.clone(),
                 after: after.clone(),
-            });
+            })
+            .collect();
+        self.persist(|file, path| file.save_next(path, epoch, &states, &entries))?;
+        self.state.apps = states;
+        self.state.epoch = epoch;
+        for entry in entries {
+            self.state.push_history(entry);
         }
-        self.persist(&file)?;
-        self.state = file;
         self.shared.store(next);
         for (name, before, after) in &changed {
             *self
@@ -339,9 +341,14 @@ impl Control {
         }
     }
 
-    fn persist(&self, file: &StateFile) -> Result<(), OpError> {
+    /// Write the state file (if there is one) with `save`, given the
+    /// current state and the file's path.
+    fn persist(
+        &self,
+        save: impl FnOnce(&StateFile, &Path) -> Result<(), StateError>,
+    ) -> Result<(), OpError> {
         match &self.state_path {
-            Some(path) => file.save(path).map_err(|e| {
+            Some(path) => save(&self.state, path).map_err(|e| {
                 tracing::error!(error = %e, "state not written; change refused");
                 OpError::Internal(e.to_string())
             }),
@@ -445,7 +452,8 @@ impl Control {
             (Some(_), false) => Some(crate::tls::CertStore::load(&new.tls)?.0),
             _ => None,
         };
-        self.persist(&file).map_err(|e| vec![e.to_string()])?;
+        self.persist(|_, path| file.save(path))
+            .map_err(|e| vec![e.to_string()])?;
         self.state = file;
         self.config = new;
         if let (Some(tls), Some(store)) = (&self.shared.tls, certs) {

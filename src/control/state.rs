@@ -115,26 +115,33 @@ impl StateFile {
 
     /// Write atomically: temp file, fsync, rename, fsync the directory.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let err = |source| StateError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(".tmp");
-        let tmp = dir.join(tmp_name);
-        let json = serde_json::to_vec_pretty(self).map_err(|e| err(io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(err)?;
-        f.write_all(&json).map_err(err)?;
-        f.write_all(b"\n").map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(err)?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        Ok(())
+        self.save_next(path, self.epoch, &self.apps, &[])
+    }
+
+    /// Write the state that `self` becomes with `apps`, `epoch` and the
+    /// history entries `new` (oldest first), without changing `self`: a
+    /// change is made in memory only once it is on disk, and nothing has
+    /// to copy the whole history first.
+    pub fn save_next(
+        &self,
+        path: &Path,
+        epoch: u64,
+        apps: &BTreeMap<String, AppState>,
+        new: &[HistoryEntry],
+    ) -> Result<(), StateError> {
+        let total = self.history.len() + new.len();
+        let history = self
+            .history
+            .iter()
+            .chain(new)
+            .skip(total.saturating_sub(HISTORY_LIMIT));
+        let bytes = encode(epoch, apps, history, total.min(HISTORY_LIMIT)).map_err(|e| {
+            StateError::Write {
+                path: path.to_path_buf(),
+                source: io::Error::other(e),
+            }
+        })?;
+        write_atomically(path, &bytes)
     }
 
     pub fn push_history(&mut self, entry: HistoryEntry) {
@@ -144,6 +151,53 @@ impl StateFile {
             self.history.drain(..extra);
         }
     }
+}
+
+/// The file's text: compact JSON with one line per top-level field and
+/// one line per history entry, so that it stays readable (and diffable)
+/// while costing little to write on every change. [`StateFile::load`]
+/// reads any layout, the pretty-printed one of earlier versions included.
+fn encode<'a>(
+    epoch: u64,
+    apps: &BTreeMap<String, AppState>,
+    history: impl Iterator<Item = &'a HistoryEntry>,
+    entries: usize,
+) -> serde_json::Result<Vec<u8>> {
+    // A history entry is about 200 bytes: one allocation, no regrowth.
+    let mut out = Vec::with_capacity(256 + 128 * apps.len() + 256 * entries);
+    write!(out, "{{\"format\":{FORMAT},\"epoch\":{epoch},\n\"apps\":")
+        .map_err(serde_json::Error::io)?;
+    serde_json::to_writer(&mut out, apps)?;
+    out.extend_from_slice(b",\n\"history\":[");
+    for (i, entry) in history.enumerate() {
+        out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        serde_json::to_writer(&mut out, entry)?;
+    }
+    out.extend_from_slice(b"\n]}\n");
+    Ok(out)
+}
+
+/// Temp file in the same directory, fsync, rename over `path`, fsync the
+/// directory: a crash leaves the old file or the new one, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(err)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -185,22 +239,71 @@ mod tests {
         assert!(StateFile::load(&path).is_err());
     }
 
+    fn entry(epoch: u64) -> HistoryEntry {
+        HistoryEntry {
+            time: "2026-11-26T12:00:00Z".into(),
+            epoch,
+            actor: "local".into(),
+            app: "a".into(),
+            kind: "flip".into(),
+            forced: epoch % 2 == 0,
+            before: app(Color::Blue, 0.0),
+            after: app(Color::Green, 2.5),
+        }
+    }
+
     #[test]
     fn history_keeps_the_last_hundred() {
         let mut s = StateFile::default();
         for i in 0..150 {
-            s.push_history(HistoryEntry {
-                time: String::new(),
-                epoch: i,
-                actor: "local".into(),
-                app: "a".into(),
-                kind: "flip".into(),
-                forced: false,
-                before: app(Color::Blue, 0.0),
-                after: app(Color::Green, 0.0),
-            });
+            s.push_history(entry(i));
         }
         assert_eq!(s.history.len(), HISTORY_LIMIT);
         assert_eq!(s.history[0].epoch, 50);
+    }
+
+    #[test]
+    fn save_next_writes_what_the_state_becomes_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        for (had, added) in [(0, 1), (10, 3), (99, 1), (100, 2), (98, 5), (3, 150)] {
+            let mut s = StateFile {
+                epoch: 7,
+                ..Default::default()
+            };
+            s.apps.insert("a".into(), app(Color::Blue, 0.0));
+            for i in 0..had {
+                s.push_history(entry(i));
+            }
+            let before = s.clone();
+            let new: Vec<HistoryEntry> = (1000..1000 + added).map(entry).collect();
+            let mut apps = s.apps.clone();
+            apps.insert("b".into(), app(Color::Green, 12.5));
+            s.save_next(&path, 8, &apps, &new).unwrap();
+            assert_eq!(s, before, "save_next must not change the state");
+
+            let mut expected = s.clone();
+            expected.epoch = 8;
+            expected.apps = apps;
+            for e in new {
+                expected.push_history(e);
+            }
+            let loaded = StateFile::load(&path).unwrap().unwrap();
+            assert_eq!(loaded, expected, "{had} entries + {added}");
+            // One line per history entry, as the format promises.
+            let text = fs::read_to_string(&path).unwrap();
+            assert_eq!(text.lines().count(), 4 + expected.history.len(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_pretty_printed_state_of_an_earlier_version_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let mut s = StateFile::default();
+        s.apps.insert("shop".into(), app(Color::Green, 5.0));
+        s.push_history(entry(1));
+        fs::write(&path, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+        assert_eq!(StateFile::load(&path).unwrap(), Some(s));
     }
 }
