@@ -17,7 +17,9 @@ since the one before it (callgrind zeroes its counters on a dump), so the
 second dump's Ir / 2N is the instructions of one request with start-up
 and warm-up excluded. With `--flips`, a third phase sends 2N more while
 the admin API flips every 100 ms, and reports what a flip adds (the admin
-request itself included) — at a real flip rate against a real request rate
+request itself included, and the state file written: with `--flips` the
+config gets a `[state] file`, and 110 flips during warm-up fill its
+history to the 100 entries it keeps) — at a real flip rate against a real request rate
 that is the storm's in-process cost, free of the machine's noise. Needs valgrind and nginx (benches/compare.sh
 installs nginx and HAProxy; `apt-get install valgrind`).
 """
@@ -87,12 +89,15 @@ def dump_ir(out_file, pid, part):
 
 
 def flip_storm(stop, flips):
-    while not stop.is_set():
+    """Flip every 100 ms until `stop` is set; with `stop` None, once."""
+    while stop is None or not stop.is_set():
         admin = http.client.HTTPConnection("127.0.0.1", compare.ADMIN, timeout=60)
         admin.request("POST", "/v1/flip", body=b"")
         admin.getresponse().read()
         admin.close()
         flips[0] += 1
+        if stop is None:
+            return
         stop.wait(0.1)
 
 
@@ -104,13 +109,16 @@ def hyper_floor_binary():
     return os.path.join(compare.ROOT, "target", "release", "examples", "hyper_floor")
 
 
-def proxy_argv(kind, config, work, floor_features=0):
+def proxy_argv(kind, config, work, floor_features=0, state=False):
     if kind == "hyper-floor":
         return [hyper_floor_binary(), f"127.0.0.1:{compare.PROXY}",
                 f"127.0.0.1:{compare.UP_BLUE}", str(floor_features)]
     if kind == "cutover":
         conf = (compare.cutover_minimal_conf(work) if config == "minimal"
                 else compare.cutover_realistic_conf(work))
+        if state:  # a state file, written (and fsynced) at every change
+            with open(conf, "a") as f:
+                f.write(f'\n[state]\nfile = "{os.path.join(work, "cutover.state.json")}"\n')
         return [compare.CUTOVER, "run", "-c", conf]
     if kind == "nginx":
         # One process: the master would otherwise fork the worker.
@@ -145,12 +153,18 @@ def main():
                                            "-g", "daemon off;"], compare.UP_BLUE)
     out = os.path.join(work, "callgrind.out")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-                            + proxy_argv(args.proxy, args.config, work, args.floor_features),
+                            + proxy_argv(args.proxy, args.config, work, args.floor_features,
+                                         state=args.flips),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         compare.wait_port(compare.PROXY, timeout=60)
         n = args.requests
         send(n)
+        if args.flips and args.proxy == "cutover":
+            # Fill the state file's history to its limit (100 entries), as
+            # on a proxy that has been flipped for a while.
+            for _ in range(110):
+                flip_storm(None, [0])
         dump_ir(out, proc.pid, 1)
         send(2 * n)
         measured = dump_ir(out, proc.pid, 2)

@@ -4,7 +4,7 @@
 # mode, runs benches/compare.py and prints the report (also written to
 # target/bench-report.md). Method: benches/README.md.
 #
-#   bash benches/compare.sh                     # everything (about 5 minutes)
+#   bash benches/compare.sh                     # everything (about 15 minutes)
 #   bash benches/compare.sh --only throughput   # or memory, flip
 #   bash benches/compare.sh --seconds 5
 set -euo pipefail

@@ -126,7 +126,7 @@ impl Control {
     }
 
     pub fn history(&self) -> &[HistoryEntry] {
-        &self.state.history
+        self.state.history.entries()
     }
 
     fn require_app(&self, name: &str) -> Result<&AppState, OpError> {
@@ -260,6 +260,7 @@ impl Control {
                 let last = self
                     .state
                     .history
+                    .entries()
                     .iter()
                     .rev()
                     .find(|h| h.app == *app)
@@ -271,12 +272,13 @@ impl Control {
                 Ok(vec![(app.clone(), last.before.clone())])
             }
             Change::Rollback(None) => {
-                let last = self.state.history.last().ok_or_else(|| {
+                let last = self.state.history.entries().last().ok_or_else(|| {
                     OpError::Conflict("nothing to roll back: no recorded change".into())
                 })?;
                 Ok(self
                     .state
                     .history
+                    .entries()
                     .iter()
                     .filter(|h| h.epoch == last.epoch && self.config.app(&h.app).is_some())
                     .map(|h| (h.app.clone(), h.before.clone()))
