@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use super::state::{HistoryEntry, StateError, StateFile};
+use super::state::{History, HistoryEntry, StateError, StateFile};
 use super::Shared;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
 use crate::route::{AppState, Snapshot};
@@ -125,8 +125,8 @@ impl Control {
         self.state.epoch
     }
 
-    pub fn history(&self) -> &[HistoryEntry] {
-        self.state.history.entries()
+    pub fn history(&self) -> &History {
+        &self.state.history
     }
 
     fn require_app(&self, name: &str) -> Result<&AppState, OpError> {
@@ -260,7 +260,6 @@ impl Control {
                 let last = self
                     .state
                     .history
-                    .entries()
                     .iter()
                     .rev()
                     .find(|h| h.app == *app)
@@ -272,13 +271,12 @@ impl Control {
                 Ok(vec![(app.clone(), last.before.clone())])
             }
             Change::Rollback(None) => {
-                let last = self.state.history.entries().last().ok_or_else(|| {
+                let last = self.state.history.last().ok_or_else(|| {
                     OpError::Conflict("nothing to roll back: no recorded change".into())
                 })?;
                 Ok(self
                     .state
                     .history
-                    .entries()
                     .iter()
                     .filter(|h| h.epoch == last.epoch && self.config.app(&h.app).is_some())
                     .map(|h| (h.app.clone(), h.before.clone()))

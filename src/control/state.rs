@@ -4,7 +4,7 @@
 //! same directory, fsync, rename over the old file, fsync of the directory.
 //! A crash leaves either the old file or the new one, never a mix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -193,23 +193,27 @@ fn line(entry: &HistoryEntry) -> Box<[u8]> {
 /// history re-encoded was ~250,000 instructions of every flip).
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    entries: Vec<HistoryEntry>,
-    lines: Vec<Box<[u8]>>,
+    entries: VecDeque<HistoryEntry>,
+    lines: VecDeque<Box<[u8]>>,
 }
 
 impl History {
     pub fn push(&mut self, entry: HistoryEntry) {
-        self.lines.push(line(&entry));
-        self.entries.push(entry);
+        self.lines.push_back(line(&entry));
+        self.entries.push_back(entry);
         if self.entries.len() > HISTORY_LIMIT {
-            let extra = self.entries.len() - HISTORY_LIMIT;
-            self.entries.drain(..extra);
-            self.lines.drain(..extra);
+            self.entries.pop_front();
+            self.lines.pop_front();
         }
     }
 
-    pub fn entries(&self) -> &[HistoryEntry] {
-        &self.entries
+    /// Oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &HistoryEntry> {
+        self.entries.iter()
+    }
+
+    pub fn last(&self) -> Option<&HistoryEntry> {
+        self.entries.back()
     }
 
     pub fn len(&self) -> usize {
@@ -229,7 +233,7 @@ impl PartialEq for History {
 
 impl Serialize for History {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.entries.serialize(s)
+        s.collect_seq(&self.entries)
     }
 }
 
@@ -326,7 +330,7 @@ mod tests {
             s.push_history(entry(i));
         }
         assert_eq!(s.history.len(), HISTORY_LIMIT);
-        assert_eq!(s.history.entries()[0].epoch, 50);
+        assert_eq!(s.history.iter().next().unwrap().epoch, 50);
     }
 
     #[test]
