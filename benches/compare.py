@@ -462,7 +462,9 @@ def under_storm(server, conns, secs, action, cpu=True):
 
 
 def cutover_flip_storm(work, conns, secs):
-    server = start_proxy("cutover", work)
+    # With a state file, as in production: every flip is written and
+    # fsynced before it is answered (SPEC §8).
+    server = Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "storm", PROXY, ADMIN)], PROXY)
     try:
         flips = [0]
 
