@@ -1,6 +1,7 @@
 //! `cutover`: parse the command line, set up logging, run the subcommand.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use cutover::cli::{Cli, LogFormat};
@@ -135,8 +136,11 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse_or_exit();
     let filter = EnvFilter::try_from_env("CUTOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a log file, a pipe or the
+    // journal gets plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),

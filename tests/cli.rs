@@ -176,3 +176,43 @@ fn check_reads_certificates_naming_a_bad_file_and_warning_of_an_expired_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.key"));
 }
+
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{GOOD_APP}"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    // The first log line comes as soon as it serves; reading it is bounded
+    // by the kill below should it never come.
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line).unwrap();
+        line
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = reader.join().unwrap();
+    assert!(line.contains("cutover is serving"), "{line:?}");
+    assert!(
+        !line.contains('\x1b'),
+        "terminal colour codes in a pipe: {line:?}"
+    );
+}
