@@ -195,22 +195,27 @@ fn logs_to_a_pipe_are_plain_text() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run cutover");
-    // The first log line comes as soon as it serves; reading it is bounded
-    // by the kill below should it never come.
+    // The lines up to the one that says it serves, or all of them if it
+    // exits first; waiting for them is bounded.
     let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut line = String::new();
-        BufReader::new(stderr).read_line(&mut line).unwrap();
-        line
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            lines.push_str(&line);
+            lines.push('\n');
+            if line.contains("cutover is serving") {
+                break;
+            }
+        }
+        let _ = tx.send(lines);
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_default();
     child.kill().unwrap();
     child.wait().unwrap();
-    let line = reader.join().unwrap();
-    assert!(line.contains("cutover is serving"), "{line:?}");
+    assert!(line.contains("cutover is serving"), "{line}");
     assert!(
         !line.contains('\x1b'),
         "terminal colour codes in a pipe: {line:?}"
