@@ -334,6 +334,35 @@ async fn graceful_shutdown_lets_a_1s_in_flight_request_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_parked_keep_alive_connection_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (b, g) = blue_green().await;
+    // Idle timeout and shutdown_timeout both far longer than the wait
+    // allowed below: only the shutdown itself may close the connection.
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), "client_idle_timeout = \"60s\""));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.ends_with("blue"));
+    // Idle past the 1 s park delay: parked.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let begun = Instant::now();
+    let stopped = tokio::spawn(proxy.join());
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+        .await
+        .expect("the parked connection was closed by the shutdown")
+        .unwrap();
+    assert_eq!(n, 0);
+    tokio::time::timeout(Duration::from_secs(3), stopped)
+        .await
+        .expect("the proxy stopped without waiting for shutdown_timeout")
+        .unwrap();
+    assert!(begun.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_makes_further_clients_wait_for_a_free_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (b, g) = blue_green().await;
