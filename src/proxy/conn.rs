@@ -96,6 +96,7 @@ async fn serve_plain(
 ) {
     let _open = worker.connection_opened();
     let (info, header_timeout, idle_timeout) = conn_info(&worker, peer, false);
+    let mut shutdown = worker.shared.shutdown.subscribe();
     loop {
         let (park, parked) = tokio::sync::oneshot::channel();
         let io = TimedIo::new(
@@ -115,34 +116,14 @@ async fn serve_plain(
         let Ok(back) = parked.await else { break };
         stream = back;
         info.memo.forget();
-        if !wait_parked(&worker, &stream, idle_timeout).await {
-            break;
+        let rest = idle_timeout.saturating_sub(super::io::park_after(idle_timeout));
+        tokio::select! {
+            r = stream.readable() => if r.is_err() { break },
+            _ = tokio::time::sleep(rest) => break,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
     drop(permit);
-}
-
-/// A parked connection waits for its next request: `true` when the client
-/// sent something (or closed: hyper will see it), `false` at the idle
-/// timeout or shutdown. It holds no timer or shutdown future of its own —
-/// an entry in the worker's list of parked connections and a slot in its
-/// list of wakers — which is what 10,000 idle clients cost most of.
-async fn wait_parked(worker: &Rc<Worker>, stream: &TcpStream, idle_timeout: Duration) -> bool {
-    let rest = idle_timeout.saturating_sub(super::io::park_after(idle_timeout));
-    let until = worker.parked.insert(super::deadline::after(rest));
-    let watch = super::StopWatch::new(worker);
-    let mut readable = std::pin::pin!(stream.readable());
-    std::future::poll_fn(|cx| {
-        // A request that arrives with the deadline is still served.
-        if let std::task::Poll::Ready(r) = readable.as_mut().poll(cx) {
-            return std::task::Poll::Ready(r.is_ok());
-        }
-        if watch.stopping(cx) || until.expired(cx) {
-            return std::task::Poll::Ready(false);
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// The TLS handshake, then HTTP on the decrypted stream (ALPN `h2` or

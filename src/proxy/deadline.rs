@@ -87,9 +87,7 @@ impl Deadlines {
         .await
     }
 
-    /// A place in the list until `at`; dropping it leaves the list. Poll
-    /// [`Entry::expired`] to be woken at `at`.
-    pub fn insert(&self, at: Instant) -> Entry<'_> {
+    fn insert(&self, at: Instant) -> Entry<'_> {
         let mut list = self.inner.borrow_mut();
         let key = list.nodes.insert(Node {
             at,
@@ -190,8 +188,8 @@ impl Deadlines {
     }
 }
 
-/// One waiter's place in the list; dropping it removes it.
-pub struct Entry<'a> {
+/// One request's place in the list; leaving removes it.
+struct Entry<'a> {
     list: &'a Deadlines,
     key: usize,
 }
@@ -199,7 +197,7 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// Has the deadline passed? If not, the polling task is woken when it
     /// does.
-    pub fn expired(&self, cx: &Context<'_>) -> bool {
+    fn expired(&self, cx: &Context<'_>) -> bool {
         let mut list = self.list.inner.borrow_mut();
         let node = &mut list.nodes[self.key];
         if node.expired {

@@ -59,22 +59,19 @@ pub struct Worker {
     upstreams: upstream::Upstreams,
     /// Requests waiting for an upstream's response head.
     deadlines: deadline::Deadlines,
-    /// Parked client connections, until their idle timeout. A list of its
-    /// own: every entry has the same timeout, so each goes at the tail.
-    parked: deadline::Deadlines,
     http: auto::Builder<LocalExec>,
     /// Open client connections on this worker (drain waits for zero).
     open: Cell<usize>,
     all_closed: Notify,
     /// Shutdown has begun: connections finish what they serve and close.
     stopping: Cell<bool>,
-    /// The task of each serving or parked connection, woken when shutdown
-    /// begins. Each connection checks `stopping` when polled — a load and
-    /// a comparison — where awaiting the shutdown `watch` beside hyper's
+    /// The task of each serving connection, woken when shutdown begins.
+    /// Each connection checks `stopping` when polled — a load and a
+    /// comparison — where awaiting the shutdown `watch` beside hyper's
     /// connection re-polled it (a lock inside tokio) at every wake-up:
-    /// ~300 instructions per request (callgrind); for a parked connection
-    /// a slot here is also ~130 bytes less than the `watch`'s future. The
-    /// accept loop still awaits the `watch`.
+    /// ~300 instructions per request (callgrind). The accept loop and
+    /// parked connections still await the `watch`: they are polled only
+    /// when something happens to them, not once or more per request.
     serving: RefCell<Slab<Option<Waker>>>,
 }
 
@@ -98,7 +95,6 @@ impl Worker {
         Worker {
             upstreams: upstream::Upstreams::new(&limits),
             deadlines: deadline::Deadlines::default(),
-            parked: deadline::Deadlines::default(),
             shared,
             http,
             open: Cell::new(0),
@@ -137,7 +133,7 @@ impl Worker {
     }
 }
 
-/// A serving or parked connection's place in [`Worker::serving`].
+/// A serving connection's place in [`Worker::serving`].
 struct StopWatch {
     worker: Rc<Worker>,
     key: usize,
@@ -193,8 +189,6 @@ pub fn run_worker(
         tokio::task::spawn_local(sweeper(worker.clone()));
         let timer = worker.clone();
         tokio::task::spawn_local(async move { timer.deadlines.run().await });
-        let timer = worker.clone();
-        tokio::task::spawn_local(async move { timer.parked.run().await });
         let mut shutdown = shared.shutdown.subscribe();
         let _ = shutdown.wait_for(|stop| *stop).await;
         worker.stop();
