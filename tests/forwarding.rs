@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -176,6 +177,46 @@ async fn a_connect_failure_is_retried_on_another_server_of_the_same_colour() {
         let r = get(&cl, &proxy.url("/"), &[]).await;
         assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "blue"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_on_a_reused_connection_is_sent_again_only_if_idempotent() {
+    // hyper#2136: the upstream closes a kept-alive connection as the proxy
+    // reuses it. A bodiless GET on a connection idle for a while is sent
+    // again on a fresh one; a POST may have been acted on: 502.
+    let up = KeepAliveUpstream::start_dropping_second("blue").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[server]
+workers = 1
+[apps.shop]
+[apps.shop.blue]
+servers = ["{0}"]
+[apps.shop.green]
+servers = ["{0}"]
+"#,
+        up.addr
+    ));
+    let c = client();
+    let first = get(&c, &proxy.url("/"), &[]).await;
+    assert_eq!(
+        (first.status.as_u16(), first.text().as_str()),
+        (200, "blue")
+    );
+    // Idle past the point where the proxy keeps a copy to send again (the
+    // condition is the idle time itself: there is nothing to wait on).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let again = get(&c, &proxy.url("/"), &[]).await;
+    assert_eq!(
+        (again.status.as_u16(), again.text().as_str()),
+        (200, "blue")
+    );
+    assert_eq!(up.requests.load(SeqCst), 3, "lost once, then sent again");
+
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let post = send(&c, "POST", &proxy.url("/"), &[], "order 66").await;
+    assert_eq!(post.status, 502);
+    assert_eq!(up.requests.load(SeqCst), 4, "a POST is not sent twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

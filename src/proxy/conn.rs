@@ -186,8 +186,7 @@ where
 {
     let (svc_worker, svc_info) = (worker.clone(), info.clone());
     let svc = hyper::service::service_fn(move |req| {
-        let (w, i) = (svc_worker.clone(), svc_info.clone());
-        async move { Ok::<_, std::convert::Infallible>(handler::handle(w, i, req).await) }
+        handler::handle(svc_worker.clone(), svc_info.clone(), req)
     });
     // Boxed, so that a parked connection's task does not keep hyper's
     // connection state inline.

@@ -19,7 +19,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -71,20 +71,14 @@ pub fn after(d: Duration) -> Instant {
 impl Deadlines {
     /// Run `fut` until it completes or `at` passes, whichever comes first
     /// (the future is polled first, so an answer that arrives with the
-    /// deadline wins).
-    pub async fn within<F: Future>(&self, at: Instant, fut: F) -> Result<F::Output, Elapsed> {
-        let entry = self.insert(at);
-        let mut fut = pin!(fut);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Ok(out));
-            }
-            if entry.expired(cx) {
-                return Poll::Ready(Err(Elapsed));
-            }
-            Poll::Pending
-        })
-        .await
+    /// deadline wins). The deadline is entered now. A plain struct, not an
+    /// `async fn`, which would hold `fut` twice (as its argument and as
+    /// the pinned local it polls).
+    pub fn within<F: Future>(&self, at: Instant, fut: F) -> Within<'_, F> {
+        Within {
+            entry: self.insert(at),
+            fut,
+        }
     }
 
     fn insert(&self, at: Instant) -> Entry<'_> {
@@ -185,6 +179,30 @@ impl Deadlines {
     #[cfg(test)]
     fn waiting(&self) -> usize {
         self.inner.borrow().nodes.len()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Deadlines::within`].
+    pub struct Within<'a, F> {
+        entry: Entry<'a>,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if this.entry.expired(cx) {
+            return Poll::Ready(Err(Elapsed));
+        }
+        Poll::Pending
     }
 }
 

@@ -2,12 +2,15 @@
 //! route → check limits → rewrite the request → pick and connect (one retry
 //! on connect failure) → send → rewrite the response → stream it back.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -30,13 +33,21 @@ static COLOR_VALUES: [HeaderValue; 2] = [
     HeaderValue::from_static("green"),
 ];
 
-pub async fn handle(
+/// The request's future: phases 1–3 run here, synchronously, when hyper
+/// calls the service; the future holds only what phases 4–6 need. It is
+/// moved into hyper's connection state once per request, so its size is
+/// paid in copies and cache lines on every request: the cold connect path
+/// is boxed, and nothing is captured twice (`benches/README.md`).
+pub fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
     req: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     let ex = Exchange::begin(worker.clone(), conn.state.clone());
-    forward(&worker, &conn, req, ex).await
+    match prepare(&worker, &conn, req, ex) {
+        Ok(p) => Either::Left(exchange(worker, conn, p)),
+        Err(answer) => Either::Right(std::future::ready(Ok(answer))),
+    }
 }
 
 /// The answer for a request that goes no further than the proxy.
@@ -47,14 +58,39 @@ fn fail(mut ex: Exchange, err: ProxyError) -> Response<ResponseBody> {
     Response::from_parts(parts, ResponseBody::full(body, Some(ex)))
 }
 
-async fn forward(
-    worker: &Rc<Worker>,
+/// A routed request, rewritten for its upstream.
+struct Prepared {
+    parts: http::request::Parts,
+    body: Incoming,
+    server: Arc<Server>,
+    max_body: u64,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    answer: Answer,
+}
+
+/// What the answer (phase 6) needs.
+struct Answer {
+    ex: Exchange,
+    pool: Arc<Pool>,
+    upgrade: bool,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    set_cookie: Option<HeaderValue>,
+    color_header: bool,
+}
+
+/// Phases 1–3: route, check limits, rewrite the request. `Err` is the
+/// answer of a request that goes no further. (Both sides are large, and
+/// both are moved once, into the request's future: boxing either would
+/// add an allocation per request.)
+#[allow(clippy::result_large_err)]
+fn prepare(
+    worker: &Worker,
     conn: &ConnInfo,
     req: Request<Incoming>,
     mut ex: Exchange,
-) -> Response<ResponseBody> {
-    // Phase 1: route, with one snapshot load. Everything needed later is
-    // copied out so the guard is not held across an await.
+) -> Result<Prepared, Response<ResponseBody>> {
+    // Phase 1: route, with one snapshot load.
     let snap = worker.shared.snapshot.load();
     let limits = &snap.settings.limits;
     let (max_body, connect_timeout, response_timeout) = (
@@ -72,7 +108,7 @@ async fn forward(
     });
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let Some(app) = snap.find_app(host_str, req.uri().path()) else {
-        return fail(ex, ProxyError::NoApp);
+        return Err(fail(ex, ProxyError::NoApp));
     };
     let view = RequestView::new(
         req.uri().path(),
@@ -93,10 +129,10 @@ async fn forward(
     // hyper parsed and checked `Content-Length` (for HTTP/2 too): the
     // body's exact size hint is that length, with no second lookup.
     if max_body > 0 && req.body().size_hint().exact().is_some_and(|n| n > max_body) {
-        return fail(ex, ProxyError::BodyTooLarge);
+        return Err(fail(ex, ProxyError::BodyTooLarge));
     }
     let Some(server) = pool.pick(None).cloned() else {
-        return fail(ex, ProxyError::NoHealthyServer);
+        return Err(fail(ex, ProxyError::NoHealthyServer));
     };
     ex.bind(&server);
 
@@ -152,121 +188,209 @@ async fn forward(
         }
         parts.version = Version::HTTP_11;
     }
-
-    // Phase 4: a connection; a connect failure is retried once on another
-    // healthy server of the same colour (nothing was sent yet).
-    let mut up = match connection(worker, &pool, &server, connect_timeout, ex.started()).await {
-        Ok(c) => c,
-        Err(()) => match pool.pick(Some(server.id)).cloned() {
-            Some(other) => {
-                ex.bind(&other);
-                let now = tokio::time::Instant::now();
-                match connection(worker, &pool, &other, connect_timeout, now).await {
-                    Ok(c) => c,
-                    Err(()) => return fail(ex, ProxyError::Connect),
-                }
-            }
-            None => return fail(ex, ProxyError::Connect),
+    Ok(Prepared {
+        parts,
+        body,
+        server,
+        max_body,
+        connect_timeout,
+        response_timeout,
+        answer: Answer {
+            ex,
+            pool,
+            upgrade,
+            client_upgrade,
+            set_cookie,
+            color_header,
         },
-    };
+    })
+}
 
-    // Phase 5: send, and wait for the response head. An upstream may close
-    // an idle keep-alive connection just as we reuse it (hyper#2136). When
-    // that happens the request is sent again, once, on a fresh connection:
-    // if hyper hands the request back unsent (any method), or if it is an
-    // idempotent request without a body (RFC 9110 §9.2.2) on a connection
-    // that sat idle long enough for the upstream to give up on it — only
-    // then is a copy of its head kept, so busy connections pay nothing.
-    let replay = (up.idle_for(ex.started()) >= REPLAY_AFTER_IDLE
-        && parts.method.is_idempotent()
-        && body.is_end_stream()
-        && !upgrade)
-        .then(|| head_copy(&parts));
-    let req = Request::from_parts(parts, RequestBody::new(body, max_body));
-    let mut sent = worker
-        .deadlines
-        .within(
-            deadline::after(response_timeout),
-            up.tx.try_send_request(req),
-        )
-        .await;
-    if let Ok(Err(e)) = &mut sent {
-        if up.reused {
-            if let Some(again) = e.take_message().or_else(|| replay.map(rebuild)) {
-                tracing::debug!(server = %up.server.addr, error = %e.error(), "reused upstream connection failed; retrying on a fresh one");
-                match worker.upstreams.connect(&up.server, connect_timeout).await {
-                    Ok(fresh) => {
-                        up = fresh;
-                        sent = worker
-                            .deadlines
-                            .within(
-                                deadline::after(response_timeout),
-                                up.tx.try_send_request(again),
-                            )
-                            .await;
-                    }
-                    Err(_) => {
-                        up.server.connect_errors.fetch_add(1, Relaxed);
-                        up.server.record_failure(&pool.config.passive);
-                        return fail(ex, ProxyError::Connect);
+/// Phases 4–6. A plain `fn` returning an `async move` block, which captures
+/// `p` once and uses its fields in place (an `async fn` would keep its
+/// argument twice). The rare paths — a second server after a failed
+/// connect, a request sent again — are boxed futures of their own, so
+/// that they do not enlarge every request's future.
+#[allow(clippy::manual_async_fn)]
+fn exchange(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    mut p: Prepared,
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
+    async move {
+        // Phase 4: a connection; a connect failure is retried once on
+        // another healthy server of the same colour (nothing was sent yet).
+        let a = &mut p.answer;
+        let started = a.ex.started();
+        let mut up = match connection(&worker, &a.pool, &p.server, p.connect_timeout, started).await
+        {
+            Ok(c) => c,
+            Err(()) => match a.pool.pick(Some(p.server.id)).cloned() {
+                Some(other) => {
+                    a.ex.bind(&other);
+                    let now = tokio::time::Instant::now();
+                    let second = connection(&worker, &a.pool, &other, p.connect_timeout, now);
+                    match Box::pin(second).await {
+                        Ok(c) => c,
+                        Err(()) => return Ok(fail(p.answer.ex, ProxyError::Connect)),
                     }
                 }
+                None => return Ok(fail(p.answer.ex, ProxyError::Connect)),
+            },
+        };
+
+        // Phase 5: send, and wait for the response head. An upstream may
+        // close an idle keep-alive connection just as we reuse it
+        // (hyper#2136). When that happens the request is sent again, once,
+        // on a fresh connection: if hyper hands the request back unsent
+        // (any method), or if it is an idempotent request without a body
+        // (RFC 9110 §9.2.2) on a connection that sat idle long enough for
+        // the upstream to give up on it — only then is a copy of its head
+        // kept, so busy connections pay nothing.
+        let replay = (up.idle_for(started) >= REPLAY_AFTER_IDLE
+            && p.parts.method.is_idempotent()
+            && p.body.is_end_stream()
+            && !p.answer.upgrade)
+            .then(|| Box::new(head_copy(&p.parts)));
+        let req = Request::from_parts(p.parts, RequestBody::new(p.body, p.max_body));
+        let sent = worker
+            .deadlines
+            .within(
+                deadline::after(p.response_timeout),
+                up.tx.try_send_request(req),
+            )
+            .await;
+        match again(sent, &up, replay) {
+            Ok(sent) => Ok(answer(&worker, &conn, p.answer, up, sent)),
+            Err(again) => {
+                let resend = send_again(
+                    worker.clone(),
+                    conn.clone(),
+                    again,
+                    up.server,
+                    p.connect_timeout,
+                    p.response_timeout,
+                    p.answer,
+                );
+                Ok(Box::pin(resend).await)
             }
         }
     }
+}
+
+/// What sending a request upstream gives: the response head, hyper's
+/// error (with the request if it was never sent), or the deadline passed.
+type Sent = Result<
+    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>,
+    deadline::Elapsed,
+>;
+
+/// `Err`: the request to send again — the reused connection failed and
+/// the request came back unsent, or a copy of it was kept.
+#[allow(clippy::result_large_err)]
+fn again(
+    sent: Sent,
+    up: &Pooled,
+    replay: Option<Box<HeadCopy>>,
+) -> Result<Sent, Request<RequestBody>> {
+    match sent {
+        Ok(Err(mut e)) if up.reused => {
+            match e.take_message().or_else(|| replay.map(|h| rebuild(*h))) {
+                Some(again) => {
+                    tracing::debug!(server = %up.server.addr, error = %e.error(), "reused upstream connection failed; retrying on a fresh one");
+                    Err(again)
+                }
+                None => Ok(Ok(Err(e))),
+            }
+        }
+        other => Ok(other),
+    }
+}
+
+/// Send `req` again on a fresh connection to `server`, and answer.
+async fn send_again(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    req: Request<RequestBody>,
+    server: Arc<Server>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    a: Answer,
+) -> Response<ResponseBody> {
+    let Ok(mut fresh) = worker.upstreams.connect(&server, connect_timeout).await else {
+        server.connect_errors.fetch_add(1, Relaxed);
+        server.record_failure(&a.pool.config.passive);
+        return fail(a.ex, ProxyError::Connect);
+    };
+    let sent = worker
+        .deadlines
+        .within(
+            deadline::after(response_timeout),
+            fresh.tx.try_send_request(req),
+        )
+        .await;
+    answer(&worker, &conn, a, fresh, sent)
+}
+
+/// Phase 6: the response, or the error answer.
+fn answer(
+    worker: &Worker,
+    conn: &ConnInfo,
+    mut a: Answer,
+    up: Pooled,
+    sent: Sent,
+) -> Response<ResponseBody> {
     let mut resp = match sent {
         Err(_) => {
-            up.server.record_failure(&pool.config.passive);
-            return fail(ex, ProxyError::UpstreamTimeout);
+            up.server.record_failure(&a.pool.config.passive);
+            return fail(a.ex, ProxyError::UpstreamTimeout);
         }
         Ok(Err(e)) => {
             let e = e.into_error();
             if is_too_large(&e) {
-                return fail(ex, ProxyError::BodyTooLarge);
+                return fail(a.ex, ProxyError::BodyTooLarge);
             }
             tracing::debug!(server = %up.server.addr, error = %e, "upstream exchange failed");
-            up.server.record_failure(&pool.config.passive);
-            return fail(ex, ProxyError::Upstream);
+            up.server.record_failure(&a.pool.config.passive);
+            return fail(a.ex, ProxyError::Upstream);
         }
         Ok(Ok(r)) => r,
     };
-
-    // Phase 6: the response.
     let status = resp.status();
     if status.is_server_error() {
-        up.server.record_failure(&pool.config.passive);
+        up.server.record_failure(&a.pool.config.passive);
     } else {
         up.server.record_success();
     }
-    ex.set_status(status.as_u16());
-    let tunnel = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
+    a.ex.set_status(status.as_u16());
+    let tunnel = a.upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
     if tunnel {
         conn.state.upgrade();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        if let Some(client_upgrade) = client_upgrade {
+        if let Some(client_upgrade) = a.client_upgrade {
             super::tunnel::spawn(
                 worker.shared.clone(),
-                pool.clone(),
+                a.pool.clone(),
                 client_upgrade,
                 upstream_upgrade,
                 up,
             );
         }
     } else {
-        ex.set_upstream(up);
+        a.ex.set_upstream(up);
     }
     let (mut rparts, rbody) = resp.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers, tunnel);
-    if color_header {
+    if a.color_header {
         rparts.headers.insert(
             headers::X_CUTOVER_COLOR.clone(),
-            COLOR_VALUES[pool.color.index()].clone(),
+            COLOR_VALUES[a.pool.color.index()].clone(),
         );
     }
-    if let Some(c) = set_cookie {
+    if let Some(c) = a.set_cookie {
         rparts.headers.append(header::SET_COOKIE, c);
     }
-    Response::from_parts(rparts, ResponseBody::upstream(rbody, ex))
+    Response::from_parts(rparts, ResponseBody::upstream(rbody, a.ex))
 }
 
 /// A reused connection idle at least this long may have been closed by
@@ -310,7 +434,8 @@ async fn connection(
             return Ok(c);
         }
     }
-    match worker.upstreams.connect(server, connect_timeout).await {
+    // Boxed: the connect future is large and rarely needed.
+    match Box::pin(worker.upstreams.connect(server, connect_timeout)).await {
         Ok(c) => Ok(c),
         Err(e) => {
             server.connect_errors.fetch_add(1, Relaxed);

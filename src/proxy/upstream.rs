@@ -22,11 +22,13 @@
 //! buffers, ~30 KiB — while a steady load keeps every connection it uses.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -67,14 +69,16 @@ impl Sender {
         }
     }
 
-    /// Send, getting the request back if it was never sent.
-    pub async fn try_send_request(
+    /// Send, getting the request back if it was never sent. The request
+    /// is handed to the connection now; the future waits for the answer.
+    pub fn try_send_request(
         &mut self,
         req: http::Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<RequestBody>>> {
+    ) -> impl Future<Output = Result<http::Response<Incoming>, TrySendError<http::Request<RequestBody>>>>
+    {
         match self {
-            Sender::H1(tx) => tx.try_send_request(req).await,
-            Sender::H2(tx) => tx.try_send_request(req).await,
+            Sender::H1(tx) => Either::Left(tx.try_send_request(req)),
+            Sender::H2(tx) => Either::Right(tx.try_send_request(req)),
         }
     }
 

@@ -434,6 +434,17 @@ pub struct KeepAliveUpstream {
 
 impl KeepAliveUpstream {
     pub async fn start(name: &'static str, idle: Duration) -> KeepAliveUpstream {
+        Self::serve(name, idle, usize::MAX).await
+    }
+
+    /// Answers the first request of each connection only: it reads the
+    /// second one and closes without an answer — the upstream that gave up
+    /// on a kept-alive connection just as the proxy reused it.
+    pub async fn start_dropping_second(name: &'static str) -> KeepAliveUpstream {
+        Self::serve(name, TEST_TIMEOUT, 1).await
+    }
+
+    async fn serve(name: &'static str, idle: Duration, answers: usize) -> KeepAliveUpstream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -445,6 +456,7 @@ impl KeepAliveUpstream {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut answered = 0;
                     loop {
                         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                             match tokio::time::timeout(idle, s.read(&mut chunk)).await {
@@ -455,6 +467,10 @@ impl KeepAliveUpstream {
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                         buf.drain(..end);
                         r.fetch_add(1, SeqCst);
+                        if answered == answers {
+                            return;
+                        }
+                        answered += 1;
                         let resp = format!(
                             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
                             name.len()
