@@ -299,8 +299,10 @@ pub struct App {
     pub sticky: Sticky,
     pub state: AppState,
     pub drain_timeout: Option<Duration>,
-    /// Compiled `state.rules`.
-    pub rules: RuleTable,
+    /// Compiled `state.rules`. Shared with the next snapshot when a change
+    /// leaves the rules alone (a flip, a shift): nothing is compiled again,
+    /// and what connections and workers remember about it stays valid.
+    pub rules: Arc<RuleTable>,
     /// `[blue, green]`.
     pub pools: [Arc<Pool>; 2],
     standby_bp: u32,
@@ -327,13 +329,19 @@ impl App {
             Sticky::Cookie(name) => Some(name.as_str()),
             _ => None,
         };
-        let rules = RuleTable::new(compiled, sticky_cookie);
+        let rules = Arc::new(RuleTable::new(compiled, sticky_cookie));
+        Ok(App::with_rules(shape, state, rules))
+    }
+
+    /// An app from its shape, runtime state and the compiled form of
+    /// `state.rules`.
+    fn with_rules(shape: Shape, state: AppState, rules: Arc<RuleTable>) -> App {
         let standby_bp = (state.standby_percent * 100.0)
             .round()
             .clamp(0.0, BUCKETS as f64) as u32;
         let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS)
             || rules.rules().iter().any(|r| r.percent_bp < BUCKETS);
-        Ok(App {
+        App {
             name: shape.name,
             hosts: shape.hosts,
             path_prefix: shape.path_prefix,
@@ -344,7 +352,7 @@ impl App {
             pools: shape.pools,
             standby_bp,
             set_cookie,
-        })
+        }
     }
 }
 
@@ -570,11 +578,15 @@ impl Snapshot {
                         drain_timeout: app.drain_timeout,
                         pools: app.pools.clone(),
                     };
-                    match App::assemble(shape, state.clone()) {
-                        Ok(new) => Arc::new(new),
-                        Err(e) => {
-                            errors.extend(e);
-                            app.clone()
+                    if state.rules == app.state.rules {
+                        Arc::new(App::with_rules(shape, state.clone(), app.rules.clone()))
+                    } else {
+                        match App::assemble(shape, state.clone()) {
+                            Ok(new) => Arc::new(new),
+                            Err(e) => {
+                                errors.extend(e);
+                                app.clone()
+                            }
                         }
                     }
                 }
@@ -693,6 +705,47 @@ mod tests {
         let s = smooth_wrr(&[5, 1, 1]);
         assert_eq!(s.iter().filter(|i| **i == 0).count(), 5);
         assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn a_change_that_leaves_the_rules_alone_shares_their_compiled_table() {
+        let config = crate::config::parse_config(
+            r#"
+[apps.shop]
+[[apps.shop.rules]]
+name = "mobile"
+user_agent = "(?i)android|iphone"
+to = "green"
+[apps.shop.blue]
+servers = ["127.0.0.1:1"]
+[apps.shop.green]
+servers = ["127.0.0.1:2"]
+"#,
+            None,
+        )
+        .unwrap();
+        let mut states: BTreeMap<String, AppState> = config
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), AppState::initial(a)))
+            .collect();
+        let first = Snapshot::build(&config, &states, None, 1).unwrap();
+        let shop = |s: &Snapshot| s.app("shop").unwrap().clone();
+
+        // A flip and a shift: the same table, so nothing is compiled again
+        // and what connections remember about it stays valid.
+        let st = states.get_mut("shop").unwrap();
+        st.live = st.live.other();
+        st.standby_percent = 12.5;
+        let flipped = first.with_states(&states, 2).unwrap();
+        assert_eq!(shop(&flipped).state.live, Color::Green);
+        assert!(Arc::ptr_eq(&shop(&first).rules, &shop(&flipped).rules));
+
+        // New rules: a new table.
+        states.get_mut("shop").unwrap().rules.clear();
+        let ruleless = flipped.with_states(&states, 3).unwrap();
+        assert!(!Arc::ptr_eq(&shop(&flipped).rules, &shop(&ruleless).rules));
+        assert!(shop(&ruleless).rules.rules().is_empty());
     }
 
     #[test]
