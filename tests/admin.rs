@@ -424,6 +424,37 @@ async fn dry_run_changes_nothing_and_if_match_with_the_current_epoch_applies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_answers_are_pretty_json_with_keys_in_alphabetical_order() {
+    // The documents are written straight from the snapshot, not through a
+    // `serde_json::Value`: they must read as one would have.
+    let (b, g) = blue_green().await;
+    let rules = r#"
+[[apps.shop.rules]]
+name = "testers"
+header = { name = "x-tester", value = "1" }
+to = "green""#;
+    let proxy = Proxy::start(&format!("{}{rules}", shop(&b, &g, "")));
+    let c = client();
+    for (method, path, body) in [
+        ("GET", "/v1/status", ""),
+        (
+            "POST",
+            "/v1/apps/shop/shift",
+            r#"{"percent": 12.5, "dry_run": true}"#,
+        ),
+        ("POST", "/v1/flip", ""),
+    ] {
+        let r = admin_call(&c, &proxy, method, path, body, &[]).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let value: serde_json::Value = r.json();
+        let sorted = serde_json::to_string_pretty(&value).unwrap() + "\n";
+        assert_eq!(r.text(), sorted, "{method} {path}");
+        assert!(value["apps"]["shop"]["pools"]["green"]["servers"][0]["addr"].is_string());
+        assert_eq!(value["apps"]["shop"]["rules"][0]["name"], "testers");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_can_be_replaced_read_and_deleted_and_route_at_once() {
     let (b, g) = blue_green().await;
     let proxy = Proxy::start(&shop(&b, &g, ""));

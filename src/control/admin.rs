@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::ops::{Change, Control, OpError, Request as OpRequest};
@@ -78,7 +78,7 @@ async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
+fn reply(status: u16, body: impl serde::Serialize) -> Response<Full<Bytes>> {
     let mut text = serde_json::to_vec_pretty(&body).unwrap_or_default();
     text.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(text)));
@@ -241,10 +241,13 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 );
                 r
             }
-            Route::Rules(app) => match ctl.status()["apps"].get(app) {
-                Some(a) => reply(200, json!({ "epoch": ctl.epoch(), "rules": a["rules"] })),
-                None => error(404, format!("no app named {app:?}")),
-            },
+            Route::Rules(app) => {
+                let status = ctl.status();
+                match status.rules(app) {
+                    Some(rules) => reply(200, json!({ "epoch": status.epoch(), "rules": rules })),
+                    None => error(404, format!("no app named {app:?}")),
+                }
+            }
             _ => unreachable!("read-only routes only"),
         };
     }

@@ -13,12 +13,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::{json, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::state::{History, HistoryEntry, StateError, StateFile};
 use super::Shared;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
-use crate::route::{AppState, Snapshot};
+use crate::route::{App, AppState, Server, Snapshot};
 
 /// What a caller asks for.
 #[derive(Debug, Clone)]
@@ -137,7 +137,7 @@ impl Control {
     }
 
     /// Validate, gate, persist and store one change.
-    pub fn apply(&mut self, req: Request) -> Result<Value, OpError> {
+    pub fn apply(&mut self, req: Request) -> Result<Status, OpError> {
         if let Some(given) = req.if_match {
             if given != self.state.epoch {
                 return Err(OpError::Stale {
@@ -157,7 +157,7 @@ impl Control {
             .collect();
         let current = self.shared.snapshot.load_full();
         if changed.is_empty() {
-            return Ok(self.answer(&current, self.state.epoch, req.dry_run, &[]));
+            return Ok(self.answer(current, self.state.epoch, req.dry_run, &[]));
         }
         let mut states = self.state.apps.clone();
         for (name, _, after) in &changed {
@@ -172,7 +172,7 @@ impl Control {
             self.health_gate(&next, &names)?;
         }
         if req.dry_run {
-            return Ok(self.answer(&next, self.state.epoch, true, &names));
+            return Ok(self.answer(Arc::new(next), self.state.epoch, true, &names));
         }
         let time = now_rfc3339();
         let entries: Vec<HistoryEntry> = changed
@@ -213,7 +213,7 @@ impl Control {
             );
         }
         let snap = self.shared.snapshot.load_full();
-        Ok(self.answer(&snap, epoch, false, &names))
+        Ok(self.answer(snap, epoch, false, &names))
     }
 
     /// The new state of every app the change touches.
@@ -356,21 +356,26 @@ impl Control {
         }
     }
 
-    fn answer(&self, snap: &Snapshot, epoch: u64, dry_run: bool, changed: &[&str]) -> Value {
-        let mut v = status_json(snap, epoch);
-        v["dry_run"] = json!(dry_run);
-        v["changed"] = json!(changed);
-        v
+    fn answer(&self, snap: Arc<Snapshot>, epoch: u64, dry_run: bool, changed: &[&str]) -> Status {
+        Status {
+            snap,
+            epoch,
+            change: Some((dry_run, changed.iter().map(|s| s.to_string()).collect())),
+        }
     }
 
     /// `GET /v1/status`.
-    pub fn status(&self) -> Value {
-        status_json(&self.shared.snapshot.load(), self.state.epoch)
+    pub fn status(&self) -> Status {
+        Status {
+            snap: self.shared.snapshot.load_full(),
+            epoch: self.state.epoch,
+            change: None,
+        }
     }
 
     /// SIGHUP and `POST /v1/reload`: re-read the config file. On any error
     /// nothing changes and every error is returned.
-    pub fn reload(&mut self) -> Result<Value, Vec<String>> {
+    pub fn reload(&mut self) -> Result<Status, Vec<String>> {
         let result = self.try_reload();
         match &result {
             Ok(_) => {
@@ -387,7 +392,7 @@ impl Control {
         result
     }
 
-    fn try_reload(&mut self) -> Result<Value, Vec<String>> {
+    fn try_reload(&mut self) -> Result<Status, Vec<String>> {
         let path = self
             .config
             .path
@@ -476,53 +481,132 @@ fn describe(s: &AppState) -> String {
     )
 }
 
-/// The status document: every app with its state, rules and pools.
-pub fn status_json(snap: &Snapshot, epoch: u64) -> Value {
-    let mut apps = serde_json::Map::new();
-    for app in &snap.apps {
-        let mut pools = serde_json::Map::new();
+/// The status document (`GET /v1/status`, and the answer to every
+/// change): every app with its state, rules and pools. It is serialized
+/// straight from the snapshot it holds, with no `serde_json::Value` tree
+/// built and dropped on the way; keys come in alphabetical order, as they
+/// always have.
+pub struct Status {
+    snap: Arc<Snapshot>,
+    epoch: u64,
+    /// A change's answer: whether it was a dry run, and the apps it changed.
+    change: Option<(bool, Vec<String>)>,
+}
+
+impl Status {
+    /// The runtime rules of `app`, if the snapshot has it.
+    pub fn rules(&self, app: &str) -> Option<&[RuleSpec]> {
+        self.snap.app(app).map(|a| a.state.rules.as_slice())
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        let mut apps: Vec<&Arc<App>> = self.snap.apps.iter().collect();
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        m.serialize_entry("apps", &Apps(&apps))?;
+        if let Some((dry_run, changed)) = &self.change {
+            m.serialize_entry("changed", changed)?;
+            m.serialize_entry("dry_run", dry_run)?;
+        }
+        m.serialize_entry("epoch", &self.epoch)?;
+        m.end()
+    }
+}
+
+struct Apps<'a>(&'a [&'a Arc<App>]);
+
+impl Serialize for Apps<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for app in self.0 {
+            m.serialize_entry(&*app.name, &AppDoc(app))?;
+        }
+        m.end()
+    }
+}
+
+struct AppDoc<'a>(&'a App);
+
+impl Serialize for AppDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let app = self.0;
+        let mut m = s.serialize_map(Some(8))?;
+        let hosts: Vec<String> = app.hosts.iter().map(|h| h.to_string()).collect();
+        m.serialize_entry("hosts", &hosts)?;
+        m.serialize_entry("live", &app.state.live)?;
+        m.serialize_entry("path_prefix", &app.path_prefix)?;
+        m.serialize_entry("pools", &Pools(app))?;
+        // Through a `Value`, as before: the rules' keys in alphabetical order.
+        let rules = serde_json::to_value(&app.state.rules).map_err(serde::ser::Error::custom)?;
+        m.serialize_entry("rules", &rules)?;
+        m.serialize_entry("standby", &app.state.standby())?;
+        m.serialize_entry("standby_percent", &app.state.standby_percent)?;
+        m.serialize_entry("sticky", &app.sticky.to_string())?;
+        m.end()
+    }
+}
+
+struct Pools<'a>(&'a App);
+
+impl Serialize for Pools<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let app = self.0;
+        let mut m = s.serialize_map(Some(2))?;
         for color in Color::ALL {
             let pool = app.pool(color);
-            let servers: Vec<Value> = pool
-                .servers
-                .iter()
-                .map(|s| {
-                    json!({
-                        "addr": s.addr.to_string(),
-                        "weight": s.weight,
-                        "healthy": s.is_healthy(),
-                        "in_flight": s.in_flight.load(Relaxed),
-                        "open_connections": s.open_connections.load(Relaxed),
-                        "connect_errors": s.connect_errors.load(Relaxed),
-                    })
-                })
-                .collect();
-            pools.insert(
-                color.to_string(),
-                json!({
-                    "receives_traffic": app.receives_traffic(color),
-                    "in_flight": pool.stats.in_flight.load(Relaxed),
-                    "tunnels": pool.stats.tunnels.load(Relaxed),
-                    "health_checked": pool.health().is_some(),
-                    "servers": servers,
-                }),
-            );
+            m.serialize_entry(
+                &color,
+                &PoolDoc {
+                    health_checked: pool.health().is_some(),
+                    in_flight: pool.stats.in_flight.load(Relaxed),
+                    receives_traffic: app.receives_traffic(color),
+                    servers: Servers(&pool.servers),
+                    tunnels: pool.stats.tunnels.load(Relaxed),
+                },
+            )?;
         }
-        apps.insert(
-            app.name.to_string(),
-            json!({
-                "hosts": app.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-                "path_prefix": app.path_prefix,
-                "sticky": app.sticky.to_string(),
-                "live": app.state.live,
-                "standby": app.state.standby(),
-                "standby_percent": app.state.standby_percent,
-                "rules": app.state.rules,
-                "pools": pools,
-            }),
-        );
+        m.end()
     }
-    json!({ "epoch": epoch, "apps": apps })
+}
+
+#[derive(serde::Serialize)]
+struct PoolDoc<'a> {
+    health_checked: bool,
+    in_flight: u64,
+    receives_traffic: bool,
+    servers: Servers<'a>,
+    tunnels: u64,
+}
+
+struct Servers<'a>(&'a [Arc<Server>]);
+
+impl Serialize for Servers<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|s| ServerDoc {
+            addr: s.addr,
+            connect_errors: s.connect_errors.load(Relaxed),
+            healthy: s.is_healthy(),
+            in_flight: s.in_flight.load(Relaxed),
+            open_connections: s.open_connections.load(Relaxed),
+            weight: s.weight,
+        }))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ServerDoc {
+    addr: std::net::SocketAddr,
+    connect_errors: u64,
+    healthy: bool,
+    in_flight: u64,
+    open_connections: u64,
+    weight: u32,
 }
 
 /// Load the state file (if any) and fill in every configured app.
