@@ -8,6 +8,7 @@ to the hot path can be compared where wall-clock numbers are noise.
     python3 benches/callgrind.py --proxy nginx      # the same harness, nginx
     python3 benches/callgrind.py --flips            # and a phase with flips
     python3 benches/callgrind.py --proxy hyper-floor [--floor-features N]
+    python3 benches/callgrind.py --cache            # and simulated cache misses
 
 Starts an nginx upstream, runs the proxy (`cutover run`, or nginx with
 `master_process off`, or HAProxy) under `valgrind --tool=callgrind`, sends
@@ -22,6 +23,12 @@ config gets a `[state] file`, and 110 flips during warm-up fill its
 history to the 100 entries it keeps) — at a real flip rate against a real request rate
 that is the storm's in-process cost, free of the machine's noise. Needs valgrind and nginx (benches/compare.sh
 installs nginx and HAProxy; `apt-get install valgrind`).
+
+With `--cache`, callgrind also simulates the caches and branch predictor
+(`--cache-sim=yes --branch-sim=yes`: 32 KiB L1 instruction and data
+caches) and the report adds L1 misses and mispredicted branches per
+request: how much code and data a request touches, which decides how
+fast its instructions run when other processes share the cores.
 """
 
 import argparse
@@ -63,10 +70,11 @@ def send(n, conns=4):
         t.join()
 
 
-def dump_ir(out_file, pid, part):
+def dump_ir(out_file, pid, part, events=None):
     """Dump the running callgrind's counters (which zeroes them) and read
     the Ir of that dump: the cost since the previous one. A process that
-    forks (nginx, HAProxy) dumps for each pid; all are summed."""
+    forks (nginx, HAProxy) dumps for each pid; all are summed. With
+    `events`, a dict is filled with every event's total."""
     subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
     d = os.path.dirname(out_file)
     suffix = f".{part}"
@@ -82,9 +90,16 @@ def dump_ir(out_file, pid, part):
     total = 0
     for name in names:
         with open(os.path.join(d, name)) as f:
+            kinds = []
             for line in f:
+                if line.startswith("events:"):
+                    kinds = line.split()[1:]
                 if line.startswith("summary:"):
-                    total += int(line.split()[1])
+                    counts = [int(x) for x in line.split()[1:]]
+                    total += counts[0]
+                    if events is not None:
+                        for k, v in zip(kinds, counts):
+                            events[k] = events.get(k, 0) + v
     return total
 
 
@@ -147,12 +162,15 @@ def main():
                     help="cutover's config")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--flips", action="store_true", help="cutover: also measure a flip storm")
+    ap.add_argument("--cache", action="store_true",
+                    help="also simulate the L1 caches and branch prediction")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="cutover-callgrind-")
     upstream = compare.Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
                                            "-g", "daemon off;"], compare.UP_BLUE)
     out = os.path.join(work, "callgrind.out")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if args.cache else []
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + sim
                             + proxy_argv(args.proxy, args.config, work, args.floor_features,
                                          state=args.flips),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -167,12 +185,19 @@ def main():
                 flip_storm(None, [0])
         dump_ir(out, proc.pid, 1)
         send(2 * n)
-        measured = dump_ir(out, proc.pid, 2)
+        events = {}
+        measured = dump_ir(out, proc.pid, 2, events)
         name = {"cutover": f"cutover, {args.config} config",
                 "hyper-floor": f"hyper floor, features {args.floor_features}"}.get(args.proxy, args.proxy)
         print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
         print(f"{name}: {measured / (2 * n):.0f} instructions per request "
               f"(callgrind, {2 * n} requests after {n} warm-up)", flush=True)
+        if args.cache:
+            per = {k: v / (2 * n) for k, v in events.items()}
+            print(f"per request: L1i misses {per.get('I1mr', 0):.0f}, L1d misses "
+                  f"{per.get('D1mr', 0) + per.get('D1mw', 0):.0f} (read + write), mispredicted "
+                  f"branches {per.get('Bcm', 0):.0f} + {per.get('Bim', 0):.0f} (conditional + indirect)",
+                  flush=True)
         if args.flips and args.proxy == "cutover":
             stop = threading.Event()
             flips = [0]

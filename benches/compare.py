@@ -19,6 +19,9 @@ The method is written down in benches/README.md; in short:
 - side by side: nginx and cutover at the same time, each with its own
   wrk, so that whatever the machine does falls on both in the same
   seconds; the ratio of their CPU per request, round by round;
+- on request (`--only side-floor`): the hyper floor (benches/hyper_floor.rs)
+  side by side with nginx, then with cutover; and (`--ab BINARY`) this
+  build side by side with another cutover binary;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs; the same storm on one of two identical
   cutovers loaded side by side; and nginx's way of doing it (rewrite the
@@ -131,6 +134,7 @@ class Server:
 
     def __init__(self, name, argv, port, cwd=None):
         self.name = name
+        self.port = port
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         wait_port(port)
@@ -563,10 +567,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive clients for the memory test")
     ap.add_argument("--only", default="",
-                    help="comma list of sections: throughput,side,memory,flip")
+                    help="comma list of sections: throughput,side,memory,flip; "
+                         "also side-floor (the hyper floor beside nginx and beside cutover)")
+    ap.add_argument("--ab", metavar="BINARY",
+                    help="only an A/B: this build beside another cutover binary")
     args = ap.parse_args()
     sections = (set(args.only.split(",")) if args.only
-                else {"throughput", "side", "memory", "flip"})
+                else set() if args.ab else {"throughput", "side", "memory", "flip"})
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -590,8 +597,12 @@ def main():
             out.append(side_by_side(work, args.seconds, 2 * args.rounds))
         if "memory" in sections:
             out.append(memory(work, args.idle))
+        if "side-floor" in sections:
+            out.append(side_floor(work, args.seconds, 2 * args.rounds))
         if "flip" in sections:
             out.append(flips(work, args.seconds))
+        if args.ab:
+            out.append(side_ab(work, os.path.abspath(args.ab), args.seconds, 2 * args.rounds))
     finally:
         upstream.stop()
     report = "\n".join(out)
@@ -679,6 +690,43 @@ def throughput(work, secs, rounds):
     return "\n".join(lines) + "\n"
 
 
+def pair_rounds(a, b, secs, rounds):
+    """Two running servers `a` and `b` (Server objects), each loaded by its
+    own `wrk -c64` in the same seconds, `rounds` times (after a 2 s
+    warm-up each). Returns the per-round ratios of b's CPU per request to
+    a's, and each side's total CPU µs per request."""
+    ratios, totals = [], {"a": [0, 0.0], "b": [0, 0.0]}
+    for i in range(rounds):
+        log(f"side by side: {a.name} and {b.name}, round {i + 1} of {rounds}")
+        for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
+            pids = {"a": a.pids(), "b": b.pids()}
+            before = {k: cpu_seconds(v) for k, v in pids.items()}
+            results = wrk_at_once({"a": a.port, "b": b.port}, 64, seconds)
+            if not measured:
+                continue
+            per = {}
+            for k in pids:
+                n = results[k]["requests"]
+                cpu = cpu_seconds(pids[k]) - before[k]
+                totals[k][0] += n
+                totals[k][1] += cpu
+                per[k] = cpu * 1e6 / n if n else float("nan")
+            ratios.append(per["b"] / per["a"])
+    cpu = {k: v[1] * 1e6 / v[0] if v[0] else float("nan") for k, v in totals.items()}
+    return ratios, cpu
+
+
+def pair_line(label, ratios, cpu):
+    return (f"| {label} | {cpu['a']:.2f} | {cpu['b']:.2f} | "
+            f"{cpu['b'] / cpu['a']:.3f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
+            f"{statistics.mean(ratios):.3f} | {', '.join(f'{r:.2f}' for r in ratios)} |")
+
+
+PAIR_HEADER = ["| a, b | a CPU µs/req | b CPU µs/req | b / a, totals (rounds: min–max) "
+               "| mean of the rounds | rounds |",
+               "|---|---|---|---|---|---|"]
+
+
 def side_by_side(work, secs, rounds):
     """nginx on PROXY and cutover (minimal config) on SIDE_PROXY, both
     running, each loaded by its own `wrk -c64` in the same seconds. A
@@ -689,37 +737,72 @@ def side_by_side(work, secs, rounds):
     nginx = start_proxy("nginx", work)
     cut = Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN)],
                  SIDE_PROXY)
-    ratios, totals = [], {"nginx": [0, 0.0], "cutover": [0, 0.0]}
     try:
-        for i in range(rounds):
-            log(f"side by side, round {i + 1} of {rounds}")
-            for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
-                pids = {"nginx": nginx.pids(), "cutover": cut.pids()}
-                before = {k: cpu_seconds(v) for k, v in pids.items()}
-                results = wrk_at_once({"nginx": PROXY, "cutover": SIDE_PROXY}, 64, seconds)
-                if not measured:
-                    continue
-                per = {}
-                for k in pids:
-                    n = results[k]["requests"]
-                    cpu = cpu_seconds(pids[k]) - before[k]
-                    totals[k][0] += n
-                    totals[k][1] += cpu
-                    per[k] = cpu * 1e6 / n if n else float("nan")
-                ratios.append(per["cutover"] / per["nginx"])
+        ratios, cpu = pair_rounds(nginx, cut, secs, rounds)
     finally:
         cut.stop()
         nginx.stop()
         wait_port_free(PROXY)
         wait_port_free(SIDE_PROXY)
-    cpu = {k: v[1] * 1e6 / v[0] if v[0] else float("nan") for k, v in totals.items()}
     lines = ["## Side by side: nginx and cutover loaded at the same time\n",
              f"{rounds} rounds of {secs} s, each proxy with its own `wrk -t1 -c64`, both at once.\n",
              "| | nginx CPU µs/req | cutover CPU µs/req | cutover / nginx (rounds: min–max) | rounds |",
              "|---|---|---|---|---|",
-             f"| 64 conns each | {cpu['nginx']:.2f} | {cpu['cutover']:.2f} | "
-             f"{cpu['cutover'] / cpu['nginx']:.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
+             f"| 64 conns each | {cpu['a']:.2f} | {cpu['b']:.2f} | "
+             f"{cpu['b'] / cpu['a']:.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
              f"{', '.join(f'{r:.2f}' for r in ratios)} |"]
+    return "\n".join(lines) + "\n"
+
+
+def hyper_floor_server(port):
+    """benches/hyper_floor.rs (the thinnest hyper proxy), built first."""
+    subprocess.run(["cargo", "build", "--release", "--locked", "--example", "hyper_floor"],
+                   cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target", "release", "examples", "hyper_floor")
+    return Server("hyper-floor", [binary, f"127.0.0.1:{port}", f"127.0.0.1:{UP_BLUE}", "0"], port)
+
+
+def side_floor(work, secs, rounds):
+    """Where the gap to nginx is: the hyper floor beside nginx, then
+    cutover beside the hyper floor."""
+    lines = ["## Side by side with the hyper floor\n",
+             f"{rounds} rounds of {secs} s per pair, each with its own `wrk -t1 -c64`, both at once.\n"]
+    lines += PAIR_HEADER
+    pairs = (("nginx", lambda: start_proxy("nginx", work)),
+             ("cutover", lambda: Server("cutover", [CUTOVER, "run", "-c",
+                                                    side_conf(work, "side", PROXY, ADMIN)], PROXY)))
+    for name, start_a in pairs:
+        a = start_a()
+        floor = hyper_floor_server(SIDE_PROXY)
+        try:
+            ratios, cpu = pair_rounds(a, floor, secs, rounds)
+        finally:
+            floor.stop()
+            a.stop()
+            wait_port_free(PROXY)
+            wait_port_free(SIDE_PROXY)
+        lines.append(pair_line(f"{name}, hyper floor", ratios, cpu))
+    return "\n".join(lines) + "\n"
+
+
+def side_ab(work, other, secs, rounds):
+    """This build (b) against another cutover binary (a), both with the
+    minimal config, side by side: a change judged in the same seconds."""
+    a = Server("cutover-a", [other, "run", "-c", side_conf(work, "ab-a", PROXY, ADMIN)], PROXY)
+    b = Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "ab-b", SIDE_PROXY, SIDE_ADMIN)],
+               SIDE_PROXY)
+    try:
+        ratios, cpu = pair_rounds(a, b, secs, rounds)
+    finally:
+        a.stop()
+        b.stop()
+        wait_port_free(PROXY)
+        wait_port_free(SIDE_PROXY)
+    lines = ["## A/B: this build beside another\n",
+             f"a = `{other}`, b = `{CUTOVER}`; {rounds} rounds of {secs} s, each with its own "
+             "`wrk -t1 -c64`, both at once. Two copies of one build give 0.99–1.04.\n"]
+    lines += PAIR_HEADER
+    lines.append(pair_line("other build, this build", ratios, cpu))
     return "\n".join(lines) + "\n"
 
 
