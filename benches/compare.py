@@ -20,8 +20,9 @@ The method is written down in benches/README.md; in short:
   wrk, so that whatever the machine does falls on both in the same
   seconds; the ratio of their CPU per request, round by round;
 - on request (`--only side-floor`): the hyper floor (benches/hyper_floor.rs)
-  side by side with nginx, then with cutover; and (`--ab BINARY`) this
-  build side by side with another cutover binary;
+  side by side with nginx, then with cutover; (`--only side-realistic`)
+  the realistic config side by side with the minimal one; and
+  (`--ab BINARY`) this build side by side with another cutover binary;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs; the same storm on one of two identical
   cutovers loaded side by side; and nginx's way of doing it (rewrite the
@@ -407,12 +408,13 @@ def post_flip(admin_port):
         raise RuntimeError(f"flip answered {resp.status}")
 
 
-def wrk_at_once(ports, conns, secs):
-    """One wrk per entry of `ports` (name -> port), all at the same time."""
+def wrk_at_once(ports, conns, secs, headers=()):
+    """One wrk per entry of `ports` (name -> port), all at the same time,
+    each sending `headers`."""
     results = {}
 
     def load(name, port):
-        results[name] = wrk(port, conns, secs)
+        results[name] = wrk(port, conns, secs, headers)
 
     threads = [threading.Thread(target=load, args=item) for item in ports.items()]
     for t in threads:
@@ -568,7 +570,8 @@ def main():
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive clients for the memory test")
     ap.add_argument("--only", default="",
                     help="comma list of sections: throughput,side,memory,flip; "
-                         "also side-floor (the hyper floor beside nginx and beside cutover)")
+                         "also side-floor (the hyper floor beside nginx and beside cutover) "
+                         "and side-realistic (the realistic config beside the minimal one)")
     ap.add_argument("--ab", metavar="BINARY",
                     help="only an A/B: this build beside another cutover binary")
     args = ap.parse_args()
@@ -597,6 +600,8 @@ def main():
             out.append(side_by_side(work, args.seconds, 2 * args.rounds))
         if "memory" in sections:
             out.append(memory(work, args.idle))
+        if "side-realistic" in sections:
+            out.append(side_realistic(work, args.seconds, 2 * args.rounds))
         if "side-floor" in sections:
             out.append(side_floor(work, args.seconds, 2 * args.rounds))
         if "flip" in sections:
@@ -690,18 +695,18 @@ def throughput(work, secs, rounds):
     return "\n".join(lines) + "\n"
 
 
-def pair_rounds(a, b, secs, rounds):
+def pair_rounds(a, b, secs, rounds, conns=64, headers=()):
     """Two running servers `a` and `b` (Server objects), each loaded by its
-    own `wrk -c64` in the same seconds, `rounds` times (after a 2 s
-    warm-up each). Returns the per-round ratios of b's CPU per request to
-    a's, and each side's total CPU µs per request."""
+    own `wrk -c{conns}` (sending `headers`) in the same seconds, `rounds`
+    times (after a 2 s warm-up each). Returns the per-round ratios of b's
+    CPU per request to a's, and each side's total CPU µs per request."""
     ratios, totals = [], {"a": [0, 0.0], "b": [0, 0.0]}
     for i in range(rounds):
         log(f"side by side: {a.name} and {b.name}, round {i + 1} of {rounds}")
         for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
             pids = {"a": a.pids(), "b": b.pids()}
             before = {k: cpu_seconds(v) for k, v in pids.items()}
-            results = wrk_at_once({"a": a.port, "b": b.port}, 64, seconds)
+            results = wrk_at_once({"a": a.port, "b": b.port}, conns, seconds, headers)
             if not measured:
                 continue
             per = {}
@@ -782,6 +787,34 @@ def side_floor(work, secs, rounds):
             wait_port_free(PROXY)
             wait_port_free(SIDE_PROXY)
         lines.append(pair_line(f"{name}, hyper floor", ratios, cpu))
+    return "\n".join(lines) + "\n"
+
+
+def side_realistic(work, secs, rounds):
+    """What the features cost, side by side: cutover with the minimal
+    config and cutover with the realistic one, both sent the same browser
+    request, at 64 and 256 connections."""
+    text = open(cutover_realistic_conf(work)).read()
+    text = (text.replace(f'"127.0.0.1:{PROXY}"', f'"127.0.0.1:{SIDE_PROXY}"')
+                .replace(f'"127.0.0.1:{ADMIN}"', f'"127.0.0.1:{SIDE_ADMIN}"'))
+    real_conf = os.path.join(work, "cutover-realistic-side.toml")
+    with open(real_conf, "w") as f:
+        f.write(text)
+    lines = ["## Side by side: the realistic config beside the minimal one\n",
+             f"{rounds} rounds of {secs} s per row, each cutover with its own `wrk -t1`, both at once, "
+             "both sent the same browser request (user agent, a sticky cookie).\n"]
+    lines += [h.replace("| a, b |", "| a = minimal, b = realistic |") for h in PAIR_HEADER]
+    for conns in (64, 256):
+        a = Server("cutover-minimal", [CUTOVER, "run", "-c", side_conf(work, "min", PROXY, ADMIN)], PROXY)
+        b = Server("cutover-realistic", [CUTOVER, "run", "-c", real_conf], SIDE_PROXY)
+        try:
+            ratios, cpu = pair_rounds(a, b, secs, rounds, conns, BROWSER)
+        finally:
+            a.stop()
+            b.stop()
+            wait_port_free(PROXY)
+            wait_port_free(SIDE_PROXY)
+        lines.append(pair_line(f"{conns} connections each", ratios, cpu))
     return "\n".join(lines) + "\n"
 
 
