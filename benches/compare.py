@@ -721,6 +721,24 @@ def pair_rounds(a, b, secs, rounds, conns=64, headers=()):
     return ratios, cpu
 
 
+def pair(start_a, start_b, secs, rounds, conns=64, headers=()):
+    """Start two servers (`start_a`, `start_b`: callables returning a
+    Server), run `pair_rounds` on them, and stop both."""
+    a = start_a()
+    try:
+        b = start_b()
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        return pair_rounds(a, b, secs, rounds, conns, headers)
+    finally:
+        b.stop()
+        a.stop()
+        wait_port_free(a.port)
+        wait_port_free(b.port)
+
+
 def pair_line(label, ratios, cpu):
     return (f"| {label} | {cpu['a']:.2f} | {cpu['b']:.2f} | "
             f"{cpu['b'] / cpu['a']:.3f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
@@ -739,16 +757,11 @@ def side_by_side(work, secs, rounds):
     ratio of their CPU per request is free of the drift between runs that
     the sequential rounds suffer, though not of the two competing with
     each other (which they do alike: same upstream, same cores)."""
-    nginx = start_proxy("nginx", work)
-    cut = Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN)],
-                 SIDE_PROXY)
-    try:
-        ratios, cpu = pair_rounds(nginx, cut, secs, rounds)
-    finally:
-        cut.stop()
-        nginx.stop()
-        wait_port_free(PROXY)
-        wait_port_free(SIDE_PROXY)
+    ratios, cpu = pair(
+        lambda: start_proxy("nginx", work),
+        lambda: Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN)],
+                       SIDE_PROXY),
+        secs, rounds)
     lines = ["## Side by side: nginx and cutover loaded at the same time\n",
              f"{rounds} rounds of {secs} s, each proxy with its own `wrk -t1 -c64`, both at once.\n",
              "| | nginx CPU µs/req | cutover CPU µs/req | cutover / nginx (rounds: min–max) | rounds |",
@@ -777,15 +790,7 @@ def side_floor(work, secs, rounds):
              ("cutover", lambda: Server("cutover", [CUTOVER, "run", "-c",
                                                     side_conf(work, "side", PROXY, ADMIN)], PROXY)))
     for name, start_a in pairs:
-        a = start_a()
-        floor = hyper_floor_server(SIDE_PROXY)
-        try:
-            ratios, cpu = pair_rounds(a, floor, secs, rounds)
-        finally:
-            floor.stop()
-            a.stop()
-            wait_port_free(PROXY)
-            wait_port_free(SIDE_PROXY)
+        ratios, cpu = pair(start_a, lambda: hyper_floor_server(SIDE_PROXY), secs, rounds)
         lines.append(pair_line(f"{name}, hyper floor", ratios, cpu))
     return "\n".join(lines) + "\n"
 
@@ -805,15 +810,11 @@ def side_realistic(work, secs, rounds):
              "both sent the same browser request (user agent, a sticky cookie).\n"]
     lines += [h.replace("| a, b |", "| a = minimal, b = realistic |") for h in PAIR_HEADER]
     for conns in (64, 256):
-        a = Server("cutover-minimal", [CUTOVER, "run", "-c", side_conf(work, "min", PROXY, ADMIN)], PROXY)
-        b = Server("cutover-realistic", [CUTOVER, "run", "-c", real_conf], SIDE_PROXY)
-        try:
-            ratios, cpu = pair_rounds(a, b, secs, rounds, conns, BROWSER)
-        finally:
-            a.stop()
-            b.stop()
-            wait_port_free(PROXY)
-            wait_port_free(SIDE_PROXY)
+        ratios, cpu = pair(
+            lambda: Server("cutover-minimal", [CUTOVER, "run", "-c", side_conf(work, "min", PROXY, ADMIN)],
+                           PROXY),
+            lambda: Server("cutover-realistic", [CUTOVER, "run", "-c", real_conf], SIDE_PROXY),
+            secs, rounds, conns, BROWSER)
         lines.append(pair_line(f"{conns} connections each", ratios, cpu))
     return "\n".join(lines) + "\n"
 
@@ -821,16 +822,11 @@ def side_realistic(work, secs, rounds):
 def side_ab(work, other, secs, rounds):
     """This build (b) against another cutover binary (a), both with the
     minimal config, side by side: a change judged in the same seconds."""
-    a = Server("cutover-a", [other, "run", "-c", side_conf(work, "ab-a", PROXY, ADMIN)], PROXY)
-    b = Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "ab-b", SIDE_PROXY, SIDE_ADMIN)],
-               SIDE_PROXY)
-    try:
-        ratios, cpu = pair_rounds(a, b, secs, rounds)
-    finally:
-        a.stop()
-        b.stop()
-        wait_port_free(PROXY)
-        wait_port_free(SIDE_PROXY)
+    ratios, cpu = pair(
+        lambda: Server("cutover-a", [other, "run", "-c", side_conf(work, "ab-a", PROXY, ADMIN)], PROXY),
+        lambda: Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "ab-b", SIDE_PROXY, SIDE_ADMIN)],
+                       SIDE_PROXY),
+        secs, rounds)
     lines = ["## A/B: this build beside another\n",
              f"a = `{other}`, b = `{CUTOVER}`; {rounds} rounds of {secs} s, each with its own "
              "`wrk -t1 -c64`, both at once. Two copies of one build give 0.99–1.04.\n"]
