@@ -374,20 +374,28 @@ async fn graceful_shutdown_lets_a_1s_in_flight_request_finish() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_closes_a_parked_keep_alive_connection_at_once() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (b, g) = blue_green().await;
-    // Idle timeout and shutdown_timeout both far longer than the wait
-    // allowed below: only the shutdown itself may close the connection.
-    let proxy = Proxy::start(&config(&one(&b), &one(&g), "client_idle_timeout = \"60s\""));
+/// A keep-alive connection that was answered once (by blue) and then sat
+/// idle past the 1 s park delay: parked.
+async fn parked_connection(proxy: &Proxy) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
     assert!(read_response(&mut s).await.ends_with("blue"));
-    // Idle past the 1 s park delay: parked.
+    // The condition is the idle time itself: there is nothing to wait on.
     tokio::time::sleep(Duration::from_millis(1300)).await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_parked_keep_alive_connection_at_once() {
+    use tokio::io::AsyncReadExt;
+    let (b, g) = blue_green().await;
+    // Idle timeout and shutdown_timeout both far longer than the wait
+    // allowed below: only the shutdown itself may close the connection.
+    let proxy = Proxy::start(&config(&one(&b), &one(&g), "client_idle_timeout = \"60s\""));
+    let mut s = parked_connection(&proxy).await;
     let begun = Instant::now();
     let stopped = tokio::spawn(proxy.join());
     let mut rest = Vec::new();
@@ -492,13 +500,8 @@ async fn a_keep_alive_connection_parked_while_idle_serves_its_next_requests_and_
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), "client_idle_timeout = \"3s\""));
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_response(&mut s).await.ends_with("blue"));
-    // Idle past the 1 s park delay: the connection is parked, then woken.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Parked, then woken by the next request.
+    let mut s = parked_connection(&proxy).await;
     s.write_all(b"POST /digest HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
         .await
         .unwrap();
