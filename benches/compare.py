@@ -751,24 +751,22 @@ PAIR_HEADER = ["| a, b | a CPU µs/req | b CPU µs/req | b / a, totals (rounds: 
 
 
 def side_by_side(work, secs, rounds):
-    """nginx on PROXY and cutover (minimal config) on SIDE_PROXY, both
-    running, each loaded by its own `wrk -c64` in the same seconds. A
-    machine that slows down or speeds up does so for both: the per-round
-    ratio of their CPU per request is free of the drift between runs that
-    the sequential rounds suffer, though not of the two competing with
-    each other (which they do alike: same upstream, same cores)."""
-    ratios, cpu = pair(
-        lambda: start_proxy("nginx", work),
-        lambda: Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN)],
-                       SIDE_PROXY),
-        secs, rounds)
-    lines = ["## Side by side: nginx and cutover loaded at the same time\n",
-             f"{rounds} rounds of {secs} s, each proxy with its own `wrk -t1 -c64`, both at once.\n",
-             "| | nginx CPU µs/req | cutover CPU µs/req | cutover / nginx (rounds: min–max) | rounds |",
-             "|---|---|---|---|---|",
-             f"| 64 conns each | {cpu['a']:.2f} | {cpu['b']:.2f} | "
-             f"{cpu['b'] / cpu['a']:.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
-             f"{', '.join(f'{r:.2f}' for r in ratios)} |"]
+    """nginx (then HAProxy) on PROXY and cutover (minimal config) on
+    SIDE_PROXY, both running, each loaded by its own wrk in the same
+    seconds. A machine that slows down or speeds up does so for both: the
+    per-round ratio of their CPU per request is free of the drift between
+    runs that the sequential rounds suffer, though not of the two competing
+    with each other (which they do alike: same upstream, same cores)."""
+    def cutover():
+        return Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN)],
+                      SIDE_PROXY)
+    lines = ["## Side by side: each proxy and cutover loaded at the same time\n",
+             f"{rounds} rounds of {secs} s per pair, each proxy with its own `wrk -t1`, both at once; "
+             "b / a is cutover's CPU per request over the other's.\n"]
+    lines += PAIR_HEADER
+    for other, conns in (("nginx", 64), ("haproxy", 64), ("nginx", 256)):
+        ratios, cpu = pair(lambda: start_proxy(other, work), cutover, secs, rounds, conns)
+        lines.append(pair_line(f"{other}, cutover; {conns} conns each", ratios, cpu))
     return "\n".join(lines) + "\n"
 
 
