@@ -770,26 +770,34 @@ def side_by_side(work, secs, rounds):
     return "\n".join(lines) + "\n"
 
 
-def hyper_floor_server(port):
-    """benches/hyper_floor.rs (the thinnest hyper proxy), built first."""
+def hyper_floor_server(port, features=0):
+    """benches/hyper_floor.rs (the thinnest hyper proxy), built first;
+    `features`: its bit set (see the file)."""
     subprocess.run(["cargo", "build", "--release", "--locked", "--example", "hyper_floor"],
                    cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "examples", "hyper_floor")
-    return Server("hyper-floor", [binary, f"127.0.0.1:{port}", f"127.0.0.1:{UP_BLUE}", "0"], port)
+    return Server(f"hyper-floor-{features}", [binary, f"127.0.0.1:{port}", f"127.0.0.1:{UP_BLUE}", str(features)],
+                  port)
 
 
 def side_floor(work, secs, rounds):
     """Where the gap to nginx is: the hyper floor beside nginx, then
-    cutover beside the hyper floor."""
+    cutover beside the hyper floor; and what hyper's client half costs:
+    the floor beside the floor whose upstream exchange is done in the
+    request's own task (feature 128, an experiment)."""
     lines = ["## Side by side with the hyper floor\n",
              f"{rounds} rounds of {secs} s per pair, each with its own `wrk -t1 -c64`, both at once.\n"]
     lines += PAIR_HEADER
-    pairs = (("nginx", lambda: start_proxy("nginx", work)),
-             ("cutover", lambda: Server("cutover", [CUTOVER, "run", "-c",
-                                                    side_conf(work, "side", PROXY, ADMIN)], PROXY)))
-    for name, start_a in pairs:
-        ratios, cpu = pair(start_a, lambda: hyper_floor_server(SIDE_PROXY), secs, rounds)
-        lines.append(pair_line(f"{name}, hyper floor", ratios, cpu))
+    pairs = (("nginx, hyper floor", lambda: start_proxy("nginx", work), 0),
+             ("cutover, hyper floor", lambda: Server("cutover", [CUTOVER, "run", "-c",
+                                                                 side_conf(work, "side", PROXY, ADMIN)], PROXY), 0),
+             ("hyper floor, the floor with its upstream exchange in the request's task (128)",
+              lambda: hyper_floor_server(PROXY), 128),
+             ("nginx, the floor with its upstream exchange in the request's task (128)",
+              lambda: start_proxy("nginx", work), 128))
+    for label, start_a, features in pairs:
+        ratios, cpu = pair(start_a, lambda: hyper_floor_server(SIDE_PROXY, features), secs, rounds)
+        lines.append(pair_line(label, ratios, cpu))
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@
 //! | 16 | cutover's client socket wrapper (`TimedIo`: head/idle timeouts, parking) |
 //! | 32 | a response body wrapper holding a guard dropped at the body's end |
 //! | 64 | (without 4) the upstream connection polled in the client connection's task, not its own |
+//! | 128 | (alone; an experiment, not a design) hyper's client replaced by the least an HTTP/1.1 client can do in the request's own task: the request head written, the response head parsed with `httparse`, a `Content-Length` body read whole — no channel, no second task. It prices what a client codec of our own could save; it handles nothing else (no chunked bodies, no request bodies, no errors beyond failing the request) |
 //!
 //! Usage: `hyper_floor LISTEN UPSTREAM [FEATURES]`, e.g.
 //! `hyper_floor 127.0.0.1:18081 127.0.0.1:18080 63`. Runs until killed.
@@ -55,6 +56,7 @@ const TIMEOUT: u32 = 8;
 const TIMED_IO: u32 = 16;
 const GUARD: u32 = 32;
 const SAME_TASK: u32 = 64;
+const INLINE_CLIENT: u32 = 128;
 
 #[derive(Clone, Copy)]
 struct Local;
@@ -170,6 +172,10 @@ fn main() {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            if features & INLINE_CLIENT != 0 {
+                tokio::task::spawn_local(inline::serve(stream, upstream));
+                continue;
+            }
             let (builder, done) = (builder.clone(), done.clone());
             tokio::task::spawn_local(async move {
                 let (owned, same_task) = if features & POOL == 0 {
@@ -259,4 +265,106 @@ fn main() {
             });
         }
     });
+}
+
+/// Feature 128: the upstream exchange done in the request's own task.
+mod inline {
+    use std::cell::RefCell;
+    use std::io;
+    use std::net::SocketAddr;
+    use std::rc::Rc;
+
+    use bytes::{Buf, Bytes, BytesMut};
+    use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use hyper::server::conn::http1 as server;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    struct Upstream {
+        stream: TcpStream,
+        buf: BytesMut,
+        out: Vec<u8>,
+    }
+
+    pub async fn serve(client: TcpStream, addr: SocketAddr) {
+        let stream = TcpStream::connect(addr).await.expect("upstream");
+        let _ = stream.set_nodelay(true);
+        let up = Rc::new(RefCell::new(Some(Upstream {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            out: Vec::with_capacity(1024),
+        })));
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let up = up.clone();
+            async move {
+                let mut conn = up.borrow_mut().take().expect("one request at a time");
+                let resp = exchange(&mut conn, req).await;
+                *up.borrow_mut() = Some(conn);
+                resp
+            }
+        });
+        let _ = server::Builder::new()
+            .serve_connection(TokioIo::new(client), svc)
+            .await;
+    }
+
+    async fn exchange(up: &mut Upstream, req: Request<Incoming>) -> io::Result<Response<Full<Bytes>>> {
+        let out = &mut up.out;
+        out.clear();
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in req.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        up.stream.write_all(out).await?;
+        let (status, headers, length) = loop {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            let mut head = httparse::Response::new(&mut fields);
+            if let httparse::Status::Complete(n) = head.parse(&up.buf).map_err(io::Error::other)? {
+                let status = StatusCode::from_u16(head.code.unwrap_or(502)).map_err(io::Error::other)?;
+                let mut headers = HeaderMap::with_capacity(head.headers.len());
+                let mut length = 0usize;
+                for f in head.headers.iter() {
+                    let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(io::Error::other)?;
+                    if name == http::header::CONTENT_LENGTH {
+                        length = std::str::from_utf8(f.value)
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .ok_or_else(|| io::Error::other("content-length"))?;
+                    }
+                    let value = HeaderValue::from_bytes(f.value).map_err(io::Error::other)?;
+                    headers.append(name, value);
+                }
+                up.buf.advance(n);
+                break (status, headers, length);
+            }
+            if up.stream.read_buf(&mut up.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        while up.buf.len() < length {
+            if up.stream.read_buf(&mut up.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let body = up.buf.split_to(length).freeze();
+        if up.buf.capacity() < 4096 {
+            up.buf.reserve(8192);
+        }
+        let mut resp = Response::new(Full::new(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
 }
