@@ -312,7 +312,10 @@ mod inline {
             .await;
     }
 
-    async fn exchange(up: &mut Upstream, req: Request<Incoming>) -> io::Result<Response<Full<Bytes>>> {
+    async fn exchange(
+        up: &mut Upstream,
+        req: Request<Incoming>,
+    ) -> io::Result<Response<Full<Bytes>>> {
         let out = &mut up.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -332,11 +335,13 @@ mod inline {
             let mut fields = [httparse::EMPTY_HEADER; 32];
             let mut head = httparse::Response::new(&mut fields);
             if let httparse::Status::Complete(n) = head.parse(&up.buf).map_err(io::Error::other)? {
-                let status = StatusCode::from_u16(head.code.unwrap_or(502)).map_err(io::Error::other)?;
+                let status =
+                    StatusCode::from_u16(head.code.unwrap_or(502)).map_err(io::Error::other)?;
                 let mut headers = HeaderMap::with_capacity(head.headers.len());
                 let mut length = 0usize;
                 for f in head.headers.iter() {
-                    let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(io::Error::other)?;
+                    let name =
+                        HeaderName::from_bytes(f.name.as_bytes()).map_err(io::Error::other)?;
                     if name == http::header::CONTENT_LENGTH {
                         length = std::str::from_utf8(f.value)
                             .ok()

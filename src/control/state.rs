@@ -271,14 +271,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    // Not truncated on open: the file keeps its blocks, is overwritten
-    // from the start, then cut to the new length.
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&tmp)
-        .map_err(err)?;
+    let mut f = open_scratch(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.set_len(bytes.len() as u64).map_err(err)?;
     f.sync_data().map_err(err)?;
@@ -288,6 +281,32 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     }
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
+}
+
+/// The temp file, opened to be overwritten: not truncated, so it keeps its
+/// blocks, and cut to the new length after the write. Unless it is not
+/// ours alone to overwrite — a symbolic link, or a file with another name
+/// too (a hard link someone made to an old state): then that name is
+/// removed and a new file made.
+fn open_scratch(tmp: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let opened = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp);
+    match opened {
+        Ok(f) if f.metadata()?.nlink() == 1 => return Ok(f),
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
+        Err(e) => return Err(e),
+    }
+    fs::remove_file(tmp)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
 }
 
 /// Swap the names `a` and `b` atomically. `Ok(false)` when this system or
@@ -366,6 +385,36 @@ mod tests {
         let short = StateFile::default();
         short.save(&path).unwrap();
         assert_eq!(StateFile::load(&path).unwrap(), Some(short));
+    }
+
+    #[test]
+    fn a_hard_link_to_an_old_state_and_a_linked_temp_file_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let tmp = dir.path().join("s.json.tmp");
+        let mut s = StateFile::default();
+        let mut save = |epoch| {
+            s.epoch = epoch;
+            s.save(&path).unwrap();
+            assert_eq!(StateFile::load(&path).unwrap().unwrap().epoch, epoch);
+        };
+        save(1);
+        save(2);
+        // An operator keeps the live state under another name.
+        let backup = dir.path().join("backup.json");
+        fs::hard_link(&path, &backup).unwrap();
+        for epoch in 3..6 {
+            save(epoch);
+        }
+        assert_eq!(StateFile::load(&backup).unwrap().unwrap().epoch, 2);
+        // A temp file that is a symbolic link is replaced, not followed.
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        save(6);
+        save(7);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
     }
 
     #[test]
