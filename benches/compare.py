@@ -699,8 +699,12 @@ def pair_rounds(a, b, secs, rounds, conns=64, headers=()):
     """Two running servers `a` and `b` (Server objects), each loaded by its
     own `wrk -c{conns}` (sending `headers`) in the same seconds, `rounds`
     times (after a 2 s warm-up each). Returns the per-round ratios of b's
-    CPU per request to a's, and each side's total CPU µs per request."""
+    CPU per request to a's, and a dict of: each side's total CPU µs per
+    request ("a", "b"), the per-round ratios of b's requests/s and p99 to
+    a's ("rps", "p99"; both served their own clients in the same seconds),
+    and both sides' errors ("errors")."""
     ratios, totals = [], {"a": [0, 0.0], "b": [0, 0.0]}
+    rps, p99, errors = [], [], 0
     for i in range(rounds):
         log(f"side by side: {a.name} and {b.name}, round {i + 1} of {rounds}")
         for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
@@ -717,7 +721,11 @@ def pair_rounds(a, b, secs, rounds, conns=64, headers=()):
                 totals[k][1] += cpu
                 per[k] = cpu * 1e6 / n if n else float("nan")
             ratios.append(per["b"] / per["a"])
+            rps.append(results["b"]["rps"] / results["a"]["rps"])
+            p99.append(results["b"]["p99"] / results["a"]["p99"])
+            errors += results["a"]["errors"] + results["b"]["errors"]
     cpu = {k: v[1] * 1e6 / v[0] if v[0] else float("nan") for k, v in totals.items()}
+    cpu.update(rps=rps, p99=p99, errors=errors)
     return ratios, cpu
 
 
@@ -742,12 +750,16 @@ def pair(start_a, start_b, secs, rounds, conns=64, headers=()):
 def pair_line(label, ratios, cpu):
     return (f"| {label} | {cpu['a']:.2f} | {cpu['b']:.2f} | "
             f"{cpu['b'] / cpu['a']:.3f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
-            f"{statistics.mean(ratios):.3f} | {', '.join(f'{r:.2f}' for r in ratios)} |")
+            f"{statistics.mean(ratios):.3f} | {', '.join(f'{r:.2f}' for r in ratios)} | "
+            f"{statistics.mean(cpu['rps']):.2f} ({min(cpu['rps']):.2f}–{max(cpu['rps']):.2f}) | "
+            f"{statistics.median(cpu['p99']):.2f} ({min(cpu['p99']):.2f}–{max(cpu['p99']):.2f}) | "
+            f"{cpu['errors']} |")
 
 
 PAIR_HEADER = ["| a, b | a CPU µs/req | b CPU µs/req | b / a, totals (rounds: min–max) "
-               "| mean of the rounds | rounds |",
-               "|---|---|---|---|---|---|"]
+               "| mean of the rounds | rounds | req/s b / a, mean (min–max) | p99 b / a, median (min–max) "
+               "| errors |",
+               "|---|---|---|---|---|---|---|---|---|"]
 
 
 def side_by_side(work, secs, rounds):
