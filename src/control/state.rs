@@ -255,10 +255,10 @@ impl<'de> Deserialize<'de> for History {
 /// The temp file is kept between writes. On Linux the rename is an
 /// exchange (`renameat2(RENAME_EXCHANGE)`): the new state takes `path`'s
 /// name and the previous one takes the temp name, to be overwritten by
-/// the next change. No file is created or deleted per change, which
-/// halves the kernel's part of a flip (`benches/README.md`); where the
-/// filesystem cannot exchange, or `path` does not exist yet, it is a plain
-/// rename.
+/// the next change. No file is created or deleted per change, which cuts
+/// the kernel's work for the write by ~40% (`benches/README.md`); where
+/// the filesystem cannot exchange, or `path` does not exist yet, it is a
+/// plain rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let err = |source| StateError::Write {
         path: path.to_path_buf(),
