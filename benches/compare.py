@@ -589,25 +589,28 @@ def main():
     work = tempfile.mkdtemp(prefix="cutover-bench-")
     upstream = Server("upstream", ["nginx", "-c", nginx_upstream_conf(work), "-p", work, "-g", "daemon off;"], UP_BLUE)
     out = []
+    verdict = Verdict()
     try:
         out.append(f"# cutover vs nginx vs HAProxy — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
         out.append(f"Machine: {os.cpu_count()} cores, {platform_line()}; "
                    f"{version('nginx')}, {version('haproxy')}, {version('wrk')}; "
                    f"wrk -t1, {args.seconds}s per run, 2s warm-up.\n")
         if "throughput" in sections:
-            out.append(throughput(work, args.seconds, args.rounds))
+            out.append(throughput(work, args.seconds, args.rounds, verdict))
         if "side" in sections:
-            out.append(side_by_side(work, args.seconds, 2 * args.rounds))
+            out.append(side_by_side(work, args.seconds, 2 * args.rounds, verdict))
         if "memory" in sections:
-            out.append(memory(work, args.idle))
+            out.append(memory(work, args.idle, verdict))
         if "side-realistic" in sections:
-            out.append(side_realistic(work, args.seconds, 2 * args.rounds))
+            out.append(side_realistic(work, args.seconds, 2 * args.rounds, verdict))
         if "side-floor" in sections:
             out.append(side_floor(work, args.seconds, 2 * args.rounds))
         if "flip" in sections:
-            out.append(flips(work, args.seconds))
+            out.append(flips(work, args.seconds, verdict))
         if args.ab:
             out.append(side_ab(work, os.path.abspath(args.ab), args.seconds, 2 * args.rounds))
+        if verdict.rows:
+            out.append(verdict.section())
     finally:
         upstream.stop()
     report = "\n".join(out)
@@ -639,7 +642,26 @@ def version(tool):
 THROUGHPUT_KINDS = ("direct", "nginx", "haproxy", "cutover", "cutover-realistic")
 
 
-def throughput(work, secs, rounds):
+class Verdict:
+    """Issue 5's targets, judged from what this run measured: each section
+    adds the rows it can decide, and the report ends with them."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, target, measured, met):
+        self.rows.append((target, measured, met))
+
+    def section(self):
+        lines = ["## Against the targets (issue 5)\n",
+                 "Judged from this run only; the side-by-side rows are the steadiest on a shared machine. "
+                 "The routing decision (< 250 ns) is measured by `cargo bench --bench routing`.\n",
+                 "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def throughput(work, secs, rounds, verdict):
     """Each proxy `rounds` times, interleaved (the order rotates each round),
     so that the machine drifting during the test falls on all of them:
     CPU µs/request and req/s from the totals, latencies the median of the
@@ -692,6 +714,16 @@ def throughput(work, secs, rounds):
         real = rows[("cutover-realistic", conns)]
         lines.append(f"| realistic / minimal cutover | {conns} | {real['cpu_us'] / c['cpu_us']:.2f} | "
                      f"{real['rps'] / c['rps']:.2f} | {real['p99'] / c['p99']:.2f} |")
+    c, n = rows[("cutover", 64)], rows[("nginx", 64)]
+    cpu, rps, p99 = c["cpu_us"] / n["cpu_us"], c["rps"] / n["rps"], c["p99"] / n["p99"]
+    verdict.add("CPU µs/request ≤ 1.0 × nginx (64 conns, one after the other)", f"{cpu:.2f}", cpu <= 1.0)
+    verdict.add("requests/s ≥ nginx (64 conns, one after the other)", f"{rps:.2f}", rps >= 1.0)
+    verdict.add("p99 ≤ nginx (64 conns, one after the other)", f"{p99:.2f}", p99 <= 1.0)
+    verdict.add("goal: CPU ≤ 0.85 × nginx and requests/s ≥ 1.1 × nginx (one after the other)",
+                f"{cpu:.2f}, {rps:.2f}", cpu <= 0.85 and rps >= 1.1)
+    real = rows[("cutover-realistic", 64)]["cpu_us"] / c["cpu_us"]
+    verdict.add("realistic config ≤ 1.10 × minimal CPU (64 conns; the realistic one is also sent a larger "
+                "request)", f"{real:.2f}", real <= 1.10)
     return "\n".join(lines) + "\n"
 
 
@@ -762,7 +794,7 @@ PAIR_HEADER = ["| a, b | a CPU µs/req | b CPU µs/req | b / a, totals (rounds: 
                "|---|---|---|---|---|---|---|---|---|"]
 
 
-def side_by_side(work, secs, rounds):
+def side_by_side(work, secs, rounds, verdict):
     """nginx (then HAProxy) on PROXY and cutover (minimal config) on
     SIDE_PROXY, both running, each loaded by its own wrk in the same
     seconds. A machine that slows down or speeds up does so for both: the
@@ -779,6 +811,12 @@ def side_by_side(work, secs, rounds):
     for other, conns in (("nginx", 64), ("haproxy", 64), ("nginx", 256)):
         ratios, cpu = pair(lambda: start_proxy(other, work), cutover, secs, rounds, conns)
         lines.append(pair_line(f"{other}, cutover; {conns} conns each", ratios, cpu))
+        if (other, conns) == ("nginx", 64):
+            c, r = cpu["b"] / cpu["a"], statistics.mean(cpu["rps"])
+            p = statistics.median(cpu["p99"])
+            verdict.add("CPU µs/request ≤ 1.0 × nginx (64 conns, side by side)", f"{c:.2f}", c <= 1.0)
+            verdict.add("requests/s ≥ nginx (64 conns, side by side)", f"{r:.2f}", r >= 1.0)
+            verdict.add("p99 ≤ nginx (64 conns, side by side)", f"{p:.2f}", p <= 1.0)
     return "\n".join(lines) + "\n"
 
 
@@ -813,7 +851,7 @@ def side_floor(work, secs, rounds):
     return "\n".join(lines) + "\n"
 
 
-def side_realistic(work, secs, rounds):
+def side_realistic(work, secs, rounds, verdict):
     """What the features cost, side by side: cutover with the minimal
     config and cutover with the realistic one, both sent the same browser
     request, at 64 and 256 connections."""
@@ -834,6 +872,10 @@ def side_realistic(work, secs, rounds):
             lambda: Server("cutover-realistic", [CUTOVER, "run", "-c", real_conf], SIDE_PROXY),
             secs, rounds, conns, BROWSER)
         lines.append(pair_line(f"{conns} connections each", ratios, cpu))
+        if conns == 64:
+            r = cpu["b"] / cpu["a"]
+            verdict.add("realistic config ≤ 1.10 × minimal CPU (64 conns, side by side, the same request)",
+                        f"{r:.3f}", r <= 1.10)
     return "\n".join(lines) + "\n"
 
 
@@ -853,19 +895,23 @@ def side_ab(work, other, secs, rounds):
     return "\n".join(lines) + "\n"
 
 
-def memory(work, n):
+def memory(work, n, verdict):
     lines = [f"## Memory with {n} idle keep-alive clients\n",
              "| proxy | RSS before MiB | RSS holding MiB | KiB per connection | failed connects |",
              "|---|---|---|---|---|"]
+    held = {}
     for kind in ("nginx", "haproxy", "cutover"):
         log(f"{kind}: {n} idle clients")
         r = idle_rss(kind, work, n)
+        held[kind] = r["held_mib"]
         per = (r["held_mib"] - r["base_mib"]) * 1024 / max(1, n - r["failed"])
         lines.append(f"| {kind} | {r['base_mib']:.1f} | {r['held_mib']:.1f} | {per:.1f} | {r['failed']} |")
+    verdict.add(f"RSS holding {n} idle clients ≤ nginx's",
+                f"{held['cutover']:.1f} MiB against {held['nginx']:.1f}", held["cutover"] <= held["nginx"])
     return "\n".join(lines) + "\n"
 
 
-def flips(work, secs):
+def flips(work, secs, verdict):
     lines = ["## Changing the live pool under load (64 connections)\n",
              f"{STORM_ROUNDS} steady and {STORM_ROUNDS} storm runs of {max(2, secs // 3)} s each, "
              "interleaved (steady, storm, storm, steady, ...); totals of each side, and the spread of the "
@@ -884,6 +930,11 @@ def flips(work, secs):
             f"{secs} s; the mean of the rounds' ratios) | {n} | {errors} | – | "
             f"{statistics.mean(tput):.3f} ({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |")
     lines.append(side)
+    storm_errors = errors + stormy["errors"]
+    mean = statistics.mean(tput)
+    verdict.add("0 errors during the flip storm (both storms)", f"{storm_errors}", storm_errors == 0)
+    verdict.add(f"≥ 98% of steady throughput during the flip storm (side by side, mean of {rounds} rounds)",
+                f"{mean:.3f}", mean >= 0.98)
     log("nginx reload storm")
     steady, stormy, pairs, n = nginx_reload_storm(work, 64, secs)
     lines.append(f"| nginx rewrite + `nginx -s reload` every 100 ms | {n} | {stormy['errors']} | "
