@@ -756,9 +756,9 @@ def pair_rounds(a, b, secs, rounds, conns=64, headers=()):
             rps.append(results["b"]["rps"] / results["a"]["rps"])
             p99.append(results["b"]["p99"] / results["a"]["p99"])
             errors += results["a"]["errors"] + results["b"]["errors"]
-    cpu = {k: v[1] * 1e6 / v[0] if v[0] else float("nan") for k, v in totals.items()}
-    cpu.update(rps=rps, p99=p99, errors=errors)
-    return ratios, cpu
+    stats = {k: v[1] * 1e6 / v[0] if v[0] else float("nan") for k, v in totals.items()}
+    stats.update(rps=rps, p99=p99, errors=errors)
+    return ratios, stats
 
 
 def pair(start_a, start_b, secs, rounds, conns=64, headers=()):
@@ -779,13 +779,13 @@ def pair(start_a, start_b, secs, rounds, conns=64, headers=()):
         wait_port_free(b.port)
 
 
-def pair_line(label, ratios, cpu):
-    return (f"| {label} | {cpu['a']:.2f} | {cpu['b']:.2f} | "
-            f"{cpu['b'] / cpu['a']:.3f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
+def pair_line(label, ratios, stats):
+    return (f"| {label} | {stats['a']:.2f} | {stats['b']:.2f} | "
+            f"{stats['b'] / stats['a']:.3f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
             f"{statistics.mean(ratios):.3f} | {', '.join(f'{r:.2f}' for r in ratios)} | "
-            f"{statistics.mean(cpu['rps']):.2f} ({min(cpu['rps']):.2f}–{max(cpu['rps']):.2f}) | "
-            f"{statistics.median(cpu['p99']):.2f} ({min(cpu['p99']):.2f}–{max(cpu['p99']):.2f}) | "
-            f"{cpu['errors']} |")
+            f"{statistics.mean(stats['rps']):.2f} ({min(stats['rps']):.2f}–{max(stats['rps']):.2f}) | "
+            f"{statistics.median(stats['p99']):.2f} ({min(stats['p99']):.2f}–{max(stats['p99']):.2f}) | "
+            f"{stats['errors']} |")
 
 
 PAIR_HEADER = ["| a, b | a CPU µs/req | b CPU µs/req | b / a, totals (rounds: min–max) "
@@ -809,11 +809,11 @@ def side_by_side(work, secs, rounds, verdict):
              "b / a is cutover's CPU per request over the other's.\n"]
     lines += PAIR_HEADER
     for other, conns in (("nginx", 64), ("haproxy", 64), ("nginx", 256)):
-        ratios, cpu = pair(lambda: start_proxy(other, work), cutover, secs, rounds, conns)
-        lines.append(pair_line(f"{other}, cutover; {conns} conns each", ratios, cpu))
+        ratios, stats = pair(lambda: start_proxy(other, work), cutover, secs, rounds, conns)
+        lines.append(pair_line(f"{other}, cutover; {conns} conns each", ratios, stats))
         if (other, conns) == ("nginx", 64):
-            c, r = cpu["b"] / cpu["a"], statistics.mean(cpu["rps"])
-            p = statistics.median(cpu["p99"])
+            c, r = stats["b"] / stats["a"], statistics.mean(stats["rps"])
+            p = statistics.median(stats["p99"])
             verdict.add("CPU µs/request ≤ 1.0 × nginx (64 conns, side by side)", f"{c:.2f}", c <= 1.0)
             verdict.add("requests/s ≥ nginx (64 conns, side by side)", f"{r:.2f}", r >= 1.0)
             verdict.add("p99 ≤ nginx (64 conns, side by side)", f"{p:.2f}", p <= 1.0)
@@ -846,8 +846,8 @@ def side_floor(work, secs, rounds):
              ("nginx, the floor with its upstream exchange in the request's task (128)",
               lambda: start_proxy("nginx", work), 128))
     for label, start_a, features in pairs:
-        ratios, cpu = pair(start_a, lambda: hyper_floor_server(SIDE_PROXY, features), secs, rounds)
-        lines.append(pair_line(label, ratios, cpu))
+        ratios, stats = pair(start_a, lambda: hyper_floor_server(SIDE_PROXY, features), secs, rounds)
+        lines.append(pair_line(label, ratios, stats))
     return "\n".join(lines) + "\n"
 
 
@@ -866,14 +866,14 @@ def side_realistic(work, secs, rounds, verdict):
              "both sent the same browser request (user agent, a sticky cookie).\n"]
     lines += [h.replace("| a, b |", "| a = minimal, b = realistic |") for h in PAIR_HEADER]
     for conns in (64, 256):
-        ratios, cpu = pair(
+        ratios, stats = pair(
             lambda: Server("cutover-minimal", [CUTOVER, "run", "-c", side_conf(work, "min", PROXY, ADMIN)],
                            PROXY),
             lambda: Server("cutover-realistic", [CUTOVER, "run", "-c", real_conf], SIDE_PROXY),
             secs, rounds, conns, BROWSER)
-        lines.append(pair_line(f"{conns} connections each", ratios, cpu))
+        lines.append(pair_line(f"{conns} connections each", ratios, stats))
         if conns == 64:
-            r = cpu["b"] / cpu["a"]
+            r = stats["b"] / stats["a"]
             verdict.add("realistic config ≤ 1.10 × minimal CPU (64 conns, side by side, the same request)",
                         f"{r:.3f}", r <= 1.10)
     return "\n".join(lines) + "\n"
@@ -882,7 +882,7 @@ def side_realistic(work, secs, rounds, verdict):
 def side_ab(work, other, secs, rounds):
     """This build (b) against another cutover binary (a), both with the
     minimal config, side by side: a change judged in the same seconds."""
-    ratios, cpu = pair(
+    ratios, stats = pair(
         lambda: Server("cutover-a", [other, "run", "-c", side_conf(work, "ab-a", PROXY, ADMIN)], PROXY),
         lambda: Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "ab-b", SIDE_PROXY, SIDE_ADMIN)],
                        SIDE_PROXY),
@@ -891,7 +891,7 @@ def side_ab(work, other, secs, rounds):
              f"a = `{other}`, b = `{CUTOVER}`; {rounds} rounds of {secs} s, each with its own "
              "`wrk -t1 -c64`, both at once. Two copies of one build give 0.99–1.04.\n"]
     lines += PAIR_HEADER
-    lines.append(pair_line("other build, this build", ratios, cpu))
+    lines.append(pair_line("other build, this build", ratios, stats))
     return "\n".join(lines) + "\n"
 
 
