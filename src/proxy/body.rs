@@ -11,10 +11,11 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::exchange::Exchange;
+use super::h1;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -91,27 +92,45 @@ impl Body for RequestBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// What the client receives. `exchange` is dropped when the body ends
-    /// (or the client goes away), which ends the request's accounting.
-    pub struct ResponseBody {
-        #[pin]
-        inner: Either<Incoming, Full<Bytes>>,
-        exchange: Option<Exchange>,
-    }
+/// What the client receives. `exchange` is dropped when the body ends
+/// (or the client goes away), which ends the request's accounting.
+pub struct ResponseBody {
+    inner: Inner,
+    exchange: Option<Exchange>,
+}
+
+enum Inner {
+    /// From hyper's client.
+    Hyper(Incoming),
+    /// From cutover's own client, read from the connection as polled.
+    Lite(h1::Body),
+    /// The proxy's own answer.
+    Full(Full<Bytes>),
 }
 
 impl ResponseBody {
     pub fn upstream(inner: Incoming, exchange: Exchange) -> ResponseBody {
         ResponseBody {
-            inner: Either::Left(inner),
+            inner: Inner::Hyper(inner),
+            exchange: Some(exchange),
+        }
+    }
+
+    /// A body of cutover's own client. Its connection goes to `exchange`,
+    /// to be pooled again, as soon as the body is complete.
+    pub fn lite(mut body: h1::Body, mut exchange: Exchange) -> ResponseBody {
+        if let Some(up) = body.take_reusable() {
+            exchange.set_upstream(up);
+        }
+        ResponseBody {
+            inner: Inner::Lite(body),
             exchange: Some(exchange),
         }
     }
 
     pub fn full(bytes: Bytes, exchange: Option<Exchange>) -> ResponseBody {
         ResponseBody {
-            inner: Either::Right(Full::new(bytes)),
+            inner: Inner::Full(Full::new(bytes)),
             exchange,
         }
     }
@@ -135,8 +154,24 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let out = ready!(this.inner.poll_frame(cx));
+        let this = self.get_mut();
+        let out = match &mut this.inner {
+            Inner::Hyper(b) => {
+                ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(BoxError::from))
+            }
+            Inner::Full(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(|e| match e {})),
+            Inner::Lite(b) => {
+                let out = ready!(b.poll_frame(cx));
+                // Read whole: the connection can take the next request now,
+                // even if hyper drops the body without polling it again
+                // (as it does after trailers).
+                if let (Some(up), Some(ex)) = (b.take_reusable(), this.exchange.as_mut()) {
+                    ex.set_upstream(up);
+                    ex.mark_complete();
+                }
+                out
+            }
+        };
         match &out {
             None => {
                 if let Some(ex) = this.exchange.take() {
@@ -154,7 +189,11 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = self.inner.is_end_stream();
+        let end = match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Lite(b) => b.is_end_stream(),
+            Inner::Full(b) => b.is_end_stream(),
+        };
         if end {
             if let Some(ex) = &self.exchange {
                 ex.mark_complete();
@@ -164,6 +203,10 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::Lite(b) => b.size_hint(),
+            Inner::Full(b) => b.size_hint(),
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -21,8 +21,9 @@ use super::conn::ConnInfo;
 use super::deadline;
 use super::error::ProxyError;
 use super::exchange::Exchange;
+use super::h1;
 use super::headers;
-use super::upstream::Pooled;
+use super::upstream::{Pooled, Sender};
 use super::Worker;
 use crate::config::{Protocol, Sticky};
 use crate::route::rule::RequestView;
@@ -220,16 +221,27 @@ fn exchange(
     async move {
         // Phase 4: a connection; a connect failure is retried once on
         // another healthy server of the same colour (nothing was sent yet).
+        // cutover's own client carries requests without a body that ask
+        // for no upgrade; hyper's carries the rest.
         let a = &mut p.answer;
         let started = a.ex.started();
-        let mut up = match connection(&worker, &a.pool, &p.server, p.connect_timeout, started).await
+        let lite = !a.upgrade && p.parts.method != Method::CONNECT && p.body.is_end_stream();
+        let mut up = match connection(
+            &worker,
+            &a.pool,
+            &p.server,
+            p.connect_timeout,
+            started,
+            lite,
+        )
+        .await
         {
             Ok(c) => c,
             Err(()) => match a.pool.pick(Some(p.server.id)).cloned() {
                 Some(other) => {
                     a.ex.bind(&other);
                     let now = tokio::time::Instant::now();
-                    let second = connection(&worker, &a.pool, &other, p.connect_timeout, now);
+                    let second = connection(&worker, &a.pool, &other, p.connect_timeout, now, lite);
                     match Box::pin(second).await {
                         Ok(c) => c,
                         Err(()) => return Ok(fail(p.answer.ex, ProxyError::Connect)),
@@ -242,11 +254,32 @@ fn exchange(
         // Phase 5: send, and wait for the response head. An upstream may
         // close an idle keep-alive connection just as we reuse it
         // (hyper#2136). When that happens the request is sent again, once,
-        // on a fresh connection: if hyper hands the request back unsent
-        // (any method), or if it is an idempotent request without a body
-        // (RFC 9110 §9.2.2) on a connection that sat idle long enough for
-        // the upstream to give up on it — only then is a copy of its head
-        // kept, so busy connections pay nothing.
+        // on a fresh connection, if the upstream cannot have seen it or if
+        // it is idempotent (RFC 9110 §9.2.2).
+        if let Sender::Lite(c) = &mut up.tx {
+            // cutover's client: the head it writes is written from
+            // `p.parts`, which stay here to be sent again.
+            let sent = worker
+                .deadlines
+                .within(deadline::after(p.response_timeout), c.send(&p.parts))
+                .await;
+            return Ok(match sent {
+                Ok(Err(e)) if up.reused && e.may_send_again(p.parts.method.is_idempotent()) => {
+                    tracing::debug!(server = %up.server.addr, error = %e, "reused upstream connection failed; retrying on a fresh one");
+                    let server = up.server.clone();
+                    drop(up);
+                    Box::pin(send_again_lite(worker.clone(), conn.clone(), p, server)).await
+                }
+                sent => {
+                    let got = lite_reply(sent, &up.server);
+                    answer(&worker, &conn, p.answer, up, got)
+                }
+            });
+        }
+        // hyper's client: it hands the request back if it never sent it;
+        // a copy of a bodiless idempotent request's head is kept only on
+        // a connection that sat idle long enough for the upstream to give
+        // up on it, so busy connections pay nothing.
         let replay = (up.idle_for(started) >= REPLAY_AFTER_IDLE
             && p.parts.method.is_idempotent()
             && p.body.is_end_stream()
@@ -261,7 +294,10 @@ fn exchange(
             )
             .await;
         match again(sent, &up, replay) {
-            Ok(sent) => Ok(answer(&worker, &conn, p.answer, up, sent)),
+            Ok(sent) => {
+                let got = hyper_reply(sent, &up.server);
+                Ok(answer(&worker, &conn, p.answer, up, got))
+            }
             Err(again) => {
                 let resend = send_again(
                     worker.clone(),
@@ -278,12 +314,58 @@ fn exchange(
     }
 }
 
-/// What sending a request upstream gives: the response head, hyper's
-/// error (with the request if it was never sent), or the deadline passed.
+/// What sending a request upstream through hyper gives: the response
+/// head, hyper's error (with the request if it was never sent), or the
+/// deadline passed.
 type Sent = Result<
     Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>,
     deadline::Elapsed,
 >;
+
+/// What sending through cutover's own client gives: the response head,
+/// its body's framing and whether the connection may be reused after it;
+/// the client's error; or the deadline passed.
+type SentLite = Result<Result<(Response<()>, h1::Framing, bool), h1::Error>, deadline::Elapsed>;
+
+/// A response head from either client.
+enum Reply {
+    Hyper(Response<Incoming>),
+    Lite(Response<()>, h1::Framing, bool),
+}
+
+/// Why no response head came.
+enum Failed {
+    Timeout,
+    /// The request body passed `max_body_bytes` on its way.
+    TooLarge,
+    Upstream,
+}
+
+fn hyper_reply(sent: Sent, server: &Server) -> Result<Reply, Failed> {
+    match sent {
+        Ok(Ok(r)) => Ok(Reply::Hyper(r)),
+        Err(_) => Err(Failed::Timeout),
+        Ok(Err(e)) => {
+            let e = e.into_error();
+            if is_too_large(&e) {
+                return Err(Failed::TooLarge);
+            }
+            tracing::debug!(server = %server.addr, error = %e, "upstream exchange failed");
+            Err(Failed::Upstream)
+        }
+    }
+}
+
+fn lite_reply(sent: SentLite, server: &Server) -> Result<Reply, Failed> {
+    match sent {
+        Ok(Ok((r, framing, reuse))) => Ok(Reply::Lite(r, framing, reuse)),
+        Err(_) => Err(Failed::Timeout),
+        Ok(Err(e)) => {
+            tracing::debug!(server = %server.addr, error = %e, "upstream exchange failed");
+            Err(Failed::Upstream)
+        }
+    }
+}
 
 /// `Err`: the request to send again — the reused connection failed and
 /// the request came back unsent, or a copy of it was kept.
@@ -307,7 +389,8 @@ fn again(
     }
 }
 
-/// Send `req` again on a fresh connection to `server`, and answer.
+/// Send `req` again on a fresh connection to `server` (hyper's client),
+/// and answer.
 async fn send_again(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
@@ -317,7 +400,11 @@ async fn send_again(
     response_timeout: Duration,
     a: Answer,
 ) -> Response<ResponseBody> {
-    let Ok(mut fresh) = worker.upstreams.connect(&server, connect_timeout).await else {
+    let fresh = match worker.upstreams.connect(&server, connect_timeout).await {
+        Ok(c) => c.into_hyper().await,
+        Err(e) => Err(e),
+    };
+    let Ok(mut fresh) = fresh else {
         server.connect_errors.fetch_add(1, Relaxed);
         server.record_failure(&a.pool.config.passive);
         return fail(a.ex, ProxyError::Connect);
@@ -329,7 +416,33 @@ async fn send_again(
             fresh.tx.try_send_request(req),
         )
         .await;
-    answer(&worker, &conn, a, fresh, sent)
+    let got = hyper_reply(sent, &server);
+    answer(&worker, &conn, a, fresh, got)
+}
+
+/// Send a bodiless request again on a fresh connection to `server`
+/// (cutover's own client), and answer.
+async fn send_again_lite(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    p: Prepared,
+    server: Arc<Server>,
+) -> Response<ResponseBody> {
+    let Ok(mut fresh) = worker.upstreams.connect(&server, p.connect_timeout).await else {
+        server.connect_errors.fetch_add(1, Relaxed);
+        server.record_failure(&p.answer.pool.config.passive);
+        return fail(p.answer.ex, ProxyError::Connect);
+    };
+    let Sender::Lite(c) = &mut fresh.tx else {
+        // An h2 server: its requests never come this way.
+        return fail(p.answer.ex, ProxyError::Upstream);
+    };
+    let sent = worker
+        .deadlines
+        .within(deadline::after(p.response_timeout), c.send(&p.parts))
+        .await;
+    let got = lite_reply(sent, &server);
+    answer(&worker, &conn, p.answer, fresh, got)
 }
 
 /// Phase 6: the response, or the error answer.
@@ -338,48 +451,60 @@ fn answer(
     conn: &ConnInfo,
     mut a: Answer,
     up: Pooled,
-    sent: Sent,
+    got: Result<Reply, Failed>,
 ) -> Response<ResponseBody> {
-    let mut resp = match sent {
-        Err(_) => {
+    let reply = match got {
+        Ok(r) => r,
+        Err(Failed::TooLarge) => return fail(a.ex, ProxyError::BodyTooLarge),
+        Err(f) => {
             up.server.record_failure(&a.pool.config.passive);
-            return fail(a.ex, ProxyError::UpstreamTimeout);
+            let err = match f {
+                Failed::Timeout => ProxyError::UpstreamTimeout,
+                _ => ProxyError::Upstream,
+            };
+            return fail(a.ex, err);
         }
-        Ok(Err(e)) => {
-            let e = e.into_error();
-            if is_too_large(&e) {
-                return fail(a.ex, ProxyError::BodyTooLarge);
-            }
-            tracing::debug!(server = %up.server.addr, error = %e, "upstream exchange failed");
-            up.server.record_failure(&a.pool.config.passive);
-            return fail(a.ex, ProxyError::Upstream);
-        }
-        Ok(Ok(r)) => r,
     };
-    let status = resp.status();
+    let status = match &reply {
+        Reply::Hyper(r) => r.status(),
+        Reply::Lite(r, ..) => r.status(),
+    };
     if status.is_server_error() {
         up.server.record_failure(&a.pool.config.passive);
     } else {
         up.server.record_success();
     }
     a.ex.set_status(status.as_u16());
-    let tunnel = a.upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
-    if tunnel {
-        conn.state.upgrade();
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        if let Some(client_upgrade) = a.client_upgrade {
-            super::tunnel::spawn(
-                worker.shared.clone(),
-                a.pool.clone(),
-                client_upgrade,
-                upstream_upgrade,
-                up,
-            );
+    let (mut rparts, body, tunnel) = match reply {
+        Reply::Hyper(mut resp) => {
+            let tunnel = a.upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
+            if tunnel {
+                conn.state.upgrade();
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                if let Some(client_upgrade) = a.client_upgrade {
+                    super::tunnel::spawn(
+                        worker.shared.clone(),
+                        a.pool.clone(),
+                        client_upgrade,
+                        upstream_upgrade,
+                        up,
+                    );
+                }
+            } else {
+                a.ex.set_upstream(up);
+            }
+            let (parts, body) = resp.into_parts();
+            (parts, Either::Left(body), tunnel)
         }
-    } else {
-        a.ex.set_upstream(up);
-    }
-    let (mut rparts, rbody) = resp.into_parts();
+        Reply::Lite(resp, framing, reuse) => {
+            let (parts, ()) = resp.into_parts();
+            (
+                parts,
+                Either::Right(h1::Body::new(up, framing, reuse)),
+                false,
+            )
+        }
+    };
     headers::strip_hop_by_hop(&mut rparts.headers, tunnel);
     if a.color_header {
         rparts.headers.insert(
@@ -390,7 +515,11 @@ fn answer(
     if let Some(c) = a.set_cookie {
         rparts.headers.append(header::SET_COOKIE, c);
     }
-    Response::from_parts(rparts, ResponseBody::upstream(rbody, a.ex))
+    let body = match body {
+        Either::Left(b) => ResponseBody::upstream(b, a.ex),
+        Either::Right(b) => ResponseBody::lite(b, a.ex),
+    };
+    Response::from_parts(rparts, body)
 }
 
 /// A reused connection idle at least this long may have been closed by
@@ -421,21 +550,38 @@ fn rebuild(h: HeadCopy) -> Request<RequestBody> {
     req
 }
 
-/// A pooled connection if one is idle and usable, else a new one.
+/// A pooled connection if one is idle and usable, else a new one. `lite`:
+/// the request can go through cutover's own client; if not, a connection
+/// of that client is handed to hyper's first.
 async fn connection(
     worker: &Worker,
     pool: &Pool,
     server: &Arc<Server>,
     connect_timeout: Duration,
     now: tokio::time::Instant,
+    lite: bool,
 ) -> Result<Pooled, ()> {
-    while let Some(mut c) = worker.upstreams.take(server, now) {
+    while let Some(mut c) = worker.upstreams.take(server, now, lite) {
         if c.tx.ready().await.is_ok() {
-            return Ok(c);
+            if lite || !c.tx.is_lite() {
+                return Ok(c);
+            }
+            // Boxed, as below: rare, and its future is large.
+            if let Ok(c) = Box::pin(c.into_hyper()).await {
+                return Ok(c);
+            }
         }
     }
     // Boxed: the connect future is large and rarely needed.
-    match Box::pin(worker.upstreams.connect(server, connect_timeout)).await {
+    let fresh = Box::pin(async {
+        let c = worker.upstreams.connect(server, connect_timeout).await?;
+        if lite {
+            Ok(c)
+        } else {
+            c.into_hyper().await
+        }
+    });
+    match fresh.await {
         Ok(c) => Ok(c),
         Err(e) => {
             server.connect_errors.fetch_add(1, Relaxed);

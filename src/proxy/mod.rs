@@ -21,6 +21,7 @@ mod conn;
 mod deadline;
 pub mod error;
 mod exchange;
+mod h1;
 mod handler;
 pub mod headers;
 pub mod io;

@@ -49,6 +49,9 @@ const TRIM_EVERY: Duration = Duration::from_millis(500);
 
 /// The sending half of an upstream connection.
 pub enum Sender {
+    /// cutover's own client (`h1`), driven in the request's task.
+    Lite(super::h1::Conn),
+    /// hyper's client, for requests with a body and upgrades.
     H1(http1::SendRequest<RequestBody>),
     /// A clone of the worker's shared HTTP/2 connection to the server.
     H2(http2::SendRequest<RequestBody>),
@@ -57,6 +60,7 @@ pub enum Sender {
 impl Sender {
     pub fn is_closed(&self) -> bool {
         match self {
+            Sender::Lite(c) => c.is_closed(),
             Sender::H1(tx) => tx.is_closed(),
             Sender::H2(tx) => tx.is_closed(),
         }
@@ -64,6 +68,7 @@ impl Sender {
 
     pub async fn ready(&mut self) -> hyper::Result<()> {
         match self {
+            Sender::Lite(_) => Ok(()),
             Sender::H1(tx) => tx.ready().await,
             Sender::H2(tx) => tx.ready().await,
         }
@@ -71,6 +76,9 @@ impl Sender {
 
     /// Send, getting the request back if it was never sent. The request
     /// is handed to the connection now; the future waits for the answer.
+    /// Only for hyper's connections: the handler hands a connection of
+    /// cutover's own client to hyper ([`Pooled::into_hyper`]) before it
+    /// sends a request through hyper.
     pub fn try_send_request(
         &mut self,
         req: http::Request<RequestBody>,
@@ -79,7 +87,14 @@ impl Sender {
         match self {
             Sender::H1(tx) => Either::Left(tx.try_send_request(req)),
             Sender::H2(tx) => Either::Right(tx.try_send_request(req)),
+            Sender::Lite(_) => {
+                unreachable!("hyper's client asked to send on a connection of cutover's own")
+            }
         }
+    }
+
+    pub fn is_lite(&self) -> bool {
+        matches!(self, Sender::Lite(_))
     }
 
     pub fn is_h2(&self) -> bool {
@@ -106,6 +121,30 @@ pub struct Pooled {
 }
 
 impl Pooled {
+    /// This connection with hyper's client driving it from now on (for a
+    /// request with a body, or an upgrade); a hyper connection as it is.
+    pub async fn into_hyper(self) -> io::Result<Pooled> {
+        let Sender::Lite(conn) = self.tx else {
+            return Ok(self);
+        };
+        let (stream, counted) = conn.into_parts();
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        let addr = self.server.addr;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(server = %addr, error = %e, "upstream connection ended");
+            }
+            drop(counted);
+        });
+        Ok(Pooled {
+            tx: Sender::H1(tx),
+            ..self
+        })
+    }
+
     /// How long it sat idle in the pool before `now` (zero if new).
     pub fn idle_for(&self, now: Instant) -> Duration {
         self.idle_since
@@ -156,8 +195,10 @@ impl Upstreams {
 
     /// An idle connection to `server` that is still open and fresh enough
     /// (for HTTP/2: the shared connection). `now`: the request's start,
-    /// read once for all its bookkeeping.
-    pub fn take(&self, server: &Arc<Server>, now: Instant) -> Option<Pooled> {
+    /// read once for all its bookkeeping. `lite`: a connection of
+    /// cutover's own client is preferred (else one of hyper's), most
+    /// recently used first; either kind serves.
+    pub fn take(&self, server: &Arc<Server>, now: Instant, lite: bool) -> Option<Pooled> {
         if server.protocol == Protocol::H2 {
             let mut h2 = self.h2.borrow_mut();
             let slot = h2.get_mut(server.id)?;
@@ -184,17 +225,24 @@ impl Upstreams {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(server.id)?;
         let found = loop {
-            match list.pop() {
-                None => break None,
-                Some(c)
-                    if c.tx.is_closed()
-                        || now.duration_since(c.since) >= self.idle_timeout.get()
-                        || now.duration_since(c.created) >= self.max_lifetime.get() =>
-                {
-                    continue; // dropped: the connection closes
-                }
-                Some(c) => break Some(c),
+            let Some(last) = list.len().checked_sub(1) else {
+                break None;
+            };
+            let at = if list[last].tx.is_lite() == lite {
+                last
+            } else {
+                list.iter()
+                    .rposition(|c| c.tx.is_lite() == lite)
+                    .unwrap_or(last)
+            };
+            let c = list.remove(at);
+            if c.tx.is_closed()
+                || now.duration_since(c.since) >= self.idle_timeout.get()
+                || now.duration_since(c.created) >= self.max_lifetime.get()
+            {
+                continue; // dropped: the connection closes
             }
+            break Some(c);
         };
         if let Some(u) = self.unused.borrow_mut().get_mut(server.id) {
             *u = (*u).min(list.len());
@@ -208,7 +256,8 @@ impl Upstreams {
         })
     }
 
-    /// Open a new connection to `server` (HTTP/1.1, upgrades allowed).
+    /// Open a new connection to `server`: HTTP/1.1 with cutover's own
+    /// client ([`Pooled::into_hyper`] hands it to hyper's), or h2c.
     pub async fn connect(&self, server: &Arc<Server>, timeout: Duration) -> io::Result<Pooled> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(server.addr)).await {
             Ok(r) => r?,
@@ -242,18 +291,7 @@ impl Upstreams {
             });
             Sender::H2(tx)
         } else {
-            let (tx, conn) = http1::Builder::new()
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(io::Error::other)?;
-            server.open_connections.fetch_add(1, Relaxed);
-            tokio::task::spawn_local(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(server = %counted.addr, error = %e, "upstream connection ended");
-                }
-                counted.open_connections.fetch_sub(1, Relaxed);
-            });
-            Sender::H1(tx)
+            Sender::Lite(super::h1::Conn::new(stream, server))
         };
         Ok(Pooled {
             tx,

@@ -607,3 +607,62 @@ pub async fn ws_echo(ws: &mut Ws, text: &str) -> String {
         .expect("a frame");
     reply.into_text().unwrap().as_str().to_string()
 }
+
+/// An HTTP/1.1 upstream written by hand that answers each request head
+/// with the next of a list of raw responses — any framing, well-formed or
+/// not — to test the proxy's upstream client byte for byte. A response
+/// marked `close` is followed by closing the connection.
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    /// TCP connections accepted in all.
+    pub accepted: Arc<AtomicUsize>,
+    /// Request heads read, in order.
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ScriptedUpstream {
+    pub async fn start(script: Vec<(Vec<u8>, bool)>) -> ScriptedUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+            script,
+        )));
+        let (a, h) = (accepted.clone(), heads.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                a.fetch_add(1, SeqCst);
+                let (h, script) = (h.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head: Vec<u8> = buf.drain(..end).collect();
+                        h.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&head).into_owned());
+                        let next = script.lock().unwrap().pop_front();
+                        let Some((resp, close)) = next else { return };
+                        if s.write_all(&resp).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedUpstream {
+            addr,
+            accepted,
+            heads,
+        }
+    }
+}
