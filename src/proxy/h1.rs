@@ -26,6 +26,9 @@
 //!   an error;
 //! - neither: the body runs to the connection's close.
 //!
+//! The response head comes out without its hop-by-hop fields (RFC 9110
+//! §7.6.1, the fields `Connection` names included), as SPEC §5 asks.
+//!
 //! A connection goes back to the pool only after a whole response that
 //! keeps it alive (`Connection: close` or an HTTP/1.0 response without
 //! `keep-alive` does not), with no byte left over past its end.
@@ -44,6 +47,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::BoxError;
+use super::headers;
 use super::upstream::{Pooled, Sender};
 use crate::route::Server;
 
@@ -190,6 +194,10 @@ impl Conn {
                 }
             }
         }
+        if self.out.capacity() > 16 * 1024 {
+            // A rare large head: its buffer is not kept for the connection's life.
+            self.out = Vec::new();
+        }
         self.read_size = READ_SIZE;
         let head_request = parts.method == Method::HEAD;
         let mut answered = false;
@@ -307,17 +315,20 @@ fn parse_head(
             _ => {}
         }
 
+        // The head is built without its hop-by-hop fields (RFC 9110
+        // §7.6.1), read here for framing and keep-alive instead: this
+        // client carries no upgrades, so none of them goes on.
         let mut headers = HeaderMap::with_capacity(count);
         let mut length: Option<u64> = None;
         let mut coding = None; // `Some(chunked?)` once `Transfer-Encoding` is seen
         let (mut close, mut keep_alive) = (false, false);
+        let mut named: Vec<HeaderName> = Vec::new();
         for &(ns, nl, vs, vl) in &at {
             let name = HeaderName::from_bytes(&head[ns..ns + nl])
                 .map_err(|_| Error::Invalid("header field name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
-                .map_err(|_| Error::Invalid("header field value"))?;
+            let value = &head[vs..vs + vl];
             if name == header::CONTENT_LENGTH {
-                for part in value.as_bytes().split(|b| *b == b',') {
+                for part in value.split(|b| *b == b',') {
                     let n = parse_length(part.trim_ascii())
                         .ok_or(Error::Invalid("malformed Content-Length"))?;
                     if length.is_some_and(|l| l != n) {
@@ -325,18 +336,32 @@ fn parse_head(
                     }
                     length = Some(n);
                 }
-            } else if name == header::TRANSFER_ENCODING {
-                let last = value.as_bytes().rsplit(|b| *b == b',').next();
-                coding =
-                    Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
-            } else if name == header::CONNECTION {
-                for token in value.as_bytes().split(|b| *b == b',') {
-                    let token = token.trim_ascii();
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            } else if headers::is_hop_by_hop(&name) {
+                if name == header::TRANSFER_ENCODING {
+                    let last = value.rsplit(|b| *b == b',').next();
+                    coding =
+                        Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+                } else if name == header::CONNECTION {
+                    for token in value.split(|b| *b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            keep_alive = true;
+                        } else if let Ok(other) = HeaderName::from_bytes(token) {
+                            named.push(other);
+                        }
+                    }
                 }
+                continue;
             }
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+                .map_err(|_| Error::Invalid("header field value"))?;
             headers.append(name, value);
+        }
+        // And the fields `Connection` names.
+        for name in named {
+            headers.remove(name);
         }
 
         let mut reuse = if version == Version::HTTP_11 {
@@ -647,6 +672,21 @@ mod tests {
             .unwrap();
         assert_eq!((f, reuse), (Framing::Empty, true));
         assert_eq!(resp.headers()["content-length"], "70");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_left_out() {
+        let (resp, f, reuse) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nkeep-alive: timeout=5\r\n\
+              x-secret: 1\r\nupgrade: h2c\r\ntrailer: x-t\r\nproxy-connection: close\r\n\
+              x-kept: yes\r\ntransfer-encoding: chunked\r\nte: trailers\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!((f, reuse), (Framing::Chunked, true));
     }
 
     #[test]

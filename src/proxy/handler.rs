@@ -276,40 +276,52 @@ fn exchange(
                 }
             });
         }
-        // hyper's client: it hands the request back if it never sent it;
-        // a copy of a bodiless idempotent request's head is kept only on
-        // a connection that sat idle long enough for the upstream to give
-        // up on it, so busy connections pay nothing.
-        let replay = (up.idle_for(started) >= REPLAY_AFTER_IDLE
-            && p.parts.method.is_idempotent()
-            && p.body.is_end_stream()
-            && !p.answer.upgrade)
-            .then(|| Box::new(head_copy(&p.parts)));
-        let req = Request::from_parts(p.parts, RequestBody::new(p.body, p.max_body));
-        let sent = worker
-            .deadlines
-            .within(
-                deadline::after(p.response_timeout),
-                up.tx.try_send_request(req),
-            )
-            .await;
-        match again(sent, &up, replay) {
-            Ok(sent) => {
-                let got = hyper_reply(sent, &up.server);
-                Ok(answer(&worker, &conn, p.answer, up, got))
-            }
-            Err(again) => {
-                let resend = send_again(
-                    worker.clone(),
-                    conn.clone(),
-                    again,
-                    up.server,
-                    p.connect_timeout,
-                    p.response_timeout,
-                    p.answer,
-                );
-                Ok(Box::pin(resend).await)
-            }
+        // hyper's client, for requests with a body and upgrades: boxed, so
+        // that its state does not enlarge every request's future.
+        Ok(Box::pin(send_hyper(worker, conn, p, up, started)).await)
+    }
+}
+
+/// Phase 5 through hyper's client: it hands the request back if it never
+/// sent it; a copy of a bodiless idempotent request's head is kept only
+/// on a connection that sat idle long enough for the upstream to give up
+/// on it, so busy connections pay nothing.
+async fn send_hyper(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    p: Prepared,
+    mut up: Pooled,
+    started: tokio::time::Instant,
+) -> Response<ResponseBody> {
+    let replay = (up.idle_for(started) >= REPLAY_AFTER_IDLE
+        && p.parts.method.is_idempotent()
+        && p.body.is_end_stream()
+        && !p.answer.upgrade)
+        .then(|| Box::new(head_copy(&p.parts)));
+    let req = Request::from_parts(p.parts, RequestBody::new(p.body, p.max_body));
+    let sent = worker
+        .deadlines
+        .within(
+            deadline::after(p.response_timeout),
+            up.tx.try_send_request(req),
+        )
+        .await;
+    match again(sent, &up, replay) {
+        Ok(sent) => {
+            let got = hyper_reply(sent, &up.server);
+            answer(&worker, &conn, p.answer, up, got)
+        }
+        Err(again) => {
+            let resend = send_again(
+                worker.clone(),
+                conn.clone(),
+                again,
+                up.server,
+                p.connect_timeout,
+                p.response_timeout,
+                p.answer,
+            );
+            Box::pin(resend).await
         }
     }
 }
@@ -475,7 +487,7 @@ fn answer(
         up.server.record_success();
     }
     a.ex.set_status(status.as_u16());
-    let (mut rparts, body, tunnel) = match reply {
+    let (mut rparts, body) = match reply {
         Reply::Hyper(mut resp) => {
             let tunnel = a.upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
             if tunnel {
@@ -493,19 +505,16 @@ fn answer(
             } else {
                 a.ex.set_upstream(up);
             }
-            let (parts, body) = resp.into_parts();
-            (parts, Either::Left(body), tunnel)
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, tunnel);
+            (parts, Either::Left(body))
         }
         Reply::Lite(resp, framing, reuse) => {
+            // Its client left the hop-by-hop fields out already.
             let (parts, ()) = resp.into_parts();
-            (
-                parts,
-                Either::Right(h1::Body::new(up, framing, reuse)),
-                false,
-            )
+            (parts, Either::Right(h1::Body::new(up, framing, reuse)))
         }
     };
-    headers::strip_hop_by_hop(&mut rparts.headers, tunnel);
     if a.color_header {
         rparts.headers.insert(
             headers::X_CUTOVER_COLOR.clone(),

@@ -127,6 +127,12 @@ const TRAILER_BIT: u8 = 16;
 const TRANSFER_ENCODING_BIT: u8 = 32;
 const UPGRADE_BIT: u8 = 64;
 
+/// Is `name` one of the fixed hop-by-hop fields (not counting those a
+/// `Connection` field names)?
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_bit(name) != 0
+}
+
 /// Which fixed hop-by-hop field `name` is, as a bit (0 for none).
 fn hop_bit(name: &HeaderName) -> u8 {
     if name == header::CONNECTION {

@@ -50,7 +50,9 @@ const TRIM_EVERY: Duration = Duration::from_millis(500);
 /// The sending half of an upstream connection.
 pub enum Sender {
     /// cutover's own client (`h1`), driven in the request's task.
-    Lite(super::h1::Conn),
+    /// Boxed: it is moved with every pooled connection, and a box is one
+    /// allocation per connection where its size would be paid per request.
+    Lite(Box<super::h1::Conn>),
     /// hyper's client, for requests with a body and upgrades.
     H1(http1::SendRequest<RequestBody>),
     /// A clone of the worker's shared HTTP/2 connection to the server.
@@ -127,7 +129,7 @@ impl Pooled {
         let Sender::Lite(conn) = self.tx else {
             return Ok(self);
         };
-        let (stream, counted) = conn.into_parts();
+        let (stream, counted) = (*conn).into_parts();
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -291,7 +293,7 @@ impl Upstreams {
             });
             Sender::H2(tx)
         } else {
-            Sender::Lite(super::h1::Conn::new(stream, server))
+            Sender::Lite(Box::new(super::h1::Conn::new(stream, server)))
         };
         Ok(Pooled {
             tx,
