@@ -126,6 +126,17 @@ impl Error {
     }
 }
 
+/// The `X-Forwarded-*` fields, when the request has none of its own: they
+/// are written straight after its other fields instead of being inserted
+/// into its header map (which usually had to grow for them).
+pub struct Forwarded<'a> {
+    /// The client's address, as an `X-Forwarded-For` element.
+    pub client: &'a HeaderValue,
+    pub tls: bool,
+    /// The host the client asked for.
+    pub host: Option<&'a HeaderValue>,
+}
+
 /// How the response body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -174,8 +185,9 @@ impl Conn {
     pub async fn send(
         &mut self,
         parts: &http::request::Parts,
+        forwarded: Option<Forwarded<'_>>,
     ) -> Result<(Response<()>, Framing, bool), Error> {
-        encode_head(&mut self.out, parts);
+        encode_head(&mut self.out, parts, forwarded);
         let mut written = 0;
         while written < self.out.len() {
             match self.io.write(&self.out[written..]).await {
@@ -240,8 +252,8 @@ impl Conn {
 }
 
 /// The request head, in origin form, with the fields as they are (the
-/// handler has already rewritten them).
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts) {
+/// handler has already rewritten them), and then `forwarded`'s.
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, forwarded: Option<Forwarded<'_>>) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -253,6 +265,20 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts) {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(f) = forwarded {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(f.client.as_bytes());
+        out.extend_from_slice(if f.tls {
+            &b"\r\nx-forwarded-proto: https\r\n"[..]
+        } else {
+            &b"\r\nx-forwarded-proto: http\r\n"[..]
+        });
+        if let Some(host) = f.host {
+            out.extend_from_slice(b"x-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -746,11 +772,26 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts);
+        encode_head(&mut out, &parts, None);
         assert_eq!(
             out,
             b"GET /a/b?c=d HTTP/1.1\r\nhost: example.test\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
         );
+        let client = HeaderValue::from_static("192.0.2.1");
+        let host = HeaderValue::from_static("shop.test");
+        let forwarded = |tls, host| Forwarded {
+            client: &client,
+            tls,
+            host,
+        };
+        encode_head(&mut out, &parts, Some(forwarded(true, Some(&host))));
+        assert!(out.ends_with(
+            b"x-two: 2\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: shop.test\r\n\r\n"
+        ));
+        encode_head(&mut out, &parts, Some(forwarded(false, None)));
+        assert!(out.ends_with(
+            b"x-two: 2\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -63,6 +63,12 @@ fn fail(mut ex: Exchange, err: ProxyError) -> Response<ResponseBody> {
 struct Prepared {
     parts: http::request::Parts,
     body: Incoming,
+    /// For cutover's own client.
+    lite: bool,
+    /// `Some`: the `X-Forwarded-*` fields are still to be added, with this
+    /// as `X-Forwarded-Host` — by cutover's client as it writes the head,
+    /// or into the header map before hyper's sends it.
+    forwarded_host: Option<Option<HeaderValue>>,
     server: Arc<Server>,
     max_body: u64,
     connect_timeout: Duration,
@@ -147,12 +153,25 @@ fn prepare(
         None
     };
     let named_removed = headers::strip_found(&mut parts.headers, hop, upgrade);
-    headers::add_forwarded(
-        &mut parts.headers,
-        &conn.client_value,
-        conn.tls,
-        host.clone(),
-    );
+    // cutover's own client carries requests without a body that ask for
+    // no upgrade; hyper's carries the rest. Where the request has no
+    // `X-Forwarded-*` field of its own, that client writes ours after the
+    // others (`forwarded_host`), and the header map is left as it is.
+    let lite = server.protocol != Protocol::H2
+        && !upgrade
+        && parts.method != Method::CONNECT
+        && body.is_end_stream();
+    let forwarded_host = if lite && !hop.has_forwarded() {
+        Some(host.clone())
+    } else {
+        headers::add_forwarded(
+            &mut parts.headers,
+            &conn.client_value,
+            conn.tls,
+            host.clone(),
+        );
+        None
+    };
     // `Connection` may have named `Host` itself: look again only then.
     if (!has_host_field || named_removed) && !parts.headers.contains_key(header::HOST) {
         if let Some(h) = host {
@@ -192,6 +211,8 @@ fn prepare(
     Ok(Prepared {
         parts,
         body,
+        lite,
+        forwarded_host,
         server,
         max_body,
         connect_timeout,
@@ -221,11 +242,9 @@ fn exchange(
     async move {
         // Phase 4: a connection; a connect failure is retried once on
         // another healthy server of the same colour (nothing was sent yet).
-        // cutover's own client carries requests without a body that ask
-        // for no upgrade; hyper's carries the rest.
         let a = &mut p.answer;
         let started = a.ex.started();
-        let lite = !a.upgrade && p.parts.method != Method::CONNECT && p.body.is_end_stream();
+        let lite = p.lite;
         let mut up = match connection(
             &worker,
             &a.pool,
@@ -261,7 +280,10 @@ fn exchange(
             // `p.parts`, which stay here to be sent again.
             let sent = worker
                 .deadlines
-                .within(deadline::after(p.response_timeout), c.send(&p.parts))
+                .within(
+                    deadline::after(p.response_timeout),
+                    c.send(&p.parts, forwarded(&conn, &p.forwarded_host)),
+                )
                 .await;
             return Ok(match sent {
                 Ok(Err(e)) if up.reused && e.may_send_again(p.parts.method.is_idempotent()) => {
@@ -289,10 +311,14 @@ fn exchange(
 async fn send_hyper(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    p: Prepared,
+    mut p: Prepared,
     mut up: Pooled,
     started: tokio::time::Instant,
 ) -> Response<ResponseBody> {
+    if let Some(host) = p.forwarded_host.take() {
+        // Routed for cutover's client, which the pool could not offer.
+        headers::add_forwarded(&mut p.parts.headers, &conn.client_value, conn.tls, host);
+    }
     let replay = (up.idle_for(started) >= REPLAY_AFTER_IDLE
         && p.parts.method.is_idempotent()
         && p.body.is_end_stream()
@@ -324,6 +350,18 @@ async fn send_hyper(
             Box::pin(resend).await
         }
     }
+}
+
+/// The `X-Forwarded-*` fields for cutover's client to write, if still due.
+fn forwarded<'a>(
+    conn: &'a ConnInfo,
+    host: &'a Option<Option<HeaderValue>>,
+) -> Option<h1::Forwarded<'a>> {
+    host.as_ref().map(|host| h1::Forwarded {
+        client: &conn.client_value,
+        tls: conn.tls,
+        host: host.as_ref(),
+    })
 }
 
 /// What sending a request upstream through hyper gives: the response
@@ -451,7 +489,10 @@ async fn send_again_lite(
     };
     let sent = worker
         .deadlines
-        .within(deadline::after(p.response_timeout), c.send(&p.parts))
+        .within(
+            deadline::after(p.response_timeout),
+            c.send(&p.parts, forwarded(&conn, &p.forwarded_host)),
+        )
         .await;
     let got = lite_reply(sent, &server);
     answer(&worker, &conn, p.answer, fresh, got)

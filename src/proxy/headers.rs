@@ -20,20 +20,29 @@ pub static X_CUTOVER_COLOR: HeaderName = HeaderName::from_static("x-cutover-colo
 
 /// The fixed hop-by-hop fields a header map holds, found in one pass over
 /// its names: the handler asks whether a request is an upgrade and then
-/// strips it with the same scan.
+/// strips it with the same scan. The pass also notes whether any
+/// `X-Forwarded-*` field is there.
 #[derive(Clone, Copy, Debug)]
-pub struct HopFields(u8);
+pub struct HopFields(u16);
 
 impl HopFields {
     pub fn scan(headers: &HeaderMap) -> HopFields {
-        HopFields(headers.keys().fold(0u8, |acc, k| acc | hop_bit(k)))
+        HopFields(headers.keys().fold(0u16, |acc, k| {
+            acc | u16::from(hop_bit(k)) | forwarded_bit(k)
+        }))
+    }
+
+    /// Does the map hold any `X-Forwarded-*` field?
+    pub fn has_forwarded(self) -> bool {
+        self.0 & FORWARDED_BIT != 0
     }
 
     /// Does this request ask for a protocol upgrade (RFC 9110 §7.8)? It
     /// has an `Upgrade` field and `Connection` lists `upgrade`.
     pub fn upgrade_requested(self, headers: &HeaderMap) -> bool {
-        self.0 & UPGRADE_BIT != 0
-            && self.0 & CONNECTION_BIT != 0
+        let hop = (self.0 & 0xff) as u8;
+        hop & UPGRADE_BIT != 0
+            && hop & CONNECTION_BIT != 0
             && headers.get_all(header::CONNECTION).iter().any(|v| {
                 v.to_str()
                     .unwrap_or("")
@@ -54,7 +63,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
 /// [`strip_hop_by_hop`] with the fields already scanned. Only those
 /// present are removed: a failed removal still hashes its name.
 pub fn strip_found(headers: &mut HeaderMap, found: HopFields, upgrade: bool) -> bool {
-    let present = found.0;
+    let present = (found.0 & 0xff) as u8;
     let mut named = false;
     if present == 0 && !upgrade {
         return false;
@@ -131,6 +140,18 @@ const UPGRADE_BIT: u8 = 64;
 /// `Connection` field names)?
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     hop_bit(name) != 0
+}
+
+/// Set in [`HopFields`] when an `X-Forwarded-*` field is present.
+const FORWARDED_BIT: u16 = 256;
+
+fn forwarded_bit(name: &HeaderName) -> u16 {
+    let n = name.as_str().as_bytes();
+    if n.len() > 12 && n[..12] == *b"x-forwarded-" {
+        FORWARDED_BIT
+    } else {
+        0
+    }
 }
 
 /// Which fixed hop-by-hop field `name` is, as a bit (0 for none).

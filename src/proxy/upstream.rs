@@ -311,7 +311,9 @@ impl Upstreams {
         if conn.tx.is_h2() {
             return; // the shared connection stays in its slot
         }
-        if conn.tx.is_closed()
+        // (cutover's own client has just read a whole response off the
+        // connection: `take` looks at it again before its next use.)
+        if (!conn.tx.is_lite() && conn.tx.is_closed())
             || now.duration_since(conn.created) >= self.max_lifetime.get()
             || !self.wanted(conn.server.id, now)
         {
