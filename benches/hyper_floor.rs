@@ -20,7 +20,7 @@
 //! | 16 | cutover's client socket wrapper (`TimedIo`: head/idle timeouts, parking) |
 //! | 32 | a response body wrapper holding a guard dropped at the body's end |
 //! | 64 | (without 4) the upstream connection polled in the client connection's task, not its own |
-//! | 128 | (alone; an experiment, not a design) hyper's client replaced by the least an HTTP/1.1 client can do in the request's own task: the request head written, the response head parsed with `httparse`, a `Content-Length` body read whole — no channel, no second task. It prices what a client codec of our own could save; it handles nothing else (no chunked bodies, no request bodies, no errors beyond failing the request) |
+//! | 128 | (alone; an experiment, not a design) hyper's client replaced by the least an HTTP/1.1 client can do in the request's own task: the request head written, the response head parsed with `httparse`, a `Content-Length` body read whole — no channel, no second task. It priced what a client codec of our own could save (cutover has one since: `src/proxy/h1.rs`, with the whole of RFC 9112's response framing); this one handles nothing else (no chunked bodies, no request bodies, no errors beyond failing the request) |
 //!
 //! Usage: `hyper_floor LISTEN UPSTREAM [FEATURES]`, e.g.
 //! `hyper_floor 127.0.0.1:18081 127.0.0.1:18080 63`. Runs until killed.

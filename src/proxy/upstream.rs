@@ -18,8 +18,14 @@
 //! whole [`TRIM_EVERY`] interval were not needed, and half of them (the
 //! longest idle) are closed at the end of it. After a burst of clients the surplus is
 //! gone within a few seconds instead of lingering until
-//! `upstream_idle_timeout` — each idle HTTP/1.1 connection holds hyper's
-//! buffers, ~30 KiB — while a steady load keeps every connection it uses.
+//! `upstream_idle_timeout` — each idle HTTP/1.1 connection holds a socket
+//! and a read buffer (up to 8 KiB; ~30 KiB once hyper's client drives it)
+//! — while a steady load keeps every connection it uses.
+//!
+//! An HTTP/1.1 connection is opened for cutover's own client
+//! ([`super::h1`]) and handed to hyper's for good when a request with a
+//! body or an upgrade takes it; [`Upstreams::take`] offers bodiless
+//! requests connections of the first kind first, the others of the second.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
