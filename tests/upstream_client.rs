@@ -224,3 +224,38 @@ async fn requests_with_a_body_share_the_pool_with_bodiless_ones() {
     }
     assert_eq!(up.accepted.load(SeqCst), 1, "one connection served all");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_split_anywhere_arrives_whole() {
+    // Every split point of a head with a chunked body and trailers, and of
+    // one with a length: the client must not care where reads end.
+    let chunked = concat!(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-n: 1\r\n\r\n",
+        "4;ext=\"a b\"\r\nwiki\r\n5\r\npedia\r\n0\r\nx-t: done\r\n\r\n",
+    )
+    .as_bytes();
+    let sized = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nwikipedia";
+    let mut script = Vec::new();
+    for resp in [&chunked[..], &sized[..]] {
+        for at in 1..resp.len() {
+            script.push((vec![resp[..at].to_vec(), resp[at..].to_vec()], false));
+        }
+    }
+    let n = script.len();
+    let up = ScriptedUpstream::start_in_pieces(script).await;
+    let proxy = Proxy::start(&config(up.addr));
+    let c = client();
+    for i in 0..n {
+        let r = get(&c, &proxy.url("/"), &[]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "wikipedia"),
+            "response {i}"
+        );
+    }
+    assert_eq!(
+        up.accepted.load(SeqCst),
+        1,
+        "every response left the connection clean"
+    );
+}

@@ -611,7 +611,10 @@ pub async fn ws_echo(ws: &mut Ws, text: &str) -> String {
 /// An HTTP/1.1 upstream written by hand that answers each request head
 /// with the next of a list of raw responses — any framing, well-formed or
 /// not — to test the proxy's upstream client byte for byte. A response
-/// marked `close` is followed by closing the connection.
+/// marked `close` is followed by closing the connection. A response given
+/// in several pieces is written piece by piece, 2 ms apart, so that the
+/// proxy reads it split there (the pause makes the split likely, not
+/// certain; a test holds either way).
 pub struct ScriptedUpstream {
     pub addr: SocketAddr,
     /// TCP connections accepted in all.
@@ -622,6 +625,14 @@ pub struct ScriptedUpstream {
 
 impl ScriptedUpstream {
     pub async fn start(script: Vec<(Vec<u8>, bool)>) -> ScriptedUpstream {
+        let pieces = script
+            .into_iter()
+            .map(|(r, close)| (vec![r], close))
+            .collect();
+        Self::start_in_pieces(pieces).await
+    }
+
+    pub async fn start_in_pieces(script: Vec<(Vec<Vec<u8>>, bool)>) -> ScriptedUpstream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -651,8 +662,16 @@ impl ScriptedUpstream {
                             .unwrap()
                             .push(String::from_utf8_lossy(&head).into_owned());
                         let next = script.lock().unwrap().pop_front();
-                        let Some((resp, close)) = next else { return };
-                        if s.write_all(&resp).await.is_err() || close {
+                        let Some((pieces, close)) = next else { return };
+                        for (i, piece) in pieces.iter().enumerate() {
+                            if i > 0 {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                            }
+                            if s.write_all(piece).await.is_err() {
+                                return;
+                            }
+                        }
+                        if close {
                             return;
                         }
                     }
