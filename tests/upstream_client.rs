@@ -236,7 +236,7 @@ async fn a_response_split_anywhere_arrives_whole() {
     .as_bytes();
     let sized = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nwikipedia";
     let mut script = Vec::new();
-    for resp in [&chunked[..], &sized[..]] {
+    for resp in [chunked, &sized[..]] {
         for at in 1..resp.len() {
             script.push((vec![resp[..at].to_vec(), resp[at..].to_vec()], false));
         }
