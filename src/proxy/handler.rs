@@ -278,13 +278,7 @@ fn exchange(
         if let Sender::Lite(c) = &mut up.tx {
             // cutover's client: the head it writes is written from
             // `p.parts`, which stay here to be sent again.
-            let sent = worker
-                .deadlines
-                .within(
-                    deadline::after(p.response_timeout),
-                    c.send(&p.parts, forwarded(&conn, &p.forwarded_host)),
-                )
-                .await;
+            let sent = send_lite(&worker, &conn, &p, c).await;
             return Ok(match sent {
                 Ok(Err(e)) if up.reused && e.may_send_again(p.parts.method.is_idempotent()) => {
                     tracing::debug!(server = %up.server.addr, error = %e, "reused upstream connection failed; retrying on a fresh one");
@@ -352,16 +346,25 @@ async fn send_hyper(
     }
 }
 
-/// The `X-Forwarded-*` fields for cutover's client to write, if still due.
-fn forwarded<'a>(
+/// Phase 5 through cutover's own client on `c`, within the response
+/// timeout, with the `X-Forwarded-*` fields if they are still due. (The
+/// `Within` future itself, not an `async fn` around it, which would keep
+/// its arguments a second time.)
+fn send_lite<'a>(
+    worker: &'a Worker,
     conn: &'a ConnInfo,
-    host: &'a Option<Option<HeaderValue>>,
-) -> Option<h1::Forwarded<'a>> {
-    host.as_ref().map(|host| h1::Forwarded {
+    p: &'a Prepared,
+    c: &'a mut h1::Conn,
+) -> impl Future<Output = SentLite> + 'a {
+    let forwarded = p.forwarded_host.as_ref().map(|host| h1::Forwarded {
         client: &conn.client_value,
         tls: conn.tls,
         host: host.as_ref(),
-    })
+    });
+    worker.deadlines.within(
+        deadline::after(p.response_timeout),
+        c.send(&p.parts, forwarded),
+    )
 }
 
 /// What sending a request upstream through hyper gives: the response
@@ -487,13 +490,7 @@ async fn send_again_lite(
         // An h2 server: its requests never come this way.
         return fail(p.answer.ex, ProxyError::Upstream);
     };
-    let sent = worker
-        .deadlines
-        .within(
-            deadline::after(p.response_timeout),
-            c.send(&p.parts, forwarded(&conn, &p.forwarded_host)),
-        )
-        .await;
+    let sent = send_lite(&worker, &conn, &p, c).await;
     let got = lite_reply(sent, &server);
     answer(&worker, &conn, p.answer, fresh, got)
 }
