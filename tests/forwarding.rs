@@ -223,6 +223,20 @@ servers = ["{0}"]
     let post = send(&c, "POST", &proxy.url("/"), &[], "order 66").await;
     assert_eq!(post.status, 502);
     assert_eq!(up.requests.load(SeqCst), 4, "a POST is not sent twice");
+
+    // The same through cutover's own client, which carries bodiless
+    // requests and keeps their heads: a GET lost on reuse is sent again
+    // at once, with no idle time needed; a bodiless POST lost the same way
+    // is still not sent twice.
+    let get_again = get(&c, &proxy.url("/"), &[]).await;
+    assert_eq!(get_again.status, 200);
+    assert_eq!(up.requests.load(SeqCst), 5, "a fresh connection");
+    let lost_get = get(&c, &proxy.url("/"), &[]).await;
+    assert_eq!(lost_get.status, 200);
+    assert_eq!(up.requests.load(SeqCst), 7, "lost on reuse, then sent again");
+    let empty_post = send(&c, "POST", &proxy.url("/"), &[], "").await;
+    assert_eq!(empty_post.status, 502);
+    assert_eq!(up.requests.load(SeqCst), 8, "a bodiless POST is not sent twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
