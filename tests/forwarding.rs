@@ -233,10 +233,18 @@ servers = ["{0}"]
     assert_eq!(up.requests.load(SeqCst), 5, "a fresh connection");
     let lost_get = get(&c, &proxy.url("/"), &[]).await;
     assert_eq!(lost_get.status, 200);
-    assert_eq!(up.requests.load(SeqCst), 7, "lost on reuse, then sent again");
+    assert_eq!(
+        up.requests.load(SeqCst),
+        7,
+        "lost on reuse, then sent again"
+    );
     let empty_post = send(&c, "POST", &proxy.url("/"), &[], "").await;
     assert_eq!(empty_post.status, 502);
-    assert_eq!(up.requests.load(SeqCst), 8, "a bodiless POST is not sent twice");
+    assert_eq!(
+        up.requests.load(SeqCst),
+        8,
+        "a bodiless POST is not sent twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
