@@ -646,52 +646,67 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
-            (Framing::Length(5), true)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
-            (Framing::Length(5), true)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
-            (Framing::Empty, true)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"),
-            (Framing::Empty, true)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 304 Not Modified\r\n\r\n"),
-            (Framing::Empty, true)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
-            (Framing::Chunked, true)
-        );
-        // A length beside `Transfer-Encoding` is ignored; the connection is not reused.
-        let both = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n";
-        assert_eq!(framing(both), (Framing::Chunked, false));
-        let (resp, ..) = head(both, false).unwrap().unwrap();
+        let cases: [(&[u8], Framing, bool); 12] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                Framing::Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
+                Framing::Empty,
+                true,
+            ),
+            (b"HTTP/1.1 304 Not Modified\r\n\r\n", Framing::Empty, true),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                Framing::Chunked,
+                true,
+            ),
+            // A length beside `Transfer-Encoding` is ignored; the connection is not reused.
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                Framing::Close,
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\n", Framing::Close, false),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n",
+                Framing::Length(2),
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n",
+                Framing::Length(2),
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n",
+                Framing::Length(2),
+                true,
+            ),
+        ];
+        for (bytes, want, reuse) in cases {
+            let got = framing(bytes);
+            assert_eq!(got, (want, reuse), "{}", String::from_utf8_lossy(bytes));
+        }
+        let (resp, ..) = head(cases[6].0, false).unwrap().unwrap();
         assert!(!resp.headers().contains_key("content-length"));
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            (Framing::Close, false)
-        );
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), (Framing::Close, false));
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"),
-            (Framing::Length(2), false)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n"),
-            (Framing::Length(2), false)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n"),
-            (Framing::Length(2), true)
-        );
         // A HEAD answer's length describes the body a GET would get.
         let (resp, f, reuse) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 70\r\n\r\n", true)
             .unwrap()

@@ -30,7 +30,6 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +41,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
+use super::h1::Counted;
 use crate::config::{Color, Limits, Protocol};
 use crate::route::{Server, Snapshot};
 
@@ -272,7 +272,6 @@ impl Upstreams {
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         };
         let _ = stream.set_nodelay(true);
-        let counted = server.clone();
         let tx = if server.protocol == Protocol::H2 {
             let (tx, conn) = http2::Builder::new(super::LocalExec)
                 .timer(TokioTimer::new())
@@ -280,12 +279,13 @@ impl Upstreams {
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(io::Error::other)?;
-            server.open_connections.fetch_add(1, Relaxed);
+            let counted = Counted::new(server);
+            let addr = server.addr;
             tokio::task::spawn_local(async move {
                 if let Err(e) = conn.await {
-                    tracing::debug!(server = %counted.addr, error = %e, "upstream h2 connection ended");
+                    tracing::debug!(server = %addr, error = %e, "upstream h2 connection ended");
                 }
-                counted.open_connections.fetch_sub(1, Relaxed);
+                drop(counted);
             });
             let mut h2 = self.h2.borrow_mut();
             if h2.len() <= server.id {
