@@ -286,6 +286,61 @@ protocol = "h2"
     }
 }
 
+/// An h2c upstream answering with the request's `:authority` and how many
+/// `Host` fields came beside it.
+async fn authority_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let text = format!(
+                        "authority={} host-fields={}",
+                        req.uri().authority().map(|a| a.as_str()).unwrap_or("none"),
+                        req.headers().get_all("host").iter().count()
+                    );
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_pool_gets_the_host_as_the_authority_and_no_host_field() {
+    // RFC 9113 §8.3.1: the authority stands for Host; nginx answers 400 to
+    // a request that carries both ("duplicate host header").
+    let up = authority_upstream().await;
+    let proxy = Proxy::start(&format!(
+        "[apps.shop]\nhosts = [\"shop.test\"]\n\
+         [apps.shop.blue]\nservers = [\"{up}\"]\nprotocol = \"h2\"\n\
+         [apps.shop.green]\nservers = [\"{up}\"]\nprotocol = \"h2\"\n"
+    ));
+    let want = "authority=shop.test:8443 host-fields=0";
+    let host = [("host", "shop.test:8443")];
+    let h1 = get(&client(), &proxy.url("/a?b=c"), &host).await;
+    assert_eq!((h1.status.as_u16(), h1.text().as_str()), (200, want));
+    let posted = send(
+        &client(),
+        "POST",
+        &proxy.url("/upload"),
+        &host,
+        "x".repeat(3000),
+    )
+    .await;
+    assert_eq!(
+        (posted.status.as_u16(), posted.text().as_str()),
+        (200, want)
+    );
+    let h2 = get(&h2c_client(), &proxy.url("/a"), &host).await;
+    assert_eq!((h2.status.as_u16(), h2.text().as_str()), (200, want));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_an_idle_h2c_connection_at_once() {
     // An idle HTTP/2 connection is never parked: shutdown's own wake-up

@@ -179,20 +179,29 @@ fn prepare(
         }
     }
     if server.protocol == Protocol::H2 {
-        // h2 upstreams take the target as :scheme, :authority and :path.
-        if parts.uri.scheme().is_none() {
-            let authority = parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            if let Ok(uri) = Uri::try_from(format!("http://{authority}{pq}")) {
-                parts.uri = uri;
+        // h2 upstreams take the target as :scheme, :authority and :path,
+        // and the authority stands for `Host` (RFC 9113 §8.3.1): the field
+        // is not sent beside it, as strict servers (nginx) refuse a request
+        // that names its host twice.
+        let field = parts.headers.remove(header::HOST);
+        let authority = match &field {
+            Some(f) => f.to_str().ok(),
+            // No host at all (HTTP/1.0): hyper's h2 client needs one.
+            None if parts.uri.scheme().is_none() => Some("localhost"),
+            None => None, // already an absolute target (an HTTP/2 client's)
+        };
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        match authority.and_then(|a| Uri::try_from(format!("http://{a}{pq}")).ok()) {
+            Some(uri) => parts.uri = uri,
+            // Not an authority: left as it came, for the upstream to judge.
+            None => {
+                if let Some(f) = field {
+                    parts.headers.insert(header::HOST, f);
+                }
             }
         }
         parts.version = Version::HTTP_2;
