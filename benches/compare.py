@@ -574,7 +574,13 @@ def main():
                          "and side-realistic (the realistic config beside the minimal one)")
     ap.add_argument("--ab", metavar="BINARY",
                     help="only an A/B: this build beside another cutover binary")
+    ap.add_argument("--binary", metavar="PATH",
+                    help="the cutover binary to measure (default target/release/cutover; "
+                         "compare.sh --pgo passes the profile-guided build, target/pgo/cutover)")
     args = ap.parse_args()
+    global CUTOVER
+    if args.binary:
+        CUTOVER = os.path.abspath(args.binary)
     sections = (set(args.only.split(",")) if args.only
                 else set() if args.ab else {"throughput", "side", "memory", "flip"})
 
@@ -594,7 +600,8 @@ def main():
         out.append(f"# cutover vs nginx vs HAProxy — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
         out.append(f"Machine: {os.cpu_count()} cores, {platform_line()}; "
                    f"{version('nginx')}, {version('haproxy')}, {version('wrk')}; "
-                   f"wrk -t1, {args.seconds}s per run, 2s warm-up.\n")
+                   f"wrk -t1, {args.seconds}s per run, 2s warm-up; "
+                   f"cutover: `{os.path.relpath(CUTOVER, ROOT)}`.\n")
         if "throughput" in sections:
             out.append(throughput(work, args.seconds, args.rounds, verdict))
         if "side" in sections:

@@ -7,6 +7,8 @@
 #   bash benches/compare.sh                     # everything (about 15 minutes)
 #   bash benches/compare.sh --only throughput   # or memory, flip
 #   bash benches/compare.sh --seconds 5
+#   bash benches/compare.sh --pgo ...           # the profile-guided build
+#                                               # (benches/pgo.sh) instead
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -20,5 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The packaged services are not wanted running in the background.
 systemctl stop nginx haproxy >/dev/null 2>&1 || true
+pgo=0
+args=()
+for a in "$@"; do
+  if [ "$a" = "--pgo" ]; then pgo=1; else args+=("$a"); fi
+done
+if [ $pgo = 1 ]; then
+  bash benches/pgo.sh
+  exec python3 benches/compare.py --binary target/pgo/cutover "${args[@]}"
+fi
 cargo build --release --locked
-exec python3 benches/compare.py "$@"
+exec python3 benches/compare.py "${args[@]}"
