@@ -58,6 +58,9 @@ echo "== 3/4 merging the profile"
 "$profdata" merge -o "$out/cutover.profdata" "$raw"
 
 echo "== 4/4 optimized build"
+# From scratch: cargo does not track the profile's contents, and every
+# crate (hyper's and tokio's too) is to be built with the new one.
+rm -rf "$out/use"
 RUSTFLAGS="-Cprofile-use=$out/cutover.profdata" \
   cargo build --release --locked --bin cutover --target-dir "$out/use"
 cp "$out/use/release/cutover" "$out/cutover"
