@@ -17,7 +17,9 @@ build lays out and inlines for all of it, not for the benchmark alone:
   with `h2load` (Debian's nghttp2-client) where it is installed;
 - pools with `protocol = "h2"` (an nginx speaking h2c upstream).
 
-Everything goes to 127.0.0.1. Usage: pgo_train.py INSTRUMENTED_BINARY.
+Everything goes to 127.0.0.1. Usage: pgo_train.py INSTRUMENTED_BINARY;
+PGO_SKIP=minimal,... leaves phases out (to see how much of the gain
+carries over to traffic the training did not see).
 Each phase runs a fresh daemon process and stops it with SIGTERM, which
 writes its profile (LLVM_PROFILE_FILE, set by pgo.sh)."""
 
@@ -130,6 +132,9 @@ def h2_pools(work):
 
 
 def phase(binary, conf, name, body):
+    if name in os.environ.get("PGO_SKIP", "").split(","):
+        c.log(f"training: {name} skipped (PGO_SKIP)")
+        return
     c.log(f"training: {name}")
     server = c.Server(name, [binary, "run", "-c", conf], c.PROXY)
     try:
@@ -188,7 +193,7 @@ def main():
 
         up2 = h2_upstream(work)
         try:
-            phase(binary, h2_pools(work), "h2 upstream", h2)
+            phase(binary, h2_pools(work), "h2-upstream", h2)
         finally:
             up2.stop()
     finally:
