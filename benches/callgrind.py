@@ -164,7 +164,12 @@ def main():
     ap.add_argument("--flips", action="store_true", help="cutover: also measure a flip storm")
     ap.add_argument("--cache", action="store_true",
                     help="also simulate the L1 caches and branch prediction")
+    ap.add_argument("--binary", metavar="PATH",
+                    help="cutover: the binary (default target/release/cutover; "
+                         "target/pgo/cutover for the profile-guided build)")
     args = ap.parse_args()
+    if args.binary:
+        compare.CUTOVER = os.path.abspath(args.binary)
     work = tempfile.mkdtemp(prefix="cutover-callgrind-")
     upstream = compare.Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
                                            "-g", "daemon off;"], compare.UP_BLUE)
