@@ -576,7 +576,7 @@ def main():
                     help="only an A/B: this build beside another cutover binary")
     ap.add_argument("--binary", metavar="PATH",
                     help="the cutover binary to measure (default target/release/cutover; "
-                         "compare.sh --pgo passes the profile-guided build, target/pgo/cutover)")
+                         "compare.sh passes the profile-guided build, target/pgo/cutover, unless --plain)")
     args = ap.parse_args()
     global CUTOVER
     if args.binary:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The profile-guided release build: the build to deploy, and the one the
-# benchmarks measure with `compare.sh --pgo` (method and results:
-# benches/README.md, "Profile-guided build").
+# benchmarks measure (compare.sh makes it first; method and results:
+# benches/README.md, "The profile-guided build").
 #
 #   bash benches/pgo.sh        # -> target/pgo/cutover (about 12 minutes)
 #
