@@ -168,52 +168,23 @@ to = "green"
     );
 }
 
-/// A gRPC-like h2c upstream: answers with a data frame and trailers
-/// echoing what the request's trailers said.
-async fn grpc_upstream() -> std::net::SocketAddr {
+/// An h2c-only upstream answering every request with `answer`.
+async fn h2c_upstream<F, Fut, B>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let te = req
-                        .headers()
-                        .get("te")
-                        .map(|v| v.to_str().unwrap().to_string())
-                        .unwrap_or_default();
-                    let collected = req.into_body().collect().await.unwrap();
-                    let got = collected
-                        .trailers()
-                        .and_then(|t| t.get("x-request-checksum"))
-                        .map(|v| v.to_str().unwrap().to_string());
-                    let data = collected.to_bytes();
-                    let mut trailers = HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    trailers.insert(
-                        "x-echo-checksum",
-                        got.unwrap_or_else(|| "missing".into()).parse().unwrap(),
-                    );
-                    trailers.insert(
-                        "x-echo-te",
-                        if te.is_empty() {
-                            "none".parse().unwrap()
-                        } else {
-                            te.parse().unwrap()
-                        },
-                    );
-                    let frames = vec![
-                        Ok::<_, Infallible>(Frame::data(Bytes::from(format!(
-                            "echo:{}",
-                            String::from_utf8_lossy(&data)
-                        )))),
-                        Ok(Frame::trailers(trailers)),
-                    ];
-                    let body = StreamBody::new(futures_util::stream::iter(frames));
-                    let mut resp = Response::new(body);
-                    resp.headers_mut()
-                        .insert("content-type", "application/grpc".parse().unwrap());
-                    Ok::<_, Infallible>(resp)
+                let svc = hyper::service::service_fn(move |req| {
+                    let resp = answer(req);
+                    async move { Ok::<_, Infallible>(resp.await) }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc)
@@ -222,6 +193,51 @@ async fn grpc_upstream() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// A gRPC-like h2c upstream: answers with a data frame and trailers
+/// echoing what the request's trailers said.
+async fn grpc_upstream() -> std::net::SocketAddr {
+    h2c_upstream(|req: Request<Incoming>| async move {
+        let te = req
+            .headers()
+            .get("te")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let collected = req.into_body().collect().await.unwrap();
+        let got = collected
+            .trailers()
+            .and_then(|t| t.get("x-request-checksum"))
+            .map(|v| v.to_str().unwrap().to_string());
+        let data = collected.to_bytes();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert(
+            "x-echo-checksum",
+            got.unwrap_or_else(|| "missing".into()).parse().unwrap(),
+        );
+        trailers.insert(
+            "x-echo-te",
+            if te.is_empty() {
+                "none".parse().unwrap()
+            } else {
+                te.parse().unwrap()
+            },
+        );
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from(format!(
+                "echo:{}",
+                String::from_utf8_lossy(&data)
+            )))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let mut resp = Response::new(body);
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        resp
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,26 +305,15 @@ protocol = "h2"
 /// An h2c upstream answering with the request's `:authority` and how many
 /// `Host` fields came beside it.
 async fn authority_upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let text = format!(
-                        "authority={} host-fields={}",
-                        req.uri().authority().map(|a| a.as_str()).unwrap_or("none"),
-                        req.headers().get_all("host").iter().count()
-                    );
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    h2c_upstream(|req: Request<Incoming>| async move {
+        let text = format!(
+            "authority={} host-fields={}",
+            req.uri().authority().map(|a| a.as_str()).unwrap_or("none"),
+            req.headers().get_all("host").iter().count()
+        );
+        Response::new(Full::new(Bytes::from(text)))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
