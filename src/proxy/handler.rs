@@ -184,23 +184,29 @@ fn prepare(
         // is not sent beside it, as strict servers (nginx) refuse a request
         // that names its host twice.
         let field = parts.headers.remove(header::HOST);
-        let authority = match &field {
-            Some(f) => f.to_str().ok(),
+        // An HTTP/2 client's absolute target that already names this host
+        // is kept as it is (no new URI per request).
+        let kept = parts.uri.scheme().is_some()
+            && field.as_ref().is_none_or(|f| {
+                parts.uri.authority().map(|a| a.as_str().as_bytes()) == Some(f.as_bytes())
+            });
+        if !kept {
             // No host at all (HTTP/1.0): hyper's h2 client needs one.
-            None if parts.uri.scheme().is_none() => Some("localhost"),
-            None => None, // already an absolute target (an HTTP/2 client's)
-        };
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        match authority.and_then(|a| Uri::try_from(format!("http://{a}{pq}")).ok()) {
-            Some(uri) => parts.uri = uri,
-            // Not an authority: left as it came, for the upstream to judge.
-            None => {
-                if let Some(f) = field {
-                    parts.headers.insert(header::HOST, f);
+            let authority = field
+                .as_ref()
+                .map_or(Some("localhost"), |f| f.to_str().ok());
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            match authority.and_then(|a| Uri::try_from(format!("http://{a}{pq}")).ok()) {
+                Some(uri) => parts.uri = uri,
+                // Not an authority: left as it came, for the upstream to judge.
+                None => {
+                    if let Some(f) = field {
+                        parts.headers.insert(header::HOST, f);
+                    }
                 }
             }
         }
