@@ -272,8 +272,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     let mut f = open_scratch(&tmp).map_err(err)?;
+    let had = f.metadata().map_err(err)?.len();
     f.write_all(bytes).map_err(err)?;
-    f.set_len(bytes.len() as u64).map_err(err)?;
+    // Cut only what is left of a longer file. An ftruncate to the length
+    // the file already has still dirties its inode, which costs
+    // `sync_data` a second synchronous write.
+    if had > bytes.len() as u64 {
+        f.set_len(bytes.len() as u64).map_err(err)?;
+    }
     f.sync_data().map_err(err)?;
     drop(f);
     if !exchange(&tmp, path).map_err(err)? {
@@ -284,7 +290,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 }
 
 /// The temp file, opened to be overwritten: not truncated, so it keeps its
-/// blocks, and cut to the new length after the write. Unless it is not
+/// blocks, and cut to the new length after the write if it was longer. Unless it is not
 /// ours alone to overwrite — a symbolic link, or a file with another name
 /// too (a hard link someone made to an old state): then that name is
 /// removed and a new file made.
@@ -496,6 +502,26 @@ mod tests {
             // One line per history entry, as the format promises.
             let text = fs::read_to_string(&path).unwrap();
             assert_eq!(text.lines().count(), 4 + expected.history.len(), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_file_holds_exactly_the_bytes_written_whatever_the_temp_file_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        // Longer, equal, shorter and longer again than what the reused temp
+        // file (the state before last) holds.
+        for text in [
+            "aaaaaaaaaa",
+            "bbbbbbbbbb",
+            "cccc",
+            "dddddddddd",
+            "eeeeeeeee",
+            "",
+            "ff",
+        ] {
+            write_atomically(&path, text.as_bytes()).unwrap();
+            assert_eq!(fs::read_to_string(&path).unwrap(), text);
         }
     }
 
