@@ -21,7 +21,9 @@ The method is written down in benches/README.md; in short:
   seconds; the ratio of their CPU per request, round by round;
 - on request (`--only side-floor`): the hyper floor (benches/hyper_floor.rs)
   side by side with nginx, then with cutover; (`--only side-realistic`)
-  the realistic config side by side with the minimal one; and
+  the realistic config side by side with the minimal one;
+  (`--only flip-tmpfs`) the side-by-side flip storm with the state files
+  on disk and on tmpfs, which tells what the fsyncs cost; and
   (`--ab BINARY`) this build side by side with another cutover binary;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs; the same storm on one of two identical
@@ -485,25 +487,27 @@ def cutover_flip_storm(work, conns, secs):
         wait_port_free(PROXY)
 
 
-def side_conf(work, name, port, admin):
-    """The minimal cutover config on `port`/`admin`, with its own state file."""
+def side_conf(work, name, port, admin, state_dir=None):
+    """The minimal cutover config on `port`/`admin`, with its own state file
+    (in `work`, or in `state_dir`)."""
     with open(cutover_minimal_conf(work)) as f:
         conf = (f.read().replace(f"127.0.0.1:{PROXY}", f"127.0.0.1:{port}")
                 .replace(f"127.0.0.1:{ADMIN}", f"127.0.0.1:{admin}"))
-    conf += f'\n[state]\nfile = "{os.path.join(work, name + ".state.json")}"\n'
+    conf += f'\n[state]\nfile = "{os.path.join(state_dir or work, name + ".state.json")}"\n'
     path = os.path.join(work, f"{name}.toml")
     with open(path, "w") as f:
         f.write(conf)
     return path
 
 
-def flip_side_by_side(work, conns, secs, rounds):
+def flip_side_by_side(work, conns, secs, rounds, state_dir=None):
     """Two identical cutovers loaded at the same time, each by its own wrk;
     in each round one of them (alternately) is flipped every 100 ms. The
     storm/steady ratio of each round compares seconds the machine spent
-    alike on both, so it is free of the drift between sequential runs."""
-    a = Server("cutover-a", [CUTOVER, "run", "-c", side_conf(work, "a", PROXY, ADMIN)], PROXY)
-    b = Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "b", SIDE_PROXY, SIDE_ADMIN)],
+    alike on both, so it is free of the drift between sequential runs.
+    The state files are in `work`, or in `state_dir`."""
+    a = Server("cutover-a", [CUTOVER, "run", "-c", side_conf(work, "a", PROXY, ADMIN, state_dir)], PROXY)
+    b = Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "b", SIDE_PROXY, SIDE_ADMIN, state_dir)],
                SIDE_PROXY)
     flips, errors, tput, cpu = [0], 0, [], []
     try:
@@ -571,7 +575,8 @@ def main():
     ap.add_argument("--only", default="",
                     help="comma list of sections: throughput,side,memory,flip; "
                          "also side-floor (the hyper floor beside nginx and beside cutover) "
-                         "and side-realistic (the realistic config beside the minimal one)")
+                         "and side-realistic (the realistic config beside the minimal one), "
+                         "flip-tmpfs (the storm with the state files on disk and on tmpfs)")
     ap.add_argument("--ab", metavar="BINARY",
                     help="only an A/B: this build beside another cutover binary")
     ap.add_argument("--binary", metavar="PATH",
@@ -614,6 +619,8 @@ def main():
             out.append(side_floor(work, args.seconds, 2 * args.rounds))
         if "flip" in sections:
             out.append(flips(work, args.seconds, verdict))
+        if "flip-tmpfs" in sections:
+            out.append(flips_tmpfs(work, args.seconds))
         if args.ab:
             out.append(side_ab(work, os.path.abspath(args.ab), args.seconds, 2 * args.rounds))
         if verdict.rows:
@@ -946,6 +953,33 @@ def flips(work, secs, verdict):
     steady, stormy, pairs, n = nginx_reload_storm(work, 64, secs)
     lines.append(f"| nginx rewrite + `nginx -s reload` every 100 ms | {n} | {stormy['errors']} | "
                  f"{stormy['rps']:.0f} | {stormy['rps'] / steady['rps']:.3f} ({min(pairs):.2f}–{max(pairs):.2f}) | – |")
+    return "\n".join(lines) + "\n"
+
+
+def flips_tmpfs(work, secs):
+    """The side-by-side storm twice, interleaved: with the state files on
+    the work directory's disk, and on tmpfs (`/dev/shm`), where `fsync`
+    costs nothing. The difference is what SPEC §8's durable write costs a
+    storm on this machine; the rest is the admin request and the swap."""
+    lines = ["## What the durable state write costs the flip storm\n",
+             f"Side by side with a steady twin as in the flip section: {STORM_ROUNDS} rounds of {secs} s "
+             f"for each place, in blocks of {STORM_ROUNDS // 2} (disk, tmpfs, disk, tmpfs).\n",
+             "| state files | flips | errors | throughput vs twin (mean; rounds min–max) | CPU µs/req vs twin |",
+             "|---|---|---|---|---|"]
+    shm = tempfile.mkdtemp(prefix="cutover-state-", dir="/dev/shm")
+    got = {"disk": ([], [], 0, 0), "tmpfs": ([], [], 0, 0)}
+    try:
+        for where in ("disk", "tmpfs", "disk", "tmpfs"):
+            log(f"flip storm side by side, state files on {where}")
+            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, STORM_ROUNDS // 2,
+                                                     shm if where == "tmpfs" else None)
+            t, c, n0, e0 = got[where]
+            got[where] = (t + tput, c + cpu, n0 + n, e0 + errors)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+    for where, (tput, cpu, n, errors) in got.items():
+        lines.append(f"| {where} | {n} | {errors} | {statistics.mean(tput):.3f} "
+                     f"({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |")
     return "\n".join(lines) + "\n"
 
 

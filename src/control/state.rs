@@ -271,8 +271,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    let mut f = open_scratch(&tmp).map_err(err)?;
-    let had = f.metadata().map_err(err)?.len();
+    let (mut f, had) = open_scratch(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     // Cut only what is left of a longer file. An ftruncate to the length
     // the file already has still dirties its inode, which costs
@@ -289,12 +288,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     Ok(())
 }
 
-/// The temp file, opened to be overwritten: not truncated, so it keeps its
-/// blocks, and cut to the new length after the write if it was longer. Unless it is not
-/// ours alone to overwrite — a symbolic link, or a file with another name
-/// too (a hard link someone made to an old state): then that name is
-/// removed and a new file made.
-fn open_scratch(tmp: &Path) -> io::Result<File> {
+/// The temp file and its length, opened to be overwritten: not truncated,
+/// so it keeps its blocks, and cut to the new length after the write if it
+/// was longer. Unless it is not ours alone to overwrite — a symbolic link,
+/// or a file with another name too (a hard link someone made to an old
+/// state): then that name is removed and a new file made.
+fn open_scratch(tmp: &Path) -> io::Result<(File, u64)> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let opened = fs::OpenOptions::new()
         .write(true)
@@ -303,16 +302,21 @@ fn open_scratch(tmp: &Path) -> io::Result<File> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(tmp);
     match opened {
-        Ok(f) if f.metadata()?.nlink() == 1 => return Ok(f),
-        Ok(_) => {}
+        Ok(f) => {
+            let meta = f.metadata()?;
+            if meta.nlink() == 1 {
+                return Ok((f, meta.len()));
+            }
+        }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
         Err(e) => return Err(e),
     }
     fs::remove_file(tmp)?;
-    fs::OpenOptions::new()
+    let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(tmp)
+        .open(tmp)?;
+    Ok((f, 0))
 }
 
 /// Swap the names `a` and `b` atomically. `Ok(false)` when this system or
