@@ -10,7 +10,7 @@
 # release build, as --plain does. The report names the binary it measured.
 #
 #   bash benches/compare.sh                     # everything (about 15 minutes after the build)
-#   bash benches/compare.sh --only throughput   # or memory, flip
+#   bash benches/compare.sh --only throughput   # or side, memory, flip, flip-tmpfs, ...
 #   bash benches/compare.sh --seconds 5
 #   bash benches/compare.sh --plain ...         # `cargo build --release` instead
 set -euo pipefail
