@@ -157,6 +157,13 @@ impl StateFile {
 /// one line per history entry, so that it stays readable (and diffable)
 /// while costing little to write on every change. [`StateFile::load`]
 /// reads any layout, the pretty-printed one of earlier versions included.
+///
+/// The last line is padded with spaces to a whole number of [`BLOCK`]s
+/// (JSON allows trailing whitespace). The file's length then changes only
+/// when the state crosses a block, not by a byte or two at every change,
+/// so the `fdatasync` of a change writes the data alone and not the inode
+/// too, and the file keeps the blocks reserved for it (see
+/// [`open_scratch`]).
 fn encode<'a>(
     epoch: u64,
     apps: &BTreeMap<String, AppState>,
@@ -174,9 +181,16 @@ fn encode<'a>(
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
         out.extend_from_slice(l);
     }
-    out.extend_from_slice(b"\n]}\n");
+    out.extend_from_slice(b"\n]}");
+    let end = (out.len() + 1).next_multiple_of(BLOCK);
+    out.resize(end - 1, b' ');
+    out.push(b'\n');
     Ok(out)
 }
+
+/// The unit the state file is padded to: a page, and ext4's, XFS's and
+/// most disks' block. The disk writes whole blocks anyway.
+const BLOCK: usize = 4096;
 
 /// A history entry as one line of JSON.
 fn line(entry: &HistoryEntry) -> Box<[u8]> {
@@ -271,7 +285,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    let (mut f, had) = open_scratch(&tmp).map_err(err)?;
+    let (mut f, had) = open_scratch(&tmp, bytes.len() as u64).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     // Cut only what is left of a longer file. An ftruncate to the length
     // the file already has still dirties its inode, which costs
@@ -288,12 +302,18 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     Ok(())
 }
 
-/// The temp file and its length, opened to be overwritten: not truncated,
-/// so it keeps its blocks, and cut to the new length after the write if it
-/// was longer. Unless it is not ours alone to overwrite — a symbolic link,
-/// or a file with another name too (a hard link someone made to an old
-/// state): then that name is removed and a new file made.
-fn open_scratch(tmp: &Path) -> io::Result<(File, u64)> {
+/// The temp file, to be overwritten with `len` bytes, and its length:
+/// not truncated, so it keeps its blocks, and cut to the new length after
+/// the write if it was longer. Unless it is not ours alone to overwrite —
+/// a symbolic link, or a file with another name too (a hard link someone
+/// made to an old state): then that name is removed and a new file made.
+///
+/// A file that must grow past the blocks it has starts again from empty,
+/// with room reserved ([`reserve`]). Otherwise the state file and its temp
+/// file, growing by turns, get their blocks by turns, one here and one
+/// there, and every change's `fdatasync` is several scattered device
+/// writes where one would do.
+fn open_scratch(tmp: &Path, len: u64) -> io::Result<(File, u64)> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let opened = fs::OpenOptions::new()
         .write(true)
@@ -305,7 +325,13 @@ fn open_scratch(tmp: &Path) -> io::Result<(File, u64)> {
         Ok(f) => {
             let meta = f.metadata()?;
             if meta.nlink() == 1 {
-                return Ok((f, meta.len()));
+                // `blocks` counts 512-byte units, the reserved ones too.
+                if meta.len() >= len || meta.blocks() * 512 >= len {
+                    return Ok((f, meta.len()));
+                }
+                f.set_len(0)?;
+                reserve(&f, len);
+                return Ok((f, 0));
             }
         }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
@@ -316,8 +342,28 @@ fn open_scratch(tmp: &Path) -> io::Result<(File, u64)> {
         .write(true)
         .create_new(true)
         .open(tmp)?;
+    reserve(&f, len);
     Ok((f, 0))
 }
+
+/// Reserve blocks for an empty file about to take `len` bytes, in one run
+/// where the filesystem can: room for the state to double, in steps of
+/// [`RESERVE`], without changing the file's length. Best effort: where
+/// the filesystem cannot, the file gets its blocks as it is written.
+fn reserve(f: &File, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{fallocate, FallocateFlags};
+        let room = (2 * len).max(1).next_multiple_of(RESERVE);
+        let _ = fallocate(f, FallocateFlags::KEEP_SIZE, 0, room);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, len);
+}
+
+/// The steps in which [`reserve`] sets room aside: a full history of a
+/// few apps without rules is ~20 KiB.
+const RESERVE: u64 = 64 * 1024;
 
 /// Swap the names `a` and `b` atomically. `Ok(false)` when this system or
 /// filesystem cannot, or `b` does not exist: the caller renames instead.
@@ -499,8 +545,9 @@ mod tests {
             let loaded = StateFile::load(&path).unwrap().unwrap();
             assert_eq!(loaded, expected, "{had} entries + {added}");
             // What was loaded writes the same file again (its lines are
-            // made on load).
+            // made on load), padded to whole blocks.
             let first = fs::read(&path).unwrap();
+            assert_eq!(first.len() % BLOCK, 0, "{had} entries + {added}");
             loaded.save(&path).unwrap();
             assert_eq!(fs::read(&path).unwrap(), first);
             // One line per history entry, as the format promises.
@@ -527,6 +574,51 @@ mod tests {
             write_atomically(&path, text.as_bytes()).unwrap();
             assert_eq!(fs::read_to_string(&path).unwrap(), text);
         }
+    }
+
+    /// Room reserved with `fallocate`, if the filesystem under the test's
+    /// temp directory takes it (ext4, XFS, btrfs and tmpfs do).
+    #[cfg(target_os = "linux")]
+    fn reserves(dir: &Path) -> bool {
+        let probe = File::create(dir.join("probe")).unwrap();
+        let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
+        rustix::fs::fallocate(&probe, flags, 0, RESERVE).is_ok()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn room(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_files_get_room_to_grow_and_keep_their_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        if !reserves(dir.path()) {
+            eprintln!("skipped: this filesystem reserves no room");
+            return;
+        }
+        let path = dir.path().join("s.json");
+        let tmp = dir.path().join("s.json.tmp");
+        // Both files get room for the state to double, and keep it while
+        // the state grows within it.
+        let mut s = StateFile::default();
+        for i in 0..60 {
+            s.push_history(entry(i));
+            s.save(&path).unwrap();
+            assert!(room(&path) >= RESERVE, "write {i}: {}", room(&path));
+            if i > 0 {
+                assert!(room(&tmp) >= RESERVE, "write {i}: {}", room(&tmp));
+            }
+        }
+        assert_eq!(StateFile::load(&path).unwrap(), Some(s));
+        // A leftover temp file with too few blocks for the state starts
+        // again, with room.
+        fs::write(&tmp, "x").unwrap();
+        write_atomically(&path, &[b'a'; 20 * BLOCK]).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), [b'a'; 20 * BLOCK]);
+        assert!(room(&path) >= 40 * BLOCK as u64, "{}", room(&path));
     }
 
     #[test]
