@@ -160,10 +160,10 @@ impl StateFile {
 ///
 /// The last line is padded with spaces to a whole number of [`BLOCK`]s
 /// (JSON allows trailing whitespace). The file's length then changes only
-/// when the state crosses a block, not by a byte or two at every change,
-/// so the `fdatasync` of a change writes the data alone and not the inode
-/// too, and the file keeps the blocks reserved for it (see
-/// [`open_scratch`]).
+/// when the state crosses a block, not by a byte or two at most changes:
+/// the `fdatasync` of a change has no new length to write, and a shorter
+/// state does not cut the file, which would give up the room reserved
+/// for it (see [`open_scratch`]).
 fn encode<'a>(
     epoch: u64,
     apps: &BTreeMap<String, AppState>,
