@@ -161,9 +161,9 @@ impl StateFile {
 /// The last line is padded with spaces to a whole number of [`BLOCK`]s
 /// (JSON allows trailing whitespace). The file's length then changes only
 /// when the state crosses a block, not by a byte or two at most changes:
-/// the `fdatasync` of a change has no new length to write, and a shorter
-/// state does not cut the file, which would give up the room reserved
-/// for it (see [`open_scratch`]).
+/// the `fdatasync` of a change has no new length to write, and a state a
+/// few bytes shorter does not cut the file, which would give up the room
+/// reserved for it (see [`open_scratch`]; a state a block shorter does).
 fn encode<'a>(
     epoch: u64,
     apps: &BTreeMap<String, AppState>,
