@@ -23,7 +23,9 @@ The method is written down in benches/README.md; in short:
   side by side with nginx, then with cutover; (`--only side-realistic`)
   the realistic config side by side with the minimal one;
   (`--only flip-tmpfs`) the side-by-side flip storm with the state files
-  on disk and on tmpfs, which tells what the fsyncs cost; and
+  on disk and on tmpfs, which tells what the fsyncs cost; (`--only
+  flip-groups`) the same storm with each proxy in its own session (its
+  own scheduling group) and with all in the benchmark's session; and
   (`--ab BINARY`) this build side by side with another cutover binary;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs; the same storm on one of two identical
@@ -132,14 +134,26 @@ def wait_port_free(port, timeout=10.0):
     raise RuntimeError(f"port {port} still busy")
 
 
+ONE_SESSION = False
+
+
 class Server:
     """A server process started for one measurement."""
 
     def __init__(self, name, argv, port, cwd=None):
         self.name = name
         self.port = port
+        # Its own session, so that `stop` can signal the whole process
+        # group. With the kernel's autogroup on, a session is also a
+        # scheduling group: each server gets an equal share of the cores
+        # under full load (see "Scheduling" in benches/README.md).
+        # `ONE_SESSION` (the `flip-groups` diagnostic) keeps the process
+        # group but not the session.
+        own = ({"start_new_session": True} if not ONE_SESSION
+               else {"process_group": 0} if sys.version_info >= (3, 11)
+               else {"preexec_fn": os.setpgrp})
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, **own)
         wait_port(port)
         time.sleep(0.2)  # let all workers come up
 
@@ -576,7 +590,8 @@ def main():
                     help="comma list of sections: throughput,side,memory,flip; "
                          "also side-floor (the hyper floor beside nginx and beside cutover) "
                          "and side-realistic (the realistic config beside the minimal one), "
-                         "flip-tmpfs (the storm with the state files on disk and on tmpfs)")
+                         "flip-tmpfs (the storm with the state files on disk and on tmpfs), "
+                         "flip-groups (the storm with the proxies in their own sessions and in this one)")
     ap.add_argument("--ab", metavar="BINARY",
                     help="only an A/B: this build beside another cutover binary")
     ap.add_argument("--binary", metavar="PATH",
@@ -621,6 +636,8 @@ def main():
             out.append(flips(work, args.seconds, verdict))
         if "flip-tmpfs" in sections:
             out.append(flips_tmpfs(work, args.seconds))
+        if "flip-groups" in sections:
+            out.append(flips_groups(work, args.seconds))
         if args.ab:
             out.append(side_ab(work, os.path.abspath(args.ab), args.seconds, 2 * args.rounds))
         if verdict.rows:
@@ -1001,6 +1018,42 @@ def flips_tmpfs(work, secs):
         shutil.rmtree(shm, ignore_errors=True)
     for where, (tput, cpu, n, errors) in got.items():
         lines.append(f"| {where} | {n} | {errors} | {statistics.mean(tput):.3f} "
+                     f"({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+
+def flips_groups(work, secs):
+    """The side-by-side storm twice, interleaved: with each proxy in its
+    own session, as everywhere else (with the kernel's autogroup on, its
+    own scheduling group, so its threads share a fixed part of the cores),
+    and with the proxies in this script's session (the scheduler shares
+    the cores among all threads). A diagnostic: it tells whether the
+    storm's cost is the flips' CPU taken out of the proxy's own share."""
+    global ONE_SESSION
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            autogroup = f.read().strip() == "1"
+    except OSError:
+        autogroup = False
+    lines = ["## The flip storm and the proxy's scheduling group\n",
+             f"Side by side with a steady twin as in the flip section: {STORM_ROUNDS} rounds of {secs} s "
+             f"for each setup, in blocks of {STORM_ROUNDS // 2} (own, shared, own, shared). "
+             f"Autogroup is {'on' if autogroup else 'off (both setups schedule alike)'}.\n",
+             "| proxies | flips | errors | throughput vs twin (mean; rounds min–max) | CPU µs/req vs twin |",
+             "|---|---|---|---|---|"]
+    got = {"own sessions": ([], [], 0, 0), "this session": ([], [], 0, 0)}
+    try:
+        for setup in ("own sessions", "this session", "own sessions", "this session"):
+            ONE_SESSION = setup == "this session"
+            log(f"flip storm side by side, proxies in {setup}")
+            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, STORM_ROUNDS // 2)
+            t, c, n0, e0 = got[setup]
+            got[setup] = (t + tput, c + cpu, n0 + n, e0 + errors)
+    finally:
+        ONE_SESSION = False
+    for setup, (tput, cpu, n, errors) in got.items():
+        lines.append(f"| {setup} | {n} | {errors} | {statistics.mean(tput):.3f} "
                      f"({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |")
     return "\n".join(lines) + "\n"
 
