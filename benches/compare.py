@@ -993,6 +993,29 @@ def flips(work, secs, verdict):
     return "\n".join(lines) + "\n"
 
 
+def storm_setups(work, secs, setups):
+    """The side-by-side storm under each of `setups` (name -> (state
+    directory or None, proxies in this script's session)), interleaved in
+    blocks of half the rounds (A, B, A, B): one table row per setup."""
+    global ONE_SESSION
+    got = {name: ([], [], 0, 0) for name in setups}
+    try:
+        for name in list(setups) * 2:
+            state_dir, ONE_SESSION = setups[name]
+            log(f"flip storm side by side: {name}")
+            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, STORM_ROUNDS // 2, state_dir)
+            t, c, n0, e0 = got[name]
+            got[name] = (t + tput, c + cpu, n0 + n, e0 + errors)
+    finally:
+        ONE_SESSION = False
+    return [f"| {name} | {n} | {errors} | {statistics.mean(tput):.3f} "
+            f"({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |"
+            for name, (tput, cpu, n, errors) in got.items()]
+
+
+STORM_TABLE = ["| throughput vs twin (mean; rounds min–max) | CPU µs/req vs twin |", "|---|---|---|---|---|"]
+
+
 def flips_tmpfs(work, secs):
     """The side-by-side storm twice, interleaved: with the state files on
     the work directory's disk, and on tmpfs (`/dev/shm`), where `fsync`
@@ -1001,26 +1024,15 @@ def flips_tmpfs(work, secs):
     lines = ["## What the durable state write costs the flip storm\n",
              f"Side by side with a steady twin as in the flip section: {STORM_ROUNDS} rounds of {secs} s "
              f"for each place, in blocks of {STORM_ROUNDS // 2} (disk, tmpfs, disk, tmpfs).\n",
-             "| state files | flips | errors | throughput vs twin (mean; rounds min–max) | CPU µs/req vs twin |",
-             "|---|---|---|---|---|"]
+             "| state files | flips | errors " + STORM_TABLE[0], STORM_TABLE[1]]
     if not os.path.isdir("/dev/shm"):
         return "\n".join(lines[:2] + ["(skipped: this machine has no /dev/shm)"]) + "\n"
     shm = tempfile.mkdtemp(prefix="cutover-state-", dir="/dev/shm")
-    got = {"disk": ([], [], 0, 0), "tmpfs": ([], [], 0, 0)}
     try:
-        for where in ("disk", "tmpfs", "disk", "tmpfs"):
-            log(f"flip storm side by side, state files on {where}")
-            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, STORM_ROUNDS // 2,
-                                                     shm if where == "tmpfs" else None)
-            t, c, n0, e0 = got[where]
-            got[where] = (t + tput, c + cpu, n0 + n, e0 + errors)
+        lines += storm_setups(work, secs, {"disk": (None, False), "tmpfs": (shm, False)})
     finally:
         shutil.rmtree(shm, ignore_errors=True)
-    for where, (tput, cpu, n, errors) in got.items():
-        lines.append(f"| {where} | {n} | {errors} | {statistics.mean(tput):.3f} "
-                     f"({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |")
     return "\n".join(lines) + "\n"
-
 
 
 def flips_groups(work, secs):
@@ -1030,7 +1042,6 @@ def flips_groups(work, secs):
     and with the proxies in this script's session (the scheduler shares
     the cores among all threads). A diagnostic: it tells whether the
     storm's cost is the flips' CPU taken out of the proxy's own share."""
-    global ONE_SESSION
     try:
         with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
             autogroup = f.read().strip() == "1"
@@ -1040,21 +1051,8 @@ def flips_groups(work, secs):
              f"Side by side with a steady twin as in the flip section: {STORM_ROUNDS} rounds of {secs} s "
              f"for each setup, in blocks of {STORM_ROUNDS // 2} (own, shared, own, shared). "
              f"Autogroup is {'on' if autogroup else 'off (both setups schedule alike)'}.\n",
-             "| proxies | flips | errors | throughput vs twin (mean; rounds min–max) | CPU µs/req vs twin |",
-             "|---|---|---|---|---|"]
-    got = {"own sessions": ([], [], 0, 0), "this session": ([], [], 0, 0)}
-    try:
-        for setup in ("own sessions", "this session", "own sessions", "this session"):
-            ONE_SESSION = setup == "this session"
-            log(f"flip storm side by side, proxies in {setup}")
-            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, STORM_ROUNDS // 2)
-            t, c, n0, e0 = got[setup]
-            got[setup] = (t + tput, c + cpu, n0 + n, e0 + errors)
-    finally:
-        ONE_SESSION = False
-    for setup, (tput, cpu, n, errors) in got.items():
-        lines.append(f"| {setup} | {n} | {errors} | {statistics.mean(tput):.3f} "
-                     f"({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |")
+             "| proxies | flips | errors " + STORM_TABLE[0], STORM_TABLE[1]]
+    lines += storm_setups(work, secs, {"own sessions": (None, False), "this session": (None, True)})
     return "\n".join(lines) + "\n"
 
 
