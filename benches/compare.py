@@ -134,22 +134,19 @@ def wait_port_free(port, timeout=10.0):
     raise RuntimeError(f"port {port} still busy")
 
 
-ONE_SESSION = False
-
-
 class Server:
     """A server process started for one measurement."""
 
-    def __init__(self, name, argv, port, cwd=None):
+    def __init__(self, name, argv, port, cwd=None, own_session=True):
         self.name = name
         self.port = port
         # Its own session, so that `stop` can signal the whole process
         # group. With the kernel's autogroup on, a session is also a
         # scheduling group: each server gets an equal share of the cores
-        # under full load (see "Scheduling" in benches/README.md).
-        # `ONE_SESSION` (the `flip-groups` diagnostic) keeps the process
-        # group but not the session.
-        own = ({"start_new_session": True} if not ONE_SESSION
+        # under full load (see "Scheduling" in benches/README.md). Without
+        # `own_session` (the `flip-groups` diagnostic) it keeps its own
+        # process group but stays in this script's session.
+        own = ({"start_new_session": True} if own_session
                else {"process_group": 0} if sys.version_info >= (3, 11)
                else {"preexec_fn": os.setpgrp})
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
@@ -514,15 +511,17 @@ def side_conf(work, name, port, admin, state_dir=None):
     return path
 
 
-def flip_side_by_side(work, conns, secs, rounds, state_dir=None):
+def flip_side_by_side(work, conns, secs, rounds, state_dir=None, own_session=True):
     """Two identical cutovers loaded at the same time, each by its own wrk;
     in each round one of them (alternately) is flipped every 100 ms. The
     storm/steady ratio of each round compares seconds the machine spent
     alike on both, so it is free of the drift between sequential runs.
-    The state files are in `work`, or in `state_dir`."""
-    a = Server("cutover-a", [CUTOVER, "run", "-c", side_conf(work, "a", PROXY, ADMIN, state_dir)], PROXY)
+    The state files are in `work`, or in `state_dir`; without
+    `own_session` the proxies stay in this script's session."""
+    a = Server("cutover-a", [CUTOVER, "run", "-c", side_conf(work, "a", PROXY, ADMIN, state_dir)], PROXY,
+               own_session=own_session)
     b = Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "b", SIDE_PROXY, SIDE_ADMIN, state_dir)],
-               SIDE_PROXY)
+               SIDE_PROXY, own_session=own_session)
     flips, errors, tput, cpu = [0], 0, [], []
     try:
         for i in range(rounds):
@@ -993,27 +992,22 @@ def flips(work, secs, verdict):
     return "\n".join(lines) + "\n"
 
 
-def storm_setups(work, secs, setups):
+def storm_setups(work, secs, first, setups):
     """The side-by-side storm under each of `setups` (name -> (state
-    directory or None, proxies in this script's session)), interleaved in
-    blocks of half the rounds (A, B, A, B): one table row per setup."""
-    global ONE_SESSION
+    directory or None, each proxy in its own session)), interleaved in
+    blocks of half the rounds (A, B, A, B): the table, a row per setup,
+    its first column headed `first`."""
     got = {name: ([], [], 0, 0) for name in setups}
-    try:
-        for name in list(setups) * 2:
-            state_dir, ONE_SESSION = setups[name]
-            log(f"flip storm side by side: {name}")
-            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, STORM_ROUNDS // 2, state_dir)
-            t, c, n0, e0 = got[name]
-            got[name] = (t + tput, c + cpu, n0 + n, e0 + errors)
-    finally:
-        ONE_SESSION = False
-    return [f"| {name} | {n} | {errors} | {statistics.mean(tput):.3f} "
+    for name in list(setups) * 2:
+        state_dir, own_session = setups[name]
+        log(f"flip storm side by side: {name}")
+        n, errors, tput, cpu = flip_side_by_side(work, 64, secs, STORM_ROUNDS // 2, state_dir, own_session)
+        t, c, n0, e0 = got[name]
+        got[name] = (t + tput, c + cpu, n0 + n, e0 + errors)
+    return [f"| {first} | flips | errors | throughput vs twin (mean; rounds min–max) | CPU/request vs twin |",
+            "|---|---|---|---|---|"] + [f"| {name} | {n} | {errors} | {statistics.mean(tput):.3f} "
             f"({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |"
             for name, (tput, cpu, n, errors) in got.items()]
-
-
-STORM_TABLE = ["| throughput vs twin (mean; rounds min–max) | CPU µs/req vs twin |", "|---|---|---|---|---|"]
 
 
 def flips_tmpfs(work, secs):
@@ -1023,13 +1017,12 @@ def flips_tmpfs(work, secs):
     storm on this machine; the rest is the admin request and the swap."""
     lines = ["## What the durable state write costs the flip storm\n",
              f"Side by side with a steady twin as in the flip section: {STORM_ROUNDS} rounds of {secs} s "
-             f"for each place, in blocks of {STORM_ROUNDS // 2} (disk, tmpfs, disk, tmpfs).\n",
-             "| state files | flips | errors " + STORM_TABLE[0], STORM_TABLE[1]]
+             f"for each place, in blocks of {STORM_ROUNDS // 2} (disk, tmpfs, disk, tmpfs).\n"]
     if not os.path.isdir("/dev/shm"):
-        return "\n".join(lines[:2] + ["(skipped: this machine has no /dev/shm)"]) + "\n"
+        return "\n".join(lines + ["(skipped: this machine has no /dev/shm)"]) + "\n"
     shm = tempfile.mkdtemp(prefix="cutover-state-", dir="/dev/shm")
     try:
-        lines += storm_setups(work, secs, {"disk": (None, False), "tmpfs": (shm, False)})
+        lines += storm_setups(work, secs, "state files", {"disk": (None, True), "tmpfs": (shm, True)})
     finally:
         shutil.rmtree(shm, ignore_errors=True)
     return "\n".join(lines) + "\n"
@@ -1050,9 +1043,8 @@ def flips_groups(work, secs):
     lines = ["## The flip storm and the proxy's scheduling group\n",
              f"Side by side with a steady twin as in the flip section: {STORM_ROUNDS} rounds of {secs} s "
              f"for each setup, in blocks of {STORM_ROUNDS // 2} (own, shared, own, shared). "
-             f"Autogroup is {'on' if autogroup else 'off (both setups schedule alike)'}.\n",
-             "| proxies | flips | errors " + STORM_TABLE[0], STORM_TABLE[1]]
-    lines += storm_setups(work, secs, {"own sessions": (None, False), "this session": (None, True)})
+             f"Autogroup is {'on' if autogroup else 'off (both setups schedule alike)'}.\n"]
+    lines += storm_setups(work, secs, "proxies", {"own sessions": (None, True), "this session": (None, False)})
     return "\n".join(lines) + "\n"
 
 
