@@ -68,13 +68,13 @@ pub struct CookieJar<'a> {
 impl<'a> CookieJar<'a> {
     /// Record the values of `names` (an app's wanted list, see
     /// [`RuleTable::cookie_names`]) from every `Cookie` field.
-    pub fn new(headers: &'a HeaderMap, names: &[Box<[u8]>]) -> CookieJar<'a> {
+    pub fn new(headers: &'a HeaderMap, names: &CookieNames) -> CookieJar<'a> {
         let mut jar = CookieJar {
             headers,
             values: [None; JAR_SLOTS],
             sticky_bucket: None,
         };
-        let wanted = &names[..names.len().min(JAR_SLOTS)];
+        let wanted = names.recorded();
         if !wanted.is_empty() {
             for field in headers.get_all(http::header::COOKIE) {
                 if jar.record(field.as_bytes(), wanted, |_, _| {}) {
@@ -92,7 +92,7 @@ impl<'a> CookieJar<'a> {
     fn from_field(
         headers: &'a HeaderMap,
         field: Option<&'a [u8]>,
-        names: &[Box<[u8]>],
+        names: &CookieNames,
         (table, sticky): (u64, bool),
         memo: Option<&ConnMemo>,
     ) -> CookieJar<'a> {
@@ -101,7 +101,7 @@ impl<'a> CookieJar<'a> {
             values: [None; JAR_SLOTS],
             sticky_bucket: None,
         };
-        let wanted = &names[..names.len().min(JAR_SLOTS)];
+        let wanted = names.recorded();
         let Some(field) = field.filter(|_| !wanted.is_empty()) else {
             return jar;
         };
@@ -151,16 +151,19 @@ impl<'a> CookieJar<'a> {
             .iter()
             .filter(|v| v.is_none())
             .count();
-        for (n0, n1, v0, v1) in CookiePairs::new(field) {
-            let name = &field[n0..n1];
-            if let Some(slot) = wanted.iter().position(|w| **w == *name) {
-                if self.values[slot].is_none() {
+        for pair in pairs(field) {
+            for (slot, key) in wanted.iter().enumerate() {
+                if self.values[slot].is_some() {
+                    continue;
+                }
+                if let Some((v0, v1)) = value_of(field, pair, key) {
                     self.values[slot] = Some(&field[v0..v1]);
                     found(slot, (v0, v1));
                     missing -= 1;
                     if missing == 0 {
                         return true;
                     }
+                    break;
                 }
             }
         }
@@ -180,70 +183,99 @@ impl<'a> CookieJar<'a> {
     }
 }
 
-/// The `name=value` pairs of one `Cookie` field, in order: leading
-/// spaces of the name and trailing spaces of the value trimmed, one pair
-/// of quotes around the value removed. Pairs without `=`, an empty name or
-/// an empty value are skipped. A plain byte loop: the pairs are short, so
-/// a vectorised search per delimiter costs more than it saves.
-struct CookiePairs<'a> {
-    field: &'a [u8],
-    at: usize,
+/// The cookies an app asks about, in slot order. A field is split at
+/// its `;`s by a vectorised search, and each pair's start compared with
+/// the wanted names: the bytes of values (most of a browser's field) are
+/// not looked at one by one.
+#[derive(Debug, Default)]
+pub struct CookieNames {
+    names: Vec<Box<[u8]>>,
+    /// Per slot, what a pair must start with, before its `=`: the name,
+    /// or nothing (matches no pair) for a name no pair can have — one
+    /// with `=`, `;` or a blank in it (config validation refuses those).
+    keys: Vec<Box<[u8]>>,
 }
 
-impl<'a> CookiePairs<'a> {
-    fn new(field: &'a [u8]) -> Self {
-        CookiePairs { field, at: 0 }
-    }
-}
-
-impl<'a> Iterator for CookiePairs<'a> {
-    /// `(name start, name end, value start, value end)`.
-    type Item = (usize, usize, usize, usize);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let f = self.field;
-        let mut i = self.at;
-        while i < f.len() {
-            while i < f.len() && matches!(f[i], b' ' | b'\t') {
-                i += 1;
-            }
-            let n0 = i;
-            while i < f.len() && f[i] != b'=' && f[i] != b';' {
-                i += 1;
-            }
-            if i == f.len() || f[i] == b';' {
-                i += 1;
-                continue;
-            }
-            let n1 = i;
-            i += 1;
-            let mut v0 = i;
-            while i < f.len() && f[i] != b';' {
-                i += 1;
-            }
-            let mut v1 = i;
-            i += 1;
-            while v1 > v0 && matches!(f[v1 - 1], b' ' | b'\t') {
-                v1 -= 1;
-            }
-            if v1 - v0 >= 2 && f[v0] == b'"' && f[v1 - 1] == b'"' {
-                v0 += 1;
-                v1 -= 1;
-            }
-            if v1 > v0 && n1 > n0 {
-                self.at = i;
-                return Some((n0, n1, v0, v1));
-            }
+impl CookieNames {
+    pub fn new<N: AsRef<[u8]>>(names: impl IntoIterator<Item = N>) -> CookieNames {
+        let mut list = CookieNames::default();
+        for n in names {
+            list.slot_of(n.as_ref());
         }
-        self.at = f.len();
-        None
+        list
+    }
+
+    /// The slot of `name`, added if new.
+    fn slot_of(&mut self, name: &[u8]) -> usize {
+        self.names
+            .iter()
+            .position(|n| **n == *name)
+            .unwrap_or_else(|| {
+                self.names.push(name.into());
+                self.keys.push(if can_name_a_pair(name) {
+                    name.into()
+                } else {
+                    Box::default()
+                });
+                self.names.len() - 1
+            })
+    }
+
+    pub fn names(&self) -> &[Box<[u8]>] {
+        &self.names
+    }
+
+    /// The keys of the names a [`CookieJar`] records in one pass.
+    fn recorded(&self) -> &[Box<[u8]>] {
+        &self.keys[..self.keys.len().min(JAR_SLOTS)]
     }
 }
 
-/// Cookie `name` in one `Cookie` field, by scanning it.
+fn can_name_a_pair(name: &[u8]) -> bool {
+    !name.is_empty() && !name.iter().any(|b| matches!(b, b'=' | b';' | b' ' | b'\t'))
+}
+
+/// The pairs of one `Cookie` field (RFC 6265 §5.4: `a=1; b=2`), as the
+/// spans between its `;`s, each without its leading spaces and tabs.
+fn pairs(field: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let ends = memchr::memchr_iter(b';', field).chain(std::iter::once(field.len()));
+    ends.scan(0, move |start, end| {
+        let mut n0 = *start;
+        *start = end + 1;
+        while n0 < end && matches!(field[n0], b' ' | b'\t') {
+            n0 += 1;
+        }
+        Some((n0, end))
+    })
+}
+
+/// The span of the value of pair `(n0, end)` if the pair is named `key`
+/// (a name [`can_name_a_pair`]; an empty key matches nothing) and its value
+/// is not empty: trailing spaces and tabs trimmed, one pair of quotes
+/// removed.
+fn value_of(field: &[u8], (n0, end): (usize, usize), key: &[u8]) -> Option<(usize, usize)> {
+    let n1 = n0 + key.len();
+    if key.is_empty() || n1 >= end || field[n1] != b'=' || field[n0..n1] != *key {
+        return None;
+    }
+    let (mut v0, mut v1) = (n1 + 1, end);
+    while v1 > v0 && matches!(field[v1 - 1], b' ' | b'\t') {
+        v1 -= 1;
+    }
+    if v1 - v0 >= 2 && field[v0] == b'"' && field[v1 - 1] == b'"' {
+        v0 += 1;
+        v1 -= 1;
+    }
+    (v1 > v0).then_some((v0, v1))
+}
+
+/// Cookie `name` in one `Cookie` field (for names past the jar's slots):
+/// the first pair with that name and a value that is not empty.
 fn cookie_in<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
-    CookiePairs::new(field)
-        .find_map(|(n0, n1, v0, v1)| (&field[n0..n1] == name).then(|| &field[v0..v1]))
+    if !can_name_a_pair(name) {
+        return None;
+    }
+    pairs(field).find_map(|pair| value_of(field, pair, name).map(|(v0, v1)| &field[v0..v1]))
 }
 
 /// Up to this many rule header names, [`RuleTable::scan`] compares every
@@ -595,7 +627,7 @@ pub struct RuleTable {
     id: u64,
     /// The cookies the app asks about: the sticky cookie first (if any),
     /// then the rules' cookie names.
-    cookie_names: Vec<Box<[u8]>>,
+    cookie_names: CookieNames,
     /// `cookie_names[0]` is the sticky cookie.
     sticky: bool,
     /// The header names the rules test, in slot order.
@@ -619,10 +651,7 @@ impl RuleTable {
     /// Compile `rules` (in priority order). `sticky_cookie` is the app's
     /// sticky cookie name, looked up in the same pass as the rules' cookies.
     pub fn new(rules: Vec<Rule>, sticky_cookie: Option<&str>) -> RuleTable {
-        let mut cookie_names: Vec<Box<[u8]>> = Vec::new();
-        if let Some(name) = sticky_cookie {
-            cookie_names.push(name.as_bytes().into());
-        }
+        let mut cookie_names = CookieNames::new(sticky_cookie);
         let mut header_names = Vec::new();
         let mut chunks = Vec::new();
         for (base, group) in (0..).step_by(64).zip(rules.chunks(64)) {
@@ -647,7 +676,7 @@ impl RuleTable {
                 }
                 if let Some((name, value)) = &rule.cookie {
                     c.cookie_rules |= bit;
-                    let slot = slot_of(&mut cookie_names, name.as_bytes().into());
+                    let slot = cookie_names.slot_of(name.as_bytes());
                     c.cookies.push((slot, value.as_bytes().into(), bit));
                 }
                 if let Some(nets) = &rule.client_ip {
@@ -680,17 +709,17 @@ impl RuleTable {
 
     /// The cookie names a [`CookieJar`] for this table records; slot 0 is
     /// the sticky cookie when the table was given one.
-    pub fn cookie_names(&self) -> &[Box<[u8]>] {
+    pub fn cookie_names(&self) -> &CookieNames {
         &self.cookie_names
     }
 
     /// One pass over the request's headers: the `Cookie` field(s), the
     /// `User-Agent`, and which of the rules' header names are present.
     pub fn scan<'a>(&self, req: &RequestView<'a>) -> Scan<'a> {
-        if self.rules.is_empty() && self.cookie_names.is_empty() {
+        if self.rules.is_empty() && self.cookie_names.names.is_empty() {
             // Nothing to look for (no rules, no sticky cookie).
             return Scan {
-                cookies: CookieJar::new(req.headers, &[]),
+                cookies: CookieJar::new(req.headers, &self.cookie_names),
                 user_agent: &[],
                 present: 0,
             };
@@ -766,7 +795,7 @@ impl RuleTable {
                     .cookies
                     .iter()
                     .filter(|(slot, value, _)| {
-                        jar.get(*slot, &self.cookie_names[*slot]) == Some(&**value)
+                        jar.get(*slot, &self.cookie_names.names[*slot]) == Some(&**value)
                     })
                     .fold(0, |m, (_, _, bits)| m | bits);
                 ok &= !c.cookie_rules | pass;
@@ -817,14 +846,83 @@ mod tests {
     use super::*;
     use crate::config::NameValue;
 
-    /// Cookie `name` in the headers, by scanning: the reference the jar is
-    /// checked against.
+    /// Cookie `name` in one field, by splitting it at every `;` and each
+    /// pair at its first `=`: the reference the searches are checked
+    /// against.
+    fn split_cookie<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+        let blank = |b: &u8| matches!(b, b' ' | b'\t');
+        field.split(|&b| b == b';').find_map(|pair| {
+            let pair = &pair[pair.iter().take_while(|b| blank(b)).count()..];
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            let value = &pair[eq + 1..];
+            let mut value =
+                &value[..value.len() - value.iter().rev().take_while(|b| blank(b)).count()];
+            if value.len() >= 2 && value.starts_with(b"\"") && value.ends_with(b"\"") {
+                value = &value[1..value.len() - 1];
+            }
+            (eq > 0 && &pair[..eq] == name && !value.is_empty()).then_some(value)
+        })
+    }
+
+    /// Cookie `name` in the headers, by splitting: the reference the jar
+    /// is checked against.
     fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         headers
             .get_all(http::header::COOKIE)
             .iter()
-            .find_map(|v| cookie_in(v.as_bytes(), name.as_bytes()))
+            .find_map(|v| split_cookie(v.as_bytes(), name.as_bytes()))
             .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    #[test]
+    fn searching_a_field_agrees_with_splitting_it() {
+        // Names that are wanted, and look-alikes around them; values with
+        // `=`, blanks, quotes, wanted names inside, or nothing at all.
+        let names = ["beta", "qa", "cutover", "c3"];
+        let noise = [
+            "beta", "xbeta", "betax", "qa", "q", "a", "cutover", "c3", "_ga", " ", "\t",
+        ];
+        let values = [
+            "1", "", "\"\"", "\"on\"", "a=b", "beta=2", " 7 ", "x y", "\"", "qa", "=",
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..20_000 {
+            let mut field = String::new();
+            for i in 0..rng.usize(0..6) {
+                if i > 0 {
+                    field.push(';');
+                }
+                for _ in 0..rng.usize(0..3) {
+                    field.push(if rng.bool() { ' ' } else { '\t' });
+                }
+                field.push_str(noise[rng.usize(..noise.len())]);
+                match rng.usize(..8) {
+                    0 => {}                    // no `=`
+                    1 => field.push_str(" ="), // a blank before it
+                    _ => field.push('='),
+                }
+                field.push_str(values[rng.usize(..values.len())]);
+            }
+            let field = field.as_bytes();
+            let wanted = CookieNames::new(names);
+            let mut h = HeaderMap::new();
+            h.insert("cookie", HeaderValue::from_bytes(field).unwrap());
+            let jar = CookieJar::new(&h, &wanted);
+            for (slot, name) in names.iter().enumerate() {
+                let expected = split_cookie(field, name.as_bytes());
+                let shown = String::from_utf8_lossy(field);
+                assert_eq!(
+                    cookie_in(field, name.as_bytes()),
+                    expected,
+                    "{name} in {shown:?}"
+                );
+                assert_eq!(
+                    jar.get(slot, name.as_bytes()),
+                    expected,
+                    "{name} in {shown:?}"
+                );
+            }
+        }
     }
 
     fn spec(name: &str) -> RuleSpec {
@@ -861,10 +959,7 @@ mod tests {
         assert_eq!(find_cookie(&h, "cut"), None);
         assert_eq!(find_cookie(&h, "b"), Some("2"));
         assert_eq!(find_cookie(&h, "a"), Some("1"));
-        let names: Vec<Box<[u8]>> = ["cutover", "cut", "b", "q", "x"]
-            .iter()
-            .map(|n| n.as_bytes().into())
-            .collect();
+        let names = CookieNames::new(["cutover", "cut", "b", "q", "x"]);
         let jar = CookieJar::new(&h, &names);
         assert_eq!(jar.get(0, b"cutover"), Some(&b"xyz"[..]));
         assert_eq!(jar.get(1, b"cut"), None);
@@ -875,21 +970,31 @@ mod tests {
         let jar = CookieJar::new(&h, &names);
         assert_eq!(jar.get(3, b"q"), Some(&b"quoted"[..]));
         assert_eq!(jar.get(4, b"x"), None, "an empty value is absent");
+        h.insert("cookie", "a=b=c; =d; a b=e".parse().unwrap());
+        let odd = CookieNames::new(["a=b", "", "a b", "a"]);
+        let jar = CookieJar::new(&h, &odd);
+        assert_eq!(
+            (0..4)
+                .map(|i| jar.get(i, &odd.names()[i]))
+                .collect::<Vec<_>>(),
+            [None, None, None, Some(&b"b=c"[..])],
+            "no pair is named with `=` or a blank, or nothing"
+        );
 
         let mut split = HeaderMap::new();
         split.append("cookie", "a=1; b=2".parse().unwrap());
         split.append("cookie", "b=3; c=4".parse().unwrap());
-        let many: Vec<Box<[u8]>> = (0..12)
-            .map(|i| format!("n{i}").into_bytes().into())
-            .chain(["b", "c"].iter().map(|n| n.as_bytes().into()))
+        let many: Vec<String> = (0..12)
+            .map(|i| format!("n{i}"))
+            .chain(["b".into(), "c".into()])
             .collect();
-        let jar = CookieJar::new(&split, &many);
+        let jar = CookieJar::new(&split, &CookieNames::new(&many));
         assert_eq!(
             (jar.get(12, b"b"), jar.get(13, b"c")),
             (Some(&b"2"[..]), Some(&b"4"[..])),
             "past the recorded slots, lookups scan every field; the first pair wins"
         );
-        let jar = CookieJar::new(&split, &many[12..]);
+        let jar = CookieJar::new(&split, &CookieNames::new(&many[12..]));
         assert_eq!(
             (jar.get(0, b"b"), jar.get(1, b"c")),
             (Some(&b"2"[..]), Some(&b"4"[..]))
