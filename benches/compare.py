@@ -29,7 +29,7 @@ The method is written down in benches/README.md; in short:
   (`--ab BINARY`) this build side by side with another cutover binary;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs; the same storm on one of two identical
-  cutovers loaded side by side; and nginx's way of doing it (rewrite the
+  cutovers loaded side by side (24 rounds, `--storm-rounds`); and nginx's way of doing it (rewrite the
   upstream, `nginx -s reload` every 100 ms) for contrast.
 
 Only loopback addresses are used. Every run is bounded in time.
@@ -438,6 +438,11 @@ def wrk_at_once(ports, conns, secs, headers=()):
 
 
 STORM_ROUNDS = 8
+# Rounds of the side-by-side storm the target is judged on: a round's
+# ratio spreads ±2–5%, so eight rounds resolve ±0.02 at two standard
+# errors and 24 about ±0.007 — enough to tell a 1% cost from the 2% the
+# target allows (see "Against the targets" in benches/README.md).
+SIDE_STORM_ROUNDS = 24
 
 
 def under_storm(server, conns, secs, action, cpu=True):
@@ -585,6 +590,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=10, help="length of each measured wrk run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive clients for the memory test")
+    ap.add_argument("--storm-rounds", type=int, default=SIDE_STORM_ROUNDS,
+                    help="rounds of the side-by-side flip storm (the one the target is judged on)")
     ap.add_argument("--only", default="",
                     help="comma list of sections: throughput,side,memory,flip; "
                          "also side-floor (the hyper floor beside nginx and beside cutover) "
@@ -632,7 +639,7 @@ def main():
         if "side-floor" in sections:
             out.append(side_floor(work, args.seconds, 2 * args.rounds))
         if "flip" in sections:
-            out.append(flips(work, args.seconds, verdict))
+            out.append(flips(work, args.seconds, verdict, args.storm_rounds))
         if "flip-tmpfs" in sections:
             out.append(flips_tmpfs(work, args.seconds))
         if "flip-groups" in sections:
@@ -962,7 +969,7 @@ def memory(work, n, verdict):
     return "\n".join(lines) + "\n"
 
 
-def flips(work, secs, verdict):
+def flips(work, secs, verdict, side_rounds=SIDE_STORM_ROUNDS):
     lines = ["## Changing the live pool under load (64 connections)\n",
              f"{STORM_ROUNDS} steady and {STORM_ROUNDS} storm runs of {max(2, secs // 3)} s each, "
              "interleaved (steady, storm, storm, steady, ...); totals of each side, and the spread of the "
@@ -975,7 +982,7 @@ def flips(work, secs, verdict):
                  f"{stormy['rps'] / steady['rps']:.3f} ({min(pairs):.2f}–{max(pairs):.2f}) | "
                  f"{stormy['cpu_us'] / steady['cpu_us']:.3f} |")
     log("cutover flip storm, side by side")
-    rounds = STORM_ROUNDS
+    rounds = side_rounds
     n, errors, tput, cpu = flip_side_by_side(work, 64, secs, rounds)
     side = (f"| cutover admin flip every 100 ms, side by side with a steady twin ({rounds} rounds of "
             f"{secs} s; the mean of the rounds' ratios) | {n} | {errors} | – | "
