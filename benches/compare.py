@@ -29,8 +29,9 @@ The method is written down in benches/README.md; in short:
   (`--ab BINARY`) this build side by side with another cutover binary;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs; the same storm on one of two identical
-  cutovers loaded side by side (24 rounds, `--storm-rounds`); and nginx's way of doing it (rewrite the
-  upstream, `nginx -s reload` every 100 ms) for contrast.
+  cutovers loaded side by side (24 rounds, `--storm-rounds`); and nginx's
+  way of doing it (rewrite the upstream, `nginx -s reload` every 100 ms)
+  for contrast.
 
 Only loopback addresses are used. Every run is bounded in time.
 """
