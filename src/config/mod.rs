@@ -93,6 +93,10 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Add `x-cutover-color` to responses. Default false.
     pub color_header: bool,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` fields
+    /// are believed (load balancers in front of cutover). Default none:
+    /// every client's own such fields are removed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ServerSettings {
@@ -158,6 +162,26 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Where the token comes from; read when the daemon starts.
     pub token: TokenSource,
+    /// More names `Host` and `Origin` may give the admin listener, beyond
+    /// its own address and `localhost`: lower case, without a trailing dot;
+    /// an IP address in its canonical form, without brackets. Default none.
+    pub hosts: Vec<String>,
+    /// A request head must be complete within this, counted from accept or
+    /// from its first byte; so must a request body, from the end of its
+    /// head. Default 5 s.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after
+    /// this. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Admin connections open at once (default 256); beyond it the listener
+    /// accepts no more until one closes (the kernel queues the others).
+    pub max_connections: usize,
+}
+
+impl AdminSettings {
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 }
 
 #[derive(Debug, Clone, PartialEq)]

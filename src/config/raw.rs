@@ -31,6 +31,7 @@ pub struct RawServer {
     pub workers: Option<i64>,
     pub shutdown_timeout: Option<String>,
     pub color_header: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +68,10 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_file: Option<String>,
     pub token_env: Option<String>,
+    pub hosts: Option<Vec<String>>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

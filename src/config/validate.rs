@@ -99,6 +99,26 @@ pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// CIDR networks (`10.0.0.0/8`) or single addresses (`192.0.2.1`).
+fn networks(key: &str, list: Vec<String>, errs: &mut Errors) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let net = s
+                .parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
+            if net.is_none() {
+                errs.push(
+                    &format!("{key}[{i}]"),
+                    format!("not a network (CIDR) or an address: {s:?}"),
+                );
+            }
+            net.map(|n| n.trunc())
+        })
+        .collect()
+}
+
 fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) -> Config {
     let d = Limits::default();
     let server = ServerSettings {
@@ -122,6 +142,11 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             errs,
         ),
         color_header: raw.server.color_header.unwrap_or(false),
+        trusted_proxies: networks(
+            "server.trusted_proxies",
+            raw.server.trusted_proxies.unwrap_or_default(),
+            errs,
+        ),
     };
     if server.listen.is_empty() && server.listen_tls.is_empty() {
         errs.push(
@@ -271,7 +296,75 @@ fn admin(raw: RawAdmin, base: &Path, errs: &mut Errors) -> AdminSettings {
             format!("{listen} is not a loopback address: set admin.token_file or admin.token_env"),
         );
     }
-    AdminSettings { listen, token }
+    let hosts = raw
+        .hosts
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| admin_host(&format!("admin.hosts[{i}]"), h, errs))
+        .collect();
+    let header_timeout = duration(
+        "admin.header_timeout",
+        raw.header_timeout,
+        AdminSettings::DEFAULT_HEADER_TIMEOUT,
+        errs,
+    );
+    let idle_timeout = duration(
+        "admin.idle_timeout",
+        raw.idle_timeout,
+        AdminSettings::DEFAULT_IDLE_TIMEOUT,
+        errs,
+    );
+    for (key, d) in [
+        ("admin.header_timeout", header_timeout),
+        ("admin.idle_timeout", idle_timeout),
+    ] {
+        if d.is_zero() {
+            errs.push(key, "must be longer than 0s");
+        }
+    }
+    let max_connections = int_range(
+        "admin.max_connections",
+        raw.max_connections,
+        AdminSettings::DEFAULT_MAX_CONNECTIONS as i64,
+        1,
+        1_000_000,
+        errs,
+    ) as usize;
+    AdminSettings {
+        listen,
+        token,
+        hosts,
+        header_timeout,
+        idle_timeout,
+        max_connections,
+    }
+}
+
+/// One `[admin] hosts` entry: a DNS name (letters, digits, '-', '.') or
+/// an IP address, without a port; stored in the form the admin compares
+/// (lower case, no trailing dot; an IP canonical, without brackets).
+fn admin_host(key: &str, s: &str, errs: &mut Errors) -> Option<String> {
+    let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+    if let Ok(ip) = bare.unwrap_or(s).parse::<std::net::IpAddr>() {
+        return Some(ip.to_canonical().to_string());
+    }
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        errs.push(
+            key,
+            format!("{s:?} is not a host name like \"admin.example.com\" or an IP address (no port, no wildcard)"),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 fn build_app(name: String, raw: RawApp, errs: &mut Errors) -> AppConfig {

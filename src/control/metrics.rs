@@ -42,6 +42,7 @@ fn gather(ctl: &Control) -> Gathered {
     let mut requests = Vec::new();
     let mut in_flight = Vec::new();
     let mut tunnels = Vec::new();
+    let mut aborts = Vec::new();
     let mut upstream_conns = Vec::new();
     let mut connect_errors = Vec::new();
     let mut healthy = Vec::new();
@@ -62,6 +63,7 @@ fn gather(ctl: &Control) -> Gathered {
             }
             in_flight.push((ac.clone(), pool.stats.in_flight.load(Relaxed) as f64));
             tunnels.push((ac.clone(), pool.stats.tunnels.load(Relaxed) as f64));
+            aborts.push((ac.clone(), pool.stats.client_aborts.load(Relaxed)));
             let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
                 .iter()
                 .zip(&pool.stats.duration_buckets)
@@ -111,6 +113,11 @@ fn gather(ctl: &Control) -> Gathered {
                 "cutover_requests",
                 "Responses sent, by app, colour and status class.",
                 requests,
+            ),
+            (
+                "cutover_client_aborts",
+                "Requests whose client went away before sending all of it.",
+                aborts,
             ),
             (
                 "cutover_upstream_connect_errors",

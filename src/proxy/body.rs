@@ -23,6 +23,39 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body larger than {0} bytes")]
 pub struct TooLarge(pub u64);
 
+/// The client's own body failed on its way upstream: its framing was
+/// broken (a bad chunk size, a chunk longer than announced, ...) or the
+/// client went away before its end. Either is the client's doing, never
+/// the upstream's: the handler answers 400 (or records a client abort),
+/// and passive health does not count it.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {source}")]
+pub struct ClientBody {
+    /// The client went away (or reset) mid-body, rather than sending a
+    /// malformed one.
+    pub aborted: bool,
+    source: hyper::Error,
+}
+
+impl ClientBody {
+    fn new(source: hyper::Error) -> ClientBody {
+        let mut aborted = source.is_incomplete_message() || source.is_canceled();
+        let mut src: Option<&(dyn std::error::Error + 'static)> =
+            std::error::Error::source(&source);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                aborted |= matches!(
+                    io.kind(),
+                    UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut
+                );
+            }
+            src = s.source();
+        }
+        ClientBody { aborted, source }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The client's body on its way upstream, cut off past `limit` bytes
     /// (0 = no limit) with a [`TooLarge`] error, which the handler finds in
@@ -76,7 +109,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBody::new(e))))),
             None => Poll::Ready(None),
         }
     }

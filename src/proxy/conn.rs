@@ -25,6 +25,9 @@ pub struct ConnInfo {
     /// `peer`'s address as an `X-Forwarded-For` element, rendered once.
     pub client_value: HeaderValue,
     pub tls: bool,
+    /// The peer is one of `server.trusted_proxies`: its forwarding fields
+    /// are believed (decided once per connection).
+    pub trusted: bool,
     pub state: Arc<ConnState>,
     /// What routing remembers of this connection's earlier requests.
     pub memo: ConnMemo,
@@ -75,6 +78,7 @@ fn conn_info(worker: &Worker, peer: SocketAddr, tls: bool) -> (Rc<ConnInfo>, Dur
         peer,
         client_value: client_value(peer.ip()),
         tls,
+        trusted: super::headers::is_trusted(peer.ip(), &snap.settings.trusted_proxies),
         state: Arc::new(ConnState::default()),
         memo: ConnMemo::default(),
     });

@@ -19,7 +19,15 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("bad request")]
     BadRequest,
+    /// The client went away before its request was complete (nginx logs
+    /// these as 499); nobody reads the answer.
+    #[error("client closed the request")]
+    ClientAbort,
 }
+
+/// The status recorded for a client abort: not an HTTP status any client
+/// receives, the one nginx logs for it.
+pub const CLIENT_ABORT: u16 = 499;
 
 impl ProxyError {
     pub fn status(self) -> StatusCode {
@@ -30,6 +38,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::ClientAbort => {
+                StatusCode::from_u16(CLIENT_ABORT).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -42,6 +53,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "gateway timeout\n",
             ProxyError::BodyTooLarge => "payload too large\n",
             ProxyError::BadRequest => "bad request\n",
+            ProxyError::ClientAbort => "client closed request\n",
         }
     }
 
@@ -53,7 +65,10 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if self == ProxyError::BodyTooLarge {
+        if matches!(
+            self,
+            ProxyError::BodyTooLarge | ProxyError::BadRequest | ProxyError::ClientAbort
+        ) {
             // The rest of the body is not read: the connection cannot be reused.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -96,7 +96,9 @@ impl Drop for Exchange {
         }
         if let Some(pool) = &self.pool {
             pool.stats.in_flight.fetch_sub(1, Relaxed);
-            if self.status != 0 {
+            if self.status == super::error::CLIENT_ABORT {
+                pool.stats.client_aborts.fetch_add(1, Relaxed);
+            } else if self.status != 0 {
                 pool.stats.record(self.status, elapsed);
             }
             tracing::debug!(

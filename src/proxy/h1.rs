@@ -362,6 +362,9 @@ fn parse_head(
                     }
                     length = Some(n);
                 }
+                // Re-emitted below as the parsed number, not as sent
+                // (`5, 5` becomes `5`).
+                continue;
             } else if headers::is_hop_by_hop(&name) {
                 if name == header::TRANSFER_ENCODING {
                     let last = value.rsplit(|b| *b == b',').next();
@@ -388,6 +391,9 @@ fn parse_head(
         // And the fields `Connection` names.
         for name in named {
             headers.remove(name);
+        }
+        if let Some(n) = length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
 
         let mut reuse = if version == Version::HTTP_11 {
@@ -546,8 +552,8 @@ impl Body {
                     let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                State::ChunkSize => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((len, size))) => {
+                State::ChunkSize => match chunk_size_line(&conn.buf) {
+                    Ok(Some((len, size))) => {
                         conn.buf.advance(len);
                         self.state = if size == 0 {
                             State::Trailers
@@ -556,8 +562,9 @@ impl Body {
                         };
                         continue;
                     }
-                    Ok(httparse::Status::Partial) if conn.buf.len() < MAX_HEAD => {}
-                    _ => return fail("invalid chunk size line"),
+                    Ok(None) if conn.buf.len() < MAX_HEAD => {}
+                    Ok(None) => return fail("chunk size line longer than 64 KiB"),
+                    Err(msg) => return fail(msg),
                 },
                 State::ChunkEnd if conn.buf.len() >= 2 => {
                     if &conn.buf[..2] != b"\r\n" {
@@ -597,6 +604,49 @@ impl Body {
             }
         }
     }
+}
+
+/// A chunk-size line (RFC 9112 §7.1) at the front of `b`: its length and
+/// the chunk's size, `Ok(None)` while incomplete. As strict as hyper's
+/// decoder: one or more hex digits that fit in 64 bits, optional blanks,
+/// extensions after `;` with no control byte, and CRLF — an empty size, a
+/// bare LF (in the size or an extension) or an overflow is an error.
+fn chunk_size_line(b: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    let mut size: u64 = 0;
+    let mut i = 0;
+    while let Some(d) = b.get(i).and_then(|c| (*c as char).to_digit(16)) {
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(d)))
+            .ok_or("chunk size overflows")?;
+        i += 1;
+    }
+    if i == b.len() {
+        return Ok(None);
+    }
+    if i == 0 {
+        return Err("empty chunk size");
+    }
+    let mut in_ext = false;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'\r' => {
+                return match b.get(i + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some((i + 2, size))),
+                    Some(_) => Err("CR without LF in a chunk size line"),
+                }
+            }
+            b'\n' if in_ext => return Err("bare LF in a chunk extension"),
+            b'\n' => return Err("bare LF in a chunk size line"),
+            b';' => in_ext = true,
+            b' ' | b'\t' => {}
+            c if in_ext && c >= 0x20 && c != 0x7f => {}
+            _ => return Err("invalid byte in a chunk size line"),
+        }
+        i += 1;
+    }
+    Ok(None)
 }
 
 fn fail(msg: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -726,7 +776,8 @@ mod tests {
         .unwrap()
         .unwrap();
         let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-kept"]);
+        // `Trailer` is end to end (RFC 9110 §6.6.2).
+        assert_eq!(names, ["x-kept", "trailer"]);
         assert_eq!((f, reuse), (Framing::Chunked, true));
     }
 
@@ -807,6 +858,45 @@ mod tests {
         assert!(out.ends_with(
             b"x-two: 2\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn chunk_size_lines_are_parsed_strictly() {
+        assert_eq!(chunk_size_line(b"5\r\nhello"), Ok(Some((3, 5))));
+        assert_eq!(chunk_size_line(b"1aF\r\n"), Ok(Some((5, 0x1af))));
+        assert_eq!(chunk_size_line(b"5;name=val\r\n"), Ok(Some((12, 5))));
+        assert_eq!(chunk_size_line(b"5 ;a\r\n"), Ok(Some((6, 5))));
+        assert_eq!(chunk_size_line(b"0\r\n"), Ok(Some((3, 0))));
+        assert_eq!(chunk_size_line(b"5"), Ok(None));
+        assert_eq!(chunk_size_line(b"5\r"), Ok(None));
+        assert_eq!(chunk_size_line(b"5;ext"), Ok(None));
+        for bad in [
+            &b"\r\n"[..],
+            b";a\r\n",
+            b"zz\r\n",
+            b"5\n",
+            b"5;a\nb\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"5\rx",
+            b"5x\r\n",
+            b"5;a\0\r\n",
+        ] {
+            assert!(
+                chunk_size_line(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_content_length_is_sent_on_as_the_number_it_parsed_to() {
+        let (resp, f, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f, Framing::Length(5));
+        let all: Vec<_> = resp.headers().get_all("content-length").iter().collect();
+        assert_eq!(all, ["5"]);
     }
 
     #[test]

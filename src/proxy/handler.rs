@@ -11,18 +11,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use super::body::{RequestBody, ResponseBody, TooLarge};
+use super::body::{ClientBody, RequestBody, ResponseBody, TooLarge};
 use super::conn::ConnInfo;
 use super::deadline;
 use super::error::ProxyError;
 use super::exchange::Exchange;
 use super::h1;
 use super::headers;
+use super::request;
 use super::upstream::{Pooled, Sender};
 use super::Worker;
 use crate::config::{Protocol, Sticky};
@@ -106,27 +107,37 @@ fn prepare(
         limits.upstream_response_timeout,
     );
     let color_header = snap.settings.color_header;
-    let host_field = req.headers().get(header::HOST).cloned();
-    let has_host_field = host_field.is_some();
-    let host = host_field.or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-    let Some(app) = snap.find_app(host_str, req.uri().path()) else {
+    let target = match request::check(req.method(), req.uri(), req.version(), req.headers()) {
+        Ok(t) => t,
+        Err(why) => return Err(refuse(ex, conn, why)),
+    };
+    if req.headers().contains_key(header::TRANSFER_ENCODING) && conn.state.take_length_and_chunked()
+    {
+        return Err(refuse(ex, conn, request::Invalid::LengthAndChunked));
+    }
+    let host_str = target
+        .authority
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let path = target.path(req.uri());
+    let Some(app) = snap.find_app(host_str, path) else {
         return Err(fail(ex, ProxyError::NoApp));
     };
-    let view = RequestView::new(
-        req.uri().path(),
-        req.headers(),
-        conn.peer.ip(),
-        Some(&conn.memo),
-    );
+    let client_ip = if conn.trusted {
+        headers::client_behind(
+            req.headers(),
+            conn.peer.ip(),
+            &snap.settings.trusted_proxies,
+        )
+    } else {
+        conn.peer.ip()
+    };
+    let view = RequestView::new(path, req.headers(), client_ip, Some(&conn.memo));
     let decision = app.decide(&view);
     let pool = app.pool(decision.color).clone();
     let set_cookie = match (&decision.new_cookie, &app.sticky) {
-        (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex()),
+        (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
         _ => None,
     };
     drop(snap);
@@ -153,73 +164,86 @@ fn prepare(
         None
     };
     let named_removed = headers::strip_found(&mut parts.headers, hop, upgrade);
+    // Who the client is and how it came is believed only from a trusted
+    // proxy; anyone else's claims are removed before ours are added.
+    let claims = hop.has_forwarded() && conn.trusted;
+    if hop.has_forwarded() && !conn.trusted {
+        headers::remove_client_claims(&mut parts.headers);
+    }
     // cutover's own client carries requests without a body that ask for
-    // no upgrade; hyper's carries the rest. Where the request has no
-    // `X-Forwarded-*` field of its own, that client writes ours after the
+    // no upgrade; hyper's carries the rest. Where the request keeps no
+    // forwarding field of its own, that client writes ours after the
     // others (`forwarded_host`), and the header map is left as it is.
     let lite = server.protocol != Protocol::H2
         && !upgrade
         && parts.method != Method::CONNECT
         && body.is_end_stream();
-    let forwarded_host = if lite && !hop.has_forwarded() {
-        Some(host.clone())
+    let authority = target.authority;
+    let forwarded_host = if lite && !claims {
+        Some(authority.clone())
     } else {
         headers::add_forwarded(
             &mut parts.headers,
             &conn.client_value,
             conn.tls,
-            host.clone(),
+            authority.clone(),
+            conn.trusted,
         );
         None
     };
-    // `Connection` may have named `Host` itself: look again only then.
-    if (!has_host_field || named_removed) && !parts.headers.contains_key(header::HOST) {
-        if let Some(h) = host {
-            parts.headers.insert(header::HOST, h);
+    // The upstream's `Host` is the authority the request was routed by:
+    // set when it came from the target, or when `Connection` named `Host`.
+    if target.replace_host || named_removed {
+        match &authority {
+            Some(a) => {
+                parts.headers.insert(header::HOST, a.clone());
+            }
+            None => {
+                parts.headers.remove(header::HOST);
+            }
         }
     }
+    let new_pq = match &target.path {
+        Some(p) => match request::path_and_query(p, &parts.uri) {
+            Some(pq) => Some(pq),
+            None => return Err(fail(ex, ProxyError::BadRequest)),
+        },
+        None => None,
+    };
     if server.protocol == Protocol::H2 {
         // h2 upstreams take the target as :scheme, :authority and :path,
         // and the authority stands for `Host` (RFC 9113 §8.3.1): the field
         // is not sent beside it, as strict servers (nginx) refuse a request
         // that names its host twice.
-        let field = parts.headers.remove(header::HOST);
+        parts.headers.remove(header::HOST);
         // An HTTP/2 client's absolute target that already names this host
         // is kept as it is (no new URI per request).
-        let kept = parts.uri.scheme().is_some()
-            && field.as_ref().is_none_or(|f| {
-                parts.uri.authority().map(|a| a.as_str().as_bytes()) == Some(f.as_bytes())
-            });
-        if !kept {
+        let kept = new_pq.is_none()
+            && parts.uri.scheme().is_some()
+            && parts.uri.authority().map(|a| a.as_str().as_bytes())
+                == authority.as_ref().map(|a| a.as_bytes());
+        if !kept && parts.method != Method::CONNECT {
             // No host at all (HTTP/1.0): hyper's h2 client needs one.
-            let authority = field
-                .as_ref()
-                .map_or(Some("localhost"), |f| f.to_str().ok());
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            match authority.and_then(|a| Uri::try_from(format!("http://{a}{pq}")).ok()) {
+            let authority = authority.unwrap_or_else(|| HeaderValue::from_static("localhost"));
+            let pq = new_pq.or_else(|| parts.uri.path_and_query().cloned());
+            let pq = pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            match request::absolute(&authority, pq) {
                 Some(uri) => parts.uri = uri,
-                // Not an authority: left as it came, for the upstream to judge.
-                None => {
-                    if let Some(f) = field {
-                        parts.headers.insert(header::HOST, f);
-                    }
-                }
+                None => return Err(fail(ex, ProxyError::BadRequest)),
             }
         }
         parts.version = Version::HTTP_2;
     } else {
-        if parts.uri.scheme().is_some() {
-            // HTTP/2 clients send absolute URIs; HTTP/1.1 upstreams want origin-form.
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+        if parts.version == Version::HTTP_2 {
+            join_cookies(&mut parts.headers);
+        }
+        if let Some(pq) = new_pq {
+            parts.uri = Uri::from(pq);
+        } else if parts.uri.scheme().is_some() {
+            // Absolute form (HTTP/2 clients' targets are); HTTP/1.1
+            // upstreams want origin form.
+            let pq = parts.uri.path_and_query().cloned();
+            parts.uri = Uri::from(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         }
         parts.version = Version::HTTP_11;
     }
@@ -326,7 +350,13 @@ async fn send_hyper(
 ) -> Response<ResponseBody> {
     if let Some(host) = p.forwarded_host.take() {
         // Routed for cutover's client, which the pool could not offer.
-        headers::add_forwarded(&mut p.parts.headers, &conn.client_value, conn.tls, host);
+        headers::add_forwarded(
+            &mut p.parts.headers,
+            &conn.client_value,
+            conn.tls,
+            host,
+            conn.trusted,
+        );
     }
     let replay = (up.idle_for(started) >= REPLAY_AFTER_IDLE
         && p.parts.method.is_idempotent()
@@ -406,6 +436,9 @@ enum Failed {
     Timeout,
     /// The request body passed `max_body_bytes` on its way.
     TooLarge,
+    /// The client's body broke its framing (`false`) or the client went
+    /// away mid-body (`true`).
+    Client(bool),
     Upstream,
 }
 
@@ -415,8 +448,8 @@ fn hyper_reply(sent: Sent, server: &Server) -> Result<Reply, Failed> {
         Err(_) => Err(Failed::Timeout),
         Ok(Err(e)) => {
             let e = e.into_error();
-            if is_too_large(&e) {
-                return Err(Failed::TooLarge);
+            if let Some(f) = client_fault(&e) {
+                return Err(f);
             }
             tracing::debug!(server = %server.addr, error = %e, "upstream exchange failed");
             Err(Failed::Upstream)
@@ -520,15 +553,24 @@ fn answer(
 ) -> Response<ResponseBody> {
     let reply = match got {
         Ok(r) => r,
+        // Passive health counts only what the upstream did: a timeout
+        // here (connect failures are counted where they happen) and the
+        // 5xx it sends. Nothing a client does counts against it.
         Err(Failed::TooLarge) => return fail(a.ex, ProxyError::BodyTooLarge),
-        Err(f) => {
-            up.server.record_failure(&a.pool.config.passive);
-            let err = match f {
-                Failed::Timeout => ProxyError::UpstreamTimeout,
-                _ => ProxyError::Upstream,
+        Err(Failed::Client(aborted)) => {
+            tracing::debug!(peer = %conn.peer, server = %up.server.addr, aborted, "client request body failed");
+            let err = if aborted {
+                ProxyError::ClientAbort
+            } else {
+                ProxyError::BadRequest
             };
             return fail(a.ex, err);
         }
+        Err(Failed::Timeout) => {
+            up.server.record_failure(&a.pool.config.passive);
+            return fail(a.ex, ProxyError::UpstreamTimeout);
+        }
+        Err(Failed::Upstream) => return fail(a.ex, ProxyError::Upstream),
     };
     let status = match &reply {
         Reply::Hyper(r) => r.status(),
@@ -560,6 +602,7 @@ fn answer(
             }
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, tunnel);
+            headers::plain_content_length(&mut parts.headers, body.size_hint().exact());
             (parts, Either::Left(body))
         }
         Reply::Lite(resp, framing, reuse) => {
@@ -568,6 +611,9 @@ fn answer(
             (parts, Either::Right(h1::Body::new(up, framing, reuse)))
         }
     };
+    // An HTTP/1.1 client gets an HTTP/1.1 status line whatever the
+    // upstream spoke (hyper answers an HTTP/1.0 client in its version).
+    rparts.version = Version::HTTP_11;
     if a.color_header {
         rparts.headers.insert(
             headers::X_CUTOVER_COLOR.clone(),
@@ -654,22 +700,63 @@ async fn connection(
     }
 }
 
-fn is_too_large(e: &hyper::Error) -> bool {
+/// Did the exchange fail because of the client's body? hyper's client
+/// reports the body's own error in its source chain.
+fn client_fault(e: &hyper::Error) -> Option<Failed> {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if s.is::<TooLarge>() {
-            return true;
+            return Some(Failed::TooLarge);
+        }
+        if let Some(c) = s.downcast_ref::<ClientBody>() {
+            return Some(Failed::Client(c.aborted));
         }
         src = s.source();
     }
-    false
+    None
 }
 
-fn cookie_header(name: &str, id: &[u8; 32]) -> Option<HeaderValue> {
-    let mut v = Vec::with_capacity(name.len() + 72);
+/// The sticky cookie; `Secure` when it is set over TLS, so that it never
+/// travels in clear text afterwards.
+fn cookie_header(name: &str, id: &[u8; 32], tls: bool) -> Option<HeaderValue> {
+    let mut v = Vec::with_capacity(name.len() + 80);
     v.extend_from_slice(name.as_bytes());
     v.push(b'=');
     v.extend_from_slice(id);
     v.extend_from_slice(b"; Path=/; HttpOnly; SameSite=Lax");
+    if tls {
+        v.extend_from_slice(b"; Secure");
+    }
     HeaderValue::from_bytes(&v).ok()
+}
+
+/// An HTTP/2 client may split `Cookie` into one field per pair (RFC 9113
+/// §8.2.3); an HTTP/1.1 upstream gets them joined with `; ` into one.
+fn join_cookies(headers: &mut HeaderMap) {
+    if let http::header::Entry::Occupied(e) = headers.entry(header::COOKIE) {
+        if e.iter().nth(1).is_none() {
+            return;
+        }
+        let (_, values) = e.remove_entry_mult();
+        let mut joined = Vec::new();
+        for v in values {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// A request refused before routing: 400, with the reason logged.
+fn refuse(ex: Exchange, conn: &ConnInfo, why: request::Invalid) -> Response<ResponseBody> {
+    tracing::debug!(peer = %conn.peer, reason = %why, "request refused");
+    let mut resp = fail(ex, ProxyError::BadRequest);
+    // What follows on the connection cannot be trusted to be framed right.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }

@@ -2,8 +2,11 @@
 //!
 //! Hop-by-hop fields are defined by RFC 9110 §7.6.1: `Connection` and every
 //! field it names, plus the well-known `Keep-Alive`, `Proxy-Connection`,
-//! `TE`, `Trailer`, `Transfer-Encoding` and `Upgrade`. A proxy must not
-//! forward them. `TE: trailers` is the exception kept towards upstreams
+//! `TE`, `Transfer-Encoding` and `Upgrade`. A proxy must not forward them.
+//! `Trailer` is not one of them (RFC 9110 §6.6.2): it announces the
+//! trailer fields end to end, and hyper sends a response's trailers to an
+//! HTTP/1.1 client that asked for them (`TE: trailers`) only when the
+//! response names them in it. `TE: trailers` is the exception kept towards upstreams
 //! (RFC 9110 §10.1.4), since gRPC needs it. An upgrade request keeps its
 //! `Upgrade` field and `Connection: upgrade` (RFC 9110 §7.8).
 
@@ -17,6 +20,82 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_CUTOVER_COLOR: HeaderName = HeaderName::from_static("x-cutover-color");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The fields that say who the client is and how it came: believed only
+/// from a trusted proxy, removed from anyone else before cutover sets its
+/// own (as nginx's `set_real_ip_from` decides whom to believe).
+fn client_claims() -> [&'static HeaderName; 7] {
+    [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_PORT,
+        &X_FORWARDED_PREFIX,
+        &X_REAL_IP,
+        &header::FORWARDED,
+    ]
+}
+
+/// Remove every field of [`client_claims`]: the peer is not trusted.
+pub fn remove_client_claims(headers: &mut HeaderMap) {
+    for name in client_claims() {
+        headers.remove(name);
+    }
+}
+
+/// The client's address behind trusted proxies: the right-most
+/// `X-Forwarded-For` element that is not itself a trusted proxy (each
+/// trusted hop appended the address it saw). `peer` when there is none;
+/// the last trusted element when every one is trusted or an element does
+/// not parse (nothing left of it can be believed).
+pub fn client_behind(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let mut client = peer;
+    let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for line in lines.iter().rev() {
+        let Ok(line) = line.to_str() else {
+            return client;
+        };
+        for element in line.rsplit(',') {
+            let Some(ip) = parse_element(element.trim()) else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(ip, trusted) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` element: an address, perhaps with a port
+/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn parse_element(e: &str) -> Option<IpAddr> {
+    if let Ok(ip) = e.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = e.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    e.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse().ok())
+}
+
+/// Is `ip` (IPv4 seen through a dual-stack socket included) in `nets`?
+pub fn is_trusted(ip: IpAddr, nets: &[ipnet::IpNet]) -> bool {
+    if nets.is_empty() {
+        return false;
+    }
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
 
 /// The fixed hop-by-hop fields a header map holds, found in one pass over
 /// its names: the handler asks whether a request is an upgrade and then
@@ -32,7 +111,8 @@ impl HopFields {
         }))
     }
 
-    /// Does the map hold any `X-Forwarded-*` field?
+    /// Does the map hold any `X-Forwarded-*`, `Forwarded` or `X-Real-IP`
+    /// field?
     pub fn has_forwarded(self) -> bool {
         self.0 & FORWARDED_BIT != 0
     }
@@ -100,9 +180,6 @@ pub fn strip_found(headers: &mut HeaderMap, found: HopFields, upgrade: bool) -> 
     if present & PROXY_CONNECTION_BIT != 0 {
         headers.remove(&PROXY_CONNECTION);
     }
-    if present & TRAILER_BIT != 0 {
-        headers.remove(header::TRAILER);
-    }
     if present & TRANSFER_ENCODING_BIT != 0 {
         headers.remove(header::TRANSFER_ENCODING);
     }
@@ -132,7 +209,6 @@ const CONNECTION_BIT: u8 = 1;
 const KEEP_ALIVE_BIT: u8 = 2;
 const PROXY_CONNECTION_BIT: u8 = 4;
 const TE_BIT: u8 = 8;
-const TRAILER_BIT: u8 = 16;
 const TRANSFER_ENCODING_BIT: u8 = 32;
 const UPGRADE_BIT: u8 = 64;
 
@@ -147,7 +223,7 @@ const FORWARDED_BIT: u16 = 256;
 
 fn forwarded_bit(name: &HeaderName) -> u16 {
     let n = name.as_str().as_bytes();
-    if n.len() > 12 && n[..12] == *b"x-forwarded-" {
+    if (n.len() > 12 && n[..12] == *b"x-forwarded-") || n == b"forwarded" || n == b"x-real-ip" {
         FORWARDED_BIT
     } else {
         0
@@ -164,8 +240,6 @@ fn hop_bit(name: &HeaderName) -> u8 {
         TRANSFER_ENCODING_BIT
     } else if name == header::UPGRADE {
         UPGRADE_BIT
-    } else if name == header::TRAILER {
-        TRAILER_BIT
     } else if name == KEEP_ALIVE {
         KEEP_ALIVE_BIT
     } else if name == PROXY_CONNECTION {
@@ -181,13 +255,17 @@ fn is_plain_token(v: &[u8]) -> bool {
 }
 
 /// Set `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (the host the client asked for).
-/// `client` is the client address already rendered as a header value.
+/// `X-Forwarded-Host` (the host the client asked for). `client` is the
+/// peer's address already rendered as a header value. With `trusted`
+/// (the peer is a trusted proxy) a `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` it sent are kept; an untrusted peer's fields must
+/// have been removed first ([`remove_client_claims`]).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     tls: bool,
     host: Option<HeaderValue>,
+    trusted: bool,
 ) {
     match headers.entry(&X_FORWARDED_FOR) {
         http::header::Entry::Vacant(e) => {
@@ -208,13 +286,47 @@ pub fn add_forwarded(
         }
     }
     let proto = if tls { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if trusted && headers.contains_key(&X_FORWARDED_HOST) {
+        return;
+    }
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h);
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// A response's `Content-Length` goes on as the number it parsed to
+/// (`exact`, the body's known length), not as the upstream wrote it
+/// (`5, 5`). Plain digits, the common case, are left alone.
+pub fn plain_content_length(headers: &mut HeaderMap, exact: Option<u64>) {
+    let plain = headers
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit));
+    if !plain {
+        // `5, 5`: the one number its parts agree on (a HEAD answer's body
+        // is empty, yet its length describes the GET's).
+        let listed = headers.get(header::CONTENT_LENGTH).and_then(|v| {
+            let mut parts = v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii);
+            let first = parts.next()?;
+            let ok = !first.is_empty() && first.iter().all(u8::is_ascii_digit);
+            (ok && parts.all(|p| p == first))
+                .then(|| std::str::from_utf8(first).ok()?.parse::<u64>().ok())
+                .flatten()
+        });
+        match listed.or(exact) {
+            Some(n) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            None => {
+                headers.remove(header::CONTENT_LENGTH);
+            }
         }
     }
 }
@@ -291,10 +403,20 @@ mod tests {
     }
 
     #[test]
-    fn trailer_is_removed() {
+    fn trailer_is_kept() {
         let mut h = map(&[("trailer", "x-checksum")]);
         strip_hop_by_hop(&mut h, false);
-        assert!(h.is_empty());
+        assert_eq!(h.get("trailer").unwrap(), "x-checksum");
+    }
+
+    #[test]
+    fn content_length_is_plain_digits() {
+        let mut h = map(&[("content-length", "5, 5")]);
+        plain_content_length(&mut h, Some(5));
+        assert_eq!(h.get("content-length").unwrap(), "5");
+        let mut h = map(&[("content-length", "7")]);
+        plain_content_length(&mut h, None);
+        assert_eq!(h.get("content-length").unwrap(), "7");
     }
 
     #[test]
@@ -331,6 +453,7 @@ mod tests {
             &client,
             false,
             Some(HeaderValue::from_static("shop.example.com")),
+            true,
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 192.0.2.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
@@ -341,7 +464,7 @@ mod tests {
             ("x-forwarded-for", "203.0.113.1, 198.51.100.2"),
             ("x-forwarded-for", "203.0.113.7"),
         ]);
-        add_forwarded(&mut h, &client, false, None);
+        add_forwarded(&mut h, &client, false, None, true);
         let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["203.0.113.1, 198.51.100.2, 203.0.113.7, 192.0.2.9"]);
 
@@ -351,8 +474,57 @@ mod tests {
             &client_value("::ffff:10.1.2.3".parse().unwrap()),
             true,
             None,
+            false,
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    }
+
+    #[test]
+    fn an_untrusted_peers_claims_are_removed() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-real-ip", "203.0.113.1"),
+            ("forwarded", "for=203.0.113.1"),
+            ("x-kept", "1"),
+        ]);
+        assert!(HopFields::scan(&h).has_forwarded());
+        remove_client_claims(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_rightmost_untrusted_hop() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = map(&[("x-forwarded-for", "198.51.100.7, 203.0.113.9, 10.0.0.2")]);
+        assert_eq!(
+            client_behind(&h, peer, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        let h = map(&[
+            ("x-forwarded-for", "10.0.0.3"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        assert_eq!(
+            client_behind(&h, peer, &trusted),
+            "10.0.0.3".parse::<IpAddr>().unwrap()
+        );
+        let h = map(&[("x-forwarded-for", "junk, 10.0.0.2")]);
+        assert_eq!(
+            client_behind(&h, peer, &trusted),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+        let h = map(&[("x-forwarded-for", "[2001:db8::1]:4711")]);
+        assert_eq!(
+            client_behind(&h, peer, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_behind(&HeaderMap::new(), peer, &trusted), peer);
     }
 }

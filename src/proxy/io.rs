@@ -51,6 +51,11 @@ pub struct ConnState {
     /// The connection was upgraded (WebSocket): it is a tunnel now, and
     /// HTTP's head and idle timeouts no longer apply.
     upgraded: std::sync::atomic::AtomicBool,
+    /// The last request head named both `Content-Length` and
+    /// `Transfer-Encoding`. hyper drops the length and frames by the
+    /// coding alone (RFC 9112 §6.1 allows that), so only the socket sees
+    /// it; the handler refuses such a request, as nginx does.
+    length_and_chunked: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -66,6 +71,13 @@ impl ConnState {
     /// The next bytes on this connection belong to a tunnel, not HTTP.
     pub fn upgrade(&self) {
         self.upgraded.store(true, Relaxed);
+    }
+
+    /// Did the head just parsed carry both `Content-Length` and
+    /// `Transfer-Encoding`? Asked (and reset) only for requests that have
+    /// a `Transfer-Encoding`.
+    pub fn take_length_and_chunked(&self) -> bool {
+        self.length_and_chunked.swap(false, Relaxed)
     }
 
     fn is_upgraded(&self) -> bool {
@@ -122,6 +134,85 @@ pub struct TimedIo<T> {
     h2: bool,
     // `ConnState::started` at the last read.
     seen_started: usize,
+    // Looks for the two framing fields in the head being read.
+    scan: HeadScan,
+}
+
+/// Finds `Content-Length` and `Transfer-Encoding` field names at the
+/// starts of a head's lines, across reads, stopping at the empty line
+/// that ends the head. Lines that can match neither are skipped with one
+/// `memchr`.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeadScan {
+    /// Bytes of the current line seen so far (saturating).
+    col: u8,
+    /// Bit 0: the line may still be `content-length:`; bit 1: TE.
+    alive: u8,
+    /// Bit 0: a `Content-Length` field was seen; bit 1: TE.
+    seen: u8,
+    /// The current line so far is `\r`.
+    cr: bool,
+    /// The head's empty line was read: the rest is body.
+    done: bool,
+}
+
+const CONTENT_LENGTH: &[u8] = b"content-length:";
+const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
+
+impl HeadScan {
+    fn new_head() -> HeadScan {
+        HeadScan {
+            alive: 3,
+            ..HeadScan::default()
+        }
+    }
+
+    /// Feed the head's next bytes; `true` when the head ended in them and
+    /// named both fields.
+    fn feed(&mut self, mut b: &[u8]) -> bool {
+        while !self.done && !b.is_empty() {
+            if self.alive == 0 {
+                // Nothing to match on this line: skip to its end.
+                match memchr::memchr(b'\n', b) {
+                    Some(0) => {}
+                    Some(i) => {
+                        b = &b[i..];
+                        self.col = self.col.saturating_add(1).max(2);
+                        self.cr = false;
+                    }
+                    None => return false,
+                }
+            }
+            let c = b[0];
+            b = &b[1..];
+            if c == b'\n' {
+                if self.col == 0 || (self.col == 1 && self.cr) {
+                    self.done = true;
+                    return self.seen == 3;
+                }
+                *self = HeadScan {
+                    seen: self.seen,
+                    ..HeadScan::new_head()
+                };
+                continue;
+            }
+            let i = self.col as usize;
+            let lc = c.to_ascii_lowercase();
+            for (bit, name) in [(1u8, CONTENT_LENGTH), (2u8, TRANSFER_ENCODING)] {
+                if self.alive & bit != 0 {
+                    if name.get(i) != Some(&lc) {
+                        self.alive &= !bit;
+                    } else if i + 1 == name.len() {
+                        self.alive &= !bit;
+                        self.seen |= bit;
+                    }
+                }
+            }
+            self.cr = i == 0 && c == b'\r';
+            self.col = self.col.saturating_add(1);
+        }
+        false
+    }
 }
 
 impl<T> TimedIo<T> {
@@ -153,6 +244,7 @@ impl<T> TimedIo<T> {
             idle_timeout,
             h2: false,
             seen_started,
+            scan: HeadScan::new_head(),
         }
     }
 }
@@ -305,6 +397,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
                         this.pull_in(this.deadline);
                     }
                     this.phase = Phase::Head;
+                    this.scan = HeadScan::new_head();
+                }
+                if !this.h2 && this.phase == Phase::Head && this.scan.feed(got) {
+                    this.state.length_and_chunked.store(true, Relaxed);
                 }
             }
         }
@@ -433,5 +529,36 @@ mod tests {
         let mut got = [0u8; 4];
         socket.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"next");
+    }
+    use super::HeadScan;
+
+    fn both(pieces: &[&[u8]]) -> bool {
+        let mut s = HeadScan::new_head();
+        pieces.iter().any(|p| s.feed(p))
+    }
+
+    #[test]
+    fn the_head_scan_finds_length_beside_chunked_across_reads() {
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(both(&[head]));
+        for cut in 1..head.len() {
+            assert!(both(&[&head[..cut], &head[cut..]]), "cut at {cut}");
+        }
+        assert!(both(&[
+            b"POST / HTTP/1.1\nTRANSFER-ENCODING: chunked\ncontent-LENGTH: 5\n\n"
+        ]));
+        assert!(!both(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+        ]));
+        assert!(!both(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
+        // A body that happens to hold the other name is not the head.
+        assert!(!both(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
+        assert!(!both(&[
+            b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
     }
 }

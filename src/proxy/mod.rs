@@ -10,6 +10,7 @@
 //! - [`io`]: client header and idle timeouts on the socket;
 //! - [`deadline`]: upstream response deadlines, one timer per worker;
 //! - [`handler`]: the request phases, route → forward → respond;
+//! - [`request`]: Host, target and path checks before routing;
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
 //! - [`upstream`]: per-worker, per-server connection pools;
 //! - [`body`], [`exchange`]: streaming bodies and per-request accounting;
@@ -25,6 +26,7 @@ mod h1;
 mod handler;
 pub mod headers;
 pub mod io;
+mod request;
 mod tunnel;
 mod upstream;
 

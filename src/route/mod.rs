@@ -16,6 +16,16 @@ pub use snapshot::{App, AppState, ColorStats, Pool, Server, Settings, Snapshot};
 
 use crate::config::Color;
 
+/// Does `path` lie under `prefix`, by whole segments? `/api` takes `/api`,
+/// `/api/` and `/api/x`, not `/apiary`; a prefix that ends in `/` matches
+/// as written.
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
+}
+
 /// The outcome of [`App::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -23,4 +33,20 @@ pub struct Decision {
     /// Set when the sticky cookie was missing and the app needs one: the
     /// fresh id to send back in `Set-Cookie`.
     pub new_cookie: Option<sticky::CookieId>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefixes_match_whole_segments() {
+        use super::under_prefix;
+        assert!(under_prefix("/api", "/api"));
+        assert!(under_prefix("/api/", "/api"));
+        assert!(under_prefix("/api/x", "/api"));
+        assert!(!under_prefix("/apiary", "/api"));
+        assert!(!under_prefix("/ap", "/api"));
+        assert!(under_prefix("/anything", "/"));
+        assert!(under_prefix("/api/x", "/api/"));
+        assert!(!under_prefix("/api", "/api/"));
+    }
 }

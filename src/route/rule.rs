@@ -772,7 +772,7 @@ impl RuleTable {
                 let pass = c
                     .paths
                     .iter()
-                    .filter(|(p, _)| req.path.starts_with(&**p))
+                    .filter(|(p, _)| crate::route::under_prefix(req.path, p))
                     .fold(0, |m, (_, bits)| m | bits);
                 ok &= !c.path_rules | pass;
             }
@@ -1188,7 +1188,7 @@ mod tests {
             .find(|s| {
                 s.path_prefix
                     .as_ref()
-                    .is_none_or(|p| req.path.starts_with(p.as_str()))
+                    .is_none_or(|p| crate::route::under_prefix(req.path, p))
                     && s.header.as_ref().is_none_or(|h| {
                         req.headers
                             .get_all(h.name.as_str())

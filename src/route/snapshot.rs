@@ -44,6 +44,8 @@ impl AppState {
 pub struct Settings {
     pub limits: Limits,
     pub color_header: bool,
+    /// See `ServerSettings::trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// One upstream server. Lives as long as any snapshot (or in-flight
@@ -160,6 +162,9 @@ pub struct ColorStats {
     pub in_flight: AtomicU64,
     /// Open upgraded (WebSocket) tunnels.
     pub tunnels: AtomicU64,
+    /// Requests whose client went away before sending all of it: counted
+    /// here, not among the responses.
+    pub client_aborts: AtomicU64,
     /// Non-cumulative counts per bucket; the last is +Inf.
     pub duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     pub duration_sum_micros: AtomicU64,
@@ -553,6 +558,7 @@ impl Snapshot {
         let settings = Arc::new(Settings {
             limits: config.limits.clone(),
             color_header: config.server.color_header,
+            trusted_proxies: config.server.trusted_proxies.clone(),
         });
         Ok(Snapshot::index(apps, settings, epoch))
     }
@@ -647,7 +653,7 @@ impl Snapshot {
         let pick = |list: &Vec<u32>| {
             list.iter()
                 .map(|i| &self.apps[*i as usize])
-                .find(|a| path.starts_with(a.path_prefix.as_str()))
+                .find(|a| super::under_prefix(path, &a.path_prefix))
         };
         if let Some(host) = host {
             if let Some(app) = self.exact.get(host).and_then(pick) {

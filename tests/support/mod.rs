@@ -393,7 +393,9 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> St
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Call the admin API with an optional bearer token and JSON body.
+/// Call the admin API with an optional bearer token and JSON body. A
+/// change (POST, PUT, DELETE) says `Content-Type: application/json`, as
+/// the admin API requires, unless `extra` gives a content type of its own.
 pub async fn admin_call(
     c: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
     proxy: &Proxy,
@@ -402,7 +404,24 @@ pub async fn admin_call(
     body: &str,
     extra: &[(&str, &str)],
 ) -> Reply {
-    send(c, method, &proxy.admin_url(path), extra, body.to_string()).await
+    let headers = with_json(method, extra);
+    let url = proxy.admin_url(path);
+    send(c, method, &url, &headers, body.to_string()).await
+}
+
+/// `extra`, plus `Content-Type: application/json` for a change (POST,
+/// PUT, DELETE) that names no content type itself.
+pub fn with_json<'a>(method: &str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut headers = extra.to_vec();
+    let change = matches!(method, "POST" | "PUT" | "DELETE");
+    if change
+        && !extra
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        headers.push(("content-type", "application/json"));
+    }
+    headers
 }
 
 /// `GET /v1/status` as JSON.
@@ -684,4 +703,226 @@ impl ScriptedUpstream {
             heads,
         }
     }
+}
+
+/// One request head an upstream received: on which of its connections,
+/// the request line, and the header lines, as received.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub conn: usize,
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+    /// The body, decoded from its framing.
+    pub body: Vec<u8>,
+}
+
+impl SeenRequest {
+    pub fn path(&self) -> &str {
+        self.line.split(' ').nth(1).unwrap_or("")
+    }
+
+    /// Every value of the field `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// An HTTP/1.1 upstream written by hand that records every request head
+/// it receives, exactly as it came, and answers `200 ok` on a kept-alive
+/// connection: a second request arriving on one connection, or a path or
+/// host the proxy should not have sent, shows in [`RecordingUpstream::seen`].
+/// A body is read by `Content-Length` or chunked framing; anything it
+/// cannot frame closes the connection.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<SeenRequest>>>,
+    /// Bumped after each request is recorded.
+    pub notify: Arc<tokio::sync::Notify>,
+}
+
+impl RecordingUpstream {
+    pub async fn start() -> RecordingUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (seen2, notify2) = (seen.clone(), notify.clone());
+        tokio::spawn(async move {
+            let mut conn_id = 0;
+            while let Ok((mut s, _)) = listener.accept().await {
+                conn_id += 1;
+                let (seen, notify, conn) = (seen2.clone(), notify2.clone(), conn_id);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 16 * 1024];
+                    // Read until `want(&buf)` is Some, or the peer closes.
+                    macro_rules! fill_until {
+                        ($want:expr) => {
+                            loop {
+                                if let Some(v) = ($want)(&buf) {
+                                    break Some(v);
+                                }
+                                match s.read(&mut chunk).await {
+                                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                    _ => break None,
+                                }
+                            }
+                        };
+                    }
+                    loop {
+                        let find_end = |b: &Vec<u8>| b.windows(4).position(|w| w == b"\r\n\r\n");
+                        let Some(end) = fill_until!(find_end) else {
+                            return;
+                        };
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let text = String::from_utf8_lossy(&head).into_owned();
+                        let mut lines = text.split("\r\n");
+                        let line = lines.next().unwrap_or("").to_string();
+                        let headers: Vec<(String, String)> = lines
+                            .filter(|l| !l.is_empty())
+                            .map(|l| match l.split_once(':') {
+                                Some((n, v)) => (n.to_string(), v.trim().to_string()),
+                                None => (l.to_string(), String::new()),
+                            })
+                            .collect();
+                        let field = |name: &str| {
+                            headers
+                                .iter()
+                                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                                .map(|(_, v)| v.to_ascii_lowercase())
+                        };
+                        let mut req = SeenRequest {
+                            conn,
+                            line,
+                            headers: headers.clone(),
+                            body: Vec::new(),
+                        };
+                        let mut ok = true;
+                        if field("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
+                            loop {
+                                let find_line =
+                                    |b: &Vec<u8>| b.windows(2).position(|w| w == b"\r\n");
+                                let Some(eol) = fill_until!(find_line) else {
+                                    ok = false;
+                                    break;
+                                };
+                                let size_line: Vec<u8> = buf.drain(..eol + 2).collect();
+                                let digits = String::from_utf8_lossy(&size_line[..eol]);
+                                let digits = digits.split(';').next().unwrap_or("").trim();
+                                let Ok(size) = usize::from_str_radix(digits, 16) else {
+                                    ok = false;
+                                    break;
+                                };
+                                if size == 0 {
+                                    // Trailers, then the empty line.
+                                    let Some(e) = fill_until!(|b: &Vec<u8>| b
+                                        .windows(2)
+                                        .position(|w| w == b"\r\n")
+                                        .filter(|p| *p == 0)
+                                        .or_else(|| b
+                                            .windows(4)
+                                            .position(|w| w == b"\r\n\r\n")
+                                            .map(|p| p + 2)))
+                                    else {
+                                        ok = false;
+                                        break;
+                                    };
+                                    buf.drain(..e + 2);
+                                    break;
+                                }
+                                let Some(()) =
+                                    fill_until!(|b: &Vec<u8>| (b.len() >= size + 2).then_some(()))
+                                else {
+                                    ok = false;
+                                    break;
+                                };
+                                req.body.extend(buf.drain(..size));
+                                buf.drain(..2);
+                            }
+                        } else if let Some(n) =
+                            field("content-length").and_then(|v| v.parse::<usize>().ok())
+                        {
+                            match fill_until!(|b: &Vec<u8>| (b.len() >= n).then_some(())) {
+                                Some(()) => req.body.extend(buf.drain(..n)),
+                                None => ok = false,
+                            }
+                        }
+                        seen.lock().unwrap().push(req);
+                        notify.notify_waiters();
+                        if !ok {
+                            return;
+                        }
+                        let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(resp).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RecordingUpstream { addr, seen, notify }
+    }
+
+    /// How many requests have been recorded.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The requests recorded from index `from` on.
+    pub fn since(&self, from: usize) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap()[from..].to_vec()
+    }
+}
+
+/// Send raw bytes on a new connection and read one answer: until the
+/// server closes, or a whole response (head and `Content-Length` body)
+/// has come, or `limit` passes. Returns every status line's code.
+pub async fn raw_statuses(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (Vec<u16>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    let complete = |out: &[u8]| -> bool {
+        let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        out.len() >= end + 4 + len
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                out.extend_from_slice(&chunk[..n]);
+                if complete(&out) {
+                    // Anything more (a second answer) comes at once or not at all.
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(50), s.read(&mut chunk)).await
+                    {
+                        out.extend_from_slice(&chunk[..n]);
+                    }
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let codes = text
+        .match_indices("HTTP/1.")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12))
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    (codes, text)
 }

@@ -1,0 +1,453 @@
+//! What a request names before it is routed: its authority and its path,
+//! checked and normalized so that the proxy and the application can never
+//! disagree about which app a request belongs to.
+//!
+//! - **Host** (RFC 9112 §3.2, RFC 9110 §7.2): one field, whose value is
+//!   `uri-host [ ":" port ]` — a reg-name, an IPv4 address or a bracketed
+//!   IPv6 address (RFC 3986 §3.2.2), nothing else. An HTTP/1.1 request
+//!   without it, with two, or with any other value gets 400.
+//! - **Absolute form** (RFC 9112 §3.2.2): `GET http://a.test/x` is routed
+//!   by its own authority, which replaces `Host` towards the upstream.
+//! - **HTTP/2** (RFC 9113 §8.3.1): `:authority` and `Host`, when both are
+//!   present, must name the same authority.
+//! - **Paths** (RFC 3986 §5.2.4): dot segments are removed — also when
+//!   spelled `%2e` — before routing, and the upstream receives the same
+//!   normalized path. Other percent-encodings, `%2F` included, pass as
+//!   they came.
+//! - **Target forms** (RFC 9112 §3.2): origin form and absolute form
+//!   (`http` or `https`); `*` only for `OPTIONS`, authority form only for
+//!   `CONNECT`. Anything else gets 400.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Uri, Version};
+
+/// Why a request was refused with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("HTTP/1.1 request without Host")]
+    NoHost,
+    #[error("more than one Host field")]
+    TwoHosts,
+    #[error("Host is not uri-host[:port]")]
+    BadHost,
+    #[error("the request target's authority is not uri-host[:port]")]
+    BadAuthority,
+    #[error(":authority and Host disagree")]
+    AuthorityMismatch,
+    #[error("request target is not origin-form or absolute-form")]
+    BadTarget,
+    #[error("Content-Length beside Transfer-Encoding")]
+    LengthAndChunked,
+}
+
+/// A request's checked target: the authority it names (to route by, and
+/// to send upstream as `Host` or `:authority`) and its normalized path.
+#[derive(Debug)]
+pub struct Target {
+    /// The authority as it will be sent upstream; `None` for an HTTP/1.0
+    /// request that named none.
+    pub authority: Option<HeaderValue>,
+    /// `Some` when dot segments were removed: the path to route by and to
+    /// send. `None`: the request's own path stands.
+    pub path: Option<String>,
+    /// The request named its host only in its target (absolute form or
+    /// `:authority`), or its `Host` field differs from it: the upstream's
+    /// `Host` must be set from `authority`.
+    pub replace_host: bool,
+}
+
+impl Target {
+    /// The path to route by.
+    pub fn path<'a>(&'a self, uri: &'a Uri) -> &'a str {
+        self.path.as_deref().unwrap_or_else(|| uri.path())
+    }
+}
+
+/// Check a request's Host, target and path (see the module's doc).
+pub fn check(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Target, Invalid> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Invalid::TwoHosts);
+    }
+    if let Some(h) = host {
+        if !valid_authority(h.as_bytes()) {
+            return Err(Invalid::BadHost);
+        }
+    }
+    let h2 = version == Version::HTTP_2;
+
+    // The target's form.
+    let target_authority = match (uri.scheme(), uri.authority()) {
+        (Some(scheme), Some(a)) => {
+            if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
+                return Err(Invalid::BadTarget);
+            }
+            if !valid_authority(a.as_str().as_bytes()) {
+                return Err(Invalid::BadAuthority);
+            }
+            if !h2 && !uri.path().starts_with('/') && !uri.path().is_empty() {
+                return Err(Invalid::BadTarget);
+            }
+            Some(a)
+        }
+        (None, Some(a)) => {
+            // Authority form: `CONNECT host:port` only.
+            if method != Method::CONNECT || !valid_authority(a.as_str().as_bytes()) {
+                return Err(Invalid::BadTarget);
+            }
+            Some(a)
+        }
+        (Some(_), None) => return Err(Invalid::BadTarget),
+        (None, None) => {
+            let p = uri.path();
+            if p == "*" {
+                if method != Method::OPTIONS {
+                    return Err(Invalid::BadTarget);
+                }
+            } else if !p.starts_with('/') {
+                return Err(Invalid::BadTarget);
+            }
+            None
+        }
+    };
+    if method == Method::CONNECT && target_authority.is_none() && !h2 {
+        return Err(Invalid::BadTarget);
+    }
+    if !h2 && version == Version::HTTP_11 && host.is_none() {
+        return Err(Invalid::NoHost);
+    }
+
+    let (authority, replace_host) = match (target_authority, host) {
+        (Some(a), Some(h)) => {
+            let same = a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes());
+            if h2 && !same {
+                return Err(Invalid::AuthorityMismatch);
+            }
+            if same {
+                (Some(h.clone()), false)
+            } else {
+                // HTTP/1.1 absolute form: its authority wins (RFC 9112 §3.2.2).
+                let v = HeaderValue::from_str(a.as_str()).map_err(|_| Invalid::BadAuthority)?;
+                (Some(v), true)
+            }
+        }
+        (Some(a), None) => {
+            let v = HeaderValue::from_str(a.as_str()).map_err(|_| Invalid::BadAuthority)?;
+            (Some(v), true)
+        }
+        (None, Some(h)) => (Some(h.clone()), false),
+        (None, None) => (None, false),
+    };
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(Invalid::LengthAndChunked);
+    }
+    let path = if uri.path() == "*" {
+        None
+    } else {
+        remove_dot_segments(uri.path())
+    };
+    Ok(Target {
+        authority,
+        path,
+        replace_host,
+    })
+}
+
+/// Is `b` `uri-host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3)? The host is a
+/// non-empty reg-name (unreserved, percent-encoded and sub-delims
+/// characters), which covers IPv4 addresses, or a bracketed IPv6 address;
+/// the port is at most five digits.
+pub fn valid_authority(b: &[u8]) -> bool {
+    let (host_ok, rest) = if b.first() == Some(&b'[') {
+        let Some(end) = b.iter().position(|c| *c == b']') else {
+            return false;
+        };
+        let inner = std::str::from_utf8(&b[1..end]).unwrap_or("");
+        (inner.parse::<std::net::Ipv6Addr>().is_ok(), &b[end + 1..])
+    } else {
+        let end = b.iter().position(|c| *c == b':').unwrap_or(b.len());
+        (end > 0 && reg_name(&b[..end]), &b[end..])
+    };
+    if !host_ok {
+        return false;
+    }
+    match rest.split_first() {
+        None => true,
+        Some((b':', port)) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
+/// A reg-name: unreserved / pct-encoded / sub-delims (RFC 3986 §3.2.2).
+fn reg_name(b: &[u8]) -> bool {
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            if i + 2 >= b.len() || !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        let ok = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// How many dots a segment stands for: 1 for `.`, 2 for `..` (either
+/// spelled with `%2e`), 0 for any other segment.
+fn dots(seg: &str) -> usize {
+    let b = seg.as_bytes();
+    let mut i = 0;
+    let mut n = 0;
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b.len() - i >= 3 && b[i] == b'%' && b[i + 1] == b'2' && b[i + 2] | 0x20 == b'e' {
+            i += 3;
+        } else {
+            return 0;
+        }
+        n += 1;
+        if n > 2 {
+            return 0;
+        }
+    }
+    n
+}
+
+/// The path with its dot segments removed (RFC 3986 §5.2.4), or `None`
+/// when it has none (the common case, found without allocating).
+pub fn remove_dot_segments(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let may_have = memchr::memmem::find(b, b"/.").is_some()
+        || memchr::memchr(b'%', b).is_some_and(|_| {
+            b.windows(3)
+                .any(|w| w[0] == b'%' && w[1] == b'2' && w[2] | 0x20 == b'e')
+        });
+    if !may_have || !path.starts_with('/') {
+        return None;
+    }
+    let segs: Vec<&str> = path[1..].split('/').collect();
+    let last = segs.len() - 1;
+    let mut out: Vec<&str> = Vec::with_capacity(segs.len());
+    let mut trailing = false;
+    let mut changed = false;
+    for (i, s) in segs.iter().enumerate() {
+        match dots(s) {
+            0 => out.push(s),
+            n => {
+                changed = true;
+                if n == 2 {
+                    out.pop();
+                }
+                trailing |= i == last;
+            }
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let mut p = String::with_capacity(path.len());
+    for s in &out {
+        p.push('/');
+        p.push_str(s);
+    }
+    if trailing || out.is_empty() {
+        p.push('/');
+    }
+    Some(p)
+}
+
+/// The upstream's request target for a normalized `path`, with the
+/// request's query.
+pub fn path_and_query(path: &str, uri: &Uri) -> Option<PathAndQuery> {
+    let pq = match uri.query() {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        None => PathAndQuery::try_from(path),
+    };
+    pq.ok()
+}
+
+/// An absolute URI for an h2 upstream, from parsed parts.
+pub fn absolute(authority: &HeaderValue, pq: PathAndQuery) -> Option<Uri> {
+    let authority = Authority::try_from(authority.as_bytes()).ok()?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_are_uri_host_and_port() {
+        for ok in [
+            "shop.test",
+            "shop.test:8080",
+            "SHOP.test",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "a-b_c~d.test",
+            "xn--bcher-kva.test",
+            "shop.test:",
+            "a%41.test",
+        ] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "[shop.test]/admin#",
+            "shop.test/admin",
+            "shop.test#x",
+            "user@shop.test",
+            "shop.test?x",
+            "shop .test",
+            "shop.test:80:80",
+            "shop.test:123456",
+            "shop.test:8o",
+            "[::1",
+            "[::1]x",
+            "[zz]",
+            "shop\0.test",
+            "shop\t.test",
+            "a%4.test",
+            "a%",
+            "a%g1",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_removed_in_every_spelling() {
+        let cases = [
+            ("/public/../admin", Some("/admin")),
+            ("/public/%2e%2e/admin", Some("/admin")),
+            ("/public/%2E%2e/admin", Some("/admin")),
+            ("/public/.%2e/admin", Some("/admin")),
+            ("/a/./b", Some("/a/b")),
+            ("/a/%2e/b", Some("/a/b")),
+            ("/a/b/..", Some("/a/")),
+            ("/a/b/.", Some("/a/b/")),
+            ("/..", Some("/")),
+            ("/../../x", Some("/x")),
+            ("/a//../b", Some("/a/b")),
+            ("/a/b/../c/./d/", Some("/a/c/d/")),
+            ("/.well-known/x", None),
+            ("/a/...", None),
+            ("/a/%2e%2e%2e", None),
+            ("/a%2Fb/../c", Some("/c")),
+            ("/a/%2Fb", None),
+            ("/plain/path", None),
+            ("/", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(remove_dot_segments(input).as_deref(), want, "{input}");
+        }
+    }
+
+    fn req(
+        method: &str,
+        target: &str,
+        version: Version,
+        hosts: &[&str],
+    ) -> Result<Target, Invalid> {
+        let uri: Uri = target.parse().unwrap();
+        let mut h = HeaderMap::new();
+        for v in hosts {
+            h.append(header::HOST, HeaderValue::from_bytes(v.as_bytes()).unwrap());
+        }
+        check(&method.parse().unwrap(), &uri, version, &h)
+    }
+
+    #[test]
+    fn host_rules_of_rfc_9112() {
+        use Version as V;
+        assert!(req("GET", "/", V::HTTP_11, &["shop.test"]).is_ok());
+        assert_eq!(
+            req("GET", "/", V::HTTP_11, &[]).unwrap_err(),
+            Invalid::NoHost
+        );
+        assert!(req("GET", "/", V::HTTP_10, &[]).is_ok());
+        assert_eq!(
+            req("GET", "/", V::HTTP_11, &["a.test", "a.test"]).unwrap_err(),
+            Invalid::TwoHosts
+        );
+        assert_eq!(
+            req("GET", "/", V::HTTP_11, &["[shop.test]/admin#"]).unwrap_err(),
+            Invalid::BadHost
+        );
+        // Absolute form: its authority wins, Host is replaced.
+        let t = req("GET", "http://api.test/x", V::HTTP_11, &["shop.test"]).unwrap();
+        assert_eq!(t.authority.unwrap(), "api.test");
+        assert!(t.replace_host);
+        // HTTP/2: :authority and Host must agree.
+        assert_eq!(
+            req("GET", "http://api.test/x", V::HTTP_2, &["shop.test"]).unwrap_err(),
+            Invalid::AuthorityMismatch
+        );
+        let t = req("GET", "http://API.test/x", V::HTTP_2, &["api.test"]).unwrap();
+        assert!(!t.replace_host);
+        let t = req("GET", "http://api.test/x", V::HTTP_2, &[]).unwrap();
+        assert!(t.replace_host);
+    }
+
+    #[test]
+    fn target_forms() {
+        use Version as V;
+        assert!(req("OPTIONS", "*", V::HTTP_11, &["a.test"]).is_ok());
+        assert_eq!(
+            req("GET", "*", V::HTTP_11, &["a.test"]).unwrap_err(),
+            Invalid::BadTarget
+        );
+        assert!(req("CONNECT", "a.test:443", V::HTTP_11, &["a.test:443"]).is_ok());
+        assert_eq!(
+            req("GET", "a.test:443", V::HTTP_11, &["a.test"]).unwrap_err(),
+            Invalid::BadTarget
+        );
+        assert_eq!(
+            req("GET", "ftp://a.test/x", V::HTTP_11, &["a.test"]).unwrap_err(),
+            Invalid::BadTarget
+        );
+        let t = req("GET", "/public/%2e%2e/admin?q=1", V::HTTP_11, &["a.test"]).unwrap();
+        assert_eq!(t.path.as_deref(), Some("/admin"));
+    }
+}
