@@ -3,6 +3,8 @@
 mod support;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -366,4 +368,115 @@ async fn shutdown_closes_an_idle_h2c_connection_at_once() {
     tokio::time::timeout(Duration::from_millis(800), proxy.join())
         .await
         .expect("the proxy stopped within 800 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_http2_cookies_reach_an_http1_upstream_joined() {
+    // Browsers send one `cookie` field per pair on HTTP/2 (RFC 9113
+    // §8.2.3); an HTTP/1.1 upstream must get them as one field.
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&format!(
+        "[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+        b.addr, g.addr
+    ));
+    let r = get(
+        &h2c_client(),
+        &proxy.url("/echo"),
+        &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["cookie"], serde_json::json!(["a=1; b=2; c=3"]));
+}
+
+/// An h2c upstream whose first connection refuses everything with a
+/// GOAWAY whose last stream id is 0 — none of the streams was processed —
+/// once `streams` requests have arrived on it (or after 300 ms); later
+/// connections are served by hyper, answering `ok`. Counts the first
+/// connection's streams.
+async fn goaway_upstream(streams: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut s, _)) = listener.accept().await {
+            if !std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+                continue;
+            }
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if s.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Our SETTINGS (empty), then read frames, acking theirs.
+                let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+                let mut headers = 0;
+                while headers < streams {
+                    let mut head = [0u8; 9];
+                    match tokio::time::timeout_at(deadline, s.read_exact(&mut head)).await {
+                        Ok(Ok(_)) => {}
+                        _ => break,
+                    }
+                    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    let mut payload = vec![0u8; len];
+                    if s.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    match (head[3], head[4]) {
+                        (4, flags) if flags & 1 == 0 => {
+                            let _ = s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                        }
+                        (1, _) => headers += 1,
+                        _ => {}
+                    }
+                }
+                counter.store(headers, SeqCst);
+                // GOAWAY: last stream id 0, NO_ERROR.
+                let _ = s
+                    .write_all(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                    .await;
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_an_h2_upstream_never_processed_are_sent_again() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (up, refused) = goaway_upstream(4).await;
+        let proxy = Proxy::start(&format!(
+            "[apps.shop]\n[apps.shop.blue]\nservers = [\"{up}\"]\nprotocol = \"h2\"\n\
+             [apps.shop.green]\nservers = [\"{up}\"]\nprotocol = \"h2\"\n"
+        ));
+        // A first request opens the connection the upstream will refuse.
+        let c = h2c_client();
+        let mut calls = Vec::new();
+        for i in 0..4 {
+            let (c, url) = (c.clone(), proxy.url(&format!("/r{i}")));
+            calls.push(tokio::spawn(async move { get(&c, &url, &[]).await }));
+        }
+        for call in calls {
+            let r = call.await.unwrap();
+            assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
+        }
+        assert!(refused.load(SeqCst) >= 1, "the GOAWAY refused no stream");
+    })
+    .await
+    .unwrap();
 }

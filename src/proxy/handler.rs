@@ -358,10 +358,13 @@ async fn send_hyper(
             conn.trusted,
         );
     }
-    let replay = (up.idle_for(started) >= REPLAY_AFTER_IDLE
-        && p.parts.method.is_idempotent()
-        && p.body.is_end_stream()
-        && !p.answer.upgrade)
+    // An h2 upstream may refuse a stream it never processed (GOAWAY,
+    // REFUSED_STREAM): a bodiless request is kept to be sent again then,
+    // whatever its method (RFC 9113 §8.7).
+    let bodiless = p.body.is_end_stream() && !p.answer.upgrade;
+    let replay = (bodiless
+        && (up.tx.is_h2()
+            || (up.idle_for(started) >= REPLAY_AFTER_IDLE && p.parts.method.is_idempotent())))
         .then(|| Box::new(head_copy(&p.parts)));
     let req = Request::from_parts(p.parts, RequestBody::new(p.body, p.max_body));
     let sent = worker
@@ -477,7 +480,7 @@ fn again(
     replay: Option<Box<HeadCopy>>,
 ) -> Result<Sent, Request<RequestBody>> {
     match sent {
-        Ok(Err(mut e)) if up.reused => {
+        Ok(Err(mut e)) if (up.reused && !up.tx.is_h2()) || unprocessed(e.error()) => {
             match e.take_message().or_else(|| replay.map(|h| rebuild(*h))) {
                 Some(again) => {
                     tracing::debug!(server = %up.server.addr, error = %e.error(), "reused upstream connection failed; retrying on a fresh one");
@@ -488,6 +491,21 @@ fn again(
         }
         other => Ok(other),
     }
+}
+
+/// Did an h2 upstream refuse the stream without processing it: above the
+/// last stream id of its GOAWAY, or reset with REFUSED_STREAM? Such a
+/// request can be sent again on a new connection (RFC 9113 §8.7).
+fn unprocessed(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// Send `req` again on a fresh connection to `server` (hyper's client),
@@ -638,6 +656,7 @@ const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(100);
 struct HeadCopy {
     method: http::Method,
     uri: Uri,
+    version: Version,
     headers: http::HeaderMap,
 }
 
@@ -645,6 +664,7 @@ fn head_copy(parts: &http::request::Parts) -> HeadCopy {
     HeadCopy {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
+        version: parts.version,
         headers: parts.headers.clone(),
     }
 }
@@ -654,7 +674,7 @@ fn rebuild(h: HeadCopy) -> Request<RequestBody> {
     *req.method_mut() = h.method;
     *req.uri_mut() = h.uri;
     *req.headers_mut() = h.headers;
-    *req.version_mut() = Version::HTTP_11;
+    *req.version_mut() = h.version;
     req
 }
 
