@@ -259,3 +259,39 @@ async fn a_response_split_anywhere_arrives_whole() {
         "every response left the connection clean"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_reach_http1_clients_cleaned_up() {
+    let up = ScriptedUpstream::start(vec![
+        // An HTTP/1.0 upstream: the HTTP/1.1 client still gets HTTP/1.1.
+        then_close("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        // A folded length goes on as the number it parsed to.
+        keep("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"),
+        // Trailers reach a client that asked for them, named by `Trailer`.
+        keep(concat!(
+            "HTTP/1.1 200 OK\r\ntrailer: x-sum\r\ntransfer-encoding: chunked\r\n\r\n",
+            "5\r\nhello\r\n0\r\nx-sum: 42\r\n\r\n",
+        )),
+    ])
+    .await;
+    let proxy = Proxy::start(&config(up.addr));
+    let limit = std::time::Duration::from_secs(3);
+    let (codes, text) = raw_statuses(proxy.addr, b"GET /a HTTP/1.1\r\nHost: shop\r\n\r\n", limit).await;
+    assert_eq!(codes, [200]);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let (_, text) = raw_statuses(proxy.addr, b"GET /b HTTP/1.1\r\nHost: shop\r\n\r\n", limit).await;
+    let lengths: Vec<&str> = text
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+        .collect();
+    assert_eq!(lengths, ["content-length: 5"], "{text}");
+    let text = raw_exchange(
+        proxy.addr,
+        b"GET /c HTTP/1.1\r\nHost: shop\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        limit,
+    )
+    .await;
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("trailer: x-sum"), "{text}");
+    assert!(lower.contains("\r\n0\r\nx-sum: 42\r\n\r\n"), "{text}");
+}

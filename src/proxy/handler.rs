@@ -780,3 +780,28 @@ fn refuse(ex: Exchange, conn: &ConnInfo, why: request::Invalid) -> Response<Resp
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sticky_cookie_is_secure_on_tls() {
+        let id = [b'a'; 32];
+        let plain = cookie_header("cutover", &id, false).unwrap();
+        assert!(plain.to_str().unwrap().ends_with("; Path=/; HttpOnly; SameSite=Lax"));
+        let tls = cookie_header("cutover", &id, true).unwrap();
+        assert!(tls.to_str().unwrap().ends_with("; SameSite=Lax; Secure"));
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        for v in ["a=1", "b=2"] {
+            h.append(header::COOKIE, HeaderValue::from_static(v));
+        }
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
+    }
+}
