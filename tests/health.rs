@@ -524,3 +524,46 @@ async fn a_websocket_outlives_the_client_header_and_idle_timeouts() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_an_outage_the_way_back_is_never_blocked_by_the_gate() {
+    // Green live with a rule pointing at green, then every green server
+    // dies: rolling back (or flipping) to the healthy blue must pass
+    // without force; sending more to green must not.
+    let (b, g) = blue_green().await;
+    let health = r#"health = { path = "/healthz", interval = "100ms", timeout = "200ms", rise = 1, fall = 1 }"#;
+    let proxy = Proxy::start(&two_pools(&q(&b), &q(&g), "", health));
+    let c = client();
+    let rules = r#"[{"name": "testers", "to": "green", "header": {"name": "x-preview", "value": "1"}}]"#;
+    let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", rules, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "{}", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+
+    g.healthy.store(false, SeqCst);
+    until_status(&c, &proxy, Duration::from_secs(5), |s| !green_healthy(s)).await;
+
+    // More traffic to dead green: refused, naming what causes it.
+    let more = r#"[{"name": "testers", "to": "green", "header": {"name": "x-preview", "value": "1"}}, {"name": "mobile", "to": "green", "user_agent": "iPhone"}]"#;
+    let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", more, &[]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let msg = r.json()["error"].as_str().unwrap().to_string();
+    assert!(msg.contains("rule \"mobile\"") && msg.contains("--force"), "{msg}");
+    assert!(!msg.contains("testers"), "an unchanged rule is no cause: {msg}");
+
+    // The way back: roll back the flip, without force, though a rule
+    // still points at green.
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollback", "{}", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let st = status(&c, &proxy).await;
+    assert_eq!(st["apps"]["shop"]["live"], "blue", "{st}");
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+    // Now a split towards dead green is refused, naming the split.
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/shift", r#"{"percent": 10}"#, &[]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("the split (0% -> 10%"), "{}", r.text());
+    // Removing the rule to dead green always passes too.
+    let r = admin_call(&c, &proxy, "DELETE", "/v1/apps/shop/rules/testers", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

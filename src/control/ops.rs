@@ -169,7 +169,7 @@ impl Control {
             .map_err(|e| OpError::BadRequest(e.join("; ")))?;
         let names: Vec<&str> = changed.iter().map(|(n, _, _)| n.as_str()).collect();
         if !req.force {
-            self.health_gate(&next, &names)?;
+            health_gate(&next, &changed)?;
         }
         if req.dry_run {
             return Ok(self.answer(Arc::new(next), self.state.epoch, true, &names));
@@ -318,29 +318,6 @@ impl Control {
         }
     }
 
-    /// SPEC §6: refuse to send traffic to a pool with no healthy server.
-    fn health_gate(&self, next: &Snapshot, apps: &[&str]) -> Result<(), OpError> {
-        let mut problems = Vec::new();
-        for name in apps {
-            let Some(app) = next.app(name) else { continue };
-            for color in Color::ALL {
-                if app.receives_traffic(color) && !app.pool(color).any_healthy() {
-                    problems.push(format!(
-                        "app {name:?}: {color} would receive traffic but has no healthy server"
-                    ));
-                }
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(OpError::Conflict(format!(
-                "{} (pass force to do it anyway)",
-                problems.join("; ")
-            )))
-        }
-    }
-
     /// Write the state file (if there is one) with `save`, given the
     /// current state and the file's path.
     fn persist(
@@ -411,6 +388,12 @@ impl Control {
         if new.admin.listen != self.config.admin.listen {
             errors.push(
                 "admin.listen: the admin address changed; restart cutover to apply it".to_string(),
+            );
+        }
+        if new.admin.max_connections != self.config.admin.max_connections {
+            errors.push(
+                "admin.max_connections: the admin connection cap changed; restart cutover to apply it"
+                    .to_string(),
             );
         }
         if new.state.file != self.config.state.file {
@@ -628,4 +611,73 @@ pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::s
         }
     }
     Ok(state)
+}
+
+/// The health gate. A change is refused (409) only when it would send
+/// traffic that now reaches a healthy server to a pool with no healthy
+/// server: for each app, a colour with no healthy server may not gain
+/// traffic — a larger share of the split, or a rule that sends to it
+/// (new, raised, or turned to it) — while the other colour is healthy.
+/// A change that moves traffic away from an unhealthy pool (a rollback, a
+/// flip back, a rule removed, a split lowered) always passes, so the way
+/// back is never blocked in an outage.
+fn health_gate(next: &Snapshot, changed: &[(String, AppState, AppState)]) -> Result<(), OpError> {
+    let mut problems = Vec::new();
+    for (name, before, after) in changed {
+        let Some(app) = next.app(name) else { continue };
+        for color in Color::ALL {
+            if app.pool(color).any_healthy() || !app.pool(color.other()).any_healthy() {
+                continue;
+            }
+            let causes = gained(before, after, color);
+            if !causes.is_empty() {
+                problems.push(format!(
+                    "app {name:?}: {} would send traffic to {color}, which has no healthy server",
+                    causes.join(" and ")
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(OpError::Conflict(format!(
+            "{} (use --force, or \"force\": true, to do it anyway)",
+            problems.join("; ")
+        )))
+    }
+}
+
+/// What in `after` sends `color` more traffic than `before` did: the
+/// split's share, and each rule to it that is new, raised or turned to it.
+fn gained(before: &AppState, after: &AppState, color: Color) -> Vec<String> {
+    let share = |s: &AppState| {
+        if s.live == color {
+            100.0 - s.standby_percent
+        } else {
+            s.standby_percent
+        }
+    };
+    let mut causes = Vec::new();
+    let (was, now) = (share(before), share(after));
+    if now > was {
+        causes.push(format!("the split ({was}% -> {now}% of default traffic)"));
+    }
+    let percent = |r: &crate::config::RuleSpec| r.percent.unwrap_or(100.0);
+    for rule in after.rules.iter().filter(|r| r.to == color.to_string() && percent(r) > 0.0) {
+        let old = before.rules.iter().find(|r| r.name == rule.name);
+        let grew = match old {
+            Some(o) if o.to == rule.to => {
+                // Raised, or its conditions changed (which may match more).
+                let mut same_share = o.clone();
+                same_share.percent = rule.percent;
+                percent(rule) > percent(o) || same_share != *rule
+            }
+            _ => true,
+        };
+        if grew {
+            causes.push(format!("rule {:?}", rule.name));
+        }
+    }
+    causes
 }
