@@ -457,12 +457,13 @@ fn check(path: &Path) -> ExitCode {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
+        // A bad config is a usage error, for `check` as for `run`.
         Err(errors) => {
             eprintln!("{}: {} error(s):", path.display(), errors.len());
             for e in &errors {
                 eprintln!("  {e}");
             }
-            ExitCode::from(1)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }

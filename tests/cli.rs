@@ -112,7 +112,7 @@ servers = ["127.0.0.1:1"]
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(64),
             "config accepted:\n{text}\nstdout: {}",
             String::from_utf8_lossy(&out.stdout)
         );
@@ -136,8 +136,56 @@ fn run_exits_64_on_a_bad_config_and_on_bad_usage() {
         cutover(&["check", "-c", "/nonexistent/cutover.toml"])
             .status
             .code(),
-        Some(1)
+        Some(64)
     );
+}
+
+#[test]
+fn check_reports_every_error_at_once_and_what_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[server]
+listen = ["127.0.0.1:9911"]
+shutdwn_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:9911"
+
+[apps.shop]
+live = "red"
+[apps.shop.blue]
+servers = ["no-such-host.invalid:80"]
+helth = { path = "/" }
+[apps.shop.bleen]
+servers = ["127.0.0.1:1"]
+[apps.shop.green]
+servers = ["127.0.0.1:2"]
+"#;
+    let out = check_text(dir.path(), text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for want in [
+        "unknown field `shutdwn_timeout`",
+        "(line 4: shutdwn_timeout",
+        "unknown field `helth`",
+        "unknown field `bleen`",
+        "(line 14: [apps.shop.bleen])",
+        "admin.listen: 127.0.0.1:9911 is also server.listen[0]",
+        r#"apps.shop.live: must be "blue" or "green", got "red""#,
+        r#"apps.shop.blue.servers[0]: host name "no-such-host.invalid" does not resolve"#,
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:
+{stderr}");
+    }
+    // The bleen table's keys are not reported as misplaced.
+    assert_eq!(stderr.matches("unknown field").count(), 3, "{stderr}");
+    // The same listener clash with an unspecified address.
+    let text = format!(
+        "[server]\nlisten = [\"0.0.0.0:9912\"]\nlisten_tls = [\"127.0.0.1:9912\"]\n{GOOD_APP}"
+    );
+    let out = check_text(dir.path(), &text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.listen_tls[0]: 127.0.0.1:9912 is also server.listen[0]"), "{stderr}");
 }
 
 #[test]
@@ -167,13 +215,13 @@ fn check_reads_certificates_naming_a_bad_file_and_warning_of_an_expired_one() {
 
     std::fs::write(&path, tls("wrong.key")).unwrap();
     let out = cutover(&["check", "-c", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("wrong.key: the key does not match the certificate"));
 
     std::fs::write(&path, tls("missing.key")).unwrap();
     let out = cutover(&["check", "-c", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.key"));
 }
 

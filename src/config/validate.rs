@@ -20,22 +20,69 @@ impl Errors {
 }
 
 pub fn parse_config(text: &str, path: Option<&Path>) -> Result<Config, Vec<String>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let name = path
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "config".into());
-        vec![format!("{name}: {}", e.to_string().trim_end())]
-    })?;
+    let name = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "config".into());
+    let (raw, unknown) = parse_known(text).map_err(|e| vec![format!("{name}: {e}")])?;
     let base = path
         .and_then(|p| p.parent())
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let mut errs = Errors(Vec::new());
     let cfg = build(raw, &base, path, &mut errs);
+    let unknown: Vec<String> = unknown.into_iter().map(|e| format!("{name}: {e}")).collect();
+    if !unknown.is_empty() {
+        let rest = errs.0.into_iter().map(|e| with_line(text, e));
+        return Err(unknown.into_iter().chain(rest).collect());
+    }
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
         Err(errs.0.into_iter().map(|e| with_line(text, e)).collect())
+    }
+}
+
+/// Deserialize the text, reporting every unknown key rather than only the
+/// first: each one is reported (with its line) and its line blanked — a
+/// table header with its whole table — and the rest parsed again, so a
+/// typo hides no other error. `Err`: the text is not TOML, or a known key
+/// has the wrong type.
+fn parse_known(text: &str) -> Result<(RawConfig, Vec<String>), String> {
+    let mut text = text.to_string();
+    let mut unknown = Vec::new();
+    loop {
+        let e = match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => return Ok((raw, unknown)),
+            Err(e) => e,
+        };
+        let message = e.message().trim_end().to_string();
+        let Some(span) = e.span().filter(|_| message.starts_with("unknown field")) else {
+            return Err(e.to_string().trim_end().to_string());
+        };
+        if unknown.len() >= 100 {
+            return Err(e.to_string().trim_end().to_string());
+        }
+        let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+        let line_no = text[..span.start].matches('\n').count() + 1;
+        let line_end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
+        let line = text[line_start..line_end].trim().to_string();
+        unknown.push(format!("{message} (line {line_no}: {line})"));
+        // A table header takes its table with it, up to the next header.
+        let end = if line.starts_with('[') {
+            text[line_end..]
+                .match_indices('\n')
+                .map(|(i, _)| line_end + i + 1)
+                .find(|&i| text[i..].trim_start().starts_with('['))
+                .map_or(text.len(), |i| i - 1)
+        } else {
+            line_end
+        };
+        // Blank it, keeping the line count (so later lines keep their numbers).
+        let blank: String = text[line_start..end]
+            .chars()
+            .map(|c| if c == '\n' { '\n' } else { ' ' })
+            .collect();
+        text.replace_range(line_start..end, &blank);
     }
 }
 
@@ -246,6 +293,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         }
     }
     let admin = admin(raw.admin, base, errs);
+    listeners_once(&server, &admin, errs);
     let state = StateSettings {
         file: raw.state.file.map(|f| base.join(f)),
     };
@@ -705,26 +753,63 @@ fn addrs(key: &str, list: Vec<String>, errs: &mut Errors) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Every listener address at most once: two listeners on one port (the
+/// admin API on a proxy port, say) would fail to bind at run.
+fn listeners_once(server: &ServerSettings, admin: &AdminSettings, errs: &mut Errors) {
+    let all = server
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("server.listen[{i}]"), *a))
+        .chain(
+            server
+                .listen_tls
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("server.listen_tls[{i}]"), *a)),
+        )
+        .chain(std::iter::once(("admin.listen".to_string(), admin.listen)));
+    let mut seen: Vec<(String, SocketAddr)> = Vec::new();
+    for (key, a) in all {
+        // Port 0 picks a free port: never a clash.
+        let clash = seen.iter().find(|(_, b)| {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        });
+        if let Some((other, _)) = clash {
+            errs.push(&key, format!("{a} is also {other}: each listener needs its own address"));
+        }
+        seen.push((key, a));
+    }
+}
+
 /// `IP:PORT`, or `HOST:PORT` resolved once, now (as nginx does at start).
 fn addr(key: &str, s: &str, errs: &mut Errors) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
-    let resolved = if s
+    let Some((host, _)) = s
         .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-    {
-        s.to_socket_addrs().ok().and_then(|mut it| it.next())
-    } else {
-        None
-    };
-    if resolved.is_none() {
+        .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    else {
         errs.push(
             key,
-            format!("{s:?} is not an address like \"127.0.0.1:8080\""),
+            format!("{s:?} is not an address like \"127.0.0.1:8080\" or \"host.example:8080\""),
         );
+        return None;
+    };
+    match s.to_socket_addrs().map(|mut it| it.next()) {
+        Ok(Some(a)) => Some(a),
+        Ok(None) => {
+            errs.push(key, format!("host name {host:?} resolves to no address"));
+            None
+        }
+        Err(e) => {
+            errs.push(key, format!("host name {host:?} does not resolve: {e}"));
+            None
+        }
     }
-    resolved
 }
 
 #[cfg(test)]
