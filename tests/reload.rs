@@ -370,3 +370,83 @@ async fn a_reload_keeps_open_websockets_and_closes_connections_to_removed_server
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+fn metric(text: &str, name: &str, labels: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(labels))
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_rules_survive_reloads_and_restarts_and_a_changed_file_is_drift_until_told() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        let (b, g) = blue_green().await;
+        let state = format!("[state]\nfile = \"{}\"\n", dir.path().join("state.json").display());
+        let file_rule = "[[apps.shop.rules]]\nname = \"office\"\nclient_ip = [\"192.0.2.0/24\"]\nto = \"green\"\n";
+        write_config(&path, &[&b], &[&g], file_rule, &state);
+        let proxy = Proxy::start_file(&path);
+        let c = client();
+        let st = status(&c, &proxy).await;
+        assert_eq!(st["apps"]["shop"]["rules_owner"], "file");
+        assert_eq!(st["apps"]["shop"]["drift"], false);
+
+        // An operator adds a rule at runtime: the runtime owns the rules now.
+        let rules = r#"[{"name": "office", "client_ip": ["192.0.2.0/24"], "to": "green"},
+                        {"name": "testers", "header": {"name": "x-preview", "value": "1"}, "to": "green"}]"#;
+        let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", rules, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let preview = [("x-preview", "1")];
+        assert_eq!(get(&c, &proxy.url("/"), &preview).await.text(), "green");
+
+        // A reload of the unchanged file keeps them, and reports drift.
+        let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let st = r.json();
+        assert_eq!(st["apps"]["shop"]["rules"].as_array().unwrap().len(), 2, "{st}");
+        assert_eq!(st["apps"]["shop"]["rules_owner"], "runtime");
+        assert_eq!(st["apps"]["shop"]["drift"], true);
+        let m = admin_call(&c, &proxy, "GET", "/metrics", "", &[]).await.text();
+        assert_eq!(metric(&m, "cutover_config_drift", "app=\"shop\"").as_deref(), Some("1.0"), "{m}");
+
+        // An edit of the file's rules is drift too: reported, not applied.
+        let edited = "[[apps.shop.rules]]\nname = \"mobile\"\nuser_agent = \"iPhone\"\nto = \"green\"\n";
+        write_config(&path, &[&b], &[&g], edited, &state);
+        let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["apps"]["shop"]["rules"][1]["name"], "testers");
+        assert_eq!(get(&c, &proxy.url("/"), &preview).await.text(), "green");
+
+        // A restart keeps the runtime rules too.
+        proxy.join().await;
+        let proxy = Proxy::start_file(&path);
+        let st = status(&c, &proxy).await;
+        assert_eq!(st["apps"]["shop"]["rules"].as_array().unwrap().len(), 2, "{st}");
+        assert_eq!(st["apps"]["shop"]["drift"], true);
+        assert_eq!(get(&c, &proxy.url("/"), &preview).await.text(), "green");
+
+        // Told to, the reload takes the file's rules, recorded in history
+        // with the rules they replaced.
+        let r = admin_call(&c, &proxy, "POST", "/v1/reload", r#"{"take_rules_from_file": true}"#, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let st = r.json();
+        assert_eq!(st["apps"]["shop"]["rules"][0]["name"], "mobile", "{st}");
+        assert_eq!(st["apps"]["shop"]["rules_owner"], "file");
+        assert_eq!(st["apps"]["shop"]["drift"], false);
+        assert_eq!(get(&c, &proxy.url("/"), &preview).await.text(), "blue");
+        let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[]).await.json();
+        let last = h["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["kind"], "rules-from-file", "{last}");
+        assert_eq!(last["before"]["rules"][1]["name"], "testers", "{last}");
+
+        // Now the file owns the rules: its edits apply on reload, no drift.
+        write_config(&path, &[&b], &[&g], file_rule, &state);
+        let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+        assert_eq!(r.json()["apps"]["shop"]["rules"][0]["name"], "office");
+        assert_eq!(r.json()["apps"]["shop"]["drift"], false);
+        proxy.join().await;
+    })
+    .await
+    .unwrap();
+}

@@ -172,6 +172,14 @@ fn gather(ctl: &Control) -> Gathered {
                 downstream,
             ),
             (
+                "cutover_config_drift",
+                "1 while the app's runtime rules differ from the config file's.",
+                ctl.drift()
+                    .into_iter()
+                    .map(|(app, d)| (vec![("app", app)], if d { 1.0 } else { 0.0 }))
+                    .collect(),
+            ),
+            (
                 "cutover_state_epoch",
                 "Epoch of the runtime state.",
                 vec![(Labels::new(), ctl.epoch() as f64)],

@@ -234,7 +234,7 @@ impl Control {
                         let after = AppState {
                             live: before.live.other(),
                             standby_percent: 0.0,
-                            rules: before.rules.clone(),
+                            ..before.clone()
                         };
                         (n, after)
                     })
@@ -290,6 +290,7 @@ impl Control {
                     app.clone(),
                     AppState {
                         rules: rules.clone(),
+                        runtime_rules: true,
                         ..before.clone()
                     },
                 )])
@@ -311,6 +312,7 @@ impl Control {
                     app.clone(),
                     AppState {
                         rules,
+                        runtime_rules: true,
                         ..before.clone()
                     },
                 )])
@@ -338,6 +340,7 @@ impl Control {
             snap,
             epoch,
             change: Some((dry_run, changed.iter().map(|s| s.to_string()).collect())),
+            drift: self.drifting(),
         }
     }
 
@@ -347,13 +350,22 @@ impl Control {
             snap: self.shared.snapshot.load_full(),
             epoch: self.state.epoch,
             change: None,
+            drift: self.drifting(),
         }
     }
 
     /// SIGHUP and `POST /v1/reload`: re-read the config file. On any error
     /// nothing changes and every error is returned.
     pub fn reload(&mut self) -> Result<Status, Vec<String>> {
-        let result = self.try_reload();
+        self.reload_with(false, "reload")
+    }
+
+    /// Re-read the config file. With `take_rules_from_file`, the file's
+    /// rules replace runtime-owned rules that differ from them (recorded
+    /// in history, by `actor`, with the rules they replaced); without it
+    /// such rules stay and the difference is reported as drift.
+    pub fn reload_with(&mut self, take_rules_from_file: bool, actor: &str) -> Result<Status, Vec<String>> {
+        let result = self.try_reload(take_rules_from_file, actor);
         match &result {
             Ok(_) => {
                 self.stats.reloads_ok += 1;
@@ -369,7 +381,7 @@ impl Control {
         result
     }
 
-    fn try_reload(&mut self) -> Result<Status, Vec<String>> {
+    fn try_reload(&mut self, take: bool, actor: &str) -> Result<Status, Vec<String>> {
         let path = self
             .config
             .path
@@ -413,26 +425,36 @@ impl Control {
                 continue;
             };
             // Live colour and split stay as operators left them. Rules the
-            // config declares take effect when the config's rules changed
-            // (the operator edited them); otherwise runtime edits stand.
-            let declared_before = self.config.app(&app.name).map(|a| &a.rules);
-            if declared_before != Some(&app.rules) && before.rules != app.rules {
-                let after = AppState {
-                    rules: app.rules.clone(),
-                    ..before.clone()
-                };
-                file.push_history(HistoryEntry {
-                    time: time.clone(),
-                    epoch: file.epoch,
-                    actor: "reload".into(),
-                    app: app.name.clone(),
-                    kind: "reload".into(),
-                    forced: false,
-                    before,
-                    after: after.clone(),
-                });
-                file.apps.insert(app.name.clone(), after);
+            // file owns follow the file; runtime-owned rules that differ
+            // from it stay, reported as drift, unless told otherwise.
+            if before.rules == app.rules {
+                if take && before.runtime_rules {
+                    if let Some(a) = file.apps.get_mut(&app.name) {
+                        a.runtime_rules = false;
+                    }
+                }
+                continue;
             }
+            if before.runtime_rules && !take {
+                tracing::warn!(app = %app.name, "the config file's rules differ from the runtime rules, which stand; `cutover diff` shows how, `cutover reload --take-rules-from-file` applies the file's");
+                continue;
+            }
+            let after = AppState {
+                rules: app.rules.clone(),
+                runtime_rules: false,
+                ..before.clone()
+            };
+            file.push_history(HistoryEntry {
+                time: time.clone(),
+                epoch: file.epoch,
+                actor: actor.to_string(),
+                app: app.name.clone(),
+                kind: if before.runtime_rules { "rules-from-file" } else { "reload" }.into(),
+                forced: false,
+                before,
+                after: after.clone(),
+            });
+            file.apps.insert(app.name.clone(), after);
         }
         let current = self.shared.snapshot.load_full();
         let next = Snapshot::build(&new, &file.apps, Some(&current), file.epoch)?;
@@ -451,6 +473,31 @@ impl Control {
         }
         self.shared.store(next);
         Ok(self.status())
+    }
+}
+
+impl Control {
+    fn drifting(&self) -> Vec<String> {
+        self.drift()
+            .into_iter()
+            .filter_map(|(name, d)| d.then_some(name))
+            .collect()
+    }
+
+    /// Apps whose runtime-owned rules differ from the config file's.
+    pub fn drift(&self) -> Vec<(String, bool)> {
+        self.config
+            .apps
+            .iter()
+            .map(|a| {
+                let drift = self
+                    .state
+                    .apps
+                    .get(&a.name)
+                    .is_some_and(|s| s.runtime_rules && s.rules != a.rules);
+                (a.name.clone(), drift)
+            })
+            .collect()
     }
 }
 
@@ -474,6 +521,8 @@ pub struct Status {
     epoch: u64,
     /// A change's answer: whether it was a dry run, and the apps it changed.
     change: Option<(bool, Vec<String>)>,
+    /// Apps whose runtime rules differ from the config file's.
+    drift: Vec<String>,
 }
 
 impl Status {
@@ -492,7 +541,7 @@ impl Serialize for Status {
         let mut m = s.serialize_map(None)?;
         let mut apps: Vec<&Arc<App>> = self.snap.apps.iter().collect();
         apps.sort_by(|a, b| a.name.cmp(&b.name));
-        m.serialize_entry("apps", &Apps(&apps))?;
+        m.serialize_entry("apps", &Apps(&apps, &self.drift))?;
         if let Some((dry_run, changed)) = &self.change {
             m.serialize_entry("changed", changed)?;
             m.serialize_entry("dry_run", dry_run)?;
@@ -502,24 +551,27 @@ impl Serialize for Status {
     }
 }
 
-struct Apps<'a>(&'a [&'a Arc<App>]);
+struct Apps<'a>(&'a [&'a Arc<App>], &'a [String]);
 
 impl Serialize for Apps<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for app in self.0 {
-            m.serialize_entry(&*app.name, &AppDoc(app))?;
+            let drift = self.1.iter().any(|d| **d == *app.name);
+            m.serialize_entry(&*app.name, &AppDoc(app, drift))?;
         }
         m.end()
     }
 }
 
-struct AppDoc<'a>(&'a App);
+struct AppDoc<'a>(&'a App, bool);
 
 impl Serialize for AppDoc<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let app = self.0;
-        let mut m = s.serialize_map(Some(8))?;
+        let mut m = s.serialize_map(Some(10))?;
+        // The runtime rules differ from the config file's (`cutover diff`).
+        m.serialize_entry("drift", &self.1)?;
         let hosts: Vec<String> = app.hosts.iter().map(|h| h.to_string()).collect();
         m.serialize_entry("hosts", &hosts)?;
         m.serialize_entry("live", &app.state.live)?;
@@ -528,6 +580,8 @@ impl Serialize for AppDoc<'_> {
         // Through a `Value`, as before: the rules' keys in alphabetical order.
         let rules = serde_json::to_value(&app.state.rules).map_err(serde::ser::Error::custom)?;
         m.serialize_entry("rules", &rules)?;
+        let owner = if app.state.runtime_rules { "runtime" } else { "file" };
+        m.serialize_entry("rules_owner", owner)?;
         m.serialize_entry("standby", &app.state.standby())?;
         m.serialize_entry("standby_percent", &app.state.standby_percent)?;
         m.serialize_entry("sticky", &app.sticky.to_string())?;
@@ -599,11 +653,37 @@ pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::s
         _ => StateFile::default(),
     };
     for app in &config.apps {
-        if state.apps.contains_key(&app.name) {
-            tracing::info!(app = %app.name, "runtime state from the state file overrides the config's initial values");
-        } else {
+        let Some(current) = state.apps.get(&app.name).cloned() else {
             state.apps.insert(app.name.clone(), AppState::initial(app));
+            continue;
+        };
+        tracing::info!(app = %app.name, "runtime state from the state file overrides the config's initial values");
+        if current.rules == app.rules {
+            continue;
         }
+        if current.runtime_rules {
+            tracing::warn!(app = %app.name, "the config file's rules differ from the runtime rules, which stand; `cutover diff` shows how, `cutover reload --take-rules-from-file` applies the file's");
+            continue;
+        }
+        // The file owns these rules, and they were edited while cutover
+        // was down: they apply now, recorded like a reload.
+        let after = AppState {
+            rules: app.rules.clone(),
+            ..current.clone()
+        };
+        tracing::info!(app = %app.name, "the config file's rules changed while cutover was stopped; applied");
+        state.epoch += 1;
+        state.push_history(HistoryEntry {
+            time: now_rfc3339(),
+            epoch: state.epoch,
+            actor: "start".into(),
+            app: app.name.clone(),
+            kind: "reload".into(),
+            forced: false,
+            before: current,
+            after: after.clone(),
+        });
+        state.apps.insert(app.name.clone(), after);
     }
     for name in state.apps.keys() {
         if config.app(name).is_none() {

@@ -282,10 +282,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let (mut f, had) = open_scratch(&tmp, bytes.len() as u64).map_err(err)?;
+    let tmp = tmp_file_of(dir, path);
+    let (mut f, had, created) = open_scratch(&tmp, bytes.len() as u64).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     // Cut only what is left of a longer file. An ftruncate to the length
     // the file already has still dirties its inode, which costs
@@ -297,6 +295,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     drop(f);
     if !exchange(&tmp, path).map_err(err)? {
         fs::rename(&tmp, path).map_err(err)?;
+    } else if created {
+        // The previous state, made by someone else perhaps, now has the
+        // temp name: private too from now on, not only from the next write.
+        let _ = open_private(&tmp);
     }
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
@@ -313,37 +315,82 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// file, growing by turns, get their blocks by turns, one here and one
 /// there, and every change's `fdatasync` is several scattered device
 /// writes where one would do.
-fn open_scratch(tmp: &Path, len: u64) -> io::Result<(File, u64)> {
+///
+/// The state says how traffic is routed and who changed it: it is the
+/// owner's alone. A file made here is mode 0600 (less, by the umask); one
+/// found with more (an earlier version's, or one an operator made) is
+/// set to 0600 as it is reused — unless it has other names too. The third
+/// value: the file was made now.
+fn open_scratch(tmp: &Path, len: u64) -> io::Result<(File, u64, bool)> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let opened = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
         .custom_flags(libc::O_NOFOLLOW)
         .open(tmp);
+    let mut exists = true;
     match opened {
         Ok(f) => {
             let meta = f.metadata()?;
             if meta.nlink() == 1 {
+                make_private(&f, &meta)?;
                 // `blocks` counts 512-byte units, the reserved ones too.
                 if meta.len() >= len || meta.blocks() * 512 >= len {
-                    return Ok((f, meta.len()));
+                    return Ok((f, meta.len(), false));
                 }
                 f.set_len(0)?;
                 reserve(&f, len);
-                return Ok((f, 0));
+                return Ok((f, 0, false));
             }
         }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => exists = false,
         Err(e) => return Err(e),
     }
-    fs::remove_file(tmp)?;
+    if exists {
+        fs::remove_file(tmp)?;
+    }
     let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(PRIVATE)
         .open(tmp)?;
     reserve(&f, len);
-    Ok((f, 0))
+    Ok((f, 0, true))
+}
+
+/// The state file's and its temp file's mode.
+const PRIVATE: u32 = 0o600;
+
+/// `tmp`'s path, as [`write_atomically`] names it.
+fn tmp_file_of(dir: &Path, path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    dir.join(name)
+}
+
+/// Set an open file of one name to [`PRIVATE`] if it allows more; the
+/// common case, already private, costs nothing but the `fstat` made anyway.
+fn make_private(f: &File, meta: &fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if meta.mode() & 0o7777 & !PRIVATE != 0 {
+        f.set_permissions(fs::Permissions::from_mode(PRIVATE))?;
+    }
+    Ok(())
+}
+
+/// [`make_private`] by name (never through a symbolic link, never a file
+/// with other names).
+fn open_private(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if meta.nlink() == 1 {
+        make_private(&f, &meta)?;
+    }
+    Ok(())
 }
 
 /// Reserve blocks for an empty file about to take `len` bytes, in one run
@@ -395,6 +442,7 @@ mod tests {
             live,
             standby_percent: p,
             rules: vec![],
+            runtime_rules: false,
         }
     }
 
@@ -411,6 +459,48 @@ mod tests {
         s.save(&path).unwrap();
         assert_eq!(StateFile::load(&path).unwrap(), Some(s));
         assert!(!dir.path().join("s.json.tmp").exists());
+    }
+
+    #[test]
+    fn the_state_file_and_its_temp_file_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let tmp = dir.path().join("s.json.tmp");
+        let mut s = StateFile::default();
+        s.save(&path).unwrap();
+        assert_eq!(mode(&path), 0o600, "a new state file");
+        s.epoch = 1;
+        s.save(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        if tmp.exists() {
+            assert_eq!(mode(&tmp), 0o600, "a new temp file");
+        }
+        // Files an earlier version (or an operator) left readable to all.
+        for p in [&path, &tmp] {
+            fs::write(p, "{}").unwrap();
+            fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        s.epoch = 2;
+        s.save(&path).unwrap();
+        assert_eq!(mode(&path), 0o600, "a reused temp file");
+        assert_eq!(StateFile::load(&path).unwrap().unwrap().epoch, 2);
+        if tmp.exists() {
+            // The previous state file, under the temp name.
+            s.epoch = 3;
+            s.save(&path).unwrap();
+            assert_eq!((mode(&path), mode(&tmp)), (0o600, 0o600));
+        }
+        // Only the temp file made anew: the old state it swaps with too.
+        fs::remove_file(&tmp).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        s.epoch = 4;
+        s.save(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        if tmp.exists() {
+            assert_eq!(mode(&tmp), 0o600, "the previous state, swapped out");
+        }
     }
 
     #[test]

@@ -22,6 +22,18 @@ pub struct AppState {
     pub live: Color,
     pub standby_percent: f64,
     pub rules: Vec<RuleSpec>,
+    /// Who owns the rules: `false` while they are the config file's (an
+    /// edit of the file's rules applies on reload and restart), `true` once
+    /// they were changed at runtime (the file's rules then differ only as
+    /// reported drift, applied on request). A state file written before
+    /// this was recorded reads as `true`: nothing there is replaced
+    /// silently.
+    #[serde(default = "runtime_owned")]
+    pub runtime_rules: bool,
+}
+
+fn runtime_owned() -> bool {
+    true
 }
 
 impl AppState {
@@ -30,6 +42,7 @@ impl AppState {
             live: app.live,
             standby_percent: app.standby_percent,
             rules: app.rules.clone(),
+            runtime_rules: false,
         }
     }
 
