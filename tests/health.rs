@@ -567,3 +567,81 @@ async fn in_an_outage_the_way_back_is_never_blocked_by_the_gate() {
     let r = admin_call(&c, &proxy, "DELETE", "/v1/apps/shop/rules/testers", "", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_are_drained_put_in_maintenance_and_reweighted_at_runtime() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (b1, b2, g) = (
+            Upstream::start("blue-1").await,
+            Upstream::start("blue-2").await,
+            Upstream::start("green").await,
+        );
+        let toml = format!(
+            "[server]\nworkers = 1\n[state]\nfile = \"{}\"\n{}",
+            dir.path().join("state.json").display(),
+            two_pools(&format!("{}, {}", q(&b1), q(&b2)), &q(&g), "", "")
+        );
+        let proxy = Proxy::start(&toml);
+        let c = client();
+        let spread = |n: usize| {
+            let (c, url) = (c.clone(), proxy.url("/"));
+            async move {
+                let mut seen = std::collections::BTreeMap::<String, usize>::new();
+                for _ in 0..n {
+                    *seen.entry(get(&c, &url, &[]).await.text()).or_default() += 1;
+                }
+                seen
+            }
+        };
+        let both = spread(20).await;
+        assert_eq!((both["blue-1"], both["blue-2"]), (10, 10));
+        let b2_addr = b2.addr.to_string();
+        let server = |addr: &str, body: &str| {
+            let (c, path, body) = (c.clone(), format!("/v1/apps/shop/servers/{addr}"), body.to_string());
+            let proxy = &proxy;
+            async move { admin_call(&c, proxy, "POST", &path, &body, &[]).await }
+        };
+
+        // Drain: no new requests, its idle connections close.
+        let r = server(&b2_addr, r#"{"state": "drain"}"#).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let st = r.json();
+        assert_eq!(st["apps"]["shop"]["pools"]["blue"]["servers"][1]["state"], "drain", "{st}");
+        let seen = spread(10).await;
+        assert_eq!(seen.get("blue-2"), None, "{seen:?}");
+        until_open_at_most(&b2, 0, Duration::from_secs(5)).await;
+
+        // Maintenance of the last server in rotation would leave blue's
+        // traffic nowhere: refused unless forced.
+        let r = server(&b1.addr.to_string(), r#"{"state": "maint"}"#).await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        // Maintenance of the drained one: it reports unhealthy.
+        let r = server(&b2_addr, r#"{"state": "maint"}"#).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["apps"]["shop"]["pools"]["blue"]["servers"][1]["healthy"], false);
+
+        // Ready again, with three times the weight.
+        let r = server(&b2_addr, r#"{"state": "ready", "weight": 3}"#).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let seen = spread(40).await;
+        assert_eq!((seen["blue-1"], seen["blue-2"]), (10, 30), "{seen:?}");
+        // Bad input changes nothing.
+        for bad in [r#"{"state": "gone"}"#, r#"{"weight": 0}"#, r#"{"color": "green"}"#] {
+            let r = server(&b2_addr, bad).await;
+            assert!(matches!(r.status.as_u16(), 400 | 404), "{bad}: {}", r.text());
+        }
+        let r = server("127.0.0.1:1", r#"{"state": "drain"}"#).await;
+        assert_eq!(r.status, 404, "{}", r.text());
+
+        // The setting is runtime state: it survives a restart.
+        proxy.join().await;
+        let proxy = Proxy::start(&toml);
+        let st = status(&c, &proxy).await;
+        assert_eq!(st["apps"]["shop"]["pools"]["blue"]["servers"][1]["weight"], 3, "{st}");
+        let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[]).await.json();
+        assert_eq!(h["history"].as_array().unwrap().last().unwrap()["kind"], "server");
+    })
+    .await
+    .unwrap();
+}

@@ -252,6 +252,24 @@ fn corpus() -> Vec<Case> {
             AtMost("public", "/public/x", "shop.test"),
         ),
         case(
+            "a bad chunk size after a good chunk",
+            &body_then(
+                "POST /public/x HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked",
+                "5\r\nhello\r\nzz\r\nhello\r\n0\r\n\r\n",
+            ),
+            &[400],
+            AtMost("public", "/public/x", "shop.test"),
+        ),
+        case(
+            "a chunk longer than announced",
+            &body_then(
+                "POST /public/x HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked",
+                "5\r\nhello, world\r\n0\r\n\r\n",
+            ),
+            &[400],
+            AtMost("public", "/public/x", "shop.test"),
+        ),
+        case(
             "bare LF in a chunk line",
             &body_then(
                 "POST /public/x HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked",
@@ -411,6 +429,19 @@ async fn the_upstream_sees_only_what_cutover_routed() {
                     c.name, c.reaches
                 ));
             }
+            if let Reaches::AtMost(..) = c.reaches {
+                broken.extend(seen.iter().map(|(app, r)| (*app, r.conn)));
+            }
+        }
+        // Such a connection is closed, never reused for another request.
+        assert!(!broken.is_empty(), "no broken body reached an upstream: the check would prove nothing");
+        for (app, conn) in &broken {
+            let on_it = front
+                .since([0, 0, 0])
+                .into_iter()
+                .filter(|(a, r)| a == app && r.conn == *conn)
+                .count();
+            assert_eq!(on_it, 1, "{app} connection {conn} carried a broken body and was reused");
         }
         // Nothing smuggled arrived later either.
         let all = front.since([0, 0, 0]);

@@ -18,7 +18,8 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use super::state::{History, HistoryEntry, StateError, StateFile};
 use super::Shared;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
-use crate::route::{App, AppState, Server, Snapshot};
+use crate::route::snapshot::{ServerSetting, ServerState};
+use crate::route::{App, AppState, Pool, Snapshot};
 
 /// What a caller asks for.
 #[derive(Debug, Clone)]
@@ -31,6 +32,9 @@ pub enum Change {
     Rollback(Option<String>),
     SetRules(String, Vec<RuleSpec>),
     DeleteRule(String, String),
+    /// One server's runtime setting: app, colour (`None`: the one pool
+    /// that has the address), address, setting.
+    Server(String, Option<Color>, std::net::SocketAddr, ServerSetting),
 }
 
 impl Change {
@@ -40,6 +44,7 @@ impl Change {
             Change::Shift(..) => "shift",
             Change::Rollback(_) => "rollback",
             Change::SetRules(..) | Change::DeleteRule(..) => "rules",
+            Change::Server(..) => "server",
         }
     }
 }
@@ -169,7 +174,7 @@ impl Control {
             .map_err(|e| OpError::BadRequest(e.join("; ")))?;
         let names: Vec<&str> = changed.iter().map(|(n, _, _)| n.as_str()).collect();
         if !req.force {
-            health_gate(&next, &changed)?;
+            health_gate(&current, &next, &changed)?;
         }
         if req.dry_run {
             return Ok(self.answer(Arc::new(next), self.state.epoch, true, &names));
@@ -291,6 +296,52 @@ impl Control {
                     AppState {
                         rules: rules.clone(),
                         runtime_rules: true,
+                        ..before.clone()
+                    },
+                )])
+            }
+            Change::Server(app, color, addr, setting) => {
+                let before = self.require_app(app)?;
+                let cfg = self.config.app(app).expect("required above");
+                let has = |c: Color| cfg.pools[c.index()].servers.iter().any(|s| s.addr == *addr);
+                let color = match color {
+                    Some(c) if has(*c) => *c,
+                    Some(c) => {
+                        return Err(OpError::NotFound(format!(
+                            "app {app:?} has no {c} server {addr}"
+                        )))
+                    }
+                    None => match (has(Color::Blue), has(Color::Green)) {
+                        (true, false) => Color::Blue,
+                        (false, true) => Color::Green,
+                        (true, true) => {
+                            return Err(OpError::BadRequest(format!(
+                                "{addr} is in both pools of app {app:?}: say which colour"
+                            )))
+                        }
+                        (false, false) => {
+                            return Err(OpError::NotFound(format!(
+                                "app {app:?} has no server {addr}"
+                            )))
+                        }
+                    },
+                };
+                if setting.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
+                    return Err(OpError::BadRequest(
+                        "weight: must be between 1 and 1000".into(),
+                    ));
+                }
+                let mut servers = before.servers.clone();
+                let key = crate::route::snapshot::server_key(color, *addr);
+                if setting.state == ServerState::Ready && setting.weight.is_none() {
+                    servers.remove(&key);
+                } else {
+                    servers.insert(key, *setting);
+                }
+                Ok(vec![(
+                    app.clone(),
+                    AppState {
+                        servers,
                         ..before.clone()
                     },
                 )])
@@ -603,7 +654,7 @@ impl Serialize for Pools<'_> {
                     health_checked: pool.health().is_some(),
                     in_flight: pool.stats.in_flight.load(Relaxed),
                     receives_traffic: app.receives_traffic(color),
-                    servers: Servers(&pool.servers),
+                    servers: Servers(pool),
                     tunnels: pool.stats.tunnels.load(Relaxed),
                 },
             )?;
@@ -621,17 +672,23 @@ struct PoolDoc<'a> {
     tunnels: u64,
 }
 
-struct Servers<'a>(&'a [Arc<Server>]);
+struct Servers<'a>(&'a Pool);
 
 impl Serialize for Servers<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|s| ServerDoc {
-            addr: s.addr,
-            connect_errors: s.connect_errors.load(Relaxed),
-            healthy: s.is_healthy(),
-            in_flight: s.in_flight.load(Relaxed),
-            open_connections: s.open_connections.load(Relaxed),
-            weight: s.weight,
+        let pool = self.0;
+        s.collect_seq(pool.servers.iter().enumerate().map(|(i, s)| {
+            let (state, weight) = pool.setting(i);
+            ServerDoc {
+                addr: s.addr,
+                connect_errors: s.connect_errors.load(Relaxed),
+                // A server in maintenance reports unhealthy, whatever its checks say.
+                healthy: s.is_healthy() && state != ServerState::Maint,
+                in_flight: s.in_flight.load(Relaxed),
+                open_connections: s.open_connections.load(Relaxed),
+                state: state.as_str(),
+                weight,
+            }
         }))
     }
 }
@@ -643,6 +700,8 @@ struct ServerDoc {
     healthy: bool,
     in_flight: u64,
     open_connections: u64,
+    /// `ready`, `drain` or `maint`.
+    state: &'static str,
     weight: u32,
 }
 
@@ -701,11 +760,24 @@ pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::s
 /// A change that moves traffic away from an unhealthy pool (a rollback, a
 /// flip back, a rule removed, a split lowered) always passes, so the way
 /// back is never blocked in an outage.
-fn health_gate(next: &Snapshot, changed: &[(String, AppState, AppState)]) -> Result<(), OpError> {
+fn health_gate(
+    current: &Snapshot,
+    next: &Snapshot,
+    changed: &[(String, AppState, AppState)],
+) -> Result<(), OpError> {
     let mut problems = Vec::new();
     for (name, before, after) in changed {
         let Some(app) = next.app(name) else { continue };
         for color in Color::ALL {
+            // Taking the last healthy server of a pool that receives
+            // traffic out of rotation would leave that traffic nowhere.
+            let had = current.app(name).is_some_and(|a| a.pool(color).any_healthy());
+            if had && app.receives_traffic(color) && !app.pool(color).any_healthy() {
+                problems.push(format!(
+                    "app {name:?}: this would leave {color}, which receives traffic, without a healthy server in rotation"
+                ));
+                continue;
+            }
             if app.pool(color).any_healthy() || !app.pool(color.other()).any_healthy() {
                 continue;
             }

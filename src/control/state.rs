@@ -443,6 +443,7 @@ mod tests {
             standby_percent: p,
             rules: vec![],
             runtime_rules: false,
+            servers: Default::default(),
         }
     }
 

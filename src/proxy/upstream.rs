@@ -366,11 +366,13 @@ impl Upstreams {
         for app in &snap.apps {
             for color in Color::ALL {
                 let on = app.receives_traffic(color);
-                for s in &app.pool(color).servers {
+                let pool = app.pool(color);
+                for (i, s) in pool.servers.iter().enumerate() {
                     if receiving.len() <= s.id {
                         receiving.resize(s.id + 1, false);
                     }
-                    receiving[s.id] = on;
+                    // A drained server's idle connections close too.
+                    receiving[s.id] = on && pool.in_rotation(i);
                 }
             }
         }

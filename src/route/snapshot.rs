@@ -30,10 +30,54 @@ pub struct AppState {
     /// silently.
     #[serde(default = "runtime_owned")]
     pub runtime_rules: bool,
+    /// Servers an operator took out of rotation or reweighted at runtime,
+    /// by `COLOR/ADDR` (`blue/10.0.0.1:8080`). A server not named here is
+    /// ready with its configured weight.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers: BTreeMap<String, ServerSetting>,
 }
 
 fn runtime_owned() -> bool {
     true
+}
+
+/// One server's runtime setting (HAProxy's `set server ... state` and
+/// `set weight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSetting {
+    pub state: ServerState,
+    /// Replaces the configured weight while set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+/// Whether a server takes new requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    /// In rotation.
+    #[default]
+    Ready,
+    /// No new requests; requests in flight finish, idle connections close.
+    Drain,
+    /// Drained, and reported unhealthy: down for maintenance.
+    Maint,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Ready => "ready",
+            ServerState::Drain => "drain",
+            ServerState::Maint => "maint",
+        }
+    }
+}
+
+/// The key of a server in [`AppState::servers`].
+pub fn server_key(color: Color, addr: SocketAddr) -> String {
+    format!("{color}/{addr}")
 }
 
 impl AppState {
@@ -43,6 +87,7 @@ impl AppState {
             standby_percent: app.standby_percent,
             rules: app.rules.clone(),
             runtime_rules: false,
+            servers: BTreeMap::new(),
         }
     }
 
@@ -205,6 +250,8 @@ pub struct Pool {
     pub config: PoolConfig,
     pub servers: Vec<Arc<Server>>,
     pub stats: Arc<ColorStats>,
+    /// Per server (same order): its runtime state and effective weight.
+    settings: Vec<(ServerState, u32)>,
     /// Smooth weighted round-robin order, as server indexes.
     schedule: Vec<u32>,
     rr: AtomicUsize,
@@ -216,16 +263,68 @@ impl Pool {
         config: PoolConfig,
         servers: Vec<Arc<Server>>,
         stats: Arc<ColorStats>,
+        overrides: &BTreeMap<String, ServerSetting>,
     ) -> Pool {
-        let schedule = smooth_wrr(&servers.iter().map(|s| s.weight).collect::<Vec<_>>());
+        let settings = Pool::settings_for(color, &servers, overrides);
+        // Servers out of rotation take no turn in the schedule.
+        let weights: Vec<u32> = settings
+            .iter()
+            .map(|(st, w)| if *st == ServerState::Ready { *w } else { 0 })
+            .collect();
+        let schedule = smooth_wrr(&weights);
         Pool {
             color,
             config,
             servers,
             stats,
+            settings,
             schedule,
             rr: AtomicUsize::new(0),
         }
+    }
+
+    fn settings_for(
+        color: Color,
+        servers: &[Arc<Server>],
+        overrides: &BTreeMap<String, ServerSetting>,
+    ) -> Vec<(ServerState, u32)> {
+        servers
+            .iter()
+            .map(|s| match overrides.get(&server_key(color, s.addr)) {
+                Some(o) => (o.state, o.weight.unwrap_or(s.weight)),
+                None => (ServerState::Ready, s.weight),
+            })
+            .collect()
+    }
+
+    /// This pool with `overrides` applied: itself when they change nothing
+    /// for it, else a new pool of the same servers and statistics.
+    fn with_overrides(self: &Arc<Pool>, overrides: &BTreeMap<String, ServerSetting>) -> Arc<Pool> {
+        if Pool::settings_for(self.color, &self.servers, overrides) == self.settings {
+            return self.clone();
+        }
+        Arc::new(Pool::new(
+            self.color,
+            self.config.clone(),
+            self.servers.clone(),
+            self.stats.clone(),
+            overrides,
+        ))
+    }
+
+    /// Server `i`'s runtime state and effective weight.
+    pub fn setting(&self, i: usize) -> (ServerState, u32) {
+        self.settings[i]
+    }
+
+    /// May server `i` take new requests (ready and healthy)?
+    fn usable(&self, i: usize) -> bool {
+        self.settings[i].0 == ServerState::Ready && self.servers[i].is_healthy()
+    }
+
+    /// Is server `i` in rotation (whatever its health)?
+    pub fn in_rotation(&self, i: usize) -> bool {
+        self.settings[i].0 == ServerState::Ready
     }
 
     pub fn balance(&self) -> Balance {
@@ -236,22 +335,25 @@ impl Pool {
         self.config.health.as_ref()
     }
 
+    /// Has the pool a server that can take requests (healthy and in
+    /// rotation)?
     pub fn any_healthy(&self) -> bool {
-        self.servers.iter().any(|s| s.is_healthy())
+        (0..self.servers.len()).any(|i| self.usable(i))
     }
 
-    /// A healthy server, by the pool's balance, other than `exclude`.
-    /// `None` when no healthy server is left: never another colour's.
+    /// A healthy server in rotation, by the pool's balance, other than
+    /// `exclude`. `None` when none is left: never another colour's.
     pub fn pick(&self, exclude: Option<usize>) -> Option<&Arc<Server>> {
-        let usable = |s: &Arc<Server>| s.is_healthy() && Some(s.id) != exclude;
+        let usable = |i: usize| self.usable(i) && Some(self.servers[i].id) != exclude;
         match self.config.balance {
             Balance::RoundRobin => {
                 let n = self.rr.fetch_add(1, Relaxed);
                 let first = self.schedule[n % self.schedule.len()] as usize;
                 let len = self.servers.len();
                 (0..len)
-                    .map(|k| &self.servers[(first + k) % len])
-                    .find(|s| usable(s))
+                    .map(|k| (first + k) % len)
+                    .find(|i| usable(*i))
+                    .map(|i| &self.servers[i])
             }
             Balance::LeastRequests => {
                 // Power of two choices: two random candidates, the one with
@@ -263,23 +365,19 @@ impl Pool {
                 } else {
                     a
                 };
-                let (sa, sb) = (&self.servers[a], &self.servers[b]);
-                let load =
-                    |s: &Server| s.in_flight.load(Relaxed) * 1000 / u64::from(s.weight.max(1));
-                let (best, other) = if load(sb) < load(sa) {
-                    (sb, sa)
-                } else {
-                    (sa, sb)
+                let load = |i: usize| {
+                    self.servers[i].in_flight.load(Relaxed) * 1000
+                        / u64::from(self.settings[i].1.max(1))
                 };
-                if usable(best) {
+                let (best, other) = if load(b) < load(a) { (b, a) } else { (a, b) };
+                let i = if usable(best) {
                     Some(best)
                 } else if usable(other) {
                     Some(other)
                 } else {
-                    (0..len)
-                        .map(|k| &self.servers[(a + k) % len])
-                        .find(|s| usable(s))
-                }
+                    (0..len).map(|k| (a + k) % len).find(|i| usable(*i))
+                };
+                i.map(|i| &self.servers[i])
             }
         }
     }
@@ -548,9 +646,10 @@ impl Snapshot {
                             })
                             .collect();
                         let stats = old_pool.map(|p| p.stats.clone()).unwrap_or_default();
-                        Arc::new(Pool::new(color, cfg.clone(), servers, stats))
+                        Arc::new(Pool::new(color, cfg.clone(), servers, stats, &state.servers))
                     }
                 }
+                .with_overrides(&state.servers)
             });
             let shape = Shape {
                 name,
@@ -595,7 +694,7 @@ impl Snapshot {
                         path_prefix: app.path_prefix.clone(),
                         sticky: app.sticky.clone(),
                         drain_timeout: app.drain_timeout,
-                        pools: app.pools.clone(),
+                        pools: app.pools.clone().map(|p| p.with_overrides(&state.servers)),
                     };
                     if state.rules == app.state.rules {
                         Arc::new(App::with_rules(shape, state.clone(), app.rules.clone()))
