@@ -130,12 +130,17 @@ impl Endpoint {
         if let Some(e) = if_match {
             req = req.header("if-match", e.to_string());
         }
+        // The daemon takes a change only as JSON (a web page cannot send
+        // that cross-origin without asking first): every call but a read
+        // says so, with `{}` when it has nothing to say.
+        let read = matches!(method, "GET" | "HEAD");
+        if !read || body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
         let bytes = match &body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Bytes::from(serde_json::to_vec(v)?)
-            }
-            None => Bytes::new(),
+            Some(v) => Bytes::from(serde_json::to_vec(v)?),
+            None if read => Bytes::new(),
+            None => Bytes::from_static(b"{}"),
         };
         let resp = tokio::time::timeout(
             std::time::Duration::from_secs(60),

@@ -625,7 +625,7 @@ async fn acknowledged_changes_survive_a_sigkill_and_a_corrupt_state_stops_the_st
         &c,
         "POST",
         &format!("{}/v1/apps/shop/flip", d.admin),
-        &[],
+        &with_json("POST", &[]),
         "",
     )
     .await;
@@ -634,7 +634,7 @@ async fn acknowledged_changes_survive_a_sigkill_and_a_corrupt_state_stops_the_st
         &c,
         "POST",
         &format!("{}/v1/apps/shop/shift", d.admin),
-        &[],
+        &with_json("POST", &[]),
         "{\"percent\": 12.5}",
     )
     .await;
@@ -766,4 +766,492 @@ async fn the_cli_drives_a_running_daemon() {
     });
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach"), "{err}");
+}
+
+// ---- The admin plane against web pages and slow clients ----
+
+/// `cutover ARGS --admin http://ADDR`: exit code, stdout, and how long it took.
+fn run_cli(admin: std::net::SocketAddr, args: &[&str]) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .args(["--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        started.elapsed(),
+    )
+}
+
+/// No answer of the admin API ever allows another origin anything.
+fn assert_no_cors(r: &Reply) {
+    for (name, _) in &r.headers {
+        assert!(
+            !name.as_str().starts_with("access-control-"),
+            "a CORS header: {name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_does_not_say_json_is_refused_with_415_and_changes_nothing() {
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let c = client();
+    let before = status(&c, &proxy).await;
+    let url = |p: &str| proxy.admin_url(p);
+    for (method, path, content_type, body) in [
+        // What a web page can send without a CORS preflight.
+        (
+            "POST",
+            "/v1/apps/shop/shift",
+            Some("text/plain"),
+            r#"{"percent": 50}"#,
+        ),
+        (
+            "POST",
+            "/v1/apps/shop/shift",
+            Some("application/x-www-form-urlencoded"),
+            r#"{"percent": 50}"#,
+        ),
+        (
+            "POST",
+            "/v1/apps/shop/flip",
+            Some("multipart/form-data; boundary=x"),
+            "",
+        ),
+        ("POST", "/v1/apps/shop/flip", None, ""),
+        ("POST", "/v1/flip", None, "{}"),
+        ("POST", "/v1/rollback", Some("text/plain"), ""),
+        ("POST", "/v1/reload", None, ""),
+        (
+            "PUT",
+            "/v1/apps/shop/rules",
+            Some("text/plain"),
+            r#"[{"name": "all", "to": "green"}]"#,
+        ),
+        ("DELETE", "/v1/apps/shop/rules/any", None, ""),
+        (
+            "POST",
+            "/v1/apps/shop/shift",
+            Some("application/jsonx"),
+            r#"{"percent": 50}"#,
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|t| ("content-type", t))
+            .into_iter()
+            .collect();
+        let r = send(&c, method, &url(path), &headers, body).await;
+        assert_eq!(
+            r.status,
+            415,
+            "{method} {path} {content_type:?}: {}",
+            r.text()
+        );
+        let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            msg.contains("Content-Type") && msg.contains("application/json"),
+            "{msg}"
+        );
+        assert_no_cors(&r);
+    }
+    let after = status(&c, &proxy).await;
+    assert_eq!(after, before, "a refused change changed the state");
+    assert_eq!(after["epoch"], 0);
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+    // Any case, any parameters; an empty body is no body.
+    let r = send(
+        &c,
+        "POST",
+        &url("/v1/apps/shop/shift"),
+        &[("content-type", "Application/JSON; charset=utf-8")],
+        r#"{"percent": 100}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send(
+        &c,
+        "POST",
+        &url("/v1/apps/shop/flip"),
+        &[("content-type", "application/json")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["epoch"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_origin_is_refused_with_403_and_the_listeners_own_is_not() {
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&shop(&b, &g, ""));
+    let c = client();
+    let before = status(&c, &proxy).await;
+    let port = proxy.admin.port();
+    for origin in [
+        "http://evil.example".to_string(),
+        format!("http://evil.example:{port}"),
+        "null".to_string(),
+        format!("https://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        "http://127.0.0.1".to_string(),
+    ] {
+        for (method, path, body) in [
+            ("POST", "/v1/apps/shop/shift", r#"{"percent": 50}"#),
+            ("POST", "/v1/apps/shop/flip", "{}"),
+            ("GET", "/v1/status", ""),
+            ("OPTIONS", "/v1/apps/shop/flip", ""),
+        ] {
+            let r = admin_call(&c, &proxy, method, path, body, &[("origin", &origin)]).await;
+            assert_eq!(r.status, 403, "{method} {path} from {origin}: {}", r.text());
+            assert!(r.json()["error"].as_str().unwrap().contains("Origin"));
+            assert_no_cors(&r);
+        }
+    }
+    assert_eq!(
+        status(&c, &proxy).await,
+        before,
+        "a refused call changed the state"
+    );
+    // The admin listener's own origin, by its address or as localhost.
+    for (i, origin) in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = admin_call(
+            &c,
+            &proxy,
+            "POST",
+            "/v1/apps/shop/flip",
+            "{}",
+            &[("origin", origin)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{origin}: {}", r.text());
+        assert_eq!(r.json()["epoch"], i as u64 + 1);
+        assert_no_cors(&r);
+        // A preflight from it gets no CORS allowance either.
+        let r = admin_call(
+            &c,
+            &proxy,
+            "OPTIONS",
+            "/v1/apps/shop/flip",
+            "",
+            &[("origin", origin)],
+        )
+        .await;
+        assert_eq!(r.status, 405);
+        assert_no_cors(&r);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_name_the_admin_listener_is_refused_with_421() {
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&shop(&b, &g, "[admin]\nhosts = [\"Admin.Internal\"]\n"));
+    let c = client();
+    let before = status(&c, &proxy).await;
+    let port = proxy.admin.port();
+    // A page on evil.example whose name now points at 127.0.0.1.
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        format!("localhost:{}", port.wrapping_add(1)),
+        format!("admin.internal.evil.example:{port}"),
+    ] {
+        for (method, path, body) in [
+            ("POST", "/v1/apps/shop/flip", "{}"),
+            ("GET", "/v1/status", ""),
+            ("GET", "/healthz", ""),
+        ] {
+            let r = admin_call(&c, &proxy, method, path, body, &[("host", &host)]).await;
+            assert_eq!(r.status, 421, "{method} {path} Host {host}: {}", r.text());
+            assert!(r.json()["error"].as_str().unwrap().contains("Host"));
+        }
+    }
+    assert_eq!(
+        status(&c, &proxy).await,
+        before,
+        "a refused call changed the state"
+    );
+    // Its address, localhost, and the names in [admin] hosts, with the
+    // listener's port or none.
+    let good = [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        format!("localhost:{port}"),
+        "localhost".to_string(),
+        format!("admin.internal:{port}"),
+        "ADMIN.internal".to_string(),
+    ];
+    for (i, host) in good.iter().enumerate() {
+        let r = admin_call(
+            &c,
+            &proxy,
+            "POST",
+            "/v1/apps/shop/flip",
+            "{}",
+            &[("host", host)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "Host {host}: {}", r.text());
+        assert_eq!(r.json()["epoch"], i as u64 + 1);
+    }
+    // HTTP/1.1 must name a host; HTTP/1.0 need not (no browser speaks it).
+    let r = raw_exchange(
+        proxy.admin,
+        b"GET /v1/status HTTP/1.1\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("Host"), "{r}");
+    let r = raw_exchange(
+        proxy.admin,
+        b"GET /v1/status HTTP/1.0\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+        "{r}"
+    );
+    // An absolute-form target names the host too, and wins over Host.
+    let r = raw_exchange(
+        proxy.admin,
+        format!("POST http://evil.example/v1/apps/shop/flip HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 421"), "{r}");
+    assert_eq!(status(&c, &proxy).await["epoch"], good.len() as u64);
+}
+
+/// A raw connection to `addr` that sends `head` (then says so on `sent`)
+/// and then one byte of a header every `dribble` (or nothing more, when
+/// `None`), until the server closes it; answers how long after connecting
+/// that was.
+async fn slow_client(
+    addr: std::net::SocketAddr,
+    head: String,
+    dribble: Option<Duration>,
+    sent: tokio::sync::mpsc::Sender<()>,
+) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = sent.send(()).await;
+    drop(sent);
+    let mut buf = [0u8; 1024];
+    let mut tick = tokio::time::interval(dribble.unwrap_or(TEST_TIMEOUT));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => panic!("a slow client got an answer"),
+            },
+            _ = tick.tick(), if dribble.is_some() => {
+                if s.write_all(b"x").await.is_err() {
+                    return started.elapsed();
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_slow_clients_do_not_stop_cutover_status_and_are_cut_off_at_the_header_timeout()
+{
+    let (b, g) = blue_green().await;
+    let header_timeout = Duration::from_secs(2);
+    let proxy = Proxy::start(&shop(&b, &g, "[admin]\nheader_timeout = \"2s\"\n"));
+    let admin = proxy.admin;
+    let head = format!(
+        "POST /v1/apps/shop/flip HTTP/1.1\r\nhost: {admin}\r\ncontent-type: application/json\r\nx-slow: "
+    );
+    let mut slow = Vec::new();
+    let (sent, mut all_sent) = tokio::sync::mpsc::channel(200);
+    for i in 0..200 {
+        let dribble = (i % 2 == 0).then_some(Duration::from_millis(100));
+        slow.push(tokio::spawn(slow_client(
+            admin,
+            head.clone(),
+            dribble,
+            sent.clone(),
+        )));
+    }
+    drop(sent);
+    while all_sent.recv().await.is_some() {}
+    // The slow ones are connected: the listener has taken them all when a
+    // call after them is answered (it accepts in order).
+    let c = client();
+    assert_eq!(
+        admin_call(&c, &proxy, "GET", "/healthz", "", &[])
+            .await
+            .status,
+        200
+    );
+    let (code, out, took) = tokio::task::block_in_place(|| run_cli(admin, &["status"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("app shop") && out.contains("live blue"),
+        "{out}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "cutover status took {took:?}"
+    );
+    for s in slow {
+        let cut = tokio::time::timeout(TEST_TIMEOUT, s)
+            .await
+            .expect("a slow client was never cut off")
+            .unwrap();
+        assert!(
+            cut >= header_timeout - Duration::from_millis(100)
+                && cut < header_timeout + Duration::from_secs(3),
+            "a slow client was cut off after {cut:?}"
+        );
+    }
+    assert_eq!(
+        status(&c, &proxy).await["epoch"],
+        0,
+        "no slow request was served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_a_call_waits_for_a_slot_and_idle_connections_free_theirs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (b, g) = blue_green().await;
+    let idle_timeout = Duration::from_millis(1500);
+    let proxy = Proxy::start(&shop(
+        &b,
+        &g,
+        "[admin]\nmax_connections = 4\nheader_timeout = \"500ms\"\nidle_timeout = \"1500ms\"\n",
+    ));
+    let admin = proxy.admin;
+    // Four keep-alive clients, each answered once (so each holds a slot),
+    // then idle.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        s.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {admin}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push((s, Instant::now()));
+    }
+    // The fifth waits in the accept queue, not refused, until the idle
+    // ones time out — after the idle timeout, not the (shorter) head one.
+    let (code, out, took) = tokio::task::block_in_place(|| run_cli(admin, &["status"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        took >= Duration::from_millis(700),
+        "answered after {took:?}: the cap did not hold"
+    );
+    for (mut s, answered) in idle {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(TEST_TIMEOUT, s.read(&mut buf))
+            .await
+            .expect("an idle connection was never closed");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        let after = answered.elapsed();
+        assert!(
+            after >= idle_timeout - Duration::from_millis(100),
+            "an idle connection was closed after {after:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_gets_408_and_changes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&shop(&b, &g, "[admin]\nheader_timeout = \"500ms\"\n"));
+    let admin = proxy.admin;
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let started = Instant::now();
+    s.write_all(
+        format!("POST /v1/apps/shop/shift HTTP/1.1\r\nhost: {admin}\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{{\"per")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(TEST_TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let c = client();
+    assert_eq!(status(&c, &proxy).await["epoch"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_file_is_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (b, g) = blue_green().await;
+    let file = dir.path().join("state.json");
+    let proxy = Proxy::start(&shop(
+        &b,
+        &g,
+        &format!("[state]\nfile = {:?}\n", file.to_str().unwrap()),
+    ));
+    let c = client();
+    flip(&c, &proxy).await;
+    flip(&c, &proxy).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    let tmp = dir.path().join("state.json.tmp");
+    if tmp.exists() {
+        assert_eq!(mode(&tmp), 0o600);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_admin_hosts_and_refuses_a_new_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, g) = blue_green().await;
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, shop(&b, &g, "")).unwrap();
+    let proxy = Proxy::start_file(&path);
+    let c = client();
+    let named = [("host", "admin.internal")];
+    let r = admin_call(&c, &proxy, "GET", "/v1/status", "", &named).await;
+    assert_eq!(r.status, 421);
+    std::fs::write(
+        &path,
+        shop(&b, &g, "[admin]\nhosts = [\"admin.internal\"]\n"),
+    )
+    .unwrap();
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin_call(&c, &proxy, "GET", "/v1/status", "", &named).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::write(
+        &path,
+        shop(
+            &b,
+            &g,
+            "[admin]\nhosts = [\"admin.internal\"]\nmax_connections = 8\n",
+        ),
+    )
+    .unwrap();
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("admin.max_connections"), "{}", r.text());
 }

@@ -1,8 +1,13 @@
 //! The admin API (SPEC §7): JSON over HTTP/1.1 on its own listener, on the
-//! control thread, apart from the data plane and its connection limit.
+//! control thread, apart from the data plane and its connection limit,
+//! with its own: `[admin] max_connections`, `header_timeout` and
+//! `idle_timeout`. Requests from web pages are refused ([`guard`]).
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -13,11 +18,18 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::time::Instant;
 
+use super::guard::{self, Listener};
 use super::ops::{Change, Control, OpError, Request as OpRequest};
 
 /// Largest admin request body.
 const MAX_BODY: usize = 1 << 20;
+
+/// hyper's read buffer, and so the largest request head (hyper answers 431
+/// beyond it): admin heads are small, and 256 connections of hyper's
+/// default ~400 KiB would be 100 MiB.
+const MAX_HEAD: usize = 64 * 1024;
 
 pub struct Admin {
     /// Serializes every change; held only for synchronous work (never
@@ -43,12 +55,38 @@ impl Admin {
 }
 
 /// Serve the admin API until `shutdown` turns true.
+///
+/// At most `[admin] max_connections` connections are open at once; at the
+/// cap the listener accepts no more until one closes, so the others wait
+/// in the kernel's accept queue, not in file descriptors of ours. A
+/// connection cannot hold its slot for long without doing something:
+/// [`Timing`] closes it once a request head or body takes longer than
+/// `header_timeout`, or it idles between requests for `idle_timeout`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     admin: Arc<Admin>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let bound = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener has no address");
+            return;
+        }
+    };
+    // The cap is fixed for the daemon's life (a reload that changes it is
+    // refused); the timeouts are read per connection, so a reload applies
+    // them to the connections that follow.
+    let cap = admin.lock().config().admin.max_connections;
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
     loop {
+        let slot = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return, // closed: never, the semaphore is ours
+            },
+        };
         let (stream, _) = tokio::select! {
             _ = stopped(&mut shutdown) => return,
             r = listener.accept() => match r {
@@ -60,16 +98,221 @@ pub async fn serve(
                 }
             },
         };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let (header_timeout, idle_timeout) = {
+            let ctl = admin.lock();
+            let a = &ctl.config().admin;
+            (a.header_timeout, a.idle_timeout)
+        };
+        let conn = Conn {
+            listener: Listener { bound, local },
+            header_timeout,
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            admin.clone(),
+            conn,
+            Arc::new(Timing::new(header_timeout, idle_timeout)),
+            slot,
+        ));
+    }
+}
+
+/// One admin connection, until it ends or [`Timing`] cuts it off; the
+/// slot it holds is given back when it returns.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    admin: Arc<Admin>,
+    conn: Conn,
+    timing: Arc<Timing>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let peer = stream.peer_addr().ok();
+    let t = timing.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let (admin, timing) = (admin.clone(), t.clone());
+        async move {
+            timing.request_started();
+            let resp = handle(&admin, &conn, req).await;
+            timing.request_ended();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let io = TimedIo {
+        inner: stream,
+        timing: timing.clone(),
+    };
+    let served = hyper::server::conn::http1::Builder::new()
+        // The head deadline is [`Timing`]'s, which hyper's own (from the
+        // end of one answer to the end of the next head) cannot express.
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), svc);
+    let mut served = std::pin::pin!(served);
+    loop {
+        let deadline = timing.deadline();
+        // A change after the deadline was read is not missed: `notify_one`
+        // leaves a permit for this wait.
+        let changed = timing.changed.notified();
+        tokio::select! {
+            _ = served.as_mut() => return,
+            _ = changed => {}
+            _ = sleep_until_some(deadline) => {
+                if let Some(what) = timing.expired() {
+                    tracing::debug!(?peer, "admin connection closed: {what}");
+                    return; // dropping the connection closes the socket
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a request handler knows of its connection.
+#[derive(Clone, Copy)]
+struct Conn {
+    listener: Listener,
+    /// The body must arrive within this of the head.
+    header_timeout: Duration,
+}
+
+/// Where one admin connection is, and when that must end.
+struct Timing {
+    state: Mutex<(Phase, Option<Instant>)>,
+    /// Woken on every change of phase, so the watcher re-reads the deadline.
+    changed: tokio::sync::Notify,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Accepted; the first head must be complete `header_timeout` after.
+    Fresh,
+    /// A head has begun; it must be complete `header_timeout` after.
+    Head,
+    /// A request is being answered (its body read under its own deadline).
+    Busy,
+    /// Between requests, for at most `idle_timeout`.
+    Idle,
+}
+
+impl Timing {
+    fn new(header_timeout: Duration, idle_timeout: Duration) -> Timing {
+        Timing {
+            state: Mutex::new((Phase::Fresh, Some(after(header_timeout)))),
+            changed: tokio::sync::Notify::new(),
+            header_timeout,
+            idle_timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Phase, Option<Instant>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, phase: Phase, deadline: Option<Instant>) {
+        *self.lock() = (phase, deadline);
+        self.changed.notify_one();
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.lock().1
+    }
+
+    /// Bytes arrived: on an idle connection, a new head has begun.
+    fn read_some(&self) {
+        if self.lock().0 == Phase::Idle {
+            self.set(Phase::Head, Some(after(self.header_timeout)));
+        }
+    }
+
+    fn request_started(&self) {
+        self.set(Phase::Busy, None);
+    }
+
+    fn request_ended(&self) {
+        self.set(Phase::Idle, Some(after(self.idle_timeout)));
+    }
+
+    /// Has the current phase's deadline passed? What timed out, if so.
+    fn expired(&self) -> Option<&'static str> {
+        let (phase, deadline) = *self.lock();
+        if deadline.is_none_or(|d| Instant::now() < d) {
+            return None;
+        }
+        Some(match phase {
+            Phase::Fresh | Phase::Head => "request head not complete in time",
+            Phase::Idle => "idle",
+            Phase::Busy => return None,
+        })
+    }
+}
+
+/// `d` from now (a duration too long to add is 30 years).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86400 * 365 * 30))
+}
+
+/// The socket, telling [`Timing`] when bytes arrive.
+struct TimedIo {
+    inner: tokio::net::TcpStream,
+    timing: Arc<Timing>,
+}
+
+impl tokio::io::AsyncRead for TimedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.timing.read_some();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for TimedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -161,7 +404,26 @@ fn actor(admin: &Admin, req: &Request<Incoming>) -> String {
     }
 }
 
-async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The checks of [`guard`], which every request passes first, `/healthz`
+/// included: a name or origin that is not the listener's gets nothing.
+fn admissible(admin: &Admin, conn: &Conn, req: &Request<Incoming>) -> Result<(), guard::Refusal> {
+    let ctl = admin.lock();
+    let hosts = &ctl.config().admin.hosts;
+    let authority = req.uri().authority().map(|a| a.as_str());
+    guard::check_host(
+        &conn.listener,
+        hosts,
+        req.version(),
+        req.headers(),
+        authority,
+    )?;
+    guard::check_origin(&conn.listener, hosts, req.headers())
+}
+
+async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err((status, message)) = admissible(admin, conn, &req) {
+        return error(status, message);
+    }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -264,10 +526,28 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     if !method_ok {
         return method_not_allowed(allowed);
     }
+    // Every change, whatever its body (none included), says it is JSON:
+    // a web page cannot send that without a CORS preflight.
+    if let Err((status, message)) = guard::check_json(req.headers()) {
+        return error(status, message);
+    }
     let (_, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(400, format!("cannot read the request body: {e}")),
+    let read = tokio::time::timeout(conn.header_timeout, Limited::new(body, MAX_BODY).collect());
+    let body = match read.await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return error(400, format!("cannot read the request body: {e}")),
+        Err(_) => {
+            let mut r = error(
+                408,
+                format!(
+                    "the request body did not arrive within {} of its head ([admin] header_timeout)",
+                    humantime::format_duration(conn.header_timeout)
+                ),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
     };
     if let Route::Reload = route {
         let result = admin.lock().reload();

@@ -4,10 +4,12 @@
 //! - [`ops`]: flip, shift, rollback, rules, reload — validate, persist, swap;
 //! - [`state`]: the runtime state file, written atomically;
 //! - [`admin`]: the admin HTTP API on its own listener;
+//! - [`guard`]: what keeps web pages out of it (Host, Origin, Content-Type);
 //! - [`health`]: active health checks and passive-check recovery;
 //! - [`metrics`]: the Prometheus exposition.
 
 pub mod admin;
+pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod ops;
