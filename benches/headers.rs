@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
             request_headers,
             |h| {
                 strip_hop_by_hop(h, false);
-                add_forwarded(h, &client, false, Some(host.clone()));
+                add_forwarded(h, &client, false, Some(host.clone()), false);
                 black_box(h);
             },
             BatchSize::SmallInput,
@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
                 h
             },
             |h| {
-                add_forwarded(h, &client, false, Some(host.clone()));
+                add_forwarded(h, &client, false, Some(host.clone()), false);
                 black_box(h);
             },
             BatchSize::SmallInput,
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched_ref(
             request_headers,
             |h| {
-                add_forwarded(h, &client, false, Some(host.clone()));
+                add_forwarded(h, &client, false, Some(host.clone()), false);
                 black_box(h);
             },
             BatchSize::SmallInput,

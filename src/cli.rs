@@ -2,6 +2,7 @@
 //! does. `main.rs` only parses, sets up logging and calls [`Cli::execute`].
 
 use std::fmt::Write as _;
+use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,7 +47,9 @@ pub enum Command {
         #[arg(long)]
         reset_state: bool,
     },
-    /// Validate a config: print a summary, or every error with its key.
+    /// Validate a config: print a summary, or every error with its key
+    /// (exit 64). When the daemon's admin API answers, also say whether
+    /// its runtime state differs from the file.
     Check {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
@@ -56,15 +59,18 @@ pub enum Command {
     Demo,
     /// Show apps, live colour, split, rules, servers with health.
     Status {
-        /// Print the raw JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Output,
         #[command(flatten)]
         endpoint: ClientArgs,
     },
-    /// Send all traffic of APP (or of every app, atomically) to its standby colour.
+    /// Send all traffic of APP to its standby colour (`--all`: every app,
+    /// atomically).
     Flip {
         app: Option<String>,
+        /// Flip every app, in one atomic step.
+        #[arg(long, conflicts_with = "app")]
+        all: bool,
         #[command(flatten)]
         change: ChangeFlags,
         #[command(flatten)]
@@ -95,6 +101,44 @@ pub enum Command {
         #[command(flatten)]
         rule: RuleArgs,
         #[command(flatten)]
+        change: ChangeFlags,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// Take one server out of rotation (drain, maint) or back (ready), or
+    /// change its weight, at runtime.
+    Server {
+        app: String,
+        #[arg(value_enum)]
+        color: ColorArg,
+        /// The server's address, as in the config (`10.0.0.1:8080`).
+        addr: String,
+        #[arg(value_enum)]
+        action: ServerAction,
+        /// Replace the configured weight (1-1000) while set.
+        #[arg(long)]
+        weight: Option<u32>,
+        #[command(flatten)]
+        change: ChangeFlags,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// Re-read the daemon's config file (like SIGHUP).
+    Reload {
+        /// Replace runtime rules that differ from the file's with the
+        /// file's (recorded in history with the rules they replace).
+        #[arg(long)]
+        take_rules_from_file: bool,
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// How the running state differs from the config file given with -c.
+    Diff {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
         endpoint: ClientArgs,
     },
     /// The recent changes: time, who, before -> after.
@@ -102,11 +146,42 @@ pub enum Command {
         /// Show at most this many, newest last.
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Output,
         #[command(flatten)]
         endpoint: ClientArgs,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `cutover man | man -l -`.
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorArg {
+    Blue,
+    Green,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServerAction {
+    /// Back in rotation.
+    Ready,
+    /// No new requests; requests in flight finish.
+    Drain,
+    /// Drained and reported unhealthy.
+    Maint,
+}
+
+/// How a client command prints its answer.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Output {
+    /// Print the API's JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The flags every state change takes.
@@ -118,6 +193,12 @@ pub struct ChangeFlags {
     /// Show the result without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Refuse (exit 3) unless the state is still at this epoch.
+    #[arg(long, value_name = "EPOCH")]
+    pub if_match: Option<u64>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl ChangeFlags {
@@ -167,6 +248,9 @@ pub struct RuleArgs {
     /// Path prefix condition (add).
     #[arg(long)]
     pub path_prefix: Option<String>,
+    /// The rule has no condition on purpose: it takes every request (add).
+    #[arg(long = "every-request")]
+    pub every_request: bool,
 }
 
 impl Cli {
@@ -194,8 +278,39 @@ impl Cli {
             } => run(&config, reset_state),
             Command::Check { config } => check(&config),
             Command::Demo => demo(),
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "cutover", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
+            Command::Man => {
+                let cmd = <Cli as clap::CommandFactory>::command();
+                match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("cutover: {e}");
+                        ExitCode::from(EXIT_FAILED)
+                    }
+                }
+            }
             other => client_command(other),
         }
+    }
+}
+
+/// Exit codes of the client commands (and `check`/`run`, 0 and 64).
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_REFUSED: u8 = 2;
+pub const EXIT_STALE: u8 = 3;
+pub const EXIT_UNAUTHORIZED: u8 = 4;
+
+/// The exit code for a failed call: by the API's status when it answered.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<client::Refused>().map(|r| r.status) {
+        Some(409) => EXIT_REFUSED,
+        Some(412) => EXIT_STALE,
+        Some(401 | 403) => EXIT_UNAUTHORIZED,
+        _ => EXIT_FAILED,
     }
 }
 
@@ -216,7 +331,8 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Print a call's result: 0 when done, 1 when refused or unreachable.
+/// Print a call's result: 0 when done; else the message on stderr and
+/// the exit code its refusal calls for.
 fn finish(result: anyhow::Result<String>) -> ExitCode {
     match result {
         Ok(text) => {
@@ -225,8 +341,21 @@ fn finish(result: anyhow::Result<String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cutover: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The JSON answer, or `text` of it.
+fn shown(
+    json: bool,
+    v: serde_json::Value,
+    text: impl FnOnce(&serde_json::Value) -> String,
+) -> String {
+    if json {
+        format!("{v:#}\n")
+    } else {
+        text(&v)
     }
 }
 
@@ -237,24 +366,46 @@ fn client_command(cmd: Command) -> ExitCode {
         | Command::Shift { endpoint, .. }
         | Command::Rollback { endpoint, .. }
         | Command::Rules { endpoint, .. }
+        | Command::Server { endpoint, .. }
+        | Command::Reload { endpoint, .. }
+        | Command::Diff { endpoint, .. }
         | Command::History { endpoint, .. } => endpoint,
-        Command::Run { .. } | Command::Check { .. } | Command::Demo => {
-            unreachable!("handled by execute")
-        }
+        _ => unreachable!("handled by execute"),
     };
+    if let Command::Diff { endpoint, .. } = &cmd {
+        if endpoint.config.is_none() {
+            return usage(
+                "diff compares the running state with a config file: give it with -c FILE",
+            );
+        }
+    }
     let ep = match endpoint(args) {
         Ok(ep) => ep,
         Err(c) => return c,
     };
     match cmd {
-        Command::Status { json, .. } => finish(ep.ok("GET", "/v1/status", None, None).map(|v| {
-            if json {
-                format!("{v:#}\n")
-            } else {
-                client::status_table(&v)
-            }
-        })),
-        Command::Flip { app, change: c, .. } => change(&ep, "flip", app, c),
+        Command::Status { out, .. } => finish(
+            ep.ok("GET", "/v1/status", None, None)
+                .map(|v| shown(out.json, v, client::status_table)),
+        ),
+        Command::Flip {
+            app,
+            all,
+            change: c,
+            ..
+        } => {
+            // Every app only when asked for: with several apps, a flip
+            // without one names none.
+            let app = match (app, all) {
+                (Some(a), _) => Some(a),
+                (None, true) => None,
+                (None, false) => match client::pick_app(&ep, None) {
+                    Ok(a) => Some(a),
+                    Err(m) => return usage(format!("{m}, or pass --all to flip every app")),
+                },
+            };
+            change(&ep, "flip", app, c)
+        }
         Command::Rollback { app, change: c, .. } => change(&ep, "rollback", app, c),
         Command::Shift {
             args, change: c, ..
@@ -276,24 +427,118 @@ fn client_command(cmd: Command) -> ExitCode {
             let mut body = c.body();
             body["percent"] = serde_json::json!(percent);
             finish(
-                ep.ok("POST", &format!("/v1/apps/{app}/shift"), Some(body), None)
-                    .map(|v| client::describe_change(&v)),
+                ep.ok(
+                    "POST",
+                    &format!("/v1/apps/{app}/shift"),
+                    Some(body),
+                    c.if_match,
+                )
+                .map(|v| shown(c.json, v, client::describe_change)),
             )
         }
-        Command::Rules { args, rule, .. } => rules_command(&ep, args, rule),
-        Command::History { limit, json, .. } => {
-            finish(ep.ok("GET", "/v1/history", None, None).map(|v| {
-                if json {
-                    format!("{v:#}\n")
+        Command::Rules {
+            args, rule, change, ..
+        } => rules_command(&ep, args, rule, change),
+        Command::Server {
+            app,
+            color,
+            addr,
+            action,
+            weight,
+            change: c,
+            ..
+        } => {
+            let mut body = c.body();
+            body["color"] = serde_json::json!(match color {
+                ColorArg::Blue => "blue",
+                ColorArg::Green => "green",
+            });
+            body["state"] = serde_json::json!(match action {
+                ServerAction::Ready => "ready",
+                ServerAction::Drain => "drain",
+                ServerAction::Maint => "maint",
+            });
+            if let Some(w) = weight {
+                body["weight"] = serde_json::json!(w);
+            }
+            finish(
+                ep.ok(
+                    "POST",
+                    &format!("/v1/apps/{app}/servers/{addr}"),
+                    Some(body),
+                    c.if_match,
+                )
+                .map(|v| shown(c.json, v, client::describe_change)),
+            )
+        }
+        Command::Reload {
+            take_rules_from_file,
+            out,
+            ..
+        } => {
+            let body = serde_json::json!({ "take_rules_from_file": take_rules_from_file });
+            finish(ep.ok("POST", "/v1/reload", Some(body), None).map(|v| {
+                shown(out.json, v, |v| {
+                    let drift: Vec<&str> = v["apps"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .filter(|(_, a)| a["drift"] == true)
+                                .map(|(n, _)| n.as_str())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let mut s = format!("reloaded (epoch {})\n", v["epoch"]);
+                    for name in drift {
+                        s.push_str(&format!(
+                            "{name}: the file's rules differ from the runtime rules, which stand (cutover diff; --take-rules-from-file applies the file's)\n"
+                        ));
+                    }
+                    s
+                })
+            }))
+        }
+        Command::Diff { out, endpoint, .. } => {
+            let path = endpoint.config.expect("checked above");
+            let config = match load_or_report(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            finish(ep.ok("GET", "/v1/status", None, None).map(|status| {
+                let d = client::diff(&config, &status);
+                if out.json {
+                    let apps: serde_json::Map<String, serde_json::Value> = d
+                        .iter()
+                        .map(|(a, l)| (a.clone(), serde_json::json!(l)))
+                        .collect();
+                    format!(
+                        "{:#}\n",
+                        serde_json::json!({ "differs": !d.is_empty(), "apps": apps })
+                    )
                 } else {
-                    client::history_table(&v, limit)
+                    diff_text(&path, &d)
                 }
             }))
         }
-        Command::Run { .. } | Command::Check { .. } | Command::Demo => {
-            unreachable!("handled by execute")
+        Command::History { limit, out, .. } => finish(
+            ep.ok("GET", "/v1/history", None, None)
+                .map(|v| shown(out.json, v, |v| client::history_table(v, limit))),
+        ),
+        _ => unreachable!("handled by execute"),
+    }
+}
+
+fn diff_text(path: &Path, d: &[(String, Vec<String>)]) -> String {
+    let mut s = String::new();
+    if d.is_empty() {
+        let _ = writeln!(s, "the running state matches {}", path.display());
+    }
+    for (app, lines) in d {
+        for l in lines {
+            let _ = writeln!(s, "{app}: {l}");
         }
     }
+    s
 }
 
 /// `flip` or `rollback` of one app, or of every app / the last change.
@@ -303,49 +548,93 @@ fn change(ep: &Endpoint, verb: &str, app: Option<String>, flags: ChangeFlags) ->
         None => format!("/v1/{verb}"),
     };
     finish(
-        ep.ok("POST", &path, Some(flags.body()), None)
-            .map(|v| client::describe_change(&v)),
+        ep.ok("POST", &path, Some(flags.body()), flags.if_match)
+            .map(|v| shown(flags.json, v, client::describe_change)),
     )
 }
 
-/// `rules [APP] [list|add|remove] [NAME]`, in either order of APP and action.
-fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs) -> ExitCode {
+/// `rules [APP] [list|add|remove] [NAME]`. Any other word where the
+/// action goes is a usage error: nothing is listed in place of a typo.
+fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs, flags: ChangeFlags) -> ExitCode {
     const ACTIONS: [&str; 3] = ["list", "add", "remove"];
-    let (mut app, mut action, mut rest) = (None, None, Vec::new());
-    for a in args {
-        if action.is_none() && ACTIONS.contains(&a.as_str()) {
-            action = Some(a);
-        } else if action.is_none() && app.is_none() {
-            app = Some(a);
-        } else {
-            rest.push(a);
+    let is_action = |a: &str| ACTIONS.contains(&a);
+    let (app, action, rest): (Option<String>, String, Vec<String>) = match args.as_slice() {
+        [] => (None, "list".into(), vec![]),
+        [a] if is_action(a) => (None, a.clone(), vec![]),
+        [a, b, rest @ ..] if is_action(a) => {
+            // `rules remove APP NAME` or `rules remove NAME`.
+            if a == "remove" && !rest.is_empty() {
+                (Some(b.clone()), a.clone(), rest.to_vec())
+            } else {
+                let mut r = vec![b.clone()];
+                r.extend_from_slice(rest);
+                (None, a.clone(), r)
+            }
         }
-    }
-    let action = action.unwrap_or_else(|| "list".into());
-    // `rules remove APP NAME`: the first extra word is the app.
-    if action == "remove" && app.is_none() && rest.len() == 2 {
-        app = Some(rest.remove(0));
-    }
+        [app, a, rest @ ..] if is_action(a) => (Some(app.clone()), a.clone(), rest.to_vec()),
+        [app] if !app.starts_with('-') && args.len() == 1 => {
+            (Some(app.clone()), "list".into(), vec![])
+        }
+        [_, other, ..] | [other] => {
+            return usage(format!(
+                "rules: unknown action {other:?}: use list, add or remove"
+            ))
+        }
+    };
     let app = match client::pick_app(ep, app) {
         Ok(a) => a,
         Err(m) => return usage(m),
     };
     let path = format!("/v1/apps/{app}/rules");
+    let query = format!(
+        "{}{}",
+        if flags.force { "?force=true" } else { "" },
+        match (flags.dry_run, flags.force) {
+            (true, true) => "&dry_run=true",
+            (true, false) => "?dry_run=true",
+            _ => "",
+        }
+    );
     match action.as_str() {
-        "list" => finish(
-            ep.ok("GET", &path, None, None)
-                .map(|v| client::rules_table(&v["rules"])),
-        ),
+        "list" => {
+            if !rest.is_empty() {
+                return usage("rules list takes no more words");
+            }
+            finish(
+                ep.ok("GET", &path, None, None)
+                    .map(|v| shown(flags.json, v, |v| client::rules_table(&v["rules"]))),
+            )
+        }
         "remove" => {
             let [name] = rest.as_slice() else {
                 return usage("rules remove takes the rule's NAME");
             };
             finish(
-                ep.ok("DELETE", &format!("{path}/{name}"), None, None)
-                    .map(|_| format!("removed rule {name:?} from {app}\n")),
+                ep.ok(
+                    "DELETE",
+                    &format!("{path}/{name}{query}"),
+                    None,
+                    flags.if_match,
+                )
+                .map(|v| {
+                    shown(flags.json, v, |v| {
+                        let dry = if v["dry_run"] == true {
+                            "dry run: would remove"
+                        } else {
+                            "removed"
+                        };
+                        format!("{dry} rule {name:?} from {app}\n")
+                    })
+                }),
             )
         }
         _ => {
+            if !rest.is_empty() {
+                return usage(format!(
+                    "rules add takes its rule as flags, not {:?}",
+                    rest.join(" ")
+                ));
+            }
             let (Some(name), Some(to)) = (rule.name.clone(), rule.to.clone()) else {
                 return usage("rules add needs --name and --to");
             };
@@ -386,15 +675,32 @@ fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs) -> ExitCode {
             if let Some(p) = rule.path_prefix {
                 spec["path_prefix"] = p.into();
             }
+            if rule.every_request {
+                spec["all"] = true.into();
+            }
             // Read, append, write back with If-Match: a concurrent change is
             // refused (412) rather than lost.
             let result = ep.ok("GET", &path, None, None).and_then(|current| {
-                let epoch = current["epoch"].as_u64();
+                let epoch = flags.if_match.or(current["epoch"].as_u64());
                 let mut rules = current["rules"].as_array().cloned().unwrap_or_default();
                 rules.push(spec);
-                ep.ok("PUT", &path, Some(serde_json::Value::Array(rules)), epoch)
+                ep.ok(
+                    "PUT",
+                    &format!("{path}{query}"),
+                    Some(serde_json::Value::Array(rules)),
+                    epoch,
+                )
             });
-            finish(result.map(|v| client::rules_table(&v["apps"][&app]["rules"])))
+            finish(result.map(|v| {
+                shown(flags.json, v, |v| {
+                    let dry = if v["dry_run"] == true {
+                        "dry run, unchanged:\n"
+                    } else {
+                        ""
+                    };
+                    format!("{dry}{}", client::rules_table(&v["apps"][&app]["rules"]))
+                })
+            }))
         }
     }
 }
@@ -455,6 +761,7 @@ fn check(path: &Path) -> ExitCode {
             }
             print!("{}", summary(&config));
             println!("{}: ok", path.display());
+            runtime_differences(path);
             ExitCode::SUCCESS
         }
         // A bad config is a usage error, for `check` as for `run`.
@@ -465,6 +772,51 @@ fn check(path: &Path) -> ExitCode {
             }
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+/// When the daemon this config describes answers on its admin API (within
+/// half a second), say whether its runtime state differs from the file.
+fn runtime_differences(path: &Path) {
+    let Ok(ep) = Endpoint::resolve(&EndpointArgs {
+        config: Some(path.to_path_buf()),
+        ..EndpointArgs::default()
+    }) else {
+        return;
+    };
+    let reachable = ep
+        .authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(500)).is_ok()
+        });
+    if !reachable {
+        println!(
+            "(no daemon answers at http://{}: runtime state not compared)",
+            ep.authority
+        );
+        return;
+    }
+    let Ok(config) = Config::load(path) else {
+        return;
+    };
+    match ep.ok("GET", "/v1/status", None, None) {
+        Ok(status) => {
+            let d = client::diff(&config, &status);
+            if d.is_empty() {
+                println!("runtime state at http://{} matches this file", ep.authority);
+            } else {
+                println!("runtime state differs (http://{}):", ep.authority);
+                for (app, lines) in &d {
+                    for l in lines {
+                        println!("  {app}: {l}");
+                    }
+                }
+            }
+        }
+        Err(e) => println!("(runtime state not compared: {e:#})"),
     }
 }
 

@@ -5,13 +5,22 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::config::{Config, TokenSource};
+
+/// The admin API said no: its HTTP status (which the CLI's exit code
+/// follows) and its message.
+#[derive(Debug, thiserror::Error)]
+#[error("refused ({status}): {message}")]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
 
 /// Where and how to reach the admin API.
 #[derive(Debug, Clone)]
@@ -177,7 +186,11 @@ impl Endpoint {
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| v.to_string());
-            bail!("refused ({status}): {msg}")
+            Err(Refused {
+                status,
+                message: msg,
+            }
+            .into())
         }
     }
 }
@@ -407,6 +420,99 @@ pub fn history_table(v: &Value, limit: usize) -> String {
                 ""
             }
         );
+    }
+    out
+}
+
+/// How the running state (a status document) differs from a config file:
+/// one line per difference, per app. The file gives the initial live
+/// colour and split, and the rules it declares; the runtime state owns
+/// them once changed.
+pub fn diff(config: &Config, status: &Value) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for app in &config.apps {
+        let mut lines = Vec::new();
+        let run = &status["apps"][&app.name];
+        if run.is_null() {
+            lines.push("not running (the daemon's config has no such app: reload it)".into());
+            out.push((app.name.clone(), lines));
+            continue;
+        }
+        let live = run["live"].as_str().unwrap_or("?");
+        if live != app.live.to_string() {
+            lines.push(format!("live: {live} (file: {})", app.live));
+        }
+        let split = run["standby_percent"].as_f64().unwrap_or(0.0);
+        if split != app.standby_percent {
+            lines.push(format!(
+                "standby_percent: {split} (file: {})",
+                app.standby_percent
+            ));
+        }
+        let running: Vec<crate::config::RuleSpec> =
+            serde_json::from_value(run["rules"].clone()).unwrap_or_default();
+        for r in &running {
+            match app.rules.iter().find(|f| f.name == r.name) {
+                None => lines.push(format!(
+                    "rule {:?}: added at runtime ({})",
+                    r.name,
+                    rule_conditions(&json!(r))
+                )),
+                Some(f) if f != r => lines.push(format!(
+                    "rule {:?}: {} -> {} when {} (file: {} -> {} when {})",
+                    r.name,
+                    r.percent.unwrap_or(100.0),
+                    r.to,
+                    rule_conditions(&json!(r)),
+                    f.percent.unwrap_or(100.0),
+                    f.to,
+                    rule_conditions(&json!(f)),
+                )),
+                Some(_) => {}
+            }
+        }
+        for f in &app.rules {
+            if !running.iter().any(|r| r.name == f.name) {
+                lines.push(format!("rule {:?}: in the file, not running", f.name));
+            }
+        }
+        let order: Vec<&str> = running.iter().map(|r| r.name.as_str()).collect();
+        let file_order: Vec<&str> = app.rules.iter().map(|r| r.name.as_str()).collect();
+        if order.len() == file_order.len()
+            && order != file_order
+            && file_order.iter().all(|n| order.contains(n))
+        {
+            lines.push(format!(
+                "rule order: {} (file: {})",
+                order.join(", "),
+                file_order.join(", ")
+            ));
+        }
+        for color in ["blue", "green"] {
+            let servers = run["pools"][color]["servers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for s in servers {
+                let state = s["state"].as_str().unwrap_or("ready");
+                if state != "ready" {
+                    lines.push(format!(
+                        "{color} server {}: {state}",
+                        s["addr"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
+        }
+        if !lines.is_empty() {
+            out.push((app.name.clone(), lines));
+        }
+    }
+    if let Some(apps) = status["apps"].as_object() {
+        for name in apps.keys() {
+            if config.app(name).is_none() {
+                out.push((name.clone(), vec!["running, but not in the file".into()]));
+            }
+        }
     }
     out
 }

@@ -174,8 +174,11 @@ servers = ["127.0.0.1:2"]
         r#"apps.shop.live: must be "blue" or "green", got "red""#,
         r#"apps.shop.blue.servers[0]: host name "no-such-host.invalid" does not resolve"#,
     ] {
-        assert!(stderr.contains(want), "missing {want:?} in:
-{stderr}");
+        assert!(
+            stderr.contains(want),
+            "missing {want:?} in:
+{stderr}"
+        );
     }
     // The bleen table's keys are not reported as misplaced.
     assert_eq!(stderr.matches("unknown field").count(), 3, "{stderr}");
@@ -185,7 +188,10 @@ servers = ["127.0.0.1:2"]
     );
     let out = check_text(dir.path(), &text);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("server.listen_tls[0]: 127.0.0.1:9912 is also server.listen[0]"), "{stderr}");
+    assert!(
+        stderr.contains("server.listen_tls[0]: 127.0.0.1:9912 is also server.listen[0]"),
+        "{stderr}"
+    );
 }
 
 #[test]

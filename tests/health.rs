@@ -534,7 +534,8 @@ async fn in_an_outage_the_way_back_is_never_blocked_by_the_gate() {
     let health = r#"health = { path = "/healthz", interval = "100ms", timeout = "200ms", rise = 1, fall = 1 }"#;
     let proxy = Proxy::start(&two_pools(&q(&b), &q(&g), "", health));
     let c = client();
-    let rules = r#"[{"name": "testers", "to": "green", "header": {"name": "x-preview", "value": "1"}}]"#;
+    let rules =
+        r#"[{"name": "testers", "to": "green", "header": {"name": "x-preview", "value": "1"}}]"#;
     let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", rules, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "{}", &[]).await;
@@ -549,8 +550,14 @@ async fn in_an_outage_the_way_back_is_never_blocked_by_the_gate() {
     let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", more, &[]).await;
     assert_eq!(r.status, 409, "{}", r.text());
     let msg = r.json()["error"].as_str().unwrap().to_string();
-    assert!(msg.contains("rule \"mobile\"") && msg.contains("--force"), "{msg}");
-    assert!(!msg.contains("testers"), "an unchanged rule is no cause: {msg}");
+    assert!(
+        msg.contains("rule \"mobile\"") && msg.contains("--force"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("testers"),
+        "an unchanged rule is no cause: {msg}"
+    );
 
     // The way back: roll back the flip, without force, though a rule
     // still points at green.
@@ -560,9 +567,24 @@ async fn in_an_outage_the_way_back_is_never_blocked_by_the_gate() {
     assert_eq!(st["apps"]["shop"]["live"], "blue", "{st}");
     assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
     // Now a split towards dead green is refused, naming the split.
-    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/shift", r#"{"percent": 10}"#, &[]).await;
+    let r = admin_call(
+        &c,
+        &proxy,
+        "POST",
+        "/v1/apps/shop/shift",
+        r#"{"percent": 10}"#,
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 409, "{}", r.text());
-    assert!(r.json()["error"].as_str().unwrap().contains("the split (0% -> 10%"), "{}", r.text());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("the split (0% -> 10%"),
+        "{}",
+        r.text()
+    );
     // Removing the rule to dead green always passes too.
     let r = admin_call(&c, &proxy, "DELETE", "/v1/apps/shop/rules/testers", "", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -598,7 +620,11 @@ async fn servers_are_drained_put_in_maintenance_and_reweighted_at_runtime() {
         assert_eq!((both["blue-1"], both["blue-2"]), (10, 10));
         let b2_addr = b2.addr.to_string();
         let server = |addr: &str, body: &str| {
-            let (c, path, body) = (c.clone(), format!("/v1/apps/shop/servers/{addr}"), body.to_string());
+            let (c, path, body) = (
+                c.clone(),
+                format!("/v1/apps/shop/servers/{addr}"),
+                body.to_string(),
+            );
             let proxy = &proxy;
             async move { admin_call(&c, proxy, "POST", &path, &body, &[]).await }
         };
@@ -607,7 +633,10 @@ async fn servers_are_drained_put_in_maintenance_and_reweighted_at_runtime() {
         let r = server(&b2_addr, r#"{"state": "drain"}"#).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let st = r.json();
-        assert_eq!(st["apps"]["shop"]["pools"]["blue"]["servers"][1]["state"], "drain", "{st}");
+        assert_eq!(
+            st["apps"]["shop"]["pools"]["blue"]["servers"][1]["state"], "drain",
+            "{st}"
+        );
         let seen = spread(10).await;
         assert_eq!(seen.get("blue-2"), None, "{seen:?}");
         until_open_at_most(&b2, 0, Duration::from_secs(5)).await;
@@ -619,7 +648,10 @@ async fn servers_are_drained_put_in_maintenance_and_reweighted_at_runtime() {
         // Maintenance of the drained one: it reports unhealthy.
         let r = server(&b2_addr, r#"{"state": "maint"}"#).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json()["apps"]["shop"]["pools"]["blue"]["servers"][1]["healthy"], false);
+        assert_eq!(
+            r.json()["apps"]["shop"]["pools"]["blue"]["servers"][1]["healthy"],
+            false
+        );
 
         // Ready again, with three times the weight.
         let r = server(&b2_addr, r#"{"state": "ready", "weight": 3}"#).await;
@@ -627,9 +659,17 @@ async fn servers_are_drained_put_in_maintenance_and_reweighted_at_runtime() {
         let seen = spread(40).await;
         assert_eq!((seen["blue-1"], seen["blue-2"]), (10, 30), "{seen:?}");
         // Bad input changes nothing.
-        for bad in [r#"{"state": "gone"}"#, r#"{"weight": 0}"#, r#"{"color": "green"}"#] {
+        for bad in [
+            r#"{"state": "gone"}"#,
+            r#"{"weight": 0}"#,
+            r#"{"color": "green"}"#,
+        ] {
             let r = server(&b2_addr, bad).await;
-            assert!(matches!(r.status.as_u16(), 400 | 404), "{bad}: {}", r.text());
+            assert!(
+                matches!(r.status.as_u16(), 400 | 404),
+                "{bad}: {}",
+                r.text()
+            );
         }
         let r = server("127.0.0.1:1", r#"{"state": "drain"}"#).await;
         assert_eq!(r.status, 404, "{}", r.text());
@@ -638,9 +678,17 @@ async fn servers_are_drained_put_in_maintenance_and_reweighted_at_runtime() {
         proxy.join().await;
         let proxy = Proxy::start(&toml);
         let st = status(&c, &proxy).await;
-        assert_eq!(st["apps"]["shop"]["pools"]["blue"]["servers"][1]["weight"], 3, "{st}");
-        let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[]).await.json();
-        assert_eq!(h["history"].as_array().unwrap().last().unwrap()["kind"], "server");
+        assert_eq!(
+            st["apps"]["shop"]["pools"]["blue"]["servers"][1]["weight"], 3,
+            "{st}"
+        );
+        let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[])
+            .await
+            .json();
+        assert_eq!(
+            h["history"].as_array().unwrap().last().unwrap()["kind"],
+            "server"
+        );
     })
     .await
     .unwrap();

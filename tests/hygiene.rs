@@ -434,14 +434,20 @@ async fn the_upstream_sees_only_what_cutover_routed() {
             }
         }
         // Such a connection is closed, never reused for another request.
-        assert!(!broken.is_empty(), "no broken body reached an upstream: the check would prove nothing");
+        assert!(
+            !broken.is_empty(),
+            "no broken body reached an upstream: the check would prove nothing"
+        );
         for (app, conn) in &broken {
             let on_it = front
                 .since([0, 0, 0])
                 .into_iter()
                 .filter(|(a, r)| a == app && r.conn == *conn)
                 .count();
-            assert_eq!(on_it, 1, "{app} connection {conn} carried a broken body and was reused");
+            assert_eq!(
+                on_it, 1,
+                "{app} connection {conn} carried a broken body and was reused"
+            );
         }
         // Nothing smuggled arrived later either.
         let all = front.since([0, 0, 0]);

@@ -276,7 +276,8 @@ async fn responses_reach_http1_clients_cleaned_up() {
     .await;
     let proxy = Proxy::start(&config(up.addr));
     let limit = std::time::Duration::from_secs(3);
-    let (codes, text) = raw_statuses(proxy.addr, b"GET /a HTTP/1.1\r\nHost: shop\r\n\r\n", limit).await;
+    let (codes, text) =
+        raw_statuses(proxy.addr, b"GET /a HTTP/1.1\r\nHost: shop\r\n\r\n", limit).await;
     assert_eq!(codes, [200]);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     let (_, text) = raw_statuses(proxy.addr, b"GET /b HTTP/1.1\r\nHost: shop\r\n\r\n", limit).await;

@@ -157,6 +157,10 @@ pub struct RuleSpec {
     pub client_ip: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// `true`: the rule has no condition on purpose and takes every
+    /// request (of its `percent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -30,7 +30,10 @@ pub fn parse_config(text: &str, path: Option<&Path>) -> Result<Config, Vec<Strin
         .unwrap_or_default();
     let mut errs = Errors(Vec::new());
     let cfg = build(raw, &base, path, &mut errs);
-    let unknown: Vec<String> = unknown.into_iter().map(|e| format!("{name}: {e}")).collect();
+    let unknown: Vec<String> = unknown
+        .into_iter()
+        .map(|e| format!("{name}: {e}"))
+        .collect();
     if !unknown.is_empty() {
         let rest = errs.0.into_iter().map(|e| with_line(text, e));
         return Err(unknown.into_iter().chain(rest).collect());
@@ -64,7 +67,9 @@ fn parse_known(text: &str) -> Result<(RawConfig, Vec<String>), String> {
         }
         let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
         let line_no = text[..span.start].matches('\n').count() + 1;
-        let line_end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
+        let line_end = text[span.start..]
+            .find('\n')
+            .map_or(text.len(), |i| span.start + i);
         let line = text[line_start..line_end].trim().to_string();
         unknown.push(format!("{message} (line {line_no}: {line})"));
         // A table header takes its table with it, up to the next header.
@@ -778,7 +783,10 @@ fn listeners_once(server: &ServerSettings, admin: &AdminSettings, errs: &mut Err
                 && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
         });
         if let Some((other, _)) = clash {
-            errs.push(&key, format!("{a} is also {other}: each listener needs its own address"));
+            errs.push(
+                &key,
+                format!("{a} is also {other}: each listener needs its own address"),
+            );
         }
         seen.push((key, a));
     }

@@ -355,6 +355,24 @@ struct Options {
     percent: Option<f64>,
 }
 
+/// `POST /v1/apps/{app}/servers/{addr}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerBody {
+    /// Default `ready`.
+    #[serde(default)]
+    state: Option<crate::route::snapshot::ServerState>,
+    #[serde(default)]
+    weight: Option<u32>,
+    /// Needed only when the address is in both pools.
+    #[serde(default)]
+    color: Option<crate::config::Color>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
 /// `PUT /v1/apps/{app}/rules`: a list of rules, or `{"rules": [...]}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -369,6 +387,8 @@ struct RulesWrapped {
     rules: Vec<crate::config::RuleSpec>,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
@@ -449,10 +469,15 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
             None => return error(400, "If-Match: must be an epoch number"),
         },
     };
-    let query_force = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
+    let query_flag = |name: &str| {
+        req.uri().query().is_some_and(|q| {
+            q.split('&').any(|kv| {
+                kv.split_once('=')
+                    .is_some_and(|(k, v)| k == name && (v == "true" || v == "1"))
+            })
+        })
+    };
+    let (query_force, query_dry_run) = (query_flag("force"), query_flag("dry_run"));
     // Route first, so a wrong method is 405 before the body is read.
     enum Route<'a> {
         Status,
@@ -466,6 +491,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         Rollback(&'a str),
         Rules(&'a str),
         Rule(&'a str, &'a str),
+        Server(&'a str, &'a str),
     }
     let route = match segments.as_slice() {
         ["metrics"] => Route::Metrics,
@@ -479,6 +505,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         ["v1", "apps", app, "rollback"] => Route::Rollback(app),
         ["v1", "apps", app, "rules"] => Route::Rules(app),
         ["v1", "apps", app, "rules", name] => Route::Rule(app, name),
+        ["v1", "apps", app, "servers", addr] => Route::Server(app, addr),
         _ => return error(404, format!("no such endpoint: {path}")),
     };
     let read_only = matches!(route, Route::Status | Route::History | Route::Metrics)
@@ -550,7 +577,22 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         }
     };
     if let Route::Reload = route {
-        let result = admin.lock().reload();
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct ReloadBody {
+            /// Replace runtime rules that differ from the file's.
+            #[serde(default)]
+            take_rules_from_file: bool,
+        }
+        let opts = if body.iter().all(u8::is_ascii_whitespace) {
+            ReloadBody::default()
+        } else {
+            match serde_json::from_slice::<ReloadBody>(&body) {
+                Ok(o) => o,
+                Err(e) => return error(400, format!("bad JSON: {e}")),
+            }
+        };
+        let result = admin.lock().reload_with(opts.take_rules_from_file, &actor);
         return match result {
             Ok(status) => reply(200, status),
             Err(errors) => reply(400, json!({ "error": errors.join("; "), "errors": errors })),
@@ -564,11 +606,15 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
     };
     let (change, force, dry_run) = match route {
         Route::Rules(app) => match serde_json::from_slice::<RulesBody>(&body) {
-            Ok(RulesBody::List(rules)) => (Change::SetRules(app.into(), rules), query_force, false),
+            Ok(RulesBody::List(rules)) => (
+                Change::SetRules(app.into(), rules),
+                query_force,
+                query_dry_run,
+            ),
             Ok(RulesBody::Wrapped(w)) => (
                 Change::SetRules(app.into(), w.rules),
                 w.force || query_force,
-                false,
+                w.dry_run || query_dry_run,
             ),
             Err(e) => {
                 // Untagged enums hide the cause: try each shape for a useful message.
@@ -582,8 +628,34 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         Route::Rule(app, name) => (
             Change::DeleteRule(app.into(), name.into()),
             query_force,
-            false,
+            query_dry_run,
         ),
+        Route::Server(app, addr) => {
+            let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+                return error(
+                    400,
+                    format!("{addr:?} is not a server address like 10.0.0.1:8080"),
+                );
+            };
+            let b: ServerBody = match serde_json::from_slice(&body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return error(
+                        400,
+                        format!("bad JSON: {e} (expected {{\"state\": \"ready\"|\"drain\"|\"maint\", \"weight\": N, \"color\": \"blue\"|\"green\"}})"),
+                    )
+                }
+            };
+            let setting = crate::route::snapshot::ServerSetting {
+                state: b.state.unwrap_or_default(),
+                weight: b.weight,
+            };
+            (
+                Change::Server(app.into(), b.color, addr, setting),
+                b.force || query_force,
+                b.dry_run,
+            )
+        }
         _ => {
             let opts = match parse_options(&body) {
                 Ok(o) => o,

@@ -415,7 +415,11 @@ impl Control {
     /// rules replace runtime-owned rules that differ from them (recorded
     /// in history, by `actor`, with the rules they replaced); without it
     /// such rules stay and the difference is reported as drift.
-    pub fn reload_with(&mut self, take_rules_from_file: bool, actor: &str) -> Result<Status, Vec<String>> {
+    pub fn reload_with(
+        &mut self,
+        take_rules_from_file: bool,
+        actor: &str,
+    ) -> Result<Status, Vec<String>> {
         let result = self.try_reload(take_rules_from_file, actor);
         match &result {
             Ok(_) => {
@@ -500,7 +504,12 @@ impl Control {
                 epoch: file.epoch,
                 actor: actor.to_string(),
                 app: app.name.clone(),
-                kind: if before.runtime_rules { "rules-from-file" } else { "reload" }.into(),
+                kind: if before.runtime_rules {
+                    "rules-from-file"
+                } else {
+                    "reload"
+                }
+                .into(),
                 forced: false,
                 before,
                 after: after.clone(),
@@ -631,7 +640,11 @@ impl Serialize for AppDoc<'_> {
         // Through a `Value`, as before: the rules' keys in alphabetical order.
         let rules = serde_json::to_value(&app.state.rules).map_err(serde::ser::Error::custom)?;
         m.serialize_entry("rules", &rules)?;
-        let owner = if app.state.runtime_rules { "runtime" } else { "file" };
+        let owner = if app.state.runtime_rules {
+            "runtime"
+        } else {
+            "file"
+        };
         m.serialize_entry("rules_owner", owner)?;
         m.serialize_entry("standby", &app.state.standby())?;
         m.serialize_entry("standby_percent", &app.state.standby_percent)?;
@@ -771,7 +784,9 @@ fn health_gate(
         for color in Color::ALL {
             // Taking the last healthy server of a pool that receives
             // traffic out of rotation would leave that traffic nowhere.
-            let had = current.app(name).is_some_and(|a| a.pool(color).any_healthy());
+            let had = current
+                .app(name)
+                .is_some_and(|a| a.pool(color).any_healthy());
             if had && app.receives_traffic(color) && !app.pool(color).any_healthy() {
                 problems.push(format!(
                     "app {name:?}: this would leave {color}, which receives traffic, without a healthy server in rotation"
@@ -816,7 +831,11 @@ fn gained(before: &AppState, after: &AppState, color: Color) -> Vec<String> {
         causes.push(format!("the split ({was}% -> {now}% of default traffic)"));
     }
     let percent = |r: &crate::config::RuleSpec| r.percent.unwrap_or(100.0);
-    for rule in after.rules.iter().filter(|r| r.to == color.to_string() && percent(r) > 0.0) {
+    for rule in after
+        .rules
+        .iter()
+        .filter(|r| r.to == color.to_string() && percent(r) > 0.0)
+    {
         let old = before.rules.iter().find(|r| r.name == rule.name);
         let grew = match old {
             Some(o) if o.to == rule.to => {

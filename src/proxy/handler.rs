@@ -365,7 +365,7 @@ async fn send_hyper(
     let replay = (bodiless
         && (up.tx.is_h2()
             || (up.idle_for(started) >= REPLAY_AFTER_IDLE && p.parts.method.is_idempotent())))
-        .then(|| Box::new(head_copy(&p.parts)));
+    .then(|| Box::new(head_copy(&p.parts)));
     let req = Request::from_parts(p.parts, RequestBody::new(p.body, p.max_body));
     let sent = worker
         .deadlines
@@ -789,7 +789,10 @@ mod tests {
     fn the_sticky_cookie_is_secure_on_tls() {
         let id = [b'a'; 32];
         let plain = cookie_header("cutover", &id, false).unwrap();
-        assert!(plain.to_str().unwrap().ends_with("; Path=/; HttpOnly; SameSite=Lax"));
+        assert!(plain
+            .to_str()
+            .unwrap()
+            .ends_with("; Path=/; HttpOnly; SameSite=Lax"));
         let tls = cookie_header("cutover", &id, true).unwrap();
         assert!(tls.to_str().unwrap().ends_with("; SameSite=Lax; Secure"));
     }

@@ -513,6 +513,24 @@ impl Rule {
                 errs.push(("path_prefix", format!("must start with '/', got {p:?}")));
             }
         }
+        // A rule without a condition takes every request (of its percent):
+        // only on purpose.
+        let conditions = spec.user_agent.is_some()
+            || spec.header.is_some()
+            || spec.cookie.is_some()
+            || spec.client_ip.is_some()
+            || spec.path_prefix.is_some();
+        match (conditions, spec.all) {
+            (false, Some(true)) | (true, None | Some(false)) => {}
+            (false, _) => errs.push((
+                "all",
+                "a rule without a condition (user_agent, header, cookie, client_ip, path_prefix) takes all traffic: say all = true if that is meant".to_string(),
+            )),
+            (true, Some(true)) => errs.push((
+                "all",
+                "all = true takes every request: it cannot go with a condition".to_string(),
+            )),
+        }
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -929,14 +947,26 @@ mod tests {
             cookie: None,
             client_ip: None,
             path_prefix: None,
+            all: None,
         }
     }
 
+    /// Compile a test rule; one without a condition says `all` for it.
+    fn compiled(s: &RuleSpec) -> Rule {
+        let mut s = s.clone();
+        if s.user_agent.is_none()
+            && s.header.is_none()
+            && s.cookie.is_none()
+            && s.client_ip.is_none()
+            && s.path_prefix.is_none()
+        {
+            s.all = Some(true);
+        }
+        Rule::compile(&s).unwrap()
+    }
+
     fn table(specs: &[RuleSpec]) -> RuleTable {
-        RuleTable::new(
-            specs.iter().map(|s| Rule::compile(s).unwrap()).collect(),
-            Some("cutover"),
-        )
+        RuleTable::new(specs.iter().map(compiled).collect(), Some("cutover"))
     }
 
     /// The name of the first matching rule.

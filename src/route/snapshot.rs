@@ -646,7 +646,13 @@ impl Snapshot {
                             })
                             .collect();
                         let stats = old_pool.map(|p| p.stats.clone()).unwrap_or_default();
-                        Arc::new(Pool::new(color, cfg.clone(), servers, stats, &state.servers))
+                        Arc::new(Pool::new(
+                            color,
+                            cfg.clone(),
+                            servers,
+                            stats,
+                            &state.servers,
+                        ))
                     }
                 }
                 .with_overrides(&state.servers)

@@ -1,0 +1,369 @@
+//! An operator's day through the real `cutover` binary: exit codes a
+//! script can rely on, commands that refuse typos, drift between the file
+//! and the running state, completions and the man page.
+
+mod support;
+
+use std::process::Output;
+
+use support::*;
+
+/// Run the CLI against `proxy`'s admin API (off the async runtime: the
+/// binary blocks until it has its answer).
+async fn cli(proxy: &Proxy, args: &[&str]) -> Output {
+    let admin = format!("http://{}", proxy.admin);
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["--admin".to_string(), admin]);
+    run(all).await
+}
+
+async fn run(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(&args)
+            .env_remove("CUTOVER_ADMIN")
+            .env_remove("CUTOVER_TOKEN")
+            .output()
+            .expect("run cutover")
+    })
+    .await
+    .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn two_apps(b: &Upstream, g: &Upstream, extra: &str) -> String {
+    format!(
+        r#"
+{extra}
+[apps.shop]
+hosts = ["shop.test"]
+[apps.shop.blue]
+servers = ["{b}"]
+[apps.shop.green]
+servers = ["{g}"]
+health = {{ path = "/healthz", interval = "100ms", timeout = "200ms", rise = 1, fall = 1 }}
+[apps.api]
+hosts = ["api.test"]
+[apps.api.blue]
+servers = ["{b}"]
+[apps.api.green]
+servers = ["{g}"]
+"#,
+        b = b.addr,
+        g = g.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_has_its_own_exit_code() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&two_apps(&b, &g, ""));
+
+        // 0: done; --json prints the API's answer.
+        let o = cli(&proxy, &["flip", "shop", "--json"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["apps"]["shop"]["live"], "green");
+        let epoch = v["epoch"].as_u64().unwrap();
+
+        // 3: a stale --if-match (412).
+        let stale = (epoch - 1).to_string();
+        let o = cli(&proxy, &["flip", "shop", "--if-match", &stale]).await;
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let now = epoch.to_string();
+        let o = cli(&proxy, &["rollback", "shop", "--if-match", &now]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+        // 2: refused by the gate (409) — green is dead.
+        g.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+        let c = client();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while status(&c, &proxy).await["apps"]["shop"]["pools"]["green"]["servers"][0]["healthy"]
+            == true
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "green never went down"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let o = cli(&proxy, &["flip", "shop"]).await;
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--force"),
+            "{}",
+            text(&o)
+        );
+        let o = cli(&proxy, &["flip", "shop", "--dry-run", "--force"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+        // 1: failed (404 here), or nothing answers.
+        let o = cli(&proxy, &["flip", "nosuchapp"]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let nobody = format!("http://127.0.0.1:{}", free_port());
+        let o = run(vec!["status".into(), "--admin".into(), nobody]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+        // 64: usage — an unknown command, an unknown rules action, a flip
+        // of several apps that names none.
+        for args in [
+            &["frobnicate"][..],
+            &["rules", "shop", "delete", "testers"],
+            &["rules", "shop", "rm", "testers"],
+            &["rules", "shop", "lsit"],
+            &["flip"],
+        ] {
+            let o = cli(&proxy, args).await;
+            assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+        }
+        // `flip --all` would send shop's traffic to dead green too: refused.
+        let o = cli(&proxy, &["flip", "--all"]).await;
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        g.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_token_exits_4_and_a_read_only_path_is_not_a_change() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin.token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let (b, g) = blue_green().await;
+        let extra = format!("[admin]\ntoken_file = \"{}\"\n", token.display());
+        let proxy = Proxy::start(&two_apps(&b, &g, &extra));
+        let wrong = dir.path().join("wrong.token");
+        std::fs::write(&wrong, "guess\n").unwrap();
+        let o = cli(&proxy, &["status", "--token-file", wrong.to_str().unwrap()]).await;
+        assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+        let o = cli(&proxy, &["status", "--token-file", token.to_str().unwrap()]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_refuse_typos_and_conditionless_rules_unless_meant() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&two_apps(&b, &g, ""));
+        let o = cli(
+            &proxy,
+            &[
+                "rules", "shop", "add", "--name", "everyone", "--to", "green",
+            ],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("all = true"),
+            "{}",
+            text(&o)
+        );
+
+        // --dry-run shows and changes nothing.
+        let o = cli(
+            &proxy,
+            &[
+                "rules",
+                "shop",
+                "add",
+                "--name",
+                "testers",
+                "--to",
+                "green",
+                "--header",
+                "x-preview=1",
+                "--dry-run",
+            ],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = cli(&proxy, &["rules", "shop", "list", "--json"]).await;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["rules"], serde_json::json!([]), "{v}");
+
+        let o = cli(
+            &proxy,
+            &[
+                "rules",
+                "shop",
+                "add",
+                "--name",
+                "canary",
+                "--to",
+                "green",
+                "--percent",
+                "5",
+                "--every-request",
+            ],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = cli(&proxy, &["rules", "shop", "remove", "canary"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = cli(&proxy, &["rules", "shop", "remove", "canary"]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_and_reload_show_and_settle_drift_between_the_file_and_the_running_state() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        let (b, g) = blue_green().await;
+        std::fs::write(&path, two_apps(&b, &g, "")).unwrap();
+        let proxy = Proxy::start_file(&path);
+        let file = path.to_str().unwrap();
+
+        let o = cli(&proxy, &["diff", "-c", file]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("matches"),
+            "{}",
+            text(&o)
+        );
+
+        let o = cli(
+            &proxy,
+            &[
+                "rules",
+                "shop",
+                "add",
+                "--name",
+                "testers",
+                "--to",
+                "green",
+                "--header",
+                "x-preview=1",
+            ],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = cli(&proxy, &["shift", "api", "10"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+        let o = cli(&proxy, &["diff", "-c", file]).await;
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            out.contains("shop: rule \"testers\": added at runtime"),
+            "{}",
+            text(&o)
+        );
+        assert!(
+            out.contains("api: standby_percent: 10 (file: 0)"),
+            "{}",
+            text(&o)
+        );
+        let o = cli(&proxy, &["diff", "-c", file, "--json"]).await;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["differs"], true);
+
+        // The runtime rule survives a reload of the unchanged file; the
+        // reload says the file's rules differ.
+        let o = cli(&proxy, &["reload"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("shop: the file's rules differ"),
+            "{}",
+            text(&o)
+        );
+        let o = cli(&proxy, &["rules", "shop", "list", "--json"]).await;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["rules"][0]["name"], "testers");
+
+        // Told to, the file's (empty) rules replace the runtime ones.
+        let o = cli(&proxy, &["reload", "--take-rules-from-file"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = cli(&proxy, &["rules", "shop", "list", "--json"]).await;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["rules"], serde_json::json!([]));
+        let o = cli(&proxy, &["history", "--json"]).await;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let last = v["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["kind"], "rules-from-file", "{last}");
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let out = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let o = out(&["completions", shell]);
+        assert!(o.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            script.contains("cutover") && script.contains("rollback"),
+            "{shell}: {script}"
+        );
+    }
+    let o = out(&["man"]);
+    assert!(o.status.success());
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+    assert_eq!(out(&["completions", "tcsh"]).status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_when_the_running_daemon_differs_from_the_file() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        let (b, g) = blue_green().await;
+        let (listen, admin) = (free_port(), free_port());
+        let extra = format!("[server]\nlisten = [\"127.0.0.1:{listen}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+        std::fs::write(&path, two_apps(&b, &g, &extra)).unwrap();
+        let file = path.to_str().unwrap().to_string();
+        struct Killed(std::process::Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _daemon = Killed(
+            std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .args(["run", "-c", &file])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let admin_url = format!("http://127.0.0.1:{admin}");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the daemon never listened");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let o = run(vec!["check".into(), "-c".into(), file.clone()]).await;
+        assert!(String::from_utf8_lossy(&o.stdout).contains("matches this file"), "{}", text(&o));
+        let o = run(vec!["shift".into(), "api".into(), "5".into(), "--admin".into(), admin_url]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = run(vec!["check".into(), "-c".into(), file]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(out.contains("runtime state differs") && out.contains("api: standby_percent: 5"), "{}", text(&o));
+    })
+    .await
+    .unwrap();
+}
