@@ -249,7 +249,7 @@ pub struct RuleArgs {
     #[arg(long)]
     pub path_prefix: Option<String>,
     /// The rule has no condition on purpose: it takes every request (add).
-    #[arg(long = "every-request")]
+    #[arg(long = "every-request", alias = "all")]
     pub every_request: bool,
 }
 
