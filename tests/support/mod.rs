@@ -714,6 +714,8 @@ pub struct SeenRequest {
     pub headers: Vec<(String, String)>,
     /// The body, decoded from its framing.
     pub body: Vec<u8>,
+    /// The body arrived whole (else the connection ended inside it).
+    pub complete: bool,
 }
 
 impl SeenRequest {
@@ -801,6 +803,7 @@ impl RecordingUpstream {
                             line,
                             headers: headers.clone(),
                             body: Vec::new(),
+                            complete: true,
                         };
                         let mut ok = true;
                         if field("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
@@ -852,6 +855,7 @@ impl RecordingUpstream {
                                 None => ok = false,
                             }
                         }
+                        req.complete = ok;
                         seen.lock().unwrap().push(req);
                         notify.notify_waiters();
                         if !ok {
