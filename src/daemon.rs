@@ -130,7 +130,7 @@ pub fn run_with(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let token = read_token(&config.admin.token)?;
+    tokens_ready(&config)?;
     let state = initial_state(&config, options.reset_state)?;
     if options.reset_state {
         tracing::warn!("--reset-state: starting from the config's initial values");
@@ -151,10 +151,11 @@ pub fn run_with(
         Some(TlsShared::new(store))
     };
     let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout, tls));
-    let admin = Arc::new(Admin::new(
-        Control::new(shared.clone(), config.clone(), state),
-        token,
-    ));
+    let admin = Arc::new(Admin::new(Control::new(
+        shared.clone(),
+        config.clone(),
+        state,
+    )));
 
     let workers = config.server.worker_count();
     let mut threads = Vec::with_capacity(workers);
@@ -203,6 +204,7 @@ pub fn run_with(
         }
         tokio::spawn(reload_on_sighup(admin.clone()));
         tokio::spawn(crate::control::health::supervise(shared.clone()));
+        tokio::spawn(crate::control::resolve::run(admin.clone(), shared.shutdown.subscribe()));
         shutdown.await;
         tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");
         shared.shutdown.send_replace(true);
@@ -227,21 +229,30 @@ async fn reload_on_sighup(admin: Arc<Admin>) {
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config");
-        let _ = admin.lock().reload();
+        let _ = admin.reload(false, "reload", None);
     }
 }
 
-fn read_token(source: &TokenSource) -> Result<Option<String>, DaemonError> {
-    let token = match source {
-        TokenSource::None => return Ok(None),
-        TokenSource::File(path) => std::fs::read_to_string(path)
-            .map_err(|e| DaemonError::Token(format!("cannot read {}: {e}", path.display())))?,
-        TokenSource::Env(var) => std::env::var(var)
-            .map_err(|_| DaemonError::Token(format!("environment variable {var} is not set")))?,
-    };
-    let token = token.trim().to_string();
-    if token.is_empty() {
-        return Err(DaemonError::Token("the token is empty".into()));
+/// Every admin token has its secret. The config read every token file
+/// already (an unreadable or empty one is a config error, for `check` as
+/// for `run`); an environment variable that is not set is only a warning
+/// for `check`, but the daemon does not start without it.
+fn tokens_ready(config: &Config) -> Result<(), DaemonError> {
+    let missing: Vec<String> = config
+        .admin
+        .tokens
+        .iter()
+        .filter(|t| t.secret.is_none())
+        .map(|t| match &t.source {
+            TokenSource::Env(var) => {
+                format!("{}: environment variable {var} is not set", t.key)
+            }
+            TokenSource::File(path) => format!("{}: cannot read {}", t.key, path.display()),
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(DaemonError::Token(missing.join("; ")))
     }
-    Ok(Some(token))
 }

@@ -172,7 +172,6 @@ servers = ["127.0.0.1:2"]
         "(line 14: [apps.shop.bleen])",
         "admin.listen: 127.0.0.1:9911 is also server.listen[0]",
         r#"apps.shop.live: must be "blue" or "green", got "red""#,
-        r#"apps.shop.blue.servers[0]: host name "no-such-host.invalid" does not resolve"#,
     ] {
         assert!(
             stderr.contains(want),
@@ -182,6 +181,16 @@ servers = ["127.0.0.1:2"]
     }
     // The bleen table's keys are not reported as misplaced.
     assert_eq!(stderr.matches("unknown field").count(), 3, "{stderr}");
+    // A host name that does not resolve now is a warning naming it: it is
+    // tried again every resolve_interval.
+    let text = "[apps.shop]\n[apps.shop.blue]\nservers = [\"no-such-host.invalid:80\"]\n[apps.shop.green]\nservers = [\"127.0.0.1:2\"]\n";
+    let out = check_text(dir.path(), text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: apps.shop.blue.servers[0]: host name \"no-such-host.invalid\" does not resolve now"),
+        "{stderr}"
+    );
     // The same listener clash with an unspecified address.
     let text = format!(
         "[server]\nlisten = [\"0.0.0.0:9912\"]\nlisten_tls = [\"127.0.0.1:9912\"]\n{GOOD_APP}"

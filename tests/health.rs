@@ -693,3 +693,51 @@ async fn servers_are_drained_put_in_maintenance_and_reweighted_at_runtime() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_given_by_name_serve_and_re_resolving_them_changes_nothing_that_stands() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let toml = format!(
+            "[server]\nworkers = 1\nresolve_interval = \"50ms\"\n{}",
+            two_pools(&format!("\"localhost:{}\"", b.addr.port()), &q(&g), "", "")
+        );
+        let proxy = Proxy::start(&toml);
+        let c = client();
+        let st = status(&c, &proxy).await;
+        let servers = st["apps"]["shop"]["pools"]["blue"]["servers"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(
+            servers
+                .iter()
+                .any(|s| s["addr"] == format!("127.0.0.1:{}", b.addr.port())),
+            "{st}"
+        );
+        assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+        // Several re-resolutions later: the same servers, the same
+        // connection, still serving.
+        let accepted = b.accepted.load(SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+        let st = status(&c, &proxy).await;
+        let addrs = |list: &[serde_json::Value]| {
+            list.iter()
+                .map(|s| s["addr"].to_string())
+                .collect::<Vec<_>>()
+        };
+        let now = st["apps"]["shop"]["pools"]["blue"]["servers"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(addrs(&now), addrs(&servers), "{st}");
+        assert_eq!(
+            b.accepted.load(SeqCst),
+            accepted,
+            "the pooled connection was kept"
+        );
+    })
+    .await
+    .unwrap();
+}

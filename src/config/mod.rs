@@ -97,6 +97,10 @@ pub struct ServerSettings {
     /// are believed (load balancers in front of cutover). Default none:
     /// every client's own such fields are removed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Servers given by host name are resolved again this often; new
+    /// addresses join their pool, vanished ones leave it (their requests
+    /// finish). Default 30 s.
+    pub resolve_interval: Duration,
 }
 
 impl ServerSettings {
@@ -160,8 +164,10 @@ pub struct CertPaths {
 pub struct AdminSettings {
     /// Default `127.0.0.1:9901`.
     pub listen: SocketAddr,
-    /// Where the token comes from; read when the daemon starts.
-    pub token: TokenSource,
+    /// The bearer tokens the admin API accepts, each read when the config
+    /// is: `token_file`/`token_env` as the operate token `default`, then
+    /// every `[[admin.tokens]]` entry. Empty: no token, loopback only.
+    pub tokens: Vec<AdminToken>,
     /// More names `Host` and `Origin` may give the admin listener, beyond
     /// its own address and `localhost`: lower case, without a trailing dot;
     /// an IP address in its canonical form, without brackets. Default none.
@@ -184,11 +190,86 @@ impl AdminSettings {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Where a token's secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
-    None,
+    /// A file (trimmed), relative to the config file.
     File(PathBuf),
+    /// An environment variable (trimmed).
     Env(String),
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every `GET`: status, history, rules, metrics.
+    Read,
+    /// Everything, changes included.
+    Operate,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Operate => "operate",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One bearer token of the admin API. Its name is what the history
+/// records as the actor of the changes made with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// `default` for `token_file`/`token_env`; `[A-Za-z0-9_.-]+`, unique.
+    pub name: String,
+    pub role: Role,
+    pub source: TokenSource,
+    /// The key its source was given under, for messages:
+    /// `admin.tokens[1].file`, `admin.token_env`.
+    pub key: String,
+    /// Read when the config was: `None` only for an environment variable
+    /// that is not set (a warning for `check`, an error for `run`).
+    pub secret: Option<Secret>,
+}
+
+/// A token's secret; never printed (`Debug` shows `Secret(..)`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl AdminSettings {
+    /// The token a client reading this config should send: `default`,
+    /// else the first operate token, else the first one (with a secret).
+    pub fn client_token(&self) -> Option<&Secret> {
+        let usable = || self.tokens.iter().filter(|t| t.secret.is_some());
+        usable()
+            .find(|t| t.name == "default")
+            .or_else(|| usable().find(|t| t.role == Role::Operate))
+            .or_else(|| usable().next())
+            .and_then(|t| t.secret.as_ref())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -269,7 +350,12 @@ pub enum Protocol {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
+    /// Every server: the configured addresses, and what the configured
+    /// host names resolved to.
     pub servers: Vec<ServerConfig>,
+    /// The servers configured by host name (`host:port`, weight), resolved
+    /// again every `server.resolve_interval`.
+    pub names: Vec<(String, u32)>,
     /// Default round robin.
     pub balance: Balance,
     pub health: Option<HealthConfig>,
@@ -302,6 +388,8 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// Relative share of the pool's traffic. Default 1.
     pub weight: u32,
+    /// The host name (`host:port`) this address was resolved from.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -339,3 +427,76 @@ impl Config {
 
 /// Compiled rules of one app, with the key prefix used in errors.
 pub type CompiledRules = Vec<Rule>;
+
+impl PoolConfig {
+    /// This pool with its host names' addresses replaced by `resolved`
+    /// (a name missing from it keeps the addresses it has).
+    pub fn with_resolved(
+        &self,
+        resolved: &std::collections::HashMap<String, Vec<SocketAddr>>,
+    ) -> PoolConfig {
+        let mut servers: Vec<ServerConfig> = self
+            .servers
+            .iter()
+            .filter(|s| s.name.as_ref().is_none_or(|n| !resolved.contains_key(n)))
+            .cloned()
+            .collect();
+        for (name, weight) in &self.names {
+            for addr in resolved.get(name).into_iter().flatten() {
+                if !servers.iter().any(|s| s.addr == *addr) {
+                    servers.push(ServerConfig {
+                        addr: *addr,
+                        weight: *weight,
+                        name: Some(name.clone()),
+                    });
+                }
+            }
+        }
+        PoolConfig {
+            servers,
+            ..self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_names_replace_only_their_own_addresses() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let server = |addr: &str, name: Option<&str>| ServerConfig {
+            addr: a(addr),
+            weight: 2,
+            name: name.map(str::to_string),
+        };
+        let pool = PoolConfig {
+            servers: vec![
+                server("10.0.0.1:80", None),
+                server("10.0.0.2:80", Some("api.test:80")),
+            ],
+            names: vec![("api.test:80".into(), 2), ("down.test:80".into(), 2)],
+            balance: Balance::RoundRobin,
+            health: None,
+            passive: PassiveConfig::default(),
+            protocol: Protocol::Http1,
+        };
+        let mut resolved = std::collections::HashMap::new();
+        resolved.insert(
+            "api.test:80".to_string(),
+            vec![a("10.0.0.3:80"), a("10.0.0.4:80")],
+        );
+        resolved.insert("down.test:80".to_string(), vec![a("10.0.0.5:80")]);
+        let next = pool.with_resolved(&resolved);
+        let addrs: Vec<String> = next.servers.iter().map(|s| s.addr.to_string()).collect();
+        assert_eq!(
+            addrs,
+            ["10.0.0.1:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.5:80"]
+        );
+        assert!(next.servers[1..].iter().all(|s| s.weight == 2));
+        // A name that did not resolve keeps what it had.
+        let kept = pool.with_resolved(&std::collections::HashMap::new());
+        assert_eq!(kept.servers, pool.servers);
+    }
+}

@@ -32,6 +32,7 @@ pub struct RawServer {
     pub shutdown_timeout: Option<String>,
     pub color_header: Option<bool>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub resolve_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,10 +69,24 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_file: Option<String>,
     pub token_env: Option<String>,
+    /// `[[admin.tokens]]`: named tokens, each with a role.
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
     pub hosts: Option<Vec<String>>,
     pub header_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_connections: Option<i64>,
+}
+
+/// One `[[admin.tokens]]` entry. Every key is optional here so that a
+/// missing one is reported by [`super::validate`] with its key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub file: Option<String>,
+    pub env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

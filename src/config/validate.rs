@@ -194,6 +194,12 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             errs,
         ),
         color_header: raw.server.color_header.unwrap_or(false),
+        resolve_interval: duration(
+            "server.resolve_interval",
+            raw.server.resolve_interval,
+            Duration::from_secs(30),
+            errs,
+        ),
         trusted_proxies: networks(
             "server.trusted_proxies",
             raw.server.trusted_proxies.unwrap_or_default(),
@@ -297,7 +303,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             }
         }
     }
-    let admin = admin(raw.admin, base, errs);
+    let admin = admin(raw.admin, base, errs, &mut warnings);
     listeners_once(&server, &admin, errs);
     let state = StateSettings {
         file: raw.state.file.map(|f| base.join(f)),
@@ -305,7 +311,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
     let apps = raw
         .apps
         .into_iter()
-        .map(|(name, app)| build_app(name, app, errs))
+        .map(|(name, app)| build_app(name, app, errs, &mut warnings))
         .collect::<Vec<_>>();
     if apps.is_empty() {
         errs.push("apps", "at least one app is needed");
@@ -323,30 +329,30 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
     }
 }
 
-fn admin(raw: RawAdmin, base: &Path, errs: &mut Errors) -> AdminSettings {
+fn admin(
+    raw: RawAdmin,
+    base: &Path,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> AdminSettings {
     let listen = match raw.listen {
         None => SocketAddr::from(([127, 0, 0, 1], 9901)),
         Some(s) => {
             addr("admin.listen", &s, errs).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901)))
         }
     };
-    let token = match (raw.token_file, raw.token_env) {
-        (Some(_), Some(_)) => {
-            errs.push("admin.token_file", "give token_file or token_env, not both");
-            TokenSource::None
-        }
-        (Some(f), None) => TokenSource::File(base.join(f)),
-        (None, Some(e)) if e.is_empty() => {
-            errs.push("admin.token_env", "must name an environment variable");
-            TokenSource::None
-        }
-        (None, Some(e)) => TokenSource::Env(e),
-        (None, None) => TokenSource::None,
-    };
-    if token == TokenSource::None && !listen.ip().is_loopback() {
+    let tokens = admin_tokens(
+        raw.token_file,
+        raw.token_env,
+        raw.tokens,
+        base,
+        errs,
+        warnings,
+    );
+    if tokens.is_empty() && !listen.ip().is_loopback() {
         errs.push(
             "admin.listen",
-            format!("{listen} is not a loopback address: set admin.token_file or admin.token_env"),
+            format!("{listen} is not a loopback address: set admin.token_file, admin.token_env or [[admin.tokens]]"),
         );
     }
     let hosts = raw
@@ -386,12 +392,212 @@ fn admin(raw: RawAdmin, base: &Path, errs: &mut Errors) -> AdminSettings {
     ) as usize;
     AdminSettings {
         listen,
-        token,
+        tokens,
         hosts,
         header_timeout,
         idle_timeout,
         max_connections,
     }
+}
+
+/// Names the history uses for actors that are no token.
+const RESERVED_TOKEN_NAMES: [&str; 3] = ["local", "start", "reload"];
+
+/// The legacy `token_file`/`token_env` (the operate token `default`) and
+/// every `[[admin.tokens]]` entry, each secret read now, so that `check`
+/// and a reload catch what `run` would: an unreadable or empty file is an
+/// error; an unset environment variable is a warning here (the service
+/// manager may set it) and an error when the daemon starts.
+fn admin_tokens(
+    token_file: Option<String>,
+    token_env: Option<String>,
+    raw: Vec<RawToken>,
+    base: &Path,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Vec<AdminToken> {
+    let mut tokens = Vec::new();
+    let legacy = match (token_file, token_env) {
+        (Some(_), Some(_)) => {
+            errs.push("admin.token_file", "give token_file or token_env, not both");
+            None
+        }
+        (Some(f), None) => Some(("admin.token_file", TokenSource::File(base.join(f)))),
+        (None, Some(e)) if e.is_empty() => {
+            errs.push("admin.token_env", "must name an environment variable");
+            None
+        }
+        (None, Some(e)) => Some(("admin.token_env", TokenSource::Env(e))),
+        (None, None) => None,
+    };
+    // Every name given so far, with where: a clash names both.
+    let mut names: Vec<(String, String)> = Vec::new();
+    if let Some((key, source)) = legacy {
+        names.push(("default".into(), format!("the token of {key}")));
+        let secret = read_secret(key, &source, errs, warnings);
+        tokens.push(AdminToken {
+            name: "default".into(),
+            role: Role::Operate,
+            source,
+            key: key.into(),
+            secret,
+        });
+    }
+    for (i, t) in raw.into_iter().enumerate() {
+        let key = format!("admin.tokens[{i}]");
+        let name = match t.name {
+            None => {
+                errs.push(&format!("{key}.name"), "missing (a name like \"ci\" or \"prometheus\", recorded in the history as who made a change)");
+                None
+            }
+            Some(n)
+                if n.is_empty()
+                    || n.len() > 64
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) =>
+            {
+                errs.push(
+                    &format!("{key}.name"),
+                    format!("{n:?}: a token name is 1 to 64 letters, digits, '_', '.' or '-'"),
+                );
+                None
+            }
+            Some(n) if RESERVED_TOKEN_NAMES.contains(&n.as_str()) => {
+                errs.push(
+                    &format!("{key}.name"),
+                    format!(
+                        "{n:?} is reserved: the history uses it for changes made without a token"
+                    ),
+                );
+                None
+            }
+            Some(n) => match names.iter().find(|(o, _)| *o == n) {
+                Some((_, other)) => {
+                    errs.push(
+                        &format!("{key}.name"),
+                        format!("{n:?} is already the name of {other}: token names must be unique"),
+                    );
+                    None
+                }
+                None => {
+                    names.push((n.clone(), key.clone()));
+                    Some(n)
+                }
+            },
+        };
+        let role = match t.role.as_deref() {
+            Some("read") => Some(Role::Read),
+            Some("operate") => Some(Role::Operate),
+            Some(other) => {
+                errs.push(
+                    &format!("{key}.role"),
+                    format!("must be \"read\" or \"operate\", got {other:?}"),
+                );
+                None
+            }
+            None => {
+                errs.push(&format!("{key}.role"), "missing: \"read\" (status, history, metrics: every GET) or \"operate\" (changes too)");
+                None
+            }
+        };
+        let source = match (t.file, t.env) {
+            (Some(_), Some(_)) => {
+                errs.push(&key, "give file or env, not both");
+                None
+            }
+            (None, None) => {
+                errs.push(&key, "give file or env: where the token's secret is");
+                None
+            }
+            (Some(f), None) if f.is_empty() => {
+                errs.push(&format!("{key}.file"), "must name a file");
+                None
+            }
+            (Some(f), None) => Some((format!("{key}.file"), TokenSource::File(base.join(f)))),
+            (None, Some(e)) if e.is_empty() => {
+                errs.push(&format!("{key}.env"), "must name an environment variable");
+                None
+            }
+            (None, Some(e)) => Some((format!("{key}.env"), TokenSource::Env(e))),
+        };
+        let Some((source_key, source)) = source else {
+            continue;
+        };
+        let secret = read_secret(&source_key, &source, errs, warnings);
+        if let (Some(name), Some(role)) = (name, role) {
+            tokens.push(AdminToken {
+                name,
+                role,
+                source,
+                key: source_key,
+                secret,
+            });
+        }
+    }
+    // One secret, one name: otherwise the history could not tell which
+    // token made a change.
+    for (i, t) in tokens.iter().enumerate() {
+        let Some(s) = &t.secret else { continue };
+        if let Some(o) = tokens[..i].iter().find(|o| o.secret.as_ref() == Some(s)) {
+            errs.push(
+                &t.key,
+                format!(
+                    "token {:?} has the same secret as token {:?} ({}): each token needs its own",
+                    t.name, o.name, o.key
+                ),
+            );
+        }
+    }
+    tokens
+}
+
+/// A token's secret, trimmed: from its file (an error when unreadable or
+/// empty) or its environment variable (`None` and a warning when unset).
+fn read_secret(
+    key: &str,
+    source: &TokenSource,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<Secret> {
+    let (text, what) = match source {
+        TokenSource::File(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (t, path.display().to_string()),
+            Err(e) => {
+                errs.push(key, format!("cannot read {}: {e}", path.display()));
+                return None;
+            }
+        },
+        TokenSource::Env(var) => match std::env::var(var) {
+            Ok(t) => (t, format!("environment variable {var}")),
+            Err(std::env::VarError::NotPresent) => {
+                warnings.push(format!(
+                    "{key}: environment variable {var} is not set (cutover run refuses to start without it)"
+                ));
+                return None;
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                errs.push(
+                    key,
+                    format!("environment variable {var} is not valid UTF-8"),
+                );
+                return None;
+            }
+        },
+    };
+    let secret = text.trim();
+    if secret.is_empty() {
+        errs.push(key, format!("{what} is empty: a token needs a secret"));
+        return None;
+    }
+    if !secret.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        errs.push(
+            key,
+            format!("{what} holds characters other than printable ASCII (a line break, a control or non-ASCII character): a bearer token cannot carry them"),
+        );
+        return None;
+    }
+    Some(Secret::new(secret.to_string()))
 }
 
 /// One `[admin] hosts` entry: a DNS name (letters, digits, '-', '.') or
@@ -420,7 +626,12 @@ fn admin_host(key: &str, s: &str, errs: &mut Errors) -> Option<String> {
     Some(name)
 }
 
-fn build_app(name: String, raw: RawApp, errs: &mut Errors) -> AppConfig {
+fn build_app(
+    name: String,
+    raw: RawApp,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> AppConfig {
     let key = format!("apps.{name}");
     if name.is_empty()
         || !name
@@ -462,8 +673,8 @@ fn build_app(name: String, raw: RawApp, errs: &mut Errors) -> AppConfig {
             errs,
         )
     });
-    let blue = pool(&format!("{key}.blue"), raw.blue, errs);
-    let green = pool(&format!("{key}.green"), raw.green, errs);
+    let blue = pool(&format!("{key}.blue"), raw.blue, errs, warnings);
+    let green = pool(&format!("{key}.green"), raw.green, errs, warnings);
     if let Err(e) = compile_rules(&key, &raw.rules) {
         errs.0.extend(e);
     }
@@ -480,11 +691,17 @@ fn build_app(name: String, raw: RawApp, errs: &mut Errors) -> AppConfig {
     }
 }
 
-fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
+fn pool(
+    key: &str,
+    raw: Option<RawPool>,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> PoolConfig {
     let Some(raw) = raw else {
         errs.push(key, "missing: every app needs a blue and a green pool");
         return PoolConfig {
             servers: vec![],
+            names: vec![],
             balance: Balance::RoundRobin,
             health: None,
             passive: PassiveConfig::default(),
@@ -497,7 +714,8 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
             "a pool needs at least one server",
         );
     }
-    let mut servers = Vec::new();
+    let mut servers: Vec<ServerConfig> = Vec::new();
+    let mut names = Vec::new();
     for (i, s) in raw.servers.iter().enumerate() {
         let k = format!("{key}.servers[{i}]");
         let (a, w) = match s {
@@ -507,14 +725,52 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
                 int_range(&format!("{k}.weight"), f.weight, 1, 1, 1000, errs),
             ),
         };
-        if let Some(addr) = addr(&k, a, errs) {
-            if servers.iter().any(|s: &ServerConfig| s.addr == addr) {
+        let weight = w as u32;
+        if let Ok(addr) = a.parse::<SocketAddr>() {
+            if servers.iter().any(|s| s.addr == addr) {
                 errs.push(&k, format!("{addr} is listed twice"));
             }
             servers.push(ServerConfig {
                 addr,
-                weight: w as u32,
+                weight,
+                name: None,
             });
+            continue;
+        }
+        // A host name: every address it resolves to now is a server, and
+        // it is resolved again every `server.resolve_interval`. One that
+        // does not resolve yet is a warning, not an error: it joins when
+        // it does.
+        let Some((host, _)) = a
+            .rsplit_once(':')
+            .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        else {
+            errs.push(
+                &k,
+                format!("{a:?} is not an address like \"127.0.0.1:8080\" or \"host.example:8080\""),
+            );
+            continue;
+        };
+        if names.iter().any(|(n, _): &(String, u32)| n == a) {
+            errs.push(&k, format!("{a} is listed twice"));
+            continue;
+        }
+        names.push((a.to_string(), weight));
+        match resolve(a) {
+            Ok(addrs) => {
+                for addr in addrs {
+                    if !servers.iter().any(|s| s.addr == addr) {
+                        servers.push(ServerConfig {
+                            addr,
+                            weight,
+                            name: Some(a.to_string()),
+                        });
+                    }
+                }
+            }
+            Err(e) => warnings.push(format!(
+                "{k}: host name {host:?} does not resolve now ({e}); it is tried again every server.resolve_interval"
+            )),
         }
     }
     let balance = match raw.balance.as_deref() {
@@ -591,6 +847,7 @@ fn pool(key: &str, raw: Option<RawPool>, errs: &mut Errors) -> PoolConfig {
     };
     PoolConfig {
         servers,
+        names,
         balance,
         health,
         passive,
@@ -756,6 +1013,20 @@ fn addrs(key: &str, list: Vec<String>, errs: &mut Errors) -> Vec<SocketAddr> {
         .enumerate()
         .filter_map(|(i, a)| addr(&format!("{key}[{i}]"), a, errs))
         .collect()
+}
+
+/// Every address `host:port` resolves to, in order, without repeats.
+pub fn resolve(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in host_port.to_socket_addrs()? {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(std::io::Error::other("no address"));
+    }
+    Ok(out)
 }
 
 /// Every listener address at most once: two listeners on one port (the

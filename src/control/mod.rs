@@ -5,14 +5,18 @@
 //! - [`state`]: the runtime state file, written atomically;
 //! - [`admin`]: the admin HTTP API on its own listener;
 //! - [`guard`]: what keeps web pages out of it (Host, Origin, Content-Type);
+//! - [`changes`]: what each change in the history changed, in words;
 //! - [`health`]: active health checks and passive-check recovery;
+//! - [`resolve`]: servers given by host name, resolved again on an interval;
 //! - [`metrics`]: the Prometheus exposition.
 
 pub mod admin;
+pub mod changes;
 pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod ops;
+pub mod resolve;
 pub mod state;
 
 use std::sync::atomic::AtomicU64;

@@ -58,7 +58,10 @@ pub struct Request {
     pub dry_run: bool,
     /// `If-Match: EPOCH`: refuse if the state moved on since.
     pub if_match: Option<u64>,
+    /// Who: the admin token's name, or `local` (see [`HistoryEntry::actor`]).
     pub actor: String,
+    /// Why, as the client gave it; recorded beside the actor.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -186,6 +189,7 @@ impl Control {
                 time: time.clone(),
                 epoch,
                 actor: req.actor.clone(),
+                reason: req.reason.clone(),
                 app: name.clone(),
                 kind: req.change.kind().to_string(),
                 forced: req.force,
@@ -210,6 +214,7 @@ impl Control {
                 app = %name,
                 kind = req.change.kind(),
                 actor = %req.actor,
+                reason = req.reason.as_deref().unwrap_or(""),
                 epoch,
                 forced = req.force,
                 before = %describe(before),
@@ -408,7 +413,7 @@ impl Control {
     /// SIGHUP and `POST /v1/reload`: re-read the config file. On any error
     /// nothing changes and every error is returned.
     pub fn reload(&mut self) -> Result<Status, Vec<String>> {
-        self.reload_with(false, "reload")
+        self.reload_with(false, "reload", None)
     }
 
     /// Re-read the config file. With `take_rules_from_file`, the file's
@@ -419,8 +424,9 @@ impl Control {
         &mut self,
         take_rules_from_file: bool,
         actor: &str,
+        reason: Option<&str>,
     ) -> Result<Status, Vec<String>> {
-        let result = self.try_reload(take_rules_from_file, actor);
+        let result = self.try_reload(take_rules_from_file, actor, reason);
         match &result {
             Ok(_) => {
                 self.stats.reloads_ok += 1;
@@ -436,7 +442,12 @@ impl Control {
         result
     }
 
-    fn try_reload(&mut self, take: bool, actor: &str) -> Result<Status, Vec<String>> {
+    fn try_reload(
+        &mut self,
+        take: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<Status, Vec<String>> {
         let path = self
             .config
             .path
@@ -503,6 +514,7 @@ impl Control {
                 time: time.clone(),
                 epoch: file.epoch,
                 actor: actor.to_string(),
+                reason: reason.map(str::to_string),
                 app: app.name.clone(),
                 kind: if before.runtime_rules {
                     "rules-from-file"
@@ -537,6 +549,58 @@ impl Control {
 }
 
 impl Control {
+    /// Every `host:port` some pool names a server by.
+    pub fn server_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .config
+            .apps
+            .iter()
+            .flat_map(|a| a.pools.iter())
+            .flat_map(|p| p.names.iter().map(|(n, _)| n.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// New addresses for servers given by host name: the pools whose
+    /// servers change get them, in a new snapshot that keeps every other
+    /// server object (health, counters, connections) as it is.
+    pub fn apply_resolved(
+        &mut self,
+        resolved: &std::collections::HashMap<String, Vec<std::net::SocketAddr>>,
+    ) {
+        let mut new = self.config.clone();
+        let mut changed = false;
+        for app in &mut new.apps {
+            for (pool, color) in app.pools.iter_mut().zip(Color::ALL) {
+                let next = pool.with_resolved(resolved);
+                if next.servers != pool.servers {
+                    let addrs: Vec<String> =
+                        next.servers.iter().map(|s| s.addr.to_string()).collect();
+                    tracing::info!(app = %app.name, %color, servers = %addrs.join(", "), "host names resolved to new addresses");
+                    *pool = next;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+        let current = self.shared.snapshot.load_full();
+        match Snapshot::build(&new, &self.state.apps, Some(&current), self.state.epoch) {
+            Ok(next) => {
+                self.config = new;
+                self.shared.store(next);
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "resolved servers not applied");
+                }
+            }
+        }
+    }
+
     fn drifting(&self) -> Vec<String> {
         self.drift()
             .into_iter()
@@ -749,6 +813,7 @@ pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::s
             time: now_rfc3339(),
             epoch: state.epoch,
             actor: "start".into(),
+            reason: None,
             app: app.name.clone(),
             kind: "reload".into(),
             forced: false,
