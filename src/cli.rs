@@ -129,6 +129,9 @@ pub enum Command {
         /// file's (recorded in history with the rules they replace).
         #[arg(long)]
         take_rules_from_file: bool,
+        /// Why: recorded in the history beside the token's name.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[command(flatten)]
         out: Output,
         #[command(flatten)]
@@ -146,6 +149,18 @@ pub enum Command {
         /// Show at most this many, newest last.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
+    /// Replace the running daemon with a new binary without dropping a
+    /// connection: it starts with the listening sockets, and the old one
+    /// drains once the new one serves.
+    Upgrade {
+        /// The new binary (default: the daemon's own path, read again).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
         #[command(flatten)]
         out: Output,
         #[command(flatten)]
@@ -185,7 +200,7 @@ pub struct Output {
 }
 
 /// The flags every state change takes.
-#[derive(Debug, Clone, Copy, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ChangeFlags {
     /// Apply even if traffic would go to a pool with no healthy server.
     #[arg(long)]
@@ -199,10 +214,14 @@ pub struct ChangeFlags {
     /// Print the API's JSON answer instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Why: recorded in the history beside the token's name (printable
+    /// ASCII, at most 200 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 impl ChangeFlags {
-    fn body(self) -> serde_json::Value {
+    fn body(&self) -> serde_json::Value {
         serde_json::json!({ "force": self.force, "dry_run": self.dry_run })
     }
 }
@@ -369,6 +388,7 @@ fn client_command(cmd: Command) -> ExitCode {
         | Command::Server { endpoint, .. }
         | Command::Reload { endpoint, .. }
         | Command::Diff { endpoint, .. }
+        | Command::Upgrade { endpoint, .. }
         | Command::History { endpoint, .. } => endpoint,
         _ => unreachable!("handled by execute"),
     };
@@ -379,10 +399,25 @@ fn client_command(cmd: Command) -> ExitCode {
             );
         }
     }
-    let ep = match endpoint(args) {
+    let reason = match &cmd {
+        Command::Flip { change, .. }
+        | Command::Shift { change, .. }
+        | Command::Rollback { change, .. }
+        | Command::Rules { change, .. }
+        | Command::Server { change, .. } => change.reason.clone(),
+        Command::Reload { reason, .. } => reason.clone(),
+        _ => None,
+    };
+    if let Some(r) = &reason {
+        if let Err(m) = check_reason(r) {
+            return usage(m);
+        }
+    }
+    let mut ep = match endpoint(args) {
         Ok(ep) => ep,
         Err(c) => return c,
     };
+    ep.reason = reason;
     match cmd {
         Command::Status { out, .. } => finish(
             ep.ok("GET", "/v1/status", None, None)
@@ -520,12 +555,45 @@ fn client_command(cmd: Command) -> ExitCode {
                 }
             }))
         }
+        Command::Upgrade { binary, out, .. } => {
+            let mut body = serde_json::json!({});
+            if let Some(b) = binary {
+                // The daemon resolves it from its own directory: make it absolute.
+                let b = std::fs::canonicalize(&b).unwrap_or(b);
+                body["binary"] = serde_json::json!(b);
+            }
+            finish(ep.ok("POST", "/v1/upgrade", Some(body), None).map(|v| {
+                shown(out.json, v, |v| {
+                    format!(
+                        "upgraded: pid {} serves now; pid {} drains and exits\n",
+                        v["pid"], v["old_pid"]
+                    )
+                })
+            }))
+        }
         Command::History { limit, out, .. } => finish(
             ep.ok("GET", "/v1/history", None, None)
                 .map(|v| shown(out.json, v, |v| client::history_table(v, limit))),
         ),
         _ => unreachable!("handled by execute"),
     }
+}
+
+/// `--reason`: what the daemon records as is (it would drop other bytes
+/// and cut a longer one), so anything else is refused here, not mangled.
+fn check_reason(r: &str) -> Result<(), String> {
+    if let Some(c) = r.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(format!(
+            "--reason: printable ASCII only (letters, digits, punctuation, spaces), got {c:?}"
+        ));
+    }
+    if r.len() > 200 {
+        return Err(format!("--reason: at most 200 characters, got {}", r.len()));
+    }
+    if r.trim().is_empty() {
+        return Err("--reason: give some text".into());
+    }
+    Ok(())
 }
 
 fn diff_text(path: &Path, d: &[(String, Vec<String>)]) -> String {
@@ -716,17 +784,33 @@ fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
 }
 
 fn run(path: &Path, reset_state: bool) -> ExitCode {
-    let config = match load_or_report(path) {
+    let config = match Config::load(path) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(errors) => {
+            // Started by `cutover upgrade`: the old process says why.
+            crate::handover::signal_failure(&format!("{}: {}", path.display(), errors.join("; ")));
+            return load_or_report(path)
+                .err()
+                .unwrap_or(ExitCode::from(EXIT_USAGE));
+        }
     };
-    serve(config, crate::Options { reset_state })
+    // A successor is started with this same command line.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let timeout = config.server.upgrade_timeout;
+    serve(
+        config,
+        crate::Options {
+            reset_state,
+            upgrade: Some((args, timeout)),
+        },
+    )
 }
 
 fn serve(config: Config, options: crate::Options) -> ExitCode {
     let listeners = match crate::Listeners::bind(&config) {
         Ok(l) => l,
         Err(e) => {
+            crate::handover::signal_failure(&e.to_string());
             eprintln!("cutover: {e}");
             return ExitCode::from(1);
         }
@@ -734,6 +818,7 @@ fn serve(config: Config, options: crate::Options) -> ExitCode {
     match crate::run_with(config, listeners, options, shutdown_signal()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            crate::handover::signal_failure(&e.to_string());
             eprintln!("cutover: {e}");
             ExitCode::from(1)
         }

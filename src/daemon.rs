@@ -34,6 +34,10 @@ pub struct Options {
     /// Ignore the state file (even a corrupt one) and start from the
     /// config's initial values; the file is rewritten on the next change.
     pub reset_state: bool,
+    /// The arguments a successor is started with (`cutover upgrade`), and
+    /// how long it may take to be ready. `None`: this daemon runs inside
+    /// another program (tests) and cannot upgrade itself.
+    pub upgrade: Option<(Vec<String>, std::time::Duration)>,
 }
 
 /// The sockets the daemon serves. Tests bind `127.0.0.1:0` themselves and
@@ -49,30 +53,66 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Bind every `server.listen` address with `SO_REUSEPORT`, so that each
-    /// worker can open its own twin socket and the kernel spreads clients.
+    /// The sockets this process was handed (systemd socket activation, or
+    /// the process it replaces: [`crate::handover::inherited`]), matched to
+    /// the config's addresses by name and address; every address not
+    /// handed over is bound here, with `SO_REUSEPORT`, so that each worker
+    /// can open its own twin socket and the kernel spreads clients. An
+    /// address may come with several sockets (the twins of the process
+    /// before): all of them are served, so none of their queued clients is
+    /// lost.
     pub fn bind(config: &Config) -> io::Result<Listeners> {
-        let plain = config
-            .server
-            .listen
-            .iter()
-            .map(|a| {
-                bind_reuseport(*a)
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
-            })
-            .collect::<io::Result<_>>()?;
-        let tls = config
-            .server
-            .listen_tls
-            .iter()
-            .map(|a| {
-                bind_reuseport(*a)
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
-            })
-            .collect::<io::Result<_>>()?;
+        let mut inherited = crate::handover::inherited()?;
+        let mut take = |role: &str, addr: SocketAddr| {
+            let mut got = Vec::new();
+            let mut i = 0;
+            while i < inherited.len() {
+                let n = &inherited[i];
+                // systemd may name a socket after its unit: then its
+                // address alone says what it is.
+                let role_ok =
+                    n.name == role || !["plain", "tls", "admin"].contains(&n.name.as_str());
+                if role_ok && n.listener.local_addr().ok() == Some(addr) {
+                    got.push(inherited.remove(i).listener);
+                } else {
+                    i += 1;
+                }
+            }
+            got
+        };
+        let mut bind_all = |role: &str,
+                            addrs: &[SocketAddr]|
+         -> io::Result<Vec<std::net::TcpListener>> {
+            let mut out = Vec::new();
+            for a in addrs {
+                let got = take(role, *a);
+                if got.is_empty() {
+                    out.push(bind_reuseport(*a).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))
+                    })?);
+                } else {
+                    tracing::info!(listen = %a, sockets = got.len(), "serving on sockets handed over");
+                    out.extend(got);
+                }
+            }
+            Ok(out)
+        };
+        let plain = bind_all("plain", &config.server.listen)?;
+        let tls = bind_all("tls", &config.server.listen_tls)?;
         let a = config.admin.listen;
-        let admin = std::net::TcpListener::bind(a)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a} (admin): {e}")))?;
+        let admin = match take("admin", a).into_iter().next() {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(a).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {a} (admin): {e}"))
+            })?,
+        };
+        for left in inherited {
+            tracing::warn!(
+                name = %left.name,
+                addr = ?left.listener.local_addr().ok(),
+                "a socket handed over is not in the config; closed"
+            );
+        }
         Ok(Listeners {
             plain,
             tls,
@@ -159,20 +199,50 @@ pub fn run_with(
 
     let workers = config.server.worker_count();
     let mut threads = Vec::with_capacity(workers);
+    // The sockets of one address: worker i serves the i-th (a twin opened
+    // here when there are fewer), and sockets beyond the worker count are
+    // shared out, so that every socket handed over is served.
+    let mut groups: Vec<(Vec<std::net::TcpListener>, bool)> = Vec::new();
+    for (l, tls) in listeners
+        .plain
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(listeners.tls.into_iter().map(|l| (l, true)))
+    {
+        let addr = l.local_addr()?;
+        match groups
+            .iter_mut()
+            .find(|(g, t)| *t == tls && g[0].local_addr().ok() == Some(addr))
+        {
+            Some((g, _)) => g.push(l),
+            None => groups.push((vec![l], tls)),
+        }
+    }
+    for (group, _) in &mut groups {
+        while group.len() < workers {
+            let twin = worker_socket(&group[0])?;
+            group.push(twin);
+        }
+    }
+    // Every socket, named, for a successor (`cutover upgrade`).
+    let mut handover: Vec<(String, std::net::TcpListener)> = Vec::new();
+    for (group, tls) in &groups {
+        for l in group {
+            handover.push((
+                if *tls { "tls" } else { "plain" }.to_string(),
+                l.try_clone()?,
+            ));
+        }
+    }
     for i in 0..workers {
-        let all = listeners
-            .plain
+        let sockets = groups
             .iter()
-            .map(|l| (l, false))
-            .chain(listeners.tls.iter().map(|l| (l, true)));
-        let sockets = all
-            .map(|(l, tls)| {
-                let s = if i == 0 {
-                    l.try_clone()
-                } else {
-                    worker_socket(l)
-                };
-                s.map(|s| (s, tls))
+            .flat_map(|(group, tls)| {
+                group
+                    .iter()
+                    .enumerate()
+                    .filter(move |(k, _)| k % workers == i)
+                    .map(move |(_, l)| l.try_clone().map(|s| (s, *tls)))
             })
             .collect::<io::Result<Vec<_>>>()?;
         let shared = shared.clone();
@@ -183,8 +253,17 @@ pub fn run_with(
         );
     }
     let listeners_admin = listeners.admin;
-    drop(listeners.plain);
-    drop(listeners.tls);
+    if let Some(l) = &listeners_admin {
+        handover.push(("admin".to_string(), l.try_clone()?));
+    }
+    drop(groups);
+    if let Some((args, timeout)) = options.upgrade.clone() {
+        let _ = shared.upgrade.set(crate::control::upgrade::Plan {
+            args,
+            timeout,
+            sockets: handover,
+        });
+    }
     tracing::info!(
         workers,
         apps = config.apps.len(),
@@ -203,9 +282,25 @@ pub fn run_with(
             tokio::spawn(admin::serve(l, admin.clone(), shared.shutdown.subscribe()));
         }
         tokio::spawn(reload_on_sighup(admin.clone()));
+        tokio::spawn(upgrade_on_sigusr2(shared.clone()));
         tokio::spawn(crate::control::health::supervise(shared.clone()));
         tokio::spawn(crate::control::resolve::run(admin.clone(), shared.shutdown.subscribe()));
-        shutdown.await;
+        // Serving: the process being replaced (if any) may stop now, and a
+        // service manager may consider us started.
+        crate::handover::signal_ready();
+        let pid = std::process::id();
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::MainPid(pid), sd_notify::NotifyState::Ready]);
+        let mut stop = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = shutdown => {}
+            // An upgrade handed over: drain like a shutdown.
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        if shared.upgrading.load(std::sync::atomic::Ordering::SeqCst) {
+            // Handed over: the answer to `cutover upgrade` is still leaving.
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");
         shared.shutdown.send_replace(true);
         Ok::<_, io::Error>(())
@@ -221,6 +316,22 @@ pub fn run_with(
     Ok(())
 }
 
+/// SIGUSR2 upgrades cutover in place (as `cutover upgrade` does) with the
+/// binary at this process's own path, read again from disk.
+async fn upgrade_on_sigusr2(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+        return;
+    };
+    while usr2.recv().await.is_some() {
+        tracing::info!("SIGUSR2: upgrading");
+        match crate::control::upgrade::upgrade(&shared, None).await {
+            Ok(pid) => tracing::info!(pid, "handed over to the new process"),
+            Err((_, why)) => tracing::error!(error = %why, "upgrade refused; still serving"),
+        }
+    }
+}
+
 /// SIGHUP re-reads the config file, like `POST /v1/reload`.
 async fn reload_on_sighup(admin: Arc<Admin>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -229,7 +340,13 @@ async fn reload_on_sighup(admin: Arc<Admin>) {
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config");
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        let _ = sd_notify::notify(&reloading);
         let _ = admin.reload(false, "reload", None);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 }
 

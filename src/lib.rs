@@ -14,6 +14,8 @@
 //!   flip/shift/rules/reload (`ops`), the state file (`state`), the admin
 //!   API (`admin`), Prometheus metrics (`metrics`).
 //! - [`daemon`]: start workers and the control thread, wait, drain.
+//! - [`handover`]: listening sockets passed in (systemd socket activation)
+//!   and handed to a new binary (`cutover upgrade`).
 //!
 //! Around them:
 //! - [`config`]: the TOML file in two layers, raw serde types and the
@@ -30,6 +32,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod handover;
 pub mod proxy;
 pub mod route;
 pub mod tls;

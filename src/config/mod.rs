@@ -101,6 +101,9 @@ pub struct ServerSettings {
     /// addresses join their pool, vanished ones leave it (their requests
     /// finish). Default 30 s.
     pub resolve_interval: Duration,
+    /// `cutover upgrade`: how long the new process may take to serve
+    /// before it is stopped and this one keeps serving. Default 30 s.
+    pub upgrade_timeout: Duration,
 }
 
 impl ServerSettings {

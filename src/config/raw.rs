@@ -33,6 +33,7 @@ pub struct RawServer {
     pub color_header: Option<bool>,
     pub trusted_proxies: Option<Vec<String>>,
     pub resolve_interval: Option<String>,
+    pub upgrade_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

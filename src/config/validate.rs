@@ -200,6 +200,12 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             Duration::from_secs(30),
             errs,
         ),
+        upgrade_timeout: duration(
+            "server.upgrade_timeout",
+            raw.server.upgrade_timeout,
+            Duration::from_secs(30),
+            errs,
+        ),
         trusted_proxies: networks(
             "server.trusted_proxies",
             raw.server.trusted_proxies.unwrap_or_default(),

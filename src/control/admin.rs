@@ -17,11 +17,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio::time::Instant;
 
 use super::guard::{self, Listener};
 use super::ops::{Change, Control, OpError, Request as OpRequest};
+use crate::config::Role;
 
 /// Largest admin request body.
 const MAX_BODY: usize = 1 << 20;
@@ -34,17 +35,42 @@ const MAX_HEAD: usize = 64 * 1024;
 pub struct Admin {
     /// Serializes every change; held only for synchronous work (never
     /// across an await), off the request path.
+    /// The tokens accepted are the config's (`[admin]`), so a reload
+    /// that re-reads the token files applies them.
     pub control: Mutex<Control>,
-    /// `None`: no token configured (loopback only).
-    token: Option<String>,
 }
 
 impl Admin {
-    pub fn new(control: Control, token: Option<String>) -> Admin {
+    pub fn new(control: Control) -> Admin {
         Admin {
             control: Mutex::new(control),
-            token,
         }
+    }
+
+    /// Re-read the config file ([`Control::reload_with`]), for
+    /// `POST /v1/reload` and SIGHUP alike.
+    pub fn reload(
+        &self,
+        take_rules_from_file: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<super::ops::Status, Vec<String>> {
+        let mut ctl = self.lock();
+        let result = ctl.reload_with(take_rules_from_file, actor, reason);
+        if result.is_ok() {
+            // The daemon's environment is the one it started with: a
+            // token added since whose variable it lacks cannot be used.
+            for t in ctl
+                .config()
+                .admin
+                .tokens
+                .iter()
+                .filter(|t| t.secret.is_none())
+            {
+                tracing::error!(token = %t.name, key = %t.key, "this admin token has no secret (its environment variable is not set): it is refused until a restart with it set");
+            }
+        }
+        result
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Control> {
@@ -334,7 +360,13 @@ fn reply(status: u16, body: impl serde::Serialize) -> Response<Full<Bytes>> {
 }
 
 fn error(status: u16, message: impl Into<String>) -> Response<Full<Bytes>> {
-    reply(status, json!({ "error": message.into() }))
+    let mut r = reply(status, json!({ "error": message.into() }));
+    if status == 503 {
+        // A hand-over to a new process takes a moment: ask again then.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    }
+    r
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
@@ -391,37 +423,87 @@ struct RulesWrapped {
     dry_run: bool,
 }
 
-fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
-    let Some(token) = &admin.token else {
-        return true;
-    };
+/// Who is calling: the name of the token it gave, and what that token may
+/// do; `local` (operate) when no token is configured.
+struct Caller {
+    name: String,
+    role: Role,
+}
+
+/// The token given as `Authorization: Bearer TOKEN`, compared in constant
+/// time with every configured token's secret (all of them, whichever
+/// matches). `None`: no token, or one that is none of them.
+fn authenticate(admin: &Admin, req: &Request<Incoming>) -> Option<Caller> {
+    let ctl = admin.lock();
+    let tokens = &ctl.config().admin.tokens;
+    if tokens.is_empty() {
+        return Some(Caller {
+            name: "local".into(),
+            role: Role::Operate,
+        });
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+        .map(|v| v.as_bytes())
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    if given.is_empty() {
+        return None;
+    }
+    // 1 + the index of the token that matched; 0: none did.
+    let mut found = 0u32;
+    for (i, t) in tokens.iter().enumerate() {
+        let Some(secret) = &t.secret else { continue };
+        let hit = given.ct_eq(secret.expose().as_bytes());
+        found.conditional_assign(&(i as u32 + 1), hit);
+    }
+    let t = tokens.get((found as usize).checked_sub(1)?)?;
+    Some(Caller {
+        name: t.name.clone(),
+        role: t.role,
+    })
 }
 
-fn actor(admin: &Admin, req: &Request<Incoming>) -> String {
-    let named = req
-        .headers()
-        .get("x-cutover-actor")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.chars()
-                .filter(|c| c.is_ascii_graphic())
-                .take(64)
-                .collect::<String>()
-        })
-        .filter(|s| !s.is_empty());
-    match (&admin.token, named) {
-        (Some(_), Some(n)) => format!("token:{n}"),
-        (Some(_), None) => "token".into(),
-        (None, Some(n)) => format!("local:{n}"),
-        (None, None) => "local".into(),
+/// The reason the client gives for a change (`x-cutover-reason`):
+/// printable ASCII only (other bytes are dropped), trimmed, at most 200
+/// characters. `None` when nothing is left.
+fn reason(req: &Request<Incoming>) -> Option<String> {
+    let mut text = String::new();
+    for (i, v) in req.headers().get_all("x-cutover-reason").iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.extend(
+            v.as_bytes()
+                .iter()
+                .filter(|b| (0x20..=0x7e).contains(*b))
+                .map(|&b| char::from(b)),
+        );
     }
+    let cut: String = text.trim().chars().take(MAX_REASON).collect();
+    let cut = cut.trim_end();
+    (!cut.is_empty()).then(|| cut.to_string())
+}
+
+/// The longest reason recorded.
+const MAX_REASON: usize = 200;
+
+/// `GET /v1/history`: the entries as stored, each with `changes`, what it
+/// changed in words (computed now, not stored).
+fn history(ctl: &Control) -> serde_json::Value {
+    let entries: Vec<serde_json::Value> = ctl
+        .history()
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.insert("changes".into(), json!(e.changes()));
+            }
+            v
+        })
+        .collect();
+    json!({ "epoch": ctl.epoch(), "history": entries })
 }
 
 /// The checks of [`guard`], which every request passes first, `/healthz`
@@ -453,10 +535,9 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
             _ => method_not_allowed("GET"),
         };
     }
-    if !authorized(admin, &req) {
+    let Some(caller) = authenticate(admin, &req) else {
         return error(401, "missing or wrong bearer token");
-    }
-    let actor = actor(admin, &req);
+    };
     let if_match = match req.headers().get(header::IF_MATCH) {
         None => None,
         Some(v) => match v
@@ -484,6 +565,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         History,
         Metrics,
         Reload,
+        Upgrade,
         FlipAll,
         RollbackAll,
         Flip(&'a str),
@@ -498,6 +580,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         ["v1", "status"] => Route::Status,
         ["v1", "history"] => Route::History,
         ["v1", "reload"] => Route::Reload,
+        ["v1", "upgrade"] => Route::Upgrade,
         ["v1", "flip"] => Route::FlipAll,
         ["v1", "rollback"] => Route::RollbackAll,
         ["v1", "apps", app, "flip"] => Route::Flip(app),
@@ -517,10 +600,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         let ctl = admin.lock();
         return match route {
             Route::Status => reply(200, ctl.status()),
-            Route::History => reply(
-                200,
-                json!({ "epoch": ctl.epoch(), "history": ctl.history() }),
-            ),
+            Route::History => reply(200, history(&ctl)),
             Route::Metrics => {
                 let text = super::metrics::render(&ctl);
                 let mut r = Response::new(Full::new(Bytes::from(text)));
@@ -553,6 +633,16 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
     if !method_ok {
         return method_not_allowed(allowed);
     }
+    if caller.role != Role::Operate {
+        return error(
+            403,
+            format!(
+                "token {:?} has role {}: changes need an operate token",
+                caller.name, caller.role
+            ),
+        );
+    }
+    let (actor, reason) = (caller.name, reason(&req));
     // Every change, whatever its body (none included), says it is JSON:
     // a web page cannot send that without a CORS preflight.
     if let Err((status, message)) = guard::check_json(req.headers()) {
@@ -576,6 +666,31 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
             return r;
         }
     };
+    if let Route::Upgrade = route {
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct UpgradeBody {
+            /// The new binary; default this process's own path.
+            #[serde(default)]
+            binary: Option<std::path::PathBuf>,
+        }
+        let opts = if body.iter().all(u8::is_ascii_whitespace) {
+            UpgradeBody::default()
+        } else {
+            match serde_json::from_slice::<UpgradeBody>(&body) {
+                Ok(o) => o,
+                Err(e) => return error(400, format!("bad JSON: {e}")),
+            }
+        };
+        let shared = admin.lock().shared.clone();
+        return match super::upgrade::upgrade(&shared, opts.binary).await {
+            Ok(pid) => reply(
+                200,
+                json!({ "upgraded": true, "pid": pid, "old_pid": std::process::id() }),
+            ),
+            Err((status, why)) => error(status, why),
+        };
+    }
     if let Route::Reload = route {
         #[derive(Deserialize, Default)]
         #[serde(deny_unknown_fields)]
@@ -592,7 +707,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
                 Err(e) => return error(400, format!("bad JSON: {e}")),
             }
         };
-        let result = admin.lock().reload_with(opts.take_rules_from_file, &actor);
+        let result = admin.reload(opts.take_rules_from_file, &actor, reason.as_deref());
         return match result {
             Ok(status) => reply(200, status),
             Err(errors) => reply(400, json!({ "error": errors.join("; "), "errors": errors })),
@@ -684,6 +799,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         dry_run,
         if_match,
         actor,
+        reason,
     });
     match result {
         Ok(v) => reply(200, v),

@@ -8,6 +8,7 @@
 //! - [`changes`]: what each change in the history changed, in words;
 //! - [`health`]: active health checks and passive-check recovery;
 //! - [`resolve`]: servers given by host name, resolved again on an interval;
+//! - [`upgrade`]: handing the sockets to a new binary (`cutover upgrade`);
 //! - [`metrics`]: the Prometheus exposition.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod ops;
 pub mod resolve;
 pub mod state;
+pub mod upgrade;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -45,6 +47,35 @@ pub struct Shared {
     pub downstream_connections: AtomicU64,
     /// TLS termination, when `listen_tls` is configured.
     pub tls: Option<TlsShared>,
+    /// A hand-over to a new process is under way: changes are refused
+    /// (503) so that none is lost between the two.
+    pub upgrading: std::sync::atomic::AtomicBool,
+    /// This process, for status.
+    pub process: ProcessInfo,
+    /// How to start a successor; unset when running inside another program.
+    pub upgrade: std::sync::OnceLock<upgrade::Plan>,
+}
+
+/// Who serves: shown in status as `process`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub version: &'static str,
+    /// Upgrades since the listening sockets were first bound.
+    pub upgrades: u64,
+}
+
+impl ProcessInfo {
+    pub fn now(upgrades: u64) -> ProcessInfo {
+        ProcessInfo {
+            pid: std::process::id(),
+            started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            version: env!("CARGO_PKG_VERSION"),
+            upgrades,
+        }
+    }
 }
 
 /// The TLS acceptor and the certificate store it resolves from; a reload
@@ -76,6 +107,9 @@ impl Shared {
             conn_limit: Arc::new(Semaphore::new(max)),
             downstream_connections: AtomicU64::new(0),
             tls,
+            upgrading: std::sync::atomic::AtomicBool::new(false),
+            process: ProcessInfo::now(crate::handover::upgrades()),
+            upgrade: std::sync::OnceLock::new(),
         }
     }
 

@@ -76,6 +76,9 @@ pub enum OpError {
     Stale { given: u64, current: u64 },
     #[error("{0}")]
     Internal(String),
+    /// A hand-over to a new process is under way (503, retry shortly).
+    #[error("cutover is handing over to a new process: retry in a few seconds")]
+    Upgrading,
 }
 
 impl OpError {
@@ -86,6 +89,7 @@ impl OpError {
             OpError::Conflict(_) => 409,
             OpError::Stale { .. } => 412,
             OpError::Internal(_) => 500,
+            OpError::Upgrading => 503,
         }
     }
 }
@@ -146,6 +150,9 @@ impl Control {
 
     /// Validate, gate, persist and store one change.
     pub fn apply(&mut self, req: Request) -> Result<Status, OpError> {
+        if self.shared.upgrading.load(Relaxed) && !req.dry_run {
+            return Err(OpError::Upgrading);
+        }
         if let Some(given) = req.if_match {
             if given != self.state.epoch {
                 return Err(OpError::Stale {
@@ -397,6 +404,7 @@ impl Control {
             epoch,
             change: Some((dry_run, changed.iter().map(|s| s.to_string()).collect())),
             drift: self.drifting(),
+            process: self.shared.process.clone(),
         }
     }
 
@@ -407,6 +415,7 @@ impl Control {
             epoch: self.state.epoch,
             change: None,
             drift: self.drifting(),
+            process: self.shared.process.clone(),
         }
     }
 
@@ -453,6 +462,9 @@ impl Control {
             .path
             .clone()
             .ok_or_else(|| vec!["no config file to reload (built-in config)".to_string()])?;
+        if self.shared.upgrading.load(Relaxed) {
+            return Err(vec![OpError::Upgrading.to_string()]);
+        }
         let new = Config::load(&path)?;
         let mut errors = Vec::new();
         if new.server.listen != self.config.server.listen
@@ -647,6 +659,7 @@ pub struct Status {
     change: Option<(bool, Vec<String>)>,
     /// Apps whose runtime rules differ from the config file's.
     drift: Vec<String>,
+    process: super::ProcessInfo,
 }
 
 impl Status {
@@ -671,6 +684,7 @@ impl Serialize for Status {
             m.serialize_entry("dry_run", dry_run)?;
         }
         m.serialize_entry("epoch", &self.epoch)?;
+        m.serialize_entry("process", &self.process)?;
         m.end()
     }
 }

@@ -139,13 +139,26 @@ async fn wait_parked(worker: &Rc<Worker>, stream: &TcpStream, idle_timeout: Dura
     let rest = idle_timeout.saturating_sub(super::io::park_after(idle_timeout));
     let watch = super::StopWatch::new(worker);
     let mut idle = std::pin::pin!(tokio::time::sleep(rest));
+    let mut graced = false;
     std::future::poll_fn(|cx| {
         // A request that arrives with the deadline is still served.
         if let Poll::Ready(r) = stream.poll_read_ready(cx) {
             return Poll::Ready(r.is_ok());
         }
         if watch.stopping(cx) {
-            return Poll::Ready(false);
+            if !worker.shared.upgrading.load(Relaxed) {
+                return Poll::Ready(false);
+            }
+            // Handing over: a client may be sending its next request right
+            // now; it gets a short while to arrive (and is then answered
+            // with `Connection: close`) before the connection closes.
+            if !graced {
+                graced = true;
+                let by = tokio::time::Instant::now() + STOP_GRACE;
+                if idle.deadline() > by {
+                    idle.as_mut().reset(by);
+                }
+            }
         }
         idle.as_mut().poll(cx).map(|()| false)
     })
@@ -203,10 +216,23 @@ where
     // (HTTP/1.1: `Connection: close`; HTTP/2: GOAWAY).
     let watch = super::StopWatch::new(worker);
     let mut running = true;
+    // Handing over to a new process: an idle connection waits a moment for
+    // a request already on its way before it closes (see `STOP_GRACE`).
+    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let result = std::future::poll_fn(|cx| {
         if running && watch.stopping(cx) {
-            conn.as_mut().graceful_shutdown();
-            running = false;
+            let upgrading = worker.shared.upgrading.load(Relaxed);
+            let waited = !upgrading
+                || info.state.is_busy()
+                || grace
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(STOP_GRACE)))
+                    .as_mut()
+                    .poll(cx)
+                    .is_ready();
+            if waited {
+                conn.as_mut().graceful_shutdown();
+                running = false;
+            }
         }
         conn.as_mut().poll(cx)
     })
@@ -216,6 +242,11 @@ where
     }
     running
 }
+
+/// When cutover hands over to a new process, how long an idle client
+/// connection still waits for a request that may be on its way: closing
+/// it at once would fail a request sent in that instant.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// Counts a worker's open client connections; dropping it uncounts.
 pub struct OpenConnection(pub(super) Rc<Worker>);

@@ -88,6 +88,11 @@ impl ConnState {
         self.active.load(Relaxed) > 0
     }
 
+    /// Is a request in progress on this connection?
+    pub fn is_busy(&self) -> bool {
+        self.busy()
+    }
+
     fn started(&self) -> usize {
         self.started.load(Relaxed)
     }

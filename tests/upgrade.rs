@@ -1,0 +1,442 @@
+//! Upgrading cutover itself, as real processes on loopback: the listening
+//! sockets are handed to the new binary, the old one drains, and no
+//! client — kept alive or connecting anew — sees a failure. Also socket
+//! activation: sockets bound by someone else (systemd) are served.
+
+mod support;
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cutover");
+
+/// A daemon started as `cutover run -c FILE`, stopped (whatever pid now
+/// holds its sockets) when dropped.
+struct Daemon {
+    admin: String,
+    addr: std::net::SocketAddr,
+    first: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(blue: &Upstream, green: &Upstream, extra: &str) -> Daemon {
+        Daemon::start_addrs(blue.addr, green.addr, extra)
+    }
+
+    fn start_addrs(blue: std::net::SocketAddr, green: std::net::SocketAddr, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let config = format!(
+            r#"
+[server]
+listen = ["127.0.0.1:{port}"]
+workers = 2
+shutdown_timeout = "10s"
+{extra}
+[admin]
+listen = "127.0.0.1:{admin}"
+[state]
+file = "state.json"
+[apps.shop]
+[apps.shop.blue]
+servers = ["{blue}"]
+[apps.shop.green]
+servers = ["{green}"]
+"#
+        );
+        std::fs::write(dir.path().join("cutover.toml"), config).unwrap();
+        let first = std::process::Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(dir.path().join("cutover.toml"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            admin: format!("http://127.0.0.1:{admin}"),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            first: Some(first),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+            assert!(Instant::now() < deadline, "the daemon never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("cutover.toml")
+    }
+
+    async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--admin".into(), self.admin.clone()]);
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(BIN).args(&all).output().unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let o = self.cli(&["status", "--json"]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// Wait until the process answering status is `pid`.
+    async fn until_pid(&self, pid: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let o = self.cli(&["status", "--json"]).await;
+            if o.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                if v["process"]["pid"] == pid {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "pid {pid} never answered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // The process serving now may be a successor: stop it by its pid.
+        if let Ok(o) = std::process::Command::new(BIN)
+            .args(["status", "--json", "--admin", &self.admin])
+            .output()
+        {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+                if let Some(pid) = v["process"]["pid"].as_u64() {
+                    let _ = std::process::Command::new("kill")
+                        .arg(pid.to_string())
+                        .status();
+                }
+            }
+        }
+        if let Some(mut c) = self.first.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Clients that run until `stop`: keep-alive ones and one that opens a
+/// new connection per request. Counts requests and failures.
+fn load(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> (
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let url = format!("http://{addr}/");
+            while !stop.load(SeqCst) {
+                let req = hyper::Request::get(&url).body(Body::default()).unwrap();
+                match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+                    Ok(Ok(r)) if r.status() == 200 => {
+                        use http_body_util::BodyExt;
+                        match r.into_body().collect().await {
+                            Ok(_) => ok.fetch_add(1, SeqCst),
+                            Err(_) => failed.fetch_add(1, SeqCst),
+                        };
+                    }
+                    _ => {
+                        failed.fetch_add(1, SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    let (ok2, failed2, stop2) = (ok.clone(), failed.clone(), stop);
+    tasks.push(tokio::spawn(async move {
+        while !stop2.load(SeqCst) {
+            let (codes, _) = raw_statuses(
+                addr,
+                b"GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+                Duration::from_secs(10),
+            )
+            .await;
+            if codes == [200] {
+                ok2.fetch_add(1, SeqCst);
+            } else {
+                failed2.fetch_add(1, SeqCst);
+            }
+        }
+    }));
+    (ok, failed, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_upgrades_under_load_drop_no_request_and_keep_the_routing_state() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let (b, g) = blue_green().await;
+        let d = Daemon::start(&b, &g, "");
+        let o = d.cli(&["flip", "shop"]).await;
+        assert!(o.status.success());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed, tasks) = load(d.addr, stop.clone());
+        // wrk too, when the machine has it (CI installs it).
+        let wrk = which("wrk").map(|wrk| {
+            let url = format!("http://{}/", d.addr);
+            std::thread::spawn(move || {
+                std::process::Command::new(wrk)
+                    .args(["-t1", "-c8", "-d10s", "--timeout", "10s", &url])
+                    .output()
+                    .unwrap()
+            })
+        });
+        let mut pids = vec![d.status().await["process"]["pid"].as_u64().unwrap()];
+        for i in 0..50 {
+            let o = d.cli(&["upgrade", "--json"]).await;
+            assert!(
+                o.status.success(),
+                "upgrade {i}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let pid = v["pid"].as_u64().unwrap();
+            d.until_pid(pid).await;
+            let st = d.status().await;
+            assert_eq!(
+                st["apps"]["shop"]["live"], "green",
+                "upgrade {i}: the flip holds"
+            );
+            assert_eq!(st["process"]["upgrades"], i + 1);
+            pids.push(pid);
+        }
+        // The last one drains under the same load before we stop.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, SeqCst);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut distinct = pids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 51, "{pids:?}");
+        let (ok, failed) = (ok.load(SeqCst), failed.load(SeqCst));
+        assert!(ok > 500, "{ok} requests only");
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {} requests failed across 50 upgrades",
+            ok + failed
+        );
+        if let Some(w) = wrk {
+            let out = w.join().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                !text.contains("Socket errors") && !text.contains("Non-2xx"),
+                "wrk: {text}"
+            );
+            let summary = text
+                .lines()
+                .find(|l| l.contains("requests in"))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            eprintln!("wrk (keep-alive, 8 connections) across the upgrades: {summary}, 0 errors");
+        }
+        eprintln!("50 upgrades: {ok} requests, 0 failed");
+    })
+    .await
+    .unwrap();
+}
+
+fn which(cmd: &str) -> Option<String> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| format!("{d}/{cmd}"))
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_response_and_a_websocket_opened_before_an_upgrade_finish_on_the_old_process() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // A response that takes 1.5 s, under way when the upgrade happens.
+        let (b, g) = blue_green().await;
+        let d = Daemon::start(&b, &g, "");
+        let long = {
+            let url = format!("http://{}/delay/1500", d.addr);
+            tokio::spawn(async move { get(&client(), &url, &[]).await })
+        };
+        while b.requests.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let o = d.cli(&["upgrade"]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r = long.await.unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "blue"),
+            "the request in flight finished"
+        );
+
+        // A WebSocket tunnel opened before an upgrade keeps working on the
+        // old process while it drains.
+        let (wb, wg) = (
+            WsUpstream::start("blue").await,
+            WsUpstream::start("green").await,
+        );
+        let mut d = Daemon::start_addrs(wb.addr, wg.addr, "");
+        let url = format!("ws://{}/", d.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        assert_eq!(ws_echo(&mut ws, "one").await, "blue:one");
+        let before = d.status().await["process"]["pid"].as_u64().unwrap();
+        let o = d.cli(&["upgrade", "--json"]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        d.until_pid(v["pid"].as_u64().unwrap()).await;
+        assert_eq!(
+            ws_echo(&mut ws, "two").await,
+            "blue:two",
+            "the tunnel outlived the hand-over"
+        );
+        // A new tunnel goes to the new process.
+        let (mut fresh, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        assert_eq!(ws_echo(&mut fresh, "three").await, "blue:three");
+        assert_ne!(d.status().await["process"]["pid"].as_u64().unwrap(), before);
+        drop(ws);
+        // The old process (the one this test started), its tunnel closed,
+        // exits on its own, with 0.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let old = d.first.as_mut().unwrap();
+        let status = loop {
+            if let Some(s) = old.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the old process never exited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "{status}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_keeps_the_old_process_serving_and_says_why() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let d = Daemon::start(&b, &g, "upgrade_timeout = \"1s\"");
+        let pid = d.status().await["process"]["pid"].as_u64().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed, tasks) = load(d.addr, stop.clone());
+
+        // A binary that exits at once.
+        let o = d.cli(&["upgrade", "--binary", "/bin/false"]).await;
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("exited before it was ready"),
+            "{o:?}"
+        );
+
+        // One that never says it is ready.
+        let never = d.dir.path().join("never.sh");
+        std::fs::write(&never, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&never)
+            .status()
+            .unwrap();
+        let o = d
+            .cli(&["upgrade", "--binary", never.to_str().unwrap()])
+            .await;
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("not ready within 1s"),
+            "{o:?}"
+        );
+
+        // A config made invalid before the upgrade: the new process says so.
+        let text = std::fs::read_to_string(d.config_path()).unwrap();
+        std::fs::write(
+            d.config_path(),
+            text.replace("[apps.shop.green]", "[apps.shop.grene]"),
+        )
+        .unwrap();
+        let o = d.cli(&["upgrade"]).await;
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            err.contains("exited before it was ready") && err.contains("grene"),
+            "{err}"
+        );
+
+        // Changes still work on the old process, which never stopped serving.
+        let o = d.cli(&["shift", "shop", "10"]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(d.status().await["process"]["pid"], pid);
+        stop.store(true, SeqCst);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(ok.load(SeqCst) > 10);
+        assert_eq!(failed.load(SeqCst), 0);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_bound_by_a_service_manager_are_served() {
+    use command_fds::{CommandFdExt, FdMapping};
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let dir = tempfile::tempdir().unwrap();
+        // Bound here, without SO_REUSEPORT: cutover could not bind the
+        // address itself, so an answer proves it serves this socket.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (pa, aa) = (plain.local_addr().unwrap(), admin.local_addr().unwrap());
+        let config = format!(
+            "[server]\nlisten = [\"{pa}\"]\n[admin]\nlisten = \"{aa}\"\n[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+            b.addr, g.addr
+        );
+        std::fs::write(dir.path().join("c.toml"), config).unwrap();
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["run", "-c"])
+            .arg(dir.path().join("c.toml"))
+            .env("LISTEN_FDS", "2")
+            .env("LISTEN_FDNAMES", "plain:admin")
+            .stderr(std::process::Stdio::null());
+        cmd.fd_mappings(vec![
+            FdMapping { parent_fd: OwnedFd::from(plain.try_clone().unwrap()), child_fd: 3 },
+            FdMapping { parent_fd: OwnedFd::from(admin.try_clone().unwrap()), child_fd: 4 },
+        ])
+        .unwrap();
+        let mut child = cmd.spawn().unwrap();
+        drop(cmd);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let (codes, text) = raw_statuses(pa, b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n", Duration::from_secs(2)).await;
+            if codes == [200] {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "never served on the handed socket: {text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(text.ends_with("blue"), "{text}");
+        let _ = child.kill();
+        let _ = child.wait();
+    })
+    .await
+    .unwrap();
+}
