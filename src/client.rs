@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-use crate::config::{Config, TokenSource};
+use crate::config::Config;
 
 /// The admin API said no: its HTTP status (which the CLI's exit code
 /// follows) and its message.
@@ -28,6 +28,8 @@ pub struct Endpoint {
     /// `host:port`.
     pub authority: String,
     pub token: Option<String>,
+    /// Sent with every change as `x-cutover-reason`, for the history.
+    pub reason: Option<String>,
 }
 
 /// What the user gave on the command line.
@@ -84,15 +86,17 @@ impl Endpoint {
         {
             Some(t.trim().to_string())
         } else {
-            match config.map(|c| c.admin.token) {
-                Some(TokenSource::File(f)) => Some(read_trimmed(&f)?),
-                Some(TokenSource::Env(var)) => {
-                    std::env::var(&var).ok().map(|t| t.trim().to_string())
-                }
-                _ => None,
-            }
+            // Read with the config: `default`, else its first operate token.
+            config
+                .as_ref()
+                .and_then(|c| c.admin.client_token())
+                .map(|s| s.expose().to_string())
         };
-        Ok(Endpoint { authority, token })
+        Ok(Endpoint {
+            authority,
+            token,
+            reason: None,
+        })
     }
 
     /// One call: `(status, JSON body)`. Network failures are errors.
@@ -128,11 +132,16 @@ impl Endpoint {
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", &self.authority)
-            .header(
-                "x-cutover-actor",
-                std::env::var("USER").unwrap_or_else(|_| "cli".into()),
-            );
+            .header("host", &self.authority);
+        // Who made a change is the token's name, never what the client
+        // says; `$USER` is not sent. Why is the user's to say.
+        if let Some(r) = self
+            .reason
+            .as_deref()
+            .filter(|_| !matches!(method, "GET" | "HEAD"))
+        {
+            req = req.header("x-cutover-reason", r);
+        }
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -323,6 +332,17 @@ pub fn rules_table(rules: &Value) -> String {
 /// `cutover status`: apps, colours, split, rules, servers.
 pub fn status_table(v: &Value) -> String {
     let mut out = String::new();
+    let p = &v["process"];
+    if p.is_object() {
+        let _ = writeln!(
+            out,
+            "cutover {} pid {} started {} upgrades {}",
+            p["version"].as_str().unwrap_or("?"),
+            p["pid"],
+            p["started"].as_str().unwrap_or("?"),
+            p["upgrades"]
+        );
+    }
     let _ = writeln!(out, "epoch {}", v["epoch"]);
     let Some(apps) = v["apps"].as_object() else {
         return out;
@@ -388,6 +408,9 @@ pub fn status_table(v: &Value) -> String {
     out
 }
 
+/// `cutover history`: one line per change, newest last: time, epoch,
+/// app, kind, actor (the token's name), what changed in words, and the
+/// reason given, if any.
 pub fn history_table(v: &Value, limit: usize) -> String {
     let mut out = String::new();
     let list = v["history"].as_array().cloned().unwrap_or_default();
@@ -395,33 +418,48 @@ pub fn history_table(v: &Value, limit: usize) -> String {
         out.push_str("no changes recorded\n");
     }
     let skip = list.len().saturating_sub(limit);
-    let side = |s: &Value| {
-        format!(
-            "live {} standby {} rules {}",
-            s["live"].as_str().unwrap_or("?"),
-            percent(&s["standby_percent"]),
-            s["rules"].as_array().map_or(0, Vec::len)
-        )
-    };
     for h in list.iter().skip(skip) {
-        let _ = writeln!(
+        let changes = history_changes(h);
+        let _ = write!(
             out,
-            "{}  #{:<4} {:<10} {:<9} {:<12} {} -> {}{}",
+            "{}  #{:<4} {:<10} {:<9} {:<12} {}",
             h["time"].as_str().unwrap_or("?"),
-            h["epoch"],
+            h["epoch"].to_string(),
             h["app"].as_str().unwrap_or("?"),
             h["kind"].as_str().unwrap_or("?"),
             h["actor"].as_str().unwrap_or("?"),
-            side(&h["before"]),
-            side(&h["after"]),
-            if h["forced"].as_bool().unwrap_or(false) {
-                "  (forced)"
+            if changes.is_empty() {
+                "(no visible change)".to_string()
             } else {
-                ""
-            }
+                changes.join("; ")
+            },
         );
+        if h["forced"].as_bool().unwrap_or(false) {
+            out.push_str("  (forced)");
+        }
+        if let Some(r) = h["reason"].as_str() {
+            let _ = write!(out, "  reason: {r:?}");
+        }
+        out.push('\n');
     }
     out
+}
+
+/// An entry's `changes` as the daemon computed them; from its `before`
+/// and `after` for a daemon too old to send them.
+fn history_changes(h: &Value) -> Vec<String> {
+    if let Some(list) = h["changes"].as_array() {
+        return list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+    }
+    let side = |k: &str| serde_json::from_value::<crate::route::AppState>(h[k].clone()).ok();
+    match (side("before"), side("after")) {
+        (Some(b), Some(a)) => crate::control::changes::describe(&b, &a),
+        _ => Vec::new(),
+    }
 }
 
 /// How the running state (a status document) differs from a config file:
