@@ -356,9 +356,29 @@ async fn a_failed_upgrade_keeps_the_old_process_serving_and_says_why() {
             .arg(&never)
             .status()
             .unwrap();
-        let o = d
-            .cli(&["upgrade", "--binary", never.to_str().unwrap()])
-            .await;
+        let upgrading = {
+            let (admin, never) = (d.admin.clone(), never.to_str().unwrap().to_string());
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(BIN)
+                    .args(["upgrade", "--binary", &never, "--admin", &admin])
+                    .output()
+                    .unwrap()
+            })
+        };
+        // While it is under way, changes are refused (503, retry later).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let o = d.cli(&["shift", "shop", "5"]).await;
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("(503)"),
+            "{o:?}"
+        );
+        let again = d.cli(&["upgrade"]).await;
+        assert!(
+            String::from_utf8_lossy(&again.stderr).contains("already under way"),
+            "{again:?}"
+        );
+        let o = upgrading.await.unwrap();
         assert_eq!(o.status.code(), Some(1));
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("not ready within 1s"),
