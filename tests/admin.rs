@@ -1,4 +1,4 @@
-//! The admin API, durable state and the CLI client (SPEC §2, §7, §8)
+//! The admin API, durable state and the CLI client
 //! against the real proxy and real upstreams.
 
 mod support;
@@ -232,7 +232,10 @@ async fn the_token_is_required_and_checked_and_get_on_a_mutation_is_405() {
     let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &good)
         .await
         .json();
-    assert_eq!(h["history"][0]["actor"], "token");
+    assert_eq!(
+        h["history"][0]["actor"], "default",
+        "token_file is the operate token named default"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

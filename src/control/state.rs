@@ -1,4 +1,4 @@
-//! The runtime state file (SPEC §8): what operators changed at runtime —
+//! The runtime state file: what operators changed at runtime —
 //! live colour, split and rules per app — plus the epoch and the recent
 //! history. Written atomically on every change: a temporary file in the
 //! same directory, fsync, rename over the old file (an exchange, on Linux:
@@ -40,9 +40,15 @@ pub struct HistoryEntry {
     pub time: String,
     /// The epoch this change produced; one change may touch several apps.
     pub epoch: u64,
-    /// Who: `local` without a token, else `token` (or the client's
-    /// `x-cutover-actor`, e.g. the CLI user).
+    /// Who: the name of the admin token the change was made with
+    /// (`default` for `token_file`/`token_env`), `local` when no token is
+    /// configured; `reload` (SIGHUP) and `start` for the daemon's own.
+    /// Never what the client says it is.
     pub actor: String,
+    /// Why, as the client gave it (`x-cutover-reason`, `--reason`):
+    /// printable ASCII, at most 200 characters. Absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub app: String,
     /// `flip`, `shift`, `rules`, `rollback`, `reload`.
     pub kind: String,
@@ -51,6 +57,13 @@ pub struct HistoryEntry {
     pub forced: bool,
     pub before: AppState,
     pub after: AppState,
+}
+
+impl HistoryEntry {
+    /// What the change changed, in words ([`super::changes::describe`]).
+    pub fn changes(&self) -> Vec<String> {
+        super::changes::describe(&self.before, &self.after)
+    }
 }
 
 impl Default for StateFile {
@@ -575,11 +588,14 @@ mod tests {
         assert!(StateFile::load(&path).is_err());
     }
 
+    // `u64::is_multiple_of` is newer than the crate's rust-version (1.85).
+    #[allow(clippy::manual_is_multiple_of)]
     fn entry(epoch: u64) -> HistoryEntry {
         HistoryEntry {
             time: "2026-11-26T12:00:00Z".into(),
             epoch,
             actor: "local".into(),
+            reason: (epoch % 3 == 0).then(|| format!("reason {epoch}")),
             app: "a".into(),
             kind: "flip".into(),
             forced: epoch % 2 == 0,
@@ -710,6 +726,23 @@ mod tests {
         write_atomically(&path, &[b'a'; 20 * BLOCK]).unwrap();
         assert_eq!(fs::read(&path).unwrap(), [b'a'; 20 * BLOCK]);
         assert!(room(&path) >= 40 * BLOCK as u64, "{}", room(&path));
+    }
+
+    #[test]
+    fn a_history_entry_without_a_reason_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let side = r#"{"live":"blue","standby_percent":0,"rules":[]}"#;
+        let text = format!(
+            r#"{{"format":1,"epoch":1,"apps":{{}},"history":[{{"time":"2026-01-01T00:00:00Z","epoch":1,"actor":"token:alice","app":"a","kind":"flip","before":{side},"after":{side}}}]}}"#
+        );
+        fs::write(&path, text).unwrap();
+        let s = StateFile::load(&path).unwrap().unwrap();
+        let e = s.history.last().unwrap();
+        assert_eq!((e.actor.as_str(), &e.reason), ("token:alice", &None));
+        // And is written back without one.
+        s.save(&path).unwrap();
+        assert!(!fs::read_to_string(&path).unwrap().contains("reason"));
     }
 
     #[test]
