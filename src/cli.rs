@@ -1,4 +1,4 @@
-//! The command line (SPEC §2): clap definitions and what each subcommand
+//! The command line: clap definitions and what each subcommand
 //! does. `main.rs` only parses, sets up logging and calls [`Cli::execute`].
 
 use std::fmt::Write as _;

@@ -1,5 +1,5 @@
 //! The admin client behind `cutover status|flip|shift|rollback|rules|history`
-//! (SPEC §2): finds the admin endpoint and token, calls the admin API,
+//!: finds the admin endpoint and token, calls the admin API,
 //! prints the answer for people.
 
 use std::fmt::Write as _;

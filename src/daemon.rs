@@ -152,7 +152,7 @@ fn worker_socket(l: &std::net::TcpListener) -> io::Result<std::net::TcpListener>
     }
 }
 
-/// Run the daemon until `shutdown` completes, then drain (SPEC §8): stop
+/// Run the daemon until `shutdown` completes, then drain: stop
 /// accepting, let in-flight requests finish for up to `shutdown_timeout`.
 /// Blocks the calling thread, which becomes the control-plane thread.
 pub fn run(

@@ -6,7 +6,7 @@
 //! - [`proxy`]: worker threads, accept loop, the request handler,
 //!   header rewriting, upstream connection pools, bodies, tunnels.
 //! - [`route`]: the immutable routing [`route::Snapshot`] and the routing
-//!   decision of SPEC §4 (hosts, prefixes, canary rules, sticky buckets,
+//!   decision (hosts, prefixes, canary rules, sticky buckets,
 //!   server pick). Pure data, no I/O.
 //!
 //! Control plane (runs beside it, never per request):

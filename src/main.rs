@@ -8,15 +8,14 @@ use cutover::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: thread-local free lists suit the worker-per-thread design and
-/// measured a few percent less CPU per request than glibc's malloc (see
-/// benches/README.md).
+/// measured a few percent less CPU per request than glibc's malloc.
 #[global_allocator]
 static GLOBAL: Allocator = Allocator;
 
 /// `mimalloc::MiMalloc` asks mimalloc for an *aligned* block on every call.
 /// For blocks over 1 KiB whose size is not a power of two (a `HeaderMap`'s
-/// entries, say) that takes mimalloc's over-allocating path, ~150
-/// instructions instead of ~20, three times per proxied request. Like
+/// entries, say) that takes mimalloc's over-allocating path, several
+/// times slower than its plain one, three times per proxied request. Like
 /// std's `System` allocator, this asks for a plain block whenever malloc's
 /// own alignment guarantee covers the layout, and leaves the rest to
 /// `MiMalloc`.
@@ -76,7 +75,7 @@ unsafe impl GlobalAlloc for Allocator {
 ///   came and went (~3% of the CPU in `perf`). A short delay with
 ///   [`purge_thread`] doing the purging gets both.
 /// - lazy arena commit: an eagerly committed first arena cost ~7 MiB of
-///   resident memory at rest (benches/README.md, "Memory").
+///   resident memory at rest.
 ///
 /// An operator's own `MIMALLOC_*` environment settings win.
 extern "C" fn tune_allocator() {

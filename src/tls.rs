@@ -1,4 +1,4 @@
-//! TLS termination (SPEC §3 `[[tls.certs]]`, §5): certificates chosen by SNI
+//! TLS termination: certificates chosen by SNI
 //! from their subject alternative names, behind an `ArcSwap` so that a
 //! reload swaps them for new handshakes without touching open connections.
 //!

@@ -1,4 +1,4 @@
-//! Configuration in two layers (SPEC §3): [`raw`] mirrors the TOML with
+//! Configuration in two layers: [`raw`] mirrors the TOML with
 //! unknown keys rejected; [`validate`] turns it into the typed [`Config`]
 //! below, or into every error found, each naming its key.
 //!

@@ -1,4 +1,4 @@
-//! The TOML file as serde sees it: every section and key of SPEC §3, with
+//! The TOML file as serde sees it: every section and key of the config, with
 //! unknown keys rejected. Nothing here is checked beyond its TOML type;
 //! [`super::validate`] turns these into typed values or a list of errors.
 

@@ -1,4 +1,4 @@
-//! The admin API (SPEC §7): JSON over HTTP/1.1 on its own listener, on the
+//! The admin API: JSON over HTTP/1.1 on its own listener, on the
 //! control thread, apart from the data plane and its connection limit,
 //! with its own: `[admin] max_connections`, `header_timeout` and
 //! `idle_timeout`. Requests from web pages are refused ([`guard`]).

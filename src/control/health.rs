@@ -1,4 +1,4 @@
-//! Health checks (SPEC §6), on the control thread, off the request path.
+//! Health checks, on the control thread, off the request path.
 //!
 //! One task per server. With an active check it sends `GET path` every
 //! `interval`: a 2xx or 3xx answer within `timeout` is a success; `rise`

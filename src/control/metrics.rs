@@ -1,4 +1,4 @@
-//! `GET /metrics` (SPEC §9), rendered at scrape time from the atomics the
+//! `GET /metrics`, rendered at scrape time from the atomics the
 //! request path updates and the control plane's own counters. Scraping is
 //! off the request path; the request path only ever does atomic adds.
 //! Exposition is prometheus-client's text encoder (OpenMetrics text).

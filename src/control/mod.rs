@@ -62,9 +62,9 @@ pub struct ProcessInfo {
     pub pid: u32,
     /// RFC 3339, UTC.
     pub started: String,
-    pub version: &'static str,
     /// Upgrades since the listening sockets were first bound.
     pub upgrades: u64,
+    pub version: &'static str,
 }
 
 impl ProcessInfo {
@@ -72,8 +72,8 @@ impl ProcessInfo {
         ProcessInfo {
             pid: std::process::id(),
             started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            version: env!("CARGO_PKG_VERSION"),
             upgrades,
+            version: env!("CARGO_PKG_VERSION"),
         }
     }
 }

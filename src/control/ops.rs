@@ -1,4 +1,4 @@
-//! Runtime changes (SPEC §7–8): flip, shift, rollback, rules, reload.
+//! Runtime changes: flip, shift, rollback, rules, reload.
 //!
 //! [`Control`] is the only writer of the snapshot. Every change is
 //! validated whole first, then written to the state file, then stored in

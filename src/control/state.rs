@@ -218,7 +218,7 @@ fn line(entry: &HistoryEntry) -> Box<[u8]> {
 /// The recent changes, oldest first, at most [`HISTORY_LIMIT`]; each is
 /// kept with its line of JSON too, since entries never change once made:
 /// writing the file after a change encodes only the new entries (a full
-/// history re-encoded was ~250,000 instructions of every flip).
+/// history re-encoded dominated a flip's cost).
 #[derive(Debug, Clone, Default)]
 pub struct History {
     entries: VecDeque<HistoryEntry>,
@@ -283,7 +283,7 @@ impl<'de> Deserialize<'de> for History {
 /// exchange (`renameat2(RENAME_EXCHANGE)`): the new state takes `path`'s
 /// name and the previous one takes the temp name, to be overwritten by
 /// the next change. No file is created or deleted per change, which cuts
-/// the kernel's work for the write by ~40% (`benches/README.md`); where
+/// the kernel's work for the write substantially; where
 /// the filesystem cannot exchange, or `path` does not exist yet, it is a
 /// plain rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {

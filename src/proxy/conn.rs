@@ -134,7 +134,7 @@ async fn serve_plain(
 /// (`readable()` would store a 152-byte future) and shutdown comes through
 /// a slot among the worker's wakers (the `watch`'s future is 144 bytes):
 /// the connection's future shrinks from 648 to 400 bytes, and 10,000 idle
-/// clients take ~3.8 MiB less (`benches/README.md`).
+/// clients take a few MiB less.
 async fn wait_parked(worker: &Rc<Worker>, stream: &TcpStream, idle_timeout: Duration) -> bool {
     let rest = idle_timeout.saturating_sub(super::io::park_after(idle_timeout));
     let watch = super::StopWatch::new(worker);

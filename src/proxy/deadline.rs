@@ -3,8 +3,8 @@
 //!
 //! A `tokio::time::timeout` per request registers an entry in tokio's timer
 //! wheel and removes it again — both under the time driver's lock — for a
-//! deadline that almost never fires: ~700 instructions per request
-//! (callgrind, `benches/README.md`). Instead each worker keeps its waiting
+//! deadline that almost never fires, a measurable share of a request's
+//! cost. Instead each worker keeps its waiting
 //! requests in a list ordered by deadline, and one task sleeps until the
 //! earliest. A request whose response head arrives unlinks itself: O(1), no
 //! timer touched. Every request of a worker uses the same timeout, so a new

@@ -1,4 +1,4 @@
-//! Proxy errors and the one place they become status codes (SPEC §5).
+//! Proxy errors and the one place they become status codes.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};

@@ -4,7 +4,7 @@
 //! is handed to it over a channel, the response head comes back over
 //! another, and the body over a third, with a wake-up across tasks at each
 //! step. Per request that is more code and data than the whole exchange
-//! needs (`benches/README.md`, "What hyper's client half costs"). Here the
+//! needs. Here the
 //! request's future writes the head and reads the response head itself,
 //! and the response body is read from the socket by whoever polls it —
 //! the client connection's task, as it streams the body out.
@@ -27,7 +27,7 @@
 //! - neither: the body runs to the connection's close.
 //!
 //! The response head comes out without its hop-by-hop fields (RFC 9110
-//! §7.6.1, the fields `Connection` names included), as SPEC §5 asks.
+//! §7.6.1, the fields `Connection` names included).
 //!
 //! A connection goes back to the pool only after a whole response that
 //! keeps it alive (`Connection: close` or an HTTP/1.0 response without

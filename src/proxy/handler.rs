@@ -1,4 +1,4 @@
-//! One request through the proxy, in phases (SPEC §4–5):
+//! One request through the proxy, in phases:
 //! route → check limits → rewrite the request → pick and connect (one retry
 //! on connect failure) → send → rewrite the response → stream it back.
 
@@ -39,7 +39,7 @@ static COLOR_VALUES: [HeaderValue; 2] = [
 /// calls the service; the future holds only what phases 4–6 need. It is
 /// moved into hyper's connection state once per request, so its size is
 /// paid in copies and cache lines on every request: the cold connect path
-/// is boxed, and nothing is captured twice (`benches/README.md`).
+/// is boxed, and nothing is captured twice.
 pub fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,

@@ -1,4 +1,4 @@
-//! Header rewriting between client and upstream (SPEC §5).
+//! Header rewriting between client and upstream.
 //!
 //! Hop-by-hop fields are defined by RFC 9110 §7.6.1: `Connection` and every
 //! field it names, plus the well-known `Keep-Alive`, `Proxy-Connection`,

@@ -1,5 +1,5 @@
 //! The client socket with the two downstream timeouts hyper cannot express
-//! the way an operator expects (SPEC §3 `[limits]`):
+//! the way an operator expects:
 //!
 //! - `client_header_timeout`: a request head that started but is not
 //!   complete in time gets `408 Request Timeout` and the connection closes
@@ -131,7 +131,7 @@ pub struct TimedIo<T> {
     timer: Pin<Box<Sleep>>,
     // The waker `timer` was last polled with, unless it was reset since:
     // while it stands, polling the timer again would only register the
-    // same task again (~120 instructions, several times a request).
+    // same task again, several times a request.
     timer_waker: Option<Waker>,
     header_timeout: Duration,
     idle_timeout: Duration,

@@ -71,8 +71,8 @@ pub struct Worker {
     /// The task of each serving or parked connection, woken when shutdown
     /// begins. Each connection checks `stopping` when polled — a load and
     /// a comparison — where awaiting the shutdown `watch` beside hyper's
-    /// connection re-polled it (a lock inside tokio) at every wake-up:
-    /// ~300 instructions per request (callgrind); a parked connection
+    /// connection re-polled it (a lock inside tokio) at every wake-up; a
+    /// parked connection
     /// saves the 144 bytes of the `watch`'s future. The accept loop still
     /// awaits the `watch`.
     serving: RefCell<Slab<Option<Waker>>>,

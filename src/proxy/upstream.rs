@@ -1,11 +1,10 @@
 //! Upstream connections, pooled per worker thread and per server.
 //!
 //! Each worker owns its pools outright (`RefCell`, no lock, no atomics):
-//! a connection is only ever used by the thread that opened it, as SPEC §10
+//! a connection is only ever used by the thread that opened it, as the design
 //! recommends. Idle connections are dropped — which closes them — when idle
 //! past `upstream_idle_timeout`, when older than `upstream_max_lifetime`,
-//! and promptly when their pool stops receiving traffic (SPEC §5 "no
-//! zombies"): [`Upstreams::sweep`] runs on every snapshot swap and on a
+//! and promptly when their pool stops receiving traffic: [`Upstreams::sweep`] runs on every snapshot swap and on a
 //! short tick. "Promptly" is after a [`GRACE`] of half a second, so that a
 //! change undone at once (a flip and a flip back) reuses the connections
 //! instead of reopening them all; they are closed by the first sweep after

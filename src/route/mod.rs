@@ -1,5 +1,5 @@
 //! The routing table: one immutable [`Snapshot`] per state of the world,
-//! and the routing decision of SPEC §4 made against it.
+//! and the routing decision made against it.
 //!
 //! Pure data and pure functions — no I/O. The request path loads the
 //! snapshot once ([`crate::control::Shared::snapshot`]) and calls

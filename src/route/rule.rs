@@ -1,4 +1,4 @@
-//! Canary rules (SPEC §3), compiled into a [`RuleTable`]: instead of
+//! Canary rules, compiled into a [`RuleTable`]: instead of
 //! walking each rule's conditions in turn, the table evaluates each kind of
 //! condition once per request for all rules at a time — every path prefix,
 //! every header test, every cookie test, every network — each giving a

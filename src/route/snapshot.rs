@@ -14,7 +14,7 @@ use crate::config::{
     PassiveConfig, PoolConfig, Protocol, RuleSpec, Sticky,
 };
 
-/// What operators change at runtime for one app (SPEC §8): the state file
+/// What operators change at runtime for one app: the state file
 /// owns it, the config only gives its initial value.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -493,7 +493,7 @@ impl App {
         }
     }
 
-    /// SPEC §4 steps 2–4: the rules, then the split, with the sticky bucket
+    /// The rules, then the split, with the sticky bucket
     /// computed only if a partial rule or split needs it.
     pub fn decide(&self, req: &RequestView<'_>) -> Decision {
         let scan = self.rules.scan(req);
@@ -761,7 +761,7 @@ impl Snapshot {
         self.apps.iter().find(|a| &*a.name == name)
     }
 
-    /// SPEC §4 step 1: the app for a host (case-insensitive, port ignored):
+    /// The app for a host (case-insensitive, port ignored):
     /// exact host names first, then `*.` wildcards from the longest suffix,
     /// then the catch-all apps; within each, the longest matching
     /// `path_prefix`.

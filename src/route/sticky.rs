@@ -1,4 +1,4 @@
-//! Sticky buckets (SPEC §4 step 3).
+//! Sticky buckets.
 //!
 //! A user's bucket is `fnv1a64(key) % 10000`, where FNV-1a is the 64-bit
 //! variant (offset basis 0xcbf29ce484222325, prime 0x100000001b3) over the
