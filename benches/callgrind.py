@@ -107,7 +107,7 @@ def flip_storm(stop, flips):
     """Flip every 100 ms until `stop` is set; with `stop` None, once."""
     while stop is None or not stop.is_set():
         admin = http.client.HTTPConnection("127.0.0.1", compare.ADMIN, timeout=60)
-        admin.request("POST", "/v1/flip", body=b"")
+        admin.request("POST", "/v1/flip", body=b"{}", headers={"Content-Type": "application/json"})
         admin.getresponse().read()
         admin.close()
         flips[0] += 1
