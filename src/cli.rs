@@ -54,6 +54,8 @@ pub enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        #[command(flatten)]
+        out: Output,
     },
     /// Run the proxy on the embedded demo config with two demo upstreams.
     Demo,
@@ -295,7 +297,7 @@ impl Cli {
                 config,
                 reset_state,
             } => run(&config, reset_state),
-            Command::Check { config } => check(&config),
+            Command::Check { config, out } => check(&config, out.json),
             Command::Demo => demo(),
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -838,8 +840,21 @@ async fn shutdown_signal() {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
+fn check(path: &Path, json: bool) -> ExitCode {
+    let loaded = Config::load(path);
+    if json {
+        // `{"ok", "errors", "warnings", "runtime_differs"}` for scripts.
+        let (ok, errors, warnings, differs) = match &loaded {
+            Ok(c) => (true, vec![], c.warnings.clone(), runtime_diff(path).map(|d| !d.is_empty())),
+            Err(e) => (false, e.clone(), vec![], None),
+        };
+        println!(
+            "{:#}",
+            serde_json::json!({ "ok": ok, "errors": errors, "warnings": warnings, "runtime_differs": differs })
+        );
+        return if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_USAGE) };
+    }
+    match loaded {
         Ok(config) => {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
@@ -860,48 +875,35 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// How the runtime state of the daemon this config describes differs from
+/// it, when that daemon answers within half a second.
+fn runtime_diff(path: &Path) -> Option<Vec<(String, Vec<String>)>> {
+    let ep = Endpoint::resolve(&EndpointArgs {
+        config: Some(path.to_path_buf()),
+        ..EndpointArgs::default()
+    })
+    .ok()?;
+    let a = ep.authority.to_socket_addrs().ok()?.next()?;
+    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(500)).ok()?;
+    let config = Config::load(path).ok()?;
+    let status = ep.ok("GET", "/v1/status", None, None).ok()?;
+    Some(client::diff(&config, &status))
+}
+
 /// When the daemon this config describes answers on its admin API (within
 /// half a second), say whether its runtime state differs from the file.
 fn runtime_differences(path: &Path) {
-    let Ok(ep) = Endpoint::resolve(&EndpointArgs {
-        config: Some(path.to_path_buf()),
-        ..EndpointArgs::default()
-    }) else {
-        return;
-    };
-    let reachable = ep
-        .authority
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| {
-            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(500)).is_ok()
-        });
-    if !reachable {
-        println!(
-            "(no daemon answers at http://{}: runtime state not compared)",
-            ep.authority
-        );
-        return;
-    }
-    let Ok(config) = Config::load(path) else {
-        return;
-    };
-    match ep.ok("GET", "/v1/status", None, None) {
-        Ok(status) => {
-            let d = client::diff(&config, &status);
-            if d.is_empty() {
-                println!("runtime state at http://{} matches this file", ep.authority);
-            } else {
-                println!("runtime state differs (http://{}):", ep.authority);
-                for (app, lines) in &d {
-                    for l in lines {
-                        println!("  {app}: {l}");
-                    }
+    match runtime_diff(path) {
+        None => println!("(no daemon of this config answers: runtime state not compared)"),
+        Some(d) if d.is_empty() => println!("runtime state matches this file"),
+        Some(d) => {
+            println!("runtime state differs:");
+            for (app, lines) in &d {
+                for l in lines {
+                    println!("  {app}: {l}");
                 }
             }
         }
-        Err(e) => println!("(runtime state not compared: {e:#})"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Forwarding rules, limits and errors (SPEC §5) with real servers.
+//! Forwarding rules, limits and errors with real servers.
 
 mod support;
 
@@ -65,7 +65,7 @@ async fn x_forwarded_headers_are_set_and_host_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_field_naming_host_does_not_take_host_away() {
     // `Connection` may name any field, `Host` too: it is removed with the
-    // hop-by-hop fields and put back, as SPEC §5 keeps `Host`.
+    // hop-by-hop fields and put back, as `Host` is kept.
     let (b, g) = blue_green().await;
     let proxy = Proxy::start(&config(&one(&b), &one(&g), ""));
     let r = get(
@@ -405,7 +405,7 @@ async fn graceful_shutdown_lets_a_1s_in_flight_request_finish() {
 }
 
 /// A keep-alive connection that was answered once (by blue) and then sat
-/// idle past the 1 s park delay: parked.
+/// idle well past the 50 ms park delay: parked.
 async fn parked_connection(proxy: &Proxy) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
