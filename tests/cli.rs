@@ -1,5 +1,5 @@
 //! The `cutover` binary from the outside: `check` and `run` exit codes and
-//! messages (SPEC §2).
+//! messages.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -283,4 +283,22 @@ fn logs_to_a_pipe_are_plain_text() {
         !line.contains('\x1b'),
         "terminal colour codes in a pipe: {line:?}"
     );
+}
+
+#[test]
+fn check_json_gives_scripts_the_errors_and_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[apps.x]\nlive = \"red\"\n").unwrap();
+    let out = cutover(&["check", "--json", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["errors"].to_string().contains("apps.x.live"), "{v}");
+    std::fs::write(&path, GOOD_APP).unwrap();
+    let out = cutover(&["check", "--json", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["errors"], serde_json::json!([]));
 }
