@@ -1,4 +1,4 @@
-//! Header rewrite micro-benchmark (SPEC §5): hop-by-hop removal and
+//! Header rewrite micro-benchmark: hop-by-hop removal and
 //! `X-Forwarded-*` on a typical browser request, and the response side.
 //!
 //! Run: `cargo bench --bench headers`

@@ -1,4 +1,4 @@
-//! Routing decision micro-benchmarks (SPEC §4): app lookup, ten rules with
+//! Routing decision micro-benchmarks: app lookup, ten rules with
 //! a user-agent regex, the sticky hash, the server pick.
 //!
 //! Run: `cargo bench --bench routing`

@@ -845,14 +845,23 @@ fn check(path: &Path, json: bool) -> ExitCode {
     if json {
         // `{"ok", "errors", "warnings", "runtime_differs"}` for scripts.
         let (ok, errors, warnings, differs) = match &loaded {
-            Ok(c) => (true, vec![], c.warnings.clone(), runtime_diff(path).map(|d| !d.is_empty())),
+            Ok(c) => (
+                true,
+                vec![],
+                c.warnings.clone(),
+                runtime_diff(path).map(|d| !d.is_empty()),
+            ),
             Err(e) => (false, e.clone(), vec![], None),
         };
         println!(
             "{:#}",
             serde_json::json!({ "ok": ok, "errors": errors, "warnings": warnings, "runtime_differs": differs })
         );
-        return if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_USAGE) };
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_USAGE)
+        };
     }
     match loaded {
         Ok(config) => {

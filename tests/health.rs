@@ -1,5 +1,5 @@
 //! Health checks, health-gated changes, retries, connection hygiene,
-//! WebSocket tunnels and metrics (SPEC §5, §6, §9), with real servers.
+//! WebSocket tunnels and metrics, with real servers.
 
 mod support;
 

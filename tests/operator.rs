@@ -374,15 +374,34 @@ async fn in_an_outage_cutover_rollback_brings_users_back_without_force() {
         let (b, g) = blue_green().await;
         let proxy = Proxy::start(&two_apps(&b, &g, ""));
         // A rule to green, then green made live; then every green server dies.
-        let o = cli(&proxy, &["rules", "shop", "add", "--name", "testers", "--to", "green", "--header", "x-preview=1"]).await;
+        let o = cli(
+            &proxy,
+            &[
+                "rules",
+                "shop",
+                "add",
+                "--name",
+                "testers",
+                "--to",
+                "green",
+                "--header",
+                "x-preview=1",
+            ],
+        )
+        .await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let o = cli(&proxy, &["flip", "shop"]).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         g.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
         let c = client();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while status(&c, &proxy).await["apps"]["shop"]["pools"]["green"]["servers"][0]["healthy"] == true {
-            assert!(tokio::time::Instant::now() < deadline, "green never went down");
+        while status(&c, &proxy).await["apps"]["shop"]["pools"]["green"]["servers"][0]["healthy"]
+            == true
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "green never went down"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let shop = [("host", "shop.test")];

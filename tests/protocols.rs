@@ -1,4 +1,4 @@
-//! TLS termination, HTTP/2 both ways, and trailers (SPEC §3, §5).
+//! TLS termination, HTTP/2 both ways, and trailers.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Reloading the config and certificates (SPEC §8) without dropping
+//! Reloading the config and certificates without dropping
 //! anything in flight.
 
 mod support;

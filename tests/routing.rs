@@ -1,4 +1,4 @@
-//! Routing decisions (SPEC §4) through the real proxy and real upstreams.
+//! Routing decisions through the real proxy and real upstreams.
 
 mod support;
 
