@@ -30,6 +30,37 @@ async fn run(args: Vec<String>) -> Output {
     .unwrap()
 }
 
+/// Every green server fails its health check; wait (bounded) until shop's
+/// status says so.
+async fn green_dies(g: &Upstream, c: &Client, proxy: &Proxy) {
+    g.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while status(c, proxy).await["apps"]["shop"]["pools"]["green"]["servers"][0]["healthy"] == true
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "green never went down"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+/// `rules shop add` of a header rule to green.
+const ADD_TESTERS: [&str; 9] = [
+    "rules",
+    "shop",
+    "add",
+    "--name",
+    "testers",
+    "--to",
+    "green",
+    "--header",
+    "x-preview=1",
+];
+
 fn text(o: &Output) -> String {
     format!(
         "stdout: {}\nstderr: {}",
@@ -83,18 +114,8 @@ async fn every_outcome_has_its_own_exit_code() {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
         // 2: refused by the gate (409) — green is dead.
-        g.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
         let c = client();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while status(&c, &proxy).await["apps"]["shop"]["pools"]["green"]["servers"][0]["healthy"]
-            == true
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "green never went down"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        green_dies(&g, &c, &proxy).await;
         let o = cli(&proxy, &["flip", "shop"]).await;
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(
@@ -173,22 +194,7 @@ async fn rules_refuse_typos_and_conditionless_rules_unless_meant() {
         );
 
         // --dry-run shows and changes nothing.
-        let o = cli(
-            &proxy,
-            &[
-                "rules",
-                "shop",
-                "add",
-                "--name",
-                "testers",
-                "--to",
-                "green",
-                "--header",
-                "x-preview=1",
-                "--dry-run",
-            ],
-        )
-        .await;
+        let o = cli(&proxy, &[&ADD_TESTERS[..], &["--dry-run"]].concat()).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let o = cli(&proxy, &["rules", "shop", "list", "--json"]).await;
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -238,21 +244,7 @@ async fn diff_and_reload_show_and_settle_drift_between_the_file_and_the_running_
             text(&o)
         );
 
-        let o = cli(
-            &proxy,
-            &[
-                "rules",
-                "shop",
-                "add",
-                "--name",
-                "testers",
-                "--to",
-                "green",
-                "--header",
-                "x-preview=1",
-            ],
-        )
-        .await;
+        let o = cli(&proxy, &ADD_TESTERS).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let o = cli(&proxy, &["shift", "api", "10"]).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -374,36 +366,12 @@ async fn in_an_outage_cutover_rollback_brings_users_back_without_force() {
         let (b, g) = blue_green().await;
         let proxy = Proxy::start(&two_apps(&b, &g, ""));
         // A rule to green, then green made live; then every green server dies.
-        let o = cli(
-            &proxy,
-            &[
-                "rules",
-                "shop",
-                "add",
-                "--name",
-                "testers",
-                "--to",
-                "green",
-                "--header",
-                "x-preview=1",
-            ],
-        )
-        .await;
+        let o = cli(&proxy, &ADD_TESTERS).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let o = cli(&proxy, &["flip", "shop"]).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        g.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
         let c = client();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while status(&c, &proxy).await["apps"]["shop"]["pools"]["green"]["servers"][0]["healthy"]
-            == true
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "green never went down"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        green_dies(&g, &c, &proxy).await;
         let shop = [("host", "shop.test")];
         assert_eq!(get(&c, &proxy.url("/"), &shop).await.status, 503);
         // The way back passes the gate without --force.
