@@ -346,6 +346,8 @@ fn parse_head(
         // client carries no upgrades, so none of them goes on.
         let mut headers = HeaderMap::with_capacity(count);
         let mut length: Option<u64> = None;
+        // The `Content-Length` must be written anew as one number.
+        let mut refold = false;
         let mut coding = None; // `Some(chunked?)` once `Transfer-Encoding` is seen
         let (mut close, mut keep_alive) = (false, false);
         let mut named: Vec<HeaderName> = Vec::new();
@@ -362,9 +364,15 @@ fn parse_head(
                     }
                     length = Some(n);
                 }
-                // Re-emitted below as the parsed number, not as sent
-                // (`5, 5` becomes `5`).
-                continue;
+                // Plain digits (the common case) go on as they came, a
+                // slice of the buffer; anything else (`5, 5`) as the
+                // parsed number, below.
+                if !value.iter().all(u8::is_ascii_digit)
+                    || headers.contains_key(header::CONTENT_LENGTH)
+                {
+                    refold = true;
+                    continue;
+                }
             } else if headers::is_hop_by_hop(&name) {
                 if name == header::TRANSFER_ENCODING {
                     let last = value.rsplit(|b| *b == b',').next();
@@ -392,7 +400,7 @@ fn parse_head(
         for name in named {
             headers.remove(name);
         }
-        if let Some(n) = length {
+        if let (true, Some(n)) = (refold, length) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
 

@@ -111,7 +111,11 @@ fn prepare(
         Ok(t) => t,
         Err(why) => return Err(refuse(ex, conn, why)),
     };
-    if req.headers().contains_key(header::TRANSFER_ENCODING) && conn.state.take_length_and_chunked()
+    // hyper keeps `Transfer-Encoding` and drops the length beside it: the
+    // socket saw both (a flag read per request, the header map only then).
+    if conn.state.saw_length_and_chunked()
+        && req.headers().contains_key(header::TRANSFER_ENCODING)
+        && conn.state.take_length_and_chunked()
     {
         return Err(refuse(ex, conn, request::Invalid::LengthAndChunked));
     }

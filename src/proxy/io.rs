@@ -79,6 +79,10 @@ impl ConnState {
     /// Did the head just parsed carry both `Content-Length` and
     /// `Transfer-Encoding`? Asked (and reset) only for requests that have
     /// a `Transfer-Encoding`.
+    pub fn saw_length_and_chunked(&self) -> bool {
+        self.length_and_chunked.load(Relaxed)
+    }
+
     pub fn take_length_and_chunked(&self) -> bool {
         self.length_and_chunked.swap(false, Relaxed)
     }
