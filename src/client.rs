@@ -271,42 +271,11 @@ pub fn describe_change(v: &Value) -> String {
     out
 }
 
+/// A rule of the API's JSON in words, as history describes rules.
 fn rule_conditions(r: &Value) -> String {
-    let mut c = Vec::new();
-    if let Some(ua) = r["user_agent"].as_str() {
-        c.push(format!("user_agent ~ {ua}"));
-    }
-    if r["header"].is_object() {
-        c.push(format!(
-            "header {}={}",
-            r["header"]["name"].as_str().unwrap_or(""),
-            r["header"]["value"].as_str().unwrap_or("")
-        ));
-    }
-    if r["cookie"].is_object() {
-        c.push(format!(
-            "cookie {}={}",
-            r["cookie"]["name"].as_str().unwrap_or(""),
-            r["cookie"]["value"].as_str().unwrap_or("")
-        ));
-    }
-    if let Some(ips) = r["client_ip"].as_array() {
-        c.push(format!(
-            "client_ip in {}",
-            ips.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
-    }
-    if let Some(p) = r["path_prefix"].as_str() {
-        c.push(format!("path {p}*"));
-    }
-    if c.is_empty() {
-        "every request".into()
-    } else {
-        c.join(" and ")
-    }
+    serde_json::from_value::<crate::config::RuleSpec>(r.clone())
+        .map(|spec| crate::control::changes::conditions(&spec))
+        .unwrap_or_else(|_| "?".into())
 }
 
 pub fn rules_table(rules: &Value) -> String {
@@ -494,17 +463,17 @@ pub fn diff(config: &Config, status: &Value) -> Vec<(String, Vec<String>)> {
                 None => lines.push(format!(
                     "rule {:?}: added at runtime ({})",
                     r.name,
-                    rule_conditions(&json!(r))
+                    crate::control::changes::conditions(r)
                 )),
                 Some(f) if f != r => lines.push(format!(
                     "rule {:?}: {} -> {} when {} (file: {} -> {} when {})",
                     r.name,
                     r.percent.unwrap_or(100.0),
                     r.to,
-                    rule_conditions(&json!(r)),
+                    crate::control::changes::conditions(r),
                     f.percent.unwrap_or(100.0),
                     f.to,
-                    rule_conditions(&json!(f)),
+                    crate::control::changes::conditions(f),
                 )),
                 Some(_) => {}
             }

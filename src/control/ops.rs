@@ -502,26 +502,15 @@ impl Control {
                 file.apps.insert(app.name.clone(), AppState::initial(app));
                 continue;
             };
-            // Live colour and split stay as operators left them. Rules the
-            // file owns follow the file; runtime-owned rules that differ
-            // from it stay, reported as drift, unless told otherwise.
-            if before.rules == app.rules {
-                if take && before.runtime_rules {
-                    if let Some(a) = file.apps.get_mut(&app.name) {
-                        a.runtime_rules = false;
-                    }
-                }
+            // Live colour and split stay as operators left them.
+            let Some(after) = rules_from_file(&app.name, &before, &app.rules, take) else {
                 continue;
-            }
-            if before.runtime_rules && !take {
-                tracing::warn!(app = %app.name, "the config file's rules differ from the runtime rules, which stand; `cutover diff` shows how, `cutover reload --take-rules-from-file` applies the file's");
-                continue;
-            }
-            let after = AppState {
-                rules: app.rules.clone(),
-                runtime_rules: false,
-                ..before.clone()
             };
+            if after.rules == before.rules {
+                // Only the owner changed back to the file: nothing to record.
+                file.apps.insert(app.name.clone(), after);
+                continue;
+            }
             file.push_history(HistoryEntry {
                 time: time.clone(),
                 epoch: file.epoch,
@@ -808,18 +797,10 @@ pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::s
             continue;
         };
         tracing::info!(app = %app.name, "runtime state from the state file overrides the config's initial values");
-        if current.rules == app.rules {
+        // File-owned rules edited while cutover was down apply now,
+        // recorded like a reload.
+        let Some(after) = rules_from_file(&app.name, &current, &app.rules, false) else {
             continue;
-        }
-        if current.runtime_rules {
-            tracing::warn!(app = %app.name, "the config file's rules differ from the runtime rules, which stand; `cutover diff` shows how, `cutover reload --take-rules-from-file` applies the file's");
-            continue;
-        }
-        // The file owns these rules, and they were edited while cutover
-        // was down: they apply now, recorded like a reload.
-        let after = AppState {
-            rules: app.rules.clone(),
-            ..current.clone()
         };
         tracing::info!(app = %app.name, "the config file's rules changed while cutover was stopped; applied");
         state.epoch += 1;
@@ -842,6 +823,28 @@ pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::s
         }
     }
     Ok(state)
+}
+
+/// What a reload or a start makes of an app's rules, given the config
+/// file's: the rules the file owns follow it; runtime-owned rules that
+/// differ stay (reported as drift, with a warning) unless `take` says to
+/// hand them back to the file. `None`: nothing changes.
+fn rules_from_file(app: &str, state: &AppState, file: &[RuleSpec], take: bool) -> Option<AppState> {
+    if state.rules == file {
+        return (take && state.runtime_rules).then(|| AppState {
+            runtime_rules: false,
+            ..state.clone()
+        });
+    }
+    if state.runtime_rules && !take {
+        tracing::warn!(app = %app, "the config file's rules differ from the runtime rules, which stand; `cutover diff` shows how, `cutover reload --take-rules-from-file` applies the file's");
+        return None;
+    }
+    Some(AppState {
+        rules: file.to_vec(),
+        runtime_rules: false,
+        ..state.clone()
+    })
 }
 
 /// The health gate. A change is refused (409) only when it would send
