@@ -29,7 +29,17 @@ impl Daemon {
     }
 
     fn start_addrs(blue: std::net::SocketAddr, green: std::net::SocketAddr, extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        Daemon::start_env(blue, green, extra, tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// In `dir`, with `env` set for the daemon (and its successors).
+    fn start_env(
+        blue: std::net::SocketAddr,
+        green: std::net::SocketAddr,
+        extra: &str,
+        dir: tempfile::TempDir,
+        env: &[(&str, &std::path::Path)],
+    ) -> Daemon {
         let (port, admin) = (free_port(), free_port());
         let config = format!(
             r#"
@@ -53,6 +63,7 @@ servers = ["{green}"]
         let first = std::process::Command::new(BIN)
             .args(["run", "-c"])
             .arg(dir.path().join("cutover.toml"))
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -456,6 +467,62 @@ async fn sockets_bound_by_a_service_manager_are_served() {
         assert!(text.ends_with("blue"), "{text}");
         let _ = child.kill();
         let _ = child.wait();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_manager_hears_ready_reloading_stopping_and_the_new_main_pid() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // A stand-in for systemd's notification socket.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let next = move || {
+            let mut buf = [0u8; 512];
+            let n = sock.recv(&mut buf).expect("a notification within 10 s");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let (next_tx, next_rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || while let Ok(()) = next_tx.send(next()) {});
+        let heard = || {
+            next_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a notification")
+        };
+
+        let (b, g) = blue_green().await;
+        let d = Daemon::start_env(b.addr, g.addr, "", dir, &[("NOTIFY_SOCKET", &path)]);
+        let pid = d.status().await["process"]["pid"].as_u64().unwrap();
+        assert_eq!(heard(), format!("MAINPID={pid}\nREADY=1\n"));
+
+        // systemctl reload: SIGHUP.
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(heard().starts_with("RELOADING=1\n"));
+        assert_eq!(heard(), "READY=1\n");
+
+        // An upgrade: the successor names itself the main process; the old
+        // one says it is stopping.
+        let o = d.cli(&["upgrade", "--json"]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let new: u64 = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["pid"]
+            .as_u64()
+            .unwrap();
+        let mut got = vec![heard(), heard()];
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                format!("MAINPID={new}\nREADY=1\n"),
+                "STOPPING=1\n".to_string()
+            ]
+        );
     })
     .await
     .unwrap();
