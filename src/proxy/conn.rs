@@ -8,30 +8,15 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use http::HeaderValue;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::handler;
 use super::headers::client_value;
-use super::io::{ConnState, TimedIo};
-use super::Worker;
+use super::io::{ConnInfo, ConnState, TimedIo};
+use super::worker::{StopWatch, Worker};
 use crate::route::rule::ConnMemo;
-
-/// What every request on one client connection shares.
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// `peer`'s address as an `X-Forwarded-For` element, rendered once.
-    pub client_value: HeaderValue,
-    pub tls: bool,
-    /// The peer is one of `server.trusted_proxies`: its forwarding fields
-    /// are believed (decided once per connection).
-    pub trusted: bool,
-    pub state: Arc<ConnState>,
-    /// What routing remembers of this connection's earlier requests.
-    pub memo: ConnMemo,
-}
 
 /// Accept until shutdown. `max_connections` is a semaphore shared by all
 /// workers: past it, accept waits (the kernel backlog holds new clients).
@@ -137,7 +122,7 @@ async fn serve_plain(
 /// clients take a few MiB less.
 async fn wait_parked(worker: &Rc<Worker>, stream: &TcpStream, idle_timeout: Duration) -> bool {
     let rest = idle_timeout.saturating_sub(super::io::park_after(idle_timeout));
-    let watch = super::StopWatch::new(worker);
+    let watch = StopWatch::new(worker);
     let mut idle = std::pin::pin!(tokio::time::sleep(rest));
     let mut graced = false;
     std::future::poll_fn(|cx| {
@@ -214,7 +199,7 @@ where
     );
     // Finish the request in progress when shutdown begins, then close
     // (HTTP/1.1: `Connection: close`; HTTP/2: GOAWAY).
-    let watch = super::StopWatch::new(worker);
+    let watch = StopWatch::new(worker);
     let mut running = true;
     // Handing over to a new process: an idle connection waits a moment for
     // a request already on its way before it closes (see `STOP_GRACE`).
@@ -247,17 +232,3 @@ where
 /// connection still waits for a request that may be on its way: closing
 /// it at once would fail a request sent in that instant.
 const STOP_GRACE: Duration = Duration::from_millis(500);
-
-/// Counts a worker's open client connections; dropping it uncounts.
-pub struct OpenConnection(pub(super) Rc<Worker>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.shared.downstream_connections.fetch_sub(1, Relaxed);
-        let n = self.0.open.get() - 1;
-        self.0.open.set(n);
-        if n == 0 {
-            self.0.all_closed.notify_waiters();
-        }
-    }
-}

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::io::ConnState;
 use super::upstream::Pooled;
-use super::Worker;
+use super::worker::Worker;
 use crate::route::{Pool, Server};
 
 /// Dropped when the request ends. It undoes the in-flight counts, records
@@ -64,10 +64,6 @@ impl Exchange {
 
     pub fn set_upstream(&mut self, conn: Pooled) {
         self.upstream = Some(conn);
-    }
-
-    pub fn take_upstream(&mut self) -> Option<Pooled> {
-        self.upstream.take()
     }
 
     /// When the request began (one clock read serves the whole exchange).

@@ -15,17 +15,19 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::client::conn::http2;
 
-use super::body::{ClientBody, RequestBody, ResponseBody, TooLarge};
-use super::conn::ConnInfo;
+use super::body::{ClientBody, RequestBody, TooLarge};
 use super::deadline;
 use super::error::ProxyError;
 use super::exchange::Exchange;
 use super::h1;
 use super::headers;
+use super::io::ConnInfo;
 use super::request;
-use super::upstream::{Pooled, Sender};
-use super::Worker;
+use super::response::ResponseBody;
+use super::upstream::{Lease, Pooled, Sender};
+use super::worker::Worker;
 use crate::config::{Protocol, Sticky};
 use crate::route::rule::RequestView;
 use crate::route::{Pool, Server};
@@ -63,15 +65,16 @@ fn fail(mut ex: Exchange, err: ProxyError) -> Response<ResponseBody> {
 /// A routed request, rewritten for its upstream.
 struct Prepared {
     parts: http::request::Parts,
-    body: Incoming,
-    /// For cutover's own client.
-    lite: bool,
+    body: RequestBody,
+    /// The request has no body (its body ended with its head).
+    bodiless: bool,
+    /// What the request asks for that decides how its answer is read.
+    asked: h1::Asked,
     /// `Some`: the `X-Forwarded-*` fields are still to be added, with this
-    /// as `X-Forwarded-Host` — by cutover's client as it writes the head,
-    /// or into the header map before hyper's sends it.
+    /// as `X-Forwarded-Host` — by the HTTP/1.1 client as it writes the
+    /// head, instead of into the header map.
     forwarded_host: Option<Option<HeaderValue>>,
     server: Arc<Server>,
-    max_body: u64,
     connect_timeout: Duration,
     response_timeout: Duration,
     answer: Answer,
@@ -81,7 +84,7 @@ struct Prepared {
 struct Answer {
     ex: Exchange,
     pool: Arc<Pool>,
-    upgrade: bool,
+    /// The client's side of an upgrade or `CONNECT`, for the tunnel.
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     set_cookie: Option<HeaderValue>,
     color_header: bool,
@@ -162,7 +165,7 @@ fn prepare(
     let (mut parts, body) = req.into_parts();
     let hop = headers::HopFields::scan(&parts.headers);
     let upgrade = hop.upgrade_requested(&parts.headers);
-    let client_upgrade = if upgrade {
+    let client_upgrade = if upgrade || parts.method == Method::CONNECT {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
         None
@@ -174,16 +177,12 @@ fn prepare(
     if hop.has_forwarded() && !conn.trusted {
         headers::remove_client_claims(&mut parts.headers);
     }
-    // cutover's own client carries requests without a body that ask for
-    // no upgrade; hyper's carries the rest. Where the request keeps no
-    // forwarding field of its own, that client writes ours after the
-    // others (`forwarded_host`), and the header map is left as it is.
-    let lite = server.protocol != Protocol::H2
-        && !upgrade
-        && parts.method != Method::CONNECT
-        && body.is_end_stream();
+    // Where the request keeps no forwarding field of its own, the
+    // HTTP/1.1 client writes ours after the others (`forwarded_host`), and
+    // the header map is left as it is.
+    let h1 = server.protocol != Protocol::H2;
     let authority = target.authority;
-    let forwarded_host = if lite && !claims {
+    let forwarded_host = if h1 && !claims {
         Some(authority.clone())
     } else {
         headers::add_forwarded(
@@ -251,19 +250,19 @@ fn prepare(
         }
         parts.version = Version::HTTP_11;
     }
+    let asked = h1::Asked::new(&parts.method, upgrade);
     Ok(Prepared {
+        bodiless: body.is_end_stream(),
+        body: RequestBody::new(body, max_body),
         parts,
-        body,
-        lite,
+        asked,
         forwarded_host,
         server,
-        max_body,
         connect_timeout,
         response_timeout,
         answer: Answer {
             ex,
             pool,
-            upgrade,
             client_upgrade,
             set_cookie,
             color_header,
@@ -274,8 +273,8 @@ fn prepare(
 /// Phases 4–6. A plain `fn` returning an `async move` block, which captures
 /// `p` once and uses its fields in place (an `async fn` would keep its
 /// argument twice). The rare paths — a second server after a failed
-/// connect, a request sent again — are boxed futures of their own, so
-/// that they do not enlarge every request's future.
+/// connect, a request sent again, HTTP/2 upstreams — are boxed futures of
+/// their own, so that they do not enlarge every request's future.
 #[allow(clippy::manual_async_fn)]
 fn exchange(
     worker: Rc<Worker>,
@@ -287,23 +286,13 @@ fn exchange(
         // another healthy server of the same colour (nothing was sent yet).
         let a = &mut p.answer;
         let started = a.ex.started();
-        let lite = p.lite;
-        let mut up = match connection(
-            &worker,
-            &a.pool,
-            &p.server,
-            p.connect_timeout,
-            started,
-            lite,
-        )
-        .await
-        {
+        let up = match connection(&worker, &a.pool, &p.server, p.connect_timeout, started).await {
             Ok(c) => c,
             Err(()) => match a.pool.pick(Some(p.server.id)).cloned() {
                 Some(other) => {
                     a.ex.bind(&other);
                     let now = tokio::time::Instant::now();
-                    let second = connection(&worker, &a.pool, &other, p.connect_timeout, now, lite);
+                    let second = connection(&worker, &a.pool, &other, p.connect_timeout, now);
                     match Box::pin(second).await {
                         Ok(c) => c,
                         Err(()) => return Ok(fail(p.answer.ex, ProxyError::Connect)),
@@ -317,126 +306,58 @@ fn exchange(
         // close an idle keep-alive connection just as we reuse it
         // (hyper#2136). When that happens the request is sent again, once,
         // on a fresh connection, if the upstream cannot have seen it or if
-        // it is idempotent (RFC 9110 §9.2.2).
-        if let Sender::Lite(c) = &mut up.tx {
-            // cutover's client: the head it writes is written from
-            // `p.parts`, which stay here to be sent again.
-            let sent = send_lite(&worker, &conn, &p, c).await;
-            return Ok(match sent {
-                Ok(Err(e)) if up.reused && e.may_send_again(p.parts.method.is_idempotent()) => {
-                    tracing::debug!(server = %up.server.addr, error = %e, "reused upstream connection failed; retrying on a fresh one");
-                    let server = up.server.clone();
-                    drop(up);
-                    Box::pin(send_again_lite(worker.clone(), conn.clone(), p, server)).await
-                }
-                sent => {
-                    let got = lite_reply(sent, &up.server);
-                    answer(&worker, &conn, p.answer, up, got)
-                }
-            });
-        }
-        // hyper's client, for requests with a body and upgrades: boxed, so
-        // that its state does not enlarge every request's future.
-        Ok(Box::pin(send_hyper(worker, conn, p, up, started)).await)
+        // it is bodiless and idempotent (RFC 9110 §9.2.2).
+        let Pooled { tx, lease } = up;
+        let mut c = match tx {
+            Sender::H1(c) => c,
+            Sender::H2(tx) => return Ok(Box::pin(send_h2(worker, conn, p, tx, lease)).await),
+        };
+        // The head is written from `p.parts`, which stay here to be sent
+        // again.
+        let sent = send_h1(&worker, &conn, &mut p, &mut c).await;
+        Ok(match sent {
+            Ok(Err(e)) if lease.reused && e.may_send_again(p.parts.method.is_idempotent()) => {
+                tracing::debug!(server = %lease.server.addr, error = %e, "reused upstream connection failed; retrying on a fresh one");
+                drop(c);
+                Box::pin(send_again(worker.clone(), conn.clone(), p, lease.server)).await
+            }
+            sent => {
+                let got = h1_reply(sent, &lease.server);
+                answer_h1(&worker, &conn, p.answer, c, lease, got)
+            }
+        })
     }
 }
 
-/// Phase 5 through hyper's client: it hands the request back if it never
-/// sent it; a copy of a bodiless idempotent request's head is kept only
-/// on a connection that sat idle long enough for the upstream to give up
-/// on it, so busy connections pay nothing.
-async fn send_hyper(
-    worker: Rc<Worker>,
-    conn: Rc<ConnInfo>,
-    mut p: Prepared,
-    mut up: Pooled,
-    started: tokio::time::Instant,
-) -> Response<ResponseBody> {
-    if let Some(host) = p.forwarded_host.take() {
-        // Routed for cutover's client, which the pool could not offer.
-        headers::add_forwarded(
-            &mut p.parts.headers,
-            &conn.client_value,
-            conn.tls,
-            host,
-            conn.trusted,
-        );
-    }
-    // An h2 upstream may refuse a stream it never processed (GOAWAY,
-    // REFUSED_STREAM): a bodiless request is kept to be sent again then,
-    // whatever its method (RFC 9113 §8.7).
-    let bodiless = p.body.is_end_stream() && !p.answer.upgrade;
-    let replay = (bodiless
-        && (up.tx.is_h2()
-            || (up.idle_for(started) >= REPLAY_AFTER_IDLE && p.parts.method.is_idempotent())))
-    .then(|| Box::new(head_copy(&p.parts)));
-    let req = Request::from_parts(p.parts, RequestBody::new(p.body, p.max_body));
-    let sent = worker
-        .deadlines
-        .within(
-            deadline::after(p.response_timeout),
-            up.tx.try_send_request(req),
-        )
-        .await;
-    match again(sent, &up, replay) {
-        Ok(sent) => {
-            let got = hyper_reply(sent, &up.server);
-            answer(&worker, &conn, p.answer, up, got)
-        }
-        Err(again) => {
-            let resend = send_again(
-                worker.clone(),
-                conn.clone(),
-                again,
-                up.server,
-                p.connect_timeout,
-                p.response_timeout,
-                p.answer,
-            );
-            Box::pin(resend).await
-        }
-    }
-}
-
-/// Phase 5 through cutover's own client on `c`, within the response
-/// timeout, with the `X-Forwarded-*` fields if they are still due. (The
-/// `Within` future itself, not an `async fn` around it, which would keep
-/// its arguments a second time.)
-fn send_lite<'a>(
+/// Phase 5 on an HTTP/1.1 connection, within the response timeout, with
+/// the `X-Forwarded-*` fields if they are still due. (The `Within` future
+/// itself, not an `async fn` around it, which would keep its arguments a
+/// second time.)
+fn send_h1<'a>(
     worker: &'a Worker,
     conn: &'a ConnInfo,
-    p: &'a Prepared,
+    p: &'a mut Prepared,
     c: &'a mut h1::Conn,
-) -> impl Future<Output = SentLite> + 'a {
+) -> impl Future<Output = SentH1> + 'a {
     let forwarded = p.forwarded_host.as_ref().map(|host| h1::Forwarded {
         client: &conn.client_value,
         tls: conn.tls,
         host: host.as_ref(),
     });
-    worker.deadlines.within(
-        deadline::after(p.response_timeout),
-        c.send(&p.parts, forwarded),
-    )
+    let req = h1::Outgoing {
+        parts: &p.parts,
+        forwarded,
+        asked: p.asked,
+    };
+    let body = (!p.bodiless).then_some(&mut p.body);
+    worker
+        .deadlines
+        .within(deadline::after(p.response_timeout), c.send(req, body))
 }
 
-/// What sending a request upstream through hyper gives: the response
-/// head, hyper's error (with the request if it was never sent), or the
-/// deadline passed.
-type Sent = Result<
-    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>,
-    deadline::Elapsed,
->;
-
-/// What sending through cutover's own client gives: the response head,
-/// its body's framing and whether the connection may be reused after it;
-/// the client's error; or the deadline passed.
-type SentLite = Result<Result<(Response<()>, h1::Framing, bool), h1::Error>, deadline::Elapsed>;
-
-/// A response head from either client.
-enum Reply {
-    Hyper(Response<Incoming>),
-    Lite(Response<()>, h1::Framing, bool),
-}
+/// What sending on an HTTP/1.1 connection gives: the final response head,
+/// the client's error, or the deadline passed.
+type SentH1 = Result<Result<h1::Head, h1::Error>, deadline::Elapsed>;
 
 /// Why no response head came.
 enum Failed {
@@ -449,52 +370,141 @@ enum Failed {
     Upstream,
 }
 
-fn hyper_reply(sent: Sent, server: &Server) -> Result<Reply, Failed> {
+fn h1_reply(sent: SentH1, server: &Server) -> Result<h1::Head, Failed> {
     match sent {
-        Ok(Ok(r)) => Ok(Reply::Hyper(r)),
+        Ok(Ok(head)) => Ok(head),
         Err(_) => Err(Failed::Timeout),
+        Ok(Err(h1::Error::Body(e))) => Err(body_fault(&*e).unwrap_or(Failed::Upstream)),
+        Ok(Err(e)) => {
+            tracing::debug!(server = %server.addr, error = %e, "upstream exchange failed");
+            Err(Failed::Upstream)
+        }
+    }
+}
+
+/// Send a request again on a fresh HTTP/1.1 connection to `server`, and
+/// answer.
+async fn send_again(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    mut p: Prepared,
+    server: Arc<Server>,
+) -> Response<ResponseBody> {
+    let fresh = worker.upstreams.connect(&server, p.connect_timeout).await;
+    let Ok(Pooled {
+        tx: Sender::H1(mut c),
+        lease,
+    }) = fresh
+    else {
+        server.connect_errors.fetch_add(1, Relaxed);
+        server.record_failure(&p.answer.pool.config.passive);
+        return fail(p.answer.ex, ProxyError::Connect);
+    };
+    let sent = send_h1(&worker, &conn, &mut p, &mut c).await;
+    let got = h1_reply(sent, &server);
+    answer_h1(&worker, &conn, p.answer, c, lease, got)
+}
+
+/// Phase 6 for an HTTP/1.1 upstream: the response — its body read off the
+/// connection as the client takes it, or a tunnel — or the error answer.
+fn answer_h1(
+    worker: &Worker,
+    conn: &ConnInfo,
+    mut a: Answer,
+    c: Box<h1::Conn>,
+    lease: Lease,
+    got: Result<h1::Head, Failed>,
+) -> Response<ResponseBody> {
+    let head = match got {
+        Ok(head) => head,
+        Err(why) => return failed(conn, a, &lease.server, why),
+    };
+    judge(&mut a, &lease.server, head.response.status());
+    let h1::Head {
+        response,
+        framing,
+        reuse,
+        switched,
+    } = head;
+    let (parts, ()) = response.into_parts();
+    if !switched {
+        let body = ResponseBody::h1(h1::Body::new(c, framing, reuse), lease, a.ex);
+        return respond(parts, a.pool, a.set_cookie, a.color_header, body);
+    }
+    // A `101` to an upgrade or a 2xx to `CONNECT`: the connection is now a
+    // tunnel, joined to the client's once hyper has answered it.
+    conn.state.upgrade();
+    if let Some(client) = a.client_upgrade.take() {
+        let (shared, pool) = (worker.shared.clone(), a.pool.clone());
+        super::tunnel::spawn(shared, pool, lease.server, client, *c);
+    }
+    let body = ResponseBody::full(Bytes::new(), Some(a.ex));
+    respond(parts, a.pool, a.set_cookie, a.color_header, body)
+}
+
+/// Phase 5 and 6 with an HTTP/2 upstream (hyper's client), on the worker's
+/// shared connection `tx`. An h2 upstream may refuse a stream it never
+/// processed (GOAWAY, REFUSED_STREAM): the request is sent again once on a
+/// new connection if hyper hands it back unsent or it is bodiless, whatever
+/// its method (RFC 9113 §8.7).
+async fn send_h2(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    p: Prepared,
+    mut tx: http2::SendRequest<RequestBody>,
+    lease: Lease,
+) -> Response<ResponseBody> {
+    let copy = p.bodiless.then(|| head_copy(&p.parts));
+    let req = Request::from_parts(p.parts, p.body);
+    let within = deadline::after(p.response_timeout);
+    let mut sent = worker
+        .deadlines
+        .within(within, tx.try_send_request(req))
+        .await;
+    if let Ok(Err(e)) = &mut sent {
+        if unprocessed(e.error()) {
+            if let Some(again) = e.take_message().or_else(|| copy.map(rebuild)) {
+                tracing::debug!(server = %lease.server.addr, error = %e.error(), "h2 upstream refused the stream; sending it on a new connection");
+                let fresh = worker
+                    .upstreams
+                    .connect(&lease.server, p.connect_timeout)
+                    .await;
+                let Ok(Pooled {
+                    tx: Sender::H2(mut tx),
+                    ..
+                }) = fresh
+                else {
+                    lease.server.connect_errors.fetch_add(1, Relaxed);
+                    lease.server.record_failure(&p.answer.pool.config.passive);
+                    return fail(p.answer.ex, ProxyError::Connect);
+                };
+                let within = deadline::after(p.response_timeout);
+                sent = worker
+                    .deadlines
+                    .within(within, tx.try_send_request(again))
+                    .await;
+            }
+        }
+    }
+    let mut a = p.answer;
+    let resp = match sent {
+        Ok(Ok(resp)) => resp,
+        Err(_) => return failed(&conn, a, &lease.server, Failed::Timeout),
         Ok(Err(e)) => {
             let e = e.into_error();
-            if let Some(f) = client_fault(&e) {
-                return Err(f);
-            }
-            tracing::debug!(server = %server.addr, error = %e, "upstream exchange failed");
-            Err(Failed::Upstream)
+            let why = body_fault(&e).unwrap_or_else(|| {
+                tracing::debug!(server = %lease.server.addr, error = %e, "upstream exchange failed");
+                Failed::Upstream
+            });
+            return failed(&conn, a, &lease.server, why);
         }
-    }
-}
-
-fn lite_reply(sent: SentLite, server: &Server) -> Result<Reply, Failed> {
-    match sent {
-        Ok(Ok((r, framing, reuse))) => Ok(Reply::Lite(r, framing, reuse)),
-        Err(_) => Err(Failed::Timeout),
-        Ok(Err(e)) => {
-            tracing::debug!(server = %server.addr, error = %e, "upstream exchange failed");
-            Err(Failed::Upstream)
-        }
-    }
-}
-
-/// `Err`: the request to send again — the reused connection failed and
-/// the request came back unsent, or a copy of it was kept.
-#[allow(clippy::result_large_err)]
-fn again(
-    sent: Sent,
-    up: &Pooled,
-    replay: Option<Box<HeadCopy>>,
-) -> Result<Sent, Request<RequestBody>> {
-    match sent {
-        Ok(Err(mut e)) if (up.reused && !up.tx.is_h2()) || unprocessed(e.error()) => {
-            match e.take_message().or_else(|| replay.map(|h| rebuild(*h))) {
-                Some(again) => {
-                    tracing::debug!(server = %up.server.addr, error = %e.error(), "reused upstream connection failed; retrying on a fresh one");
-                    Err(again)
-                }
-                None => Ok(Ok(Err(e))),
-            }
-        }
-        other => Ok(other),
-    }
+    };
+    judge(&mut a, &lease.server, resp.status());
+    // (HTTP/2 has no hop-by-hop fields: the h2 codec refuses a response
+    // that carries any, RFC 9113 §8.2.2.)
+    let (parts, body) = resp.into_parts();
+    let body = ResponseBody::h2(body, a.ex);
+    respond(parts, a.pool, a.set_cookie, a.color_header, body)
 }
 
 /// Did an h2 upstream refuse the stream without processing it: above the
@@ -512,151 +522,64 @@ fn unprocessed(e: &hyper::Error) -> bool {
     false
 }
 
-/// Send `req` again on a fresh connection to `server` (hyper's client),
-/// and answer.
-async fn send_again(
-    worker: Rc<Worker>,
-    conn: Rc<ConnInfo>,
-    req: Request<RequestBody>,
-    server: Arc<Server>,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-    a: Answer,
-) -> Response<ResponseBody> {
-    let fresh = match worker.upstreams.connect(&server, connect_timeout).await {
-        Ok(c) => c.into_hyper().await,
-        Err(e) => Err(e),
-    };
-    let Ok(mut fresh) = fresh else {
-        server.connect_errors.fetch_add(1, Relaxed);
+/// Passive health counts only what the upstream did: the 5xx it sends
+/// (timeouts in [`failed`], connect failures where they happen).
+fn judge(a: &mut Answer, server: &Server, status: StatusCode) {
+    if status.is_server_error() {
         server.record_failure(&a.pool.config.passive);
-        return fail(a.ex, ProxyError::Connect);
-    };
-    let sent = worker
-        .deadlines
-        .within(
-            deadline::after(response_timeout),
-            fresh.tx.try_send_request(req),
-        )
-        .await;
-    let got = hyper_reply(sent, &server);
-    answer(&worker, &conn, a, fresh, got)
+    } else {
+        server.record_success();
+    }
+    a.ex.set_status(status.as_u16());
 }
 
-/// Send a bodiless request again on a fresh connection to `server`
-/// (cutover's own client), and answer.
-async fn send_again_lite(
-    worker: Rc<Worker>,
-    conn: Rc<ConnInfo>,
-    p: Prepared,
-    server: Arc<Server>,
-) -> Response<ResponseBody> {
-    let Ok(mut fresh) = worker.upstreams.connect(&server, p.connect_timeout).await else {
-        server.connect_errors.fetch_add(1, Relaxed);
-        server.record_failure(&p.answer.pool.config.passive);
-        return fail(p.answer.ex, ProxyError::Connect);
-    };
-    let Sender::Lite(c) = &mut fresh.tx else {
-        // An h2 server: its requests never come this way.
-        return fail(p.answer.ex, ProxyError::Upstream);
-    };
-    let sent = send_lite(&worker, &conn, &p, c).await;
-    let got = lite_reply(sent, &server);
-    answer(&worker, &conn, p.answer, fresh, got)
-}
-
-/// Phase 6: the response, or the error answer.
-fn answer(
-    worker: &Worker,
-    conn: &ConnInfo,
-    mut a: Answer,
-    up: Pooled,
-    got: Result<Reply, Failed>,
-) -> Response<ResponseBody> {
-    let reply = match got {
-        Ok(r) => r,
-        // Passive health counts only what the upstream did: a timeout
-        // here (connect failures are counted where they happen) and the
-        // 5xx it sends. Nothing a client does counts against it.
-        Err(Failed::TooLarge) => return fail(a.ex, ProxyError::BodyTooLarge),
-        Err(Failed::Client(aborted)) => {
-            tracing::debug!(peer = %conn.peer, server = %up.server.addr, aborted, "client request body failed");
-            let err = if aborted {
+/// The error answer when no response head came. Nothing a client does
+/// counts against the upstream's health.
+fn failed(conn: &ConnInfo, a: Answer, server: &Server, why: Failed) -> Response<ResponseBody> {
+    let err = match why {
+        Failed::TooLarge => ProxyError::BodyTooLarge,
+        Failed::Client(aborted) => {
+            tracing::debug!(peer = %conn.peer, server = %server.addr, aborted, "client request body failed");
+            if aborted {
                 ProxyError::ClientAbort
             } else {
                 ProxyError::BadRequest
-            };
-            return fail(a.ex, err);
-        }
-        Err(Failed::Timeout) => {
-            up.server.record_failure(&a.pool.config.passive);
-            return fail(a.ex, ProxyError::UpstreamTimeout);
-        }
-        Err(Failed::Upstream) => return fail(a.ex, ProxyError::Upstream),
-    };
-    let status = match &reply {
-        Reply::Hyper(r) => r.status(),
-        Reply::Lite(r, ..) => r.status(),
-    };
-    if status.is_server_error() {
-        up.server.record_failure(&a.pool.config.passive);
-    } else {
-        up.server.record_success();
-    }
-    a.ex.set_status(status.as_u16());
-    let (mut rparts, body) = match reply {
-        Reply::Hyper(mut resp) => {
-            let tunnel = a.upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
-            if tunnel {
-                conn.state.upgrade();
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                if let Some(client_upgrade) = a.client_upgrade {
-                    super::tunnel::spawn(
-                        worker.shared.clone(),
-                        a.pool.clone(),
-                        client_upgrade,
-                        upstream_upgrade,
-                        up,
-                    );
-                }
-            } else {
-                a.ex.set_upstream(up);
             }
-            let (mut parts, body) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, tunnel);
-            headers::plain_content_length(&mut parts.headers, body.size_hint().exact());
-            (parts, Either::Left(body))
         }
-        Reply::Lite(resp, framing, reuse) => {
-            // Its client left the hop-by-hop fields out already.
-            let (parts, ()) = resp.into_parts();
-            (parts, Either::Right(h1::Body::new(up, framing, reuse)))
+        Failed::Timeout => {
+            server.record_failure(&a.pool.config.passive);
+            ProxyError::UpstreamTimeout
         }
+        Failed::Upstream => ProxyError::Upstream,
     };
-    // An HTTP/1.1 client gets an HTTP/1.1 status line whatever the
-    // upstream spoke (hyper answers an HTTP/1.0 client in its version).
-    rparts.version = Version::HTTP_11;
-    if a.color_header {
-        rparts.headers.insert(
-            headers::X_CUTOVER_COLOR.clone(),
-            COLOR_VALUES[a.pool.color.index()].clone(),
-        );
-    }
-    if let Some(c) = a.set_cookie {
-        rparts.headers.append(header::SET_COOKIE, c);
-    }
-    let body = match body {
-        Either::Left(b) => ResponseBody::upstream(b, a.ex),
-        Either::Right(b) => ResponseBody::lite(b, a.ex),
-    };
-    Response::from_parts(rparts, body)
+    fail(a.ex, err)
 }
 
-/// A reused connection idle at least this long may have been closed by
-/// the upstream as we picked it: keep what is needed to send again.
-const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(100);
+/// An upstream's response on its way to the client, with cutover's own
+/// fields.
+fn respond(
+    mut parts: http::response::Parts,
+    pool: Arc<Pool>,
+    set_cookie: Option<HeaderValue>,
+    color_header: bool,
+    body: ResponseBody,
+) -> Response<ResponseBody> {
+    // An HTTP/1.1 client gets an HTTP/1.1 status line whatever the
+    // upstream spoke (hyper answers an HTTP/1.0 client in its version).
+    parts.version = Version::HTTP_11;
+    if color_header {
+        parts.headers.insert(
+            headers::X_CUTOVER_COLOR.clone(),
+            COLOR_VALUES[pool.color.index()].clone(),
+        );
+    }
+    if let Some(c) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
+    Response::from_parts(parts, body)
+}
 
-/// What a bodiless request needs to be sent again.
+/// What a bodiless request needs to be sent again on HTTP/2.
 struct HeadCopy {
     method: http::Method,
     uri: Uri,
@@ -682,38 +605,26 @@ fn rebuild(h: HeadCopy) -> Request<RequestBody> {
     req
 }
 
-/// A pooled connection if one is idle and usable, else a new one. `lite`:
-/// the request can go through cutover's own client; if not, a connection
-/// of that client is handed to hyper's first.
+/// A pooled connection if one is idle and usable, else a new one.
 async fn connection(
     worker: &Worker,
     pool: &Pool,
     server: &Arc<Server>,
     connect_timeout: Duration,
     now: tokio::time::Instant,
-    lite: bool,
 ) -> Result<Pooled, ()> {
-    while let Some(mut c) = worker.upstreams.take(server, now, lite) {
-        if c.tx.ready().await.is_ok() {
-            if lite || !c.tx.is_lite() {
-                return Ok(c);
-            }
-            // Boxed, as below: rare, and its future is large.
-            if let Ok(c) = Box::pin(c.into_hyper()).await {
-                return Ok(c);
+    while let Some(mut c) = worker.upstreams.take(server, now) {
+        match &mut c.tx {
+            Sender::H1(_) => return Ok(c),
+            Sender::H2(tx) => {
+                if tx.ready().await.is_ok() {
+                    return Ok(c);
+                }
             }
         }
     }
     // Boxed: the connect future is large and rarely needed.
-    let fresh = Box::pin(async {
-        let c = worker.upstreams.connect(server, connect_timeout).await?;
-        if lite {
-            Ok(c)
-        } else {
-            c.into_hyper().await
-        }
-    });
-    match fresh.await {
+    match Box::pin(worker.upstreams.connect(server, connect_timeout)).await {
         Ok(c) => Ok(c),
         Err(e) => {
             server.connect_errors.fetch_add(1, Relaxed);
@@ -724,10 +635,10 @@ async fn connection(
     }
 }
 
-/// Did the exchange fail because of the client's body? hyper's client
-/// reports the body's own error in its source chain.
-fn client_fault(e: &hyper::Error) -> Option<Failed> {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+/// Did the exchange fail because of the request body? Its own error is
+/// `e` or in `e`'s source chain (hyper's client wraps it).
+fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<Failed> {
+    let mut src = Some(e);
     while let Some(s) = src {
         if s.is::<TooLarge>() {
             return Some(Failed::TooLarge);

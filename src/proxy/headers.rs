@@ -302,35 +302,6 @@ pub fn add_forwarded(
     }
 }
 
-/// A response's `Content-Length` goes on as the number it parsed to
-/// (`exact`, the body's known length), not as the upstream wrote it
-/// (`5, 5`). Plain digits, the common case, are left alone.
-pub fn plain_content_length(headers: &mut HeaderMap, exact: Option<u64>) {
-    let plain = headers
-        .get(header::CONTENT_LENGTH)
-        .is_none_or(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit));
-    if !plain {
-        // `5, 5`: the one number its parts agree on (a HEAD answer's body
-        // is empty, yet its length describes the GET's).
-        let listed = headers.get(header::CONTENT_LENGTH).and_then(|v| {
-            let mut parts = v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii);
-            let first = parts.next()?;
-            let ok = !first.is_empty() && first.iter().all(u8::is_ascii_digit);
-            (ok && parts.all(|p| p == first))
-                .then(|| std::str::from_utf8(first).ok()?.parse::<u64>().ok())
-                .flatten()
-        });
-        match listed.or(exact) {
-            Some(n) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            None => {
-                headers.remove(header::CONTENT_LENGTH);
-            }
-        }
-    }
-}
-
 /// The client address as an `X-Forwarded-For` element (computed once per
 /// connection).
 pub fn client_value(ip: IpAddr) -> HeaderValue {
@@ -407,16 +378,6 @@ mod tests {
         let mut h = map(&[("trailer", "x-checksum")]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.get("trailer").unwrap(), "x-checksum");
-    }
-
-    #[test]
-    fn content_length_is_plain_digits() {
-        let mut h = map(&[("content-length", "5, 5")]);
-        plain_content_length(&mut h, Some(5));
-        assert_eq!(h.get("content-length").unwrap(), "5");
-        let mut h = map(&[("content-length", "7")]);
-        plain_content_length(&mut h, None);
-        assert_eq!(h.get("content-length").unwrap(), "7");
     }
 
     #[test]

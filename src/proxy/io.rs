@@ -24,12 +24,14 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -42,6 +44,21 @@ use tokio::time::{Instant, Sleep};
 pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 use super::error::REQUEST_TIMEOUT_RESPONSE;
+use crate::route::rule::ConnMemo;
+
+/// What every request on one client connection shares.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` element, rendered once.
+    pub client_value: HeaderValue,
+    pub tls: bool,
+    /// The peer is one of `server.trusted_proxies`: its forwarding fields
+    /// are believed (decided once per connection).
+    pub trusted: bool,
+    pub state: Arc<ConnState>,
+    /// What routing remembers of this connection's earlier requests.
+    pub memo: ConnMemo,
+}
 
 /// Shared between a connection's socket wrapper and its requests.
 #[derive(Debug, Default)]

@@ -22,155 +22,23 @@ mod conn;
 mod deadline;
 pub mod error;
 mod exchange;
+mod exec;
 mod h1;
 mod handler;
 pub mod headers;
 pub mod io;
 mod request;
+mod response;
 mod tunnel;
 mod upstream;
+mod worker;
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Waker};
 use std::time::Duration;
 
-use hyper_util::rt::TokioTimer;
-use hyper_util::server::conn::auto;
-use slab::Slab;
-use tokio::sync::Notify;
-
 use crate::control::Shared;
-
-/// Runs hyper's background tasks (HTTP/2 streams) on the worker's own
-/// thread, so they may hold thread-local state.
-#[derive(Clone, Copy, Debug)]
-pub struct LocalExec;
-
-impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
-
-/// One data-plane thread's state, shared by its tasks through `Rc`.
-pub struct Worker {
-    pub shared: Arc<Shared>,
-    upstreams: upstream::Upstreams,
-    /// Requests waiting for an upstream's response head.
-    deadlines: deadline::Deadlines,
-    http: auto::Builder<LocalExec>,
-    /// Open client connections on this worker (drain waits for zero).
-    open: Cell<usize>,
-    all_closed: Notify,
-    /// Shutdown has begun: connections finish what they serve and close.
-    stopping: Cell<bool>,
-    /// The task of each serving or parked connection, woken when shutdown
-    /// begins. Each connection checks `stopping` when polled — a load and
-    /// a comparison — where awaiting the shutdown `watch` beside hyper's
-    /// connection re-polled it (a lock inside tokio) at every wake-up; a
-    /// parked connection
-    /// saves the 144 bytes of the `watch`'s future. The accept loop still
-    /// awaits the `watch`.
-    serving: RefCell<Slab<Option<Waker>>>,
-}
-
-impl Worker {
-    fn new(shared: Arc<Shared>) -> Worker {
-        let limits = shared.snapshot.load().settings.limits.clone();
-        let mut http = auto::Builder::new(LocalExec);
-        http.http1()
-            .timer(TokioTimer::new())
-            // Head and idle timeouts are ours (see `io`), with a 408.
-            .header_read_timeout(None)
-            .keep_alive(true)
-            .max_buf_size(limits.max_header_bytes.max(8192));
-        http.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(limits.max_header_bytes as u32)
-            .max_pending_accept_reset_streams(Some(64))
-            .max_local_error_reset_streams(Some(256))
-            .keep_alive_interval(Some(Duration::from_secs(20)));
-        Worker {
-            upstreams: upstream::Upstreams::new(&limits),
-            deadlines: deadline::Deadlines::default(),
-            shared,
-            http,
-            open: Cell::new(0),
-            all_closed: Notify::new(),
-            stopping: Cell::new(false),
-            serving: RefCell::new(Slab::new()),
-        }
-    }
-
-    /// Shutdown has begun: tell every serving connection.
-    fn stop(&self) {
-        self.stopping.set(true);
-        let wakers: Vec<Waker> = self
-            .serving
-            .borrow_mut()
-            .iter_mut()
-            .filter_map(|(_, w)| w.take())
-            .collect();
-        wakers.into_iter().for_each(Waker::wake);
-    }
-
-    fn connection_opened(self: &Rc<Self>) -> conn::OpenConnection {
-        self.open.set(self.open.get() + 1);
-        self.shared.downstream_connections.fetch_add(1, Relaxed);
-        conn::OpenConnection(self.clone())
-    }
-
-    async fn drained(&self) {
-        while self.open.get() > 0 {
-            let notified = self.all_closed.notified();
-            if self.open.get() == 0 {
-                break;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// A serving or parked connection's place in [`Worker::serving`].
-struct StopWatch {
-    worker: Rc<Worker>,
-    key: usize,
-}
-
-impl StopWatch {
-    fn new(worker: &Rc<Worker>) -> StopWatch {
-        let key = worker.serving.borrow_mut().insert(None);
-        StopWatch {
-            worker: worker.clone(),
-            key,
-        }
-    }
-
-    /// Has shutdown begun? If not, the task polling now is woken when it
-    /// does.
-    fn stopping(&self, cx: &Context<'_>) -> bool {
-        if self.worker.stopping.get() {
-            return true;
-        }
-        let mut serving = self.worker.serving.borrow_mut();
-        let slot = &mut serving[self.key];
-        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *slot = Some(cx.waker().clone());
-        }
-        false
-    }
-}
-
-impl Drop for StopWatch {
-    fn drop(&mut self) {
-        self.worker.serving.borrow_mut().try_remove(self.key);
-    }
-}
+use worker::Worker;
 
 /// Run one worker on the current thread until shutdown and drain.
 /// `listeners` are this worker's own sockets.

@@ -13,33 +13,42 @@ use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::upstream::Pooled;
+use super::h1;
 use crate::control::Shared;
-use crate::route::Pool;
+use crate::route::{Pool, Server};
 
-/// Join the client and upstream sides once both upgrades complete.
-/// `conn` keeps the upstream connection's sender alive for the tunnel's life.
+/// Join the client and upstream sides once the client's upgrade completes
+/// (hyper has sent it the `101` or the 2xx to `CONNECT`). The upstream
+/// side is the connection `conn` switched, with what was read past the
+/// upstream's head (`early`), which goes to the client first.
 pub fn spawn(
     shared: Arc<Shared>,
     pool: Arc<Pool>,
+    server: Arc<Server>,
     client: OnUpgrade,
-    upstream: OnUpgrade,
-    conn: Pooled,
+    conn: h1::Conn,
 ) {
+    let (mut upstream, early, counted) = conn.into_tunnel();
     tokio::task::spawn_local(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
         };
-        pool.stats.tunnels.fetch_add(1, Relaxed);
-        let app = conn.server.app.clone();
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        if !early.is_empty() {
+            if let Err(e) = client.write_all(&early).await {
+                tracing::debug!(error = %e, "tunnel closed");
+                return;
+            }
+        }
+        pool.stats.tunnels.fetch_add(1, Relaxed);
+        let app = server.app.clone();
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
         let mut swapped = shared.swapped.subscribe();
@@ -68,12 +77,12 @@ pub fn spawn(
                     }
                 }
                 _ = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
-                    tracing::info!(app = %app, color = %pool.color, server = %conn.server.addr, "closing a tunnel to a pool without traffic (drain_timeout)");
+                    tracing::info!(app = %app, color = %pool.color, server = %server.addr, "closing a tunnel to a pool without traffic (drain_timeout)");
                     break;
                 }
             }
         }
         pool.stats.tunnels.fetch_sub(1, Relaxed);
-        drop(conn);
+        drop(counted);
     });
 }

@@ -15,32 +15,28 @@
 //!
 //! A pool also shrinks to its demand: connections that sat idle through a
 //! whole [`TRIM_EVERY`] interval were not needed, and half of them (the
-//! longest idle) are closed at the end of it. After a burst of clients the surplus is
-//! gone within a few seconds instead of lingering until
+//! longest idle) are closed at the end of it. After a burst of clients the
+//! surplus is gone within a few seconds instead of lingering until
 //! `upstream_idle_timeout` — each idle HTTP/1.1 connection holds a socket
-//! and a read buffer (up to 8 KiB; ~30 KiB once hyper's client drives it)
-//! — while a steady load keeps every connection it uses.
+//! and a read buffer of up to 8 KiB — while a steady load keeps every
+//! connection it uses.
 //!
-//! An HTTP/1.1 connection is opened for cutover's own client
-//! ([`super::h1`]) and handed to hyper's for good when a request with a
-//! body or an upgrade takes it; [`Upstreams::take`] offers bodiless
-//! requests connections of the first kind first, the others of the second.
+//! HTTP/1.1 connections are cutover's own client's ([`super::h1`]), for
+//! every request.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::Either;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
-use super::h1::Counted;
+use super::exec::LocalExec;
+use super::h1::{Conn, Counted};
 use crate::config::{Color, Limits, Protocol};
 use crate::route::{Server, Snapshot};
 
@@ -54,12 +50,10 @@ const TRIM_EVERY: Duration = Duration::from_millis(500);
 
 /// The sending half of an upstream connection.
 pub enum Sender {
-    /// cutover's own client (`h1`), driven in the request's task.
+    /// cutover's own HTTP/1.1 client, driven in the request's task.
     /// Boxed: it is moved with every pooled connection, and a box is one
     /// allocation per connection where its size would be paid per request.
-    Lite(Box<super::h1::Conn>),
-    /// hyper's client, for requests with a body and upgrades.
-    H1(http1::SendRequest<RequestBody>),
+    H1(Box<Conn>),
     /// A clone of the worker's shared HTTP/2 connection to the server.
     H2(http2::SendRequest<RequestBody>),
 }
@@ -67,45 +61,9 @@ pub enum Sender {
 impl Sender {
     pub fn is_closed(&self) -> bool {
         match self {
-            Sender::Lite(c) => c.is_closed(),
-            Sender::H1(tx) => tx.is_closed(),
+            Sender::H1(c) => c.is_closed(),
             Sender::H2(tx) => tx.is_closed(),
         }
-    }
-
-    pub async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Sender::Lite(_) => Ok(()),
-            Sender::H1(tx) => tx.ready().await,
-            Sender::H2(tx) => tx.ready().await,
-        }
-    }
-
-    /// Send, getting the request back if it was never sent. The request
-    /// is handed to the connection now; the future waits for the answer.
-    /// Only for hyper's connections: the handler hands a connection of
-    /// cutover's own client to hyper ([`Pooled::into_hyper`]) before it
-    /// sends a request through hyper.
-    pub fn try_send_request(
-        &mut self,
-        req: http::Request<RequestBody>,
-    ) -> impl Future<Output = Result<http::Response<Incoming>, TrySendError<http::Request<RequestBody>>>>
-    {
-        match self {
-            Sender::H1(tx) => Either::Left(tx.try_send_request(req)),
-            Sender::H2(tx) => Either::Right(tx.try_send_request(req)),
-            Sender::Lite(_) => {
-                unreachable!("hyper's client asked to send on a connection of cutover's own")
-            }
-        }
-    }
-
-    pub fn is_lite(&self) -> bool {
-        matches!(self, Sender::Lite(_))
-    }
-
-    pub fn is_h2(&self) -> bool {
-        matches!(self, Sender::H2(_))
     }
 }
 
@@ -119,44 +77,16 @@ struct Shared2 {
 /// A connection checked out for one request.
 pub struct Pooled {
     pub tx: Sender,
+    pub lease: Lease,
+}
+
+/// Where a checked-out connection goes and where it came from, kept apart
+/// from the connection while a response body holds it.
+pub struct Lease {
     pub server: Arc<Server>,
     created: Instant,
     /// Taken from the idle pool rather than freshly opened.
     pub reused: bool,
-    /// When it went idle, if it came from the pool.
-    idle_since: Option<Instant>,
-}
-
-impl Pooled {
-    /// This connection with hyper's client driving it from now on (for a
-    /// request with a body, or an upgrade); a hyper connection as it is.
-    pub async fn into_hyper(self) -> io::Result<Pooled> {
-        let Sender::Lite(conn) = self.tx else {
-            return Ok(self);
-        };
-        let (stream, counted) = (*conn).into_parts();
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
-        let addr = self.server.addr;
-        tokio::task::spawn_local(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(server = %addr, error = %e, "upstream connection ended");
-            }
-            drop(counted);
-        });
-        Ok(Pooled {
-            tx: Sender::H1(tx),
-            ..self
-        })
-    }
-
-    /// How long it sat idle in the pool before `now` (zero if new).
-    pub fn idle_for(&self, now: Instant) -> Duration {
-        self.idle_since
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
-    }
 }
 
 struct Idle {
@@ -200,12 +130,10 @@ impl Upstreams {
         }
     }
 
-    /// An idle connection to `server` that is still open and fresh enough
-    /// (for HTTP/2: the shared connection). `now`: the request's start,
-    /// read once for all its bookkeeping. `lite`: a connection of
-    /// cutover's own client is preferred (else one of hyper's), most
-    /// recently used first; either kind serves.
-    pub fn take(&self, server: &Arc<Server>, now: Instant, lite: bool) -> Option<Pooled> {
+    /// An idle connection to `server` that is still open and fresh enough,
+    /// most recently used first (for HTTP/2: the shared connection). `now`:
+    /// the request's start, read once for all its bookkeeping.
+    pub fn take(&self, server: &Arc<Server>, now: Instant) -> Option<Pooled> {
         if server.protocol == Protocol::H2 {
             let mut h2 = self.h2.borrow_mut();
             let slot = h2.get_mut(server.id)?;
@@ -217,10 +145,11 @@ impl Upstreams {
                     c.last_used = now;
                     return Some(Pooled {
                         tx: Sender::H2(c.tx.clone()),
-                        server: server.clone(),
-                        created: c.created,
-                        reused: true,
-                        idle_since: None,
+                        lease: Lease {
+                            server: server.clone(),
+                            created: c.created,
+                            reused: true,
+                        },
                     });
                 }
                 _ => {
@@ -232,17 +161,9 @@ impl Upstreams {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(server.id)?;
         let found = loop {
-            let Some(last) = list.len().checked_sub(1) else {
+            let Some(c) = list.pop() else {
                 break None;
             };
-            let at = if list[last].tx.is_lite() == lite {
-                last
-            } else {
-                list.iter()
-                    .rposition(|c| c.tx.is_lite() == lite)
-                    .unwrap_or(last)
-            };
-            let c = list.remove(at);
             if c.tx.is_closed()
                 || now.duration_since(c.since) >= self.idle_timeout.get()
                 || now.duration_since(c.created) >= self.max_lifetime.get()
@@ -256,15 +177,15 @@ impl Upstreams {
         }
         found.map(|c| Pooled {
             tx: c.tx,
-            server: c.server,
-            created: c.created,
-            reused: true,
-            idle_since: Some(c.since),
+            lease: Lease {
+                server: c.server,
+                created: c.created,
+                reused: true,
+            },
         })
     }
 
-    /// Open a new connection to `server`: HTTP/1.1 with cutover's own
-    /// client ([`Pooled::into_hyper`] hands it to hyper's), or h2c.
+    /// Open a new connection to `server`: HTTP/1.1, or h2c.
     pub async fn connect(&self, server: &Arc<Server>, timeout: Duration) -> io::Result<Pooled> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(server.addr)).await {
             Ok(r) => r?,
@@ -272,7 +193,7 @@ impl Upstreams {
         };
         let _ = stream.set_nodelay(true);
         let tx = if server.protocol == Protocol::H2 {
-            let (tx, conn) = http2::Builder::new(super::LocalExec)
+            let (tx, conn) = http2::Builder::new(LocalExec)
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(20)))
                 .handshake(TokioIo::new(stream))
@@ -298,14 +219,15 @@ impl Upstreams {
             });
             Sender::H2(tx)
         } else {
-            Sender::Lite(Box::new(super::h1::Conn::new(stream, server)))
+            Sender::H1(Box::new(Conn::new(stream, server)))
         };
         Ok(Pooled {
             tx,
-            server: server.clone(),
-            created: Instant::now(),
-            reused: false,
-            idle_since: None,
+            lease: Lease {
+                server: server.clone(),
+                created: Instant::now(),
+                reused: false,
+            },
         })
     }
 
@@ -313,26 +235,26 @@ impl Upstreams {
     /// too old, broken, or its pool no longer receives traffic. `now`: the
     /// exchange's end.
     pub fn put_back(&self, conn: Pooled, now: Instant) {
-        if conn.tx.is_h2() {
+        let Pooled { tx, lease } = conn;
+        if matches!(tx, Sender::H2(_)) {
             return; // the shared connection stays in its slot
         }
-        // (cutover's own client has just read a whole response off the
-        // connection: `take` looks at it again before its next use.)
-        if (!conn.tx.is_lite() && conn.tx.is_closed())
-            || now.duration_since(conn.created) >= self.max_lifetime.get()
-            || !self.wanted(conn.server.id, now)
+        // (A whole response has just been read off the connection: `take`
+        // looks at it again before its next use.)
+        if now.duration_since(lease.created) >= self.max_lifetime.get()
+            || !self.wanted(lease.server.id, now)
         {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let id = conn.server.id;
+        let id = lease.server.id;
         if idle.len() <= id {
             idle.resize_with(id + 1, Vec::new);
         }
         idle[id].push(Idle {
-            tx: conn.tx,
-            server: conn.server,
-            created: conn.created,
+            tx,
+            server: lease.server,
+            created: lease.created,
             since: now,
         });
     }

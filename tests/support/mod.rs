@@ -744,6 +744,8 @@ pub struct RecordingUpstream {
     pub seen: Arc<std::sync::Mutex<Vec<SeenRequest>>>,
     /// Bumped after each request is recorded.
     pub notify: Arc<tokio::sync::Notify>,
+    /// Requests whose head has arrived and that are not recorded yet.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RecordingUpstream {
@@ -753,12 +755,14 @@ impl RecordingUpstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let notify = Arc::new(tokio::sync::Notify::new());
-        let (seen2, notify2) = (seen.clone(), notify.clone());
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen2, notify2, open2) = (seen.clone(), notify.clone(), open.clone());
         tokio::spawn(async move {
             let mut conn_id = 0;
             while let Ok((mut s, _)) = listener.accept().await {
                 conn_id += 1;
                 let (seen, notify, conn) = (seen2.clone(), notify2.clone(), conn_id);
+                let open = open2.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 16 * 1024];
@@ -782,6 +786,7 @@ impl RecordingUpstream {
                             return;
                         };
                         let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let text = String::from_utf8_lossy(&head).into_owned();
                         let mut lines = text.split("\r\n");
                         let line = lines.next().unwrap_or("").to_string();
@@ -857,6 +862,7 @@ impl RecordingUpstream {
                         }
                         req.complete = ok;
                         seen.lock().unwrap().push(req);
+                        open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                         notify.notify_waiters();
                         if !ok {
                             return;
@@ -869,7 +875,28 @@ impl RecordingUpstream {
                 });
             }
         });
-        RecordingUpstream { addr, seen, notify }
+        RecordingUpstream {
+            addr,
+            seen,
+            notify,
+            open,
+        }
+    }
+
+    /// Wait (up to `limit`) until every request whose head arrived is
+    /// recorded: a body cut off is recorded only when its connection
+    /// closes, which may come after the client's answer.
+    pub async fn settled(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.notify.notified();
+                if self.open.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await;
     }
 
     /// How many requests have been recorded.

@@ -1,0 +1,142 @@
+//! The response body on its way to the client: the upstream's (or the
+//! proxy's own answer), streamed. It holds the [`Exchange`] guard, whose
+//! drop ends the request — counters, statistics, and the upstream
+//! connection back to its pool.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::body::BoxError;
+use super::exchange::Exchange;
+use super::h1;
+use super::upstream::{Lease, Pooled, Sender};
+
+/// What the client receives. `exchange` is dropped when the body ends
+/// (or the client goes away), which ends the request's accounting.
+pub struct ResponseBody {
+    inner: Inner,
+    exchange: Option<Exchange>,
+}
+
+enum Inner {
+    /// From an HTTP/2 upstream (hyper's client).
+    H2(Incoming),
+    /// From an HTTP/1.1 upstream, read off the connection as polled; the
+    /// lease takes the connection back to the pool at the body's end.
+    H1(h1::Body, Option<Lease>),
+    /// The proxy's own answer.
+    Full(Full<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn h2(inner: Incoming, exchange: Exchange) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::H2(inner),
+            exchange: Some(exchange),
+        }
+    }
+
+    /// A body read off an HTTP/1.1 connection. The connection goes to
+    /// `exchange`, to be pooled again, as soon as the body is complete.
+    pub fn h1(body: h1::Body, lease: Lease, exchange: Exchange) -> ResponseBody {
+        let mut this = ResponseBody {
+            inner: Inner::H1(body, Some(lease)),
+            exchange: Some(exchange),
+        };
+        this.pool_if_done();
+        this
+    }
+
+    pub fn full(bytes: Bytes, exchange: Option<Exchange>) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Full(Full::new(bytes)),
+            exchange,
+        }
+    }
+
+    /// Read whole: the connection can take the next request now, even if
+    /// hyper drops the body without polling it again (as it does after
+    /// trailers).
+    fn pool_if_done(&mut self) {
+        if let (Inner::H1(body, lease), Some(ex)) = (&mut self.inner, self.exchange.as_mut()) {
+            if lease.is_some() {
+                if let Some(conn) = body.take_reusable() {
+                    let lease = lease.take().expect("checked above");
+                    ex.set_upstream(Pooled {
+                        tx: Sender::H1(conn),
+                        lease,
+                    });
+                    ex.mark_complete();
+                }
+            }
+        }
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(b: Bytes) -> Self {
+        ResponseBody::full(b, None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let out = match &mut this.inner {
+            Inner::H2(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(BoxError::from)),
+            Inner::Full(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(|e| match e {})),
+            Inner::H1(b, _) => {
+                let out = ready!(b.poll_frame(cx));
+                this.pool_if_done();
+                out
+            }
+        };
+        match &out {
+            None => {
+                if let Some(ex) = this.exchange.take() {
+                    ex.finish(true);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(ex) = this.exchange.take() {
+                    ex.finish(false);
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(out)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = match &self.inner {
+            Inner::H2(b) => b.is_end_stream(),
+            Inner::H1(b, _) => b.is_end_stream(),
+            Inner::Full(b) => b.is_end_stream(),
+        };
+        if end {
+            if let Some(ex) = &self.exchange {
+                ex.mark_complete();
+            }
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::H2(b) => b.size_hint(),
+            Inner::H1(b, _) => b.size_hint(),
+            Inner::Full(b) => b.size_hint(),
+        }
+    }
+}
