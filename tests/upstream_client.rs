@@ -1,5 +1,6 @@
-//! cutover's own HTTP/1.1 upstream client (`src/proxy/h1.rs`): response
-//! framing by RFC 9112 §6.3, connection reuse, and what it does with
+//! cutover's HTTP/1.1 upstream client (`src/proxy/h1/`): response framing
+//! by RFC 9112 §6.3, request bodies both framings, `Expect: 100-continue`,
+//! early answers, `CONNECT`, connection reuse, and what it does with
 //! responses it must not trust — against upstreams that write raw bytes.
 
 mod support;
@@ -204,8 +205,7 @@ async fn a_truncated_body_fails_the_client_response_and_drops_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_with_a_body_share_the_pool_with_bodiless_ones() {
-    // Bodiless requests go through cutover's own client, requests with a
-    // body through hyper's, on the same pooled connection.
+    // One client carries both, on the same pooled connection.
     let up = Upstream::start("blue").await;
     let proxy = Proxy::start(&config(up.addr));
     let c = client();
@@ -295,4 +295,291 @@ async fn responses_reach_http1_clients_cleaned_up() {
     let lower = text.to_ascii_lowercase();
     assert!(lower.contains("trailer: x-sum"), "{text}");
     assert!(lower.contains("\r\n0\r\nx-sum: 42\r\n\r\n"), "{text}");
+}
+
+/// Read from `s` until `done(&buf)` or the peer closes or `limit` passes.
+async fn read_until(
+    s: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(limit, async {
+        while !done(&buf) {
+            match s.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    buf
+}
+
+fn has_head(b: &[u8]) -> bool {
+    b.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+const SHORT: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_keep_their_framing_and_the_connection_is_reused_after_them() {
+    use tokio::io::AsyncWriteExt;
+    let up = RecordingUpstream::start().await;
+    let proxy = Proxy::start(&config(up.addr));
+    // A length-framed body, then a chunked one with a trailer, then a
+    // large chunked one, all on one client connection.
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let body = vec![b'x'; 4096];
+    let mut req = b"POST /a HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 4096\r\n\r\n".to_vec();
+    req.extend_from_slice(&body);
+    s.write_all(&req).await.unwrap();
+    let got = read_until(&mut s, SHORT, |b| b.ends_with(b"ok")).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(
+        b"POST /b HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until(&mut s, SHORT, |b| b.ends_with(b"ok")).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"POST /c HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for i in 0..64u8 {
+        let piece = vec![i; 16 * 1024];
+        s.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await
+            .unwrap();
+        s.write_all(&piece).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let got = read_until(&mut s, SHORT, |b| b.ends_with(b"ok")).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    let seen = up.since(0);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0].all("content-length"), ["4096"]);
+    assert!(seen[0].all("transfer-encoding").is_empty());
+    assert_eq!(seen[0].body, body);
+    assert_eq!(seen[1].all("transfer-encoding"), ["chunked"]);
+    assert_eq!(seen[1].body, b"hello world");
+    assert_eq!(seen[2].body.len(), 64 * 16 * 1024);
+    assert!(seen[2]
+        .body
+        .chunks(16 * 1024)
+        .enumerate()
+        .all(|(i, c)| c.iter().all(|b| *b == i as u8)));
+    assert!(
+        seen.iter().all(|r| r.complete && r.conn == seen[0].conn),
+        "one upstream connection carried all three: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_without_a_length_goes_upstream_chunked() {
+    let up = RecordingUpstream::start().await;
+    let proxy = Proxy::start(&config(up.addr));
+    let io = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://shop.test{}", "/h2"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"from h2",
+        )))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.since(0);
+    assert_eq!(seen.len(), 1);
+    // hyper's h2 client sends no `content-length` for this body.
+    if seen[0].all("content-length").is_empty() {
+        assert_eq!(seen[0].all("transfer-encoding"), ["chunked"]);
+    }
+    assert_eq!(seen[0].body, b"from h2");
+    assert_eq!(seen[0].line, "POST /h2 HTTP/1.1");
+}
+
+/// An upstream that reads one request head and then runs `script` on the
+/// socket; counts the connections it accepted.
+async fn one_shot<F, Fut>(
+    script: F,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+)
+where
+    F: Fn(tokio::net::TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (a, script) = (accepted.clone(), std::sync::Arc::new(script));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            a.fetch_add(1, SeqCst);
+            let script = script.clone();
+            tokio::spawn(async move {
+                let head = read_until(&mut s, SHORT, has_head).await;
+                script(s, head).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_waits_for_the_upstreams_word() {
+    use tokio::io::AsyncWriteExt;
+    // An upstream that agrees: 100, then it reads the body and answers.
+    let (addr, _) = one_shot(|mut s, head| async move {
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(text.contains("expect: 100-continue"), "{text}");
+        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+        let at = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = head[at..].to_vec();
+        body.extend(read_until(&mut s, SHORT, |b| body.len() + b.len() >= 5).await);
+        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+        s.write_all(answer.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+    })
+    .await;
+    let proxy = Proxy::start(&config(addr));
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until(&mut c, SHORT, has_head).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    c.write_all(b"hello").await.unwrap();
+    let got = read_until(&mut c, SHORT, |b| b.ends_with(b"hello")).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // An upstream that refuses: its answer reaches the client, which never
+    // had a `100` and never sent its body.
+    let (addr, accepted) = one_shot(|mut s, _| async move {
+        s.write_all(b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = read_until(&mut s, SHORT, |_| false).await;
+    })
+    .await;
+    let proxy = Proxy::start(&config(addr));
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until(&mut c, SHORT, has_head).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 417"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // That connection was left waiting for a body: it is not used again.
+    let r = get(&client(), &proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 417);
+    assert_eq!(accepted.load(SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_ends_stops_the_body_and_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, accepted) = one_shot(|mut s, _| async move {
+        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+            .await
+            .unwrap();
+        let _ = read_until(&mut s, SHORT, |_| false).await;
+    })
+    .await;
+    let proxy = Proxy::start(&config(addr));
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(b"POST /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10485760\r\n\r\n")
+        .await
+        .unwrap();
+    c.write_all(&[0u8; 65536]).await.unwrap();
+    // The client is still sending when the answer comes.
+    let got = read_until(&mut c, SHORT, |b| b.ends_with(b"big!")).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let r = get(&client(), &proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        accepted.load(SeqCst),
+        2,
+        "the first connection was not reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_becomes_a_tunnel_after_a_2xx() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _) = one_shot(|mut s, head| async move {
+        let text = String::from_utf8_lossy(&head).into_owned();
+        assert!(
+            text.starts_with("CONNECT shop.test:443 HTTP/1.1\r\n"),
+            "{text}"
+        );
+        // The tunnel's first bytes come with the answer's head.
+        s.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\nhi ")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(addr));
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(b"CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until(&mut c, SHORT, |b| b.ends_with(b"hi ")).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    c.write_all(b"ping").await.unwrap();
+    let got = read_until(&mut c, SHORT, |b| b.ends_with(b"ping")).await;
+    assert_eq!(got, b"ping");
 }

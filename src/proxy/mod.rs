@@ -6,16 +6,24 @@
 //! that other threads see are the read-only [`crate::route::Snapshot`] and
 //! atomic counters.
 //!
+//! - [`worker`]: one thread's state — pools, timers, open connections;
 //! - [`conn`]: accept, `max_connections`, serve HTTP/1.1 + h2c, drain;
-//! - [`io`]: client header and idle timeouts on the socket;
-//! - [`deadline`]: upstream response deadlines, one timer per worker;
+//! - [`io`]: what a client connection shares, its header and idle timeouts;
 //! - [`handler`]: the request phases, route → forward → respond;
 //! - [`request`]: Host, target and path checks before routing;
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
+//! - [`h1`]: the HTTP/1.1 upstream client (codec, connection);
 //! - [`upstream`]: per-worker, per-server connection pools;
-//! - [`body`], [`exchange`]: streaming bodies and per-request accounting;
-//! - [`tunnel`]: upgraded (WebSocket) connections;
+//! - [`body`], [`response`], [`exchange`]: the request body going up, the
+//!   response body coming back, and per-request accounting;
+//! - [`deadline`]: upstream response deadlines, one timer per worker;
+//! - [`tunnel`]: upgraded (WebSocket) and `CONNECT` connections;
 //! - [`error`]: proxy errors → status codes.
+//!
+//! Imports go one way, from the handler down to the codec:
+//! `conn → handler → {response → exchange → upstream → h1::conn →
+//! h1::codec}`, each also free to use the leaves `headers`, `io`,
+//! `deadline`, `error`, `request` and `worker`.
 
 pub mod body;
 mod conn;

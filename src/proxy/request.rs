@@ -60,8 +60,13 @@ pub struct Target {
 
 impl Target {
     /// The path to route by.
+    /// The path the request routes by: `CONNECT`'s authority-form target
+    /// has none, and routes as `/`.
     pub fn path<'a>(&'a self, uri: &'a Uri) -> &'a str {
-        self.path.as_deref().unwrap_or_else(|| uri.path())
+        match self.path.as_deref().unwrap_or_else(|| uri.path()) {
+            "" => "/",
+            p => p,
+        }
     }
 }
 

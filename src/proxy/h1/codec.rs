@@ -818,4 +818,84 @@ mod tests {
         let mut buf = BytesMut::from(&b"grpc-status: 0\r\n"[..]);
         assert!(matches!(parse_trailers(&mut buf), Ok(None)));
     }
+
+    #[test]
+    fn a_switch_keeps_what_the_tunnel_needs() {
+        let upgrade = Asked {
+            upgrade: true,
+            ..Asked::default()
+        };
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nx-a: 1\r\n\r\nframe"[..],
+        );
+        let h = final_head(&mut buf, upgrade).unwrap().unwrap();
+        assert!(h.switched && !h.reuse);
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(h.response.headers()["upgrade"], "websocket");
+        assert_eq!(h.response.headers()["connection"], "upgrade");
+        assert_eq!(&buf[..], b"frame", "the tunnel's first bytes stay");
+        let connect = Asked::new(&Method::CONNECT, false);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"[..]);
+        let h = final_head(&mut buf, connect).unwrap().unwrap();
+        assert!(h.switched);
+        assert!(!h.response.headers().contains_key("content-length"));
+        // A refusal of CONNECT is an ordinary answer.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno"[..]);
+        let h = final_head(&mut buf, connect).unwrap().unwrap();
+        assert!(!h.switched && h.framing == Framing::Length(2));
+    }
+
+    #[test]
+    fn request_bodies_are_framed_in_chunks() {
+        let mut out = Vec::new();
+        for (len, line) in [
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (65536, "10000\r\n"),
+        ] {
+            out.clear();
+            chunk_head(&mut out, len);
+            assert_eq!(out, line.as_bytes());
+        }
+        out.clear();
+        last_chunk(&mut out, None);
+        assert_eq!(out, b"0\r\n\r\n");
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", HeaderValue::from_static("11"));
+        out.clear();
+        last_chunk(&mut out, Some(&t));
+        assert_eq!(out, b"0\r\nx-sum: 11\r\n\r\n");
+    }
+
+    #[test]
+    fn a_body_decodes_the_same_however_it_is_split() {
+        let wire = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+        for cut in 0..wire.len() {
+            let mut d = Decoder::new(Framing::Chunked);
+            let mut buf = BytesMut::new();
+            let (mut data, mut trailers) = (Vec::new(), None);
+            for piece in [&wire[..cut], &wire[cut..]] {
+                buf.extend_from_slice(piece);
+                loop {
+                    match d.decode(&mut buf).unwrap() {
+                        Decoded::Frame(f) => match f.into_data() {
+                            Ok(b) => data.extend_from_slice(&b),
+                            Err(f) => trailers = f.into_trailers().ok(),
+                        },
+                        Decoded::More | Decoded::End => break,
+                    }
+                }
+            }
+            assert!(d.is_end(), "cut at {cut}");
+            assert_eq!(data, b"hello world", "cut at {cut}");
+            assert_eq!(trailers.unwrap()["x-t"], "1");
+        }
+        let mut d = Decoder::new(Framing::Length(3));
+        let mut buf = BytesMut::from(&b"ab"[..]);
+        assert!(matches!(d.decode(&mut buf), Ok(Decoded::Frame(_))));
+        assert!(d.closed().is_err(), "short of its length");
+        let mut d = Decoder::new(Framing::Close);
+        assert!(d.closed().is_ok() && d.is_end());
+    }
 }
