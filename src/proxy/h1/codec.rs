@@ -877,13 +877,10 @@ mod tests {
             let (mut data, mut trailers) = (Vec::new(), None);
             for piece in [&wire[..cut], &wire[cut..]] {
                 buf.extend_from_slice(piece);
-                loop {
-                    match d.decode(&mut buf).unwrap() {
-                        Decoded::Frame(f) => match f.into_data() {
-                            Ok(b) => data.extend_from_slice(&b),
-                            Err(f) => trailers = f.into_trailers().ok(),
-                        },
-                        Decoded::More | Decoded::End => break,
+                while let Decoded::Frame(f) = d.decode(&mut buf).unwrap() {
+                    match f.into_data() {
+                        Ok(b) => data.extend_from_slice(&b),
+                        Err(f) => trailers = f.into_trailers().ok(),
                     }
                 }
             }
