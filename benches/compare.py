@@ -26,7 +26,9 @@ The method is written down in benches/README.md; in short:
   on disk and on tmpfs, which tells what the fsyncs cost; (`--only
   flip-groups`) the same storm with each proxy in its own session (its
   own scheduling group) and with all in the benchmark's session; and
-  (`--ab BINARY`) this build side by side with another cutover binary;
+  (`--ab BINARY`) this build side by side with another cutover binary,
+  for GETs and 4 KiB POSTs; (`--only big`) a 1 GiB response through
+  nginx and through cutover at the same time, and cutover's peak RSS;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs; the same storm on one of two identical
   cutovers loaded side by side (24 rounds, `--storm-rounds`); and nginx's
@@ -190,13 +192,22 @@ http {{
 
 def nginx_upstream_conf(work):
     conf = nginx_head(work, "upstream") + f"""
-    server {{ listen 127.0.0.1:{UP_BLUE}; location / {{ return 200 "hello"; }} }}
+    server {{ listen 127.0.0.1:{UP_BLUE}; location / {{ return 200 "hello"; }}
+             location = /big {{ alias {work}/big.bin; }} }}
     server {{ listen 127.0.0.1:{UP_GREEN}; location / {{ return 200 "hello"; }} }}
 }}
 """
     path = os.path.join(work, "upstream.conf")
     with open(path, "w") as f:
         f.write(conf)
+    # A sparse 1 GiB file for the large-response run: read from the page
+    # cache, it costs the upstream nothing.
+    # (nginx's worker runs as nobody: the file and its directory must be
+    # readable to it.)
+    with open(os.path.join(work, "big.bin"), "wb") as f:
+        f.truncate(BIG)
+    os.chmod(os.path.join(work, "big.bin"), 0o644)
+    os.chmod(work, 0o755)
     return path
 
 
@@ -327,10 +338,12 @@ BROWSER = [
 ]
 
 
-def wrk(port, conns, secs, headers=()):
+def wrk(port, conns, secs, headers=(), script=None):
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", "--timeout", "5s"]
     for h in headers:
         argv += ["-H", h]
+    if script:
+        argv += ["-s", script]
     argv.append(f"http://127.0.0.1:{port}/")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30).stdout
     res = {"raw": out}
@@ -425,13 +438,13 @@ def post_flip(admin_port):
         raise RuntimeError(f"flip answered {resp.status}")
 
 
-def wrk_at_once(ports, conns, secs, headers=()):
+def wrk_at_once(ports, conns, secs, headers=(), script=None):
     """One wrk per entry of `ports` (name -> port), all at the same time,
-    each sending `headers`."""
+    each sending `headers` (and running the wrk `script`, if any)."""
     results = {}
 
     def load(name, port):
-        results[name] = wrk(port, conns, secs, headers)
+        results[name] = wrk(port, conns, secs, headers, script)
 
     threads = [threading.Thread(target=load, args=item) for item in ports.items()]
     for t in threads:
@@ -601,7 +614,8 @@ def main():
                          "also side-floor (the hyper floor beside nginx and beside cutover) "
                          "and side-realistic (the realistic config beside the minimal one), "
                          "flip-tmpfs (the storm with the state files on disk and on tmpfs), "
-                         "flip-groups (the storm with the proxies in their own sessions and in this one)")
+                         "flip-groups (the storm with the proxies in their own sessions and in this one), "
+                         "big (a 1 GiB response through nginx and cutover at the same time)")
     ap.add_argument("--ab", metavar="BINARY",
                     help="only an A/B: this build beside another cutover binary")
     ap.add_argument("--binary", metavar="PATH",
@@ -648,6 +662,8 @@ def main():
             out.append(flips_tmpfs(work, args.seconds))
         if "flip-groups" in sections:
             out.append(flips_groups(work, args.seconds))
+        if "big" in sections:
+            out.append(big_response(work, 2 * args.rounds))
         if args.ab:
             out.append(side_ab(work, os.path.abspath(args.ab), args.seconds, 2 * args.rounds))
         if verdict.rows:
@@ -787,7 +803,7 @@ def throughput(work, secs, rounds, verdict):
     return "\n".join(lines) + "\n"
 
 
-def pair_rounds(a, b, secs, rounds, conns=64, headers=()):
+def pair_rounds(a, b, secs, rounds, conns=64, headers=(), script=None):
     """Two running servers `a` and `b` (Server objects), each loaded by its
     own `wrk -c{conns}` (sending `headers`) in the same seconds, `rounds`
     times (after a 2 s warm-up each). Returns the per-round ratios of b's
@@ -802,7 +818,7 @@ def pair_rounds(a, b, secs, rounds, conns=64, headers=()):
         for seconds, measured in ((2, False), (secs, True)):  # warm-up, then measured
             pids = {"a": a.pids(), "b": b.pids()}
             before = {k: cpu_seconds(v) for k, v in pids.items()}
-            results = wrk_at_once({"a": a.port, "b": b.port}, conns, seconds, headers)
+            results = wrk_at_once({"a": a.port, "b": b.port}, conns, seconds, headers, script)
             if not measured:
                 continue
             per = {}
@@ -821,7 +837,7 @@ def pair_rounds(a, b, secs, rounds, conns=64, headers=()):
     return ratios, stats
 
 
-def pair(start_a, start_b, secs, rounds, conns=64, headers=()):
+def pair(start_a, start_b, secs, rounds, conns=64, headers=(), script=None):
     """Start two servers (`start_a`, `start_b`: callables returning a
     Server), run `pair_rounds` on them, and stop both."""
     a = start_a()
@@ -831,7 +847,7 @@ def pair(start_a, start_b, secs, rounds, conns=64, headers=()):
         a.stop()
         raise
     try:
-        return pair_rounds(a, b, secs, rounds, conns, headers)
+        return pair_rounds(a, b, secs, rounds, conns, headers, script)
     finally:
         b.stop()
         a.stop()
@@ -941,19 +957,85 @@ def side_realistic(work, secs, rounds, verdict):
     return "\n".join(lines) + "\n"
 
 
+def post_script(work, size=4096):
+    """A wrk script that POSTs `size` bytes with a `Content-Length`."""
+    path = os.path.join(work, f"post{size}.lua")
+    with open(path, "w") as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = string.rep("x", {size})\n'
+                'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    return path
+
+
 def side_ab(work, other, secs, rounds):
     """This build (b) against another cutover binary (a), both with the
-    minimal config, side by side: a change judged in the same seconds."""
-    ratios, stats = pair(
-        lambda: Server("cutover-a", [other, "run", "-c", side_conf(work, "ab-a", PROXY, ADMIN)], PROXY),
-        lambda: Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "ab-b", SIDE_PROXY, SIDE_ADMIN)],
-                       SIDE_PROXY),
-        secs, rounds)
+    minimal config, side by side: a change judged in the same seconds, for
+    bodiless GETs and for 4 KiB POSTs."""
     lines = ["## A/B: this build beside another\n",
              f"a = `{other}`, b = `{CUTOVER}`; {rounds} rounds of {secs} s, each with its own "
              "`wrk -t1 -c64`, both at once. Two copies of one build give 0.99–1.04.\n"]
     lines += PAIR_HEADER
-    lines.append(pair_line("other build, this build", ratios, stats))
+    for label, script in (("GET", None), ("POST 4 KiB", post_script(work))):
+        ratios, stats = pair(
+            lambda: Server("cutover-a", [other, "run", "-c", side_conf(work, "ab-a", PROXY, ADMIN)], PROXY),
+            lambda: Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "ab-b", SIDE_PROXY, SIDE_ADMIN)],
+                           SIDE_PROXY),
+            secs, rounds, script=script)
+        lines.append(pair_line(f"other build, this build; {label}", ratios, stats))
+    return "\n".join(lines) + "\n"
+
+
+BIG = 1 << 30
+
+
+def fetch_time(port, path):
+    """Seconds to fetch `path` whole with curl, and the bytes it got."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{time_total} %{size_download}",
+                          "--max-time", "60", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, timeout=90).stdout.split()
+    return (float(out[0]), int(out[1])) if len(out) == 2 else (float("nan"), 0)
+
+
+def big_response(work, rounds):
+    """A 1 GiB response (a file the upstream nginx serves) through nginx and
+    through cutover, both fetched at the same time in each round; cutover's
+    peak RSS (VmHWM) over all rounds."""
+    nginx = start_proxy("nginx", work)
+    cut = Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "big", SIDE_PROXY, SIDE_ADMIN)], SIDE_PROXY)
+    times = {"nginx": [], "cutover": []}
+    try:
+        for i in range(rounds):
+            log(f"1 GiB response, round {i + 1} of {rounds}")
+            results = {}
+
+            def get(name, port):
+                results[name] = fetch_time(port, "/big")
+
+            threads = [threading.Thread(target=get, args=item)
+                       for item in (("nginx", PROXY), ("cutover", SIDE_PROXY))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for name, (secs, size) in results.items():
+                if size != BIG:
+                    log(f"{name}: got {size} bytes of {BIG}")
+                times[name].append(secs if size == BIG else float("nan"))
+        hwm = rss_kib(cut.pids(), "VmHWM:") / 1024
+    finally:
+        cut.stop()
+        nginx.stop()
+        wait_port_free(PROXY)
+        wait_port_free(SIDE_PROXY)
+    ratios = [c / n for c, n in zip(times["cutover"], times["nginx"])]
+    lines = ["## A 1 GiB response, side by side\n",
+             f"{rounds} rounds; in each, curl fetches the same 1 GiB file through nginx and through "
+             "cutover at the same time.\n",
+             "| | cutover | nginx | cutover / nginx |", "|---|---|---|---|",
+             f"| seconds, median (min–max) | {statistics.median(times['cutover']):.2f} "
+             f"({min(times['cutover']):.2f}–{max(times['cutover']):.2f}) | "
+             f"{statistics.median(times['nginx']):.2f} ({min(times['nginx']):.2f}–{max(times['nginx']):.2f}) | "
+             f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |",
+             f"| cutover's peak RSS (VmHWM) | {hwm:.1f} MiB | | |"]
     return "\n".join(lines) + "\n"
 
 
