@@ -129,6 +129,18 @@ pub struct Limits {
     pub client_header_timeout: Duration,
     /// Idle keep-alive client connections are closed after this (default 60 s).
     pub client_idle_timeout: Duration,
+    /// Longest wait between two reads of a request body (default 60 s, as
+    /// nginx's `client_body_timeout`); beyond it, 408 and both sides close.
+    pub client_body_timeout: Duration,
+    /// Longest a client may leave a response unread (default 60 s, as
+    /// nginx's `send_timeout`); beyond it, both sides close.
+    pub client_send_timeout: Duration,
+    /// Longest wait between two reads of a response body (default 60 s, as
+    /// nginx's `proxy_read_timeout`); beyond it, both sides close.
+    pub upstream_read_timeout: Duration,
+    /// An upgraded connection with no byte either way for this long is
+    /// closed (default 1 h).
+    pub tunnel_idle_timeout: Duration,
     /// Upstream TCP connect limit (default 2 s); beyond it, 502 (after one retry).
     pub upstream_connect_timeout: Duration,
     /// Upstream response head limit (default 60 s); beyond it, 504.
@@ -148,6 +160,10 @@ impl Default for Limits {
             max_body_bytes: 0,
             client_header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            client_send_timeout: Duration::from_secs(60),
+            upstream_read_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_response_timeout: Duration::from_secs(60),
             upstream_idle_timeout: Duration::from_secs(30),

@@ -248,6 +248,30 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             d.client_idle_timeout,
             errs,
         ),
+        client_body_timeout: duration(
+            "limits.client_body_timeout",
+            l.client_body_timeout,
+            d.client_body_timeout,
+            errs,
+        ),
+        client_send_timeout: duration(
+            "limits.client_send_timeout",
+            l.client_send_timeout,
+            d.client_send_timeout,
+            errs,
+        ),
+        upstream_read_timeout: duration(
+            "limits.upstream_read_timeout",
+            l.upstream_read_timeout,
+            d.upstream_read_timeout,
+            errs,
+        ),
+        tunnel_idle_timeout: duration(
+            "limits.tunnel_idle_timeout",
+            l.tunnel_idle_timeout,
+            d.tunnel_idle_timeout,
+            errs,
+        ),
         upstream_connect_timeout: duration(
             "limits.upstream_connect_timeout",
             l.upstream_connect_timeout,

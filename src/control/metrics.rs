@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use super::ops::Control;
 use crate::config::Color;
 use crate::route::snapshot::DURATION_BUCKETS;
+use crate::route::Timeout;
 
 type Labels = Vec<(&'static str, String)>;
 /// `(name, help, samples)`.
@@ -43,6 +44,7 @@ fn gather(ctl: &Control) -> Gathered {
     let mut in_flight = Vec::new();
     let mut tunnels = Vec::new();
     let mut aborts = Vec::new();
+    let mut timeouts: Vec<(Labels, u64)> = Vec::new();
     let mut upstream_conns = Vec::new();
     let mut connect_errors = Vec::new();
     let mut healthy = Vec::new();
@@ -64,6 +66,14 @@ fn gather(ctl: &Control) -> Gathered {
             in_flight.push((ac.clone(), pool.stats.in_flight.load(Relaxed) as f64));
             tunnels.push((ac.clone(), pool.stats.tunnels.load(Relaxed) as f64));
             aborts.push((ac.clone(), pool.stats.client_aborts.load(Relaxed)));
+            for (i, phase) in Timeout::ALL.iter().enumerate() {
+                let n = pool.stats.timeouts[i].load(Relaxed);
+                let labels = vec![("app", a.clone()), ("phase", phase.as_str().to_string())];
+                match timeouts.iter_mut().find(|(l, _)| *l == labels) {
+                    Some((_, total)) => *total += n,
+                    None => timeouts.push((labels, n)),
+                }
+            }
             let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
                 .iter()
                 .zip(&pool.stats.duration_buckets)
@@ -118,6 +128,11 @@ fn gather(ctl: &Control) -> Gathered {
                 "cutover_client_aborts",
                 "Requests whose client went away before sending all of it.",
                 aborts,
+            ),
+            (
+                "cutover_timeouts",
+                "Requests and connections cut off by a timeout, by app and phase.",
+                timeouts,
             ),
             (
                 "cutover_upstream_connect_errors",

@@ -2,8 +2,10 @@
 //! buffered) and stopped past `max_body_bytes`. The response's way back is
 //! [`super::response`].
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -48,25 +50,37 @@ impl ClientBody {
     }
 }
 
+/// The client paused within its body for longer than
+/// `client_body_timeout`: the handler answers 408.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: nothing for {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
 pin_project_lite::pin_project! {
     /// The client's body on its way upstream, cut off past `limit` bytes
     /// (0 = no limit) with a [`TooLarge`] error, which the handler finds in
-    /// the upstream error's source chain and answers with 413.
+    /// the upstream error's source chain and answers with 413; and with a
+    /// [`BodyTimeout`] when the client sends nothing for `timeout` while
+    /// the body is wanted.
     pub struct RequestBody {
         // `None`: a request sent again without a body.
         #[pin]
         inner: Option<Incoming>,
         seen: u64,
         limit: u64,
+        timeout: Duration,
+        wait: Wait,
     }
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+    pub fn new(inner: Incoming, limit: u64, timeout: Duration) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             seen: 0,
             limit,
+            timeout,
+            wait: Wait::default(),
         }
     }
 
@@ -75,7 +89,40 @@ impl RequestBody {
             inner: None,
             seen: 0,
             limit: 0,
+            timeout: Duration::ZERO,
+            wait: Wait::default(),
         }
+    }
+}
+
+/// How long a body has waited for its peer, timed only while it waits:
+/// armed when a poll finds nothing, disarmed by the next data. Its timer
+/// is made once, the first time a body waits, and reset after that.
+#[derive(Debug, Default)]
+pub struct Wait {
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl Wait {
+    /// The poll found nothing: has the peer been silent for `limit`?
+    pub fn expired(&mut self, cx: &mut Context<'_>, limit: Duration) -> bool {
+        if !self.armed {
+            self.armed = true;
+            let at = tokio::time::Instant::now() + limit;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// Something came.
+    pub fn got(&mut self) {
+        self.armed = false;
     }
 }
 
@@ -91,7 +138,15 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(inner.poll_frame(cx)) {
+        let polled = inner.poll_frame(cx);
+        if polled.is_pending() {
+            if this.wait.expired(cx, *this.timeout) {
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.timeout)))));
+            }
+            return Poll::Pending;
+        }
+        this.wait.got();
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;

@@ -55,8 +55,21 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     }
 }
 
-/// The per-connection state every request shares, and the client timeouts.
-fn conn_info(worker: &Worker, peer: SocketAddr, tls: bool) -> (Rc<ConnInfo>, Duration, Duration) {
+/// The client timeouts of a connection.
+struct ClientTimeouts {
+    header: Duration,
+    idle: Duration,
+    send: Duration,
+}
+
+/// The per-connection state every request shares (holding the
+/// connection's slot), and the client timeouts.
+fn conn_info(
+    worker: &Rc<Worker>,
+    peer: SocketAddr,
+    tls: bool,
+    permit: OwnedSemaphorePermit,
+) -> (Rc<ConnInfo>, ClientTimeouts) {
     let snap = worker.shared.snapshot.load();
     let limits = &snap.settings.limits;
     let info = Rc::new(ConnInfo {
@@ -66,12 +79,14 @@ fn conn_info(worker: &Worker, peer: SocketAddr, tls: bool) -> (Rc<ConnInfo>, Dur
         trusted: super::headers::is_trusted(peer.ip(), &snap.settings.trusted_proxies),
         state: Arc::new(ConnState::default()),
         memo: ConnMemo::default(),
+        slot: (permit, worker.connection_opened()),
     });
-    (
-        info,
-        limits.client_header_timeout,
-        limits.client_idle_timeout,
-    )
+    let timeouts = ClientTimeouts {
+        header: limits.client_header_timeout,
+        idle: limits.client_idle_timeout,
+        send: limits.client_send_timeout,
+    };
+    (info, timeouts)
 }
 
 /// A plain connection: HTTP/1.1 or h2c. An HTTP/1.1 connection idle for a
@@ -84,17 +99,12 @@ async fn serve_plain(
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
-    let _open = worker.connection_opened();
-    let (info, header_timeout, idle_timeout) = conn_info(&worker, peer, false);
+    let (info, t) = conn_info(&worker, peer, false, permit);
+    let idle_timeout = t.idle;
     loop {
         let (park, parked) = tokio::sync::oneshot::channel();
-        let io = TimedIo::new(
-            stream,
-            info.state.clone(),
-            header_timeout,
-            idle_timeout,
-            Some(park),
-        );
+        let io = TimedIo::new(stream, info.state.clone(), t.header, t.idle, Some(park))
+            .with_send_timeout(t.send);
         // Boxed: the task's own future then only holds what a parked
         // connection needs, not the serving state.
         if !Box::pin(run_http(&worker, &info, io)).await {
@@ -109,7 +119,6 @@ async fn serve_plain(
             break;
         }
     }
-    drop(permit);
 }
 
 /// A parked connection waits for its next request: `true` when the client
@@ -173,11 +182,9 @@ async fn serve_tls(
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    let _open = worker.connection_opened();
-    let (info, header_timeout, idle_timeout) = conn_info(&worker, peer, true);
-    let io = TimedIo::new(tls, info.state.clone(), header_timeout, idle_timeout, None);
+    let (info, t) = conn_info(&worker, peer, true, permit);
+    let io = TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
     run_http(&worker, &info, io).await;
-    drop(permit);
 }
 
 /// Serve HTTP on `io` until the connection ends. `false` when it ended

@@ -19,6 +19,9 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("bad request")]
     BadRequest,
+    /// The client paused within its body past `client_body_timeout`.
+    #[error("client body timed out")]
+    ClientTimeout,
     /// The client went away before its request was complete (nginx logs
     /// these as 499); nobody reads the answer.
     #[error("client closed the request")]
@@ -38,6 +41,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientAbort => {
                 StatusCode::from_u16(CLIENT_ABORT).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -53,6 +57,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "gateway timeout\n",
             ProxyError::BodyTooLarge => "payload too large\n",
             ProxyError::BadRequest => "bad request\n",
+            ProxyError::ClientTimeout => "request timeout\n",
             ProxyError::ClientAbort => "client closed request\n",
         }
     }
@@ -67,7 +72,10 @@ impl ProxyError {
         );
         if matches!(
             self,
-            ProxyError::BodyTooLarge | ProxyError::BadRequest | ProxyError::ClientAbort
+            ProxyError::BodyTooLarge
+                | ProxyError::BadRequest
+                | ProxyError::ClientAbort
+                | ProxyError::ClientTimeout
         ) {
             // The rest of the body is not read: the connection cannot be reused.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

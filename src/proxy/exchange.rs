@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::io::ConnState;
 use super::upstream::Pooled;
 use super::worker::Worker;
-use crate::route::{Pool, Server};
+use crate::route::{Pool, Server, Timeout};
 
 /// Dropped when the request ends. It undoes the in-flight counts, records
 /// the response, and gives the upstream connection back to the worker's
@@ -71,6 +71,13 @@ impl Exchange {
         tokio::time::Instant::from_std(self.start)
     }
 
+    /// The request (or its connection) timed out in `phase`.
+    pub fn timed_out(&self, phase: Timeout) {
+        if let Some(pool) = &self.pool {
+            pool.stats.timed_out(phase);
+        }
+    }
+
     pub fn mark_complete(&self) {
         self.complete.set(true);
     }
@@ -85,6 +92,9 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.conn.request_ended();
+        if !self.complete.get() && self.conn.take_send_timed_out() {
+            self.timed_out(Timeout::ClientSend);
+        }
         let end = Instant::now();
         let elapsed = end.saturating_duration_since(self.start);
         if let Some(server) = &self.server {

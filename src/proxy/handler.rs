@@ -17,7 +17,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 
-use super::body::{ClientBody, RequestBody, TooLarge};
+use super::body::{BodyTimeout, ClientBody, RequestBody, TooLarge};
 use super::deadline;
 use super::error::ProxyError;
 use super::exchange::Exchange;
@@ -30,7 +30,7 @@ use super::upstream::{Lease, Pooled, Sender};
 use super::worker::Worker;
 use crate::config::{Protocol, Sticky};
 use crate::route::rule::RequestView;
-use crate::route::{Pool, Server};
+use crate::route::{Pool, Server, Timeout};
 
 static COLOR_VALUES: [HeaderValue; 2] = [
     HeaderValue::from_static("blue"),
@@ -83,6 +83,8 @@ struct Prepared {
 /// What the answer (phase 6) needs.
 struct Answer {
     ex: Exchange,
+    /// `upstream_read_timeout`, for the response body.
+    read_timeout: Duration,
     pool: Arc<Pool>,
     /// The client's side of an upgrade or `CONNECT`, for the tunnel.
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -109,6 +111,7 @@ fn prepare(
         limits.upstream_connect_timeout,
         limits.upstream_response_timeout,
     );
+    let (body_timeout, read_timeout) = (limits.client_body_timeout, limits.upstream_read_timeout);
     let color_header = snap.settings.color_header;
     let target = match request::check(req.method(), req.uri(), req.version(), req.headers()) {
         Ok(t) => t,
@@ -253,7 +256,7 @@ fn prepare(
     let asked = h1::Asked::new(&parts.method, upgrade);
     Ok(Prepared {
         bodiless: body.is_end_stream(),
-        body: RequestBody::new(body, max_body),
+        body: RequestBody::new(body, max_body, body_timeout),
         parts,
         asked,
         forwarded_host,
@@ -262,6 +265,7 @@ fn prepare(
         response_timeout,
         answer: Answer {
             ex,
+            read_timeout,
             pool,
             client_upgrade,
             set_cookie,
@@ -367,6 +371,8 @@ enum Failed {
     /// The client's body broke its framing (`false`) or the client went
     /// away mid-body (`true`).
     Client(bool),
+    /// The client paused within its body past `client_body_timeout`.
+    BodyTimeout,
     Upstream,
 }
 
@@ -409,7 +415,7 @@ async fn send_again(
 /// connection as the client takes it, or a tunnel — or the error answer.
 fn answer_h1(
     worker: &Worker,
-    conn: &ConnInfo,
+    conn: &Rc<ConnInfo>,
     mut a: Answer,
     c: Box<h1::Conn>,
     lease: Lease,
@@ -428,7 +434,8 @@ fn answer_h1(
     } = head;
     let (parts, ()) = response.into_parts();
     if !switched {
-        let body = ResponseBody::h1(h1::Body::new(c, framing, reuse), lease, a.ex);
+        let body = h1::Body::new(c, framing, reuse);
+        let body = ResponseBody::h1(body, lease, a.ex, a.read_timeout);
         return respond(parts, a.pool, a.set_cookie, a.color_header, body);
     }
     // A `101` to an upgrade or a 2xx to `CONNECT`: the connection is now a
@@ -436,7 +443,7 @@ fn answer_h1(
     conn.state.upgrade();
     if let Some(client) = a.client_upgrade.take() {
         let (shared, pool) = (worker.shared.clone(), a.pool.clone());
-        super::tunnel::spawn(shared, pool, lease.server, client, *c);
+        super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone());
     }
     let body = ResponseBody::full(Bytes::new(), Some(a.ex));
     respond(parts, a.pool, a.set_cookie, a.color_header, body)
@@ -503,7 +510,7 @@ async fn send_h2(
     // (HTTP/2 has no hop-by-hop fields: the h2 codec refuses a response
     // that carries any, RFC 9113 §8.2.2.)
     let (parts, body) = resp.into_parts();
-    let body = ResponseBody::h2(body, a.ex);
+    let body = ResponseBody::h2(body, a.ex, a.read_timeout);
     respond(parts, a.pool, a.set_cookie, a.color_header, body)
 }
 
@@ -548,7 +555,13 @@ fn failed(conn: &ConnInfo, a: Answer, server: &Server, why: Failed) -> Response<
         }
         Failed::Timeout => {
             server.record_failure(&a.pool.config.passive);
+            a.ex.timed_out(Timeout::UpstreamResponse);
             ProxyError::UpstreamTimeout
+        }
+        Failed::BodyTimeout => {
+            tracing::debug!(peer = %conn.peer, server = %server.addr, "client_body_timeout: the client paused within its body");
+            a.ex.timed_out(Timeout::ClientBody);
+            ProxyError::ClientTimeout
         }
         Failed::Upstream => ProxyError::Upstream,
     };
@@ -642,6 +655,9 @@ fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<Failed> {
     while let Some(s) = src {
         if s.is::<TooLarge>() {
             return Some(Failed::TooLarge);
+        }
+        if s.is::<BodyTimeout>() {
+            return Some(Failed::BodyTimeout);
         }
         if let Some(c) = s.downcast_ref::<ClientBody>() {
             return Some(Failed::Client(c.aborted));

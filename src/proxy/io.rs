@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 /// How long a keep-alive HTTP/1.1 connection idles before it is parked
@@ -43,6 +43,8 @@ use tokio::time::{Instant, Sleep};
 /// enough to send its next request sooner keeps its connection state.
 pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
+use super::body::Wait;
+use super::worker::OpenConnection;
 use super::error::REQUEST_TIMEOUT_RESPONSE;
 use crate::route::rule::ConnMemo;
 
@@ -58,6 +60,10 @@ pub struct ConnInfo {
     pub state: Arc<ConnState>,
     /// What routing remembers of this connection's earlier requests.
     pub memo: ConnMemo,
+    /// The connection's `max_connections` slot and its place among the
+    /// worker's open connections: held by whoever holds this — its HTTP
+    /// service, and a tunnel it became — until the socket closes.
+    pub slot: (OwnedSemaphorePermit, OpenConnection),
 }
 
 /// Shared between a connection's socket wrapper and its requests.
@@ -76,6 +82,8 @@ pub struct ConnState {
     /// coding alone (RFC 9112 §6.1 allows that), so only the socket sees
     /// it; the handler refuses such a request, as nginx does.
     length_and_chunked: std::sync::atomic::AtomicBool,
+    /// The client left a response unread past `client_send_timeout`.
+    send_timed_out: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -102,6 +110,12 @@ impl ConnState {
 
     pub fn take_length_and_chunked(&self) -> bool {
         self.length_and_chunked.swap(false, Relaxed)
+    }
+
+    /// Did the client leave a response unread past its timeout? (Asked,
+    /// and reset, by the request whose response it was.)
+    pub fn take_send_timed_out(&self) -> bool {
+        self.send_timed_out.swap(false, Relaxed)
     }
 
     fn is_upgraded(&self) -> bool {
@@ -165,6 +179,9 @@ pub struct TimedIo<T> {
     seen_started: usize,
     // Looks for the two framing fields in the head being read.
     scan: HeadScan,
+    /// `client_send_timeout`, and how long the pending write has waited.
+    send_timeout: Duration,
+    send_wait: Wait,
 }
 
 /// Finds `Content-Length` and `Transfer-Encoding` field names at the
@@ -274,8 +291,31 @@ impl<T> TimedIo<T> {
             h2: false,
             seen_started,
             scan: HeadScan::new_head(),
+            send_timeout: Duration::from_secs(60),
+            send_wait: Wait::default(),
         }
     }
+
+    /// Close the connection when the client leaves a write pending for
+    /// `limit` (`client_send_timeout`).
+    pub fn with_send_timeout(mut self, limit: Duration) -> Self {
+        self.send_timeout = limit;
+        self
+    }
+
+    /// A write came back pending: has the client stopped reading?
+    fn send_blocked(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.send_wait.expired(cx, self.send_timeout) {
+            self.state.send_timed_out.store(true, Relaxed);
+            tracing::debug!("client_send_timeout: the client stopped reading");
+            return true;
+        }
+        false
+    }
+}
+
+fn send_timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "client_send_timeout")
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
@@ -458,7 +498,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
             return Poll::Ready(Err(parked()));
         };
         this.flushed = false;
-        Pin::new(inner).poll_write(cx, buf)
+        match Pin::new(inner).poll_write(cx, buf) {
+            Poll::Pending if this.send_blocked(cx) => Poll::Ready(Err(send_timed_out())),
+            Poll::Pending => Poll::Pending,
+            done => {
+                this.send_wait.got();
+                done
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -498,7 +545,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
             return Poll::Ready(Err(parked()));
         };
         this.flushed = false;
-        Pin::new(inner).poll_write_vectored(cx, bufs)
+        match Pin::new(inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending if this.send_blocked(cx) => Poll::Ready(Err(send_timed_out())),
+            Poll::Pending => Poll::Pending,
+            done => {
+                this.send_wait.got();
+                done
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

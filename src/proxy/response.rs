@@ -4,23 +4,34 @@
 //! connection back to its pool.
 
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::body::BoxError;
+use super::body::{BoxError, Wait};
 use super::exchange::Exchange;
 use super::h1;
 use super::upstream::{Lease, Pooled, Sender};
+use crate::route::Timeout;
+
+/// The upstream paused within its body past `upstream_read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body: nothing for {0:?}")]
+struct ReadTimeout(Duration);
 
 /// What the client receives. `exchange` is dropped when the body ends
 /// (or the client goes away), which ends the request's accounting.
 pub struct ResponseBody {
     inner: Inner,
     exchange: Option<Exchange>,
+    /// `upstream_read_timeout`: the longest the upstream may pause within
+    /// its body.
+    read_timeout: Duration,
+    wait: Wait,
 }
 
 enum Inner {
@@ -34,19 +45,28 @@ enum Inner {
 }
 
 impl ResponseBody {
-    pub fn h2(inner: Incoming, exchange: Exchange) -> ResponseBody {
+    pub fn h2(inner: Incoming, exchange: Exchange, read_timeout: Duration) -> ResponseBody {
         ResponseBody {
             inner: Inner::H2(inner),
             exchange: Some(exchange),
+            read_timeout,
+            wait: Wait::default(),
         }
     }
 
     /// A body read off an HTTP/1.1 connection. The connection goes to
     /// `exchange`, to be pooled again, as soon as the body is complete.
-    pub fn h1(body: h1::Body, lease: Lease, exchange: Exchange) -> ResponseBody {
+    pub fn h1(
+        body: h1::Body,
+        lease: Lease,
+        exchange: Exchange,
+        read_timeout: Duration,
+    ) -> ResponseBody {
         let mut this = ResponseBody {
             inner: Inner::H1(body, Some(lease)),
             exchange: Some(exchange),
+            read_timeout,
+            wait: Wait::default(),
         };
         this.pool_if_done();
         this
@@ -56,6 +76,8 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Full(Full::new(bytes)),
             exchange,
+            read_timeout: Duration::ZERO,
+            wait: Wait::default(),
         }
     }
 
@@ -93,14 +115,36 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let out = match &mut this.inner {
-            Inner::H2(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(BoxError::from)),
-            Inner::Full(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(|e| match e {})),
+        let polled = match &mut this.inner {
+            Inner::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+            Inner::Full(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(|e| match e {}))),
             Inner::H1(b, _) => {
-                let out = ready!(b.poll_frame(cx));
-                this.pool_if_done();
+                let polled = b.poll_frame(cx);
+                if polled.is_ready() {
+                    this.pool_if_done();
+                }
+                polled
+            }
+        };
+        let out = match polled {
+            Poll::Ready(out) => {
+                this.wait.got();
                 out
             }
+            Poll::Pending if this.wait.expired(cx, this.read_timeout) => {
+                if let Some(ex) = this.exchange.take() {
+                    tracing::debug!("upstream_read_timeout: the upstream paused within its body");
+                    ex.timed_out(Timeout::UpstreamRead);
+                    ex.finish(false);
+                }
+                this.inner = Inner::Full(Full::new(Bytes::new()));
+                return Poll::Ready(Some(Err(Box::new(ReadTimeout(this.read_timeout)))));
+            }
+            Poll::Pending => return Poll::Pending,
         };
         match &out {
             None => {

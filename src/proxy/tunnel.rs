@@ -8,30 +8,40 @@
 //! no connection to a retired pool lives forever; traffic coming back
 //! before then cancels the countdown.
 
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::h1;
+use super::io::ConnInfo;
 use crate::control::Shared;
-use crate::route::{Pool, Server};
+use crate::route::{Pool, Server, Timeout};
 
 /// Join the client and upstream sides once the client's upgrade completes
 /// (hyper has sent it the `101` or the 2xx to `CONNECT`). The upstream
 /// side is the connection `conn` switched, with what was read past the
 /// upstream's head (`early`), which goes to the client first.
+/// `info` keeps the client connection's `max_connections` slot (and its
+/// place among the worker's open connections) for the tunnel's life.
 pub fn spawn(
     shared: Arc<Shared>,
     pool: Arc<Pool>,
     server: Arc<Server>,
     client: OnUpgrade,
     conn: h1::Conn,
+    info: Rc<ConnInfo>,
 ) {
-    let (mut upstream, early, counted) = conn.into_tunnel();
+    let (upstream, early, counted) = conn.into_tunnel();
+    let idle_limit = shared.snapshot.load().settings.limits.tunnel_idle_timeout;
     tokio::task::spawn_local(async move {
         let client = match client.await {
             Ok(c) => c,
@@ -40,7 +50,9 @@ pub fn spawn(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
+        let last = Rc::new(Cell::new(Instant::now()));
+        let mut client = Active::new(TokioIo::new(client), &last);
+        let mut upstream = Active::new(upstream, &last);
         if !early.is_empty() {
             if let Err(e) = client.write_all(&early).await {
                 tracing::debug!(error = %e, "tunnel closed");
@@ -53,6 +65,8 @@ pub fn spawn(
         tokio::pin!(copy);
         let mut swapped = shared.swapped.subscribe();
         let mut drain_at: Option<Instant> = None;
+        let idle = tokio::time::sleep(idle_limit);
+        tokio::pin!(idle);
         loop {
             {
                 let snap = shared.snapshot.load();
@@ -76,6 +90,15 @@ pub fn spawn(
                         break;
                     }
                 }
+                () = &mut idle => {
+                    let quiet_until = last.get() + idle_limit;
+                    if Instant::now() >= quiet_until {
+                        tracing::debug!(app = %app, color = %pool.color, server = %server.addr, "closing a tunnel with no traffic (tunnel_idle_timeout)");
+                        pool.stats.timed_out(Timeout::TunnelIdle);
+                        break;
+                    }
+                    idle.as_mut().reset(quiet_until);
+                }
                 _ = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
                     tracing::info!(app = %app, color = %pool.color, server = %server.addr, "closing a tunnel to a pool without traffic (drain_timeout)");
                     break;
@@ -84,5 +107,61 @@ pub fn spawn(
         }
         pool.stats.tunnels.fetch_sub(1, Relaxed);
         drop(counted);
+        drop(info);
     });
+}
+
+/// One side of a tunnel, noting when a byte last went either way.
+struct Active<T> {
+    io: T,
+    last: Rc<Cell<Instant>>,
+}
+
+impl<T> Active<T> {
+    fn new(io: T, last: &Rc<Cell<Instant>>) -> Active<T> {
+        Active {
+            io,
+            last: last.clone(),
+        }
+    }
+
+    fn note<R>(&self, polled: &Poll<io::Result<R>>) {
+        if let Poll::Ready(Ok(_)) = polled {
+            self.last.set(Instant::now());
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.note(&polled);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.note(&polled);
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

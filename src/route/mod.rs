@@ -12,7 +12,7 @@ pub mod rule;
 pub mod snapshot;
 pub mod sticky;
 
-pub use snapshot::{App, AppState, ColorStats, Pool, Server, Settings, Snapshot};
+pub use snapshot::{App, AppState, ColorStats, Pool, Server, Settings, Snapshot, Timeout};
 
 use crate::config::Color;
 

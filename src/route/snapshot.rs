@@ -213,6 +213,51 @@ pub const DURATION_BUCKETS: [f64; 11] = [
 
 /// Request statistics of one colour of one app. Atomics only: the request
 /// path adds to them without a lock. Shared by every snapshot.
+///
+/// (See [`Timeout`] for the phases a request may time out in.)
+/// Where a request or connection ran out of time, as the `phase` label of
+/// `cutover_timeouts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// The client paused too long within its request body.
+    ClientBody,
+    /// The client left the response unread too long.
+    ClientSend,
+    /// No response head in `upstream_response_timeout`.
+    UpstreamResponse,
+    /// The upstream paused too long within its response body.
+    UpstreamRead,
+    /// A tunnel carried no byte either way for `tunnel_idle_timeout`.
+    TunnelIdle,
+}
+
+impl Timeout {
+    pub const ALL: [Timeout; 5] = [
+        Timeout::ClientBody,
+        Timeout::ClientSend,
+        Timeout::UpstreamResponse,
+        Timeout::UpstreamRead,
+        Timeout::TunnelIdle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timeout::ClientBody => "client_body",
+            Timeout::ClientSend => "client_send",
+            Timeout::UpstreamResponse => "upstream_response",
+            Timeout::UpstreamRead => "upstream_read",
+            Timeout::TunnelIdle => "tunnel_idle",
+        }
+    }
+}
+
+impl ColorStats {
+    /// Count a timeout of `phase`.
+    pub fn timed_out(&self, phase: Timeout) {
+        self.timeouts[phase as usize].fetch_add(1, Relaxed);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ColorStats {
     /// Index 0 = 1xx … 4 = 5xx.
@@ -223,6 +268,8 @@ pub struct ColorStats {
     /// Requests whose client went away before sending all of it: counted
     /// here, not among the responses.
     pub client_aborts: AtomicU64,
+    /// Timeouts by [`Timeout`] phase.
+    pub timeouts: [AtomicU64; Timeout::ALL.len()],
     /// Non-cumulative counts per bucket; the last is +Inf.
     pub duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     pub duration_sum_micros: AtomicU64,
