@@ -19,20 +19,14 @@ use super::worker::{StopWatch, Worker};
 use crate::route::rule::ConnMemo;
 
 /// Accept until shutdown. `max_connections` is a semaphore shared by all
-/// workers: past it, accept waits (the kernel backlog holds new clients).
-/// With `tls`, each connection is a TLS handshake first (within
-/// `client_header_timeout`).
+/// workers and listeners: past it, a connection just accepted waits for a
+/// slot before it is served, and accept waits with it (the kernel backlog
+/// holds new clients). The slot is taken after accept, so that a listener
+/// with nobody arriving holds none. With `tls`, each connection is a TLS
+/// handshake first (within `client_header_timeout`).
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     let mut shutdown = worker.shared.shutdown.subscribe();
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            p = worker.shared.conn_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -44,6 +38,14 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+        };
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            p = worker.shared.conn_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
             },
         };
         let _ = stream.set_nodelay(true);
@@ -183,7 +185,8 @@ async fn serve_tls(
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
     let (info, t) = conn_info(&worker, peer, true, permit);
-    let io = TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
+    let io =
+        TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
     run_http(&worker, &info, io).await;
 }
 

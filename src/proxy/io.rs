@@ -44,8 +44,8 @@ use tokio::time::{Instant, Sleep};
 pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 use super::body::Wait;
-use super::worker::OpenConnection;
 use super::error::REQUEST_TIMEOUT_RESPONSE;
+use super::worker::OpenConnection;
 use crate::route::rule::ConnMemo;
 
 /// What every request on one client connection shares.

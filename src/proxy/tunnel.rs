@@ -1,6 +1,8 @@
 //! Upgraded connections (WebSocket and other `Upgrade` protocols, RFC 9110
-//! §7.8): after the upstream's `101 Switching Protocols` both sides are
-//! joined byte for byte until either closes.
+//! §7.8) and `CONNECT` tunnels: after the upstream's `101 Switching
+//! Protocols` (or 2xx to `CONNECT`) both sides are joined byte for byte
+//! until either closes, or until no byte went either way for
+//! `tunnel_idle_timeout`.
 //!
 //! A flip does not cut a tunnel: it stays on the server it was opened to.
 //! But a tunnel to a pool that no longer receives any traffic is closed
