@@ -31,6 +31,8 @@ mod deadline;
 pub mod error;
 mod exchange;
 mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod handler;
 pub mod headers;

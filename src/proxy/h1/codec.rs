@@ -238,10 +238,15 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Parsed>, Ma
             )
         })
         .collect();
+    // A reason phrase that is not UTF-8 comes back from httparse as a
+    // static "", outside the buffer: only a phrase within it is kept.
     let reason = res
         .reason
-        .filter(|r| Some(*r) != status.canonical_reason())
-        .map(|r| (r.as_ptr() as usize - base, r.len()));
+        .filter(|r| !r.is_empty() && Some(*r) != status.canonical_reason())
+        .and_then(|r| {
+            let at = (r.as_ptr() as usize).checked_sub(base)?;
+            (at + r.len() <= buf.len()).then_some((at, r.len()))
+        });
     let head = buf.split_to(len).freeze();
 
     let mut headers = HeaderMap::with_capacity(at.len());
@@ -817,6 +822,31 @@ mod tests {
         assert_eq!(map["grpc-status"], "0");
         let mut buf = BytesMut::from(&b"grpc-status: 0\r\n"[..]);
         assert!(matches!(parse_trailers(&mut buf), Ok(None)));
+    }
+
+    #[test]
+    fn a_reason_phrase_that_is_not_utf8_is_dropped() {
+        // Found by the upstream_response fuzz target: it panicked.
+        let mut bytes = b"HTTP/1.1 101 Switching Prob".to_vec();
+        bytes.extend_from_slice(&[0xce; 20]);
+        bytes.extend_from_slice(b"\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n");
+        let upgrade = Asked {
+            upgrade: true,
+            ..Asked::default()
+        };
+        let h = final_head(&mut BytesMut::from(&bytes[..]), upgrade)
+            .unwrap()
+            .unwrap();
+        assert!(h.switched);
+        assert!(h
+            .response
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .is_none());
+        let (resp, ..) = head(b"HTTP/1.1 200 \xff\r\ncontent-length: 0\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 
     #[test]
