@@ -331,17 +331,14 @@ impl ConnMemo {
         }))
     }
 
-    /// Does rule `index`'s regex match `ua`? Remembered for rules 0..64;
-    /// what the connection has not seen, its worker may have.
+    /// Does rule `index`'s regex match `ua`? Remembered for rules 0..64.
     fn user_agent_matches(&self, table: u64, index: usize, ua: &[u8], re: &Regex) -> bool {
         let entries = (index < 64 && ua.len() <= MEMO_MAX)
             .then(|| self.entries())
             .flatten();
         match entries {
-            Some(mut e) => e
-                .user_agent
-                .verdict(table, index, ua, || worker_verdict(table, index, ua, re)),
-            None => worker_verdict(table, index, ua, re),
+            Some(mut e) => e.user_agent.verdict(table, index, ua, || re.is_match(ua)),
+            None => re.is_match(ua),
         }
     }
 }
@@ -372,41 +369,6 @@ impl UaEntry {
         }
         self.matched & bit != 0
     }
-}
-
-/// User agents each worker thread remembers verdicts for: a direct-mapped
-/// table, so a new connection from a browser the worker has seen recently
-/// does not run the regexes either (sites see a few hundred distinct
-/// strings). A collision only costs a regex run.
-const WORKER_UA_SLOTS: usize = 64;
-
-thread_local! {
-    static WORKER_UA: RefCell<Vec<UaEntry>> = const { RefCell::new(Vec::new()) };
-}
-
-/// [`UaEntry::verdict`] from this thread's table, or the regex itself.
-fn worker_verdict(table: u64, index: usize, ua: &[u8], re: &Regex) -> bool {
-    if index >= 64 || ua.len() > MEMO_MAX {
-        return re.is_match(ua);
-    }
-    WORKER_UA.with(|cell| {
-        let Ok(mut slots) = cell.try_borrow_mut() else {
-            return re.is_match(ua);
-        };
-        if slots.is_empty() {
-            slots.resize_with(WORKER_UA_SLOTS, UaEntry::default);
-        }
-        let slot = ua_slot(ua);
-        slots[slot].verdict(table, index, ua, || re.is_match(ua))
-    })
-}
-
-/// A slot for `ua`: FNV-1a over its length and its last 16 bytes, where
-/// browser strings differ (their starts are alike).
-fn ua_slot(ua: &[u8]) -> usize {
-    let tail = &ua[ua.len().saturating_sub(16)..];
-    let h = super::sticky::fnv1a64_with(ua.len() as u64, tail);
-    (h % WORKER_UA_SLOTS as u64) as usize
 }
 
 /// One rule, validated. Its conditions are evaluated by the [`RuleTable`]
@@ -848,7 +810,7 @@ impl RuleTable {
         };
         match req.memo {
             Some(memo) => memo.user_agent_matches(self.id, index, ua, re),
-            None => worker_verdict(self.id, index, ua, re),
+            None => re.is_match(ua),
         }
     }
 }
@@ -1099,7 +1061,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_remembers_verdicts_for_new_connections_and_collisions_stay_correct() {
+    fn user_agent_verdicts_are_right_with_or_without_a_memo() {
         let mut s = spec("mobile");
         s.user_agent = Some("(?i)iphone".into());
         let t = RuleTable::new(vec![Rule::compile(&s).unwrap()], None);
@@ -1114,7 +1076,7 @@ mod tests {
             for (ua, mobile) in &agents {
                 let mut h = HeaderMap::new();
                 h.insert("user-agent", ua.parse().unwrap());
-                // A new connection every time: no memo of its own.
+                // A new connection every time.
                 let memo = ConnMemo::default();
                 let memo = (round == 1).then_some(&memo);
                 let view = RequestView::new("/", &h, "127.0.0.1".parse().unwrap(), memo);
@@ -1122,13 +1084,6 @@ mod tests {
                 assert_eq!(hit, *mobile, "{ua}, round {round}");
             }
         }
-        let ua = agents[299].0.as_bytes();
-        let remembered = WORKER_UA.with(|w| {
-            let w = w.borrow();
-            let e = &w[ua_slot(ua)];
-            (e.table, e.ua == ua, e.known)
-        });
-        assert_eq!(remembered, (t.id, true, 1), "the last agent is in its slot");
     }
 
     #[test]
