@@ -258,7 +258,7 @@ pub fn run_with(
     }
     drop(groups);
     if let Some((args, timeout)) = options.upgrade.clone() {
-        let _ = shared.upgrade.set(crate::control::upgrade::Plan {
+        let _ = shared.upgrade.set(crate::control::Plan {
             args,
             timeout,
             sockets: handover,

@@ -18,9 +18,15 @@
 //!   and handed to a new binary (`cutover upgrade`).
 //!
 //! Around them:
+//! - [`model`]: the shared vocabulary (colours, rule specs, an app's
+//!   runtime state); imports nothing of ours.
 //! - [`config`]: the TOML file in two layers, raw serde types and the
-//!   validated, typed [`config::Config`].
+//!   validated, typed [`config::Config`]; rules compiled, certificates
+//!   checked.
 //! - [`tls`]: certificates by SNI behind an `ArcSwap`, the rustls config.
+//!
+//! Imports point one way: model ← config ← tls ← route ← control ← proxy
+//! ← daemon, cli, client (`tests/module_graph.rs` checks for cycles).
 //! - [`cli`]: the command line; [`client`]: the admin client behind the
 //!   `status`/`flip`/`shift`/… subcommands; [`demo`]: the demo upstreams.
 
@@ -33,6 +39,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod handover;
+pub mod model;
 pub mod proxy;
 pub mod route;
 pub mod tls;

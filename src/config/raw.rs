@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use crate::model::RuleSpec;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,37 +157,4 @@ pub struct RawHealth {
     pub timeout: Option<String>,
     pub rise: Option<i64>,
     pub fall: Option<i64>,
-}
-
-/// A canary rule as written in the config, in the state file and in the
-/// admin API (`PUT /v1/apps/{app}/rules`). The same type in all three places
-/// so a rule is validated by one function wherever it comes from.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleSpec {
-    pub name: String,
-    pub to: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<NameValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<NameValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ip: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_prefix: Option<String>,
-    /// `true`: the rule has no condition on purpose and takes every
-    /// request (of its `percent`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub all: Option<bool>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NameValue {
-    pub name: String,
-    pub value: String,
 }

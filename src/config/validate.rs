@@ -2,13 +2,15 @@
 //! belongs to (`apps.shop.rules[1].percent: must be between 0 and 100, got 150`).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
 use super::raw::*;
-use super::*;
-use crate::route::rule::Rule;
+use super::rule::Rule;
+use super::types::*;
+use crate::model::{Color, RuleSpec};
 
 /// Collects errors so that one run reports all of them.
 struct Errors(Vec<String>);
@@ -324,7 +326,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
     // files, bad PEM and keys that do not match their certificate.
     let mut warnings = Vec::new();
     if !tls.is_empty() {
-        match crate::tls::CertStore::load(&tls) {
+        match super::certs::load(&tls) {
             Ok((_, _, w)) => warnings = w,
             Err(list) => {
                 for e in list {
@@ -1118,6 +1120,22 @@ fn addr(key: &str, s: &str, errs: &mut Errors) -> Option<SocketAddr> {
             errs.push(key, format!("host name {host:?} does not resolve: {e}"));
             None
         }
+    }
+}
+
+/// Reading a config is validating it.
+impl Config {
+    /// Read and validate a config file. Errors come back all at once.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+        parse_config(&text, Some(path))
+    }
+
+    /// Parse a config from a string; relative paths resolve against the
+    /// current directory.
+    pub fn from_toml(text: &str) -> Result<Config, Vec<String>> {
+        parse_config(text, None)
     }
 }
 

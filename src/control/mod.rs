@@ -53,7 +53,18 @@ pub struct Shared {
     /// This process, for status.
     pub process: ProcessInfo,
     /// How to start a successor; unset when running inside another program.
-    pub upgrade: std::sync::OnceLock<upgrade::Plan>,
+    pub upgrade: std::sync::OnceLock<Plan>,
+}
+
+/// What a successor needs, set once at start by the daemon.
+#[derive(Debug)]
+pub struct Plan {
+    /// The command line after the binary (`run -c FILE`).
+    pub args: Vec<String>,
+    /// How long the successor may take to say it serves.
+    pub timeout: Duration,
+    /// Every listening socket, named `plain`, `tls` or `admin`.
+    pub sockets: Vec<(String, std::net::TcpListener)>,
 }
 
 /// Who serves: shown in status as `process`.

@@ -1,9 +1,9 @@
 //! The runtime state file: what operators changed at runtime —
 //! live colour, split and rules per app — plus the epoch and the recent
 //! history. Written atomically on every change: a temporary file in the
-//! same directory, fsync, rename over the old file (an exchange, on Linux:
-//! see [`write_atomically`]), fsync of the directory. A crash leaves
-//! either the old file or the new one, never a mix.
+//! same directory, fsync, rename over the old file, fsync of the
+//! directory. A crash leaves either the old file or the new one, never a
+//! mix.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
@@ -170,13 +170,6 @@ impl StateFile {
 /// one line per history entry, so that it stays readable (and diffable)
 /// while costing little to write on every change. [`StateFile::load`]
 /// reads any layout, the pretty-printed one of earlier versions included.
-///
-/// The last line is padded with spaces to a whole number of [`BLOCK`]s
-/// (JSON allows trailing whitespace). The file's length then changes only
-/// when the state crosses a block, not by a byte or two at most changes:
-/// the `fdatasync` of a change has no new length to write, and a state a
-/// few bytes shorter does not cut the file, which would give up the room
-/// reserved for it (see [`open_scratch`]; a state a block shorter does).
 fn encode<'a>(
     epoch: u64,
     apps: &BTreeMap<String, AppState>,
@@ -194,16 +187,9 @@ fn encode<'a>(
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
         out.extend_from_slice(l);
     }
-    out.extend_from_slice(b"\n]}");
-    let end = (out.len() + 1).next_multiple_of(BLOCK);
-    out.resize(end - 1, b' ');
-    out.push(b'\n');
+    out.extend_from_slice(b"\n]}\n");
     Ok(out)
 }
-
-/// The unit the state file is padded to: a page, and ext4's, XFS's and
-/// most disks' block. The disk writes whole blocks anyway.
-const BLOCK: usize = 4096;
 
 /// A history entry as one line of JSON.
 fn line(entry: &HistoryEntry) -> Box<[u8]> {
@@ -278,14 +264,6 @@ impl<'de> Deserialize<'de> for History {
 
 /// Temp file in the same directory, fsync, rename over `path`, fsync the
 /// directory: a crash leaves the old file or the new one, never a mix.
-///
-/// The temp file is kept between writes. On Linux the rename is an
-/// exchange (`renameat2(RENAME_EXCHANGE)`): the new state takes `path`'s
-/// name and the previous one takes the temp name, to be overwritten by
-/// the next change. No file is created or deleted per change, which cuts
-/// the kernel's work for the write substantially; where
-/// the filesystem cannot exchange, or `path` does not exist yet, it is a
-/// plain rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let err = |source| StateError::Write {
         path: path.to_path_buf(),
@@ -296,153 +274,40 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = tmp_file_of(dir, path);
-    let (mut f, had, created) = open_scratch(&tmp, bytes.len() as u64).map_err(err)?;
+    let mut f = match create_private(&tmp) {
+        // Left by a write that crashed: its contents are not the state.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp).and_then(|()| create_private(&tmp))
+        }
+        r => r,
+    }
+    .map_err(err)?;
     f.write_all(bytes).map_err(err)?;
-    // Cut only what is left of a longer file. An ftruncate to the length
-    // the file already has still dirties its inode, which costs
-    // `sync_data` a second synchronous write.
-    if had > bytes.len() as u64 {
-        f.set_len(bytes.len() as u64).map_err(err)?;
-    }
-    f.sync_data().map_err(err)?;
+    f.sync_all().map_err(err)?;
     drop(f);
-    if !exchange(&tmp, path).map_err(err)? {
-        fs::rename(&tmp, path).map_err(err)?;
-    } else if created {
-        // The previous state, made by someone else perhaps, now has the
-        // temp name: private too from now on, not only from the next write.
-        let _ = open_private(&tmp);
-    }
+    fs::rename(&tmp, path).map_err(err)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
 }
 
-/// The temp file, to be overwritten with `len` bytes, and its length:
-/// not truncated, so it keeps its blocks, and cut to the new length after
-/// the write if it was longer. Unless it is not ours alone to overwrite —
-/// a symbolic link, or a file with another name too (a hard link someone
-/// made to an old state): then that name is removed and a new file made.
-///
-/// A file that must grow past the blocks it has starts again from empty,
-/// with room reserved ([`reserve`]). Otherwise the state file and its temp
-/// file, growing by turns, get their blocks by turns, one here and one
-/// there, and every change's `fdatasync` is several scattered device
-/// writes where one would do.
-///
-/// The state says how traffic is routed and who changed it: it is the
-/// owner's alone. A file made here is mode 0600 (less, by the umask); one
-/// found with more (an earlier version's, or one an operator made) is
-/// set to 0600 as it is reused — unless it has other names too. The third
-/// value: the file was made now.
-fn open_scratch(tmp: &Path, len: u64) -> io::Result<(File, u64, bool)> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let opened = fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(tmp);
-    let mut exists = true;
-    match opened {
-        Ok(f) => {
-            let meta = f.metadata()?;
-            if meta.nlink() == 1 {
-                make_private(&f, &meta)?;
-                // `blocks` counts 512-byte units, the reserved ones too.
-                if meta.len() >= len || meta.blocks() * 512 >= len {
-                    return Ok((f, meta.len(), false));
-                }
-                f.set_len(0)?;
-                reserve(&f, len);
-                return Ok((f, 0, false));
-            }
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => exists = false,
-        Err(e) => return Err(e),
-    }
-    if exists {
-        fs::remove_file(tmp)?;
-    }
-    let f = fs::OpenOptions::new()
+/// A new file at `tmp`, mode 0600 (less, by the umask): the state says how
+/// traffic is routed and who changed it, so it is the owner's alone, and
+/// the rename gives the state file that mode too. `create_new` never
+/// follows a symbolic link at `tmp`; `remove_file` removes the link itself.
+fn create_private(tmp: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(PRIVATE)
-        .open(tmp)?;
-    reserve(&f, len);
-    Ok((f, 0, true))
+        .mode(0o600)
+        .open(tmp)
 }
-
-/// The state file's and its temp file's mode.
-const PRIVATE: u32 = 0o600;
 
 /// `tmp`'s path, as [`write_atomically`] names it.
 fn tmp_file_of(dir: &Path, path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     dir.join(name)
-}
-
-/// Set an open file of one name to [`PRIVATE`] if it allows more; the
-/// common case, already private, costs nothing but the `fstat` made anyway.
-fn make_private(f: &File, meta: &fs::Metadata) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if meta.mode() & 0o7777 & !PRIVATE != 0 {
-        f.set_permissions(fs::Permissions::from_mode(PRIVATE))?;
-    }
-    Ok(())
-}
-
-/// [`make_private`] by name (never through a symbolic link, never a file
-/// with other names).
-fn open_private(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if meta.nlink() == 1 {
-        make_private(&f, &meta)?;
-    }
-    Ok(())
-}
-
-/// Reserve blocks for an empty file about to take `len` bytes, in one run
-/// where the filesystem can: room for the state to double, in steps of
-/// [`RESERVE`], without changing the file's length. Best effort: where
-/// the filesystem cannot, the file gets its blocks as it is written.
-fn reserve(f: &File, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::fs::{fallocate, FallocateFlags};
-        let room = (2 * len).max(1).next_multiple_of(RESERVE);
-        let _ = fallocate(f, FallocateFlags::KEEP_SIZE, 0, room);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (f, len);
-}
-
-/// The steps in which [`reserve`] sets room aside: a full history of a
-/// few apps without rules is ~20 KiB.
-const RESERVE: u64 = 64 * 1024;
-
-/// Swap the names `a` and `b` atomically. `Ok(false)` when this system or
-/// filesystem cannot, or `b` does not exist: the caller renames instead.
-#[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    use rustix::io::Errno;
-    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
-        Ok(()) => Ok(true),
-        Err(Errno::NOENT | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM) => {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exchange(_: &Path, _: &Path) -> io::Result<bool> {
-    Ok(false)
 }
 
 #[cfg(test)]
@@ -476,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn the_state_file_and_its_temp_file_are_the_owners_alone() {
+    fn the_state_file_is_the_owners_alone() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         let dir = tempfile::tempdir().unwrap();
@@ -488,9 +353,6 @@ mod tests {
         s.epoch = 1;
         s.save(&path).unwrap();
         assert_eq!(mode(&path), 0o600);
-        if tmp.exists() {
-            assert_eq!(mode(&tmp), 0o600, "a new temp file");
-        }
         // Files an earlier version (or an operator) left readable to all.
         for p in [&path, &tmp] {
             fs::write(p, "{}").unwrap();
@@ -498,27 +360,13 @@ mod tests {
         }
         s.epoch = 2;
         s.save(&path).unwrap();
-        assert_eq!(mode(&path), 0o600, "a reused temp file");
+        assert_eq!(mode(&path), 0o600, "a state file that was readable to all");
         assert_eq!(StateFile::load(&path).unwrap().unwrap().epoch, 2);
-        if tmp.exists() {
-            // The previous state file, under the temp name.
-            s.epoch = 3;
-            s.save(&path).unwrap();
-            assert_eq!((mode(&path), mode(&tmp)), (0o600, 0o600));
-        }
-        // Only the temp file made anew: the old state it swaps with too.
-        fs::remove_file(&tmp).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        s.epoch = 4;
-        s.save(&path).unwrap();
-        assert_eq!(mode(&path), 0o600);
-        if tmp.exists() {
-            assert_eq!(mode(&tmp), 0o600, "the previous state, swapped out");
-        }
+        assert!(!tmp.exists());
     }
 
     #[test]
-    fn each_write_replaces_the_file_whole_and_the_temp_file_is_reused() {
+    fn each_write_replaces_the_file_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         let tmp = dir.path().join("s.json.tmp");
@@ -535,11 +383,6 @@ mod tests {
                 Some(&s),
                 "write {i}"
             );
-        }
-        if cfg!(target_os = "linux") {
-            // The previous version is the next write's temp file.
-            let previous = StateFile::load(&tmp).unwrap().unwrap();
-            assert_eq!(previous.epoch, 28);
         }
         // A shorter state after longer ones loads as written.
         let short = StateFile::default();
@@ -652,9 +495,8 @@ mod tests {
             let loaded = StateFile::load(&path).unwrap().unwrap();
             assert_eq!(loaded, expected, "{had} entries + {added}");
             // What was loaded writes the same file again (its lines are
-            // made on load), padded to whole blocks.
+            // made on load).
             let first = fs::read(&path).unwrap();
-            assert_eq!(first.len() % BLOCK, 0, "{had} entries + {added}");
             loaded.save(&path).unwrap();
             assert_eq!(fs::read(&path).unwrap(), first);
             // One line per history entry, as the format promises.
@@ -681,51 +523,6 @@ mod tests {
             write_atomically(&path, text.as_bytes()).unwrap();
             assert_eq!(fs::read_to_string(&path).unwrap(), text);
         }
-    }
-
-    /// Room reserved with `fallocate`, if the filesystem under the test's
-    /// temp directory takes it (ext4, XFS, btrfs and tmpfs do).
-    #[cfg(target_os = "linux")]
-    fn reserves(dir: &Path) -> bool {
-        let probe = File::create(dir.join("probe")).unwrap();
-        let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
-        rustix::fs::fallocate(&probe, flags, 0, RESERVE).is_ok()
-    }
-
-    #[cfg(target_os = "linux")]
-    fn room(path: &Path) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        fs::metadata(path).unwrap().blocks() * 512
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_files_get_room_to_grow_and_keep_their_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        if !reserves(dir.path()) {
-            eprintln!("skipped: this filesystem reserves no room");
-            return;
-        }
-        let path = dir.path().join("s.json");
-        let tmp = dir.path().join("s.json.tmp");
-        // Both files get room for the state to double, and keep it while
-        // the state grows within it.
-        let mut s = StateFile::default();
-        for i in 0..60 {
-            s.push_history(entry(i));
-            s.save(&path).unwrap();
-            assert!(room(&path) >= RESERVE, "write {i}: {}", room(&path));
-            if i > 0 {
-                assert!(room(&tmp) >= RESERVE, "write {i}: {}", room(&tmp));
-            }
-        }
-        assert_eq!(StateFile::load(&path).unwrap(), Some(s));
-        // A leftover temp file with too few blocks for the state starts
-        // again, with room.
-        fs::write(&tmp, "x").unwrap();
-        write_atomically(&path, &[b'a'; 20 * BLOCK]).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), [b'a'; 20 * BLOCK]);
-        assert!(room(&path) >= 40 * BLOCK as u64, "{}", room(&path));
     }
 
     #[test]

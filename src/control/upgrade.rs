@@ -7,20 +7,8 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::Shared;
-
-/// What a successor needs, set once at start by the daemon.
-#[derive(Debug)]
-pub struct Plan {
-    /// The command line after the binary (`run -c FILE`).
-    pub args: Vec<String>,
-    /// How long the successor may take to say it serves.
-    pub timeout: Duration,
-    /// Every listening socket, named `plain`, `tls` or `admin`.
-    pub sockets: Vec<(String, std::net::TcpListener)>,
-}
 
 /// The binary at this process's own path, as it is on disk now (a new
 /// version installed over the old one is the one started).

@@ -13,7 +13,17 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use regex::bytes::Regex;
 
-use crate::config::{Color, RuleSpec};
+pub use crate::config::Rule;
+
+/// Does `path` lie under `prefix`, by whole segments? `/api` takes `/api`,
+/// `/api/` and `/api/x`, not `/apiary`; a prefix that ends in `/` matches
+/// as written.
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
+}
 
 /// What a rule looks at in a request. Built once per request, no copies.
 pub struct RequestView<'a> {
@@ -331,17 +341,14 @@ impl ConnMemo {
         }))
     }
 
-    /// Does rule `index`'s regex match `ua`? Remembered for rules 0..64;
-    /// what the connection has not seen, its worker may have.
+    /// Does rule `index`'s regex match `ua`? Remembered for rules 0..64.
     fn user_agent_matches(&self, table: u64, index: usize, ua: &[u8], re: &Regex) -> bool {
         let entries = (index < 64 && ua.len() <= MEMO_MAX)
             .then(|| self.entries())
             .flatten();
         match entries {
-            Some(mut e) => e
-                .user_agent
-                .verdict(table, index, ua, || worker_verdict(table, index, ua, re)),
-            None => worker_verdict(table, index, ua, re),
+            Some(mut e) => e.user_agent.verdict(table, index, ua, || re.is_match(ua)),
+            None => re.is_match(ua),
         }
     }
 }
@@ -372,185 +379,6 @@ impl UaEntry {
         }
         self.matched & bit != 0
     }
-}
-
-/// User agents each worker thread remembers verdicts for: a direct-mapped
-/// table, so a new connection from a browser the worker has seen recently
-/// does not run the regexes either (sites see a few hundred distinct
-/// strings). A collision only costs a regex run.
-const WORKER_UA_SLOTS: usize = 64;
-
-thread_local! {
-    static WORKER_UA: RefCell<Vec<UaEntry>> = const { RefCell::new(Vec::new()) };
-}
-
-/// [`UaEntry::verdict`] from this thread's table, or the regex itself.
-fn worker_verdict(table: u64, index: usize, ua: &[u8], re: &Regex) -> bool {
-    if index >= 64 || ua.len() > MEMO_MAX {
-        return re.is_match(ua);
-    }
-    WORKER_UA.with(|cell| {
-        let Ok(mut slots) = cell.try_borrow_mut() else {
-            return re.is_match(ua);
-        };
-        if slots.is_empty() {
-            slots.resize_with(WORKER_UA_SLOTS, UaEntry::default);
-        }
-        let slot = ua_slot(ua);
-        slots[slot].verdict(table, index, ua, || re.is_match(ua))
-    })
-}
-
-/// A slot for `ua`: FNV-1a over its length and its last 16 bytes, where
-/// browser strings differ (their starts are alike).
-fn ua_slot(ua: &[u8]) -> usize {
-    let tail = &ua[ua.len().saturating_sub(16)..];
-    let h = super::sticky::fnv1a64_with(ua.len() as u64, tail);
-    (h % WORKER_UA_SLOTS as u64) as usize
-}
-
-/// One rule, validated. Its conditions are evaluated by the [`RuleTable`]
-/// it is part of.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: String,
-    pub to: Color,
-    /// Share of matching users, in basis points (0..=10000).
-    pub percent_bp: u32,
-    path_prefix: Option<String>,
-    header: Option<(HeaderName, HeaderValue)>,
-    cookie: Option<(String, String)>,
-    client_ip: Option<Vec<IpNet>>,
-    user_agent: Option<Regex>,
-}
-
-impl Rule {
-    /// Validate and compile one rule; errors are `(field, message)` pairs.
-    pub fn compile(spec: &RuleSpec) -> Result<Rule, Vec<(&'static str, String)>> {
-        let mut errs = Vec::new();
-        let to = Color::parse(&spec.to).unwrap_or_else(|| {
-            errs.push((
-                "to",
-                format!("must be \"blue\" or \"green\", got {:?}", spec.to),
-            ));
-            Color::Green
-        });
-        let percent = spec.percent.unwrap_or(100.0);
-        if !(0.0..=100.0).contains(&percent) {
-            errs.push((
-                "percent",
-                format!("must be between 0 and 100, got {percent}"),
-            ));
-        }
-        let user_agent = spec
-            .user_agent
-            .as_deref()
-            .and_then(|re| match Regex::new(re) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    let first = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    errs.push(("user_agent", format!("invalid regex {re:?}: {first}")));
-                    None
-                }
-            });
-        let header = spec.header.as_ref().and_then(|nv| {
-            match (
-                HeaderName::from_bytes(nv.name.as_bytes()),
-                HeaderValue::from_str(&nv.value),
-            ) {
-                (Ok(n), Ok(v)) => Some((n, v)),
-                (Err(_), _) => {
-                    errs.push((
-                        "header.name",
-                        format!("{:?} is not a valid header name", nv.name),
-                    ));
-                    None
-                }
-                (_, Err(_)) => {
-                    errs.push((
-                        "header.value",
-                        format!("{:?} is not a valid header value", nv.value),
-                    ));
-                    None
-                }
-            }
-        });
-        let cookie = spec.cookie.as_ref().and_then(|nv| {
-            if nv.name.is_empty() || nv.name.contains([';', '=', ' ']) {
-                errs.push((
-                    "cookie.name",
-                    format!("{:?} is not a valid cookie name", nv.name),
-                ));
-                None
-            } else {
-                Some((nv.name.clone(), nv.value.clone()))
-            }
-        });
-        let client_ip = spec.client_ip.as_ref().map(|list| {
-            if list.is_empty() {
-                errs.push(("client_ip", "must list at least one network".to_string()));
-            }
-            list.iter()
-                .filter_map(|s| {
-                    parse_net(s).or_else(|| {
-                        errs.push((
-                            "client_ip",
-                            format!("{s:?} is not an address or CIDR network"),
-                        ));
-                        None
-                    })
-                })
-                .collect()
-        });
-        if let Some(p) = &spec.path_prefix {
-            if !p.starts_with('/') {
-                errs.push(("path_prefix", format!("must start with '/', got {p:?}")));
-            }
-        }
-        // A rule without a condition takes every request (of its percent):
-        // only on purpose.
-        let conditions = spec.user_agent.is_some()
-            || spec.header.is_some()
-            || spec.cookie.is_some()
-            || spec.client_ip.is_some()
-            || spec.path_prefix.is_some();
-        match (conditions, spec.all) {
-            (false, Some(true)) | (true, None | Some(false)) => {}
-            (false, _) => errs.push((
-                "all",
-                "a rule without a condition (user_agent, header, cookie, client_ip, path_prefix) takes all traffic: say all = true if that is meant".to_string(),
-            )),
-            (true, Some(true)) => errs.push((
-                "all",
-                "all = true takes every request: it cannot go with a condition".to_string(),
-            )),
-        }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        Ok(Rule {
-            name: spec.name.clone(),
-            to,
-            percent_bp: (percent * 100.0).round() as u32,
-            path_prefix: spec.path_prefix.clone(),
-            header,
-            cookie,
-            client_ip,
-            user_agent,
-        })
-    }
-}
-
-fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// A client address as the network tests see it: IPv4 (including IPv4
@@ -790,7 +618,7 @@ impl RuleTable {
                 let pass = c
                     .paths
                     .iter()
-                    .filter(|(p, _)| crate::route::under_prefix(req.path, p))
+                    .filter(|(p, _)| under_prefix(req.path, p))
                     .fold(0, |m, (_, bits)| m | bits);
                 ok &= !c.path_rules | pass;
             }
@@ -848,7 +676,7 @@ impl RuleTable {
         };
         match req.memo {
             Some(memo) => memo.user_agent_matches(self.id, index, ua, re),
-            None => worker_verdict(self.id, index, ua, re),
+            None => re.is_match(ua),
         }
     }
 }
@@ -856,7 +684,8 @@ impl RuleTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NameValue;
+    use crate::config::rule::parse_net;
+    use crate::config::{NameValue, RuleSpec};
 
     /// Cookie `name` in one field, by splitting it at every `;` and each
     /// pair at its first `=`: the reference the searches are checked
@@ -1099,7 +928,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_remembers_verdicts_for_new_connections_and_collisions_stay_correct() {
+    fn user_agent_verdicts_are_right_with_or_without_a_memo() {
         let mut s = spec("mobile");
         s.user_agent = Some("(?i)iphone".into());
         let t = RuleTable::new(vec![Rule::compile(&s).unwrap()], None);
@@ -1114,7 +943,7 @@ mod tests {
             for (ua, mobile) in &agents {
                 let mut h = HeaderMap::new();
                 h.insert("user-agent", ua.parse().unwrap());
-                // A new connection every time: no memo of its own.
+                // A new connection every time.
                 let memo = ConnMemo::default();
                 let memo = (round == 1).then_some(&memo);
                 let view = RequestView::new("/", &h, "127.0.0.1".parse().unwrap(), memo);
@@ -1122,13 +951,6 @@ mod tests {
                 assert_eq!(hit, *mobile, "{ua}, round {round}");
             }
         }
-        let ua = agents[299].0.as_bytes();
-        let remembered = WORKER_UA.with(|w| {
-            let w = w.borrow();
-            let e = &w[ua_slot(ua)];
-            (e.table, e.ua == ua, e.known)
-        });
-        assert_eq!(remembered, (t.id, true, 1), "the last agent is in its slot");
     }
 
     #[test]
@@ -1218,7 +1040,7 @@ mod tests {
             .find(|s| {
                 s.path_prefix
                     .as_ref()
-                    .is_none_or(|p| crate::route::under_prefix(req.path, p))
+                    .is_none_or(|p| under_prefix(req.path, p))
                     && s.header.as_ref().is_none_or(|h| {
                         req.headers
                             .get_all(h.name.as_str())

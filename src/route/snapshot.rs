@@ -8,77 +8,11 @@ use std::time::Duration;
 
 use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
-use super::Decision;
 use crate::config::{
     compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits,
-    PassiveConfig, PoolConfig, Protocol, RuleSpec, Sticky,
+    PassiveConfig, PoolConfig, Protocol, Sticky,
 };
-
-/// What operators change at runtime for one app: the state file
-/// owns it, the config only gives its initial value.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppState {
-    pub live: Color,
-    pub standby_percent: f64,
-    pub rules: Vec<RuleSpec>,
-    /// Who owns the rules: `false` while they are the config file's (an
-    /// edit of the file's rules applies on reload and restart), `true` once
-    /// they were changed at runtime (the file's rules then differ only as
-    /// reported drift, applied on request). A state file written before
-    /// this was recorded reads as `true`: nothing there is replaced
-    /// silently.
-    #[serde(default = "runtime_owned")]
-    pub runtime_rules: bool,
-    /// Servers an operator took out of rotation or reweighted at runtime,
-    /// by `COLOR/ADDR` (`blue/10.0.0.1:8080`). A server not named here is
-    /// ready with its configured weight.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub servers: BTreeMap<String, ServerSetting>,
-}
-
-fn runtime_owned() -> bool {
-    true
-}
-
-/// One server's runtime setting (HAProxy's `set server ... state` and
-/// `set weight`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSetting {
-    pub state: ServerState,
-    /// Replaces the configured weight while set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u32>,
-}
-
-/// Whether a server takes new requests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServerState {
-    /// In rotation.
-    #[default]
-    Ready,
-    /// No new requests; requests in flight finish, idle connections close.
-    Drain,
-    /// Drained, and reported unhealthy: down for maintenance.
-    Maint,
-}
-
-impl ServerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServerState::Ready => "ready",
-            ServerState::Drain => "drain",
-            ServerState::Maint => "maint",
-        }
-    }
-}
-
-/// The key of a server in [`AppState::servers`].
-pub fn server_key(color: Color, addr: SocketAddr) -> String {
-    format!("{color}/{addr}")
-}
+pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
 
 impl AppState {
     pub fn initial(app: &AppConfig) -> AppState {
@@ -89,11 +23,6 @@ impl AppState {
             runtime_rules: false,
             servers: BTreeMap::new(),
         }
-    }
-
-    /// The colour that receives the `standby_percent` share.
-    pub fn standby(&self) -> Color {
-        self.live.other()
     }
 }
 
@@ -587,6 +516,15 @@ impl App {
     }
 }
 
+/// The outcome of [`App::decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub color: Color,
+    /// Set when the sticky cookie was missing and the app needs one: the
+    /// fresh id to send back in `Set-Cookie`.
+    pub new_cookie: Option<sticky::CookieId>,
+}
+
 /// Everything the request path reads, immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -818,7 +756,7 @@ impl Snapshot {
         let pick = |list: &Vec<u32>| {
             list.iter()
                 .map(|i| &self.apps[*i as usize])
-                .find(|a| super::under_prefix(path, &a.path_prefix))
+                .find(|a| super::rule::under_prefix(path, &a.path_prefix))
         };
         if let Some(host) = host {
             if let Some(app) = self.exact.get(host).and_then(pick) {

@@ -26,12 +26,6 @@ fn fnv1a64_from(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-/// FNV-1a over `seed`'s bytes then `bytes` (for in-process tables, not
-/// for sticky buckets).
-pub fn fnv1a64_with(seed: u64, bytes: &[u8]) -> u64 {
-    fnv1a64_from(fnv1a64(&seed.to_le_bytes()), bytes)
-}
-
 pub fn bucket(key: &[u8]) -> u32 {
     (fnv1a64(key) % u64::from(BUCKETS)) as u32
 }

@@ -1,0 +1,411 @@
+//! The validated configuration: what [`super::validate`] makes of the
+//! TOML. Every value is typed and checked; nothing here is parsed again.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::rule::Rule;
+use crate::model::{Color, RuleSpec};
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from; `None` for a config built from a string
+    /// (tests, the embedded demo). Reload re-reads this path.
+    pub path: Option<PathBuf>,
+    pub server: ServerSettings,
+    pub limits: Limits,
+    pub tls: Vec<CertPaths>,
+    pub admin: AdminSettings,
+    pub state: StateSettings,
+    /// Apps in name order.
+    pub apps: Vec<AppConfig>,
+    /// Not errors, but worth saying (an expired certificate).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Plain HTTP/1.1 + h2c listeners. Default `["0.0.0.0:8080"]`.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners. Default none.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Data-plane worker threads; default 0 = one per core.
+    pub workers: usize,
+    /// How long SIGTERM waits for in-flight work. Default 30 s.
+    pub shutdown_timeout: Duration,
+    /// Add `x-cutover-color` to responses. Default false.
+    pub color_header: bool,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` fields
+    /// are believed (load balancers in front of cutover). Default none:
+    /// every client's own such fields are removed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Servers given by host name are resolved again this often; new
+    /// addresses join their pool, vanished ones leave it (their requests
+    /// finish). Default 30 s.
+    pub resolve_interval: Duration,
+    /// `cutover upgrade`: how long the new process may take to serve
+    /// before it is stopped and this one keeps serving. Default 30 s.
+    pub upgrade_timeout: Duration,
+}
+
+impl ServerSettings {
+    /// The number of worker threads to start: `workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head in bytes (default 65536); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes; 0 (default) = unlimited; larger gets 413.
+    pub max_body_bytes: u64,
+    /// Request head must be complete within this (default 10 s) or 408.
+    pub client_header_timeout: Duration,
+    /// Idle keep-alive client connections are closed after this (default 60 s).
+    pub client_idle_timeout: Duration,
+    /// Longest wait between two reads of a request body (default 60 s, as
+    /// nginx's `client_body_timeout`); beyond it, 408 and both sides close.
+    pub client_body_timeout: Duration,
+    /// Longest a client may leave a response unread (default 60 s, as
+    /// nginx's `send_timeout`); beyond it, both sides close.
+    pub client_send_timeout: Duration,
+    /// Longest wait between two reads of a response body (default 60 s, as
+    /// nginx's `proxy_read_timeout`); beyond it, both sides close.
+    pub upstream_read_timeout: Duration,
+    /// An upgraded connection with no byte either way for this long is
+    /// closed (default 1 h).
+    pub tunnel_idle_timeout: Duration,
+    /// Upstream TCP connect limit (default 2 s); beyond it, 502 (after one retry).
+    pub upstream_connect_timeout: Duration,
+    /// Upstream response head limit (default 60 s); beyond it, 504.
+    pub upstream_response_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this (default 30 s).
+    pub upstream_idle_timeout: Duration,
+    /// No upstream connection is reused past this age (default 10 min).
+    pub upstream_max_lifetime: Duration,
+    /// Downstream connections at once (default 20000); beyond it accept waits.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 65536,
+            max_body_bytes: 0,
+            client_header_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            client_send_timeout: Duration::from_secs(60),
+            upstream_read_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            upstream_connect_timeout: Duration::from_secs(2),
+            upstream_response_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(30),
+            upstream_max_lifetime: Duration::from_secs(600),
+            max_connections: 20000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Default `127.0.0.1:9901`.
+    pub listen: SocketAddr,
+    /// The bearer tokens the admin API accepts, each read when the config
+    /// is: `token_file`/`token_env` as the operate token `default`, then
+    /// every `[[admin.tokens]]` entry. Empty: no token, loopback only.
+    pub tokens: Vec<AdminToken>,
+    /// More names `Host` and `Origin` may give the admin listener, beyond
+    /// its own address and `localhost`: lower case, without a trailing dot;
+    /// an IP address in its canonical form, without brackets. Default none.
+    pub hosts: Vec<String>,
+    /// A request head must be complete within this, counted from accept or
+    /// from its first byte; so must a request body, from the end of its
+    /// head. Default 5 s.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after
+    /// this. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Admin connections open at once (default 256); beyond it the listener
+    /// accepts no more until one closes (the kernel queues the others).
+    pub max_connections: usize,
+}
+
+impl AdminSettings {
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+}
+
+/// Where a token's secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file (trimmed), relative to the config file.
+    File(PathBuf),
+    /// An environment variable (trimmed).
+    Env(String),
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every `GET`: status, history, rules, metrics.
+    Read,
+    /// Everything, changes included.
+    Operate,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Operate => "operate",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One bearer token of the admin API. Its name is what the history
+/// records as the actor of the changes made with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// `default` for `token_file`/`token_env`; `[A-Za-z0-9_.-]+`, unique.
+    pub name: String,
+    pub role: Role,
+    pub source: TokenSource,
+    /// The key its source was given under, for messages:
+    /// `admin.tokens[1].file`, `admin.token_env`.
+    pub key: String,
+    /// Read when the config was: `None` only for an environment variable
+    /// that is not set (a warning for `check`, an error for `run`).
+    pub secret: Option<Secret>,
+}
+
+/// A token's secret; never printed (`Debug` shows `Secret(..)`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl AdminSettings {
+    /// The token a client reading this config should send: `default`,
+    /// else the first operate token, else the first one (with a secret).
+    pub fn client_token(&self) -> Option<&Secret> {
+        let usable = || self.tokens.iter().filter(|t| t.secret.is_some());
+        usable()
+            .find(|t| t.name == "default")
+            .or_else(|| usable().find(|t| t.role == Role::Operate))
+            .or_else(|| usable().next())
+            .and_then(|t| t.secret.as_ref())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Runtime state file; `None` keeps state in memory only (tests, demo).
+    pub file: Option<PathBuf>,
+}
+
+/// How a user is recognised so that they stay on their colour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    Cookie(String),
+    Header(http::HeaderName),
+    Ip,
+    None,
+}
+
+impl fmt::Display for Sticky {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sticky::Cookie(n) => write!(f, "cookie:{n}"),
+            Sticky::Header(n) => write!(f, "header:{n}"),
+            Sticky::Ip => f.write_str("ip"),
+            Sticky::None => f.write_str("none"),
+        }
+    }
+}
+
+/// A host pattern: exact (`shop.example.com`) or wildcard (`*.shop.example.com`,
+/// stored as the suffix `shop.example.com`). Always lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    /// Empty = the catch-all app.
+    pub hosts: Vec<HostPattern>,
+    /// Default "/".
+    pub path_prefix: String,
+    /// Initial live colour when no state exists. Default blue.
+    pub live: Color,
+    /// Initial standby share of default traffic, 0–100. Default 0.
+    pub standby_percent: f64,
+    /// Default `cookie:cutover`.
+    pub sticky: Sticky,
+    /// Upgraded connections on a pool with no traffic are closed after this.
+    pub drain_timeout: Option<Duration>,
+    /// `[blue, green]`.
+    pub pools: [PoolConfig; 2],
+    /// The initial rules, validated; compiled again into the snapshot.
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Every server: the configured addresses, and what the configured
+    /// host names resolved to.
+    pub servers: Vec<ServerConfig>,
+    /// The servers configured by host name (`host:port`, weight), resolved
+    /// again every `server.resolve_interval`.
+    pub names: Vec<(String, u32)>,
+    /// Default round robin.
+    pub balance: Balance,
+    pub health: Option<HealthConfig>,
+    pub passive: PassiveConfig,
+    /// Default HTTP/1.1.
+    pub protocol: Protocol,
+}
+
+/// Passive health: this many consecutive connect failures or 5xx answers
+/// mark a server down for `cooldown`, after which it is probed again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassiveConfig {
+    /// Default 5; 0 turns passive checks off.
+    pub failures: u32,
+    /// Default 10 s.
+    pub cooldown: Duration,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            failures: 5,
+            cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// Relative share of the pool's traffic. Default 1.
+    pub weight: u32,
+    /// The host name (`host:port`) this address was resolved from.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Default `/healthz`.
+    pub path: String,
+    /// Default 2 s.
+    pub interval: Duration,
+    /// Default 1 s.
+    pub timeout: Duration,
+    /// Consecutive successes to mark a server up. Default 2.
+    pub rise: u32,
+    /// Consecutive failures to mark a server down. Default 3.
+    pub fall: u32,
+}
+
+impl Config {
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+/// Compiled rules of one app, with the key prefix used in errors.
+pub type CompiledRules = Vec<Rule>;
+
+impl PoolConfig {
+    /// This pool with its host names' addresses replaced by `resolved`
+    /// (a name missing from it keeps the addresses it has).
+    pub fn with_resolved(
+        &self,
+        resolved: &std::collections::HashMap<String, Vec<SocketAddr>>,
+    ) -> PoolConfig {
+        let mut servers: Vec<ServerConfig> = self
+            .servers
+            .iter()
+            .filter(|s| s.name.as_ref().is_none_or(|n| !resolved.contains_key(n)))
+            .cloned()
+            .collect();
+        for (name, weight) in &self.names {
+            for addr in resolved.get(name).into_iter().flatten() {
+                if !servers.iter().any(|s| s.addr == *addr) {
+                    servers.push(ServerConfig {
+                        addr: *addr,
+                        weight: *weight,
+                        name: Some(name.clone()),
+                    });
+                }
+            }
+        }
+        PoolConfig {
+            servers,
+            ..self.clone()
+        }
+    }
+}

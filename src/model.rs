@@ -1,0 +1,162 @@
+//! The shared vocabulary: what the config, the routing table, the
+//! control plane and the admin API all speak of — the two colours, a
+//! canary rule as written, an app's runtime state. Plain data with serde;
+//! it imports no other module of the crate, so every module may import it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// One of the two pools of every app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    /// The other colour: blue's standby is green and the other way round.
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    /// Index into `[blue, green]` arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Color> {
+        match s {
+            "blue" => Some(Color::Blue),
+            "green" => Some(Color::Green),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A canary rule as written in the config, in the state file and in the
+/// admin API (`PUT /v1/apps/{app}/rules`). The same type in all three places
+/// so a rule is validated by one function wherever it comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub name: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// `true`: the rule has no condition on purpose and takes every
+    /// request (of its `percent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameValue {
+    pub name: String,
+    pub value: String,
+}
+
+/// What operators change at runtime for one app: the state file
+/// owns it, the config only gives its initial value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppState {
+    pub live: Color,
+    pub standby_percent: f64,
+    pub rules: Vec<RuleSpec>,
+    /// Who owns the rules: `false` while they are the config file's (an
+    /// edit of the file's rules applies on reload and restart), `true` once
+    /// they were changed at runtime (the file's rules then differ only as
+    /// reported drift, applied on request). A state file written before
+    /// this was recorded reads as `true`: nothing there is replaced
+    /// silently.
+    #[serde(default = "runtime_owned")]
+    pub runtime_rules: bool,
+    /// Servers an operator took out of rotation or reweighted at runtime,
+    /// by `COLOR/ADDR` (`blue/10.0.0.1:8080`). A server not named here is
+    /// ready with its configured weight.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers: BTreeMap<String, ServerSetting>,
+}
+
+fn runtime_owned() -> bool {
+    true
+}
+
+/// One server's runtime setting (HAProxy's `set server ... state` and
+/// `set weight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSetting {
+    pub state: ServerState,
+    /// Replaces the configured weight while set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+/// Whether a server takes new requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    /// In rotation.
+    #[default]
+    Ready,
+    /// No new requests; requests in flight finish, idle connections close.
+    Drain,
+    /// Drained, and reported unhealthy: down for maintenance.
+    Maint,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Ready => "ready",
+            ServerState::Drain => "drain",
+            ServerState::Maint => "maint",
+        }
+    }
+}
+
+/// The key of a server in [`AppState::servers`].
+pub fn server_key(color: Color, addr: SocketAddr) -> String {
+    format!("{color}/{addr}")
+}
+
+impl AppState {
+    /// The colour that receives the `standby_percent` share.
+    pub fn standby(&self) -> Color {
+        self.live.other()
+    }
+}
