@@ -102,29 +102,36 @@ impl StateFile {
                 })
             }
         };
-        let corrupt = |message: String| StateError::Corrupt {
-            path: path.to_path_buf(),
-            message,
-        };
-        let state: StateFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        StateFile::parse(&text)
+            .map(Some)
+            .map_err(|message| StateError::Corrupt {
+                path: path.to_path_buf(),
+                message,
+            })
+    }
+
+    /// A state file's text, checked: its format, every split in range,
+    /// every rule valid. `Err`: what is wrong.
+    pub fn parse(text: &str) -> Result<StateFile, String> {
+        let state: StateFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if state.format != FORMAT {
-            return Err(corrupt(format!(
+            return Err(format!(
                 "format {} is not the supported format {FORMAT}",
                 state.format
-            )));
+            ));
         }
         for (name, app) in &state.apps {
             if !(0.0..=100.0).contains(&app.standby_percent) {
-                return Err(corrupt(format!(
+                return Err(format!(
                     "apps.{name}.standby_percent: {} is out of range",
                     app.standby_percent
-                )));
+                ));
             }
             if let Err(errors) = crate::config::compile_rules(&format!("apps.{name}"), &app.rules) {
-                return Err(corrupt(errors.join("; ")));
+                return Err(errors.join("; "));
             }
         }
-        Ok(Some(state))
+        Ok(state)
     }
 
     /// Write atomically: temp file, fsync, rename, fsync the directory.
