@@ -309,3 +309,59 @@ async fn a_tls_tunnel_keeps_its_connection_slot() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_a_connection_that_never_spoke_makes_room() {
+    tokio::time::timeout(LIMIT, async {
+        let up = raw_upstream(|mut s| async move {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            hold(s).await;
+        })
+        .await;
+        let toml = config(up, "").replace(
+            "[limits]",
+            "[limits]\nmax_connections = 3\nclient_header_timeout = \"30s\"",
+        );
+        let proxy = Proxy::start(&toml);
+        // Three clients that connect and send nothing fill the proxy.
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+        }
+        let c = client();
+        loop {
+            let text = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
+                .await
+                .text();
+            let open = text
+                .lines()
+                .find_map(|l| l.strip_prefix("cutover_downstream_connections "))
+                .and_then(|v| v.parse::<f64>().ok());
+            if open == Some(3.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A newcomer is served at once, not after their 30 s head timeout.
+        let started = tokio::time::Instant::now();
+        let mut s = send(
+            &proxy,
+            b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let got = read_to_close(&mut s).await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The oldest of the silent ones was closed to make room.
+        let first = read_to_close(&mut idle[0]).await;
+        assert!(first.is_empty());
+    })
+    .await
+    .unwrap();
+}

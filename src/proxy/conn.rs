@@ -1,16 +1,17 @@
 //! Accepting client connections and serving HTTP/1.1 and h2c on them.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
 use super::handler;
 use super::headers::client_value;
@@ -26,6 +27,7 @@ use crate::route::rule::ConnMemo;
 /// handshake first (within `client_header_timeout`).
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     let mut shutdown = worker.shared.shutdown.subscribe();
+    let mut fresh = Fresh::default();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -40,20 +42,65 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
                 }
             },
         };
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            p = worker.shared.conn_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let limit = worker.shared.conn_limit.clone();
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                // Full: a connection that never spoke makes room.
+                if fresh.shed_one() {
+                    tracing::debug!("max_connections reached: closing the oldest connection that has sent nothing");
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    p = limit.acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
+        let state = Arc::new(ConnState::default());
         if tls {
-            tokio::task::spawn_local(serve_tls(worker.clone(), stream, peer, permit));
+            tokio::task::spawn_local(serve_tls(worker.clone(), stream, peer, permit, state));
         } else {
-            tokio::task::spawn_local(serve_plain(worker.clone(), stream, peer, permit));
+            fresh.note(&state);
+            tokio::task::spawn_local(serve_plain(worker.clone(), stream, peer, permit, state));
         }
+    }
+}
+
+/// A listener's plain connections that had sent nothing when last looked
+/// at, oldest first: the first to close when the proxy is full, so that
+/// an idle flood does not lock everyone else out until its head timeout.
+#[derive(Default)]
+struct Fresh(VecDeque<Weak<ConnState>>);
+
+impl Fresh {
+    /// A new connection. Entries of connections that spoke or closed are
+    /// dropped from the front as new ones come, which keeps the list to
+    /// about those accepted within a head timeout.
+    fn note(&mut self, state: &Arc<ConnState>) {
+        while self
+            .0
+            .front()
+            .is_some_and(|w| w.upgrade().is_none_or(|s| s.spoke()))
+        {
+            self.0.pop_front();
+        }
+        self.0.push_back(Arc::downgrade(state));
+    }
+
+    /// Close the oldest connection that has still sent nothing, if any.
+    fn shed_one(&mut self) -> bool {
+        while let Some(w) = self.0.pop_front() {
+            if w.upgrade().is_some_and(|s| s.shed()) {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -71,6 +118,7 @@ fn conn_info(
     peer: SocketAddr,
     tls: bool,
     permit: OwnedSemaphorePermit,
+    state: Arc<ConnState>,
 ) -> (Rc<ConnInfo>, ClientTimeouts) {
     let snap = worker.shared.snapshot.load();
     let limits = &snap.settings.limits;
@@ -79,7 +127,7 @@ fn conn_info(
         client_value: client_value(peer.ip()),
         tls,
         trusted: super::headers::is_trusted(peer.ip(), &snap.settings.trusted_proxies),
-        state: Arc::new(ConnState::default()),
+        state,
         memo: ConnMemo::default(),
         slot: (permit, worker.connection_opened()),
     });
@@ -100,8 +148,9 @@ async fn serve_plain(
     mut stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    state: Arc<ConnState>,
 ) {
-    let (info, t) = conn_info(&worker, peer, false, permit);
+    let (info, t) = conn_info(&worker, peer, false, permit, state);
     let idle_timeout = t.idle;
     loop {
         let (park, parked) = tokio::sync::oneshot::channel();
@@ -168,6 +217,7 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    state: Arc<ConnState>,
 ) {
     let Some(acceptor) = worker.shared.tls.as_ref().map(|t| t.acceptor.clone()) else {
         return;
@@ -184,7 +234,7 @@ async fn serve_tls(
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    let (info, t) = conn_info(&worker, peer, true, permit);
+    let (info, t) = conn_info(&worker, peer, true, permit, state);
     let io =
         TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
     run_http(&worker, &info, io).await;

@@ -84,6 +84,13 @@ pub struct ConnState {
     length_and_chunked: std::sync::atomic::AtomicBool,
     /// The client left a response unread past `client_send_timeout`.
     send_timed_out: std::sync::atomic::AtomicBool,
+    /// The client has sent something since it connected.
+    spoke: std::sync::atomic::AtomicBool,
+    /// Close this connection if it still has sent nothing: the proxy is
+    /// full and a newcomer waits.
+    shed: std::sync::atomic::AtomicBool,
+    /// Wakes a connection that has sent nothing yet, to be shed.
+    fresh_waker: futures_util::task::AtomicWaker,
 }
 
 impl ConnState {
@@ -116,6 +123,21 @@ impl ConnState {
     /// and reset, by the request whose response it was.)
     pub fn take_send_timed_out(&self) -> bool {
         self.send_timed_out.swap(false, Relaxed)
+    }
+
+    /// Has the client sent nothing yet? Then it can be shed: it is
+    /// closed at its next poll, and woken for it. `false` if it spoke.
+    pub fn shed(&self) -> bool {
+        if self.spoke.load(Relaxed) || self.shed.swap(true, Relaxed) {
+            return false;
+        }
+        self.fresh_waker.wake();
+        true
+    }
+
+    /// Has the client sent anything since it connected?
+    pub fn spoke(&self) -> bool {
+        self.spoke.load(Relaxed)
     }
 
     fn is_upgraded(&self) -> bool {
@@ -419,6 +441,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
                 }
             }
         }
+        if this.phase == Phase::Fresh && this.state.shed.load(Relaxed) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed to make room: max_connections reached and the client had sent nothing",
+            )));
+        }
         if this.expired(cx) {
             let head = this.phase == Phase::Head && !this.h2;
             if let (true, Some(inner)) = (head, this.inner.as_mut()) {
@@ -443,6 +471,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
             return Poll::Ready(Ok(()));
         };
         let result = Pin::new(inner).poll_read(cx, buf);
+        if this.phase == Phase::Fresh {
+            match &result {
+                Poll::Pending => this.state.fresh_waker.register(cx.waker()),
+                Poll::Ready(_) => this.state.spoke.store(true, Relaxed),
+            }
+        }
         if let Poll::Ready(Ok(())) = result {
             let got = &buf.filled()[before..];
             if !got.is_empty() && this.phase == Phase::Busy {
