@@ -197,6 +197,8 @@ pub struct TimedIo<T> {
     idle_timeout: Duration,
     // The client spoke HTTP/2 (prior knowledge): no 408, only idle.
     h2: bool,
+    // HTTP/2 frames read, for the control-frame flood check.
+    frames: Option<Box<H2Frames>>,
     // `ConnState::started` at the last read.
     seen_started: usize,
     // Looks for the two framing fields in the head being read.
@@ -283,6 +285,80 @@ impl HeadScan {
     }
 }
 
+/// The most PING and SETTINGS frames (not acknowledgements) a client may
+/// send in one second. Each makes the server write an acknowledgement;
+/// a real client sends a handful. hyper has no such limit of its own.
+const MAX_CONTROL_FRAMES_PER_SEC: u32 = 1000;
+
+/// Follows an HTTP/2 client's frames through the bytes read (the preface,
+/// then each frame's 9-byte header and its payload, skipped) to count its
+/// PING and SETTINGS frames.
+#[derive(Debug)]
+struct H2Frames {
+    /// Bytes of the connection preface still to pass.
+    preface: usize,
+    header: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: usize,
+    count: u32,
+    since: Instant,
+}
+
+impl Default for H2Frames {
+    fn default() -> Self {
+        H2Frames {
+            preface: 24,
+            header: [0; 9],
+            have: 0,
+            skip: 0,
+            count: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl H2Frames {
+    /// Pass `data`; `true` when the client sent more control frames than
+    /// [`MAX_CONTROL_FRAMES_PER_SEC`] within a second.
+    fn flood(&mut self, mut data: &[u8]) -> bool {
+        let n = self.preface.min(data.len());
+        self.preface -= n;
+        data = &data[n..];
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have < 9 {
+                break;
+            }
+            self.have = 0;
+            let h = self.header;
+            self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            let (kind, ack) = (h[3], h[4] & 1 != 0);
+            if (kind == 4 || kind == 6) && !ack {
+                let now = Instant::now();
+                if now.duration_since(self.since) >= Duration::from_secs(1) {
+                    self.since = now;
+                    self.count = 0;
+                }
+                self.count += 1;
+                if self.count > MAX_CONTROL_FRAMES_PER_SEC {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
 impl<T> TimedIo<T> {
     /// `park`: where to hand the socket when the connection is parked.
     pub fn new(
@@ -311,6 +387,7 @@ impl<T> TimedIo<T> {
             header_timeout,
             idle_timeout,
             h2: false,
+            frames: None,
             seen_started,
             scan: HeadScan::new_head(),
             send_timeout: Duration::from_secs(60),
@@ -485,6 +562,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
             if !got.is_empty() {
                 if this.phase == Phase::Fresh && got.starts_with(b"PRI * HTTP/2") {
                     this.h2 = true;
+                    this.frames = Some(Box::default());
+                }
+                if let Some(frames) = &mut this.frames {
+                    if frames.flood(got) {
+                        tracing::debug!("closing an HTTP/2 connection: a PING or SETTINGS flood");
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "HTTP/2 control frame flood",
+                        )));
+                    }
                 }
                 let starts_head = matches!(this.phase, Phase::Idle | Phase::Fresh);
                 if this.h2 {
@@ -598,6 +685,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_flood_of_pings_is_found_across_reads_and_requests_are_not() {
+        let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let headers = [0, 0, 3, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84];
+        let mut f = H2Frames::default();
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for _ in 0..500 {
+            wire.extend_from_slice(&headers);
+        }
+        for _ in 0..MAX_CONTROL_FRAMES_PER_SEC {
+            wire.extend_from_slice(&ping);
+        }
+        // Split at awkward points: the count is the same.
+        for piece in wire.chunks(7) {
+            assert!(!f.flood(piece), "at the limit, not over it");
+        }
+        assert!(f.flood(&ping), "one more within the second is a flood");
+        // Acknowledgements do not count.
+        let mut f = H2Frames::default();
+        let mut ack = ping;
+        ack[4] = 1;
+        let acks: Vec<u8> = std::iter::repeat_n(ack, 5000).flatten().collect();
+        assert!(!f.flood(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(!f.flood(&acks));
+    }
 
     /// A kept-alive connection idle for `park_after` hands its socket back,
     /// and hyper (here: the reader) sees the end of the stream.
