@@ -450,6 +450,20 @@ where
     (addr, accepted)
 }
 
+/// A PUT of five bytes that says `Expect: 100-continue`, head only: the
+/// connection and the first answer head that comes back.
+async fn put_expecting_continue(proxy: &Proxy) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until(&mut c, SHORT, has_head).await;
+    (c, got)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_waits_for_the_upstreams_word() {
     use tokio::io::AsyncWriteExt;
@@ -467,13 +481,7 @@ async fn expect_100_continue_waits_for_the_upstreams_word() {
     })
     .await;
     let proxy = Proxy::start(&config(addr));
-    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    c.write_all(
-        b"PUT /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let got = read_until(&mut c, SHORT, has_head).await;
+    let (mut c, got) = put_expecting_continue(&proxy).await;
     assert!(
         got.starts_with(b"HTTP/1.1 100"),
         "{}",
@@ -497,13 +505,7 @@ async fn expect_100_continue_waits_for_the_upstreams_word() {
     })
     .await;
     let proxy = Proxy::start(&config(addr));
-    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    c.write_all(
-        b"PUT /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let got = read_until(&mut c, SHORT, has_head).await;
+    let (_held, got) = put_expecting_continue(&proxy).await;
     assert!(
         got.starts_with(b"HTTP/1.1 417"),
         "{}",

@@ -77,9 +77,14 @@ pub struct Conn {
 pub enum Error {
     /// Writing the request failed; `unsent`: not one byte of it was
     /// written and none of its body taken from the client, so it may be
-    /// sent again whatever its method.
+    /// sent again whatever its method; `bodiless`: it had no body, so an
+    /// idempotent one may be written again even if the upstream saw part.
     #[error("writing the request: {source}")]
-    Write { source: io::Error, unsent: bool },
+    Write {
+        source: io::Error,
+        unsent: bool,
+        bodiless: bool,
+    },
     /// The upstream closed the connection (or reset it) before a byte of
     /// its answer: an idle connection it gave up on as we reused it.
     /// `bodiless`: the request had no body, so it can be written again.
@@ -104,7 +109,9 @@ impl Error {
     /// body is gone.
     pub fn may_send_again(&self, idempotent: bool) -> bool {
         match self {
-            Error::Write { unsent, .. } => *unsent,
+            Error::Write {
+                unsent, bodiless, ..
+            } => *unsent || (*bodiless && idempotent),
             Error::NoResponse { bodiless, .. } => *bodiless && idempotent,
             _ => false,
         }
@@ -254,18 +261,25 @@ impl Conn {
                     }
                     None => {}
                 }
+                // The connection ended before a byte of the answer: a write
+                // that failed says why, else the upstream gave up on it.
+                let closed = |write_failed: Option<io::Error>, reset: Option<io::Error>| {
+                    let bodiless = !has_body;
+                    match write_failed {
+                        Some(source) => Error::Write {
+                            source,
+                            unsent: !wrote_any && !taken,
+                            bodiless,
+                        },
+                        None => Error::NoResponse {
+                            source: reset,
+                            bodiless,
+                        },
+                    }
+                };
                 match ready!(self.poll_fill(cx)) {
                     Ok(0) if !answered => {
-                        return Poll::Ready(Err(match write_failed.take() {
-                            Some(source) => Error::Write {
-                                source,
-                                unsent: !wrote_any && !taken,
-                            },
-                            None => Error::NoResponse {
-                                source: None,
-                                bodiless: !has_body,
-                            },
-                        }))
+                        return Poll::Ready(Err(closed(write_failed.take(), None)))
                     }
                     Ok(0) => {
                         return Poll::Ready(Err(Malformed::Why(
@@ -275,16 +289,7 @@ impl Conn {
                     }
                     Ok(_) => answered = true,
                     Err(e) if !answered && e.kind() == io::ErrorKind::ConnectionReset => {
-                        return Poll::Ready(Err(match write_failed.take() {
-                            Some(source) => Error::Write {
-                                source,
-                                unsent: !wrote_any && !taken,
-                            },
-                            None => Error::NoResponse {
-                                source: Some(e),
-                                bodiless: !has_body,
-                            },
-                        }))
+                        return Poll::Ready(Err(closed(write_failed.take(), Some(e))))
                     }
                     Err(e) => return Poll::Ready(Err(Error::Read(e))),
                 }
