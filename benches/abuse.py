@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Hostile clients against one cutover listener, with a probe beside them.
+"""Hostile clients against cutover and nginx, with a probe beside them.
 
     python3 benches/abuse.py [--binary target/release/cutover] [--seconds 10]
+                             [--proxies cutover,nginx]
 
-Starts an upstream (asyncio, in this process; it counts the requests it
-gets) and cutover in front of it, then, in turn and each for `--seconds`:
+Starts an upstream (asyncio, in a process of its own; it counts the
+requests it gets), then each proxy in turn in front of it (nginx with the
+same limits where it has them; skipped if it is not installed), and
+against each, in turn and each for `--seconds`:
 
 - slowloris: 1,000 connections each dribbling a request head, a byte a
   second;
@@ -19,7 +22,8 @@ gets) and cutover in front of it, then, in turn and each for `--seconds`:
   without end), a SETTINGS flood and a PING flood (100,000 frames each),
   and 1,000 streams opened at once against the advertised limit.
 
-A probe sends one GET every 50 ms (20/s) on a new connection throughout;
+A probe sends one GET every 50 ms (20/s) on a new connection throughout
+(the attacks run in the same event loop, but do little work of their own);
 each phase reports the probe's failures and p99, whether the admin
 listener answered, cutover's RSS, and for the HTTP/2 floods how the
 connection was cut off and how many requests of reset streams reached
@@ -30,8 +34,8 @@ the upstream. Loopback only; every phase and every wait is bounded.
 import argparse
 import asyncio
 import os
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIG = 1 << 20
+BINARY = None
 
 
 def free_port():
@@ -48,8 +53,10 @@ def free_port():
 
 
 class Upstream:
-    """HTTP/1.1 keep-alive: `/big` is 1 MiB, anything else `ok`. Request
-    bodies with a length are read and dropped."""
+    """HTTP/1.1 keep-alive: `/big` is 1 MiB, `/__count/PATH` how many
+    requests for PATH came, anything else `ok`. Request bodies with a
+    length are read and dropped. It runs in a process of its own, so that
+    the 1 MiB responses it writes do not slow the probe's event loop."""
 
     def __init__(self):
         self.paths = {}
@@ -59,6 +66,11 @@ class Upstream:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 path = head.split(b" ", 2)[1].decode()
+                if path.startswith("/__count/"):
+                    n = str(self.paths.get(path[len("/__count"):], 0)).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(n), n))
+                    await writer.drain()
+                    continue
                 self.paths[path] = self.paths.get(path, 0) + 1
                 length = 0
                 for line in head.split(b"\r\n")[1:]:
@@ -79,14 +91,22 @@ class Upstream:
 
 
 def rss_mib(pid):
+    """`pid`'s RSS, with its children's (nginx's workers)."""
+    total = 0.0
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
     except OSError:
-        pass
-    return float("nan")
+        kids = []
+    for p in [pid] + kids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            return float("nan")
+    return total
 
 
 async def probe_once(port, latencies, failures):
@@ -154,7 +174,10 @@ async def hold_open(port, seconds, first, then=None, every=1.0, rcvbuf=None):
             w.close()
 
 
-async def phase(name, port, admin, pid, seconds, attack):
+async def phase(port, admin, pid, seconds, attack):
+    """Run `attack` beside the probe; one table cell: probe failures of
+    requests, p99, admin answered, the proxy's RSS before → during (for
+    nginx, its master's children summed), and what the attack reports."""
     latencies, failures, stop = [], [], asyncio.Event()
     started = time.monotonic()
     rss_before = rss_mib(pid)
@@ -168,12 +191,13 @@ async def phase(name, port, admin, pid, seconds, attack):
     await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
     stop.set()
     await prober
+    for why in failures:
+        print(f"probe failure: {why}", file=sys.stderr)
     lat = sorted(latencies)
     p99 = lat[int(len(lat) * 0.99) - 1] * 1000 if lat else float("nan")
-    row = (f"| {name} | {len(lat) + len(failures)} | {len(failures)} | {p99:.1f} | "
-           f"{'yes' if admin_up else 'NO'} | {rss_before:.1f} → {rss_peak:.1f} | {extra or ''} |")
-    print(row, flush=True)
-    return row
+    cell = (f"{len(failures)}/{len(lat) + len(failures)} failed, p99 {p99:.0f} ms, "
+            f"admin {'up' if admin_up else 'DOWN'}, {rss_before:.0f}→{rss_peak:.0f} MiB")
+    return cell + (f"; {extra}" if extra else "")
 
 
 def h2_frames():
@@ -289,12 +313,29 @@ def too_many_streams():
                    for i in range(1000))
 
 
-async def main_async(args):
-    up = Upstream()
-    server = await asyncio.start_server(up.handle, "127.0.0.1", 0)
-    up_port = server.sockets[0].getsockname()[1]
-    port, admin = free_port(), free_port()
-    work = tempfile.mkdtemp(prefix="cutover-abuse-")
+def serve_upstream(port_out):
+    """The upstream's process: serve until killed; send its port first."""
+    async def run():
+        up = Upstream()
+        server = await asyncio.start_server(up.handle, "127.0.0.1", 0, backlog=4096)
+        port_out.send(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+    asyncio.run(run())
+
+
+async def reached(up_port, path):
+    """How many requests for `path` the upstream has had."""
+    r, w = await asyncio.open_connection("127.0.0.1", up_port)
+    w.write(f"GET /__count{path} HTTP/1.1\r\nHost: up\r\n\r\n".encode())
+    head = await r.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    n = int(await r.readexactly(length))
+    w.close()
+    return n
+
+
+def cutover_proxy(work, port, admin, up_port):
+    """cutover, two workers; `port` serves HTTP/1.1 and h2c alike."""
     config = os.path.join(work, "cutover.toml")
     with open(config, "w") as f:
         f.write(f"""
@@ -314,17 +355,66 @@ servers = ["127.0.0.1:{up_port}"]
 [apps.shop.green]
 servers = ["127.0.0.1:{up_port}"]
 """)
-    proc = subprocess.Popen([args.binary, "run", "-c", config],
+    return subprocess.Popen([BINARY, "run", "-c", config],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def nginx_proxy(work, port, h2_port, admin, up_port):
+    """nginx with the same limits where it has them: two workers, 5 s
+    header, body and send timeouts, 1,500 connections a worker (nginx
+    counts its upstream connections in them too). nginx 1.22 serves h2c
+    (prior knowledge) only on a listener of its own, `h2_port`;
+    `admin` is a server that answers 200, like cutover's /healthz."""
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+daemon off;
+master_process on;
+worker_processes 2;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log crit;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 1500; }}
+http {{
+    access_log off;
+    client_header_timeout 5s;
+    client_body_timeout 5s;
+    send_timeout 5s;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{h2_port} http2;
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+        }}
+    }}
+    server {{ listen 127.0.0.1:{admin}; location / {{ return 200 "ok"; }} }}
+}}
+""")
+    os.chmod(work, 0o777)
+    return subprocess.Popen(["nginx", "-c", conf, "-p", work],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def run_against(kind, args, up_port):
+    port, h2_port, admin = free_port(), free_port(), free_port()
+    work = tempfile.mkdtemp(prefix=f"cutover-abuse-{kind}-")
+    if kind == "cutover":
+        proc, h2_port = cutover_proxy(work, port, admin, up_port), port
+    else:
+        proc = nginx_proxy(work, port, h2_port, admin, up_port)
+    rows = []
     try:
         for _ in range(200):
             if await admin_ok(admin):
                 break
             await asyncio.sleep(0.05)
         secs = args.seconds
-        rows = ["| phase | probe requests | probe failures | probe p99 ms | admin answered | cutover RSS MiB | the attack |",
-                "|---|---|---|---|---|---|---|"]
-        print("\n".join(rows), flush=True)
 
         async def nothing():
             await asyncio.sleep(secs)
@@ -332,18 +422,20 @@ servers = ["127.0.0.1:{up_port}"]
         async def many(n, **kw):
             await asyncio.gather(*(hold_open(port, secs, **kw) for _ in range(n)))
 
+        def add(name, row):
+            rows.append((name, row))
+            print(f"| {kind} | {name} | {row} |", flush=True)
+
         head = b"GET / HTTP/1.1\r\nHost: shop.test\r\nX-Slow: " + b"a" * 200
         body_head = b"POST /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1048576\r\n\r\n"
         big = b"GET /big HTTP/1.1\r\nHost: shop.test\r\n\r\n"
-        rows.append(await phase("baseline", port, admin, proc.pid, secs, nothing))
-        rows.append(await phase("slowloris, 1,000 connections", port, admin, proc.pid, secs,
-                                lambda: many(1000, first=b"G", then=head)))
-        rows.append(await phase("slow body, 200 uploads", port, admin, proc.pid, secs,
-                                lambda: many(200, first=body_head, then=b"x")))
-        rows.append(await phase("slow readers, 200 of a 1 MiB response", port, admin, proc.pid, secs,
-                                lambda: many(200, first=big, rcvbuf=4096)))
-        rows.append(await phase("idle flood, 2,000 connections (max 1,500)", port, admin, proc.pid, secs,
-                                lambda: many(2000, first=b"")))
+        for name, attack in (
+                ("baseline", nothing),
+                ("slowloris, 1,000 connections", lambda: many(1000, first=b"G", then=head)),
+                ("slow body, 200 uploads", lambda: many(200, first=body_head, then=b"x")),
+                ("slow readers, 200 of a 1 MiB response", lambda: many(200, first=big, rcvbuf=4096)),
+                ("idle flood, 2,000 connections", lambda: many(2000, first=b""))):
+            add(name, await phase(port, admin, proc.pid, secs, attack))
         try:
             h2_frames()
         except ImportError:
@@ -354,30 +446,62 @@ servers = ["127.0.0.1:{up_port}"]
                                    ("h2 SETTINGS flood", settings_flood, None),
                                    ("h2 PING flood", ping_flood, None),
                                    ("h2 1,000 streams at once", too_many_streams, "/big")):
-            before = up.paths.get(path, 0)
+            before = await reached(up_port, path) if path else 0
 
             async def attack(frames=frames, before=before, path=path):
-                ended, sent = await h2_attack(port, frames, secs)
+                ended, sent = await h2_attack(h2_port, frames, secs)
                 text = f"{ended}; {sent} writes"
                 if path:
-                    text += f"; {up.paths.get(path, 0) - before} of its requests reached the upstream"
+                    text += f"; {await reached(up_port, path) - before} of its requests reached the upstream"
                 return text
 
-            rows.append(await phase(name, port, admin, proc.pid, secs, attack))
+            add(name, await phase(port, admin, proc.pid, secs, attack))
         return rows
     finally:
-        proc.kill()
-        proc.wait()
-        server.close()
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def main_async(args):
+    import multiprocessing
+    parent, child = multiprocessing.Pipe()
+    upstream = multiprocessing.Process(target=serve_upstream, args=(child,), daemon=True)
+    upstream.start()
+    up_port = parent.recv()
+    try:
+        results = {}
+        for kind in args.proxies:
+            results[kind] = dict(await run_against(kind, args, up_port))
+        kinds = list(results)
+        names = list(results[kinds[0]])
+        print()
+        print("| phase | " + " | ".join(kinds) + " |")
+        print("|---|" + "---|" * len(kinds))
+        for name in names:
+            print(f"| {name} | " + " | ".join(results[k].get(name, "") for k in kinds) + " |")
+    finally:
+        upstream.kill()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "cutover"))
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--proxies", default="cutover,nginx",
+                    help="which proxies, in turn (cutover, nginx)")
     args = ap.parse_args()
-    if not os.path.exists(args.binary):
+    args.proxies = [p for p in args.proxies.split(",") if p]
+    global BINARY
+    BINARY = args.binary
+    if "cutover" in args.proxies and not os.path.exists(args.binary):
         sys.exit(f"{args.binary} is missing: cargo build --release")
+    if "nginx" in args.proxies and not shutil.which("nginx"):
+        print("nginx not found (apt-get install nginx): cutover only")
+        args.proxies.remove("nginx")
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

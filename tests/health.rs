@@ -404,6 +404,68 @@ async fn a_websocket_on_blue_survives_a_flip_and_is_drained_after_drain_timeout(
     assert_eq!(ws_echo(&mut new, "still").await, "green:still");
 }
 
+/// Shutdown waits for an open tunnel, which keeps working while the proxy
+/// drains, and closes it at `shutdown_timeout`; a tunnel that closes
+/// sooner lets the proxy exit at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_an_open_tunnel_up_to_shutdown_timeout() {
+    let (b, g) = (
+        WsUpstream::start("blue").await,
+        WsUpstream::start("green").await,
+    );
+    let toml = format!(
+        "[server]\nshutdown_timeout = \"1500ms\"\n{}",
+        two_pools(
+            &format!("\"{}\"", b.addr),
+            &format!("\"{}\"", g.addr),
+            "",
+            ""
+        )
+    );
+    // Held to its deadline.
+    let proxy = Proxy::start(&toml);
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(ws_echo(&mut ws, "one").await, "blue:one");
+    let begun = Instant::now();
+    let stopped = tokio::spawn(proxy.join());
+    assert_eq!(ws_echo(&mut ws, "draining").await, "blue:draining");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the tunnel outlived shutdown_timeout");
+    tokio::time::timeout(Duration::from_secs(3), stopped)
+        .await
+        .expect("the proxy stopped")
+        .unwrap();
+    let took = begun.elapsed();
+    assert!(
+        took >= Duration::from_millis(1300) && took < Duration::from_secs(4),
+        "stopped after {took:?}"
+    );
+
+    // Closed by its client: the proxy does not wait for the deadline.
+    let proxy = Proxy::start(&toml.replace("1500ms", "30s"));
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(ws_echo(&mut ws, "two").await, "blue:two");
+    let stopped = tokio::spawn(proxy.join());
+    assert_eq!(ws_echo(&mut ws, "still").await, "blue:still");
+    let begun = Instant::now();
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the proxy stopped once its last tunnel closed")
+        .unwrap();
+    assert!(begun.elapsed() < Duration::from_secs(5));
+}
+
 fn metric(text: &str, line_start: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(line_start))

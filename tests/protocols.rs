@@ -370,6 +370,77 @@ async fn shutdown_closes_an_idle_h2c_connection_at_once() {
         .expect("the proxy stopped within 800 ms");
 }
 
+/// One raw HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Rapid reset (CVE-2023-44487): streams opened and reset at once, as
+/// fast as the socket takes them. None reaches the upstream, and the
+/// connection is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_reaches_no_upstream_and_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&format!(
+        "[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+        b.addr, g.addr
+    ));
+    // Idle upstream connections in the pool, so that a request could be
+    // written upstream in its first poll, before its reset is looked at.
+    let h2 = h2c_client();
+    let warm: Vec<_> = (0..16)
+        .map(|_| {
+            let (h2, url) = (h2.clone(), proxy.url("/warm"));
+            tokio::spawn(async move { get(&h2, &url, &[]).await })
+        })
+        .collect();
+    for w in warm {
+        assert_eq!(w.await.unwrap().status, 200);
+    }
+    let warmed = b.requests.load(SeqCst);
+    // GET http://shop.test/reset: indexed :method and :scheme, literal
+    // :path and :authority (HPACK, RFC 7541 appendix C).
+    let mut block = vec![0x82, 0x86, 0x04, 6];
+    block.extend_from_slice(b"/reset");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"shop.test");
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    s.write_all(&hello).await.unwrap();
+    let cut_off = tokio::time::timeout(Duration::from_secs(10), async {
+        for batch in 0..200u32 {
+            let mut out = Vec::new();
+            for k in 0..50 {
+                let id = 2 * (batch * 50 + k) + 1;
+                out.extend(h2_frame(1, 0x5, id, &block)); // END_STREAM | END_HEADERS
+                out.extend(h2_frame(3, 0, id, &8u32.to_be_bytes())); // CANCEL
+            }
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        // Everything was taken: the connection must still end.
+        let mut sink = [0u8; 4096];
+        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(cut_off.is_ok(), "the connection was not cut off");
+    // A request made now is answered: anything of the flood that got
+    // through would have reached the upstream before it.
+    assert_eq!(get(&h2, &proxy.url("/after"), &[]).await.text(), "blue");
+    assert_eq!(
+        b.requests.load(SeqCst) - warmed,
+        1,
+        "a reset stream reached the upstream"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_http2_cookies_reach_an_http1_upstream_joined() {
     // Browsers send one `cookie` field per pair on HTTP/2 (RFC 9113

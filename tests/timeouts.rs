@@ -316,6 +316,16 @@ async fn a_tls_tunnel_keeps_its_connection_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_connections_a_connection_that_never_spoke_makes_room() {
+    idle_ones_make_room(false).await;
+}
+
+/// On TLS, a connection still in its handshake is one that never spoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_a_tls_handshake_never_finished_makes_room() {
+    idle_ones_make_room(true).await;
+}
+
+async fn idle_ones_make_room(tls: bool) {
     tokio::time::timeout(LIMIT, async {
         let up = raw_upstream(|mut s| async move {
             let _ = s
@@ -324,15 +334,37 @@ async fn at_max_connections_a_connection_that_never_spoke_makes_room() {
             hold(s).await;
         })
         .await;
-        let toml = config(up, "").replace(
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        ca.issue(dir.path(), "shop", &["shop.test"]);
+        let mut toml = config(
+            up,
+            if tls {
+                "listen_tls = [\"127.0.0.1:0\"]"
+            } else {
+                ""
+            },
+        )
+        .replace(
             "[limits]",
             "[limits]\nmax_connections = 3\nclient_header_timeout = \"30s\"",
         );
-        let proxy = Proxy::start(&toml);
-        // Three clients that connect and send nothing fill the proxy.
+        if tls {
+            toml += "\n[[tls.certs]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n";
+        }
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(&path, toml).unwrap();
+        let proxy = Proxy::start_file(&path);
+        let addr = if tls {
+            proxy.tls_addr.unwrap()
+        } else {
+            proxy.addr
+        };
+        // Three clients that connect and send nothing (no TLS handshake
+        // either) fill the proxy.
         let mut idle = Vec::new();
         for _ in 0..3 {
-            idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+            idle.push(TcpStream::connect(addr).await.unwrap());
         }
         let c = client();
         loop {
@@ -350,12 +382,15 @@ async fn at_max_connections_a_connection_that_never_spoke_makes_room() {
         }
         // A newcomer is served at once, not after their 30 s head timeout.
         let started = tokio::time::Instant::now();
-        let mut s = send(
-            &proxy,
-            b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        let got = read_to_close(&mut s).await;
+        let req = b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n";
+        let got = if tls {
+            let connector = ca.connector(&[b"http/1.1"]);
+            let (mut s, _, _) = tls_connect(&connector, addr, "shop.test").await;
+            s.write_all(req).await.unwrap();
+            read_to_close(&mut s).await
+        } else {
+            read_to_close(&mut send(&proxy, req).await).await
+        };
         assert!(
             got.starts_with(b"HTTP/1.1 200"),
             "{}",

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use super::handler;
 use super::headers::client_value;
 use super::io::{ConnInfo, ConnState, TimedIo};
-use super::worker::{StopWatch, Worker};
+use super::worker::{OpenConnection, StopWatch, Worker};
 use crate::route::rule::ConnMemo;
 
 /// Accept until shutdown. `max_connections` is a semaphore shared by all
@@ -63,17 +63,20 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::new(ConnState::default());
+        // Open from here (in the metrics, and for drain), handshake included.
+        let slot = (permit, worker.connection_opened());
+        fresh.note(&state);
         if tls {
-            tokio::task::spawn_local(serve_tls(worker.clone(), stream, peer, permit, state));
+            tokio::task::spawn_local(serve_tls(worker.clone(), stream, peer, slot, state));
         } else {
-            fresh.note(&state);
-            tokio::task::spawn_local(serve_plain(worker.clone(), stream, peer, permit, state));
+            tokio::task::spawn_local(serve_plain(worker.clone(), stream, peer, slot, state));
         }
     }
 }
 
-/// A listener's plain connections that had sent nothing when last looked
-/// at, oldest first: the first to close when the proxy is full, so that
+/// A listener's connections that had sent nothing when last looked at
+/// (on TLS: had not finished their handshake, or sent nothing since),
+/// oldest first: the first to close when the proxy is full, so that
 /// an idle flood does not lock everyone else out until its head timeout.
 #[derive(Default)]
 struct Fresh(VecDeque<Weak<ConnState>>);
@@ -117,7 +120,7 @@ fn conn_info(
     worker: &Rc<Worker>,
     peer: SocketAddr,
     tls: bool,
-    permit: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, OpenConnection),
     state: Arc<ConnState>,
 ) -> (Rc<ConnInfo>, ClientTimeouts) {
     let snap = worker.shared.snapshot.load();
@@ -129,7 +132,7 @@ fn conn_info(
         trusted: super::headers::is_trusted(peer.ip(), &snap.settings.trusted_proxies),
         state,
         memo: ConnMemo::default(),
-        slot: (permit, worker.connection_opened()),
+        slot,
     });
     let timeouts = ClientTimeouts {
         header: limits.client_header_timeout,
@@ -147,10 +150,10 @@ async fn serve_plain(
     worker: Rc<Worker>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, OpenConnection),
     state: Arc<ConnState>,
 ) {
-    let (info, t) = conn_info(&worker, peer, false, permit, state);
+    let (info, t) = conn_info(&worker, peer, false, slot, state);
     let idle_timeout = t.idle;
     loop {
         let (park, parked) = tokio::sync::oneshot::channel();
@@ -216,7 +219,7 @@ async fn serve_tls(
     worker: Rc<Worker>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, OpenConnection),
     state: Arc<ConnState>,
 ) {
     let Some(acceptor) = worker.shared.tls.as_ref().map(|t| t.acceptor.clone()) else {
@@ -229,12 +232,19 @@ async fn serve_tls(
         .settings
         .limits
         .client_header_timeout;
-    let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    // A handshake not yet done is a connection that has sent nothing: it
+    // makes room first when the proxy is full.
+    let tls = tokio::select! {
+        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+        () = state.shed_wait() => {
+            return tracing::debug!(%peer, "closed within its TLS handshake to make room (max_connections)")
+        }
     };
-    let (info, t) = conn_info(&worker, peer, true, permit, state);
+    let (info, t) = conn_info(&worker, peer, true, slot, state);
     let io =
         TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
     run_http(&worker, &info, io).await;

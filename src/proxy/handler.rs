@@ -68,6 +68,8 @@ struct Prepared {
     body: RequestBody,
     /// The request has no body (its body ended with its head).
     bodiless: bool,
+    /// The client's request came on an HTTP/2 stream, which it may reset.
+    from_h2: bool,
     /// What the request asks for that decides how its answer is read.
     asked: h1::Asked,
     /// `Some`: the `X-Forwarded-*` fields are still to be added, with this
@@ -166,6 +168,7 @@ fn prepare(
 
     // Phase 3: the upstream request.
     let (mut parts, body) = req.into_parts();
+    let from_h2 = parts.version == Version::HTTP_2;
     let hop = headers::HopFields::scan(&parts.headers);
     let upgrade = hop.upgrade_requested(&parts.headers);
     let client_upgrade = if upgrade || parts.method == Method::CONNECT {
@@ -256,6 +259,7 @@ fn prepare(
     let asked = h1::Asked::new(&parts.method, upgrade);
     Ok(Prepared {
         bodiless: body.is_end_stream(),
+        from_h2,
         body: RequestBody::new(body, max_body, body_timeout),
         parts,
         asked,
@@ -286,6 +290,14 @@ fn exchange(
     mut p: Prepared,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     async move {
+        // hyper drops the future of a stream its client reset, but looks
+        // for the reset only once the future is pending. A client that
+        // sends HEADERS and RST_STREAM together (rapid reset) has its
+        // reset read by then: yielding once lets hyper see it before
+        // anything reaches an upstream.
+        if p.from_h2 {
+            tokio::task::yield_now().await;
+        }
         // Phase 4: a connection; a connect failure is retried once on
         // another healthy server of the same colour (nothing was sent yet).
         let a = &mut p.answer;

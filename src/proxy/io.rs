@@ -135,6 +135,19 @@ impl ConnState {
         true
     }
 
+    /// Resolves once the connection was shed.
+    pub async fn shed_wait(&self) {
+        std::future::poll_fn(|cx| {
+            self.fresh_waker.register(cx.waker());
+            if self.shed.load(Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     /// Has the client sent anything since it connected?
     pub fn spoke(&self) -> bool {
         self.spoke.load(Relaxed)
@@ -285,14 +298,17 @@ impl HeadScan {
     }
 }
 
-/// The most PING and SETTINGS frames (not acknowledgements) a client may
-/// send in one second. Each makes the server write an acknowledgement;
-/// a real client sends a handful. hyper has no such limit of its own.
+/// The most PING, SETTINGS (not acknowledgements) and RST_STREAM frames a
+/// client may send in one second. Each PING and SETTINGS makes the server
+/// write an acknowledgement; each reset of a stream already accepted is a
+/// request started and thrown away (the "rapid reset" attack, which h2's
+/// own limit counts only for streams not yet accepted). A real client sends
+/// a handful. hyper has no such limit of its own.
 const MAX_CONTROL_FRAMES_PER_SEC: u32 = 1000;
 
 /// Follows an HTTP/2 client's frames through the bytes read (the preface,
 /// then each frame's 9-byte header and its payload, skipped) to count its
-/// PING and SETTINGS frames.
+/// PING, SETTINGS and RST_STREAM frames.
 #[derive(Debug)]
 struct H2Frames {
     /// Bytes of the connection preface still to pass.
@@ -343,7 +359,7 @@ impl H2Frames {
             let h = self.header;
             self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
             let (kind, ack) = (h[3], h[4] & 1 != 0);
-            if (kind == 4 || kind == 6) && !ack {
+            if kind == 3 || ((kind == 4 || kind == 6) && !ack) {
                 let now = Instant::now();
                 if now.duration_since(self.since) >= Duration::from_secs(1) {
                     self.since = now;
@@ -710,6 +726,16 @@ mod tests {
         let acks: Vec<u8> = std::iter::repeat_n(ack, 5000).flatten().collect();
         assert!(!f.flood(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
         assert!(!f.flood(&acks));
+        // Streams opened and reset at once (rapid reset) count too.
+        let mut f = H2Frames::default();
+        let rst = [0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 8];
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for _ in 0..MAX_CONTROL_FRAMES_PER_SEC {
+            wire.extend_from_slice(&headers);
+            wire.extend_from_slice(&rst);
+        }
+        assert!(!f.flood(&wire), "at the limit, not over it");
+        assert!(f.flood(&rst), "one more reset within the second is a flood");
     }
 
     /// A kept-alive connection idle for `park_after` hands its socket back,
