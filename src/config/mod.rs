@@ -11,6 +11,7 @@ pub mod certs;
 pub mod raw;
 pub mod rule;
 mod types;
+mod upstream_tls;
 mod validate;
 
 pub use crate::model::{Color, NameValue, RuleSpec};
@@ -41,6 +42,8 @@ mod tests {
             health: None,
             passive: PassiveConfig::default(),
             protocol: Protocol::Http1,
+            tls: None,
+            proxy_protocol: None,
         };
         let mut resolved = std::collections::HashMap::new();
         resolved.insert(
