@@ -116,6 +116,7 @@ struct ClientTimeouts {
 fn conn_info(
     worker: &Rc<Worker>,
     peer: SocketAddr,
+    local: SocketAddr,
     tls: bool,
     permit: OwnedSemaphorePermit,
     state: Arc<ConnState>,
@@ -124,6 +125,7 @@ fn conn_info(
     let limits = &snap.settings.limits;
     let info = Rc::new(ConnInfo {
         peer,
+        local,
         client_value: client_value(peer.ip()),
         tls,
         trusted: super::headers::is_trusted(peer.ip(), &snap.settings.trusted_proxies),
@@ -150,7 +152,8 @@ async fn serve_plain(
     permit: OwnedSemaphorePermit,
     state: Arc<ConnState>,
 ) {
-    let (info, t) = conn_info(&worker, peer, false, permit, state);
+    let local = stream.local_addr().unwrap_or(peer);
+    let (info, t) = conn_info(&worker, peer, local, false, permit, state);
     let idle_timeout = t.idle;
     loop {
         let (park, parked) = tokio::sync::oneshot::channel();
@@ -229,12 +232,13 @@ async fn serve_tls(
         .settings
         .limits
         .client_header_timeout;
+    let local = stream.local_addr().unwrap_or(peer);
     let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    let (info, t) = conn_info(&worker, peer, true, permit, state);
+    let (info, t) = conn_info(&worker, peer, local, true, permit, state);
     let io =
         TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
     run_http(&worker, &info, io).await;

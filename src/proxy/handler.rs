@@ -290,13 +290,13 @@ fn exchange(
         // another healthy server of the same colour (nothing was sent yet).
         let a = &mut p.answer;
         let started = a.ex.started();
-        let up = match connection(&worker, &a.pool, &p.server, p.connect_timeout, started).await {
+        let up = match connection(&worker, &conn, &a.pool, &p.server, p.connect_timeout, started).await {
             Ok(c) => c,
             Err(()) => match a.pool.pick(Some(p.server.id)).cloned() {
                 Some(other) => {
                     a.ex.bind(&other);
                     let now = tokio::time::Instant::now();
-                    let second = connection(&worker, &a.pool, &other, p.connect_timeout, now);
+                    let second = connection(&worker, &conn, &a.pool, &other, p.connect_timeout, now);
                     match Box::pin(second).await {
                         Ok(c) => c,
                         Err(()) => return Ok(fail(p.answer.ex, ProxyError::Connect)),
@@ -396,7 +396,10 @@ async fn send_again(
     mut p: Prepared,
     server: Arc<Server>,
 ) -> Response<ResponseBody> {
-    let fresh = worker.upstreams.connect(&server, p.connect_timeout).await;
+    let fresh = worker
+        .upstreams
+        .connect(&server, p.connect_timeout, (conn.peer, conn.local))
+        .await;
     let Ok(Pooled {
         tx: Sender::H1(mut c),
         lease,
@@ -474,7 +477,7 @@ async fn send_h2(
                 tracing::debug!(server = %lease.server.addr, error = %e.error(), "h2 upstream refused the stream; sending it on a new connection");
                 let fresh = worker
                     .upstreams
-                    .connect(&lease.server, p.connect_timeout)
+                    .connect(&lease.server, p.connect_timeout, (conn.peer, conn.local))
                     .await;
                 let Ok(Pooled {
                     tx: Sender::H2(mut tx),
@@ -621,12 +624,13 @@ fn rebuild(h: HeadCopy) -> Request<RequestBody> {
 /// A pooled connection if one is idle and usable, else a new one.
 async fn connection(
     worker: &Worker,
+    conn: &ConnInfo,
     pool: &Pool,
     server: &Arc<Server>,
     connect_timeout: Duration,
     now: tokio::time::Instant,
 ) -> Result<Pooled, ()> {
-    while let Some(mut c) = worker.upstreams.take(server, now) {
+    while let Some(mut c) = worker.upstreams.take(server, now, conn.peer) {
         match &mut c.tx {
             Sender::H1(_) => return Ok(c),
             Sender::H2(tx) => {
@@ -637,7 +641,8 @@ async fn connection(
         }
     }
     // Boxed: the connect future is large and rarely needed.
-    match Box::pin(worker.upstreams.connect(server, connect_timeout)).await {
+    let client = (conn.peer, conn.local);
+    match Box::pin(worker.upstreams.connect(server, connect_timeout, client)).await {
         Ok(c) => Ok(c),
         Err(e) => {
             server.connect_errors.fetch_add(1, Relaxed);
