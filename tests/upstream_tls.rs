@@ -13,6 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -54,10 +56,12 @@ async fn tls_upstream(
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca.der.clone()).unwrap();
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -94,7 +98,11 @@ async fn tls_upstream(
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     requests.fetch_add(1, SeqCst);
                     let body = format!("tls {:?} {}", req.version(), req.uri().path());
-                    async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            body,
+                        ))))
+                    }
                 });
                 let io = TokioIo::new(tls);
                 if h2 {
@@ -336,7 +344,9 @@ fn bad_tls_files_and_half_a_client_certificate_are_config_errors() {
         let text = config(&format!("servers = [\"127.0.0.1:1\"]\ntls = true\n{keys}"));
         let errors = cutover::Config::from_toml(&text).unwrap_err();
         assert!(
-            errors.iter().any(|e| e.starts_with(key) && e.contains(names)),
+            errors
+                .iter()
+                .any(|e| e.starts_with(key) && e.contains(names)),
             "{keys}: {errors:?}"
         );
     }
@@ -456,4 +466,74 @@ async fn the_proxy_protocol_header_names_the_client_and_connections_stay_with_it
         }
         assert_ne!(sources[0], sources[1], "two clients, two source ports");
     }
+}
+
+fn blue_healthy(s: &serde_json::Value) -> bool {
+    s["apps"]["web"]["pools"]["blue"]["servers"][0]["healthy"] == true
+}
+
+/// Poll the status until `want` holds for the blue server's health.
+async fn until_blue(c: &Client<HttpConnector, Body>, proxy: &Proxy, want: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while blue_healthy(&status(c, proxy).await) != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "blue healthy never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_connect_with_the_pools_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    ca_and_server(dir.path());
+    let up = tls_upstream(dir.path(), "server", &[b"http/1.1"], None, false).await;
+    let pool = |name: &str| {
+        config(&format!(
+            "servers = [\"{}\"]\ntls = true\nca_file = \"{}\"\ntls_server_name = \"{name}\"\nhealth = {{ interval = \"50ms\", rise = 1, fall = 1 }}",
+            up.addr,
+            path(dir.path(), "ca.pem")
+        ))
+    };
+    let c = client();
+    let good = Proxy::start(&pool("upstream.test"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_blue(&c, &good, true).await;
+    assert!(
+        up.requests.load(SeqCst) >= 2,
+        "the probes reached it over TLS"
+    );
+    // A name the certificate does not carry: the probes fail as requests would.
+    let wrong = Proxy::start(&pool("other.test"));
+    until_blue(&c, &wrong, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_missing_ca_file_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    ca_and_server(dir.path());
+    let up = tls_upstream(dir.path(), "server", &[b"http/1.1"], None, false).await;
+    let file = dir.path().join("cutover.toml");
+    let text = |ca: &str| {
+        config(&format!(
+            "servers = [\"{}\"]\ntls = true\nca_file = \"{ca}\"\ntls_server_name = \"upstream.test\"",
+            up.addr
+        ))
+    };
+    std::fs::write(&file, text("ca.pem")).unwrap();
+    let proxy = Proxy::start_file(&file);
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/before"), &[]).await.status, 200);
+    std::fs::write(&file, text("gone.pem")).unwrap();
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("apps.web.blue.ca_file") && r.text().contains("gone.pem"),
+        "{}",
+        r.text()
+    );
+    let r = get(&c, &proxy.url("/after"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "tls HTTP/1.1 /after");
 }

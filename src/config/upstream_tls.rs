@@ -98,9 +98,17 @@ fn certs(
 ) -> Result<Vec<CertificateDer<'static>>, Failure> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| (key, format!("{}: not a PEM certificate: {e}", path.display())))?;
+        .map_err(|e| {
+            (
+                key,
+                format!("{}: not a PEM certificate: {e}", path.display()),
+            )
+        })?;
     if certs.is_empty() {
-        return Err((key, format!("{}: no certificate in the file", path.display())));
+        return Err((
+            key,
+            format!("{}: no certificate in the file", path.display()),
+        ));
     }
     Ok(certs)
 }
@@ -144,7 +152,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -153,7 +166,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

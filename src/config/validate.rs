@@ -936,7 +936,10 @@ fn upstream_tls(
             ("ca_file", raw.ca_file.is_some()),
             ("tls_cert_file", raw.tls_cert_file.is_some()),
             ("tls_key_file", raw.tls_key_file.is_some()),
-            ("tls_insecure_skip_verify", raw.tls_insecure_skip_verify.is_some()),
+            (
+                "tls_insecure_skip_verify",
+                raw.tls_insecure_skip_verify.is_some(),
+            ),
         ];
         for (k, _) in set.iter().filter(|(_, on)| *on) {
             errs.push(&format!("{key}.{k}"), "needs tls = true in the same pool");

@@ -290,13 +290,23 @@ fn exchange(
         // another healthy server of the same colour (nothing was sent yet).
         let a = &mut p.answer;
         let started = a.ex.started();
-        let up = match connection(&worker, &conn, &a.pool, &p.server, p.connect_timeout, started).await {
+        let up = match connection(
+            &worker,
+            &conn,
+            &a.pool,
+            &p.server,
+            p.connect_timeout,
+            started,
+        )
+        .await
+        {
             Ok(c) => c,
             Err(()) => match a.pool.pick(Some(p.server.id)).cloned() {
                 Some(other) => {
                     a.ex.bind(&other);
                     let now = tokio::time::Instant::now();
-                    let second = connection(&worker, &conn, &a.pool, &other, p.connect_timeout, now);
+                    let second =
+                        connection(&worker, &conn, &a.pool, &other, p.connect_timeout, now);
                     match Box::pin(second).await {
                         Ok(c) => c,
                         Err(()) => return Ok(fail(p.answer.ex, ProxyError::Connect)),

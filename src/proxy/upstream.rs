@@ -22,7 +22,14 @@
 //! connection it uses.
 //!
 //! HTTP/1.1 connections are cutover's own client's ([`super::h1`]), for
-//! every request.
+//! every request, over plain TCP or TLS alike ([`crate::tls::Stream`]).
+//!
+//! A pool that sends PROXY headers (`send_proxy_protocol`) keeps its idle
+//! connections like any other, but [`Upstreams::take`] gives one only to
+//! the client (address and port) its header named: the header speaks for
+//! the whole connection, so another client's requests must not ride it.
+//! Other clients open their own; the idle timeout and trimming close what
+//! no client comes back for.
 
 use std::cell::{Cell, RefCell};
 use std::io;

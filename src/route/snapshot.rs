@@ -12,8 +12,8 @@ use crate::config::{
     compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits,
     PassiveConfig, PoolConfig, Protocol, Sticky,
 };
-use crate::tls::Transport;
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
+use crate::tls::Transport;
 
 impl AppState {
     pub fn initial(app: &AppConfig) -> AppState {
