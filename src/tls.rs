@@ -238,6 +238,9 @@ fn proxy_header(
     version: ProxyProtocol,
     client: Option<(SocketAddr, SocketAddr)>,
 ) -> io::Result<Vec<u8>> {
+    // An IPv4 client of a dual-stack listener is an IPv4 client.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let client = client.map(|(peer, local)| (canonical(peer), canonical(local)));
     match version {
         ProxyProtocol::V1 => {
             let addrs = client.map_or(ppp::v1::Addresses::Unknown, ppp::v1::Addresses::from);

@@ -22,7 +22,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A rustls upstream: only TLS, HTTP/1.1 or (with ALPN `h2`) HTTP/2. It
-/// answers `tls VERSION PATH`.
+/// answers `tls VERSION TARGET`.
 struct TlsUpstream {
     addr: SocketAddr,
     /// Handshakes completed, and how many of them resumed a session.
@@ -97,7 +97,7 @@ async fn tls_upstream(
                 let h2 = conn.alpn_protocol() == Some(b"h2");
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     requests.fetch_add(1, SeqCst);
-                    let body = format!("tls {:?} {}", req.version(), req.uri().path());
+                    let body = format!("tls {:?} {}", req.version(), req.uri());
                     async move {
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
                             body,
@@ -161,12 +161,11 @@ async fn a_tls_pool_reaches_its_server_verified_by_the_ca_file_and_name() {
         up.addr,
         path(dir.path(), "ca.pem")
     )));
-    let c = client();
-    for _ in 0..3 {
-        let r = get(&c, &proxy.url("/hello"), &[]).await;
-        assert_eq!(r.status, 200);
-        assert_eq!(r.text(), "tls HTTP/1.1 /hello");
-    }
+    let bodies = on_one_connection(proxy.addr, &["/a", "/b", "/c"]).await;
+    assert_eq!(
+        bodies,
+        ["tls HTTP/1.1 /a", "tls HTTP/1.1 /b", "tls HTTP/1.1 /c"]
+    );
     // Kept alive: one handshake for all three.
     assert_eq!(up.handshakes.load(SeqCst), 1);
 }
@@ -223,7 +222,8 @@ async fn an_h2_pool_offers_h2_over_tls() {
     )));
     let r = get(&client(), &proxy.url("/two"), &[]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "tls HTTP/2.0 /two");
+    // Over TLS the target's scheme is https.
+    assert_eq!(r.text(), format!("tls HTTP/2.0 https://{}/two", proxy.addr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,6 +415,29 @@ async fn proxy_protocol_upstream() -> ProxyProtocolUpstream {
     up
 }
 
+/// `GET path` for each of `paths`, one after another on one connection to
+/// `addr` (one worker, one client port): the bodies.
+async fn on_one_connection(addr: SocketAddr, paths: &[&str]) -> Vec<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut bodies = Vec::new();
+    for path in paths {
+        tx.ready().await.unwrap();
+        let req = Request::get(*path)
+            .header("host", "web.test")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+        bodies.push(String::from_utf8(body.unwrap().to_bytes().to_vec()).unwrap());
+    }
+    bodies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_protocol_header_names_the_client_and_connections_stay_with_it() {
     for version in ["v1", "v2"] {
@@ -424,13 +447,12 @@ async fn the_proxy_protocol_header_names_the_client_and_connections_stay_with_it
             up.addr
         )));
         // One client connection, two requests: one upstream connection.
-        let first = client();
-        for _ in 0..2 {
-            assert_eq!(get(&first, &proxy.url("/a"), &[]).await.text(), "ok");
-        }
-        // Another client (another port) is not given that connection.
-        let second = client();
-        assert_eq!(get(&second, &proxy.url("/b"), &[]).await.text(), "ok");
+        // Another client connection (another port) is not given it.
+        assert_eq!(
+            on_one_connection(proxy.addr, &["/a", "/b"]).await,
+            ["ok", "ok"]
+        );
+        assert_eq!(on_one_connection(proxy.addr, &["/c"]).await, ["ok"]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let headers = up.headers.lock().unwrap().clone();
         assert_eq!(headers.len(), 2, "{version}: {headers:?}");

@@ -155,7 +155,12 @@ async fn probe(server: &Server, path: Option<&str>, timeout: Duration) -> bool {
             .await
             .ok()?;
             let conn = tokio::spawn(conn);
-            let uri = format!("http://{}{}", server.addr, path);
+            let scheme = if server.transport.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let uri = format!("{scheme}://{}{}", server.addr, path);
             let req = http::Request::get(uri)
                 .header(http::header::USER_AGENT, "cutover-health-check")
                 .body(Empty::new())

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -222,10 +223,16 @@ fn prepare(
         // is not sent beside it, as strict servers (nginx) refuse a request
         // that names its host twice.
         parts.headers.remove(header::HOST);
+        // An upstream reached over TLS is an `https` target: its :scheme
+        // says so (RFC 9113 §8.3.1).
+        let tls = server.transport.tls.is_some();
         // An HTTP/2 client's absolute target that already names this host
         // is kept as it is (no new URI per request).
         let kept = new_pq.is_none()
-            && parts.uri.scheme().is_some()
+            && parts
+                .uri
+                .scheme()
+                .is_some_and(|s| !tls || *s == Scheme::HTTPS)
             && parts.uri.authority().map(|a| a.as_str().as_bytes())
                 == authority.as_ref().map(|a| a.as_bytes());
         if !kept && parts.method != Method::CONNECT {
@@ -233,7 +240,8 @@ fn prepare(
             let authority = authority.unwrap_or_else(|| HeaderValue::from_static("localhost"));
             let pq = new_pq.or_else(|| parts.uri.path_and_query().cloned());
             let pq = pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-            match request::absolute(&authority, pq) {
+            let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+            match request::absolute(scheme, &authority, pq) {
                 Some(uri) => parts.uri = uri,
                 None => return Err(fail(ex, ProxyError::BadRequest)),
             }
