@@ -25,6 +25,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 pub use crate::config::certs::CertInfo;
 use crate::config::certs::{self, Cert};
@@ -186,19 +187,20 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// How to reach one upstream server beyond its address: TLS with the name
-/// it is verified against, and the PROXY header its pool sends.
+/// How to reach one upstream server beyond its address: TLS, and the
+/// PROXY header its pool sends. Small (a pointer and a byte), as it sits
+/// in every server beside the counters the request path updates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transport {
-    pub tls: Option<(UpstreamTls, ServerName<'static>)>,
+    pub tls: Option<Arc<ServerTls>>,
     pub proxy_protocol: Option<ProxyProtocol>,
 }
 
-impl Transport {
-    pub const PLAIN: Transport = Transport {
-        tls: None,
-        proxy_protocol: None,
-    };
+/// TLS to one server: its pool's settings and the name it is verified as.
+#[derive(Debug, PartialEq)]
+pub struct ServerTls {
+    pub pool: UpstreamTls,
+    pub name: ServerName<'static>,
 }
 
 /// Open a connection to `addr`: TCP, then the PROXY header if `transport`
@@ -215,10 +217,10 @@ pub async fn connect(
     if let Some(version) = transport.proxy_protocol {
         tcp.write_all(&proxy_header(version, client)?).await?;
     }
-    let Some((tls, name)) = &transport.tls else {
+    let Some(tls) = &transport.tls else {
         return Ok(Stream::Plain(tcp));
     };
-    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    let (name, connector) = (&tls.name, TlsConnector::from(tls.pool.client.clone()));
     match connector.connect(name.clone(), tcp).await {
         Ok(s) => Ok(Stream::Tls(Box::new(s))),
         // rustls's own words (an unknown issuer, a name that does not

@@ -22,7 +22,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A rustls upstream: only TLS, HTTP/1.1 or (with ALPN `h2`) HTTP/2. It
-/// answers `tls VERSION TARGET`.
+/// answers `tls VERSION TARGET` (and `LENGTH`, of a body).
 struct TlsUpstream {
     addr: SocketAddr,
     /// Handshakes completed, and how many of them resumed a session.
@@ -97,10 +97,16 @@ async fn tls_upstream(
                 let h2 = conn.alpn_protocol() == Some(b"h2");
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     requests.fetch_add(1, SeqCst);
-                    let body = format!("tls {:?} {}", req.version(), req.uri());
+                    let mut answer = format!("tls {:?} {}", req.version(), req.uri());
                     async move {
+                        // A body is read whole, and its length said.
+                        let body = http_body_util::BodyExt::collect(req.into_body()).await;
+                        let len = body.map_or(0, |b| b.to_bytes().len());
+                        if len > 0 {
+                            answer += &format!(" {len}");
+                        }
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            body,
+                            answer,
                         ))))
                     }
                 });
@@ -168,6 +174,24 @@ async fn a_tls_pool_reaches_its_server_verified_by_the_ca_file_and_name() {
     );
     // Kept alive: one handshake for all three.
     assert_eq!(up.handshakes.load(SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_goes_up_over_tls_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    ca_and_server(dir.path());
+    let up = tls_upstream(dir.path(), "server", &[b"http/1.1"], None, false).await;
+    let proxy = Proxy::start(&config(&format!(
+        "servers = [\"{}\"]\ntls = true\nca_file = \"{}\"\ntls_server_name = \"upstream.test\"",
+        up.addr,
+        path(dir.path(), "ca.pem")
+    )));
+    let c = client();
+    for len in [1, 100_000, 3 << 20] {
+        let r = send(&c, "POST", &proxy.url("/up"), &[], vec![7u8; len]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("tls HTTP/1.1 /up {len}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use crate::config::{
     PassiveConfig, PoolConfig, Protocol, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
-use crate::tls::Transport;
+use crate::tls::{ServerTls, Transport};
 
 impl AppState {
     pub fn initial(app: &AppConfig) -> AppState {
@@ -616,7 +616,12 @@ impl Snapshot {
                             .iter()
                             .map(|s| {
                                 let transport = Transport {
-                                    tls: cfg.tls.as_ref().map(|t| (t.clone(), t.name_for(s))),
+                                    tls: cfg.tls.as_ref().map(|t| {
+                                        Arc::new(ServerTls {
+                                            pool: t.clone(),
+                                            name: t.name_for(s),
+                                        })
+                                    }),
                                     proxy_protocol: cfg.proxy_protocol,
                                 };
                                 // Pooled connections are by server: one

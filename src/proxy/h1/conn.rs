@@ -202,6 +202,16 @@ impl Conn {
                     }
                     continue;
                 }
+                // TLS may hold back bytes it took (a full socket): they go
+                // out before the answer is awaited. Plain TCP: a no-op.
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        write_failed = Some(e);
+                        continue;
+                    }
+                    Poll::Pending => break,
+                }
                 self.out.clear();
                 at = 0;
                 match &mut sending {
