@@ -31,16 +31,14 @@ struct TlsUpstream {
     requests: Arc<AtomicUsize>,
 }
 
-/// Serve `dir/stem.pem` + `dir/stem.key`, offering `alpn`; with
-/// `client_ca`, only to clients with a certificate it signed; with
-/// `close`, one request per connection (so the next one reconnects).
-async fn tls_upstream(
+/// A rustls acceptor for `dir/stem.pem` + `dir/stem.key`, offering `alpn`,
+/// asking for a client certificate signed by `client_ca` if given.
+fn acceptor(
     dir: &Path,
     stem: &str,
     alpn: &[&[u8]],
     client_ca: Option<&TestCa>,
-    close: bool,
-) -> TlsUpstream {
+) -> tokio_rustls::TlsAcceptor {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(dir.join(format!("{stem}.pem")))
             .unwrap()
@@ -67,7 +65,20 @@ async fn tls_upstream(
     };
     let mut config = builder.with_single_cert(chain, key).unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serve `dir/stem.pem` + `dir/stem.key`, offering `alpn`; with
+/// `client_ca`, only to clients with a certificate it signed; with
+/// `close`, one request per connection (so the next one reconnects).
+async fn tls_upstream(
+    dir: &Path,
+    stem: &str,
+    alpn: &[&[u8]],
+    client_ca: Option<&TestCa>,
+    close: bool,
+) -> TlsUpstream {
+    let acceptor = acceptor(dir, stem, alpn, client_ca);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = TlsUpstream {
         addr: listener.local_addr().unwrap(),
@@ -192,6 +203,41 @@ async fn a_large_body_goes_up_over_tls_whole() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), format!("tls HTTP/1.1 /up {len}"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnels_over_tls_to_its_server() {
+    use futures_util::{SinkExt, StreamExt};
+    let dir = tempfile::tempdir().unwrap();
+    ca_and_server(dir.path());
+    let acceptor = acceptor(dir.path(), "server", &[b"http/1.1"], None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                        let _ = ws.send(format!("tls:{}", t.as_str()).into()).await;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&config(&format!(
+        "servers = [\"{addr}\"]\ntls = true\nca_file = \"{}\"\ntls_server_name = \"upstream.test\"",
+        path(dir.path(), "ca.pem")
+    )));
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(ws_echo(&mut ws, "one").await, "tls:one");
+    assert_eq!(ws_echo(&mut ws, "two").await, "tls:two");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,6 +376,11 @@ async fn an_untrusted_certificate_is_a_502_and_nothing_is_sent() {
         stderr.contains("apps.web.blue.tls_insecure_skip_verify")
             && stderr.contains("not verified"),
         "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("[tls, not verified]"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }
 
