@@ -967,14 +967,14 @@ fn upstream_tls(
                 &format!("{key}.tls_cert_file"),
                 "needs tls_key_file too (a client certificate needs its key)",
             );
-            return None;
+            None
         }
         (None, Some(_)) => {
             errs.push(
                 &format!("{key}.tls_key_file"),
                 "needs tls_cert_file too (a client key needs its certificate)",
             );
-            return None;
+            None
         }
     };
     let ca_file = raw.ca_file.as_ref().map(|f| base.join(f));
