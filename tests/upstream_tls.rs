@@ -634,3 +634,32 @@ async fn a_reload_with_a_missing_ca_file_is_refused_and_changes_nothing() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "tls HTTP/1.1 /after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_same_files_keeps_the_tls_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    ca_and_server(dir.path());
+    let up = tls_upstream(dir.path(), "server", &[b"http/1.1"], None, true).await;
+    let file = dir.path().join("cutover.toml");
+    std::fs::write(
+        &file,
+        config(&format!(
+            "servers = [\"{}\"]\ntls = true\nca_file = \"ca.pem\"\ntls_server_name = \"upstream.test\"",
+            up.addr
+        )),
+    )
+    .unwrap();
+    let proxy = Proxy::start_file(&file);
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/1"), &[]).await.status, 200);
+    assert_eq!(up.resumed.load(SeqCst), 0);
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &proxy.url("/2"), &[]).await.status, 200);
+    assert_eq!(up.handshakes.load(SeqCst), 2);
+    assert_eq!(
+        up.resumed.load(SeqCst),
+        1,
+        "the session survived the reload"
+    );
+}
