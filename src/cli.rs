@@ -983,16 +983,26 @@ pub fn summary(c: &Config) -> String {
                     }
                 })
                 .collect();
-            let _ = writeln!(
-                s,
-                "  {color:<5} {}{}",
-                servers.join(", "),
-                if pool.health.is_some() {
-                    "  [health checked]"
-                } else {
-                    ""
-                }
-            );
+            let mut marks = Vec::new();
+            if pool.health.is_some() {
+                marks.push("health checked".to_string());
+            }
+            match &pool.tls {
+                Some(t) if t.insecure_skip_verify => marks.push("tls, not verified".into()),
+                Some(_) => marks.push("tls".into()),
+                None => {}
+            }
+            match pool.proxy_protocol {
+                Some(crate::config::ProxyProtocol::V1) => marks.push("PROXY v1".into()),
+                Some(crate::config::ProxyProtocol::V2) => marks.push("PROXY v2".into()),
+                None => {}
+            }
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", marks.join(", "))
+            };
+            let _ = writeln!(s, "  {color:<5} {}{marks}", servers.join(", "));
         }
         for r in &app.rules {
             let _ = writeln!(

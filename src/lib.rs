@@ -23,7 +23,8 @@
 //! - [`config`]: the TOML file in two layers, raw serde types and the
 //!   validated, typed [`config::Config`]; rules compiled, certificates
 //!   checked.
-//! - [`tls`]: certificates by SNI behind an `ArcSwap`, the rustls config.
+//! - [`tls`]: certificates by SNI behind an `ArcSwap`, the rustls server
+//!   config; the upstream socket (plain or TLS) and its `connect`.
 //!
 //! Imports point one way: model ← config ← tls ← route ← control ← proxy
 //! ← daemon, cli, client (`tests/module_graph.rs` checks for cycles).

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod raw;
 pub mod rule;
 mod types;
+mod upstream_tls;
 mod validate;
 
 pub use crate::model::{Color, NameValue, RuleSpec};
@@ -41,6 +42,8 @@ mod tests {
             health: None,
             passive: PassiveConfig::default(),
             protocol: Protocol::Http1,
+            tls: None,
+            proxy_protocol: None,
         };
         let mut resolved = std::collections::HashMap::new();
         resolved.insert(
@@ -58,5 +61,40 @@ mod tests {
         // A name that did not resolve keeps what it had.
         let kept = pool.with_resolved(&std::collections::HashMap::new());
         assert_eq!(kept.servers, pool.servers);
+    }
+
+    #[test]
+    fn a_tls_server_is_verified_as_its_host_name_or_its_ip_address() {
+        let text = |name: &str| {
+            format!("[apps.a.blue]\nservers = [\"127.0.0.1:1\"]\ntls = true\n{name}\n[apps.a.green]\nservers = [\"127.0.0.1:2\"]\n")
+        };
+        let tls = |t: &str| {
+            Config::from_toml(t).unwrap().apps[0].pools[0]
+                .tls
+                .clone()
+                .unwrap()
+        };
+        let server = |addr: &str, name: Option<&str>| ServerConfig {
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            name: name.map(str::to_string),
+        };
+        let dns = |n: &str| rustls_pki_types::ServerName::try_from(n.to_string()).unwrap();
+        let by_name = tls(&text(""));
+        assert_eq!(
+            by_name.name_for(&server("10.0.0.1:443", Some("api.test:443"))),
+            dns("api.test")
+        );
+        assert_eq!(
+            by_name.name_for(&server("10.0.0.1:443", None)),
+            dns("10.0.0.1")
+        );
+        let fixed = tls(&text("tls_server_name = \"internal.test\""));
+        assert_eq!(
+            fixed.name_for(&server("10.0.0.1:443", Some("api.test:443"))),
+            dns("internal.test")
+        );
+        // The same files and keys: equal, so a reload keeps the pool.
+        assert_eq!(tls(&text("")), by_name);
     }
 }

@@ -126,6 +126,21 @@ pub struct RawPool {
     pub health: Option<RawHealth>,
     pub passive: Option<RawPassive>,
     pub protocol: Option<String>,
+    pub tls: Option<bool>,
+    pub tls_server_name: Option<String>,
+    pub ca_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub tls_insecure_skip_verify: Option<bool>,
+    pub send_proxy_protocol: Option<RawProxyProtocol>,
+}
+
+/// `send_proxy_protocol = "v1"`, `"v2"` or `false`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawProxyProtocol {
+    Off(bool),
+    Version(String),
 }
 
 #[derive(Debug, Deserialize)]

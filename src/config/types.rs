@@ -4,7 +4,10 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls_pki_types::ServerName;
 
 use super::rule::Rule;
 use crate::model::{Color, RuleSpec};
@@ -118,7 +121,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CertPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -326,6 +329,71 @@ pub struct PoolConfig {
     pub passive: PassiveConfig,
     /// Default HTTP/1.1.
     pub protocol: Protocol,
+    /// `tls = true`: connect to the servers with TLS. Default off (plain TCP).
+    pub tls: Option<UpstreamTls>,
+    /// `send_proxy_protocol`: a PROXY header first on every new connection.
+    /// Default none.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol version written to a pool's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text header (`PROXY TCP4 …\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// TLS to a pool's servers, its files read and its rustls config built
+/// when the config is loaded.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// `tls_server_name`: the name sent as SNI and verified, for every
+    /// server. Default: each server's configured host name, or for an IP
+    /// address no SNI and its IP address verified.
+    pub server_name: Option<ServerName<'static>>,
+    /// `ca_file`: the only roots trusted. Default the system's (or, when it
+    /// has none, the Mozilla roots of `webpki-roots`).
+    pub ca_file: Option<PathBuf>,
+    /// `tls_cert_file` and `tls_key_file`: a client certificate. Default none.
+    pub client_cert: Option<CertPaths>,
+    /// `tls_insecure_skip_verify`: accept any certificate. Default false.
+    pub insecure_skip_verify: bool,
+    /// What the files held when read, so that a reload with rotated files
+    /// is a change and one with the same files keeps the old config.
+    pub contents: Arc<[u8]>,
+    /// One per pool and config load, shared by its every connection: its
+    /// session store lets reconnects resume. ALPN is the pool's protocol.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl PartialEq for UpstreamTls {
+    /// Equal settings and files; `client` is built from them.
+    fn eq(&self, other: &Self) -> bool {
+        self.server_name == other.server_name
+            && self.ca_file == other.ca_file
+            && self.client_cert == other.client_cert
+            && self.insecure_skip_verify == other.insecure_skip_verify
+            && self.contents == other.contents
+    }
+}
+
+impl UpstreamTls {
+    /// The name `server` is verified against (and sent as SNI when a DNS
+    /// name): `tls_server_name`, else the host it was configured by, else
+    /// its IP address.
+    pub fn name_for(&self, server: &ServerConfig) -> ServerName<'static> {
+        if let Some(n) = &self.server_name {
+            return n.clone();
+        }
+        server
+            .name
+            .as_deref()
+            .and_then(|n| n.rsplit_once(':'))
+            .and_then(|(host, _)| ServerName::try_from(host.to_string()).ok())
+            .unwrap_or_else(|| ServerName::IpAddress(server.addr.ip().into()))
+    }
 }
 
 /// Passive health: this many consecutive connect failures or 5xx answers

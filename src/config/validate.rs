@@ -7,6 +7,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+use rustls_pki_types::ServerName;
+
 use super::raw::*;
 use super::rule::Rule;
 use super::types::*;
@@ -343,7 +345,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
     let apps = raw
         .apps
         .into_iter()
-        .map(|(name, app)| build_app(name, app, errs, &mut warnings))
+        .map(|(name, app)| build_app(name, app, base, errs, &mut warnings))
         .collect::<Vec<_>>();
     if apps.is_empty() {
         errs.push("apps", "at least one app is needed");
@@ -661,6 +663,7 @@ fn admin_host(key: &str, s: &str, errs: &mut Errors) -> Option<String> {
 fn build_app(
     name: String,
     raw: RawApp,
+    base: &Path,
     errs: &mut Errors,
     warnings: &mut Vec<String>,
 ) -> AppConfig {
@@ -705,8 +708,8 @@ fn build_app(
             errs,
         )
     });
-    let blue = pool(&format!("{key}.blue"), raw.blue, errs, warnings);
-    let green = pool(&format!("{key}.green"), raw.green, errs, warnings);
+    let blue = pool(&format!("{key}.blue"), raw.blue, base, errs, warnings);
+    let green = pool(&format!("{key}.green"), raw.green, base, errs, warnings);
     if let Err(e) = compile_rules(&key, &raw.rules) {
         errs.0.extend(e);
     }
@@ -726,6 +729,7 @@ fn build_app(
 fn pool(
     key: &str,
     raw: Option<RawPool>,
+    base: &Path,
     errs: &mut Errors,
     warnings: &mut Vec<String>,
 ) -> PoolConfig {
@@ -738,6 +742,8 @@ fn pool(
             health: None,
             passive: PassiveConfig::default(),
             protocol: Protocol::Http1,
+            tls: None,
+            proxy_protocol: None,
         };
     };
     if raw.servers.is_empty() {
@@ -827,6 +833,7 @@ fn pool(
             Protocol::Http1
         }
     };
+    let tls = upstream_tls(key, &raw, protocol, base, errs, warnings);
     let health = raw.health.map(|h| {
         let k = format!("{key}.health");
         let path = h.path.unwrap_or_else(|| "/healthz".into());
@@ -877,6 +884,30 @@ fn pool(
             }
         }
     };
+    let proxy_protocol = match &raw.send_proxy_protocol {
+        None | Some(RawProxyProtocol::Off(false)) => None,
+        Some(RawProxyProtocol::Version(v)) if v == "v1" => Some(ProxyProtocol::V1),
+        Some(RawProxyProtocol::Version(v)) if v == "v2" => Some(ProxyProtocol::V2),
+        Some(o) => {
+            let got = match o {
+                RawProxyProtocol::Off(b) => b.to_string(),
+                RawProxyProtocol::Version(v) => format!("{v:?}"),
+            };
+            errs.push(
+                &format!("{key}.send_proxy_protocol"),
+                format!("must be \"v1\", \"v2\" or false, got {got}"),
+            );
+            None
+        }
+    };
+    if proxy_protocol.is_some() && protocol == Protocol::H2 {
+        // One h2 connection carries every client's requests at once: no
+        // one client's address can head it.
+        errs.push(
+            &format!("{key}.send_proxy_protocol"),
+            "is not supported with protocol = \"h2\" (its connection is shared by every client)",
+        );
+    }
     PoolConfig {
         servers,
         names,
@@ -884,6 +915,93 @@ fn pool(
         health,
         passive,
         protocol,
+        tls,
+        proxy_protocol,
+    }
+}
+
+/// A pool's `tls` keys: the files read and the rustls config built now, so
+/// that `check` and a reload refuse what a connection could not use.
+fn upstream_tls(
+    key: &str,
+    raw: &RawPool,
+    protocol: Protocol,
+    base: &Path,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<UpstreamTls> {
+    if raw.tls != Some(true) {
+        let set = [
+            ("tls_server_name", raw.tls_server_name.is_some()),
+            ("ca_file", raw.ca_file.is_some()),
+            ("tls_cert_file", raw.tls_cert_file.is_some()),
+            ("tls_key_file", raw.tls_key_file.is_some()),
+            (
+                "tls_insecure_skip_verify",
+                raw.tls_insecure_skip_verify.is_some(),
+            ),
+        ];
+        for (k, _) in set.iter().filter(|(_, on)| *on) {
+            errs.push(&format!("{key}.{k}"), "needs tls = true in the same pool");
+        }
+        return None;
+    }
+    let server_name = raw.tls_server_name.as_ref().and_then(|n| {
+        let name = ServerName::try_from(n.clone()).ok();
+        if name.is_none() {
+            errs.push(
+                &format!("{key}.tls_server_name"),
+                format!("{n:?} is not a host name or an IP address"),
+            );
+        }
+        name
+    });
+    let client_cert = match (&raw.tls_cert_file, &raw.tls_key_file) {
+        (Some(c), Some(k)) => Some(CertPaths {
+            cert: base.join(c),
+            key: base.join(k),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            errs.push(
+                &format!("{key}.tls_cert_file"),
+                "needs tls_key_file too (a client certificate needs its key)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(
+                &format!("{key}.tls_key_file"),
+                "needs tls_cert_file too (a client key needs its certificate)",
+            );
+            None
+        }
+    };
+    let ca_file = raw.ca_file.as_ref().map(|f| base.join(f));
+    let insecure_skip_verify = raw.tls_insecure_skip_verify.unwrap_or(false);
+    if insecure_skip_verify {
+        warnings.push(format!(
+            "{key}.tls_insecure_skip_verify: the servers' certificates are not verified; anyone between cutover and them can read and change the traffic"
+        ));
+    }
+    match super::upstream_tls::client_config(
+        protocol,
+        ca_file.as_deref(),
+        client_cert.as_ref(),
+        insecure_skip_verify,
+    ) {
+        Ok((client, contents)) => Some(UpstreamTls {
+            server_name,
+            ca_file,
+            client_cert,
+            insecure_skip_verify,
+            contents: contents.into(),
+            client,
+        }),
+        Err((k, msg)) => {
+            errs.push(&format!("{key}.{k}"), msg);
+            None
+        }
     }
 }
 

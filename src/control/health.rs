@@ -132,10 +132,18 @@ async fn check(server: Arc<Server>, health: Option<HealthConfig>, passive: Passi
     }
 }
 
-/// `GET path` (2xx/3xx within `timeout`), or with no path a TCP connect.
+/// `GET path` (2xx/3xx within `timeout`), or with no path a connect. Both
+/// connect as requests do: the PROXY header (naming no client) and TLS, if
+/// the pool has them, so a certificate the proxy would refuse fails here.
 async fn probe(server: &Server, path: Option<&str>, timeout: Duration) -> bool {
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect(server.addr).await.ok()?;
+        let stream = match crate::tls::connect(server.addr, &server.transport, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(server = %server.addr, error = %e, "health check connect failed");
+                return None;
+            }
+        };
         let Some(path) = path else { return Some(true) };
         let io = TokioIo::new(stream);
         let status = if server.protocol == Protocol::H2 {
@@ -147,7 +155,12 @@ async fn probe(server: &Server, path: Option<&str>, timeout: Duration) -> bool {
             .await
             .ok()?;
             let conn = tokio::spawn(conn);
-            let uri = format!("http://{}{}", server.addr, path);
+            let scheme = if server.transport.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let uri = format!("{scheme}://{}{}", server.addr, path);
             let req = http::Request::get(uri)
                 .header(http::header::USER_AGENT, "cutover-health-check")
                 .body(Empty::new())

@@ -119,6 +119,7 @@ struct ClientTimeouts {
 fn conn_info(
     worker: &Rc<Worker>,
     peer: SocketAddr,
+    local: SocketAddr,
     tls: bool,
     slot: (OwnedSemaphorePermit, OpenConnection),
     state: Arc<ConnState>,
@@ -127,6 +128,7 @@ fn conn_info(
     let limits = &snap.settings.limits;
     let info = Rc::new(ConnInfo {
         peer,
+        local,
         client_value: client_value(peer.ip()),
         tls,
         trusted: super::headers::is_trusted(peer.ip(), &snap.settings.trusted_proxies),
@@ -153,7 +155,8 @@ async fn serve_plain(
     slot: (OwnedSemaphorePermit, OpenConnection),
     state: Arc<ConnState>,
 ) {
-    let (info, t) = conn_info(&worker, peer, false, slot, state);
+    let local = stream.local_addr().unwrap_or(peer);
+    let (info, t) = conn_info(&worker, peer, local, false, slot, state);
     let idle_timeout = t.idle;
     loop {
         let (park, parked) = tokio::sync::oneshot::channel();
@@ -232,6 +235,7 @@ async fn serve_tls(
         .settings
         .limits
         .client_header_timeout;
+    let local = stream.local_addr().unwrap_or(peer);
     // A handshake not yet done is a connection that has sent nothing: it
     // makes room first when the proxy is full.
     let tls = tokio::select! {
@@ -244,7 +248,7 @@ async fn serve_tls(
             return tracing::debug!(%peer, "closed within its TLS handshake to make room (max_connections)")
         }
     };
-    let (info, t) = conn_info(&worker, peer, true, slot, state);
+    let (info, t) = conn_info(&worker, peer, local, true, slot, state);
     let io =
         TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
     run_http(&worker, &info, io).await;

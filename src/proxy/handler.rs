@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -225,10 +226,16 @@ fn prepare(
         // is not sent beside it, as strict servers (nginx) refuse a request
         // that names its host twice.
         parts.headers.remove(header::HOST);
+        // An upstream reached over TLS is an `https` target: its :scheme
+        // says so (RFC 9113 §8.3.1).
+        let tls = server.transport.tls.is_some();
         // An HTTP/2 client's absolute target that already names this host
         // is kept as it is (no new URI per request).
         let kept = new_pq.is_none()
-            && parts.uri.scheme().is_some()
+            && parts
+                .uri
+                .scheme()
+                .is_some_and(|s| !tls || *s == Scheme::HTTPS)
             && parts.uri.authority().map(|a| a.as_str().as_bytes())
                 == authority.as_ref().map(|a| a.as_bytes());
         if !kept && parts.method != Method::CONNECT {
@@ -236,7 +243,8 @@ fn prepare(
             let authority = authority.unwrap_or_else(|| HeaderValue::from_static("localhost"));
             let pq = new_pq.or_else(|| parts.uri.path_and_query().cloned());
             let pq = pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-            match request::absolute(&authority, pq) {
+            let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+            match request::absolute(scheme, &authority, pq) {
                 Some(uri) => parts.uri = uri,
                 None => return Err(fail(ex, ProxyError::BadRequest)),
             }
@@ -302,13 +310,23 @@ fn exchange(
         // another healthy server of the same colour (nothing was sent yet).
         let a = &mut p.answer;
         let started = a.ex.started();
-        let up = match connection(&worker, &a.pool, &p.server, p.connect_timeout, started).await {
+        let up = match connection(
+            &worker,
+            &conn,
+            &a.pool,
+            &p.server,
+            p.connect_timeout,
+            started,
+        )
+        .await
+        {
             Ok(c) => c,
             Err(()) => match a.pool.pick(Some(p.server.id)).cloned() {
                 Some(other) => {
                     a.ex.bind(&other);
                     let now = tokio::time::Instant::now();
-                    let second = connection(&worker, &a.pool, &other, p.connect_timeout, now);
+                    let second =
+                        connection(&worker, &conn, &a.pool, &other, p.connect_timeout, now);
                     match Box::pin(second).await {
                         Ok(c) => c,
                         Err(()) => return Ok(fail(p.answer.ex, ProxyError::Connect)),
@@ -408,7 +426,10 @@ async fn send_again(
     mut p: Prepared,
     server: Arc<Server>,
 ) -> Response<ResponseBody> {
-    let fresh = worker.upstreams.connect(&server, p.connect_timeout).await;
+    let fresh = worker
+        .upstreams
+        .connect(&server, p.connect_timeout, (conn.peer, conn.local))
+        .await;
     let Ok(Pooled {
         tx: Sender::H1(mut c),
         lease,
@@ -486,7 +507,7 @@ async fn send_h2(
                 tracing::debug!(server = %lease.server.addr, error = %e.error(), "h2 upstream refused the stream; sending it on a new connection");
                 let fresh = worker
                     .upstreams
-                    .connect(&lease.server, p.connect_timeout)
+                    .connect(&lease.server, p.connect_timeout, (conn.peer, conn.local))
                     .await;
                 let Ok(Pooled {
                     tx: Sender::H2(mut tx),
@@ -633,12 +654,13 @@ fn rebuild(h: HeadCopy) -> Request<RequestBody> {
 /// A pooled connection if one is idle and usable, else a new one.
 async fn connection(
     worker: &Worker,
+    conn: &ConnInfo,
     pool: &Pool,
     server: &Arc<Server>,
     connect_timeout: Duration,
     now: tokio::time::Instant,
 ) -> Result<Pooled, ()> {
-    while let Some(mut c) = worker.upstreams.take(server, now) {
+    while let Some(mut c) = worker.upstreams.take(server, now, conn.peer) {
         match &mut c.tx {
             Sender::H1(_) => return Ok(c),
             Sender::H2(tx) => {
@@ -649,7 +671,8 @@ async fn connection(
         }
     }
     // Boxed: the connect future is large and rarely needed.
-    match Box::pin(worker.upstreams.connect(server, connect_timeout)).await {
+    let client = (conn.peer, conn.local);
+    match Box::pin(worker.upstreams.connect(server, connect_timeout, client)).await {
         Ok(c) => Ok(c),
         Err(e) => {
             server.connect_errors.fetch_add(1, Relaxed);

@@ -51,6 +51,9 @@ use crate::route::rule::ConnMemo;
 /// What every request on one client connection shares.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The listener's address the client connected to (its destination in
+    /// a PROXY header sent upstream).
+    pub local: SocketAddr,
     /// `peer`'s address as an `X-Forwarded-For` element, rendered once.
     pub client_value: HeaderValue,
     pub tls: bool,

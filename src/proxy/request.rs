@@ -302,10 +302,10 @@ pub fn path_and_query(path: &str, uri: &Uri) -> Option<PathAndQuery> {
 }
 
 /// An absolute URI for an h2 upstream, from parsed parts.
-pub fn absolute(authority: &HeaderValue, pq: PathAndQuery) -> Option<Uri> {
+pub fn absolute(scheme: Scheme, authority: &HeaderValue, pq: PathAndQuery) -> Option<Uri> {
     let authority = Authority::try_from(authority.as_bytes()).ok()?;
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority);
     parts.path_and_query = Some(pq);
     Uri::from_parts(parts).ok()

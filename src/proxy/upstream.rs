@@ -22,16 +22,23 @@
 //! connection it uses.
 //!
 //! HTTP/1.1 connections are cutover's own client's ([`super::h1`]), for
-//! every request.
+//! every request, over plain TCP or TLS alike ([`crate::tls::Stream`]).
+//!
+//! A pool that sends PROXY headers (`send_proxy_protocol`) keeps its idle
+//! connections like any other, but [`Upstreams::take`] gives one only to
+//! the client (address and port) its header named: the header speaks for
+//! the whole connection, so another client's requests must not ride it.
+//! Other clients open their own; the idle timeout and trimming close what
+//! no client comes back for.
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
@@ -59,10 +66,18 @@ pub enum Sender {
 }
 
 impl Sender {
-    pub fn is_closed(&self) -> bool {
+    pub fn is_closed(&mut self) -> bool {
         match self {
             Sender::H1(c) => c.is_closed(),
             Sender::H2(tx) => tx.is_closed(),
+        }
+    }
+
+    /// The client an HTTP/1.1 connection's PROXY header named, if any.
+    fn proxied_for(&self) -> Option<SocketAddr> {
+        match self {
+            Sender::H1(c) => c.proxied_for,
+            Sender::H2(_) => None,
         }
     }
 }
@@ -132,8 +147,10 @@ impl Upstreams {
 
     /// An idle connection to `server` that is still open and fresh enough,
     /// most recently used first (for HTTP/2: the shared connection). `now`:
-    /// the request's start, read once for all its bookkeeping.
-    pub fn take(&self, server: &Arc<Server>, now: Instant) -> Option<Pooled> {
+    /// the request's start, read once for all its bookkeeping. `peer`: the
+    /// client; a pool that sends the PROXY header gives it only a
+    /// connection whose header named it.
+    pub fn take(&self, server: &Arc<Server>, now: Instant, peer: SocketAddr) -> Option<Pooled> {
         if server.protocol == Protocol::H2 {
             let mut h2 = self.h2.borrow_mut();
             let slot = h2.get_mut(server.id)?;
@@ -160,8 +177,16 @@ impl Upstreams {
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(server.id)?;
+        let proxied = server.transport.proxy_protocol.is_some();
         let found = loop {
-            let Some(c) = list.pop() else {
+            let next = if proxied {
+                list.iter()
+                    .rposition(|c| c.tx.proxied_for() == Some(peer))
+                    .map(|i| list.remove(i))
+            } else {
+                list.pop()
+            };
+            let Some(mut c) = next else {
                 break None;
             };
             if c.tx.is_closed()
@@ -185,13 +210,22 @@ impl Upstreams {
         })
     }
 
-    /// Open a new connection to `server`: HTTP/1.1, or h2c.
-    pub async fn connect(&self, server: &Arc<Server>, timeout: Duration) -> io::Result<Pooled> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(server.addr)).await {
+    /// Open a new connection to `server`: HTTP/1.1, or HTTP/2; over TLS if
+    /// its pool says so, after a PROXY header naming `client` (its address,
+    /// the listener's) if its pool sends one. `timeout` bounds the TCP
+    /// connect and the TLS handshake together.
+    pub async fn connect(
+        &self,
+        server: &Arc<Server>,
+        timeout: Duration,
+        client: (SocketAddr, SocketAddr),
+    ) -> io::Result<Pooled> {
+        let proxied = server.transport.proxy_protocol.is_some().then_some(client);
+        let open = crate::tls::connect(server.addr, &server.transport, proxied);
+        let stream = match tokio::time::timeout(timeout, open).await {
             Ok(r) => r?,
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         };
-        let _ = stream.set_nodelay(true);
         let tx = if server.protocol == Protocol::H2 {
             let (tx, conn) = http2::Builder::new(LocalExec)
                 .timer(TokioTimer::new())
@@ -219,7 +253,7 @@ impl Upstreams {
             });
             Sender::H2(tx)
         } else {
-            Sender::H1(Box::new(Conn::new(stream, server)))
+            Sender::H1(Box::new(Conn::new(stream, server, proxied.map(|c| c.0))))
         };
         Ok(Pooled {
             tx,
@@ -333,7 +367,7 @@ impl Upstreams {
                 let surplus = unused[id].min(list.len()).div_ceil(2);
                 list.drain(..surplus);
             }
-            list.retain(|c| {
+            list.retain_mut(|c| {
                 keep && !c.tx.is_closed()
                     && now.duration_since(c.since) < idle_timeout
                     && now.duration_since(c.created) < lifetime

@@ -13,6 +13,7 @@ use crate::config::{
     PassiveConfig, PoolConfig, Protocol, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
+use crate::tls::{ServerTls, Transport};
 
 impl AppState {
     pub fn initial(app: &AppConfig) -> AppState {
@@ -46,6 +47,8 @@ pub struct Server {
     pub app: Arc<str>,
     pub color: Color,
     pub protocol: Protocol,
+    /// TLS and the PROXY header, as its pool has them.
+    pub transport: Transport,
     /// `active_ok && !passive_down`: the one flag the request path reads.
     pub healthy: AtomicBool,
     /// The active health check's verdict (true without an active check).
@@ -70,6 +73,7 @@ impl Server {
         addr: SocketAddr,
         weight: u32,
         protocol: Protocol,
+        transport: Transport,
     ) -> Server {
         Server {
             id: NEXT_SERVER_ID.fetch_add(1, Relaxed),
@@ -78,6 +82,7 @@ impl Server {
             app,
             color,
             protocol,
+            transport,
             healthy: AtomicBool::new(true),
             active_ok: AtomicBool::new(true),
             passive_down: AtomicBool::new(false),
@@ -610,12 +615,24 @@ impl Snapshot {
                             .servers
                             .iter()
                             .map(|s| {
+                                let transport = Transport {
+                                    tls: cfg.tls.as_ref().map(|t| {
+                                        Arc::new(ServerTls {
+                                            pool: t.clone(),
+                                            name: t.name_for(s),
+                                        })
+                                    }),
+                                    proxy_protocol: cfg.proxy_protocol,
+                                };
+                                // Pooled connections are by server: one
+                                // reached another way is another server.
                                 old_pool
                                     .and_then(|p| {
                                         p.servers.iter().find(|o| {
                                             o.addr == s.addr
                                                 && o.weight == s.weight
                                                 && o.protocol == cfg.protocol
+                                                && o.transport == transport
                                         })
                                     })
                                     .cloned()
@@ -626,6 +643,7 @@ impl Snapshot {
                                             s.addr,
                                             s.weight,
                                             cfg.protocol,
+                                            transport,
                                         ))
                                     })
                             })

@@ -541,6 +541,8 @@ impl WsUpstream {
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     pub der: rustls::pki_types::CertificateDer<'static>,
+    /// The CA certificate in PEM, for a `ca_file`.
+    pub pem: String,
 }
 
 impl TestCa {
@@ -554,6 +556,7 @@ impl TestCa {
         let cert = params.self_signed(&key).unwrap();
         TestCa {
             der: cert.der().clone(),
+            pem: cert.pem(),
             issuer: rcgen::Issuer::new(params, key),
         }
     }

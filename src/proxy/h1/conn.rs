@@ -12,20 +12,21 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::codec::{self, Asked, Decoded, Decoder, Forwarded, Framing, Head, Malformed, Parsed};
 use crate::route::Server;
+use crate::tls::Stream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -62,7 +63,7 @@ impl Drop for Counted {
 
 /// An upstream HTTP/1.1 connection.
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     /// Bytes to write: the request head, a chunk's framing, a small body.
@@ -70,6 +71,9 @@ pub struct Conn {
     /// The next read's size; grows while a long body fills every read.
     read_size: usize,
     counted: Counted,
+    /// The client whose address the connection's PROXY header gave, if it
+    /// sent one: the pool hands the connection to no other client.
+    pub proxied_for: Option<SocketAddr>,
 }
 
 /// Why an exchange failed.
@@ -136,29 +140,21 @@ enum Sending {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream, server: &Arc<Server>) -> Conn {
+    pub fn new(io: Stream, server: &Arc<Server>, proxied_for: Option<SocketAddr>) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
             read_size: READ_SIZE,
             counted: Counted::new(server),
+            proxied_for,
         }
     }
 
     /// Has the upstream closed this idle connection (or sent something
-    /// unasked)? The reactor's readiness says whether anything arrived
-    /// since the last read; only then is the socket read.
-    pub fn is_closed(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(())) => !matches!(
-                self.io.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
-        }
+    /// unasked)? See [`Stream::is_closed`].
+    pub fn is_closed(&mut self) -> bool {
+        self.io.is_closed()
     }
 
     /// Send the request, with `body` (`None`: it has none), and read the
@@ -205,6 +201,16 @@ impl Conn {
                         Poll::Pending => break,
                     }
                     continue;
+                }
+                // TLS may hold back bytes it took (a full socket): they go
+                // out before the answer is awaited. Plain TCP: a no-op.
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        write_failed = Some(e);
+                        continue;
+                    }
+                    Poll::Pending => break,
                 }
                 self.out.clear();
                 at = 0;
@@ -322,7 +328,7 @@ impl Conn {
 
     /// The connection after a `101` or a 2xx to `CONNECT`: the socket, what
     /// was read past the head (the tunnel's first bytes), and its count.
-    pub fn into_tunnel(self) -> (TcpStream, Bytes, Counted) {
+    pub fn into_tunnel(self) -> (Stream, Bytes, Counted) {
         (self.io, self.buf.freeze(), self.counted)
     }
 }
