@@ -22,6 +22,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub state: RawState,
     #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
     pub apps: BTreeMap<String, RawApp>,
 }
 
@@ -36,6 +38,26 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub resolve_interval: Option<String>,
     pub upgrade_timeout: Option<String>,
+    pub proxy_protocol: Option<RawAcceptProxy>,
+    pub request_id: Option<String>,
+    pub request_id_header: Option<String>,
+}
+
+/// `proxy_protocol = true` (every listener) or a list of listen addresses.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAcceptProxy {
+    All(bool),
+    Only(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<String>,
+    pub access_format: Option<String>,
+    pub access_query: Option<bool>,
+    pub access_buffer: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

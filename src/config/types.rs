@@ -23,6 +23,7 @@ pub struct Config {
     pub tls: Vec<CertPaths>,
     pub admin: AdminSettings,
     pub state: StateSettings,
+    pub log: LogSettings,
     /// Apps in name order.
     pub apps: Vec<AppConfig>,
     /// Not errors, but worth saying (an expired certificate).
@@ -52,6 +53,81 @@ pub struct ServerSettings {
     /// `cutover upgrade`: how long the new process may take to serve
     /// before it is stopped and this one keeps serving. Default 30 s.
     pub upgrade_timeout: Duration,
+    /// Listeners whose connections begin with a PROXY protocol header.
+    pub proxy_protocol: AcceptProxy,
+    pub request_id: RequestId,
+    /// Default `x-request-id`.
+    pub request_id_header: http::HeaderName,
+}
+
+/// Which listeners expect a PROXY protocol (v1 or v2) header, from an L4
+/// balancer among `trusted_proxies`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AcceptProxy {
+    #[default]
+    Off,
+    All,
+    /// Listeners by their configured address.
+    Only(Vec<SocketAddr>),
+}
+
+impl AcceptProxy {
+    pub fn applies(&self, listener: SocketAddr) -> bool {
+        match self {
+            AcceptProxy::Off => false,
+            AcceptProxy::All => true,
+            AcceptProxy::Only(list) => list.contains(&listener),
+        }
+    }
+}
+
+/// What becomes of a request's id field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestId {
+    /// Kept when the client sent a well-formed one, else generated.
+    #[default]
+    Keep,
+    /// Always generated (a client's is replaced).
+    Always,
+    /// Neither added nor touched.
+    Off,
+}
+
+/// `[log]`: the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub access: AccessLog,
+    pub format: AccessFormat,
+    /// Write the query string (JSON `query`; the combined format always
+    /// has the whole request line).
+    pub query: bool,
+    /// Lines waiting for the writer thread; past it they are dropped.
+    pub buffer: usize,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            access: AccessLog::Off,
+            format: AccessFormat::Json,
+            query: false,
+            buffer: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    Json,
+    /// nginx's `combined`, then the app and the colour.
+    Combined,
 }
 
 impl ServerSettings {

@@ -155,6 +155,41 @@ pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
     None
 }
 
+fn log_settings(raw: RawLog, base: &Path, errs: &mut Errors) -> LogSettings {
+    let d = LogSettings::default();
+    LogSettings {
+        access: match raw.access.as_deref() {
+            None | Some("off") => AccessLog::Off,
+            Some("stdout") => AccessLog::Stdout,
+            Some("") => {
+                errs.push("log.access", "\"stdout\", \"off\" or a file path");
+                AccessLog::Off
+            }
+            Some(path) => AccessLog::File(base.join(path)),
+        },
+        format: match raw.access_format.as_deref() {
+            None | Some("json") => AccessFormat::Json,
+            Some("combined") => AccessFormat::Combined,
+            Some(other) => {
+                errs.push(
+                    "log.access_format",
+                    format!("{other:?} is not \"json\" or \"combined\""),
+                );
+                AccessFormat::Json
+            }
+        },
+        query: raw.access_query.unwrap_or(false),
+        buffer: int_range(
+            "log.access_buffer",
+            raw.access_buffer,
+            d.buffer as i64,
+            16,
+            1 << 20,
+            errs,
+        ) as usize,
+    }
+}
+
 /// CIDR networks (`10.0.0.0/8`) or single addresses (`192.0.2.1`).
 fn networks(key: &str, list: Vec<String>, errs: &mut Errors) -> Vec<ipnet::IpNet> {
     list.iter()
@@ -215,7 +250,62 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             raw.server.trusted_proxies.unwrap_or_default(),
             errs,
         ),
+        proxy_protocol: AcceptProxy::Off,
+        request_id: match raw.server.request_id.as_deref() {
+            None | Some("keep") => RequestId::Keep,
+            Some("always") => RequestId::Always,
+            Some("off") => RequestId::Off,
+            Some(other) => {
+                errs.push(
+                    "server.request_id",
+                    format!("{other:?} is not one of \"keep\", \"always\", \"off\""),
+                );
+                RequestId::Keep
+            }
+        },
+        request_id_header: match raw.server.request_id_header.as_deref() {
+            None => http::HeaderName::from_static("x-request-id"),
+            Some(name) => http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
+                errs.push(
+                    "server.request_id_header",
+                    format!("{name:?} is not a header field name"),
+                );
+                http::HeaderName::from_static("x-request-id")
+            }),
+        },
     };
+    let mut server = server;
+    server.proxy_protocol = match raw.server.proxy_protocol {
+        None | Some(RawAcceptProxy::All(false)) => AcceptProxy::Off,
+        Some(RawAcceptProxy::All(true)) => AcceptProxy::All,
+        Some(RawAcceptProxy::Only(list)) => {
+            let mut only = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                match a.parse::<SocketAddr>() {
+                    Ok(addr)
+                        if server.listen.contains(&addr) || server.listen_tls.contains(&addr) =>
+                    {
+                        only.push(addr)
+                    }
+                    Ok(_) => errs.push(
+                        &format!("server.proxy_protocol[{i}]"),
+                        format!("{a} is not one of listen or listen_tls"),
+                    ),
+                    Err(_) => errs.push(
+                        &format!("server.proxy_protocol[{i}]"),
+                        format!("{a:?} is not an address (host:port)"),
+                    ),
+                }
+            }
+            AcceptProxy::Only(only)
+        }
+    };
+    if server.proxy_protocol != AcceptProxy::Off && server.trusted_proxies.is_empty() {
+        errs.push(
+            "server.proxy_protocol",
+            "needs server.trusted_proxies: the balancers allowed to send the header",
+        );
+    }
     if server.listen.is_empty() && server.listen_tls.is_empty() {
         errs.push(
             "server.listen",
@@ -339,6 +429,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
     }
     let admin = admin(raw.admin, base, errs, &mut warnings);
     listeners_once(&server, &admin, errs);
+    let log = log_settings(raw.log, base, errs);
     let state = StateSettings {
         file: raw.state.file.map(|f| base.join(f)),
     };
@@ -358,6 +449,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         tls,
         admin,
         state,
+        log,
         apps,
         warnings,
     }

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +18,11 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 
+use super::access;
 use super::body::{BodyTimeout, ClientBody, RequestBody, TooLarge};
 use super::deadline;
 use super::error::ProxyError;
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Extra};
 use super::h1;
 use super::headers;
 use super::io::ConnInfo;
@@ -29,8 +30,9 @@ use super::request;
 use super::response::ResponseBody;
 use super::upstream::{Lease, Pooled, Sender};
 use super::worker::Worker;
-use crate::config::{Protocol, Sticky};
+use crate::config::{AccessFormat, Protocol, RequestId, Sticky};
 use crate::route::rule::RequestView;
+use crate::route::snapshot::{Placed, Settings};
 use crate::route::{Pool, Server, Timeout};
 
 static COLOR_VALUES: [HeaderValue; 2] = [
@@ -59,8 +61,74 @@ pub fn handle(
 fn fail(mut ex: Exchange, err: ProxyError) -> Response<ResponseBody> {
     ex.set_status(err.status().as_u16());
     let resp: Response<Bytes> = err.response();
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    if let Some((name, id)) = ex.request_id() {
+        parts.headers.insert(name.clone(), id.clone());
+    }
     Response::from_parts(parts, ResponseBody::full(body, Some(ex)))
+}
+
+/// The request id (taken or generated, and set on the request) and the
+/// access log's fields, when the config asks for either. `Some`: the
+/// request body's byte count, for the log.
+fn extras(
+    settings: &Settings,
+    conn: &ConnInfo,
+    req: &mut Request<Incoming>,
+    ex: &mut Exchange,
+) -> Option<Arc<AtomicU64>> {
+    if settings.request_id == RequestId::Off && settings.access_log.is_none() {
+        return None;
+    }
+    let mut extra = Extra::default();
+    if settings.request_id != RequestId::Off {
+        let name = &settings.request_id_header;
+        let kept = match settings.request_id {
+            RequestId::Keep => req
+                .headers()
+                .get(name)
+                .filter(|v| headers::acceptable_request_id(v))
+                .cloned(),
+            _ => None,
+        };
+        let id = kept.unwrap_or_else(|| {
+            let id = headers::new_request_id();
+            req.headers_mut().insert(name.clone(), id.clone());
+            id
+        });
+        extra.request_id = Some((name.clone(), id));
+    }
+    let mut counter = None;
+    if let Some(format) = settings.access_log {
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        counter = Some(bytes_in.clone());
+        let uri = req.uri();
+        let query = (settings.access_query || format == AccessFormat::Combined)
+            .then(|| uri.query().map(str::to_string))
+            .flatten();
+        let h = req.headers();
+        extra.log = Some(access::Fields {
+            format,
+            method: req.method().clone(),
+            host: h.get(header::HOST).cloned().or_else(|| {
+                uri.authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+            path: uri.path().to_string(),
+            query,
+            version: req.version(),
+            client: conn.peer.ip(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            referer: h.get(header::REFERER).cloned(),
+            app: None,
+            placed: None,
+            upstream_time: None,
+            bytes_in,
+            tls: conn.tls_detail.clone(),
+        });
+    }
+    ex.extra = Some(Box::new(extra));
+    counter
 }
 
 /// A routed request, rewritten for its upstream.
@@ -103,11 +171,12 @@ struct Answer {
 fn prepare(
     worker: &Worker,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     mut ex: Exchange,
 ) -> Result<Prepared, Response<ResponseBody>> {
     // Phase 1: route, with one snapshot load.
     let snap = worker.shared.snapshot.load();
+    let bytes_in = extras(&snap.settings, conn, &mut req, &mut ex);
     let limits = &snap.settings.limits;
     let (max_body, connect_timeout, response_timeout) = (
         limits.max_body_bytes,
@@ -148,6 +217,18 @@ fn prepare(
     };
     let view = RequestView::new(path, req.headers(), client_ip, Some(&conn.memo));
     let decision = app.decide(&view);
+    if let Some(f) = ex.log_fields() {
+        f.client = client_ip;
+        f.app = Some(app.name.clone());
+        f.placed = Some(match decision.placed {
+            Placed::Rule(i) => app
+                .rules
+                .get(i as usize)
+                .map_or("rule".into(), |r| r.name.as_str().into()),
+            Placed::Split => "split".into(),
+            Placed::Live => "live".into(),
+        });
+    }
     let pool = app.pool(decision.color).clone();
     let set_cookie = match (&decision.new_cookie, &app.sticky) {
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
@@ -268,7 +349,7 @@ fn prepare(
     Ok(Prepared {
         bodiless: body.is_end_stream(),
         from_h2,
-        body: RequestBody::new(body, max_body, body_timeout),
+        body: RequestBody::new(body, max_body, body_timeout).counting(bytes_in),
         parts,
         asked,
         forwarded_host,
@@ -565,6 +646,7 @@ fn unprocessed(e: &hyper::Error) -> bool {
 /// Passive health counts only what the upstream did: the 5xx it sends
 /// (timeouts in [`failed`], connect failures where they happen).
 fn judge(a: &mut Answer, server: &Server, status: StatusCode) {
+    a.ex.head_arrived();
     if status.is_server_error() {
         server.record_failure(&a.pool.config.passive);
     } else {
@@ -621,6 +703,9 @@ fn respond(
     }
     if let Some(c) = set_cookie {
         parts.headers.append(header::SET_COOKIE, c);
+    }
+    if let Some((name, id)) = body.exchange().and_then(|ex| ex.request_id()) {
+        parts.headers.insert(name.clone(), id.clone());
     }
     Response::from_parts(parts, body)
 }

@@ -25,6 +25,7 @@
 //! h1::codec}`, each also free to use the leaves `headers`, `io`,
 //! `deadline`, `error`, `request` and `worker`.
 
+mod access;
 pub mod body;
 mod conn;
 mod deadline;
@@ -37,6 +38,7 @@ mod h1;
 mod handler;
 pub mod headers;
 pub mod io;
+mod proxy_protocol;
 mod request;
 mod response;
 mod tunnel;

@@ -100,6 +100,13 @@ impl ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// The request's bookkeeping, until the body ends.
+    pub fn exchange(&self) -> Option<&Exchange> {
+        self.exchange.as_ref()
+    }
+}
+
 impl From<Bytes> for ResponseBody {
     fn from(b: Bytes) -> Self {
         ResponseBody::full(b, None)
@@ -157,7 +164,11 @@ impl Body for ResponseBody {
                     ex.finish(false);
                 }
             }
-            Some(Ok(_)) => {}
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(ex)) = (frame.data_ref(), &this.exchange) {
+                    ex.count_out(data.len());
+                }
+            }
         }
         Poll::Ready(out)
     }

@@ -34,6 +34,12 @@ pub struct Settings {
     pub color_header: bool,
     /// See `ServerSettings::trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub proxy_protocol: crate::config::AcceptProxy,
+    pub request_id: crate::config::RequestId,
+    pub request_id_header: http::HeaderName,
+    /// The access log's format, when there is one.
+    pub access_log: Option<crate::config::AccessFormat>,
+    pub access_query: bool,
 }
 
 /// One upstream server. Lives as long as any snapshot (or in-flight
@@ -503,21 +509,25 @@ impl App {
                 _ => sticky::random_bucket(),
             })
         };
-        if let Some(rule) = self.rules.first_match(req, &scan) {
+        if let Some((index, rule)) = self.rules.first_match(req, &scan) {
             if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
                 return Decision {
                     color: rule.to,
                     new_cookie,
+                    placed: Placed::Rule(index as u32),
                 };
             }
         }
-        let color = match self.standby_bp {
-            0 => self.state.live,
-            bp if bp >= BUCKETS => self.state.standby(),
-            bp if bucket() < bp => self.state.standby(),
-            _ => self.state.live,
+        let (color, placed) = match self.standby_bp {
+            0 => (self.state.live, Placed::Live),
+            bp if bp >= BUCKETS || bucket() < bp => (self.state.standby(), Placed::Split),
+            _ => (self.state.live, Placed::Split),
         };
-        Decision { color, new_cookie }
+        Decision {
+            color,
+            new_cookie,
+            placed,
+        }
     }
 }
 
@@ -528,6 +538,18 @@ pub struct Decision {
     /// Set when the sticky cookie was missing and the app needs one: the
     /// fresh id to send back in `Set-Cookie`.
     pub new_cookie: Option<sticky::CookieId>,
+    pub placed: Placed,
+}
+
+/// What placed a request on its colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// The rule at this index of the app's rules.
+    Rule(u32),
+    /// The random split between live and standby (`standby_percent`).
+    Split,
+    /// No split: everything goes to the live colour.
+    Live,
 }
 
 /// Everything the request path reads, immutable once built.
@@ -680,6 +702,12 @@ impl Snapshot {
             limits: config.limits.clone(),
             color_header: config.server.color_header,
             trusted_proxies: config.server.trusted_proxies.clone(),
+            proxy_protocol: config.server.proxy_protocol.clone(),
+            request_id: config.server.request_id,
+            request_id_header: config.server.request_id_header.clone(),
+            access_log: (config.log.access != crate::config::AccessLog::Off)
+                .then_some(config.log.format),
+            access_query: config.log.query,
         });
         Ok(Snapshot::index(apps, settings, epoch))
     }
