@@ -396,3 +396,69 @@ async fn proxy_protocol_without_trusted_proxies_is_a_config_error() {
         "{err:?}"
     );
 }
+
+/// logrotate's way: move the file, send SIGUSR1, and the next lines go to
+/// a new file at the configured path (the real binary, a real signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_after_rotation() {
+    let (b, g) = blue_green().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [log]\naccess = \"access.log\"\n\
+             [apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+            b.addr, g.addr
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = client();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::net::TcpStream::connect(("127.0.0.1", admin)).await
+        })
+        .await;
+        if matches!(up, Ok(Ok(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "daemon did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = dir.path().join("access.log");
+    assert_eq!(get(&c, &url("/before"), &[]).await.status, 200);
+    assert!(lines(&log, 1).await[0].contains("\"/before\""));
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The reopen is asynchronous: ask until a line lands in the new file.
+    let start = Instant::now();
+    loop {
+        assert_eq!(get(&c, &url("/after"), &[]).await.status, 200);
+        if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"/after\"")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no new file after SIGUSR1"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("\"/before\""));
+    let _ = child.kill();
+    let _ = child.wait();
+}
