@@ -366,10 +366,12 @@ impl Pool {
 
 /// Smooth weighted round robin (as nginx does it), unrolled into one cycle.
 fn smooth_wrr(weights: &[u32]) -> Vec<u32> {
-    if weights.is_empty() {
+    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    // No server in rotation (all drained, say): one slot, so that `pick`
+    // finds none usable and answers 503 rather than dividing by zero.
+    if total == 0 {
         return vec![0];
     }
-    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
     let mut current = vec![0i64; weights.len()];
     (0..total)
         .map(|_| {
@@ -832,6 +834,8 @@ mod tests {
         let s = smooth_wrr(&[5, 1, 1]);
         assert_eq!(s.iter().filter(|i| **i == 0).count(), 5);
         assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr(&[0, 0]), vec![0]);
+        assert_eq!(smooth_wrr(&[]), vec![0]);
     }
 
     #[test]
