@@ -36,6 +36,12 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub resolve_interval: Option<String>,
     pub upgrade_timeout: Option<String>,
+    pub redirect_https: Option<bool>,
+    pub https_port: Option<i64>,
+    pub hsts: Option<String>,
+    pub retry_after: Option<String>,
+    /// `[server.error_pages]`: status → file.
+    pub error_pages: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +121,11 @@ pub struct RawApp {
     pub green: Option<RawPool>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    pub redirect_https: Option<bool>,
+    pub hsts: Option<String>,
+    pub retry_after: Option<String>,
+    /// `[apps.NAME.error_pages]`: status → file.
+    pub error_pages: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

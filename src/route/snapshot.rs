@@ -10,7 +10,7 @@ use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
     compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits,
-    PassiveConfig, PoolConfig, Protocol, Sticky,
+    OwnAnswers, PassiveConfig, PoolConfig, Protocol, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
 use crate::tls::{ServerTls, Transport};
@@ -34,6 +34,9 @@ pub struct Settings {
     pub color_header: bool,
     /// See `ServerSettings::trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[server]`'s own answers: for a request no app matched, or refused
+    /// before routing.
+    pub answers: Arc<OwnAnswers>,
 }
 
 /// One upstream server. Lives as long as any snapshot (or in-flight
@@ -231,6 +234,10 @@ pub struct Pool {
     pub config: PoolConfig,
     pub servers: Vec<Arc<Server>>,
     pub stats: Arc<ColorStats>,
+    /// The app's own answers (the same `Arc` as [`App::answers`]): here
+    /// because every request holds its pool, so an error answer or HSTS
+    /// costs the normal path nothing more.
+    pub answers: Arc<OwnAnswers>,
     /// Per server (same order): its runtime state and effective weight.
     settings: Vec<(ServerState, u32)>,
     /// Smooth weighted round-robin order, as server indexes.
@@ -244,6 +251,7 @@ impl Pool {
         config: PoolConfig,
         servers: Vec<Arc<Server>>,
         stats: Arc<ColorStats>,
+        answers: Arc<OwnAnswers>,
         overrides: &BTreeMap<String, ServerSetting>,
     ) -> Pool {
         let settings = Pool::settings_for(color, &servers, overrides);
@@ -258,6 +266,7 @@ impl Pool {
             config,
             servers,
             stats,
+            answers,
             settings,
             schedule,
             rr: AtomicUsize::new(0),
@@ -289,6 +298,7 @@ impl Pool {
             self.config.clone(),
             self.servers.clone(),
             self.stats.clone(),
+            self.answers.clone(),
             overrides,
         ))
     }
@@ -404,6 +414,8 @@ pub struct App {
     pub rules: Arc<RuleTable>,
     /// `[blue, green]`.
     pub pools: [Arc<Pool>; 2],
+    /// Redirect, HSTS and error pages, merged with `[server]`'s.
+    pub answers: Arc<OwnAnswers>,
     standby_bp: u32,
     /// A partial split or a partial rule is in force: new users get a cookie.
     set_cookie: bool,
@@ -417,6 +429,7 @@ struct Shape {
     sticky: Sticky,
     drain_timeout: Option<Duration>,
     pools: [Arc<Pool>; 2],
+    answers: Arc<OwnAnswers>,
 }
 
 impl App {
@@ -449,6 +462,7 @@ impl App {
             drain_timeout: shape.drain_timeout,
             rules,
             pools: shape.pools,
+            answers: shape.answers,
             standby_bp,
             set_cookie,
         }
@@ -607,11 +621,16 @@ impl Snapshot {
             let name: Arc<str> = old_app
                 .map(|a| a.name.clone())
                 .unwrap_or_else(|| app_cfg.name.as_str().into());
+            // Kept when unchanged, so that the pools are too.
+            let answers = match old_app {
+                Some(a) if *a.answers == app_cfg.answers => a.answers.clone(),
+                _ => Arc::new(app_cfg.answers.clone()),
+            };
             let pools = Color::ALL.map(|color| {
                 let cfg = &app_cfg.pools[color.index()];
                 let old_pool = old_app.map(|a| a.pool(color));
                 match old_pool {
-                    Some(p) if p.config == *cfg => p.clone(),
+                    Some(p) if p.config == *cfg && Arc::ptr_eq(&p.answers, &answers) => p.clone(),
                     _ => {
                         let servers = cfg
                             .servers
@@ -656,6 +675,7 @@ impl Snapshot {
                             cfg.clone(),
                             servers,
                             stats,
+                            answers.clone(),
                             &state.servers,
                         ))
                     }
@@ -669,6 +689,7 @@ impl Snapshot {
                 sticky: app_cfg.sticky.clone(),
                 drain_timeout: app_cfg.drain_timeout,
                 pools,
+                answers,
             };
             match App::assemble(shape, state) {
                 Ok(app) => apps.push(Arc::new(app)),
@@ -682,6 +703,7 @@ impl Snapshot {
             limits: config.limits.clone(),
             color_header: config.server.color_header,
             trusted_proxies: config.server.trusted_proxies.clone(),
+            answers: Arc::new(config.server.answers.clone()),
         });
         Ok(Snapshot::index(apps, settings, epoch))
     }
@@ -706,6 +728,7 @@ impl Snapshot {
                         sticky: app.sticky.clone(),
                         drain_timeout: app.drain_timeout,
                         pools: app.pools.clone().map(|p| p.with_overrides(&state.servers)),
+                        answers: app.answers.clone(),
                     };
                     if state.rules == app.state.rules {
                         Arc::new(App::with_rules(shape, state.clone(), app.rules.clone()))
