@@ -307,3 +307,28 @@ fn bad_hsts_retry_after_and_page_statuses_are_config_errors_naming_their_key() {
     let ok = shop("hsts = \"max-age=0\"", "", "127.0.0.1:1", "127.0.0.1:2");
     assert!(cutover::Config::from_toml(&ok).is_ok());
 }
+
+#[test]
+fn an_app_takes_each_of_servers_answers_it_does_not_set_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = shop(
+        "redirect_https = true\nhsts = \"max-age=600\"\n[server.error_pages]\n502 = \"pages/502.html\"\n503 = \"pages/503.html\"",
+        "redirect_https = false\n[apps.shop.error_pages]\n503 = \"pages/shop-503.txt\"",
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+    );
+    let pages = [("502.html", "a"), ("503.html", "b"), ("shop-503.txt", "c")];
+    let config = cutover::Config::load(&write(dir.path(), &text, &pages)).unwrap();
+    let own = &config.apps[0].answers;
+    assert!(!own.redirect_https);
+    assert_eq!(own.hsts.as_ref().unwrap(), "max-age=600");
+    assert_eq!(own.retry_after.as_ref().unwrap(), "5");
+    assert_eq!(own.https_port, 443);
+    assert_eq!(&own.pages.get(502).unwrap().body[..], b"a");
+    let shop_503 = own.pages.get(503).unwrap();
+    assert_eq!(
+        (&shop_503.body[..], shop_503.content_type.to_str().unwrap()),
+        (&b"c"[..], "text/plain; charset=utf-8")
+    );
+    assert!(own.pages.get(504).is_none());
+}
