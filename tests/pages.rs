@@ -181,9 +181,17 @@ async fn a_503_is_the_apps_page_with_retry_after_and_a_502_its_other_page() {
         "\n[apps.down]\nhosts = [\"down.test\"]\n[apps.down.blue]\nservers = [\"{closed_addr}\"]\n\
          [apps.down.green]\nservers = [\"{closed_addr}\"]\n[apps.down.error_pages]\n502 = \"pages/502.json\"\n"
     );
+    // A slow app with no page of its own takes `[server]`'s 504.
+    text += &format!(
+        "\n[apps.slow]\nhosts = [\"slow.test\"]\n[apps.slow.blue]\nservers = [\"{g}\"]\n\
+         [apps.slow.green]\nservers = [\"{g}\"]\n\
+         [limits]\nupstream_response_timeout = \"200ms\"\n[server.error_pages]\n504 = \"pages/504.txt\"\n",
+        g = g.addr
+    );
     let pages = [
         ("503.html", "<h1>back soon</h1>\n"),
         ("502.json", "{\"error\": \"bad gateway\"}\n"),
+        ("504.txt", "too slow\n"),
     ];
     let proxy = Proxy::start_file(&write(dir.path(), &text, &pages));
     let c = client();
@@ -212,6 +220,12 @@ async fn a_503_is_the_apps_page_with_retry_after_and_a_502_its_other_page() {
     assert_eq!(r.text(), "{\"error\": \"bad gateway\"}\n");
     assert_eq!(header(&r, "content-type"), Some("application/json"));
     assert!(header(&r, "retry-after").is_none());
+
+    let r = get(&c, &proxy.url("/delay/2000"), &[("host", "slow.test")]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (504, "too slow\n".to_string())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
