@@ -41,6 +41,12 @@ pub struct RawServer {
     pub proxy_protocol: Option<RawAcceptProxy>,
     pub request_id: Option<String>,
     pub request_id_header: Option<String>,
+    pub redirect_https: Option<bool>,
+    pub https_port: Option<i64>,
+    pub hsts: Option<String>,
+    pub retry_after: Option<String>,
+    /// `[server.error_pages]`: status → file.
+    pub error_pages: Option<BTreeMap<String, String>>,
 }
 
 /// `proxy_protocol = true` (every listener) or a list of listen addresses.
@@ -137,6 +143,11 @@ pub struct RawApp {
     pub green: Option<RawPool>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    pub redirect_https: Option<bool>,
+    pub hsts: Option<String>,
+    pub retry_after: Option<String>,
+    /// `[apps.NAME.error_pages]`: status → file.
+    pub error_pages: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

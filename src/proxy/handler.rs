@@ -30,7 +30,7 @@ use super::request;
 use super::response::ResponseBody;
 use super::upstream::{Lease, Pooled, Sender};
 use super::worker::Worker;
-use crate::config::{AccessFormat, Protocol, RequestId, Sticky};
+use crate::config::{AccessFormat, OwnAnswers, Protocol, RequestId, Sticky};
 use crate::route::rule::RequestView;
 use crate::route::snapshot::{Placed, Settings};
 use crate::route::{Pool, Server, Timeout};
@@ -39,6 +39,58 @@ static COLOR_VALUES: [HeaderValue; 2] = [
     HeaderValue::from_static("blue"),
     HeaderValue::from_static("green"),
 ];
+
+/// Did a trusted proxy in front say the client came over https? Its
+/// `X-Forwarded-Proto`'s first element is the client's own scheme.
+fn behind_tls(conn: &ConnInfo, h: &HeaderMap) -> bool {
+    conn.trusted
+        && h.get(&headers::X_FORWARDED_PROTO)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
+/// `308` to the same host (without its port), path and query on https,
+/// as nginx's `return 308 https://$host$request_uri`. 308 keeps the
+/// method and body (RFC 9110 §15.4.9), where 301 may turn a POST into a
+/// GET. A request with no host has nowhere to go: 400.
+fn redirect(mut ex: Exchange, own: &OwnAnswers, host: &str, uri: &Uri) -> Response<ResponseBody> {
+    let host = without_port(host);
+    // `OPTIONS *` has no path of its own.
+    let pq = uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|pq| pq.starts_with('/'))
+        .unwrap_or("/");
+    let location = match own.https_port {
+        443 => format!("https://{host}{pq}"),
+        port => format!("https://{host}:{port}{pq}"),
+    };
+    let location = match HeaderValue::from_str(&location) {
+        Ok(v) if !host.is_empty() => v,
+        _ => return fail(ex, ProxyError::BadRequest, own, false),
+    };
+    ex.set_status(StatusCode::PERMANENT_REDIRECT.as_u16());
+    let id = ex.request_id().cloned();
+    let mut resp = Response::new(ResponseBody::full(Bytes::new(), Some(ex)));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    if let Some((name, id)) = id {
+        resp.headers_mut().insert(name, id);
+    }
+    resp
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`.
+fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
 
 /// The request's future: phases 1–3 run here, synchronously, when hyper
 /// calls the service; the future holds only what phases 4–6 need. It is
@@ -57,10 +109,11 @@ pub fn handle(
     }
 }
 
-/// The answer for a request that goes no further than the proxy.
-fn fail(mut ex: Exchange, err: ProxyError) -> Response<ResponseBody> {
+/// The answer for a request that goes no further than the proxy, as the
+/// app's (or `[server]`'s) `own` answers have it.
+fn fail(mut ex: Exchange, err: ProxyError, own: &OwnAnswers, tls: bool) -> Response<ResponseBody> {
     ex.set_status(err.status().as_u16());
-    let resp: Response<Bytes> = err.response();
+    let resp: Response<Bytes> = err.answer(own, tls);
     let (mut parts, body) = resp.into_parts();
     if let Some((name, id)) = ex.request_id() {
         parts.headers.insert(name.clone(), id.clone());
@@ -187,7 +240,7 @@ fn prepare(
     let color_header = snap.settings.color_header;
     let target = match request::check(req.method(), req.uri(), req.version(), req.headers()) {
         Ok(t) => t,
-        Err(why) => return Err(refuse(ex, conn, why)),
+        Err(why) => return Err(refuse(ex, conn, why, &snap.settings.answers)),
     };
     // hyper keeps `Transfer-Encoding` and drops the length beside it: the
     // socket saw both (a flag read per request, the header map only then).
@@ -195,7 +248,8 @@ fn prepare(
         && req.headers().contains_key(header::TRANSFER_ENCODING)
         && conn.state.take_length_and_chunked()
     {
-        return Err(refuse(ex, conn, request::Invalid::LengthAndChunked));
+        let why = request::Invalid::LengthAndChunked;
+        return Err(refuse(ex, conn, why, &snap.settings.answers));
     }
     let host_str = target
         .authority
@@ -203,8 +257,16 @@ fn prepare(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let path = target.path(req.uri());
-    let Some(app) = snap.find_app(host_str, path) else {
-        return Err(fail(ex, ProxyError::NoApp));
+    let found = snap.find_app(host_str, path);
+    let own = found.map_or(&*snap.settings.answers, |a| &*a.answers);
+    // Plain requests of an app that wants https go no further; one a
+    // TLS-terminating proxy in front already took over https is let
+    // through, or it would come back forever.
+    if !conn.tls && own.redirect_https && !behind_tls(conn, req.headers()) {
+        return Err(redirect(ex, own, host_str, req.uri()));
+    }
+    let Some(app) = found else {
+        return Err(fail(ex, ProxyError::NoApp, own, conn.tls));
     };
     let client_ip = if conn.trusted {
         headers::client_behind(
@@ -241,10 +303,15 @@ fn prepare(
     // hyper parsed and checked `Content-Length` (for HTTP/2 too): the
     // body's exact size hint is that length, with no second lookup.
     if max_body > 0 && req.body().size_hint().exact().is_some_and(|n| n > max_body) {
-        return Err(fail(ex, ProxyError::BodyTooLarge));
+        return Err(fail(ex, ProxyError::BodyTooLarge, &pool.answers, conn.tls));
     }
     let Some(server) = pool.pick(None).cloned() else {
-        return Err(fail(ex, ProxyError::NoHealthyServer));
+        return Err(fail(
+            ex,
+            ProxyError::NoHealthyServer,
+            &pool.answers,
+            conn.tls,
+        ));
     };
     ex.bind(&server);
 
@@ -297,7 +364,7 @@ fn prepare(
     let new_pq = match &target.path {
         Some(p) => match request::path_and_query(p, &parts.uri) {
             Some(pq) => Some(pq),
-            None => return Err(fail(ex, ProxyError::BadRequest)),
+            None => return Err(fail(ex, ProxyError::BadRequest, &pool.answers, conn.tls)),
         },
         None => None,
     };
@@ -327,7 +394,7 @@ fn prepare(
             let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
             match request::absolute(scheme, &authority, pq) {
                 Some(uri) => parts.uri = uri,
-                None => return Err(fail(ex, ProxyError::BadRequest)),
+                None => return Err(fail(ex, ProxyError::BadRequest, &pool.answers, conn.tls)),
             }
         }
         parts.version = Version::HTTP_2;
@@ -410,10 +477,10 @@ fn exchange(
                         connection(&worker, &conn, &a.pool, &other, p.connect_timeout, now);
                     match Box::pin(second).await {
                         Ok(c) => c,
-                        Err(()) => return Ok(fail(p.answer.ex, ProxyError::Connect)),
+                        Err(()) => return Ok(connect_failed(p.answer, &conn)),
                     }
                 }
-                None => return Ok(fail(p.answer.ex, ProxyError::Connect)),
+                None => return Ok(connect_failed(p.answer, &conn)),
             },
         };
 
@@ -518,7 +585,7 @@ async fn send_again(
     else {
         server.connect_errors.fetch_add(1, Relaxed);
         server.record_failure(&p.answer.pool.config.passive);
-        return fail(p.answer.ex, ProxyError::Connect);
+        return connect_failed(p.answer, &conn);
     };
     let sent = send_h1(&worker, &conn, &mut p, &mut c).await;
     let got = h1_reply(sent, &server);
@@ -550,7 +617,7 @@ fn answer_h1(
     if !switched {
         let body = h1::Body::new(c, framing, reuse);
         let body = ResponseBody::h1(body, lease, a.ex, a.read_timeout);
-        return respond(parts, a.pool, a.set_cookie, a.color_header, body);
+        return respond(parts, a.pool, a.set_cookie, a.color_header, conn.tls, body);
     }
     // A `101` to an upgrade or a 2xx to `CONNECT`: the connection is now a
     // tunnel, joined to the client's once hyper has answered it.
@@ -560,7 +627,7 @@ fn answer_h1(
         super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone());
     }
     let body = ResponseBody::full(Bytes::new(), Some(a.ex));
-    respond(parts, a.pool, a.set_cookie, a.color_header, body)
+    respond(parts, a.pool, a.set_cookie, a.color_header, conn.tls, body)
 }
 
 /// Phase 5 and 6 with an HTTP/2 upstream (hyper's client), on the worker's
@@ -597,7 +664,7 @@ async fn send_h2(
                 else {
                     lease.server.connect_errors.fetch_add(1, Relaxed);
                     lease.server.record_failure(&p.answer.pool.config.passive);
-                    return fail(p.answer.ex, ProxyError::Connect);
+                    return connect_failed(p.answer, &conn);
                 };
                 let within = deadline::after(p.response_timeout);
                 sent = worker
@@ -625,7 +692,7 @@ async fn send_h2(
     // that carries any, RFC 9113 §8.2.2.)
     let (parts, body) = resp.into_parts();
     let body = ResponseBody::h2(body, a.ex, a.read_timeout);
-    respond(parts, a.pool, a.set_cookie, a.color_header, body)
+    respond(parts, a.pool, a.set_cookie, a.color_header, conn.tls, body)
 }
 
 /// Did an h2 upstream refuse the stream without processing it: above the
@@ -680,7 +747,12 @@ fn failed(conn: &ConnInfo, a: Answer, server: &Server, why: Failed) -> Response<
         }
         Failed::Upstream => ProxyError::Upstream,
     };
-    fail(a.ex, err)
+    fail(a.ex, err, &a.pool.answers, conn.tls)
+}
+
+/// The 502 when no server of the pool could be connected to.
+fn connect_failed(a: Answer, conn: &ConnInfo) -> Response<ResponseBody> {
+    fail(a.ex, ProxyError::Connect, &a.pool.answers, conn.tls)
 }
 
 /// An upstream's response on its way to the client, with cutover's own
@@ -690,8 +762,24 @@ fn respond(
     pool: Arc<Pool>,
     set_cookie: Option<HeaderValue>,
     color_header: bool,
+    tls: bool,
     body: ResponseBody,
 ) -> Response<ResponseBody> {
+    // HSTS only over TLS: a browser ignores it on plain HTTP, where an
+    // attacker could forge it anyway (RFC 6797 §7.2). The upstream's own
+    // value wins.
+    if tls {
+        if let Some(v) = &pool.answers.hsts {
+            if !parts
+                .headers
+                .contains_key(header::STRICT_TRANSPORT_SECURITY)
+            {
+                parts
+                    .headers
+                    .insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+            }
+        }
+    }
     // An HTTP/1.1 client gets an HTTP/1.1 status line whatever the
     // upstream spoke (hyper answers an HTTP/1.0 client in its version).
     parts.version = Version::HTTP_11;
@@ -823,9 +911,14 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// A request refused before routing: 400, with the reason logged.
-fn refuse(ex: Exchange, conn: &ConnInfo, why: request::Invalid) -> Response<ResponseBody> {
+fn refuse(
+    ex: Exchange,
+    conn: &ConnInfo,
+    why: request::Invalid,
+    own: &OwnAnswers,
+) -> Response<ResponseBody> {
     tracing::debug!(peer = %conn.peer, reason = %why, "request refused");
-    let mut resp = fail(ex, ProxyError::BadRequest);
+    let mut resp = fail(ex, ProxyError::BadRequest, own, conn.tls);
     // What follows on the connection cannot be trusted to be framed right.
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -846,6 +939,14 @@ mod tests {
             .ends_with("; Path=/; HttpOnly; SameSite=Lax"));
         let tls = cookie_header("cutover", &id, true).unwrap();
         assert!(tls.to_str().unwrap().ends_with("; SameSite=Lax; Secure"));
+    }
+
+    #[test]
+    fn a_redirect_drops_only_the_port_of_its_host() {
+        assert_eq!(without_port("shop.test:8080"), "shop.test");
+        assert_eq!(without_port("shop.test"), "shop.test");
+        assert_eq!(without_port("[::1]:8080"), "[::1]");
+        assert_eq!(without_port("[::1]"), "[::1]");
     }
 
     #[test]
