@@ -113,37 +113,50 @@ fn open(to: &Destination) -> io::Result<Out> {
     })
 }
 
+/// How long the writer lets lines gather between two writes. Waking it
+/// for every line would cost each request a futex wake-up and a write
+/// (about as much as the rest of the request); asleep, it is not waited
+/// on, and a request only queues its line. nginx's `flush=` does the same.
+const GATHER: Duration = Duration::from_millis(20);
+
 fn writer(rx: Receiver<Msg>, mut to: Destination, mut out: Out) {
     let mut batch = Vec::with_capacity(64 * 1024);
+    // Block for the first message, then take whatever came while the
+    // last batch was written and the writer slept.
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        // Everything queued now goes out in one write.
-        while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
-            match msg {
-                Msg::Line(line) => {
-                    batch.extend_from_slice(line.as_bytes());
-                    if batch.len() >= 256 * 1024 {
-                        write_out(&mut out, &mut batch);
+        loop {
+            while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
+                match msg {
+                    Msg::Line(line) => {
+                        batch.extend_from_slice(line.as_bytes());
+                        if batch.len() >= 256 * 1024 {
+                            write_out(&mut out, &mut batch);
+                        }
                     }
-                }
-                Msg::Reopen => {
-                    write_out(&mut out, &mut batch);
-                    out = reopened(&to);
-                }
-                Msg::Sync(done) => {
-                    write_out(&mut out, &mut batch);
-                    let _ = done.send(());
-                }
-                Msg::To(dest) => {
-                    if dest != to {
+                    Msg::Reopen => {
                         write_out(&mut out, &mut batch);
-                        to = dest;
                         out = reopened(&to);
+                    }
+                    Msg::Sync(done) => {
+                        write_out(&mut out, &mut batch);
+                        let _ = done.send(());
+                    }
+                    Msg::To(dest) => {
+                        if dest != to {
+                            write_out(&mut out, &mut batch);
+                            to = dest;
+                            out = reopened(&to);
+                        }
                     }
                 }
             }
+            if batch.is_empty() {
+                break; // nothing came while asleep: block again
+            }
+            write_out(&mut out, &mut batch);
+            std::thread::sleep(GATHER);
         }
-        write_out(&mut out, &mut batch);
     }
 }
 

@@ -63,66 +63,50 @@ impl Fields {
         out
     }
 
+    /// One object, written field by field (a `serde_json::Map` would
+    /// allocate every key and value again).
     fn json(&self, out: &mut String, o: &Outcome<'_>, started: SystemTime) {
-        let mut obj = serde_json::Map::new();
-        let mut put = |k: &str, v: serde_json::Value| {
-            obj.insert(k.to_string(), v);
-        };
-        let text = |v: &Option<HeaderValue>| match v {
-            Some(v) => serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-            None => serde_json::Value::Null,
-        };
-        let ms = |d: Duration| serde_json::json!((d.as_secs_f64() * 1e6).round() / 1e3);
-        put("time", rfc3339(started).into());
-        put("request_id", text(&o.request_id.cloned()));
-        put("client", self.client.to_string().into());
-        put("method", self.method.as_str().into());
-        put("host", text(&self.host));
-        put("path", self.path.clone().into());
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let _ = write!(out, "{{\"time\":\"{}\"", rfc3339(started));
+        field(out, "request_id", o.request_id.map(HeaderValue::as_bytes));
+        let _ = write!(out, ",\"client\":\"{}\"", self.client);
+        field(out, "method", Some(self.method.as_str().as_bytes()));
+        field(out, "host", self.host.as_ref().map(HeaderValue::as_bytes));
+        field(out, "path", Some(self.path.as_bytes()));
         if let Some(q) = &self.query {
-            put("query", q.clone().into());
+            field(out, "query", Some(q.as_bytes()));
         }
-        put("protocol", version(self.version).into());
-        put("status", o.status.into());
-        put("bytes_in", self.bytes_in.load(Relaxed).into());
-        put("bytes_out", o.bytes_out.into());
-        put("duration_ms", ms(o.elapsed));
-        put(
-            "upstream",
-            o.server
-                .map_or(serde_json::Value::Null, |s| s.addr.to_string().into()),
+        let _ = write!(
+            out,
+            ",\"protocol\":\"{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}",
+            version(self.version),
+            o.status,
+            self.bytes_in.load(Relaxed),
+            o.bytes_out,
+            ms(o.elapsed)
         );
-        put(
-            "upstream_ms",
-            self.upstream_time.map_or(serde_json::Value::Null, ms),
-        );
-        put(
-            "app",
-            self.app
-                .as_deref()
-                .map_or(serde_json::Value::Null, Into::into),
-        );
-        put(
-            "color",
-            o.color
-                .map_or(serde_json::Value::Null, |c| c.as_str().into()),
-        );
-        put(
-            "placed",
-            self.placed
-                .as_deref()
-                .map_or(serde_json::Value::Null, Into::into),
-        );
+        match o.server {
+            Some(s) => {
+                let _ = write!(out, ",\"upstream\":\"{}\"", s.addr);
+            }
+            None => out.push_str(",\"upstream\":null"),
+        }
+        match self.upstream_time {
+            Some(t) => {
+                let _ = write!(out, ",\"upstream_ms\":{}", ms(t));
+            }
+            None => out.push_str(",\"upstream_ms\":null"),
+        }
+        field(out, "app", self.app.as_deref().map(str::as_bytes));
+        field(out, "color", o.color.map(|c| c.as_str().as_bytes()));
+        field(out, "placed", self.placed.as_deref().map(str::as_bytes));
         if let Some((v, sni)) = &self.tls {
-            put("tls_version", (*v).into());
-            put(
-                "sni",
-                sni.as_deref().map_or(serde_json::Value::Null, Into::into),
-            );
+            field(out, "tls_version", Some(v.as_bytes()));
+            field(out, "sni", sni.as_deref().map(str::as_bytes));
         }
-        put("user_agent", text(&self.user_agent));
-        put("referer", text(&self.referer));
-        out.push_str(&serde_json::Value::Object(obj).to_string());
+        field(out, "user_agent", self.user_agent.as_ref().map(HeaderValue::as_bytes));
+        field(out, "referer", self.referer.as_ref().map(HeaderValue::as_bytes));
+        out.push('}');
     }
 
     /// nginx's `combined`, then the app and the colour:
@@ -172,6 +156,28 @@ impl Fields {
     }
 }
 
+/// `,"name":"value"` (JSON-escaped; bytes that are not UTF-8 become
+/// U+FFFD), or `,"name":null`.
+fn field(out: &mut String, name: &str, value: Option<&[u8]>) {
+    let _ = write!(out, ",\"{name}\":");
+    let Some(v) = value else {
+        out.push_str("null");
+        return;
+    };
+    out.push('"');
+    for c in String::from_utf8_lossy(v).chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 fn version(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
@@ -179,5 +185,52 @@ fn version(v: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2.0",
         Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/1.1",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_line_is_valid_json_whatever_the_request_carried() {
+        let f = Fields {
+            format: AccessFormat::Json,
+            method: Method::GET,
+            host: Some(HeaderValue::from_static("shop.test")),
+            path: "/a\"b\\c".into(),
+            query: Some("q=\u{1}".into()),
+            version: Version::HTTP_2,
+            client: "2001:db8::1".parse().unwrap(),
+            user_agent: Some(HeaderValue::from_bytes(b"caf\xe9 \"x\"").unwrap()),
+            referer: None,
+            app: Some("shop".into()),
+            placed: Some("split".into()),
+            upstream_time: Some(Duration::from_micros(1500)),
+            bytes_in: Arc::new(AtomicU64::new(7)),
+            tls: Some(("TLSv1.3", Some("shop.test".into()))),
+        };
+        let id = HeaderValue::from_static("abc");
+        let line = f.line(&Outcome {
+            status: 200,
+            elapsed: Duration::from_millis(3),
+            bytes_out: 10,
+            color: Some(Color::Green),
+            server: None,
+            request_id: Some(&id),
+        });
+        assert!(line.ends_with('\n'));
+        let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(j["path"], "/a\"b\\c");
+        assert_eq!(j["query"], "q=\u{1}");
+        assert_eq!(j["user_agent"], "caf\u{fffd} \"x\"");
+        assert_eq!(j["client"], "2001:db8::1");
+        assert_eq!(j["protocol"], "HTTP/2.0");
+        assert_eq!((j["upstream_ms"].as_f64(), j["duration_ms"].as_f64()), (Some(1.5), Some(3.0)));
+        assert_eq!((j["bytes_in"].as_u64(), j["bytes_out"].as_u64()), (Some(7), Some(10)));
+        assert!(j["upstream"].is_null() && j["referer"].is_null());
+        assert_eq!((j["color"].as_str(), j["placed"].as_str()), (Some("green"), Some("split")));
+        assert_eq!((j["tls_version"].as_str(), j["sni"].as_str()), (Some("TLSv1.3"), Some("shop.test")));
+        assert_eq!(j["request_id"], "abc");
     }
 }
