@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 
 use super::body::{BodyTimeout, ClientBody, RequestBody, TooLarge};
+use super::compress::{self, Decision};
 use super::deadline;
 use super::error::ProxyError;
 use super::exchange::Exchange;
@@ -93,6 +94,8 @@ struct Answer {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     set_cookie: Option<HeaderValue>,
     color_header: bool,
+    /// The app compresses responses, and this request's may be.
+    compress: Option<compress::Plan>,
 }
 
 /// Phases 1–3: route, check limits, rewrite the request. `Err` is the
@@ -153,6 +156,7 @@ fn prepare(
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
         _ => None,
     };
+    let compression = app.compress.clone();
     drop(snap);
 
     // Phase 2: limits that need no upstream.
@@ -177,6 +181,11 @@ fn prepare(
     } else {
         None
     };
+    // Read before the request's fields are rewritten: `Accept-Encoding`
+    // goes upstream as the client sent it (the upstream may compress
+    // itself, and then the proxy leaves the body alone).
+    let compress = compression
+        .and_then(|c| compress::Plan::new(c, &parts.method, &parts.headers, upgrade));
     let named_removed = headers::strip_found(&mut parts.headers, hop, upgrade);
     // Who the client is and how it came is believed only from a trusted
     // proxy; anyone else's claims are removed before ours are added.
@@ -282,6 +291,7 @@ fn prepare(
             client_upgrade,
             set_cookie,
             color_header,
+            compress,
         },
     })
 }
@@ -469,7 +479,7 @@ fn answer_h1(
     if !switched {
         let body = h1::Body::new(c, framing, reuse);
         let body = ResponseBody::h1(body, lease, a.ex, a.read_timeout);
-        return respond(parts, a.pool, a.set_cookie, a.color_header, body);
+        return respond(parts, a.pool, a.set_cookie, a.color_header, a.compress, body);
     }
     // A `101` to an upgrade or a 2xx to `CONNECT`: the connection is now a
     // tunnel, joined to the client's once hyper has answered it.
@@ -479,7 +489,7 @@ fn answer_h1(
         super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone());
     }
     let body = ResponseBody::full(Bytes::new(), Some(a.ex));
-    respond(parts, a.pool, a.set_cookie, a.color_header, body)
+    respond(parts, a.pool, a.set_cookie, a.color_header, None, body)
 }
 
 /// Phase 5 and 6 with an HTTP/2 upstream (hyper's client), on the worker's
@@ -544,7 +554,7 @@ async fn send_h2(
     // that carries any, RFC 9113 §8.2.2.)
     let (parts, body) = resp.into_parts();
     let body = ResponseBody::h2(body, a.ex, a.read_timeout);
-    respond(parts, a.pool, a.set_cookie, a.color_header, body)
+    respond(parts, a.pool, a.set_cookie, a.color_header, a.compress, body)
 }
 
 /// Did an h2 upstream refuse the stream without processing it: above the
@@ -602,14 +612,21 @@ fn failed(conn: &ConnInfo, a: Answer, server: &Server, why: Failed) -> Response<
 }
 
 /// An upstream's response on its way to the client, with cutover's own
-/// fields.
+/// fields, compressed if the app and the client want it. (The one place
+/// both HTTP/1.1 and HTTP/2 upstreams' answers pass.)
 fn respond(
     mut parts: http::response::Parts,
     pool: Arc<Pool>,
     set_cookie: Option<HeaderValue>,
     color_header: bool,
-    body: ResponseBody,
+    compress: Option<compress::Plan>,
+    mut body: ResponseBody,
 ) -> Response<ResponseBody> {
+    if let Some(plan) = compress {
+        if let Decision::Compress(enc) = plan.apply(parts.status, &mut parts.headers) {
+            body.compress(enc);
+        }
+    }
     // An HTTP/1.1 client gets an HTTP/1.1 status line whatever the
     // upstream spoke (hyper answers an HTTP/1.0 client in its version).
     parts.version = Version::HTTP_11;

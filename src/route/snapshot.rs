@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
+    Compression,
     compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits,
     PassiveConfig, PoolConfig, Protocol, Sticky,
 };
@@ -396,6 +397,9 @@ pub struct App {
     pub sticky: Sticky,
     pub state: AppState,
     pub drain_timeout: Option<Duration>,
+    /// `compress = true`: how responses are compressed. `None` costs the
+    /// request path one branch.
+    pub compress: Option<Arc<Compression>>,
     /// Compiled `state.rules`. Shared with the next snapshot when a change
     /// leaves the rules alone (a flip, a shift): nothing is compiled again,
     /// and what connections and workers remember about it stays valid.
@@ -414,6 +418,7 @@ struct Shape {
     path_prefix: String,
     sticky: Sticky,
     drain_timeout: Option<Duration>,
+    compress: Option<Arc<Compression>>,
     pools: [Arc<Pool>; 2],
 }
 
@@ -445,6 +450,7 @@ impl App {
             sticky: shape.sticky,
             state,
             drain_timeout: shape.drain_timeout,
+            compress: shape.compress,
             rules,
             pools: shape.pools,
             standby_bp,
@@ -666,6 +672,7 @@ impl Snapshot {
                 path_prefix: app_cfg.path_prefix.clone(),
                 sticky: app_cfg.sticky.clone(),
                 drain_timeout: app_cfg.drain_timeout,
+                compress: app_cfg.compress.clone().map(Arc::new),
                 pools,
             };
             match App::assemble(shape, state) {
@@ -703,6 +710,7 @@ impl Snapshot {
                         path_prefix: app.path_prefix.clone(),
                         sticky: app.sticky.clone(),
                         drain_timeout: app.drain_timeout,
+                        compress: app.compress.clone(),
                         pools: app.pools.clone().map(|p| p.with_overrides(&state.servers)),
                     };
                     if state.rules == app.state.rules {
