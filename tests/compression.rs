@@ -23,7 +23,9 @@ fn text(len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 64);
     let mut i = 0u64;
     while out.len() < len {
-        out.extend_from_slice(format!("{{\"id\":{i},\"name\":\"item-{}\"}},\n", i * 7 % 1009).as_bytes());
+        out.extend_from_slice(
+            format!("{{\"id\":{i},\"name\":\"item-{}\"}},\n", i * 7 % 1009).as_bytes(),
+        );
         i += 1;
     }
     out.truncate(len);
@@ -91,7 +93,8 @@ async fn answer(req: Request<Incoming>, resume: Arc<Notify>) -> Result<Response<
         "/encoded" => {
             let mut r = fixed("text/plain", text(50_000));
             // Not really gzip: the proxy must pass it on untouched all the same.
-            r.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
             r
         }
         "/no-transform" => {
@@ -218,7 +221,14 @@ async fn curl(url: &str, args: &[&str]) -> Got {
     );
     let head = std::fs::read_to_string(&head).unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let fields = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -270,9 +280,17 @@ async fn a_large_body_is_compressed_with_each_coding_and_decodes_to_the_same_byt
         assert_eq!(got.status, 200);
         assert_eq!(got.field("content-encoding"), Some(coding));
         assert_eq!(got.field("content-length"), None);
-        assert_eq!(got.field("etag"), Some("W/\"v1\""), "a strong ETag turns weak");
+        assert_eq!(
+            got.field("etag"),
+            Some("W/\"v1\""),
+            "a strong ETag turns weak"
+        );
         assert_eq!(got.all("vary"), ["Origin", "accept-encoding"]);
-        assert!(got.body == want, "{coding}: {} bytes decoded", got.body.len());
+        assert!(
+            got.body == want,
+            "{coding}: {} bytes decoded",
+            got.body.len()
+        );
     }
 }
 
@@ -288,7 +306,11 @@ async fn a_streamed_body_of_unknown_length_is_compressed_whole() {
         }
         let got = fetch(&p, "on.test", "/chunked", coding).await;
         assert_eq!(got.field("content-encoding"), Some(coding));
-        assert!(got.body == want, "{coding}: {} bytes decoded", got.body.len());
+        assert!(
+            got.body == want,
+            "{coding}: {} bytes decoded",
+            got.body.len()
+        );
     }
 }
 
@@ -320,7 +342,10 @@ async fn the_client_gets_the_q_values_best_coding() {
                 .map(|v| v.to_str().unwrap().to_string())
         }
     };
-    assert_eq!(coding("gzip, deflate, br, zstd").await.as_deref(), Some("zstd"));
+    assert_eq!(
+        coding("gzip, deflate, br, zstd").await.as_deref(),
+        Some("zstd")
+    );
     assert_eq!(coding("gzip, br").await.as_deref(), Some("br"));
     assert_eq!(coding("br;q=0.5, gzip").await.as_deref(), Some("gzip"));
     assert_eq!(coding("*;q=0, gzip;q=0").await, None);
@@ -337,7 +362,12 @@ async fn what_must_not_be_compressed_is_passed_on_as_it_came() {
     let cases = [
         ("/encoded", "on.test", "already encoded", false),
         ("/range", "on.test", "a 206", true),
-        ("/no-transform", "on.test", "Cache-Control: no-transform", false),
+        (
+            "/no-transform",
+            "on.test",
+            "Cache-Control: no-transform",
+            false,
+        ),
         ("/small", "on.test", "below compress_min_length", false),
         ("/png", "on.test", "image/png", false),
         ("/big", "off.test", "app without compress = true", false),
@@ -345,11 +375,23 @@ async fn what_must_not_be_compressed_is_passed_on_as_it_came() {
     for (path, host, why, vary) in cases {
         let r = get(&c, &p.url(path), &[("host", host), ae]).await;
         let upstream = get(&c, &format!("http://{}{path}", up.addr), &[ae]).await;
-        assert_eq!(r.headers.get("content-encoding"), upstream.headers.get("content-encoding"), "{why}");
-        assert_eq!(r.headers.get("content-length"), upstream.headers.get("content-length"), "{why}");
+        assert_eq!(
+            r.headers.get("content-encoding"),
+            upstream.headers.get("content-encoding"),
+            "{why}"
+        );
+        assert_eq!(
+            r.headers.get("content-length"),
+            upstream.headers.get("content-length"),
+            "{why}"
+        );
         assert!(r.body == upstream.body, "{why}: the body changed");
         let count = |h: &http::HeaderMap| h.get_all("vary").iter().count();
-        assert_eq!(count(&r.headers), count(&upstream.headers) + vary as usize, "{why}: vary");
+        assert_eq!(
+            count(&r.headers),
+            count(&upstream.headers) + vary as usize,
+            "{why}: vary"
+        );
     }
 }
 
@@ -386,7 +428,7 @@ async fn a_client_that_asks_for_no_coding_gets_the_body_as_it_is_with_vary() {
 /// A decoder fed the stream as it comes; what it has decoded so far.
 enum Decoder {
     Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Brotli(brotli::DecompressorWriter<Vec<u8>>),
+    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
 }
 
@@ -394,7 +436,7 @@ impl Decoder {
     fn new(coding: &str) -> Decoder {
         match coding {
             "gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
-            "br" => Decoder::Brotli(brotli::DecompressorWriter::new(Vec::new(), 4096)),
+            "br" => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             _ => Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
         }
     }
@@ -460,4 +502,57 @@ async fn a_streaming_upstreams_first_event_arrives_before_it_sends_the_next() {
         }
         assert_eq!(seen, [FIRST, REST].concat(), "{coding}");
     }
+}
+
+fn app_config(extra: &str) -> String {
+    format!(
+        r#"
+[apps.on]
+{extra}
+[apps.on.blue]
+servers = ["127.0.0.1:1"]
+[apps.on.green]
+servers = ["127.0.0.1:1"]
+"#
+    )
+}
+
+#[test]
+fn compression_is_off_unless_asked_and_defaults_to_text_types_from_1024_bytes() {
+    let off = cutover::Config::from_toml(&app_config("")).unwrap();
+    assert!(off.apps[0].compress.is_none());
+    let on = cutover::Config::from_toml(&app_config("compress = true")).unwrap();
+    let c = on.apps[0].compress.as_ref().unwrap();
+    assert_eq!(c.min_length, 1024);
+    assert!(c.types.iter().any(|t| t == "text/*"));
+    assert!(c.types.iter().any(|t| t == "application/json"));
+    let custom = cutover::Config::from_toml(&app_config(
+        "compress = true\ncompress_types = [\"Text/HTML\", \"*/*\"]\ncompress_min_length = 0",
+    ))
+    .unwrap();
+    let c = custom.apps[0].compress.as_ref().unwrap();
+    assert_eq!(c.types, ["text/html", "*/*"]);
+    assert_eq!(c.min_length, 0);
+}
+
+#[test]
+fn bad_compression_settings_are_errors_naming_their_key() {
+    let errors = cutover::Config::from_toml(&app_config(
+        "compress = true\ncompress_types = [\"text\", \"text/html; charset=utf-8\", \"*/html\"]\ncompress_min_length = -1",
+    ))
+    .unwrap_err();
+    let all = errors.join("\n");
+    for key in [
+        "apps.on.compress_types[0]",
+        "apps.on.compress_types[1]",
+        "apps.on.compress_types[2]",
+        "apps.on.compress_min_length",
+    ] {
+        assert!(all.contains(key), "{key} not in:\n{all}");
+    }
+    let empty = cutover::Config::from_toml(&app_config("compress = true\ncompress_types = []"));
+    assert!(empty
+        .unwrap_err()
+        .join("\n")
+        .contains("apps.on.compress_types"));
 }

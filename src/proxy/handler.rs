@@ -184,8 +184,8 @@ fn prepare(
     // Read before the request's fields are rewritten: `Accept-Encoding`
     // goes upstream as the client sent it (the upstream may compress
     // itself, and then the proxy leaves the body alone).
-    let compress = compression
-        .and_then(|c| compress::Plan::new(c, &parts.method, &parts.headers, upgrade));
+    let compress =
+        compression.and_then(|c| compress::Plan::new(c, &parts.method, &parts.headers, upgrade));
     let named_removed = headers::strip_found(&mut parts.headers, hop, upgrade);
     // Who the client is and how it came is believed only from a trusted
     // proxy; anyone else's claims are removed before ours are added.
@@ -479,7 +479,14 @@ fn answer_h1(
     if !switched {
         let body = h1::Body::new(c, framing, reuse);
         let body = ResponseBody::h1(body, lease, a.ex, a.read_timeout);
-        return respond(parts, a.pool, a.set_cookie, a.color_header, a.compress, body);
+        return respond(
+            parts,
+            a.pool,
+            a.set_cookie,
+            a.color_header,
+            a.compress,
+            body,
+        );
     }
     // A `101` to an upgrade or a 2xx to `CONNECT`: the connection is now a
     // tunnel, joined to the client's once hyper has answered it.
@@ -554,7 +561,14 @@ async fn send_h2(
     // that carries any, RFC 9113 §8.2.2.)
     let (parts, body) = resp.into_parts();
     let body = ResponseBody::h2(body, a.ex, a.read_timeout);
-    respond(parts, a.pool, a.set_cookie, a.color_header, a.compress, body)
+    respond(
+        parts,
+        a.pool,
+        a.set_cookie,
+        a.color_header,
+        a.compress,
+        body,
+    )
 }
 
 /// Did an h2 upstream refuse the stream without processing it: above the

@@ -9,9 +9,8 @@ use std::time::Duration;
 use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
-    Compression,
-    compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits,
-    PassiveConfig, PoolConfig, Protocol, Sticky,
+    compile_rules, AppConfig, Balance, Color, Compression, Config, HealthConfig, HostPattern,
+    Limits, PassiveConfig, PoolConfig, Protocol, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
 use crate::tls::{ServerTls, Transport};
