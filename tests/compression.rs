@@ -328,6 +328,30 @@ async fn an_h2_upstreams_answer_is_compressed_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_gets_a_compressed_stream_too() {
+    let up = upstream(false).await;
+    let p = proxy(up.addr, "http1");
+    if !curl_decodes("zstd") {
+        println!("NOTE: this curl cannot decode zstd; test skipped");
+        return;
+    }
+    let got = curl(
+        &p.url("/chunked"),
+        &[
+            "--http2-prior-knowledge",
+            "--compressed",
+            "-H",
+            "Host: on.test",
+            "-H",
+            "Accept-Encoding: zstd",
+        ],
+    )
+    .await;
+    assert_eq!(got.field("content-encoding"), Some("zstd"));
+    assert!(got.body == text(200 * 4096));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_gets_the_q_values_best_coding() {
     let up = upstream(false).await;
     let p = proxy(up.addr, "http1");

@@ -695,6 +695,30 @@ mod tests {
     }
 
     #[test]
+    fn trailers_follow_the_encoders_last_bytes() {
+        let mut e = Encoder::new(Encoding::Gzip);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let mut queue = vec![
+            Frame::trailers(trailers.clone()),
+            Frame::data(Bytes::from_static(b"hello")),
+        ];
+        let mut inner = |_: &mut Context<'_>| Poll::Ready(queue.pop().map(Ok));
+        let Poll::Ready(Some(Ok(last))) = e.poll(&mut cx, &mut inner) else {
+            panic!("no data");
+        };
+        assert_eq!(decode(Encoding::Gzip, last.data_ref().unwrap()), b"hello");
+        assert!(!e.is_end_stream());
+        let Poll::Ready(Some(Ok(t))) = e.poll(&mut cx, &mut inner) else {
+            panic!("no trailers");
+        };
+        assert_eq!(t.trailers_ref(), Some(&trailers));
+        assert!(e.is_end_stream());
+        assert!(matches!(e.poll(&mut cx, &mut inner), Poll::Ready(None)));
+    }
+
+    #[test]
     fn a_large_body_round_trips() {
         let body: Vec<u8> = (0..300_000u32)
             .flat_map(|i| format!("{{\"id\":{i},\"n\":\"x{}\"}}", i % 97).into_bytes())
