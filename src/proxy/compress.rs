@@ -262,8 +262,8 @@ fn add_vary(headers: &mut HeaderMap) {
     }
 }
 
-/// One response body's encoder. Each writes into a `Vec` that is taken as
-/// a frame whenever it holds something.
+/// One response body's encoder. Each codec writes into a `Vec`, taken as a
+/// frame at a flush, at the end, or once it holds 4 KiB.
 pub struct Encoder {
     codec: Codec,
     /// Input written since the last flush: a flush with nothing new would
