@@ -39,9 +39,9 @@ pub enum Encoding {
 
 impl Encoding {
     /// On a tie in q-values, the first of these the client takes wins.
-    /// zstd at level 3 compresses text about as well as brotli at 4 for
-    /// less CPU, so it goes first; brotli next; gzip, which every client
-    /// takes, last.
+    /// zstd 3 costs half of brotli 4's CPU for a body about 12% larger,
+    /// and less than gzip 4 for a smaller one (benches/compress.py), so it
+    /// goes first; brotli, the smallest, next; gzip last.
     const PREFERENCE: [Encoding; 3] = [Encoding::Zstd, Encoding::Brotli, Encoding::Gzip];
 
     fn token(self) -> &'static str {
