@@ -451,7 +451,7 @@ async fn a_client_that_asks_for_no_coding_gets_the_body_as_it_is_with_vary() {
 
 /// A decoder fed the stream as it comes; what it has decoded so far.
 enum Decoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
     Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
 }
@@ -459,7 +459,7 @@ enum Decoder {
 impl Decoder {
     fn new(coding: &str) -> Decoder {
         match coding {
-            "gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "gzip" => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
             "br" => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             _ => Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
         }
