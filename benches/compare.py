@@ -520,12 +520,14 @@ def cutover_flip_storm(work, conns, secs):
         wait_port_free(PROXY)
 
 
-def side_conf(work, name, port, admin, state_dir=None):
+def side_conf(work, name, port, admin, state_dir=None, server="", extra=""):
     """The minimal cutover config on `port`/`admin`, with its own state file
-    (in `work`, or in `state_dir`)."""
+    (in `work`, or in `state_dir`); `server` is added to `[server]`,
+    `extra` at the end."""
     with open(cutover_minimal_conf(work)) as f:
         conf = (f.read().replace(f"127.0.0.1:{PROXY}", f"127.0.0.1:{port}")
                 .replace(f"127.0.0.1:{ADMIN}", f"127.0.0.1:{admin}"))
+    conf = conf.replace("workers = 1\n", "workers = 1\n" + server) + extra
     conf += f'\n[state]\nfile = "{os.path.join(state_dir or work, name + ".state.json")}"\n'
     path = os.path.join(work, f"{name}.toml")
     with open(path, "w") as f:
@@ -615,7 +617,8 @@ def main():
                          "and side-realistic (the realistic config beside the minimal one), "
                          "flip-tmpfs (the storm with the state files on disk and on tmpfs), "
                          "flip-groups (the storm with the proxies in their own sessions and in this one), "
-                         "big (a 1 GiB response through nginx and cutover at the same time)")
+                         "big (a 1 GiB response through nginx and cutover at the same time), "
+                         "features (access log and request ids, on against off)")
     ap.add_argument("--ab", metavar="BINARY",
                     help="only an A/B: this build beside another cutover binary")
     ap.add_argument("--binary", metavar="PATH",
@@ -664,6 +667,8 @@ def main():
             out.append(flips_groups(work, args.seconds))
         if "big" in sections:
             out.append(big_response(work, 2 * args.rounds))
+        if "features" in sections:
+            out.append(side_features(work, args.seconds, 2 * args.rounds))
         if args.ab:
             out.append(side_ab(work, os.path.abspath(args.ab), args.seconds, 2 * args.rounds))
         if verdict.rows:
@@ -981,6 +986,34 @@ def side_ab(work, other, secs, rounds):
                            SIDE_PROXY),
             secs, rounds, script=script)
         lines.append(pair_line(f"other build, this build; {label}", ratios, stats))
+    return "\n".join(lines) + "\n"
+
+
+def side_features(work, secs, rounds):
+    """The cost of the front-door features, this build against itself,
+    side by side: the access log (to a file, JSON and combined) against
+    no log, and request ids against none."""
+    lines = ["## Front-door features: this build with and without\n",
+             f"{rounds} rounds of {secs} s, each side with its own `wrk -t1 -c64`, both at once; "
+             "b / a is the feature's CPU per request over the same build's without it. "
+             "The access log is written to a file on the same disk.\n"]
+    lines += PAIR_HEADER
+    log_file = os.path.join(work, "access.log")
+    for label, a_server, b_server, b_extra in (
+            ("request ids off, on (the default)", 'request_id = "off"\n', "", ""),
+            ("no access log, JSON access log", "", "", f'[log]\naccess = "{log_file}"\n'),
+            ("no access log, combined access log", "", "",
+             f'[log]\naccess = "{log_file}"\naccess_format = "combined"\n')):
+        ratios, stats = pair(
+            lambda: Server("cutover-a", [CUTOVER, "run", "-c", side_conf(work, "f-a", PROXY, ADMIN,
+                                                                          server=a_server)], PROXY),
+            lambda: Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "f-b", SIDE_PROXY, SIDE_ADMIN,
+                                                                          server=b_server, extra=b_extra)],
+                           SIDE_PROXY),
+            secs, rounds)
+        lines.append(pair_line(label, ratios, stats))
+        if os.path.exists(log_file):
+            os.remove(log_file)
     return "\n".join(lines) + "\n"
 
 

@@ -191,6 +191,10 @@ pub fn run_with(
         Some(TlsShared::new(store))
     };
     let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout, tls));
+    let access_log =
+        crate::control::access_log::AccessLog::start(&config.log.access, config.log.buffer)
+            .map_err(|e| DaemonError::Invalid(vec![format!("log.access: {e}")]))?;
+    let _ = shared.access_log.set(access_log);
     let admin = Arc::new(Admin::new(Control::new(
         shared.clone(),
         config.clone(),
@@ -283,6 +287,7 @@ pub fn run_with(
         }
         tokio::spawn(reload_on_sighup(admin.clone()));
         tokio::spawn(upgrade_on_sigusr2(shared.clone()));
+        tokio::spawn(reopen_on_sigusr1(shared.clone()));
         tokio::spawn(crate::control::health::supervise(shared.clone()));
         tokio::spawn(crate::control::resolve::run(admin.clone(), shared.shutdown.subscribe()));
         // Serving: the process being replaced (if any) may stop now, and a
@@ -312,8 +317,26 @@ pub fn run_with(
             Ok(Ok(())) => {}
         }
     }
+    if let Some(log) = shared.access_log.get() {
+        log.sync(std::time::Duration::from_secs(2));
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGUSR1 reopens the access log file (after logrotate moved it), as
+/// nginx does.
+async fn reopen_on_sigusr1(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the access log");
+        if let Some(log) = shared.access_log.get() {
+            log.reopen();
+        }
+    }
 }
 
 /// SIGUSR2 upgrades cutover in place (as `cutover upgrade` does) with the

@@ -22,6 +22,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub state: RawState,
     #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
     pub apps: BTreeMap<String, RawApp>,
 }
 
@@ -36,6 +38,32 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub resolve_interval: Option<String>,
     pub upgrade_timeout: Option<String>,
+    pub proxy_protocol: Option<RawAcceptProxy>,
+    pub request_id: Option<String>,
+    pub request_id_header: Option<String>,
+    pub redirect_https: Option<bool>,
+    pub https_port: Option<i64>,
+    pub hsts: Option<String>,
+    pub retry_after: Option<String>,
+    /// `[server.error_pages]`: status → file.
+    pub error_pages: Option<BTreeMap<String, String>>,
+}
+
+/// `proxy_protocol = true` (every listener) or a list of listen addresses.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAcceptProxy {
+    All(bool),
+    Only(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<String>,
+    pub access_format: Option<String>,
+    pub access_query: Option<bool>,
+    pub access_buffer: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +146,11 @@ pub struct RawApp {
     pub green: Option<RawPool>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    pub redirect_https: Option<bool>,
+    pub hsts: Option<String>,
+    pub retry_after: Option<String>,
+    /// `[apps.NAME.error_pages]`: status → file.
+    pub error_pages: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,7 @@ pub struct Config {
     pub tls: Vec<CertPaths>,
     pub admin: AdminSettings,
     pub state: StateSettings,
+    pub log: LogSettings,
     /// Apps in name order.
     pub apps: Vec<AppConfig>,
     /// Not errors, but worth saying (an expired certificate).
@@ -52,6 +53,130 @@ pub struct ServerSettings {
     /// `cutover upgrade`: how long the new process may take to serve
     /// before it is stopped and this one keeps serving. Default 30 s.
     pub upgrade_timeout: Duration,
+    /// Listeners whose connections begin with a PROXY protocol header.
+    pub proxy_protocol: AcceptProxy,
+    pub request_id: RequestId,
+    /// Default `x-request-id`.
+    pub request_id_header: http::HeaderName,
+    /// What cutover answers by itself for every app that does not say
+    /// otherwise, and for a request no app matches (its 404).
+    pub answers: OwnAnswers,
+}
+
+/// Which listeners expect a PROXY protocol (v1 or v2) header, from an L4
+/// balancer among `trusted_proxies`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AcceptProxy {
+    #[default]
+    Off,
+    All,
+    /// Listeners by their configured address.
+    Only(Vec<SocketAddr>),
+}
+
+impl AcceptProxy {
+    pub fn applies(&self, listener: SocketAddr) -> bool {
+        match self {
+            AcceptProxy::Off => false,
+            AcceptProxy::All => true,
+            AcceptProxy::Only(list) => list.contains(&listener),
+        }
+    }
+}
+
+/// What becomes of a request's id field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestId {
+    /// Kept when the client sent a well-formed one, else generated.
+    #[default]
+    Keep,
+    /// Always generated (a client's is replaced).
+    Always,
+    /// Neither added nor touched.
+    Off,
+}
+
+/// `[log]`: the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub access: AccessLog,
+    pub format: AccessFormat,
+    /// Write the query string (JSON `query`; the combined format always
+    /// has the whole request line).
+    pub query: bool,
+    /// Lines waiting for the writer thread; past it they are dropped.
+    pub buffer: usize,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            access: AccessLog::Off,
+            format: AccessFormat::Json,
+            query: false,
+            buffer: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    Json,
+    /// nginx's `combined`, then the app and the colour.
+    Combined,
+}
+
+/// What cutover answers by itself rather than an upstream: the redirect
+/// to https, `Strict-Transport-Security`, and its own error responses.
+/// An app's copy is already merged with `[server]`'s: nothing is looked
+/// up twice on the request path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OwnAnswers {
+    /// `redirect_https`: a request on a plain listener gets a 308 to the
+    /// same host, path and query on https. Default false.
+    pub redirect_https: bool,
+    /// The port of that redirect: `server.https_port`, else the port of
+    /// the first `listen_tls` entry, else 443 (left out of the URL).
+    pub https_port: u16,
+    /// `hsts`: sent as `Strict-Transport-Security` on responses over TLS
+    /// that have none. Default none.
+    pub hsts: Option<http::HeaderValue>,
+    /// `retry_after`, in whole seconds, on every 503. Default 5; 0 sends
+    /// none.
+    pub retry_after: Option<http::HeaderValue>,
+    /// `error_pages`: bodies that replace cutover's own 404, 502, 503 and
+    /// 504, read when the config is.
+    pub pages: ErrorPages,
+}
+
+/// The statuses whose answer a page may replace, in [`ErrorPages`] order.
+pub const PAGE_STATUSES: [u16; 4] = [404, 502, 503, 504];
+
+/// One file per status of [`PAGE_STATUSES`], or none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ErrorPages(pub [Option<ErrorPage>; 4]);
+
+impl ErrorPages {
+    pub fn get(&self, status: u16) -> Option<&ErrorPage> {
+        let i = PAGE_STATUSES.iter().position(|s| *s == status)?;
+        self.0[i].as_ref()
+    }
+}
+
+/// A page's body as read from its file, and the type its extension gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorPage {
+    pub path: PathBuf,
+    /// Served as a refcount clone: no I/O on the request path.
+    pub body: bytes::Bytes,
+    pub content_type: http::HeaderValue,
 }
 
 impl ServerSettings {
@@ -304,6 +429,9 @@ pub struct AppConfig {
     pub pools: [PoolConfig; 2],
     /// The initial rules, validated; compiled again into the snapshot.
     pub rules: Vec<RuleSpec>,
+    /// Its own `redirect_https`, `hsts`, `retry_after` and `error_pages`,
+    /// each defaulting to `[server]`'s.
+    pub answers: OwnAnswers,
 }
 
 /// An app's response compression (`compress = true`).

@@ -1,12 +1,13 @@
 //! Raw TOML → typed [`Config`], collecting every error with the key it
 //! belongs to (`apps.shop.rules[1].percent: must be between 0 and 100, got 150`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+use http::HeaderValue;
 use rustls_pki_types::ServerName;
 
 use super::raw::*;
@@ -155,6 +156,41 @@ pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
     None
 }
 
+fn log_settings(raw: RawLog, base: &Path, errs: &mut Errors) -> LogSettings {
+    let d = LogSettings::default();
+    LogSettings {
+        access: match raw.access.as_deref() {
+            None | Some("off") => AccessLog::Off,
+            Some("stdout") => AccessLog::Stdout,
+            Some("") => {
+                errs.push("log.access", "\"stdout\", \"off\" or a file path");
+                AccessLog::Off
+            }
+            Some(path) => AccessLog::File(base.join(path)),
+        },
+        format: match raw.access_format.as_deref() {
+            None | Some("json") => AccessFormat::Json,
+            Some("combined") => AccessFormat::Combined,
+            Some(other) => {
+                errs.push(
+                    "log.access_format",
+                    format!("{other:?} is not \"json\" or \"combined\""),
+                );
+                AccessFormat::Json
+            }
+        },
+        query: raw.access_query.unwrap_or(false),
+        buffer: int_range(
+            "log.access_buffer",
+            raw.access_buffer,
+            d.buffer as i64,
+            16,
+            1 << 20,
+            errs,
+        ) as usize,
+    }
+}
+
 /// CIDR networks (`10.0.0.0/8`) or single addresses (`192.0.2.1`).
 fn networks(key: &str, list: Vec<String>, errs: &mut Errors) -> Vec<ipnet::IpNet> {
     list.iter()
@@ -215,7 +251,94 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             raw.server.trusted_proxies.unwrap_or_default(),
             errs,
         ),
+        proxy_protocol: AcceptProxy::Off,
+        request_id: match raw.server.request_id.as_deref() {
+            None | Some("keep") => RequestId::Keep,
+            Some("always") => RequestId::Always,
+            Some("off") => RequestId::Off,
+            Some(other) => {
+                errs.push(
+                    "server.request_id",
+                    format!("{other:?} is not one of \"keep\", \"always\", \"off\""),
+                );
+                RequestId::Keep
+            }
+        },
+        request_id_header: match raw.server.request_id_header.as_deref() {
+            None => http::HeaderName::from_static("x-request-id"),
+            Some(name) => http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
+                errs.push(
+                    "server.request_id_header",
+                    format!("{name:?} is not a header field name"),
+                );
+                http::HeaderName::from_static("x-request-id")
+            }),
+        },
+        answers: OwnAnswers::default(),
     };
+    let mut server = server;
+    server.proxy_protocol = match raw.server.proxy_protocol {
+        None | Some(RawAcceptProxy::All(false)) => AcceptProxy::Off,
+        Some(RawAcceptProxy::All(true)) => AcceptProxy::All,
+        Some(RawAcceptProxy::Only(list)) => {
+            let mut only = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                match a.parse::<SocketAddr>() {
+                    Ok(addr)
+                        if server.listen.contains(&addr) || server.listen_tls.contains(&addr) =>
+                    {
+                        only.push(addr)
+                    }
+                    Ok(_) => errs.push(
+                        &format!("server.proxy_protocol[{i}]"),
+                        format!("{a} is not one of listen or listen_tls"),
+                    ),
+                    Err(_) => errs.push(
+                        &format!("server.proxy_protocol[{i}]"),
+                        format!("{a:?} is not an address (host:port)"),
+                    ),
+                }
+            }
+            AcceptProxy::Only(only)
+        }
+    };
+    if server.proxy_protocol != AcceptProxy::Off && server.trusted_proxies.is_empty() {
+        errs.push(
+            "server.proxy_protocol",
+            "needs server.trusted_proxies: the balancers allowed to send the header",
+        );
+    }
+    let https_port = match raw.server.https_port {
+        Some(_) => int_range(
+            "server.https_port",
+            raw.server.https_port,
+            443,
+            1,
+            65535,
+            errs,
+        ) as u16,
+        // Port 0 (a test's free port) says nothing about the public one.
+        None => server
+            .listen_tls
+            .first()
+            .map(|a| a.port())
+            .filter(|p| *p != 0)
+            .unwrap_or(443),
+    };
+    let defaults = OwnAnswers {
+        redirect_https: false,
+        https_port,
+        hsts: None,
+        retry_after: Some(HeaderValue::from_static("5")),
+        pages: ErrorPages::default(),
+    };
+    let own = RawAnswers {
+        redirect_https: raw.server.redirect_https,
+        hsts: raw.server.hsts,
+        retry_after: raw.server.retry_after,
+        error_pages: raw.server.error_pages,
+    };
+    server.answers = answers("server", own, &defaults, base, errs);
     if server.listen.is_empty() && server.listen_tls.is_empty() {
         errs.push(
             "server.listen",
@@ -339,13 +462,14 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
     }
     let admin = admin(raw.admin, base, errs, &mut warnings);
     listeners_once(&server, &admin, errs);
+    let log = log_settings(raw.log, base, errs);
     let state = StateSettings {
         file: raw.state.file.map(|f| base.join(f)),
     };
     let apps = raw
         .apps
         .into_iter()
-        .map(|(name, app)| build_app(name, app, base, errs, &mut warnings))
+        .map(|(name, app)| build_app(name, app, &server.answers, base, errs, &mut warnings))
         .collect::<Vec<_>>();
     if apps.is_empty() {
         errs.push("apps", "at least one app is needed");
@@ -358,6 +482,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         tls,
         admin,
         state,
+        log,
         apps,
         warnings,
     }
@@ -663,6 +788,7 @@ fn admin_host(key: &str, s: &str, errs: &mut Errors) -> Option<String> {
 fn build_app(
     name: String,
     raw: RawApp,
+    defaults: &OwnAnswers,
     base: &Path,
     errs: &mut Errors,
     warnings: &mut Vec<String>,
@@ -721,6 +847,13 @@ fn build_app(
     if let Err(e) = compile_rules(&key, &raw.rules) {
         errs.0.extend(e);
     }
+    let own = RawAnswers {
+        redirect_https: raw.redirect_https,
+        hsts: raw.hsts,
+        retry_after: raw.retry_after,
+        error_pages: raw.error_pages,
+    };
+    let answers = answers(&key, own, defaults, base, errs);
     AppConfig {
         name,
         hosts,
@@ -732,6 +865,111 @@ fn build_app(
         compress,
         pools: [blue, green],
         rules: raw.rules,
+        answers,
+    }
+}
+
+/// The keys of [`OwnAnswers`] as `[server]` and `[apps.NAME]` both have them.
+struct RawAnswers {
+    redirect_https: Option<bool>,
+    hsts: Option<String>,
+    retry_after: Option<String>,
+    error_pages: Option<BTreeMap<String, String>>,
+}
+
+/// The answers of `key` (`server` or `apps.NAME`): each of its keys, or
+/// `defaults`' value where it has none; an error page per status.
+fn answers(
+    key: &str,
+    raw: RawAnswers,
+    defaults: &OwnAnswers,
+    base: &Path,
+    errs: &mut Errors,
+) -> OwnAnswers {
+    let hsts = match raw.hsts {
+        None => defaults.hsts.clone(),
+        Some(v) => hsts(&format!("{key}.hsts"), &v, errs),
+    };
+    let retry_after = match raw.retry_after {
+        None => defaults.retry_after.clone(),
+        Some(v) => {
+            let d = duration(&format!("{key}.retry_after"), Some(v), Duration::ZERO, errs);
+            // Whole seconds, rounded up: `Retry-After` has no fractions
+            // (RFC 9110 §10.2.3).
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            (secs > 0).then(|| HeaderValue::from(secs))
+        }
+    };
+    let mut pages = defaults.pages.clone();
+    for (status, file) in raw.error_pages.unwrap_or_default() {
+        let k = format!("{key}.error_pages.{status}");
+        let Some(i) = PAGE_STATUSES.iter().position(|s| s.to_string() == status) else {
+            errs.push(&k, "only 404, 502, 503 and 504 can be replaced by a page");
+            continue;
+        };
+        if status == "404" && key != "server" {
+            // cutover answers 404 itself only when no app matched.
+            errs.push(
+                &k,
+                "an app's requests never get cutover's own 404: set it in [server.error_pages]",
+            );
+            continue;
+        }
+        let path = base.join(&file);
+        match std::fs::read(&path) {
+            Ok(body) => {
+                pages.0[i] = Some(ErrorPage {
+                    content_type: page_type(&path),
+                    body: body.into(),
+                    path,
+                })
+            }
+            Err(e) => errs.push(&k, format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    OwnAnswers {
+        redirect_https: raw.redirect_https.unwrap_or(defaults.redirect_https),
+        https_port: defaults.https_port,
+        hsts,
+        retry_after,
+        pages,
+    }
+}
+
+/// A page's `Content-Type`, from its file's extension.
+fn page_type(path: &Path) -> HeaderValue {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    HeaderValue::from_static(match ext.as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("json") => "application/json",
+        _ => "text/plain; charset=utf-8",
+    })
+}
+
+/// A `Strict-Transport-Security` value: `max-age=N` first (RFC 6797
+/// §6.1.1), then any other directives.
+fn hsts(key: &str, v: &str, errs: &mut Errors) -> Option<HeaderValue> {
+    let first = v.split(';').next().unwrap_or("").trim();
+    let age = first
+        .get(..8)
+        .filter(|p| p.eq_ignore_ascii_case("max-age="))
+        .map(|_| first[8..].trim_matches('"'));
+    if !age.is_some_and(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit())) {
+        errs.push(
+            key,
+            format!("must start with max-age=SECONDS, like \"max-age=31536000; includeSubDomains\", got {v:?}"),
+        );
+        return None;
+    }
+    match HeaderValue::from_str(v.trim()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            errs.push(key, format!("{v:?} is not a valid header value"));
+            None
+        }
     }
 }
 

@@ -149,6 +149,14 @@ fn gather(ctl: &Control) -> Gathered {
                 "Config reloads, by result.",
                 reloads,
             ),
+            (
+                "cutover_access_log_dropped",
+                "Access log lines dropped because the writer's queue was full.",
+                vec![(
+                    Labels::new(),
+                    ctl.shared.access_log.get().map_or(0, |l| l.dropped()),
+                )],
+            ),
         ],
         gauges: vec![
             (

@@ -11,6 +11,7 @@
 //! - [`upgrade`]: handing the sockets to a new binary (`cutover upgrade`);
 //! - [`metrics`]: the Prometheus exposition.
 
+pub mod access_log;
 pub mod admin;
 pub mod changes;
 pub mod guard;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub process: ProcessInfo,
     /// How to start a successor; unset when running inside another program.
     pub upgrade: std::sync::OnceLock<Plan>,
+    /// The access log's writer, started by the daemon.
+    pub access_log: std::sync::OnceLock<access_log::AccessLog>,
 }
 
 /// What a successor needs, set once at start by the daemon.
@@ -121,6 +124,7 @@ impl Shared {
             upgrading: std::sync::atomic::AtomicBool::new(false),
             process: ProcessInfo::now(crate::handover::upgrades()),
             upgrade: std::sync::OnceLock::new(),
+            access_log: std::sync::OnceLock::new(),
         }
     }
 

@@ -491,6 +491,23 @@ impl Control {
                 "state.file: the state file changed; restart cutover to apply it".to_string(),
             );
         }
+        if let (crate::config::AccessLog::File(path), true) =
+            (&new.log.access, new.log.access != self.config.log.access)
+        {
+            if let Err(e) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                errors.push(format!("log.access: {}: {e}", path.display()));
+            }
+        }
+        if new.log.buffer != self.config.log.buffer {
+            errors.push(
+                "log.access_buffer: the access log's queue changed; restart cutover to apply it"
+                    .to_string(),
+            );
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -538,6 +555,9 @@ impl Control {
         self.persist(|_, path| file.save(path))
             .map_err(|e| vec![e.to_string()])?;
         self.state = file;
+        if let Some(log) = self.shared.access_log.get() {
+            log.set_destination(&new.log.access);
+        }
         self.config = new;
         if let (Some(tls), Some(store)) = (&self.shared.tls, certs) {
             // New handshakes use the new certificates; open connections

@@ -67,6 +67,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Option<Incoming>,
         seen: u64,
+        // Where the access log reads the count (when it is on).
+        counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
         limit: u64,
         timeout: Duration,
         wait: Wait,
@@ -78,16 +80,24 @@ impl RequestBody {
         RequestBody {
             inner: Some(inner),
             seen: 0,
+            counted: None,
             limit,
             timeout,
             wait: Wait::default(),
         }
     }
 
+    /// Publish the bytes read to `to` as they come.
+    pub fn counting(mut self, to: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>) -> Self {
+        self.counted = to;
+        self
+    }
+
     pub fn empty() -> RequestBody {
         RequestBody {
             inner: None,
             seen: 0,
+            counted: None,
             limit: 0,
             timeout: Duration::ZERO,
             wait: Wait::default(),
@@ -150,6 +160,9 @@ impl Body for RequestBody {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
+                    if let Some(c) = this.counted {
+                        c.store(*this.seen, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if *this.limit > 0 && *this.seen > *this.limit {
                         return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
                     }

@@ -28,6 +28,10 @@ use crate::route::rule::ConnMemo;
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     let mut shutdown = worker.shared.shutdown.subscribe();
     let mut fresh = Fresh::default();
+    // As configured (`0.0.0.0:80`), for `proxy_protocol`'s list.
+    let Ok(listening) = listener.local_addr() else {
+        return;
+    };
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -66,10 +70,50 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
         // Open from here (in the metrics, and for drain), handshake included.
         let slot = (permit, worker.connection_opened());
         fresh.note(&state);
+        let w = worker.clone();
+        let at = (peer, listening);
         if tls {
-            tokio::task::spawn_local(serve_tls(worker.clone(), stream, peer, slot, state));
+            tokio::task::spawn_local(serve_tls(w, stream, at, slot, state));
         } else {
-            tokio::task::spawn_local(serve_plain(worker.clone(), stream, peer, slot, state));
+            tokio::task::spawn_local(serve_plain(w, stream, at, slot, state));
+        }
+    }
+}
+
+/// The client's address: the peer's, or on a `proxy_protocol` listener
+/// the one its PROXY header names (`None`: the connection is closed — a
+/// peer not among `trusted_proxies`, a missing or malformed header).
+async fn client_of(
+    worker: &Worker,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    listening: SocketAddr,
+) -> Option<SocketAddr> {
+    let (applies, trusted, limit) = {
+        let snap = worker.shared.snapshot.load();
+        let s = &snap.settings;
+        (
+            s.proxy_protocol.applies(listening),
+            super::headers::is_trusted(peer.ip(), &s.trusted_proxies),
+            s.limits.client_header_timeout,
+        )
+    };
+    if !applies {
+        return Some(peer);
+    }
+    if !trusted {
+        tracing::debug!(%peer, "closed: a PROXY protocol listener, and the peer is not among trusted_proxies");
+        return None;
+    }
+    match tokio::time::timeout(limit, super::proxy_protocol::read_header(stream)).await {
+        Ok(Ok(client)) => Some(client.unwrap_or(peer)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "closed: no valid PROXY protocol header");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "closed: no PROXY protocol header within client_header_timeout");
+            None
         }
     }
 }
@@ -120,7 +164,7 @@ fn conn_info(
     worker: &Rc<Worker>,
     peer: SocketAddr,
     local: SocketAddr,
-    tls: bool,
+    tls: Option<(&'static str, Option<Arc<str>>)>,
     slot: (OwnedSemaphorePermit, OpenConnection),
     state: Arc<ConnState>,
 ) -> (Rc<ConnInfo>, ClientTimeouts) {
@@ -130,7 +174,8 @@ fn conn_info(
         peer,
         local,
         client_value: client_value(peer.ip()),
-        tls,
+        tls: tls.is_some(),
+        tls_detail: tls,
         trusted: super::headers::is_trusted(peer.ip(), &snap.settings.trusted_proxies),
         state,
         memo: ConnMemo::default(),
@@ -151,12 +196,15 @@ fn conn_info(
 async fn serve_plain(
     worker: Rc<Worker>,
     mut stream: TcpStream,
-    peer: SocketAddr,
+    (peer, listening): (SocketAddr, SocketAddr),
     slot: (OwnedSemaphorePermit, OpenConnection),
     state: Arc<ConnState>,
 ) {
+    let Some(peer) = client_of(&worker, &mut stream, peer, listening).await else {
+        return;
+    };
     let local = stream.local_addr().unwrap_or(peer);
-    let (info, t) = conn_info(&worker, peer, local, false, slot, state);
+    let (info, t) = conn_info(&worker, peer, local, None, slot, state);
     let idle_timeout = t.idle;
     loop {
         let (park, parked) = tokio::sync::oneshot::channel();
@@ -220,11 +268,14 @@ async fn wait_parked(worker: &Rc<Worker>, stream: &TcpStream, idle_timeout: Dura
 /// `http/1.1`; the HTTP layer tells them apart by the preface).
 async fn serve_tls(
     worker: Rc<Worker>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    (peer, listening): (SocketAddr, SocketAddr),
     slot: (OwnedSemaphorePermit, OpenConnection),
     state: Arc<ConnState>,
 ) {
+    let Some(peer) = client_of(&worker, &mut stream, peer, listening).await else {
+        return;
+    };
     let Some(acceptor) = worker.shared.tls.as_ref().map(|t| t.acceptor.clone()) else {
         return;
     };
@@ -248,7 +299,16 @@ async fn serve_tls(
             return tracing::debug!(%peer, "closed within its TLS handshake to make room (max_connections)")
         }
     };
-    let (info, t) = conn_info(&worker, peer, local, true, slot, state);
+    let detail = {
+        let (_, session) = tls.get_ref();
+        let version = match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
+        (version, session.server_name().map(Arc::from))
+    };
+    let (info, t) = conn_info(&worker, peer, local, Some(detail), slot, state);
     let io =
         TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
     run_http(&worker, &info, io).await;

@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::config::OwnAnswers;
+
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
     #[error("no app for this host and path")]
@@ -79,6 +81,37 @@ impl ProxyError {
         ) {
             // The rest of the body is not read: the connection cannot be reused.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+impl ProxyError {
+    /// [`ProxyError::response`] as `own` has it: its page for the status
+    /// (a refcount clone), `Retry-After` on a 503, and over TLS its
+    /// `Strict-Transport-Security`.
+    pub fn answer<B: From<Bytes>>(self, own: &OwnAnswers, tls: bool) -> Response<B> {
+        let status = self.status();
+        let mut resp = match own.pages.get(status.as_u16()) {
+            Some(page) => {
+                let mut r = Response::new(B::from(page.body.clone()));
+                *r.status_mut() = status;
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, page.content_type.clone());
+                r
+            }
+            None => self.response(),
+        };
+        let h = resp.headers_mut();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            if let Some(v) = &own.retry_after {
+                h.insert(header::RETRY_AFTER, v.clone());
+            }
+        }
+        if tls {
+            if let Some(v) = &own.hsts {
+                h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+            }
         }
         resp
     }

@@ -26,6 +26,19 @@ pub struct Exchange {
     status: u16,
     upstream: Option<Pooled>,
     complete: Cell<bool>,
+    /// Response body bytes sent to the client.
+    bytes_out: Cell<u64>,
+    /// The request id and the access log's fields, when either is on
+    /// (boxed: most of a request's future is moved, and this is large).
+    pub extra: Option<Box<Extra>>,
+}
+
+/// What only the request id and the access log need.
+#[derive(Default)]
+pub struct Extra {
+    /// The field's name and the request's id, sent upstream and back.
+    pub request_id: Option<(http::HeaderName, http::HeaderValue)>,
+    pub log: Option<super::access::Fields>,
 }
 
 impl Exchange {
@@ -40,6 +53,30 @@ impl Exchange {
             status: 0,
             upstream: None,
             complete: Cell::new(false),
+            bytes_out: Cell::new(0),
+            extra: None,
+        }
+    }
+
+    /// The request's id field, if it has one.
+    pub fn request_id(&self) -> Option<&(http::HeaderName, http::HeaderValue)> {
+        self.extra.as_ref()?.request_id.as_ref()
+    }
+
+    /// The access log's fields, when the log is on.
+    pub fn log_fields(&mut self) -> Option<&mut super::access::Fields> {
+        self.extra.as_mut()?.log.as_mut()
+    }
+
+    pub fn count_out(&self, n: usize) {
+        self.bytes_out.set(self.bytes_out.get() + n as u64);
+    }
+
+    /// The upstream's response head arrived (for the access log).
+    pub fn head_arrived(&mut self) {
+        let start = self.start;
+        if let Some(f) = self.log_fields() {
+            f.upstream_time = Some(start.elapsed());
         }
     }
 
@@ -122,6 +159,22 @@ impl Drop for Exchange {
                 micros = elapsed.as_micros() as u64,
                 "request not forwarded"
             );
+        }
+        if let Some(Extra {
+            request_id,
+            log: Some(fields),
+        }) = self.extra.take().map(|e| *e)
+        {
+            if let Some(log) = self.worker.shared.access_log.get() {
+                log.write(fields.line(&super::access::Outcome {
+                    status: self.status,
+                    elapsed,
+                    bytes_out: self.bytes_out.get(),
+                    color: self.pool.as_ref().map(|p| p.color),
+                    server: self.server.as_deref(),
+                    request_id: request_id.as_ref().map(|(_, v)| v),
+                }));
+            }
         }
         if let Some(up) = self.upstream.take() {
             if self.complete.get() {

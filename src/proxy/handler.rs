@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +18,12 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 
+use super::access;
 use super::body::{BodyTimeout, ClientBody, RequestBody, TooLarge};
 use super::compress::{self, Decision};
 use super::deadline;
 use super::error::ProxyError;
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Extra};
 use super::h1;
 use super::headers;
 use super::io::ConnInfo;
@@ -30,14 +31,67 @@ use super::request;
 use super::response::ResponseBody;
 use super::upstream::{Lease, Pooled, Sender};
 use super::worker::Worker;
-use crate::config::{Protocol, Sticky};
+use crate::config::{AccessFormat, OwnAnswers, Protocol, RequestId, Sticky};
 use crate::route::rule::RequestView;
+use crate::route::snapshot::{Placed, Settings};
 use crate::route::{Pool, Server, Timeout};
 
 static COLOR_VALUES: [HeaderValue; 2] = [
     HeaderValue::from_static("blue"),
     HeaderValue::from_static("green"),
 ];
+
+/// Did a trusted proxy in front say the client came over https? Its
+/// `X-Forwarded-Proto`'s first element is the client's own scheme.
+fn behind_tls(conn: &ConnInfo, h: &HeaderMap) -> bool {
+    conn.trusted
+        && h.get(&headers::X_FORWARDED_PROTO)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
+/// `308` to the same host (without its port), path and query on https,
+/// as nginx's `return 308 https://$host$request_uri`. 308 keeps the
+/// method and body (RFC 9110 §15.4.9), where 301 may turn a POST into a
+/// GET. A request with no host has nowhere to go: 400.
+fn redirect(mut ex: Exchange, own: &OwnAnswers, host: &str, uri: &Uri) -> Response<ResponseBody> {
+    let host = without_port(host);
+    // `OPTIONS *` has no path of its own.
+    let pq = uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|pq| pq.starts_with('/'))
+        .unwrap_or("/");
+    let location = match own.https_port {
+        443 => format!("https://{host}{pq}"),
+        port => format!("https://{host}:{port}{pq}"),
+    };
+    let location = match HeaderValue::from_str(&location) {
+        Ok(v) if !host.is_empty() => v,
+        _ => return fail(ex, ProxyError::BadRequest, own, false),
+    };
+    ex.set_status(StatusCode::PERMANENT_REDIRECT.as_u16());
+    let id = ex.request_id().cloned();
+    let mut resp = Response::new(ResponseBody::full(Bytes::new(), Some(ex)));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    if let Some((name, id)) = id {
+        resp.headers_mut().insert(name, id);
+    }
+    resp
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`.
+fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
 
 /// The request's future: phases 1–3 run here, synchronously, when hyper
 /// calls the service; the future holds only what phases 4–6 need. It is
@@ -56,12 +110,79 @@ pub fn handle(
     }
 }
 
-/// The answer for a request that goes no further than the proxy.
-fn fail(mut ex: Exchange, err: ProxyError) -> Response<ResponseBody> {
+/// The answer for a request that goes no further than the proxy, as the
+/// app's (or `[server]`'s) `own` answers have it.
+fn fail(mut ex: Exchange, err: ProxyError, own: &OwnAnswers, tls: bool) -> Response<ResponseBody> {
     ex.set_status(err.status().as_u16());
-    let resp: Response<Bytes> = err.response();
-    let (parts, body) = resp.into_parts();
+    let resp: Response<Bytes> = err.answer(own, tls);
+    let (mut parts, body) = resp.into_parts();
+    if let Some((name, id)) = ex.request_id() {
+        parts.headers.insert(name.clone(), id.clone());
+    }
     Response::from_parts(parts, ResponseBody::full(body, Some(ex)))
+}
+
+/// The request id (taken or generated, and set on the request) and the
+/// access log's fields, when the config asks for either. `Some`: the
+/// request body's byte count, for the log.
+fn extras(
+    settings: &Settings,
+    conn: &ConnInfo,
+    req: &mut Request<Incoming>,
+    ex: &mut Exchange,
+) -> Option<Arc<AtomicU64>> {
+    if settings.request_id == RequestId::Off && settings.access_log.is_none() {
+        return None;
+    }
+    let mut extra = Extra::default();
+    if settings.request_id != RequestId::Off {
+        let name = &settings.request_id_header;
+        let kept = match settings.request_id {
+            RequestId::Keep => req
+                .headers()
+                .get(name)
+                .filter(|v| headers::acceptable_request_id(v))
+                .cloned(),
+            _ => None,
+        };
+        let id = kept.unwrap_or_else(|| {
+            let id = headers::new_request_id();
+            req.headers_mut().insert(name.clone(), id.clone());
+            id
+        });
+        extra.request_id = Some((name.clone(), id));
+    }
+    let mut counter = None;
+    if let Some(format) = settings.access_log {
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        counter = Some(bytes_in.clone());
+        let uri = req.uri();
+        let query = (settings.access_query || format == AccessFormat::Combined)
+            .then(|| uri.query().map(str::to_string))
+            .flatten();
+        let h = req.headers();
+        extra.log = Some(access::Fields {
+            format,
+            method: req.method().clone(),
+            host: h.get(header::HOST).cloned().or_else(|| {
+                uri.authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+            path: uri.path().to_string(),
+            query,
+            version: req.version(),
+            client: conn.peer.ip(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            referer: h.get(header::REFERER).cloned(),
+            app: None,
+            placed: None,
+            upstream_time: None,
+            bytes_in,
+            tls: conn.tls_detail.clone(),
+        });
+    }
+    ex.extra = Some(Box::new(extra));
+    counter
 }
 
 /// A routed request, rewritten for its upstream.
@@ -106,11 +227,12 @@ struct Answer {
 fn prepare(
     worker: &Worker,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     mut ex: Exchange,
 ) -> Result<Prepared, Response<ResponseBody>> {
     // Phase 1: route, with one snapshot load.
     let snap = worker.shared.snapshot.load();
+    let bytes_in = extras(&snap.settings, conn, &mut req, &mut ex);
     let limits = &snap.settings.limits;
     let (max_body, connect_timeout, response_timeout) = (
         limits.max_body_bytes,
@@ -121,7 +243,7 @@ fn prepare(
     let color_header = snap.settings.color_header;
     let target = match request::check(req.method(), req.uri(), req.version(), req.headers()) {
         Ok(t) => t,
-        Err(why) => return Err(refuse(ex, conn, why)),
+        Err(why) => return Err(refuse(ex, conn, why, &snap.settings.answers)),
     };
     // hyper keeps `Transfer-Encoding` and drops the length beside it: the
     // socket saw both (a flag read per request, the header map only then).
@@ -129,7 +251,8 @@ fn prepare(
         && req.headers().contains_key(header::TRANSFER_ENCODING)
         && conn.state.take_length_and_chunked()
     {
-        return Err(refuse(ex, conn, request::Invalid::LengthAndChunked));
+        let why = request::Invalid::LengthAndChunked;
+        return Err(refuse(ex, conn, why, &snap.settings.answers));
     }
     let host_str = target
         .authority
@@ -137,8 +260,16 @@ fn prepare(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let path = target.path(req.uri());
-    let Some(app) = snap.find_app(host_str, path) else {
-        return Err(fail(ex, ProxyError::NoApp));
+    let found = snap.find_app(host_str, path);
+    let own = found.map_or(&*snap.settings.answers, |a| &*a.answers);
+    // Plain requests of an app that wants https go no further; one a
+    // TLS-terminating proxy in front already took over https is let
+    // through, or it would come back forever.
+    if !conn.tls && own.redirect_https && !behind_tls(conn, req.headers()) {
+        return Err(redirect(ex, own, host_str, req.uri()));
+    }
+    let Some(app) = found else {
+        return Err(fail(ex, ProxyError::NoApp, own, conn.tls));
     };
     let client_ip = if conn.trusted {
         headers::client_behind(
@@ -151,6 +282,18 @@ fn prepare(
     };
     let view = RequestView::new(path, req.headers(), client_ip, Some(&conn.memo));
     let decision = app.decide(&view);
+    if let Some(f) = ex.log_fields() {
+        f.client = client_ip;
+        f.app = Some(app.name.clone());
+        f.placed = Some(match decision.placed {
+            Placed::Rule(i) => app
+                .rules
+                .get(i as usize)
+                .map_or("rule".into(), |r| r.name.as_str().into()),
+            Placed::Split => "split".into(),
+            Placed::Live => "live".into(),
+        });
+    }
     let pool = app.pool(decision.color).clone();
     let set_cookie = match (&decision.new_cookie, &app.sticky) {
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
@@ -164,10 +307,15 @@ fn prepare(
     // hyper parsed and checked `Content-Length` (for HTTP/2 too): the
     // body's exact size hint is that length, with no second lookup.
     if max_body > 0 && req.body().size_hint().exact().is_some_and(|n| n > max_body) {
-        return Err(fail(ex, ProxyError::BodyTooLarge));
+        return Err(fail(ex, ProxyError::BodyTooLarge, &pool.answers, conn.tls));
     }
     let Some(server) = pool.pick(None).cloned() else {
-        return Err(fail(ex, ProxyError::NoHealthyServer));
+        return Err(fail(
+            ex,
+            ProxyError::NoHealthyServer,
+            &pool.answers,
+            conn.tls,
+        ));
     };
     ex.bind(&server);
 
@@ -225,7 +373,7 @@ fn prepare(
     let new_pq = match &target.path {
         Some(p) => match request::path_and_query(p, &parts.uri) {
             Some(pq) => Some(pq),
-            None => return Err(fail(ex, ProxyError::BadRequest)),
+            None => return Err(fail(ex, ProxyError::BadRequest, &pool.answers, conn.tls)),
         },
         None => None,
     };
@@ -255,7 +403,7 @@ fn prepare(
             let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
             match request::absolute(scheme, &authority, pq) {
                 Some(uri) => parts.uri = uri,
-                None => return Err(fail(ex, ProxyError::BadRequest)),
+                None => return Err(fail(ex, ProxyError::BadRequest, &pool.answers, conn.tls)),
             }
         }
         parts.version = Version::HTTP_2;
@@ -277,7 +425,7 @@ fn prepare(
     Ok(Prepared {
         bodiless: body.is_end_stream(),
         from_h2,
-        body: RequestBody::new(body, max_body, body_timeout),
+        body: RequestBody::new(body, max_body, body_timeout).counting(bytes_in),
         parts,
         asked,
         forwarded_host,
@@ -339,10 +487,10 @@ fn exchange(
                         connection(&worker, &conn, &a.pool, &other, p.connect_timeout, now);
                     match Box::pin(second).await {
                         Ok(c) => c,
-                        Err(()) => return Ok(fail(p.answer.ex, ProxyError::Connect)),
+                        Err(()) => return Ok(connect_failed(p.answer, &conn)),
                     }
                 }
-                None => return Ok(fail(p.answer.ex, ProxyError::Connect)),
+                None => return Ok(connect_failed(p.answer, &conn)),
             },
         };
 
@@ -447,7 +595,7 @@ async fn send_again(
     else {
         server.connect_errors.fetch_add(1, Relaxed);
         server.record_failure(&p.answer.pool.config.passive);
-        return fail(p.answer.ex, ProxyError::Connect);
+        return connect_failed(p.answer, &conn);
     };
     let sent = send_h1(&worker, &conn, &mut p, &mut c).await;
     let got = h1_reply(sent, &server);
@@ -484,6 +632,7 @@ fn answer_h1(
             a.pool,
             a.set_cookie,
             a.color_header,
+            conn.tls,
             a.compress,
             body,
         );
@@ -496,7 +645,15 @@ fn answer_h1(
         super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone());
     }
     let body = ResponseBody::full(Bytes::new(), Some(a.ex));
-    respond(parts, a.pool, a.set_cookie, a.color_header, None, body)
+    respond(
+        parts,
+        a.pool,
+        a.set_cookie,
+        a.color_header,
+        conn.tls,
+        None,
+        body,
+    )
 }
 
 /// Phase 5 and 6 with an HTTP/2 upstream (hyper's client), on the worker's
@@ -533,7 +690,7 @@ async fn send_h2(
                 else {
                     lease.server.connect_errors.fetch_add(1, Relaxed);
                     lease.server.record_failure(&p.answer.pool.config.passive);
-                    return fail(p.answer.ex, ProxyError::Connect);
+                    return connect_failed(p.answer, &conn);
                 };
                 let within = deadline::after(p.response_timeout);
                 sent = worker
@@ -566,6 +723,7 @@ async fn send_h2(
         a.pool,
         a.set_cookie,
         a.color_header,
+        conn.tls,
         a.compress,
         body,
     )
@@ -589,6 +747,7 @@ fn unprocessed(e: &hyper::Error) -> bool {
 /// Passive health counts only what the upstream did: the 5xx it sends
 /// (timeouts in [`failed`], connect failures where they happen).
 fn judge(a: &mut Answer, server: &Server, status: StatusCode) {
+    a.ex.head_arrived();
     if status.is_server_error() {
         server.record_failure(&a.pool.config.passive);
     } else {
@@ -622,7 +781,12 @@ fn failed(conn: &ConnInfo, a: Answer, server: &Server, why: Failed) -> Response<
         }
         Failed::Upstream => ProxyError::Upstream,
     };
-    fail(a.ex, err)
+    fail(a.ex, err, &a.pool.answers, conn.tls)
+}
+
+/// The 502 when no server of the pool could be connected to.
+fn connect_failed(a: Answer, conn: &ConnInfo) -> Response<ResponseBody> {
+    fail(a.ex, ProxyError::Connect, &a.pool.answers, conn.tls)
 }
 
 /// An upstream's response on its way to the client, with cutover's own
@@ -633,12 +797,28 @@ fn respond(
     pool: Arc<Pool>,
     set_cookie: Option<HeaderValue>,
     color_header: bool,
+    tls: bool,
     compress: Option<compress::Plan>,
     mut body: ResponseBody,
 ) -> Response<ResponseBody> {
     if let Some(plan) = compress {
         if let Decision::Compress(enc) = plan.apply(parts.status, &mut parts.headers) {
             body.compress(enc);
+        }
+    }
+    // HSTS only over TLS: a browser ignores it on plain HTTP, where an
+    // attacker could forge it anyway (RFC 6797 §7.2). The upstream's own
+    // value wins.
+    if tls {
+        if let Some(v) = &pool.answers.hsts {
+            if !parts
+                .headers
+                .contains_key(header::STRICT_TRANSPORT_SECURITY)
+            {
+                parts
+                    .headers
+                    .insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+            }
         }
     }
     // An HTTP/1.1 client gets an HTTP/1.1 status line whatever the
@@ -652,6 +832,9 @@ fn respond(
     }
     if let Some(c) = set_cookie {
         parts.headers.append(header::SET_COOKIE, c);
+    }
+    if let Some((name, id)) = body.exchange().and_then(|ex| ex.request_id()) {
+        parts.headers.insert(name.clone(), id.clone());
     }
     Response::from_parts(parts, body)
 }
@@ -769,9 +952,14 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// A request refused before routing: 400, with the reason logged.
-fn refuse(ex: Exchange, conn: &ConnInfo, why: request::Invalid) -> Response<ResponseBody> {
+fn refuse(
+    ex: Exchange,
+    conn: &ConnInfo,
+    why: request::Invalid,
+    own: &OwnAnswers,
+) -> Response<ResponseBody> {
     tracing::debug!(peer = %conn.peer, reason = %why, "request refused");
-    let mut resp = fail(ex, ProxyError::BadRequest);
+    let mut resp = fail(ex, ProxyError::BadRequest, own, conn.tls);
     // What follows on the connection cannot be trusted to be framed right.
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -792,6 +980,14 @@ mod tests {
             .ends_with("; Path=/; HttpOnly; SameSite=Lax"));
         let tls = cookie_header("cutover", &id, true).unwrap();
         assert!(tls.to_str().unwrap().ends_with("; SameSite=Lax; Secure"));
+    }
+
+    #[test]
+    fn a_redirect_drops_only_the_port_of_its_host() {
+        assert_eq!(without_port("shop.test:8080"), "shop.test");
+        assert_eq!(without_port("shop.test"), "shop.test");
+        assert_eq!(without_port("[::1]:8080"), "[::1]");
+        assert_eq!(without_port("[::1]"), "[::1]");
     }
 
     #[test]

@@ -312,6 +312,19 @@ pub fn client_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
+/// A fresh request id: 128 random bits in hex, as nginx's `$request_id`.
+pub fn new_request_id() -> HeaderValue {
+    let hex = crate::route::sticky::CookieId::random().as_hex();
+    HeaderValue::from_bytes(&hex).expect("hex digits are a valid field value")
+}
+
+/// A client's request id is kept if it is a plain token of up to 200
+/// visible characters (no spaces, nothing a log could misread).
+pub fn acceptable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 200 && b.iter().all(|c| (0x21..0x7f).contains(c) && *c != b'"')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

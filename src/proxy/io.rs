@@ -57,6 +57,8 @@ pub struct ConnInfo {
     /// `peer`'s address as an `X-Forwarded-For` element, rendered once.
     pub client_value: HeaderValue,
     pub tls: bool,
+    /// The TLS version and the SNI name, for the access log.
+    pub tls_detail: Option<(&'static str, Option<Arc<str>>)>,
     /// The peer is one of `server.trusted_proxies`: its forwarding fields
     /// are believed (decided once per connection).
     pub trusted: bool,

@@ -26,6 +26,7 @@
 //! h1::codec}`, each also free to use the leaves `headers`, `io`,
 //! `deadline`, `error`, `request`, `compress` and `worker`.
 
+mod access;
 pub mod body;
 mod compress;
 mod conn;
@@ -39,6 +40,7 @@ mod h1;
 mod handler;
 pub mod headers;
 pub mod io;
+mod proxy_protocol;
 mod request;
 mod response;
 mod tunnel;

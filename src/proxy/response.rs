@@ -116,6 +116,13 @@ fn pool_if_done(inner: &mut Inner, exchange: &mut Option<Exchange>) {
     }
 }
 
+impl ResponseBody {
+    /// The request's bookkeeping, until the body ends.
+    pub fn exchange(&self) -> Option<&Exchange> {
+        self.exchange.as_ref()
+    }
+}
+
 impl From<Bytes> for ResponseBody {
     fn from(b: Bytes) -> Self {
         ResponseBody::full(b, None)
@@ -163,7 +170,11 @@ impl Body for ResponseBody {
                     ex.finish(false);
                 }
             }
-            Some(Ok(_)) => {}
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(ex)) = (frame.data_ref(), &this.exchange) {
+                    ex.count_out(data.len());
+                }
+            }
         }
         Poll::Ready(out)
     }

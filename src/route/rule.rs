@@ -606,7 +606,8 @@ impl RuleTable {
     }
 
     /// The first rule (in order) whose conditions all hold.
-    pub fn first_match(&self, req: &RequestView<'_>, scan: &Scan<'_>) -> Option<&Rule> {
+    /// The first rule that matches, with its index.
+    pub fn first_match(&self, req: &RequestView<'_>, scan: &Scan<'_>) -> Option<(usize, &Rule)> {
         if self.rules.is_empty() {
             return None;
         }
@@ -664,10 +665,15 @@ impl RuleTable {
                 {
                     continue;
                 }
-                return Some(rule);
+                return Some((c.base + i, rule));
             }
         }
         None
+    }
+
+    /// The rule at `index` (as [`Self::first_match`] gave it).
+    pub fn get(&self, index: usize) -> Option<&Rule> {
+        self.rules.get(index)
     }
 
     fn user_agent_matches(&self, index: usize, req: &RequestView<'_>, ua: &[u8]) -> bool {
@@ -801,7 +807,8 @@ mod tests {
     /// The name of the first matching rule.
     fn first(t: &RuleTable, h: &HeaderMap, path: &str, ip: &str) -> Option<String> {
         let view = RequestView::new(path, h, ip.parse().unwrap(), None);
-        t.first_match(&view, &t.scan(&view)).map(|r| r.name.clone())
+        t.first_match(&view, &t.scan(&view))
+            .map(|(_, r)| r.name.clone())
     }
 
     #[test]
@@ -1138,7 +1145,8 @@ mod tests {
                     // The same request again: the connection's memo answers.
                     let view = RequestView::new("/", &h, "10.1.2.3".parse().unwrap(), Some(&memo));
                     assert_eq!(
-                        t.first_match(&view, &t.scan(&view)).map(|r| r.name.clone()),
+                        t.first_match(&view, &t.scan(&view))
+                            .map(|(_, r)| r.name.clone()),
                         first_by_walking(&specs, &view, &compiled_ua),
                         "round {round}, repeated, headers {h:?}"
                     );
@@ -1163,7 +1171,8 @@ mod tests {
                 let with_memo = rng.bool().then_some(&memo);
                 let view = RequestView::new(&path, &h, ip, with_memo);
                 assert_eq!(
-                    t.first_match(&view, &t.scan(&view)).map(|r| r.name.clone()),
+                    t.first_match(&view, &t.scan(&view))
+                        .map(|(_, r)| r.name.clone()),
                     first_by_walking(&specs, &view, &compiled_ua),
                     "round {round}, {path} from {ip}, headers {h:?}"
                 );

@@ -10,7 +10,7 @@ use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
     compile_rules, AppConfig, Balance, Color, Compression, Config, HealthConfig, HostPattern,
-    Limits, PassiveConfig, PoolConfig, Protocol, Sticky,
+    Limits, OwnAnswers, PassiveConfig, PoolConfig, Protocol, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
 use crate::tls::{ServerTls, Transport};
@@ -34,6 +34,15 @@ pub struct Settings {
     pub color_header: bool,
     /// See `ServerSettings::trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub proxy_protocol: crate::config::AcceptProxy,
+    pub request_id: crate::config::RequestId,
+    pub request_id_header: http::HeaderName,
+    /// The access log's format, when there is one.
+    pub access_log: Option<crate::config::AccessFormat>,
+    pub access_query: bool,
+    /// `[server]`'s own answers: for a request no app matched, or refused
+    /// before routing.
+    pub answers: Arc<OwnAnswers>,
 }
 
 /// One upstream server. Lives as long as any snapshot (or in-flight
@@ -231,6 +240,10 @@ pub struct Pool {
     pub config: PoolConfig,
     pub servers: Vec<Arc<Server>>,
     pub stats: Arc<ColorStats>,
+    /// The app's own answers (the same `Arc` as [`App::answers`]): here
+    /// because every request holds its pool, so an error answer or HSTS
+    /// costs the normal path nothing more.
+    pub answers: Arc<OwnAnswers>,
     /// Per server (same order): its runtime state and effective weight.
     settings: Vec<(ServerState, u32)>,
     /// Smooth weighted round-robin order, as server indexes.
@@ -244,6 +257,7 @@ impl Pool {
         config: PoolConfig,
         servers: Vec<Arc<Server>>,
         stats: Arc<ColorStats>,
+        answers: Arc<OwnAnswers>,
         overrides: &BTreeMap<String, ServerSetting>,
     ) -> Pool {
         let settings = Pool::settings_for(color, &servers, overrides);
@@ -258,6 +272,7 @@ impl Pool {
             config,
             servers,
             stats,
+            answers,
             settings,
             schedule,
             rr: AtomicUsize::new(0),
@@ -289,6 +304,7 @@ impl Pool {
             self.config.clone(),
             self.servers.clone(),
             self.stats.clone(),
+            self.answers.clone(),
             overrides,
         ))
     }
@@ -366,10 +382,12 @@ impl Pool {
 
 /// Smooth weighted round robin (as nginx does it), unrolled into one cycle.
 fn smooth_wrr(weights: &[u32]) -> Vec<u32> {
-    if weights.is_empty() {
+    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    // No server in rotation (all drained, say): one slot, so that `pick`
+    // finds none usable and answers 503 rather than dividing by zero.
+    if total == 0 {
         return vec![0];
     }
-    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
     let mut current = vec![0i64; weights.len()];
     (0..total)
         .map(|_| {
@@ -405,6 +423,8 @@ pub struct App {
     pub rules: Arc<RuleTable>,
     /// `[blue, green]`.
     pub pools: [Arc<Pool>; 2],
+    /// Redirect, HSTS and error pages, merged with `[server]`'s.
+    pub answers: Arc<OwnAnswers>,
     standby_bp: u32,
     /// A partial split or a partial rule is in force: new users get a cookie.
     set_cookie: bool,
@@ -419,6 +439,7 @@ struct Shape {
     drain_timeout: Option<Duration>,
     compress: Option<Arc<Compression>>,
     pools: [Arc<Pool>; 2],
+    answers: Arc<OwnAnswers>,
 }
 
 impl App {
@@ -452,6 +473,7 @@ impl App {
             compress: shape.compress,
             rules,
             pools: shape.pools,
+            answers: shape.answers,
             standby_bp,
             set_cookie,
         }
@@ -508,21 +530,25 @@ impl App {
                 _ => sticky::random_bucket(),
             })
         };
-        if let Some(rule) = self.rules.first_match(req, &scan) {
+        if let Some((index, rule)) = self.rules.first_match(req, &scan) {
             if rule.percent_bp >= BUCKETS || bucket() < rule.percent_bp {
                 return Decision {
                     color: rule.to,
                     new_cookie,
+                    placed: Placed::Rule(index as u32),
                 };
             }
         }
-        let color = match self.standby_bp {
-            0 => self.state.live,
-            bp if bp >= BUCKETS => self.state.standby(),
-            bp if bucket() < bp => self.state.standby(),
-            _ => self.state.live,
+        let (color, placed) = match self.standby_bp {
+            0 => (self.state.live, Placed::Live),
+            bp if bp >= BUCKETS || bucket() < bp => (self.state.standby(), Placed::Split),
+            _ => (self.state.live, Placed::Split),
         };
-        Decision { color, new_cookie }
+        Decision {
+            color,
+            new_cookie,
+            placed,
+        }
     }
 }
 
@@ -533,6 +559,18 @@ pub struct Decision {
     /// Set when the sticky cookie was missing and the app needs one: the
     /// fresh id to send back in `Set-Cookie`.
     pub new_cookie: Option<sticky::CookieId>,
+    pub placed: Placed,
+}
+
+/// What placed a request on its colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// The rule at this index of the app's rules.
+    Rule(u32),
+    /// The random split between live and standby (`standby_percent`).
+    Split,
+    /// No split: everything goes to the live colour.
+    Live,
 }
 
 /// Everything the request path reads, immutable once built.
@@ -610,11 +648,16 @@ impl Snapshot {
             let name: Arc<str> = old_app
                 .map(|a| a.name.clone())
                 .unwrap_or_else(|| app_cfg.name.as_str().into());
+            // Kept when unchanged, so that the pools are too.
+            let answers = match old_app {
+                Some(a) if *a.answers == app_cfg.answers => a.answers.clone(),
+                _ => Arc::new(app_cfg.answers.clone()),
+            };
             let pools = Color::ALL.map(|color| {
                 let cfg = &app_cfg.pools[color.index()];
                 let old_pool = old_app.map(|a| a.pool(color));
                 match old_pool {
-                    Some(p) if p.config == *cfg => p.clone(),
+                    Some(p) if p.config == *cfg && Arc::ptr_eq(&p.answers, &answers) => p.clone(),
                     _ => {
                         let servers = cfg
                             .servers
@@ -659,6 +702,7 @@ impl Snapshot {
                             cfg.clone(),
                             servers,
                             stats,
+                            answers.clone(),
                             &state.servers,
                         ))
                     }
@@ -673,6 +717,7 @@ impl Snapshot {
                 drain_timeout: app_cfg.drain_timeout,
                 compress: app_cfg.compress.clone().map(Arc::new),
                 pools,
+                answers,
             };
             match App::assemble(shape, state) {
                 Ok(app) => apps.push(Arc::new(app)),
@@ -686,6 +731,13 @@ impl Snapshot {
             limits: config.limits.clone(),
             color_header: config.server.color_header,
             trusted_proxies: config.server.trusted_proxies.clone(),
+            proxy_protocol: config.server.proxy_protocol.clone(),
+            request_id: config.server.request_id,
+            request_id_header: config.server.request_id_header.clone(),
+            access_log: (config.log.access != crate::config::AccessLog::Off)
+                .then_some(config.log.format),
+            access_query: config.log.query,
+            answers: Arc::new(config.server.answers.clone()),
         });
         Ok(Snapshot::index(apps, settings, epoch))
     }
@@ -711,6 +763,7 @@ impl Snapshot {
                         drain_timeout: app.drain_timeout,
                         compress: app.compress.clone(),
                         pools: app.pools.clone().map(|p| p.with_overrides(&state.servers)),
+                        answers: app.answers.clone(),
                     };
                     if state.rules == app.state.rules {
                         Arc::new(App::with_rules(shape, state.clone(), app.rules.clone()))
@@ -839,6 +892,8 @@ mod tests {
         let s = smooth_wrr(&[5, 1, 1]);
         assert_eq!(s.iter().filter(|i| **i == 0).count(), 5);
         assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr(&[0, 0]), vec![0]);
+        assert_eq!(smooth_wrr(&[]), vec![0]);
     }
 
     #[test]

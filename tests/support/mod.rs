@@ -35,7 +35,8 @@ fn full(b: impl Into<Bytes>) -> Body {
 /// - `/digest`: reads the whole body, answers `LEN SHA256HEX`;
 /// - `/download/N`: streams N deterministic bytes in 64 KiB chunks;
 /// - `/status/N`: answers status N;
-/// - `/hop`: answers with hop-by-hop headers that must not reach clients.
+/// - `/hop`: answers with hop-by-hop headers that must not reach clients;
+/// - `/sts`: answers with its own `Strict-Transport-Security: max-age=60`.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: &'static str,
@@ -210,6 +211,12 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<B
             h.insert("proxy-connection", "keep-alive".parse().unwrap());
             h.insert("upgrade", "h2c".parse().unwrap());
             h.insert("x-end-to-end", "kept".parse().unwrap());
+            r
+        }
+        "sts" => {
+            let mut r = Response::new(full(name));
+            r.headers_mut()
+                .insert("strict-transport-security", "max-age=60".parse().unwrap());
             r
         }
         _ => Response::new(full(name)),
@@ -610,6 +617,32 @@ pub async fn tls_connect(
     let cert = conn.peer_certificates().unwrap()[0].to_vec();
     let alpn = conn.alpn_protocol().map(|p| p.to_vec());
     (tls, cert, alpn)
+}
+
+/// One HTTP/1.1 `GET path` with `Host: host` over TLS (SNI `host`) on a
+/// new connection: the whole reply.
+pub async fn tls_get(ca: &TestCa, addr: SocketAddr, host: &str, path: &str) -> Reply {
+    let (io, _, _) = tls_connect(&ca.connector(&[b"http/1.1"]), addr, host).await;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(TEST_TIMEOUT, tx.send_request(req))
+        .await
+        .expect("request timed out")
+        .expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A WebSocket through the proxy.
