@@ -4,7 +4,8 @@
 //!
 //! Hot path (runs per request):
 //! - [`proxy`]: worker threads, accept loop, the request handler,
-//!   header rewriting, upstream connection pools, bodies, tunnels.
+//!   header rewriting, upstream connection pools, bodies, compression,
+//!   tunnels.
 //! - [`route`]: the immutable routing [`route::Snapshot`] and the routing
 //!   decision (hosts, prefixes, canary rules, sticky buckets,
 //!   server pick). Pure data, no I/O.

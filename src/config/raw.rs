@@ -139,6 +139,9 @@ pub struct RawApp {
     pub standby_percent: Option<f64>,
     pub sticky: Option<String>,
     pub drain_timeout: Option<String>,
+    pub compress: Option<bool>,
+    pub compress_types: Option<Vec<String>>,
+    pub compress_min_length: Option<i64>,
     pub blue: Option<RawPool>,
     pub green: Option<RawPool>,
     #[serde(default)]

@@ -422,6 +422,9 @@ pub struct AppConfig {
     pub sticky: Sticky,
     /// Upgraded connections on a pool with no traffic are closed after this.
     pub drain_timeout: Option<Duration>,
+    /// `compress = true`: responses are compressed for clients that ask.
+    /// `None` (the default) leaves every response as the upstream sent it.
+    pub compress: Option<Compression>,
     /// `[blue, green]`.
     pub pools: [PoolConfig; 2],
     /// The initial rules, validated; compiled again into the snapshot.
@@ -429,6 +432,46 @@ pub struct AppConfig {
     /// Its own `redirect_https`, `hsts`, `retry_after` and `error_pages`,
     /// each defaulting to `[server]`'s.
     pub answers: OwnAnswers,
+}
+
+/// An app's response compression (`compress = true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compression {
+    /// `compress_types`: media types compressed, lowercase, each
+    /// `type/subtype`, `type/*` or `*/*`. Default [`Compression::DEFAULT_TYPES`].
+    pub types: Vec<String>,
+    /// `compress_min_length`, bytes: a response whose `Content-Length` is
+    /// below it is sent as it is (one of unknown length is compressed).
+    /// Default 1024.
+    pub min_length: u64,
+}
+
+impl Compression {
+    /// Text-like types that compress well; images, audio, video and
+    /// archives are compressed already.
+    pub const DEFAULT_TYPES: &'static [&'static str] = &[
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/x-javascript",
+        "application/xml",
+        "application/xhtml+xml",
+        "application/rss+xml",
+        "application/atom+xml",
+        "application/ld+json",
+        "application/manifest+json",
+        "application/problem+json",
+        "application/vnd.api+json",
+        "application/wasm",
+        "image/svg+xml",
+        "image/x-icon",
+        "font/ttf",
+        "font/otf",
+    ];
+
+    /// Below this a compressed body saves less than its headers and a
+    /// round of the encoder cost: about one TCP segment's worth.
+    pub const DEFAULT_MIN_LENGTH: u64 = 1024;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -834,6 +834,14 @@ fn build_app(
             errs,
         )
     });
+    let compress = compression(
+        &key,
+        raw.compress,
+        raw.compress_types,
+        raw.compress_min_length,
+        errs,
+        warnings,
+    );
     let blue = pool(&format!("{key}.blue"), raw.blue, base, errs, warnings);
     let green = pool(&format!("{key}.green"), raw.green, base, errs, warnings);
     if let Err(e) = compile_rules(&key, &raw.rules) {
@@ -854,6 +862,7 @@ fn build_app(
         standby_percent,
         sticky,
         drain_timeout,
+        compress,
         pools: [blue, green],
         rules: raw.rules,
         answers,
@@ -961,6 +970,83 @@ fn hsts(key: &str, v: &str, errs: &mut Errors) -> Option<HeaderValue> {
             errs.push(key, format!("{v:?} is not a valid header value"));
             None
         }
+    }
+}
+
+/// `compress`, `compress_types`, `compress_min_length` of `[apps.NAME]`.
+/// The last two are checked even while compression is off, so that turning
+/// it on cannot reveal an old mistake.
+fn compression(
+    key: &str,
+    on: Option<bool>,
+    types: Option<Vec<String>>,
+    min_length: Option<i64>,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<Compression> {
+    let given = types.is_some() || min_length.is_some();
+    let types = match types {
+        None => Compression::DEFAULT_TYPES
+            .iter()
+            .map(|t| t.to_string())
+            .collect(),
+        Some(list) => {
+            if list.is_empty() {
+                errs.push(
+                    &format!("{key}.compress_types"),
+                    "an empty list compresses nothing: leave compress = false instead",
+                );
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, t)| media_range(&format!("{key}.compress_types[{i}]"), t, errs))
+                .collect()
+        }
+    };
+    let min_length = int_range(
+        &format!("{key}.compress_min_length"),
+        min_length,
+        Compression::DEFAULT_MIN_LENGTH as i64,
+        0,
+        i64::MAX,
+        errs,
+    ) as u64;
+    if on == Some(true) {
+        Some(Compression { types, min_length })
+    } else {
+        if given {
+            warnings.push(format!(
+                "{key}: compress_types and compress_min_length have no effect without compress = true"
+            ));
+        }
+        None
+    }
+}
+
+/// A media type or range for `compress_types`: `type/subtype`, `type/*` or
+/// `*/*`, without parameters; kept lowercase (media types are
+/// case-insensitive, RFC 9110 §8.3.1).
+fn media_range(key: &str, t: &str, errs: &mut Errors) -> Option<String> {
+    let t = t.trim().to_ascii_lowercase();
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let ok = match t.split_once('/') {
+        Some(("*", "*")) => true,
+        Some((ty, "*")) => token(ty),
+        Some((ty, sub)) => token(ty) && token(sub),
+        None => false,
+    };
+    if ok {
+        Some(t)
+    } else {
+        errs.push(
+            key,
+            format!("{t:?} is not a media type like \"text/html\" or \"text/*\""),
+        );
+        None
     }
 }
 

@@ -20,6 +20,7 @@ use hyper::client::conn::http2;
 
 use super::access;
 use super::body::{BodyTimeout, ClientBody, RequestBody, TooLarge};
+use super::compress::{self, Decision};
 use super::deadline;
 use super::error::ProxyError;
 use super::exchange::{Exchange, Extra};
@@ -214,6 +215,8 @@ struct Answer {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     set_cookie: Option<HeaderValue>,
     color_header: bool,
+    /// The app compresses responses, and this request's may be.
+    compress: Option<compress::Plan>,
 }
 
 /// Phases 1–3: route, check limits, rewrite the request. `Err` is the
@@ -296,6 +299,7 @@ fn prepare(
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
         _ => None,
     };
+    let compression = app.compress.clone();
     drop(snap);
 
     // Phase 2: limits that need no upstream.
@@ -325,6 +329,11 @@ fn prepare(
     } else {
         None
     };
+    // Read before the request's fields are rewritten: `Accept-Encoding`
+    // goes upstream as the client sent it (the upstream may compress
+    // itself, and then the proxy leaves the body alone).
+    let compress =
+        compression.and_then(|c| compress::Plan::new(c, &parts.method, &parts.headers, upgrade));
     let named_removed = headers::strip_found(&mut parts.headers, hop, upgrade);
     // Who the client is and how it came is believed only from a trusted
     // proxy; anyone else's claims are removed before ours are added.
@@ -430,6 +439,7 @@ fn prepare(
             client_upgrade,
             set_cookie,
             color_header,
+            compress,
         },
     })
 }
@@ -617,7 +627,15 @@ fn answer_h1(
     if !switched {
         let body = h1::Body::new(c, framing, reuse);
         let body = ResponseBody::h1(body, lease, a.ex, a.read_timeout);
-        return respond(parts, a.pool, a.set_cookie, a.color_header, conn.tls, body);
+        return respond(
+            parts,
+            a.pool,
+            a.set_cookie,
+            a.color_header,
+            conn.tls,
+            a.compress,
+            body,
+        );
     }
     // A `101` to an upgrade or a 2xx to `CONNECT`: the connection is now a
     // tunnel, joined to the client's once hyper has answered it.
@@ -627,7 +645,15 @@ fn answer_h1(
         super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone());
     }
     let body = ResponseBody::full(Bytes::new(), Some(a.ex));
-    respond(parts, a.pool, a.set_cookie, a.color_header, conn.tls, body)
+    respond(
+        parts,
+        a.pool,
+        a.set_cookie,
+        a.color_header,
+        conn.tls,
+        None,
+        body,
+    )
 }
 
 /// Phase 5 and 6 with an HTTP/2 upstream (hyper's client), on the worker's
@@ -692,7 +718,15 @@ async fn send_h2(
     // that carries any, RFC 9113 §8.2.2.)
     let (parts, body) = resp.into_parts();
     let body = ResponseBody::h2(body, a.ex, a.read_timeout);
-    respond(parts, a.pool, a.set_cookie, a.color_header, conn.tls, body)
+    respond(
+        parts,
+        a.pool,
+        a.set_cookie,
+        a.color_header,
+        conn.tls,
+        a.compress,
+        body,
+    )
 }
 
 /// Did an h2 upstream refuse the stream without processing it: above the
@@ -756,15 +790,22 @@ fn connect_failed(a: Answer, conn: &ConnInfo) -> Response<ResponseBody> {
 }
 
 /// An upstream's response on its way to the client, with cutover's own
-/// fields.
+/// fields, compressed if the app and the client want it. (The one place
+/// both HTTP/1.1 and HTTP/2 upstreams' answers pass.)
 fn respond(
     mut parts: http::response::Parts,
     pool: Arc<Pool>,
     set_cookie: Option<HeaderValue>,
     color_header: bool,
     tls: bool,
-    body: ResponseBody,
+    compress: Option<compress::Plan>,
+    mut body: ResponseBody,
 ) -> Response<ResponseBody> {
+    if let Some(plan) = compress {
+        if let Decision::Compress(enc) = plan.apply(parts.status, &mut parts.headers) {
+            body.compress(enc);
+        }
+    }
     // HSTS only over TLS: a browser ignores it on plain HTTP, where an
     // attacker could forge it anyway (RFC 6797 §7.2). The upstream's own
     // value wins.

@@ -16,6 +16,7 @@
 //! - [`upstream`]: per-worker, per-server connection pools;
 //! - [`body`], [`response`], [`exchange`]: the request body going up, the
 //!   response body coming back, and per-request accounting;
+//! - [`compress`]: gzip, brotli and zstd of responses, by `Accept-Encoding`;
 //! - [`deadline`]: upstream response deadlines, one timer per worker;
 //! - [`tunnel`]: upgraded (WebSocket) and `CONNECT` connections;
 //! - [`error`]: proxy errors → status codes.
@@ -23,10 +24,11 @@
 //! Imports go one way, from the handler down to the codec:
 //! `conn → handler → {response → exchange → upstream → h1::conn →
 //! h1::codec}`, each also free to use the leaves `headers`, `io`,
-//! `deadline`, `error`, `request` and `worker`.
+//! `deadline`, `error`, `request`, `compress` and `worker`.
 
 mod access;
 pub mod body;
+mod compress;
 mod conn;
 mod deadline;
 pub mod error;

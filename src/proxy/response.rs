@@ -13,6 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::body::{BoxError, Wait};
+use super::compress::{Encoder, Encoding};
 use super::exchange::Exchange;
 use super::h1;
 use super::upstream::{Lease, Pooled, Sender};
@@ -32,6 +33,8 @@ pub struct ResponseBody {
     /// its body.
     read_timeout: Duration,
     wait: Wait,
+    /// Compressing the body on its way (boxed: most bodies have none).
+    encoder: Option<Box<Encoder>>,
 }
 
 enum Inner {
@@ -51,6 +54,7 @@ impl ResponseBody {
             exchange: Some(exchange),
             read_timeout,
             wait: Wait::default(),
+            encoder: None,
         }
     }
 
@@ -67,6 +71,7 @@ impl ResponseBody {
             exchange: Some(exchange),
             read_timeout,
             wait: Wait::default(),
+            encoder: None,
         };
         this.pool_if_done();
         this
@@ -78,23 +83,34 @@ impl ResponseBody {
             exchange,
             read_timeout: Duration::ZERO,
             wait: Wait::default(),
+            encoder: None,
         }
+    }
+
+    /// Compress the body with `encoding` as it streams (the head says so
+    /// already: [`super::compress::Plan::apply`]).
+    pub fn compress(&mut self, encoding: Encoding) {
+        self.encoder = Some(Box::new(Encoder::new(encoding)));
     }
 
     /// Read whole: the connection can take the next request now, even if
     /// hyper drops the body without polling it again (as it does after
     /// trailers).
     fn pool_if_done(&mut self) {
-        if let (Inner::H1(body, lease), Some(ex)) = (&mut self.inner, self.exchange.as_mut()) {
-            if lease.is_some() {
-                if let Some(conn) = body.take_reusable() {
-                    let lease = lease.take().expect("checked above");
-                    ex.set_upstream(Pooled {
-                        tx: Sender::H1(conn),
-                        lease,
-                    });
-                    ex.mark_complete();
-                }
+        pool_if_done(&mut self.inner, &mut self.exchange);
+    }
+}
+
+fn pool_if_done(inner: &mut Inner, exchange: &mut Option<Exchange>) {
+    if let (Inner::H1(body, lease), Some(ex)) = (inner, exchange.as_mut()) {
+        if lease.is_some() {
+            if let Some(conn) = body.take_reusable() {
+                let lease = lease.take().expect("checked above");
+                ex.set_upstream(Pooled {
+                    tx: Sender::H1(conn),
+                    lease,
+                });
+                ex.mark_complete();
             }
         }
     }
@@ -122,20 +138,10 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::H2(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|f| f.map_err(BoxError::from))),
-            Inner::Full(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|f| f.map_err(|e| match e {}))),
-            Inner::H1(b, _) => {
-                let polled = b.poll_frame(cx);
-                if polled.is_ready() {
-                    this.pool_if_done();
-                }
-                polled
-            }
+        let (inner, exchange) = (&mut this.inner, &mut this.exchange);
+        let polled = match &mut this.encoder {
+            None => poll_inner(inner, exchange, cx),
+            Some(enc) => enc.poll(cx, |cx| poll_inner(inner, exchange, cx)),
         };
         let out = match polled {
             Poll::Ready(out) => {
@@ -174,6 +180,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.encoder.as_ref().is_some_and(|e| !e.is_end_stream()) {
+            return false;
+        }
         let end = match &self.inner {
             Inner::H2(b) => b.is_end_stream(),
             Inner::H1(b, _) => b.is_end_stream(),
@@ -188,10 +197,36 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.encoder.is_some() {
+            return SizeHint::default();
+        }
         match &self.inner {
             Inner::H2(b) => b.size_hint(),
             Inner::H1(b, _) => b.size_hint(),
             Inner::Full(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The next frame of the body as the upstream sent it.
+fn poll_inner(
+    inner: &mut Inner,
+    exchange: &mut Option<Exchange>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match inner {
+        Inner::H2(b) => Pin::new(b)
+            .poll_frame(cx)
+            .map(|f| f.map(|f| f.map_err(BoxError::from))),
+        Inner::Full(b) => Pin::new(b)
+            .poll_frame(cx)
+            .map(|f| f.map(|f| f.map_err(|e| match e {}))),
+        Inner::H1(b, _) => {
+            let polled = b.poll_frame(cx);
+            if polled.is_ready() {
+                pool_if_done(inner, exchange);
+            }
+            polled
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
-    compile_rules, AppConfig, Balance, Color, Config, HealthConfig, HostPattern, Limits,
-    OwnAnswers, PassiveConfig, PoolConfig, Protocol, Sticky,
+    compile_rules, AppConfig, Balance, Color, Compression, Config, HealthConfig, HostPattern,
+    Limits, OwnAnswers, PassiveConfig, PoolConfig, Protocol, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
 use crate::tls::{ServerTls, Transport};
@@ -414,6 +414,9 @@ pub struct App {
     pub sticky: Sticky,
     pub state: AppState,
     pub drain_timeout: Option<Duration>,
+    /// `compress = true`: how responses are compressed. `None` costs the
+    /// request path one branch.
+    pub compress: Option<Arc<Compression>>,
     /// Compiled `state.rules`. Shared with the next snapshot when a change
     /// leaves the rules alone (a flip, a shift): nothing is compiled again,
     /// and what connections and workers remember about it stays valid.
@@ -434,6 +437,7 @@ struct Shape {
     path_prefix: String,
     sticky: Sticky,
     drain_timeout: Option<Duration>,
+    compress: Option<Arc<Compression>>,
     pools: [Arc<Pool>; 2],
     answers: Arc<OwnAnswers>,
 }
@@ -466,6 +470,7 @@ impl App {
             sticky: shape.sticky,
             state,
             drain_timeout: shape.drain_timeout,
+            compress: shape.compress,
             rules,
             pools: shape.pools,
             answers: shape.answers,
@@ -710,6 +715,7 @@ impl Snapshot {
                 path_prefix: app_cfg.path_prefix.clone(),
                 sticky: app_cfg.sticky.clone(),
                 drain_timeout: app_cfg.drain_timeout,
+                compress: app_cfg.compress.clone().map(Arc::new),
                 pools,
                 answers,
             };
@@ -755,6 +761,7 @@ impl Snapshot {
                         path_prefix: app.path_prefix.clone(),
                         sticky: app.sticky.clone(),
                         drain_timeout: app.drain_timeout,
+                        compress: app.compress.clone(),
                         pools: app.pools.clone().map(|p| p.with_overrides(&state.servers)),
                         answers: app.answers.clone(),
                     };
