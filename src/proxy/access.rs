@@ -104,8 +104,16 @@ impl Fields {
             field(out, "tls_version", Some(v.as_bytes()));
             field(out, "sni", sni.as_deref().map(str::as_bytes));
         }
-        field(out, "user_agent", self.user_agent.as_ref().map(HeaderValue::as_bytes));
-        field(out, "referer", self.referer.as_ref().map(HeaderValue::as_bytes));
+        field(
+            out,
+            "user_agent",
+            self.user_agent.as_ref().map(HeaderValue::as_bytes),
+        );
+        field(
+            out,
+            "referer",
+            self.referer.as_ref().map(HeaderValue::as_bytes),
+        );
         out.push('}');
     }
 
@@ -226,11 +234,23 @@ mod tests {
         assert_eq!(j["user_agent"], "caf\u{fffd} \"x\"");
         assert_eq!(j["client"], "2001:db8::1");
         assert_eq!(j["protocol"], "HTTP/2.0");
-        assert_eq!((j["upstream_ms"].as_f64(), j["duration_ms"].as_f64()), (Some(1.5), Some(3.0)));
-        assert_eq!((j["bytes_in"].as_u64(), j["bytes_out"].as_u64()), (Some(7), Some(10)));
+        assert_eq!(
+            (j["upstream_ms"].as_f64(), j["duration_ms"].as_f64()),
+            (Some(1.5), Some(3.0))
+        );
+        assert_eq!(
+            (j["bytes_in"].as_u64(), j["bytes_out"].as_u64()),
+            (Some(7), Some(10))
+        );
         assert!(j["upstream"].is_null() && j["referer"].is_null());
-        assert_eq!((j["color"].as_str(), j["placed"].as_str()), (Some("green"), Some("split")));
-        assert_eq!((j["tls_version"].as_str(), j["sni"].as_str()), (Some("TLSv1.3"), Some("shop.test")));
+        assert_eq!(
+            (j["color"].as_str(), j["placed"].as_str()),
+            (Some("green"), Some("split"))
+        );
+        assert_eq!(
+            (j["tls_version"].as_str(), j["sni"].as_str()),
+            (Some("TLSv1.3"), Some("shop.test"))
+        );
         assert_eq!(j["request_id"], "abc");
     }
 }
