@@ -279,6 +279,9 @@ pub fn run_with(
         .enable_all()
         .build()?;
     rt.block_on(async {
+        // Registered before anything is served: SIGUSR1's default action
+        // is to terminate, and logrotate may send it at any moment.
+        let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
         if let Some(l) = listeners_admin {
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
@@ -287,7 +290,7 @@ pub fn run_with(
         }
         tokio::spawn(reload_on_sighup(admin.clone()));
         tokio::spawn(upgrade_on_sigusr2(shared.clone()));
-        tokio::spawn(reopen_on_sigusr1(shared.clone()));
+        tokio::spawn(reopen_on_sigusr1(shared.clone(), usr1));
         tokio::spawn(crate::control::health::supervise(shared.clone()));
         tokio::spawn(crate::control::resolve::run(admin.clone(), shared.shutdown.subscribe()));
         // Serving: the process being replaced (if any) may stop now, and a
@@ -326,11 +329,7 @@ pub fn run_with(
 
 /// SIGUSR1 reopens the access log file (after logrotate moved it), as
 /// nginx does.
-async fn reopen_on_sigusr1(shared: Arc<Shared>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return;
-    };
+async fn reopen_on_sigusr1(shared: Arc<Shared>, mut usr1: tokio::signal::unix::Signal) {
     while usr1.recv().await.is_some() {
         tracing::info!("SIGUSR1: reopening the access log");
         if let Some(log) = shared.access_log.get() {

@@ -6,6 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -423,13 +424,20 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     let c = client();
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let deadline = Instant::now() + Duration::from_secs(20);
+    // The admin API answers once the daemon's signal handlers are set.
+    let healthz = format!("http://127.0.0.1:{admin}/healthz");
     loop {
-        let up = tokio::time::timeout(Duration::from_secs(1), async {
-            tokio::net::TcpStream::connect(("127.0.0.1", admin)).await
-        })
-        .await;
-        if matches!(up, Ok(Ok(_))) {
-            break;
+        let req = http::Request::get(&healthz)
+            .body(
+                http_body_util::Empty::<bytes::Bytes>::new()
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .unwrap();
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
+            if r.status() == 200 {
+                break;
+            }
         }
         assert!(Instant::now() < deadline, "daemon did not come up");
         tokio::time::sleep(Duration::from_millis(20)).await;
