@@ -16,6 +16,7 @@ pub mod admin;
 pub mod changes;
 pub mod guard;
 pub mod health;
+pub mod judge;
 pub mod metrics;
 pub mod ops;
 pub mod resolve;
