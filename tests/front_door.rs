@@ -367,9 +367,13 @@ async fn through_proxy_protocol(proxy: &Proxy, header: &[u8]) -> String {
 async fn proxy_protocol_from_a_trusted_peer_sets_the_client_address() {
     let (b, g) = blue_green().await;
     let ws = WsUpstream::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
     let config = |trusted: &str| {
         format!(
-            "[server]\nproxy_protocol = true\ntrusted_proxies = [\"{trusted}\"]\n{}",
+            "[server]\nproxy_protocol = true\ntrusted_proxies = [\"{trusted}\"]\n\
+             [log]\naccess = \"{}\"\n{}",
+            log.display(),
             apps(&b, &g, &ws)
         )
     };
@@ -380,6 +384,12 @@ async fn proxy_protocol_from_a_trusted_peer_sets_the_client_address() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("\"x-forwarded-for\":[\"203.0.113.9\"]"), "{r}");
     assert_eq!(g.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The access log names the client the header named, and the rule.
+    let line: serde_json::Value = serde_json::from_str(&lines(&log, 1).await[0]).unwrap();
+    assert_eq!(
+        (line["client"].as_str(), line["placed"].as_str()),
+        (Some("203.0.113.9"), Some("office"))
+    );
     // v2, from elsewhere: blue.
     let addrs: ppp::v2::Addresses = (
         "198.51.100.4:4000".parse::<std::net::SocketAddr>().unwrap(),
@@ -506,4 +516,29 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     assert!(old.contains("\"/before\""));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// On a TLS listener the line carries the TLS version and the SNI name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_request_is_logged_with_its_version_and_sni() {
+    let (b, g) = blue_green().await;
+    let ws = WsUpstream::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    ca.issue(dir.path(), "shop", &["shop.test"]);
+    let toml = format!(
+        "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n[[tls.certs]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n\
+         [log]\naccess = \"access.log\"\n{}",
+        apps(&b, &g, &ws)
+    );
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, toml).unwrap();
+    let proxy = Proxy::start_file(&path);
+    let r = tls_get(&ca, proxy.tls_addr.unwrap(), "shop.test", "/t").await;
+    assert_eq!(r.status, 200);
+    let got = lines(&dir.path().join("access.log"), 1).await;
+    let line: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(line["tls_version"], "TLSv1.3");
+    assert_eq!(line["sni"], "shop.test");
+    assert_eq!(line["path"], "/t");
 }

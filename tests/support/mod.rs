@@ -338,6 +338,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The whole response: status, headers and body.
+    pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Reply {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -371,14 +383,7 @@ pub async fn send(
         .await
         .expect("request timed out")
         .expect("request");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 pub async fn get(
@@ -635,14 +640,7 @@ pub async fn tls_get(ca: &TestCa, addr: SocketAddr, host: &str, path: &str) -> R
         .await
         .expect("request timed out")
         .expect("request");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 /// A WebSocket through the proxy.
