@@ -125,6 +125,48 @@ pub enum Command {
         #[command(flatten)]
         endpoint: ClientArgs,
     },
+    /// Roll APP's standby colour out step by step, judged each second
+    /// against the live colour, rolled back by itself if it fails:
+    /// `rollout [APP] [start|status|pause|resume|abort]`.
+    Rollout {
+        /// `[APP] [start|status|pause|resume|abort]` (default: start).
+        #[arg(num_args = 0..=2, value_names = ["APP", "ACTION"])]
+        args: Vec<String>,
+        /// Green's share of split traffic at each step; the last is 100 (the flip).
+        #[arg(long, value_delimiter = ',', value_name = "PERCENTS")]
+        steps: Option<Vec<f64>>,
+        /// How long each step is observed at least (default 60s).
+        #[arg(long, value_name = "DURATION")]
+        every: Option<String>,
+        /// Largest acceptable share of bad responses: 5xx, connect errors, timeouts (default 1%).
+        #[arg(long, value_name = "PERCENT")]
+        max_error_rate: Option<String>,
+        /// A response whose head takes longer is slow (default: slowness not judged).
+        #[arg(long, value_name = "DURATION")]
+        max_slow: Option<String>,
+        /// Largest acceptable share of slow responses (default 5%).
+        #[arg(long, value_name = "PERCENT")]
+        max_slow_rate: Option<String>,
+        /// After the flip, watch the new live colour alone this long.
+        #[arg(long, value_name = "DURATION")]
+        bake: Option<String>,
+        /// Promote a step that ran its time without enough requests to judge.
+        #[arg(long)]
+        allow_low_traffic: bool,
+        /// Before the first step, compare shadow copies of live traffic this long.
+        #[arg(long, value_name = "DURATION")]
+        shadow: Option<String>,
+        /// Largest acceptable share of shadow copies that differ (default 1%).
+        #[arg(long, value_name = "PERCENT")]
+        max_mismatch: Option<String>,
+        /// Why: recorded in the history beside the token's name.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
     /// Re-read the daemon's config file (like SIGHUP).
     Reload {
         /// Replace runtime rules that differ from the file's with the
@@ -388,6 +430,7 @@ fn client_command(cmd: Command) -> ExitCode {
         | Command::Rollback { endpoint, .. }
         | Command::Rules { endpoint, .. }
         | Command::Server { endpoint, .. }
+        | Command::Rollout { endpoint, .. }
         | Command::Reload { endpoint, .. }
         | Command::Diff { endpoint, .. }
         | Command::Upgrade { endpoint, .. }
@@ -407,7 +450,7 @@ fn client_command(cmd: Command) -> ExitCode {
         | Command::Rollback { change, .. }
         | Command::Rules { change, .. }
         | Command::Server { change, .. } => change.reason.clone(),
-        Command::Reload { reason, .. } => reason.clone(),
+        Command::Reload { reason, .. } | Command::Rollout { reason, .. } => reason.clone(),
         _ => None,
     };
     if let Some(r) = &reason {
@@ -476,6 +519,73 @@ fn client_command(cmd: Command) -> ExitCode {
         Command::Rules {
             args, rule, change, ..
         } => rules_command(&ep, args, rule, change),
+        Command::Rollout {
+            args,
+            steps,
+            every,
+            max_error_rate,
+            max_slow,
+            max_slow_rate,
+            bake,
+            allow_low_traffic,
+            shadow,
+            max_mismatch,
+            out,
+            ..
+        } => {
+            const ACTIONS: [&str; 5] = ["start", "status", "pause", "resume", "abort"];
+            let (app, action) = match args.as_slice() {
+                [] => (None, "start"),
+                [a] if ACTIONS.contains(&a.as_str()) => (None, a.as_str()),
+                [a] => (Some(a.clone()), "start"),
+                [a, b] if ACTIONS.contains(&b.as_str()) => (Some(a.clone()), b.as_str()),
+                [_, b] => {
+                    return usage(format!(
+                        "rollout: {b:?} is not one of start, status, pause, resume, abort"
+                    ))
+                }
+                _ => return usage("rollout takes [APP] [start|status|pause|resume|abort]"),
+            };
+            let app = match client::pick_app(&ep, app) {
+                Ok(a) => a,
+                Err(m) => return usage(m),
+            };
+            let mut body = serde_json::Map::new();
+            let mut put = |k: &str, v: Option<serde_json::Value>| {
+                if let Some(v) = v {
+                    body.insert(k.to_string(), v);
+                }
+            };
+            put("steps", steps.map(|s| serde_json::json!(s)));
+            put("every", every.map(Into::into));
+            put("max_error_rate", max_error_rate.map(Into::into));
+            put("max_slow", max_slow.map(Into::into));
+            put("max_slow_rate", max_slow_rate.map(Into::into));
+            put("bake", bake.map(Into::into));
+            put("shadow", shadow.map(Into::into));
+            put("max_mismatch", max_mismatch.map(Into::into));
+            if allow_low_traffic {
+                body.insert("allow_low_traffic".into(), true.into());
+            }
+            if action != "start" && !body.is_empty() {
+                return usage(format!(
+                    "rollout {action}: the plan's flags (--steps, --every, ...) only go with start"
+                ));
+            }
+            let (method, path, body) = match action {
+                "start" => ("POST", format!("/v1/apps/{app}/rollout"), Some(body.into())),
+                "status" => ("GET", format!("/v1/apps/{app}/rollout"), None),
+                a => (
+                    "POST",
+                    format!("/v1/apps/{app}/rollout/{a}"),
+                    Some(serde_json::json!({})),
+                ),
+            };
+            finish(
+                ep.ok(method, &path, body, None)
+                    .map(|v| shown(out.json, v, |v| client::rollout_text(&v["rollout"]))),
+            )
+        }
         Command::Server {
             app,
             color,

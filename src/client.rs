@@ -373,6 +373,55 @@ pub fn status_table(v: &Value) -> String {
         for line in rules_table(&a["rules"]).lines() {
             let _ = writeln!(out, "  rule {line}");
         }
+        if a["rollout"].is_object() {
+            for line in rollout_text(&a["rollout"]).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+    out
+}
+
+/// A rollout in a few lines: where it is, why, and what the judge sees.
+pub fn rollout_text(r: &Value) -> String {
+    let mut out = String::new();
+    let steps: Vec<String> = r["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s.to_string())
+        .collect();
+    let _ = writeln!(
+        out,
+        "rollout of {}: {}, step {} of {} ({}), {} of traffic; steps {} every {}",
+        r["target"].as_str().unwrap_or("?"),
+        r["state"].as_str().unwrap_or("?"),
+        r["step"],
+        steps.len(),
+        steps
+            .get(r["step"].as_u64().unwrap_or(1).saturating_sub(1) as usize)
+            .map_or("?".to_string(), |s| format!("{s} %")),
+        percent(&r["percent"]),
+        steps.join(","),
+        r["every"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(out, "  reason: {}", r["reason"].as_str().unwrap_or(""));
+    let w = &r["window"];
+    if w.is_object() {
+        let counts = |c: &str| {
+            format!(
+                "{c} {} bad / {} requests ({} slow)",
+                w[c]["bad"], w[c]["requests"], w[c]["slow"]
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  since {} s: {}; {}",
+            w["age_seconds"],
+            counts("green"),
+            counts("blue")
+        );
+        let _ = writeln!(out, "  judge: {}", w["judge"].as_str().unwrap_or(""));
     }
     out
 }

@@ -293,6 +293,7 @@ pub fn run_with(
         tokio::spawn(reopen_on_sigusr1(shared.clone(), usr1));
         tokio::spawn(crate::control::health::supervise(shared.clone()));
         tokio::spawn(crate::control::resolve::run(admin.clone(), shared.shutdown.subscribe()));
+        tokio::spawn(drive_rollouts(admin.clone(), shared.shutdown.subscribe()));
         // Serving: the process being replaced (if any) may stop now, and a
         // service manager may consider us started.
         crate::handover::signal_ready();
@@ -355,6 +356,18 @@ async fn upgrade_on_sigusr2(shared: Arc<Shared>) {
 }
 
 /// SIGHUP re-reads the config file, like `POST /v1/reload`.
+/// Once a second, one look at every rollout under way (until shutdown).
+async fn drive_rollouts(admin: Arc<Admin>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tick.tick() => admin.lock().tick_rollouts(),
+        }
+    }
+}
+
 async fn reload_on_sighup(admin: Arc<Admin>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {

@@ -574,6 +574,8 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         Rules(&'a str),
         Rule(&'a str, &'a str),
         Server(&'a str, &'a str),
+        Rollout(&'a str),
+        Steer(&'a str, super::ops::Steer),
     }
     let route = match segments.as_slice() {
         ["metrics"] => Route::Metrics,
@@ -589,12 +591,19 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         ["v1", "apps", app, "rules"] => Route::Rules(app),
         ["v1", "apps", app, "rules", name] => Route::Rule(app, name),
         ["v1", "apps", app, "servers", addr] => Route::Server(app, addr),
+        ["v1", "apps", app, "rollout"] => Route::Rollout(app),
+        ["v1", "apps", app, "rollout", "pause"] => Route::Steer(app, super::ops::Steer::Pause),
+        ["v1", "apps", app, "rollout", "resume"] => Route::Steer(app, super::ops::Steer::Resume),
+        ["v1", "apps", app, "rollout", "abort"] => Route::Steer(app, super::ops::Steer::Abort),
         _ => return error(404, format!("no such endpoint: {path}")),
     };
     let read_only = matches!(route, Route::Status | Route::History | Route::Metrics)
-        || matches!(route, Route::Rules(_)) && method == Method::GET;
+        || matches!(route, Route::Rules(_) | Route::Rollout(_)) && method == Method::GET;
     if read_only {
-        if method != Method::GET && method != Method::HEAD && !matches!(route, Route::Rules(_)) {
+        if method != Method::GET
+            && method != Method::HEAD
+            && !matches!(route, Route::Rules(_) | Route::Rollout(_))
+        {
             return method_not_allowed("GET");
         }
         let ctl = admin.lock();
@@ -617,11 +626,17 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
                     None => error(404, format!("no app named {app:?}")),
                 }
             }
+            Route::Rollout(app) => match (ctl.config().app(app), ctl.rollout_doc(app)) {
+                (None, _) => error(404, format!("no app named {app:?}")),
+                (Some(_), None) => error(404, format!("app {app:?} has no rollout")),
+                (Some(_), Some(doc)) => reply(200, json!({ "epoch": ctl.epoch(), "rollout": doc })),
+            },
             _ => unreachable!("read-only routes only"),
         };
     }
     let allowed = match route {
         Route::Rules(_) => "GET, PUT",
+        Route::Rollout(_) => "GET, POST",
         Route::Rule(..) => "DELETE",
         _ => "POST",
     };
@@ -689,6 +704,43 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
                 json!({ "upgraded": true, "pid": pid, "old_pid": std::process::id() }),
             ),
             Err((status, why)) => error(status, why),
+        };
+    }
+    if let Route::Rollout(app) | Route::Steer(app, _) = route {
+        let plan = match route {
+            Route::Rollout(_) => {
+                let asked = if body.iter().all(u8::is_ascii_whitespace) {
+                    Ok(super::rollout::Request::default())
+                } else {
+                    serde_json::from_slice::<super::rollout::Request>(&body)
+                        .map_err(|e| format!("bad JSON: {e}"))
+                };
+                match asked.and_then(|a| a.plan()) {
+                    Ok(p) => Some(p),
+                    Err(e) => return error(400, e),
+                }
+            }
+            _ => {
+                if !body.iter().all(u8::is_ascii_whitespace)
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+                {
+                    return error(
+                        400,
+                        "bad JSON: pause, resume and abort take no body (or {})",
+                    );
+                }
+                None
+            }
+        };
+        let mut ctl = admin.lock();
+        let done = match (route, plan) {
+            (Route::Steer(_, steer), _) => ctl.steer_rollout(app, steer, &actor, reason.as_deref()),
+            (_, Some(plan)) => ctl.start_rollout(app, plan, &actor, reason.as_deref()),
+            _ => unreachable!("a start has its plan"),
+        };
+        return match done {
+            Ok(doc) => reply(200, json!({ "epoch": ctl.epoch(), "rollout": doc })),
+            Err(e) => error(e.status(), e.to_string()),
         };
     }
     if let Route::Reload = route {

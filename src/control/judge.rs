@@ -1,7 +1,6 @@
 //! The rollout judge: a pure function of the two colours' counts since a
-//! step began (split traffic only), asked once a second. Not yet driven by
-//! a rollout (the rollout state machine is still to come); it is built and
-//! tested first because every rollout decision rests on it.
+//! step began (split traffic only), asked once a second by
+//! [`super::rollout`].
 //!
 //! - **Fast fail**: at least 5 bad green requests and the lower 99.9 %
 //!   Wilson bound of green's bad rate above max(10 × budget, 5 %), while
@@ -134,8 +133,33 @@ pub fn judge(
     }
 }
 
+/// The bake's judge, where green takes all traffic and there is no blue
+/// to compare with: roll back (`Some(why)`) on the fast-fail rule, or when
+/// green's bad rate is above the budget beyond doubt — its Wilson lower
+/// bound at the rollout's per-look level (one-sided z of 5.4 for
+/// 0.1 % / 30,000 looks) is over it.
+pub fn absolute(green: Counts, budget: f64) -> Option<String> {
+    let fast = (10.0 * budget).max(0.05);
+    let lower = |z| wilson_lower(green.bad, green.total, z);
+    if green.bad >= 5 && lower(3.29) > fast {
+        return Some(format!(
+            "fast fail: {} of {} green requests bad",
+            green.bad, green.total
+        ));
+    }
+    (green.bad > 0 && lower(5.4) > budget).then(|| {
+        format!(
+            "green {:.2} % bad ({} of {}) over the {:.2} % budget",
+            100.0 * green.bad as f64 / green.total as f64,
+            green.bad,
+            green.total,
+            100.0 * budget
+        )
+    })
+}
+
 /// The lower Wilson score bound of `bad` in `n` at `z`.
-fn wilson_lower(bad: u64, n: u64, z: f64) -> f64 {
+pub fn wilson_lower(bad: u64, n: u64, z: f64) -> f64 {
     if n == 0 {
         return 0.0;
     }
@@ -315,6 +339,15 @@ mod tests {
             judge(green, blue, b, EVERY, EVERY),
             Verdict::Hold(_)
         ));
+    }
+
+    #[test]
+    fn the_bake_rolls_back_a_clear_excess_only() {
+        let c = |total, bad| Counts { total, bad };
+        assert!(absolute(c(100, 50), 0.01).is_some(), "fast fail");
+        assert!(absolute(c(10_000, 300), 0.01).is_some(), "3 % on 10,000");
+        assert!(absolute(c(1_000, 12), 0.01).is_none(), "1.2 % is noise");
+        assert!(absolute(c(0, 0), 0.01).is_none());
     }
 
     #[test]

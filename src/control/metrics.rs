@@ -113,6 +113,31 @@ fn gather(ctl: &Control) -> Gathered {
             ctl.stats.reloads_error,
         ),
     ];
+    let mut rollout_state = Vec::new();
+    let mut rollout_percent = Vec::new();
+    for (app, r) in ctl.rollouts() {
+        if ctl.config().app(app).is_none() {
+            continue;
+        }
+        for phase in crate::control::rollout::Phase::ALL {
+            let l = vec![("app", app.clone()), ("state", phase.as_str().to_string())];
+            rollout_state.push((l, if r.phase == phase { 1.0 } else { 0.0 }));
+        }
+        let share = snap.app(app).map_or(0.0, |a| {
+            if a.state.live == r.target {
+                100.0 - a.state.standby_percent
+            } else {
+                a.state.standby_percent
+            }
+        });
+        rollout_percent.push((vec![("app", app.clone())], share));
+    }
+    let rollout_transitions = ctl
+        .stats
+        .rollout_transitions
+        .iter()
+        .map(|((app, to), n)| (vec![("app", app.clone()), ("to", to.clone())], *n))
+        .collect();
     let downstream = vec![(
         Labels::new(),
         ctl.shared.downstream_connections.load(Relaxed) as f64,
@@ -148,6 +173,11 @@ fn gather(ctl: &Control) -> Gathered {
                 "cutover_config_reloads",
                 "Config reloads, by result.",
                 reloads,
+            ),
+            (
+                "cutover_rollout_transitions",
+                "Rollout moves since start, by app and the state moved to.",
+                rollout_transitions,
             ),
             (
                 "cutover_access_log_dropped",
@@ -188,6 +218,16 @@ fn gather(ctl: &Control) -> Gathered {
                 "cutover_tunnels",
                 "Open upgraded (WebSocket) tunnels.",
                 tunnels,
+            ),
+            (
+                "cutover_rollout_state",
+                "1 for the state an app's latest rollout is in, else 0.",
+                rollout_state,
+            ),
+            (
+                "cutover_rollout_step_percent",
+                "The rolled-out colour's share of traffic in the app's latest rollout.",
+                rollout_percent,
             ),
             (
                 "cutover_downstream_connections",

@@ -8,6 +8,7 @@
 //! - [`changes`]: what each change in the history changed, in words;
 //! - [`health`]: active health checks and passive-check recovery;
 //! - [`resolve`]: servers given by host name, resolved again on an interval;
+//! - [`judge`] and [`rollout`]: progressive rollouts, judged each second;
 //! - [`upgrade`]: handing the sockets to a new binary (`cutover upgrade`);
 //! - [`metrics`]: the Prometheus exposition.
 
@@ -20,6 +21,7 @@ pub mod judge;
 pub mod metrics;
 pub mod ops;
 pub mod resolve;
+pub mod rollout;
 pub mod state;
 pub mod upgrade;
 

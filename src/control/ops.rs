@@ -1,4 +1,5 @@
-//! Runtime changes: flip, shift, rollback, rules, reload.
+//! Runtime changes: flip, shift, rollback, rules, reload — and the moves
+//! of progressive rollouts ([`super::rollout`]), which are changes too.
 //!
 //! [`Control`] is the only writer of the snapshot. Every change is
 //! validated whole first, then written to the state file, then stored in
@@ -7,14 +8,16 @@
 //! API serializes calls through one `std::sync::Mutex<Control>`; nothing
 //! in here awaits, so the lock is never held across an `.await`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use super::judge::Counts;
+use super::rollout::{self, Look, Next, Phase, Plan, Rollout};
 use super::state::{History, HistoryEntry, StateError, StateFile};
 use super::Shared;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
@@ -101,6 +104,99 @@ pub struct ControlStats {
     pub state_changes: BTreeMap<(String, String), u64>,
     pub reloads_ok: u64,
     pub reloads_error: u64,
+    /// `(app, phase)` → rollout transitions into that phase.
+    pub rollout_transitions: BTreeMap<(String, String), u64>,
+}
+
+/// A rollout's observation window (in memory only: after a restart the
+/// current step is observed afresh).
+#[derive(Debug, Clone)]
+struct Window {
+    since: Instant,
+    /// Each colour's [`ColorStats::judged`] when it began, `[blue, green]`.
+    ///
+    /// [`ColorStats::judged`]: crate::route::snapshot::ColorStats::judged
+    base: [[u64; 3]; 2],
+    /// Since when the judge holds (both colours over budget).
+    held_since: Option<Instant>,
+    /// The latest look, in words.
+    note: String,
+}
+
+impl Window {
+    fn new(app: &App, now: Instant) -> Window {
+        Window {
+            since: now,
+            base: Color::ALL.map(|c| app.pool(c).stats.judged()),
+            held_since: None,
+            note: String::new(),
+        }
+    }
+
+    /// `[total, bad, slow]` of `color` since the window began.
+    fn counts(&self, app: &App, color: Color) -> [u64; 3] {
+        let now = app.pool(color).stats.judged();
+        let base = self.base[color.index()];
+        [0, 1, 2].map(|i| now[i].saturating_sub(base[i]))
+    }
+
+    fn look(&self, app: &App, r: &Rollout, now: Instant) -> Look {
+        let (target, baseline) = (r.target, r.baseline());
+        let [tt, tb, ts] = self.counts(app, target);
+        let [bt, bb, bs] = self.counts(app, baseline);
+        let in_flight = |c: Color| app.pool(c).stats.in_flight.load(Relaxed);
+        Look {
+            age: now.saturating_duration_since(self.since),
+            target: Counts { total: tt, bad: tb },
+            baseline: Counts { total: bt, bad: bb },
+            target_slow: Counts { total: tt, bad: ts },
+            baseline_slow: Counts { total: bt, bad: bs },
+            target_healthy: app.pool(target).any_healthy(),
+            baseline_healthy: app.pool(baseline).any_healthy(),
+            draining: match r.phase {
+                Phase::Promoting => in_flight(baseline),
+                Phase::RollingBack => in_flight(target),
+                _ => 0,
+            },
+            held_for: self.held_since.map(|h| now.saturating_duration_since(h)),
+            mirrored: Counts::default(),
+        }
+    }
+}
+
+/// What an operator does to a rollout under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steer {
+    Pause,
+    Resume,
+    /// Roll back and end it as aborted.
+    Abort,
+}
+
+/// The routing a rollout in `r`'s phase sets on `before`.
+fn routing(before: &AppState, r: &Rollout) -> AppState {
+    let (live, standby_percent) = match r.phase {
+        Phase::Progressing => (r.baseline(), r.plan.steps[r.step]),
+        Phase::Promoting | Phase::Baking | Phase::Succeeded => (r.target, 0.0),
+        Phase::RollingBack | Phase::Failed | Phase::Aborted => (r.baseline(), 0.0),
+        Phase::Preflight | Phase::Shadow | Phase::Paused | Phase::Superseded => {
+            return before.clone()
+        }
+    };
+    AppState {
+        live,
+        standby_percent,
+        ..before.clone()
+    }
+}
+
+/// At most what a history entry's reason holds.
+fn clip(text: &str) -> String {
+    let ascii: String = text
+        .chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect();
+    ascii.chars().take(200).collect()
 }
 
 pub struct Control {
@@ -109,6 +205,7 @@ pub struct Control {
     state: StateFile,
     state_path: Option<PathBuf>,
     pub stats: ControlStats,
+    windows: HashMap<String, Window>,
 }
 
 fn now_rfc3339() -> String {
@@ -126,6 +223,7 @@ impl Control {
             state,
             state_path,
             stats: ControlStats::default(),
+            windows: HashMap::new(),
         }
     }
 
@@ -161,7 +259,39 @@ impl Control {
                 });
             }
         }
+        if let Change::Rollback(app) = &req.change {
+            // Rolling back an app whose rollout is under way aborts it.
+            let busy = self.rolling_back(app.as_deref());
+            if !busy.is_empty() {
+                if !req.dry_run {
+                    for name in &busy {
+                        self.steer_rollout(name, Steer::Abort, &req.actor, req.reason.as_deref())?;
+                    }
+                }
+                let names: Vec<&str> = busy.iter().map(String::as_str).collect();
+                let snap = self.shared.snapshot.load_full();
+                return Ok(self.answer(snap, self.state.epoch, req.dry_run, &names));
+            }
+        }
         let targets = self.targets(&req.change)?;
+        let manual = matches!(
+            req.change,
+            Change::Flip(_) | Change::Shift(..) | Change::SetRules(..) | Change::DeleteRule(..)
+        );
+        let superseded: Vec<String> = targets
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| manual && self.rollout_active(name))
+            .cloned()
+            .collect();
+        if let (Some(name), false) = (superseded.first(), req.force) {
+            let r = &self.state.rollouts[name];
+            return Err(OpError::Conflict(format!(
+                "app {name:?} has a rollout under way ({}): pause or abort it (cutover rollout {name} pause|abort), or force the {} to end the rollout as superseded",
+                r.phase,
+                req.change.kind()
+            )));
+        }
         let changed: Vec<(String, AppState, AppState)> = targets
             .into_iter()
             .filter(|(name, after)| self.state.apps[name] != *after)
@@ -204,11 +334,32 @@ impl Control {
                 after: after.clone(),
             })
             .collect();
-        self.persist(|file, path| file.save_next(path, epoch, &states, &entries))?;
+        let mut rollouts = None;
+        if !superseded.is_empty() {
+            let mut all = self.state.rollouts.clone();
+            for name in &superseded {
+                let r = all.get_mut(name).expect("an active rollout");
+                let why = format!(
+                    "superseded by a forced {} by {}",
+                    req.change.kind(),
+                    req.actor
+                );
+                r.go(Phase::Superseded, r.step, None, why, time.clone());
+            }
+            rollouts = Some(all);
+        }
+        let all = rollouts.as_ref().unwrap_or(&self.state.rollouts);
+        self.persist(|file, path| file.save_next(path, epoch, &states, all, &entries))?;
         self.state.apps = states;
         self.state.epoch = epoch;
         for entry in entries {
             self.state.push_history(entry);
+        }
+        if let Some(all) = rollouts {
+            self.state.rollouts = all;
+            for name in &superseded {
+                self.rollout_moved(name, "superseded");
+            }
         }
         self.shared.store(next);
         for (name, before, after) in &changed {
@@ -279,7 +430,7 @@ impl Control {
                     .history
                     .iter()
                     .rev()
-                    .find(|h| h.app == *app)
+                    .find(|h| h.app == *app && h.before != h.after)
                     .ok_or_else(|| {
                         OpError::Conflict(format!(
                             "nothing to roll back: app {app:?} has no recorded change"
@@ -288,9 +439,16 @@ impl Control {
                 Ok(vec![(app.clone(), last.before.clone())])
             }
             Change::Rollback(None) => {
-                let last = self.state.history.last().ok_or_else(|| {
-                    OpError::Conflict("nothing to roll back: no recorded change".into())
-                })?;
+                // A rollout's pause or resume changes no routing: not a change to undo.
+                let last = self
+                    .state
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|h| h.before != h.after)
+                    .ok_or_else(|| {
+                        OpError::Conflict("nothing to roll back: no recorded change".into())
+                    })?;
                 Ok(self
                     .state
                     .history
@@ -404,8 +562,17 @@ impl Control {
             epoch,
             change: Some((dry_run, changed.iter().map(|s| s.to_string()).collect())),
             drift: self.drifting(),
+            rollouts: self.rollout_docs(),
             process: self.shared.process.clone(),
         }
+    }
+
+    fn rollout_docs(&self) -> BTreeMap<String, serde_json::Value> {
+        self.state
+            .rollouts
+            .keys()
+            .filter_map(|name| Some((name.clone(), self.rollout_doc(name)?)))
+            .collect()
     }
 
     /// `GET /v1/status`.
@@ -415,6 +582,7 @@ impl Control {
             epoch: self.state.epoch,
             change: None,
             drift: self.drifting(),
+            rollouts: self.rollout_docs(),
             process: self.shared.process.clone(),
         }
     }
@@ -646,6 +814,332 @@ impl Control {
     }
 }
 
+/// Rollouts: started and steered by operators, moved on by
+/// [`Control::tick_rollouts`] once a second. Every move is one change:
+/// routing, rollout record and history entry in one atomic write.
+impl Control {
+    pub fn rollouts(&self) -> &BTreeMap<String, Rollout> {
+        &self.state.rollouts
+    }
+
+    fn rollout_active(&self, app: &str) -> bool {
+        self.state
+            .rollouts
+            .get(app)
+            .is_some_and(|r| r.phase.is_active())
+    }
+
+    /// The apps with a rollout under way that a rollback of `app` (or of
+    /// the last change, `None`) would touch.
+    fn rolling_back(&self, app: Option<&str>) -> Vec<String> {
+        let names: Vec<String> = match app {
+            Some(a) => vec![a.to_string()],
+            None => self
+                .state
+                .history
+                .iter()
+                .rev()
+                .find(|h| h.before != h.after)
+                .map(|last| {
+                    self.state
+                        .history
+                        .iter()
+                        .filter(|h| h.epoch == last.epoch)
+                        .map(|h| h.app.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        names
+            .into_iter()
+            .filter(|n| self.config.app(n).is_some() && self.rollout_active(n))
+            .collect()
+    }
+
+    /// Start a rollout of `app`'s standby colour.
+    pub fn start_rollout(
+        &mut self,
+        app: &str,
+        plan: Plan,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<serde_json::Value, OpError> {
+        if self.shared.upgrading.load(Relaxed) {
+            return Err(OpError::Upgrading);
+        }
+        let state = self.require_app(app)?;
+        if let Some(r) = self.state.rollouts.get(app).filter(|r| r.phase.is_active()) {
+            return Err(OpError::Conflict(format!(
+                "app {app:?} already has a rollout of {} under way ({}): pause, resume or abort it",
+                r.target, r.phase
+            )));
+        }
+        let target = state.live.other();
+        let mut r = Rollout::new(plan, target, now_rfc3339());
+        let steps: Vec<String> = r.plan.steps.iter().map(|s| s.to_string()).collect();
+        let why = format!(
+            "started by {actor}: {target} in steps {} every {}",
+            steps.join(","),
+            humantime::format_duration(r.every())
+        );
+        r.go(Phase::Preflight, 0, None, why, now_rfc3339());
+        self.commit_rollout(app, r, actor, reason)?;
+        Ok(self.rollout_doc(app).unwrap_or_default())
+    }
+
+    /// Pause, resume or abort `app`'s rollout.
+    pub fn steer_rollout(
+        &mut self,
+        app: &str,
+        steer: Steer,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<serde_json::Value, OpError> {
+        if self.shared.upgrading.load(Relaxed) {
+            return Err(OpError::Upgrading);
+        }
+        self.require_app(app)?;
+        let Some(r) = self.state.rollouts.get(app) else {
+            return Err(OpError::NotFound(format!("app {app:?} has no rollout")));
+        };
+        let refuse = |what: &str| {
+            Err(OpError::Conflict(format!(
+                "app {app:?}: the rollout is {}: {what}",
+                r.phase
+            )))
+        };
+        if !r.phase.is_active() {
+            return refuse("nothing to steer (start another)");
+        }
+        let mut after = r.clone();
+        let by = match reason {
+            Some(why) => format!("by {actor} ({why})"),
+            None => format!("by {actor}"),
+        };
+        let step = r.step;
+        match steer {
+            Steer::Pause if matches!(r.phase, Phase::Paused | Phase::RollingBack) => {
+                return refuse("it cannot be paused")
+            }
+            Steer::Pause => after.go(
+                Phase::Paused,
+                step,
+                Some(r.phase),
+                format!("paused {by}"),
+                now_rfc3339(),
+            ),
+            Steer::Resume if r.phase != Phase::Paused => {
+                return refuse("only a paused rollout resumes")
+            }
+            Steer::Resume => after.go(
+                r.then.unwrap_or(Phase::Progressing),
+                step,
+                None,
+                format!("resumed {by}"),
+                now_rfc3339(),
+            ),
+            Steer::Abort if r.phase == Phase::RollingBack => return refuse("already rolling back"),
+            Steer::Abort => after.go(
+                Phase::RollingBack,
+                step,
+                Some(Phase::Aborted),
+                format!("aborted {by}"),
+                now_rfc3339(),
+            ),
+        }
+        self.commit_rollout(app, after, actor, reason)?;
+        Ok(self.rollout_doc(app).unwrap_or_default())
+    }
+
+    /// Make `after` `app`'s rollout, with the routing its phase sets: one
+    /// write of the state file, one new snapshot, one history entry.
+    fn commit_rollout(
+        &mut self,
+        app: &str,
+        after: Rollout,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<(), OpError> {
+        let before = self.state.apps[app].clone();
+        let routed = routing(&before, &after);
+        let mut states = self.state.apps.clone();
+        states.insert(app.to_string(), routed.clone());
+        let epoch = self.state.epoch + 1;
+        let current = self.shared.snapshot.load_full();
+        let next = current
+            .with_states(&states, epoch)
+            .map_err(|e| OpError::BadRequest(e.join("; ")))?;
+        let mut rollouts = self.state.rollouts.clone();
+        let to = after.phase;
+        let why = after.reason.clone();
+        rollouts.insert(app.to_string(), after);
+        let entry = HistoryEntry {
+            time: now_rfc3339(),
+            epoch,
+            actor: actor.to_string(),
+            reason: Some(clip(&match reason {
+                Some(r) => format!("{r} (rollout {to}: {why})"),
+                None => format!("rollout {to}: {why}"),
+            })),
+            app: app.to_string(),
+            kind: "rollout".into(),
+            forced: false,
+            before: before.clone(),
+            after: routed.clone(),
+        };
+        self.persist(|file, path| {
+            file.save_next(
+                path,
+                epoch,
+                &states,
+                &rollouts,
+                std::slice::from_ref(&entry),
+            )
+        })?;
+        self.state.apps = states;
+        self.state.rollouts = rollouts;
+        self.state.epoch = epoch;
+        self.state.push_history(entry);
+        self.shared.store(next);
+        tracing::info!(
+            app = %app,
+            actor = %actor,
+            to = to.as_str(),
+            epoch,
+            before = %describe(&before),
+            after = %describe(&routed),
+            reason = %why,
+            "rollout moved"
+        );
+        self.rollout_moved(app, to.as_str());
+        Ok(())
+    }
+
+    /// After a move: count it, and observe the new phase afresh.
+    fn rollout_moved(&mut self, app: &str, to: &str) {
+        *self
+            .stats
+            .rollout_transitions
+            .entry((app.to_string(), to.to_string()))
+            .or_default() += 1;
+        self.windows.remove(app);
+        let snap = self.shared.snapshot.load_full();
+        if let (Some(a), Some(r)) = (snap.app(app), self.state.rollouts.get(app)) {
+            set_slow(a, r);
+        }
+    }
+
+    /// One look at every rollout under way, moving those the judge moves.
+    pub fn tick_rollouts(&mut self) {
+        if self.shared.upgrading.load(Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        let snap = self.shared.snapshot.load_full();
+        let active: Vec<String> = self
+            .state
+            .rollouts
+            .iter()
+            .filter(|(name, r)| r.phase.is_active() && self.config.app(name).is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in active {
+            let Some(app) = snap.app(&name) else { continue };
+            let r = self.state.rollouts[&name].clone();
+            let window = self.windows.entry(name.clone()).or_insert_with(|| {
+                // A new window (after a move, or a restart): slow responses
+                // are counted from now on.
+                set_slow(app, &r);
+                Window::new(app, now)
+            });
+            match rollout::look(&r, &window.look(app, &r, now)) {
+                Next::Stay(note) => {
+                    window.held_since = match (note.holding, window.held_since) {
+                        (true, since) => Some(since.unwrap_or(now)),
+                        (false, _) => None,
+                    };
+                    window.note = note.text;
+                }
+                Next::Go {
+                    phase,
+                    step,
+                    then,
+                    reason,
+                } => {
+                    let mut after = r;
+                    after.go(phase, step, then, reason, now_rfc3339());
+                    if let Err(e) = self.commit_rollout(&name, after, "rollout", None) {
+                        tracing::error!(app = %name, error = %e, "rollout not moved; trying again in a second");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `app`'s rollout for status: the record, and what the judge sees in
+    /// the current window.
+    pub fn rollout_doc(&self, app: &str) -> Option<serde_json::Value> {
+        let r = self.state.rollouts.get(app)?;
+        let snap = self.shared.snapshot.load();
+        let state = &self.state.apps.get(app)?;
+        let share = if state.live == r.target {
+            100.0 - state.standby_percent
+        } else {
+            state.standby_percent
+        };
+        let window = match (self.windows.get(app), snap.app(app)) {
+            (Some(w), Some(a)) if r.phase.is_active() => {
+                let colour = |c: Color| {
+                    let [total, bad, slow] = w.counts(a, c);
+                    serde_json::json!({ "requests": total, "bad": bad, "slow": slow })
+                };
+                serde_json::json!({
+                    "age_seconds": (w.since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                    "blue": colour(Color::Blue),
+                    "green": colour(Color::Green),
+                    "judge": w.note,
+                    "holding": w.held_since.is_some(),
+                })
+            }
+            _ => serde_json::Value::Null,
+        };
+        let p = &r.plan;
+        let ms = |v: u64| humantime::format_duration(Duration::from_millis(v)).to_string();
+        let pct = |f: f64| (f * 1e6).round() / 1e4;
+        Some(serde_json::json!({
+            "state": r.phase,
+            "target": r.target,
+            "baseline": r.baseline(),
+            "step": r.step + 1,
+            "steps": p.steps,
+            "percent": share,
+            "every": ms(p.every_ms),
+            "max_error_rate": pct(p.max_error_rate),
+            "max_slow": p.max_slow_ms.map(ms),
+            "max_slow_rate": pct(p.max_slow_rate),
+            "bake": ms(p.bake_ms),
+            "allow_low_traffic": p.allow_low_traffic,
+            "shadow": ms(p.shadow_ms),
+            "max_mismatch": pct(p.max_mismatch),
+            "started": r.started,
+            "reason": r.reason,
+            "window": window,
+            "transitions": r.transitions,
+        }))
+    }
+}
+
+/// Count `app`'s slow responses as `r` defines them (while it runs).
+fn set_slow(app: &App, r: &Rollout) {
+    let micros = match (r.phase.is_active(), r.plan.max_slow_ms) {
+        (true, Some(ms)) => ms * 1000,
+        _ => 0,
+    };
+    for color in Color::ALL {
+        app.pool(color).stats.slow_micros.store(micros, Relaxed);
+    }
+}
+
 /// A one-line description of an app state for logs.
 fn describe(s: &AppState) -> String {
     format!(
@@ -668,6 +1162,8 @@ pub struct Status {
     change: Option<(bool, Vec<String>)>,
     /// Apps whose runtime rules differ from the config file's.
     drift: Vec<String>,
+    /// Each app's latest rollout, as [`Control::rollout_doc`] shows it.
+    rollouts: BTreeMap<String, serde_json::Value>,
     process: super::ProcessInfo,
 }
 
@@ -687,7 +1183,7 @@ impl Serialize for Status {
         let mut m = s.serialize_map(None)?;
         let mut apps: Vec<&Arc<App>> = self.snap.apps.iter().collect();
         apps.sort_by(|a, b| a.name.cmp(&b.name));
-        m.serialize_entry("apps", &Apps(&apps, &self.drift))?;
+        m.serialize_entry("apps", &Apps(&apps, &self.drift, &self.rollouts))?;
         if let Some((dry_run, changed)) = &self.change {
             m.serialize_entry("changed", changed)?;
             m.serialize_entry("dry_run", dry_run)?;
@@ -698,25 +1194,29 @@ impl Serialize for Status {
     }
 }
 
-struct Apps<'a>(&'a [&'a Arc<App>], &'a [String]);
+struct Apps<'a>(
+    &'a [&'a Arc<App>],
+    &'a [String],
+    &'a BTreeMap<String, serde_json::Value>,
+);
 
 impl Serialize for Apps<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for app in self.0 {
             let drift = self.1.iter().any(|d| **d == *app.name);
-            m.serialize_entry(&*app.name, &AppDoc(app, drift))?;
+            m.serialize_entry(&*app.name, &AppDoc(app, drift, self.2.get(&*app.name)))?;
         }
         m.end()
     }
 }
 
-struct AppDoc<'a>(&'a App, bool);
+struct AppDoc<'a>(&'a App, bool, Option<&'a serde_json::Value>);
 
 impl Serialize for AppDoc<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let app = self.0;
-        let mut m = s.serialize_map(Some(10))?;
+        let mut m = s.serialize_map(Some(11))?;
         // The runtime rules differ from the config file's (`cutover diff`).
         m.serialize_entry("drift", &self.1)?;
         let hosts: Vec<String> = app.hosts.iter().map(|h| h.to_string()).collect();
@@ -724,6 +1224,8 @@ impl Serialize for AppDoc<'_> {
         m.serialize_entry("live", &app.state.live)?;
         m.serialize_entry("path_prefix", &app.path_prefix)?;
         m.serialize_entry("pools", &Pools(app))?;
+        // The latest rollout, under way or ended; `null` when none ran.
+        m.serialize_entry("rollout", &self.2)?;
         // Through a `Value`, as before: the rules' keys in alphabetical order.
         let rules = serde_json::to_value(&app.state.rules).map_err(serde::ser::Error::custom)?;
         m.serialize_entry("rules", &rules)?;

@@ -1,6 +1,6 @@
 //! The runtime state file: what operators changed at runtime —
-//! live colour, split and rules per app — plus the epoch and the recent
-//! history. Written atomically on every change: a temporary file in the
+//! live colour, split and rules per app, and each app's rollout — plus
+//! the epoch and the recent history. Written atomically on every change: a temporary file in the
 //! same directory, fsync, rename over the old file, fsync of the
 //! directory. A crash leaves either the old file or the new one, never a
 //! mix.
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::rollout::Rollout;
 use crate::route::AppState;
 
 /// History entries kept in the file and served by `GET /v1/history`.
@@ -29,6 +30,10 @@ pub struct StateFile {
     /// Every app's runtime state. Entries of apps no longer in the config
     /// are kept (and ignored) so that re-adding the app restores them.
     pub apps: BTreeMap<String, AppState>,
+    /// Each app's latest rollout, under way or ended; written with the
+    /// routing it drives, in the same atomic write.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, Rollout>,
     /// Oldest first, at most [`HISTORY_LIMIT`].
     pub history: History,
 }
@@ -72,6 +77,7 @@ impl Default for StateFile {
             format: FORMAT,
             epoch: 0,
             apps: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
             history: History::default(),
         }
     }
@@ -131,16 +137,28 @@ impl StateFile {
                 return Err(errors.join("; "));
             }
         }
+        for (name, rollout) in &state.rollouts {
+            rollout
+                .plan
+                .check()
+                .map_err(|e| format!("rollouts.{name}: {e}"))?;
+            if rollout.step >= rollout.plan.steps.len() {
+                return Err(format!(
+                    "rollouts.{name}: step {} is past the plan",
+                    rollout.step
+                ));
+            }
+        }
         Ok(state)
     }
 
     /// Write atomically: temp file, fsync, rename, fsync the directory.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        self.save_next(path, self.epoch, &self.apps, &[])
+        self.save_next(path, self.epoch, &self.apps, &self.rollouts, &[])
     }
 
-    /// Write the state that `self` becomes with `apps`, `epoch` and the
-    /// history entries `new` (oldest first), without changing `self`: a
+    /// Write the state that `self` becomes with `apps`, `rollouts`, `epoch`
+    /// and the history entries `new` (oldest first), without changing `self`: a
     /// change is made in memory only once it is on disk, and nothing has
     /// to copy the whole history first.
     pub fn save_next(
@@ -148,6 +166,7 @@ impl StateFile {
         path: &Path,
         epoch: u64,
         apps: &BTreeMap<String, AppState>,
+        rollouts: &BTreeMap<String, Rollout>,
         new: &[HistoryEntry],
     ) -> Result<(), StateError> {
         let new_lines: Vec<Box<[u8]>> = new.iter().map(line).collect();
@@ -159,12 +178,13 @@ impl StateFile {
             .chain(&new_lines)
             .skip(total.saturating_sub(HISTORY_LIMIT))
             .map(|l| &l[..]);
-        let bytes = encode(epoch, apps, lines, total.min(HISTORY_LIMIT)).map_err(|e| {
-            StateError::Write {
-                path: path.to_path_buf(),
-                source: io::Error::other(e),
-            }
-        })?;
+        let bytes =
+            encode(epoch, apps, rollouts, lines, total.min(HISTORY_LIMIT)).map_err(|e| {
+                StateError::Write {
+                    path: path.to_path_buf(),
+                    source: io::Error::other(e),
+                }
+            })?;
         write_atomically(path, &bytes)
     }
 
@@ -180,6 +200,7 @@ impl StateFile {
 fn encode<'a>(
     epoch: u64,
     apps: &BTreeMap<String, AppState>,
+    rollouts: &BTreeMap<String, Rollout>,
     history: impl Iterator<Item = &'a [u8]>,
     entries: usize,
 ) -> serde_json::Result<Vec<u8>> {
@@ -189,6 +210,10 @@ fn encode<'a>(
         format!("{{\"format\":{FORMAT},\"epoch\":{epoch},\n\"apps\":").as_bytes(),
     );
     serde_json::to_writer(&mut out, apps)?;
+    if !rollouts.is_empty() {
+        out.extend_from_slice(b",\n\"rollouts\":");
+        serde_json::to_writer(&mut out, rollouts)?;
+    }
     out.extend_from_slice(b",\n\"history\":[");
     for (i, l) in history.enumerate() {
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
@@ -490,7 +515,8 @@ mod tests {
             let new: Vec<HistoryEntry> = (1000..1000 + added).map(entry).collect();
             let mut apps = s.apps.clone();
             apps.insert("b".into(), app(Color::Green, 12.5));
-            s.save_next(&path, 8, &apps, &new).unwrap();
+            s.save_next(&path, 8, &apps, &BTreeMap::new(), &new)
+                .unwrap();
             assert_eq!(s, before, "save_next must not change the state");
 
             let mut expected = s.clone();

@@ -28,6 +28,13 @@ pub struct Exchange {
     complete: Cell<bool>,
     /// Response body bytes sent to the client.
     bytes_out: Cell<u64>,
+    /// Placed by the split or as the live colour (not by a rule): a
+    /// sample for a rollout's judge.
+    judged: bool,
+    /// When the upstream's response head arrived, after `start`.
+    head: Option<std::time::Duration>,
+    /// The upstream stalled within its response body.
+    faulted: Cell<bool>,
     /// The request id and the access log's fields, when either is on
     /// (boxed: most of a request's future is moved, and this is large).
     pub extra: Option<Box<Extra>>,
@@ -54,6 +61,9 @@ impl Exchange {
             upstream: None,
             complete: Cell::new(false),
             bytes_out: Cell::new(0),
+            judged: false,
+            head: None,
+            faulted: Cell::new(false),
             extra: None,
         }
     }
@@ -74,16 +84,19 @@ impl Exchange {
 
     /// The upstream's response head arrived (for the access log).
     pub fn head_arrived(&mut self) {
-        let start = self.start;
+        let took = self.start.elapsed();
+        self.head = Some(took);
         if let Some(f) = self.log_fields() {
-            f.upstream_time = Some(start.elapsed());
+            f.upstream_time = Some(took);
         }
     }
 
-    /// The request was routed to `pool`: count it (and its answer) there.
-    pub fn choose(&mut self, pool: &Arc<Pool>) {
+    /// The request was routed to `pool`: count it (and its answer) there;
+    /// `judged`: see [`Exchange::judged`].
+    pub fn choose(&mut self, pool: &Arc<Pool>, judged: bool) {
         pool.stats.in_flight.fetch_add(1, Relaxed);
         self.pool = Some(pool.clone());
+        self.judged = judged;
     }
 
     /// The request is bound to `server` (again, after a connect retry).
@@ -110,6 +123,9 @@ impl Exchange {
 
     /// The request (or its connection) timed out in `phase`.
     pub fn timed_out(&self, phase: Timeout) {
+        if phase == Timeout::UpstreamRead {
+            self.faulted.set(true);
+        }
         if let Some(pool) = &self.pool {
             pool.stats.timed_out(phase);
         }
@@ -143,6 +159,10 @@ impl Drop for Exchange {
                 pool.stats.client_aborts.fetch_add(1, Relaxed);
             } else if self.status != 0 {
                 pool.stats.record(self.status, elapsed);
+                if self.judged {
+                    pool.stats
+                        .judge(self.status, self.faulted.get(), self.head, elapsed);
+                }
             }
             tracing::debug!(
                 app = %self.server.as_ref().map_or("", |s| &*s.app),

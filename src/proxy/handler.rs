@@ -303,7 +303,7 @@ fn prepare(
     drop(snap);
 
     // Phase 2: limits that need no upstream.
-    ex.choose(&pool);
+    ex.choose(&pool, !matches!(decision.placed, Placed::Rule(_)));
     // hyper parsed and checked `Content-Length` (for HTTP/2 too): the
     // body's exact size hint is that length, with no second lookup.
     if max_body > 0 && req.body().size_hint().exact().is_some_and(|n| n > max_body) {

@@ -216,9 +216,35 @@ pub struct ColorStats {
     /// Non-cumulative counts per bucket; the last is +Inf.
     pub duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     pub duration_sum_micros: AtomicU64,
+    /// What a rollout's judge counts: requests placed by the split (or as
+    /// the live colour), not by rules — `[total, bad, slow]`. Bad: a 5xx
+    /// (cutover's own 502/503/504 for connect errors, no healthy server
+    /// and timeouts included) or an upstream that stalled mid-body.
+    pub judged: [AtomicU64; 3],
+    /// A rollout's `max_slow`, in microseconds to the response head; 0
+    /// while no rollout judges slowness.
+    pub slow_micros: AtomicU64,
 }
 
 impl ColorStats {
+    /// One judged request's end: its status and, if one came, how long
+    /// the upstream took to answer with a head.
+    pub fn judge(&self, status: u16, faulted: bool, head: Option<Duration>, elapsed: Duration) {
+        self.judged[0].fetch_add(1, Relaxed);
+        if status >= 500 || faulted {
+            self.judged[1].fetch_add(1, Relaxed);
+        }
+        let slow = self.slow_micros.load(Relaxed);
+        if slow > 0 && head.unwrap_or(elapsed).as_micros() as u64 > slow {
+            self.judged[2].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `[total, bad, slow]` so far.
+    pub fn judged(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.judged[i].load(Relaxed))
+    }
+
     pub fn record(&self, status: u16, elapsed: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);

@@ -1,0 +1,926 @@
+//! Progressive rollouts: the plan an operator starts, the record kept in
+//! the state file, and the state machine that moves it on. Each second
+//! [`look`] is given what the proxy saw since the current step began and
+//! answers whether the rollout stays or moves, and why; the control plane
+//! (`ops`) makes each move one atomic change of routing and record.
+//!
+//! ```text
+//! preflight → [shadow] → progressing (one step at a time) → promoting
+//!   (the flip) → [baking] → succeeded
+//! side states: paused (manual, inconclusive, held, baseline unhealthy);
+//!   rolling_back → failed (the judge) or aborted (an operator);
+//!   superseded (a forced manual change ended it)
+//! ```
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::judge::{self, Budget, Counts, Verdict};
+use crate::config::Color;
+
+/// What the operator asked for. Rates are fractions (0.01 = 1 %).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Green's share of split traffic at each step, rising; the last is
+    /// 100, the flip.
+    pub steps: Vec<f64>,
+    /// How long each step is observed at least.
+    pub every_ms: u64,
+    pub max_error_rate: f64,
+    /// A response whose head takes longer than this is slow; `None`: not
+    /// judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slow_ms: Option<u64>,
+    pub max_slow_rate: f64,
+    /// After the flip, how long green is watched alone (0: not at all).
+    #[serde(default)]
+    pub bake_ms: u64,
+    /// Promote a step that ran its time without enough requests.
+    #[serde(default)]
+    pub allow_low_traffic: bool,
+    /// Before the first step, how long copies of live traffic are
+    /// compared (0: no shadow phase).
+    #[serde(default)]
+    pub shadow_ms: u64,
+    pub max_mismatch: f64,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Preflight,
+    Shadow,
+    Progressing,
+    Promoting,
+    Baking,
+    Succeeded,
+    Paused,
+    RollingBack,
+    Failed,
+    Aborted,
+    Superseded,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 11] = [
+        Phase::Preflight,
+        Phase::Shadow,
+        Phase::Progressing,
+        Phase::Promoting,
+        Phase::Baking,
+        Phase::Succeeded,
+        Phase::Paused,
+        Phase::RollingBack,
+        Phase::Failed,
+        Phase::Aborted,
+        Phase::Superseded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preflight => "preflight",
+            Phase::Shadow => "shadow",
+            Phase::Progressing => "progressing",
+            Phase::Promoting => "promoting",
+            Phase::Baking => "baking",
+            Phase::Succeeded => "succeeded",
+            Phase::Paused => "paused",
+            Phase::RollingBack => "rolling_back",
+            Phase::Failed => "failed",
+            Phase::Aborted => "aborted",
+            Phase::Superseded => "superseded",
+        }
+    }
+
+    /// Not yet ended: it holds the app's routing.
+    pub fn is_active(self) -> bool {
+        !matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::Aborted | Phase::Superseded
+        )
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One move, as the rollout's own record keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transition {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub from: Phase,
+    pub to: Phase,
+    /// Green's share of split traffic after it.
+    pub percent: f64,
+    pub reason: String,
+}
+
+/// The most transitions one rollout keeps (a rollout makes a dozen).
+const TRANSITIONS_KEPT: usize = 100;
+
+/// A rollout as the state file keeps it, beside the app's routing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    pub plan: Plan,
+    /// The colour rolled out: the standby one when it started.
+    pub target: Color,
+    pub phase: Phase,
+    /// Paused: the phase `resume` returns to; rolling back: the phase it
+    /// ends in (`failed` or `aborted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<Phase>,
+    /// The current step, an index into `plan.steps`.
+    pub step: usize,
+    /// RFC 3339, UTC.
+    pub started: String,
+    /// Why it is where it is (the last transition's reason).
+    pub reason: String,
+    pub transitions: Vec<Transition>,
+}
+
+impl Rollout {
+    pub fn new(plan: Plan, target: Color, time: String) -> Rollout {
+        Rollout {
+            plan,
+            target,
+            phase: Phase::Preflight,
+            then: None,
+            step: 0,
+            started: time,
+            reason: "started".into(),
+            transitions: Vec::new(),
+        }
+    }
+
+    pub fn baseline(&self) -> Color {
+        self.target.other()
+    }
+
+    /// Green's share of split traffic in the current phase; `None` in
+    /// phases that leave it as it is (preflight, shadow, paused).
+    pub fn percent(&self) -> Option<f64> {
+        match self.phase {
+            Phase::Progressing => Some(self.plan.steps[self.step]),
+            Phase::Promoting | Phase::Baking | Phase::Succeeded => Some(100.0),
+            Phase::RollingBack | Phase::Failed | Phase::Aborted => Some(0.0),
+            Phase::Preflight | Phase::Shadow | Phase::Paused | Phase::Superseded => None,
+        }
+    }
+
+    pub fn every(&self) -> Duration {
+        Duration::from_millis(self.plan.every_ms)
+    }
+
+    /// Make `to` (at `step`) the rollout's phase, recorded with `reason`.
+    pub fn go(
+        &mut self,
+        to: Phase,
+        step: usize,
+        then: Option<Phase>,
+        reason: String,
+        time: String,
+    ) {
+        let from = self.phase;
+        self.phase = to;
+        self.step = step;
+        self.then = then;
+        self.reason = reason.clone();
+        let percent = self
+            .percent()
+            .or_else(|| self.transitions.last().map(|t| t.percent))
+            .unwrap_or(0.0);
+        self.transitions.push(Transition {
+            time,
+            from,
+            to,
+            percent,
+            reason,
+        });
+        if self.transitions.len() > TRANSITIONS_KEPT {
+            self.transitions.remove(0);
+        }
+    }
+}
+
+/// What the proxy saw since the current phase (or step) began.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Look {
+    pub age: Duration,
+    /// Requests of each colour placed by the split (or, once green is
+    /// live, by the live colour), not by rules.
+    pub target: Counts,
+    pub baseline: Counts,
+    /// The same requests, `bad` counting the slow ones.
+    pub target_slow: Counts,
+    pub baseline_slow: Counts,
+    pub target_healthy: bool,
+    pub baseline_healthy: bool,
+    /// Requests still in flight on the colour that just lost its traffic.
+    pub draining: u64,
+    /// How long the judge has held (both colours over budget).
+    pub held_for: Option<Duration>,
+    /// Shadow copies compared and how many differed.
+    pub mirrored: Counts,
+}
+
+/// What a look decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Nothing moves; what the judge saw, for status.
+    Stay(Note),
+    /// Move to `phase` at `step` (`then`: see [`Rollout::then`]).
+    Go {
+        phase: Phase,
+        step: usize,
+        then: Option<Phase>,
+        reason: String,
+    },
+}
+
+/// A look that moved nothing, in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub text: String,
+    /// The judge holds: both colours are over budget.
+    pub holding: bool,
+}
+
+impl Note {
+    fn plain(text: String) -> Next {
+        Next::Stay(Note {
+            text,
+            holding: false,
+        })
+    }
+}
+
+/// A judge that holds this many × `every` pauses the rollout.
+pub const HOLD_LIMIT: u32 = 5;
+/// Green given no healthy server this many × `every` fails the preflight.
+const PREFLIGHT_LIMIT: u32 = 1;
+
+fn go(phase: Phase, step: usize, then: Option<Phase>, reason: String) -> Next {
+    Next::Go {
+        phase,
+        step,
+        then,
+        reason,
+    }
+}
+
+/// The phase that runs step `step`: the 100 % step is the flip.
+fn enter(plan: &Plan, step: usize) -> Phase {
+    if plan.steps[step] >= 100.0 {
+        Phase::Promoting
+    } else {
+        Phase::Progressing
+    }
+}
+
+fn rate(c: Counts) -> f64 {
+    if c.total == 0 {
+        0.0
+    } else {
+        c.bad as f64 / c.total as f64
+    }
+}
+
+/// Where the rollout `r` goes after looking at `l`.
+pub fn look(r: &Rollout, l: &Look) -> Next {
+    let plan = &r.plan;
+    let every = r.every();
+    let (target, baseline) = (r.target, r.baseline());
+    match r.phase {
+        Phase::Preflight => {
+            if !l.target_healthy {
+                if l.age >= every * PREFLIGHT_LIMIT {
+                    return go(
+                        Phase::Failed,
+                        0,
+                        None,
+                        format!("preflight: {target} has no healthy server"),
+                    );
+                }
+                return Note::plain(format!("preflight: waiting for {target} to be healthy"));
+            }
+            if plan.shadow_ms > 0 {
+                return go(
+                    Phase::Shadow,
+                    0,
+                    None,
+                    format!("preflight: {target} is healthy; comparing shadow copies"),
+                );
+            }
+            go(
+                enter(plan, 0),
+                0,
+                None,
+                format!("preflight: {target} is healthy"),
+            )
+        }
+        Phase::Shadow => shadow(r, l),
+        Phase::Progressing => progressing(r, l),
+        Phase::Promoting => {
+            if l.draining > 0 && l.age < every {
+                return Note::plain(format!(
+                    "promoting: {} requests still on {baseline}",
+                    l.draining
+                ));
+            }
+            if plan.bake_ms > 0 {
+                go(
+                    Phase::Baking,
+                    r.step,
+                    None,
+                    format!("{target} is live; baking"),
+                )
+            } else {
+                go(Phase::Succeeded, r.step, None, format!("{target} is live"))
+            }
+        }
+        Phase::Baking => {
+            let why = judge::absolute(l.target, plan.max_error_rate).or_else(|| {
+                plan.max_slow_ms
+                    .and_then(|_| judge::absolute(l.target_slow, plan.max_slow_rate))
+                    .map(|w| format!("slow responses: {w}"))
+            });
+            if let Some(why) = why {
+                return go(
+                    Phase::RollingBack,
+                    r.step,
+                    Some(Phase::Failed),
+                    format!("baking: {why}"),
+                );
+            }
+            if l.age >= Duration::from_millis(plan.bake_ms) {
+                return go(
+                    Phase::Succeeded,
+                    r.step,
+                    None,
+                    format!(
+                        "baked: {} of {} {target} requests bad",
+                        l.target.bad, l.target.total
+                    ),
+                );
+            }
+            Note::plain(format!(
+                "baking: {:.2} % bad of {}",
+                100.0 * rate(l.target),
+                l.target.total
+            ))
+        }
+        Phase::RollingBack => {
+            if l.draining > 0 && l.age < every {
+                return Note::plain(format!(
+                    "rolling back: {} requests still on {target}",
+                    l.draining
+                ));
+            }
+            let end = r.then.unwrap_or(Phase::Failed);
+            go(end, r.step, None, r.reason.clone())
+        }
+        Phase::Paused => Note::plain(format!("paused: {}", r.reason)),
+        Phase::Succeeded | Phase::Failed | Phase::Aborted | Phase::Superseded => {
+            Note::plain(r.reason.clone())
+        }
+    }
+}
+
+fn shadow(r: &Rollout, l: &Look) -> Next {
+    let plan = &r.plan;
+    let m = l.mirrored;
+    let budget = plan.max_mismatch;
+    let need = judge::needed(budget);
+    let length = Duration::from_millis(plan.shadow_ms);
+    let figures = format!(
+        "{} of {} shadow copies differed ({:.2} %, budget {:.2} %)",
+        m.bad,
+        m.total,
+        100.0 * rate(m),
+        100.0 * budget
+    );
+    let fast = (10.0 * budget).max(0.05);
+    if m.bad >= 5 && judge::wilson_lower(m.bad, m.total, 3.29) > fast {
+        return go(
+            Phase::Failed,
+            0,
+            None,
+            format!("shadow: fast fail: {figures}"),
+        );
+    }
+    if l.age < length {
+        return Note::plain(format!("shadow: {figures}"));
+    }
+    if m.total >= need || plan.allow_low_traffic {
+        if rate(m) > budget {
+            return go(Phase::Failed, 0, None, format!("shadow: {figures}"));
+        }
+        return go(enter(plan, 0), 0, None, format!("shadow passed: {figures}"));
+    }
+    if l.age >= length * 10 {
+        return go(
+            Phase::Paused,
+            0,
+            Some(Phase::Shadow),
+            format!("inconclusive: shadow samples {}/{need}", m.total),
+        );
+    }
+    Note::plain(format!("shadow extended: samples {}/{need}", m.total))
+}
+
+fn progressing(r: &Rollout, l: &Look) -> Next {
+    let plan = &r.plan;
+    let every = r.every();
+    let (target, baseline) = (r.target, r.baseline());
+    let step = r.step;
+    if !l.baseline_healthy {
+        return go(
+            Phase::Paused,
+            step,
+            Some(Phase::Progressing),
+            format!("baseline unhealthy: {baseline} has no healthy server"),
+        );
+    }
+    let errors = judge::judge(
+        l.target,
+        l.baseline,
+        Budget {
+            max_error_rate: plan.max_error_rate,
+            allow_low_traffic: plan.allow_low_traffic,
+        },
+        l.age,
+        every,
+    );
+    let slow = match plan.max_slow_ms {
+        Some(_) => judge::judge(
+            l.target_slow,
+            l.baseline_slow,
+            Budget {
+                max_error_rate: plan.max_slow_rate,
+                allow_low_traffic: plan.allow_low_traffic,
+            },
+            l.age,
+            every,
+        ),
+        None => Verdict::Promote,
+    };
+    // The stricter of the two verdicts wins.
+    let rank = |v: &Verdict| match v {
+        Verdict::Rollback(_) => 0,
+        Verdict::Hold(_) => 1,
+        Verdict::Inconclusive { .. } => 2,
+        Verdict::Extend { .. } => 3,
+        Verdict::Continue => 4,
+        Verdict::Promote => 5,
+    };
+    let (verdict, what) = if rank(&slow) < rank(&errors) {
+        (slow, "slow responses: ")
+    } else {
+        (errors, "")
+    };
+    let percent = plan.steps[step];
+    let figures = format!(
+        "{target} {}/{} bad, {baseline} {}/{} bad",
+        l.target.bad, l.target.total, l.baseline.bad, l.baseline.total
+    );
+    match verdict {
+        Verdict::Rollback(why) => go(
+            Phase::RollingBack,
+            step,
+            Some(Phase::Failed),
+            format!("{what}{why} at {percent} %"),
+        ),
+        Verdict::Hold(why) => {
+            let held = l.held_for.unwrap_or_default();
+            if held >= every * HOLD_LIMIT {
+                return go(
+                    Phase::Paused,
+                    step,
+                    Some(Phase::Progressing),
+                    format!(
+                        "held for {}: {what}{why}",
+                        humantime::format_duration(Duration::from_secs(held.as_secs()))
+                    ),
+                );
+            }
+            Next::Stay(Note {
+                text: format!("holding: {what}{why}"),
+                holding: true,
+            })
+        }
+        Verdict::Inconclusive { samples, needed } => go(
+            Phase::Paused,
+            step,
+            Some(Phase::Progressing),
+            format!("inconclusive: {what}samples {samples}/{needed} at {percent} %"),
+        ),
+        Verdict::Extend { samples, needed } => Note::plain(format!(
+            "step extended: {what}samples {samples}/{needed}; {figures}"
+        )),
+        Verdict::Continue => Note::plain(format!("observing {percent} %: {figures}")),
+        Verdict::Promote => {
+            let next = step + 1;
+            go(
+                enter(plan, next),
+                next,
+                None,
+                format!("promoted from {percent} %: {figures}"),
+            )
+        }
+    }
+}
+
+/// What `POST /v1/apps/{app}/rollout` takes. Durations as `60s`, `5m`;
+/// rates as `1%` or a number of percent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    #[serde(default)]
+    pub steps: Option<Vec<f64>>,
+    #[serde(default)]
+    pub every: Option<String>,
+    #[serde(default)]
+    pub max_error_rate: Option<Rate>,
+    #[serde(default)]
+    pub max_slow: Option<String>,
+    #[serde(default)]
+    pub max_slow_rate: Option<Rate>,
+    #[serde(default)]
+    pub bake: Option<String>,
+    #[serde(default)]
+    pub allow_low_traffic: bool,
+    #[serde(default)]
+    pub shadow: Option<String>,
+    #[serde(default)]
+    pub max_mismatch: Option<Rate>,
+}
+
+/// A rate given as `"1%"`, `"0.5 %"` or a number of percent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Rate {
+    Percent(f64),
+    Text(String),
+}
+
+pub const DEFAULT_STEPS: [f64; 5] = [1.0, 5.0, 25.0, 50.0, 100.0];
+
+impl Request {
+    /// The plan this asks for, or every problem with it.
+    pub fn plan(&self) -> Result<Plan, String> {
+        let mut problems = Vec::new();
+        let steps = self.steps.clone().unwrap_or(DEFAULT_STEPS.to_vec());
+        if steps.is_empty() {
+            problems.push("steps: give at least one (the last is 100)".to_string());
+        }
+        for (i, s) in steps.iter().enumerate() {
+            if !s.is_finite() || *s <= 0.0 || *s > 100.0 {
+                problems.push(format!(
+                    "steps: {s} is not a percent above 0 and at most 100"
+                ));
+            } else if i > 0 && *s <= steps[i - 1] {
+                problems.push(format!("steps: {s} after {} does not rise", steps[i - 1]));
+            }
+        }
+        if steps.last().is_some_and(|s| *s != 100.0) {
+            problems.push("steps: the last step must be 100 (the flip)".to_string());
+        }
+        let mut duration = |key: &str, v: &Option<String>, default: Duration, min: Duration| {
+            let Some(text) = v else { return default };
+            match humantime::parse_duration(text.trim()) {
+                Ok(d) if d >= min => d,
+                Ok(_) => {
+                    problems.push(format!(
+                        "{key}: {text:?} is shorter than {}",
+                        humantime::format_duration(min)
+                    ));
+                    default
+                }
+                Err(e) => {
+                    problems.push(format!("{key}: {text:?} is not a duration like 60s: {e}"));
+                    default
+                }
+            }
+        };
+        let every = duration(
+            "every",
+            &self.every,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        );
+        let bake = duration("bake", &self.bake, Duration::ZERO, Duration::ZERO);
+        let shadow = duration("shadow", &self.shadow, Duration::ZERO, Duration::ZERO);
+        let max_slow = self.max_slow.as_ref().map(|_| {
+            duration(
+                "max_slow",
+                &self.max_slow,
+                Duration::ZERO,
+                Duration::from_millis(1),
+            )
+        });
+        let mut rate = |key: &str, v: &Option<Rate>, default: f64| -> f64 {
+            let Some(v) = v else { return default };
+            let percent = match v {
+                Rate::Percent(p) => Some(*p),
+                Rate::Text(t) => t.trim().trim_end_matches('%').trim().parse::<f64>().ok(),
+            };
+            match percent {
+                Some(p) if p.is_finite() && p > 0.0 && p < 100.0 => p / 100.0,
+                _ => {
+                    problems.push(format!(
+                        "{key}: expected a percent above 0 and below 100, like \"1%\""
+                    ));
+                    default
+                }
+            }
+        };
+        let max_error_rate = rate("max_error_rate", &self.max_error_rate, 0.01);
+        let max_slow_rate = rate("max_slow_rate", &self.max_slow_rate, 0.05);
+        let max_mismatch = rate("max_mismatch", &self.max_mismatch, 0.01);
+        if self.max_slow_rate.is_some() && self.max_slow.is_none() {
+            problems.push("max_slow_rate: give max_slow too (what counts as slow)".into());
+        }
+        if self.max_mismatch.is_some() && self.shadow.is_none() {
+            problems.push("max_mismatch: give shadow too (how long to compare)".into());
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(Plan {
+            steps,
+            every_ms: every.as_millis() as u64,
+            max_error_rate,
+            max_slow_ms: max_slow.map(|d| d.as_millis() as u64),
+            max_slow_rate,
+            bake_ms: bake.as_millis() as u64,
+            allow_low_traffic: self.allow_low_traffic,
+            shadow_ms: shadow.as_millis() as u64,
+            max_mismatch,
+        })
+    }
+}
+
+impl Plan {
+    /// A plan read back from a state file: what [`Request::plan`] allows.
+    pub fn check(&self) -> Result<(), String> {
+        let rising = self.steps.windows(2).all(|w| w[0] < w[1]);
+        let in_range = self.steps.iter().all(|s| *s > 0.0 && *s <= 100.0);
+        let rates = [self.max_error_rate, self.max_slow_rate, self.max_mismatch];
+        if self.steps.last() != Some(&100.0) || !rising || !in_range {
+            return Err(format!(
+                "rollout steps {:?} are not rising to 100",
+                self.steps
+            ));
+        }
+        if self.every_ms < 1000 || !rates.iter().all(|r| *r > 0.0 && *r < 1.0) {
+            return Err("rollout: every under 1 s or a rate out of range".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Request {
+            steps: Some(vec![1.0, 5.0, 100.0]),
+            every: Some("10s".into()),
+            ..Request::default()
+        }
+        .plan()
+        .unwrap()
+    }
+
+    fn healthy(age: u64) -> Look {
+        Look {
+            age: Duration::from_secs(age),
+            target_healthy: true,
+            baseline_healthy: true,
+            ..Look::default()
+        }
+    }
+
+    fn at(phase: Phase, step: usize) -> Rollout {
+        let mut r = Rollout::new(plan(), Color::Green, "t".into());
+        r.phase = phase;
+        r.step = step;
+        r
+    }
+
+    fn phase(n: &Next) -> Option<Phase> {
+        match n {
+            Next::Go { phase, .. } => Some(*phase),
+            Next::Stay(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_request_becomes_a_plan_or_says_what_is_wrong() {
+        let p = Request {
+            every: Some("60s".into()),
+            max_error_rate: Some(Rate::Text("0.5%".into())),
+            max_slow: Some("500ms".into()),
+            max_slow_rate: Some(Rate::Percent(5.0)),
+            ..Request::default()
+        }
+        .plan()
+        .unwrap();
+        assert_eq!(p.steps, DEFAULT_STEPS);
+        assert_eq!((p.every_ms, p.max_slow_ms), (60_000, Some(500)));
+        assert_eq!((p.max_error_rate, p.max_slow_rate), (0.005, 0.05));
+        p.check().unwrap();
+        let bad = Request {
+            steps: Some(vec![5.0, 1.0, 50.0]),
+            every: Some("soon".into()),
+            max_error_rate: Some(Rate::Percent(150.0)),
+            ..Request::default()
+        }
+        .plan()
+        .unwrap_err();
+        for part in [
+            "steps: 1 after 5 does not rise",
+            "the last step must be 100",
+            "every: \"soon\"",
+            "max_error_rate",
+        ] {
+            assert!(bad.contains(part), "{part:?} in {bad}");
+        }
+    }
+
+    #[test]
+    fn preflight_waits_for_a_healthy_green_then_fails() {
+        let r = at(Phase::Preflight, 0);
+        assert_eq!(phase(&look(&r, &healthy(0))), Some(Phase::Progressing));
+        let sick = Look {
+            target_healthy: false,
+            ..healthy(1)
+        };
+        assert_eq!(phase(&look(&r, &sick)), None);
+        let sick = Look {
+            age: Duration::from_secs(10),
+            ..sick
+        };
+        assert_eq!(phase(&look(&r, &sick)), Some(Phase::Failed));
+    }
+
+    #[test]
+    fn a_step_promotes_with_evidence_and_the_last_is_the_flip() {
+        let r = at(Phase::Progressing, 1);
+        let mut l = healthy(10);
+        l.target = Counts { total: 400, bad: 1 };
+        l.baseline = Counts {
+            total: 8000,
+            bad: 10,
+        };
+        match look(&r, &l) {
+            Next::Go { phase, step, .. } => assert_eq!((phase, step), (Phase::Promoting, 2)),
+            n => panic!("{n:?}"),
+        }
+        l.target.total = 57;
+        match look(&r, &l) {
+            Next::Stay(n) => assert!(n.text.contains("samples 57/300"), "{}", n.text),
+            n => panic!("{n:?}"),
+        }
+        l.age = Duration::from_secs(100);
+        assert_eq!(phase(&look(&r, &l)), Some(Phase::Paused));
+    }
+
+    #[test]
+    fn a_failing_green_rolls_back_and_then_fails() {
+        let r = at(Phase::Progressing, 0);
+        let mut l = healthy(2);
+        l.target = Counts { total: 20, bad: 10 };
+        l.baseline = Counts {
+            total: 2000,
+            bad: 0,
+        };
+        match look(&r, &l) {
+            Next::Go {
+                phase,
+                then,
+                reason,
+                ..
+            } => {
+                assert_eq!((phase, then), (Phase::RollingBack, Some(Phase::Failed)));
+                assert!(reason.contains("fast fail"), "{reason}");
+            }
+            n => panic!("{n:?}"),
+        }
+        let mut r = at(Phase::RollingBack, 0);
+        r.then = Some(Phase::Failed);
+        let draining = Look {
+            draining: 3,
+            ..healthy(0)
+        };
+        assert_eq!(phase(&look(&r, &draining)), None);
+        assert_eq!(phase(&look(&r, &healthy(0))), Some(Phase::Failed));
+    }
+
+    #[test]
+    fn slow_responses_are_judged_like_errors() {
+        let mut p = plan();
+        p.max_slow_ms = Some(500);
+        let mut r = at(Phase::Progressing, 0);
+        r.plan = p;
+        let mut l = healthy(2);
+        l.target = Counts { total: 40, bad: 0 };
+        l.target_slow = Counts { total: 40, bad: 30 };
+        l.baseline = Counts {
+            total: 4000,
+            bad: 0,
+        };
+        l.baseline_slow = Counts {
+            total: 4000,
+            bad: 4,
+        };
+        match look(&r, &l) {
+            Next::Go { phase, reason, .. } => {
+                assert_eq!(phase, Phase::RollingBack);
+                assert!(reason.starts_with("slow responses"), "{reason}");
+            }
+            n => panic!("{n:?}"),
+        }
+    }
+
+    #[test]
+    fn both_failing_holds_then_pauses_and_an_unhealthy_baseline_pauses() {
+        let r = at(Phase::Progressing, 0);
+        let mut l = healthy(20);
+        l.target = Counts {
+            total: 100,
+            bad: 30,
+        };
+        l.baseline = Counts {
+            total: 10_000,
+            bad: 3_000,
+        };
+        match look(&r, &l) {
+            Next::Stay(n) => assert!(n.holding, "{}", n.text),
+            n => panic!("{n:?}"),
+        }
+        l.held_for = Some(Duration::from_secs(50));
+        assert_eq!(phase(&look(&r, &l)), Some(Phase::Paused));
+        let l = Look {
+            baseline_healthy: false,
+            ..healthy(1)
+        };
+        assert_eq!(phase(&look(&r, &l)), Some(Phase::Paused));
+    }
+
+    #[test]
+    fn the_bake_succeeds_or_rolls_back() {
+        let mut p = plan();
+        p.bake_ms = 30_000;
+        let mut r = at(Phase::Baking, 2);
+        r.plan = p;
+        let mut l = healthy(31);
+        l.target = Counts {
+            total: 5000,
+            bad: 10,
+        };
+        assert_eq!(phase(&look(&r, &l)), Some(Phase::Succeeded));
+        l.target.bad = 400;
+        assert_eq!(phase(&look(&r, &l)), Some(Phase::RollingBack));
+    }
+
+    #[test]
+    fn a_shadow_phase_passes_fails_or_extends_on_its_mismatches() {
+        let mut p = plan();
+        p.shadow_ms = 10_000;
+        let mut r = at(Phase::Shadow, 0);
+        r.plan = p;
+        let mut l = healthy(10);
+        l.mirrored = Counts { total: 500, bad: 1 };
+        assert_eq!(phase(&look(&r, &l)), Some(Phase::Progressing));
+        l.mirrored.bad = 20;
+        assert_eq!(phase(&look(&r, &l)), Some(Phase::Failed));
+        l.mirrored = Counts { total: 30, bad: 0 };
+        assert_eq!(phase(&look(&r, &l)), None);
+    }
+
+    #[test]
+    fn transitions_are_recorded_with_the_share_they_left() {
+        let mut r = at(Phase::Preflight, 0);
+        r.go(Phase::Progressing, 0, None, "healthy".into(), "t1".into());
+        r.go(
+            Phase::Paused,
+            0,
+            Some(Phase::Progressing),
+            "manual".into(),
+            "t2".into(),
+        );
+        let t: Vec<(Phase, f64)> = r.transitions.iter().map(|t| (t.to, t.percent)).collect();
+        assert_eq!(t, [(Phase::Progressing, 1.0), (Phase::Paused, 1.0)]);
+    }
+}

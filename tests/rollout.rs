@@ -1,0 +1,597 @@
+//! Progressive rollouts end to end: real upstreams that fail on purpose,
+//! the real proxy, real load, and the judge acting on what it saw.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use support::*;
+
+/// An upstream answering `name`, or 500 for `fail_permille` of requests.
+struct Flaky {
+    addr: SocketAddr,
+    fail_permille: Arc<AtomicU32>,
+}
+
+impl Flaky {
+    async fn start(name: &'static str, fail_permille: u32) -> Flaky {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fail = Arc::new(AtomicU32::new(fail_permille));
+        let f = fail.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                            let failing = fastrand::u32(0..1000) < f.load(SeqCst);
+                            async move {
+                                let mut r =
+                                    Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                                if failing {
+                                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                                }
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Flaky {
+            addr,
+            fail_permille: fail,
+        }
+    }
+}
+
+fn config(blue: &Flaky, green: &Flaky, state: Option<&std::path::Path>) -> String {
+    let state = state.map_or(String::new(), |p| {
+        format!("[state]\nfile = \"{}\"\n", p.display())
+    });
+    pools(blue, green, &state, "")
+}
+
+/// `extra` goes in both pools.
+fn pools(blue: &Flaky, green: &Flaky, state: &str, extra: &str) -> String {
+    format!(
+        r#"
+{state}
+[apps.shop]
+sticky = "none"
+[apps.shop.blue]
+servers = ["{}"]
+{extra}
+[apps.shop.green]
+servers = ["{}"]
+{extra}
+"#,
+        blue.addr, green.addr
+    )
+}
+
+/// Requests sent and failed (5xx or no answer), by a load running until
+/// `stop`.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// `tasks` clients, each sending a request every `pace` (or back to back,
+/// `None`), until `stop` is set.
+fn load(
+    proxy: &Proxy,
+    tasks: usize,
+    pace: Option<Duration>,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Tally>, Vec<tokio::task::JoinHandle<()>>) {
+    let tally = Arc::new(Tally::default());
+    let url = proxy.url("/");
+    let handles = (0..tasks)
+        .map(|_| {
+            let (tally, stop, url) = (tally.clone(), stop.clone(), url.clone());
+            tokio::spawn(async move {
+                let c = client();
+                let mut tick = pace.map(tokio::time::interval);
+                while !stop.load(SeqCst) {
+                    if let Some(t) = &mut tick {
+                        t.tick().await;
+                    }
+                    tally.sent.fetch_add(1, SeqCst);
+                    let r = tokio::time::timeout(Duration::from_secs(5), get(&c, &url, &[])).await;
+                    if !matches!(r, Ok(ref r) if r.status.as_u16() < 500) {
+                        tally.failed.fetch_add(1, SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    (tally, handles)
+}
+
+async fn rollout(c: &TestClient, proxy: &Proxy) -> serde_json::Value {
+    let r = admin_call(c, proxy, "GET", "/v1/apps/shop/rollout", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["rollout"].clone()
+}
+
+type TestClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    support::Body,
+>;
+
+/// Polls the rollout until `done` holds (or `limit` passes: a panic
+/// naming the last rollout seen).
+async fn until(
+    c: &TestClient,
+    proxy: &Proxy,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + limit;
+    loop {
+        let r = rollout(c, proxy).await;
+        if done(&r) {
+            return r;
+        }
+        assert!(Instant::now() < end, "gave up waiting; rollout: {r:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start(c: &TestClient, proxy: &Proxy, body: &str) -> serde_json::Value {
+    let r = admin_call(c, proxy, "POST", "/v1/apps/shop/rollout", body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["rollout"].clone()
+}
+
+fn states(r: &serde_json::Value) -> Vec<String> {
+    r["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}@{}", t["to"].as_str().unwrap(), t["percent"]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_failing_half_its_requests_is_rolled_back_within_10_s() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 500).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    // 200 requests a second of split traffic for 60 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let began = Instant::now();
+    let (tally, tasks) = load(&proxy, 10, Some(Duration::from_millis(50)), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    start(
+        &c,
+        &proxy,
+        r#"{"steps": [5, 25, 50, 100], "every": "30s", "max_error_rate": "1%"}"#,
+    )
+    .await;
+    let started = Instant::now();
+    let r = until(&c, &proxy, Duration::from_secs(10), |r| {
+        r["state"] == "failed" || r["state"] == "rolling_back"
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        r["reason"].as_str().unwrap().contains("bad"),
+        "{:#}",
+        r["reason"]
+    );
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["standby_percent"], 0.0);
+    assert_eq!(s["apps"]["shop"]["live"], "blue");
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(began.elapsed())).await;
+    stop.store(true, SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = rollout(&c, &proxy).await;
+    assert_eq!(r["state"], "failed", "{r:#}");
+    let (sent, failed) = (tally.sent.load(SeqCst), tally.failed.load(SeqCst));
+    println!("rolled back after {took:?}; {failed} of {sent} requests failed");
+    assert!(sent > 9_000, "only {sent} requests in 60 s");
+    assert!(
+        (failed as f64) < 0.005 * sent as f64,
+        "{failed} of {sent} failed"
+    );
+    let m = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
+        .await
+        .text();
+    for line in [
+        "cutover_rollout_state{app=\"shop\",state=\"failed\"} 1",
+        "cutover_rollout_transitions_total{app=\"shop\",to=\"rolling_back\"} 1",
+        "cutover_rollout_step_percent{app=\"shop\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} not in\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_green_walks_every_step_and_ends_live() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_tally, tasks) = load(&proxy, 8, None, stop.clone());
+    start(
+        &c,
+        &proxy,
+        r#"{"steps": [1, 5, 25, 50, 100], "every": "1s", "max_error_rate": "10%"}"#,
+    )
+    .await;
+    let r = until(&c, &proxy, Duration::from_secs(60), |r| {
+        !r["state"].as_str().unwrap().ends_with("ing") && r["state"] != "preflight"
+    })
+    .await;
+    stop.store(true, SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(r["state"], "succeeded", "{r:#}");
+    assert_eq!(
+        states(&r),
+        [
+            "preflight@0.0",
+            "progressing@1.0",
+            "progressing@5.0",
+            "progressing@25.0",
+            "progressing@50.0",
+            "promoting@100.0",
+            "succeeded@100.0",
+        ]
+    );
+    // Each step promoted on evidence: 30 green requests for a 10 % budget.
+    for t in &r["transitions"].as_array().unwrap()[2..6] {
+        assert!(
+            t["reason"].as_str().unwrap().starts_with("promoted from"),
+            "{t}"
+        );
+    }
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["live"], "green");
+    assert_eq!(s["apps"]["shop"]["standby_percent"], 0.0);
+    let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[])
+        .await
+        .json();
+    let kinds: Vec<&str> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["rollout"; 7], "every transition is in history");
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_rollout_resumes_at_the_same_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state.json");
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let toml = config(&blue, &green, Some(&file));
+    let proxy = Proxy::start(&toml);
+    let c = client();
+    start(
+        &c,
+        &proxy,
+        r#"{"steps": [10, 50, 100], "every": "5s", "allow_low_traffic": true}"#,
+    )
+    .await;
+    let before = until(&c, &proxy, Duration::from_secs(20), |r| r["step"] == 2).await;
+    assert_eq!(before["state"], "progressing");
+    proxy.join().await;
+
+    let proxy = Proxy::start(&toml);
+    let after = rollout(&c, &proxy).await;
+    assert_eq!(
+        (&after["state"], &after["step"], &after["percent"]),
+        (&before["state"], &before["step"], &serde_json::json!(50.0)),
+        "{after:#}"
+    );
+    assert_eq!(after["transitions"], before["transitions"]);
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["standby_percent"], 50.0);
+    // The step is observed afresh, and the rollout goes on from it.
+    let r = until(&c, &proxy, Duration::from_secs(5), |r| {
+        r["window"].is_object()
+    })
+    .await;
+    assert!(r["window"]["age_seconds"].as_f64().unwrap() < 4.0, "{r:#}");
+    let r = until(&c, &proxy, Duration::from_secs(30), |r| {
+        r["state"] == "succeeded"
+    })
+    .await;
+    assert_eq!(r["percent"], 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_traffic_extends_the_step_then_pauses_as_inconclusive() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    let stop = Arc::new(AtomicBool::new(false));
+    // 10 requests a second: green sees 5 a second at 50 %, far from the
+    // 300 a 1 % budget needs.
+    let (_tally, tasks) = load(&proxy, 1, Some(Duration::from_millis(100)), stop.clone());
+    start(&c, &proxy, r#"{"steps": [50, 100], "every": "1s"}"#).await;
+    let extended = until(&c, &proxy, Duration::from_secs(8), |r| {
+        r["window"]["judge"]
+            .as_str()
+            .is_some_and(|j| j.starts_with("step extended: samples"))
+    })
+    .await;
+    assert!(
+        extended["window"]["judge"]
+            .as_str()
+            .unwrap()
+            .contains("/300"),
+        "{extended:#}"
+    );
+    let r = until(&c, &proxy, Duration::from_secs(20), |r| {
+        r["state"] != "progressing"
+    })
+    .await;
+    stop.store(true, SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(r["state"], "paused", "{r:#}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("inconclusive: samples"),
+        "{r:#}"
+    );
+    // Paused keeps its weight; resume observes the step again.
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["standby_percent"], 50.0);
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout/resume", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rollout"]["state"], "progressing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_colours_failing_hold_and_do_not_roll_back() {
+    let (blue, green) = (
+        Flaky::start("blue", 300).await,
+        Flaky::start("green", 300).await,
+    );
+    // Passive checks off: 30 % errors would take the servers out of
+    // rotation, and the baseline with them.
+    let proxy = Proxy::start(&pools(&blue, &green, "", "passive = { failures = 0 }"));
+    let c = client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_tally, tasks) = load(&proxy, 4, None, stop.clone());
+    start(&c, &proxy, r#"{"steps": [50, 100], "every": "1s"}"#).await;
+    let held = until(&c, &proxy, Duration::from_secs(10), |r| {
+        r["window"]["holding"] == true
+    })
+    .await;
+    assert!(
+        held["window"]["judge"]
+            .as_str()
+            .unwrap()
+            .contains("both colours over budget"),
+        "{held:#}"
+    );
+    let r = until(&c, &proxy, Duration::from_secs(15), |r| {
+        r["state"] != "progressing"
+    })
+    .await;
+    stop.store(true, SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(r["state"], "paused", "{r:#}");
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("held for"),
+        "{r:#}"
+    );
+    assert_eq!(blue.fail_permille.load(SeqCst), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_changes_during_a_rollout_are_refused_unless_forced_and_rollback_aborts() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    let plan = r#"{"steps": [10, 100], "every": "60s"}"#;
+    start(&c, &proxy, plan).await;
+    until(&c, &proxy, Duration::from_secs(5), |r| {
+        r["state"] == "progressing"
+    })
+    .await;
+    let again = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout", plan, &[]).await;
+    assert_eq!(again.status, 409, "{}", again.text());
+    for (path, body) in [
+        ("/v1/apps/shop/flip", ""),
+        ("/v1/apps/shop/shift", r#"{"percent": 30}"#),
+        ("/v1/flip", ""),
+    ] {
+        let r = admin_call(&c, &proxy, "POST", path, body, &[]).await;
+        assert_eq!(r.status, 409, "{path}: {}", r.text());
+        assert!(r.text().contains("rollout under way"), "{}", r.text());
+    }
+    let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", "[]", &[]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    // Rollback aborts it: straight back to blue alone.
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollback", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["apps"]["shop"]["standby_percent"], 0.0);
+    let r = until(&c, &proxy, Duration::from_secs(5), |r| {
+        r["state"] == "aborted"
+    })
+    .await;
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("aborted by"),
+        "{r:#}"
+    );
+    // A forced change ends a rollout as superseded.
+    start(&c, &proxy, plan).await;
+    until(&c, &proxy, Duration::from_secs(5), |r| {
+        r["state"] == "progressing"
+    })
+    .await;
+    let r = admin_call(
+        &c,
+        &proxy,
+        "POST",
+        "/v1/apps/shop/shift",
+        r#"{"percent": 30, "force": true}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = rollout(&c, &proxy).await;
+    assert_eq!(r["state"], "superseded", "{r:#}");
+    assert_eq!(
+        status(&c, &proxy).await["apps"]["shop"]["standby_percent"],
+        30.0
+    );
+    // Pause and resume; steering an ended rollout is refused.
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout/pause", "", &[]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_bad_plan_is_refused_with_what_is_wrong_and_nothing_changes() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    for (body, says) in [
+        (r#"{"steps": [50, 10, 100]}"#, "does not rise"),
+        (r#"{"steps": [5, 50]}"#, "the last step must be 100"),
+        (r#"{"every": "soon"}"#, "is not a duration like 60s"),
+        (r#"{"every": "100ms"}"#, "shorter than 1s"),
+        (
+            r#"{"max_error_rate": "lots"}"#,
+            "max_error_rate: expected a percent",
+        ),
+        (r#"{"max_slow_rate": "5%"}"#, "give max_slow too"),
+        (r#"{"stepz": [1]}"#, "unknown field `stepz`"),
+        ("[1, 2]", "bad JSON"),
+    ] {
+        let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout", body, &[]).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/nope/rollout", "", &[]).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = admin_call(&c, &proxy, "GET", "/v1/apps/shop/rollout", "", &[]).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout/abort", "", &[]).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["epoch"], 0, "nothing changed: {s:#}");
+    assert!(s["apps"]["shop"]["rollout"].is_null());
+}
+
+#[tokio::test]
+async fn the_cli_starts_shows_and_aborts_a_rollout() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let admin = proxy.admin_url("");
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let args = |list: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        v.extend(["--admin".to_string(), admin.clone()]);
+        v
+    };
+    let out = run(args(&[
+        "rollout",
+        "shop",
+        "--steps",
+        "5,50,100",
+        "--every",
+        "60s",
+        "--max-error-rate",
+        "2%",
+        "--max-slow",
+        "500ms",
+        "--max-slow-rate",
+        "5%",
+    ]))
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("rollout of green: preflight"), "{text}");
+    let again = run(args(&["rollout", "shop", "--steps", "5,100"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a second rollout is refused (409)"
+    );
+    let out = run(args(&["rollout", "shop", "status", "--json"]))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rollout"]["max_error_rate"], 2.0);
+    assert_eq!(v["rollout"]["max_slow"], "500ms");
+    let out = run(args(&["rollout", "shop", "abort"])).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = run(args(&["rollout", "shop", "pause", "--every", "5s"]))
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64), "plan flags only with start");
+    let out = run(args(&["status"])).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rollout of green:"), "{text}");
+}
