@@ -91,14 +91,28 @@ struct Tally {
     failed: AtomicU64,
 }
 
-/// `tasks` clients, each sending a request every `pace` (or back to back,
-/// `None`), until `stop` is set.
-fn load(
-    proxy: &Proxy,
-    tasks: usize,
-    pace: Option<Duration>,
+/// Clients sending requests until stopped.
+struct Load {
+    tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
-) -> (Arc<Tally>, Vec<tokio::task::JoinHandle<()>>) {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Stop, and wait for the last requests: `(sent, failed)`.
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (self.tally.sent.load(SeqCst), self.tally.failed.load(SeqCst))
+    }
+}
+
+/// `tasks` clients, each sending a request every `pace` (or back to back,
+/// `None`).
+fn load(proxy: &Proxy, tasks: usize, pace: Option<Duration>) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let url = proxy.url("/");
     let handles = (0..tasks)
@@ -120,7 +134,16 @@ fn load(
             })
         })
         .collect();
-    (tally, handles)
+    Load {
+        tally,
+        stop,
+        tasks: handles,
+    }
+}
+
+/// The text at `key` of `v` (`""` if none).
+fn text<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v.pointer(key).and_then(|t| t.as_str()).unwrap_or("")
 }
 
 async fn rollout(c: &TestClient, proxy: &Proxy) -> serde_json::Value {
@@ -177,9 +200,8 @@ async fn a_green_failing_half_its_requests_is_rolled_back_within_10_s() {
     let proxy = Proxy::start(&config(&blue, &green, None));
     let c = client();
     // 200 requests a second of split traffic for 60 s.
-    let stop = Arc::new(AtomicBool::new(false));
     let began = Instant::now();
-    let (tally, tasks) = load(&proxy, 10, Some(Duration::from_millis(50)), stop.clone());
+    let load = load(&proxy, 10, Some(Duration::from_millis(50)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     start(
         &c,
@@ -202,13 +224,9 @@ async fn a_green_failing_half_its_requests_is_rolled_back_within_10_s() {
     assert_eq!(s["apps"]["shop"]["standby_percent"], 0.0);
     assert_eq!(s["apps"]["shop"]["live"], "blue");
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(began.elapsed())).await;
-    stop.store(true, SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let (sent, failed) = load.stop().await;
     let r = rollout(&c, &proxy).await;
     assert_eq!(r["state"], "failed", "{r:#}");
-    let (sent, failed) = (tally.sent.load(SeqCst), tally.failed.load(SeqCst));
     println!("rolled back after {took:?}; {failed} of {sent} requests failed");
     assert!(sent > 9_000, "only {sent} requests in 60 s");
     assert!(
@@ -235,8 +253,7 @@ async fn a_healthy_green_walks_every_step_and_ends_live() {
     );
     let proxy = Proxy::start(&config(&blue, &green, None));
     let c = client();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (_tally, tasks) = load(&proxy, 8, None, stop.clone());
+    let load = load(&proxy, 8, None);
     start(
         &c,
         &proxy,
@@ -247,10 +264,7 @@ async fn a_healthy_green_walks_every_step_and_ends_live() {
         !r["state"].as_str().unwrap().ends_with("ing") && r["state"] != "preflight"
     })
     .await;
-    stop.store(true, SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    load.stop().await;
     assert_eq!(r["state"], "succeeded", "{r:#}");
     assert_eq!(
         states(&r),
@@ -339,38 +353,24 @@ async fn low_traffic_extends_the_step_then_pauses_as_inconclusive() {
     );
     let proxy = Proxy::start(&config(&blue, &green, None));
     let c = client();
-    let stop = Arc::new(AtomicBool::new(false));
     // 10 requests a second: green sees 5 a second at 50 %, far from the
     // 300 a 1 % budget needs.
-    let (_tally, tasks) = load(&proxy, 1, Some(Duration::from_millis(100)), stop.clone());
+    let load = load(&proxy, 1, Some(Duration::from_millis(100)));
     start(&c, &proxy, r#"{"steps": [50, 100], "every": "1s"}"#).await;
     let extended = until(&c, &proxy, Duration::from_secs(8), |r| {
-        r["window"]["judge"]
-            .as_str()
-            .is_some_and(|j| j.starts_with("step extended: samples"))
+        text(r, "/window/judge").starts_with("step extended: samples")
     })
     .await;
-    assert!(
-        extended["window"]["judge"]
-            .as_str()
-            .unwrap()
-            .contains("/300"),
-        "{extended:#}"
-    );
+    let judge = text(&extended, "/window/judge");
+    assert!(judge.contains("/300"), "{judge}");
     let r = until(&c, &proxy, Duration::from_secs(20), |r| {
         r["state"] != "progressing"
     })
     .await;
-    stop.store(true, SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    load.stop().await;
     assert_eq!(r["state"], "paused", "{r:#}");
     assert!(
-        r["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("inconclusive: samples"),
+        text(&r, "/reason").starts_with("inconclusive: samples"),
         "{r:#}"
     );
     // Paused keeps its weight; resume observes the step again.
@@ -391,33 +391,21 @@ async fn both_colours_failing_hold_and_do_not_roll_back() {
     // rotation, and the baseline with them.
     let proxy = Proxy::start(&pools(&blue, &green, "", "passive = { failures = 0 }"));
     let c = client();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (_tally, tasks) = load(&proxy, 4, None, stop.clone());
+    let load = load(&proxy, 4, None);
     start(&c, &proxy, r#"{"steps": [50, 100], "every": "1s"}"#).await;
     let held = until(&c, &proxy, Duration::from_secs(10), |r| {
         r["window"]["holding"] == true
     })
     .await;
-    assert!(
-        held["window"]["judge"]
-            .as_str()
-            .unwrap()
-            .contains("both colours over budget"),
-        "{held:#}"
-    );
+    let judge = text(&held, "/window/judge");
+    assert!(judge.contains("both colours over budget"), "{judge}");
     let r = until(&c, &proxy, Duration::from_secs(15), |r| {
         r["state"] != "progressing"
     })
     .await;
-    stop.store(true, SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    load.stop().await;
     assert_eq!(r["state"], "paused", "{r:#}");
-    assert!(
-        r["reason"].as_str().unwrap().starts_with("held for"),
-        "{r:#}"
-    );
+    assert!(text(&r, "/reason").starts_with("held for"), "{r:#}");
     assert_eq!(blue.fail_permille.load(SeqCst), 300);
 }
 
