@@ -35,6 +35,9 @@ pub enum Change {
     /// One server's runtime setting: app, colour (`None`: the one pool
     /// that has the address), address, setting.
     Server(String, Option<Color>, std::net::SocketAddr, ServerSetting),
+    /// The share (0-100) of an app's live-colour requests copied to its
+    /// standby colour.
+    Mirror(String, f64),
 }
 
 impl Change {
@@ -45,6 +48,7 @@ impl Change {
             Change::Rollback(_) => "rollback",
             Change::SetRules(..) | Change::DeleteRule(..) => "rules",
             Change::Server(..) => "server",
+            Change::Mirror(..) => "mirror",
         }
     }
 }
@@ -268,6 +272,21 @@ impl Control {
                     app.clone(),
                     AppState {
                         standby_percent: *percent,
+                        ..before.clone()
+                    },
+                )])
+            }
+            Change::Mirror(app, percent) => {
+                let before = self.require_app(app)?;
+                if !percent.is_finite() || !(0.0..=100.0).contains(percent) {
+                    return Err(OpError::BadRequest(format!(
+                        "percent: must be between 0 and 100, got {percent}"
+                    )));
+                }
+                Ok(vec![(
+                    app.clone(),
+                    AppState {
+                        mirror_percent: Some(*percent),
                         ..before.clone()
                     },
                 )])
@@ -648,8 +667,12 @@ impl Control {
 
 /// A one-line description of an app state for logs.
 fn describe(s: &AppState) -> String {
+    let mirror = match s.mirror_percent {
+        Some(p) => format!("{p}%"),
+        None => "configured".into(),
+    };
     format!(
-        "live={} standby={}% rules={}",
+        "live={} standby={}% rules={} mirror={mirror}",
         s.live,
         s.standby_percent,
         s.rules.len()
@@ -716,12 +739,13 @@ struct AppDoc<'a>(&'a App, bool);
 impl Serialize for AppDoc<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let app = self.0;
-        let mut m = s.serialize_map(Some(10))?;
+        let mut m = s.serialize_map(Some(11))?;
         // The runtime rules differ from the config file's (`cutover diff`).
         m.serialize_entry("drift", &self.1)?;
         let hosts: Vec<String> = app.hosts.iter().map(|h| h.to_string()).collect();
         m.serialize_entry("hosts", &hosts)?;
         m.serialize_entry("live", &app.state.live)?;
+        m.serialize_entry("mirror", &MirrorDoc(app))?;
         m.serialize_entry("path_prefix", &app.path_prefix)?;
         m.serialize_entry("pools", &Pools(app))?;
         // Through a `Value`, as before: the rules' keys in alphabetical order.
@@ -736,6 +760,31 @@ impl Serialize for AppDoc<'_> {
         m.serialize_entry("standby", &app.state.standby())?;
         m.serialize_entry("standby_percent", &app.state.standby_percent)?;
         m.serialize_entry("sticky", &app.sticky.to_string())?;
+        m.end()
+    }
+}
+
+/// Shadow traffic: the percent in force, the copies compared, and the last
+/// differences, newest first.
+struct MirrorDoc<'a>(&'a App);
+
+impl Serialize for MirrorDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let app = self.0;
+        let (compared, mismatched) = app.mirror_stats.compared();
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("compared", &compared)?;
+        m.serialize_entry("differences", &app.mirror_stats.differences())?;
+        m.serialize_entry("in_flight", &app.mirror_stats.in_flight.load(Relaxed))?;
+        m.serialize_entry("mismatched", &mismatched)?;
+        m.serialize_entry("percent", &app.mirror_percent())?;
+        // Where the percent comes from: set at runtime, or the config's.
+        let source = if app.state.mirror_percent.is_some() {
+            "runtime"
+        } else {
+            "config"
+        };
+        m.serialize_entry("percent_source", source)?;
         m.end()
     }
 }

@@ -329,6 +329,7 @@ mod tests {
             rules: vec![],
             runtime_rules: false,
             servers: Default::default(),
+            mirror_percent: None,
         }
     }
 
