@@ -854,7 +854,11 @@ fn build_app(
         error_pages: raw.error_pages,
     };
     let answers = answers(&key, own, defaults, base, errs);
-    let mirror = mirror(&format!("{key}.mirror"), raw.mirror.unwrap_or_default(), errs);
+    let mirror = mirror(
+        &format!("{key}.mirror"),
+        raw.mirror.unwrap_or_default(),
+        errs,
+    );
     AppConfig {
         name,
         hosts,
@@ -961,19 +965,21 @@ fn mirror_method(m: &str) -> Result<http::Method, String> {
         return Err("CONNECT opens a tunnel and is never copied".into());
     }
     let upper = m.to_ascii_uppercase();
-    if m != upper && http::Method::from_bytes(upper.as_bytes()).is_ok_and(|u| {
-        matches!(
-            u,
-            http::Method::GET
-                | http::Method::HEAD
-                | http::Method::POST
-                | http::Method::PUT
-                | http::Method::DELETE
-                | http::Method::OPTIONS
-                | http::Method::PATCH
-                | http::Method::TRACE
-        )
-    }) {
+    if m != upper
+        && http::Method::from_bytes(upper.as_bytes()).is_ok_and(|u| {
+            matches!(
+                u,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::POST
+                    | http::Method::PUT
+                    | http::Method::DELETE
+                    | http::Method::OPTIONS
+                    | http::Method::PATCH
+                    | http::Method::TRACE
+            )
+        })
+    {
         return Err(format!(
             "methods are case-sensitive: {m:?} is not {upper:?}, which is what clients send"
         ));

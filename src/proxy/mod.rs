@@ -102,7 +102,9 @@ async fn sweeper(worker: Rc<Worker>) {
     let mut shutdown = worker.shared.shutdown.subscribe();
     loop {
         let snap = worker.shared.snapshot.load_full();
-        worker.upstreams.sweep(&snap, |app, color| app.receives_traffic(color));
+        worker
+            .upstreams
+            .sweep(&snap, |app, color| app.receives_traffic(color));
         worker
             .mirror_upstreams
             .sweep(&snap, |app, color| app.mirrors_to(color));

@@ -476,9 +476,7 @@ impl App {
         let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS)
             || rules.rules().iter().any(|r| r.percent_bp < BUCKETS);
         let mirror_percent = state.mirror_percent.unwrap_or(shape.mirror_config.percent);
-        let mirror_bp = (mirror_percent * 100.0)
-            .round()
-            .clamp(0.0, BUCKETS as f64) as u32;
+        let mirror_bp = (mirror_percent * 100.0).round().clamp(0.0, BUCKETS as f64) as u32;
         App {
             name: shape.name,
             hosts: shape.hosts,
@@ -755,9 +753,7 @@ impl Snapshot {
                 pools,
                 answers,
                 mirror_config: Arc::new(app_cfg.mirror.clone()),
-                mirror_stats: old_app
-                    .map(|a| a.mirror_stats.clone())
-                    .unwrap_or_default(),
+                mirror_stats: old_app.map(|a| a.mirror_stats.clone()).unwrap_or_default(),
             };
             match App::assemble(shape, state) {
                 Ok(app) => apps.push(Arc::new(app)),
