@@ -14,16 +14,23 @@ loaded by its own `wrk -t1 -c64` in the same seconds, in N rounds of
 S seconds after a 2 s warm-up: whatever the machine does falls on both
 at once, so the per-round ratios (mirror on ÷ off) of p99, p50,
 requests/s and CPU per request hold still where the absolute figures
-wander. Two pairs:
+wander. Four pairs:
 
 - `percent = 100` with the default `max_in_flight` (64) and `timeout`
-  (2 s): nearly every copy is dropped (and counted), 64 hang at a time;
-- `percent = 10` with `max_in_flight = 5000`: thousands of copies hang on
-  green at once, each holding a socket and a timer on the worker.
+  (2 s), wrk as fast as it goes: nearly every copy is dropped (and
+  counted), 64 hang at a time;
+- the same, wrk paced (each connection waits 50 ms between requests:
+  about 1,250 requests/s a side, the cores not full);
+- `percent = 10` with `max_in_flight = 5000`, as fast as it goes:
+  thousands of copies hang on green at once, each on a connection of its
+  own (green holds every one it gets), opened and closed by cutover —
+  work the mirroring side does on top, on two shared cores that are full;
+- `percent = 100` with `max_in_flight = 5000`, wrk paced: a copy of every
+  request hangs, ~2,500 at a time, each on a connection of its own.
 
 Each pair ends with the mirroring side's `cutover_mirror_total` counts,
 to show the copies were made and hung. nginx is needed (apt-get install
-nginx-light). Loopback only; about 2 × N × (2 + S) seconds plus starts.
+nginx-light). Loopback only; about 4 × N × (2 + S) seconds plus starts.
 """
 
 import argparse
@@ -107,7 +114,7 @@ def spread(xs):
     return f"{mean:.3f} ± {se:.3f} ({min(xs):.2f}–{max(xs):.2f})"
 
 
-def run_pair(work, binary, label, mirror, secs, rounds):
+def run_pair(work, binary, label, mirror, script, secs, rounds):
     off = Server("off", [binary, "run", "-c", cutover_conf(work, "off", PROXY, ADMIN, "")], PROXY)
     try:
         on = Server("on", [binary, "run", "-c", cutover_conf(work, "on", SIDE_PROXY, SIDE_ADMIN, mirror)],
@@ -124,7 +131,7 @@ def run_pair(work, binary, label, mirror, secs, rounds):
             for seconds, measured in ((2, False), (secs, True)):
                 pids = {"off": off.pids(), "on": on.pids()}
                 before = {k: compare.cpu_seconds(v) for k, v in pids.items()}
-                res = compare.wrk_at_once({"off": PROXY, "on": SIDE_PROXY}, 64, seconds)
+                res = compare.wrk_at_once({"off": PROXY, "on": SIDE_PROXY}, 64, seconds, script=script)
                 if not measured:
                     continue
                 cpu = {k: (compare.cpu_seconds(pids[k]) - before[k]) * 1e6 / max(res[k]["requests"], 1)
@@ -160,29 +167,36 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     work = tempfile.mkdtemp(prefix="cutover-mirror-")
     os.chmod(work, 0o755)
+    paced = os.path.join(work, "paced.lua")
+    with open(paced, "w") as f:
+        f.write("function delay()\n  return 50\nend\n")
     pairs = [
-        ("percent 100, max_in_flight 64", "[apps.bench.mirror]\npercent = 100"),
-        ("percent 10, max_in_flight 5000", "[apps.bench.mirror]\npercent = 10\nmax_in_flight = 5000"),
+        ("percent 100, max_in_flight 64", "[apps.bench.mirror]\npercent = 100", None),
+        ("percent 100, max_in_flight 64, paced", "[apps.bench.mirror]\npercent = 100", paced),
+        ("percent 10, max_in_flight 5000", "[apps.bench.mirror]\npercent = 10\nmax_in_flight = 5000", None),
+        ("percent 100, max_in_flight 5000, paced", "[apps.bench.mirror]\npercent = 100\nmax_in_flight = 5000",
+         paced),
     ]
     upstream = Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
                                    "-g", "daemon off;"], UP_BLUE)
     green = Server("green", [sys.executable, os.path.abspath(__file__), "--sleeper", str(SLEEPER)], SLEEPER)
     results = []
     try:
-        for label, mirror in pairs:
-            results.append((label, *run_pair(work, args.binary, label, mirror, args.seconds, args.rounds)))
+        for label, mirror, script in pairs:
+            results.append((label, *run_pair(work, args.binary, label, mirror, script, args.seconds,
+                                             args.rounds)))
     finally:
         green.stop()
         upstream.stop()
     print(f"\nwrk -t1 -c64 on each side, {args.rounds} rounds of {args.seconds} s; "
           f"green answers after {SLEEP_S} s\n")
     print("| mirror on | p99 on ÷ off | p50 on ÷ off | req/s on ÷ off | CPU/req on ÷ off "
-          "| p50 / p99 ms off, on (medians) | copies: same / error / dropped | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| p50 / p99 ms off, on (medians) | req/s off, on | copies: same / error / dropped | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, per, med, counts, errors in results:
         print(f"| {label} | {spread(per['p99'])} | {spread(per['p50'])} | {spread(per['rps'])} "
               f"| {spread(per['cpu'])} | {med['off'][0]:.2f} / {med['off'][1]:.2f}, "
-              f"{med['on'][0]:.2f} / {med['on'][1]:.2f} "
+              f"{med['on'][0]:.2f} / {med['on'][1]:.2f} | {med['off'][2]:,.0f}, {med['on'][2]:,.0f} "
               f"| {counts.get('same', 0)} / {counts.get('error', 0)} / {counts.get('dropped', 0)} | {errors} |")
 
 

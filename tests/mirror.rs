@@ -38,6 +38,7 @@ enum Behaviour {
 /// One request the standby received.
 #[derive(Debug, Clone)]
 struct Copy {
+    version: http::Version,
     method: String,
     path: String,
     mirror: Option<String>,
@@ -45,7 +46,8 @@ struct Copy {
 }
 
 /// A standby upstream that records each request as soon as its head and
-/// body have arrived (before answering), and answers by its [`Behaviour`].
+/// body have arrived (before answering), and answers by its [`Behaviour`];
+/// HTTP/1.1 and h2c alike.
 struct Green {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Copy>>>,
@@ -66,6 +68,7 @@ impl Green {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (s, a, b) = (s.clone(), a.clone(), b.clone());
                         async move {
+                            let version = req.version();
                             let method = req.method().to_string();
                             let path = req.uri().path().to_string();
                             let mirror = req
@@ -74,6 +77,7 @@ impl Green {
                                 .map(|v| v.to_str().unwrap_or("").to_string());
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             s.lock().unwrap().push(Copy {
+                                version,
                                 method,
                                 path,
                                 mirror,
@@ -96,9 +100,11 @@ impl Green {
                             Ok::<_, Infallible>(r)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
                 });
             }
         });
@@ -563,6 +569,42 @@ async fn bodies_are_compared_when_asked_and_only_up_to_max_body() {
             (d["path"].as_str(), d["outcome"].as_str()),
             (Some("/page"), Some("body_differs"))
         );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_speaks_h2_gets_its_copies_over_h2() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let blue = Upstream::start("blue").await;
+        let green = Green::start(Behaviour::Answer(200)).await;
+        let toml = format!(
+            r#"
+[apps.shop]
+hosts = ["shop.test"]
+[apps.shop.mirror]
+percent = 100
+methods = ["GET", "POST"]
+[apps.shop.blue]
+servers = ["{}"]
+[apps.shop.green]
+servers = ["{}"]
+protocol = "h2"
+"#,
+            blue.addr, green.addr
+        );
+        let proxy = Proxy::start(&toml);
+        let c = client();
+        get(&c, &shop("/a?x=1", &proxy), HOST).await;
+        send(&c, "POST", &proxy.url("/b"), HOST, "body over h2").await;
+        green.arrived(2, Duration::from_secs(5)).await;
+        let copies = green.copies();
+        assert!(copies.iter().all(|c| c.version == http::Version::HTTP_2
+            && c.mirror.as_deref() == Some("1")), "{copies:?}");
+        let post = copies.iter().find(|c| c.method == "POST").unwrap();
+        assert_eq!((post.path.as_str(), &post.body[..]), ("/b", &b"body over h2"[..]));
+        metrics_until(&c, &proxy, Duration::from_secs(5), |t| outcome(t, "shop", "same") == 2).await;
     })
     .await
     .expect("test timed out");

@@ -347,7 +347,7 @@ fn prepare(
     // the header map is left as it is.
     let h1 = server.protocol != Protocol::H2;
     let authority = target.authority;
-    let routed = sampled.as_ref().and(authority.clone());
+    let routed = sampled.as_ref().and_then(|_| authority.clone());
     let forwarded_host = if h1 && !claims {
         Some(authority.clone())
     } else {
