@@ -1,6 +1,8 @@
 //! One request through the proxy, in phases:
 //! route → check limits → rewrite the request → pick and connect (one retry
 //! on connect failure) → send → rewrite the response → stream it back.
+//! A request drawn for shadow traffic has its copy started once it is
+//! rewritten, and goes on without waiting for it ([`super::mirror`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -295,6 +297,8 @@ fn prepare(
         });
     }
     let pool = app.pool(decision.color).clone();
+    // Drawn while the app is at hand; the copy starts from the rewritten
+    // request, at the end of phase 3.
     let sampled = super::mirror::sample(app, decision.color);
     let set_cookie = match (&decision.new_cookie, &app.sticky) {
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
