@@ -88,6 +88,17 @@ pub enum Command {
         #[command(flatten)]
         endpoint: ClientArgs,
     },
+    /// Copy PERCENT (0-100) of APP's live-colour requests to its standby
+    /// colour, compare the answers and discard the copies' (shadow traffic).
+    Mirror {
+        /// `[APP] PERCENT`.
+        #[arg(num_args = 1..=2, value_names = ["APP", "PERCENT"], required = true)]
+        args: Vec<String>,
+        #[command(flatten)]
+        change: ChangeFlags,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
     /// Restore the state before the last change (of APP, or the last change overall).
     Rollback {
         app: Option<String>,
@@ -422,11 +433,27 @@ fn shown(
     }
 }
 
+/// `[APP] PERCENT` of `shift` and `mirror`.
+fn app_percent(command: &str, args: &[String]) -> Result<(Option<String>, f64), ExitCode> {
+    let (app, pct) = match args {
+        [p] => (None, p),
+        [a, p] => (Some(a.clone()), p),
+        _ => return Err(usage(format!("{command} takes [APP] PERCENT"))),
+    };
+    match pct.trim_end_matches('%').parse::<f64>() {
+        Ok(percent) => Ok((app, percent)),
+        Err(_) => Err(usage(format!(
+            "PERCENT must be a number from 0 to 100, got {pct:?}"
+        ))),
+    }
+}
+
 fn client_command(cmd: Command) -> ExitCode {
     let args = match &cmd {
         Command::Status { endpoint, .. }
         | Command::Flip { endpoint, .. }
         | Command::Shift { endpoint, .. }
+        | Command::Mirror { endpoint, .. }
         | Command::Rollback { endpoint, .. }
         | Command::Rules { endpoint, .. }
         | Command::Server { endpoint, .. }
@@ -447,6 +474,7 @@ fn client_command(cmd: Command) -> ExitCode {
     let reason = match &cmd {
         Command::Flip { change, .. }
         | Command::Shift { change, .. }
+        | Command::Mirror { change, .. }
         | Command::Rollback { change, .. }
         | Command::Rules { change, .. }
         | Command::Server { change, .. } => change.reason.clone(),
@@ -487,18 +515,35 @@ fn client_command(cmd: Command) -> ExitCode {
             change(&ep, "flip", app, c)
         }
         Command::Rollback { app, change: c, .. } => change(&ep, "rollback", app, c),
+        Command::Mirror {
+            args, change: c, ..
+        } => {
+            let (app, percent) = match app_percent("mirror", &args) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let app = match client::pick_app(&ep, app) {
+                Ok(a) => a,
+                Err(m) => return usage(m),
+            };
+            let mut body = c.body();
+            body["percent"] = serde_json::json!(percent);
+            finish(
+                ep.ok(
+                    "PUT",
+                    &format!("/v1/apps/{app}/mirror"),
+                    Some(body),
+                    c.if_match,
+                )
+                .map(|v| shown(c.json, v, client::describe_change)),
+            )
+        }
         Command::Shift {
             args, change: c, ..
         } => {
-            let (app, pct) = match args.as_slice() {
-                [p] => (None, p),
-                [a, p] => (Some(a.clone()), p),
-                _ => return usage("shift takes [APP] PERCENT"),
-            };
-            let Ok(percent) = pct.trim_end_matches('%').parse::<f64>() else {
-                return usage(format!(
-                    "PERCENT must be a number from 0 to 100, got {pct:?}"
-                ));
+            let (app, percent) = match app_percent("shift", &args) {
+                Ok(x) => x,
+                Err(code) => return code,
             };
             let app = match client::pick_app(&ep, app) {
                 Ok(a) => a,
@@ -1121,6 +1166,19 @@ pub fn summary(c: &Config) -> String {
                 r.name,
                 r.to,
                 r.percent.unwrap_or(100.0)
+            );
+        }
+        let m = &app.mirror;
+        if m.percent > 0.0 {
+            let methods: Vec<&str> = m.methods.iter().map(http::Method::as_str).collect();
+            let _ = writeln!(
+                s,
+                "  mirror {}% of live traffic to standby ({}; bodies up to {} bytes; compare {}; timeout {})",
+                m.percent,
+                methods.join(", "),
+                m.max_body,
+                if m.compare_body { "status, body" } else { "status" },
+                humantime::format_duration(m.timeout)
             );
         }
     }

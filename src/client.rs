@@ -1,4 +1,4 @@
-//! The admin client behind `cutover status|flip|shift|rollback|rules|history`
+//! The admin client behind `cutover status|flip|shift|mirror|rollback|rules|history`
 //!: finds the admin endpoint and token, calls the admin API,
 //! prints the answer for people.
 
@@ -252,9 +252,13 @@ pub fn describe_change(v: &Value) -> String {
     }
     for name in changed {
         let a = &v["apps"][name];
+        let mirror = match a["mirror"]["percent"].as_f64() {
+            Some(p) if p > 0.0 => format!(", {} of live traffic mirrored", percent(&json!(p))),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{}{name}: live {}, {} of default traffic to standby {}, {} rule(s)",
+            "{}{name}: live {}, {} of default traffic to standby {}, {} rule(s){mirror}",
             if dry { "dry run: " } else { "" },
             a["live"].as_str().unwrap_or("?"),
             percent(&a["standby_percent"]),
@@ -373,6 +377,7 @@ pub fn status_table(v: &Value) -> String {
         for line in rules_table(&a["rules"]).lines() {
             let _ = writeln!(out, "  rule {line}");
         }
+        mirror_lines(&a["mirror"], a["standby"].as_str().unwrap_or("?"), &mut out);
         if a["rollout"].is_object() {
             for line in rollout_text(&a["rollout"]).lines() {
                 let _ = writeln!(out, "  {line}");
@@ -424,6 +429,39 @@ pub fn rollout_text(r: &Value) -> String {
         let _ = writeln!(out, "  judge: {}", w["judge"].as_str().unwrap_or(""));
     }
     out
+}
+
+/// Shadow traffic in `cutover status`: the percent, the copies compared
+/// and mismatched, and the last few differences; nothing while it is off
+/// and has never run.
+fn mirror_lines(m: &Value, standby: &str, out: &mut String) {
+    let on = m["percent"].as_f64().unwrap_or(0.0) > 0.0;
+    let compared = m["compared"].as_u64().unwrap_or(0);
+    if !on && compared == 0 {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  mirror {} to {standby}: {compared} compared, {} mismatched",
+        percent(&m["percent"]),
+        m["mismatched"].as_u64().unwrap_or(0),
+    );
+    for d in m["differences"].as_array().into_iter().flatten().take(5) {
+        let shadow = match d["shadow_status"].as_u64() {
+            Some(s) => s.to_string(),
+            None => d["error"].as_str().unwrap_or("error").to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "    {} {} {} live {} shadow {} ({})",
+            d["time"].as_str().unwrap_or("?"),
+            d["method"].as_str().unwrap_or("?"),
+            d["path"].as_str().unwrap_or("?"),
+            d["live_status"],
+            shadow,
+            d["outcome"].as_str().unwrap_or("?"),
+        );
+    }
 }
 
 /// `cutover history`: one line per change, newest last: time, epoch,
@@ -503,6 +541,14 @@ pub fn diff(config: &Config, status: &Value) -> Vec<(String, Vec<String>)> {
             lines.push(format!(
                 "standby_percent: {split} (file: {})",
                 app.standby_percent
+            ));
+        }
+        // A daemon too old to report a mirror has none running.
+        let mirror = run["mirror"]["percent"].as_f64().unwrap_or(0.0);
+        if mirror != app.mirror.percent {
+            lines.push(format!(
+                "mirror percent: {mirror} (file: {})",
+                app.mirror.percent
             ));
         }
         let running: Vec<crate::config::RuleSpec> =

@@ -5,7 +5,7 @@
 //! Hot path (runs per request):
 //! - [`proxy`]: worker threads, accept loop, the request handler,
 //!   header rewriting, upstream connection pools, bodies, compression,
-//!   tunnels.
+//!   tunnels, shadow traffic to the standby colour.
 //! - [`route`]: the immutable routing [`route::Snapshot`] and the routing
 //!   decision (hosts, prefixes, canary rules, sticky buckets,
 //!   server pick). Pure data, no I/O.

@@ -109,6 +109,11 @@ pub struct AppState {
     /// ready with its configured weight.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub servers: BTreeMap<String, ServerSetting>,
+    /// The share (0-100) of live-colour requests copied to the standby
+    /// colour, as set at runtime. `None`: the config's `[apps.NAME.mirror]
+    /// percent` (0 when the app has no such table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<f64>,
 }
 
 fn runtime_owned() -> bool {

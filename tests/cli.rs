@@ -105,6 +105,21 @@ servers = ["127.0.0.1:1"]
         (&format!("[server]\nlisten = [\"nowhere\"]\n{GOOD_APP}"), &["server.listen[0]:"]),
         (&format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{GOOD_APP}"), &["admin.listen: 0.0.0.0:9901 is not a loopback address"]),
         (&format!("[server]\nlistn = []\n{GOOD_APP}"), &["unknown field `listn`", "line 2"]),
+        (
+            &format!("{GOOD_APP}[apps.shop.mirror]\npercent = 150\nmethods = [\"get\", \"CONNECT\", \"PUT\", \"PUT\"]\nmax_body = -1\ncompare = [\"headers\"]\ntimeout = \"0s\"\nmax_in_flight = 0\n"),
+            &[
+                "apps.shop.mirror.percent: must be between 0 and 100, got 150",
+                "apps.shop.mirror.methods[0]: methods are case-sensitive",
+                "apps.shop.mirror.methods[1]: CONNECT opens a tunnel and is never copied",
+                "apps.shop.mirror.methods[3]: \"PUT\" is listed twice",
+                "apps.shop.mirror.max_body: must be between 0 and",
+                "apps.shop.mirror.compare[0]: must be \"status\" or \"body\", got \"headers\"",
+                "apps.shop.mirror.compare: status classes are always compared",
+                "apps.shop.mirror.timeout: must be longer than 0",
+                "apps.shop.mirror.max_in_flight: must be between 1 and 100000, got 0",
+            ],
+        ),
+        (&format!("{GOOD_APP}[apps.shop.mirror]\npercnt = 10\n"), &["unknown field `percnt`"]),
         (&format!("{GOOD_APP}\n[[apps.shop.rules]]\nname = \"x\"\nto = \"green\"\nheader = {{ name = \"x\" }}\n"), &["missing field `value`"]),
     ];
     for (text, wanted) in cases {

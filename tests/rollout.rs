@@ -583,3 +583,67 @@ async fn the_cli_starts_shows_and_aborts_a_rollout() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("rollout of green:"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_phase_compares_copies_before_the_first_live_step() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    let load = load(&proxy, 4, None);
+    let plan = r#"{"steps": [10, 100], "every": "60s", "shadow": "2s", "max_mismatch": "1%"}"#;
+    start(&c, &proxy, plan).await;
+    // While it compares, every live request may be copied; green takes
+    // no real traffic.
+    let r = until(&c, &proxy, Duration::from_secs(5), |r| {
+        r["state"] == "shadow"
+    })
+    .await;
+    assert_eq!(r["percent"], 0.0);
+    assert_eq!(
+        status(&c, &proxy).await["apps"]["shop"]["mirror"]["percent"],
+        100.0
+    );
+    let r = until(&c, &proxy, Duration::from_secs(15), |r| {
+        r["state"] != "shadow"
+    })
+    .await;
+    assert_eq!(r["state"], "progressing", "{r:#}");
+    assert!(
+        text(&r, "/reason").starts_with("shadow passed: 0 of"),
+        "{r:#}"
+    );
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["mirror"]["percent"], 0.0, "handed back");
+    assert_eq!(s["apps"]["shop"]["standby_percent"], 10.0);
+    admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout/abort", "", &[]).await;
+    until(&c, &proxy, Duration::from_secs(5), |r| {
+        r["state"] == "aborted"
+    })
+    .await;
+
+    // A green that answers 500 where blue answers 200 never gets a user.
+    green.fail_permille.store(1000, SeqCst);
+    start(&c, &proxy, plan).await;
+    let r = until(&c, &proxy, Duration::from_secs(15), |r| {
+        r["state"] == "failed"
+    })
+    .await;
+    load.stop().await;
+    assert!(
+        text(&r, "/reason").starts_with("shadow: fast fail"),
+        "{r:#}"
+    );
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["standby_percent"], 0.0);
+    assert_eq!(s["apps"]["shop"]["mirror"]["percent"], 0.0);
+    let to: Vec<&str> = r["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(to, ["preflight", "shadow", "failed"]);
+}

@@ -151,6 +151,19 @@ pub struct RawApp {
     pub retry_after: Option<String>,
     /// `[apps.NAME.error_pages]`: status → file.
     pub error_pages: Option<BTreeMap<String, String>>,
+    /// `[apps.NAME.mirror]`: shadow traffic to the standby colour.
+    pub mirror: Option<RawMirror>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub percent: Option<f64>,
+    pub methods: Option<Vec<String>>,
+    pub max_body: Option<i64>,
+    pub compare: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub max_in_flight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -432,6 +432,58 @@ pub struct AppConfig {
     /// Its own `redirect_https`, `hsts`, `retry_after` and `error_pages`,
     /// each defaulting to `[server]`'s.
     pub answers: OwnAnswers,
+    /// `[apps.NAME.mirror]`: shadow traffic. Without the table, the
+    /// defaults (off until a runtime percent is set).
+    pub mirror: MirrorConfig,
+}
+
+/// `[apps.NAME.mirror]`: a share of the live colour's requests copied to
+/// the standby colour, whose answers are compared with the live ones and
+/// thrown away.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorConfig {
+    /// `percent`: share of live-colour requests copied, 0-100. Default 0
+    /// (off); the runtime state's percent, when set, replaces it.
+    pub percent: f64,
+    /// `methods`: only requests of these methods are copied. Default
+    /// GET, HEAD and OPTIONS. `CONNECT` never is.
+    pub methods: Vec<http::Method>,
+    /// `max_body`, bytes: a request body is copied only when its length is
+    /// known and at most this; answers' bodies are compared (and read)
+    /// only up to it. Default 65536.
+    pub max_body: u64,
+    /// `compare = ["status", "body"]`: compare a hash of the two answers'
+    /// bodies too, not only their status classes. Default false.
+    pub compare_body: bool,
+    /// `timeout`: the longest a copy may take, from connect to the end of
+    /// its answer. Default 2 s.
+    pub timeout: Duration,
+    /// `max_in_flight`: copies under way at once for the app (over all
+    /// workers); one more is dropped and counted. Default 64.
+    pub max_in_flight: u64,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            percent: 0.0,
+            methods: vec![http::Method::GET, http::Method::HEAD, http::Method::OPTIONS],
+            max_body: MirrorConfig::DEFAULT_MAX_BODY,
+            compare_body: false,
+            timeout: MirrorConfig::DEFAULT_TIMEOUT,
+            max_in_flight: MirrorConfig::DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+impl MirrorConfig {
+    pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
+    /// Short: a copy that takes longer tells nothing a live request would
+    /// wait for, and holds a slot of `max_in_flight` meanwhile.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Enough for a few hundred copies a second at a standby's usual
+    /// latency; a standby that hangs holds at most this many sockets.
+    pub const DEFAULT_MAX_IN_FLIGHT: u64 = 64;
 }
 
 /// An app's response compression (`compress = true`).

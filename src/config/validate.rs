@@ -854,6 +854,11 @@ fn build_app(
         error_pages: raw.error_pages,
     };
     let answers = answers(&key, own, defaults, base, errs);
+    let mirror = mirror(
+        &format!("{key}.mirror"),
+        raw.mirror.unwrap_or_default(),
+        errs,
+    );
     AppConfig {
         name,
         hosts,
@@ -866,7 +871,120 @@ fn build_app(
         pools: [blue, green],
         rules: raw.rules,
         answers,
+        mirror,
     }
+}
+
+/// `[apps.NAME.mirror]`; an absent table is every default.
+fn mirror(key: &str, raw: RawMirror, errs: &mut Errors) -> MirrorConfig {
+    let d = MirrorConfig::default();
+    let percent_in_force = raw.percent.unwrap_or(d.percent);
+    percent(&format!("{key}.percent"), percent_in_force, errs);
+    let methods = match raw.methods {
+        None => d.methods,
+        Some(list) => {
+            if list.is_empty() {
+                errs.push(
+                    &format!("{key}.methods"),
+                    "an empty list copies nothing: set percent = 0 instead",
+                );
+            }
+            let mut out: Vec<http::Method> = Vec::new();
+            for (i, m) in list.iter().enumerate() {
+                let k = format!("{key}.methods[{i}]");
+                match mirror_method(m) {
+                    Ok(m) if !out.contains(&m) => out.push(m),
+                    Ok(_) => errs.push(&k, format!("{m:?} is listed twice")),
+                    Err(why) => errs.push(&k, why),
+                }
+            }
+            out
+        }
+    };
+    let max_body = int_range(
+        &format!("{key}.max_body"),
+        raw.max_body,
+        d.max_body as i64,
+        0,
+        1 << 30,
+        errs,
+    ) as u64;
+    let compare_body = match raw.compare {
+        None => d.compare_body,
+        Some(list) => {
+            let k = format!("{key}.compare");
+            for (i, c) in list.iter().enumerate() {
+                if c != "status" && c != "body" {
+                    errs.push(
+                        &format!("{k}[{i}]"),
+                        format!("must be \"status\" or \"body\", got {c:?}"),
+                    );
+                }
+            }
+            if !list.iter().any(|c| c == "status") {
+                errs.push(
+                    &k,
+                    "status classes are always compared: write [\"status\"] or [\"status\", \"body\"]",
+                );
+            }
+            list.iter().any(|c| c == "body")
+        }
+    };
+    let timeout = duration(&format!("{key}.timeout"), raw.timeout, d.timeout, errs);
+    if timeout.is_zero() {
+        errs.push(
+            &format!("{key}.timeout"),
+            "must be longer than 0: no copy could ever finish",
+        );
+    }
+    let max_in_flight = int_range(
+        &format!("{key}.max_in_flight"),
+        raw.max_in_flight,
+        d.max_in_flight as i64,
+        1,
+        100_000,
+        errs,
+    ) as u64;
+    MirrorConfig {
+        percent: percent_in_force,
+        methods,
+        max_body,
+        compare_body,
+        timeout,
+        max_in_flight,
+    }
+}
+
+/// A method `methods` may list: a token as the request line carries it
+/// (methods are case-sensitive, RFC 9110 §9.1), never `CONNECT`, whose
+/// tunnel has no answer to compare.
+fn mirror_method(m: &str) -> Result<http::Method, String> {
+    let method = http::Method::from_bytes(m.as_bytes())
+        .map_err(|_| format!("{m:?} is not a method like \"GET\" or \"POST\""))?;
+    if method == http::Method::CONNECT {
+        return Err("CONNECT opens a tunnel and is never copied".into());
+    }
+    let upper = m.to_ascii_uppercase();
+    if m != upper
+        && http::Method::from_bytes(upper.as_bytes()).is_ok_and(|u| {
+            matches!(
+                u,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::POST
+                    | http::Method::PUT
+                    | http::Method::DELETE
+                    | http::Method::OPTIONS
+                    | http::Method::PATCH
+                    | http::Method::TRACE
+            )
+        })
+    {
+        return Err(format!(
+            "methods are case-sensitive: {m:?} is not {upper:?}, which is what clients send"
+        ));
+    }
+    Ok(method)
 }
 
 /// The keys of [`OwnAnswers`] as `[server]` and `[apps.NAME]` both have them.

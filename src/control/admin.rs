@@ -376,7 +376,7 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// Body of flip, shift and rollback calls. All fields optional.
+/// Body of flip, shift, mirror and rollback calls. All fields optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Options {
@@ -570,6 +570,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         RollbackAll,
         Flip(&'a str),
         Shift(&'a str),
+        Mirror(&'a str),
         Rollback(&'a str),
         Rules(&'a str),
         Rule(&'a str, &'a str),
@@ -587,6 +588,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         ["v1", "rollback"] => Route::RollbackAll,
         ["v1", "apps", app, "flip"] => Route::Flip(app),
         ["v1", "apps", app, "shift"] => Route::Shift(app),
+        ["v1", "apps", app, "mirror"] => Route::Mirror(app),
         ["v1", "apps", app, "rollback"] => Route::Rollback(app),
         ["v1", "apps", app, "rules"] => Route::Rules(app),
         ["v1", "apps", app, "rules", name] => Route::Rule(app, name),
@@ -638,11 +640,14 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         Route::Rules(_) => "GET, PUT",
         Route::Rollout(_) => "GET, POST",
         Route::Rule(..) => "DELETE",
+        // The percent is a setting replaced whole (PUT); POST as for shift.
+        Route::Mirror(_) => "PUT, POST",
         _ => "POST",
     };
     let method_ok = match route {
         Route::Rules(_) => method == Method::PUT,
         Route::Rule(..) => method == Method::DELETE,
+        Route::Mirror(_) => method == Method::PUT || method == Method::POST,
         _ => method == Method::POST,
     };
     if !method_ok {
@@ -837,10 +842,14 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
                     Some(p) => Change::Shift(app.into(), p),
                     None => return error(400, "percent: missing (e.g. {\"percent\": 12.5})"),
                 },
+                Route::Mirror(app) => match opts.percent {
+                    Some(p) => Change::Mirror(app.into(), p),
+                    None => return error(400, "percent: missing (e.g. {\"percent\": 10})"),
+                },
                 _ => unreachable!("mutating routes only"),
             };
-            if opts.percent.is_some() && !matches!(change, Change::Shift(..)) {
-                return error(400, "percent: only shift takes a percent");
+            if opts.percent.is_some() && !matches!(change, Change::Shift(..) | Change::Mirror(..)) {
+                return error(400, "percent: only shift and mirror take a percent");
             }
             (change, opts.force || query_force, opts.dry_run)
         }

@@ -10,6 +10,7 @@
 //! rules: removed "mobile"
 //! rules: "canary" 5% -> 20%
 //! server blue/10.0.0.1:80 ready -> drain
+//! mirror configured -> 10%
 //! ```
 
 use std::collections::BTreeSet;
@@ -19,7 +20,7 @@ use crate::route::snapshot::ServerSetting;
 use crate::route::AppState;
 
 /// One line per difference between `before` and `after`: live colour,
-/// split, rules (added, removed, changed, reordered), servers.
+/// split, rules (added, removed, changed, reordered), servers, mirror.
 pub fn describe(before: &AppState, after: &AppState) -> Vec<String> {
     let mut out = Vec::new();
     if before.live != after.live {
@@ -40,6 +41,15 @@ pub fn describe(before: &AppState, after: &AppState) -> Vec<String> {
             continue;
         }
         out.push(format!("server {key} {}", server(b, a)));
+    }
+    if before.mirror_percent != after.mirror_percent {
+        // Unset: the config's `[apps.NAME.mirror] percent` applies.
+        let shown = |p: Option<f64>| p.map_or("configured".into(), percent);
+        out.push(format!(
+            "mirror {} -> {}",
+            shown(before.mirror_percent),
+            shown(after.mirror_percent)
+        ));
     }
     out
 }
@@ -178,6 +188,7 @@ mod tests {
             rules,
             runtime_rules: true,
             servers: Default::default(),
+            mirror_percent: None,
         }
     }
 
@@ -227,6 +238,7 @@ mod tests {
                 weight: Some(3),
             },
         );
+        after.mirror_percent = Some(10.0);
         assert_eq!(
             describe(&before, &after),
             [
@@ -237,6 +249,7 @@ mod tests {
                 "rules: added \"testers\" (header x-preview=1 -> green)",
                 "rules: order canary, a, b -> canary, b, a",
                 "server blue/10.0.0.1:80 ready -> drain, weight configured -> 3",
+                "mirror configured -> 10%",
             ]
         );
         assert_eq!(

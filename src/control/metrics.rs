@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::ops::Control;
 use crate::config::Color;
+use crate::route::mirror::{Outcome, Skip};
 use crate::route::snapshot::DURATION_BUCKETS;
 use crate::route::Timeout;
 
@@ -51,9 +52,24 @@ fn gather(ctl: &Control) -> Gathered {
     let mut standby = Vec::new();
     let mut live = Vec::new();
     let mut durations = Vec::new();
+    let mut mirror = Vec::new();
+    let mut mirror_skipped = Vec::new();
+    let mut mirror_percent = Vec::new();
+    let mut mirror_in_flight = Vec::new();
     for app in &snap.apps {
         let a = app.name.to_string();
         standby.push((vec![("app", a.clone())], app.state.standby_percent));
+        let m = &app.mirror_stats;
+        for o in Outcome::ALL {
+            let l = vec![("app", a.clone()), ("outcome", o.as_str().to_string())];
+            mirror.push((l, m.outcome(o)));
+        }
+        for why in Skip::ALL {
+            let l = vec![("app", a.clone()), ("reason", why.as_str().to_string())];
+            mirror_skipped.push((l, m.skipped(why)));
+        }
+        mirror_percent.push((vec![("app", a.clone())], app.mirror_percent()));
+        mirror_in_flight.push((vec![("app", a.clone())], m.in_flight.load(Relaxed) as f64));
         for color in Color::ALL {
             let pool = app.pool(color);
             let ac: Labels = vec![("app", a.clone()), ("color", color.to_string())];
@@ -187,6 +203,16 @@ fn gather(ctl: &Control) -> Gathered {
                     ctl.shared.access_log.get().map_or(0, |l| l.dropped()),
                 )],
             ),
+            (
+                "cutover_mirror",
+                "Live requests sampled for shadow traffic, by how their copy to the standby colour ended.",
+                mirror,
+            ),
+            (
+                "cutover_mirror_skipped",
+                "Sampled live requests not compared with a copy, by reason (their sum is outcome=\"skipped\").",
+                mirror_skipped,
+            ),
         ],
         gauges: vec![
             (
@@ -213,6 +239,16 @@ fn gather(ctl: &Control) -> Gathered {
                 "cutover_live",
                 "1 for the live colour of an app, else 0.",
                 live,
+            ),
+            (
+                "cutover_mirror_percent",
+                "Share of live-colour requests copied to the standby colour.",
+                mirror_percent,
+            ),
+            (
+                "cutover_mirror_in_flight",
+                "Copies to the standby colour under way.",
+                mirror_in_flight,
             ),
             (
                 "cutover_tunnels",

@@ -38,6 +38,9 @@ pub enum Change {
     /// One server's runtime setting: app, colour (`None`: the one pool
     /// that has the address), address, setting.
     Server(String, Option<Color>, std::net::SocketAddr, ServerSetting),
+    /// The share (0-100) of an app's live-colour requests copied to its
+    /// standby colour.
+    Mirror(String, f64),
 }
 
 impl Change {
@@ -48,6 +51,7 @@ impl Change {
             Change::Rollback(_) => "rollback",
             Change::SetRules(..) | Change::DeleteRule(..) => "rules",
             Change::Server(..) => "server",
+            Change::Mirror(..) => "mirror",
         }
     }
 }
@@ -117,6 +121,8 @@ struct Window {
     ///
     /// [`ColorStats::judged`]: crate::route::snapshot::ColorStats::judged
     base: [[u64; 3]; 2],
+    /// Shadow copies `(compared, differed)` when it began.
+    mirror_base: (u64, u64),
     /// Since when the judge holds (both colours over budget).
     held_since: Option<Instant>,
     /// The latest look, in words.
@@ -128,6 +134,7 @@ impl Window {
         Window {
             since: now,
             base: Color::ALL.map(|c| app.pool(c).stats.judged()),
+            mirror_base: app.mirror_stats.compared(),
             held_since: None,
             note: String::new(),
         }
@@ -159,7 +166,13 @@ impl Window {
                 _ => 0,
             },
             held_for: self.held_since.map(|h| now.saturating_duration_since(h)),
-            mirrored: Counts::default(),
+            mirrored: {
+                let (compared, differed) = app.mirror_stats.compared();
+                Counts {
+                    total: compared.saturating_sub(self.mirror_base.0),
+                    bad: differed.saturating_sub(self.mirror_base.1),
+                }
+            },
         }
     }
 }
@@ -419,6 +432,21 @@ impl Control {
                     app.clone(),
                     AppState {
                         standby_percent: *percent,
+                        ..before.clone()
+                    },
+                )])
+            }
+            Change::Mirror(app, percent) => {
+                let before = self.require_app(app)?;
+                if !percent.is_finite() || !(0.0..=100.0).contains(percent) {
+                    return Err(OpError::BadRequest(format!(
+                        "percent: must be between 0 and 100, got {percent}"
+                    )));
+                }
+                Ok(vec![(
+                    app.clone(),
+                    AppState {
+                        mirror_percent: Some(*percent),
                         ..before.clone()
                     },
                 )])
@@ -961,7 +989,16 @@ impl Control {
         reason: Option<&str>,
     ) -> Result<(), OpError> {
         let before = self.state.apps[app].clone();
-        let routed = routing(&before, &after);
+        let mut routed = routing(&before, &after);
+        // The shadow phase copies every live request it may (bounded by
+        // the mirror's `max_in_flight`); leaving it hands the mirror back
+        // to the config.
+        let was = self.state.rollouts.get(app).map(|r| r.phase);
+        if after.phase == Phase::Shadow {
+            routed.mirror_percent = Some(100.0);
+        } else if was == Some(Phase::Shadow) {
+            routed.mirror_percent = None;
+        }
         let mut states = self.state.apps.clone();
         states.insert(app.to_string(), routed.clone());
         let epoch = self.state.epoch + 1;
@@ -1142,8 +1179,12 @@ fn set_slow(app: &App, r: &Rollout) {
 
 /// A one-line description of an app state for logs.
 fn describe(s: &AppState) -> String {
+    let mirror = match s.mirror_percent {
+        Some(p) => format!("{p}%"),
+        None => "configured".into(),
+    };
     format!(
-        "live={} standby={}% rules={}",
+        "live={} standby={}% rules={} mirror={mirror}",
         s.live,
         s.standby_percent,
         s.rules.len()
@@ -1216,12 +1257,13 @@ struct AppDoc<'a>(&'a App, bool, Option<&'a serde_json::Value>);
 impl Serialize for AppDoc<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let app = self.0;
-        let mut m = s.serialize_map(Some(11))?;
+        let mut m = s.serialize_map(Some(12))?;
         // The runtime rules differ from the config file's (`cutover diff`).
         m.serialize_entry("drift", &self.1)?;
         let hosts: Vec<String> = app.hosts.iter().map(|h| h.to_string()).collect();
         m.serialize_entry("hosts", &hosts)?;
         m.serialize_entry("live", &app.state.live)?;
+        m.serialize_entry("mirror", &MirrorDoc(app))?;
         m.serialize_entry("path_prefix", &app.path_prefix)?;
         m.serialize_entry("pools", &Pools(app))?;
         // The latest rollout, under way or ended; `null` when none ran.
@@ -1238,6 +1280,31 @@ impl Serialize for AppDoc<'_> {
         m.serialize_entry("standby", &app.state.standby())?;
         m.serialize_entry("standby_percent", &app.state.standby_percent)?;
         m.serialize_entry("sticky", &app.sticky.to_string())?;
+        m.end()
+    }
+}
+
+/// Shadow traffic: the percent in force, the copies compared, and the last
+/// differences, newest first.
+struct MirrorDoc<'a>(&'a App);
+
+impl Serialize for MirrorDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let app = self.0;
+        let (compared, mismatched) = app.mirror_stats.compared();
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("compared", &compared)?;
+        m.serialize_entry("differences", &app.mirror_stats.differences())?;
+        m.serialize_entry("in_flight", &app.mirror_stats.in_flight.load(Relaxed))?;
+        m.serialize_entry("mismatched", &mismatched)?;
+        m.serialize_entry("percent", &app.mirror_percent())?;
+        // Where the percent comes from: set at runtime, or the config's.
+        let source = if app.state.mirror_percent.is_some() {
+            "runtime"
+        } else {
+            "config"
+        };
+        m.serialize_entry("percent_source", source)?;
         m.end()
     }
 }

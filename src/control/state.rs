@@ -354,6 +354,7 @@ mod tests {
             rules: vec![],
             runtime_rules: false,
             servers: Default::default(),
+            mirror_percent: None,
         }
     }
 

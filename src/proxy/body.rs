@@ -1,5 +1,6 @@
 //! The client's request body on its way upstream, streamed (nothing is
-//! buffered) and stopped past `max_body_bytes`. The response's way back is
+//! buffered) and stopped past `max_body_bytes`; a mirrored request's frames
+//! are copied off as they pass ([`Tee`]). The response's way back is
 //! [`super::response`].
 
 use std::future::Future;
@@ -72,6 +73,62 @@ pin_project_lite::pin_project! {
         limit: u64,
         timeout: Duration,
         wait: Wait,
+        // A mirrored request's tee, or a copy's own body (boxed: nearly
+        // every request has neither).
+        side: Option<Box<Side>>,
+    }
+}
+
+/// What a body carries besides the client's stream.
+enum Side {
+    Tee(Tee),
+    /// A copy's body, whole, sent as one frame.
+    Copy(Bytes),
+}
+
+/// A mirrored request's body, copied for its copy as it streams upstream:
+/// each frame is kept by reference count, not copied, and only a body
+/// whose length is known (and at most `max_body`) is teed, so what is kept
+/// is bounded. Complete, it is handed to the copy's task; a body that never
+/// completes (the client went away, the upstream answered early) is never
+/// handed over, and the copy is not compared.
+pub struct Tee {
+    frames: Vec<Bytes>,
+    want: u64,
+    got: u64,
+    done: Option<tokio::sync::oneshot::Sender<Vec<Bytes>>>,
+}
+
+impl Tee {
+    /// A tee for a body of exactly `len` bytes, and where it arrives whole.
+    pub fn new(len: u64) -> (Tee, tokio::sync::oneshot::Receiver<Vec<Bytes>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tee = Tee {
+            frames: Vec::new(),
+            want: len,
+            got: 0,
+            done: Some(tx),
+        };
+        (tee, rx)
+    }
+
+    fn copy(&mut self, data: &Bytes) {
+        if self.done.is_none() {
+            return;
+        }
+        self.got += data.len() as u64;
+        if self.got > self.want {
+            // Longer than it said: nothing whole to hand over.
+            self.done = None;
+            self.frames = Vec::new();
+            return;
+        }
+        self.frames.push(data.clone());
+        if self.got == self.want {
+            if let Some(tx) = self.done.take() {
+                let _ = tx.send(std::mem::take(&mut self.frames));
+            }
+        }
     }
 }
 
@@ -84,7 +141,21 @@ impl RequestBody {
             limit,
             timeout,
             wait: Wait::default(),
+            side: None,
         }
+    }
+
+    /// Copy the frames off to `tee` as they pass.
+    pub fn teeing(mut self, tee: Option<Tee>) -> Self {
+        self.side = tee.map(|t| Box::new(Side::Tee(t)));
+        self
+    }
+
+    /// A copy's body: `bytes`, in one frame.
+    pub fn copy(bytes: Bytes) -> RequestBody {
+        let mut body = RequestBody::empty();
+        body.side = Some(Box::new(Side::Copy(bytes)));
+        body
     }
 
     /// Publish the bytes read to `to` as they come.
@@ -101,6 +172,15 @@ impl RequestBody {
             limit: 0,
             timeout: Duration::ZERO,
             wait: Wait::default(),
+            side: None,
+        }
+    }
+
+    /// The bytes of a copy's body not yet sent.
+    fn copied(&self) -> Option<&Bytes> {
+        match self.side.as_deref() {
+            Some(Side::Copy(b)) => Some(b),
+            _ => None,
         }
     }
 }
@@ -146,6 +226,11 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
+            if let Some(Side::Copy(b)) = this.side.as_deref_mut() {
+                if !b.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(std::mem::take(b)))));
+                }
+            }
             return Poll::Ready(None);
         };
         let polled = inner.poll_frame(cx);
@@ -166,6 +251,9 @@ impl Body for RequestBody {
                     if *this.limit > 0 && *this.seen > *this.limit {
                         return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
                     }
+                    if let Some(Side::Tee(t)) = this.side.as_deref_mut() {
+                        t.copy(data);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -175,12 +263,16 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        match &self.inner {
+            Some(b) => b.is_end_stream(),
+            None => self.copied().is_none_or(Bytes::is_empty),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or(SizeHint::with_exact(0), Body::size_hint)
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(self.copied().map_or(0, |b| b.len() as u64)),
+        }
     }
 }

@@ -38,6 +38,95 @@ pub struct Exchange {
     /// The request id and the access log's fields, when either is on
     /// (boxed: most of a request's future is moved, and this is large).
     pub extra: Option<Box<Extra>>,
+    /// A mirrored request: what its copy is compared with, sent to the
+    /// copy's task when the request ends (boxed: most requests have none).
+    pub mirror: Option<Box<Tap>>,
+}
+
+/// What a mirrored request's copy will be compared with: the live
+/// upstream's status and, when bodies are compared, a hash of its body as
+/// the upstream sent it (before cutover compresses it).
+pub struct Tap {
+    /// The live upstream's status; 0 until its head arrives.
+    status: u16,
+    body: Option<BodyHash>,
+    to: tokio::sync::oneshot::Sender<LiveAnswer>,
+}
+
+impl Tap {
+    /// `hash_up_to`: hash the body, up to this many bytes (`None`: bodies
+    /// are not compared).
+    pub fn new(hash_up_to: Option<u64>) -> (Tap, tokio::sync::oneshot::Receiver<LiveAnswer>) {
+        let (to, rx) = tokio::sync::oneshot::channel();
+        let tap = Tap {
+            status: 0,
+            body: hash_up_to.map(BodyHash::new),
+            to,
+        };
+        (tap, rx)
+    }
+}
+
+/// The live side of a comparison.
+#[derive(Debug)]
+pub struct LiveAnswer {
+    /// The live upstream's status; 0: it gave none.
+    pub status: u16,
+    /// `None` when bodies are not compared.
+    pub body: Option<Hashed>,
+}
+
+/// A body's hash, up to a limit: CRC-32 and length, enough to tell two
+/// answers apart (1 in 4 billion differing bodies would pass as equal).
+#[derive(Debug)]
+pub struct BodyHash {
+    crc: crc32fast::Hasher,
+    len: u64,
+    limit: u64,
+}
+
+/// What hashing a body came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashed {
+    /// The whole body: its length and CRC-32.
+    Whole(u64, u32),
+    /// Longer than the limit: not compared.
+    Over,
+    /// It did not arrive whole.
+    Incomplete,
+}
+
+impl BodyHash {
+    pub fn new(limit: u64) -> BodyHash {
+        BodyHash {
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            limit,
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.len += data.len() as u64;
+        if self.len <= self.limit {
+            self.crc.update(data);
+        }
+    }
+
+    /// Is the body past the limit already (no use reading on)?
+    pub fn over(&self) -> bool {
+        self.len > self.limit
+    }
+
+    /// `complete`: the body arrived to its end.
+    pub fn finish(self, complete: bool) -> Hashed {
+        if self.over() {
+            Hashed::Over
+        } else if !complete {
+            Hashed::Incomplete
+        } else {
+            Hashed::Whole(self.len, self.crc.finalize())
+        }
+    }
 }
 
 /// What only the request id and the access log need.
@@ -65,6 +154,21 @@ impl Exchange {
             head: None,
             faulted: Cell::new(false),
             extra: None,
+            mirror: None,
+        }
+    }
+
+    /// The upstream answered `status` (what a copy is compared with).
+    pub fn answered(&mut self, status: u16) {
+        if let Some(tap) = &mut self.mirror {
+            tap.status = status;
+        }
+    }
+
+    /// A frame of the upstream's response body, as it sent it.
+    pub fn upstream_data(&mut self, data: &[u8]) {
+        if let Some(hash) = self.mirror.as_mut().and_then(|t| t.body.as_mut()) {
+            hash.update(data);
         }
     }
 
@@ -195,6 +299,11 @@ impl Drop for Exchange {
                     request_id: request_id.as_ref().map(|(_, v)| v),
                 }));
             }
+        }
+        if let Some(tap) = self.mirror.take() {
+            let Tap { status, body, to } = *tap;
+            let body = body.map(|b| b.finish(self.complete.get()));
+            let _ = to.send(LiveAnswer { status, body });
         }
         if let Some(up) = self.upstream.take() {
             if self.complete.get() {

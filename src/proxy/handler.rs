@@ -1,6 +1,8 @@
 //! One request through the proxy, in phases:
 //! route → check limits → rewrite the request → pick and connect (one retry
 //! on connect failure) → send → rewrite the response → stream it back.
+//! A request drawn for shadow traffic has its copy started once it is
+//! rewritten, and goes on without waiting for it ([`super::mirror`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -225,7 +227,7 @@ struct Answer {
 /// add an allocation per request.)
 #[allow(clippy::result_large_err)]
 fn prepare(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     mut ex: Exchange,
@@ -295,6 +297,9 @@ fn prepare(
         });
     }
     let pool = app.pool(decision.color).clone();
+    // Drawn while the app is at hand; the copy starts from the rewritten
+    // request, at the end of phase 3.
+    let sampled = super::mirror::sample(app, decision.color);
     let set_cookie = match (&decision.new_cookie, &app.sticky) {
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
         _ => None,
@@ -346,6 +351,7 @@ fn prepare(
     // the header map is left as it is.
     let h1 = server.protocol != Protocol::H2;
     let authority = target.authority;
+    let routed = sampled.as_ref().and_then(|_| authority.clone());
     let forwarded_host = if h1 && !claims {
         Some(authority.clone())
     } else {
@@ -409,7 +415,7 @@ fn prepare(
         parts.version = Version::HTTP_2;
     } else {
         if parts.version == Version::HTTP_2 {
-            join_cookies(&mut parts.headers);
+            headers::join_cookies(&mut parts.headers);
         }
         if let Some(pq) = new_pq {
             parts.uri = Uri::from(pq);
@@ -422,10 +428,24 @@ fn prepare(
         parts.version = Version::HTTP_11;
     }
     let asked = h1::Asked::new(&parts.method, upgrade);
+    let tee = sampled.and_then(|s| {
+        let live = super::mirror::Live {
+            parts: &parts,
+            body: &body,
+            upgrade,
+            authority: routed.as_ref(),
+            forwarded_host: forwarded_host.as_ref(),
+        };
+        let (tee, tap) = super::mirror::start(worker, conn, s, live)?;
+        ex.mirror = Some(tap);
+        tee
+    });
     Ok(Prepared {
         bodiless: body.is_end_stream(),
         from_h2,
-        body: RequestBody::new(body, max_body, body_timeout).counting(bytes_in),
+        body: RequestBody::new(body, max_body, body_timeout)
+            .counting(bytes_in)
+            .teeing(tee),
         parts,
         asked,
         forwarded_host,
@@ -748,6 +768,7 @@ fn unprocessed(e: &hyper::Error) -> bool {
 /// (timeouts in [`failed`], connect failures where they happen).
 fn judge(a: &mut Answer, server: &Server, status: StatusCode) {
     a.ex.head_arrived();
+    a.ex.answered(status.as_u16());
     if status.is_server_error() {
         server.record_failure(&a.pool.config.passive);
     } else {
@@ -930,27 +951,6 @@ fn cookie_header(name: &str, id: &[u8; 32], tls: bool) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&v).ok()
 }
 
-/// An HTTP/2 client may split `Cookie` into one field per pair (RFC 9113
-/// §8.2.3); an HTTP/1.1 upstream gets them joined with `; ` into one.
-fn join_cookies(headers: &mut HeaderMap) {
-    if let http::header::Entry::Occupied(e) = headers.entry(header::COOKIE) {
-        if e.iter().nth(1).is_none() {
-            return;
-        }
-        let (_, values) = e.remove_entry_mult();
-        let mut joined = Vec::new();
-        for v in values {
-            if !joined.is_empty() {
-                joined.extend_from_slice(b"; ");
-            }
-            joined.extend_from_slice(v.as_bytes());
-        }
-        if let Ok(v) = HeaderValue::from_bytes(&joined) {
-            headers.insert(header::COOKIE, v);
-        }
-    }
-}
-
 /// A request refused before routing: 400, with the reason logged.
 fn refuse(
     ex: Exchange,
@@ -988,16 +988,5 @@ mod tests {
         assert_eq!(without_port("shop.test"), "shop.test");
         assert_eq!(without_port("[::1]:8080"), "[::1]");
         assert_eq!(without_port("[::1]"), "[::1]");
-    }
-
-    #[test]
-    fn http2_cookie_fields_are_joined() {
-        let mut h = HeaderMap::new();
-        for v in ["a=1", "b=2"] {
-            h.append(header::COOKIE, HeaderValue::from_static(v));
-        }
-        join_cookies(&mut h);
-        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
-        assert_eq!(all, ["a=1; b=2"]);
     }
 }

@@ -325,6 +325,27 @@ pub fn acceptable_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 200 && b.iter().all(|c| (0x21..0x7f).contains(c) && *c != b'"')
 }
 
+/// An HTTP/2 client may split `Cookie` into one field per pair (RFC 9113
+/// §8.2.3); an HTTP/1.1 upstream gets them joined with `; ` into one.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    if let http::header::Entry::Occupied(e) = headers.entry(header::COOKIE) {
+        if e.iter().nth(1).is_none() {
+            return;
+        }
+        let (_, values) = e.remove_entry_mult();
+        let mut joined = Vec::new();
+        for v in values {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,5 +521,16 @@ mod tests {
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_behind(&HeaderMap::new(), peer, &trusted), peer);
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        for v in ["a=1", "b=2"] {
+            h.append(header::COOKIE, HeaderValue::from_static(v));
+        }
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
     }
 }

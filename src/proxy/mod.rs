@@ -14,6 +14,9 @@
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
 //! - [`h1`]: the HTTP/1.1 upstream client (codec, connection);
 //! - [`upstream`]: per-worker, per-server connection pools;
+//! - [`mirror`]: shadow traffic — copies of sampled live requests sent to
+//!   the standby colour from detached tasks, on pools of their own, and
+//!   compared with the live answers;
 //! - [`body`], [`response`], [`exchange`]: the request body going up, the
 //!   response body coming back, and per-request accounting;
 //! - [`compress`]: gzip, brotli and zstd of responses, by `Accept-Encoding`;
@@ -23,8 +26,9 @@
 //!
 //! Imports go one way, from the handler down to the codec:
 //! `conn → handler → {response → exchange → upstream → h1::conn →
-//! h1::codec}`, each also free to use the leaves `headers`, `io`,
-//! `deadline`, `error`, `request`, `compress` and `worker`.
+//! h1::codec}`, and `handler → mirror → {exchange, body, upstream, h1}`,
+//! each also free to use the leaves `headers`, `io`, `deadline`, `error`,
+//! `request`, `compress` and `worker`.
 
 mod access;
 pub mod body;
@@ -40,6 +44,7 @@ mod h1;
 mod handler;
 pub mod headers;
 pub mod io;
+mod mirror;
 mod proxy_protocol;
 mod request;
 mod response;
@@ -85,6 +90,7 @@ pub fn run_worker(
             );
         }
         worker.upstreams.clear();
+        worker.mirror_upstreams.clear();
         Ok(())
     })
 }
@@ -96,7 +102,12 @@ async fn sweeper(worker: Rc<Worker>) {
     let mut shutdown = worker.shared.shutdown.subscribe();
     loop {
         let snap = worker.shared.snapshot.load_full();
-        worker.upstreams.sweep(&snap);
+        worker
+            .upstreams
+            .sweep(&snap, |app, color| app.receives_traffic(color));
+        worker
+            .mirror_upstreams
+            .sweep(&snap, |app, color| app.mirrors_to(color));
         let tick = (snap.settings.limits.upstream_idle_timeout / 4)
             .clamp(Duration::from_millis(50), Duration::from_millis(500));
         drop(snap);

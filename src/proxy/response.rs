@@ -208,8 +208,23 @@ impl Body for ResponseBody {
     }
 }
 
-/// The next frame of the body as the upstream sent it.
+/// The next frame of the body as the upstream sent it (a mirrored
+/// request's answer is hashed here, before any compression).
 fn poll_inner(
+    inner: &mut Inner,
+    exchange: &mut Option<Exchange>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let polled = poll_upstream(inner, exchange, cx);
+    if let (Poll::Ready(Some(Ok(frame))), Some(ex)) = (&polled, exchange.as_mut()) {
+        if let Some(data) = frame.data_ref() {
+            ex.upstream_data(data);
+        }
+    }
+    polled
+}
+
+fn poll_upstream(
     inner: &mut Inner,
     exchange: &mut Option<Exchange>,
     cx: &mut Context<'_>,

@@ -45,7 +45,7 @@ use super::body::RequestBody;
 use super::exec::LocalExec;
 use super::h1::{Conn, Counted};
 use crate::config::{Color, Limits, Protocol};
-use crate::route::{Server, Snapshot};
+use crate::route::{App, Server, Snapshot};
 
 /// How long a pool that stopped receiving traffic keeps its idle
 /// connections.
@@ -310,7 +310,10 @@ impl Upstreams {
     /// Close what must not stay open under `snap`: idle connections past
     /// their idle timeout or lifetime, and every idle connection to a pool
     /// that no longer receives traffic or a server that left the config.
-    pub fn sweep(&self, snap: &Snapshot) {
+    /// `sends(app, colour)`: does this set of pools send that pool requests
+    /// now — real traffic for the live requests' pools, copies for the
+    /// mirror's.
+    pub fn sweep(&self, snap: &Snapshot, sends: fn(&App, Color) -> bool) {
         self.idle_timeout
             .set(snap.settings.limits.upstream_idle_timeout);
         self.max_lifetime
@@ -320,7 +323,7 @@ impl Upstreams {
         receiving.iter_mut().for_each(|r| *r = false);
         for app in &snap.apps {
             for color in Color::ALL {
-                let on = app.receives_traffic(color);
+                let on = sends(app, color);
                 let pool = app.pool(color);
                 for (i, s) in pool.servers.iter().enumerate() {
                     if receiving.len() <= s.id {

@@ -20,6 +20,9 @@ use crate::control::Shared;
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub(super) upstreams: upstream::Upstreams,
+    /// Shadow traffic's own pools: a copy never takes, holds or breaks a
+    /// connection a live request could have used.
+    pub(super) mirror_upstreams: upstream::Upstreams,
     /// Requests waiting for an upstream's response head.
     pub(super) deadlines: deadline::Deadlines,
     pub(super) http: auto::Builder<LocalExec>,
@@ -57,6 +60,7 @@ impl Worker {
             .keep_alive_interval(Some(Duration::from_secs(20)));
         Worker {
             upstreams: upstream::Upstreams::new(&limits),
+            mirror_upstreams: upstream::Upstreams::new(&limits),
             deadlines: deadline::Deadlines::default(),
             shared,
             http,

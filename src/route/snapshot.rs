@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::mirror::MirrorStats;
 use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
     compile_rules, AppConfig, Balance, Color, Compression, Config, HealthConfig, HostPattern,
-    Limits, OwnAnswers, PassiveConfig, PoolConfig, Protocol, Sticky,
+    Limits, MirrorConfig, OwnAnswers, PassiveConfig, PoolConfig, Protocol, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
 use crate::tls::{ServerTls, Transport};
@@ -23,6 +24,7 @@ impl AppState {
             rules: app.rules.clone(),
             runtime_rules: false,
             servers: BTreeMap::new(),
+            mirror_percent: None,
         }
     }
 }
@@ -451,6 +453,14 @@ pub struct App {
     pub pools: [Arc<Pool>; 2],
     /// Redirect, HSTS and error pages, merged with `[server]`'s.
     pub answers: Arc<OwnAnswers>,
+    /// `[apps.NAME.mirror]`: what is copied to the standby colour and how.
+    pub mirror_config: Arc<MirrorConfig>,
+    /// How the copies went. Always there, mirroring on or off, and carried
+    /// over by every rebuild, so the counts only ever grow.
+    pub mirror_stats: Arc<MirrorStats>,
+    /// The mirror percent in force, in basis points of [`BUCKETS`]: the
+    /// request path's one read when mirroring is off.
+    mirror_bp: u32,
     standby_bp: u32,
     /// A partial split or a partial rule is in force: new users get a cookie.
     set_cookie: bool,
@@ -466,6 +476,8 @@ struct Shape {
     compress: Option<Arc<Compression>>,
     pools: [Arc<Pool>; 2],
     answers: Arc<OwnAnswers>,
+    mirror_config: Arc<MirrorConfig>,
+    mirror_stats: Arc<MirrorStats>,
 }
 
 impl App {
@@ -489,6 +501,8 @@ impl App {
             .clamp(0.0, BUCKETS as f64) as u32;
         let set_cookie = (standby_bp > 0 && standby_bp < BUCKETS)
             || rules.rules().iter().any(|r| r.percent_bp < BUCKETS);
+        let mirror_percent = state.mirror_percent.unwrap_or(shape.mirror_config.percent);
+        let mirror_bp = (mirror_percent * 100.0).round().clamp(0.0, BUCKETS as f64) as u32;
         App {
             name: shape.name,
             hosts: shape.hosts,
@@ -500,6 +514,9 @@ impl App {
             rules,
             pools: shape.pools,
             answers: shape.answers,
+            mirror_config: shape.mirror_config,
+            mirror_stats: shape.mirror_stats,
+            mirror_bp,
             standby_bp,
             set_cookie,
         }
@@ -509,6 +526,23 @@ impl App {
 impl App {
     pub fn pool(&self, color: Color) -> &Arc<Pool> {
         &self.pools[color.index()]
+    }
+
+    /// The share of live-colour requests copied to the standby colour, as
+    /// in force: the runtime state's, else the config's.
+    pub fn mirror_percent(&self) -> f64 {
+        f64::from(self.mirror_bp) / 100.0
+    }
+
+    /// The mirror percent in basis points of [`BUCKETS`] (0: off).
+    pub fn mirror_bp(&self) -> u32 {
+        self.mirror_bp
+    }
+
+    /// Are copies sent to `color` now? To the standby colour, while a
+    /// mirror percent is in force.
+    pub fn mirrors_to(&self, color: Color) -> bool {
+        self.mirror_bp > 0 && color == self.state.standby()
     }
 
     /// Does any traffic go to `color` now? The live colour does unless the
@@ -744,6 +778,8 @@ impl Snapshot {
                 compress: app_cfg.compress.clone().map(Arc::new),
                 pools,
                 answers,
+                mirror_config: Arc::new(app_cfg.mirror.clone()),
+                mirror_stats: old_app.map(|a| a.mirror_stats.clone()).unwrap_or_default(),
             };
             match App::assemble(shape, state) {
                 Ok(app) => apps.push(Arc::new(app)),
@@ -790,6 +826,8 @@ impl Snapshot {
                         compress: app.compress.clone(),
                         pools: app.pools.clone().map(|p| p.with_overrides(&state.servers)),
                         answers: app.answers.clone(),
+                        mirror_config: app.mirror_config.clone(),
+                        mirror_stats: app.mirror_stats.clone(),
                     };
                     if state.rules == app.state.rules {
                         Arc::new(App::with_rules(shape, state.clone(), app.rules.clone()))

@@ -1,0 +1,554 @@
+//! Shadow traffic: a share of the live colour's requests is copied to the
+//! standby colour, whose answer is read, compared with the live one, and
+//! thrown away.
+//!
+//! The live request never waits for its copy. Everything the live path
+//! does is synchronous and small — a random draw, a few checks, a copy of
+//! the head, a counter — and the copy runs in a task of its own on the
+//! worker ([`tokio::task::spawn_local`]), on the worker's mirror pools
+//! (never a connection a live request could use), within the app's
+//! `timeout`, with at most `max_in_flight` copies under way per app. A
+//! slow or dead standby holds its copies' slots and sockets, nothing else.
+//! (nginx's `mirror` holds the main request until its subrequest ends.)
+//!
+//! A copy is never sent again once the standby may have seen it: only a
+//! pooled connection the standby had already closed, which fails before
+//! the copy reaches it, is replaced by a fresh one, as on the live path.
+//!
+//! What a copy does stays out of everything that judges the standby's real
+//! traffic: no passive health, no per-colour statistics, no access log
+//! line. It shows only in [`MirrorStats`] (`cutover_mirror_total`,
+//! `cutover_mirror_skipped_total`, and status' last differences).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{RequestBody, Tee};
+use super::exchange::{BodyHash, Hashed, LiveAnswer, Tap};
+use super::h1;
+use super::headers;
+use super::io::ConnInfo;
+use super::request;
+use super::upstream::{Pooled, Sender};
+use super::worker::Worker;
+use crate::config::{Color, MirrorConfig, Protocol};
+use crate::route::mirror::{Difference, MirrorStats, Outcome, Skip};
+use crate::route::sticky::BUCKETS;
+use crate::route::{App, Pool, Server};
+
+/// On every copy, so that the standby (and whoever reads its logs) can
+/// tell copies from real requests.
+pub static X_CUTOVER_MIRROR: HeaderName = HeaderName::from_static("x-cutover-mirror");
+
+/// The longest path a difference records.
+const MAX_PATH: usize = 256;
+
+/// A live request drawn for a copy, with what the copy needs of the
+/// snapshot (taken before the request lets the snapshot go).
+pub struct Sampled {
+    config: Arc<MirrorConfig>,
+    stats: Arc<MirrorStats>,
+    standby: Arc<Pool>,
+}
+
+/// Is this request, routed to `color`, copied? Only requests to the live
+/// colour are, in the share the mirror percent says. With mirroring off
+/// this is one comparison.
+pub fn sample(app: &App, color: Color) -> Option<Sampled> {
+    let bp = app.mirror_bp();
+    if bp == 0 || color != app.state.live {
+        return None;
+    }
+    if bp < BUCKETS && fastrand::u32(..BUCKETS) >= bp {
+        return None;
+    }
+    Some(Sampled {
+        config: app.mirror_config.clone(),
+        stats: app.mirror_stats.clone(),
+        standby: app.pool(app.state.standby()).clone(),
+    })
+}
+
+/// The live request as rewritten for its upstream: what its copy is made
+/// from.
+pub struct Live<'a> {
+    pub parts: &'a http::request::Parts,
+    pub body: &'a Incoming,
+    /// A WebSocket (or other) upgrade was asked for.
+    pub upgrade: bool,
+    /// The authority the request was routed by.
+    pub authority: Option<&'a HeaderValue>,
+    /// `Some`: the `X-Forwarded-*` fields are still to be added, with this
+    /// as `X-Forwarded-Host` (as the live request's HTTP/1.1 client does).
+    pub forwarded_host: Option<&'a Option<HeaderValue>>,
+}
+
+/// Start the copy of a sampled request, or count why not. `Some`: the tee
+/// for the live request's body (when it has one) and the tap for its
+/// exchange, which the copy is compared with.
+pub fn start(
+    worker: &Rc<Worker>,
+    conn: &ConnInfo,
+    s: Sampled,
+    live: Live<'_>,
+) -> Option<(Option<Tee>, Box<Tap>)> {
+    let Sampled {
+        config,
+        stats,
+        standby,
+    } = s;
+    let parts = live.parts;
+    if live.upgrade || parts.method == Method::CONNECT {
+        stats.skip(Skip::Upgrade);
+        return None;
+    }
+    if !config.methods.contains(&parts.method) {
+        stats.skip(Skip::Method);
+        return None;
+    }
+    let (tee, body) = if live.body.is_end_stream() {
+        (None, None)
+    } else {
+        match live.body.size_hint().exact() {
+            None => {
+                stats.skip(Skip::BodyLengthUnknown);
+                return None;
+            }
+            Some(n) if n > config.max_body => {
+                stats.skip(Skip::BodyTooLarge);
+                return None;
+            }
+            Some(0) => (None, None),
+            Some(n) => {
+                let (tee, rx) = Tee::new(n);
+                (Some(tee), Some(rx))
+            }
+        }
+    };
+    if stats.in_flight.fetch_add(1, Relaxed) >= config.max_in_flight {
+        stats.in_flight.fetch_sub(1, Relaxed);
+        stats.count(Outcome::Dropped);
+        return None;
+    }
+    let slot = Slot(stats.clone());
+    let mut headers = parts.headers.clone();
+    headers.insert(X_CUTOVER_MIRROR.clone(), HeaderValue::from_static("1"));
+    // The copy's body is sent whole, at once: nothing to wait for.
+    headers.remove(header::EXPECT);
+    let head = Head {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers,
+        authority: live.authority.cloned(),
+        forwarded: live.forwarded_host.cloned(),
+        client: conn.client_value.clone(),
+        tls: conn.tls,
+        trusted: conn.trusted,
+    };
+    let (tap, answer) = Tap::new(config.compare_body.then_some(config.max_body));
+    let job = Job {
+        head,
+        body,
+        answer,
+        config,
+        stats,
+        standby,
+        client: (conn.peer, conn.local),
+        slot,
+    };
+    tokio::task::spawn_local(run(worker.clone(), job));
+    Some((tee, Box::new(tap)))
+}
+
+/// Holds one of the app's `max_in_flight` places while a copy is under
+/// way (also when its task is dropped at shutdown).
+struct Slot(Arc<MirrorStats>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A copy's request head, before it is framed for the standby's protocol.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    authority: Option<HeaderValue>,
+    forwarded: Option<Option<HeaderValue>>,
+    client: HeaderValue,
+    tls: bool,
+    trusted: bool,
+}
+
+impl Head {
+    fn path_and_query(&self) -> PathAndQuery {
+        self.uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    }
+
+    /// The head as `server` takes it: origin form and `Host` for HTTP/1.1
+    /// (the `X-Forwarded-*` fields, if still due, written by its client);
+    /// an absolute target and no `Host` for HTTP/2 (RFC 9113 §8.3.1). The
+    /// live request's upstream may speak the other protocol.
+    fn for_server(&self, server: &Server) -> Option<http::request::Parts> {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.headers = self.headers.clone();
+        if server.protocol == Protocol::H2 {
+            parts.headers.remove(header::HOST);
+            let authority = self
+                .authority
+                .clone()
+                .or_else(|| self.headers.get(header::HOST).cloned())
+                .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+            let scheme = if server.transport.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            };
+            parts.uri = request::absolute(scheme, &authority, self.path_and_query())?;
+            if let Some(host) = &self.forwarded {
+                headers::add_forwarded(
+                    &mut parts.headers,
+                    &self.client,
+                    self.tls,
+                    host.clone(),
+                    self.trusted,
+                );
+            }
+            parts.version = Version::HTTP_2;
+        } else {
+            parts.uri = if self.uri.scheme().is_some() {
+                Uri::from(self.path_and_query())
+            } else {
+                self.uri.clone()
+            };
+            if !parts.headers.contains_key(header::HOST) {
+                if let Some(a) = &self.authority {
+                    parts.headers.insert(header::HOST, a.clone());
+                }
+            }
+            headers::join_cookies(&mut parts.headers);
+            parts.version = Version::HTTP_11;
+        }
+        Some(parts)
+    }
+}
+
+/// Everything a copy's task needs.
+struct Job {
+    head: Head,
+    /// The live request's body, whole, once it has streamed upstream.
+    body: Option<tokio::sync::oneshot::Receiver<Vec<Bytes>>>,
+    /// The live answer, when the live request ends.
+    answer: tokio::sync::oneshot::Receiver<LiveAnswer>,
+    config: Arc<MirrorConfig>,
+    stats: Arc<MirrorStats>,
+    standby: Arc<Pool>,
+    /// The live request's client and listener, for a PROXY header.
+    client: (SocketAddr, SocketAddr),
+    slot: Slot,
+}
+
+/// What the standby gave: its status and (up to `max_body`) its body's
+/// hash, or why it gave nothing.
+type Shadow = Result<(u16, Hashed), Failure>;
+
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Connect,
+    Timeout,
+    Upstream,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Upstream => "upstream",
+        }
+    }
+}
+
+/// A copy, from the live body's end to the comparison.
+async fn run(worker: Rc<Worker>, job: Job) {
+    let Job {
+        head,
+        body,
+        answer,
+        config,
+        stats,
+        standby,
+        client,
+        slot,
+    } = job;
+    let body = match body {
+        None => None,
+        Some(rx) => match rx.await {
+            Ok(frames) => Some(concat(frames)),
+            Err(_) => {
+                drop(slot);
+                stats.skip(Skip::LiveIncomplete);
+                return;
+            }
+        },
+    };
+    let Some(server) = standby.pick(None).cloned() else {
+        drop(slot);
+        stats.skip(Skip::NoServer);
+        return;
+    };
+    let connect_timeout = worker
+        .shared
+        .snapshot
+        .load()
+        .settings
+        .limits
+        .upstream_connect_timeout
+        .min(config.timeout);
+    let exchange = send(
+        &worker,
+        &server,
+        &head,
+        body,
+        config.max_body,
+        connect_timeout,
+        client,
+    );
+    let shadow = match tokio::time::timeout(config.timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Timeout),
+    };
+    drop(slot);
+    let live = match answer.await {
+        Ok(live) if live.status != 0 => live,
+        _ => {
+            stats.skip(Skip::LiveIncomplete);
+            return;
+        }
+    };
+    let class = |s: u16| s / 100;
+    let (outcome, shadow_status, error) = match shadow {
+        Err(why) => (Outcome::Error, None, Some(why)),
+        Ok((status, _)) if class(status) != class(live.status) => {
+            (Outcome::StatusDiffers, Some(status), None)
+        }
+        Ok((status, shadow_body)) => match (live.body, shadow_body) {
+            (Some(Hashed::Incomplete), _) => {
+                stats.skip(Skip::LiveIncomplete);
+                return;
+            }
+            (Some(a @ Hashed::Whole(..)), b @ Hashed::Whole(..)) if a != b => {
+                (Outcome::BodyDiffers, Some(status), None)
+            }
+            _ => (Outcome::Same, Some(status), None),
+        },
+    };
+    stats.count(outcome);
+    tracing::debug!(
+        server = %server.addr,
+        method = %head.method,
+        path = head.uri.path(),
+        live = live.status,
+        shadow = ?shadow_status,
+        outcome = outcome.as_str(),
+        error = error.map(Failure::as_str),
+        "mirrored request compared"
+    );
+    if outcome != Outcome::Same {
+        let mut path = head.uri.path().to_string();
+        if path.len() > MAX_PATH {
+            let mut cut = MAX_PATH;
+            while !path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            path.truncate(cut);
+        }
+        stats.record_difference(Difference {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            method: head.method.to_string(),
+            path,
+            live_status: live.status,
+            shadow_status,
+            outcome: outcome.as_str(),
+            error: error.map(Failure::as_str),
+        });
+    }
+}
+
+/// The live body's frames as one buffer (at most `max_body` bytes).
+fn concat(frames: Vec<Bytes>) -> Bytes {
+    if frames.len() == 1 {
+        return frames.into_iter().next().unwrap_or_default();
+    }
+    let mut all = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    for f in frames {
+        all.extend_from_slice(&f);
+    }
+    all.freeze()
+}
+
+/// Send the copy to `server` on the worker's mirror pool and read its
+/// answer, its body up to `max_body` (a longer one closes the connection
+/// rather than being read on). Nothing here touches the server's health
+/// or counters.
+async fn send(
+    worker: &Worker,
+    server: &Arc<Server>,
+    head: &Head,
+    body: Option<Bytes>,
+    max_body: u64,
+    connect_timeout: Duration,
+    client: (SocketAddr, SocketAddr),
+) -> Shadow {
+    let parts = head.for_server(server).ok_or(Failure::Upstream)?;
+    let pooled = connection(worker, server, connect_timeout, client).await?;
+    let Pooled { tx, lease } = pooled;
+    let mut c = match tx {
+        Sender::H1(c) => c,
+        Sender::H2(mut tx) => {
+            let body = body.map_or_else(RequestBody::empty, RequestBody::copy);
+            let resp = tx
+                .send_request(Request::from_parts(parts, body))
+                .await
+                .map_err(|_| Failure::Upstream)?;
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut hash = BodyHash::new(max_body);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| Failure::Upstream)?;
+                if let Some(d) = frame.data_ref() {
+                    hash.update(d);
+                    if hash.over() {
+                        break; // dropping the body resets the stream
+                    }
+                }
+            }
+            return Ok((status, hash.finish(true)));
+        }
+    };
+    let mut copy = body.clone().map(RequestBody::copy);
+    let mut sent = c.send(outgoing(head, &parts), copy.as_mut()).await;
+    let mut lease = lease;
+    if let Err(e) = &sent {
+        // A pooled connection the standby had closed: the copy did not
+        // reach it (or, bodiless and idempotent, cannot matter twice).
+        if lease.reused && e.may_send_again(head.method.is_idempotent()) {
+            let fresh = worker
+                .mirror_upstreams
+                .connect(server, connect_timeout, client)
+                .await;
+            let Ok(Pooled {
+                tx: Sender::H1(fresh),
+                lease: fresh_lease,
+            }) = fresh
+            else {
+                return Err(Failure::Connect);
+            };
+            (c, lease) = (fresh, fresh_lease);
+            let mut copy = body.map(RequestBody::copy);
+            sent = c.send(outgoing(head, &parts), copy.as_mut()).await;
+        }
+    }
+    let h1::Head {
+        response,
+        framing,
+        reuse,
+        switched,
+    } = sent.map_err(|_| Failure::Upstream)?;
+    if switched {
+        return Err(Failure::Upstream);
+    }
+    let status = response.status().as_u16();
+    let mut body = h1::Body::new(c, framing, reuse);
+    let mut hash = BodyHash::new(max_body);
+    let mut complete = true;
+    loop {
+        match std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    hash.update(d);
+                    if hash.over() {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            Some(Err(_)) => return Err(Failure::Upstream),
+            None => break,
+        }
+    }
+    if complete {
+        if let Some(conn) = body.take_reusable() {
+            let now = tokio::time::Instant::now();
+            worker.mirror_upstreams.put_back(
+                Pooled {
+                    tx: Sender::H1(conn),
+                    lease,
+                },
+                now,
+            );
+        }
+    }
+    Ok((status, hash.finish(complete)))
+}
+
+/// The copy's head for cutover's HTTP/1.1 client.
+fn outgoing<'a>(head: &'a Head, parts: &'a http::request::Parts) -> h1::Outgoing<'a> {
+    h1::Outgoing {
+        parts,
+        forwarded: head.forwarded.as_ref().map(|host| h1::Forwarded {
+            client: &head.client,
+            tls: head.tls,
+            host: host.as_ref(),
+        }),
+        asked: h1::Asked::new(&head.method, false),
+    }
+}
+
+/// An idle connection of the mirror pool, or a new one.
+async fn connection(
+    worker: &Worker,
+    server: &Arc<Server>,
+    connect_timeout: Duration,
+    client: (SocketAddr, SocketAddr),
+) -> Result<Pooled, Failure> {
+    let now = tokio::time::Instant::now();
+    while let Some(mut c) = worker.mirror_upstreams.take(server, now, client.0) {
+        match &mut c.tx {
+            Sender::H1(_) => return Ok(c),
+            Sender::H2(tx) => {
+                if tx.ready().await.is_ok() {
+                    return Ok(c);
+                }
+            }
+        }
+    }
+    match worker
+        .mirror_upstreams
+        .connect(server, connect_timeout, client)
+        .await
+    {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::debug!(server = %server.addr, error = %e, "mirror connect failed");
+            Err(Failure::Connect)
+        }
+    }
+}
