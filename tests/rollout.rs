@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use support::*;
 
-/// An upstream answering `name`, or 500 for `fail_permille` of requests.
+/// An upstream answering `name`, or 500 for `fail_permille` of requests,
+/// after `delay_ms`; `/fail` always answers 500, `/missing` 404.
 struct Flaky {
     addr: SocketAddr,
     fail_permille: Arc<AtomicU32>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Flaky {
@@ -25,26 +28,33 @@ impl Flaky {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fail = Arc::new(AtomicU32::new(fail_permille));
-        let f = fail.clone();
+        let delay = Arc::new(AtomicU64::new(0));
+        let (f, d) = (fail.clone(), delay.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let f = f.clone();
+                let (f, d) = (f.clone(), d.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                            let failing = fastrand::u32(0..1000) < f.load(SeqCst);
-                            async move {
-                                let mut r =
-                                    Response::new(Full::new(Bytes::from_static(name.as_bytes())));
-                                if failing {
-                                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                                }
-                                Ok::<_, std::convert::Infallible>(r)
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let status = match req.uri().path() {
+                            "/fail" => StatusCode::INTERNAL_SERVER_ERROR,
+                            "/missing" => StatusCode::NOT_FOUND,
+                            _ if fastrand::u32(0..1000) < f.load(SeqCst) => {
+                                StatusCode::INTERNAL_SERVER_ERROR
                             }
-                        });
+                            _ => StatusCode::OK,
+                        };
+                        let delay = Duration::from_millis(d.load(SeqCst));
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let mut r =
+                                Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                            *r.status_mut() = status;
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -54,6 +64,7 @@ impl Flaky {
         Flaky {
             addr,
             fail_permille: fail,
+            delay_ms: delay,
         }
     }
 }
@@ -109,15 +120,28 @@ impl Load {
     }
 }
 
-/// `tasks` clients, each sending a request every `pace` (or back to back,
-/// `None`).
+/// `tasks` clients, each sending a request for `/` every `pace` (or back
+/// to back, `None`).
 fn load(proxy: &Proxy, tasks: usize, pace: Option<Duration>) -> Load {
+    load_of(proxy, tasks, pace, "/", &[])
+}
+
+/// The same for `path`, with `headers`.
+fn load_of(
+    proxy: &Proxy,
+    tasks: usize,
+    pace: Option<Duration>,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let url = proxy.url("/");
+    let url = proxy.url(path);
+    let headers = headers.to_vec();
     let handles = (0..tasks)
         .map(|_| {
             let (tally, stop, url) = (tally.clone(), stop.clone(), url.clone());
+            let headers = headers.clone();
             tokio::spawn(async move {
                 let c = client();
                 let mut tick = pace.map(tokio::time::interval);
@@ -126,7 +150,8 @@ fn load(proxy: &Proxy, tasks: usize, pace: Option<Duration>) -> Load {
                         t.tick().await;
                     }
                     tally.sent.fetch_add(1, SeqCst);
-                    let r = tokio::time::timeout(Duration::from_secs(5), get(&c, &url, &[])).await;
+                    let r =
+                        tokio::time::timeout(Duration::from_secs(5), get(&c, &url, &headers)).await;
                     if !matches!(r, Ok(ref r) if r.status.as_u16() < 500) {
                         tally.failed.fetch_add(1, SeqCst);
                     }
@@ -233,6 +258,10 @@ async fn a_green_failing_half_its_requests_is_rolled_back_within_10_s() {
         (failed as f64) < 0.005 * sent as f64,
         "{failed} of {sent} failed"
     );
+    // Undoing the rollback would send users back to the failing green.
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollback", "", &[]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("rolling back (failed)"), "{}", r.text());
     let m = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
         .await
         .text();
@@ -646,4 +675,74 @@ async fn a_shadow_phase_compares_copies_before_the_first_live_step() {
         .map(|t| t["to"].as_str().unwrap())
         .collect();
     assert_eq!(to, ["preflight", "shadow", "failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_green_is_rolled_back_on_its_slow_responses() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    green.delay_ms.store(800, SeqCst);
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    let load = load(&proxy, 16, None);
+    start(
+        &c,
+        &proxy,
+        r#"{"steps": [20, 100], "every": "30s", "max_slow": "300ms", "max_slow_rate": "5%"}"#,
+    )
+    .await;
+    let r = until(&c, &proxy, Duration::from_secs(20), |r| {
+        r["state"] == "rolling_back" || r["state"] == "failed"
+    })
+    .await;
+    load.stop().await;
+    assert!(
+        text(&r, "/reason").starts_with("slow responses: fast fail"),
+        "{r:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_split_traffic_and_only_server_faults_are_judged() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&pools(&blue, &green, "", "passive = { failures = 0 }"));
+    let c = client();
+    // QA traffic a rule sends to green, all of it failing, is not a
+    // sample; 4xx answers are the client's, not green's.
+    let r = admin_call(
+        &c,
+        &proxy,
+        "PUT",
+        "/v1/apps/shop/rules",
+        r#"[{"name": "qa", "header": {"name": "x-qa", "value": "1"}, "to": "green"}]"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let qa = load_of(&proxy, 2, None, "/fail", &[("x-qa", "1")]);
+    let missing = load_of(&proxy, 2, None, "/missing", &[]);
+    let good = load(&proxy, 2, None);
+    start(
+        &c,
+        &proxy,
+        r#"{"steps": [50, 100], "every": "2s", "max_error_rate": "5%"}"#,
+    )
+    .await;
+    let r = until(&c, &proxy, Duration::from_secs(20), |r| {
+        r["state"] != "preflight" && r["state"] != "progressing" && r["state"] != "promoting"
+    })
+    .await;
+    let (qa_sent, qa_failed) = qa.stop().await;
+    missing.stop().await;
+    good.stop().await;
+    assert_eq!(r["state"], "succeeded", "{r:#}");
+    assert!(
+        qa_sent > 0 && qa_failed == qa_sent,
+        "QA traffic failed throughout"
+    );
 }

@@ -11,8 +11,9 @@
 //!   same rate? The judge looks every second, so a fixed p-value at each
 //!   look would add up over a long rollout; the test's level is the whole
 //!   rollout's false-rollback budget (0.1 %) spent evenly over the most
-//!   looks a rollout can make (Bonferroni: the simplest alpha-spending
-//!   schedule, conservative, and valid however the looks fall).
+//!   looks its plan can make (Bonferroni: the simplest alpha-spending
+//!   schedule, conservative, and valid however the looks fall), see
+//!   `Plan::level`.
 //! - **Evidence gate**: no promotion before green has ⌈3 / budget⌉
 //!   requests in the step; short of it the step is extended, and after
 //!   10 × the step's length without evidence the rollout pauses as
@@ -36,6 +37,9 @@ pub struct Budget {
     pub max_error_rate: f64,
     /// Promote without evidence (the operator said so).
     pub allow_low_traffic: bool,
+    /// The fail test's level at one look: the rollout's share of
+    /// [`ROLLOUT_ALPHA`] for it.
+    pub level: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,15 +54,15 @@ pub enum Verdict {
     Rollback(String),
     /// Both colours are over budget with no difference between them.
     Hold(String),
+    /// Green has its evidence but is over budget, and not (yet) worse than
+    /// blue beyond doubt: the step goes on, never promoted.
+    Unproven(String),
     /// No evidence after 10 × `every`: pause.
     Inconclusive { samples: u64, needed: u64 },
 }
 
 /// The whole rollout's chance of a false rollback.
 pub const ROLLOUT_ALPHA: f64 = 0.001;
-/// The most looks one rollout makes: five steps, each at most ten times
-/// its length, at one look a second (a ten-minute step: 6,000 s).
-pub const MAX_LOOKS: f64 = 5.0 * 6000.0;
 
 /// Green requests needed to tell its rate from `budget`.
 pub fn needed(budget: f64) -> u64 {
@@ -89,9 +93,8 @@ pub fn judge(
             green.bad, green.total
         ));
     }
-    let level = ROLLOUT_ALPHA / MAX_LOOKS;
     let green_over = rate(green) > b;
-    let worse = green.bad > 0 && worse_than(green, blue) < level;
+    let worse = green_over && green.bad > 0 && worse_than(green, blue) < budget.level;
     if green_over && worse {
         return Verdict::Rollback(format!(
             "green {:.2} % bad ({} of {}) against blue {:.2} % ({} of {}), budget {:.2} %",
@@ -127,6 +130,14 @@ pub fn judge(
             needed: need,
         };
     }
+    if green.total >= need {
+        return Verdict::Unproven(format!(
+            "green {:.2} % bad over the {:.2} % budget, not yet significantly worse than blue ({:.2} %)",
+            100.0 * rate(green),
+            100.0 * b,
+            100.0 * rate(blue)
+        ));
+    }
     Verdict::Extend {
         samples: green.total,
         needed: need,
@@ -136,9 +147,8 @@ pub fn judge(
 /// The bake's judge, where green takes all traffic and there is no blue
 /// to compare with: roll back (`Some(why)`) on the fast-fail rule, or when
 /// green's bad rate is above the budget beyond doubt — its Wilson lower
-/// bound at the rollout's per-look level (one-sided z of 5.4 for
-/// 0.1 % / 30,000 looks) is over it.
-pub fn absolute(green: Counts, budget: f64) -> Option<String> {
+/// bound at the one-sided per-look `level` is over it.
+pub fn absolute(green: Counts, budget: f64, level: f64) -> Option<String> {
     let fast = (10.0 * budget).max(0.05);
     let lower = |z| wilson_lower(green.bad, green.total, z);
     if green.bad >= 5 && lower(3.29) > fast {
@@ -147,7 +157,7 @@ pub fn absolute(green: Counts, budget: f64) -> Option<String> {
             green.bad, green.total
         ));
     }
-    (green.bad > 0 && lower(5.4) > budget).then(|| {
+    (green.bad > 0 && lower(z_for(level)) > budget).then(|| {
         format!(
             "green {:.2} % bad ({} of {}) over the {:.2} % budget",
             100.0 * green.bad as f64 / green.total as f64,
@@ -156,6 +166,27 @@ pub fn absolute(green: Counts, budget: f64) -> Option<String> {
             100.0 * budget
         )
     })
+}
+
+/// The one-sided normal quantile of a small tail `level` (below 0.001):
+/// bisection on the tail's asymptotic series, exact to a few parts in a
+/// thousand from z = 3 on.
+fn z_for(level: f64) -> f64 {
+    let tail = |z: f64| {
+        let z2 = z * z;
+        (-z2 / 2.0).exp() / (z * (2.0 * std::f64::consts::PI).sqrt())
+            * (1.0 - 1.0 / z2 + 3.0 / (z2 * z2) - 15.0 / (z2 * z2 * z2))
+    };
+    let (mut lo, mut hi) = (3.0, 40.0);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if tail(mid) > level {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// The lower Wilson score bound of `bad` in `n` at `z`.
@@ -212,6 +243,8 @@ mod tests {
     use super::*;
 
     const EVERY: Duration = Duration::from_secs(60);
+    /// The default plan's: four split steps of at most 600 looks each.
+    const LEVEL: f64 = ROLLOUT_ALPHA / 2400.0;
     const STEPS: [f64; 4] = [0.01, 0.05, 0.25, 0.50];
 
     /// One simulated rollout (the split steps; 100 % is a flip): the
@@ -228,7 +261,9 @@ mod tests {
         for share in STEPS {
             let (mut green, mut blue) = (Counts::default(), Counts::default());
             let (mut g_carry, mut b_carry) = (0.0, 0.0);
-            for age in 1..=600u64 {
+            let mut held = 0;
+            // 10 x every, and a hold (5 x every) may run past it.
+            for age in 1..=900u64 {
                 seconds += 1;
                 g_carry += rps * share;
                 b_carry += rps * (1.0 - share);
@@ -244,8 +279,17 @@ mod tests {
                         }
                     }
                 }
-                match judge(green, blue, budget, Duration::from_secs(age), EVERY) {
-                    Verdict::Continue | Verdict::Extend { .. } => {}
+                let verdict = judge(green, blue, budget, Duration::from_secs(age), EVERY);
+                // A hold is a stay, as the rollout has it, until it has
+                // lasted 5 x every.
+                held = if matches!(verdict, Verdict::Hold(_)) {
+                    held + 1
+                } else {
+                    0
+                };
+                match verdict {
+                    Verdict::Hold(_) if held < 300 => {}
+                    Verdict::Continue | Verdict::Extend { .. } | Verdict::Unproven(_) => {}
                     Verdict::Promote => {
                         assert!(
                             green.total >= needed(budget.max_error_rate)
@@ -257,8 +301,8 @@ mod tests {
                     }
                     v => return (v, seconds),
                 }
-                if age == 600 {
-                    unreachable!("the judge pauses after 10 x every");
+                if age == 900 {
+                    unreachable!("the judge pauses after 10 x every, or holding after 5 x every");
                 }
             }
         }
@@ -271,6 +315,7 @@ mod tests {
         let budget = Budget {
             max_error_rate: 0.01,
             allow_low_traffic: false,
+            level: LEVEL,
         };
         let (mut rollbacks, mut promoted, mut paused, mut held) = (0, 0, 0, 0);
         for _ in 0..1000 {
@@ -300,6 +345,7 @@ mod tests {
         let budget = Budget {
             max_error_rate: 0.01,
             allow_low_traffic: false,
+            level: LEVEL,
         };
         // 20 requests a second of split traffic reach green at its step.
         let (v, secs) = rollout(&mut rng, 20.0 / STEPS[0], 1.0, 0.0, budget);
@@ -312,6 +358,7 @@ mod tests {
         let budget = Budget {
             max_error_rate: 0.01,
             allow_low_traffic: false,
+            level: LEVEL,
         };
         for seed in 0..20 {
             let mut rng = fastrand::Rng::with_seed(seed);
@@ -334,6 +381,7 @@ mod tests {
         let b = Budget {
             max_error_rate: 0.01,
             allow_low_traffic: false,
+            level: LEVEL,
         };
         assert!(matches!(
             judge(green, blue, b, EVERY, EVERY),
@@ -344,10 +392,16 @@ mod tests {
     #[test]
     fn the_bake_rolls_back_a_clear_excess_only() {
         let c = |total, bad| Counts { total, bad };
-        assert!(absolute(c(100, 50), 0.01).is_some(), "fast fail");
-        assert!(absolute(c(10_000, 300), 0.01).is_some(), "3 % on 10,000");
-        assert!(absolute(c(1_000, 12), 0.01).is_none(), "1.2 % is noise");
-        assert!(absolute(c(0, 0), 0.01).is_none());
+        assert!(absolute(c(100, 50), 0.01, LEVEL).is_some(), "fast fail");
+        assert!(
+            absolute(c(10_000, 300), 0.01, LEVEL).is_some(),
+            "3 % on 10,000"
+        );
+        assert!(
+            absolute(c(1_000, 12), 0.01, LEVEL).is_none(),
+            "1.2 % is noise"
+        );
+        assert!(absolute(c(0, 0), 0.01, LEVEL).is_none());
     }
 
     #[test]
@@ -356,5 +410,8 @@ mod tests {
         assert!((binomial_tail(10, 0.5, 8) - 56.0 / 1024.0).abs() < 1e-12);
         // Wilson 95 % lower bound of 5 in 10: 0.2366.
         assert!((wilson_lower(5, 10, 1.96) - 0.2366).abs() < 1e-3);
+        // One-sided normal quantiles: 1e-4 -> 3.719, 1e-8 -> 5.612.
+        assert!((z_for(1e-4) - 3.719).abs() < 0.01, "{}", z_for(1e-4));
+        assert!((z_for(1e-8) - 5.612).abs() < 0.01, "{}", z_for(1e-8));
     }
 }

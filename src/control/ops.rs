@@ -189,7 +189,7 @@ pub enum Steer {
 /// The routing a rollout in `r`'s phase sets on `before`.
 fn routing(before: &AppState, r: &Rollout) -> AppState {
     let (live, standby_percent) = match r.phase {
-        Phase::Progressing => (r.baseline(), r.plan.steps[r.step]),
+        Phase::Progressing => (r.baseline(), r.plan.share(r.step)),
         Phase::Promoting | Phase::Baking | Phase::Succeeded => (r.target, 0.0),
         Phase::RollingBack | Phase::Failed | Phase::Aborted => (r.baseline(), 0.0),
         Phase::Preflight | Phase::Shadow | Phase::Paused | Phase::Superseded => {
@@ -278,7 +278,15 @@ impl Control {
             if !busy.is_empty() {
                 if !req.dry_run {
                     for name in &busy {
-                        self.steer_rollout(name, Steer::Abort, &req.actor, req.reason.as_deref())?;
+                        // One already rolling back is on its way there.
+                        if self.state.rollouts[name].phase != Phase::RollingBack {
+                            self.steer_rollout(
+                                name,
+                                Steer::Abort,
+                                &req.actor,
+                                req.reason.as_deref(),
+                            )?;
+                        }
                     }
                 }
                 let names: Vec<&str> = busy.iter().map(String::as_str).collect();
@@ -286,7 +294,10 @@ impl Control {
                 return Ok(self.answer(snap, self.state.epoch, req.dry_run, &names));
             }
         }
-        let targets = self.targets(&req.change)?;
+        if !req.force {
+            self.refuse_undoing_a_rollouts_rollback(&req.change)?;
+        }
+        let mut targets = self.targets(&req.change)?;
         let manual = matches!(
             req.change,
             Change::Flip(_) | Change::Shift(..) | Change::SetRules(..) | Change::DeleteRule(..)
@@ -297,6 +308,12 @@ impl Control {
             .filter(|name| manual && self.rollout_active(name))
             .cloned()
             .collect();
+        for (name, after) in &mut targets {
+            // A rollout superseded in its shadow phase hands the mirror back.
+            if superseded.contains(name) && self.state.rollouts[name].phase == Phase::Shadow {
+                after.mirror_percent = None;
+            }
+        }
         if let (Some(name), false) = (superseded.first(), req.force) {
             let r = &self.state.rollouts[name];
             return Err(OpError::Conflict(format!(
@@ -371,6 +388,7 @@ impl Control {
         if let Some(all) = rollouts {
             self.state.rollouts = all;
             for name in &superseded {
+                tracing::info!(app = %name, actor = %req.actor, kind = req.change.kind(), "rollout superseded by a forced change");
                 self.rollout_moved(name, "superseded");
             }
         }
@@ -751,6 +769,9 @@ impl Control {
         self.persist(|_, path| file.save(path))
             .map_err(|e| vec![e.to_string()])?;
         self.state = file;
+        // Pools may be new (an app removed and added again): every
+        // rollout's window starts afresh from the new snapshot's counters.
+        self.windows.clear();
         if let Some(log) = self.shared.access_log.get() {
             log.set_destination(&new.log.access);
         }
@@ -882,6 +903,30 @@ impl Control {
             .into_iter()
             .filter(|n| self.config.app(n).is_some() && self.rollout_active(n))
             .collect()
+    }
+
+    /// Undoing the move by which a rollout rolled back would send traffic
+    /// back to the colour it judged bad: 409 unless forced.
+    fn refuse_undoing_a_rollouts_rollback(&self, change: &Change) -> Result<(), OpError> {
+        let Change::Rollback(app) = change else {
+            return Ok(());
+        };
+        let last = self
+            .state
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.before != h.after && app.as_ref().is_none_or(|a| h.app == *a));
+        let Some(last) = last.filter(|h| h.kind == "rollout") else {
+            return Ok(());
+        };
+        match self.state.rollouts.get(&last.app).map(|r| (r.phase, r.target)) {
+            Some((phase @ (Phase::Failed | Phase::Aborted), target)) => Err(OpError::Conflict(format!(
+                "the last change of app {:?} is its rollout rolling back ({phase}): undoing it would send traffic back to {target}; shift or flip it explicitly, or force the rollback",
+                last.app
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Start a rollout of `app`'s standby colour.
@@ -1169,7 +1214,7 @@ impl Control {
 /// Count `app`'s slow responses as `r` defines them (while it runs).
 fn set_slow(app: &App, r: &Rollout) {
     let micros = match (r.phase.is_active(), r.plan.max_slow_ms) {
-        (true, Some(ms)) => ms * 1000,
+        (true, Some(ms)) => ms.saturating_mul(1000),
         _ => 0,
     };
     for color in Color::ALL {

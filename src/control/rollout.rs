@@ -169,7 +169,7 @@ impl Rollout {
     /// phases that leave it as it is (preflight, shadow, paused).
     pub fn percent(&self) -> Option<f64> {
         match self.phase {
-            Phase::Progressing => Some(self.plan.steps[self.step]),
+            Phase::Progressing => Some(self.plan.share(self.step)),
             Phase::Promoting | Phase::Baking | Phase::Succeeded => Some(100.0),
             Phase::RollingBack | Phase::Failed | Phase::Aborted => Some(0.0),
             Phase::Preflight | Phase::Shadow | Phase::Paused | Phase::Superseded => None,
@@ -279,7 +279,7 @@ fn go(phase: Phase, step: usize, then: Option<Phase>, reason: String) -> Next {
 
 /// The phase that runs step `step`: the 100 % step is the flip.
 fn enter(plan: &Plan, step: usize) -> Phase {
-    if plan.steps[step] >= 100.0 {
+    if plan.share(step) >= 100.0 {
         Phase::Promoting
     } else {
         Phase::Progressing
@@ -348,11 +348,22 @@ pub fn look(r: &Rollout, l: &Look) -> Next {
             }
         }
         Phase::Baking => {
-            let why = judge::absolute(l.target, plan.max_error_rate).or_else(|| {
+            let level = plan.level();
+            let why = judge::absolute(l.target, plan.max_error_rate, level).or_else(|| {
                 plan.max_slow_ms
-                    .and_then(|_| judge::absolute(l.target_slow, plan.max_slow_rate))
+                    .and_then(|_| judge::absolute(l.target_slow, plan.max_slow_rate, level))
                     .map(|w| format!("slow responses: {w}"))
             });
+            if let (Some(why), false) = (&why, l.baseline_healthy) {
+                // Rolling back would send everyone to a pool that cannot
+                // take them.
+                return go(
+                    Phase::Paused,
+                    r.step,
+                    Some(Phase::Baking),
+                    format!("baseline unhealthy: {baseline} has no healthy server to roll back to ({why})"),
+                );
+            }
             if let Some(why) = why {
                 return go(
                     Phase::RollingBack,
@@ -456,6 +467,7 @@ fn progressing(r: &Rollout, l: &Look) -> Next {
         Budget {
             max_error_rate: plan.max_error_rate,
             allow_low_traffic: plan.allow_low_traffic,
+            level: plan.level(),
         },
         l.age,
         every,
@@ -467,6 +479,7 @@ fn progressing(r: &Rollout, l: &Look) -> Next {
             Budget {
                 max_error_rate: plan.max_slow_rate,
                 allow_low_traffic: plan.allow_low_traffic,
+                level: plan.level(),
             },
             l.age,
             every,
@@ -478,7 +491,7 @@ fn progressing(r: &Rollout, l: &Look) -> Next {
         Verdict::Rollback(_) => 0,
         Verdict::Hold(_) => 1,
         Verdict::Inconclusive { .. } => 2,
-        Verdict::Extend { .. } => 3,
+        Verdict::Extend { .. } | Verdict::Unproven(_) => 3,
         Verdict::Continue => 4,
         Verdict::Promote => 5,
     };
@@ -487,7 +500,7 @@ fn progressing(r: &Rollout, l: &Look) -> Next {
     } else {
         (errors, "")
     };
-    let percent = plan.steps[step];
+    let percent = plan.share(step);
     let figures = format!(
         "{target} {}/{} bad, {baseline} {}/{} bad",
         l.target.bad, l.target.total, l.baseline.bad, l.baseline.total
@@ -521,8 +534,13 @@ fn progressing(r: &Rollout, l: &Look) -> Next {
             Phase::Paused,
             step,
             Some(Phase::Progressing),
-            format!("inconclusive: {what}samples {samples}/{needed} at {percent} %"),
+            if samples >= needed {
+                format!("inconclusive: {what}{target} over budget but not significantly worse than {baseline} at {percent} %: {figures}")
+            } else {
+                format!("inconclusive: {what}samples {samples}/{needed} at {percent} %")
+            },
         ),
+        Verdict::Unproven(why) => Note::plain(format!("step extended: {what}{why}")),
         Verdict::Extend { samples, needed } => Note::plain(format!(
             "step extended: {what}samples {samples}/{needed}; {figures}"
         )),
@@ -670,6 +688,23 @@ impl Request {
 }
 
 impl Plan {
+    /// Green's share at step `step` (100 past the last).
+    pub fn share(&self, step: usize) -> f64 {
+        self.steps.get(step).copied().unwrap_or(100.0)
+    }
+
+    /// The fail test's level at one look: the rollout's false-rollback
+    /// budget spread over the most looks the plan makes — each split step
+    /// up to 10 × `every` (then it pauses), the bake, once a second — and
+    /// over the judges looking (errors, and slowness when judged).
+    pub fn level(&self) -> f64 {
+        let split_steps = self.steps.iter().filter(|s| **s < 100.0).count() as f64;
+        let looks =
+            split_steps * 10.0 * (self.every_ms as f64 / 1000.0) + self.bake_ms as f64 / 1000.0;
+        let judges = if self.max_slow_ms.is_some() { 2.0 } else { 1.0 };
+        judge::ROLLOUT_ALPHA / (judges * looks.max(1.0))
+    }
+
     /// A plan read back from a state file: what [`Request::plan`] allows.
     pub fn check(&self) -> Result<(), String> {
         let rising = self.steps.windows(2).all(|w| w[0] < w[1]);
@@ -681,10 +716,53 @@ impl Plan {
                 self.steps
             ));
         }
-        if self.every_ms < 1000 || !rates.iter().all(|r| *r > 0.0 && *r < 1.0) {
-            return Err("rollout: every under 1 s or a rate out of range".into());
+        if !(1000..=86_400_000).contains(&self.every_ms)
+            || self
+                .max_slow_ms
+                .is_some_and(|m| !(1..=3_600_000).contains(&m))
+            || self.bake_ms > 7 * 86_400_000
+            || self.shadow_ms > 7 * 86_400_000
+            || !rates.iter().all(|r| *r > 0.0 && *r < 1.0)
+        {
+            return Err("rollout: a duration or a rate out of range".into());
         }
         Ok(())
+    }
+}
+
+impl Rollout {
+    /// A rollout read back from a state file: a phase its step and `then`
+    /// allow.
+    pub fn check(&self) -> Result<(), String> {
+        self.plan.check()?;
+        let last = self.plan.steps.len() - 1;
+        let ok = match self.phase {
+            Phase::Progressing => self.step < last,
+            Phase::Paused => {
+                matches!(
+                    self.then,
+                    Some(
+                        Phase::Preflight
+                            | Phase::Shadow
+                            | Phase::Progressing
+                            | Phase::Promoting
+                            | Phase::Baking
+                    )
+                ) && (self.then != Some(Phase::Progressing) || self.step < last)
+            }
+            Phase::RollingBack => matches!(self.then, Some(Phase::Failed | Phase::Aborted)),
+            _ => self.step <= last,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} at step {} (then {:?}) is not a state a rollout can be in",
+                self.phase,
+                self.step + 1,
+                self.then
+            ))
+        }
     }
 }
 
@@ -892,6 +970,27 @@ mod tests {
         assert_eq!(phase(&look(&r, &l)), Some(Phase::Succeeded));
         l.target.bad = 400;
         assert_eq!(phase(&look(&r, &l)), Some(Phase::RollingBack));
+        l.baseline_healthy = false;
+        assert_eq!(
+            phase(&look(&r, &l)),
+            Some(Phase::Paused),
+            "nowhere to roll back to"
+        );
+    }
+
+    #[test]
+    fn a_state_file_rollout_must_be_in_a_state_it_can_be_in() {
+        let mut r = at(Phase::Progressing, 1);
+        r.check().unwrap();
+        r.step = 2; // the flip: not a split step
+        assert!(r.check().is_err());
+        r.phase = Phase::RollingBack;
+        assert!(r.check().is_err(), "rolling back must say how it ends");
+        r.then = Some(Phase::Aborted);
+        r.check().unwrap();
+        r.phase = Phase::Paused;
+        r.then = Some(Phase::Succeeded);
+        assert!(r.check().is_err());
     }
 
     #[test]

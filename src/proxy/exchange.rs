@@ -267,6 +267,11 @@ impl Drop for Exchange {
                     pool.stats
                         .judge(self.status, self.faulted.get(), self.head, elapsed);
                 }
+            } else if self.judged && self.server.is_some() {
+                // The client gave up waiting for the upstream's head: not
+                // the client's fault, so not an abort; a hanging colour
+                // must not look like one without traffic.
+                pool.stats.judge(0, false, None, elapsed);
             }
             tracing::debug!(
                 app = %self.server.as_ref().map_or("", |s| &*s.app),

@@ -229,8 +229,9 @@ pub struct ColorStats {
 }
 
 impl ColorStats {
-    /// One judged request's end: its status and, if one came, how long
-    /// the upstream took to answer with a head.
+    /// One judged request's end: its status (0: the client left before
+    /// any answer) and, if one came, how long the upstream took to answer
+    /// with a head.
     pub fn judge(&self, status: u16, faulted: bool, head: Option<Duration>, elapsed: Duration) {
         self.judged[0].fetch_add(1, Relaxed);
         if status >= 500 || faulted {
