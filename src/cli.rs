@@ -517,50 +517,10 @@ fn client_command(cmd: Command) -> ExitCode {
         Command::Rollback { app, change: c, .. } => change(&ep, "rollback", app, c),
         Command::Mirror {
             args, change: c, ..
-        } => {
-            let (app, percent) = match app_percent("mirror", &args) {
-                Ok(x) => x,
-                Err(code) => return code,
-            };
-            let app = match client::pick_app(&ep, app) {
-                Ok(a) => a,
-                Err(m) => return usage(m),
-            };
-            let mut body = c.body();
-            body["percent"] = serde_json::json!(percent);
-            finish(
-                ep.ok(
-                    "PUT",
-                    &format!("/v1/apps/{app}/mirror"),
-                    Some(body),
-                    c.if_match,
-                )
-                .map(|v| shown(c.json, v, client::describe_change)),
-            )
-        }
+        } => percent_change(&ep, "mirror", "PUT", &args, c),
         Command::Shift {
             args, change: c, ..
-        } => {
-            let (app, percent) = match app_percent("shift", &args) {
-                Ok(x) => x,
-                Err(code) => return code,
-            };
-            let app = match client::pick_app(&ep, app) {
-                Ok(a) => a,
-                Err(m) => return usage(m),
-            };
-            let mut body = c.body();
-            body["percent"] = serde_json::json!(percent);
-            finish(
-                ep.ok(
-                    "POST",
-                    &format!("/v1/apps/{app}/shift"),
-                    Some(body),
-                    c.if_match,
-                )
-                .map(|v| shown(c.json, v, client::describe_change)),
-            )
-        }
+        } => percent_change(&ep, "shift", "POST", &args, c),
         Command::Rules {
             args, rule, change, ..
         } => rules_command(&ep, args, rule, change),
@@ -764,6 +724,35 @@ fn diff_text(path: &Path, d: &[(String, Vec<String>)]) -> String {
         }
     }
     s
+}
+
+/// `shift` or `mirror`: `[APP] PERCENT`, sent to `/v1/apps/{app}/{verb}`.
+fn percent_change(
+    ep: &Endpoint,
+    verb: &str,
+    method: &str,
+    args: &[String],
+    c: ChangeFlags,
+) -> ExitCode {
+    let (app, percent) = match app_percent(verb, args) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let app = match client::pick_app(ep, app) {
+        Ok(a) => a,
+        Err(m) => return usage(m),
+    };
+    let mut body = c.body();
+    body["percent"] = serde_json::json!(percent);
+    finish(
+        ep.ok(
+            method,
+            &format!("/v1/apps/{app}/{verb}"),
+            Some(body),
+            c.if_match,
+        )
+        .map(|v| shown(c.json, v, client::describe_change)),
+    )
 }
 
 /// `flip` or `rollback` of one app, or of every app / the last change.

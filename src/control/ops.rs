@@ -439,35 +439,19 @@ impl Control {
                     })
                     .collect())
             }
-            Change::Shift(app, percent) => {
+            Change::Shift(app, percent) | Change::Mirror(app, percent) => {
                 let before = self.require_app(app)?;
                 if !percent.is_finite() || !(0.0..=100.0).contains(percent) {
                     return Err(OpError::BadRequest(format!(
                         "percent: must be between 0 and 100, got {percent}"
                     )));
                 }
-                Ok(vec![(
-                    app.clone(),
-                    AppState {
-                        standby_percent: *percent,
-                        ..before.clone()
-                    },
-                )])
-            }
-            Change::Mirror(app, percent) => {
-                let before = self.require_app(app)?;
-                if !percent.is_finite() || !(0.0..=100.0).contains(percent) {
-                    return Err(OpError::BadRequest(format!(
-                        "percent: must be between 0 and 100, got {percent}"
-                    )));
+                let mut after = before.clone();
+                match change {
+                    Change::Shift(..) => after.standby_percent = *percent,
+                    _ => after.mirror_percent = Some(*percent),
                 }
-                Ok(vec![(
-                    app.clone(),
-                    AppState {
-                        mirror_percent: Some(*percent),
-                        ..before.clone()
-                    },
-                )])
+                Ok(vec![(app.clone(), after)])
             }
             Change::Rollback(Some(app)) => {
                 self.require_app(app)?;
