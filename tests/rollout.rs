@@ -746,3 +746,46 @@ async fn only_split_traffic_and_only_server_faults_are_judged() {
         "QA traffic failed throughout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_judge_rolls_back_even_when_the_state_file_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("state");
+    std::fs::create_dir(&sub).unwrap();
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, Some(&sub.join("state.json"))));
+    let c = client();
+    let load = load(&proxy, 4, None);
+    start(&c, &proxy, r#"{"steps": [20, 100], "every": "60s"}"#).await;
+    until(&c, &proxy, Duration::from_secs(5), |r| {
+        r["state"] == "progressing"
+    })
+    .await;
+    // No more writes: the directory is gone. Then green fails.
+    std::fs::remove_dir_all(&sub).unwrap();
+    green.fail_permille.store(1000, SeqCst);
+    let r = until(&c, &proxy, Duration::from_secs(10), |r| {
+        r["state"] == "rolling_back"
+    })
+    .await;
+    load.stop().await;
+    assert!(text(&r, "/reason").contains("fast fail"), "{r:#}");
+    assert_eq!(
+        status(&c, &proxy).await["apps"]["shop"]["standby_percent"],
+        0.0
+    );
+    // A change an operator asks for is still refused without its write.
+    let r = admin_call(
+        &c,
+        &proxy,
+        "POST",
+        "/v1/apps/shop/shift",
+        r#"{"percent": 5, "force": true}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.text());
+}

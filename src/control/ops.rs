@@ -1053,7 +1053,7 @@ impl Control {
             before: before.clone(),
             after: routed.clone(),
         };
-        self.persist(|file, path| {
+        let saved = self.persist(|file, path| {
             file.save_next(
                 path,
                 epoch,
@@ -1061,7 +1061,17 @@ impl Control {
                 &rollouts,
                 std::slice::from_ref(&entry),
             )
-        })?;
+        });
+        match saved {
+            // The judge's rollback is not held back by a state file that
+            // cannot be written: a failing green keeps no share for that.
+            // The next write that succeeds records it; a restart before
+            // one finds the rollout where it was and judges it again.
+            Err(e) if to == Phase::RollingBack && actor == "rollout" => {
+                tracing::error!(app = %app, error = %e, "rolling back although the state file could not be written");
+            }
+            r => r?,
+        }
         self.state.apps = states;
         self.state.rollouts = rollouts;
         self.state.epoch = epoch;
