@@ -499,7 +499,24 @@ async fn manual_changes_during_a_rollout_are_refused_unless_forced_and_rollback_
         status(&c, &proxy).await["apps"]["shop"]["standby_percent"],
         30.0
     );
-    // Pause and resume; steering an ended rollout is refused.
+    // Forced, a change that changes nothing still ends the rollout.
+    start(&c, &proxy, plan).await;
+    until(&c, &proxy, Duration::from_secs(5), |r| {
+        r["state"] == "progressing"
+    })
+    .await;
+    let r = admin_call(
+        &c,
+        &proxy,
+        "POST",
+        "/v1/apps/shop/shift",
+        r#"{"percent": 10, "force": true}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rollout(&c, &proxy).await["state"], "superseded");
+    // Steering an ended rollout is refused.
     let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout/pause", "", &[]).await;
     assert_eq!(r.status, 409, "{}", r.text());
 }

@@ -332,7 +332,21 @@ impl Control {
             .collect();
         let current = self.shared.snapshot.load_full();
         if changed.is_empty() {
-            return Ok(self.answer(current, self.state.epoch, req.dry_run, &[]));
+            // Forced, it still ends the rollout it was forced past.
+            if !req.dry_run {
+                for name in &superseded {
+                    let mut r = self.state.rollouts[name].clone();
+                    let why = format!(
+                        "superseded by a forced {} by {}",
+                        req.change.kind(),
+                        req.actor
+                    );
+                    r.go(Phase::Superseded, r.step, None, why, now_rfc3339());
+                    self.commit_rollout(name, r, &req.actor, req.reason.as_deref())?;
+                }
+            }
+            let snap = self.shared.snapshot.load_full();
+            return Ok(self.answer(snap, self.state.epoch, req.dry_run, &[]));
         }
         let mut states = self.state.apps.clone();
         for (name, _, after) in &changed {
