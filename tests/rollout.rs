@@ -167,7 +167,7 @@ fn load_of(
 }
 
 /// The text at `key` of `v` (`""` if none).
-fn text<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+fn text_at<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
     v.pointer(key).and_then(|t| t.as_str()).unwrap_or("")
 }
 
@@ -205,6 +205,21 @@ async fn start(c: &TestClient, proxy: &Proxy, body: &str) -> serde_json::Value {
     let r = admin_call(c, proxy, "POST", "/v1/apps/shop/rollout", body, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["rollout"].clone()
+}
+
+/// Start a rollout with `plan` and wait until it is at its first step.
+async fn progressing(c: &TestClient, proxy: &Proxy, plan: &str) {
+    start(c, proxy, plan).await;
+    until(c, proxy, Duration::from_secs(5), |r| {
+        r["state"] == "progressing"
+    })
+    .await;
+}
+
+/// `POST path` with `body`: its status, and the answer in words.
+async fn post(c: &TestClient, proxy: &Proxy, path: &str, body: &str) -> (u16, String) {
+    let r = admin_call(c, proxy, "POST", path, body, &[]).await;
+    (r.status.as_u16(), r.text())
 }
 
 fn states(r: &serde_json::Value) -> Vec<String> {
@@ -387,10 +402,10 @@ async fn low_traffic_extends_the_step_then_pauses_as_inconclusive() {
     let load = load(&proxy, 1, Some(Duration::from_millis(100)));
     start(&c, &proxy, r#"{"steps": [50, 100], "every": "1s"}"#).await;
     let extended = until(&c, &proxy, Duration::from_secs(8), |r| {
-        text(r, "/window/judge").starts_with("step extended: samples")
+        text_at(r, "/window/judge").starts_with("step extended: samples")
     })
     .await;
-    let judge = text(&extended, "/window/judge");
+    let judge = text_at(&extended, "/window/judge");
     assert!(judge.contains("/300"), "{judge}");
     let r = until(&c, &proxy, Duration::from_secs(20), |r| {
         r["state"] != "progressing"
@@ -399,7 +414,7 @@ async fn low_traffic_extends_the_step_then_pauses_as_inconclusive() {
     load.stop().await;
     assert_eq!(r["state"], "paused", "{r:#}");
     assert!(
-        text(&r, "/reason").starts_with("inconclusive: samples"),
+        text_at(&r, "/reason").starts_with("inconclusive: samples"),
         "{r:#}"
     );
     // Paused keeps its weight; resume observes the step again.
@@ -426,7 +441,7 @@ async fn both_colours_failing_hold_and_do_not_roll_back() {
         r["window"]["holding"] == true
     })
     .await;
-    let judge = text(&held, "/window/judge");
+    let judge = text_at(&held, "/window/judge");
     assert!(judge.contains("both colours over budget"), "{judge}");
     let r = until(&c, &proxy, Duration::from_secs(15), |r| {
         r["state"] != "progressing"
@@ -434,7 +449,7 @@ async fn both_colours_failing_hold_and_do_not_roll_back() {
     .await;
     load.stop().await;
     assert_eq!(r["state"], "paused", "{r:#}");
-    assert!(text(&r, "/reason").starts_with("held for"), "{r:#}");
+    assert!(text_at(&r, "/reason").starts_with("held for"), "{r:#}");
     assert_eq!(blue.fail_permille.load(SeqCst), 300);
 }
 
@@ -446,25 +461,29 @@ async fn manual_changes_during_a_rollout_are_refused_unless_forced_and_rollback_
     );
     let proxy = Proxy::start(&config(&blue, &green, None));
     let c = client();
+    let rule = r#"[{"name": "qa", "header": {"name": "x-qa", "value": "1"}, "to": "green"}]"#;
+    let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", rule, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let plan = r#"{"steps": [10, 100], "every": "60s"}"#;
-    start(&c, &proxy, plan).await;
-    until(&c, &proxy, Duration::from_secs(5), |r| {
-        r["state"] == "progressing"
-    })
-    .await;
-    let again = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout", plan, &[]).await;
-    assert_eq!(again.status, 409, "{}", again.text());
+    progressing(&c, &proxy, plan).await;
+    let (status_of, text) = post(&c, &proxy, "/v1/apps/shop/rollout", plan).await;
+    assert_eq!(status_of, 409, "{text}");
     for (path, body) in [
         ("/v1/apps/shop/flip", ""),
         ("/v1/apps/shop/shift", r#"{"percent": 30}"#),
         ("/v1/flip", ""),
     ] {
-        let r = admin_call(&c, &proxy, "POST", path, body, &[]).await;
-        assert_eq!(r.status, 409, "{path}: {}", r.text());
-        assert!(r.text().contains("rollout under way"), "{}", r.text());
+        let (status_of, text) = post(&c, &proxy, path, body).await;
+        assert_eq!(status_of, 409, "{path}: {text}");
+        assert!(text.contains("rollout under way"), "{text}");
     }
-    let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", "[]", &[]).await;
-    assert_eq!(r.status, 409, "{}", r.text());
+    for (method, path, body) in [
+        ("PUT", "/v1/apps/shop/rules", "[]"),
+        ("DELETE", "/v1/apps/shop/rules/qa", ""),
+    ] {
+        let r = admin_call(&c, &proxy, method, path, body, &[]).await;
+        assert_eq!(r.status, 409, "{method} {path}: {}", r.text());
+    }
     // Rollback aborts it: straight back to blue alone.
     let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollback", "", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -473,52 +492,21 @@ async fn manual_changes_during_a_rollout_are_refused_unless_forced_and_rollback_
         r["state"] == "aborted"
     })
     .await;
-    assert!(
-        r["reason"].as_str().unwrap().starts_with("aborted by"),
-        "{r:#}"
-    );
-    // A forced change ends a rollout as superseded.
-    start(&c, &proxy, plan).await;
-    until(&c, &proxy, Duration::from_secs(5), |r| {
-        r["state"] == "progressing"
-    })
-    .await;
-    let r = admin_call(
-        &c,
-        &proxy,
-        "POST",
-        "/v1/apps/shop/shift",
-        r#"{"percent": 30, "force": true}"#,
-        &[],
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let r = rollout(&c, &proxy).await;
-    assert_eq!(r["state"], "superseded", "{r:#}");
-    assert_eq!(
-        status(&c, &proxy).await["apps"]["shop"]["standby_percent"],
-        30.0
-    );
-    // Forced, a change that changes nothing still ends the rollout.
-    start(&c, &proxy, plan).await;
-    until(&c, &proxy, Duration::from_secs(5), |r| {
-        r["state"] == "progressing"
-    })
-    .await;
-    let r = admin_call(
-        &c,
-        &proxy,
-        "POST",
-        "/v1/apps/shop/shift",
-        r#"{"percent": 10, "force": true}"#,
-        &[],
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(rollout(&c, &proxy).await["state"], "superseded");
+    assert!(text_at(&r, "/reason").starts_with("aborted by"), "{r:#}");
+    // A forced change ends a rollout as superseded; so does one that
+    // changes no routing (10 % is the step's own share).
+    for percent in [30.0, 10.0] {
+        progressing(&c, &proxy, plan).await;
+        let body = format!(r#"{{"percent": {percent}, "force": true}}"#);
+        let (status_of, text) = post(&c, &proxy, "/v1/apps/shop/shift", &body).await;
+        assert_eq!(status_of, 200, "{text}");
+        assert_eq!(rollout(&c, &proxy).await["state"], "superseded");
+        let s = status(&c, &proxy).await;
+        assert_eq!(s["apps"]["shop"]["standby_percent"], percent);
+    }
     // Steering an ended rollout is refused.
-    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout/pause", "", &[]).await;
-    assert_eq!(r.status, 409, "{}", r.text());
+    let (status_of, text) = post(&c, &proxy, "/v1/apps/shop/rollout/pause", "").await;
+    assert_eq!(status_of, 409, "{text}");
 }
 
 #[tokio::test]
@@ -658,7 +646,7 @@ async fn a_shadow_phase_compares_copies_before_the_first_live_step() {
     .await;
     assert_eq!(r["state"], "progressing", "{r:#}");
     assert!(
-        text(&r, "/reason").starts_with("shadow passed: 0 of"),
+        text_at(&r, "/reason").starts_with("shadow passed: 0 of"),
         "{r:#}"
     );
     let s = status(&c, &proxy).await;
@@ -679,7 +667,7 @@ async fn a_shadow_phase_compares_copies_before_the_first_live_step() {
     .await;
     load.stop().await;
     assert!(
-        text(&r, "/reason").starts_with("shadow: fast fail"),
+        text_at(&r, "/reason").starts_with("shadow: fast fail"),
         "{r:#}"
     );
     let s = status(&c, &proxy).await;
@@ -716,7 +704,7 @@ async fn a_slow_green_is_rolled_back_on_its_slow_responses() {
     .await;
     load.stop().await;
     assert!(
-        text(&r, "/reason").starts_with("slow responses: fast fail"),
+        text_at(&r, "/reason").starts_with("slow responses: fast fail"),
         "{r:#}"
     );
 }
@@ -776,11 +764,7 @@ async fn the_judge_rolls_back_even_when_the_state_file_cannot_be_written() {
     let proxy = Proxy::start(&config(&blue, &green, Some(&sub.join("state.json"))));
     let c = client();
     let load = load(&proxy, 4, None);
-    start(&c, &proxy, r#"{"steps": [20, 100], "every": "60s"}"#).await;
-    until(&c, &proxy, Duration::from_secs(5), |r| {
-        r["state"] == "progressing"
-    })
-    .await;
+    progressing(&c, &proxy, r#"{"steps": [20, 100], "every": "60s"}"#).await;
     // No more writes: the directory is gone. Then green fails.
     std::fs::remove_dir_all(&sub).unwrap();
     green.fail_permille.store(1000, SeqCst);
@@ -789,7 +773,7 @@ async fn the_judge_rolls_back_even_when_the_state_file_cannot_be_written() {
     })
     .await;
     load.stop().await;
-    assert!(text(&r, "/reason").contains("fast fail"), "{r:#}");
+    assert!(text_at(&r, "/reason").contains("fast fail"), "{r:#}");
     assert_eq!(
         status(&c, &proxy).await["apps"]["shop"]["standby_percent"],
         0.0

@@ -188,19 +188,28 @@ pub enum Steer {
 
 /// The routing a rollout in `r`'s phase sets on `before`.
 fn routing(before: &AppState, r: &Rollout) -> AppState {
-    let (live, standby_percent) = match r.phase {
-        Phase::Progressing => (r.baseline(), r.plan.share(r.step)),
-        Phase::Promoting | Phase::Baking | Phase::Succeeded => (r.target, 0.0),
-        Phase::RollingBack | Phase::Failed | Phase::Aborted => (r.baseline(), 0.0),
-        Phase::Preflight | Phase::Shadow | Phase::Paused | Phase::Superseded => {
-            return before.clone()
-        }
+    // The rolled-out colour's share: all of it once it is live (the flip),
+    // else its part of the split with the baseline live.
+    let (live, standby_percent) = match r.percent() {
+        None => return before.clone(),
+        Some(p) if p >= 100.0 => (r.target, 0.0),
+        Some(p) => (r.baseline(), p),
     };
     AppState {
         live,
         standby_percent,
         ..before.clone()
     }
+}
+
+/// End `r` because `req` was forced past it.
+fn supersede(r: &mut Rollout, req: &Request, time: String) {
+    let why = format!(
+        "superseded by a forced {} by {}",
+        req.change.kind(),
+        req.actor
+    );
+    r.go(Phase::Superseded, r.step, None, why, time);
 }
 
 /// At most what a history entry's reason holds.
@@ -336,12 +345,7 @@ impl Control {
             if !req.dry_run {
                 for name in &superseded {
                     let mut r = self.state.rollouts[name].clone();
-                    let why = format!(
-                        "superseded by a forced {} by {}",
-                        req.change.kind(),
-                        req.actor
-                    );
-                    r.go(Phase::Superseded, r.step, None, why, now_rfc3339());
+                    supersede(&mut r, &req, now_rfc3339());
                     self.commit_rollout(name, r, &req.actor, req.reason.as_deref())?;
                 }
             }
@@ -382,13 +386,11 @@ impl Control {
         if !superseded.is_empty() {
             let mut all = self.state.rollouts.clone();
             for name in &superseded {
-                let r = all.get_mut(name).expect("an active rollout");
-                let why = format!(
-                    "superseded by a forced {} by {}",
-                    req.change.kind(),
-                    req.actor
+                supersede(
+                    all.get_mut(name).expect("an active rollout"),
+                    &req,
+                    time.clone(),
                 );
-                r.go(Phase::Superseded, r.step, None, why, time.clone());
             }
             rollouts = Some(all);
         }
