@@ -9,6 +9,7 @@ to the hot path can be compared where wall-clock numbers are noise.
     python3 benches/callgrind.py --flips            # and a phase with flips
     python3 benches/callgrind.py --proxy hyper-floor [--floor-features N]
     python3 benches/callgrind.py --cache            # and simulated cache misses
+    python3 benches/callgrind.py --access-log json  # with the access log on (nginx: combined)
 
 Starts an nginx upstream, runs the proxy (`cutover run`, or nginx with
 `master_process off`, or HAProxy) under `valgrind --tool=callgrind`, sends
@@ -124,7 +125,7 @@ def hyper_floor_binary():
     return os.path.join(compare.ROOT, "target", "release", "examples", "hyper_floor")
 
 
-def proxy_argv(kind, config, work, floor_features=0, state=False):
+def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=None):
     if kind == "hyper-floor":
         return [hyper_floor_binary(), f"127.0.0.1:{compare.PROXY}",
                 f"127.0.0.1:{compare.UP_BLUE}", str(floor_features)]
@@ -134,12 +135,18 @@ def proxy_argv(kind, config, work, floor_features=0, state=False):
         if state:  # a state file, written (and fsynced) at every change
             with open(conf, "a") as f:
                 f.write(f'\n[state]\nfile = "{os.path.join(work, "cutover.state.json")}"\n')
+        if access_log:
+            with open(conf, "a") as f:
+                f.write(f'\n[log]\naccess = "{os.path.join(work, "access.log")}"\n'
+                        f'access_format = "{access_log}"\n')
         return [compare.CUTOVER, "run", "-c", conf]
     if kind == "nginx":
         # One process: the master would otherwise fork the worker.
         path = compare.nginx_proxy_conf(work)
         with open(path) as f:
             text = f.read().replace("master_process on;", "master_process off;")
+        if access_log:  # nginx writes combined (its default), unbuffered
+            text = text.replace("access_log off;", f"access_log {work}/access.log combined;")
         with open(path, "w") as f:
             f.write(text)
         return ["nginx", "-c", path, "-p", work]
@@ -164,6 +171,8 @@ def main():
     ap.add_argument("--flips", action="store_true", help="cutover: also measure a flip storm")
     ap.add_argument("--cache", action="store_true",
                     help="also simulate the L1 caches and branch prediction")
+    ap.add_argument("--access-log", choices=["json", "combined"],
+                    help="with the access log on, to a file (nginx: combined)")
     ap.add_argument("--binary", metavar="PATH",
                     help="cutover: the binary (default target/release/cutover; "
                          "target/pgo/cutover for the profile-guided build)")
@@ -177,7 +186,7 @@ def main():
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if args.cache else []
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + sim
                             + proxy_argv(args.proxy, args.config, work, args.floor_features,
-                                         state=args.flips),
+                                         state=args.flips, access_log=args.access_log),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         compare.wait_port(compare.PROXY, timeout=60)
@@ -192,7 +201,8 @@ def main():
         send(2 * n)
         events = {}
         measured = dump_ir(out, proc.pid, 2, events)
-        name = {"cutover": f"cutover, {args.config} config",
+        name = {"cutover": f"cutover, {args.config} config"
+                           + (f", {args.access_log} access log" if args.access_log else ""),
                 "hyper-floor": f"hyper floor, features {args.floor_features}"}.get(args.proxy, args.proxy)
         print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
         print(f"{name}: {measured / (2 * n):.0f} instructions per request "

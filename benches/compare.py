@@ -211,17 +211,22 @@ def nginx_upstream_conf(work):
     return path
 
 
-def nginx_proxy_conf(work, upstream_port=UP_BLUE):
+def nginx_proxy_conf(work, upstream_port=UP_BLUE, port=PROXY, name="proxy", access_log=None):
+    """nginx proxying to the upstream on `port`; with `access_log` (a
+    path), its combined access log on."""
     with open(os.path.join(work, "nginx-upstream.inc"), "w") as f:
         f.write(f"server 127.0.0.1:{upstream_port};\n")
-    conf = "\ndaemon off;\nmaster_process on;" + nginx_head(work, "proxy") + f"""
+    head = nginx_head(work, name)
+    if access_log:
+        head = head.replace("access_log off;", f"access_log {access_log} combined;")
+    conf = "\ndaemon off;\nmaster_process on;" + head + f"""
     upstream app {{
         include {work}/nginx-upstream.inc;
         keepalive 128;
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{PROXY};
+        listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -236,7 +241,7 @@ def nginx_proxy_conf(work, upstream_port=UP_BLUE):
     }}
 }}
 """
-    path = os.path.join(work, "proxy.conf")
+    path = os.path.join(work, f"{name}.conf")
     with open(path, "w") as f:
         f.write(conf)
     return path
@@ -992,7 +997,8 @@ def side_ab(work, other, secs, rounds):
 def side_features(work, secs, rounds):
     """The cost of the front-door features, this build against itself,
     side by side: the access log (to a file, JSON and combined) against
-    no log, and request ids against none."""
+    no log, and request ids against none; and nginx's access log
+    (combined, to a file) against none, the same way."""
     lines = ["## Front-door features: this build with and without\n",
              f"{rounds} rounds of {secs} s, each side with its own `wrk -t1 -c64`, both at once; "
              "b / a is the feature's CPU per request over the same build's without it. "
@@ -1014,6 +1020,16 @@ def side_features(work, secs, rounds):
         lines.append(pair_line(label, ratios, stats))
         if os.path.exists(log_file):
             os.remove(log_file)
+    os.chmod(work, 0o777)  # nginx's worker (nobody) writes the log there
+    ratios, stats = pair(
+        lambda: Server("nginx-a", ["nginx", "-c", nginx_proxy_conf(work), "-p", work], PROXY),
+        lambda: Server("nginx-b", ["nginx", "-c", nginx_proxy_conf(work, port=SIDE_PROXY, name="proxy-log",
+                                                                   access_log=log_file), "-p", work],
+                       SIDE_PROXY),
+        secs, rounds)
+    lines.append(pair_line("nginx: no access log, combined access log", ratios, stats))
+    if os.path.exists(log_file):
+        os.remove(log_file)
     return "\n".join(lines) + "\n"
 
 

@@ -12,9 +12,16 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderValue, Method, Version};
 
 use crate::config::AccessFormat;
-use crate::control::access_log::{rfc3339, time_local};
+use crate::control::access_log::{push_rfc3339, push_time_local};
 use crate::model::Color;
 use crate::route::Server;
+
+/// `,"name":` as one literal, so a field's key is one copy.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
 
 /// What the request said and where it went.
 pub struct Fields {
@@ -54,7 +61,7 @@ pub struct Outcome<'a> {
 impl Fields {
     pub fn line(&self, o: &Outcome<'_>) -> String {
         let started = SystemTime::now() - o.elapsed;
-        let mut out = String::with_capacity(512);
+        let mut out = String::with_capacity(768);
         match self.format {
             AccessFormat::Json => self.json(&mut out, o, started),
             AccessFormat::Combined => self.combined(&mut out, o, started),
@@ -63,55 +70,77 @@ impl Fields {
         out
     }
 
-    /// One object, written field by field (a `serde_json::Map` would
-    /// allocate every key and value again).
+    /// One object, written field by field with no formatting machinery:
+    /// a line is written for every request, and `write!` and `Display`
+    /// cost several times what pushing the bytes does.
     fn json(&self, out: &mut String, o: &Outcome<'_>, started: SystemTime) {
-        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-        let _ = write!(out, "{{\"time\":\"{}\"", rfc3339(started));
-        field(out, "request_id", o.request_id.map(HeaderValue::as_bytes));
-        let _ = write!(out, ",\"client\":\"{}\"", self.client);
-        field(out, "method", Some(self.method.as_str().as_bytes()));
-        field(out, "host", self.host.as_ref().map(HeaderValue::as_bytes));
-        field(out, "path", Some(self.path.as_bytes()));
-        if let Some(q) = &self.query {
-            field(out, "query", Some(q.as_bytes()));
-        }
-        let _ = write!(
+        out.push_str("{\"time\":\"");
+        push_rfc3339(out, started);
+        out.push('"');
+        field(
             out,
-            ",\"protocol\":\"{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}",
-            version(self.version),
-            o.status,
-            self.bytes_in.load(Relaxed),
-            o.bytes_out,
-            ms(o.elapsed)
+            key!("request_id"),
+            o.request_id.map(HeaderValue::as_bytes),
         );
+        out.push_str(",\"client\":\"");
+        push_ip(out, self.client);
+        out.push('"');
+        field(out, key!("method"), Some(self.method.as_str().as_bytes()));
+        field(
+            out,
+            key!("host"),
+            self.host.as_ref().map(HeaderValue::as_bytes),
+        );
+        field(out, key!("path"), Some(self.path.as_bytes()));
+        if let Some(q) = &self.query {
+            field(out, key!("query"), Some(q.as_bytes()));
+        }
+        out.push_str(",\"protocol\":\"");
+        out.push_str(version(self.version));
+        out.push_str("\",\"status\":");
+        push_int(out, o.status.into());
+        out.push_str(",\"bytes_in\":");
+        push_int(out, self.bytes_in.load(Relaxed));
+        out.push_str(",\"bytes_out\":");
+        push_int(out, o.bytes_out);
+        out.push_str(",\"duration_ms\":");
+        push_ms(out, o.elapsed);
         match o.server {
             Some(s) => {
-                let _ = write!(out, ",\"upstream\":\"{}\"", s.addr);
+                out.push_str(",\"upstream\":\"");
+                push_ip(out, s.addr.ip());
+                out.push(':');
+                push_int(out, s.addr.port().into());
+                out.push('"');
             }
             None => out.push_str(",\"upstream\":null"),
         }
         match self.upstream_time {
             Some(t) => {
-                let _ = write!(out, ",\"upstream_ms\":{}", ms(t));
+                out.push_str(",\"upstream_ms\":");
+                push_ms(out, t);
             }
             None => out.push_str(",\"upstream_ms\":null"),
         }
-        field(out, "app", self.app.as_deref().map(str::as_bytes));
-        field(out, "color", o.color.map(|c| c.as_str().as_bytes()));
-        field(out, "placed", self.placed.as_deref().map(str::as_bytes));
+        field(out, key!("app"), self.app.as_deref().map(str::as_bytes));
+        field(out, key!("color"), o.color.map(|c| c.as_str().as_bytes()));
+        field(
+            out,
+            key!("placed"),
+            self.placed.as_deref().map(str::as_bytes),
+        );
         if let Some((v, sni)) = &self.tls {
-            field(out, "tls_version", Some(v.as_bytes()));
-            field(out, "sni", sni.as_deref().map(str::as_bytes));
+            field(out, key!("tls_version"), Some(v.as_bytes()));
+            field(out, key!("sni"), sni.as_deref().map(str::as_bytes));
         }
         field(
             out,
-            "user_agent",
+            key!("user_agent"),
             self.user_agent.as_ref().map(HeaderValue::as_bytes),
         );
         field(
             out,
-            "referer",
+            key!("referer"),
             self.referer.as_ref().map(HeaderValue::as_bytes),
         );
         out.push('}');
@@ -120,32 +149,24 @@ impl Fields {
     /// nginx's `combined`, then the app and the colour:
     /// `client - - [time] "request" status bytes "referer" "user agent" app color`.
     fn combined(&self, out: &mut String, o: &Outcome<'_>, started: SystemTime) {
-        let quoted = |out: &mut String, v: &[u8]| {
-            out.push('"');
-            if v.is_empty() {
-                out.push('-');
-            }
-            for &b in v {
-                // nginx writes `"`, `\` and bytes outside printable ASCII as \xHH.
-                if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-                    let _ = write!(out, "\\x{b:02X}");
-                } else {
-                    out.push(b as char);
-                }
-            }
-            out.push('"');
-        };
-        let _ = write!(out, "{} - - [{}] ", self.client, time_local(started));
-        let request = format!(
-            "{} {}{}{} {}",
-            self.method,
-            self.path,
-            if self.query.is_some() { "?" } else { "" },
-            self.query.as_deref().unwrap_or(""),
-            version(self.version)
-        );
-        quoted(out, request.as_bytes());
-        let _ = write!(out, " {} {} ", o.status, o.bytes_out);
+        push_ip(out, self.client);
+        out.push_str(" - - [");
+        push_time_local(out, started);
+        out.push_str("] \"");
+        escaped(out, self.method.as_str().as_bytes());
+        out.push(' ');
+        escaped(out, self.path.as_bytes());
+        if let Some(q) = &self.query {
+            out.push('?');
+            escaped(out, q.as_bytes());
+        }
+        out.push(' ');
+        out.push_str(version(self.version));
+        out.push_str("\" ");
+        push_int(out, o.status.into());
+        out.push(' ');
+        push_int(out, o.bytes_out);
+        out.push(' ');
         quoted(
             out,
             self.referer.as_ref().map_or(&b""[..], |v| v.as_bytes()),
@@ -155,32 +176,103 @@ impl Fields {
             out,
             self.user_agent.as_ref().map_or(&b""[..], |v| v.as_bytes()),
         );
-        let _ = write!(
-            out,
-            " {} {}",
-            self.app.as_deref().unwrap_or("-"),
-            o.color.map_or("-", |c| c.as_str())
-        );
+        out.push(' ');
+        out.push_str(self.app.as_deref().unwrap_or("-"));
+        out.push(' ');
+        out.push_str(o.color.map_or("-", |c| c.as_str()));
     }
 }
 
-/// `,"name":"value"` (JSON-escaped; bytes that are not UTF-8 become
-/// U+FFFD), or `,"name":null`.
-fn field(out: &mut String, name: &str, value: Option<&[u8]>) {
-    let _ = write!(out, ",\"{name}\":");
+/// `"value"` as nginx writes it, `"-"` when empty.
+fn quoted(out: &mut String, v: &[u8]) {
+    out.push('"');
+    if v.is_empty() {
+        out.push('-');
+    }
+    escaped(out, v);
+    out.push('"');
+}
+
+/// nginx writes `"`, `\` and bytes outside printable ASCII as `\xHH`.
+fn escaped(out: &mut String, v: &[u8]) {
+    let plain = |b: u8| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b);
+    if let Ok(s) = std::str::from_utf8(v) {
+        if s.bytes().all(plain) {
+            out.push_str(s);
+            return;
+        }
+    }
+    for &b in v {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push_str("\\x");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
+fn push_int(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Milliseconds with three decimals (microseconds).
+fn push_ms(out: &mut String, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_int(out, us / 1000);
+    let frac = us % 1000;
+    out.push('.');
+    out.push(char::from(b'0' + (frac / 100) as u8));
+    out.push(char::from(b'0' + (frac / 10 % 10) as u8));
+    out.push(char::from(b'0' + (frac % 10) as u8));
+}
+
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_int(out, octet.into());
+            }
+        }
+        // Rarer, and its shortest form takes the standard library's rules.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `key` (`,"name":`, from [`key!`]) then `"value"` (JSON-escaped;
+/// bytes that are not UTF-8 become U+FFFD) or `null`.
+fn field(out: &mut String, key: &str, value: Option<&[u8]>) {
+    out.push_str(key);
     let Some(v) = value else {
         out.push_str("null");
         return;
     };
     out.push('"');
-    for c in String::from_utf8_lossy(v).chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    let plain = |b: u8| b != b'"' && b != b'\\' && b >= 0x20;
+    match std::str::from_utf8(v) {
+        // Most values need no escaping: pushed whole.
+        Ok(s) if s.bytes().all(plain) => {
+            out.reserve(s.len() + 1);
+            out.push_str(s);
+        }
+        _ => {
+            for c in String::from_utf8_lossy(v).chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if (c as u32) < 0x20 => {
+                        let _ = write!(out, "\\u{:04x}", c as u32);
+                    }
+                    c => out.push(c),
+                }
             }
-            c => out.push(c),
         }
     }
     out.push('"');
