@@ -89,7 +89,7 @@ async fn json_access_lines_match_the_requests_sent() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let toml = format!(
-        "[log]\naccess = \"access.log\"\naccess_query = true\n{}",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[log]\naccess = \"access.log\"\naccess_query = true\n{}",
         apps(&b, &g, &ws)
     );
     let path = dir.path().join("cutover.toml");
@@ -110,10 +110,28 @@ async fn json_access_lines_match_the_requests_sent() {
     .await;
     assert_eq!(ok.status, 200);
     let id = ok.headers["x-request-id"].to_str().unwrap().to_string();
+    let posted = send(
+        &c,
+        "POST",
+        &proxy.url("/post"),
+        &[("host", "shop.test")],
+        b"0123456789".to_vec(),
+    )
+    .await;
+    assert_eq!(posted.status, 200);
+    // Behind a trusted proxy, even a request no app takes is logged with
+    // the client the proxy names.
     assert_eq!(
-        get(&c, &proxy.url("/"), &[("host", "nowhere.test")])
-            .await
-            .status,
+        get(
+            &c,
+            &proxy.url("/"),
+            &[
+                ("host", "nowhere.test"),
+                ("x-forwarded-for", "198.51.100.7")
+            ]
+        )
+        .await
+        .status,
         404
     );
     let big = send(
@@ -133,7 +151,7 @@ async fn json_access_lines_match_the_requests_sent() {
     );
     websocket(&proxy).await;
 
-    let got = lines(&log, 5).await;
+    let got = lines(&log, 6).await;
     let json: Vec<serde_json::Value> = got
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -161,11 +179,17 @@ async fn json_access_lines_match_the_requests_sent() {
     assert!(l["duration_ms"].as_f64().unwrap() >= l["upstream_ms"].as_f64().unwrap());
     assert!(l["time"].as_str().unwrap().ends_with('Z'));
 
+    let l = json.iter().find(|j| j["path"] == "/post").unwrap();
+    assert_eq!(
+        (l["bytes_in"].as_u64(), l["status"].as_u64()),
+        (Some(10), Some(200))
+    );
     let l = find(404);
     assert_eq!(
         (l["host"].as_str(), l["app"].is_null()),
         (Some("nowhere.test"), true)
     );
+    assert_eq!(l["client"], "198.51.100.7");
     assert!(l["request_id"].as_str().is_some_and(|s| s.len() == 32));
     let l = find(413);
     assert_eq!(
@@ -175,11 +199,19 @@ async fn json_access_lines_match_the_requests_sent() {
     let l = find(502);
     assert_eq!(l["app"], "dead");
     assert!(l["upstream_ms"].is_null(), "no response head came");
+    // Written when the tunnel closed, with what went through it: "hi"
+    // and a close frame from the client (masked), "blue:hi" and a close
+    // frame back.
     let l = find(101);
     assert_eq!(
         (l["app"].as_str(), l["path"].as_str()),
         (Some("ws"), Some("/chat"))
     );
+    let (bytes_in, bytes_out) = (
+        l["bytes_in"].as_u64().unwrap(),
+        l["bytes_out"].as_u64().unwrap(),
+    );
+    assert!(bytes_in >= 8 + 6 && bytes_out >= 9 + 2, "{l}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,13 +274,25 @@ async fn combined_lines_are_nginx_combined_with_the_app_and_colour() {
         ("\"GET /x HTTP/1.1\" 404 ", "\"-\" \"-\" - -"),
         ("\"POST /up HTTP/1.1\" 413 ", " shop blue"),
         ("\"GET /y HTTP/1.1\" 502 ", " dead blue"),
-        ("\"GET /chat HTTP/1.1\" 101 0 ", " ws blue"),
+        ("\"GET /chat HTTP/1.1\" 101 ", " ws blue"),
     ] {
         assert!(
             got.iter().any(|l| l.contains(request) && l.ends_with(end)),
             "no line with {request}…{end} in {got:#?}"
         );
     }
+    // The tunnel's bytes to the client, as nginx counts them.
+    let ws_line = got.iter().find(|l| l.contains(" 101 ")).unwrap();
+    let sent: u64 = ws_line
+        .split(" 101 ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent >= 9 + 2, "{ws_line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,6 +474,7 @@ async fn proxy_protocol_from_a_trusted_peer_sets_the_client_address() {
     let proxy = Proxy::start(&config("10.0.0.0/8"));
     let r = through_proxy_protocol(&proxy, b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 80\r\n").await;
     assert_eq!(r, "");
+    assert_eq!(through_proxy_protocol(&proxy, &v2_office).await, "");
     assert_eq!(g.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 

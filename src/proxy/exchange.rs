@@ -129,6 +129,36 @@ impl BodyHash {
     }
 }
 
+/// See [`Exchange::log_at_tunnel_end`].
+pub struct TunnelLog {
+    fields: super::access::Fields,
+    shared: Arc<crate::control::Shared>,
+    request_id: Option<http::HeaderValue>,
+    start: Instant,
+    status: u16,
+    color: Option<crate::model::Color>,
+    server: Option<Arc<Server>>,
+}
+
+impl TunnelLog {
+    /// The tunnel closed, having written `to_client` bytes to the client
+    /// and `from_client` to the upstream.
+    pub fn write(self, to_client: u64, from_client: u64) {
+        let Some(log) = self.shared.access_log.get() else {
+            return;
+        };
+        self.fields.bytes_in.fetch_add(from_client, Relaxed);
+        log.write(self.fields.line(&super::access::Outcome {
+            status: self.status,
+            elapsed: self.start.elapsed(),
+            bytes_out: to_client,
+            color: self.color,
+            server: self.server.as_deref(),
+            request_id: self.request_id.as_ref(),
+        }));
+    }
+}
+
 /// What only the request id and the access log need.
 #[derive(Default)]
 pub struct Extra {
@@ -175,6 +205,22 @@ impl Exchange {
     /// The request's id field, if it has one.
     pub fn request_id(&self) -> Option<&(http::HeaderName, http::HeaderValue)> {
         self.extra.as_ref()?.request_id.as_ref()
+    }
+
+    /// An upgraded request's access log line, taken out of the exchange
+    /// (which ends with the `101`) to be written when its tunnel closes,
+    /// with the tunnel's bytes and its whole duration, as nginx does.
+    pub fn log_at_tunnel_end(&mut self, status: u16) -> Option<TunnelLog> {
+        let fields = self.extra.as_mut()?.log.take()?;
+        Some(TunnelLog {
+            fields,
+            shared: self.worker.shared.clone(),
+            request_id: self.request_id().map(|(_, v)| v.clone()),
+            start: self.start,
+            status,
+            color: self.pool.as_ref().map(|p| p.color),
+            server: self.server.clone(),
+        })
     }
 
     /// The access log's fields, when the log is on.

@@ -243,6 +243,20 @@ fn prepare(
     );
     let (body_timeout, read_timeout) = (limits.client_body_timeout, limits.upstream_read_timeout);
     let color_header = snap.settings.color_header;
+    // Before any answer, so that every access log line, refusals and
+    // redirects too, names the client behind a trusted proxy.
+    let client_ip = if conn.trusted {
+        headers::client_behind(
+            req.headers(),
+            conn.peer.ip(),
+            &snap.settings.trusted_proxies,
+        )
+    } else {
+        conn.peer.ip()
+    };
+    if let Some(f) = ex.log_fields() {
+        f.client = client_ip;
+    }
     let target = match request::check(req.method(), req.uri(), req.version(), req.headers()) {
         Ok(t) => t,
         Err(why) => return Err(refuse(ex, conn, why, &snap.settings.answers)),
@@ -273,19 +287,9 @@ fn prepare(
     let Some(app) = found else {
         return Err(fail(ex, ProxyError::NoApp, own, conn.tls));
     };
-    let client_ip = if conn.trusted {
-        headers::client_behind(
-            req.headers(),
-            conn.peer.ip(),
-            &snap.settings.trusted_proxies,
-        )
-    } else {
-        conn.peer.ip()
-    };
     let view = RequestView::new(path, req.headers(), client_ip, Some(&conn.memo));
     let decision = app.decide(&view);
     if let Some(f) = ex.log_fields() {
-        f.client = client_ip;
         f.app = Some(app.name.clone());
         f.placed = Some(match decision.placed {
             Placed::Rule(i) => app
@@ -662,7 +666,8 @@ fn answer_h1(
     conn.state.upgrade();
     if let Some(client) = a.client_upgrade.take() {
         let (shared, pool) = (worker.shared.clone(), a.pool.clone());
-        super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone());
+        let log = a.ex.log_at_tunnel_end(parts.status.as_u16());
+        super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone(), log);
     }
     let body = ResponseBody::full(Bytes::new(), Some(a.ex));
     respond(

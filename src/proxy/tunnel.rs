@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use super::exchange::TunnelLog;
 use super::h1;
 use super::io::ConnInfo;
 use crate::control::Shared;
@@ -33,7 +34,8 @@ use crate::route::{Pool, Server, Timeout};
 /// side is the connection `conn` switched, with what was read past the
 /// upstream's head (`early`), which goes to the client first.
 /// `info` keeps the client connection's `max_connections` slot (and its
-/// place among the worker's open connections) for the tunnel's life.
+/// place among the worker's open connections) for the tunnel's life;
+/// `log`, the request's access log line, is written when the tunnel closes.
 pub fn spawn(
     shared: Arc<Shared>,
     pool: Arc<Pool>,
@@ -41,6 +43,7 @@ pub fn spawn(
     client: OnUpgrade,
     conn: h1::Conn,
     info: Rc<ConnInfo>,
+    log: Option<TunnelLog>,
 ) {
     let (upstream, early, counted) = conn.into_tunnel();
     let idle_limit = shared.snapshot.load().settings.limits.tunnel_idle_timeout;
@@ -49,6 +52,9 @@ pub fn spawn(
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
+                if let Some(log) = log {
+                    log.write(0, 0);
+                }
                 return;
             }
         };
@@ -58,65 +64,76 @@ pub fn spawn(
         if !early.is_empty() {
             if let Err(e) = client.write_all(&early).await {
                 tracing::debug!(error = %e, "tunnel closed");
+                if let Some(log) = log {
+                    log.write(client.written, 0);
+                }
                 return;
             }
         }
         pool.stats.tunnels.fetch_add(1, Relaxed);
         let app = server.app.clone();
-        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-        tokio::pin!(copy);
-        let mut swapped = shared.swapped.subscribe();
-        let mut drain_at: Option<Instant> = None;
-        let idle = tokio::time::sleep(idle_limit);
-        tokio::pin!(idle);
-        loop {
-            {
-                let snap = shared.snapshot.load();
-                if let Some(a) = snap.app(&app) {
-                    if a.receives_traffic(pool.color) {
-                        drain_at = None;
-                    } else if drain_at.is_none() {
-                        drain_at = a.drain_timeout.map(|t| Instant::now() + t);
+        // In a block of its own: the copy borrows both sides until it is dropped.
+        {
+            let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+            tokio::pin!(copy);
+            let mut swapped = shared.swapped.subscribe();
+            let mut drain_at: Option<Instant> = None;
+            let idle = tokio::time::sleep(idle_limit);
+            tokio::pin!(idle);
+            loop {
+                {
+                    let snap = shared.snapshot.load();
+                    if let Some(a) = snap.app(&app) {
+                        if a.receives_traffic(pool.color) {
+                            drain_at = None;
+                        } else if drain_at.is_none() {
+                            drain_at = a.drain_timeout.map(|t| Instant::now() + t);
+                        }
                     }
                 }
-            }
-            tokio::select! {
-                r = &mut copy => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "tunnel closed");
-                    }
-                    break;
-                }
-                changed = swapped.changed() => {
-                    if changed.is_err() {
+                tokio::select! {
+                    r = &mut copy => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "tunnel closed");
+                        }
                         break;
                     }
-                }
-                () = &mut idle => {
-                    let quiet_until = last.get() + idle_limit;
-                    if Instant::now() >= quiet_until {
-                        tracing::debug!(app = %app, color = %pool.color, server = %server.addr, "closing a tunnel with no traffic (tunnel_idle_timeout)");
-                        pool.stats.timed_out(Timeout::TunnelIdle);
+                    changed = swapped.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                    () = &mut idle => {
+                        let quiet_until = last.get() + idle_limit;
+                        if Instant::now() >= quiet_until {
+                            tracing::debug!(app = %app, color = %pool.color, server = %server.addr, "closing a tunnel with no traffic (tunnel_idle_timeout)");
+                            pool.stats.timed_out(Timeout::TunnelIdle);
+                            break;
+                        }
+                        idle.as_mut().reset(quiet_until);
+                    }
+                    _ = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
+                        tracing::info!(app = %app, color = %pool.color, server = %server.addr, "closing a tunnel to a pool without traffic (drain_timeout)");
                         break;
                     }
-                    idle.as_mut().reset(quiet_until);
-                }
-                _ = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
-                    tracing::info!(app = %app, color = %pool.color, server = %server.addr, "closing a tunnel to a pool without traffic (drain_timeout)");
-                    break;
                 }
             }
         }
         pool.stats.tunnels.fetch_sub(1, Relaxed);
+        if let Some(log) = log {
+            log.write(client.written, upstream.written);
+        }
         drop(counted);
         drop(info);
     });
 }
 
-/// One side of a tunnel, noting when a byte last went either way.
+/// One side of a tunnel, noting when a byte last went either way and
+/// how many were written to this side.
 struct Active<T> {
     io: T,
     last: Rc<Cell<Instant>>,
+    written: u64,
 }
 
 impl<T> Active<T> {
@@ -124,6 +141,7 @@ impl<T> Active<T> {
         Active {
             io,
             last: last.clone(),
+            written: 0,
         }
     }
 
@@ -156,6 +174,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
         this.note(&polled);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.written += n as u64;
+        }
         polled
     }
 
