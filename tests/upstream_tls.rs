@@ -29,6 +29,8 @@ struct TlsUpstream {
     handshakes: Arc<AtomicUsize>,
     resumed: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    /// The server name each handshake asked for (None: no SNI).
+    names: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 /// A rustls acceptor for `dir/stem.pem` + `dir/stem.key`, offering `alpn`,
@@ -85,23 +87,33 @@ async fn tls_upstream(
         handshakes: Arc::default(),
         resumed: Arc::default(),
         requests: Arc::default(),
+        names: Arc::default(),
     };
-    let (handshakes, resumed, requests) = (
+    let (handshakes, resumed, requests, names) = (
         up.handshakes.clone(),
         up.resumed.clone(),
         up.requests.clone(),
+        up.names.clone(),
     );
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
-            let (handshakes, resumed, requests) =
-                (handshakes.clone(), resumed.clone(), requests.clone());
+            let (handshakes, resumed, requests, names) = (
+                handshakes.clone(),
+                resumed.clone(),
+                requests.clone(),
+                names.clone(),
+            );
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 handshakes.fetch_add(1, SeqCst);
                 let conn = tls.get_ref().1;
+                names
+                    .lock()
+                    .unwrap()
+                    .push(conn.server_name().map(str::to_string));
                 if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                     resumed.fetch_add(1, SeqCst);
                 }
@@ -183,8 +195,9 @@ async fn a_tls_pool_reaches_its_server_verified_by_the_ca_file_and_name() {
         bodies,
         ["tls HTTP/1.1 /a", "tls HTTP/1.1 /b", "tls HTTP/1.1 /c"]
     );
-    // Kept alive: one handshake for all three.
+    // Kept alive: one handshake for all three, which named the server.
     assert_eq!(up.handshakes.load(SeqCst), 1);
+    assert_eq!(*up.names.lock().unwrap(), [Some("upstream.test".into())]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,6 +266,92 @@ async fn an_ip_address_is_verified_against_the_certificates_ip_without_a_name() 
     let r = get(&client(), &proxy.url("/ip"), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "tls HTTP/1.1 /ip");
+    // An address is not a name: no SNI (RFC 6066 §3).
+    assert_eq!(*up.names.lock().unwrap(), [None]);
+}
+
+/// The real binary, its stderr in a file: a certificate that does not
+/// verify — signed by no trusted CA, or for another name — answers 502,
+/// sends nothing, and the log names the server and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_certificate_is_logged_with_the_server_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    ca_and_server(dir.path());
+    let own = rcgen::generate_simple_self_signed(vec!["upstream.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("self.pem"), own.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("self.key"), own.signing_key.serialize_pem()).unwrap();
+    let stranger = tls_upstream(dir.path(), "self", &[b"http/1.1"], None, false).await;
+    let misnamed = tls_upstream(dir.path(), "server", &[b"http/1.1"], None, false).await;
+    let (port, admin) = (free_port(), free_port());
+    let ca = path(dir.path(), "ca.pem");
+    let conf = dir.path().join("cutover.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [apps.a]\nhosts = [\"a.test\"]\n\
+             [apps.a.blue]\nservers = [\"{}\"]\ntls = true\nca_file = \"{ca}\"\ntls_server_name = \"upstream.test\"\n\
+             [apps.a.green]\nservers = [\"127.0.0.1:9\"]\n\
+             [apps.b]\nhosts = [\"b.test\"]\n\
+             [apps.b.blue]\nservers = [\"{}\"]\ntls = true\nca_file = \"{ca}\"\ntls_server_name = \"elsewhere.test\"\n\
+             [apps.b.green]\nservers = [\"127.0.0.1:9\"]\n",
+            stranger.addr, misnamed.addr
+        ),
+    )
+    .unwrap();
+    let stderr = dir.path().join("stderr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "-c", conf.to_str().unwrap()])
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/secret");
+    for host in ["a.test", "b.test"] {
+        assert_eq!(get(&c, &url, &[("host", host)]).await.status, 502, "{host}");
+    }
+    assert_eq!(
+        stranger.requests.load(SeqCst) + misnamed.requests.load(SeqCst),
+        0
+    );
+    // The lines are written as the requests fail: wait for both.
+    let line_for = |text: &str, addr: SocketAddr| {
+        text.lines()
+            .find(|l| l.contains("upstream connect failed") && l.contains(&addr.to_string()))
+            .map(str::to_string)
+    };
+    let (a, b) = loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if let (Some(a), Some(b)) = (
+            line_for(&text, stranger.addr),
+            line_for(&text, misnamed.addr),
+        ) {
+            break (a, b);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log lines in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        a.contains("invalid peer certificate") && a.contains("UnknownIssuer"),
+        "{a}"
+    );
+    assert!(
+        b.contains("invalid peer certificate") && b.contains("elsewhere.test"),
+        "{b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -612,14 +612,16 @@ async fn send_again(
         .upstreams
         .connect(&server, p.connect_timeout, (conn.peer, conn.local))
         .await;
-    let Ok(Pooled {
-        tx: Sender::H1(mut c),
-        lease,
-    }) = fresh
-    else {
-        server.connect_errors.fetch_add(1, Relaxed);
-        server.record_failure(&p.answer.pool.config.passive);
-        return connect_failed(p.answer, &conn);
+    let (mut c, lease) = match fresh {
+        Ok(Pooled {
+            tx: Sender::H1(c),
+            lease,
+        }) => (c, lease),
+        other => {
+            let why = other.err().unwrap_or_else(not_h1);
+            connect_error(&server, &p.answer.pool, &why);
+            return connect_failed(p.answer, &conn);
+        }
     };
     let sent = send_h1(&worker, &conn, &mut p, &mut c).await;
     let got = h1_reply(sent, &server);
@@ -708,14 +710,15 @@ async fn send_h2(
                     .upstreams
                     .connect(&lease.server, p.connect_timeout, (conn.peer, conn.local))
                     .await;
-                let Ok(Pooled {
-                    tx: Sender::H2(mut tx),
-                    ..
-                }) = fresh
-                else {
-                    lease.server.connect_errors.fetch_add(1, Relaxed);
-                    lease.server.record_failure(&p.answer.pool.config.passive);
-                    return connect_failed(p.answer, &conn);
+                let mut tx = match fresh {
+                    Ok(Pooled {
+                        tx: Sender::H2(tx), ..
+                    }) => tx,
+                    other => {
+                        let why = other.err().unwrap_or_else(not_h2);
+                        connect_error(&lease.server, &p.answer.pool, &why);
+                        return connect_failed(p.answer, &conn);
+                    }
                 };
                 let within = deadline::after(p.response_timeout);
                 sent = worker
@@ -915,12 +918,29 @@ async fn connection(
     match Box::pin(worker.upstreams.connect(server, connect_timeout, client)).await {
         Ok(c) => Ok(c),
         Err(e) => {
-            server.connect_errors.fetch_add(1, Relaxed);
-            server.record_failure(&pool.config.passive);
-            tracing::warn!(server = %server.addr, app = %server.app, color = %server.color, error = %e, "upstream connect failed");
+            connect_error(server, pool, &e);
             Err(())
         }
     }
+}
+
+/// A connection to `server` could not be made: counted, held against its
+/// passive health, and logged with the reason (a certificate that does
+/// not verify says why).
+fn connect_error(server: &Server, pool: &Pool, e: &std::io::Error) {
+    server.connect_errors.fetch_add(1, Relaxed);
+    server.record_failure(&pool.config.passive);
+    tracing::warn!(server = %server.addr, app = %server.app, color = %server.color, error = %e, "upstream connect failed");
+}
+
+/// A fresh connection of the other protocol: the pool's protocol changed
+/// by a reload while the request waited.
+fn not_h1() -> std::io::Error {
+    std::io::Error::other("the new connection is not HTTP/1.1 (the pool changed)")
+}
+
+fn not_h2() -> std::io::Error {
+    std::io::Error::other("the new connection is not HTTP/2 (the pool changed)")
 }
 
 /// Did the exchange fail because of the request body? Its own error is
