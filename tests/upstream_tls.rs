@@ -29,8 +29,9 @@ struct TlsUpstream {
     handshakes: Arc<AtomicUsize>,
     resumed: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
-    /// The server name each handshake asked for (None: no SNI).
-    names: Arc<Mutex<Vec<Option<String>>>>,
+    /// The server name each handshake asked for (None: no SNI), and the
+    /// protocol ALPN chose (None: the client offered none we serve).
+    names: Arc<Mutex<Vec<(Option<String>, Option<String>)>>>,
 }
 
 /// A rustls acceptor for `dir/stem.pem` + `dir/stem.key`, offering `alpn`,
@@ -110,10 +111,11 @@ async fn tls_upstream(
                 };
                 handshakes.fetch_add(1, SeqCst);
                 let conn = tls.get_ref().1;
-                names
-                    .lock()
-                    .unwrap()
-                    .push(conn.server_name().map(str::to_string));
+                names.lock().unwrap().push((
+                    conn.server_name().map(str::to_string),
+                    conn.alpn_protocol()
+                        .map(|p| String::from_utf8_lossy(p).into_owned()),
+                ));
                 if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                     resumed.fetch_add(1, SeqCst);
                 }
@@ -195,9 +197,13 @@ async fn a_tls_pool_reaches_its_server_verified_by_the_ca_file_and_name() {
         bodies,
         ["tls HTTP/1.1 /a", "tls HTTP/1.1 /b", "tls HTTP/1.1 /c"]
     );
-    // Kept alive: one handshake for all three, which named the server.
+    // Kept alive: one handshake for all three, which named the server and
+    // chose HTTP/1.1 by ALPN.
     assert_eq!(up.handshakes.load(SeqCst), 1);
-    assert_eq!(*up.names.lock().unwrap(), [Some("upstream.test".into())]);
+    assert_eq!(
+        *up.names.lock().unwrap(),
+        [(Some("upstream.test".into()), Some("http/1.1".into()))]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +273,7 @@ async fn an_ip_address_is_verified_against_the_certificates_ip_without_a_name() 
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "tls HTTP/1.1 /ip");
     // An address is not a name: no SNI (RFC 6066 §3).
-    assert_eq!(*up.names.lock().unwrap(), [None]);
+    assert_eq!(up.names.lock().unwrap()[0].0, None);
 }
 
 /// The real binary, its stderr in a file: a certificate that does not
@@ -282,6 +288,9 @@ async fn a_refused_certificate_is_logged_with_the_server_and_the_reason() {
     std::fs::write(dir.path().join("self.key"), own.signing_key.serialize_pem()).unwrap();
     let stranger = tls_upstream(dir.path(), "self", &[b"http/1.1"], None, false).await;
     let misnamed = tls_upstream(dir.path(), "server", &[b"http/1.1"], None, false).await;
+    // Signed by the test CA, but the pool has no ca_file: the system's
+    // roots (or the built-in ones) decide, and they do not know that CA.
+    let unknown = tls_upstream(dir.path(), "server", &[b"http/1.1"], None, false).await;
     let (port, admin) = (free_port(), free_port());
     let ca = path(dir.path(), "ca.pem");
     let conf = dir.path().join("cutover.toml");
@@ -294,8 +303,11 @@ async fn a_refused_certificate_is_logged_with_the_server_and_the_reason() {
              [apps.a.green]\nservers = [\"127.0.0.1:9\"]\n\
              [apps.b]\nhosts = [\"b.test\"]\n\
              [apps.b.blue]\nservers = [\"{}\"]\ntls = true\nca_file = \"{ca}\"\ntls_server_name = \"elsewhere.test\"\n\
-             [apps.b.green]\nservers = [\"127.0.0.1:9\"]\n",
-            stranger.addr, misnamed.addr
+             [apps.b.green]\nservers = [\"127.0.0.1:9\"]\n\
+             [apps.c]\nhosts = [\"c.test\"]\n\
+             [apps.c.blue]\nservers = [\"{}\"]\ntls = true\ntls_server_name = \"upstream.test\"\n\
+             [apps.c.green]\nservers = [\"127.0.0.1:9\"]\n",
+            stranger.addr, misnamed.addr, unknown.addr
         ),
     )
     .unwrap();
@@ -315,7 +327,7 @@ async fn a_refused_certificate_is_logged_with_the_server_and_the_reason() {
     }
     let c = client();
     let url = format!("http://127.0.0.1:{port}/secret");
-    for host in ["a.test", "b.test"] {
+    for host in ["a.test", "b.test", "c.test"] {
         assert_eq!(get(&c, &url, &[("host", host)]).await.status, 502, "{host}");
     }
     assert_eq!(
