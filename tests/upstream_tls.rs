@@ -31,8 +31,11 @@ struct TlsUpstream {
     requests: Arc<AtomicUsize>,
     /// The server name each handshake asked for (None: no SNI), and the
     /// protocol ALPN chose (None: the client offered none we serve).
-    names: Arc<Mutex<Vec<(Option<String>, Option<String>)>>>,
+    names: Arc<Mutex<Vec<Handshake>>>,
 }
+
+/// A handshake's SNI name and ALPN protocol.
+type Handshake = (Option<String>, Option<String>);
 
 /// A rustls acceptor for `dir/stem.pem` + `dir/stem.key`, offering `alpn`,
 /// asking for a client certificate signed by `client_ca` if given.
