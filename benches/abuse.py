@@ -23,7 +23,12 @@ against each, in turn and each for `--seconds`:
   and 1,000 streams opened at once against the advertised limit.
 
 A probe sends one GET every 50 ms (20/s) on a new connection throughout
-(the attacks run in the same event loop, but do little work of their own);
+(the attacks run in the same event loop, but do little work of their own),
+to an app of its own (`probe.test`) whose upstream is a second process:
+the probe measures whether the proxy stays responsive, and one Python
+process writing 200 MiB of responses to slow readers would otherwise
+delay the probe's answers itself (a probe sent straight to a shared
+upstream saw p99 150 ms there);
 each phase reports the probe's failures and p99, whether the admin
 listener answered, cutover's RSS, and for the HTTP/2 floods how the
 connection was cut off and how many requests of reset streams reached
@@ -113,7 +118,7 @@ async def probe_once(port, latencies, failures):
     started = time.monotonic()
     try:
         r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
-        w.write(b"GET /probe HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        w.write(b"GET /probe HTTP/1.1\r\nHost: probe.test\r\nConnection: close\r\n\r\n")
         data = await asyncio.wait_for(r.read(), 2)
         w.close()
         if data.startswith(b"HTTP/1.1 200"):
@@ -334,7 +339,7 @@ async def reached(up_port, path):
     return n
 
 
-def cutover_proxy(work, port, admin, up_port):
+def cutover_proxy(work, port, admin, up_port, probe_port):
     """cutover, two workers; `port` serves HTTP/1.1 and h2c alike."""
     config = os.path.join(work, "cutover.toml")
     with open(config, "w") as f:
@@ -349,6 +354,12 @@ max_connections = 1500
 client_header_timeout = "5s"
 client_body_timeout = "5s"
 client_send_timeout = "5s"
+[apps.probe]
+hosts = ["probe.test"]
+[apps.probe.blue]
+servers = ["127.0.0.1:{probe_port}"]
+[apps.probe.green]
+servers = ["127.0.0.1:{probe_port}"]
 [apps.shop]
 [apps.shop.blue]
 servers = ["127.0.0.1:{up_port}"]
@@ -359,7 +370,7 @@ servers = ["127.0.0.1:{up_port}"]
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def nginx_proxy(work, port, h2_port, admin, up_port):
+def nginx_proxy(work, port, h2_port, admin, up_port, probe_port):
     """nginx with the same limits where it has them: two workers, 5 s
     header, body and send timeouts, 1,500 connections a worker (nginx
     counts its upstream connections in them too). nginx 1.22 serves h2c
@@ -383,8 +394,19 @@ http {{
     client_body_temp_path {work}/body;
     proxy_temp_path {work}/proxy;
     upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+    upstream probe {{ server 127.0.0.1:{probe_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port};
+        server_name probe.test;
+        location / {{
+            proxy_pass http://probe;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{port} default_server;
         listen 127.0.0.1:{h2_port} http2;
         location / {{
             proxy_pass http://up;
@@ -401,13 +423,13 @@ http {{
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def run_against(kind, args, up_port):
+async def run_against(kind, args, up_port, probe_port):
     port, h2_port, admin = free_port(), free_port(), free_port()
     work = tempfile.mkdtemp(prefix=f"cutover-abuse-{kind}-")
     if kind == "cutover":
-        proc, h2_port = cutover_proxy(work, port, admin, up_port), port
+        proc, h2_port = cutover_proxy(work, port, admin, up_port, probe_port), port
     else:
-        proc = nginx_proxy(work, port, h2_port, admin, up_port)
+        proc = nginx_proxy(work, port, h2_port, admin, up_port, probe_port)
     rows = []
     try:
         for _ in range(200):
@@ -468,14 +490,17 @@ async def run_against(kind, args, up_port):
 
 async def main_async(args):
     import multiprocessing
-    parent, child = multiprocessing.Pipe()
-    upstream = multiprocessing.Process(target=serve_upstream, args=(child,), daemon=True)
-    upstream.start()
-    up_port = parent.recv()
+    ports, upstreams = [], []
+    for _ in range(2):  # the attacks', and the probe's
+        parent, child = multiprocessing.Pipe()
+        upstreams.append(multiprocessing.Process(target=serve_upstream, args=(child,), daemon=True))
+        upstreams[-1].start()
+        ports.append(parent.recv())
+    up_port, probe_port = ports
     try:
         results = {}
         for kind in args.proxies:
-            results[kind] = dict(await run_against(kind, args, up_port))
+            results[kind] = dict(await run_against(kind, args, up_port, probe_port))
         kinds = list(results)
         names = list(results[kinds[0]])
         print()
@@ -484,7 +509,8 @@ async def main_async(args):
         for name in names:
             print(f"| {name} | " + " | ".join(results[k].get(name, "") for k in kinds) + " |")
     finally:
-        upstream.kill()
+        for u in upstreams:
+            u.kill()
 
 
 def main():
