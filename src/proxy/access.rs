@@ -196,8 +196,9 @@ fn quoted(out: &mut String, v: &[u8]) {
 /// nginx writes `"`, `\` and bytes outside printable ASCII as `\xHH`.
 fn escaped(out: &mut String, v: &[u8]) {
     let plain = |b: u8| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b);
-    if let Ok(s) = std::str::from_utf8(v) {
-        if s.bytes().all(plain) {
+    // Printable ASCII throughout (the usual case) is pushed whole.
+    if v.iter().all(|&b| plain(b)) {
+        if let Ok(s) = std::str::from_utf8(v) {
             out.push_str(s);
             return;
         }

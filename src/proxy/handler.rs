@@ -618,7 +618,7 @@ async fn send_again(
             lease,
         }) => (c, lease),
         other => {
-            let why = other.err().unwrap_or_else(not_h1);
+            let why = other.err().unwrap_or_else(other_protocol);
             connect_error(&server, &p.answer.pool, &why);
             return connect_failed(p.answer, &conn);
         }
@@ -715,7 +715,7 @@ async fn send_h2(
                         tx: Sender::H2(tx), ..
                     }) => tx,
                     other => {
-                        let why = other.err().unwrap_or_else(not_h2);
+                        let why = other.err().unwrap_or_else(other_protocol);
                         connect_error(&lease.server, &p.answer.pool, &why);
                         return connect_failed(p.answer, &conn);
                     }
@@ -935,12 +935,8 @@ fn connect_error(server: &Server, pool: &Pool, e: &std::io::Error) {
 
 /// A fresh connection of the other protocol: the pool's protocol changed
 /// by a reload while the request waited.
-fn not_h1() -> std::io::Error {
-    std::io::Error::other("the new connection is not HTTP/1.1 (the pool changed)")
-}
-
-fn not_h2() -> std::io::Error {
-    std::io::Error::other("the new connection is not HTTP/2 (the pool changed)")
+fn other_protocol() -> std::io::Error {
+    std::io::Error::other("the new connection speaks the other protocol (the pool changed)")
 }
 
 /// Did the exchange fail because of the request body? Its own error is
