@@ -35,17 +35,39 @@ pub struct ResponseBody {
     wait: Wait,
     /// Compressing the body on its way (boxed: most bodies have none).
     encoder: Option<Box<Encoder>>,
-    /// Bytes passed on since this body last let its worker run others.
-    streak: usize,
+    slice: Slice,
 }
 
 /// A body passes on at most this much before it lets the worker's other
 /// tasks run. A client socket's send buffer grows to megabytes, so a
 /// large response can go on being written without ever waiting: 200 of
 /// them starting at once held a worker for half a second, and every new
-/// request on it waited. The price is one extra task poll per 256 KiB
-/// (4,096 per GiB), not measured separately.
-const STREAK: usize = 256 << 10;
+/// request on it waited. With 64 KiB slices (and the worker looking for
+/// ready sockets every 8 polls, see `run_worker`) a new request waits for
+/// a few slices of each busy body, not for whole bodies; the extra polls
+/// (16,384 per GiB) cost nothing measurable side by side (benches/README.md).
+const SLICE: usize = 64 << 10;
+
+/// The bytes a body has passed on since it last let its worker run others.
+#[derive(Default)]
+struct Slice(usize);
+
+impl Slice {
+    /// True (and the task woken again at once) when this body has had its
+    /// slice: it returns `Pending`, and the tasks queued behind it run.
+    fn used_up(&mut self, cx: &Context<'_>) -> bool {
+        if self.0 < SLICE {
+            return false;
+        }
+        self.0 = 0;
+        cx.waker().wake_by_ref();
+        true
+    }
+
+    fn passed(&mut self, bytes: usize) {
+        self.0 += bytes;
+    }
+}
 
 enum Inner {
     /// From an HTTP/2 upstream (hyper's client).
@@ -65,7 +87,7 @@ impl ResponseBody {
             read_timeout,
             wait: Wait::default(),
             encoder: None,
-            streak: 0,
+            slice: Slice::default(),
         }
     }
 
@@ -83,7 +105,7 @@ impl ResponseBody {
             read_timeout,
             wait: Wait::default(),
             encoder: None,
-            streak: 0,
+            slice: Slice::default(),
         };
         this.pool_if_done();
         this
@@ -96,7 +118,7 @@ impl ResponseBody {
             read_timeout: Duration::ZERO,
             wait: Wait::default(),
             encoder: None,
-            streak: 0,
+            slice: Slice::default(),
         }
     }
 
@@ -151,9 +173,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.streak >= STREAK {
-            this.streak = 0;
-            cx.waker().wake_by_ref();
+        if this.slice.used_up(cx) {
             return Poll::Pending;
         }
         let (inner, exchange) = (&mut this.inner, &mut this.exchange);
@@ -190,7 +210,7 @@ impl Body for ResponseBody {
             }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    this.streak += data.len();
+                    this.slice.passed(data.len());
                 }
                 if let (Some(data), Some(ex)) = (frame.data_ref(), &this.exchange) {
                     ex.count_out(data.len());
@@ -264,5 +284,46 @@ fn poll_upstream(
             }
             polled
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_body_yields_once_per_slice_and_wakes_itself() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let mut slice = Slice::default();
+        let mut yields = 0;
+        // 1 MiB in 16 KiB frames, as a large response is read.
+        for _ in 0..64 {
+            while slice.used_up(&cx) {
+                yields += 1;
+            }
+            slice.passed(16 << 10);
+        }
+        assert!(slice.used_up(&cx), "the last 64 KiB used up a slice");
+        yields += 1;
+        assert_eq!(yields, (1 << 20) / SLICE);
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            yields,
+            "each yield wakes the task"
+        );
+        assert!(!slice.used_up(&cx), "a fresh slice after a yield");
     }
 }
