@@ -141,10 +141,21 @@ impl Fresh {
     }
 
     /// Close the oldest connection that has still sent nothing, if any.
+    /// One accepted but not yet read is passed over (and kept): its
+    /// request may be waiting in the socket. Those are the newest few, at
+    /// the back.
     fn shed_one(&mut self) -> bool {
-        while let Some(w) = self.0.pop_front() {
-            if w.upgrade().is_some_and(|s| s.shed()) {
-                return true;
+        let mut i = 0;
+        while let Some(w) = self.0.get(i) {
+            match w.upgrade() {
+                Some(s) if !s.looked() && !s.spoke() => i += 1,
+                Some(s) if s.shed() => {
+                    self.0.remove(i);
+                    return true;
+                }
+                _ => {
+                    self.0.remove(i);
+                }
             }
         }
         false
@@ -288,7 +299,10 @@ async fn serve_tls(
         .client_header_timeout;
     let local = stream.local_addr().unwrap_or(peer);
     // A handshake not yet done is a connection that has sent nothing: it
-    // makes room first when the proxy is full.
+    // makes room first when the proxy is full. Marked here, in the same
+    // poll that reads the ClientHello, so that one already sent is read
+    // before the accept loop (this worker's other task) can shed it.
+    state.found_nothing();
     let tls = tokio::select! {
         r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
             Ok(Ok(tls)) => tls,
@@ -366,3 +380,30 @@ where
 /// connection still waits for a request that may be on its way: closing
 /// it at once would fail a request sent in that instant.
 const STOP_GRACE: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_silent_connection_is_shed_and_one_not_yet_read_is_kept() {
+        let mut fresh = Fresh::default();
+        let state = || Arc::new(ConnState::default());
+        let (unread, closed, old, silent) = (state(), state(), state(), state());
+        for s in [&unread, &closed, &old, &silent] {
+            fresh.note(s);
+        }
+        old.found_nothing();
+        silent.found_nothing();
+        drop(closed);
+        // `unread` is the oldest, but its task has not read its socket yet.
+        assert!(fresh.shed_one());
+        assert!(!old.shed(), "the oldest silent one was shed first");
+        assert!(fresh.shed_one());
+        assert!(!silent.shed(), "then the next silent one");
+        assert!(!fresh.shed_one(), "none left: the unread one is not shed");
+        assert_eq!(fresh.0.len(), 1, "and it is still listed");
+        unread.found_nothing();
+        assert!(fresh.shed_one(), "looked at and silent, it can go now");
+    }
+}

@@ -91,6 +91,11 @@ pub struct ConnState {
     send_timed_out: std::sync::atomic::AtomicBool,
     /// The client has sent something since it connected.
     spoke: std::sync::atomic::AtomicBool,
+    /// The connection's task has looked and found nothing sent (or, on
+    /// TLS, a handshake waiting for the client). Until then a connection
+    /// just accepted is not silent, only not yet read: shedding it would
+    /// close a client whose request is already in the socket.
+    looked: std::sync::atomic::AtomicBool,
     /// Close this connection if it still has sent nothing: the proxy is
     /// full and a newcomer waits.
     shed: std::sync::atomic::AtomicBool,
@@ -130,10 +135,11 @@ impl ConnState {
         self.send_timed_out.swap(false, Relaxed)
     }
 
-    /// Has the client sent nothing yet? Then it can be shed: it is
-    /// closed at its next poll, and woken for it. `false` if it spoke.
+    /// Did the client send nothing when its socket was looked at? Then it
+    /// can be shed: it is closed at its next poll, and woken for it.
+    /// `false` if it spoke or was not looked at yet.
     pub fn shed(&self) -> bool {
-        if self.spoke.load(Relaxed) || self.shed.swap(true, Relaxed) {
+        if !self.looked() || self.spoke.load(Relaxed) || self.shed.swap(true, Relaxed) {
             return false;
         }
         self.fresh_waker.wake();
@@ -156,6 +162,17 @@ impl ConnState {
     /// Has the client sent anything since it connected?
     pub fn spoke(&self) -> bool {
         self.spoke.load(Relaxed)
+    }
+
+    /// The connection's task found nothing to read, or (TLS) is about to
+    /// run a handshake that waits for the client.
+    pub fn found_nothing(&self) {
+        self.looked.store(true, Relaxed);
+    }
+
+    /// Has the connection's task looked at its socket yet?
+    pub fn looked(&self) -> bool {
+        self.looked.load(Relaxed)
     }
 
     fn is_upgraded(&self) -> bool {
@@ -571,7 +588,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         let result = Pin::new(inner).poll_read(cx, buf);
         if this.phase == Phase::Fresh {
             match &result {
-                Poll::Pending => this.state.fresh_waker.register(cx.waker()),
+                Poll::Pending => {
+                    this.state.found_nothing();
+                    this.state.fresh_waker.register(cx.waker());
+                }
                 Poll::Ready(_) => this.state.spoke.store(true, Relaxed),
             }
         }
