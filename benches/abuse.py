@@ -22,14 +22,13 @@ against each, in turn and each for `--seconds`:
   without end), a SETTINGS flood and a PING flood (100,000 frames each),
   and 1,000 streams opened at once against the advertised limit.
 
-A probe sends one GET every 50 ms (20/s) on a new connection throughout
-(the attacks run in the same event loop, but do little work of their own),
-to an app of its own (`probe.test`) whose upstream is a second process:
-the probe measures whether the proxy stays responsive, and one Python
+A probe, in a process of its own (the attacks' event loop would delay
+it), sends one GET every 50 ms (20/s) on a new connection throughout, to
+an app of its own (`probe.test`) whose upstream is a second process: the
+probe measures whether the proxy stays responsive, and one Python
 process writing 200 MiB of responses to slow readers would otherwise
 delay the probe's answers itself (a probe sent straight to a shared
-upstream saw p99 150 ms there);
-each phase reports the probe's failures and p99, whether the admin
+upstream saw p99 150 ms there); each phase reports the probe's failures and p99, whether the admin
 listener answered, cutover's RSS, and for the HTTP/2 floods how the
 connection was cut off and how many requests of reset streams reached
 the upstream. Loopback only; every phase and every wait is bounded.
@@ -179,14 +178,36 @@ async def hold_open(port, seconds, first, then=None, every=1.0, rcvbuf=None):
             w.close()
 
 
+def probe_process(port, seconds, conn):
+    """The probe's own process: it says when it is ready, probes for
+    `seconds`, and sends back its latencies and failures. In the attack's
+    event loop, a probe's request waited for that loop (2,000 connections
+    opening at once delayed a probe's write past its connect, and the
+    proxy then rightly closed it as silent), which measured the client."""
+    async def run():
+        latencies, failures, stop = [], [], asyncio.Event()
+        conn.send("ready")
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        await probe(port, stop, latencies, failures)
+        return latencies, failures
+    conn.send(asyncio.run(run()))
+
+
 async def phase(port, admin, pid, seconds, attack):
     """Run `attack` beside the probe; one table cell: probe failures of
     requests, p99, admin answered, the proxy's RSS before → during (for
     nginx, its master's children summed), and what the attack reports."""
-    latencies, failures, stop = [], [], asyncio.Event()
+    import multiprocessing
+    loop = asyncio.get_running_loop()
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    prober = multiprocessing.get_context("spawn").Process(
+        target=probe_process, args=(port, seconds, child), daemon=True)
+    prober.start()
+    if not await loop.run_in_executor(None, lambda: parent.poll(30)):
+        sys.exit("the probe process did not start")
+    parent.recv()
     started = time.monotonic()
     rss_before = rss_mib(pid)
-    prober = asyncio.ensure_future(probe(port, stop, latencies, failures))
     attacker = asyncio.ensure_future(attack())
     await asyncio.sleep(seconds / 2)
     admin_up = await admin_ok(admin)
@@ -194,8 +215,10 @@ async def phase(port, admin, pid, seconds, attack):
     extra = await attacker
     # The probe runs for the whole phase, however soon the attack ended.
     await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
-    stop.set()
-    await prober
+    if not await loop.run_in_executor(None, lambda: parent.poll(10)):
+        sys.exit("the probe process did not report")
+    latencies, failures = parent.recv()
+    prober.join(5)
     for why in failures:
         print(f"probe failure: {why}", file=sys.stderr)
     lat = sorted(latencies)
