@@ -44,8 +44,9 @@ pub struct ResponseBody {
 /// them starting at once held a worker for half a second, and every new
 /// request on it waited. With 64 KiB slices (and the worker looking for
 /// ready sockets every 8 polls, see `run_worker`) a new request waits for
-/// a few slices of each busy body, not for whole bodies; the extra polls
-/// (16,384 per GiB) cost nothing measurable side by side (benches/README.md).
+/// a few slices of each busy body, not for whole bodies. The price is one
+/// extra task poll per 64 KiB (16,384 per GiB); the 1 GiB benchmark has
+/// not been run again with it.
 const SLICE: usize = 64 << 10;
 
 /// The bytes a body has passed on since it last let its worker run others.
