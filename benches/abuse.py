@@ -28,10 +28,10 @@ an app of its own (`probe.test`) whose upstream is a second process: the
 probe measures whether the proxy stays responsive, and one Python
 process writing 200 MiB of responses to slow readers would otherwise
 delay the probe's answers itself (a probe sent straight to a shared
-upstream saw p99 150 ms there); each phase reports the probe's failures and p99, whether the admin
-listener answered, cutover's RSS, and for the HTTP/2 floods how the
-connection was cut off and how many requests of reset streams reached
-the upstream. Loopback only; every phase and every wait is bounded.
+upstream saw p99 150 ms there); each phase reports the probe's failures
+and p99, whether the admin listener answered, cutover's RSS, and for
+the HTTP/2 floods how the connection was cut off and how many requests
+of reset streams reached the upstream. Loopback only; every phase and every wait is bounded.
 `pip install h2` for the HTTP/2 phases.
 """
 
@@ -199,8 +199,9 @@ async def phase(port, admin, pid, seconds, attack):
     nginx, its master's children summed), and what the attack reports."""
     import multiprocessing
     loop = asyncio.get_running_loop()
-    parent, child = multiprocessing.get_context("spawn").Pipe()
-    prober = multiprocessing.get_context("spawn").Process(
+    spawn = multiprocessing.get_context("spawn")
+    parent, child = spawn.Pipe()
+    prober = spawn.Process(
         target=probe_process, args=(port, seconds, child), daemon=True)
     prober.start()
     if not await loop.run_in_executor(None, lambda: parent.poll(30)):

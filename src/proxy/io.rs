@@ -135,11 +135,11 @@ impl ConnState {
         self.send_timed_out.swap(false, Relaxed)
     }
 
-    /// Did the client send nothing when its socket was looked at? Then it
-    /// can be shed: it is closed at its next poll, and woken for it.
-    /// `false` if it spoke or was not looked at yet.
+    /// Has the client sent nothing yet? Then it can be shed: it is
+    /// closed at its next poll, and woken for it. `false` if it spoke.
+    /// (The accept loop sheds only connections already `looked` at.)
     pub fn shed(&self) -> bool {
-        if !self.looked() || self.spoke.load(Relaxed) || self.shed.swap(true, Relaxed) {
+        if self.spoke.load(Relaxed) || self.shed.swap(true, Relaxed) {
             return false;
         }
         self.fresh_waker.wake();
