@@ -390,6 +390,69 @@ fn corpus() -> Vec<Case> {
             Nothing,
         ),
         case(
+            "Transfer-Encoding: identity, chunked",
+            &body_then(
+                "POST /public/x HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: identity, chunked",
+                "0\r\n\r\n",
+            ),
+            &[400],
+            Nothing,
+        ),
+        case(
+            "two Transfer-Encoding lines",
+            &body_then(
+                "POST /public/x HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+                "0\r\n\r\n",
+            ),
+            &[400],
+            Nothing,
+        ),
+        case(
+            "two equal Content-Lengths",
+            &body_then(
+                "POST /public/x HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nContent-Length: 5",
+                "hello",
+            ),
+            &[400],
+            Nothing,
+        ),
+        case(
+            "/public/..;/admin",
+            "GET /public/..;/admin HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            &[400],
+            Nothing,
+        ),
+        case(
+            "/public/%2e%2e;x/admin",
+            "GET /public/%2e%2e;x/admin HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            &[400],
+            Nothing,
+        ),
+        case(
+            "a backslash",
+            "GET /public\\..\\admin HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            &[400],
+            Nothing,
+        ),
+        case(
+            "an encoded backslash",
+            "GET /public/%5c../admin HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            &[400],
+            Nothing,
+        ),
+        case(
+            "a path parameter is not ambiguous",
+            "GET /public/x;jsessionid=1 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            &[200],
+            Exactly("public", "/public/x;jsessionid=1", "shop.test"),
+        ),
+        case(
+            "CONNECT to an app that did not opt in",
+            "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n",
+            &[405],
+            Nothing,
+        ),
+        case(
             "an asterisk target for GET",
             "GET * HTTP/1.1\r\nHost: shop.test\r\n\r\n",
             &[400],
@@ -596,6 +659,71 @@ async fn client_faults_never_count_against_an_upstreams_health() {
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0);
         assert!(aborts >= 1, "{metrics}");
+    })
+    .await
+    .unwrap();
+}
+
+/// Fields a client may not send upstream: every forwarding field in any
+/// spelling and cutover's own from an untrusted peer; an `h2c` upgrade
+/// (forwarded as a plain request, without `Upgrade` or `HTTP2-Settings`);
+/// and from a trusted proxy, `Connection` naming `X-Forwarded-For` does
+/// not drop the address it appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_fields_in_every_spelling_and_h2c_never_reach_an_upstream() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let claims = "X-Forwarded-Ssl: on\r\nX-Forwarded-Scheme: https\r\nX-Forwarded-Client-Cert: Hash=abc\r\nX_Forwarded_For: 203.0.113.7\r\nX-Real_IP: 203.0.113.7\r\nX-Cutover-Mirror: 1\r\n";
+        let request = format!("GET /public/x HTTP/1.1\r\nHost: shop.test\r\n{claims}\r\n");
+        let front = Front::start("").await;
+        let (codes, _) = raw_statuses(front.proxy.addr, request.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(codes, [200]);
+        let r = &front.public.since(0)[0];
+        for (name, _) in &r.headers {
+            let n = name.to_ascii_lowercase().replace('_', "-");
+            assert!(
+                !n.starts_with("x-cutover-") && n != "x-real-ip" && (!n.starts_with("x-forwarded-") || ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].contains(&name.to_ascii_lowercase().as_str())),
+                "{name} reached the upstream: {r:?}"
+            );
+        }
+        assert_eq!(r.all("x-forwarded-for"), ["127.0.0.1"]);
+
+        // h2c: answered as a plain request; the upstream never sees the upgrade.
+        let before = front.counts();
+        let h2c = "GET /public/h2c HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+        let (codes, _) = raw_statuses(front.proxy.addr, h2c.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(codes, [200]);
+        let seen = front.since(before);
+        assert_eq!(seen.len(), 1);
+        let r = &seen[0].1;
+        for gone in ["upgrade", "http2-settings", "connection"] {
+            assert!(r.all(gone).is_empty(), "{gone}: {r:?}");
+        }
+
+        // A trusted proxy's client names X-Forwarded-For in Connection.
+        let trusted = Front::start("trusted_proxies = [\"127.0.0.0/8\"]").await;
+        let req = "GET /public/x HTTP/1.1\r\nHost: shop.test\r\nConnection: close, X-Forwarded-For\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n";
+        let (codes, _) = raw_statuses(trusted.proxy.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(codes, [200]);
+        let r = &trusted.public.since(0)[0];
+        assert_eq!(r.all("x-forwarded-for"), ["198.51.100.7, 127.0.0.1"]);
+    })
+    .await
+    .unwrap();
+}
+
+/// A request's trailers reach the upstream without the fields that must
+/// not travel there: framing, routing, credentials, forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_lose_framing_routing_and_forwarding_fields() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let front = Front::start("").await;
+        let req = "POST /public/up HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nHost: admin.test\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: 10.0.0.1\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\nX-Checksum: abc\r\n\r\n";
+        let (codes, _) = raw_statuses(front.proxy.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(codes, [200]);
+        let r = &front.public.since(0)[0];
+        assert_eq!(r.body, b"hello");
+        let names: Vec<String> = r.trailers.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
+        assert_eq!(names, ["x-checksum"], "{r:?}");
     })
     .await
     .unwrap();

@@ -549,8 +549,10 @@ async fn an_answer_before_the_body_ends_stops_the_body_and_the_connection() {
     );
 }
 
+/// `CONNECT` makes a raw tunnel: forwarded only for an app that says
+/// `allow_connect = true`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_becomes_a_tunnel_after_a_2xx() {
+async fn connect_becomes_a_tunnel_after_a_2xx_when_the_app_allows_it() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (addr, _) = one_shot(|mut s, head| async move {
         let text = String::from_utf8_lossy(&head).into_owned();
@@ -570,7 +572,16 @@ async fn connect_becomes_a_tunnel_after_a_2xx() {
         }
     })
     .await;
-    let proxy = Proxy::start(&config(addr));
+    let refusing = Proxy::start(&config(addr));
+    let (codes, _) = raw_statuses(
+        refusing.addr,
+        b"CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\n\r\n",
+        SHORT,
+    )
+    .await;
+    assert_eq!(codes, [405], "CONNECT without allow_connect");
+    let allowing = config(addr).replace("[apps.shop]\n", "[apps.shop]\nallow_connect = true\n");
+    let proxy = Proxy::start(&allowing);
     let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     c.write_all(b"CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\n\r\n")
         .await

@@ -45,6 +45,7 @@ pub struct RawServer {
     pub https_port: Option<i64>,
     pub hsts: Option<String>,
     pub retry_after: Option<String>,
+    pub upgrades: Option<Vec<String>>,
     /// `[server.error_pages]`: status → file.
     pub error_pages: Option<BTreeMap<String, String>>,
 }
@@ -149,6 +150,7 @@ pub struct RawApp {
     pub redirect_https: Option<bool>,
     pub hsts: Option<String>,
     pub retry_after: Option<String>,
+    pub allow_connect: Option<bool>,
     /// `[apps.NAME.error_pages]`: status → file.
     pub error_pages: Option<BTreeMap<String, String>>,
     /// `[apps.NAME.mirror]`: shadow traffic to the standby colour.

@@ -58,6 +58,10 @@ pub struct ServerSettings {
     pub request_id: RequestId,
     /// Default `x-request-id`.
     pub request_id_header: http::HeaderName,
+    /// `upgrades`: the protocols a request may upgrade to (`Upgrade`),
+    /// lowercase. Default `["websocket"]`. A request asking for another
+    /// is forwarded as a plain request; `h2c` never is allowed.
+    pub upgrades: Vec<String>,
     /// What cutover answers by itself for every app that does not say
     /// otherwise, and for a request no app matches (its 404).
     pub answers: OwnAnswers,
@@ -154,6 +158,11 @@ pub struct OwnAnswers {
     /// `error_pages`: bodies that replace cutover's own 404, 502, 503 and
     /// 504, read when the config is.
     pub pages: ErrorPages,
+    /// `allow_connect` (apps only): `CONNECT` is forwarded, and a 2xx
+    /// answer makes the connection a raw tunnel to the upstream, past
+    /// every check cutover makes on requests. Default false: `CONNECT`
+    /// gets 405.
+    pub allow_connect: bool,
 }
 
 /// The statuses whose answer a page may replace, in [`ErrorPages`] order.

@@ -274,6 +274,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
                 http::HeaderName::from_static("x-request-id")
             }),
         },
+        upgrades: upgrades(raw.server.upgrades, errs),
         answers: OwnAnswers::default(),
     };
     let mut server = server;
@@ -331,6 +332,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         hsts: None,
         retry_after: Some(HeaderValue::from_static("5")),
         pages: ErrorPages::default(),
+        allow_connect: false,
     };
     let own = RawAnswers {
         redirect_https: raw.server.redirect_https,
@@ -853,7 +855,8 @@ fn build_app(
         retry_after: raw.retry_after,
         error_pages: raw.error_pages,
     };
-    let answers = answers(&key, own, defaults, base, errs);
+    let mut answers = answers(&key, own, defaults, base, errs);
+    answers.allow_connect = raw.allow_connect.unwrap_or(false);
     let mirror = mirror(
         &format!("{key}.mirror"),
         raw.mirror.unwrap_or_default(),
@@ -1051,7 +1054,36 @@ fn answers(
         hsts,
         retry_after,
         pages,
+        allow_connect: defaults.allow_connect,
     }
+}
+
+/// `server.upgrades`: protocol names (`Upgrade` tokens) requests may
+/// upgrade to. Default `["websocket"]`; `h2c` is refused.
+fn upgrades(raw: Option<Vec<String>>, errs: &mut Errors) -> Vec<String> {
+    let Some(list) = raw else {
+        return vec!["websocket".to_string()];
+    };
+    let mut out = Vec::new();
+    for (i, p) in list.iter().enumerate() {
+        let key = format!("server.upgrades[{i}]");
+        let lower = p.trim().to_ascii_lowercase();
+        if lower == "h2c" {
+            errs.push(
+                &key,
+                "h2c is never forwarded: an upstream that took it would get the client's raw HTTP/2 connection",
+            );
+        } else if lower.is_empty()
+            || !lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            errs.push(&key, format!("{p:?} is not a protocol name (a token)"));
+        } else {
+            out.push(lower);
+        }
+    }
+    out
 }
 
 /// A page's `Content-Type`, from its file's extension.

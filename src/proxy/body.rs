@@ -242,7 +242,10 @@ impl Body for RequestBody {
         }
         this.wait.got();
         match ready!(polled) {
-            Some(Ok(frame)) => {
+            Some(Ok(mut frame)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    super::headers::clean_trailers(trailers);
+                }
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
                     if let Some(c) = this.counted {

@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
 use super::handler;
 use super::headers::client_value;
-use super::io::{ConnInfo, ConnState, TimedIo};
+use super::io::{ConnInfo, ConnState, ResetOnClose, TimedIo};
 use super::worker::{OpenConnection, StopWatch, Worker};
 use crate::route::rule::ConnMemo;
 
@@ -332,7 +332,7 @@ async fn serve_tls(
 /// because the daemon is shutting down.
 async fn run_http<T>(worker: &Rc<Worker>, info: &Rc<ConnInfo>, io: TimedIo<T>) -> bool
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + ResetOnClose + Unpin + Send + 'static,
 {
     let (svc_worker, svc_info) = (worker.clone(), info.clone());
     let svc = hyper::service::service_fn(move |req| {

@@ -21,6 +21,9 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("bad request")]
     BadRequest,
+    /// `CONNECT` to an app without `allow_connect`.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// The client paused within its body past `client_body_timeout`.
     #[error("client body timed out")]
     ClientTimeout,
@@ -43,6 +46,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientAbort => {
                 StatusCode::from_u16(CLIENT_ABORT).unwrap_or(StatusCode::BAD_REQUEST)
@@ -59,6 +63,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "gateway timeout\n",
             ProxyError::BodyTooLarge => "payload too large\n",
             ProxyError::BadRequest => "bad request\n",
+            ProxyError::MethodNotAllowed => "method not allowed\n",
             ProxyError::ClientTimeout => "request timeout\n",
             ProxyError::ClientAbort => "client closed request\n",
         }
@@ -72,9 +77,18 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if self == ProxyError::MethodNotAllowed {
+            // RFC 9110 §15.5.6: the methods the target supports. cutover
+            // cannot know the app's; it names those it forwards.
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
         if matches!(
             self,
-            ProxyError::BodyTooLarge
+            ProxyError::MethodNotAllowed
+                | ProxyError::BodyTooLarge
                 | ProxyError::BadRequest
                 | ProxyError::ClientAbort
                 | ProxyError::ClientTimeout

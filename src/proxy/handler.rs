@@ -261,13 +261,21 @@ fn prepare(
         Ok(t) => t,
         Err(why) => return Err(refuse(ex, conn, why, &snap.settings.answers)),
     };
-    // hyper keeps `Transfer-Encoding` and drops the length beside it: the
-    // socket saw both (a flag read per request, the header map only then).
-    if conn.state.saw_length_and_chunked()
-        && req.headers().contains_key(header::TRANSFER_ENCODING)
-        && conn.state.take_length_and_chunked()
+    // hyper keeps `Transfer-Encoding` and drops the length beside it, and
+    // keeps one of two equal lengths: the socket saw them (a flag read
+    // per request).
+    if conn.state.saw_bad_framing() && conn.state.take_bad_framing() {
+        let why = request::Invalid::BadFraming;
+        return Err(refuse(ex, conn, why, &snap.settings.answers));
+    }
+    // A body of unknown length on HTTP/1.1 is chunked: its coding must be
+    // `chunked` alone (hyper takes any list that ends with it).
+    if req.version() != Version::HTTP_2
+        && !req.body().is_end_stream()
+        && req.body().size_hint().exact().is_none()
+        && !request::only_chunked(req.headers())
     {
-        let why = request::Invalid::LengthAndChunked;
+        let why = request::Invalid::BadCoding;
         return Err(refuse(ex, conn, why, &snap.settings.answers));
     }
     let host_str = target
@@ -287,6 +295,11 @@ fn prepare(
     let Some(app) = found else {
         return Err(fail(ex, ProxyError::NoApp, own, conn.tls));
     };
+    // `CONNECT` makes a raw tunnel of the connection if the app says 2xx:
+    // only for an app that asks for it.
+    if req.method() == Method::CONNECT && !own.allow_connect {
+        return Err(fail(ex, ProxyError::MethodNotAllowed, own, conn.tls));
+    }
     let view = RequestView::new(path, req.headers(), client_ip, Some(&conn.memo));
     let decision = app.decide(&view);
     if let Some(f) = ex.log_fields() {
@@ -309,6 +322,9 @@ fn prepare(
         _ => None,
     };
     let compression = app.compress.clone();
+    let hop = headers::HopFields::scan(req.headers());
+    let upgrade = hop.upgrade_requested(req.headers())
+        && headers::upgrade_allowed(req.headers(), &snap.settings.upgrades);
     drop(snap);
 
     // Phase 2: limits that need no upstream.
@@ -331,8 +347,6 @@ fn prepare(
     // Phase 3: the upstream request.
     let (mut parts, body) = req.into_parts();
     let from_h2 = parts.version == Version::HTTP_2;
-    let hop = headers::HopFields::scan(&parts.headers);
-    let upgrade = hop.upgrade_requested(&parts.headers);
     let client_upgrade = if upgrade || parts.method == Method::CONNECT {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {

@@ -16,32 +16,42 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_CUTOVER_COLOR: HeaderName = HeaderName::from_static("x-cutover-color");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// The fields that say who the client is and how it came: believed only
-/// from a trusted proxy, removed from anyone else before cutover sets its
-/// own (as nginx's `set_real_ip_from` decides whom to believe).
-fn client_claims() -> [&'static HeaderName; 7] {
-    [
-        &X_FORWARDED_FOR,
-        &X_FORWARDED_PROTO,
-        &X_FORWARDED_HOST,
-        &X_FORWARDED_PORT,
-        &X_FORWARDED_PREFIX,
-        &X_REAL_IP,
-        &header::FORWARDED,
-    ]
+/// Does `name` say who the client is or how it came, or is it one of
+/// cutover's own fields? `X-Forwarded-*` (also spelled with underscores,
+/// which CGI and WSGI read as the same variable), `Forwarded`,
+/// `X-Real-IP` and `X-Cutover-*`. These are believed only from a trusted
+/// proxy (as nginx's `set_real_ip_from` decides whom to believe); from
+/// anyone else they are removed before cutover sets its own.
+pub fn is_client_claim(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    if n.first() != Some(&b'x') {
+        return n == b"forwarded";
+    }
+    let same = |want: &[u8]| {
+        n.len() >= want.len()
+            && n.iter()
+                .zip(want)
+                .all(|(c, w)| c == w || (*c == b'_' && *w == b'-'))
+    };
+    (n.len() > 12 && same(b"x-forwarded-"))
+        || (n.len() > 10 && same(b"x-cutover-"))
+        || (n.len() == 9 && same(b"x-real-ip"))
 }
 
-/// Remove every field of [`client_claims`]: the peer is not trusted.
+/// Remove every field of [`is_client_claim`]: the peer is not trusted.
 pub fn remove_client_claims(headers: &mut HeaderMap) {
-    for name in client_claims() {
+    let claims: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_client_claim(k))
+        .cloned()
+        .collect();
+    for name in claims {
         headers.remove(name);
     }
 }
@@ -111,8 +121,7 @@ impl HopFields {
         }))
     }
 
-    /// Does the map hold any `X-Forwarded-*`, `Forwarded` or `X-Real-IP`
-    /// field?
+    /// Does the map hold any field of [`is_client_claim`]?
     pub fn has_forwarded(self) -> bool {
         self.0 & FORWARDED_BIT != 0
     }
@@ -130,6 +139,30 @@ impl HopFields {
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
     }
+}
+
+/// May the upgrade a request asks for go ahead? Every protocol its
+/// `Upgrade` field lists (the name, without a `/version`) must be in
+/// `allowed` (`[server] upgrades`, lowercase). `h2c` never is: a backend
+/// that accepted it would get the client's raw HTTP/2 connection, past
+/// every check cutover makes on requests (h2c smuggling). A request whose
+/// upgrade is refused is forwarded as a plain request, without `Upgrade`
+/// (RFC 9110 §7.8 lets a server ignore it).
+pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut any = false;
+    for v in headers.get_all(header::UPGRADE) {
+        let Ok(v) = v.to_str() else { return false };
+        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let name = p.split('/').next().unwrap_or("").trim();
+            if name.eq_ignore_ascii_case("h2c")
+                || !allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+            {
+                return false;
+            }
+            any = true;
+        }
+    }
+    any
 }
 
 /// Remove hop-by-hop fields in place. With `upgrade` set (a request or 101
@@ -167,6 +200,9 @@ pub fn strip_found(headers: &mut HeaderMap, found: HopFields, upgrade: bool) -> 
                             continue;
                         }
                         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                            if !connection_may_name(&name) {
+                                continue;
+                            }
                             headers.remove(name);
                         }
                     }
@@ -182,6 +218,9 @@ pub fn strip_found(headers: &mut HeaderMap, found: HopFields, upgrade: bool) -> 
     }
     if present & TRANSFER_ENCODING_BIT != 0 {
         headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & HTTP2_SETTINGS_BIT != 0 {
+        headers.remove(&HTTP2_SETTINGS);
     }
     if present & TE_BIT != 0 {
         if let Some(te) = headers.remove(header::TE) {
@@ -211,6 +250,18 @@ const PROXY_CONNECTION_BIT: u8 = 4;
 const TE_BIT: u8 = 8;
 const TRANSFER_ENCODING_BIT: u8 = 32;
 const UPGRADE_BIT: u8 = 64;
+/// `HTTP2-Settings` belongs to an `h2c` upgrade (RFC 7540 §3.2.1), which
+/// is never forwarded: removed whether or not `Connection` names it.
+const HTTP2_SETTINGS_BIT: u8 = 128;
+
+/// May a client's `Connection` field remove `name`? Not `Host`, which
+/// routed the request, nor the fields that say who the client is
+/// ([`is_client_claim`]): a client (or a trusted proxy's client) naming
+/// `X-Forwarded-For` there would have cutover drop the address a trusted
+/// proxy appended, and the upstream see the proxy's own.
+fn connection_may_name(name: &HeaderName) -> bool {
+    name != header::HOST && !is_client_claim(name)
+}
 
 /// Is `name` one of the fixed hop-by-hop fields (not counting those a
 /// `Connection` field names)?
@@ -222,8 +273,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 const FORWARDED_BIT: u16 = 256;
 
 fn forwarded_bit(name: &HeaderName) -> u16 {
-    let n = name.as_str().as_bytes();
-    if (n.len() > 12 && n[..12] == *b"x-forwarded-") || n == b"forwarded" || n == b"x-real-ip" {
+    if is_client_claim(name) {
         FORWARDED_BIT
     } else {
         0
@@ -244,6 +294,8 @@ fn hop_bit(name: &HeaderName) -> u8 {
         KEEP_ALIVE_BIT
     } else if name == PROXY_CONNECTION {
         PROXY_CONNECTION_BIT
+    } else if name == HTTP2_SETTINGS {
+        HTTP2_SETTINGS_BIT
     } else {
         0
     }
@@ -299,6 +351,54 @@ pub fn add_forwarded(
         None => {
             headers.remove(&X_FORWARDED_HOST);
         }
+    }
+}
+
+/// Remove from a request's trailer section what must not travel there
+/// (RFC 9110 §6.5.1): framing (`Content-Length`, `Transfer-Encoding`),
+/// routing (`Host`), connection and hop-by-hop fields, request modifiers
+/// and credentials (`Authorization`, `Cookie`, conditionals, `Range`),
+/// content metadata, and every field that says who the client is
+/// ([`is_client_claim`]). An upstream that merges trailers into the head
+/// would otherwise take them as the request's own, past every check
+/// cutover made on the head. The rest go on.
+pub fn clean_trailers(trailers: &mut HeaderMap) {
+    const BANNED: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "trailer",
+        "http2-settings",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "expect",
+        "max-forwards",
+        "cache-control",
+        "pragma",
+        "range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        "content-encoding",
+        "content-type",
+        "content-range",
+        "content-location",
+    ];
+    let banned: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|k| BANNED.contains(&k.as_str()) || is_client_claim(k))
+        .cloned()
+        .collect();
+    for name in banned {
+        trailers.remove(name);
     }
 }
 
@@ -476,6 +576,99 @@ mod tests {
     }
 
     #[test]
+    fn only_allowed_upgrades_go_ahead_and_h2c_never() {
+        let allowed = vec!["websocket".to_string()];
+        let ok = |v: &str, allowed: &[String]| {
+            upgrade_allowed(&map(&[("upgrade", v), ("connection", "upgrade")]), allowed)
+        };
+        assert!(ok("websocket", &allowed));
+        assert!(ok("WebSocket", &allowed));
+        assert!(!ok("h2c", &allowed));
+        assert!(!ok("websocket, h2c", &allowed));
+        assert!(!ok("TLS/1.2", &allowed));
+        assert!(!ok("h2c", &["h2c".to_string()]), "h2c is never allowed");
+        assert!(!ok("websocket", &[]));
+    }
+
+    #[test]
+    fn http2_settings_is_always_removed() {
+        let mut h = map(&[
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+            ("connection", "upgrade"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[("http2-settings", "AAMAAABk"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-a"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_forwarding_fields() {
+        let mut h = map(&[
+            (
+                "connection",
+                "close, X-Forwarded-For, host, x-cutover-mirror, x-drop",
+            ),
+            ("host", "shop.test"),
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-drop", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "198.51.100.7");
+        assert_eq!(h.get("host").unwrap(), "shop.test");
+        assert!(h.get("x-drop").is_none());
+    }
+
+    #[test]
+    fn client_claims_include_underscore_spellings_and_cutovers_own() {
+        for name in [
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+            "x-forwarded-client-cert",
+            "x_real_ip",
+            "x-real-ip",
+            "forwarded",
+            "x-cutover-mirror",
+            "x_cutover_color",
+        ] {
+            assert!(is_client_claim(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "x-forwarded",
+            "x-real-ipx",
+            "x-request-id",
+            "forwardedx",
+            "host",
+        ] {
+            assert!(!is_client_claim(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn trailers_lose_framing_routing_and_forwarding_fields() {
+        let mut t = map(&[
+            ("host", "admin.test"),
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "close"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("forwarded", "for=127.0.0.1"),
+            ("authorization", "Basic YWRtaW46YWRtaW4="),
+            ("x-checksum", "abc"),
+            ("grpc-status", "0"),
+        ]);
+        clean_trailers(&mut t);
+        let mut left: Vec<&str> = t.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["grpc-status", "x-checksum"]);
+    }
+
+    #[test]
     fn an_untrusted_peers_claims_are_removed() {
         let mut h = map(&[
             ("x-forwarded-for", "203.0.113.1"),
@@ -485,6 +678,11 @@ mod tests {
             ("x-forwarded-prefix", "/admin"),
             ("x-real-ip", "203.0.113.1"),
             ("forwarded", "for=203.0.113.1"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("x-forwarded-client-cert", "Hash=1"),
+            ("x_forwarded_for", "203.0.113.1"),
+            ("x-cutover-mirror", "1"),
             ("x-kept", "1"),
         ]);
         assert!(HopFields::scan(&h).has_forwarded());

@@ -83,10 +83,11 @@ pub struct ConnState {
     /// HTTP's head and idle timeouts no longer apply.
     upgraded: std::sync::atomic::AtomicBool,
     /// The last request head named both `Content-Length` and
-    /// `Transfer-Encoding`. hyper drops the length and frames by the
-    /// coding alone (RFC 9112 §6.1 allows that), so only the socket sees
-    /// it; the handler refuses such a request, as nginx does.
-    length_and_chunked: std::sync::atomic::AtomicBool,
+    /// `Transfer-Encoding`, or `Content-Length` twice. hyper drops the
+    /// length beside a coding (RFC 9112 §6.1 allows that) and keeps one of
+    /// two equal lengths, so only the socket sees it; the handler refuses
+    /// such a request, as nginx does.
+    bad_framing: std::sync::atomic::AtomicBool,
     /// The client left a response unread past `client_send_timeout`.
     send_timed_out: std::sync::atomic::AtomicBool,
     /// The client has sent something since it connected.
@@ -119,14 +120,13 @@ impl ConnState {
     }
 
     /// Did the head just parsed carry both `Content-Length` and
-    /// `Transfer-Encoding`? Asked (and reset) only for requests that have
-    /// a `Transfer-Encoding`.
-    pub fn saw_length_and_chunked(&self) -> bool {
-        self.length_and_chunked.load(Relaxed)
+    /// `Transfer-Encoding`, or two `Content-Length` fields?
+    pub fn saw_bad_framing(&self) -> bool {
+        self.bad_framing.load(Relaxed)
     }
 
-    pub fn take_length_and_chunked(&self) -> bool {
-        self.length_and_chunked.swap(false, Relaxed)
+    pub fn take_bad_framing(&self) -> bool {
+        self.bad_framing.swap(false, Relaxed)
     }
 
     /// Did the client leave a response unread past its timeout? (Asked,
@@ -236,6 +236,10 @@ pub struct TimedIo<T> {
     frames: Option<Box<H2Frames>>,
     // `ConnState::started` at the last read.
     seen_started: usize,
+    // Bytes of the HTTP/2 preface matched so far from the connection's
+    // start, however the client split it; `usize::MAX` once the first
+    // bytes are not the preface.
+    preface: usize,
     // Looks for the two framing fields in the head being read.
     scan: HeadScan,
     /// `client_send_timeout`, and how long the pending write has waited.
@@ -243,8 +247,8 @@ pub struct TimedIo<T> {
     send_wait: Wait,
 }
 
-/// Finds `Content-Length` and `Transfer-Encoding` field names at the
-/// starts of a head's lines, across reads, stopping at the empty line
+/// Finds `Content-Length` and `Transfer-Encoding` field names (and a
+/// second `Content-Length`) at the starts of a head's lines, across reads, stopping at the empty line
 /// that ends the head. Lines that can match neither are skipped with one
 /// `memchr`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -253,7 +257,8 @@ struct HeadScan {
     col: u8,
     /// Bit 0: the line may still be `content-length:`; bit 1: TE.
     alive: u8,
-    /// Bit 0: a `Content-Length` field was seen; bit 1: TE.
+    /// Bit 0: a `Content-Length` field was seen; bit 1: TE; bit 2
+    /// ([`TWO_LENGTHS`]): `Content-Length` twice.
     seen: u8,
     /// The current line so far is `\r`.
     cr: bool,
@@ -261,6 +266,8 @@ struct HeadScan {
     done: bool,
 }
 
+/// In [`HeadScan::seen`]: `Content-Length` came a second time.
+const TWO_LENGTHS: u8 = 4;
 const CONTENT_LENGTH: &[u8] = b"content-length:";
 const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
 
@@ -273,7 +280,7 @@ impl HeadScan {
     }
 
     /// Feed the head's next bytes; `true` when the head ended in them and
-    /// named both fields.
+    /// named both fields, or `Content-Length` twice.
     fn feed(&mut self, mut b: &[u8]) -> bool {
         while !self.done && !b.is_empty() {
             if self.alive == 0 {
@@ -293,7 +300,7 @@ impl HeadScan {
             if c == b'\n' {
                 if self.col == 0 || (self.col == 1 && self.cr) {
                     self.done = true;
-                    return self.seen == 3;
+                    return self.seen & 3 == 3 || self.seen & TWO_LENGTHS != 0;
                 }
                 *self = HeadScan {
                     seen: self.seen,
@@ -309,6 +316,9 @@ impl HeadScan {
                         self.alive &= !bit;
                     } else if i + 1 == name.len() {
                         self.alive &= !bit;
+                        if bit == 1 && self.seen & 1 != 0 {
+                            self.seen |= TWO_LENGTHS;
+                        }
                         self.seen |= bit;
                     }
                 }
@@ -397,7 +407,36 @@ impl H2Frames {
     }
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 impl<T> TimedIo<T> {
+    /// Follow the first bytes of the connection against the HTTP/2
+    /// preface. Once all 24 came — in one read or in several — the
+    /// connection is HTTP/2, and its frames are counted from the byte
+    /// after the preface on ([`H2Frames`]).
+    fn match_preface(&mut self, got: &[u8]) {
+        if self.preface >= PREFACE.len() {
+            return; // decided already
+        }
+        let want = &PREFACE[self.preface..];
+        let n = want.len().min(got.len());
+        if got[..n] != want[..n] {
+            self.preface = usize::MAX;
+            return;
+        }
+        let before = self.preface;
+        self.preface += n;
+        if self.preface == PREFACE.len() {
+            self.h2 = true;
+            // The preface's earlier pieces were in earlier reads.
+            self.frames = Some(Box::new(H2Frames {
+                preface: PREFACE.len() - before,
+                ..H2Frames::default()
+            }));
+        }
+    }
+
     /// `park`: where to hand the socket when the connection is parked.
     pub fn new(
         inner: T,
@@ -427,6 +466,7 @@ impl<T> TimedIo<T> {
             h2: false,
             frames: None,
             seen_started,
+            preface: 0,
             scan: HeadScan::new_head(),
             send_timeout: Duration::from_secs(60),
             send_wait: Wait::default(),
@@ -439,12 +479,39 @@ impl<T> TimedIo<T> {
         self.send_timeout = limit;
         self
     }
+}
 
-    /// A write came back pending: has the client stopped reading?
+/// A client socket that can be closed with a reset.
+pub trait ResetOnClose {
+    /// Make the coming close a reset (`SO_LINGER` 0): the kernel throws
+    /// away what is still queued for the peer instead of going on sending
+    /// it, as nginx's `reset_timedout_connection` does. A slow reader
+    /// that timed out must not keep megabytes of kernel memory.
+    fn reset_on_close(&self);
+}
+
+impl ResetOnClose for tokio::net::TcpStream {
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl<S: ResetOnClose> ResetOnClose for tokio_rustls::server::TlsStream<S> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+impl<T: ResetOnClose> TimedIo<T> {
+    /// A write came back pending: has the client stopped reading? Then
+    /// the connection is closed with a reset.
     fn send_blocked(&mut self, cx: &mut Context<'_>) -> bool {
         if self.send_wait.expired(cx, self.send_timeout) {
             self.state.send_timed_out.store(true, Relaxed);
-            tracing::debug!("client_send_timeout: the client stopped reading");
+            if let Some(inner) = &self.inner {
+                inner.reset_on_close();
+            }
+            tracing::debug!("client_send_timeout: the client stopped reading; resetting");
             return true;
         }
         false
@@ -601,9 +668,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
                 this.read_while_busy = true;
             }
             if !got.is_empty() {
-                if this.phase == Phase::Fresh && got.starts_with(b"PRI * HTTP/2") {
-                    this.h2 = true;
-                    this.frames = Some(Box::default());
+                if this.preface < PREFACE.len() {
+                    this.match_preface(got);
                 }
                 if let Some(frames) = &mut this.frames {
                     if frames.flood(got) {
@@ -616,7 +682,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
                 }
                 let starts_head = matches!(this.phase, Phase::Idle | Phase::Fresh);
                 if this.h2 {
-                    if this.phase == Phase::Fresh {
+                    // (Head: the preface came in pieces, and its first
+                    // piece looked like the start of a request head.)
+                    if matches!(this.phase, Phase::Fresh | Phase::Head) {
                         this.phase = Phase::Idle;
                         this.deadline = Instant::now() + this.idle_timeout;
                         this.pull_in(this.deadline);
@@ -631,7 +699,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
                     this.scan = HeadScan::new_head();
                 }
                 if !this.h2 && this.phase == Phase::Head && this.scan.feed(got) {
-                    this.state.length_and_chunked.store(true, Relaxed);
+                    this.state.bad_framing.store(true, Relaxed);
                 }
             }
         }
@@ -649,7 +717,7 @@ fn parked() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "connection parked")
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
+impl<T: AsyncRead + AsyncWrite + ResetOnClose + Unpin> AsyncWrite for TimedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -761,6 +829,50 @@ mod tests {
         }
         assert!(!f.flood(&wire), "at the limit, not over it");
         assert!(f.flood(&rst), "one more reset within the second is a flood");
+    }
+
+    /// The preface split anywhere (`PRI * HT`, a pause, the rest) makes
+    /// the connection HTTP/2 all the same, and its control frames are
+    /// counted from the first byte after it.
+    #[tokio::test]
+    async fn the_preface_is_found_however_it_is_split() {
+        let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        for cut in 1..PREFACE.len() {
+            let (a, b) = PREFACE.split_at(cut);
+            let mut io = TimedIo::new(
+                (),
+                Arc::new(ConnState::default()),
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                None,
+            );
+            io.match_preface(a);
+            assert!(!io.h2, "not before the whole preface ({cut})");
+            let mut rest = b.to_vec();
+            rest.extend_from_slice(&ping);
+            io.match_preface(&rest);
+            assert!(io.h2, "found when split at {cut}");
+            // As `poll_read` does: the read that completed the preface.
+            let frames = io.frames.as_mut().unwrap();
+            assert!(!frames.flood(&rest));
+            for _ in 1..MAX_CONTROL_FRAMES_PER_SEC {
+                assert!(!frames.flood(&ping));
+            }
+            assert!(
+                frames.flood(&ping),
+                "counted from after the preface ({cut})"
+            );
+        }
+        let mut io = TimedIo::new(
+            (),
+            Arc::new(ConnState::default()),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            None,
+        );
+        io.match_preface(b"PRI * HTTP/1.1\r\n");
+        io.match_preface(b"rest");
+        assert!(!io.h2);
     }
 
     /// A kept-alive connection idle for `park_after` hands its socket back,

@@ -37,9 +37,18 @@ pub enum Invalid {
     AuthorityMismatch,
     #[error("request target is not origin-form or absolute-form")]
     BadTarget,
-    /// Found by the socket's head scan (hyper drops the length).
-    #[error("Content-Length beside Transfer-Encoding")]
-    LengthAndChunked,
+    /// Found by the socket's head scan (hyper drops the length, or keeps
+    /// one of two equal ones).
+    #[error("Content-Length beside Transfer-Encoding, or twice")]
+    BadFraming,
+    /// `Transfer-Encoding` other than one final `chunked`.
+    #[error("a transfer coding other than chunked")]
+    BadCoding,
+    /// A `..;` (or `.;`) segment or a backslash: servers disagree on what
+    /// they mean (Tomcat reads `/..;/` as `/../`, IIS `\` as `/`), so
+    /// the app a prefix chose could differ from what the backend serves.
+    #[error("an ambiguous path: a dot segment with parameters, or a backslash")]
+    AmbiguousPath,
 }
 
 /// A request's checked target: the authority it names (to route by, and
@@ -154,6 +163,9 @@ pub fn check(
     let path = if uri.path() == "*" {
         None
     } else {
+        if ambiguous_path(uri.path().as_bytes()) {
+            return Err(Invalid::AmbiguousPath);
+        }
         remove_dot_segments(uri.path())
     };
     Ok(Target {
@@ -246,6 +258,41 @@ fn dots(seg: &str) -> usize {
         }
     }
     n
+}
+
+/// Is the request's `Transfer-Encoding` exactly one `chunked` (the only
+/// coding cutover forwards a request body in; nginx refuses the rest)?
+pub fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    }
+}
+
+/// Does the path hold a backslash (also as `%5C`), or a segment that is
+/// a dot segment once its `;` parameters are cut off (`..;`, `.;x`,
+/// `%2e%2e;`)? See [`Invalid::AmbiguousPath`]. One pass finds none in
+/// the common case.
+fn ambiguous_path(p: &[u8]) -> bool {
+    for i in memchr::memchr3_iter(b'\\', b';', b'%', p) {
+        match p[i] {
+            b'\\' => return true,
+            b'%' => {
+                if p.len() > i + 2 && p[i + 1] == b'5' && p[i + 2] | 0x20 == b'c' {
+                    return true;
+                }
+            }
+            _ => {
+                let start = memchr::memrchr(b'/', &p[..i]).map_or(0, |s| s + 1);
+                let seg = std::str::from_utf8(&p[start..i]).unwrap_or("");
+                if dots(seg) > 0 {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 /// The path with its dot segments removed (RFC 3986 §5.2.4), or `None`
@@ -382,6 +429,31 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(remove_dot_segments(input).as_deref(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_found() {
+        for bad in [
+            "/public/..;/admin",
+            "/public/.;/admin",
+            "/public/..;x=1/admin",
+            "/public/%2e%2e;/admin",
+            "/public\\..\\admin",
+            "/public/%5c../admin",
+            "/public/%5C",
+        ] {
+            assert!(ambiguous_path(bad.as_bytes()), "{bad}");
+        }
+        for ok in [
+            "/public/a;b=1/x",
+            "/public/x;jsessionid=1",
+            "/public/...;/x",
+            "/public/%2e%2e%2e;/x",
+            "/public/%5d",
+            "/",
+        ] {
+            assert!(!ambiguous_path(ok.as_bytes()), "{ok}");
         }
     }
 

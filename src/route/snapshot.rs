@@ -42,6 +42,8 @@ pub struct Settings {
     /// The access log's format, when there is one.
     pub access_log: Option<crate::config::AccessFormat>,
     pub access_query: bool,
+    /// `server.upgrades`: what a request may upgrade to.
+    pub upgrades: Vec<String>,
     /// `[server]`'s own answers: for a request no app matched, or refused
     /// before routing.
     pub answers: Arc<OwnAnswers>,
@@ -800,6 +802,7 @@ impl Snapshot {
             access_log: (config.log.access != crate::config::AccessLog::Off)
                 .then_some(config.log.format),
             access_query: config.log.query,
+            upgrades: config.server.upgrades.clone(),
             answers: Arc::new(config.server.answers.clone()),
         });
         Ok(Snapshot::index(apps, settings, epoch))

@@ -750,6 +750,8 @@ pub struct SeenRequest {
     pub body: Vec<u8>,
     /// The body arrived whole (else the connection ended inside it).
     pub complete: bool,
+    /// A chunked body's trailer fields, as received.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl SeenRequest {
@@ -843,6 +845,7 @@ impl RecordingUpstream {
                             headers: headers.clone(),
                             body: Vec::new(),
                             complete: true,
+                            trailers: Vec::new(),
                         };
                         let mut ok = true;
                         if field("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
@@ -874,7 +877,12 @@ impl RecordingUpstream {
                                         ok = false;
                                         break;
                                     };
-                                    buf.drain(..e + 2);
+                                    let section: Vec<u8> = buf.drain(..e + 2).collect();
+                                    req.trailers = String::from_utf8_lossy(&section)
+                                        .split("\r\n")
+                                        .filter_map(|l| l.split_once(':'))
+                                        .map(|(n, v)| (n.to_string(), v.trim().to_string()))
+                                        .collect();
                                     break;
                                 }
                                 let Some(()) =
