@@ -3,7 +3,6 @@
 //! are copied off as they pass ([`Tee`]). The response's way back is
 //! [`super::response`].
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -12,6 +11,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::deadline::BodySent;
+pub use super::deadline::Wait;
 pub use super::h1::conn::BoxError;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,10 @@ pin_project_lite::pin_project! {
         // A mirrored request's tee, or a copy's own body (boxed: nearly
         // every request has neither).
         side: Option<Box<Side>>,
+        // Told when the last frame is taken (a body that hyper's HTTP/2
+        // client sends, in a task of its own): the upstream's response
+        // deadline starts then.
+        ended: Option<std::sync::Arc<BodySent>>,
     }
 }
 
@@ -142,12 +147,19 @@ impl RequestBody {
             timeout,
             wait: Wait::default(),
             side: None,
+            ended: None,
         }
     }
 
     /// Copy the frames off to `tee` as they pass.
     pub fn teeing(mut self, tee: Option<Tee>) -> Self {
         self.side = tee.map(|t| Box::new(Side::Tee(t)));
+        self
+    }
+
+    /// Tell `to` when the last frame is taken.
+    pub fn signalling(mut self, to: std::sync::Arc<BodySent>) -> Self {
+        self.ended = Some(to);
         self
     }
 
@@ -173,6 +185,7 @@ impl RequestBody {
             timeout: Duration::ZERO,
             wait: Wait::default(),
             side: None,
+            ended: None,
         }
     }
 
@@ -182,37 +195,6 @@ impl RequestBody {
             Some(Side::Copy(b)) => Some(b),
             _ => None,
         }
-    }
-}
-
-/// How long a body has waited for its peer, timed only while it waits:
-/// armed when a poll finds nothing, disarmed by the next data. Its timer
-/// is made once, the first time a body waits, and reset after that.
-#[derive(Debug, Default)]
-pub struct Wait {
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    armed: bool,
-}
-
-impl Wait {
-    /// The poll found nothing: has the peer been silent for `limit`?
-    pub fn expired(&mut self, cx: &mut Context<'_>, limit: Duration) -> bool {
-        if !self.armed {
-            self.armed = true;
-            let at = tokio::time::Instant::now() + limit;
-            match &mut self.timer {
-                Some(t) => t.as_mut().reset(at),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
-        }
-        self.timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
-    }
-
-    /// Something came.
-    pub fn got(&mut self) {
-        self.armed = false;
     }
 }
 
@@ -233,7 +215,18 @@ impl Body for RequestBody {
             }
             return Poll::Ready(None);
         };
-        let polled = inner.poll_frame(cx);
+        let mut inner = inner;
+        let polled = inner.as_mut().poll_frame(cx);
+        if let Some(ended) = this.ended {
+            let last = match &polled {
+                Poll::Ready(Some(Ok(f))) => f.is_trailers() || inner.is_end_stream(),
+                Poll::Ready(_) => true,
+                Poll::Pending => false,
+            };
+            if last {
+                ended.set();
+            }
+        }
         if polled.is_pending() {
             if this.wait.expired(cx, *this.timeout) {
                 return Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.timeout)))));

@@ -17,9 +17,10 @@
 //!
 //! Only the worker's own thread touches the list (`RefCell`, no lock).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -68,15 +69,64 @@ pub fn after(d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86400 * 365 * 30))
 }
 
+/// Tells when an upstream's response deadline starts: once the request
+/// is sent whole. Until then the upstream is waiting for the client (a
+/// slow upload), and the time is the client's, bounded by
+/// `client_body_timeout`, never the upstream's.
+pub trait Sent {
+    /// Has the whole request gone upstream? If not, and the news comes
+    /// from another task, the polling task is woken when it has.
+    fn sent(&self, cx: &Context<'_>) -> bool;
+}
+
+/// Set by cutover's HTTP/1.1 client, in the very task that waits.
+impl Sent for Cell<bool> {
+    fn sent(&self, _: &Context<'_>) -> bool {
+        self.get()
+    }
+}
+
+/// A request body that another task sends (hyper's HTTP/2 client): set
+/// when the body gives its last frame, which wakes the waiting request.
+#[derive(Debug, Default)]
+pub struct BodySent {
+    done: AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl BodySent {
+    pub fn set(&self) {
+        self.done.store(true, Relaxed);
+        self.waker.wake();
+    }
+}
+
+impl Sent for BodySent {
+    fn sent(&self, cx: &Context<'_>) -> bool {
+        if self.done.load(Relaxed) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.done.load(Relaxed)
+    }
+}
+
 impl Deadlines {
-    /// Run `fut` until it completes or `at` passes, whichever comes first
-    /// (the future is polled first, so an answer that arrives with the
-    /// deadline wins). The deadline is entered now. A plain struct, not an
-    /// `async fn`, which would hold `fut` twice (as its argument and as
-    /// the pinned local it polls).
-    pub fn within<F: Future>(&self, at: Instant, fut: F) -> Within<'_, F> {
+    /// Run `fut` until it completes or `limit` has passed since the
+    /// request was sent whole (`sent`), whichever comes first (the future
+    /// is polled first, so an answer that arrives with the deadline wins).
+    /// A plain struct, not an `async fn`, which would hold `fut` twice (as
+    /// its argument and as the pinned local it polls).
+    pub fn within<'a, F: Future>(
+        &'a self,
+        limit: Duration,
+        sent: &'a dyn Sent,
+        fut: F,
+    ) -> Within<'a, F> {
         Within {
-            entry: self.insert(at),
+            list: self,
+            entry: None,
+            start: Some((limit, sent)),
             fut,
         }
     }
@@ -185,7 +235,12 @@ impl Deadlines {
 pin_project_lite::pin_project! {
     /// The future of [`Deadlines::within`].
     pub struct Within<'a, F> {
-        entry: Entry<'a>,
+        list: &'a Deadlines,
+        // Entered once the request is sent.
+        entry: Option<Entry<'a>>,
+        // The limit, and what tells that the request is sent; `None` once
+        // entered.
+        start: Option<(Duration, &'a dyn Sent)>,
         #[pin]
         fut: F,
     }
@@ -199,10 +254,48 @@ impl<F: Future> Future for Within<'_, F> {
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        if this.entry.expired(cx) {
-            return Poll::Ready(Err(Elapsed));
+        if let Some((limit, sent)) = *this.start {
+            if !sent.sent(cx) {
+                return Poll::Pending;
+            }
+            *this.start = None;
+            *this.entry = Some(this.list.insert(after(limit)));
         }
-        Poll::Pending
+        match this.entry {
+            Some(e) if e.expired(cx) => Poll::Ready(Err(Elapsed)),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// How long a body has waited for its peer, timed only while it waits:
+/// armed when a poll finds nothing, disarmed by the next data. Its timer
+/// is made once, the first time a body waits, and reset after that.
+#[derive(Debug, Default)]
+pub struct Wait {
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl Wait {
+    /// The poll found nothing: has the peer been silent for `limit`?
+    pub fn expired(&mut self, cx: &mut Context<'_>, limit: Duration) -> bool {
+        if !self.armed {
+            self.armed = true;
+            let at = tokio::time::Instant::now() + limit;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// Something came.
+    pub fn got(&mut self) {
+        self.armed = false;
     }
 }
 
@@ -254,6 +347,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    struct Always;
+    impl Sent for Always {
+        fn sent(&self, _: &Context<'_>) -> bool {
+            true
+        }
+    }
+    static SENT: Always = Always;
+
     #[test]
     fn the_list_stays_in_deadline_order_through_inserts_and_removals() {
         let d = Deadlines::default();
@@ -280,10 +381,10 @@ mod tests {
         let work = async {
             let start = Instant::now();
             let slow = async {
-                let r = d.within(after(ms(80)), std::future::pending::<()>()).await;
+                let r = d.within(ms(80), &SENT, std::future::pending::<()>()).await;
                 (r, start.elapsed())
             };
-            let fast = d.within(after(ms(5000)), async {
+            let fast = d.within(ms(5000), &SENT, async {
                 tokio::time::sleep(ms(10)).await;
                 7
             });
@@ -299,17 +400,51 @@ mod tests {
         }
     }
 
+    /// The deadline runs from when the request is sent whole, not from
+    /// when it began: a slow upload is not the upstream's time.
+    #[tokio::test]
+    async fn the_deadline_starts_once_the_request_is_sent() {
+        let d = Deadlines::default();
+        let work = async {
+            let sent = BodySent::default();
+            let start = Instant::now();
+            let waiting = d.within(ms(100), &sent, std::future::pending::<()>());
+            let upload = async {
+                tokio::time::sleep(ms(300)).await;
+                sent.set();
+            };
+            let (r, ()) = tokio::join!(async { (waiting.await, start.elapsed()) }, upload);
+            assert_eq!(r.0, Err(Elapsed));
+            assert!(
+                r.1 >= ms(400),
+                "expired {:?} after the start, before the upload ended + 100 ms",
+                r.1
+            );
+            let cell = Cell::new(false);
+            let never = d.within(ms(50), &cell, std::future::pending::<()>());
+            assert!(
+                tokio::time::timeout(ms(300), never).await.is_err(),
+                "no deadline while the request is not sent"
+            );
+            assert_eq!(d.waiting(), 0);
+        };
+        tokio::select! {
+            _ = d.run() => unreachable!("the timer task runs forever"),
+            r = tokio::time::timeout(Duration::from_secs(10), work) => r.unwrap(),
+        }
+    }
+
     #[tokio::test]
     async fn an_earlier_deadline_re_arms_a_timer_sleeping_for_a_later_one() {
         // As after a reload that shortened the timeout.
         let d = Deadlines::default();
         let work = async {
-            let long = d.within(after(ms(60_000)), std::future::pending::<()>());
+            let long = d.within(ms(60_000), &SENT, std::future::pending::<()>());
             let short = async {
                 // Let the timer task arm itself for the long deadline first.
                 tokio::time::sleep(ms(20)).await;
                 let start = Instant::now();
-                let r = d.within(after(ms(50)), std::future::pending::<()>()).await;
+                let r = d.within(ms(50), &SENT, std::future::pending::<()>()).await;
                 (r, start.elapsed())
             };
             tokio::select! {

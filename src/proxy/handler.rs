@@ -203,7 +203,10 @@ struct Prepared {
     forwarded_host: Option<Option<HeaderValue>>,
     server: Arc<Server>,
     connect_timeout: Duration,
+    /// From when the request is sent whole (`sent`): until then the
+    /// upstream waits for the client, and that is the client's time.
     response_timeout: Duration,
+    sent: std::cell::Cell<bool>,
     answer: Answer,
 }
 
@@ -470,6 +473,7 @@ fn prepare(
         server,
         connect_timeout,
         response_timeout,
+        sent: std::cell::Cell::new(false),
         answer: Answer {
             ex,
             read_timeout,
@@ -574,15 +578,18 @@ fn send_h1<'a>(
         tls: conn.tls,
         host: host.as_ref(),
     });
+    p.sent.set(false);
     let req = h1::Outgoing {
         parts: &p.parts,
         forwarded,
         asked: p.asked,
+        sent: Some(&p.sent),
+        write_timeout: Some(p.response_timeout),
     };
     let body = (!p.bodiless).then_some(&mut p.body);
     worker
         .deadlines
-        .within(deadline::after(p.response_timeout), c.send(req, body))
+        .within(p.response_timeout, &p.sent, c.send(req, body))
 }
 
 /// What sending on an HTTP/1.1 connection gives: the final response head,
@@ -607,6 +614,7 @@ fn h1_reply(sent: SentH1, server: &Server) -> Result<h1::Head, Failed> {
         Ok(Ok(head)) => Ok(head),
         Err(_) => Err(Failed::Timeout),
         Ok(Err(h1::Error::Body(e))) => Err(body_fault(&*e).unwrap_or(Failed::Upstream)),
+        Ok(Err(h1::Error::WriteTimeout)) => Err(Failed::Timeout),
         Ok(Err(e)) => {
             tracing::debug!(server = %server.addr, error = %e, "upstream exchange failed");
             Err(Failed::Upstream)
@@ -710,11 +718,19 @@ async fn send_h2(
     lease: Lease,
 ) -> Response<ResponseBody> {
     let copy = p.bodiless.then(|| head_copy(&p.parts));
-    let req = Request::from_parts(p.parts, p.body);
-    let within = deadline::after(p.response_timeout);
+    // hyper's client sends the body in a task of its own: the body says
+    // when its last frame is taken, and the deadline starts then.
+    let body_sent = Arc::new(deadline::BodySent::default());
+    let body = if p.bodiless {
+        body_sent.set();
+        p.body
+    } else {
+        p.body.signalling(body_sent.clone())
+    };
+    let req = Request::from_parts(p.parts, body);
     let mut sent = worker
         .deadlines
-        .within(within, tx.try_send_request(req))
+        .within(p.response_timeout, &*body_sent, tx.try_send_request(req))
         .await;
     if let Ok(Err(e)) = &mut sent {
         if unprocessed(e.error()) {
@@ -734,10 +750,11 @@ async fn send_h2(
                         return connect_failed(p.answer, &conn);
                     }
                 };
-                let within = deadline::after(p.response_timeout);
+                // Sent again only whole (bodiless, or handed back unsent
+                // with its body): the deadline runs as before.
                 sent = worker
                     .deadlines
-                    .within(within, tx.try_send_request(again))
+                    .within(p.response_timeout, &*body_sent, tx.try_send_request(again))
                     .await;
             }
         }

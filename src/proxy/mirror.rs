@@ -519,6 +519,9 @@ fn outgoing<'a>(head: &'a Head, parts: &'a http::request::Parts) -> h1::Outgoing
             host: host.as_ref(),
         }),
         asked: h1::Asked::new(&head.method, false),
+        // The copy's whole exchange is within its own `timeout`.
+        sent: None,
+        write_timeout: None,
     }
 }
 

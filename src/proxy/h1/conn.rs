@@ -104,6 +104,9 @@ pub enum Error {
     /// The request body failed on its way (too large, or the client's).
     #[error("request body: {0}")]
     Body(BoxError),
+    /// The upstream left a write of the request waiting past its limit.
+    #[error("the upstream stopped reading the request")]
+    WriteTimeout,
 }
 
 impl Error {
@@ -129,6 +132,12 @@ pub struct Outgoing<'a> {
     /// The `X-Forwarded-*` fields still to add, if any.
     pub forwarded: Option<Forwarded<'a>>,
     pub asked: Asked,
+    /// Set once the whole request (head and body) is written: the
+    /// upstream's response deadline starts then.
+    pub sent: Option<&'a std::cell::Cell<bool>>,
+    /// The longest the upstream may leave a write of the request waiting
+    /// (it stopped reading); `None`: no limit here.
+    pub write_timeout: Option<std::time::Duration>,
 }
 
 /// Where sending the body is.
@@ -187,6 +196,7 @@ impl Conn {
         let (mut at, mut wrote_any, mut taken) = (0usize, false, false);
         let mut write_failed: Option<io::Error> = None;
         let mut answered = false;
+        let mut write_wait = crate::proxy::deadline::Wait::default();
         let head = std::future::poll_fn(|cx| {
             // Write what is due, and take more of the body as it goes.
             while write_failed.is_none() {
@@ -196,9 +206,18 @@ impl Conn {
                         Poll::Ready(Ok(n)) => {
                             at += n;
                             wrote_any = true;
+                            write_wait.got();
                         }
                         Poll::Ready(Err(e)) => write_failed = Some(e),
-                        Poll::Pending => break,
+                        Poll::Pending => {
+                            if req
+                                .write_timeout
+                                .is_some_and(|limit| write_wait.expired(cx, limit))
+                            {
+                                return Poll::Ready(Err(Error::WriteTimeout));
+                            }
+                            break;
+                        }
                     }
                     continue;
                 }
@@ -215,7 +234,12 @@ impl Conn {
                 self.out.clear();
                 at = 0;
                 match &mut sending {
-                    Sending::Done => break,
+                    Sending::Done => {
+                        if let Some(sent) = req.sent {
+                            sent.set(true);
+                        }
+                        break;
+                    }
                     Sending::Expecting(timer) => match timer.as_mut().poll(cx) {
                         Poll::Ready(()) => sending = Sending::Body,
                         Poll::Pending => break,
