@@ -261,12 +261,17 @@ pub fn run_with(
         handover.push(("admin".to_string(), l.try_clone()?));
     }
     drop(groups);
-    if let Some((args, timeout)) = options.upgrade.clone() {
-        let _ = shared.upgrade.set(crate::control::Plan {
-            args,
-            timeout,
-            sockets: handover,
-        });
+    // Without a way to start a successor, the copies go now: a copy kept
+    // here would hold the sockets listening through the drain.
+    match options.upgrade.clone() {
+        Some((args, timeout)) => {
+            let _ = shared.upgrade.set(crate::control::Plan {
+                args,
+                timeout,
+                sockets: std::sync::Mutex::new(handover),
+            });
+        }
+        None => drop(handover),
     }
     tracing::info!(
         workers,
@@ -312,6 +317,13 @@ pub fn run_with(
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");
         shared.shutdown.send_replace(true);
+        // The accept loops drop their sockets as they stop; these copies
+        // go too, so the listening sockets close now and new clients are
+        // refused (or, handed over, served by the successor) rather than
+        // queued for a process that no longer accepts.
+        if let Some(plan) = shared.upgrade.get() {
+            plan.sockets.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
         Ok::<_, io::Error>(())
     })?;
     for t in threads {

@@ -418,22 +418,34 @@ async fn parked_connection(proxy: &Proxy) -> tokio::net::TcpStream {
     s
 }
 
+/// A parked kept-alive connection outlives the start of a shutdown: its
+/// client may be sending its next request right now, and closing would
+/// fail it. That request is answered, with `Connection: close`, and the
+/// connection then closes; the proxy stops once it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_closes_a_parked_keep_alive_connection_at_once() {
-    use tokio::io::AsyncReadExt;
+async fn shutdown_answers_a_parked_connections_next_request_with_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (b, g) = blue_green().await;
     // Idle timeout and shutdown_timeout both far longer than the wait
-    // allowed below: only the shutdown itself may close the connection.
+    // allowed below.
     let proxy = Proxy::start(&config(&one(&b), &one(&g), "client_idle_timeout = \"60s\""));
     let mut s = parked_connection(&proxy).await;
     let begun = Instant::now();
     let stopped = tokio::spawn(proxy.join());
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+    // Well into the drain, the client sends its next request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
-        .expect("the parked connection was closed by the shutdown")
         .unwrap();
-    assert_eq!(n, 0);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+        .await
+        .expect("the connection closed after its answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.ends_with("blue"), "{text}");
     tokio::time::timeout(Duration::from_secs(3), stopped)
         .await
         .expect("the proxy stopped without waiting for shutdown_timeout")

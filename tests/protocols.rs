@@ -551,3 +551,73 @@ async fn streams_an_h2_upstream_never_processed_are_sent_again() {
     .await
     .unwrap();
 }
+
+/// An HTTP/2 client that grants no flow-control window (`nghttp -w 0`)
+/// never asks for the rest of its responses: each stalled stream is taken
+/// away after `client_send_timeout`, its upstream connection released and
+/// the request counted as a `client_send` timeout, instead of 50 upstream
+/// connections held for as long as the client likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_a_client_never_reads_are_taken_away_with_their_upstreams() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&format!(
+            "[server]\nworkers = 1\n[limits]\nclient_send_timeout = \"2s\"\nupstream_read_timeout = \"60s\"\n[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+            b.addr, g.addr
+        ));
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut h2, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut pending = Vec::new();
+        for _ in 0..50 {
+            let req = Request::get(format!("http://shop/download/{}", 10 << 20))
+                .body(())
+                .unwrap();
+            h2 = h2.ready().await.unwrap();
+            let (resp, _) = h2.send_request(req, true).unwrap();
+            pending.push(resp);
+        }
+        // Every head arrives (HEADERS are not flow-controlled); no body.
+        let mut bodies = Vec::new();
+        for resp in pending {
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            bodies.push(resp.into_body());
+        }
+        let open = |u: &Upstream| u.open.load(SeqCst);
+        // (A connection or two may still be on its way up.)
+        assert!(open(&b) >= 45, "each stream holds an upstream connection: {}", open(&b));
+        let stalled_at = tokio::time::Instant::now();
+        while open(&b) > 0 {
+            assert!(
+                stalled_at.elapsed() < Duration::from_secs(6),
+                "{} upstream connections still held",
+                open(&b)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = stalled_at.elapsed();
+        assert!(took >= Duration::from_millis(1000), "released after {took:?}");
+        let metrics = admin_call(&client(), &proxy, "GET", "/metrics", "", &[])
+            .await
+            .text();
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("cutover_timeouts_total{")
+                    && l.contains("phase=\"client_send\"")
+                    && l.contains("app=\"shop\"")
+            })
+            .unwrap_or_default();
+        assert!(line.ends_with(" 50"), "{line}");
+        drop(bodies);
+    })
+    .await
+    .unwrap();
+}

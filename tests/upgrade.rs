@@ -141,7 +141,11 @@ impl Drop for Daemon {
 }
 
 /// Clients that run until `stop`: keep-alive ones and one that opens a
-/// new connection per request. Counts requests and failures.
+/// new connection per request. Counts requests and failures. The
+/// keep-alive clients are plain ones, as Python's `http.client` is: a
+/// request on a connection the server closed without saying so fails,
+/// and is not retried (hyper's pooled client would retry it and hide the
+/// loss).
 fn load(
     addr: std::net::SocketAddr,
     stop: Arc<AtomicBool>,
@@ -155,20 +159,31 @@ fn load(
     for _ in 0..4 {
         let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let c = client();
-            let url = format!("http://{addr}/");
+            let mut conn: Option<tokio::net::TcpStream> = None;
             while !stop.load(SeqCst) {
-                let req = hyper::Request::get(&url).body(Body::default()).unwrap();
-                match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
-                    Ok(Ok(r)) if r.status() == 200 => {
-                        use http_body_util::BodyExt;
-                        match r.into_body().collect().await {
-                            Ok(_) => ok.fetch_add(1, SeqCst),
-                            Err(_) => failed.fetch_add(1, SeqCst),
-                        };
+                if conn.is_none() {
+                    match tokio::net::TcpStream::connect(addr).await {
+                        Ok(s) => conn = Some(s),
+                        Err(e) => {
+                            eprintln!("connect failed: {e}");
+                            failed.fetch_add(1, SeqCst);
+                            continue;
+                        }
                     }
-                    _ => {
+                }
+                let s = conn.as_mut().expect("connected above");
+                let got = tokio::time::timeout(Duration::from_secs(10), keep_alive_get(s)).await;
+                match got {
+                    Ok(Ok(close)) => {
+                        ok.fetch_add(1, SeqCst);
+                        if close {
+                            conn = None;
+                        }
+                    }
+                    other => {
+                        eprintln!("kept-alive request failed: {other:?}");
                         failed.fetch_add(1, SeqCst);
+                        conn = None;
                     }
                 }
             }
@@ -191,6 +206,42 @@ fn load(
         }
     }));
     (ok, failed, tasks)
+}
+
+/// One `GET /` on a kept-alive connection, its answer read whole (by its
+/// `Content-Length`). `Ok(true)`: the answer said `Connection: close`.
+async fn keep_alive_get(s: &mut tokio::net::TcpStream) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n").await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(std::io::Error::other(format!("answered {head:?}")));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no content-length"))?;
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(head.contains("\r\nconnection: close\r\n"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,6 +573,78 @@ async fn a_service_manager_hears_ready_reloading_stopping_and_the_new_main_pid()
                 format!("MAINPID={new}\nREADY=1\n"),
                 "STOPPING=1\n".to_string()
             ]
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// SIGTERM: the listening socket closes at once (a new client is refused,
+/// not queued behind a drain), a kept-alive client's next request is
+/// answered with `Connection: close` rather than lost, and a download
+/// under way finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_refuses_new_clients_at_once_and_answers_kept_alive_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&format!(
+            "[server]\nworkers = 1\nshutdown_timeout = \"10s\"\n[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+            b.addr, g.addr
+        ));
+        let addr = proxy.addr;
+        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(!keep_alive_get(&mut kept).await.unwrap(), "kept alive");
+        let size = 20 << 20;
+        let mut download = tokio::net::TcpStream::connect(addr).await.unwrap();
+        download
+            .write_all(format!("GET /download/{size} HTTP/1.1\r\nHost: shop\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0u8; 1024];
+        let mut got = download.read(&mut first).await.unwrap();
+        assert!(first.starts_with(b"HTTP/1.1 200"));
+
+        let stopped_at = Instant::now();
+        let proxy_join = tokio::spawn(proxy.join());
+        // Refused at once, not accepted and left hanging.
+        loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                // Queued as the socket closed: reset, as nginx does too.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Err(e) => panic!("connect: {e}"),
+                Ok(_) => {
+                    assert!(stopped_at.elapsed() < Duration::from_secs(1), "still accepting");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        assert!(stopped_at.elapsed() < Duration::from_secs(1));
+        // The kept-alive client's next request is answered, with close.
+        assert!(keep_alive_get(&mut kept).await.unwrap(), "answered with Connection: close");
+        // The download finishes.
+        let head_len = first[..got]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("the head came in the first read")
+            + 4;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < head_len + size {
+            match download.read(&mut buf).await {
+                Ok(0) => panic!("download ended after {got} bytes"),
+                Ok(n) => got += n,
+                Err(e) => panic!("download broke after {got} bytes: {e}"),
+            }
+        }
+        // With its clients gone, the process ends without waiting out
+        // its shutdown timeout.
+        drop((kept, download));
+        proxy_join.await.unwrap();
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(5),
+            "drained after {:?}",
+            stopped_at.elapsed()
         );
     })
     .await

@@ -69,8 +69,11 @@ pub struct Plan {
     pub args: Vec<String>,
     /// How long the successor may take to say it serves.
     pub timeout: Duration,
-    /// Every listening socket, named `plain`, `tls` or `admin`.
-    pub sockets: Vec<(String, std::net::TcpListener)>,
+    /// Every listening socket, named `plain`, `tls` or `admin`; emptied
+    /// when shutdown begins, so that no copy keeps a socket listening
+    /// (the kernel would go on accepting clients nobody serves). The lock
+    /// is taken twice in a process's life: to hand over, and to empty.
+    pub sockets: std::sync::Mutex<Vec<(String, std::net::TcpListener)>>,
 }
 
 /// Who serves: shown in status as `process`.

@@ -42,6 +42,8 @@ pub async fn upgrade(shared: &Arc<Shared>, binary: Option<PathBuf>) -> Result<u3
     };
     let sockets: std::io::Result<Vec<(String, std::net::TcpListener)>> = plan
         .sockets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
         .iter()
         .map(|(n, l)| l.try_clone().map(|l| (n.clone(), l)))
         .collect();

@@ -4,7 +4,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
@@ -223,15 +222,13 @@ async fn serve_plain(
             .with_send_timeout(t.send);
         // Boxed: the task's own future then only holds what a parked
         // connection needs, not the serving state.
-        if !Box::pin(run_http(&worker, &info, io)).await {
-            break; // shutting down
-        }
+        Box::pin(run_http(&worker, &info, io)).await;
         // The wrapper is gone with hyper's connection: it either sent the
         // socket back (parked) or dropped it (closed).
         let Ok(back) = parked.await else { break };
         stream = back;
         info.memo.forget();
-        if !wait_parked(&worker, &stream, idle_timeout).await {
+        if !wait_parked(&stream, idle_timeout).await {
             break;
         }
     }
@@ -239,36 +236,20 @@ async fn serve_plain(
 
 /// A parked connection waits for its next request: `true` when the client
 /// sent something (or closed: hyper will see it), `false` at the idle
-/// timeout or at shutdown. What it holds is what 10,000 idle clients cost
-/// most of, so it is kept small: the socket's readiness is polled in place
-/// (`readable()` would store a 152-byte future) and shutdown comes through
-/// a slot among the worker's wakers (the `watch`'s future is 144 bytes):
-/// the connection's future shrinks from 648 to 400 bytes, and 10,000 idle
-/// clients take a few MiB less.
-async fn wait_parked(worker: &Rc<Worker>, stream: &TcpStream, idle_timeout: Duration) -> bool {
+/// timeout. Shutdown does not end the wait: a kept-alive client may be
+/// sending its next request right now, and closing would fail it. That
+/// request is answered with `Connection: close`
+/// ([`handler::handle`]); a client that sends none is closed at its idle
+/// timeout (or at the end of the drain). What it holds is what 10,000
+/// idle clients cost most of, so it is kept small: the socket's readiness
+/// is polled in place (`readable()` would store a 152-byte future).
+async fn wait_parked(stream: &TcpStream, idle_timeout: Duration) -> bool {
     let rest = idle_timeout.saturating_sub(super::io::park_after(idle_timeout));
-    let watch = StopWatch::new(worker);
     let mut idle = std::pin::pin!(tokio::time::sleep(rest));
-    let mut graced = false;
     std::future::poll_fn(|cx| {
         // A request that arrives with the deadline is still served.
         if let Poll::Ready(r) = stream.poll_read_ready(cx) {
             return Poll::Ready(r.is_ok());
-        }
-        if watch.stopping(cx) {
-            if !worker.shared.upgrading.load(Relaxed) {
-                return Poll::Ready(false);
-            }
-            // Handing over: a client may be sending its next request right
-            // now; it gets a short while to arrive (and is then answered
-            // with `Connection: close`) before the connection closes.
-            if !graced {
-                graced = true;
-                let by = tokio::time::Instant::now() + STOP_GRACE;
-                if idle.deadline() > by {
-                    idle.as_mut().reset(by);
-                }
-            }
         }
         idle.as_mut().poll(cx).map(|()| false)
     })
@@ -328,9 +309,8 @@ async fn serve_tls(
     run_http(&worker, &info, io).await;
 }
 
-/// Serve HTTP on `io` until the connection ends. `false` when it ended
-/// because the daemon is shutting down.
-async fn run_http<T>(worker: &Rc<Worker>, info: &Rc<ConnInfo>, io: TimedIo<T>) -> bool
+/// Serve HTTP on `io` until the connection ends (or is parked).
+async fn run_http<T>(worker: &Rc<Worker>, info: &Rc<ConnInfo>, io: TimedIo<T>)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + ResetOnClose + Unpin + Send + 'static,
 {
@@ -345,26 +325,19 @@ where
             .http
             .serve_connection_with_upgrades(TokioIo::new(io), svc),
     );
-    // Finish the request in progress when shutdown begins, then close
-    // (HTTP/1.1: `Connection: close`; HTTP/2: GOAWAY).
+    // When shutdown begins, an HTTP/2 connection gets GOAWAY at once (its
+    // client opens new streams elsewhere; those under way finish). An
+    // HTTP/1.1 connection is left to finish on its own: each response
+    // from now on carries `Connection: close` ([`handler::handle`]), and
+    // an idle one waits for its next request or its idle timeout, so that
+    // a request already on its way is answered, not lost.
     let watch = StopWatch::new(worker);
     let mut running = true;
-    // Handing over to a new process: an idle connection waits a moment for
-    // a request already on its way before it closes (see `STOP_GRACE`).
-    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let result = std::future::poll_fn(|cx| {
         if running && watch.stopping(cx) {
-            let upgrading = worker.shared.upgrading.load(Relaxed);
-            let waited = !upgrading
-                || info.state.is_busy()
-                || grace
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(STOP_GRACE)))
-                    .as_mut()
-                    .poll(cx)
-                    .is_ready();
-            if waited {
+            running = false;
+            if info.state.is_h2() {
                 conn.as_mut().graceful_shutdown();
-                running = false;
             }
         }
         conn.as_mut().poll(cx)
@@ -373,13 +346,7 @@ where
     if let Err(e) = result {
         tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
     }
-    running
 }
-
-/// When cutover hands over to a new process, how long an idle client
-/// connection still waits for a request that may be on its way: closing
-/// it at once would fail a request sent in that instant.
-const STOP_GRACE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -106,10 +107,50 @@ pub fn handle(
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     let ex = Exchange::begin(worker.clone(), conn.state.clone());
+    let h1 = req.version() != Version::HTTP_2;
     match prepare(&worker, &conn, req, ex) {
-        Ok(p) => Either::Left(exchange(worker, conn, p)),
-        Err(answer) => Either::Right(std::future::ready(Ok(answer))),
+        Ok(p) => {
+            let w = worker.clone();
+            let answer = exchange(worker, conn, p);
+            Either::Left(answer.map(move |r| r.map(|resp| on_its_way(&w, h1, resp))))
+        }
+        Err(answer) => Either::Right(std::future::ready(Ok(last_if_draining(
+            &worker, h1, answer,
+        )))),
     }
+}
+
+/// An upstream's answer as it leaves: on HTTP/1.1 perhaps the last on its
+/// connection; on HTTP/2, a stream whose client must keep reading it
+/// (see [`super::response::Watched`]).
+fn on_its_way(worker: &Worker, h1: bool, resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    if h1 {
+        return last_if_draining(worker, h1, resp);
+    }
+    if !resp.body().from_upstream() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let (body, weak) = super::response::Watched::wrap(body);
+    worker.watch_stream(weak);
+    Response::from_parts(parts, body)
+}
+
+/// While the process drains (shutdown, or a successor took over), every
+/// HTTP/1.1 response says `Connection: close`: the client sends its next
+/// request on a new connection — to the successor — instead of on this
+/// one as it closes (HAProxy's `idle-close-on-response`). HTTP/2 clients
+/// got GOAWAY instead.
+fn last_if_draining(
+    worker: &Worker,
+    h1: bool,
+    mut resp: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    if h1 && worker.stopping.get() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// The answer for a request that goes no further than the proxy, as the

@@ -92,6 +92,8 @@ pub struct ConnState {
     send_timed_out: std::sync::atomic::AtomicBool,
     /// The client has sent something since it connected.
     spoke: std::sync::atomic::AtomicBool,
+    /// The client speaks HTTP/2 (its preface came).
+    h2: std::sync::atomic::AtomicBool,
     /// The connection's task has looked and found nothing sent (or, on
     /// TLS, a handshake waiting for the client). Until then a connection
     /// just accepted is not silent, only not yet read: shedding it would
@@ -157,6 +159,11 @@ impl ConnState {
             }
         })
         .await
+    }
+
+    /// Does the client speak HTTP/2?
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Relaxed)
     }
 
     /// Has the client sent anything since it connected?
@@ -429,6 +436,7 @@ impl<T> TimedIo<T> {
         self.preface += n;
         if self.preface == PREFACE.len() {
             self.h2 = true;
+            self.state.h2.store(true, Relaxed);
             // The preface's earlier pieces were in earlier reads.
             self.frames = Some(Box::new(H2Frames {
                 preface: PREFACE.len() - before,

@@ -114,7 +114,9 @@ async fn sweeper(worker: Rc<Worker>) {
         worker
             .mirror_upstreams
             .sweep(&snap, |app, color| app.mirrors_to(color));
-        let tick = (snap.settings.limits.upstream_idle_timeout / 4)
+        let limits = &snap.settings.limits;
+        worker.sweep_streams(limits.client_send_timeout);
+        let tick = (limits.upstream_idle_timeout.min(limits.client_send_timeout) / 4)
             .clamp(Duration::from_millis(50), Duration::from_millis(500));
         drop(snap);
         tokio::select! {

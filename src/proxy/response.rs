@@ -3,7 +3,9 @@
 //! drop ends the request — counters, statistics, and the upstream
 //! connection back to its pool.
 
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -78,7 +80,93 @@ enum Inner {
     H1(h1::Body, Option<Lease>),
     /// The proxy's own answer.
     Full(Full<Bytes>),
+    /// An HTTP/2 client's stream, watched for stalling ([`Watched`]).
+    Watched(Rc<Watched>),
 }
+
+/// An HTTP/2 client's response body, shared with its worker's sweeper.
+/// hyper polls a body for its next frame only once the client's flow
+/// control window has room for the last one: a client that grants no
+/// window holds the stream — and the upstream connection behind it — for
+/// as long as it likes, with no write pending for `client_send_timeout`
+/// to time. The sweeper sees a body that handed out a frame and was not
+/// asked for the next one within `client_send_timeout`
+/// ([`Watched::stalled`]) and takes it away: the upstream connection is
+/// released at once, the request is counted as a `client_send` timeout,
+/// and hyper resets the stream when it next polls (or the connection
+/// closes at its idle timeout).
+pub struct Watched {
+    body: RefCell<Option<ResponseBody>>,
+    /// Polls so far: the sweeper tells progress by it, with no clock read
+    /// per frame.
+    polls: Cell<u32>,
+    /// A frame was handed out and the next one not yet asked for.
+    waiting: Cell<bool>,
+}
+
+impl Watched {
+    /// Wrap `body`; the sweeper follows it through the weak reference.
+    pub fn wrap(body: ResponseBody) -> (ResponseBody, std::rc::Weak<Watched>) {
+        let w = Rc::new(Watched {
+            body: RefCell::new(Some(body)),
+            polls: Cell::new(0),
+            waiting: Cell::new(false),
+        });
+        let weak = Rc::downgrade(&w);
+        let outer = ResponseBody {
+            inner: Inner::Watched(w),
+            exchange: None,
+            read_timeout: Duration::ZERO,
+            wait: Wait::default(),
+            encoder: None,
+            slice: Slice::default(),
+        };
+        (outer, weak)
+    }
+
+    /// How far the body got: its poll count, and whether it waits for the
+    /// client (`None`: it ended, or was taken away).
+    pub fn progress(&self) -> Option<(u32, bool)> {
+        if self.body.borrow().is_none() {
+            return None;
+        }
+        Some((self.polls.get(), self.waiting.get()))
+    }
+
+    /// The client left the stream stalled past `client_send_timeout`:
+    /// the body goes, with its upstream connection.
+    pub fn stalled(&self) {
+        let Some(mut body) = self.body.borrow_mut().take() else {
+            return;
+        };
+        if let Some(ex) = body.exchange.take() {
+            tracing::debug!("client_send_timeout: an HTTP/2 stream made no progress");
+            ex.timed_out(Timeout::ClientSend);
+            ex.finish(false);
+        }
+    }
+
+    fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.polls.set(self.polls.get().wrapping_add(1));
+        self.waiting.set(false);
+        let mut slot = self.body.borrow_mut();
+        let Some(body) = slot.as_mut() else {
+            return Poll::Ready(Some(Err(Box::new(Stalled))));
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => self.waiting.set(true),
+            Poll::Ready(_) => *slot = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+/// The stream was taken away from a client that stopped reading it.
+#[derive(Debug, thiserror::Error)]
+#[error("client_send_timeout: the HTTP/2 stream made no progress")]
+struct Stalled;
 
 impl ResponseBody {
     pub fn h2(inner: Incoming, exchange: Exchange, read_timeout: Duration) -> ResponseBody {
@@ -153,6 +241,11 @@ fn pool_if_done(inner: &mut Inner, exchange: &mut Option<Exchange>) {
 }
 
 impl ResponseBody {
+    /// Is this body streamed from an upstream (not the proxy's own)?
+    pub fn from_upstream(&self) -> bool {
+        matches!(self.inner, Inner::H1(..) | Inner::H2(_))
+    }
+
     /// The request's bookkeeping, until the body ends.
     pub fn exchange(&self) -> Option<&Exchange> {
         self.exchange.as_ref()
@@ -174,6 +267,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Inner::Watched(w) = &this.inner {
+            return w.poll_frame(cx);
+        }
         if this.slice.used_up(cx) {
             return Poll::Pending;
         }
@@ -229,6 +325,7 @@ impl Body for ResponseBody {
             Inner::H2(b) => b.is_end_stream(),
             Inner::H1(b, _) => b.is_end_stream(),
             Inner::Full(b) => b.is_end_stream(),
+            Inner::Watched(w) => return w.body.borrow().as_ref().is_none_or(|b| b.is_end_stream()),
         };
         if end {
             if let Some(ex) = &self.exchange {
@@ -246,6 +343,11 @@ impl Body for ResponseBody {
             Inner::H2(b) => b.size_hint(),
             Inner::H1(b, _) => b.size_hint(),
             Inner::Full(b) => b.size_hint(),
+            Inner::Watched(w) => w
+                .body
+                .borrow()
+                .as_ref()
+                .map_or_else(SizeHint::default, |b| b.size_hint()),
         }
     }
 }
@@ -285,6 +387,8 @@ fn poll_upstream(
             }
             polled
         }
+        // Polled by `ResponseBody::poll_frame` before it comes here.
+        Inner::Watched(w) => w.poll_frame(cx),
     }
 }
 

@@ -13,6 +13,7 @@ use slab::Slab;
 use tokio::sync::Notify;
 
 use super::exec::LocalExec;
+use super::response::Watched;
 use super::{deadline, upstream};
 use crate::control::Shared;
 
@@ -39,6 +40,56 @@ pub struct Worker {
     /// saves the 144 bytes of the `watch`'s future. The accept loop still
     /// awaits the `watch`.
     pub(super) serving: RefCell<Slab<Option<Waker>>>,
+    /// HTTP/2 clients' response bodies under way, for the sweeper to find
+    /// the stalled ones ([`super::response::Watched`]).
+    pub(super) streams: RefCell<Vec<StreamWatch>>,
+}
+
+/// One HTTP/2 response body as the sweeper last saw it.
+pub(super) struct StreamWatch {
+    body: std::rc::Weak<Watched>,
+    polls: u32,
+    since: tokio::time::Instant,
+}
+
+impl Worker {
+    /// Watch an HTTP/2 client's response body for stalling.
+    pub(super) fn watch_stream(&self, body: std::rc::Weak<Watched>) {
+        self.streams.borrow_mut().push(StreamWatch {
+            body,
+            polls: 0,
+            since: tokio::time::Instant::now(),
+        });
+    }
+
+    /// Take away the bodies that waited on their client past `limit`
+    /// without being asked for their next frame; forget those that ended.
+    pub(super) fn sweep_streams(&self, limit: Duration) {
+        let now = tokio::time::Instant::now();
+        let mut stalled = Vec::new();
+        self.streams.borrow_mut().retain_mut(|w| {
+            let Some(body) = w.body.upgrade() else {
+                return false;
+            };
+            let Some((polls, waiting)) = body.progress() else {
+                return false;
+            };
+            if !waiting || polls != w.polls {
+                w.polls = polls;
+                w.since = now;
+                return true;
+            }
+            if now.duration_since(w.since) < limit {
+                return true;
+            }
+            stalled.push(body);
+            false
+        });
+        // Outside the borrow: dropping a body may end its request.
+        for body in stalled {
+            body.stalled();
+        }
+    }
 }
 
 impl Worker {
@@ -68,6 +119,7 @@ impl Worker {
             all_closed: Notify::new(),
             stopping: Cell::new(false),
             serving: RefCell::new(Slab::new()),
+            streams: RefCell::new(Vec::new()),
         }
     }
 
