@@ -541,6 +541,23 @@ fn admin(
         1_000_000,
         errs,
     ) as usize;
+    let upgrade_binary = raw.upgrade_binary.map(|b| base.join(b));
+    if let Some(b) = &upgrade_binary {
+        // A warning: the package that installs it may not have yet.
+        if !b.is_file() {
+            warnings.push(format!(
+                "admin.upgrade_binary: {} is not a file (yet): an upgrade would fail until it is",
+                b.display()
+            ));
+        }
+    }
+    let tls = admin_tls(raw.tls_cert_file, raw.tls_key_file, base, errs, warnings);
+    if !tokens.is_empty() && !listen.ip().is_loopback() && tls.is_none() {
+        warnings.push(format!(
+            "admin.listen: {listen} is not a loopback address and the admin API speaks clear HTTP there: \
+             its bearer tokens cross the network readable; set admin.tls_cert_file and admin.tls_key_file"
+        ));
+    }
     AdminSettings {
         listen,
         tokens,
@@ -548,6 +565,60 @@ fn admin(
         header_timeout,
         idle_timeout,
         max_connections,
+        upgrade_binary,
+        allow_local_binary: raw.allow_local_binary.unwrap_or(false),
+        tls,
+    }
+}
+
+/// `[admin] tls_cert_file` and `tls_key_file`: both or neither; the files
+/// read and the server config built now.
+fn admin_tls(
+    cert: Option<String>,
+    key: Option<String>,
+    base: &Path,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<AdminTls> {
+    let files = match (cert, key) {
+        (None, None) => return None,
+        (Some(cert), Some(key)) => CertPaths {
+            cert: base.join(cert),
+            key: base.join(key),
+        },
+        (Some(_), None) => {
+            errs.push(
+                "admin.tls_key_file",
+                "missing: admin.tls_cert_file needs its private key",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            errs.push(
+                "admin.tls_cert_file",
+                "missing: admin.tls_key_file needs its certificate",
+            );
+            return None;
+        }
+    };
+    match super::certs::admin_server_config(&files) {
+        Ok((server, w)) => {
+            warnings.extend(w.into_iter().map(|w| format!("admin.tls_cert_file: {w}")));
+            Some(AdminTls { files, server })
+        }
+        Err(list) => {
+            // Each message starts with the file it is about.
+            let key_file = files.key.display().to_string();
+            for e in list {
+                let k = if e.starts_with(&key_file) {
+                    "admin.tls_key_file"
+                } else {
+                    "admin.tls_cert_file"
+                };
+                errs.push(k, e);
+            }
+            None
+        }
     }
 }
 
