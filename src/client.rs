@@ -78,7 +78,11 @@ impl Endpoint {
                             "127.0.0.1".parse().unwrap()
                         });
                     }
-                    let scheme = if c.admin.tls.is_some() { "https" } else { "http" };
+                    let scheme = if c.admin.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
                     format!("{scheme}://{a}")
                 })
             })

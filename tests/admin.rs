@@ -1324,7 +1324,11 @@ async fn over_tls_the_cli_reaches_the_admin_api_trusting_its_ca_file_and_nothing
         assert!(out.contains("cannot reach"), "{out}");
 
         // A CA for a clear-HTTP URL would verify nothing: a usage error.
-        let (code, out) = with(&format!("http://127.0.0.1:{port}"), &["--ca-file", &ca_file], &["status"]);
+        let (code, out) = with(
+            &format!("http://127.0.0.1:{port}"),
+            &["--ca-file", &ca_file],
+            &["status"],
+        );
         assert_eq!(code, Some(64), "{out}");
         assert!(out.contains("--ca-file"), "{out}");
 
@@ -1334,7 +1338,13 @@ async fn over_tls_the_cli_reaches_the_admin_api_trusting_its_ca_file_and_nothing
         let listen = format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{}", &admin[8..]);
         std::fs::write(&cli_conf, shop(&b, &g, &listen)).unwrap();
         let (code, out) = tokio::task::block_in_place(|| {
-            cutover(&["status", "-c", cli_conf.to_str().unwrap(), "--ca-file", &ca_file])
+            cutover(&[
+                "status",
+                "-c",
+                cli_conf.to_str().unwrap(),
+                "--ca-file",
+                &ca_file,
+            ])
         });
         assert_eq!(code, Some(0), "{out}");
         assert!(out.contains("live green"), "{out}");

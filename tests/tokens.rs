@@ -479,7 +479,10 @@ fn check_warns_of_tokens_in_clear_off_loopback_and_reads_the_admin_certificate()
     assert!(out.contains("admin.tls_cert_file"), "{out}");
     // Over TLS, or on loopback, none.
     let tls = "tls_cert_file = \"admin.pem\"\ntls_key_file = \"admin.key\"\n";
-    let (code, out) = check(d, &format!("[admin]\nlisten = \"0.0.0.0:19901\"\n{tls}{token}"));
+    let (code, out) = check(
+        d,
+        &format!("[admin]\nlisten = \"0.0.0.0:19901\"\n{tls}{token}"),
+    );
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("warning"), "{out}");
     let (code, out) = check(d, &format!("[admin]\n{token}"));
@@ -489,8 +492,14 @@ fn check_warns_of_tokens_in_clear_off_loopback_and_reads_the_admin_certificate()
     // Both files or neither; each read, and a key must match its certificate.
     ca.issue(d, "other", &["other.internal"]);
     for (admin, want) in [
-        ("tls_cert_file = \"admin.pem\"", "admin.tls_key_file: missing"),
-        ("tls_key_file = \"admin.key\"", "admin.tls_cert_file: missing"),
+        (
+            "tls_cert_file = \"admin.pem\"",
+            "admin.tls_key_file: missing",
+        ),
+        (
+            "tls_key_file = \"admin.key\"",
+            "admin.tls_cert_file: missing",
+        ),
         (
             "tls_cert_file = \"nope.pem\"\ntls_key_file = \"admin.key\"",
             "admin.tls_cert_file: ",
@@ -504,9 +513,15 @@ fn check_warns_of_tokens_in_clear_off_loopback_and_reads_the_admin_certificate()
         assert_eq!(code, Some(64), "{admin}: {out}");
         assert!(out.contains(want), "{want:?} not in {out}");
     }
-    let (_, out) = check(d, "[admin]\ntls_cert_file = \"admin.pem\"\ntls_key_file = \"other.key\"\n");
+    let (_, out) = check(
+        d,
+        "[admin]\ntls_cert_file = \"admin.pem\"\ntls_key_file = \"other.key\"\n",
+    );
     assert!(out.contains("does not match the certificate"), "{out}");
-    let (_, out) = check(d, "[admin]\ntls_cert_file = \"nope.pem\"\ntls_key_file = \"admin.key\"\n");
+    let (_, out) = check(
+        d,
+        "[admin]\ntls_cert_file = \"nope.pem\"\ntls_key_file = \"admin.key\"\n",
+    );
     assert!(out.contains("nope.pem: cannot read"), "{out}");
 
     // An upgrade_binary that is not there (yet) is a warning.

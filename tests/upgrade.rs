@@ -619,7 +619,10 @@ async fn an_operate_token_never_makes_the_daemon_run_a_path_of_the_callers_choos
         std::fs::write(dir.path().join("ops.token"), "ops-secret\n").unwrap();
         // What a caller would have run: it leaves a mark, and fails.
         let evil = dir.path().join("evil.sh");
-        script(&evil, "#!/bin/sh\ntouch \"$(dirname \"$0\")/ran\"\nexit 1\n");
+        script(
+            &evil,
+            "#!/bin/sh\ntouch \"$(dirname \"$0\")/ran\"\nexit 1\n",
+        );
         let ran = dir.path().join("ran");
         let token = dir.path().join("ops.token").display().to_string();
         let evil = evil.display().to_string();
@@ -634,7 +637,9 @@ async fn an_operate_token_never_makes_the_daemon_run_a_path_of_the_callers_choos
         };
 
         // By default the API takes no path, from loopback neither.
-        let o = d.cli(&["upgrade", "--binary", &evil, "--token-file", &token]).await;
+        let o = d
+            .cli(&["upgrade", "--binary", &evil, "--token-file", &token])
+            .await;
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(
@@ -656,7 +661,10 @@ async fn an_operate_token_never_makes_the_daemon_run_a_path_of_the_callers_choos
         match non_loopback_ip() {
             Some(ip) => {
                 let port = d.admin.rsplit(':').next().unwrap();
-                let url = format!("http://{}/v1/upgrade", std::net::SocketAddr::new(ip, port.parse().unwrap()));
+                let url = format!(
+                    "http://{}/v1/upgrade",
+                    std::net::SocketAddr::new(ip, port.parse().unwrap())
+                );
                 let r = send(
                     &client(),
                     "POST",
@@ -669,14 +677,30 @@ async fn an_operate_token_never_makes_the_daemon_run_a_path_of_the_callers_choos
                 )
                 .await;
                 assert_eq!(r.status, 400, "{}", r.text());
-                assert!(r.text().contains("binary: only a caller on the daemon's host"), "{}", r.text());
+                assert!(
+                    r.text()
+                        .contains("binary: only a caller on the daemon's host"),
+                    "{}",
+                    r.text()
+                );
                 // The CLI does not even ask.
-                let admin = format!("http://{}", std::net::SocketAddr::new(ip, port.parse().unwrap()));
+                let admin = format!(
+                    "http://{}",
+                    std::net::SocketAddr::new(ip, port.parse().unwrap())
+                );
                 let o = tokio::task::spawn_blocking({
                     let (evil, token) = (evil.clone(), token.clone());
                     move || {
                         std::process::Command::new(BIN)
-                            .args(["upgrade", "--binary", &evil, "--token-file", &token, "--admin", &admin])
+                            .args([
+                                "upgrade",
+                                "--binary",
+                                &evil,
+                                "--token-file",
+                                &token,
+                                "--admin",
+                                &admin,
+                            ])
                             .output()
                             .unwrap()
                     }
@@ -684,7 +708,10 @@ async fn an_operate_token_never_makes_the_daemon_run_a_path_of_the_callers_choos
                 .await
                 .unwrap();
                 assert_eq!(o.status.code(), Some(64), "{o:?}");
-                assert!(String::from_utf8_lossy(&o.stderr).contains("--binary"), "{o:?}");
+                assert!(
+                    String::from_utf8_lossy(&o.stderr).contains("--binary"),
+                    "{o:?}"
+                );
                 assert!(!ran.exists());
             }
             None => eprintln!(
@@ -695,7 +722,9 @@ async fn an_operate_token_never_makes_the_daemon_run_a_path_of_the_callers_choos
 
         // From this host, allowed: it runs (the mark shows the test could
         // see it), fails, and the daemon keeps serving.
-        let o = d.cli(&["upgrade", "--binary", &evil, "--token-file", &token]).await;
+        let o = d
+            .cli(&["upgrade", "--binary", &evil, "--token-file", &token])
+            .await;
         assert_eq!(o.status.code(), Some(1), "{o:?}");
         assert!(ran.exists());
         let o = d.cli(&["status", "--json", "--token-file", &token]).await;

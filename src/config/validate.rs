@@ -1852,8 +1852,14 @@ mod tests {
         for key in NEVER_ZERO {
             let errors = Config::from_toml(&with_duration(key, "0s")).unwrap_err();
             let want = format!("{key}: must be longer than 0s, got \"0s\"");
-            assert!(errors.iter().any(|e| e.starts_with(&want)), "{want:?} in {errors:?}");
-            assert!(Config::from_toml(&with_duration(key, "250ms")).is_ok(), "{key}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(&want)),
+                "{want:?} in {errors:?}"
+            );
+            assert!(
+                Config::from_toml(&with_duration(key, "250ms")).is_ok(),
+                "{key}"
+            );
         }
         for key in ZERO_MEANS_AT_ONCE {
             let config = Config::from_toml(&with_duration(key, "0s"));
@@ -1874,8 +1880,14 @@ mod tests {
             }
             let errors = Config::from_toml(&with_duration(key, "25h")).unwrap_err();
             let want = format!("{key}: must be at most 1 day (\"24h\"), got \"25h\"");
-            assert!(errors.iter().any(|e| e.starts_with(&want)), "{want:?} in {errors:?}");
-            assert!(Config::from_toml(&with_duration(key, "24h")).is_ok(), "{key}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(&want)),
+                "{want:?} in {errors:?}"
+            );
+            assert!(
+                Config::from_toml(&with_duration(key, "24h")).is_ok(),
+                "{key}"
+            );
         }
     }
 

@@ -624,7 +624,10 @@ impl Request {
         // rollout that starts can be read back after a restart.
         let mut duration = |key: &str, v: &Option<String>, default: Duration, range: (u64, u64)| {
             let Some(text) = v else { return default };
-            let (min, max) = (Duration::from_millis(range.0), Duration::from_millis(range.1));
+            let (min, max) = (
+                Duration::from_millis(range.0),
+                Duration::from_millis(range.1),
+            );
             match humantime::parse_duration(text.trim()) {
                 Ok(d) if d < min => {
                     problems.push(format!(
@@ -727,9 +730,7 @@ impl Plan {
         }
         let within = |ms: u64, (min, max): (u64, u64)| (min..=max).contains(&ms);
         if !within(self.every_ms, EVERY_MS)
-            || self
-                .max_slow_ms
-                .is_some_and(|m| !within(m, MAX_SLOW_MS))
+            || self.max_slow_ms.is_some_and(|m| !within(m, MAX_SLOW_MS))
             || !within(self.bake_ms, WATCH_MS)
             || !within(self.shadow_ms, WATCH_MS)
             || !rates.iter().all(|r| *r > 0.0 && *r < 1.0)

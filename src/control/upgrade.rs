@@ -47,12 +47,14 @@ pub fn may_name_binary(
     binary: &std::path::Path,
 ) -> Result<(), String> {
     if !admin.allow_local_binary {
-        return Err("binary: the admin API takes no binary path; an upgrade starts \
+        return Err(
+            "binary: the admin API takes no binary path; an upgrade starts \
              [admin] upgrade_binary, else the daemon's own executable. Set \
              [admin] upgrade_binary in the config file (and reload), or \
              allow_local_binary = true to let `cutover upgrade --binary` name one \
              from the daemon's host"
-            .into());
+                .into(),
+        );
     }
     if !peer.ip().to_canonical().is_loopback() {
         return Err(format!(
@@ -159,15 +161,28 @@ mod tests {
         // Not allowed (the default): from anywhere, loopback included.
         for peer in ["127.0.0.1:5000", "[::1]:5000", "10.0.0.7:5000"] {
             let refused = may_name_binary(&admin(false), at(peer), bin).unwrap_err();
-            assert!(refused.starts_with("binary: the admin API takes no binary path"), "{refused}");
+            assert!(
+                refused.starts_with("binary: the admin API takes no binary path"),
+                "{refused}"
+            );
             assert!(refused.contains("upgrade_binary"), "{refused}");
         }
         // Allowed: from loopback only (an IPv4 peer of a dual-stack socket too).
         let open = admin(true);
-        for peer in ["127.0.0.1:5000", "127.8.9.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+        for peer in [
+            "127.0.0.1:5000",
+            "127.8.9.1:5000",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+        ] {
             assert_eq!(may_name_binary(&open, at(peer), bin), Ok(()), "{peer}");
         }
-        for peer in ["10.0.0.7:5000", "[::ffff:10.0.0.7]:5000", "[2001:db8::1]:5000", "0.0.0.0:1"] {
+        for peer in [
+            "10.0.0.7:5000",
+            "[::ffff:10.0.0.7]:5000",
+            "[2001:db8::1]:5000",
+            "0.0.0.0:1",
+        ] {
             let refused = may_name_binary(&open, at(peer), bin).unwrap_err();
             assert!(refused.contains("is not one"), "{peer}: {refused}");
         }
