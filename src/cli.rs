@@ -211,9 +211,12 @@ pub enum Command {
     },
     /// Replace the running daemon with a new binary without dropping a
     /// connection: it starts with the listening sockets, and the old one
-    /// drains once the new one serves.
+    /// drains once the new one serves. The binary is the installed one:
+    /// [admin] upgrade_binary, else the daemon's own path, read again.
     Upgrade {
-        /// The new binary (default: the daemon's own path, read again).
+        /// Start this binary instead: only on the daemon's own host (a
+        /// loopback admin URL), and only if its config says
+        /// allow_local_binary = true.
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
         #[command(flatten)]
@@ -284,9 +287,12 @@ impl ChangeFlags {
 /// How the client subcommands reach the admin API.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// Admin API URL (else $CUTOVER_ADMIN, else the config's [admin] listen, else http://127.0.0.1:9901).
+    /// Admin API URL, http:// or https:// (else $CUTOVER_ADMIN, else the config's [admin] listen, else http://127.0.0.1:9901).
     #[arg(long, value_name = "URL")]
     pub admin: Option<String>,
+    /// CA certificates (PEM) to trust for an https:// admin URL (else the system's).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the admin token (else $CUTOVER_TOKEN, else the config's token).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -393,6 +399,7 @@ fn endpoint(args: &ClientArgs) -> Result<Endpoint, ExitCode> {
         admin: args.admin.clone(),
         token_file: args.token_file.clone(),
         config: args.config.clone(),
+        ca_file: args.ca_file.clone(),
     })
     .map_err(|e| {
         eprintln!("cutover: {e:#}");
@@ -675,6 +682,14 @@ fn client_command(cmd: Command) -> ExitCode {
         Command::Upgrade { binary, out, .. } => {
             let mut body = serde_json::json!({});
             if let Some(b) = binary {
+                // A path means something only on the daemon's host; the
+                // daemon refuses it from anywhere else anyway.
+                if !ep.is_loopback() {
+                    return usage(format!(
+                        "--binary: {} is not on this host; a remote upgrade starts the installed binary ([admin] upgrade_binary on the daemon's host)",
+                        ep.url()
+                    ));
+                }
                 // The daemon resolves it from its own directory: make it absolute.
                 let b = std::fs::canonicalize(&b).unwrap_or(b);
                 body["binary"] = serde_json::json!(b);

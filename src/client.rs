@@ -1,6 +1,7 @@
 //! The admin client behind `cutover status|flip|shift|mirror|rollback|rules|history`
-//!: finds the admin endpoint and token, calls the admin API,
-//! prints the answer for people.
+//!: finds the admin endpoint and token, calls the admin API (over
+//! `https://` too, trusting `--ca-file` or the system's roots), prints the
+//! answer for people.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -23,10 +25,13 @@ pub struct Refused {
 }
 
 /// Where and how to reach the admin API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
     /// `host:port`.
     pub authority: String,
+    /// For an `https://` URL: the TLS client and the name the server's
+    /// certificate must have (the URL's host).
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     pub token: Option<String>,
     /// Sent with every change as `x-cutover-reason`, for the history.
     pub reason: Option<String>,
@@ -38,11 +43,15 @@ pub struct EndpointArgs {
     pub admin: Option<String>,
     pub token_file: Option<PathBuf>,
     pub config: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for an `https://` admin URL instead
+    /// of the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Endpoint {
-    /// `--admin`, then `CUTOVER_ADMIN`, then `[admin] listen` of `-c FILE`,
-    /// then `http://127.0.0.1:9901`; the token from `--token-file`, then
+    /// `--admin`, then `CUTOVER_ADMIN`, then `[admin] listen` of `-c FILE`
+    /// (`https://` when it has `tls_cert_file`), then
+    /// `http://127.0.0.1:9901`; the token from `--token-file`, then
     /// `CUTOVER_TOKEN`, then the config's token source.
     pub fn resolve(args: &EndpointArgs) -> Result<Endpoint> {
         let config = match &args.config {
@@ -69,15 +78,34 @@ impl Endpoint {
                             "127.0.0.1".parse().unwrap()
                         });
                     }
-                    format!("http://{a}")
+                    let scheme = if c.admin.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    format!("{scheme}://{a}")
                 })
             })
             .unwrap_or_else(|| "http://127.0.0.1:9901".into());
-        let authority = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow!("admin URL {url:?}: only http:// URLs are supported"))?
-            .trim_end_matches('/')
-            .to_string();
+        let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => {
+                return Err(anyhow!(
+                    "admin URL {url:?}: give http://HOST:PORT or https://HOST:PORT"
+                ))
+            }
+        };
+        let authority = rest.trim_end_matches('/').to_string();
+        let tls = match (https, &args.ca_file) {
+            (true, ca_file) => Some(tls_client(&authority, ca_file.as_deref())?),
+            (false, Some(_)) => {
+                return Err(anyhow!(
+                    "--ca-file: the admin URL {url} is not https:// (the CA would verify nothing)"
+                ))
+            }
+            (false, None) => None,
+        };
         let token = if let Some(f) = &args.token_file {
             Some(read_trimmed(f)?)
         } else if let Some(t) = std::env::var("CUTOVER_TOKEN")
@@ -94,9 +122,29 @@ impl Endpoint {
         };
         Ok(Endpoint {
             authority,
+            tls,
             token,
             reason: None,
         })
+    }
+
+    /// `http://host:port` or `https://host:port`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority)
+    }
+
+    /// Is the admin API on this host: does its URL name a loopback address
+    /// or `localhost`?
+    pub fn is_loopback(&self) -> bool {
+        let host = match host_of(&self.authority) {
+            Some(h) => h,
+            None => return false,
+        };
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_canonical().is_loopback(),
+            Err(_) => host.eq_ignore_ascii_case("localhost"),
+        }
     }
 
     /// One call: `(status, JSON body)`. Network failures are errors.
@@ -111,7 +159,7 @@ impl Endpoint {
             .enable_all()
             .build()?;
         rt.block_on(self.call_async(method, path, body, if_match))
-            .with_context(|| format!("cannot reach the admin API at http://{}", self.authority))
+            .with_context(|| format!("cannot reach the admin API at {}", self.url()))
     }
 
     async fn call_async(
@@ -127,8 +175,28 @@ impl Endpoint {
         )
         .await
         .map_err(|_| anyhow!("connect timed out"))??;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let mut tx = match &self.tls {
+            None => {
+                let (tx, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                tx
+            }
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    connector.connect(name.clone(), stream),
+                )
+                .await
+                .map_err(|_| anyhow!("TLS handshake timed out"))?
+                .map_err(|e| {
+                    anyhow!("TLS handshake failed: {e} (signed by a private CA? give it with --ca-file)")
+                })?;
+                let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                tokio::spawn(conn);
+                tx
+            }
+        };
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -202,6 +270,36 @@ impl Endpoint {
             .into())
         }
     }
+}
+
+/// The host of `host:port` (an IPv6 address without its brackets).
+fn host_of(authority: &str) -> Option<&str> {
+    match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map(|(h, _)| h),
+        None => Some(authority.rsplit_once(':').map_or(authority, |(h, _)| h)),
+    }
+}
+
+/// The TLS client for an `https://` admin URL: HTTP/1.1, verifying the
+/// server's certificate for the URL's host against `ca_file` or the
+/// system's roots (the Mozilla roots when it has none).
+fn tls_client(
+    authority: &str,
+    ca_file: Option<&Path>,
+) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>)> {
+    let host = host_of(authority)
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("admin URL: no host in {authority:?}"))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| anyhow!("admin URL: {host:?} is not a host name or address: {e}"))?;
+    let (config, _) = crate::config::upstream_tls::client_config(
+        crate::config::Protocol::Http1,
+        ca_file,
+        None,
+        false,
+    )
+    .map_err(|(_, message)| anyhow!("--ca-file: {message}"))?;
+    Ok((tokio_rustls::TlsConnector::from(config), name))
 }
 
 fn read_trimmed(path: &Path) -> Result<String> {

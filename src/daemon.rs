@@ -294,7 +294,7 @@ pub fn run_with(
             tokio::spawn(admin::serve(l, admin.clone(), shared.shutdown.subscribe()));
         }
         tokio::spawn(reload_on_sighup(admin.clone()));
-        tokio::spawn(upgrade_on_sigusr2(shared.clone()));
+        tokio::spawn(upgrade_on_sigusr2(admin.clone()));
         tokio::spawn(reopen_on_sigusr1(shared.clone(), usr1));
         tokio::spawn(crate::control::health::supervise(shared.clone()));
         tokio::spawn(crate::control::resolve::run(admin.clone(), shared.shutdown.subscribe()));
@@ -352,15 +352,21 @@ async fn reopen_on_sigusr1(shared: Arc<Shared>, mut usr1: tokio::signal::unix::S
 }
 
 /// SIGUSR2 upgrades cutover in place (as `cutover upgrade` does) with the
-/// binary at this process's own path, read again from disk.
-async fn upgrade_on_sigusr2(shared: Arc<Shared>) {
+/// installed binary: `[admin] upgrade_binary`, else this process's own
+/// path, read again from disk.
+async fn upgrade_on_sigusr2(admin: Arc<Admin>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
         return;
     };
     while usr2.recv().await.is_some() {
         tracing::info!("SIGUSR2: upgrading");
-        match crate::control::upgrade::upgrade(&shared, None).await {
+        let (shared, binary) = {
+            let ctl = admin.lock();
+            let binary = crate::control::upgrade::installed_binary(&ctl.config().admin);
+            (ctl.shared.clone(), binary)
+        };
+        match crate::control::upgrade::upgrade(&shared, binary).await {
             Ok(pid) => tracing::info!(pid, "handed over to the new process"),
             Err((_, why)) => tracing::error!(error = %why, "upgrade refused; still serving"),
         }

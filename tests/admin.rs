@@ -1258,3 +1258,97 @@ async fn a_reload_applies_admin_hosts_and_refuses_a_new_connection_cap() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("admin.max_connections"), "{}", r.text());
 }
+
+// ---- The admin API over TLS ----
+
+/// `cutover ARGS`: exit code and stdout + stderr.
+fn cutover(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_cli_reaches_the_admin_api_trusting_its_ca_file_and_nothing_in_clear() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = TestCa::new();
+        std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
+        ca.issue(d, "admin", &["localhost", "127.0.0.1"]);
+        std::fs::write(d.join("ops.token"), "ops-secret\n").unwrap();
+        let (b, g) = blue_green().await;
+        let conf = d.join("cutover.toml");
+        let admin = "[admin]\ntls_cert_file = \"admin.pem\"\ntls_key_file = \"admin.key\"\n\
+                     [[admin.tokens]]\nname = \"ops\"\nrole = \"operate\"\nfile = \"ops.token\"\n";
+        std::fs::write(&conf, shop(&b, &g, admin)).unwrap();
+        let proxy = Proxy::start_file(&conf);
+        let port = proxy.admin.port();
+        let (ca_file, token) = (
+            d.join("ca.pem").display().to_string(),
+            d.join("ops.token").display().to_string(),
+        );
+        let https = format!("https://127.0.0.1:{port}");
+        let by_name = format!("https://localhost:{port}");
+        let with = |admin: &str, extra: &[&str], args: &[&str]| {
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend(["--admin", admin, "--token-file", &token]);
+            all.extend(extra);
+            tokio::task::block_in_place(|| cutover(&all))
+        };
+
+        // Trusting the private CA: status, and a change, by address and by name.
+        let (code, out) = with(&https, &["--ca-file", &ca_file], &["status"]);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("app shop"), "{out}");
+        let (code, out) = with(&by_name, &["--ca-file", &ca_file], &["flip", "shop"]);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("shop: live green"), "{out}");
+
+        // Without it, the system's roots do not know that CA: refused, saying why.
+        let (code, out) = with(&https, &[], &["status"]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(
+            out.contains("TLS handshake failed") && out.contains("--ca-file"),
+            "{out}"
+        );
+
+        // The listener speaks only TLS: a request in clear gets no answer.
+        let (code, out) = with(&format!("http://127.0.0.1:{port}"), &[], &["status"]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("cannot reach"), "{out}");
+
+        // A CA for a clear-HTTP URL would verify nothing: a usage error.
+        let (code, out) = with(
+            &format!("http://127.0.0.1:{port}"),
+            &["--ca-file", &ca_file],
+            &["status"],
+        );
+        assert_eq!(code, Some(64), "{out}");
+        assert!(out.contains("--ca-file"), "{out}");
+
+        // The URL from a config (-c) is https:// when it has a certificate;
+        // the token comes from it too.
+        let cli_conf = d.join("cli.toml");
+        let listen = format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{}", &admin[8..]);
+        std::fs::write(&cli_conf, shop(&b, &g, &listen)).unwrap();
+        let (code, out) = tokio::task::block_in_place(|| {
+            cutover(&[
+                "status",
+                "-c",
+                cli_conf.to_str().unwrap(),
+                "--ca-file",
+                &ca_file,
+            ])
+        });
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("live green"), "{out}");
+    })
+    .await
+    .unwrap();
+}

@@ -120,6 +120,15 @@ servers = ["127.0.0.1:1"]
             ],
         ),
         (&format!("{GOOD_APP}[apps.shop.mirror]\npercnt = 10\n"), &["unknown field `percnt`"]),
+        (
+            &format!("[limits]\nupstream_connect_timeout = \"0s\"\nupstream_response_timeout = \"100years\"\n[server]\nshutdown_timeout = \"0s\"\nresolve_interval = \"25h\"\n{GOOD_APP}health = {{ interval = \"0ms\" }}\n"),
+            &[
+                "limits.upstream_connect_timeout: must be longer than 0s, got \"0s\"",
+                "limits.upstream_response_timeout: must be at most 1 day (\"24h\"), got \"100years\"",
+                "server.resolve_interval: must be at most 1 day (\"24h\"), got \"25h\"",
+                "apps.shop.green.health.interval: must be longer than 0s, got \"0ms\"",
+            ],
+        ),
         (&format!("{GOOD_APP}\n[[apps.shop.rules]]\nname = \"x\"\nto = \"green\"\nheader = {{ name = \"x\" }}\n"), &["missing field `value`"]),
     ];
     for (text, wanted) in cases {
@@ -134,6 +143,8 @@ servers = ["127.0.0.1:1"]
         for w in *wanted {
             assert!(stderr.contains(w), "missing {w:?} in:\n{stderr}");
         }
+        // `shutdown_timeout = "0s"` (stop at once) is not among them.
+        assert!(!stderr.contains("server.shutdown_timeout"), "{stderr}");
     }
 }
 

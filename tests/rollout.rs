@@ -522,6 +522,8 @@ async fn a_bad_plan_is_refused_with_what_is_wrong_and_nothing_changes() {
         (r#"{"steps": [5, 50]}"#, "the last step must be 100"),
         (r#"{"every": "soon"}"#, "is not a duration like 60s"),
         (r#"{"every": "100ms"}"#, "shorter than 1s"),
+        (r#"{"every": "100years"}"#, "is longer than 1day"),
+        (r#"{"bake": "30days"}"#, "is longer than 7days"),
         (
             r#"{"max_error_rate": "lots"}"#,
             "max_error_rate: expected a percent",

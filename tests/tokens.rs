@@ -463,6 +463,74 @@ file = "ci.token"
 }
 
 #[test]
+fn check_warns_of_tokens_in_clear_off_loopback_and_reads_the_admin_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("ci.token"), "ci-secret\n").unwrap();
+    let ca = TestCa::new();
+    ca.issue(d, "admin", &["admin.internal"]);
+    let token = "[[admin.tokens]]\nname = \"ci\"\nrole = \"operate\"\nfile = \"ci.token\"\n";
+    let warning = "warning: admin.listen: 0.0.0.0:19901 is not a loopback address and the admin API speaks clear HTTP";
+
+    // A token on a clear-HTTP listener others can reach: a warning, exit 0.
+    let (code, out) = check(d, &format!("[admin]\nlisten = \"0.0.0.0:19901\"\n{token}"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(warning), "{out}");
+    assert!(out.contains("admin.tls_cert_file"), "{out}");
+    // Over TLS, or on loopback, none.
+    let tls = "tls_cert_file = \"admin.pem\"\ntls_key_file = \"admin.key\"\n";
+    let (code, out) = check(
+        d,
+        &format!("[admin]\nlisten = \"0.0.0.0:19901\"\n{tls}{token}"),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    let (code, out) = check(d, &format!("[admin]\n{token}"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+
+    // Both files or neither; each read, and a key must match its certificate.
+    ca.issue(d, "other", &["other.internal"]);
+    for (admin, want) in [
+        (
+            "tls_cert_file = \"admin.pem\"",
+            "admin.tls_key_file: missing",
+        ),
+        (
+            "tls_key_file = \"admin.key\"",
+            "admin.tls_cert_file: missing",
+        ),
+        (
+            "tls_cert_file = \"nope.pem\"\ntls_key_file = \"admin.key\"",
+            "admin.tls_cert_file: ",
+        ),
+        (
+            "tls_cert_file = \"admin.pem\"\ntls_key_file = \"other.key\"",
+            "admin.tls_key_file: ",
+        ),
+    ] {
+        let (code, out) = check(d, &format!("[admin]\n{admin}\n"));
+        assert_eq!(code, Some(64), "{admin}: {out}");
+        assert!(out.contains(want), "{want:?} not in {out}");
+    }
+    let (_, out) = check(
+        d,
+        "[admin]\ntls_cert_file = \"admin.pem\"\ntls_key_file = \"other.key\"\n",
+    );
+    assert!(out.contains("does not match the certificate"), "{out}");
+    let (_, out) = check(
+        d,
+        "[admin]\ntls_cert_file = \"nope.pem\"\ntls_key_file = \"admin.key\"\n",
+    );
+    assert!(out.contains("nope.pem: cannot read"), "{out}");
+
+    // An upgrade_binary that is not there (yet) is a warning.
+    let (code, out) = check(d, "[admin]\nupgrade_binary = \"bin/cutover\"\n");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("warning: admin.upgrade_binary: "), "{out}");
+}
+
+#[test]
 fn an_unset_token_variable_is_a_warning_for_check_and_an_error_for_run() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy_port, admin_port) = (free_port(), free_port());

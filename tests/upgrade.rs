@@ -40,6 +40,18 @@ impl Daemon {
         dir: tempfile::TempDir,
         env: &[(&str, &std::path::Path)],
     ) -> Daemon {
+        Daemon::start_admin(blue, green, extra, ("127.0.0.1", ""), dir, env)
+    }
+
+    /// `admin`: the admin listener's IP address, and more `[admin]` keys.
+    fn start_admin(
+        blue: std::net::SocketAddr,
+        green: std::net::SocketAddr,
+        extra: &str,
+        (admin_ip, admin_extra): (&str, &str),
+        dir: tempfile::TempDir,
+        env: &[(&str, &std::path::Path)],
+    ) -> Daemon {
         let (port, admin) = (free_port(), free_port());
         let config = format!(
             r#"
@@ -49,7 +61,8 @@ workers = 2
 shutdown_timeout = "10s"
 {extra}
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "{admin_ip}:{admin}"
+{admin_extra}
 [state]
 file = "state.json"
 [apps.shop]
@@ -397,7 +410,14 @@ async fn a_long_response_and_a_websocket_opened_before_an_upgrade_finish_on_the_
 async fn a_failed_upgrade_keeps_the_old_process_serving_and_says_why() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let (b, g) = blue_green().await;
-        let d = Daemon::start(&b, &g, "upgrade_timeout = \"1s\"");
+        let d = Daemon::start_admin(
+            b.addr,
+            g.addr,
+            "upgrade_timeout = \"1s\"",
+            ("127.0.0.1", "allow_local_binary = true"),
+            tempfile::tempdir().unwrap(),
+            &[],
+        );
         let pid = d.status().await["process"]["pid"].as_u64().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed, tasks) = load(d.addr, stop.clone());
@@ -646,6 +666,193 @@ async fn a_shutdown_refuses_new_clients_at_once_and_answers_kept_alive_ones() {
             "drained after {:?}",
             stopped_at.elapsed()
         );
+    })
+    .await
+    .unwrap();
+}
+
+/// An executable shell script at `path`.
+fn script(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(path)
+        .status()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_starts_the_configured_upgrade_binary_by_the_cli_and_by_sigusr2() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let dir = tempfile::tempdir().unwrap();
+        // The installed binary: a wrapper that says it ran, then is cutover.
+        script(
+            &dir.path().join("installed.sh"),
+            &format!("#!/bin/sh\necho started >> \"$(dirname \"$0\")/installed.log\"\nexec {BIN} \"$@\"\n"),
+        );
+        let log = dir.path().join("installed.log");
+        let started = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+        let d = Daemon::start_admin(
+            b.addr,
+            g.addr,
+            "",
+            ("127.0.0.1", "upgrade_binary = \"installed.sh\""),
+            dir,
+            &[],
+        );
+        let o = d.cli(&["upgrade", "--json"]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let pid = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["pid"]
+            .as_u64()
+            .unwrap();
+        d.until_pid(pid).await;
+        assert_eq!(started(), 1);
+
+        // SIGUSR2 starts the same binary.
+        std::process::Command::new("kill")
+            .args(["-USR2", &pid.to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.status().await["process"]["pid"] == pid {
+            assert!(Instant::now() < deadline, "SIGUSR2 never handed over");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(started(), 2);
+    })
+    .await
+    .unwrap();
+}
+
+/// This host's address on its default route, if it has one: connecting
+/// from it, a caller is not on loopback. (A UDP "connect" sends nothing.)
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("198.51.100.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operate_token_never_makes_the_daemon_run_a_path_of_the_callers_choosing() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ops.token"), "ops-secret\n").unwrap();
+        // What a caller would have run: it leaves a mark, and fails.
+        let evil = dir.path().join("evil.sh");
+        script(
+            &evil,
+            "#!/bin/sh\ntouch \"$(dirname \"$0\")/ran\"\nexit 1\n",
+        );
+        let ran = dir.path().join("ran");
+        let token = dir.path().join("ops.token").display().to_string();
+        let evil = evil.display().to_string();
+        let tokens = "allow_local_binary = false\n\
+                      [[admin.tokens]]\nname = \"ops\"\nrole = \"operate\"\nfile = \"ops.token\"";
+        let d = Daemon::start_admin(b.addr, g.addr, "", ("0.0.0.0", tokens), dir, &[]);
+        let pid = {
+            let o = d.cli(&["status", "--json", "--token-file", &token]).await;
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["process"]["pid"]
+                .clone()
+        };
+
+        // By default the API takes no path, from loopback neither.
+        let o = d
+            .cli(&["upgrade", "--binary", &evil, "--token-file", &token])
+            .await;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("(400): binary: the admin API takes no binary path")
+                && err.contains("upgrade_binary"),
+            "{err}"
+        );
+        assert!(!ran.exists());
+
+        // Allowed for local callers: still nothing from another address.
+        let text = std::fs::read_to_string(d.config_path()).unwrap();
+        std::fs::write(
+            d.config_path(),
+            text.replace("allow_local_binary = false", "allow_local_binary = true"),
+        )
+        .unwrap();
+        let o = d.cli(&["reload", "--token-file", &token]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        match non_loopback_ip() {
+            Some(ip) => {
+                let port = d.admin.rsplit(':').next().unwrap();
+                let url = format!(
+                    "http://{}/v1/upgrade",
+                    std::net::SocketAddr::new(ip, port.parse().unwrap())
+                );
+                let r = send(
+                    &client(),
+                    "POST",
+                    &url,
+                    &[
+                        ("authorization", "Bearer ops-secret"),
+                        ("content-type", "application/json"),
+                    ],
+                    serde_json::json!({ "binary": evil }).to_string(),
+                )
+                .await;
+                assert_eq!(r.status, 400, "{}", r.text());
+                assert!(
+                    r.text()
+                        .contains("binary: only a caller on the daemon's host"),
+                    "{}",
+                    r.text()
+                );
+                // The CLI does not even ask.
+                let admin = format!(
+                    "http://{}",
+                    std::net::SocketAddr::new(ip, port.parse().unwrap())
+                );
+                let o = tokio::task::spawn_blocking({
+                    let (evil, token) = (evil.clone(), token.clone());
+                    move || {
+                        std::process::Command::new(BIN)
+                            .args([
+                                "upgrade",
+                                "--binary",
+                                &evil,
+                                "--token-file",
+                                &token,
+                                "--admin",
+                                &admin,
+                            ])
+                            .output()
+                            .unwrap()
+                    }
+                })
+                .await
+                .unwrap();
+                assert_eq!(o.status.code(), Some(64), "{o:?}");
+                assert!(
+                    String::from_utf8_lossy(&o.stderr).contains("--binary"),
+                    "{o:?}"
+                );
+                assert!(!ran.exists());
+            }
+            None => eprintln!(
+                "this host has no address but loopback: a remote caller is left to \
+                 control::upgrade's unit test"
+            ),
+        }
+
+        // From this host, allowed: it runs (the mark shows the test could
+        // see it), fails, and the daemon keeps serving.
+        let o = d
+            .cli(&["upgrade", "--binary", &evil, "--token-file", &token])
+            .await;
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(ran.exists());
+        let o = d.cli(&["status", "--json", "--token-file", &token]).await;
+        let now: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(now["process"]["pid"], pid);
     })
     .await
     .unwrap();

@@ -63,6 +63,24 @@ pub fn load(certs: &[CertPaths]) -> Result<Loaded, Vec<String>> {
     }
 }
 
+/// The rustls server config of the admin listener: one certificate,
+/// TLS 1.2 and 1.3, ALPN `http/1.1` only. Errors name the file; a
+/// warning says the certificate has expired.
+pub fn admin_server_config(
+    c: &CertPaths,
+) -> Result<(Arc<rustls::ServerConfig>, Vec<String>), Vec<String>> {
+    let (mut entries, _, warnings) = load(std::slice::from_ref(c))?;
+    let cert = entries.remove(0);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(cert.key)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), warnings))
+}
+
 fn load_one(c: &CertPaths) -> Result<(Cert, CertInfo), String> {
     let cert_name = c.cert.display().to_string();
     let key_name = c.key.display().to_string();

@@ -11,7 +11,7 @@ pub mod certs;
 pub mod raw;
 pub mod rule;
 mod types;
-mod upstream_tls;
+pub(crate) mod upstream_tls;
 mod validate;
 
 pub use crate::model::{Color, NameValue, RuleSpec};

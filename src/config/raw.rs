@@ -112,6 +112,10 @@ pub struct RawAdmin {
     pub header_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_connections: Option<i64>,
+    pub upgrade_binary: Option<String>,
+    pub allow_local_binary: Option<bool>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
 }
 
 /// One `[[admin.tokens]]` entry. Every key is optional here so that a

@@ -283,6 +283,26 @@ pub struct AdminSettings {
     /// Admin connections open at once (default 256); beyond it the listener
     /// accepts no more until one closes (the kernel queues the others).
     pub max_connections: usize,
+    /// The binary an upgrade starts (`cutover upgrade`, `POST /v1/upgrade`,
+    /// SIGUSR2). Default none: the daemon's own executable, as it is on
+    /// disk now.
+    pub upgrade_binary: Option<PathBuf>,
+    /// `POST /v1/upgrade` may name the binary (`cutover upgrade --binary`)
+    /// when the caller connected from a loopback address. Default false:
+    /// the API never takes a path to execute.
+    pub allow_local_binary: bool,
+    /// Serve the admin API over TLS only. Default none (clear HTTP).
+    pub tls: Option<AdminTls>,
+}
+
+/// `[admin] tls_cert_file` and `tls_key_file`: the files, and the rustls
+/// config built from them when the config is read, so that `check` and a
+/// reload refuse what a handshake could not use.
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    pub files: CertPaths,
+    /// TLS 1.2 and 1.3, ALPN `http/1.1` only (the admin API speaks no h2).
+    pub server: std::sync::Arc<rustls::ServerConfig>,
 }
 
 impl AdminSettings {

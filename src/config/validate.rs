@@ -234,13 +234,13 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             errs,
         ),
         color_header: raw.server.color_header.unwrap_or(false),
-        resolve_interval: duration(
+        resolve_interval: positive_duration(
             "server.resolve_interval",
             raw.server.resolve_interval,
             Duration::from_secs(30),
             errs,
         ),
-        upgrade_timeout: duration(
+        upgrade_timeout: positive_duration(
             "server.upgrade_timeout",
             raw.server.upgrade_timeout,
             Duration::from_secs(30),
@@ -365,49 +365,49 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
             i64::MAX,
             errs,
         ) as u64,
-        client_header_timeout: duration(
+        client_header_timeout: positive_duration(
             "limits.client_header_timeout",
             l.client_header_timeout,
             d.client_header_timeout,
             errs,
         ),
-        client_idle_timeout: duration(
+        client_idle_timeout: positive_duration(
             "limits.client_idle_timeout",
             l.client_idle_timeout,
             d.client_idle_timeout,
             errs,
         ),
-        client_body_timeout: duration(
+        client_body_timeout: positive_duration(
             "limits.client_body_timeout",
             l.client_body_timeout,
             d.client_body_timeout,
             errs,
         ),
-        client_send_timeout: duration(
+        client_send_timeout: positive_duration(
             "limits.client_send_timeout",
             l.client_send_timeout,
             d.client_send_timeout,
             errs,
         ),
-        upstream_read_timeout: duration(
+        upstream_read_timeout: positive_duration(
             "limits.upstream_read_timeout",
             l.upstream_read_timeout,
             d.upstream_read_timeout,
             errs,
         ),
-        tunnel_idle_timeout: duration(
+        tunnel_idle_timeout: positive_duration(
             "limits.tunnel_idle_timeout",
             l.tunnel_idle_timeout,
             d.tunnel_idle_timeout,
             errs,
         ),
-        upstream_connect_timeout: duration(
+        upstream_connect_timeout: positive_duration(
             "limits.upstream_connect_timeout",
             l.upstream_connect_timeout,
             d.upstream_connect_timeout,
             errs,
         ),
-        upstream_response_timeout: duration(
+        upstream_response_timeout: positive_duration(
             "limits.upstream_response_timeout",
             l.upstream_response_timeout,
             d.upstream_response_timeout,
@@ -523,26 +523,18 @@ fn admin(
         .enumerate()
         .filter_map(|(i, h)| admin_host(&format!("admin.hosts[{i}]"), h, errs))
         .collect();
-    let header_timeout = duration(
+    let header_timeout = positive_duration(
         "admin.header_timeout",
         raw.header_timeout,
         AdminSettings::DEFAULT_HEADER_TIMEOUT,
         errs,
     );
-    let idle_timeout = duration(
+    let idle_timeout = positive_duration(
         "admin.idle_timeout",
         raw.idle_timeout,
         AdminSettings::DEFAULT_IDLE_TIMEOUT,
         errs,
     );
-    for (key, d) in [
-        ("admin.header_timeout", header_timeout),
-        ("admin.idle_timeout", idle_timeout),
-    ] {
-        if d.is_zero() {
-            errs.push(key, "must be longer than 0s");
-        }
-    }
     let max_connections = int_range(
         "admin.max_connections",
         raw.max_connections,
@@ -551,6 +543,23 @@ fn admin(
         1_000_000,
         errs,
     ) as usize;
+    let upgrade_binary = raw.upgrade_binary.map(|b| base.join(b));
+    if let Some(b) = &upgrade_binary {
+        // A warning: the package that installs it may not have yet.
+        if !b.is_file() {
+            warnings.push(format!(
+                "admin.upgrade_binary: {} is not a file (yet): an upgrade would fail until it is",
+                b.display()
+            ));
+        }
+    }
+    let tls = admin_tls(raw.tls_cert_file, raw.tls_key_file, base, errs, warnings);
+    if !tokens.is_empty() && !listen.ip().is_loopback() && tls.is_none() {
+        warnings.push(format!(
+            "admin.listen: {listen} is not a loopback address and the admin API speaks clear HTTP there: \
+             its bearer tokens cross the network readable; set admin.tls_cert_file and admin.tls_key_file"
+        ));
+    }
     AdminSettings {
         listen,
         tokens,
@@ -558,6 +567,60 @@ fn admin(
         header_timeout,
         idle_timeout,
         max_connections,
+        upgrade_binary,
+        allow_local_binary: raw.allow_local_binary.unwrap_or(false),
+        tls,
+    }
+}
+
+/// `[admin] tls_cert_file` and `tls_key_file`: both or neither; the files
+/// read and the server config built now.
+fn admin_tls(
+    cert: Option<String>,
+    key: Option<String>,
+    base: &Path,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<AdminTls> {
+    let files = match (cert, key) {
+        (None, None) => return None,
+        (Some(cert), Some(key)) => CertPaths {
+            cert: base.join(cert),
+            key: base.join(key),
+        },
+        (Some(_), None) => {
+            errs.push(
+                "admin.tls_key_file",
+                "missing: admin.tls_cert_file needs its private key",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            errs.push(
+                "admin.tls_cert_file",
+                "missing: admin.tls_key_file needs its certificate",
+            );
+            return None;
+        }
+    };
+    match super::certs::admin_server_config(&files) {
+        Ok((server, w)) => {
+            warnings.extend(w.into_iter().map(|w| format!("admin.tls_cert_file: {w}")));
+            Some(AdminTls { files, server })
+        }
+        Err(list) => {
+            // Each message starts with the file it is about.
+            let key_file = files.key.display().to_string();
+            for e in list {
+                let k = if e.starts_with(&key_file) {
+                    "admin.tls_key_file"
+                } else {
+                    "admin.tls_cert_file"
+                };
+                errs.push(k, e);
+            }
+            None
+        }
     }
 }
 
@@ -933,13 +996,7 @@ fn mirror(key: &str, raw: RawMirror, errs: &mut Errors) -> MirrorConfig {
             list.iter().any(|c| c == "body")
         }
     };
-    let timeout = duration(&format!("{key}.timeout"), raw.timeout, d.timeout, errs);
-    if timeout.is_zero() {
-        errs.push(
-            &format!("{key}.timeout"),
-            "must be longer than 0: no copy could ever finish",
-        );
-    }
+    let timeout = positive_duration(&format!("{key}.timeout"), raw.timeout, d.timeout, errs);
     let max_in_flight = int_range(
         &format!("{key}.max_in_flight"),
         raw.max_in_flight,
@@ -1317,21 +1374,18 @@ fn pool(
                 format!("must start with '/', got {path:?}"),
             );
         }
-        let interval = duration(
+        let interval = positive_duration(
             &format!("{k}.interval"),
             h.interval,
             Duration::from_secs(2),
             errs,
         );
-        let timeout = duration(
+        let timeout = positive_duration(
             &format!("{k}.timeout"),
             h.timeout,
             Duration::from_secs(1),
             errs,
         );
-        if interval.is_zero() {
-            errs.push(&format!("{k}.interval"), "must be more than 0");
-        }
         HealthConfig {
             path,
             interval,
@@ -1601,16 +1655,53 @@ fn percent(key: &str, p: f64, errs: &mut Errors) {
     }
 }
 
+/// The longest any duration key may be. Longer is a typo, or a way of
+/// saying "never" that a deadline (`Instant` + it) cannot be computed
+/// from; no timeout or period of a proxy needs more.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// A duration key where `0s` has a meaning of its own (the key's doc says
+/// which): from 0 to [`MAX_DURATION`].
 fn duration(key: &str, s: Option<String>, default: Duration, errs: &mut Errors) -> Duration {
-    match s {
-        None => default,
-        Some(s) => humantime::parse_duration(&s).unwrap_or_else(|e| {
+    bounded_duration(key, s, default, true, errs)
+}
+
+/// A timeout or a period, which `0s` cannot work as (every request would
+/// time out, a timer would spin): above 0, at most [`MAX_DURATION`].
+fn positive_duration(
+    key: &str,
+    s: Option<String>,
+    default: Duration,
+    errs: &mut Errors,
+) -> Duration {
+    bounded_duration(key, s, default, false, errs)
+}
+
+fn bounded_duration(
+    key: &str,
+    s: Option<String>,
+    default: Duration,
+    zero_allowed: bool,
+    errs: &mut Errors,
+) -> Duration {
+    let Some(s) = s else { return default };
+    match humantime::parse_duration(&s) {
+        Ok(d) if d.is_zero() && !zero_allowed => {
+            errs.push(key, format!("must be longer than 0s, got {s:?}"));
+            default
+        }
+        Ok(d) if d > MAX_DURATION => {
+            errs.push(key, format!("must be at most 1 day (\"24h\"), got {s:?}"));
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
             errs.push(
                 key,
                 format!("{s:?} is not a duration like \"250ms\", \"2s\" or \"5m\" ({e})"),
             );
             default
-        }),
+        }
     }
 }
 
@@ -1734,6 +1825,103 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::line_of;
+    use crate::config::Config;
+
+    /// A valid config but for `key` (a duration) set to `value`.
+    fn with_duration(key: &str, value: &str) -> String {
+        let (table, name) = key.rsplit_once('.').unwrap();
+        let line = format!("{name} = \"{value}\"\n");
+        let (mut top, mut app, mut blue, mut mirror) =
+            (String::new(), String::new(), String::new(), String::new());
+        match table {
+            "apps.a" => app = line,
+            "apps.a.mirror" => mirror = format!("[apps.a.mirror]\n{line}"),
+            "apps.a.blue.health" | "apps.a.blue.passive" => {
+                let inline = table.rsplit('.').next().unwrap();
+                blue = format!("{inline} = {{ {} }}\n", line.trim());
+            }
+            _ => top = format!("[{table}]\n{line}"),
+        }
+        format!(
+            "{top}[apps.a]\n{app}[apps.a.blue]\nservers = [\"127.0.0.1:1\"]\n{blue}[apps.a.green]\nservers = [\"127.0.0.1:2\"]\n{mirror}"
+        )
+    }
+
+    /// Timeouts and periods: `0s` would time every request out or spin a
+    /// timer.
+    const NEVER_ZERO: [&str; 15] = [
+        "server.resolve_interval",
+        "server.upgrade_timeout",
+        "limits.client_header_timeout",
+        "limits.client_idle_timeout",
+        "limits.client_body_timeout",
+        "limits.client_send_timeout",
+        "limits.upstream_read_timeout",
+        "limits.tunnel_idle_timeout",
+        "limits.upstream_connect_timeout",
+        "limits.upstream_response_timeout",
+        "admin.header_timeout",
+        "admin.idle_timeout",
+        "apps.a.mirror.timeout",
+        "apps.a.blue.health.interval",
+        "apps.a.blue.health.timeout",
+    ];
+
+    /// Keys whose `0s` says something: stop, close or probe at once, never
+    /// reuse a connection, send no Retry-After.
+    const ZERO_MEANS_AT_ONCE: [&str; 7] = [
+        "server.shutdown_timeout",
+        "server.retry_after",
+        "limits.upstream_idle_timeout",
+        "limits.upstream_max_lifetime",
+        "apps.a.drain_timeout",
+        "apps.a.retry_after",
+        "apps.a.blue.passive.cooldown",
+    ];
+
+    #[test]
+    fn a_timeout_or_period_of_0s_is_refused_naming_its_key() {
+        for key in NEVER_ZERO {
+            let errors = Config::from_toml(&with_duration(key, "0s")).unwrap_err();
+            let want = format!("{key}: must be longer than 0s, got \"0s\"");
+            assert!(
+                errors.iter().any(|e| e.starts_with(&want)),
+                "{want:?} in {errors:?}"
+            );
+            assert!(
+                Config::from_toml(&with_duration(key, "250ms")).is_ok(),
+                "{key}"
+            );
+        }
+        for key in ZERO_MEANS_AT_ONCE {
+            let config = Config::from_toml(&with_duration(key, "0s"));
+            assert!(config.is_ok(), "{key}: {config:?}");
+        }
+    }
+
+    #[test]
+    fn no_duration_may_be_longer_than_a_day() {
+        for key in NEVER_ZERO.iter().chain(&ZERO_MEANS_AT_ONCE) {
+            // What overflowed a deadline before: a century, and more.
+            for long in ["25h", "100years", "18446744073709551615s"] {
+                let errors = Config::from_toml(&with_duration(key, long)).unwrap_err();
+                assert!(
+                    errors.iter().any(|e| e.starts_with(&format!("{key}: "))),
+                    "{key} = {long:?}: {errors:?}"
+                );
+            }
+            let errors = Config::from_toml(&with_duration(key, "25h")).unwrap_err();
+            let want = format!("{key}: must be at most 1 day (\"24h\"), got \"25h\"");
+            assert!(
+                errors.iter().any(|e| e.starts_with(&want)),
+                "{want:?} in {errors:?}"
+            );
+            assert!(
+                Config::from_toml(&with_duration(key, "24h")).is_ok(),
+                "{key}"
+            );
+        }
+    }
 
     const TEXT: &str = "[server]\nworkers = 2\n\n[apps.shop]\nlive = \"red\"\n[apps.shop.blue]\nservers = []\n[[apps.shop.rules]]\nname = \"a\"\n[[apps.shop.rules]]\nname = \"b\"\npercent = 150\n";
 

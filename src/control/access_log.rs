@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
@@ -99,6 +100,11 @@ enum Out {
     File(File),
 }
 
+/// The mode of a log file this creates (less the umask): the lines hold
+/// client addresses, paths and user agents, so others may not read them;
+/// the group may (a log shipper's). A file that exists keeps its mode.
+const FILE_MODE: u32 = 0o640;
+
 fn open(to: &Destination) -> io::Result<Out> {
     Ok(match to {
         Destination::Off => Out::Off,
@@ -107,6 +113,7 @@ fn open(to: &Destination) -> io::Result<Out> {
             OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(FILE_MODE)
                 .open(path)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
         ),
@@ -318,6 +325,30 @@ mod tests {
         log.reopen();
         log.write("after\n".into());
         assert_eq!(wait(&path, 1), "after\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_file_is_created_readable_by_its_owner_and_group_only_also_on_reopen() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let path = dir.join("access.log");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // What the kernel takes away from every mode a process asks for.
+        let umask = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+            .unwrap();
+        let log = AccessLog::start(&Destination::File(path.clone()), 16).unwrap();
+        assert_eq!(mode(&path), 0o640 & !umask);
+        // Rotated away, reopened (SIGUSR1): the new file is made the same way.
+        std::fs::rename(&path, dir.join("access.log.1")).unwrap();
+        log.reopen();
+        log.write("after\n".into());
+        log.sync(Duration::from_secs(5));
+        assert_eq!(mode(&path), 0o640 & !umask);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,7 +1,8 @@
 //! The admin API: JSON over HTTP/1.1 on its own listener, on the
 //! control thread, apart from the data plane and its connection limit,
 //! with its own: `[admin] max_connections`, `header_timeout` and
-//! `idle_timeout`. Requests from web pages are refused ([`guard`]).
+//! `idle_timeout`. Over TLS only when `[admin] tls_cert_file` is set.
+//! Requests from web pages are refused ([`guard`]).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -113,7 +114,7 @@ pub async fn serve(
                 Err(_) => return, // closed: never, the semaphore is ours
             },
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stopped(&mut shutdown) => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -127,35 +128,56 @@ pub async fn serve(
         let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let (header_timeout, idle_timeout) = {
+        // Read per connection, as the timeouts are: a reload applies new
+        // certificate files to the connections that follow.
+        let (header_timeout, idle_timeout, tls) = {
             let ctl = admin.lock();
             let a = &ctl.config().admin;
-            (a.header_timeout, a.idle_timeout)
+            let tls = a.tls.as_ref().map(|t| t.server.clone());
+            (a.header_timeout, a.idle_timeout, tls)
         };
         let conn = Conn {
-            listener: Listener { bound, local },
+            listener: Listener {
+                bound,
+                local,
+                tls: tls.is_some(),
+            },
+            peer,
             header_timeout,
         };
-        tokio::spawn(serve_connection(
-            stream,
-            admin.clone(),
-            conn,
-            Arc::new(Timing::new(header_timeout, idle_timeout)),
-            slot,
-        ));
+        let timing = Arc::new(Timing::new(header_timeout, idle_timeout));
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            // The slot is held until the connection ends.
+            let _slot = slot;
+            match tls {
+                None => serve_connection(stream, admin, conn, timing).await,
+                Some(server) => {
+                    // The handshake counts towards the first head's
+                    // `header_timeout`, from accept.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, admin, conn, timing).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "admin TLS handshake not complete in time")
+                        }
+                    }
+                }
+            }
+        });
     }
 }
 
-/// One admin connection, until it ends or [`Timing`] cuts it off; the
-/// slot it holds is given back when it returns.
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    admin: Arc<Admin>,
-    conn: Conn,
-    timing: Arc<Timing>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-) {
-    let peer = stream.peer_addr().ok();
+/// One admin connection (plain or TLS), until it ends or [`Timing`] cuts
+/// it off.
+async fn serve_connection<S>(stream: S, admin: Arc<Admin>, conn: Conn, timing: Arc<Timing>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
     let t = timing.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (admin, timing) = (admin.clone(), t.clone());
@@ -187,7 +209,7 @@ async fn serve_connection(
             _ = changed => {}
             _ = sleep_until_some(deadline) => {
                 if let Some(what) = timing.expired() {
-                    tracing::debug!(?peer, "admin connection closed: {what}");
+                    tracing::debug!(%peer, "admin connection closed: {what}");
                     return; // dropping the connection closes the socket
                 }
             }
@@ -206,6 +228,8 @@ async fn sleep_until_some(at: Option<Instant>) {
 #[derive(Clone, Copy)]
 struct Conn {
     listener: Listener,
+    /// Who connected: an upgrade takes a binary path only from loopback.
+    peer: std::net::SocketAddr,
     /// The body must arrive within this of the head.
     header_timeout: Duration,
 }
@@ -290,13 +314,14 @@ fn after(d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86400 * 365 * 30))
 }
 
-/// The socket, telling [`Timing`] when bytes arrive.
-struct TimedIo {
-    inner: tokio::net::TcpStream,
+/// The socket (or the TLS stream over it), telling [`Timing`] when bytes
+/// arrive.
+struct TimedIo<S> {
+    inner: S,
     timing: Arc<Timing>,
 }
 
-impl tokio::io::AsyncRead for TimedIo {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for TimedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -312,7 +337,7 @@ impl tokio::io::AsyncRead for TimedIo {
     }
 }
 
-impl tokio::io::AsyncWrite for TimedIo {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for TimedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -690,7 +715,8 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         #[derive(Deserialize, Default)]
         #[serde(deny_unknown_fields)]
         struct UpgradeBody {
-            /// The new binary; default this process's own path.
+            /// Another binary than the installed one: refused unless
+            /// [`super::upgrade::may_name_binary`] allows it.
             #[serde(default)]
             binary: Option<std::path::PathBuf>,
         }
@@ -702,8 +728,19 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
                 Err(e) => return error(400, format!("bad JSON: {e}")),
             }
         };
-        let shared = admin.lock().shared.clone();
-        return match super::upgrade::upgrade(&shared, opts.binary).await {
+        let (shared, binary) = {
+            let ctl = admin.lock();
+            let settings = &ctl.config().admin;
+            let binary = match opts.binary {
+                None => super::upgrade::installed_binary(settings),
+                Some(b) => match super::upgrade::may_name_binary(settings, conn.peer, &b) {
+                    Ok(()) => Ok(b),
+                    Err(why) => return error(400, why),
+                },
+            };
+            (ctl.shared.clone(), binary)
+        };
+        return match super::upgrade::upgrade(&shared, binary).await {
             Ok(pid) => reply(
                 200,
                 json!({ "upgraded": true, "pid": pid, "old_pid": std::process::id() }),

@@ -11,9 +11,10 @@
 //!   (400, RFC 9112 §3.2); HTTP/1.0 may omit it — no browser sends 1.0.
 //! - **Origin** (403, RFC 6454): browsers send it with every cross-origin
 //!   request and every POST. Only the admin listener's own origin passes:
-//!   `http://` and a host that the `Host` rule accepts, on the listener's
-//!   port exactly (an origin without a port means port 80). `null` and
-//!   anything else are refused. No CORS header is ever sent, so a page
+//!   `http://` (`https://` when it speaks TLS) and a host that the `Host`
+//!   rule accepts, on the listener's port exactly (an origin without a
+//!   port means the scheme's, 80 or 443). `null` and anything else are
+//!   refused. No CORS header is ever sent, so a page
 //!   elsewhere cannot read an answer either.
 //! - **Content-Type** (415, RFC 9110 §15.5.16): a change needs
 //!   `application/json`. A page can send `text/plain`, form data or no body
@@ -30,11 +31,22 @@ pub struct Listener {
     pub bound: SocketAddr,
     /// The connection's local address: the IP the client connected to.
     pub local: SocketAddr,
+    /// It speaks TLS (`[admin] tls_cert_file`): its origin is `https://`.
+    pub tls: bool,
 }
 
 impl Listener {
     fn port(&self) -> u16 {
         self.local.port()
+    }
+
+    /// The scheme of this listener's origin, and its default port.
+    fn scheme(&self) -> (&'static str, u16) {
+        if self.tls {
+            ("https://", 443)
+        } else {
+            ("http://", 80)
+        }
     }
 
     /// Does `host` (no port; lower case; an IPv6 address without
@@ -134,15 +146,17 @@ pub fn check_origin(
     hosts: &[String],
     headers: &HeaderMap,
 ) -> Result<(), Refusal> {
+    let (scheme, default_port) = listener.scheme();
     let mut refused = None;
     for value in headers.get_all(header::ORIGIN) {
         let text = value.to_str().unwrap_or("");
         let own = text
-            .get(..7)
-            .filter(|s| s.eq_ignore_ascii_case("http://"))
-            .and_then(|_| split_authority(&text[7..]))
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .and_then(|_| split_authority(&text[scheme.len()..]))
             .is_some_and(|(host, port)| {
-                port.unwrap_or(80) == listener.port() && listener.is_own_host(&host, hosts)
+                port.unwrap_or(default_port) == listener.port()
+                    && listener.is_own_host(&host, hosts)
             });
         if !own {
             refused = Some(text.to_string());
@@ -153,7 +167,7 @@ pub fn check_origin(
         Some(o) => Err((
             403,
             format!(
-                "Origin: {o:?} is not this admin listener's own origin (http://{}); \
+                "Origin: {o:?} is not this admin listener's own origin ({scheme}{}); \
                  the admin API does not serve web pages of other origins",
                 listener.local
             ),
@@ -192,6 +206,7 @@ mod tests {
         Listener {
             bound: "127.0.0.1:9901".parse().unwrap(),
             local: "127.0.0.1:9901".parse().unwrap(),
+            tls: false,
         }
     }
 
@@ -247,6 +262,7 @@ mod tests {
         let v6 = Listener {
             bound: "[::]:9901".parse().unwrap(),
             local: "[::1]:9901".parse().unwrap(),
+            tls: false,
         };
         let h = headers(&[("host", "[::1]:9901")]);
         assert!(check_host(&v6, &[], Version::HTTP_11, &h, None).is_ok());
@@ -306,6 +322,17 @@ mod tests {
             );
         }
         assert!(check_origin(&l, &hosts, &HeaderMap::new()).is_ok());
+        // Over TLS the origin is https://, and only that.
+        let l = Listener { tls: true, ..l };
+        for (origin, ok) in [
+            ("https://127.0.0.1:9901", true),
+            ("HTTPS://localhost:9901", true),
+            ("http://127.0.0.1:9901", false),
+            ("https://127.0.0.1", false),
+        ] {
+            let checked = check_origin(&l, &hosts, &headers(&[("origin", origin)]));
+            assert_eq!(checked.is_ok(), ok, "{origin}");
+        }
     }
 
     #[test]

@@ -592,6 +592,14 @@ pub enum Rate {
 
 pub const DEFAULT_STEPS: [f64; 5] = [1.0, 5.0, 25.0, 50.0, 100.0];
 
+/// `every`, in milliseconds: from 1 s (a step needs requests to judge) to
+/// a day.
+const EVERY_MS: (u64, u64) = (1000, 86_400_000);
+/// `max_slow`: from 1 ms to an hour.
+const MAX_SLOW_MS: (u64, u64) = (1, 3_600_000);
+/// `bake` and `shadow`: from none to a week.
+const WATCH_MS: (u64, u64) = (0, 7 * 86_400_000);
+
 impl Request {
     /// The plan this asks for, or every problem with it.
     pub fn plan(&self) -> Result<Plan, String> {
@@ -612,39 +620,43 @@ impl Request {
         if steps.last().is_some_and(|s| *s != 100.0) {
             problems.push("steps: the last step must be 100 (the flip)".to_string());
         }
-        let mut duration = |key: &str, v: &Option<String>, default: Duration, min: Duration| {
+        // The bounds are those [`Plan::check`] holds a state file to, so a
+        // rollout that starts can be read back after a restart.
+        let mut duration = |key: &str, v: &Option<String>, default: Duration, range: (u64, u64)| {
             let Some(text) = v else { return default };
+            let (min, max) = (
+                Duration::from_millis(range.0),
+                Duration::from_millis(range.1),
+            );
             match humantime::parse_duration(text.trim()) {
-                Ok(d) if d >= min => d,
-                Ok(_) => {
+                Ok(d) if d < min => {
                     problems.push(format!(
                         "{key}: {text:?} is shorter than {}",
                         humantime::format_duration(min)
                     ));
                     default
                 }
+                Ok(d) if d > max => {
+                    problems.push(format!(
+                        "{key}: {text:?} is longer than {}",
+                        humantime::format_duration(max)
+                    ));
+                    default
+                }
+                Ok(d) => d,
                 Err(e) => {
                     problems.push(format!("{key}: {text:?} is not a duration like 60s: {e}"));
                     default
                 }
             }
         };
-        let every = duration(
-            "every",
-            &self.every,
-            Duration::from_secs(60),
-            Duration::from_secs(1),
-        );
-        let bake = duration("bake", &self.bake, Duration::ZERO, Duration::ZERO);
-        let shadow = duration("shadow", &self.shadow, Duration::ZERO, Duration::ZERO);
-        let max_slow = self.max_slow.as_ref().map(|_| {
-            duration(
-                "max_slow",
-                &self.max_slow,
-                Duration::ZERO,
-                Duration::from_millis(1),
-            )
-        });
+        let every = duration("every", &self.every, Duration::from_secs(60), EVERY_MS);
+        let bake = duration("bake", &self.bake, Duration::ZERO, WATCH_MS);
+        let shadow = duration("shadow", &self.shadow, Duration::ZERO, WATCH_MS);
+        let max_slow = self
+            .max_slow
+            .as_ref()
+            .map(|_| duration("max_slow", &self.max_slow, Duration::ZERO, MAX_SLOW_MS));
         let mut rate = |key: &str, v: &Option<Rate>, default: f64| -> f64 {
             let Some(v) = v else { return default };
             let percent = match v {
@@ -716,12 +728,11 @@ impl Plan {
                 self.steps
             ));
         }
-        if !(1000..=86_400_000).contains(&self.every_ms)
-            || self
-                .max_slow_ms
-                .is_some_and(|m| !(1..=3_600_000).contains(&m))
-            || self.bake_ms > 7 * 86_400_000
-            || self.shadow_ms > 7 * 86_400_000
+        let within = |ms: u64, (min, max): (u64, u64)| (min..=max).contains(&ms);
+        if !within(self.every_ms, EVERY_MS)
+            || self.max_slow_ms.is_some_and(|m| !within(m, MAX_SLOW_MS))
+            || !within(self.bake_ms, WATCH_MS)
+            || !within(self.shadow_ms, WATCH_MS)
             || !rates.iter().all(|r| *r > 0.0 && *r < 1.0)
         {
             return Err("rollout: a duration or a rate out of range".into());
@@ -826,6 +837,21 @@ mod tests {
         }
         .plan()
         .unwrap_err();
+        let long = Request {
+            every: Some("2days".into()),
+            bake: Some("8 days".into()),
+            max_slow: Some("2h".into()),
+            ..Request::default()
+        }
+        .plan()
+        .unwrap_err();
+        for part in [
+            "every: \"2days\" is longer than 1day",
+            "bake: \"8 days\" is longer than 7days",
+            "max_slow: \"2h\" is longer than 1h",
+        ] {
+            assert!(long.contains(part), "{part:?} in {long}");
+        }
         for part in [
             "steps: 1 after 5 does not rise",
             "the last step must be 100",
