@@ -106,6 +106,13 @@ servers = ["127.0.0.1:1"]
         (&format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{GOOD_APP}"), &["admin.listen: 0.0.0.0:9901 is not a loopback address"]),
         (&format!("[server]\nlistn = []\n{GOOD_APP}"), &["unknown field `listn`", "line 2"]),
         (
+            &format!("[server]\nupgrades = [\"websocket\", \"H2C\", \"a b\"]\n{GOOD_APP}"),
+            &[
+                "server.upgrades[1]: h2c is never forwarded",
+                "server.upgrades[2]: \"a b\" is not a protocol name",
+            ],
+        ),
+        (
             &format!("{GOOD_APP}[apps.shop.mirror]\npercent = 150\nmethods = [\"get\", \"CONNECT\", \"PUT\", \"PUT\"]\nmax_body = -1\ncompare = [\"headers\"]\ntimeout = \"0s\"\nmax_in_flight = 0\n"),
             &[
                 "apps.shop.mirror.percent: must be between 0 and 100, got 150",

@@ -127,7 +127,7 @@ fn on_its_way(worker: &Worker, h1: bool, resp: Response<ResponseBody>) -> Respon
     if h1 {
         return last_if_draining(worker, h1, resp);
     }
-    if !resp.body().from_upstream() {
+    if !resp.body().is_upstreams() {
         return resp;
     }
     let (parts, body) = resp.into_parts();

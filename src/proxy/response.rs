@@ -19,6 +19,7 @@ use super::compress::{Encoder, Encoding};
 use super::exchange::Exchange;
 use super::h1;
 use super::upstream::{Lease, Pooled, Sender};
+use super::worker::Stallable;
 use crate::route::Timeout;
 
 /// The upstream paused within its body past `upstream_read_timeout`.
@@ -124,28 +125,6 @@ impl Watched {
         (outer, weak)
     }
 
-    /// How far the body got: its poll count, and whether it waits for the
-    /// client (`None`: it ended, or was taken away).
-    pub fn progress(&self) -> Option<(u32, bool)> {
-        if self.body.borrow().is_none() {
-            return None;
-        }
-        Some((self.polls.get(), self.waiting.get()))
-    }
-
-    /// The client left the stream stalled past `client_send_timeout`:
-    /// the body goes, with its upstream connection.
-    pub fn stalled(&self) {
-        let Some(mut body) = self.body.borrow_mut().take() else {
-            return;
-        };
-        if let Some(ex) = body.exchange.take() {
-            tracing::debug!("client_send_timeout: an HTTP/2 stream made no progress");
-            ex.timed_out(Timeout::ClientSend);
-            ex.finish(false);
-        }
-    }
-
     fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.polls.set(self.polls.get().wrapping_add(1));
         self.waiting.set(false);
@@ -160,6 +139,28 @@ impl Watched {
             Poll::Pending => {}
         }
         polled
+    }
+}
+
+impl Stallable for Watched {
+    fn progress(&self) -> Option<(u32, bool)> {
+        if self.body.borrow().is_none() {
+            return None;
+        }
+        Some((self.polls.get(), self.waiting.get()))
+    }
+
+    /// The client left the stream stalled past `client_send_timeout`:
+    /// the body goes, with its upstream connection.
+    fn stalled(&self) {
+        let Some(mut body) = self.body.borrow_mut().take() else {
+            return;
+        };
+        if let Some(ex) = body.exchange.take() {
+            tracing::debug!("client_send_timeout: an HTTP/2 stream made no progress");
+            ex.timed_out(Timeout::ClientSend);
+            ex.finish(false);
+        }
     }
 }
 
@@ -242,7 +243,7 @@ fn pool_if_done(inner: &mut Inner, exchange: &mut Option<Exchange>) {
 
 impl ResponseBody {
     /// Is this body streamed from an upstream (not the proxy's own)?
-    pub fn from_upstream(&self) -> bool {
+    pub fn is_upstreams(&self) -> bool {
         matches!(self.inner, Inner::H1(..) | Inner::H2(_))
     }
 

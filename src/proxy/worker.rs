@@ -13,7 +13,6 @@ use slab::Slab;
 use tokio::sync::Notify;
 
 use super::exec::LocalExec;
-use super::response::Watched;
 use super::{deadline, upstream};
 use crate::control::Shared;
 
@@ -45,16 +44,26 @@ pub struct Worker {
     pub(super) streams: RefCell<Vec<StreamWatch>>,
 }
 
+/// A response body the sweeper can take away from a client that stopped
+/// reading it (`super::response::Watched`).
+pub(super) trait Stallable {
+    /// Its poll count, and whether it waits for the client to ask for the
+    /// next frame; `None` once it ended.
+    fn progress(&self) -> Option<(u32, bool)>;
+    /// The client made no progress past its limit: let the body go.
+    fn stalled(&self);
+}
+
 /// One HTTP/2 response body as the sweeper last saw it.
 pub(super) struct StreamWatch {
-    body: std::rc::Weak<Watched>,
+    body: std::rc::Weak<dyn Stallable>,
     polls: u32,
     since: tokio::time::Instant,
 }
 
 impl Worker {
     /// Watch an HTTP/2 client's response body for stalling.
-    pub(super) fn watch_stream(&self, body: std::rc::Weak<Watched>) {
+    pub(super) fn watch_stream(&self, body: std::rc::Weak<dyn Stallable>) {
         self.streams.borrow_mut().push(StreamWatch {
             body,
             polls: 0,
