@@ -418,8 +418,11 @@ async fn runtime_rules_survive_reloads_and_restarts_and_a_changed_file_is_drift_
         assert_eq!(r.json()["apps"]["shop"]["rules"][1]["name"], "testers");
         assert_eq!(get(&c, &proxy.url("/"), &preview).await.text(), "green");
 
-        // A restart keeps the runtime rules too.
+        // A restart keeps the runtime rules too. (The client goes first:
+        // its idle kept-alive connections would hold the drain.)
+        drop(c);
         proxy.join().await;
+        let c = client();
         let proxy = Proxy::start_file(&path);
         let st = status(&c, &proxy).await;
         assert_eq!(st["apps"]["shop"]["rules"].as_array().unwrap().len(), 2, "{st}");
@@ -445,6 +448,7 @@ async fn runtime_rules_survive_reloads_and_restarts_and_a_changed_file_is_drift_
         let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
         assert_eq!(r.json()["apps"]["shop"]["rules"][0]["name"], "office");
         assert_eq!(r.json()["apps"]["shop"]["drift"], false);
+        drop(c);
         proxy.join().await;
     })
     .await

@@ -364,7 +364,10 @@ async fn a_restart_mid_rollout_resumes_at_the_same_weight() {
     .await;
     let before = until(&c, &proxy, Duration::from_secs(20), |r| r["step"] == 2).await;
     assert_eq!(before["state"], "progressing");
+    // (Its idle kept-alive connections would hold the drain.)
+    drop(c);
     proxy.join().await;
+    let c = client();
 
     let proxy = Proxy::start(&toml);
     let after = rollout(&c, &proxy).await;

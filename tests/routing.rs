@@ -319,18 +319,21 @@ async fn no_cookie_is_set_without_a_partial_split_or_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raising_the_split_from_10_to_40_never_moves_a_user_from_standby_back_to_live() {
     let (b, g) = blue_green().await;
-    let cl = client();
     let cookies: Vec<String> = (0..600).map(|i| format!("cutover=returning-{i}")).collect();
     let mut at: HashMap<u32, Vec<String>> = HashMap::new();
     // The same users against a proxy at 10% and then one at 40%: the
     // bucket function is the same across instances and restarts.
     for percent in [10u32, 40] {
         let proxy = Proxy::start(&shop(&b, &g, &format!("standby_percent = {percent}"), ""));
+        // A client per proxy: its idle kept-alive connections would hold
+        // the drain, which waits for their next request.
+        let cl = client();
         let mut colors = Vec::new();
         for c in &cookies {
             colors.push(get(&cl, &proxy.url("/"), &[("cookie", c)]).await.text());
         }
         at.insert(percent, colors);
+        drop(cl);
         proxy.join().await;
     }
     let (low, high) = (&at[&10], &at[&40]);
