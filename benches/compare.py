@@ -626,6 +626,9 @@ def main():
                          "features (access log and request ids, on against off)")
     ap.add_argument("--ab", metavar="BINARY",
                     help="only an A/B: this build beside another cutover binary")
+    ap.add_argument("--headline", action="store_true",
+                    help="only the README's headline figures (side by side with nginx, memory, flip "
+                         "storm), judged against the targets, and the table in README.md rewritten")
     ap.add_argument("--binary", metavar="PATH",
                     help="the cutover binary to measure (default target/release/cutover; "
                          "compare.sh passes the profile-guided build, target/pgo/cutover, unless --plain)")
@@ -634,7 +637,7 @@ def main():
     if args.binary:
         CUTOVER = os.path.abspath(args.binary)
     sections = (set(args.only.split(",")) if args.only
-                else set() if args.ab else {"throughput", "side", "memory", "flip"})
+                else set() if args.ab or args.headline else {"throughput", "side", "memory", "flip"})
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -676,6 +679,8 @@ def main():
             out.append(side_features(work, args.seconds, 2 * args.rounds))
         if args.ab:
             out.append(side_ab(work, os.path.abspath(args.ab), args.seconds, 2 * args.rounds))
+        if args.headline:
+            out.append(headline(work, args.seconds, max(5, args.rounds), args.idle, verdict))
         if verdict.rows:
             out.append(verdict.section())
     finally:
@@ -906,6 +911,78 @@ def side_by_side(work, secs, rounds, verdict):
             met, text = judge(stats["p99"], 1.0, at_most=True)
             verdict.add("p99 ≤ nginx (64 conns, side by side)", text, met)
     return "\n".join(lines) + "\n"
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def headline(work, secs, rounds, idle, verdict):
+    """The README's headline table from this build: side by side with
+    nginx (CPU per request, requests/s, p99; the median of the rounds),
+    RSS with `idle` kept-alive clients and its peak while they each made
+    a request, and the flip storm against a steady twin. Judged against
+    the targets, and written into README.md between its headline
+    markers, with the date and the commit."""
+    def cutover():
+        return Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN)],
+                      SIDE_PROXY)
+    log(f"headline: side by side with nginx, {rounds} rounds")
+    ratios, stats = pair(lambda: start_proxy("nginx", work), cutover, secs, rounds, 64)
+    cpu, rps, p99 = median(ratios), median(stats["rps"]), median(stats["p99"])
+    mem = {}
+    for kind in ("nginx", "cutover"):
+        log(f"headline: {idle} clients, {kind}")
+        mem[kind] = idle_rss(kind, work, idle)
+    log("headline: flip storm beside a steady twin")
+    flips_n, errors, tput, _ = flip_side_by_side(work, 64, secs, max(6, rounds))
+    storm = median(tput)
+    held = (mem["cutover"]["held_mib"], mem["nginx"]["held_mib"])
+    peak = (mem["cutover"]["peak_mib"], mem["nginx"]["peak_mib"])
+    targets = [
+        ("CPU per request", f"{cpu:.2f}", "≤ 0.95", cpu <= 0.95),
+        ("requests per second", f"{rps:.2f}", "≥ 1.05", rps >= 1.05),
+        ("p99 latency", f"{p99:.2f}", "≤ 1.00", p99 <= 1.0),
+        (f"RSS, {idle:,} idle keep-alive clients", f"{held[0]:.1f} MiB / {held[1]:.1f} MiB", "≤ nginx",
+         held[0] <= held[1]),
+        (f"peak RSS while {idle:,} clients each make a request", f"{peak[0]:.1f} MiB / {peak[1]:.1f} MiB",
+         "≤ 1.5 × nginx", peak[0] <= 1.5 * peak[1]),
+        ("throughput during 10 flips/s, against a steady twin", f"{storm:.3f} ({errors} errors)", "≥ 0.98",
+         storm >= 0.98 and errors == 0),
+    ]
+    for name, measured, bound, met in targets:
+        verdict.add(f"{name} {bound}", measured, met)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    when = time.strftime("%Y-%m-%d", time.gmtime())
+    table = [HEADLINE_START,
+             f"Measured {when} at commit {commit}{' (with local changes)' if dirty else ''}, plain "
+             f"`cargo build --release`, against {version('nginx')} on a {os.cpu_count()}-core VM, one "
+             f"worker each, `wrk -t1 -c64` side by side, median of {rounds} rounds "
+             "(`bash benches/compare.sh --plain --headline` rewrites this table):",
+             "",
+             "| | cutover / nginx | target |",
+             "|---|---|---|"]
+    table += [f"| {name} | {measured} | {bound}{'' if met else ' (not met)'} |"
+              for name, measured, bound, met in targets]
+    table.append(HEADLINE_END)
+    readme = os.path.join(ROOT, "README.md")
+    with open(readme) as f:
+        text = f.read()
+    a, b = text.find(HEADLINE_START), text.find(HEADLINE_END)
+    if a < 0 or b < 0:
+        log("README.md has no headline markers: the table is printed only")
+    else:
+        with open(readme, "w") as f:
+            f.write(text[:a] + "\n".join(table) + text[b + len(HEADLINE_END):])
+        log("README.md: the headline table rewritten")
+    return "## Headline\n\n" + "\n".join(table[1:-1]) + f"\n\n{flips_n} flips in the storm.\n"
+
+
+HEADLINE_START = "<!-- headline: written by benches/compare.py --headline -->"
+HEADLINE_END = "<!-- /headline -->"
 
 
 def hyper_floor_server(port, features=0):

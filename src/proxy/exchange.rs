@@ -168,6 +168,22 @@ pub struct Extra {
 }
 
 impl Exchange {
+    /// Does the response go out while the process drains, to an
+    /// HTTP/1.1 client? Then it is the last on its connection.
+    pub fn last_on_connection(&self) -> bool {
+        self.worker.stopping.get() && !self.conn.is_h2()
+    }
+
+    /// Does the response go to an HTTP/2 client?
+    pub fn to_h2(&self) -> bool {
+        self.conn.is_h2()
+    }
+
+    /// The worker serving the request.
+    pub fn worker_rc(&self) -> Rc<Worker> {
+        self.worker.clone()
+    }
+
     pub fn begin(worker: Rc<Worker>, conn: Arc<ConnState>) -> Exchange {
         conn.request_started();
         Exchange {

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
-use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -107,33 +106,10 @@ pub fn handle(
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     let ex = Exchange::begin(worker.clone(), conn.state.clone());
-    let h1 = req.version() != Version::HTTP_2;
     match prepare(&worker, &conn, req, ex) {
-        Ok(p) => {
-            let w = worker.clone();
-            let answer = exchange(worker, conn, p);
-            Either::Left(answer.map(move |r| r.map(|resp| on_its_way(&w, h1, resp))))
-        }
-        Err(answer) => Either::Right(std::future::ready(Ok(last_if_draining(
-            &worker, h1, answer,
-        )))),
+        Ok(p) => Either::Left(exchange(worker, conn, p)),
+        Err(answer) => Either::Right(std::future::ready(Ok(answer))),
     }
-}
-
-/// An upstream's answer as it leaves: on HTTP/1.1 perhaps the last on its
-/// connection; on HTTP/2, a stream whose client must keep reading it
-/// (see [`super::response::Watched`]).
-fn on_its_way(worker: &Worker, h1: bool, resp: Response<ResponseBody>) -> Response<ResponseBody> {
-    if h1 {
-        return last_if_draining(worker, h1, resp);
-    }
-    if !resp.body().is_upstreams() {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let (body, weak) = super::response::Watched::wrap(body);
-    worker.watch_stream(weak);
-    Response::from_parts(parts, body)
 }
 
 /// While the process drains (shutdown, or a successor took over), every
@@ -141,16 +117,10 @@ fn on_its_way(worker: &Worker, h1: bool, resp: Response<ResponseBody>) -> Respon
 /// request on a new connection — to the successor — instead of on this
 /// one as it closes (HAProxy's `idle-close-on-response`). HTTP/2 clients
 /// got GOAWAY instead.
-fn last_if_draining(
-    worker: &Worker,
-    h1: bool,
-    mut resp: Response<ResponseBody>,
-) -> Response<ResponseBody> {
-    if h1 && worker.stopping.get() {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+fn close_if_draining(ex: &Exchange, headers: &mut HeaderMap) {
+    if ex.last_on_connection() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp
 }
 
 /// The answer for a request that goes no further than the proxy, as the
@@ -162,6 +132,7 @@ fn fail(mut ex: Exchange, err: ProxyError, own: &OwnAnswers, tls: bool) -> Respo
     if let Some((name, id)) = ex.request_id() {
         parts.headers.insert(name.clone(), id.clone());
     }
+    close_if_draining(&ex, &mut parts.headers);
     Response::from_parts(parts, ResponseBody::full(body, Some(ex)))
 }
 
@@ -177,22 +148,19 @@ fn extras(
     if settings.request_id == RequestId::Off && settings.access_log.is_none() {
         return None;
     }
-    let mut extra = Extra::default();
+    // Built in its box: moved into one, it would be copied whole.
+    let mut extra = Box::<Extra>::default();
     if settings.request_id != RequestId::Off {
+        // Out of the header map: the id goes upstream from `extra`
+        // (written into the head by the HTTP/1.1 client, added to an h2
+        // request's fields as it is sent), one map operation fewer.
         let name = &settings.request_id_header;
+        let client = req.headers_mut().remove(name);
         let kept = match settings.request_id {
-            RequestId::Keep => req
-                .headers()
-                .get(name)
-                .filter(|v| headers::acceptable_request_id(v))
-                .cloned(),
+            RequestId::Keep => client.filter(headers::acceptable_request_id),
             _ => None,
         };
-        let id = kept.unwrap_or_else(|| {
-            let id = headers::new_request_id();
-            req.headers_mut().insert(name.clone(), id.clone());
-            id
-        });
+        let id = kept.unwrap_or_else(headers::new_request_id);
         extra.request_id = Some((name.clone(), id));
     }
     let mut counter = None;
@@ -224,7 +192,7 @@ fn extras(
             tls: conn.tls_detail.clone(),
         });
     }
-    ex.extra = Some(Box::new(extra));
+    ex.extra = Some(extra);
     counter
 }
 
@@ -497,6 +465,7 @@ fn prepare(
             upgrade,
             authority: routed.as_ref(),
             forwarded_host: forwarded_host.as_ref(),
+            request_id: ex.request_id(),
         };
         let (tee, tap) = super::mirror::start(worker, conn, s, live)?;
         ex.mirror = Some(tap);
@@ -624,6 +593,7 @@ fn send_h1<'a>(
         parts: &p.parts,
         forwarded,
         asked: p.asked,
+        request_id: p.answer.ex.request_id(),
         sent: Some(&p.sent),
         write_timeout: Some(p.response_timeout),
     };
@@ -758,6 +728,10 @@ async fn send_h2(
     mut tx: http2::SendRequest<RequestBody>,
     lease: Lease,
 ) -> Response<ResponseBody> {
+    let mut p = p;
+    if let Some((name, id)) = p.answer.ex.request_id() {
+        p.parts.headers.insert(name.clone(), id.clone());
+    }
     let copy = p.bodiless.then(|| head_copy(&p.parts));
     // hyper's client sends the body in a task of its own: the body says
     // when its last frame is taken, and the deadline starts then.
@@ -934,8 +908,19 @@ fn respond(
     if let Some(c) = set_cookie {
         parts.headers.append(header::SET_COOKIE, c);
     }
-    if let Some((name, id)) = body.exchange().and_then(|ex| ex.request_id()) {
-        parts.headers.insert(name.clone(), id.clone());
+    if let Some(ex) = body.exchange() {
+        if let Some((name, id)) = ex.request_id() {
+            parts.headers.insert(name.clone(), id.clone());
+        }
+        close_if_draining(ex, &mut parts.headers);
+        if ex.to_h2() && body.is_upstreams() {
+            // An HTTP/2 client must keep asking for the body
+            // ([`super::response::Watched`]).
+            let worker = ex.worker_rc();
+            let (watched, weak) = super::response::Watched::wrap(body);
+            worker.watch_stream(weak);
+            return Response::from_parts(parts, watched);
+        }
     }
     Response::from_parts(parts, body)
 }

@@ -92,6 +92,9 @@ pub struct Live<'a> {
     /// `Some`: the `X-Forwarded-*` fields are still to be added, with this
     /// as `X-Forwarded-Host` (as the live request's HTTP/1.1 client does).
     pub forwarded_host: Option<&'a Option<HeaderValue>>,
+    /// The request id, which the live request's HTTP/1.1 client writes
+    /// into its head (it is not in `parts`): the copy carries it too.
+    pub request_id: Option<&'a (http::HeaderName, HeaderValue)>,
 }
 
 /// Start the copy of a sampled request, or count why not. `Some`: the tee
@@ -144,6 +147,9 @@ pub fn start(
     let slot = Slot(stats.clone());
     let mut headers = parts.headers.clone();
     headers.insert(X_CUTOVER_MIRROR.clone(), HeaderValue::from_static("1"));
+    if let Some((name, id)) = live.request_id {
+        headers.insert(name.clone(), id.clone());
+    }
     // The copy's body is sent whole, at once: nothing to wait for.
     headers.remove(header::EXPECT);
     let head = Head {
@@ -519,6 +525,8 @@ fn outgoing<'a>(head: &'a Head, parts: &'a http::request::Parts) -> h1::Outgoing
             host: host.as_ref(),
         }),
         asked: h1::Asked::new(&head.method, false),
+        // In `head.headers` already.
+        request_id: None,
         // The copy's whole exchange is within its own `timeout`.
         sent: None,
         write_timeout: None,

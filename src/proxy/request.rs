@@ -200,6 +200,25 @@ pub fn valid_authority(b: &[u8]) -> bool {
     }
 }
 
+/// The bytes a reg-name may hold besides `%` escapes: unreserved and
+/// sub-delims (RFC 3986 §3.2.2), as a table (one load per byte).
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let extra = b"-._~!$&'()*+,;=";
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric();
+        c += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 /// A reg-name: unreserved / pct-encoded / sub-delims (RFC 3986 §3.2.2).
 fn reg_name(b: &[u8]) -> bool {
     let mut i = 0;
@@ -212,25 +231,7 @@ fn reg_name(b: &[u8]) -> bool {
             i += 3;
             continue;
         }
-        let ok = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            );
-        if !ok {
+        if !REG_NAME[c as usize] {
             return false;
         }
         i += 1;

@@ -118,6 +118,7 @@ pub fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::request::Parts,
     forwarded: Option<Forwarded<'_>>,
+    request_id: Option<&(http::HeaderName, http::HeaderValue)>,
     chunked: bool,
 ) {
     out.clear();
@@ -134,6 +135,12 @@ pub fn encode_head(
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((name, id)) = request_id {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if let Some(f) = forwarded {
@@ -751,7 +758,7 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, None, false);
+        encode_head(&mut out, &parts, None, None, false);
         assert_eq!(
             out,
             b"GET /a/b?c=d HTTP/1.1\r\nhost: example.test\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
@@ -763,11 +770,17 @@ mod tests {
             tls,
             host,
         };
-        encode_head(&mut out, &parts, Some(forwarded(true, Some(&host))), false);
+        encode_head(
+            &mut out,
+            &parts,
+            Some(forwarded(true, Some(&host))),
+            None,
+            false,
+        );
         assert!(out.ends_with(
             b"x-two: 2\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: shop.test\r\n\r\n"
         ));
-        encode_head(&mut out, &parts, Some(forwarded(false, None)), true);
+        encode_head(&mut out, &parts, Some(forwarded(false, None)), None, true);
         assert!(out.ends_with(
             b"x-two: 2\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\ntransfer-encoding: chunked\r\n\r\n"
         ));

@@ -132,6 +132,9 @@ pub struct Outgoing<'a> {
     /// The `X-Forwarded-*` fields still to add, if any.
     pub forwarded: Option<Forwarded<'a>>,
     pub asked: Asked,
+    /// The request id, written after the header map's fields (it is not
+    /// in the map: one insert fewer per request).
+    pub request_id: Option<&'a (http::HeaderName, http::HeaderValue)>,
     /// Set once the whole request (head and body) is written: the
     /// upstream's response deadline starts then.
     pub sent: Option<&'a std::cell::Cell<bool>>,
@@ -180,7 +183,13 @@ impl Conn {
     {
         let has_body = body.is_some();
         let chunked = has_body && !req.parts.headers.contains_key(header::CONTENT_LENGTH);
-        codec::encode_head(&mut self.out, req.parts, req.forwarded, chunked);
+        codec::encode_head(
+            &mut self.out,
+            req.parts,
+            req.forwarded,
+            req.request_id,
+            chunked,
+        );
         let expect = has_body
             && req
                 .parts
