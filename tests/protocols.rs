@@ -556,13 +556,15 @@ async fn streams_an_h2_upstream_never_processed_are_sent_again() {
 /// never asks for the rest of its responses: each stalled stream is taken
 /// away after `client_send_timeout`, its upstream connection released and
 /// the request counted as a `client_send` timeout, instead of 50 upstream
-/// connections held for as long as the client likes.
+/// connections held for as long as the client likes. (Heads may take a
+/// while on a loaded machine: the test judges by the time since the first
+/// request, not by a count at one moment.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_a_client_never_reads_are_taken_away_with_their_upstreams() {
     tokio::time::timeout(Duration::from_secs(30), async {
         let (b, g) = blue_green().await;
         let proxy = Proxy::start(&format!(
-            "[server]\nworkers = 1\n[limits]\nclient_send_timeout = \"2s\"\nupstream_read_timeout = \"60s\"\n[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+            "[server]\nworkers = 1\n[limits]\nclient_send_timeout = \"3s\"\nupstream_read_timeout = \"60s\"\n[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
             b.addr, g.addr
         ));
         let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -575,6 +577,7 @@ async fn http2_streams_a_client_never_reads_are_taken_away_with_their_upstreams(
             let _ = conn.await;
         });
         let mut pending = Vec::new();
+        let began = tokio::time::Instant::now();
         for _ in 0..50 {
             let req = Request::get(format!("http://shop/download/{}", 10 << 20))
                 .body(())
@@ -591,19 +594,24 @@ async fn http2_streams_a_client_never_reads_are_taken_away_with_their_upstreams(
             bodies.push(resp.into_body());
         }
         let open = |u: &Upstream| u.open.load(SeqCst);
-        // (A connection or two may still be on its way up.)
-        assert!(open(&b) >= 45, "each stream holds an upstream connection: {}", open(&b));
-        let stalled_at = tokio::time::Instant::now();
+        // Held: none released before the timeout (the first streams' time
+        // runs from their first frame, before the last head came).
+        assert!(
+            began.elapsed() >= Duration::from_millis(2500) || open(&b) >= 45,
+            "each stream holds an upstream connection: {} open after {:?}",
+            open(&b),
+            began.elapsed()
+        );
         while open(&b) > 0 {
             assert!(
-                stalled_at.elapsed() < Duration::from_secs(6),
+                began.elapsed() < Duration::from_secs(15),
                 "{} upstream connections still held",
                 open(&b)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let took = stalled_at.elapsed();
-        assert!(took >= Duration::from_millis(1000), "released after {took:?}");
+        let took = began.elapsed();
+        assert!(took >= Duration::from_millis(2500), "released after {took:?}");
         let metrics = admin_call(&client(), &proxy, "GET", "/metrics", "", &[])
             .await
             .text();

@@ -161,11 +161,12 @@ impl Fresh {
     }
 }
 
-/// The client timeouts of a connection.
+/// The client timeouts of a connection, and its longest head.
 struct ClientTimeouts {
     header: Duration,
     idle: Duration,
     send: Duration,
+    max_head: usize,
 }
 
 /// The per-connection state every request shares (holding the
@@ -195,14 +196,16 @@ fn conn_info(
         header: limits.client_header_timeout,
         idle: limits.client_idle_timeout,
         send: limits.client_send_timeout,
+        max_head: limits.max_header_bytes,
     };
     (info, timeouts)
 }
 
-/// A plain connection: HTTP/1.1 or h2c. An HTTP/1.1 connection idle for a
-/// moment is parked (see [`super::io`]): hyper's connection and buffers are
-/// freed and the bare socket waits here for its next request, until the
-/// idle timeout.
+/// A plain connection: HTTP/1.1 or h2c. hyper's connection is made once
+/// the first request head has arrived ([`TimedIo::read_head`]). An
+/// HTTP/1.1 connection idle for a moment is parked (see [`super::io`]):
+/// hyper's connection and buffers are freed and the bare socket waits
+/// here for its next request, until the idle timeout.
 async fn serve_plain(
     worker: Rc<Worker>,
     mut stream: TcpStream,
@@ -218,11 +221,17 @@ async fn serve_plain(
     let idle_timeout = t.idle;
     loop {
         let (park, parked) = tokio::sync::oneshot::channel();
-        let io = TimedIo::new(stream, info.state.clone(), t.header, t.idle, Some(park))
+        let mut io = TimedIo::new(stream, info.state.clone(), t.header, t.idle, Some(park))
             .with_send_timeout(t.send);
         // Boxed: the task's own future then only holds what a parked
-        // connection needs, not the serving state.
-        Box::pin(run_http(&worker, &info, io)).await;
+        // connection needs, not the serving state. hyper's connection
+        // (and its buffers) is made once a request head is here.
+        let served = Box::pin(async {
+            if io.read_head(t.max_head).await {
+                run_http(&worker, &info, io).await;
+            }
+        });
+        served.await;
         // The wrapper is gone with hyper's connection: it either sent the
         // socket back (parked) or dropped it (closed).
         let Ok(back) = parked.await else { break };

@@ -243,6 +243,9 @@ pub struct TimedIo<T> {
     frames: Option<Box<H2Frames>>,
     // `ConnState::started` at the last read.
     seen_started: usize,
+    // A request head read before hyper's connection was made
+    // ([`TimedIo::read_head`]), handed to hyper first.
+    head: Option<bytes::BytesMut>,
     // Bytes of the HTTP/2 preface matched so far from the connection's
     // start, however the client split it; `usize::MAX` once the first
     // bytes are not the preface.
@@ -474,6 +477,7 @@ impl<T> TimedIo<T> {
             h2: false,
             frames: None,
             seen_started,
+            head: None,
             preface: 0,
             scan: HeadScan::new_head(),
             send_timeout: Duration::from_secs(60),
@@ -621,6 +625,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         if this.inner.is_none() {
             return Poll::Ready(Ok(())); // parked: hyper sees the end
         }
+        if let Some(head) = &mut this.head {
+            let n = head.len().min(buf.remaining());
+            buf.put_slice(&head.split_to(n));
+            if head.is_empty() {
+                this.head = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         this.track_requests();
         if this.should_park() {
             if let (Some(inner), Some(park)) = (this.inner.take(), this.park.take()) {
@@ -713,6 +725,54 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         }
         result
     }
+}
+
+impl<T: AsyncRead + AsyncWrite + ResetOnClose + Unpin> TimedIo<T> {
+    /// Read a connection's first request head (or the HTTP/2 preface)
+    /// before hyper's connection is made, into a buffer that starts at
+    /// [`HEAD_BUFFER`] and grows only as the head does (to `limit`). hyper
+    /// gives every connection an 8 KiB read and an 8 KiB write buffer from
+    /// the start: a client that connects and sends nothing, or dribbles
+    /// its head (slowloris), would hold both until its head timeout. Here
+    /// it holds about a kilobyte. The head's timeouts, the 408 and the
+    /// shedding of silent connections apply as they do under hyper (the
+    /// reads go through this wrapper). `false`: the client closed, or
+    /// its time ran out (the connection is to be dropped).
+    pub async fn read_head(&mut self, limit: usize) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = bytes::BytesMut::with_capacity(HEAD_BUFFER);
+        let mut searched: usize = 0;
+        loop {
+            if buf.len() == buf.capacity() {
+                buf.reserve(buf.len());
+            }
+            match self.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            let preface = PREFACE.len().min(buf.len());
+            if buf[..preface] == PREFACE[..preface] {
+                if buf.len() >= PREFACE.len() {
+                    break; // HTTP/2 with prior knowledge
+                }
+                continue;
+            }
+            if head_ends(&buf[searched.saturating_sub(2)..]) || buf.len() >= limit {
+                break;
+            }
+            searched = buf.len();
+        }
+        self.head = Some(buf);
+        true
+    }
+}
+
+/// What [`TimedIo::read_head`] starts with: most request heads fit.
+pub const HEAD_BUFFER: usize = 1024;
+
+/// Does `b` hold the empty line that ends a head (`\n\r\n` or `\n\n`)?
+fn head_ends(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', b).any(|i| matches!(&b[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// How long a connection idles before it is parked, for `idle_timeout`.
@@ -881,6 +941,40 @@ mod tests {
         io.match_preface(b"PRI * HTTP/1.1\r\n");
         io.match_preface(b"rest");
         assert!(!io.h2);
+    }
+
+    /// A head read before hyper's connection exists is handed over whole,
+    /// with what came after it, and waits in a small buffer meanwhile.
+    #[tokio::test]
+    async fn a_head_is_read_in_pieces_into_a_small_buffer_then_handed_over() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let state = Arc::new(ConnState::default());
+        let mut io = TimedIo::new(
+            server,
+            state,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            None,
+        );
+        let sent = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest";
+        let writer = async {
+            for piece in sent.chunks(5) {
+                client.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let (read, ()) = tokio::join!(io.read_head(8192), writer);
+        assert!(read);
+        assert_eq!(io.head.as_ref().map(|h| h.capacity()), Some(HEAD_BUFFER));
+        let mut got = vec![0u8; sent.len()];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, sent, "the head and what followed it, in order");
+        assert!(head_ends(b"GET / HTTP/1.0\n\n"));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n"));
     }
 
     /// A kept-alive connection idle for `park_after` hands its socket back,
