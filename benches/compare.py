@@ -407,6 +407,72 @@ async def hold_idle(port, n):
     return conns, failed
 
 
+async def slowloris(port, n, hold):
+    """n connections each sending a request head a field a second, for
+    `hold` seconds; returns when they are all open and have waited."""
+    stop = asyncio.Event()
+
+    async def one():
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        w.write(b"GET / HTTP/1.1\r\nHost: bench\r\n")
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(1)
+                w.write(b"X-a: b\r\n")
+                await w.drain()
+        except (OSError, ConnectionError):
+            pass
+        w.close()
+
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.create_task(one()))
+        if i % 500 == 499:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(hold)
+    return stop, tasks
+
+
+def hostile_rss(kind, work, loris=5000, readers=1000):
+    """RSS of the proxy holding `loris` slowloris connections (a field a
+    second) and, separately, `readers` clients that asked for a 1 GiB
+    response through a 4 KiB receive window and read nothing."""
+    out = {}
+    server = start_proxy(kind, work)
+    try:
+        base = rss_kib(server.pids())
+        loop = asyncio.new_event_loop()
+        stop, tasks = loop.run_until_complete(slowloris(PROXY, loris, 4))
+        out["loris_mib"] = rss_kib(server.pids()) / 1024
+        stop.set()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
+    finally:
+        server.stop()
+        wait_port_free(PROXY)
+    server = start_proxy(kind, work)
+    try:
+        socks = []
+        for _ in range(readers):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", PROXY))
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: bench\r\n\r\n")
+            socks.append(s)
+        time.sleep(5)
+        out["readers_mib"] = rss_kib(server.pids()) / 1024
+        for s in socks:
+            s.close()
+    finally:
+        server.stop()
+        wait_port_free(PROXY)
+    out["base_mib"] = base / 1024
+    return out
+
+
 def idle_rss(kind, work, n):
     server = start_proxy(kind, work)
     try:
@@ -944,6 +1010,10 @@ def headline(work, secs, rounds, idle, verdict):
     for kind in ("nginx", "cutover"):
         log(f"headline: {idle} clients, {kind}")
         mem[kind] = idle_rss(kind, work, idle)
+    hostile = {}
+    for kind in ("nginx", "cutover"):
+        log(f"headline: slowloris and slow readers, {kind}")
+        hostile[kind] = hostile_rss(kind, work)
     log("headline: flip storm beside a steady twin")
     flips_n, errors, tput, _ = flip_side_by_side(work, 64, secs, max(6, rounds))
     storm = median(tput)
@@ -959,6 +1029,12 @@ def headline(work, secs, rounds, idle, verdict):
          "≤ 1.5 × nginx", peak[0] <= 1.5 * peak[1]),
         ("throughput during 10 flips/s, against a steady twin", f"{storm:.3f} ({errors} errors)", "≥ 0.98",
          storm >= 0.98 and errors == 0),
+        ("RSS under 5,000 slowloris connections",
+         f"{hostile['cutover']['loris_mib']:.1f} MiB / {hostile['nginx']['loris_mib']:.1f} MiB", "≤ nginx",
+         hostile["cutover"]["loris_mib"] <= hostile["nginx"]["loris_mib"]),
+        ("RSS under 1,000 slow readers of a large response",
+         f"{hostile['cutover']['readers_mib']:.1f} MiB / {hostile['nginx']['readers_mib']:.1f} MiB",
+         "≤ 2 × nginx", hostile["cutover"]["readers_mib"] <= 2 * hostile["nginx"]["readers_mib"]),
     ]
     for name, measured, bound, met in targets:
         verdict.add(f"{name} {bound}", measured, met)
@@ -969,7 +1045,8 @@ def headline(work, secs, rounds, idle, verdict):
     when = time.strftime("%Y-%m-%d", time.gmtime())
     table = [HEADLINE_START,
              f"Measured {when} at commit {commit}{' (with local changes)' if dirty else ''}, plain "
-             f"`cargo build --release`, against {version('nginx')} on a {os.cpu_count()}-core VM, one "
+             f"`cargo build --release`, against {version('nginx').replace('nginx version: ', '')} "
+             f"on a {os.cpu_count()}-core VM, one "
              f"worker each, `wrk -t1 -c64` side by side, median of {rounds} rounds, both "
              "sending a request id upstream and back (cutover's default; nginx `$request_id`); "
              "in brackets, both without "
