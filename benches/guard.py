@@ -199,6 +199,8 @@ def main():
             print(f"peak RSS, {CLIENTS:,} clients each making one request and staying: "
                   f"cutover {cut:.1f} MiB (lowest of 3), nginx {ngx:.1f} MiB ({cut / ngx:.2f})")
             figures["peak_rss_10k_mib"] = (cut, f"{cut:.1f} MiB")
+    except (RuntimeError, TimeoutError, subprocess.SubprocessError) as e:
+        sys.exit(f"guard failed: {e}")
     finally:
         upstream.stop()
         signal.alarm(0)
