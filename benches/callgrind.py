@@ -33,6 +33,7 @@ fast its instructions run when other processes share the cores.
 """
 
 import argparse
+import contextlib
 import http.client
 import os
 import signal
@@ -46,29 +47,63 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
 
-REQUEST = (b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n"
-           b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
-           b"Accept: text/html,application/xhtml+xml;q=0.9,*/*;q=0.8\r\n"
-           b"Cookie: _ga=GA1.2.3; cutover=5f2c7a1e9b3d4c6a8e0f1a2b3c4d5e6f; theme=dark\r\n\r\n")
+# A browser's GET for the realistic config (compare.BROWSER: a user agent
+# the mobile regex checks, a sticky cookie).
+REQUEST = ("GET / HTTP/1.1\r\nHost: shop.example.com\r\n"
+           + "".join(h + "\r\n" for h in compare.BROWSER) + "\r\n").encode()
 
 
-def client(n):
-    s = socket.create_connection(("127.0.0.1", compare.PROXY))
-    buf = b""
-    for _ in range(n):
-        s.sendall(REQUEST)
-        while b"hello" not in buf:
-            buf += s.recv(65536)
-        buf = buf[buf.index(b"hello") + 5:]
-    s.close()
+def client(n, request, errors):
+    """`n` requests, one after the other, on one keep-alive connection;
+    each answer must be a 200 with the upstream's "hello". What went wrong
+    is added to `errors`."""
+    try:
+        s = socket.create_connection(("127.0.0.1", compare.PROXY), timeout=120)
+        buf = b""
+        for _ in range(n):
+            s.sendall(request)
+            while b"hello" not in buf:
+                got = s.recv(65536)
+                if not got:
+                    raise RuntimeError("the proxy closed the connection")
+                buf += got
+            answer, buf = buf.split(b"hello", 1)
+            if not answer.startswith(b"HTTP/1.1 200 "):
+                raise RuntimeError(f"not a 200: {answer[:40]!r}")
+        s.close()
+    except Exception as e:
+        errors.append(e)
 
 
-def send(n, conns=4):
-    threads = [threading.Thread(target=client, args=(n // conns,)) for _ in range(conns)]
+def send(n, conns=4, request=REQUEST):
+    """`n` requests over `conns` keep-alive connections at once."""
+    errors = []
+    threads = [threading.Thread(target=client, args=(n // conns, request, errors), daemon=True)
+               for _ in range(conns)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {conns} connections failed: {errors[0]}")
+
+
+@contextlib.contextmanager
+def under_callgrind(argv, out, sim=()):
+    """The proxy `argv` run by callgrind (its counters in `out`.N), once it
+    listens; stopped on leaving, whatever happened."""
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *sim, *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        compare.wait_port(compare.PROXY, timeout=60)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def dump_ir(out_file, pid, part, events=None):
@@ -122,10 +157,12 @@ def hyper_floor_binary():
     its path."""
     subprocess.run(["cargo", "build", "--release", "--example", "hyper_floor"],
                    cwd=compare.ROOT, check=True)
-    return os.path.join(compare.ROOT, "target", "release", "examples", "hyper_floor")
+    return os.path.join(compare.TARGET, "release", "examples", "hyper_floor")
 
 
-def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=None):
+def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=None, h2_port=None):
+    """The command line of the proxy to measure; nginx with `h2_port` also
+    speaks h2c there (cutover does on its one port)."""
     if kind == "hyper-floor":
         return [hyper_floor_binary(), f"127.0.0.1:{compare.PROXY}",
                 f"127.0.0.1:{compare.UP_BLUE}", str(floor_features)]
@@ -142,7 +179,7 @@ def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=Non
         return [compare.CUTOVER, "run", "-c", conf]
     if kind == "nginx":
         # One process: the master would otherwise fork the worker.
-        path = compare.nginx_proxy_conf(work)
+        path = compare.nginx_proxy_conf(work, h2_port=h2_port)
         with open(path) as f:
             text = f.read().replace("master_process on;", "master_process off;")
         if access_log:  # nginx writes combined (its default), unbuffered
@@ -184,50 +221,51 @@ def main():
                                            "-g", "daemon off;"], compare.UP_BLUE)
     out = os.path.join(work, "callgrind.out")
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if args.cache else []
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + sim
-                            + proxy_argv(args.proxy, args.config, work, args.floor_features,
-                                         state=args.flips, access_log=args.access_log),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = proxy_argv(args.proxy, args.config, work, args.floor_features,
+                      state=args.flips, access_log=args.access_log)
     try:
-        compare.wait_port(compare.PROXY, timeout=60)
-        n = args.requests
-        send(n)
-        if args.flips and args.proxy == "cutover":
-            # Fill the state file's history to its limit (100 entries), as
-            # on a proxy that has been flipped for a while.
-            for _ in range(110):
-                flip_storm(None, [0])
-        dump_ir(out, proc.pid, 1)
-        send(2 * n)
-        events = {}
-        measured = dump_ir(out, proc.pid, 2, events)
-        name = {"cutover": f"cutover, {args.config} config"
-                           + (f", {args.access_log} access log" if args.access_log else ""),
-                "hyper-floor": f"hyper floor, features {args.floor_features}"}.get(args.proxy, args.proxy)
-        print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
-        print(f"{name}: {measured / (2 * n):.0f} instructions per request "
-              f"(callgrind, {2 * n} requests after {n} warm-up)", flush=True)
-        if args.cache:
-            per = {k: v / (2 * n) for k, v in events.items()}
-            print(f"per request: L1i misses {per.get('I1mr', 0):.0f}, L1d misses "
-                  f"{per.get('D1mr', 0) + per.get('D1mw', 0):.0f} (read + write), mispredicted "
-                  f"branches {per.get('Bcm', 0):.0f} + {per.get('Bim', 0):.0f} (conditional + indirect)",
-                  flush=True)
-        if args.flips and args.proxy == "cutover":
-            stop = threading.Event()
-            flips = [0]
-            flipper = threading.Thread(target=flip_storm, args=(stop, flips))
-            flipper.start()
-            send(2 * n)
-            stop.set()
-            flipper.join()
-            stormy = dump_ir(out, proc.pid, 3)
-            print(f"with a flip every 100 ms: {stormy / (2 * n):.0f} instructions per request; "
-                  f"{flips[0]} flips, {(stormy - measured) / max(1, flips[0]):.0f} instructions each")
+        with under_callgrind(argv, out, sim) as proc:
+            measure(args, out, proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
         upstream.stop()
+
+
+def measure(args, out, proc):
+    """The phases of the measurement, the proxy running (`proc`)."""
+    n = args.requests
+    send(n)
+    if args.flips and args.proxy == "cutover":
+        # Fill the state file's history to its limit (100 entries), as
+        # on a proxy that has been flipped for a while.
+        for _ in range(110):
+            flip_storm(None, [0])
+    dump_ir(out, proc.pid, 1)
+    send(2 * n)
+    events = {}
+    measured = dump_ir(out, proc.pid, 2, events)
+    name = {"cutover": f"cutover, {args.config} config"
+                       + (f", {args.access_log} access log" if args.access_log else ""),
+            "hyper-floor": f"hyper floor, features {args.floor_features}"}.get(args.proxy, args.proxy)
+    print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
+    print(f"{name}: {measured / (2 * n):.0f} instructions per request "
+          f"(callgrind, {2 * n} requests after {n} warm-up)", flush=True)
+    if args.cache:
+        per = {k: v / (2 * n) for k, v in events.items()}
+        print(f"per request: L1i misses {per.get('I1mr', 0):.0f}, L1d misses "
+              f"{per.get('D1mr', 0) + per.get('D1mw', 0):.0f} (read + write), mispredicted "
+              f"branches {per.get('Bcm', 0):.0f} + {per.get('Bim', 0):.0f} (conditional + indirect)",
+              flush=True)
+    if args.flips and args.proxy == "cutover":
+        stop = threading.Event()
+        flips = [0]
+        flipper = threading.Thread(target=flip_storm, args=(stop, flips))
+        flipper.start()
+        send(2 * n)
+        stop.set()
+        flipper.join()
+        stormy = dump_ir(out, proc.pid, 3)
+        print(f"with a flip every 100 ms: {stormy / (2 * n):.0f} instructions per request; "
+              f"{flips[0]} flips, {(stormy - measured) / max(1, flips[0]):.0f} instructions each")
 
 
 if __name__ == "__main__":

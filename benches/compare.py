@@ -55,7 +55,9 @@ import time
 import http.client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUTOVER = os.path.join(ROOT, "target", "release", "cutover")
+# Cargo's target directory: CARGO_TARGET_DIR when set, as cargo reads it.
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"))
+CUTOVER = os.path.join(TARGET, "release", "cutover")
 UP_BLUE, UP_GREEN, PROXY, ADMIN = 18080, 18082, 18081, 19901
 # cutover's ports when it runs beside nginx (the side-by-side section).
 SIDE_PROXY, SIDE_ADMIN = 18083, 19903
@@ -211,11 +213,14 @@ def nginx_upstream_conf(work):
     return path
 
 
-def nginx_proxy_conf(work, upstream_port=UP_BLUE, port=PROXY, name="proxy", access_log=None,
+def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_log=None, h2_port=None,
                      request_id=True):
-    """nginx proxying to the upstream on `port`; with `access_log` (a
-    path), its combined access log on; without `request_id`, no
-    `X-Request-Id` either way (cutover's `request_id = "off"`)."""
+    """nginx on `port` (PROXY) proxying to the upstream on `upstream_port`
+    (UP_BLUE); with `access_log` (a path), its combined access log on;
+    with `h2_port`, h2c (prior knowledge) on that port too (nginx speaks it
+    on a port of its own); without `request_id`, no `X-Request-Id` either
+    way (cutover's `request_id = "off"`)."""
+    upstream_port, port = upstream_port or UP_BLUE, port or PROXY
     with open(os.path.join(work, "nginx-upstream.inc"), "w") as f:
         f.write(f"server 127.0.0.1:{upstream_port};\n")
     head = nginx_head(work, name)
@@ -223,6 +228,7 @@ def nginx_proxy_conf(work, upstream_port=UP_BLUE, port=PROXY, name="proxy", acce
         head = head.replace("access_log off;", f"access_log {access_log} combined;")
     ids = ("proxy_set_header X-Request-Id $request_id;\n"
            "            add_header X-Request-Id $request_id always;") if request_id else ""
+    h2_listen = f"\n        listen 127.0.0.1:{h2_port} http2;" if h2_port else ""
     conf = "\ndaemon off;\nmaster_process on;" + head + f"""
     upstream app {{
         include {work}/nginx-upstream.inc;
@@ -230,7 +236,7 @@ def nginx_proxy_conf(work, upstream_port=UP_BLUE, port=PROXY, name="proxy", acce
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port};{h2_listen}
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
