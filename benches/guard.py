@@ -187,10 +187,10 @@ def main():
         if args.only != "memory":
             cut, cut_total = instructions("cutover", work, args.requests)
             ngx, ngx_total = instructions("nginx", work, args.requests)
-            print("instructions per request (callgrind)      cutover     nginx   ratio")
-            for (name, count, _), c, g in zip(parts(args.requests, 0), cut, ngx):
-                print(f"  {name + f' ({count})':<40}{c:>9,.0f}{g:>10,.0f}{c / g:>8.3f}")
-            print(f"  {'weighted total':<40}{cut_total:>9,.0f}{ngx_total:>10,.0f}{cut_total / ngx_total:>8.3f}")
+            print(f"{'instructions per request (callgrind)':<46}{'cutover':>9}{'nginx':>10}{'ratio':>8}")
+            rows = [(f"{name} ({count})", c, g) for (name, count, _), c, g in zip(parts(args.requests, 0), cut, ngx)]
+            for name, c, g in rows + [("weighted total", cut_total, ngx_total)]:
+                print(f"  {name:<44}{c:>9,.0f}{g:>10,.0f}{c / g:>8.3f}")
             figures["instructions_ratio"] = (cut_total / ngx_total, f"{cut_total / ngx_total:.3f}")
         if args.only != "instructions":
             raise_fd_limit(CLIENTS + 1000)
