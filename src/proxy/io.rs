@@ -943,15 +943,21 @@ mod tests {
         assert!(!io.h2);
     }
 
+    /// A connected client and the server's end of it, on loopback.
+    async fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
     /// A head read before hyper's connection exists is handed over whole,
     /// with what came after it, and waits in a small buffer meanwhile.
     #[tokio::test]
     async fn a_head_is_read_in_pieces_into_a_small_buffer_then_handed_over() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = socket_pair().await;
         let state = Arc::new(ConnState::default());
         let mut io = TimedIo::new(
             server,
@@ -981,11 +987,7 @@ mod tests {
     /// and hyper (here: the reader) sees the end of the stream.
     #[tokio::test]
     async fn an_idle_connection_parks_after_its_delay_and_not_before() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = socket_pair().await;
         let state = Arc::new(ConnState::default());
         let (park, parked) = oneshot::channel();
         let idle_timeout = Duration::from_millis(1000); // parks after 500 ms
