@@ -1012,6 +1012,10 @@ def headline(work, secs, rounds, idle, verdict):
     ratios0, stats0 = pair(lambda: start_proxy("nginx-no-ids", work),
                            lambda: cutover('request_id = "off"\n'), secs, rounds, 64)
     cpu0, rps0, p990 = median(ratios0), median(stats0["rps"]), median(stats0["p99"])
+    # The storm before the memory runs: a thousand sockets closing and
+    # their upstream transfers ending would still be loading the machine.
+    log("headline: flip storm beside a steady twin")
+    flips_n, errors, tput, _ = flip_side_by_side(work, 64, secs, max(8, rounds))
     mem = {}
     for kind in ("nginx", "cutover"):
         log(f"headline: {idle} clients, {kind}")
@@ -1020,8 +1024,6 @@ def headline(work, secs, rounds, idle, verdict):
     for kind in ("nginx", "cutover"):
         log(f"headline: slowloris and slow readers, {kind}")
         hostile[kind] = hostile_rss(kind, work)
-    log("headline: flip storm beside a steady twin")
-    flips_n, errors, tput, _ = flip_side_by_side(work, 64, secs, max(6, rounds))
     storm = median(tput)
     held = (mem["cutover"]["held_mib"], mem["nginx"]["held_mib"])
     peak = (mem["cutover"]["peak_mib"], mem["nginx"]["peak_mib"])
