@@ -68,8 +68,8 @@ pub fn run_worker(
     // Tokio looks for ready sockets every 61 task polls by default; with
     // many large bodies being written that is tens of milliseconds before
     // a new connection or an upstream's answer is noticed. Every 8 polls,
-    // a request beside 200 slow readers waited at most ~90 ms (was 160–360)
-    // at no cost measurable per request (benches/README.md).
+    // a new request waits for a few slices of each busy body instead
+    // (what it costs and gains: benches/README.md).
     let rt = tokio::runtime::Builder::new_current_thread()
         .event_interval(8)
         .enable_all()

@@ -48,8 +48,8 @@ pub struct ResponseBody {
 /// request on it waited. With 64 KiB slices (and the worker looking for
 /// ready sockets every 8 polls, see `run_worker`) a new request waits for
 /// a few slices of each busy body, not for whole bodies. The price is one
-/// extra task poll per 64 KiB (16,384 per GiB): a 1 GiB response still
-/// takes 0.66× nginx's time side by side (benches/README.md).
+/// extra task poll per 64 KiB (16,384 per GiB); the large-response
+/// figure is in benches/README.md.
 const SLICE: usize = 64 << 10;
 
 /// The bytes a body has passed on since it last let its worker run others.
