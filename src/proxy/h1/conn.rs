@@ -345,8 +345,14 @@ impl Conn {
 
     /// Read more into the buffer: `Ok(0)` at the connection's end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = self.read_size;
-        self.buf.reserve(want);
+        // A long body's reads grow while the client takes each chunk before
+        // the next read. While it still holds the last one (a slow reader,
+        // a full socket), the next read is a small one in a new block: a
+        // stalled client keeps one large chunk, not two.
+        if !self.buf.try_reclaim(self.read_size) {
+            self.read_size = READ_SIZE;
+        }
+        self.buf.reserve(self.read_size);
         let spare = self.buf.capacity() - self.buf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
