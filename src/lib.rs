@@ -27,8 +27,10 @@
 //! - [`tls`]: certificates by SNI behind an `ArcSwap`, the rustls server
 //!   config; the upstream socket (plain or TLS) and its `connect`.
 //!
-//! Imports point one way: model ← config ← tls ← route ← control ← proxy
-//! ← daemon, cli, client (`tests/module_graph.rs` checks for cycles).
+//! Imports point one way, lowest first: model, handover, demo ← config ←
+//! tls ← route ← control ← proxy ← daemon, client ← cli. A module uses
+//! only those to its left; `tests/module_graph.rs` checks that, and that
+//! no modules import each other in a ring.
 //! - [`cli`]: the command line; [`client`]: the admin client behind the
 //!   `status`/`flip`/`shift`/… subcommands; [`demo`]: the demo upstreams.
 

@@ -18,6 +18,11 @@
 //!
 //! `cargo test --test module_graph -- --nocapture` prints the layers: each
 //! module in the lowest layer above everything it uses.
+//!
+//! The top-level modules also keep the order `lib.rs` documents on its
+//! line `Imports point one way, lowest first: a, b ← c ← …`: a module may
+//! use only modules in groups to its left. The test reads that line, so
+//! the documented order and the checked one cannot drift apart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -458,6 +463,102 @@ fn assert_no_cycles(g: &Graph, what: &str) {
         found.join("\n  ")
     );
     print_layers(g);
+}
+
+/// The layer order from `lib.rs`: groups of top-level modules, lowest
+/// first.
+fn documented_layers() -> Vec<Vec<String>> {
+    let lib = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let marker = "Imports point one way, lowest first:";
+    // The sentence may wrap over several `//!` lines; it ends with a `.`.
+    let text: String = lib
+        .lines()
+        .map(|l| l.trim_start_matches("//!").trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("src/lib.rs has no line `{marker} …`"));
+    let rest = &text[at + marker.len()..];
+    let order = &rest[..rest
+        .find('.')
+        .expect("the layer sentence ends with a full stop")];
+    order
+        .split('←')
+        .map(|group| group.split(',').map(|m| m.trim().to_string()).collect())
+        .collect()
+}
+
+/// Every import between top-level modules that does not point down the
+/// `layers` (lowest first), or that involves a module not in them, with
+/// where it was seen.
+fn against_layers(g: &Graph, layers: &[Vec<String>]) -> Vec<String> {
+    let rank: BTreeMap<&str, usize> = layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, group)| group.iter().map(move |m| (m.as_str(), i)))
+        .collect();
+    let top = |m: &str| m.split("::").next().unwrap_or(m).to_string();
+    let mut out = Vec::new();
+    for (from, tos) in g {
+        for (to, (file, line, path)) in tos {
+            let (a, b) = (top(from), top(to));
+            if a == b {
+                continue;
+            }
+            let verdict = match (rank.get(a.as_str()), rank.get(b.as_str())) {
+                (Some(ra), Some(rb)) if rb < ra => continue,
+                (Some(_), Some(_)) => format!("`{a}` may not use `{b}`, a layer at or above it"),
+                (None, _) => format!("`{a}` is not in lib.rs's layer order"),
+                (_, None) => format!("`{b}` is not in lib.rs's layer order"),
+            };
+            out.push(format!("{verdict}: {}:{line} `{path}`", file.display()));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_module_imports_against_the_layer_order_lib_rs_documents() {
+    let (g, _) = graph();
+    let found = against_layers(&g, &documented_layers());
+    assert!(
+        found.is_empty(),
+        "{} import(s) against the layer order in src/lib.rs:\n  {}",
+        found.len(),
+        found.join("\n  ")
+    );
+}
+
+#[test]
+fn the_layer_check_catches_an_import_that_points_up() {
+    let layers: Vec<Vec<String>> = vec![
+        vec!["model".into()],
+        vec!["route".into()],
+        vec!["proxy".into()],
+    ];
+    let edge = |from: &str, to: &str| {
+        let mut g = Graph::new();
+        let seen = (PathBuf::from("src/x.rs"), 7, format!("crate::{to}"));
+        g.entry(from.to_string())
+            .or_default()
+            .insert(to.to_string(), seen);
+        against_layers(&g, &layers)
+    };
+    assert!(edge("proxy::handler", "route::snapshot").is_empty());
+    assert!(edge("proxy::handler", "proxy::io").is_empty());
+    let up = edge("route::snapshot", "proxy::io");
+    assert_eq!(up.len(), 1);
+    assert!(up[0].contains("`route` may not use `proxy`"), "{up:?}");
+    assert!(up[0].contains("src/x.rs:7"), "{up:?}");
+    let unknown = edge("api", "model");
+    assert!(
+        unknown[0].contains("`api` is not in lib.rs's layer order"),
+        "{unknown:?}"
+    );
+    // The documented order is read as groups, lowest first.
+    let documented = documented_layers();
+    assert_eq!(documented[0].first().map(String::as_str), Some("model"));
 }
 
 #[test]
