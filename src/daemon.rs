@@ -283,7 +283,9 @@ pub fn run_with(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    // A `LocalSet`: health probes use the data plane's connections, whose
+    // HTTP/2 side runs in local tasks.
+    tokio::task::LocalSet::new().block_on(&rt, async {
         // Registered before anything is served: SIGUSR1's default action
         // is to terminate, and logrotate may send it at any moment.
         let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
@@ -296,7 +298,8 @@ pub fn run_with(
         tokio::spawn(reload_on_sighup(admin.clone()));
         tokio::spawn(upgrade_on_sigusr2(admin.clone()));
         tokio::spawn(reopen_on_sigusr1(shared.clone(), usr1));
-        tokio::spawn(crate::control::health::supervise(shared.clone()));
+        let probe = crate::proxy::session::probe;
+        tokio::task::spawn_local(crate::control::health::supervise(shared.clone(), probe));
         tokio::spawn(crate::control::resolve::run(admin.clone(), shared.shutdown.subscribe()));
         tokio::spawn(drive_rollouts(admin.clone(), shared.shutdown.subscribe()));
         // Serving: the process being replaced (if any) may stop now, and a

@@ -8,29 +8,37 @@
 //! comes back when the probe succeeds. Verdicts live on the long-lived
 //! `Server`, so a snapshot swap or a reload does not reset them.
 //!
+//! The probe itself is the data plane's ([`Probe`], given by the daemon):
+//! it reaches the server the way requests do, so a check passes only if
+//! traffic could pass. Checks run as local tasks on the control thread.
+//!
 //! The supervisor follows snapshot swaps: new servers get a task, removed
 //! ones lose theirs, and a changed health config restarts the task.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::config::{Color, HealthConfig, PassiveConfig, Protocol};
+use crate::config::{Color, HealthConfig, PassiveConfig};
 use crate::route::Server;
 
 /// How often a server without an active check looks at its passive flag.
 const PASSIVE_TICK: Duration = Duration::from_millis(250);
 
-/// Run until shutdown, keeping one check task per server.
-pub async fn supervise(shared: Arc<Shared>) {
+/// A probe of one server: `GET path` answered 2xx or 3xx within the
+/// timeout, or with no path a connection made.
+pub type Probe = fn(Arc<Server>, Option<String>, Duration) -> Pin<Box<dyn Future<Output = bool>>>;
+
+/// Run until shutdown, keeping one check task per server. Runs on a
+/// `LocalSet`.
+pub async fn supervise(shared: Arc<Shared>, probe: Probe) {
     let mut tasks: HashMap<usize, (Option<HealthConfig>, PassiveConfig, JoinHandle<()>)> =
         HashMap::new();
     let mut swapped = shared.swapped.subscribe();
@@ -68,7 +76,7 @@ pub async fn supervise(shared: Arc<Shared>) {
                     server.active_ok.store(true, Relaxed);
                     server.refresh_health();
                 }
-                let task = tokio::spawn(check(server, health.clone(), passive));
+                let task = tokio::task::spawn_local(check(server, health.clone(), passive, probe));
                 slot.insert((health, passive, task));
             }
         }
@@ -83,7 +91,12 @@ pub async fn supervise(shared: Arc<Shared>) {
 }
 
 /// One server's checks, forever (aborted by the supervisor).
-async fn check(server: Arc<Server>, health: Option<HealthConfig>, passive: PassiveConfig) {
+async fn check(
+    server: Arc<Server>,
+    health: Option<HealthConfig>,
+    passive: PassiveConfig,
+    probe: Probe,
+) {
     let (mut rises, mut falls) = (0u32, 0u32);
     let mut passive_since: Option<Instant> = None;
     let mut next = Instant::now();
@@ -93,7 +106,7 @@ async fn check(server: Arc<Server>, health: Option<HealthConfig>, passive: Passi
         next = Instant::now() + tick;
         let mut probed: Option<bool> = None;
         if let Some(h) = &health {
-            let ok = probe(&server, Some(&h.path), h.timeout).await;
+            let ok = probe(server.clone(), Some(h.path.clone()), h.timeout).await;
             probed = Some(ok);
             if ok {
                 falls = 0;
@@ -114,7 +127,7 @@ async fn check(server: Arc<Server>, health: Option<HealthConfig>, passive: Passi
             if since.elapsed() >= passive.cooldown {
                 let ok = match probed {
                     Some(ok) => ok,
-                    None => probe(&server, None, Duration::from_secs(1)).await,
+                    None => probe(server.clone(), None, Duration::from_secs(1)).await,
                 };
                 if ok {
                     server.consecutive_failures.store(0, Relaxed);
@@ -130,60 +143,4 @@ async fn check(server: Arc<Server>, health: Option<HealthConfig>, passive: Passi
         }
         server.refresh_health();
     }
-}
-
-/// `GET path` (2xx/3xx within `timeout`), or with no path a connect. Both
-/// connect as requests do: the PROXY header (naming no client) and TLS, if
-/// the pool has them, so a certificate the proxy would refuse fails here.
-async fn probe(server: &Server, path: Option<&str>, timeout: Duration) -> bool {
-    let attempt = async {
-        let stream = match crate::tls::connect(server.addr, &server.transport, None).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(server = %server.addr, error = %e, "health check connect failed");
-                return None;
-            }
-        };
-        let Some(path) = path else { return Some(true) };
-        let io = TokioIo::new(stream);
-        let status = if server.protocol == Protocol::H2 {
-            // An h2c-only server (gRPC, say) is probed in its own protocol.
-            let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-                hyper_util::rt::TokioExecutor::new(),
-                io,
-            )
-            .await
-            .ok()?;
-            let conn = tokio::spawn(conn);
-            let scheme = if server.transport.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            let uri = format!("{scheme}://{}{}", server.addr, path);
-            let req = http::Request::get(uri)
-                .header(http::header::USER_AGENT, "cutover-health-check")
-                .body(Empty::new())
-                .ok()?;
-            let status = tx.send_request(req).await.ok()?.status();
-            conn.abort();
-            status
-        } else {
-            let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
-                .await
-                .ok()?;
-            let conn = tokio::spawn(conn);
-            let req = http::Request::get(path)
-                .header(http::header::HOST, server.addr.to_string())
-                .header(http::header::USER_AGENT, "cutover-health-check")
-                .header(http::header::CONNECTION, "close")
-                .body(Empty::new())
-                .ok()?;
-            let status = tx.send_request(req).await.ok()?.status();
-            conn.abort();
-            status
-        };
-        Some(status.is_success() || status.is_redirection())
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }

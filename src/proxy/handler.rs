@@ -31,6 +31,7 @@ use super::headers;
 use super::io::ConnInfo;
 use super::request;
 use super::response::ResponseBody;
+use super::session;
 use super::upstream::{Lease, Pooled, Sender};
 use super::worker::Worker;
 use crate::config::{AccessFormat, OwnAnswers, Protocol, RequestId, Sticky};
@@ -641,17 +642,11 @@ async fn send_again(
     mut p: Prepared,
     server: Arc<Server>,
 ) -> Response<ResponseBody> {
-    let fresh = worker
-        .upstreams
-        .connect(&server, p.connect_timeout, (conn.peer, conn.local))
-        .await;
+    let client = (conn.peer, conn.local);
+    let fresh = session::fresh_h1(&worker.upstreams, &server, p.connect_timeout, client).await;
     let (mut c, lease) = match fresh {
-        Ok(Pooled {
-            tx: Sender::H1(c),
-            lease,
-        }) => (c, lease),
-        other => {
-            let why = other.err().unwrap_or_else(other_protocol);
+        Ok(fresh) => fresh,
+        Err(why) => {
             connect_error(&server, &p.answer.pool, &why);
             return connect_failed(p.answer, &conn);
         }
@@ -760,7 +755,7 @@ async fn send_h2(
                         tx: Sender::H2(tx), ..
                     }) => tx,
                     other => {
-                        let why = other.err().unwrap_or_else(other_protocol);
+                        let why = other.err().unwrap_or_else(session::other_protocol);
                         connect_error(&lease.server, &p.answer.pool, &why);
                         return connect_failed(p.answer, &conn);
                     }
@@ -951,7 +946,8 @@ fn rebuild(h: HeadCopy) -> Request<RequestBody> {
     req
 }
 
-/// A pooled connection if one is idle and usable, else a new one.
+/// A pooled connection if one is idle and usable, else a new one; a
+/// failure is held against the server.
 async fn connection(
     worker: &Worker,
     conn: &ConnInfo,
@@ -960,25 +956,10 @@ async fn connection(
     connect_timeout: Duration,
     now: tokio::time::Instant,
 ) -> Result<Pooled, ()> {
-    while let Some(mut c) = worker.upstreams.take(server, now, conn.peer) {
-        match &mut c.tx {
-            Sender::H1(_) => return Ok(c),
-            Sender::H2(tx) => {
-                if tx.ready().await.is_ok() {
-                    return Ok(c);
-                }
-            }
-        }
-    }
-    // Boxed: the connect future is large and rarely needed.
     let client = (conn.peer, conn.local);
-    match Box::pin(worker.upstreams.connect(server, connect_timeout, client)).await {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            connect_error(server, pool, &e);
-            Err(())
-        }
-    }
+    session::connection(&worker.upstreams, server, connect_timeout, client, now)
+        .await
+        .map_err(|e| connect_error(server, pool, &e))
 }
 
 /// A connection to `server` could not be made: counted, held against its
@@ -988,12 +969,6 @@ fn connect_error(server: &Server, pool: &Pool, e: &std::io::Error) {
     server.connect_errors.fetch_add(1, Relaxed);
     server.record_failure(&pool.config.passive);
     tracing::warn!(server = %server.addr, app = %server.app, color = %server.color, error = %e, "upstream connect failed");
-}
-
-/// A fresh connection of the other protocol: the pool's protocol changed
-/// by a reload while the request waited.
-fn other_protocol() -> std::io::Error {
-    std::io::Error::other("the new connection speaks the other protocol (the pool changed)")
 }
 
 /// Did the exchange fail because of the request body? Its own error is

@@ -40,6 +40,7 @@ use super::h1;
 use super::headers;
 use super::io::ConnInfo;
 use super::request;
+use super::session;
 use super::upstream::{Pooled, Sender};
 use super::worker::Worker;
 use crate::config::{Color, MirrorConfig, Protocol};
@@ -456,18 +457,10 @@ async fn send(
         // A pooled connection the standby had closed: the copy did not
         // reach it (or, bodiless and idempotent, cannot matter twice).
         if lease.reused && e.may_send_again(head.method.is_idempotent()) {
-            let fresh = worker
-                .mirror_upstreams
-                .connect(server, connect_timeout, client)
-                .await;
-            let Ok(Pooled {
-                tx: Sender::H1(fresh),
-                lease: fresh_lease,
-            }) = fresh
-            else {
-                return Err(Failure::Connect);
-            };
-            (c, lease) = (fresh, fresh_lease);
+            let pools = &worker.mirror_upstreams;
+            (c, lease) = session::fresh_h1(pools, server, connect_timeout, client)
+                .await
+                .map_err(|_| Failure::Connect)?;
             let mut copy = body.map(RequestBody::copy);
             sent = c.send(outgoing(head, &parts), copy.as_mut()).await;
         }
@@ -541,25 +534,16 @@ async fn connection(
     client: (SocketAddr, SocketAddr),
 ) -> Result<Pooled, Failure> {
     let now = tokio::time::Instant::now();
-    while let Some(mut c) = worker.mirror_upstreams.take(server, now, client.0) {
-        match &mut c.tx {
-            Sender::H1(_) => return Ok(c),
-            Sender::H2(tx) => {
-                if tx.ready().await.is_ok() {
-                    return Ok(c);
-                }
-            }
-        }
-    }
-    match worker
-        .mirror_upstreams
-        .connect(server, connect_timeout, client)
-        .await
-    {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            tracing::debug!(server = %server.addr, error = %e, "mirror connect failed");
-            Err(Failure::Connect)
-        }
-    }
+    session::connection(
+        &worker.mirror_upstreams,
+        server,
+        connect_timeout,
+        client,
+        now,
+    )
+    .await
+    .map_err(|e| {
+        tracing::debug!(server = %server.addr, error = %e, "mirror connect failed");
+        Failure::Connect
+    })
 }

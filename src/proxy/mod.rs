@@ -13,7 +13,11 @@
 //! - [`request`]: Host, target and path checks before routing;
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
 //! - [`h1`]: the HTTP/1.1 upstream client (codec, connection);
-//! - [`upstream`]: per-worker, per-server connection pools;
+//! - [`upstream`]: per-worker, per-server connection pools, and opening
+//!   a connection;
+//! - [`session`]: the one way to a server — take or connect, a fresh
+//!   connection to send again, a health probe — for live requests,
+//!   mirrored copies and health checks alike;
 //! - [`mirror`]: shadow traffic — copies of sampled live requests sent to
 //!   the standby colour from detached tasks, on pools of their own, and
 //!   compared with the live answers;
@@ -48,6 +52,7 @@ mod mirror;
 mod proxy_protocol;
 mod request;
 mod response;
+pub mod session;
 mod tunnel;
 mod upstream;
 mod worker;

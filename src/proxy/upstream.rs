@@ -210,10 +210,9 @@ impl Upstreams {
         })
     }
 
-    /// Open a new connection to `server`: HTTP/1.1, or HTTP/2; over TLS if
-    /// its pool says so, after a PROXY header naming `client` (its address,
-    /// the listener's) if its pool sends one. `timeout` bounds the TCP
-    /// connect and the TLS handshake together.
+    /// Open a new connection to `server` ([`open`]) for the pool; an
+    /// HTTP/2 one becomes the server's shared connection. `client`: the
+    /// client's address and the listener's, for a PROXY header.
     pub async fn connect(
         &self,
         server: &Arc<Server>,
@@ -221,45 +220,24 @@ impl Upstreams {
         client: (SocketAddr, SocketAddr),
     ) -> io::Result<Pooled> {
         let proxied = server.transport.proxy_protocol.is_some().then_some(client);
-        let open = crate::tls::connect(server.addr, &server.transport, proxied);
-        let stream = match tokio::time::timeout(timeout, open).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-        };
-        let tx = if server.protocol == Protocol::H2 {
-            let (tx, conn) = http2::Builder::new(LocalExec)
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(Duration::from_secs(20)))
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(io::Error::other)?;
-            let counted = Counted::new(server);
-            let addr = server.addr;
-            tokio::task::spawn_local(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(server = %addr, error = %e, "upstream h2 connection ended");
-                }
-                drop(counted);
-            });
+        let tx = open(server, timeout, proxied, Counting::Yes).await?;
+        let now = Instant::now();
+        if let Sender::H2(tx) = &tx {
             let mut h2 = self.h2.borrow_mut();
             if h2.len() <= server.id {
                 h2.resize_with(server.id + 1, || None);
             }
-            let now = Instant::now();
             h2[server.id] = Some(Shared2 {
                 tx: tx.clone(),
                 created: now,
                 last_used: now,
             });
-            Sender::H2(tx)
-        } else {
-            Sender::H1(Box::new(Conn::new(stream, server, proxied.map(|c| c.0))))
-        };
+        }
         Ok(Pooled {
             tx,
             lease: Lease {
                 server: server.clone(),
-                created: Instant::now(),
+                created: now,
                 reused: false,
             },
         })
@@ -401,4 +379,49 @@ impl Upstreams {
         self.idle.borrow_mut().clear();
         self.h2.borrow_mut().clear();
     }
+}
+
+/// Is a connection counted in its server's `open_connections`? Traffic's
+/// are (they show a pool draining); a health probe's are not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    Yes,
+    No,
+}
+
+/// A new connection to `server`, as every request, copy and probe gets
+/// one: TCP, the PROXY header naming `proxied` (or no one) if the pool
+/// sends one, TLS if it uses it — `timeout` bounds those together — and
+/// then cutover's HTTP/1.1 client, or an HTTP/2 handshake (h2c, or h2
+/// over TLS) whose connection runs in a task of its own.
+pub async fn open(
+    server: &Arc<Server>,
+    timeout: Duration,
+    proxied: Option<(SocketAddr, SocketAddr)>,
+    counting: Counting,
+) -> io::Result<Sender> {
+    let open = crate::tls::connect(server.addr, &server.transport, proxied);
+    let stream = match tokio::time::timeout(timeout, open).await {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    };
+    let counted = (counting == Counting::Yes).then(|| Counted::new(server));
+    if server.protocol != Protocol::H2 {
+        let conn = Conn::new(stream, counted, proxied.map(|c| c.0));
+        return Ok(Sender::H1(Box::new(conn)));
+    }
+    let (tx, conn) = http2::Builder::new(LocalExec)
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    let addr = server.addr;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(server = %addr, error = %e, "upstream h2 connection ended");
+        }
+        drop(counted);
+    });
+    Ok(Sender::H2(tx))
 }

@@ -70,7 +70,8 @@ pub struct Conn {
     out: Vec<u8>,
     /// The next read's size; grows while a long body fills every read.
     read_size: usize,
-    counted: Counted,
+    /// `None` for a health probe's connection, which carries no traffic.
+    counted: Option<Counted>,
     /// The client whose address the connection's PROXY header gave, if it
     /// sent one: the pool hands the connection to no other client.
     pub proxied_for: Option<SocketAddr>,
@@ -152,13 +153,13 @@ enum Sending {
 }
 
 impl Conn {
-    pub fn new(io: Stream, server: &Arc<Server>, proxied_for: Option<SocketAddr>) -> Conn {
+    pub fn new(io: Stream, counted: Option<Counted>, proxied_for: Option<SocketAddr>) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
             read_size: READ_SIZE,
-            counted: Counted::new(server),
+            counted,
             proxied_for,
         }
     }
@@ -367,7 +368,7 @@ impl Conn {
 
     /// The connection after a `101` or a 2xx to `CONNECT`: the socket, what
     /// was read past the head (the tunnel's first bytes), and its count.
-    pub fn into_tunnel(self) -> (Stream, Bytes, Counted) {
+    pub fn into_tunnel(self) -> (Stream, Bytes, Option<Counted>) {
         (self.io, self.buf.freeze(), self.counted)
     }
 }
