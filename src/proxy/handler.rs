@@ -36,7 +36,7 @@ use super::upstream::{Lease, Pooled, Sender};
 use super::worker::Worker;
 use crate::config::{AccessFormat, OwnAnswers, Protocol, RequestId, Sticky};
 use crate::route::rule::RequestView;
-use crate::route::snapshot::{Placed, Settings};
+use crate::route::snapshot::{Placed, Settings, Snapshot};
 use crate::route::{Pool, Server, Timeout};
 
 static COLOR_VALUES: [HeaderValue; 2] = [
@@ -234,10 +234,47 @@ struct Answer {
     compress: Option<compress::Plan>,
 }
 
-/// Phases 1–3: route, check limits, rewrite the request. `Err` is the
-/// answer of a request that goes no further. (Both sides are large, and
-/// both are moved once, into the request's future: boxing either would
-/// add an allocation per request.)
+/// Why a request goes no further than the proxy, and whose answers say so
+/// (the app's, once it is known; `[server]`'s before).
+enum Stop<'a> {
+    /// A plain request of an app that wants https.
+    Redirect(&'a OwnAnswers),
+    Error(ProxyError, &'a OwnAnswers),
+}
+
+impl Stop<'_> {
+    fn answer(
+        self,
+        ex: Exchange,
+        conn: &ConnInfo,
+        req: &Request<Incoming>,
+        host: &str,
+    ) -> Response<ResponseBody> {
+        match self {
+            Stop::Redirect(own) => redirect(ex, own, host, req.uri()),
+            Stop::Error(err, own) => fail(ex, err, own, conn.tls),
+        }
+    }
+}
+
+/// What routing decided for a request (phase 2), for the phases after it.
+struct Routed {
+    pool: Arc<Pool>,
+    /// Placed by a rule (not by the split or the live colour).
+    by_rule: bool,
+    /// Drawn for a copy to the standby colour.
+    sampled: Option<super::mirror::Sampled>,
+    set_cookie: Option<HeaderValue>,
+    compression: Option<Arc<crate::config::Compression>>,
+    hop: headers::HopFields,
+    /// An upgrade the client asked for and `[server] upgrades` allows.
+    upgrade: bool,
+}
+
+/// Phases 1–3: check the request, route it, check its limits, rewrite it.
+/// `Err` is the answer of a request that goes no further. (Both sides are
+/// large, and both are moved once, into the request's future: boxing
+/// either would add an allocation per request.)
 #[allow(clippy::result_large_err)]
 fn prepare(
     worker: &Rc<Worker>,
@@ -245,41 +282,133 @@ fn prepare(
     mut req: Request<Incoming>,
     mut ex: Exchange,
 ) -> Result<Prepared, Response<ResponseBody>> {
-    // Phase 1: route, with one snapshot load.
+    // One snapshot load for the whole request.
     let snap = worker.shared.snapshot.load();
     let bytes_in = extras(&snap.settings, conn, &mut req, &mut ex);
-    let limits = &snap.settings.limits;
-    let (max_body, connect_timeout, response_timeout) = (
-        limits.max_body_bytes,
-        limits.upstream_connect_timeout,
-        limits.upstream_response_timeout,
-    );
-    let (body_timeout, read_timeout) = (limits.client_body_timeout, limits.upstream_read_timeout);
-    let color_header = snap.settings.color_header;
     // Before any answer, so that every access log line, refusals and
     // redirects too, names the client behind a trusted proxy.
-    let client_ip = if conn.trusted {
-        headers::client_behind(
-            req.headers(),
-            conn.peer.ip(),
-            &snap.settings.trusted_proxies,
-        )
-    } else {
-        conn.peer.ip()
-    };
+    let client_ip = client_ip(&snap.settings, conn, &req);
     if let Some(f) = ex.log_fields() {
         f.client = client_ip;
     }
-    let target = match request::check(req.method(), req.uri(), req.version(), req.headers()) {
+    // Phase 1: the request's own checks.
+    let answers = &snap.settings.answers;
+    let target = match checked(conn, &req) {
         Ok(t) => t,
-        Err(why) => return Err(refuse(ex, conn, why, &snap.settings.answers)),
+        Err(why) => return Err(refuse(ex, conn, why, answers)),
     };
+    // Phase 2: route.
+    let routed = match route(&snap, conn, &req, &target, client_ip, &mut ex) {
+        Ok(r) => r,
+        Err(stop) => return Err(stop.answer(ex, conn, &req, target.host())),
+    };
+    // Phase 2b: limits that need no upstream, and the server.
+    let limits = &snap.settings.limits;
+    let pool = routed.pool.clone();
+    ex.choose(&pool, !routed.by_rule);
+    let server = match server_for(&pool, &req, limits.max_body_bytes) {
+        Ok(s) => s,
+        Err(err) => return Err(fail(ex, err, &pool.answers, conn.tls)),
+    };
+    ex.bind(&server);
+
+    // Phase 3: the upstream request.
+    let (mut parts, body) = req.into_parts();
+    let from_h2 = parts.version == Version::HTTP_2;
+    let upgrade = routed.upgrade;
+    let client_upgrade = if upgrade || parts.method == Method::CONNECT {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    // Read before the request's fields are rewritten: `Accept-Encoding`
+    // goes upstream as the client sent it (the upstream may compress
+    // itself, and then the proxy leaves the body alone).
+    let compress = routed
+        .compression
+        .and_then(|c| compress::Plan::new(c, &parts.method, &parts.headers, upgrade));
+    let routed_authority = routed
+        .sampled
+        .as_ref()
+        .and_then(|_| target.authority.clone());
+    let forwarded_host = match rewrite(&mut parts, conn, &server, target, routed.hop, upgrade) {
+        Some(f) => f,
+        None => return Err(fail(ex, ProxyError::BadRequest, &pool.answers, conn.tls)),
+    };
+    let asked = h1::Asked::new(&parts.method, upgrade);
+    // The hook of shadow traffic: the copy starts from the rewritten
+    // request.
+    let tee = routed.sampled.and_then(|s| {
+        let live = super::mirror::Live {
+            parts: &parts,
+            body: &body,
+            upgrade,
+            authority: routed_authority.as_ref(),
+            forwarded_host: forwarded_host.as_ref(),
+            request_id: ex.request_id(),
+        };
+        let (tee, tap) = super::mirror::start(worker, conn, s, live)?;
+        ex.mirror = Some(tap);
+        tee
+    });
+    Ok(Prepared {
+        bodiless: body.is_end_stream(),
+        from_h2,
+        body: RequestBody::new(body, limits.max_body_bytes, limits.client_body_timeout)
+            .counting(bytes_in)
+            .teeing(tee),
+        parts,
+        asked,
+        forwarded_host,
+        server,
+        connect_timeout: limits.upstream_connect_timeout,
+        response_timeout: limits.upstream_response_timeout,
+        sent: std::cell::Cell::new(false),
+        answer: Answer {
+            ex,
+            read_timeout: limits.upstream_read_timeout,
+            pool,
+            client_upgrade,
+            set_cookie: routed.set_cookie,
+            color_header: snap.settings.color_header,
+            compress,
+        },
+    })
+}
+
+/// Phase 2b: a body too large for `max_body` by its length is refused
+/// before any upstream is involved; then a server of the pool.
+fn server_for(
+    pool: &Pool,
+    req: &Request<Incoming>,
+    max_body: u64,
+) -> Result<Arc<Server>, ProxyError> {
+    // hyper parsed and checked `Content-Length` (for HTTP/2 too): the
+    // body's exact size hint is that length, with no second lookup.
+    if max_body > 0 && req.body().size_hint().exact().is_some_and(|n| n > max_body) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    pool.pick(None).cloned().ok_or(ProxyError::NoHealthyServer)
+}
+
+/// The client's address: the peer's, or from a trusted proxy, the one it
+/// forwarded for.
+fn client_ip(settings: &Settings, conn: &ConnInfo, req: &Request<Incoming>) -> std::net::IpAddr {
+    if !conn.trusted {
+        return conn.peer.ip();
+    }
+    headers::client_behind(req.headers(), conn.peer.ip(), &settings.trusted_proxies)
+}
+
+/// Phase 1: the request's target (Host, path) and framing, before it is
+/// routed anywhere.
+fn checked(conn: &ConnInfo, req: &Request<Incoming>) -> Result<request::Target, request::Invalid> {
+    let target = request::check(req.method(), req.uri(), req.version(), req.headers())?;
     // hyper keeps `Transfer-Encoding` and drops the length beside it, and
     // keeps one of two equal lengths: the socket saw them (a flag read
     // per request).
     if conn.state.saw_bad_framing() && conn.state.take_bad_framing() {
-        let why = request::Invalid::BadFraming;
-        return Err(refuse(ex, conn, why, &snap.settings.answers));
+        return Err(request::Invalid::BadFraming);
     }
     // A body of unknown length on HTTP/1.1 is chunked: its coding must be
     // `chunked` alone (hyper takes any list that ends with it).
@@ -288,30 +417,42 @@ fn prepare(
         && req.body().size_hint().exact().is_none()
         && !request::only_chunked(req.headers())
     {
-        let why = request::Invalid::BadCoding;
-        return Err(refuse(ex, conn, why, &snap.settings.answers));
+        return Err(request::Invalid::BadCoding);
     }
-    let host_str = target
+    Ok(target)
+}
+
+/// Phase 2: the app, the colour and its pool, and what the app does to
+/// the answer; the access log learns the app and how it was placed.
+fn route<'s>(
+    snap: &'s Snapshot,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+    target: &request::Target,
+    client_ip: std::net::IpAddr,
+    ex: &mut Exchange,
+) -> Result<Routed, Stop<'s>> {
+    let host = target
         .authority
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let path = target.path(req.uri());
-    let found = snap.find_app(host_str, path);
+    let found = snap.find_app(host, path);
     let own = found.map_or(&*snap.settings.answers, |a| &*a.answers);
     // Plain requests of an app that wants https go no further; one a
     // TLS-terminating proxy in front already took over https is let
     // through, or it would come back forever.
     if !conn.tls && own.redirect_https && !behind_tls(conn, req.headers()) {
-        return Err(redirect(ex, own, host_str, req.uri()));
+        return Err(Stop::Redirect(own));
     }
     let Some(app) = found else {
-        return Err(fail(ex, ProxyError::NoApp, own, conn.tls));
+        return Err(Stop::Error(ProxyError::NoApp, own));
     };
     // `CONNECT` makes a raw tunnel of the connection if the app says 2xx:
     // only for an app that asks for it.
     if req.method() == Method::CONNECT && !own.allow_connect {
-        return Err(fail(ex, ProxyError::MethodNotAllowed, own, conn.tls));
+        return Err(Stop::Error(ProxyError::MethodNotAllowed, own));
     }
     let view = RequestView::new(path, req.headers(), client_ip, Some(&conn.memo));
     let decision = app.decide(&view);
@@ -326,50 +467,39 @@ fn prepare(
             Placed::Live => "live".into(),
         });
     }
-    let pool = app.pool(decision.color).clone();
-    // Drawn while the app is at hand; the copy starts from the rewritten
-    // request, at the end of phase 3.
-    let sampled = super::mirror::sample(app, decision.color);
     let set_cookie = match (&decision.new_cookie, &app.sticky) {
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
         _ => None,
     };
-    let compression = app.compress.clone();
     let hop = headers::HopFields::scan(req.headers());
-    let upgrade = hop.upgrade_requested(req.headers())
-        && headers::upgrade_allowed(req.headers(), &snap.settings.upgrades);
-    drop(snap);
+    Ok(Routed {
+        pool: app.pool(decision.color).clone(),
+        by_rule: matches!(decision.placed, Placed::Rule(_)),
+        // Drawn while the app is at hand; the copy starts in phase 3.
+        sampled: super::mirror::sample(app, decision.color),
+        set_cookie,
+        compression: app.compress.clone(),
+        hop,
+        upgrade: hop.upgrade_requested(req.headers())
+            && headers::upgrade_allowed(req.headers(), &snap.settings.upgrades),
+    })
+}
 
-    // Phase 2: limits that need no upstream.
-    ex.choose(&pool, !matches!(decision.placed, Placed::Rule(_)));
-    // hyper parsed and checked `Content-Length` (for HTTP/2 too): the
-    // body's exact size hint is that length, with no second lookup.
-    if max_body > 0 && req.body().size_hint().exact().is_some_and(|n| n > max_body) {
-        return Err(fail(ex, ProxyError::BodyTooLarge, &pool.answers, conn.tls));
-    }
-    let Some(server) = pool.pick(None).cloned() else {
-        return Err(fail(
-            ex,
-            ProxyError::NoHealthyServer,
-            &pool.answers,
-            conn.tls,
-        ));
-    };
-    ex.bind(&server);
-
-    // Phase 3: the upstream request.
-    let (mut parts, body) = req.into_parts();
-    let from_h2 = parts.version == Version::HTTP_2;
-    let client_upgrade = if upgrade || parts.method == Method::CONNECT {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    };
-    // Read before the request's fields are rewritten: `Accept-Encoding`
-    // goes upstream as the client sent it (the upstream may compress
-    // itself, and then the proxy leaves the body alone).
-    let compress =
-        compression.and_then(|c| compress::Plan::new(c, &parts.method, &parts.headers, upgrade));
+/// Phase 3: the request's fields and target as `server` takes them —
+/// hop-by-hop fields out, the client's forwarding claims out unless a
+/// trusted proxy made them, ours in, `Host` from the routed authority, and
+/// the target in the form the upstream's protocol wants. `Some(host)`:
+/// the `X-Forwarded-*` fields are left to the HTTP/1.1 client to write,
+/// with `host` as `X-Forwarded-Host`. `None`: the target cannot be sent.
+#[allow(clippy::option_option)]
+fn rewrite(
+    parts: &mut http::request::Parts,
+    conn: &ConnInfo,
+    server: &Server,
+    target: request::Target,
+    hop: headers::HopFields,
+    upgrade: bool,
+) -> Option<Option<Option<HeaderValue>>> {
     let named_removed = headers::strip_found(&mut parts.headers, hop, upgrade);
     // Who the client is and how it came is believed only from a trusted
     // proxy; anyone else's claims are removed before ours are added.
@@ -382,7 +512,6 @@ fn prepare(
     // the header map is left as it is.
     let h1 = server.protocol != Protocol::H2;
     let authority = target.authority;
-    let routed = sampled.as_ref().and_then(|_| authority.clone());
     let forwarded_host = if h1 && !claims {
         Some(authority.clone())
     } else {
@@ -408,43 +537,22 @@ fn prepare(
         }
     }
     let new_pq = match &target.path {
-        Some(p) => match request::path_and_query(p, &parts.uri) {
-            Some(pq) => Some(pq),
-            None => return Err(fail(ex, ProxyError::BadRequest, &pool.answers, conn.tls)),
-        },
+        Some(p) => Some(request::path_and_query(p, &parts.uri)?),
         None => None,
     };
-    if server.protocol == Protocol::H2 {
-        // h2 upstreams take the target as :scheme, :authority and :path,
-        // and the authority stands for `Host` (RFC 9113 §8.3.1): the field
-        // is not sent beside it, as strict servers (nginx) refuse a request
-        // that names its host twice.
-        parts.headers.remove(header::HOST);
-        // An upstream reached over TLS is an `https` target: its :scheme
-        // says so (RFC 9113 §8.3.1).
-        let tls = server.transport.tls.is_some();
-        // An HTTP/2 client's absolute target that already names this host
-        // is kept as it is (no new URI per request).
-        let kept = new_pq.is_none()
-            && parts
-                .uri
-                .scheme()
-                .is_some_and(|s| !tls || *s == Scheme::HTTPS)
-            && parts.uri.authority().map(|a| a.as_str().as_bytes())
-                == authority.as_ref().map(|a| a.as_bytes());
-        if !kept && parts.method != Method::CONNECT {
-            // No host at all (HTTP/1.0): hyper's h2 client needs one.
-            let authority = authority.unwrap_or_else(|| HeaderValue::from_static("localhost"));
-            let pq = new_pq.or_else(|| parts.uri.path_and_query().cloned());
-            let pq = pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-            let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
-            match request::absolute(scheme, &authority, pq) {
-                Some(uri) => parts.uri = uri,
-                None => return Err(fail(ex, ProxyError::BadRequest, &pool.answers, conn.tls)),
-            }
-        }
-        parts.version = Version::HTTP_2;
-    } else {
+    target_for(parts, server, authority, new_pq)?;
+    Some(forwarded_host)
+}
+
+/// The request's target and version as `server`'s protocol takes them.
+/// `new_pq`: a normalized path to send instead of the request's own.
+fn target_for(
+    parts: &mut http::request::Parts,
+    server: &Server,
+    authority: Option<HeaderValue>,
+    new_pq: Option<http::uri::PathAndQuery>,
+) -> Option<()> {
+    if server.protocol != Protocol::H2 {
         if parts.version == Version::HTTP_2 {
             headers::join_cookies(&mut parts.headers);
         }
@@ -457,44 +565,35 @@ fn prepare(
             parts.uri = Uri::from(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         }
         parts.version = Version::HTTP_11;
+        return Some(());
     }
-    let asked = h1::Asked::new(&parts.method, upgrade);
-    let tee = sampled.and_then(|s| {
-        let live = super::mirror::Live {
-            parts: &parts,
-            body: &body,
-            upgrade,
-            authority: routed.as_ref(),
-            forwarded_host: forwarded_host.as_ref(),
-            request_id: ex.request_id(),
-        };
-        let (tee, tap) = super::mirror::start(worker, conn, s, live)?;
-        ex.mirror = Some(tap);
-        tee
-    });
-    Ok(Prepared {
-        bodiless: body.is_end_stream(),
-        from_h2,
-        body: RequestBody::new(body, max_body, body_timeout)
-            .counting(bytes_in)
-            .teeing(tee),
-        parts,
-        asked,
-        forwarded_host,
-        server,
-        connect_timeout,
-        response_timeout,
-        sent: std::cell::Cell::new(false),
-        answer: Answer {
-            ex,
-            read_timeout,
-            pool,
-            client_upgrade,
-            set_cookie,
-            color_header,
-            compress,
-        },
-    })
+    // h2 upstreams take the target as :scheme, :authority and :path, and
+    // the authority stands for `Host` (RFC 9113 §8.3.1): the field is not
+    // sent beside it, as strict servers (nginx) refuse a request that
+    // names its host twice.
+    parts.headers.remove(header::HOST);
+    // An upstream reached over TLS is an `https` target: its :scheme says
+    // so (RFC 9113 §8.3.1).
+    let tls = server.transport.tls.is_some();
+    // An HTTP/2 client's absolute target that already names this host is
+    // kept as it is (no new URI per request).
+    let kept = new_pq.is_none()
+        && parts
+            .uri
+            .scheme()
+            .is_some_and(|s| !tls || *s == Scheme::HTTPS)
+        && parts.uri.authority().map(|a| a.as_str().as_bytes())
+            == authority.as_ref().map(|a| a.as_bytes());
+    if !kept && parts.method != Method::CONNECT {
+        // No host at all (HTTP/1.0): hyper's h2 client needs one.
+        let authority = authority.unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        let pq = new_pq.or_else(|| parts.uri.path_and_query().cloned());
+        let pq = pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+        parts.uri = request::absolute(scheme, &authority, pq)?;
+    }
+    parts.version = Version::HTTP_2;
+    Some(())
 }
 
 /// Phases 4–6. A plain `fn` returning an `async move` block, which captures

@@ -68,6 +68,14 @@ pub struct Target {
 }
 
 impl Target {
+    /// The host to route by (empty when the request named none).
+    pub fn host(&self) -> &str {
+        self.authority
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+    }
+
     /// The path to route by.
     /// The path the request routes by: `CONNECT`'s authority-form target
     /// has none, and routes as `/`.
