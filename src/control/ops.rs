@@ -9,7 +9,6 @@
 //! in here awaits, so the lock is never held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +17,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::judge::Counts;
 use super::rollout::{self, Look, Next, Phase, Plan, Rollout};
-use super::state::{History, HistoryEntry, StateError, StateFile};
+use super::state::{Commit, FileStore, History, HistoryEntry, NoStore, State, StateFile, Store};
 use super::Shared;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
 use crate::route::snapshot::{ServerSetting, ServerState};
@@ -224,8 +223,8 @@ fn clip(text: &str) -> String {
 pub struct Control {
     pub shared: Arc<Shared>,
     config: Config,
-    state: StateFile,
-    state_path: Option<PathBuf>,
+    /// The durable state; every change goes through its `commit`.
+    state: State,
     pub stats: ControlStats,
     windows: HashMap<String, Window>,
 }
@@ -237,13 +236,11 @@ fn now_rfc3339() -> String {
 impl Control {
     /// `state` already holds an entry for every app of `config` and the
     /// shared snapshot was built from both.
-    pub fn new(shared: Arc<Shared>, config: Config, state: StateFile) -> Control {
-        let state_path = config.state.file.clone();
+    pub fn new(shared: Arc<Shared>, config: Config, state: State) -> Control {
         Control {
             shared,
             config,
             state,
-            state_path,
             stats: ControlStats::default(),
             windows: HashMap::new(),
         }
@@ -394,15 +391,14 @@ impl Control {
             }
             rollouts = Some(all);
         }
-        let all = rollouts.as_ref().unwrap_or(&self.state.rollouts);
-        self.persist(|file, path| file.save_next(path, epoch, &states, all, &entries))?;
-        self.state.apps = states;
-        self.state.epoch = epoch;
-        for entry in entries {
-            self.state.push_history(entry);
-        }
-        if let Some(all) = rollouts {
-            self.state.rollouts = all;
+        let superseding = rollouts.is_some();
+        self.commit(Commit {
+            epoch,
+            apps: states,
+            rollouts,
+            history: entries,
+        })?;
+        if superseding {
             for name in &superseded {
                 tracing::info!(app = %name, actor = %req.actor, kind = req.change.kind(), "rollout superseded by a forced change");
                 self.rollout_moved(name, "superseded");
@@ -587,19 +583,13 @@ impl Control {
         }
     }
 
-    /// Write the state file (if there is one) with `save`, given the
-    /// current state and the file's path.
-    fn persist(
-        &self,
-        save: impl FnOnce(&StateFile, &Path) -> Result<(), StateError>,
-    ) -> Result<(), OpError> {
-        match &self.state_path {
-            Some(path) => save(&self.state, path).map_err(|e| {
-                tracing::error!(error = %e, "state not written; change refused");
-                OpError::Internal(e.to_string())
-            }),
-            None => Ok(()),
-        }
+    /// Store a change and make it the state; refused, changing nothing,
+    /// if it cannot be stored.
+    fn commit(&mut self, next: Commit) -> Result<(), OpError> {
+        self.state.commit(next).map_err(|e| {
+            tracing::error!(error = %e, "state not written; change refused");
+            OpError::Internal(e.to_string())
+        })
     }
 
     fn answer(&self, snap: Arc<Snapshot>, epoch: u64, dry_run: bool, changed: &[&str]) -> Status {
@@ -725,12 +715,13 @@ impl Control {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut file = self.state.clone();
-        file.epoch += 1;
+        let epoch = self.state.epoch + 1;
+        let mut apps = self.state.apps.clone();
+        let mut history = Vec::new();
         let time = now_rfc3339();
         for app in &new.apps {
-            let Some(before) = file.apps.get(&app.name).cloned() else {
-                file.apps.insert(app.name.clone(), AppState::initial(app));
+            let Some(before) = apps.get(&app.name).cloned() else {
+                apps.insert(app.name.clone(), AppState::initial(app));
                 continue;
             };
             // Live colour and split stay as operators left them.
@@ -739,12 +730,12 @@ impl Control {
             };
             if after.rules == before.rules {
                 // Only the owner changed back to the file: nothing to record.
-                file.apps.insert(app.name.clone(), after);
+                apps.insert(app.name.clone(), after);
                 continue;
             }
-            file.push_history(HistoryEntry {
+            history.push(HistoryEntry {
                 time: time.clone(),
-                epoch: file.epoch,
+                epoch,
                 actor: actor.to_string(),
                 reason: reason.map(str::to_string),
                 app: app.name.clone(),
@@ -758,17 +749,21 @@ impl Control {
                 before,
                 after: after.clone(),
             });
-            file.apps.insert(app.name.clone(), after);
+            apps.insert(app.name.clone(), after);
         }
         let current = self.shared.snapshot.load_full();
-        let next = Snapshot::build(&new, &file.apps, Some(&current), file.epoch)?;
+        let next = Snapshot::build(&new, &apps, Some(&current), epoch)?;
         let certs = match (&self.shared.tls, new.tls.is_empty()) {
             (Some(_), false) => Some(crate::tls::CertStore::load(&new.tls)?.0),
             _ => None,
         };
-        self.persist(|_, path| file.save(path))
-            .map_err(|e| vec![e.to_string()])?;
-        self.state = file;
+        let change = Commit {
+            epoch,
+            apps,
+            rollouts: None,
+            history,
+        };
+        self.commit(change).map_err(|e| vec![e.to_string()])?;
         // Pools may be new (an app removed and added again): every
         // rollout's window starts afresh from the new snapshot's counters.
         self.windows.clear();
@@ -1069,29 +1064,23 @@ impl Control {
             before: before.clone(),
             after: routed.clone(),
         };
-        let saved = self.persist(|file, path| {
-            file.save_next(
-                path,
-                epoch,
-                &states,
-                &rollouts,
-                std::slice::from_ref(&entry),
-            )
-        });
-        match saved {
+        let change = Commit {
+            epoch,
+            apps: states,
+            rollouts: Some(rollouts),
+            history: vec![entry],
+        };
+        if to == Phase::RollingBack && actor == "rollout" {
             // The judge's rollback is not held back by a state file that
             // cannot be written: a failing green keeps no share for that.
             // The next write that succeeds records it; a restart before
             // one finds the rollout where it was and judges it again.
-            Err(e) if to == Phase::RollingBack && actor == "rollout" => {
+            if let Err(e) = self.state.commit_anyway(change) {
                 tracing::error!(app = %app, error = %e, "rolling back although the state file could not be written");
             }
-            r => r?,
+        } else {
+            self.commit(change)?;
         }
-        self.state.apps = states;
-        self.state.rollouts = rollouts;
-        self.state.epoch = epoch;
-        self.state.push_history(entry);
         self.shared.store(next);
         tracing::info!(
             app = %app,
@@ -1429,20 +1418,26 @@ struct ServerDoc {
     weight: u32,
 }
 
-/// Load the state file (if any) and fill in every configured app.
-pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::state::StateError> {
-    let mut state = match (&config.state.file, reset) {
-        (Some(path), false) => StateFile::load(path)?.unwrap_or_default(),
-        _ => StateFile::default(),
+/// The durable state from its store (the state file, if any), with every
+/// configured app filled in.
+pub fn initial_state(config: &Config, reset: bool) -> Result<State, super::state::StateError> {
+    let store: Box<dyn Store> = match &config.state.file {
+        Some(path) => Box::new(FileStore(path.clone())),
+        None => Box::new(NoStore),
     };
+    State::open(store, reset, |state| start_state(config, state))
+}
+
+/// What the config makes of the stored state at start: an entry for each
+/// new app, and file-owned rules edited while cutover was down, applied
+/// and recorded like a reload.
+fn start_state(config: &Config, state: &mut StateFile) {
     for app in &config.apps {
         let Some(current) = state.apps.get(&app.name).cloned() else {
             state.apps.insert(app.name.clone(), AppState::initial(app));
             continue;
         };
         tracing::info!(app = %app.name, "runtime state from the state file overrides the config's initial values");
-        // File-owned rules edited while cutover was down apply now,
-        // recorded like a reload.
         let Some(after) = rules_from_file(&app.name, &current, &app.rules, false) else {
             continue;
         };
@@ -1466,7 +1461,6 @@ pub fn initial_state(config: &Config, reset: bool) -> Result<StateFile, super::s
             tracing::warn!(app = %name, "the state file names an app the config no longer has; kept but ignored");
         }
     }
-    Ok(state)
 }
 
 /// What a reload or a start makes of an app's rules, given the config

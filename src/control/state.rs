@@ -1,9 +1,25 @@
-//! The runtime state file: what operators changed at runtime —
-//! live colour, split and rules per app, and each app's rollout — plus
-//! the epoch and the recent history. Written atomically on every change: a temporary file in the
-//! same directory, fsync, rename over the old file, fsync of the
-//! directory. A crash leaves either the old file or the new one, never a
-//! mix.
+//! cutover's durable state, and the only code that reads or writes it.
+//!
+//! What operators changed at runtime — each app's live colour, split,
+//! rules and server settings ([`AppState`]), each app's latest rollout
+//! ([`Rollout`]), the epoch every change bumps, and the recent history —
+//! is one document, [`StateFile`]. [`State`] holds it in memory and
+//! commits every change to its [`Store`] first: a change that cannot be
+//! stored is refused (except a judge's rollback, see
+//! [`State::commit_anyway`]), so memory never runs ahead of the store.
+//!
+//! Everything else is built from it or lives in memory only:
+//! - the routing [`crate::route::Snapshot`] is *derived*: built from the
+//!   config and this state, and rebuilt on every change;
+//! - a rollout's observation windows, the judge's figures, request
+//!   counters and health verdicts are *memory-only*: a restart starts them
+//!   afresh (a rollout is judged again from its current step).
+//!
+//! Stores: [`FileStore`], the state file (`[state] file`), written
+//! atomically — a temporary file in the same directory, fsync, rename
+//! over the old file, fsync of the directory, so that a crash leaves the
+//! old file or the new one, never a mix; and [`NoStore`] when no file is
+//! configured, where nothing outlives the process.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
@@ -342,6 +358,113 @@ fn tmp_file_of(dir: &Path, path: &Path) -> std::path::PathBuf {
     dir.join(name)
 }
 
+/// One change to the durable state: what it becomes. `rollouts`: `None`
+/// when the change leaves them as they are.
+pub struct Commit {
+    pub epoch: u64,
+    pub apps: BTreeMap<String, AppState>,
+    pub rollouts: Option<BTreeMap<String, Rollout>>,
+    /// New history entries, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Where the durable state is kept between runs.
+pub trait Store: Send {
+    /// The stored state; `None` when nothing was stored yet.
+    fn load(&self) -> Result<Option<StateFile>, StateError>;
+    /// Store what `now` becomes with `next`, whole, or nothing.
+    fn save(&self, now: &StateFile, next: &Commit) -> Result<(), StateError>;
+}
+
+/// The state file at a path.
+pub struct FileStore(pub PathBuf);
+
+impl Store for FileStore {
+    fn load(&self) -> Result<Option<StateFile>, StateError> {
+        StateFile::load(&self.0)
+    }
+
+    fn save(&self, now: &StateFile, next: &Commit) -> Result<(), StateError> {
+        let rollouts = next.rollouts.as_ref().unwrap_or(&now.rollouts);
+        now.save_next(&self.0, next.epoch, &next.apps, rollouts, &next.history)
+    }
+}
+
+/// No store: the state lives as long as the process.
+pub struct NoStore;
+
+impl Store for NoStore {
+    fn load(&self) -> Result<Option<StateFile>, StateError> {
+        Ok(None)
+    }
+
+    fn save(&self, _: &StateFile, _: &Commit) -> Result<(), StateError> {
+        Ok(())
+    }
+}
+
+/// The durable state in memory, and its store. Read through `Deref`;
+/// changed only by [`State::commit`].
+pub struct State {
+    file: StateFile,
+    store: Box<dyn Store>,
+}
+
+impl State {
+    /// The state `store` holds (`reset`: ignore it and start empty), as
+    /// `start` completes it from the config: apps the store does not know
+    /// yet, rules the config file owns that changed while cutover was
+    /// stopped. That is stored with the next change.
+    pub fn open(
+        store: Box<dyn Store>,
+        reset: bool,
+        start: impl FnOnce(&mut StateFile),
+    ) -> Result<State, StateError> {
+        let mut file = match reset {
+            true => StateFile::default(),
+            false => store.load()?.unwrap_or_default(),
+        };
+        start(&mut file);
+        Ok(State { file, store })
+    }
+
+    /// Store `next`, then make it the state. On `Err` nothing changed.
+    pub fn commit(&mut self, next: Commit) -> Result<(), StateError> {
+        self.store.save(&self.file, &next)?;
+        self.take(next);
+        Ok(())
+    }
+
+    /// [`State::commit`], but the state changes in memory even if the
+    /// store refused it (the error is returned to be logged): for a
+    /// judge's rollback, which a store that cannot be written must not
+    /// hold back. The next commit that succeeds stores it.
+    pub fn commit_anyway(&mut self, next: Commit) -> Result<(), StateError> {
+        let saved = self.store.save(&self.file, &next);
+        self.take(next);
+        saved
+    }
+
+    fn take(&mut self, next: Commit) {
+        self.file.epoch = next.epoch;
+        self.file.apps = next.apps;
+        if let Some(r) = next.rollouts {
+            self.file.rollouts = r;
+        }
+        for entry in next.history {
+            self.file.history.push(entry);
+        }
+    }
+}
+
+impl std::ops::Deref for State {
+    type Target = StateFile;
+
+    fn deref(&self) -> &StateFile {
+        &self.file
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,5 +708,65 @@ mod tests {
         s.push_history(entry(1));
         fs::write(&path, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
         assert_eq!(StateFile::load(&path).unwrap(), Some(s));
+    }
+
+    /// A store that keeps what it was given, or refuses everything.
+    struct Kept(std::sync::Arc<std::sync::Mutex<Vec<u64>>>, bool);
+
+    impl Store for Kept {
+        fn load(&self) -> Result<Option<StateFile>, StateError> {
+            Ok(None)
+        }
+        fn save(&self, _: &StateFile, next: &Commit) -> Result<(), StateError> {
+            if self.1 {
+                return Err(StateError::Write {
+                    path: PathBuf::from("/nowhere"),
+                    source: io::Error::other("refused"),
+                });
+            }
+            self.0.lock().unwrap().push(next.epoch);
+            Ok(())
+        }
+    }
+
+    fn change(epoch: u64) -> Commit {
+        Commit {
+            epoch,
+            apps: BTreeMap::new(),
+            rollouts: None,
+            history: vec![entry(epoch)],
+        }
+    }
+
+    #[test]
+    fn a_commit_is_stored_before_it_becomes_the_state() {
+        let saved = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut state = State::open(Box::new(Kept(saved.clone(), false)), false, |_| {}).unwrap();
+        state.commit(change(1)).unwrap();
+        assert_eq!(*saved.lock().unwrap(), [1]);
+        assert_eq!((state.epoch, state.history.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_commit_the_store_refuses_changes_nothing() {
+        let saved = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut state = State::open(Box::new(Kept(saved, true)), false, |_| {}).unwrap();
+        assert!(state.commit(change(1)).is_err());
+        assert_eq!((state.epoch, state.history.len()), (0, 0));
+        // A rollback that must not wait for the store changes memory anyway.
+        assert!(state.commit_anyway(change(1)).is_err());
+        assert_eq!((state.epoch, state.history.len()), (1, 1));
+    }
+
+    #[test]
+    fn the_config_completes_the_stored_state_at_start() {
+        let saved = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = Box::new(Kept(saved.clone(), false));
+        let state = State::open(store, false, |f| f.epoch = 7).unwrap();
+        assert_eq!(state.epoch, 7);
+        assert!(
+            saved.lock().unwrap().is_empty(),
+            "nothing is stored at start"
+        );
     }
 }
