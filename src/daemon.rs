@@ -265,7 +265,7 @@ pub fn run_with(
     // here would hold the sockets listening through the drain.
     match options.upgrade.clone() {
         Some((args, timeout)) => {
-            let _ = shared.upgrade.set(crate::control::Plan {
+            let _ = shared.upgrade.set(crate::control::Successor {
                 args,
                 timeout,
                 sockets: std::sync::Mutex::new(handover),

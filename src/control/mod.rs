@@ -57,14 +57,14 @@ pub struct Shared {
     /// This process, for status.
     pub process: ProcessInfo,
     /// How to start a successor; unset when running inside another program.
-    pub upgrade: std::sync::OnceLock<Plan>,
+    pub upgrade: std::sync::OnceLock<Successor>,
     /// The access log's writer, started by the daemon.
     pub access_log: std::sync::OnceLock<access_log::AccessLog>,
 }
 
 /// What a successor needs, set once at start by the daemon.
 #[derive(Debug)]
-pub struct Plan {
+pub struct Successor {
     /// The command line after the binary (`run -c FILE`).
     pub args: Vec<String>,
     /// How long the successor may take to say it serves.

@@ -1,8 +1,8 @@
 //! Response compression: gzip, brotli or zstd, for an app with
 //! `compress = true`, chosen by the client's `Accept-Encoding`.
 //!
-//! Two steps, both pure but the encoder: [`Plan::new`] reads the request
-//! (which encoding the client takes best), [`Plan::apply`] reads the
+//! Two steps, both pure but the encoder: [`Allowed::new`] reads the request
+//! (which encoding the client takes best), [`Allowed::apply`] reads the
 //! response head and rewrites it (`Content-Encoding`, `Vary`, no
 //! `Content-Length`, a weak `ETag`) when the response is to be compressed.
 //! The body is then compressed as it streams, by an [`Encoder`] that
@@ -125,14 +125,14 @@ fn qvalue(s: &str) -> Option<u16> {
 }
 
 /// What a request of an app with `compress = true` allows its response.
-pub struct Plan {
+pub struct Allowed {
     config: Arc<Compression>,
     /// `None`: the response may vary (and says so) but is not compressed —
     /// the client takes none of ours, or the request is `HEAD`.
     encoding: Option<Encoding>,
 }
 
-/// What [`Plan::apply`] decided for a response.
+/// What [`Allowed::apply`] decided for a response.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Left as it is.
@@ -144,7 +144,7 @@ pub enum Decision {
     Compress(Encoding),
 }
 
-impl Plan {
+impl Allowed {
     /// `None` for a request whose answer is never compressed: an upgrade or
     /// `CONNECT`, whose answer becomes a tunnel.
     pub fn new(
@@ -152,7 +152,7 @@ impl Plan {
         method: &Method,
         headers: &HeaderMap,
         upgrade: bool,
-    ) -> Option<Plan> {
+    ) -> Option<Allowed> {
         if upgrade || method == Method::CONNECT {
             return None;
         }
@@ -163,7 +163,7 @@ impl Plan {
         } else {
             negotiate(headers.get_all(header::ACCEPT_ENCODING).iter())
         };
-        Some(Plan { config, encoding })
+        Some(Allowed { config, encoding })
     }
 
     /// Decide for a response head, and rewrite it when it is compressed.
@@ -425,7 +425,7 @@ mod tests {
         negotiate([HeaderValue::from_str(v).unwrap()].iter())
     }
 
-    fn plan(ae: &str, method: Method) -> Plan {
+    fn plan(ae: &str, method: Method) -> Allowed {
         let config = Arc::new(Compression {
             types: Compression::DEFAULT_TYPES
                 .iter()
@@ -435,7 +435,7 @@ mod tests {
         });
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(ae).unwrap());
-        Plan::new(config, &method, &h, false).unwrap()
+        Allowed::new(config, &method, &h, false).unwrap()
     }
 
     fn head(fields: &[(&str, &str)]) -> HeaderMap {
@@ -587,8 +587,8 @@ mod tests {
             min_length: 0,
         });
         let h = HeaderMap::new();
-        assert!(Plan::new(config.clone(), &Method::GET, &h, true).is_none());
-        assert!(Plan::new(config, &Method::CONNECT, &h, false).is_none());
+        assert!(Allowed::new(config.clone(), &Method::GET, &h, true).is_none());
+        assert!(Allowed::new(config, &Method::CONNECT, &h, false).is_none());
     }
 
     #[test]

@@ -334,13 +334,13 @@ impl Drop for Exchange {
                 pool.stats.record(self.status, elapsed);
                 if self.judged {
                     pool.stats
-                        .judge(self.status, self.faulted.get(), self.head, elapsed);
+                        .record_judged(self.status, self.faulted.get(), self.head, elapsed);
                 }
             } else if self.judged && self.server.is_some() {
                 // The client gave up waiting for the upstream's head: not
                 // the client's fault, so not an abort; a hanging colour
                 // must not look like one without traffic.
-                pool.stats.judge(0, false, None, elapsed);
+                pool.stats.record_judged(0, false, None, elapsed);
             }
             tracing::debug!(
                 app = %self.server.as_ref().map_or("", |s| &*s.app),

@@ -231,7 +231,7 @@ struct Answer {
     set_cookie: Option<HeaderValue>,
     color_header: bool,
     /// The app compresses responses, and this request's may be.
-    compress: Option<compress::Plan>,
+    compress: Option<compress::Allowed>,
 }
 
 /// Why a request goes no further than the proxy, and whose answers say so
@@ -326,7 +326,7 @@ fn prepare(
     // itself, and then the proxy leaves the body alone).
     let compress = routed
         .compression
-        .and_then(|c| compress::Plan::new(c, &parts.method, &parts.headers, upgrade));
+        .and_then(|c| compress::Allowed::new(c, &parts.method, &parts.headers, upgrade));
     let routed_authority = routed
         .sampled
         .as_ref()
@@ -769,7 +769,7 @@ fn answer_h1(
         Ok(head) => head,
         Err(why) => return failed(conn, a, &lease.server, why),
     };
-    judge(&mut a, &lease.server, head.response.status());
+    record_head(&mut a, &lease.server, head.response.status());
     let h1::Head {
         response,
         framing,
@@ -881,7 +881,7 @@ async fn send_h2(
             return failed(&conn, a, &lease.server, why);
         }
     };
-    judge(&mut a, &lease.server, resp.status());
+    record_head(&mut a, &lease.server, resp.status());
     // (HTTP/2 has no hop-by-hop fields: the h2 codec refuses a response
     // that carries any, RFC 9113 §8.2.2.)
     let (parts, body) = resp.into_parts();
@@ -914,7 +914,7 @@ fn unprocessed(e: &hyper::Error) -> bool {
 
 /// Passive health counts only what the upstream did: the 5xx it sends
 /// (timeouts in [`failed`], connect failures where they happen).
-fn judge(a: &mut Answer, server: &Server, status: StatusCode) {
+fn record_head(a: &mut Answer, server: &Server, status: StatusCode) {
     a.ex.head_arrived();
     a.ex.answered(status.as_u16());
     if status.is_server_error() {
@@ -967,7 +967,7 @@ fn respond(
     set_cookie: Option<HeaderValue>,
     color_header: bool,
     tls: bool,
-    compress: Option<compress::Plan>,
+    compress: Option<compress::Allowed>,
     mut body: ResponseBody,
 ) -> Response<ResponseBody> {
     if let Some(plan) = compress {

@@ -213,7 +213,7 @@ impl ResponseBody {
     }
 
     /// Compress the body with `encoding` as it streams (the head says so
-    /// already: [`super::compress::Plan::apply`]).
+    /// already: [`super::compress::Allowed::apply`]).
     pub fn compress(&mut self, encoding: Encoding) {
         self.encoder = Some(Box::new(Encoder::new(encoding)));
     }

@@ -234,7 +234,13 @@ impl ColorStats {
     /// One judged request's end: its status (0: the client left before
     /// any answer) and, if one came, how long the upstream took to answer
     /// with a head.
-    pub fn judge(&self, status: u16, faulted: bool, head: Option<Duration>, elapsed: Duration) {
+    pub fn record_judged(
+        &self,
+        status: u16,
+        faulted: bool,
+        head: Option<Duration>,
+        elapsed: Duration,
+    ) {
         self.judged[0].fetch_add(1, Relaxed);
         if status >= 500 || faulted {
             self.judged[1].fetch_add(1, Relaxed);
