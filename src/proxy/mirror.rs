@@ -28,7 +28,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -156,6 +155,7 @@ pub fn start(
     let head = Head {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
+        version: parts.version,
         headers,
         authority: live.authority.cloned(),
         forwarded: live.forwarded_host.cloned(),
@@ -192,6 +192,9 @@ impl Drop for Slot {
 struct Head {
     method: Method,
     uri: Uri,
+    /// The live request's upstream version: `HTTP/2` when its `Cookie`
+    /// may be split.
+    version: Version,
     headers: HeaderMap,
     authority: Option<HeaderValue>,
     forwarded: Option<Option<HeaderValue>>,
@@ -201,34 +204,22 @@ struct Head {
 }
 
 impl Head {
-    fn path_and_query(&self) -> PathAndQuery {
-        self.uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"))
-    }
-
     /// The head as `server` takes it: origin form and `Host` for HTTP/1.1
     /// (the `X-Forwarded-*` fields, if still due, written by its client);
-    /// an absolute target and no `Host` for HTTP/2 (RFC 9113 §8.3.1). The
-    /// live request's upstream may speak the other protocol.
+    /// an absolute target and no `Host` for HTTP/2, as the live request's
+    /// ([`request::target_for`]). The live request's upstream may speak
+    /// the other protocol.
     fn for_server(&self, server: &Server) -> Option<http::request::Parts> {
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = self.method.clone();
+        parts.uri = self.uri.clone();
+        parts.version = self.version;
         parts.headers = self.headers.clone();
+        let authority = self
+            .authority
+            .clone()
+            .or_else(|| self.headers.get(header::HOST).cloned());
         if server.protocol == Protocol::H2 {
-            parts.headers.remove(header::HOST);
-            let authority = self
-                .authority
-                .clone()
-                .or_else(|| self.headers.get(header::HOST).cloned())
-                .unwrap_or_else(|| HeaderValue::from_static("localhost"));
-            let scheme = if server.transport.tls.is_some() {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            };
-            parts.uri = request::absolute(scheme, &authority, self.path_and_query())?;
             if let Some(host) = &self.forwarded {
                 headers::add_forwarded(
                     &mut parts.headers,
@@ -238,21 +229,12 @@ impl Head {
                     self.trusted,
                 );
             }
-            parts.version = Version::HTTP_2;
-        } else {
-            parts.uri = if self.uri.scheme().is_some() {
-                Uri::from(self.path_and_query())
-            } else {
-                self.uri.clone()
-            };
-            if !parts.headers.contains_key(header::HOST) {
-                if let Some(a) = &self.authority {
-                    parts.headers.insert(header::HOST, a.clone());
-                }
+        } else if !parts.headers.contains_key(header::HOST) {
+            if let Some(a) = &self.authority {
+                parts.headers.insert(header::HOST, a.clone());
             }
-            headers::join_cookies(&mut parts.headers);
-            parts.version = Version::HTTP_11;
         }
+        request::target_for(&mut parts, server, authority, None)?;
         Some(parts)
     }
 }

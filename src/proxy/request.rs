@@ -22,6 +22,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Uri, Version};
 
+use crate::config::Protocol;
+use crate::route::Server;
+
 /// Why a request was refused with 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
@@ -365,6 +368,61 @@ pub fn absolute(scheme: Scheme, authority: &HeaderValue, pq: PathAndQuery) -> Op
     parts.authority = Some(authority);
     parts.path_and_query = Some(pq);
     Uri::from_parts(parts).ok()
+}
+
+/// The request's target and version as `server`'s protocol takes them,
+/// for a live request and its mirrored copy alike: origin form for
+/// HTTP/1.1 (a split `Cookie` of an HTTP/2 request joined); for HTTP/2
+/// the absolute target from `authority`, which stands for `Host`.
+/// `new_pq`: a normalized path to send instead of the request's own.
+pub fn target_for(
+    parts: &mut http::request::Parts,
+    server: &Server,
+    authority: Option<HeaderValue>,
+    new_pq: Option<http::uri::PathAndQuery>,
+) -> Option<()> {
+    if server.protocol != Protocol::H2 {
+        if parts.version == Version::HTTP_2 {
+            super::headers::join_cookies(&mut parts.headers);
+        }
+        if let Some(pq) = new_pq {
+            parts.uri = Uri::from(pq);
+        } else if parts.uri.scheme().is_some() {
+            // Absolute form (HTTP/2 clients' targets are); HTTP/1.1
+            // upstreams want origin form.
+            let pq = parts.uri.path_and_query().cloned();
+            parts.uri = Uri::from(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+        }
+        parts.version = Version::HTTP_11;
+        return Some(());
+    }
+    // h2 upstreams take the target as :scheme, :authority and :path, and
+    // the authority stands for `Host` (RFC 9113 §8.3.1): the field is not
+    // sent beside it, as strict servers (nginx) refuse a request that
+    // names its host twice.
+    parts.headers.remove(header::HOST);
+    // An upstream reached over TLS is an `https` target: its :scheme says
+    // so (RFC 9113 §8.3.1).
+    let tls = server.transport.tls.is_some();
+    // An HTTP/2 client's absolute target that already names this host is
+    // kept as it is (no new URI per request).
+    let kept = new_pq.is_none()
+        && parts
+            .uri
+            .scheme()
+            .is_some_and(|s| !tls || *s == Scheme::HTTPS)
+        && parts.uri.authority().map(|a| a.as_str().as_bytes())
+            == authority.as_ref().map(|a| a.as_bytes());
+    if !kept && parts.method != Method::CONNECT {
+        // No host at all (HTTP/1.0): hyper's h2 client needs one.
+        let authority = authority.unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        let pq = new_pq.or_else(|| parts.uri.path_and_query().cloned());
+        let pq = pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+        parts.uri = absolute(scheme, &authority, pq)?;
+    }
+    parts.version = Version::HTTP_2;
+    Some(())
 }
 
 #[cfg(test)]
