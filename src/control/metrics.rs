@@ -14,7 +14,7 @@ use super::ops::Control;
 use crate::config::Color;
 use crate::route::mirror::{Outcome, Skip};
 use crate::route::snapshot::DURATION_BUCKETS;
-use crate::route::Timeout;
+use crate::route::{App, Snapshot, Timeout};
 
 type Labels = Vec<(&'static str, String)>;
 /// `(name, help, samples)`.
@@ -30,7 +30,7 @@ struct Histogram {
 }
 
 /// One scrape's values, gathered first so that encoding owns its data.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Gathered {
     counters: Vec<Family<u64>>,
     gauges: Vec<Family<f64>>,
@@ -39,105 +39,255 @@ struct Gathered {
 
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-fn gather(ctl: &Control) -> Gathered {
-    let snap = ctl.shared.snapshot.load();
-    let mut requests = Vec::new();
-    let mut in_flight = Vec::new();
-    let mut tunnels = Vec::new();
-    let mut aborts = Vec::new();
-    let mut timeouts: Vec<(Labels, u64)> = Vec::new();
-    let mut upstream_conns = Vec::new();
-    let mut connect_errors = Vec::new();
-    let mut healthy = Vec::new();
-    let mut standby = Vec::new();
-    let mut live = Vec::new();
-    let mut durations = Vec::new();
-    let mut mirror = Vec::new();
-    let mut mirror_skipped = Vec::new();
-    let mut mirror_percent = Vec::new();
-    let mut mirror_in_flight = Vec::new();
-    for app in &snap.apps {
-        let a = app.name.to_string();
-        standby.push((vec![("app", a.clone())], app.state.standby_percent));
-        let m = &app.mirror_stats;
-        for o in Outcome::ALL {
-            let l = vec![("app", a.clone()), ("outcome", o.as_str().to_string())];
-            mirror.push((l, m.outcome(o)));
-        }
-        for why in Skip::ALL {
-            let l = vec![("app", a.clone()), ("reason", why.as_str().to_string())];
-            mirror_skipped.push((l, m.skipped(why)));
-        }
-        mirror_percent.push((vec![("app", a.clone())], app.mirror_percent()));
-        mirror_in_flight.push((vec![("app", a.clone())], m.in_flight.load(Relaxed) as f64));
-        for color in Color::ALL {
-            let pool = app.pool(color);
-            let ac: Labels = vec![("app", a.clone()), ("color", color.to_string())];
-            live.push((ac.clone(), if app.state.live == color { 1.0 } else { 0.0 }));
-            for (i, class) in CODE_CLASSES.iter().enumerate() {
-                let mut l = ac.clone();
-                l.push(("code_class", class.to_string()));
-                requests.push((l, pool.stats.responses[i].load(Relaxed)));
-            }
-            in_flight.push((ac.clone(), pool.stats.in_flight.load(Relaxed) as f64));
-            tunnels.push((ac.clone(), pool.stats.tunnels.load(Relaxed) as f64));
-            aborts.push((ac.clone(), pool.stats.client_aborts.load(Relaxed)));
-            for (i, phase) in Timeout::ALL.iter().enumerate() {
-                let n = pool.stats.timeouts[i].load(Relaxed);
-                let labels = vec![("app", a.clone()), ("phase", phase.as_str().to_string())];
-                match timeouts.iter_mut().find(|(l, _)| *l == labels) {
-                    Some((_, total)) => *total += n,
-                    None => timeouts.push((labels, n)),
-                }
-            }
-            let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
-                .iter()
-                .zip(&pool.stats.duration_buckets)
-                .map(|(le, n)| (*le, n.load(Relaxed)))
-                .collect();
-            buckets.push((
-                f64::INFINITY,
-                pool.stats.duration_buckets[DURATION_BUCKETS.len()].load(Relaxed),
-            ));
-            let count = buckets.iter().map(|(_, n)| n).sum();
-            let sum = pool.stats.duration_sum_micros.load(Relaxed) as f64 / 1e6;
-            durations.push(Histogram {
-                labels: ac.clone(),
-                sum,
-                count,
-                buckets,
-            });
-            for s in &pool.servers {
-                let mut l = ac.clone();
-                l.push(("server", s.addr.to_string()));
-                upstream_conns.push((l.clone(), s.open_connections.load(Relaxed) as f64));
-                connect_errors.push((l.clone(), s.connect_errors.load(Relaxed)));
-                healthy.push((l, if s.is_healthy() { 1.0 } else { 0.0 }));
-            }
+/// Every counter family, `(name, help)`, in the order they are exposed.
+const COUNTERS: [(&str, &str); 10] = [
+    ("cutover_requests", "Responses sent, by app, colour and status class."),
+    ("cutover_client_aborts", "Requests whose client went away before sending all of it."),
+    ("cutover_timeouts", "Requests and connections cut off by a timeout, by app and phase."),
+    ("cutover_upstream_connect_errors", "Failed connects to an upstream server."),
+    ("cutover_state_changes", "Runtime state changes applied, by kind."),
+    ("cutover_config_reloads", "Config reloads, by result."),
+    ("cutover_rollout_transitions", "Rollout moves since start, by app and the state moved to."),
+    ("cutover_access_log_dropped", "Access log lines dropped because the writer's queue was full."),
+    ("cutover_mirror", "Live requests sampled for shadow traffic, by how their copy to the standby colour ended."),
+    ("cutover_mirror_skipped", "Sampled live requests not compared with a copy, by reason (their sum is outcome=\"skipped\")."),
+];
+
+/// Every gauge family, `(name, help)`, in the order they are exposed.
+const GAUGES: [(&str, &str); 13] = [
+    (
+        "cutover_in_flight_requests",
+        "Requests bound to a colour and not finished.",
+    ),
+    (
+        "cutover_upstream_connections",
+        "Open connections to an upstream server.",
+    ),
+    (
+        "cutover_server_healthy",
+        "1 if the server is healthy, else 0.",
+    ),
+    (
+        "cutover_standby_percent",
+        "Share of default traffic sent to the standby colour.",
+    ),
+    ("cutover_live", "1 for the live colour of an app, else 0."),
+    (
+        "cutover_mirror_percent",
+        "Share of live-colour requests copied to the standby colour.",
+    ),
+    (
+        "cutover_mirror_in_flight",
+        "Copies to the standby colour under way.",
+    ),
+    ("cutover_tunnels", "Open upgraded (WebSocket) tunnels."),
+    (
+        "cutover_rollout_state",
+        "1 for the state an app's latest rollout is in, else 0.",
+    ),
+    (
+        "cutover_rollout_step_percent",
+        "The rolled-out colour's share of traffic in the app's latest rollout.",
+    ),
+    ("cutover_downstream_connections", "Open client connections."),
+    (
+        "cutover_config_drift",
+        "1 while the app's runtime rules differ from the config file's.",
+    ),
+    ("cutover_state_epoch", "Epoch of the runtime state."),
+];
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+impl Gathered {
+    fn new() -> Gathered {
+        Gathered {
+            counters: COUNTERS.iter().map(|(n, h)| (*n, *h, Vec::new())).collect(),
+            gauges: GAUGES.iter().map(|(n, h)| (*n, *h, Vec::new())).collect(),
+            durations: Vec::new(),
         }
     }
-    let changes = ctl
-        .stats
-        .state_changes
+
+    /// A sample of the counter family `name` (one of [`COUNTERS`]).
+    fn count(&mut self, name: &str, labels: Labels, v: u64) {
+        let family = self.counters.iter_mut().find(|f| f.0 == name);
+        family.expect("a counter of COUNTERS").2.push((labels, v));
+    }
+
+    /// A sample of the gauge family `name` (one of [`GAUGES`]).
+    fn gauge(&mut self, name: &str, labels: Labels, v: f64) {
+        let family = self.gauges.iter_mut().find(|f| f.0 == name);
+        family.expect("a gauge of GAUGES").2.push((labels, v));
+    }
+}
+
+fn gather(ctl: &Control) -> Gathered {
+    let snap = ctl.shared.snapshot.load();
+    let mut g = Gathered::new();
+    for app in &snap.apps {
+        app_samples(&mut g, app);
+        for color in Color::ALL {
+            pool_samples(&mut g, app, color);
+        }
+    }
+    control_samples(&mut g, ctl);
+    rollout_samples(&mut g, ctl, &snap);
+    g
+}
+
+/// An app's split, its shadow traffic, and its timeouts (both colours).
+fn app_samples(g: &mut Gathered, app: &App) {
+    let a: &str = &app.name;
+    g.gauge(
+        "cutover_standby_percent",
+        labels(&[("app", a)]),
+        app.state.standby_percent,
+    );
+    let m = &app.mirror_stats;
+    for o in Outcome::ALL {
+        g.count(
+            "cutover_mirror",
+            labels(&[("app", a), ("outcome", o.as_str())]),
+            m.outcome(o),
+        );
+    }
+    for why in Skip::ALL {
+        let l = labels(&[("app", a), ("reason", why.as_str())]);
+        g.count("cutover_mirror_skipped", l, m.skipped(why));
+    }
+    g.gauge(
+        "cutover_mirror_percent",
+        labels(&[("app", a)]),
+        app.mirror_percent(),
+    );
+    let in_flight = m.in_flight.load(Relaxed) as f64;
+    g.gauge("cutover_mirror_in_flight", labels(&[("app", a)]), in_flight);
+    for (i, phase) in Timeout::ALL.iter().enumerate() {
+        let n = Color::ALL
+            .iter()
+            .map(|c| app.pool(*c).stats.timeouts[i].load(Relaxed))
+            .sum();
+        g.count(
+            "cutover_timeouts",
+            labels(&[("app", a), ("phase", phase.as_str())]),
+            n,
+        );
+    }
+}
+
+/// One pool's requests, connections, durations and servers.
+fn pool_samples(g: &mut Gathered, app: &App, color: Color) {
+    let pool = app.pool(color);
+    let stats = &pool.stats;
+    let ac = labels(&[("app", &app.name), ("color", color.as_str())]);
+    let live = if app.state.live == color { 1.0 } else { 0.0 };
+    g.gauge("cutover_live", ac.clone(), live);
+    for (i, class) in CODE_CLASSES.iter().enumerate() {
+        let mut l = ac.clone();
+        l.push(("code_class", class.to_string()));
+        g.count("cutover_requests", l, stats.responses[i].load(Relaxed));
+    }
+    g.gauge(
+        "cutover_in_flight_requests",
+        ac.clone(),
+        stats.in_flight.load(Relaxed) as f64,
+    );
+    g.gauge(
+        "cutover_tunnels",
+        ac.clone(),
+        stats.tunnels.load(Relaxed) as f64,
+    );
+    g.count(
+        "cutover_client_aborts",
+        ac.clone(),
+        stats.client_aborts.load(Relaxed),
+    );
+    let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
         .iter()
-        .map(|((app, kind), n)| (vec![("app", app.clone()), ("kind", kind.clone())], *n))
+        .zip(&stats.duration_buckets)
+        .map(|(le, n)| (*le, n.load(Relaxed)))
         .collect();
-    let reloads = vec![
-        (vec![("result", "ok".to_string())], ctl.stats.reloads_ok),
-        (
-            vec![("result", "error".to_string())],
-            ctl.stats.reloads_error,
-        ),
-    ];
-    let mut rollout_state = Vec::new();
-    let mut rollout_percent = Vec::new();
+    let over = stats.duration_buckets[DURATION_BUCKETS.len()].load(Relaxed);
+    buckets.push((f64::INFINITY, over));
+    g.durations.push(Histogram {
+        labels: ac.clone(),
+        sum: stats.duration_sum_micros.load(Relaxed) as f64 / 1e6,
+        count: buckets.iter().map(|(_, n)| n).sum(),
+        buckets,
+    });
+    for s in &pool.servers {
+        let mut l = ac.clone();
+        l.push(("server", s.addr.to_string()));
+        let open = s.open_connections.load(Relaxed) as f64;
+        g.gauge("cutover_upstream_connections", l.clone(), open);
+        g.count(
+            "cutover_upstream_connect_errors",
+            l.clone(),
+            s.connect_errors.load(Relaxed),
+        );
+        g.gauge(
+            "cutover_server_healthy",
+            l,
+            if s.is_healthy() { 1.0 } else { 0.0 },
+        );
+    }
+}
+
+/// The control plane's own counters: changes, reloads, the access log,
+/// client connections, drift and the epoch.
+fn control_samples(g: &mut Gathered, ctl: &Control) {
+    for ((app, kind), n) in &ctl.stats.state_changes {
+        g.count(
+            "cutover_state_changes",
+            labels(&[("app", app), ("kind", kind)]),
+            *n,
+        );
+    }
+    g.count(
+        "cutover_config_reloads",
+        labels(&[("result", "ok")]),
+        ctl.stats.reloads_ok,
+    );
+    let errors = ctl.stats.reloads_error;
+    g.count(
+        "cutover_config_reloads",
+        labels(&[("result", "error")]),
+        errors,
+    );
+    for ((app, to), n) in &ctl.stats.rollout_transitions {
+        g.count(
+            "cutover_rollout_transitions",
+            labels(&[("app", app), ("to", to)]),
+            *n,
+        );
+    }
+    let dropped = ctl.shared.access_log.get().map_or(0, |l| l.dropped());
+    g.count("cutover_access_log_dropped", Labels::new(), dropped);
+    let clients = ctl.shared.downstream_connections.load(Relaxed) as f64;
+    g.gauge("cutover_downstream_connections", Labels::new(), clients);
+    for (app, drifting) in ctl.drift() {
+        let v = if drifting { 1.0 } else { 0.0 };
+        g.gauge("cutover_config_drift", labels(&[("app", &app)]), v);
+    }
+    g.gauge("cutover_state_epoch", Labels::new(), ctl.epoch() as f64);
+}
+
+/// Each configured app's latest rollout: its state and the rolled-out
+/// colour's share.
+fn rollout_samples(g: &mut Gathered, ctl: &Control, snap: &Snapshot) {
     for (app, r) in ctl.rollouts() {
         if ctl.config().app(app).is_none() {
             continue;
         }
         for phase in crate::control::rollout::Phase::ALL {
-            let l = vec![("app", app.clone()), ("state", phase.as_str().to_string())];
-            rollout_state.push((l, if r.phase == phase { 1.0 } else { 0.0 }));
+            let v = if r.phase == phase { 1.0 } else { 0.0 };
+            g.gauge(
+                "cutover_rollout_state",
+                labels(&[("app", app), ("state", phase.as_str())]),
+                v,
+            );
         }
         let share = snap.app(app).map_or(0.0, |a| {
             if a.state.live == r.target {
@@ -146,145 +296,11 @@ fn gather(ctl: &Control) -> Gathered {
                 a.state.standby_percent
             }
         });
-        rollout_percent.push((vec![("app", app.clone())], share));
-    }
-    let rollout_transitions = ctl
-        .stats
-        .rollout_transitions
-        .iter()
-        .map(|((app, to), n)| (vec![("app", app.clone()), ("to", to.clone())], *n))
-        .collect();
-    let downstream = vec![(
-        Labels::new(),
-        ctl.shared.downstream_connections.load(Relaxed) as f64,
-    )];
-    Gathered {
-        counters: vec![
-            (
-                "cutover_requests",
-                "Responses sent, by app, colour and status class.",
-                requests,
-            ),
-            (
-                "cutover_client_aborts",
-                "Requests whose client went away before sending all of it.",
-                aborts,
-            ),
-            (
-                "cutover_timeouts",
-                "Requests and connections cut off by a timeout, by app and phase.",
-                timeouts,
-            ),
-            (
-                "cutover_upstream_connect_errors",
-                "Failed connects to an upstream server.",
-                connect_errors,
-            ),
-            (
-                "cutover_state_changes",
-                "Runtime state changes applied, by kind.",
-                changes,
-            ),
-            (
-                "cutover_config_reloads",
-                "Config reloads, by result.",
-                reloads,
-            ),
-            (
-                "cutover_rollout_transitions",
-                "Rollout moves since start, by app and the state moved to.",
-                rollout_transitions,
-            ),
-            (
-                "cutover_access_log_dropped",
-                "Access log lines dropped because the writer's queue was full.",
-                vec![(
-                    Labels::new(),
-                    ctl.shared.access_log.get().map_or(0, |l| l.dropped()),
-                )],
-            ),
-            (
-                "cutover_mirror",
-                "Live requests sampled for shadow traffic, by how their copy to the standby colour ended.",
-                mirror,
-            ),
-            (
-                "cutover_mirror_skipped",
-                "Sampled live requests not compared with a copy, by reason (their sum is outcome=\"skipped\").",
-                mirror_skipped,
-            ),
-        ],
-        gauges: vec![
-            (
-                "cutover_in_flight_requests",
-                "Requests bound to a colour and not finished.",
-                in_flight,
-            ),
-            (
-                "cutover_upstream_connections",
-                "Open connections to an upstream server.",
-                upstream_conns,
-            ),
-            (
-                "cutover_server_healthy",
-                "1 if the server is healthy, else 0.",
-                healthy,
-            ),
-            (
-                "cutover_standby_percent",
-                "Share of default traffic sent to the standby colour.",
-                standby,
-            ),
-            (
-                "cutover_live",
-                "1 for the live colour of an app, else 0.",
-                live,
-            ),
-            (
-                "cutover_mirror_percent",
-                "Share of live-colour requests copied to the standby colour.",
-                mirror_percent,
-            ),
-            (
-                "cutover_mirror_in_flight",
-                "Copies to the standby colour under way.",
-                mirror_in_flight,
-            ),
-            (
-                "cutover_tunnels",
-                "Open upgraded (WebSocket) tunnels.",
-                tunnels,
-            ),
-            (
-                "cutover_rollout_state",
-                "1 for the state an app's latest rollout is in, else 0.",
-                rollout_state,
-            ),
-            (
-                "cutover_rollout_step_percent",
-                "The rolled-out colour's share of traffic in the app's latest rollout.",
-                rollout_percent,
-            ),
-            (
-                "cutover_downstream_connections",
-                "Open client connections.",
-                downstream,
-            ),
-            (
-                "cutover_config_drift",
-                "1 while the app's runtime rules differ from the config file's.",
-                ctl.drift()
-                    .into_iter()
-                    .map(|(app, d)| (vec![("app", app)], if d { 1.0 } else { 0.0 }))
-                    .collect(),
-            ),
-            (
-                "cutover_state_epoch",
-                "Epoch of the runtime state.",
-                vec![(Labels::new(), ctl.epoch() as f64)],
-            ),
-        ],
-        durations,
+        g.gauge(
+            "cutover_rollout_step_percent",
+            labels(&[("app", app)]),
+            share,
+        );
     }
 }
 
