@@ -723,7 +723,11 @@ fn answer_h1(
         reuse,
         switched,
     } = head;
-    let (parts, ()) = response.into_parts();
+    let (mut parts, ()) = response.into_parts();
+    // The connection's own fields stay here; a `101` keeps `Upgrade` and
+    // `Connection: upgrade` for the tunnel (RFC 9110 §7.6.1).
+    let upgrade = switched && parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     if !switched {
         let body = h1::Body::new(c, framing, reuse);
         let body = ResponseBody::h1(body, lease, a.ex, a.read_timeout);

@@ -16,19 +16,18 @@
 //!   an error;
 //! - neither: the body runs to the connection's close.
 //!
-//! The response head comes out without its hop-by-hop fields (RFC 9110
-//! §7.6.1, the fields `Connection` names included), which are read here
-//! for framing and keep-alive; a tunnel's `101` keeps `Upgrade` and
-//! `Connection: upgrade`. A response may keep its connection alive for the
-//! next request unless it says `Connection: close`, is an HTTP/1.0
-//! response without `keep-alive`, or runs to the connection's close.
+//! The response head comes out with every field it had, hop-by-hop ones
+//! included: they are read here for framing and keep-alive, and what a
+//! proxy forwards of them is the proxy's business
+//! ([`crate::proxy::headers::strip_hop_by_hop`]). A response may keep its
+//! connection alive for the next request unless it says `Connection:
+//! close`, is an HTTP/1.0 response without `keep-alive`, or runs to the
+//! connection's close.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::Frame;
-
-use crate::proxy::headers;
 
 /// The most header fields a response head (or a trailer section) may
 /// have, as in hyper.
@@ -262,7 +261,6 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Parsed>, Ma
     let mut refold = false;
     let mut coding = None; // `Some(chunked?)` once `Transfer-Encoding` is seen
     let (mut close, mut keep_alive) = (false, false);
-    let mut named: Vec<HeaderName> = Vec::new();
     for &(ns, nl, vs, vl) in &at {
         let name = HeaderName::from_bytes(&head[ns..ns + nl])
             .map_err(|_| Malformed::Why("header field name"))?;
@@ -284,38 +282,19 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Parsed>, Ma
                 refold = true;
                 continue;
             }
-        } else if headers::is_hop_by_hop(&name) {
-            if name == header::TRANSFER_ENCODING {
-                let last = value.rsplit(|b| *b == b',').next();
-                coding =
-                    Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
-            } else if name == header::CONNECTION {
-                for token in value.split(|b| *b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    } else if !token.eq_ignore_ascii_case(b"upgrade") {
-                        if let Ok(other) = HeaderName::from_bytes(token) {
-                            named.push(other);
-                        }
-                    }
-                }
-            } else if name == header::UPGRADE && switched && code == 101 {
-                let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
-                    .map_err(|_| Malformed::Why("header field value"))?;
-                headers.append(name, value);
+        } else if name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|b| *b == b',').next();
+            coding = Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+        } else if name == header::CONNECTION {
+            for token in value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-            continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| Malformed::Why("header field value"))?;
         headers.append(name, value);
-    }
-    // And the fields `Connection` names.
-    for name in named {
-        headers.remove(name);
     }
 
     let mut reuse = if version == Version::HTTP_11 {
@@ -327,9 +306,6 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Parsed>, Ma
         // A tunnel's bytes follow: no body framing applies (RFC 9110
         // §9.3.6 for `CONNECT`), and the connection is the tunnel's.
         headers.remove(header::CONTENT_LENGTH);
-        if code == 101 {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
         reuse = false;
         Framing::Empty
     } else if asked.head || code == 204 || code == 304 {
@@ -685,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_fields_and_those_connection_names_are_left_out() {
+    fn hop_by_hop_fields_come_out_as_they_came_and_decide_the_framing() {
         let (resp, f, reuse) = head(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nkeep-alive: timeout=5\r\n\
               x-secret: 1\r\nupgrade: h2c\r\ntrailer: x-t\r\nproxy-connection: close\r\n\
@@ -694,9 +670,9 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
-        // `Trailer` is end to end (RFC 9110 §6.6.2).
-        assert_eq!(names, ["x-kept", "trailer"]);
+        // What is forwarded of them is the proxy's choice, not the codec's.
+        assert_eq!(resp.headers().len(), 9);
+        assert_eq!(resp.headers()["connection"], "keep-alive, X-Secret");
         assert_eq!((f, reuse), (Framing::Chunked, true));
     }
 
@@ -875,7 +851,7 @@ mod tests {
         assert!(h.switched && !h.reuse);
         assert_eq!(h.framing, Framing::Empty);
         assert_eq!(h.response.headers()["upgrade"], "websocket");
-        assert_eq!(h.response.headers()["connection"], "upgrade");
+        assert_eq!(h.response.headers()["connection"], "Upgrade");
         assert_eq!(&buf[..], b"frame", "the tunnel's first bytes stay");
         let connect = Asked::new(&Method::CONNECT, false);
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"[..]);
