@@ -254,90 +254,17 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Parsed>, Ma
             (at + r.len() <= buf.len()).then_some((at, r.len()))
         });
     let head = buf.split_to(len).freeze();
-
-    let mut headers = HeaderMap::with_capacity(at.len());
-    let mut length: Option<u64> = None;
-    // The `Content-Length` must be written anew as one number.
-    let mut refold = false;
-    let mut coding = None; // `Some(chunked?)` once `Transfer-Encoding` is seen
-    let (mut close, mut keep_alive) = (false, false);
-    for &(ns, nl, vs, vl) in &at {
-        let name = HeaderName::from_bytes(&head[ns..ns + nl])
-            .map_err(|_| Malformed::Why("header field name"))?;
-        let value = &head[vs..vs + vl];
-        if name == header::CONTENT_LENGTH {
-            for part in value.split(|b| *b == b',') {
-                let n = parse_length(part.trim_ascii())
-                    .ok_or(Malformed::Why("malformed Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Malformed::Why("differing Content-Length values"));
-                }
-                length = Some(n);
-            }
-            // Plain digits (the common case) go on as they came, a slice
-            // of the buffer; anything else (`5, 5`) as the parsed number,
-            // below.
-            if !value.iter().all(u8::is_ascii_digit) || headers.contains_key(header::CONTENT_LENGTH)
-            {
-                refold = true;
-                continue;
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            let last = value.rsplit(|b| *b == b',').next();
-            coding = Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
-        } else if name == header::CONNECTION {
-            for token in value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
-            .map_err(|_| Malformed::Why("header field value"))?;
-        headers.append(name, value);
-    }
-
-    let mut reuse = if version == Version::HTTP_11 {
-        !close
-    } else {
-        keep_alive && !close
-    };
-    let framing = if switched {
-        // A tunnel's bytes follow: no body framing applies (RFC 9110
-        // §9.3.6 for `CONNECT`), and the connection is the tunnel's.
-        headers.remove(header::CONTENT_LENGTH);
-        reuse = false;
-        Framing::Empty
-    } else if asked.head || code == 204 || code == 304 {
-        Framing::Empty
-    } else if let Some(chunked) = coding {
-        if version == Version::HTTP_10 {
-            return Err(Malformed::Why("Transfer-Encoding in an HTTP/1.0 response"));
-        }
-        // A length beside it is ignored — removed before the response goes
-        // on — and the connection not trusted again (RFC 9112 §6.3, item 3).
-        if length.is_some() {
-            headers.remove(header::CONTENT_LENGTH);
-            refold = false;
-            reuse = false;
-        }
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }
-    } else {
-        match length {
-            Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
-        }
-    };
+    let mut fields = fields(&head, &at)?;
+    let framing = framing(&mut fields, version, code, switched, asked)?;
+    let Fields {
+        mut headers,
+        length,
+        refold,
+        reuse,
+        ..
+    } = fields;
     if let (true, Some(n)) = (refold, length) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    if framing == Framing::Close {
-        reuse = false;
     }
 
     let mut response = Response::new(());
@@ -355,6 +282,122 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Parsed>, Ma
         reuse,
         switched,
     })))
+}
+
+/// A response head's fields, and what its framing fields say.
+struct Fields {
+    headers: HeaderMap,
+    /// The `Content-Length`, checked.
+    length: Option<u64>,
+    /// The `Content-Length` must be written anew as one number.
+    refold: bool,
+    /// `Some(chunked?)` once `Transfer-Encoding` is seen.
+    coding: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+    /// The connection may carry another request.
+    reuse: bool,
+}
+
+/// The fields at `at` (name and value offsets into `head`), as shared
+/// slices of it, with the framing and keep-alive fields read.
+fn fields(head: &Bytes, at: &[(usize, usize, usize, usize)]) -> Result<Fields, Malformed> {
+    let mut f = Fields {
+        headers: HeaderMap::with_capacity(at.len()),
+        length: None,
+        refold: false,
+        coding: None,
+        close: false,
+        keep_alive: false,
+        reuse: false,
+    };
+    for &(ns, nl, vs, vl) in at {
+        let name = HeaderName::from_bytes(&head[ns..ns + nl])
+            .map_err(|_| Malformed::Why("header field name"))?;
+        let value = &head[vs..vs + vl];
+        if name == header::CONTENT_LENGTH {
+            for part in value.split(|b| *b == b',') {
+                let n = parse_length(part.trim_ascii())
+                    .ok_or(Malformed::Why("malformed Content-Length"))?;
+                if f.length.is_some_and(|l| l != n) {
+                    return Err(Malformed::Why("differing Content-Length values"));
+                }
+                f.length = Some(n);
+            }
+            // Plain digits (the common case) go on as they came, a slice
+            // of the buffer; anything else (`5, 5`) as the parsed number.
+            if !value.iter().all(u8::is_ascii_digit)
+                || f.headers.contains_key(header::CONTENT_LENGTH)
+            {
+                f.refold = true;
+                continue;
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|b| *b == b',').next();
+            f.coding = Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+        } else if name == header::CONNECTION {
+            for token in value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                f.close |= token.eq_ignore_ascii_case(b"close");
+                f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+            .map_err(|_| Malformed::Why("header field value"))?;
+        f.headers.append(name, value);
+    }
+    Ok(f)
+}
+
+/// How the body is framed (RFC 9112 §6.3), and whether the connection may
+/// be reused after it (set in `f`).
+fn framing(
+    f: &mut Fields,
+    version: Version,
+    code: u16,
+    switched: bool,
+    asked: Asked,
+) -> Result<Framing, Malformed> {
+    f.reuse = if version == Version::HTTP_11 {
+        !f.close
+    } else {
+        f.keep_alive && !f.close
+    };
+    let framing = if switched {
+        // A tunnel's bytes follow: no body framing applies (RFC 9110
+        // §9.3.6 for `CONNECT`), and the connection is the tunnel's.
+        f.headers.remove(header::CONTENT_LENGTH);
+        f.reuse = false;
+        Framing::Empty
+    } else if asked.head || code == 204 || code == 304 {
+        Framing::Empty
+    } else if let Some(chunked) = f.coding {
+        if version == Version::HTTP_10 {
+            return Err(Malformed::Why("Transfer-Encoding in an HTTP/1.0 response"));
+        }
+        // A length beside it is ignored — removed before the response goes
+        // on — and the connection not trusted again (RFC 9112 §6.3, item 3).
+        if f.length.is_some() {
+            f.headers.remove(header::CONTENT_LENGTH);
+            f.refold = false;
+            f.reuse = false;
+        }
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match f.length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    if framing == Framing::Close {
+        f.reuse = false;
+    }
+    Ok(framing)
 }
 
 /// A `Content-Length` value: digits only, no sign, no overflow.

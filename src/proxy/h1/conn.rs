@@ -152,6 +152,47 @@ enum Sending {
     Done,
 }
 
+/// Where one exchange on a connection is.
+struct Progress<'a> {
+    sending: Sending,
+    /// Set once the whole request is written ([`Outgoing::sent`]).
+    sent: Option<&'a std::cell::Cell<bool>>,
+    /// [`Outgoing::write_timeout`].
+    write_timeout: Option<std::time::Duration>,
+    /// The body goes out chunked (it has no length).
+    chunked: bool,
+    has_body: bool,
+    /// How much of `out` is written.
+    at: usize,
+    wrote_any: bool,
+    /// A frame of the body was taken from the client.
+    taken: bool,
+    /// A write failed: the answer may still come, else this says why not.
+    write_failed: Option<io::Error>,
+    /// A byte of the answer came.
+    answered: bool,
+    write_wait: crate::proxy::deadline::Wait,
+}
+
+impl Progress<'_> {
+    /// The connection ended before a byte of the answer: a write that
+    /// failed says why, else the upstream gave up on it (`reset`).
+    fn closed(&mut self, reset: Option<io::Error>) -> Error {
+        let bodiless = !self.has_body;
+        match self.write_failed.take() {
+            Some(source) => Error::Write {
+                source,
+                unsent: !self.wrote_any && !self.taken,
+                bodiless,
+            },
+            None => Error::NoResponse {
+                source: reset,
+                bodiless,
+            },
+        }
+    }
+}
+
 impl Conn {
     pub fn new(io: Stream, counted: Option<Counted>, proxied_for: Option<SocketAddr>) -> Conn {
         Conn {
@@ -197,143 +238,29 @@ impl Conn {
                 .headers
                 .get(header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        let mut sending = match (has_body, expect) {
+        let sending = match (has_body, expect) {
             (false, _) => Sending::Done,
             (true, false) => Sending::Body,
             (true, true) => Sending::Expecting(Box::pin(tokio::time::sleep(CONTINUE_AFTER))),
         };
         self.read_size = READ_SIZE;
-        let (mut at, mut wrote_any, mut taken) = (0usize, false, false);
-        let mut write_failed: Option<io::Error> = None;
-        let mut answered = false;
-        let mut write_wait = crate::proxy::deadline::Wait::default();
+        let mut p = Progress {
+            sending,
+            sent: req.sent,
+            write_timeout: req.write_timeout,
+            chunked,
+            has_body,
+            at: 0,
+            wrote_any: false,
+            taken: false,
+            write_failed: None,
+            answered: false,
+            write_wait: crate::proxy::deadline::Wait::default(),
+        };
+        // The answer may come before the body is sent.
         let head = std::future::poll_fn(|cx| {
-            // Write what is due, and take more of the body as it goes.
-            while write_failed.is_none() {
-                if at < self.out.len() {
-                    match Pin::new(&mut self.io).poll_write(cx, &self.out[at..]) {
-                        Poll::Ready(Ok(0)) => write_failed = Some(io::ErrorKind::WriteZero.into()),
-                        Poll::Ready(Ok(n)) => {
-                            at += n;
-                            wrote_any = true;
-                            write_wait.got();
-                        }
-                        Poll::Ready(Err(e)) => write_failed = Some(e),
-                        Poll::Pending => {
-                            if req
-                                .write_timeout
-                                .is_some_and(|limit| write_wait.expired(cx, limit))
-                            {
-                                return Poll::Ready(Err(Error::WriteTimeout));
-                            }
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                // TLS may hold back bytes it took (a full socket): they go
-                // out before the answer is awaited. Plain TCP: a no-op.
-                match Pin::new(&mut self.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => {
-                        write_failed = Some(e);
-                        continue;
-                    }
-                    Poll::Pending => break,
-                }
-                self.out.clear();
-                at = 0;
-                match &mut sending {
-                    Sending::Done => {
-                        if let Some(sent) = req.sent {
-                            sent.set(true);
-                        }
-                        break;
-                    }
-                    Sending::Expecting(timer) => match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => sending = Sending::Body,
-                        Poll::Pending => break,
-                    },
-                    Sending::Body => {
-                        let Some(b) = body.as_deref_mut() else {
-                            sending = Sending::Done;
-                            continue;
-                        };
-                        match Pin::new(b).poll_frame(cx) {
-                            Poll::Ready(Some(Ok(frame))) => {
-                                taken = true;
-                                if frame_out(&mut self.out, frame, chunked) {
-                                    sending = Sending::Done;
-                                }
-                            }
-                            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::Body(e))),
-                            Poll::Ready(None) => {
-                                if chunked {
-                                    codec::last_chunk(&mut self.out, None);
-                                }
-                                sending = Sending::Done;
-                            }
-                            Poll::Pending => break,
-                        }
-                    }
-                }
-            }
-            // Read the answer, which may come before the body is sent.
-            loop {
-                match codec::parse_head(&mut self.buf, req.asked)? {
-                    Some(Parsed::Final(mut head)) => {
-                        if !matches!(sending, Sending::Done) || at < self.out.len() {
-                            // Answered early: the rest of the body is not
-                            // sent, and the connection is not framed for
-                            // another request.
-                            head.reuse = false;
-                        }
-                        return Poll::Ready(Ok(head));
-                    }
-                    Some(Parsed::Interim(status)) => {
-                        if status == http::StatusCode::CONTINUE
-                            && matches!(sending, Sending::Expecting(_))
-                        {
-                            sending = Sending::Body;
-                            cx.waker().wake_by_ref();
-                        }
-                        continue;
-                    }
-                    None => {}
-                }
-                // The connection ended before a byte of the answer: a write
-                // that failed says why, else the upstream gave up on it.
-                let closed = |write_failed: Option<io::Error>, reset: Option<io::Error>| {
-                    let bodiless = !has_body;
-                    match write_failed {
-                        Some(source) => Error::Write {
-                            source,
-                            unsent: !wrote_any && !taken,
-                            bodiless,
-                        },
-                        None => Error::NoResponse {
-                            source: reset,
-                            bodiless,
-                        },
-                    }
-                };
-                match ready!(self.poll_fill(cx)) {
-                    Ok(0) if !answered => {
-                        return Poll::Ready(Err(closed(write_failed.take(), None)))
-                    }
-                    Ok(0) => {
-                        return Poll::Ready(Err(Malformed::Why(
-                            "connection closed within the head",
-                        )
-                        .into()))
-                    }
-                    Ok(_) => answered = true,
-                    Err(e) if !answered && e.kind() == io::ErrorKind::ConnectionReset => {
-                        return Poll::Ready(Err(closed(write_failed.take(), Some(e))))
-                    }
-                    Err(e) => return Poll::Ready(Err(Error::Read(e))),
-                }
-            }
+            self.poll_request(cx, &mut p, &mut body)?;
+            self.poll_answer(cx, &mut p, req.asked)
         })
         .await;
         if self.out.capacity() > KEEP_OUT {
@@ -342,6 +269,134 @@ impl Conn {
             self.out.clear();
         }
         head
+    }
+
+    /// Write what is due of the request, taking more of the body as it
+    /// goes, until the socket or the body has to wait or all is sent. A
+    /// failed write is kept in `p` (the answer may still come); `Err`: the
+    /// body failed, or the upstream left a write waiting past its limit.
+    fn poll_request<B>(
+        &mut self,
+        cx: &mut Context<'_>,
+        p: &mut Progress<'_>,
+        body: &mut Option<&mut B>,
+    ) -> Result<(), Error>
+    where
+        B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+    {
+        while p.write_failed.is_none() {
+            if p.at < self.out.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.out[p.at..]) {
+                    Poll::Ready(Ok(0)) => p.write_failed = Some(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => {
+                        p.at += n;
+                        p.wrote_any = true;
+                        p.write_wait.got();
+                    }
+                    Poll::Ready(Err(e)) => p.write_failed = Some(e),
+                    Poll::Pending => {
+                        let limit = p.write_timeout;
+                        if limit.is_some_and(|limit| p.write_wait.expired(cx, limit)) {
+                            return Err(Error::WriteTimeout);
+                        }
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            // TLS may hold back bytes it took (a full socket): they go out
+            // before the answer is awaited. Plain TCP: a no-op.
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    p.write_failed = Some(e);
+                    continue;
+                }
+                Poll::Pending => return Ok(()),
+            }
+            self.out.clear();
+            p.at = 0;
+            match &mut p.sending {
+                Sending::Done => {
+                    if let Some(sent) = p.sent {
+                        sent.set(true);
+                    }
+                    return Ok(());
+                }
+                Sending::Expecting(timer) => match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => p.sending = Sending::Body,
+                    Poll::Pending => return Ok(()),
+                },
+                Sending::Body => {
+                    let Some(b) = body.as_deref_mut() else {
+                        p.sending = Sending::Done;
+                        continue;
+                    };
+                    match Pin::new(b).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            p.taken = true;
+                            if frame_out(&mut self.out, frame, p.chunked) {
+                                p.sending = Sending::Done;
+                            }
+                        }
+                        Poll::Ready(Some(Err(e))) => return Err(Error::Body(e)),
+                        Poll::Ready(None) => {
+                            if p.chunked {
+                                codec::last_chunk(&mut self.out, None);
+                            }
+                            p.sending = Sending::Done;
+                        }
+                        Poll::Pending => return Ok(()),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the final response head (interim ones let a body held for
+    /// `100 Continue` go).
+    fn poll_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+        p: &mut Progress<'_>,
+        asked: Asked,
+    ) -> Poll<Result<Head, Error>> {
+        loop {
+            match codec::parse_head(&mut self.buf, asked)? {
+                Some(Parsed::Final(mut head)) => {
+                    if !matches!(p.sending, Sending::Done) || p.at < self.out.len() {
+                        // Answered early: the rest of the body is not
+                        // sent, and the connection is not framed for
+                        // another request.
+                        head.reuse = false;
+                    }
+                    return Poll::Ready(Ok(head));
+                }
+                Some(Parsed::Interim(status)) => {
+                    if status == http::StatusCode::CONTINUE
+                        && matches!(p.sending, Sending::Expecting(_))
+                    {
+                        p.sending = Sending::Body;
+                        cx.waker().wake_by_ref();
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if !p.answered => return Poll::Ready(Err(p.closed(None))),
+                Ok(0) => {
+                    let why = Malformed::Why("connection closed within the head");
+                    return Poll::Ready(Err(why.into()));
+                }
+                Ok(_) => p.answered = true,
+                Err(e) if !p.answered && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Poll::Ready(Err(p.closed(Some(e))))
+                }
+                Err(e) => return Poll::Ready(Err(Error::Read(e))),
+            }
+        }
     }
 
     /// Read more into the buffer: `Ok(0)` at the connection's end.
