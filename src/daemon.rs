@@ -163,7 +163,9 @@ pub fn run(
     run_with(config, listeners, Options::default(), shutdown)
 }
 
-/// [`run`] with [`Options`].
+/// [`run`] with [`Options`]: the durable state and the first routing
+/// table, the workers on their sockets, the control plane on this thread
+/// until `shutdown` (or a hand-over), then the drain.
 pub fn run_with(
     config: Config,
     listeners: Listeners,
@@ -177,18 +179,9 @@ pub fn run_with(
     }
     let snapshot =
         Snapshot::build(&config, &state.apps, None, state.epoch).map_err(DaemonError::Invalid)?;
-    let tls = if config.server.listen_tls.is_empty() && listeners.tls.is_empty() {
-        None
-    } else {
-        let (store, infos, warnings) =
-            CertStore::load(&config.tls).map_err(DaemonError::Invalid)?;
-        for w in warnings {
-            tracing::warn!("{w}");
-        }
-        for i in infos {
-            tracing::info!(file = %i.file, names = ?i.names, "certificate loaded");
-        }
-        Some(TlsShared::new(store))
+    let tls = match config.server.listen_tls.is_empty() && listeners.tls.is_empty() {
+        true => None,
+        false => Some(certificates(&config)?),
     };
     let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout, tls));
     let access_log =
@@ -202,62 +195,17 @@ pub fn run_with(
     )));
 
     let workers = config.server.worker_count();
-    let mut threads = Vec::with_capacity(workers);
-    // The sockets of one address: worker i serves the i-th (a twin opened
-    // here when there are fewer), and sockets beyond the worker count are
-    // shared out, so that every socket handed over is served.
-    let mut groups: Vec<(Vec<std::net::TcpListener>, bool)> = Vec::new();
-    for (l, tls) in listeners
-        .plain
-        .into_iter()
-        .map(|l| (l, false))
-        .chain(listeners.tls.into_iter().map(|l| (l, true)))
-    {
-        let addr = l.local_addr()?;
-        match groups
-            .iter_mut()
-            .find(|(g, t)| *t == tls && g[0].local_addr().ok() == Some(addr))
-        {
-            Some((g, _)) => g.push(l),
-            None => groups.push((vec![l], tls)),
-        }
-    }
-    for (group, _) in &mut groups {
-        while group.len() < workers {
-            let twin = worker_socket(&group[0])?;
-            group.push(twin);
-        }
-    }
+    let groups = socket_groups(listeners.plain, listeners.tls, workers)?;
     // Every socket, named, for a successor (`cutover upgrade`).
     let mut handover: Vec<(String, std::net::TcpListener)> = Vec::new();
     for (group, tls) in &groups {
         for l in group {
-            handover.push((
-                if *tls { "tls" } else { "plain" }.to_string(),
-                l.try_clone()?,
-            ));
+            let name = if *tls { "tls" } else { "plain" };
+            handover.push((name.to_string(), l.try_clone()?));
         }
     }
-    for i in 0..workers {
-        let sockets = groups
-            .iter()
-            .flat_map(|(group, tls)| {
-                group
-                    .iter()
-                    .enumerate()
-                    .filter(move |(k, _)| k % workers == i)
-                    .map(move |(_, l)| l.try_clone().map(|s| (s, *tls)))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        let shared = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("cutover-worker-{i}"))
-                .spawn(move || crate::proxy::run_worker(shared, sockets))?,
-        );
-    }
-    let listeners_admin = listeners.admin;
-    if let Some(l) = &listeners_admin {
+    let threads = spawn_workers(&shared, &groups, workers)?;
+    if let Some(l) = &listeners.admin {
         handover.push(("admin".to_string(), l.try_clone()?));
     }
     drop(groups);
@@ -285,50 +233,8 @@ pub fn run_with(
         .build()?;
     // A `LocalSet`: health probes use the data plane's connections, whose
     // HTTP/2 side runs in local tasks.
-    tokio::task::LocalSet::new().block_on(&rt, async {
-        // Registered before anything is served: SIGUSR1's default action
-        // is to terminate, and logrotate may send it at any moment.
-        let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
-        if let Some(l) = listeners_admin {
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            tracing::info!(admin = %l.local_addr()?, "admin API listening");
-            tokio::spawn(admin::serve(l, admin.clone(), shared.shutdown.subscribe()));
-        }
-        tokio::spawn(reload_on_sighup(admin.clone()));
-        tokio::spawn(upgrade_on_sigusr2(admin.clone()));
-        tokio::spawn(reopen_on_sigusr1(shared.clone(), usr1));
-        let probe = crate::proxy::session::probe;
-        tokio::task::spawn_local(crate::control::health::supervise(shared.clone(), probe));
-        tokio::spawn(crate::control::resolve::run(admin.clone(), shared.shutdown.subscribe()));
-        tokio::spawn(drive_rollouts(admin.clone(), shared.shutdown.subscribe()));
-        // Serving: the process being replaced (if any) may stop now, and a
-        // service manager may consider us started.
-        crate::handover::signal_ready();
-        let pid = std::process::id();
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::MainPid(pid), sd_notify::NotifyState::Ready]);
-        let mut stop = shared.shutdown.subscribe();
-        tokio::select! {
-            _ = shutdown => {}
-            // An upgrade handed over: drain like a shutdown.
-            _ = stop.wait_for(|s| *s) => {}
-        }
-        if shared.upgrading.load(std::sync::atomic::Ordering::SeqCst) {
-            // Handed over: the answer to `cutover upgrade` is still leaving.
-            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");
-        shared.shutdown.send_replace(true);
-        // The accept loops drop their sockets as they stop; these copies
-        // go too, so the listening sockets close now and new clients are
-        // refused (or, handed over, served by the successor) rather than
-        // queued for a process that no longer accepts.
-        if let Some(plan) = shared.upgrade.get() {
-            plan.sockets.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        }
-        Ok::<_, io::Error>(())
-    })?;
+    let control = control_plane(&config, &shared, &admin, listeners.admin, shutdown);
+    tokio::task::LocalSet::new().block_on(&rt, control)?;
     for t in threads {
         match t.join() {
             Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
@@ -340,6 +246,138 @@ pub fn run_with(
         log.sync(std::time::Duration::from_secs(2));
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The certificates of `[[tls.certs]]`, loaded and logged.
+fn certificates(config: &Config) -> Result<TlsShared, DaemonError> {
+    let (store, infos, warnings) = CertStore::load(&config.tls).map_err(DaemonError::Invalid)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    for i in infos {
+        tracing::info!(file = %i.file, names = ?i.names, "certificate loaded");
+    }
+    Ok(TlsShared::new(store))
+}
+
+/// The listening sockets by address (`true`: TLS), each group with at
+/// least one socket per worker: worker i serves the i-th (a twin opened
+/// here when there are fewer), and sockets beyond the worker count are
+/// shared out, so that every socket handed over is served.
+fn socket_groups(
+    plain: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+    workers: usize,
+) -> io::Result<Vec<(Vec<std::net::TcpListener>, bool)>> {
+    let mut groups: Vec<(Vec<std::net::TcpListener>, bool)> = Vec::new();
+    let all = plain.into_iter().map(|l| (l, false));
+    for (l, tls) in all.chain(tls.into_iter().map(|l| (l, true))) {
+        let addr = l.local_addr()?;
+        match groups
+            .iter_mut()
+            .find(|(g, t)| *t == tls && g[0].local_addr().ok() == Some(addr))
+        {
+            Some((g, _)) => g.push(l),
+            None => groups.push((vec![l], tls)),
+        }
+    }
+    for (group, _) in &mut groups {
+        while group.len() < workers {
+            let twin = worker_socket(&group[0])?;
+            group.push(twin);
+        }
+    }
+    Ok(groups)
+}
+
+/// One thread per worker, each with its share of every group's sockets.
+fn spawn_workers(
+    shared: &Arc<Shared>,
+    groups: &[(Vec<std::net::TcpListener>, bool)],
+    workers: usize,
+) -> io::Result<Vec<std::thread::JoinHandle<io::Result<()>>>> {
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let sockets = groups
+            .iter()
+            .flat_map(|(group, tls)| {
+                group
+                    .iter()
+                    .enumerate()
+                    .filter(move |(k, _)| k % workers == i)
+                    .map(move |(_, l)| l.try_clone().map(|s| (s, *tls)))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("cutover-worker-{i}"))
+                .spawn(move || crate::proxy::run_worker(shared, sockets))?,
+        );
+    }
+    Ok(threads)
+}
+
+/// The control thread's work until shutdown: the admin API, signals,
+/// health checks, DNS, rollouts; then the start of the drain.
+async fn control_plane(
+    config: &Config,
+    shared: &Arc<Shared>,
+    admin: &Arc<Admin>,
+    listener: Option<std::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    // Registered before anything is served: SIGUSR1's default action
+    // is to terminate, and logrotate may send it at any moment.
+    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    if let Some(l) = listener {
+        l.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        tracing::info!(admin = %l.local_addr()?, "admin API listening");
+        tokio::spawn(admin::serve(l, admin.clone(), shared.shutdown.subscribe()));
+    }
+    tokio::spawn(reload_on_sighup(admin.clone()));
+    tokio::spawn(upgrade_on_sigusr2(admin.clone()));
+    tokio::spawn(reopen_on_sigusr1(shared.clone(), usr1));
+    let probe = crate::proxy::session::probe;
+    tokio::task::spawn_local(crate::control::health::supervise(shared.clone(), probe));
+    tokio::spawn(crate::control::resolve::run(
+        admin.clone(),
+        shared.shutdown.subscribe(),
+    ));
+    tokio::spawn(drive_rollouts(admin.clone(), shared.shutdown.subscribe()));
+    // Serving: the process being replaced (if any) may stop now, and a
+    // service manager may consider us started.
+    crate::handover::signal_ready();
+    let pid = std::process::id();
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::MainPid(pid),
+        sd_notify::NotifyState::Ready,
+    ]);
+    let mut stop = shared.shutdown.subscribe();
+    tokio::select! {
+        _ = shutdown => {}
+        // An upgrade handed over: drain like a shutdown.
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    if shared.upgrading.load(std::sync::atomic::Ordering::SeqCst) {
+        // Handed over: the answer to `cutover upgrade` is still leaving.
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!(timeout = ?config.server.shutdown_timeout, "shutting down: draining in-flight requests");
+    shared.shutdown.send_replace(true);
+    // The accept loops drop their sockets as they stop; these copies go
+    // too, so the listening sockets close now and new clients are refused
+    // (or, handed over, served by the successor) rather than queued for a
+    // process that no longer accepts.
+    if let Some(plan) = shared.upgrade.get() {
+        plan.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
     Ok(())
 }
 
