@@ -7,15 +7,15 @@ use std::process::ExitCode;
 use cutover::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: thread-local free lists suit the worker-per-thread design and
-/// measured a few percent less CPU per request than glibc's malloc.
+/// mimalloc: thread-local free lists suit the worker-per-thread design
+/// (measured against glibc's malloc: benches/README.md).
 #[global_allocator]
 static GLOBAL: Allocator = Allocator;
 
 /// `mimalloc::MiMalloc` asks mimalloc for an *aligned* block on every call.
 /// For blocks over 1 KiB whose size is not a power of two (a `HeaderMap`'s
-/// entries, say) that takes mimalloc's over-allocating path, several
-/// times slower than its plain one, three times per proxied request. Like
+/// entries, say) that takes mimalloc's over-allocating path, slower than
+/// its plain one, three times per proxied request. Like
 /// std's `System` allocator, this asks for a plain block whenever malloc's
 /// own alignment guarantee covers the layout, and leaves the rest to
 /// `MiMalloc`.
@@ -70,12 +70,12 @@ unsafe impl GlobalAlloc for Allocator {
 /// - purge delay [`PURGE_DELAY_MS`]: freed pages go back to the OS after
 ///   this long. mimalloc's 1 s default kept the buffers of connections that
 ///   just parked resident, because it purges only when a thread next calls
-///   into it and an idle worker does not; purging at once instead cost a
-///   page fault every ~8 requests under load, as hyper's 8 KiB read buffers
-///   came and went (~3% of the CPU in `perf`). A short delay with
-///   [`purge_thread`] doing the purging gets both.
-/// - lazy arena commit: an eagerly committed first arena cost ~7 MiB of
-///   resident memory at rest.
+///   into it and an idle worker does not; purging at once instead cost
+///   page faults under load, as hyper's 8 KiB read buffers came and went
+///   (figures: benches/README.md). A short delay with [`purge_thread`]
+///   doing the purging gets both.
+/// - lazy arena commit: an eagerly committed first arena stays resident
+///   at rest, used or not.
 ///
 /// An operator's own `MIMALLOC_*` environment settings win.
 extern "C" fn tune_allocator() {

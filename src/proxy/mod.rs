@@ -71,8 +71,8 @@ pub fn run_worker(
     listeners: Vec<(std::net::TcpListener, bool)>,
 ) -> std::io::Result<()> {
     // Tokio looks for ready sockets every 61 task polls by default; with
-    // many large bodies being written that is tens of milliseconds before
-    // a new connection or an upstream's answer is noticed. Every 8 polls,
+    // many large bodies being written, a new connection or an upstream's
+    // answer waits long to be noticed. Every 8 polls,
     // a new request waits for a few slices of each busy body instead
     // (what it costs and gains: benches/README.md).
     let rt = tokio::runtime::Builder::new_current_thread()

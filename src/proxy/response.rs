@@ -43,9 +43,9 @@ pub struct ResponseBody {
 
 /// A body passes on at most this much before it lets the worker's other
 /// tasks run. A client socket's send buffer grows to megabytes, so a
-/// large response can go on being written without ever waiting: 200 of
-/// them starting at once held a worker for half a second, and every new
-/// request on it waited. With 64 KiB slices (and the worker looking for
+/// large response can go on being written without ever waiting: many of
+/// them starting at once held a worker long enough for every new request
+/// on it to wait. With 64 KiB slices (and the worker looking for
 /// ready sockets every 8 polls, see `run_worker`) a new request waits for
 /// a few slices of each busy body, not for whole bodies. The price is one
 /// extra task poll per 64 KiB (16,384 per GiB); the large-response
