@@ -60,6 +60,9 @@ pub struct Shared {
     pub upgrade: std::sync::OnceLock<Plan>,
     /// The access log's writer, started by the daemon.
     pub access_log: std::sync::OnceLock<access_log::AccessLog>,
+    /// Woken when a reload brings host names the resolver has not looked
+    /// up yet, so that their servers join without waiting an interval.
+    pub new_names: tokio::sync::Notify,
 }
 
 /// What a successor needs, set once at start by the daemon.
@@ -131,6 +134,7 @@ impl Shared {
             process: ProcessInfo::now(crate::handover::upgrades()),
             upgrade: std::sync::OnceLock::new(),
             access_log: std::sync::OnceLock::new(),
+            new_names: tokio::sync::Notify::new(),
         }
     }
 

@@ -679,7 +679,14 @@ impl Control {
         if self.shared.upgrading.load(Relaxed) {
             return Err(vec![OpError::Upgrading.to_string()]);
         }
-        let new = Config::load(&path)?;
+        // No DNS here, under the control lock: names already known keep
+        // their addresses, new ones are looked up by `resolve::run`, woken
+        // once the new config is in force.
+        let new = Config::load(&path)?.with_resolved(&self.config.resolved_names());
+        let new_names = new
+            .server_names()
+            .into_iter()
+            .any(|n| !self.config.server_names().contains(&n));
         let mut errors = Vec::new();
         if new.server.listen != self.config.server.listen
             || new.server.listen_tls != self.config.server.listen_tls
@@ -776,6 +783,9 @@ impl Control {
             log.set_destination(&new.log.access);
         }
         self.config = new;
+        if new_names {
+            self.shared.new_names.notify_one();
+        }
         if let (Some(tls), Some(store)) = (&self.shared.tls, certs) {
             // New handshakes use the new certificates; open connections
             // keep the session they have.
@@ -789,16 +799,7 @@ impl Control {
 impl Control {
     /// Every `host:port` some pool names a server by.
     pub fn server_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .config
-            .apps
-            .iter()
-            .flat_map(|a| a.pools.iter())
-            .flat_map(|p| p.names.iter().map(|(n, _)| n.clone()))
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+        self.config.server_names()
     }
 
     /// New addresses for servers given by host name: the pools whose
