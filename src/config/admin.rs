@@ -377,4 +377,3 @@ fn admin_host(key: &str, s: &str, errs: &mut Errors) -> Option<String> {
     }
     Some(name)
 }
-

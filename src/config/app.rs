@@ -389,4 +389,3 @@ fn sticky(key: &str, s: &str, errs: &mut Errors) -> Sticky {
     );
     Sticky::None
 }
-

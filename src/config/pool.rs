@@ -57,7 +57,9 @@ pub fn pool(
         servers,
         names,
         balance,
-        health: raw.health.map(|h| health(&format!("{key}.health"), h, errs)),
+        health: raw
+            .health
+            .map(|h| health(&format!("{key}.health"), h, errs)),
         passive: passive(&format!("{key}.passive"), raw.passive, errs),
         protocol,
         tls,

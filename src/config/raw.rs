@@ -431,7 +431,9 @@ pub(crate) struct UnknownKey(pub(crate) Vec<Segment>);
 /// Deserialize `text`, collecting every unknown key on the way. `Err`:
 /// the text is not TOML, or a known key has the wrong type; the error
 /// names the key and its line.
-pub(crate) fn parse(text: &str) -> Result<(RawConfig, Vec<UnknownKey>), (Vec<UnknownKey>, ConfigError)> {
+pub(crate) fn parse(
+    text: &str,
+) -> Result<(RawConfig, Vec<UnknownKey>), (Vec<UnknownKey>, ConfigError)> {
     let mut unknown = Vec::new();
     let de = toml::Deserializer::new(text);
     let mut collect = |path: serde_ignored::Path<'_>| unknown.push(unknown_key(&path));
@@ -510,7 +512,7 @@ impl UnknownKey {
 /// The known key nearest to `name` by edit distance, if at most a third
 /// of its length (at least 1, at most 3) away: `helth` → `health`.
 fn nearest(name: &str, known: &[&'static str]) -> Option<&'static str> {
-    let limit = (name.chars().count() / 3).clamp(1, 3);
+    let limit = name.chars().count().div_ceil(3).clamp(1, 3);
     known
         .iter()
         .map(|k| (strsim::levenshtein(name, k), *k))
@@ -535,9 +537,7 @@ fn known_keys(path: &[Segment]) -> &'static [&'static str] {
         [s] if k(s, "log") => fields_of::<RawLog>(),
         [s, Key(_)] if k(s, "apps") => fields_of::<RawApp>(),
         [s, Key(_), m] if k(s, "apps") && k(m, "mirror") => fields_of::<RawMirror>(),
-        [s, Key(_), p] if k(s, "apps") && (k(p, "blue") || k(p, "green")) => {
-            fields_of::<RawPool>()
-        }
+        [s, Key(_), p] if k(s, "apps") && (k(p, "blue") || k(p, "green")) => fields_of::<RawPool>(),
         [s, Key(_), _, h] if k(s, "apps") && k(h, "health") => fields_of::<RawHealth>(),
         [s, Key(_), _, h] if k(s, "apps") && k(h, "passive") => fields_of::<RawPassive>(),
         _ => &[],

@@ -367,9 +367,8 @@ impl Config {
     /// Servers given by host name are not resolved yet (see
     /// `control::resolve`).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::single(format!("{}: cannot read: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single(format!("{}: cannot read: {e}", path.display())))?;
         parse_config(&text, Some(path))
     }
 
@@ -491,15 +490,18 @@ mod tests {
 
     #[test]
     fn an_unknown_key_names_its_path_and_line_and_the_key_it_is_near() {
-        let text = format!("[limits]\nclient_idel_timeout = \"5s\"\n{GOOD_POOLS}health = {{ pth = \"/\" }}\n");
+        let text = format!(
+            "[limits]\nclient_idel_timeout = \"5s\"\n{GOOD_POOLS}health = {{ pth = \"/\" }}\n"
+        );
         assert_eq!(
             errors_of(&text),
             [
                 ConfigError {
                     key: "limits.client_idel_timeout".into(),
                     line: Some(2),
-                    message: "unknown field `client_idel_timeout`, did you mean `client_idle_timeout`?"
-                        .into(),
+                    message:
+                        "unknown field `client_idel_timeout`, did you mean `client_idle_timeout`?"
+                            .into(),
                 },
                 ConfigError {
                     key: "apps.a.green.health.pth".into(),
@@ -517,7 +519,9 @@ mod tests {
 
     #[test]
     fn a_value_of_the_wrong_type_names_its_key_and_line() {
-        let errors = errors_of(&format!("[server]\ncolor_header = true\nworkers = \"two\"\n{GOOD_POOLS}"));
+        let errors = errors_of(&format!(
+            "[server]\ncolor_header = true\nworkers = \"two\"\n{GOOD_POOLS}"
+        ));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].key, "server.workers");
         assert_eq!(errors[0].line, Some(3));
@@ -529,7 +533,9 @@ mod tests {
 
     #[test]
     fn a_duration_that_is_none_names_its_key_and_line() {
-        let errors = errors_of(&format!("{GOOD_POOLS}[apps.a.mirror]\npercent = 5\ntimeout = \"soon\"\n"));
+        let errors = errors_of(&format!(
+            "{GOOD_POOLS}[apps.a.mirror]\npercent = 5\ntimeout = \"soon\"\n"
+        ));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].key, "apps.a.mirror.timeout");
         assert_eq!(errors[0].line, Some(7));
@@ -543,17 +549,24 @@ mod tests {
 
     #[test]
     fn an_absent_key_takes_its_default() {
-        let config = Config::from_toml(&format!("[limits]\nmax_connections = 10\n{GOOD_POOLS}")).unwrap();
+        let config =
+            Config::from_toml(&format!("[limits]\nmax_connections = 10\n{GOOD_POOLS}")).unwrap();
         assert_eq!(config.limits.max_connections, 10);
         assert_eq!(config.limits.client_idle_timeout, Duration::from_secs(60));
-        assert_eq!(config.limits.upstream_max_lifetime, Duration::from_secs(600));
+        assert_eq!(
+            config.limits.upstream_max_lifetime,
+            Duration::from_secs(600)
+        );
         assert_eq!(config.server.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9901");
         let app = &config.apps[0];
         assert_eq!(app.path_prefix, "/");
         assert_eq!(app.sticky.to_string(), "cookie:cutover");
         assert_eq!(app.mirror, crate::config::MirrorConfig::default());
-        assert_eq!(app.pools[0].passive, crate::config::PassiveConfig::default());
+        assert_eq!(
+            app.pools[0].passive,
+            crate::config::PassiveConfig::default()
+        );
         assert_eq!(
             app.answers.retry_after,
             Some(http::HeaderValue::from_static("5"))
@@ -567,7 +580,8 @@ mod tests {
         assert_eq!(errors[0].key, "apps.a.rules[1].percent");
         assert_eq!(errors[0].line, Some(13));
         // A key that is missing: the line of its table.
-        let errors = errors_of("[apps.a]\nlive = \"blue\"\n[apps.a.blue]\nservers = [\"127.0.0.1:1\"]\n");
+        let errors =
+            errors_of("[apps.a]\nlive = \"blue\"\n[apps.a.blue]\nservers = [\"127.0.0.1:1\"]\n");
         assert_eq!(errors[0].key, "apps.a.green");
         assert_eq!(errors[0].line, Some(1));
     }

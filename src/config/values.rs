@@ -45,7 +45,10 @@ fn bounded_duration(key: &str, d: &RawDuration, zero_allowed: bool, errs: &mut E
     if value.is_zero() && !zero_allowed {
         errs.push(key, format!("must be longer than 0s, got {text:?}"));
     } else if value > MAX_DURATION {
-        errs.push(key, format!("must be at most 1 day (\"24h\"), got {text:?}"));
+        errs.push(
+            key,
+            format!("must be at most 1 day (\"24h\"), got {text:?}"),
+        );
     }
     value
 }
