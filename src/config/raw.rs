@@ -381,17 +381,39 @@ impl Default for RawPassive {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// A server: `"IP:PORT"`, `"HOST:PORT"` or `{ addr = "…", weight = N }`.
+#[derive(Debug)]
 pub enum RawServerEntry {
     Addr(String),
     Full(RawServerFull),
 }
 
-/// Inside an untagged enum unknown keys cannot be collected: this table
-/// refuses them (the entry then matches neither form).
+/// By hand rather than `untagged`, so that a table's own errors (a
+/// missing `addr`, an unknown key) reach the operator with their key.
+impl<'de> Deserialize<'de> for RawServerEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawServerEntry, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = RawServerEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address like \"127.0.0.1:8080\" or a table { addr, weight }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawServerEntry, E> {
+                Ok(RawServerEntry::Addr(s.to_string()))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<RawServerEntry, M::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(map);
+                RawServerFull::deserialize(de).map(RawServerEntry::Full)
+            }
+        }
+        d.deserialize_any(Entry)
+    }
+}
+
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawServerFull {
     pub addr: String,
     #[serde(default = "one")]
@@ -539,6 +561,9 @@ fn known_keys(path: &[Segment]) -> &'static [&'static str] {
         [s, Key(_), m] if k(s, "apps") && k(m, "mirror") => fields_of::<RawMirror>(),
         [s, Key(_), p] if k(s, "apps") && (k(p, "blue") || k(p, "green")) => fields_of::<RawPool>(),
         [s, Key(_), _, h] if k(s, "apps") && k(h, "health") => fields_of::<RawHealth>(),
+        [s, Key(_), _, v, Index(_)] if k(s, "apps") && k(v, "servers") => {
+            fields_of::<RawServerFull>()
+        }
         [s, Key(_), _, h] if k(s, "apps") && k(h, "passive") => fields_of::<RawPassive>(),
         _ => &[],
     }

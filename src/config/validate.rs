@@ -22,7 +22,7 @@ pub fn parse_config(text: &str, path: Option<&Path>) -> Result<Config, ConfigErr
     let doc = match toml_edit::ImDocument::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
-            let mut errors = ConfigErrors::single(e.message().trim_end());
+            let mut errors = ConfigErrors::single(e.message().trim_end().replace('\n', ": "));
             errors.0[0].line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
             return Err(errors);
         }
@@ -515,6 +515,19 @@ mod tests {
         assert_eq!(errors[0].key, "frobnicate");
         assert_eq!(errors[0].line, Some(5));
         assert_eq!(errors[0].message, "unknown field `frobnicate`");
+    }
+
+    #[test]
+    fn a_server_table_names_its_unknown_key_and_a_missing_addr() {
+        let text = "[apps.a.blue]\nservers = [\"127.0.0.1:1\", { addr = \"127.0.0.1:2\", wieght = 2 }, { weight = 3 }]\n[apps.a.green]\nservers = [\"127.0.0.1:3\"]\n";
+        let errors: Vec<String> = errors_of(text).iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            errors,
+            [
+                "apps.a.blue.servers[1].wieght: unknown field `wieght`, did you mean `weight`? (line 2)",
+                "apps.a.blue.servers[2]: missing field `addr` (line 2)",
+            ]
+        );
     }
 
     #[test]
