@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use super::certs::PairFile;
 use super::error::Errors;
 use super::raw::{RawAdmin, RawToken};
 use super::types::*;
@@ -16,8 +17,10 @@ pub fn admin(
     errs: &mut Errors,
     warnings: &mut Vec<String>,
 ) -> AdminSettings {
-    let default_listen = SocketAddr::from(([127, 0, 0, 1], 9901));
-    let listen = listen_addr("admin.listen", &raw.listen, errs).unwrap_or(default_listen);
+    // When it is wrong (an error already), a loopback stand-in: no
+    // second error about tokens follows from it.
+    let listen = listen_addr("admin.listen", &raw.listen, errs)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     let tokens = admin_tokens(
         raw.token_file,
         raw.token_env,
@@ -110,15 +113,12 @@ fn admin_tls(
             Some(AdminTls { files, server })
         }
         Err(list) => {
-            // Each message starts with the file it is about.
-            let key_file = files.key.display().to_string();
             for e in list {
-                let k = if e.starts_with(&key_file) {
-                    "admin.tls_key_file"
-                } else {
-                    "admin.tls_cert_file"
+                let k = match e.file {
+                    PairFile::Cert => "admin.tls_cert_file",
+                    PairFile::Key => "admin.tls_key_file",
                 };
-                errs.push(k, e);
+                errs.push(k, e.message);
             }
             None
         }

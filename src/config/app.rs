@@ -84,12 +84,13 @@ pub fn build_app(
 /// `[apps.NAME.mirror]`; an absent table is every default.
 fn mirror(key: &str, raw: RawMirror, errs: &mut Errors) -> MirrorConfig {
     percent(&format!("{key}.percent"), raw.percent, errs);
+    let d = MirrorConfig::default();
     let methods = match raw.methods {
-        None => MirrorConfig::default().methods,
+        None => d.methods,
         Some(list) => mirror_methods(key, &list, errs),
     };
     let compare_body = match raw.compare {
-        None => false,
+        None => d.compare_body,
         Some(list) => compare_body(&format!("{key}.compare"), &list, errs),
     };
     MirrorConfig {

@@ -111,7 +111,7 @@ impl Errors {
         self.0.is_empty()
     }
 
-    /// Each error's key looked up in `doc` (parsed from `text`) for its line.
+    /// Each error without a line gets the line its key has in `doc`.
     pub fn located(self, doc: &ImDocument<&str>) -> ConfigErrors {
         ConfigErrors(
             self.0
@@ -187,4 +187,34 @@ pub(crate) fn line_of(doc: &ImDocument<&str>, key: &str) -> Option<usize> {
     }
     let start = span?.start;
     Some(doc.raw()[..start].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "[server]\nworkers = 2\n\n[apps.shop]\nlive = \"red\"\n[apps.shop.blue]\nservers = []\nhealth = { path = \"x\" }\n[[apps.shop.rules]]\nname = \"a\"\n[[apps.shop.rules]]\nname = \"b\"\npercent = 150\nclient_ip = [\"a\",\n  \"b\"]\n";
+
+    #[test]
+    fn a_key_is_found_on_its_line_and_a_missing_one_on_its_tables() {
+        let doc = ImDocument::parse(TEXT).unwrap();
+        let line = |key: &str| line_of(&doc, key);
+        assert_eq!(line("server.workers"), Some(2));
+        assert_eq!(line("apps.shop.live"), Some(5));
+        assert_eq!(line("apps.shop.blue.servers"), Some(7));
+        assert_eq!(line("apps.shop.blue.health.path"), Some(8));
+        assert_eq!(line("apps.shop.rules[1].percent"), Some(13));
+        assert_eq!(line("apps.shop.rules[1].client_ip[1]"), Some(15));
+        // Missing: its table's line.
+        assert_eq!(line("apps.shop.rules[0].to"), Some(9));
+        assert_eq!(line("apps.shop.green"), Some(4));
+        assert_eq!(line("limits.max_body_bytes"), None);
+    }
+
+    #[test]
+    fn a_key_path_reads_back_as_it_was_written() {
+        for key in ["apps.shop.rules[1].percent", "admin.tokens[0]", "server"] {
+            assert_eq!(key_of(&segments(key)), key);
+        }
+    }
 }

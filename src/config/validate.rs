@@ -10,6 +10,7 @@ use std::path::Path;
 
 use super::admin::admin;
 use super::app::{answers, build_app, check_overlaps, RawAnswers};
+use super::certs::PairFile;
 use super::error::{ConfigErrors, Errors};
 use super::raw::*;
 use super::types::*;
@@ -82,7 +83,8 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
 fn server_settings(raw: RawServer, base: &Path, errs: &mut Errors) -> ServerSettings {
     let listen = listen_addrs("server.listen", &raw.listen, errs);
     let listen_tls = listen_addrs("server.listen_tls", &raw.listen_tls, errs);
-    if listen.is_empty() && listen_tls.is_empty() {
+    // As written: an address that is wrong has its own error.
+    if raw.listen.is_empty() && raw.listen_tls.is_empty() {
         errs.push(
             "server.listen",
             "at least one listen or listen_tls address is needed",
@@ -267,7 +269,11 @@ fn certs(
             Ok((_, _, w)) => warnings.extend(w),
             Err(list) => {
                 for e in list {
-                    errs.push("tls.certs", e);
+                    let file = match e.file {
+                        PairFile::Cert => "cert",
+                        PairFile::Key => "key",
+                    };
+                    errs.push(format!("tls.certs[{}].{file}", e.index), e.message);
                 }
             }
         }

@@ -107,7 +107,7 @@ pub fn listen_addr(key: &str, s: &str, errs: &mut Errors) -> Option<SocketAddr> 
     }
     errs.push(
         key,
-        format!("{s:?} is not an address like \"127.0.0.1:8080\" or \"[::1]:8080\""),
+        format!("{s:?} is not an address like \"127.0.0.1:8080\", \"[::1]:8080\" or \"localhost:8080\" (a listener's host name is not looked up)"),
     );
     None
 }

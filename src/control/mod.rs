@@ -7,7 +7,8 @@
 //! - [`guard`]: what keeps web pages out of it (Host, Origin, Content-Type);
 //! - [`changes`]: what each change in the history changed, in words;
 //! - [`health`]: active health checks and passive-check recovery;
-//! - [`resolve`]: servers given by host name, resolved again on an interval;
+//! - [`resolve`]: servers given by host name, resolved at start and again
+//!   on an interval, never under the control lock (the one DNS path);
 //! - [`judge`] and [`rollout`]: progressive rollouts, judged each second;
 //! - [`upgrade`]: handing the sockets to a new binary (`cutover upgrade`);
 //! - [`metrics`]: the Prometheus exposition.
