@@ -679,14 +679,9 @@ impl Control {
         if self.shared.upgrading.load(Relaxed) {
             return Err(vec![OpError::Upgrading.to_string()]);
         }
-        // No DNS here, under the control lock: names already known keep
-        // their addresses, new ones are looked up by `resolve::run`, woken
-        // once the new config is in force.
+        // No DNS under the control lock: known names keep their addresses,
+        // new ones are looked up by `resolve::run`, woken below.
         let new = Config::load(&path)?.with_resolved(&self.config.resolved_names());
-        let new_names = new
-            .server_names()
-            .into_iter()
-            .any(|n| !self.config.server_names().contains(&n));
         let mut errors = Vec::new();
         if new.server.listen != self.config.server.listen
             || new.server.listen_tls != self.config.server.listen_tls
@@ -782,10 +777,11 @@ impl Control {
         if let Some(log) = self.shared.access_log.get() {
             log.set_destination(&new.log.access);
         }
-        self.config = new;
-        if new_names {
+        let known = self.config.server_names();
+        if new.server_names().iter().any(|n| !known.contains(n)) {
             self.shared.new_names.notify_one();
         }
+        self.config = new;
         if let (Some(tls), Some(store)) = (&self.shared.tls, certs) {
             // New handshakes use the new certificates; open connections
             // keep the session they have.
