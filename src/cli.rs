@@ -1000,7 +1000,7 @@ async fn shutdown_signal() {
 }
 
 fn check(path: &Path, json: bool) -> ExitCode {
-    let loaded = Config::load(path);
+    let loaded = Config::load(path).map(crate::control::resolve::for_check);
     if json {
         // `{"ok", "errors", "warnings", "runtime_differs"}` for scripts.
         let (ok, errors, warnings, differs) = match &loaded {
@@ -1010,7 +1010,7 @@ fn check(path: &Path, json: bool) -> ExitCode {
                 c.warnings.clone(),
                 runtime_diff(path).map(|d| !d.is_empty()),
             ),
-            Err(e) => (false, e.clone(), vec![], None),
+            Err(e) => (false, Vec::<String>::from(e.clone()), vec![], None),
         };
         println!(
             "{:#}",

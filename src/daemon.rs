@@ -173,6 +173,12 @@ pub fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     tokens_ready(&config)?;
+    // Host names are resolved once now, before the first routing table;
+    // then again every `resolve_interval` by `control::resolve::run`.
+    let (config, unresolved) = crate::control::resolve::resolve_now(&config);
+    for w in unresolved {
+        tracing::warn!("{w}");
+    }
     let state = initial_state(&config, options.reset_state)?;
     if options.reset_state {
         tracing::warn!("--reset-state: starting from the config's initial values");

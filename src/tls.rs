@@ -43,7 +43,8 @@ impl CertStore {
     pub fn load(
         certs: &[CertPaths],
     ) -> Result<(CertStore, Vec<CertInfo>, Vec<String>), Vec<String>> {
-        let (entries, infos, warnings) = certs::load(certs)?;
+        let (entries, infos, warnings) = certs::load(certs)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         Ok((CertStore { entries }, infos, warnings))
     }
 

@@ -104,7 +104,7 @@ servers = ["127.0.0.1:1"]
         (&format!("[limits]\nclient_idle_timeout = \"forever\"\n{GOOD_APP}"), &["limits.client_idle_timeout:"]),
         (&format!("[server]\nlisten = [\"nowhere\"]\n{GOOD_APP}"), &["server.listen[0]:"]),
         (&format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{GOOD_APP}"), &["admin.listen: 0.0.0.0:9901 is not a loopback address"]),
-        (&format!("[server]\nlistn = []\n{GOOD_APP}"), &["unknown field `listn`", "line 2"]),
+        (&format!("[server]\nlistn = []\n{GOOD_APP}"), &["server.listn: unknown field `listn`, did you mean `listen`? (line 2)"]),
         (
             &format!("[server]\nupgrades = [\"websocket\", \"H2C\", \"a b\"]\n{GOOD_APP}"),
             &[
@@ -126,7 +126,7 @@ servers = ["127.0.0.1:1"]
                 "apps.shop.mirror.max_in_flight: must be between 1 and 100000, got 0",
             ],
         ),
-        (&format!("{GOOD_APP}[apps.shop.mirror]\npercnt = 10\n"), &["unknown field `percnt`"]),
+        (&format!("{GOOD_APP}[apps.shop.mirror]\npercnt = 10\n"), &["apps.shop.mirror.percnt: unknown field `percnt`, did you mean `percent`?"]),
         (
             &format!("[limits]\nupstream_connect_timeout = \"0s\"\nupstream_response_timeout = \"100years\"\n[server]\nshutdown_timeout = \"0s\"\nresolve_interval = \"25h\"\n{GOOD_APP}health = {{ interval = \"0ms\" }}\n"),
             &[
@@ -198,11 +198,9 @@ servers = ["127.0.0.1:2"]
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     for want in [
-        "unknown field `shutdwn_timeout`",
-        "(line 4: shutdwn_timeout",
-        "unknown field `helth`",
-        "unknown field `bleen`",
-        "(line 14: [apps.shop.bleen])",
+        "server.shutdwn_timeout: unknown field `shutdwn_timeout`, did you mean `shutdown_timeout`? (line 4)",
+        "apps.shop.blue.helth: unknown field `helth`, did you mean `health`? (line 13)",
+        "apps.shop.bleen: unknown field `bleen`, did you mean `blue`? (line 14)",
         "admin.listen: 127.0.0.1:9911 is also server.listen[0]",
         r#"apps.shop.live: must be "blue" or "green", got "red""#,
     ] {

@@ -454,3 +454,45 @@ async fn runtime_rules_survive_reloads_and_restarts_and_a_changed_file_is_drift_
     .await
     .unwrap();
 }
+
+/// A reload asks no DNS under the control lock: a host name it already
+/// knew keeps its addresses at once, and a new one is looked up by the
+/// resolver, which the reload wakes (long before `resolve_interval`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_known_host_names_addresses_and_resolves_new_names_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.toml");
+    let (b, g) = blue_green().await;
+    let by_name = |u: &Upstream| format!("\"localhost:{}\"", u.addr.port());
+    let text = |green: &str| {
+        format!(
+            "[server]\nresolve_interval = \"1h\"\n[apps.shop]\n[apps.shop.blue]\nservers = [{}]\n[apps.shop.green]\nservers = [{green}]\n",
+            by_name(&b)
+        )
+    };
+    std::fs::write(&path, text("\"127.0.0.1:1\"")).unwrap();
+    let proxy = Proxy::start_file(&path);
+    let c = client();
+    let has = |st: &serde_json::Value, color: &str, u: &Upstream| {
+        st["apps"]["shop"]["pools"][color]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["addr"] == format!("127.0.0.1:{}", u.addr.port()))
+    };
+    assert!(has(&status(&c, &proxy).await, "blue", &b));
+
+    std::fs::write(&path, text(&by_name(&g))).unwrap();
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(has(&r.json(), "blue", &b), "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !has(&status(&c, &proxy).await, "green", &g) {
+        assert!(Instant::now() < deadline, "the new name was never resolved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "blue");
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
+}

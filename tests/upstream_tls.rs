@@ -535,14 +535,14 @@ fn bad_tls_files_and_half_a_client_certificate_are_config_errors() {
         assert!(
             errors
                 .iter()
-                .any(|e| e.starts_with(key) && e.contains(names)),
+                .any(|e| e.key == key && e.message.contains(names)),
             "{keys}: {errors:?}"
         );
     }
     let errors =
         cutover::Config::from_toml(&config("servers = [\"127.0.0.1:1\"]\nca_file = \"x.pem\""))
             .unwrap_err();
-    assert!(errors[0].contains("needs tls = true"), "{errors:?}");
+    assert!(errors[0].message.contains("needs tls = true"), "{errors:?}");
 }
 
 /// A raw HTTP/1.1 upstream that reads a PROXY header at the start of each

@@ -29,6 +29,23 @@ pub struct CertInfo {
     pub not_after: i64,
 }
 
+/// Which file of a certificate pair an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairFile {
+    Cert,
+    Key,
+}
+
+/// An error of the pair at `index` in the list [`load`] was given: the
+/// file it is about, and the message (which names that file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CertError {
+    pub index: usize,
+    pub file: PairFile,
+    pub message: String,
+}
+
 /// What [`load`] gives: the certificates in config order, what each says
 /// about itself, and warnings.
 pub type Loaded = (Vec<Cert>, Vec<CertInfo>, Vec<String>);
@@ -36,12 +53,12 @@ pub type Loaded = (Vec<Cert>, Vec<CertInfo>, Vec<String>);
 /// Read and check every certificate: files readable, PEM valid, key
 /// matching its certificate. An expired certificate is a warning, not an
 /// error. Errors name the file.
-pub fn load(certs: &[CertPaths]) -> Result<Loaded, Vec<String>> {
+pub fn load(certs: &[CertPaths]) -> Result<Loaded, Vec<CertError>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut entries = Vec::new();
     let mut infos = Vec::new();
-    for c in certs {
+    for (index, c) in certs.iter().enumerate() {
         match load_one(c) {
             Ok((entry, info)) => {
                 let now = SystemTime::now()
@@ -53,7 +70,11 @@ pub fn load(certs: &[CertPaths]) -> Result<Loaded, Vec<String>> {
                 entries.push(entry);
                 infos.push(info);
             }
-            Err(e) => errors.push(e),
+            Err((file, message)) => errors.push(CertError {
+                index,
+                file,
+                message,
+            }),
         }
     }
     if errors.is_empty() {
@@ -68,7 +89,7 @@ pub fn load(certs: &[CertPaths]) -> Result<Loaded, Vec<String>> {
 /// warning says the certificate has expired.
 pub fn admin_server_config(
     c: &CertPaths,
-) -> Result<(Arc<rustls::ServerConfig>, Vec<String>), Vec<String>> {
+) -> Result<(Arc<rustls::ServerConfig>, Vec<String>), Vec<CertError>> {
     let (mut entries, _, warnings) = load(std::slice::from_ref(c))?;
     let cert = entries.remove(0);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -81,22 +102,28 @@ pub fn admin_server_config(
     Ok((Arc::new(config), warnings))
 }
 
-fn load_one(c: &CertPaths) -> Result<(Cert, CertInfo), String> {
+fn load_one(c: &CertPaths) -> Result<(Cert, CertInfo), (PairFile, String)> {
     let cert_name = c.cert.display().to_string();
     let key_name = c.key.display().to_string();
-    let chain: Vec<CertificateDer<'static>> = read_certs(&c.cert)?;
+    let cert_error = |e: String| (PairFile::Cert, e);
+    let key_error = |e: String| (PairFile::Key, e);
+    let chain: Vec<CertificateDer<'static>> = read_certs(&c.cert).map_err(cert_error)?;
     let Some(leaf) = chain.first() else {
-        return Err(format!("{cert_name}: no certificate in the file"));
+        return Err(cert_error(format!(
+            "{cert_name}: no certificate in the file"
+        )));
     };
     let key = PrivateKeyDer::from_pem_file(&c.key)
-        .map_err(|e| format!("{key_name}: cannot read a private key: {e}"))?;
+        .map_err(|e| key_error(format!("{key_name}: cannot read a private key: {e}")))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("{key_name}: unsupported private key: {e}"))?;
-    let (names, not_after) = describe(leaf).map_err(|e| format!("{cert_name}: {e}"))?;
+        .map_err(|e| key_error(format!("{key_name}: unsupported private key: {e}")))?;
+    let (names, not_after) = describe(leaf).map_err(|e| cert_error(format!("{cert_name}: {e}")))?;
     let certified = CertifiedKey::new(chain, signer);
-    certified
-        .keys_match()
-        .map_err(|_| format!("{key_name}: the key does not match the certificate {cert_name}"))?;
+    certified.keys_match().map_err(|_| {
+        key_error(format!(
+            "{key_name}: the key does not match the certificate {cert_name}"
+        ))
+    })?;
     Ok((
         Cert {
             key: Arc::new(certified),

@@ -1,23 +1,36 @@
-//! Configuration in two layers: [`raw`] mirrors the TOML with
-//! unknown keys rejected; [`validate`] turns it into the typed [`Config`]
-//! (`types.rs`), or into every error found, each naming its key; a rule
-//! is compiled by [`rule`]. The children import from [`crate::model`] and
-//! from each other, never from this file, which only re-exports them.
+//! Configuration in two layers: [`raw`] mirrors the TOML through serde,
+//! with every default and the unknown keys it collects; [`validate`] turns
+//! it into the typed [`Config`] (`types.rs`) — with `app`, `pool` and
+//! `admin` for those tables and `values` for single values — or into every
+//! [`ConfigError`] found, each naming its key path and line (`error.rs`).
+//! A rule is compiled by [`rule`]. The children import from
+//! [`crate::model`] and from each other, never from this file, which only
+//! re-exports them.
 //!
 //! After validation invalid states are unrepresentable: addresses are
 //! `SocketAddr`s, durations `Duration`s, regexes compiled, CIDRs parsed.
+//! Servers given by host name stay names ([`PoolConfig::names`]): no DNS
+//! is asked while a config is validated; the daemon resolves them
+//! (`control::resolve`).
 
+mod admin;
+mod app;
 pub mod certs;
+mod error;
+mod pool;
 pub mod raw;
 pub mod rule;
 mod types;
 pub(crate) mod upstream_tls;
 mod validate;
+mod values;
 
 pub use crate::model::{Color, NameValue, RuleSpec};
+pub use app::compile_rules;
+pub use error::{ConfigError, ConfigErrors};
 pub use rule::Rule;
 pub use types::*;
-pub use validate::{compile_rules, parse_config};
+pub use validate::parse_config;
 
 #[cfg(test)]
 mod tests {
@@ -37,7 +50,15 @@ mod tests {
                 server("10.0.0.1:80", None),
                 server("10.0.0.2:80", Some("api.test:80")),
             ],
-            names: vec![("api.test:80".into(), 2), ("down.test:80".into(), 2)],
+            names: ["api.test:80", "down.test:80"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NamedServer {
+                    name: n.to_string(),
+                    weight: 2,
+                    key: format!("apps.a.blue.servers[{}]", i + 1),
+                })
+                .collect(),
             balance: Balance::RoundRobin,
             health: None,
             passive: PassiveConfig::default(),

@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use regex::bytes::Regex;
 
-use crate::model::{Color, RuleSpec};
+use crate::model::{Color, NameValue, RuleSpec};
 
 /// One rule, validated and compiled. The routing table evaluates its
 /// conditions (`route::rule::RuleTable`); a condition that is `None` is
@@ -27,9 +27,12 @@ pub struct Rule {
     pub user_agent: Option<Regex>,
 }
 
+/// A rule's errors: `(field, message)` pairs.
+type Errs = Vec<(&'static str, String)>;
+
 impl Rule {
     /// Validate and compile one rule; errors are `(field, message)` pairs.
-    pub fn compile(spec: &RuleSpec) -> Result<Rule, Vec<(&'static str, String)>> {
+    pub fn compile(spec: &RuleSpec) -> Result<Rule, Errs> {
         let mut errs = Vec::new();
         let to = Color::parse(&spec.to).unwrap_or_else(|| {
             errs.push((
@@ -48,42 +51,8 @@ impl Rule {
         let user_agent = spec
             .user_agent
             .as_deref()
-            .and_then(|re| match Regex::new(re) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    let first = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    errs.push(("user_agent", format!("invalid regex {re:?}: {first}")));
-                    None
-                }
-            });
-        let header = spec.header.as_ref().and_then(|nv| {
-            match (
-                HeaderName::from_bytes(nv.name.as_bytes()),
-                HeaderValue::from_str(&nv.value),
-            ) {
-                (Ok(n), Ok(v)) => Some((n, v)),
-                (Err(_), _) => {
-                    errs.push((
-                        "header.name",
-                        format!("{:?} is not a valid header name", nv.name),
-                    ));
-                    None
-                }
-                (_, Err(_)) => {
-                    errs.push((
-                        "header.value",
-                        format!("{:?} is not a valid header value", nv.value),
-                    ));
-                    None
-                }
-            }
-        });
+            .and_then(|re| user_agent(re, &mut errs));
+        let header = spec.header.as_ref().and_then(|nv| header(nv, &mut errs));
         let cookie = spec.cookie.as_ref().and_then(|nv| {
             if nv.name.is_empty() || nv.name.contains([';', '=', ' ']) {
                 errs.push((
@@ -95,45 +64,13 @@ impl Rule {
                 Some((nv.name.clone(), nv.value.clone()))
             }
         });
-        let client_ip = spec.client_ip.as_ref().map(|list| {
-            if list.is_empty() {
-                errs.push(("client_ip", "must list at least one network".to_string()));
-            }
-            list.iter()
-                .filter_map(|s| {
-                    parse_net(s).or_else(|| {
-                        errs.push((
-                            "client_ip",
-                            format!("{s:?} is not an address or CIDR network"),
-                        ));
-                        None
-                    })
-                })
-                .collect()
-        });
+        let client_ip = spec.client_ip.as_deref().map(|l| client_ip(l, &mut errs));
         if let Some(p) = &spec.path_prefix {
             if !p.starts_with('/') {
                 errs.push(("path_prefix", format!("must start with '/', got {p:?}")));
             }
         }
-        // A rule without a condition takes every request (of its percent):
-        // only on purpose.
-        let conditions = spec.user_agent.is_some()
-            || spec.header.is_some()
-            || spec.cookie.is_some()
-            || spec.client_ip.is_some()
-            || spec.path_prefix.is_some();
-        match (conditions, spec.all) {
-            (false, Some(true)) | (true, None | Some(false)) => {}
-            (false, _) => errs.push((
-                "all",
-                "a rule without a condition (user_agent, header, cookie, client_ip, path_prefix) takes all traffic: say all = true if that is meant".to_string(),
-            )),
-            (true, Some(true)) => errs.push((
-                "all",
-                "all = true takes every request: it cannot go with a condition".to_string(),
-            )),
-        }
+        all_on_purpose(spec, &mut errs);
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -147,6 +84,84 @@ impl Rule {
             client_ip,
             user_agent,
         })
+    }
+}
+
+fn user_agent(re: &str, errs: &mut Errs) -> Option<Regex> {
+    match Regex::new(re) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let first = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            errs.push(("user_agent", format!("invalid regex {re:?}: {first}")));
+            None
+        }
+    }
+}
+
+fn header(nv: &NameValue, errs: &mut Errs) -> Option<(HeaderName, HeaderValue)> {
+    match (
+        HeaderName::from_bytes(nv.name.as_bytes()),
+        HeaderValue::from_str(&nv.value),
+    ) {
+        (Ok(n), Ok(v)) => Some((n, v)),
+        (Err(_), _) => {
+            errs.push((
+                "header.name",
+                format!("{:?} is not a valid header name", nv.name),
+            ));
+            None
+        }
+        (_, Err(_)) => {
+            errs.push((
+                "header.value",
+                format!("{:?} is not a valid header value", nv.value),
+            ));
+            None
+        }
+    }
+}
+
+fn client_ip(list: &[String], errs: &mut Errs) -> Vec<IpNet> {
+    if list.is_empty() {
+        errs.push(("client_ip", "must list at least one network".to_string()));
+    }
+    list.iter()
+        .filter_map(|s| {
+            parse_net(s).or_else(|| {
+                errs.push((
+                    "client_ip",
+                    format!("{s:?} is not an address or CIDR network"),
+                ));
+                None
+            })
+        })
+        .collect()
+}
+
+/// A rule without a condition takes every request (of its percent): only
+/// on purpose, said with `all = true`, which no condition may go with.
+fn all_on_purpose(spec: &RuleSpec, errs: &mut Errs) {
+    let conditions = spec.user_agent.is_some()
+        || spec.header.is_some()
+        || spec.cookie.is_some()
+        || spec.client_ip.is_some()
+        || spec.path_prefix.is_some();
+    match (conditions, spec.all) {
+        (false, Some(true)) | (true, None | Some(false)) => {}
+        (false, _) => errs.push((
+            "all",
+            "a rule without a condition (user_agent, header, cookie, client_ip, path_prefix) takes all traffic: say all = true if that is meant".to_string(),
+        )),
+        (true, Some(true)) => errs.push((
+            "all",
+            "all = true takes every request: it cannot go with a condition".to_string(),
+        )),
     }
 }
 

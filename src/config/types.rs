@@ -112,17 +112,6 @@ pub struct LogSettings {
     pub buffer: usize,
 }
 
-impl Default for LogSettings {
-    fn default() -> Self {
-        LogSettings {
-            access: AccessLog::Off,
-            format: AccessFormat::Json,
-            query: false,
-            buffer: 8192,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLog {
     Off,
@@ -233,26 +222,6 @@ pub struct Limits {
     pub upstream_max_lifetime: Duration,
     /// Downstream connections at once (default 20000); beyond it accept waits.
     pub max_connections: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 65536,
-            max_body_bytes: 0,
-            client_header_timeout: Duration::from_secs(10),
-            client_idle_timeout: Duration::from_secs(60),
-            client_body_timeout: Duration::from_secs(60),
-            client_send_timeout: Duration::from_secs(60),
-            upstream_read_timeout: Duration::from_secs(60),
-            tunnel_idle_timeout: Duration::from_secs(3600),
-            upstream_connect_timeout: Duration::from_secs(2),
-            upstream_response_timeout: Duration::from_secs(60),
-            upstream_idle_timeout: Duration::from_secs(30),
-            upstream_max_lifetime: Duration::from_secs(600),
-            max_connections: 20000,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -570,11 +539,12 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     /// Every server: the configured addresses, and what the configured
-    /// host names resolved to.
+    /// host names resolved to (none in a config fresh from validation:
+    /// names are resolved by the daemon, see `control::resolve`).
     pub servers: Vec<ServerConfig>,
-    /// The servers configured by host name (`host:port`, weight), resolved
-    /// again every `server.resolve_interval`.
-    pub names: Vec<(String, u32)>,
+    /// The servers configured by host name, resolved at start and again
+    /// every `server.resolve_interval`.
+    pub names: Vec<NamedServer>,
     /// Default round robin.
     pub balance: Balance,
     pub health: Option<HealthConfig>,
@@ -667,6 +637,17 @@ impl Default for PassiveConfig {
     }
 }
 
+/// A server configured by host name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedServer {
+    /// `host:port` as written.
+    pub name: String,
+    /// The weight of each address it resolves to.
+    pub weight: u32,
+    /// Its key (`apps.shop.blue.servers[0]`), for warnings.
+    pub key: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub addr: SocketAddr,
@@ -694,6 +675,50 @@ impl Config {
     pub fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.name == name)
     }
+
+    /// Every `host:port` some pool names a server by, once each.
+    pub fn server_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .apps
+            .iter()
+            .flat_map(|a| a.pools.iter())
+            .flat_map(|p| p.names.iter().map(|n| n.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The addresses its pools' host names resolve to now, as far as it
+    /// knows them (the servers it holds by name).
+    pub fn resolved_names(&self) -> std::collections::HashMap<String, Vec<SocketAddr>> {
+        let mut out: std::collections::HashMap<String, Vec<SocketAddr>> = Default::default();
+        let pools = self.apps.iter().flat_map(|a| a.pools.iter());
+        for s in pools.flat_map(|p| p.servers.iter()) {
+            if let Some(name) = &s.name {
+                let addrs = out.entry(name.clone()).or_default();
+                if !addrs.contains(&s.addr) {
+                    addrs.push(s.addr);
+                }
+            }
+        }
+        out
+    }
+
+    /// This config with every pool's host names resolved by `resolved`
+    /// (a name missing from it keeps the addresses it has).
+    pub fn with_resolved(
+        &self,
+        resolved: &std::collections::HashMap<String, Vec<SocketAddr>>,
+    ) -> Config {
+        let mut next = self.clone();
+        for app in &mut next.apps {
+            for pool in &mut app.pools {
+                *pool = pool.with_resolved(resolved);
+            }
+        }
+        next
+    }
 }
 
 /// Compiled rules of one app, with the key prefix used in errors.
@@ -712,13 +737,13 @@ impl PoolConfig {
             .filter(|s| s.name.as_ref().is_none_or(|n| !resolved.contains_key(n)))
             .cloned()
             .collect();
-        for (name, weight) in &self.names {
-            for addr in resolved.get(name).into_iter().flatten() {
+        for named in &self.names {
+            for addr in resolved.get(&named.name).into_iter().flatten() {
                 if !servers.iter().any(|s| s.addr == *addr) {
                     servers.push(ServerConfig {
                         addr: *addr,
-                        weight: *weight,
-                        name: Some(name.clone()),
+                        weight: named.weight,
+                        name: Some(named.name.clone()),
                     });
                 }
             }

@@ -7,7 +7,8 @@
 //! - [`guard`]: what keeps web pages out of it (Host, Origin, Content-Type);
 //! - [`changes`]: what each change in the history changed, in words;
 //! - [`health`]: active health checks and passive-check recovery;
-//! - [`resolve`]: servers given by host name, resolved again on an interval;
+//! - [`resolve`]: servers given by host name, resolved at start and again
+//!   on an interval, never under the control lock (the one DNS path);
 //! - [`judge`] and [`rollout`]: progressive rollouts, judged each second;
 //! - [`upgrade`]: handing the sockets to a new binary (`cutover upgrade`);
 //! - [`metrics`]: the Prometheus exposition.
@@ -60,6 +61,9 @@ pub struct Shared {
     pub upgrade: std::sync::OnceLock<Successor>,
     /// The access log's writer, started by the daemon.
     pub access_log: std::sync::OnceLock<access_log::AccessLog>,
+    /// Woken when a reload brings host names the resolver has not looked
+    /// up yet, so that their servers join without waiting an interval.
+    pub new_names: tokio::sync::Notify,
 }
 
 /// What a successor needs, set once at start by the daemon.
@@ -131,6 +135,7 @@ impl Shared {
             process: ProcessInfo::now(crate::handover::upgrades()),
             upgrade: std::sync::OnceLock::new(),
             access_log: std::sync::OnceLock::new(),
+            new_names: tokio::sync::Notify::new(),
         }
     }
 

@@ -669,7 +669,9 @@ impl Control {
         if self.shared.upgrading.load(Relaxed) {
             return Err(vec![OpError::Upgrading.to_string()]);
         }
-        let new = Config::load(&path)?;
+        // No DNS under the control lock: known names keep their addresses,
+        // new ones are looked up by `resolve::run`, woken below.
+        let new = Config::load(&path)?.with_resolved(&self.config.resolved_names());
         let mut errors = Vec::new();
         if new.server.listen != self.config.server.listen
             || new.server.listen_tls != self.config.server.listen_tls
@@ -770,6 +772,10 @@ impl Control {
         if let Some(log) = self.shared.access_log.get() {
             log.set_destination(&new.log.access);
         }
+        let known = self.config.server_names();
+        if new.server_names().iter().any(|n| !known.contains(n)) {
+            self.shared.new_names.notify_one();
+        }
         self.config = new;
         if let (Some(tls), Some(store)) = (&self.shared.tls, certs) {
             // New handshakes use the new certificates; open connections
@@ -784,16 +790,7 @@ impl Control {
 impl Control {
     /// Every `host:port` some pool names a server by.
     pub fn server_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .config
-            .apps
-            .iter()
-            .flat_map(|a| a.pools.iter())
-            .flat_map(|p| p.names.iter().map(|(n, _)| n.clone()))
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+        self.config.server_names()
     }
 
     /// New addresses for servers given by host name: the pools whose
