@@ -139,6 +139,11 @@ pub enum Command {
     /// Roll APP's standby colour out step by step, judged each second
     /// against the live colour, rolled back by itself if it fails:
     /// `rollout [APP] [start|status|pause|resume|abort]`.
+    ///
+    /// `rollout status` exits 0 while the rollout runs (paused included)
+    /// or once it succeeded, and 1 once it failed (the judge rolled it
+    /// back), was aborted or superseded by a manual change, or while it
+    /// rolls back.
     Rollout {
         /// `[APP] [start|status|pause|resume|abort]` (default: start).
         #[arg(num_args = 0..=2, value_names = ["APP", "ACTION"])]
@@ -193,6 +198,8 @@ pub enum Command {
         endpoint: ClientArgs,
     },
     /// How the running state differs from the config file given with -c.
+    /// Exit 0 when they match, 1 when they differ (or the daemon cannot
+    /// be reached).
     Diff {
         #[command(flatten)]
         out: Output,
@@ -593,10 +600,21 @@ fn client_command(cmd: Command) -> ExitCode {
                     Some(serde_json::json!({})),
                 ),
             };
-            finish(
-                ep.ok(method, &path, body, None)
-                    .map(|v| shown(out.json, v, |v| client::rollout_text(&v["rollout"]))),
-            )
+            let answer = ep.ok(method, &path, body, None);
+            let failed = action == "status"
+                && answer.as_ref().is_ok_and(|v| {
+                    matches!(
+                        v["rollout"]["state"].as_str(),
+                        Some("rolling_back" | "failed" | "aborted" | "superseded")
+                    )
+                });
+            let code =
+                finish(answer.map(|v| shown(out.json, v, |v| client::rollout_text(&v["rollout"]))));
+            if failed {
+                ExitCode::from(EXIT_FAILED)
+            } else {
+                code
+            }
         }
         Command::Server {
             app,
@@ -663,21 +681,29 @@ fn client_command(cmd: Command) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            finish(ep.ok("GET", "/v1/status", None, None).map(|status| {
-                let d = client::diff(&config, &status);
-                if out.json {
-                    let apps: serde_json::Map<String, serde_json::Value> = d
-                        .iter()
-                        .map(|(a, l)| (a.clone(), serde_json::json!(l)))
-                        .collect();
-                    format!(
-                        "{:#}\n",
-                        serde_json::json!({ "differs": !d.is_empty(), "apps": apps })
-                    )
-                } else {
-                    diff_text(&path, &d)
-                }
-            }))
+            let status = match ep.ok("GET", "/v1/status", None, None) {
+                Ok(s) => s,
+                Err(e) => return finish(Err(e)),
+            };
+            let d = client::diff(&config, &status);
+            if out.json {
+                let apps: serde_json::Map<String, serde_json::Value> = d
+                    .iter()
+                    .map(|(a, l)| (a.clone(), serde_json::json!(l)))
+                    .collect();
+                println!(
+                    "{:#}",
+                    serde_json::json!({ "differs": !d.is_empty(), "apps": apps })
+                );
+            } else {
+                print!("{}", diff_text(&path, &d));
+            }
+            // Like diff(1): a script can tell a drifted daemon by the code.
+            if d.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
         }
         Command::Upgrade { binary, out, .. } => {
             let mut body = serde_json::json!({});
@@ -704,7 +730,7 @@ fn client_command(cmd: Command) -> ExitCode {
             }))
         }
         Command::History { limit, out, .. } => finish(
-            ep.ok("GET", "/v1/history", None, None)
+            ep.ok("GET", &format!("/v1/history?limit={limit}"), None, None)
                 .map(|v| shown(out.json, v, |v| client::history_table(v, limit))),
         ),
         _ => unreachable!("handled by execute"),

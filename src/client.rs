@@ -456,19 +456,23 @@ pub fn status_table(v: &Value) -> String {
                 p["in_flight"],
                 p["tunnels"]
             );
-            for s in p["servers"].as_array().into_iter().flatten() {
+            let servers: Vec<&Value> = p["servers"].as_array().into_iter().flatten().collect();
+            for s in &servers {
                 let _ = writeln!(
                     out,
-                    "    {:<22} {:<9} in-flight {:<4} conns {:<4} weight {}",
+                    "    {:<22} {:<11} in-flight {:<4} conns {:<4} weight {}",
                     s["addr"].as_str().unwrap_or("?"),
-                    if s["healthy"].as_bool().unwrap_or(false) {
-                        "healthy"
-                    } else {
-                        "DOWN"
-                    },
+                    server_state(s["state"].as_str().unwrap_or("ready"), s["healthy"] == true),
                     s["in_flight"],
                     s["open_connections"],
                     s["weight"]
+                );
+            }
+            let takes_requests = |s: &&Value| s["healthy"] == true && s["state"] == "ready";
+            if p["receives_traffic"] == true && !servers.iter().any(takes_requests) {
+                let _ = writeln!(
+                    out,
+                    "    ! {color} receives traffic but has no healthy server in rotation: its requests get 503"
                 );
             }
         }
@@ -483,6 +487,18 @@ pub fn status_table(v: &Value) -> String {
         }
     }
     out
+}
+
+/// A server's state as `cutover status` shows it: `ready`, `drain` or
+/// `maint` as set, and `down` for a server in rotation that fails its
+/// health checks (a drained one that fails them too: `drain, down`).
+fn server_state(state: &str, healthy: bool) -> String {
+    match (state, healthy) {
+        ("ready", true) => "ready".into(),
+        ("ready", false) => "down".into(),
+        ("drain", false) => "drain, down".into(),
+        (other, _) => other.into(),
+    }
 }
 
 /// A rollout in a few lines: where it is, why, and what the judge sees.

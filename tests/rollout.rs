@@ -795,3 +795,46 @@ async fn the_judge_rolls_back_even_when_the_state_file_cannot_be_written() {
     .await;
     assert_eq!(r.status, 500, "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_exits_0_while_it_runs_and_1_once_the_judge_rolled_it_back() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 1000).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    let admin = proxy.admin_url("");
+    let status = || {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .args(["rollout", "shop", "status", "--admin", &admin])
+                .output()
+                .unwrap()
+        })
+    };
+    let load = load(&proxy, 4, Some(Duration::from_millis(10)));
+    start(
+        &c,
+        &proxy,
+        r#"{"steps": [50, 100], "every": "30s", "max_error_rate": "1%"}"#,
+    )
+    .await;
+    let out = status().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a running rollout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    until(&c, &proxy, Duration::from_secs(20), |r| {
+        r["state"] == "failed"
+    })
+    .await;
+    load.stop().await;
+    let out = status().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a failed rollout: {text}");
+    assert!(text.contains("failed"), "{text}");
+}

@@ -516,10 +516,12 @@ const MAX_REASON: usize = 200;
 
 /// `GET /v1/history`: the entries as stored, each with `changes`, what it
 /// changed in words (computed now, not stored).
-fn history(ctl: &Control) -> serde_json::Value {
-    let entries: Vec<serde_json::Value> = ctl
-        .history()
+fn history(ctl: &Control, limit: Option<usize>) -> serde_json::Value {
+    let all = ctl.history();
+    let skip = all.len().saturating_sub(limit.unwrap_or(usize::MAX));
+    let entries: Vec<serde_json::Value> = all
         .iter()
+        .skip(skip)
         .map(|e| {
             let mut v = serde_json::to_value(e).unwrap_or_default();
             if let Some(m) = v.as_object_mut() {
@@ -584,6 +586,22 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         })
     };
     let (query_force, query_dry_run) = (query_flag("force"), query_flag("dry_run"));
+    let limit = match req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+    {
+        None => None,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return error(
+                    400,
+                    format!("limit: must be a number of entries, got {v:?}"),
+                )
+            }
+        },
+    };
     // Route first, so a wrong method is 405 before the body is read.
     enum Route<'a> {
         Status,
@@ -636,7 +654,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
         let ctl = admin.lock();
         return match route {
             Route::Status => reply(200, ctl.status()),
-            Route::History => reply(200, history(&ctl)),
+            Route::History => reply(200, history(&ctl, limit)),
             Route::Metrics => {
                 let text = super::metrics::render(&ctl);
                 let mut r = Response::new(Full::new(Bytes::from(text)));
@@ -862,7 +880,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
             (
                 Change::Server(app.into(), b.color, addr, setting),
                 b.force || query_force,
-                b.dry_run,
+                b.dry_run || query_dry_run,
             )
         }
         _ => {
@@ -888,7 +906,11 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
             if opts.percent.is_some() && !matches!(change, Change::Shift(..) | Change::Mirror(..)) {
                 return error(400, "percent: only shift and mirror take a percent");
             }
-            (change, opts.force || query_force, opts.dry_run)
+            (
+                change,
+                opts.force || query_force,
+                opts.dry_run || query_dry_run,
+            )
         }
     };
     let result = admin.lock().apply(OpRequest {
