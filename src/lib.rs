@@ -20,14 +20,16 @@
 //!
 //! Around them:
 //! - [`model`]: the shared vocabulary (colours, rule specs, an app's
-//!   runtime state); imports nothing of ours.
+//!   runtime state, a rollout's phases); imports nothing of ours.
+//! - [`api`]: the admin API's answers and request bodies as types, which
+//!   the daemon serializes and the CLI deserializes; imports only `model`.
 //! - [`config`]: the TOML file in two layers, raw serde types and the
 //!   validated, typed [`config::Config`]; rules compiled, certificates
 //!   checked.
 //! - [`tls`]: certificates by SNI behind an `ArcSwap`, the rustls server
 //!   config; the upstream socket (plain or TLS) and its `connect`.
 //!
-//! Imports point one way, lowest first: model, handover, demo ← config ←
+//! Imports point one way, lowest first: model, handover, demo ← api ← config ←
 //! tls ← route ← control ← proxy ← daemon, client ← cli. A module uses
 //! only those to its left; `tests/module_graph.rs` checks that, and that
 //! no modules import each other in a ring.
@@ -36,6 +38,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -57,28 +57,29 @@ impl fmt::Display for Color {
 
 /// A canary rule as written in the config, in the state file and in the
 /// admin API (`PUT /v1/apps/{app}/rules`). The same type in all three places
-/// so a rule is validated by one function wherever it comes from.
+/// so a rule is validated by one function wherever it comes from. Fields
+/// in alphabetical order: the admin API lists keys so (see [`crate::api`]).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
-    pub name: String,
-    pub to: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<NameValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<NameValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ip: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_prefix: Option<String>,
     /// `true`: the rule has no condition on purpose and takes every
     /// request (of its `percent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<NameValue>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -89,12 +90,17 @@ pub struct NameValue {
 }
 
 /// What operators change at runtime for one app: the state file
-/// owns it, the config only gives its initial value.
+/// owns it, the config only gives its initial value. Fields in
+/// alphabetical order, as the admin API's history lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppState {
     pub live: Color,
-    pub standby_percent: f64,
+    /// The share (0-100) of live-colour requests copied to the standby
+    /// colour, as set at runtime. `None`: the config's `[apps.NAME.mirror]
+    /// percent` (0 when the app has no such table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<f64>,
     pub rules: Vec<RuleSpec>,
     /// Who owns the rules: `false` while they are the config file's (an
     /// edit of the file's rules applies on reload and restart), `true` once
@@ -109,11 +115,7 @@ pub struct AppState {
     /// ready with its configured weight.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub servers: BTreeMap<String, ServerSetting>,
-    /// The share (0-100) of live-colour requests copied to the standby
-    /// colour, as set at runtime. `None`: the config's `[apps.NAME.mirror]
-    /// percent` (0 when the app has no such table).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror_percent: Option<f64>,
+    pub standby_percent: f64,
 }
 
 fn runtime_owned() -> bool {
@@ -164,4 +166,84 @@ impl AppState {
     pub fn standby(&self) -> Color {
         self.live.other()
     }
+}
+
+/// Where a progressive rollout is (`control::rollout` moves it on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    Preflight,
+    Shadow,
+    Progressing,
+    Promoting,
+    Baking,
+    Succeeded,
+    Paused,
+    RollingBack,
+    Failed,
+    Aborted,
+    Superseded,
+}
+
+impl RolloutPhase {
+    pub const ALL: [RolloutPhase; 11] = [
+        RolloutPhase::Preflight,
+        RolloutPhase::Shadow,
+        RolloutPhase::Progressing,
+        RolloutPhase::Promoting,
+        RolloutPhase::Baking,
+        RolloutPhase::Succeeded,
+        RolloutPhase::Paused,
+        RolloutPhase::RollingBack,
+        RolloutPhase::Failed,
+        RolloutPhase::Aborted,
+        RolloutPhase::Superseded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Preflight => "preflight",
+            RolloutPhase::Shadow => "shadow",
+            RolloutPhase::Progressing => "progressing",
+            RolloutPhase::Promoting => "promoting",
+            RolloutPhase::Baking => "baking",
+            RolloutPhase::Succeeded => "succeeded",
+            RolloutPhase::Paused => "paused",
+            RolloutPhase::RollingBack => "rolling_back",
+            RolloutPhase::Failed => "failed",
+            RolloutPhase::Aborted => "aborted",
+            RolloutPhase::Superseded => "superseded",
+        }
+    }
+
+    /// Not yet ended: it holds the app's routing.
+    pub fn is_active(self) -> bool {
+        !matches!(
+            self,
+            RolloutPhase::Succeeded
+                | RolloutPhase::Failed
+                | RolloutPhase::Aborted
+                | RolloutPhase::Superseded
+        )
+    }
+}
+
+impl std::fmt::Display for RolloutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One move, as the rollout's own record keeps it (fields in alphabetical
+/// order, as the admin API lists them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutTransition {
+    pub from: RolloutPhase,
+    /// Green's share of split traffic after it.
+    pub percent: f64,
+    pub reason: String,
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub to: RolloutPhase,
 }

@@ -265,3 +265,97 @@ async fn status_prints_each_servers_state_and_flags_a_live_pool_with_no_healthy_
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_parameter_or_one_the_endpoint_does_not_take_is_refused_by_name() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&shop(&quoted(&b), &quoted(&g), ""));
+        let c = client();
+        for (method, path, headers, needle) in [
+            (
+                "POST",
+                "/v1/apps/shop/flip?dry_run=maybe",
+                &[][..],
+                "dry_run: must be true or false",
+            ),
+            (
+                "POST",
+                "/v1/apps/shop/flip?dryrun=true",
+                &[][..],
+                "unknown query parameter \"dryrun\"",
+            ),
+            (
+                "GET",
+                "/v1/history?limit=all",
+                &[][..],
+                "limit: must be a whole number",
+            ),
+            (
+                "POST",
+                "/v1/reload?dry_run=true",
+                &[][..],
+                "dry_run: POST /v1/reload does not take it",
+            ),
+            (
+                "POST",
+                "/v1/apps/shop/rollout?force=true",
+                &[][..],
+                "force:",
+            ),
+            ("POST", "/v1/apps/shop/flip?limit=1", &[][..], "limit:"),
+            (
+                "GET",
+                "/v1/status",
+                &[("if-match", "0")][..],
+                "If-Match: GET /v1/status does not take it",
+            ),
+        ] {
+            let r = admin_call(&c, &proxy, method, path, "", headers).await;
+            assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
+            let message = r.json()["error"].as_str().unwrap_or_default().to_string();
+            assert!(
+                message.contains(needle),
+                "{method} {path}: {message:?} lacks {needle:?}"
+            );
+        }
+        let s = status(&c, &proxy).await;
+        assert_eq!(s["epoch"], 0, "a refused call changed something");
+        let r = admin_call(&c, &proxy, "GET", "/v1/apps/shop/rollout", "", &[]).await;
+        assert_eq!(r.status, 404, "no rollout was started: {}", r.text());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_is_pretty_json_with_keys_in_alphabetical_order() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&shop(&quoted(&b), &quoted(&g), ""));
+        let c = client();
+        let rule = r#"[{"name": "t", "to": "green", "percent": 50, "header": {"name": "x-t", "value": "1"}, "user_agent": "Mobile"}]"#;
+        for (method, path, body, code) in [
+            ("PUT", "/v1/apps/shop/rules", rule, 200),
+            ("GET", "/v1/apps/shop/rules", "", 200),
+            ("POST", "/v1/apps/shop/shift", r#"{"percent": 5}"#, 200),
+            ("GET", "/v1/history", "", 200),
+            ("POST", "/v1/apps/shop/rollout", r#"{"steps": [50, 100], "every": "60s"}"#, 200),
+            ("GET", "/v1/apps/shop/rollout", "", 200),
+            ("GET", "/v1/status", "", 200),
+            ("POST", "/v1/apps/shop/flip", "", 409),
+            ("POST", "/v1/apps/shop/flip", "", 409),
+            ("GET", "/healthz", "", 200),
+        ] {
+            let r = admin_call(&c, &proxy, method, path, body, &[]).await;
+            assert_eq!(r.status, code, "{method} {path}: {}", r.text());
+            let sorted = serde_json::to_string_pretty(&r.json()).unwrap() + "\n";
+            assert_eq!(r.text(), sorted, "{method} {path}");
+        }
+        let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[]).await.json();
+        assert_eq!(h["history"][0]["after"]["rules"][0]["user_agent"], "Mobile");
+        assert!(h["history"][0]["changes"].is_array(), "{h:#}");
+    })
+    .await
+    .unwrap();
+}

@@ -25,6 +25,7 @@ pub mod resolve;
 pub mod rollout;
 pub mod state;
 pub mod upgrade;
+pub mod view;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

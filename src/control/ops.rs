@@ -13,15 +13,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::ser::{Serialize, SerializeMap, Serializer};
-
 use super::judge::Counts;
 use super::rollout::{self, Look, Next, Phase, Plan, Rollout};
 use super::state::{Commit, FileStore, History, HistoryEntry, NoStore, State, StateFile, Store};
 use super::Shared;
+use crate::api::Status;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
 use crate::route::snapshot::{ServerSetting, ServerState};
-use crate::route::{App, AppState, Pool, Snapshot};
+use crate::route::{App, AppState, Snapshot};
 
 /// What a caller asks for.
 #[derive(Debug, Clone)]
@@ -593,17 +592,23 @@ impl Control {
     }
 
     fn answer(&self, snap: Arc<Snapshot>, epoch: u64, dry_run: bool, changed: &[&str]) -> Status {
-        Status {
-            snap,
-            epoch,
-            change: Some((dry_run, changed.iter().map(|s| s.to_string()).collect())),
-            drift: self.drifting(),
-            rollouts: self.rollout_docs(),
-            process: self.shared.process.clone(),
-        }
+        let change = Some((dry_run, changed.iter().map(|s| s.to_string()).collect()));
+        self.view(&snap, epoch, change)
     }
 
-    fn rollout_docs(&self) -> BTreeMap<String, serde_json::Value> {
+    /// The status document of `snap` ([`super::view::status`]).
+    fn view(&self, snap: &Snapshot, epoch: u64, change: Option<(bool, Vec<String>)>) -> Status {
+        let extras = super::view::Extras {
+            epoch,
+            change,
+            drift: &self.drifting(),
+            rollouts: self.rollout_docs(),
+            process: &self.shared.process,
+        };
+        super::view::status(snap, extras)
+    }
+
+    fn rollout_docs(&self) -> BTreeMap<String, crate::api::Rollout> {
         self.state
             .rollouts
             .keys()
@@ -613,14 +618,7 @@ impl Control {
 
     /// `GET /v1/status`.
     pub fn status(&self) -> Status {
-        Status {
-            snap: self.shared.snapshot.load_full(),
-            epoch: self.state.epoch,
-            change: None,
-            drift: self.drifting(),
-            rollouts: self.rollout_docs(),
-            process: self.shared.process.clone(),
-        }
+        self.view(&self.shared.snapshot.load(), self.state.epoch, None)
     }
 
     /// SIGHUP and `POST /v1/reload`: re-read the config file. On any error
@@ -928,7 +926,7 @@ impl Control {
         plan: Plan,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<serde_json::Value, OpError> {
+    ) -> Result<crate::api::Rollout, OpError> {
         if self.shared.upgrading.load(Relaxed) {
             return Err(OpError::Upgrading);
         }
@@ -949,7 +947,8 @@ impl Control {
         );
         r.go(Phase::Preflight, 0, None, why, now_rfc3339());
         self.commit_rollout(app, r, actor, reason)?;
-        Ok(self.rollout_doc(app).unwrap_or_default())
+        self.rollout_doc(app)
+            .ok_or_else(|| OpError::Internal(format!("app {app:?} has no rollout record")))
     }
 
     /// Pause, resume or abort `app`'s rollout.
@@ -959,7 +958,7 @@ impl Control {
         steer: Steer,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<serde_json::Value, OpError> {
+    ) -> Result<crate::api::Rollout, OpError> {
         if self.shared.upgrading.load(Relaxed) {
             return Err(OpError::Upgrading);
         }
@@ -1013,7 +1012,8 @@ impl Control {
             ),
         }
         self.commit_rollout(app, after, actor, reason)?;
-        Ok(self.rollout_doc(app).unwrap_or_default())
+        self.rollout_doc(app)
+            .ok_or_else(|| OpError::Internal(format!("app {app:?} has no rollout record")))
     }
 
     /// Make `after` `app`'s rollout, with the routing its phase sets: one
@@ -1156,7 +1156,7 @@ impl Control {
 
     /// `app`'s rollout for status: the record, and what the judge sees in
     /// the current window.
-    pub fn rollout_doc(&self, app: &str) -> Option<serde_json::Value> {
+    pub fn rollout_doc(&self, app: &str) -> Option<crate::api::Rollout> {
         let r = self.state.rollouts.get(app)?;
         let snap = self.shared.snapshot.load();
         let state = &self.state.apps.get(app)?;
@@ -1168,42 +1168,46 @@ impl Control {
         let window = match (self.windows.get(app), snap.app(app)) {
             (Some(w), Some(a)) if r.phase.is_active() => {
                 let colour = |c: Color| {
-                    let [total, bad, slow] = w.counts(a, c);
-                    serde_json::json!({ "requests": total, "bad": bad, "slow": slow })
+                    let [requests, bad, slow] = w.counts(a, c);
+                    crate::api::Counts {
+                        bad,
+                        requests,
+                        slow,
+                    }
                 };
-                serde_json::json!({
-                    "age_seconds": (w.since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-                    "blue": colour(Color::Blue),
-                    "green": colour(Color::Green),
-                    "judge": w.note,
-                    "holding": w.held_since.is_some(),
+                Some(crate::api::Window {
+                    age_seconds: (w.since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                    blue: colour(Color::Blue),
+                    green: colour(Color::Green),
+                    holding: w.held_since.is_some(),
+                    judge: w.note.clone(),
                 })
             }
-            _ => serde_json::Value::Null,
+            _ => None,
         };
         let p = &r.plan;
         let ms = |v: u64| humantime::format_duration(Duration::from_millis(v)).to_string();
         let pct = |f: f64| (f * 1e6).round() / 1e4;
-        Some(serde_json::json!({
-            "state": r.phase,
-            "target": r.target,
-            "baseline": r.baseline(),
-            "step": r.step + 1,
-            "steps": p.steps,
-            "percent": share,
-            "every": ms(p.every_ms),
-            "max_error_rate": pct(p.max_error_rate),
-            "max_slow": p.max_slow_ms.map(ms),
-            "max_slow_rate": pct(p.max_slow_rate),
-            "bake": ms(p.bake_ms),
-            "allow_low_traffic": p.allow_low_traffic,
-            "shadow": ms(p.shadow_ms),
-            "max_mismatch": pct(p.max_mismatch),
-            "started": r.started,
-            "reason": r.reason,
-            "window": window,
-            "transitions": r.transitions,
-        }))
+        Some(crate::api::Rollout {
+            allow_low_traffic: p.allow_low_traffic,
+            bake: ms(p.bake_ms),
+            baseline: r.baseline(),
+            every: ms(p.every_ms),
+            max_error_rate: pct(p.max_error_rate),
+            max_mismatch: pct(p.max_mismatch),
+            max_slow: p.max_slow_ms.map(ms),
+            max_slow_rate: pct(p.max_slow_rate),
+            percent: share,
+            reason: r.reason.clone(),
+            shadow: ms(p.shadow_ms),
+            started: r.started.clone(),
+            state: r.phase,
+            step: r.step + 1,
+            steps: p.steps.clone(),
+            target: r.target,
+            transitions: r.transitions.clone(),
+            window,
+        })
     }
 }
 
@@ -1230,189 +1234,6 @@ fn describe(s: &AppState) -> String {
         s.standby_percent,
         s.rules.len()
     )
-}
-
-/// The status document (`GET /v1/status`, and the answer to every
-/// change): every app with its state, rules and pools. It is serialized
-/// straight from the snapshot it holds, with no `serde_json::Value` tree
-/// built and dropped on the way; keys come in alphabetical order, as they
-/// always have.
-pub struct Status {
-    snap: Arc<Snapshot>,
-    epoch: u64,
-    /// A change's answer: whether it was a dry run, and the apps it changed.
-    change: Option<(bool, Vec<String>)>,
-    /// Apps whose runtime rules differ from the config file's.
-    drift: Vec<String>,
-    /// Each app's latest rollout, as [`Control::rollout_doc`] shows it.
-    rollouts: BTreeMap<String, serde_json::Value>,
-    process: super::ProcessInfo,
-}
-
-impl Status {
-    /// The runtime rules of `app`, if the snapshot has it.
-    pub fn rules(&self, app: &str) -> Option<&[RuleSpec]> {
-        self.snap.app(app).map(|a| a.state.rules.as_slice())
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-}
-
-impl Serialize for Status {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        let mut apps: Vec<&Arc<App>> = self.snap.apps.iter().collect();
-        apps.sort_by(|a, b| a.name.cmp(&b.name));
-        m.serialize_entry("apps", &Apps(&apps, &self.drift, &self.rollouts))?;
-        if let Some((dry_run, changed)) = &self.change {
-            m.serialize_entry("changed", changed)?;
-            m.serialize_entry("dry_run", dry_run)?;
-        }
-        m.serialize_entry("epoch", &self.epoch)?;
-        m.serialize_entry("process", &self.process)?;
-        m.end()
-    }
-}
-
-struct Apps<'a>(
-    &'a [&'a Arc<App>],
-    &'a [String],
-    &'a BTreeMap<String, serde_json::Value>,
-);
-
-impl Serialize for Apps<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for app in self.0 {
-            let drift = self.1.iter().any(|d| **d == *app.name);
-            m.serialize_entry(&*app.name, &AppDoc(app, drift, self.2.get(&*app.name)))?;
-        }
-        m.end()
-    }
-}
-
-struct AppDoc<'a>(&'a App, bool, Option<&'a serde_json::Value>);
-
-impl Serialize for AppDoc<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let app = self.0;
-        let mut m = s.serialize_map(Some(12))?;
-        // The runtime rules differ from the config file's (`cutover diff`).
-        m.serialize_entry("drift", &self.1)?;
-        let hosts: Vec<String> = app.hosts.iter().map(|h| h.to_string()).collect();
-        m.serialize_entry("hosts", &hosts)?;
-        m.serialize_entry("live", &app.state.live)?;
-        m.serialize_entry("mirror", &MirrorDoc(app))?;
-        m.serialize_entry("path_prefix", &app.path_prefix)?;
-        m.serialize_entry("pools", &Pools(app))?;
-        // The latest rollout, under way or ended; `null` when none ran.
-        m.serialize_entry("rollout", &self.2)?;
-        // Through a `Value`, as before: the rules' keys in alphabetical order.
-        let rules = serde_json::to_value(&app.state.rules).map_err(serde::ser::Error::custom)?;
-        m.serialize_entry("rules", &rules)?;
-        let owner = if app.state.runtime_rules {
-            "runtime"
-        } else {
-            "file"
-        };
-        m.serialize_entry("rules_owner", owner)?;
-        m.serialize_entry("standby", &app.state.standby())?;
-        m.serialize_entry("standby_percent", &app.state.standby_percent)?;
-        m.serialize_entry("sticky", &app.sticky.to_string())?;
-        m.end()
-    }
-}
-
-/// Shadow traffic: the percent in force, the copies compared, and the last
-/// differences, newest first.
-struct MirrorDoc<'a>(&'a App);
-
-impl Serialize for MirrorDoc<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let app = self.0;
-        let (compared, mismatched) = app.mirror_stats.compared();
-        let mut m = s.serialize_map(Some(6))?;
-        m.serialize_entry("compared", &compared)?;
-        m.serialize_entry("differences", &app.mirror_stats.differences())?;
-        m.serialize_entry("in_flight", &app.mirror_stats.in_flight.load(Relaxed))?;
-        m.serialize_entry("mismatched", &mismatched)?;
-        m.serialize_entry("percent", &app.mirror_percent())?;
-        // Where the percent comes from: set at runtime, or the config's.
-        let source = if app.state.mirror_percent.is_some() {
-            "runtime"
-        } else {
-            "config"
-        };
-        m.serialize_entry("percent_source", source)?;
-        m.end()
-    }
-}
-
-struct Pools<'a>(&'a App);
-
-impl Serialize for Pools<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let app = self.0;
-        let mut m = s.serialize_map(Some(2))?;
-        for color in Color::ALL {
-            let pool = app.pool(color);
-            m.serialize_entry(
-                &color,
-                &PoolDoc {
-                    health_checked: pool.health().is_some(),
-                    in_flight: pool.stats.in_flight.load(Relaxed),
-                    receives_traffic: app.receives_traffic(color),
-                    servers: Servers(pool),
-                    tunnels: pool.stats.tunnels.load(Relaxed),
-                },
-            )?;
-        }
-        m.end()
-    }
-}
-
-#[derive(serde::Serialize)]
-struct PoolDoc<'a> {
-    health_checked: bool,
-    in_flight: u64,
-    receives_traffic: bool,
-    servers: Servers<'a>,
-    tunnels: u64,
-}
-
-struct Servers<'a>(&'a Pool);
-
-impl Serialize for Servers<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let pool = self.0;
-        s.collect_seq(pool.servers.iter().enumerate().map(|(i, s)| {
-            let (state, weight) = pool.setting(i);
-            ServerDoc {
-                addr: s.addr,
-                connect_errors: s.connect_errors.load(Relaxed),
-                // A server in maintenance reports unhealthy, whatever its checks say.
-                healthy: s.is_healthy() && state != ServerState::Maint,
-                in_flight: s.in_flight.load(Relaxed),
-                open_connections: s.open_connections.load(Relaxed),
-                state: state.as_str(),
-                weight,
-            }
-        }))
-    }
-}
-
-#[derive(serde::Serialize)]
-struct ServerDoc {
-    addr: std::net::SocketAddr,
-    connect_errors: u64,
-    healthy: bool,
-    in_flight: u64,
-    open_connections: u64,
-    /// `ready`, `drain` or `maint`.
-    state: &'static str,
-    weight: u32,
 }
 
 /// The durable state from its store (the state file, if any), with every

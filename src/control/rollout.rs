@@ -47,81 +47,9 @@ pub struct Plan {
     pub max_mismatch: f64,
 }
 
-/// Where a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Preflight,
-    Shadow,
-    Progressing,
-    Promoting,
-    Baking,
-    Succeeded,
-    Paused,
-    RollingBack,
-    Failed,
-    Aborted,
-    Superseded,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 11] = [
-        Phase::Preflight,
-        Phase::Shadow,
-        Phase::Progressing,
-        Phase::Promoting,
-        Phase::Baking,
-        Phase::Succeeded,
-        Phase::Paused,
-        Phase::RollingBack,
-        Phase::Failed,
-        Phase::Aborted,
-        Phase::Superseded,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Preflight => "preflight",
-            Phase::Shadow => "shadow",
-            Phase::Progressing => "progressing",
-            Phase::Promoting => "promoting",
-            Phase::Baking => "baking",
-            Phase::Succeeded => "succeeded",
-            Phase::Paused => "paused",
-            Phase::RollingBack => "rolling_back",
-            Phase::Failed => "failed",
-            Phase::Aborted => "aborted",
-            Phase::Superseded => "superseded",
-        }
-    }
-
-    /// Not yet ended: it holds the app's routing.
-    pub fn is_active(self) -> bool {
-        !matches!(
-            self,
-            Phase::Succeeded | Phase::Failed | Phase::Aborted | Phase::Superseded
-        )
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One move, as the rollout's own record keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Transition {
-    /// RFC 3339, UTC.
-    pub time: String,
-    pub from: Phase,
-    pub to: Phase,
-    /// Green's share of split traffic after it.
-    pub percent: f64,
-    pub reason: String,
-}
+// A rollout's phases and moves are shared vocabulary: the state file
+// keeps them and the admin API shows them.
+pub use crate::model::{RolloutPhase as Phase, RolloutTransition as Transition};
 
 /// The most transitions one rollout keeps (a rollout makes a dozen).
 const TRANSITIONS_KEPT: usize = 100;

@@ -1,0 +1,348 @@
+//! The admin API's answers as types: the daemon ([`crate::control::admin`])
+//! serializes them and the CLI ([`crate::client`]) deserializes the same
+//! ones, so the two cannot drift apart unnoticed.
+//!
+//! Every struct lists its fields in alphabetical order: the API has
+//! always written its keys so, and serializing in declaration order keeps
+//! that without building a `serde_json::Value` on the way. Fields a
+//! daemon of an older release did not send are `#[serde(default)]`, so
+//! the CLI still reads its answers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AppState, Color, RolloutPhase, RolloutTransition, RuleSpec, ServerState};
+
+/// `GET /v1/status`, and the answer to every change (with `changed` and
+/// `dry_run`) and to `POST /v1/reload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Every app, by name.
+    pub apps: BTreeMap<String, App>,
+    /// A change's answer: the apps it changed (or would change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Vec<String>>,
+    /// A change's answer: `true` when nothing was changed, only shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+    pub epoch: u64,
+    #[serde(default)]
+    pub process: Option<Process>,
+}
+
+/// Who serves: the daemon's process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// RFC 3339, UTC.
+    pub started: String,
+    /// Upgrades since the listening sockets were first bound.
+    pub upgrades: u64,
+    pub version: String,
+}
+
+/// One app in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    /// The runtime rules differ from the config file's (`cutover diff`).
+    #[serde(default)]
+    pub drift: bool,
+    pub hosts: Vec<String>,
+    pub live: Color,
+    #[serde(default)]
+    pub mirror: Mirror,
+    pub path_prefix: String,
+    pub pools: Pools,
+    /// The latest rollout, under way or ended; `null` when none ran.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    pub rules: Vec<RuleSpec>,
+    /// `runtime` once the rules were changed at runtime, else `file`.
+    #[serde(default)]
+    pub rules_owner: RulesOwner,
+    pub standby: Color,
+    pub standby_percent: f64,
+    pub sticky: String,
+}
+
+/// Whose rules an app runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RulesOwner {
+    /// The config file's: an edit of the file applies on reload.
+    #[default]
+    File,
+    /// Changed at runtime: the file's rules are reported as drift.
+    Runtime,
+}
+
+/// Shadow traffic of one app: the percent in force, the copies compared,
+/// and the last differences, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Mirror {
+    pub compared: u64,
+    pub differences: Vec<MirrorDifference>,
+    pub in_flight: u64,
+    pub mismatched: u64,
+    pub percent: f64,
+    /// `runtime` when set at runtime, else `config`.
+    pub percent_source: String,
+}
+
+/// One shadow copy whose answer differed from the live one (or failed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorDifference {
+    /// For an `error`: `connect`, `timeout` or `upstream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub live_status: u16,
+    pub method: String,
+    /// `status_differs`, `body_differs` or `error`.
+    pub outcome: String,
+    /// Without its query.
+    pub path: String,
+    /// `None` when the standby gave no answer.
+    pub shadow_status: Option<u16>,
+    /// RFC 3339, UTC, to the millisecond.
+    pub time: String,
+}
+
+/// An app's two pools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pools {
+    pub blue: Pool,
+    pub green: Pool,
+}
+
+impl Pools {
+    pub fn get(&self, color: Color) -> &Pool {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub health_checked: bool,
+    pub in_flight: u64,
+    /// The routing sends it some requests (split, rules or live).
+    pub receives_traffic: bool,
+    pub servers: Vec<Server>,
+    pub tunnels: u64,
+}
+
+impl Pool {
+    /// Does any server take new requests (in rotation and healthy)?
+    pub fn any_usable(&self) -> bool {
+        self.servers.iter().any(Server::usable)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub connect_errors: u64,
+    /// Health checks pass; a server in maintenance reports `false`.
+    pub healthy: bool,
+    pub in_flight: u64,
+    pub open_connections: u64,
+    #[serde(default)]
+    pub state: ServerState,
+    pub weight: u32,
+}
+
+impl Server {
+    /// In rotation and healthy: it takes new requests.
+    pub fn usable(&self) -> bool {
+        self.healthy && self.state == ServerState::Ready
+    }
+}
+
+/// A progressive rollout, as status and the rollout calls show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub allow_low_traffic: bool,
+    pub bake: String,
+    pub baseline: Color,
+    pub every: String,
+    /// Percent.
+    pub max_error_rate: f64,
+    /// Percent.
+    pub max_mismatch: f64,
+    /// `null`: slowness is not judged.
+    pub max_slow: Option<String>,
+    /// Percent.
+    pub max_slow_rate: f64,
+    /// The target's share of traffic now.
+    pub percent: f64,
+    /// Why it is where it is (the last transition's reason).
+    pub reason: String,
+    pub shadow: String,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub state: RolloutPhase,
+    /// The current step, from 1.
+    pub step: usize,
+    pub steps: Vec<f64>,
+    pub target: Color,
+    pub transitions: Vec<RolloutTransition>,
+    /// What the judge sees in the current window; `null` once it ended.
+    pub window: Option<Window>,
+}
+
+/// The judge's current window of a running rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub age_seconds: f64,
+    pub blue: Counts,
+    pub green: Counts,
+    pub holding: bool,
+    /// The judge's last word.
+    pub judge: String,
+}
+
+/// One colour's responses in a [`Window`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub bad: u64,
+    pub requests: u64,
+    pub slow: u64,
+}
+
+/// `GET|POST /v1/apps/{app}/rollout` and its pause, resume and abort.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutAnswer {
+    pub epoch: u64,
+    pub rollout: Rollout,
+}
+
+/// `GET /v1/apps/{app}/rules`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rules {
+    pub epoch: u64,
+    pub rules: Vec<RuleSpec>,
+}
+
+/// `GET /v1/history`: oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub epoch: u64,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One change, as recorded, with what it changed in words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Who: the admin token's name, `local`, `reload` or `start`.
+    pub actor: String,
+    pub after: AppState,
+    pub app: String,
+    pub before: AppState,
+    /// What changed, in words (computed when asked, not stored).
+    #[serde(default)]
+    pub changes: Vec<String>,
+    pub epoch: u64,
+    /// Forced past a health check.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    /// `flip`, `shift`, `rules`, `rollback`, `reload`, …
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339, UTC.
+    pub time: String,
+}
+
+/// `POST /v1/upgrade`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upgraded {
+    pub old_pid: u32,
+    pub pid: u32,
+    pub upgraded: bool,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Every refusal: what is wrong; with the current `epoch` for a stale
+/// `If-Match` (412), and each error of a refused reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Error {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+}
+
+impl Error {
+    pub fn new(message: impl Into<String>) -> Error {
+        Error {
+            epoch: None,
+            error: message.into(),
+            errors: None,
+        }
+    }
+}
+
+/// The body of flip, shift, mirror and rollback calls; every field is
+/// optional (an empty body is `{}`). `force` and `dry_run` may be given
+/// in the query string instead.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBody {
+    /// Apply even if traffic would go to a pool with no healthy server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Answer with the state that would result; change nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Shift and mirror only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+}
+
+/// The body of `POST /v1/apps/{app}/servers/{addr}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerBody {
+    /// Default `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ServerState>,
+    /// Replaces the configured weight while set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Needed only when the address is in both pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<Color>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// The body of `POST /v1/reload`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadBody {
+    /// Replace runtime rules that differ from the file's.
+    #[serde(default)]
+    pub take_rules_from_file: bool,
+}
+
+/// The body of `POST /v1/upgrade`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeBody {
+    /// Another binary than the installed one: allowed only from the
+    /// daemon's own host, and only when its config says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<std::path::PathBuf>,
+}

@@ -1,0 +1,539 @@
+//! The admin API's route table ([`Route::find`]) and one function per
+//! endpoint. Each answers with a type of [`crate::api`], the same the CLI
+//! reads back.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response};
+use http_body_util::Full;
+use serde::de::DeserializeOwned;
+
+use super::params::{Params, Takes};
+use super::plane::Admin;
+use super::reply::{refusal, reply, Reply};
+use crate::api;
+use crate::control::ops::{self, Change, OpError, Request as OpRequest, Steer};
+use crate::control::rollout;
+use crate::control::state::HistoryEntry;
+
+/// An endpoint's answer; `Err` is a refusal, which changed nothing.
+type Answer = Result<Reply, Refused>;
+
+/// A refusal: its status and what it says.
+pub(super) struct Refused(u16, api::Error);
+
+/// Refused with `status`, saying `message`.
+fn refuse(status: u16, message: impl Into<String>) -> Refused {
+    Refused(status, api::Error::new(message))
+}
+
+/// One endpoint, with the parts of its path it was called with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Route<'p> {
+    Metrics,
+    Status,
+    History,
+    Rules(&'p str),
+    SetRules(&'p str),
+    DeleteRule(&'p str, &'p str),
+    /// One app, or every app in one step (`None`).
+    Flip(Option<&'p str>),
+    /// One app's last change, or the last change (`None`).
+    Rollback(Option<&'p str>),
+    Shift(&'p str),
+    Mirror(&'p str),
+    /// App and server address.
+    Server(&'p str, &'p str),
+    Rollout(&'p str),
+    StartRollout(&'p str),
+    Steer(&'p str, Steer),
+    Reload,
+    Upgrade,
+}
+
+/// No route: no such path (404), or not with this method (405, with the
+/// methods it takes).
+#[derive(Debug, PartialEq)]
+pub(super) enum Miss {
+    NotFound,
+    Method(&'static str),
+}
+
+impl<'p> Route<'p> {
+    /// The route table: a path (split at `/`) and a method to an endpoint.
+    pub fn find(method: &Method, path: &[&'p str]) -> Result<Route<'p>, Miss> {
+        use Route::*;
+        let read = *method == Method::GET || *method == Method::HEAD;
+        let (get, post) = (*method == Method::GET, *method == Method::POST);
+        let only = |allow: &'static str, ok: bool, route: Route<'p>| match ok {
+            true => Ok(route),
+            false => Err(Miss::Method(allow)),
+        };
+        match *path {
+            ["metrics"] => only("GET", read, Metrics),
+            ["v1", "status"] => only("GET", read, Status),
+            ["v1", "history"] => only("GET", read, History),
+            ["v1", "reload"] => only("POST", post, Reload),
+            ["v1", "upgrade"] => only("POST", post, Upgrade),
+            ["v1", "flip"] => only("POST", post, Flip(None)),
+            ["v1", "rollback"] => only("POST", post, Rollback(None)),
+            ["v1", "apps", app, "flip"] => only("POST", post, Flip(Some(app))),
+            ["v1", "apps", app, "rollback"] => only("POST", post, Rollback(Some(app))),
+            ["v1", "apps", app, "shift"] => only("POST", post, Shift(app)),
+            // The percent is a setting replaced whole (PUT); POST as for shift.
+            ["v1", "apps", app, "mirror"] => {
+                only("PUT, POST", post || *method == Method::PUT, Mirror(app))
+            }
+            ["v1", "apps", app, "rules"] if get => Ok(Rules(app)),
+            ["v1", "apps", app, "rules"] => only("GET, PUT", *method == Method::PUT, SetRules(app)),
+            ["v1", "apps", app, "rules", name] => {
+                only("DELETE", *method == Method::DELETE, DeleteRule(app, name))
+            }
+            ["v1", "apps", app, "servers", addr] => only("POST", post, Server(app, addr)),
+            ["v1", "apps", app, "rollout"] if get => Ok(Rollout(app)),
+            ["v1", "apps", app, "rollout"] => only("GET, POST", post, StartRollout(app)),
+            ["v1", "apps", app, "rollout", "pause"] => {
+                only("POST", post, Steer(app, ops::Steer::Pause))
+            }
+            ["v1", "apps", app, "rollout", "resume"] => {
+                only("POST", post, Steer(app, ops::Steer::Resume))
+            }
+            ["v1", "apps", app, "rollout", "abort"] => {
+                only("POST", post, Steer(app, ops::Steer::Abort))
+            }
+            _ => Err(Miss::NotFound),
+        }
+    }
+
+    /// The parameters it takes beside its path and body.
+    pub fn takes(self) -> Takes {
+        use Route::*;
+        match self {
+            History => Takes::Limit,
+            Flip(_) | Rollback(_) | Shift(_) | Mirror(_) | SetRules(_) | DeleteRule(..)
+            | Server(..) => Takes::Change,
+            Metrics | Status | Rules(_) | Rollout(_) | StartRollout(_) | Steer(..) | Reload
+            | Upgrade => Takes::Nothing,
+        }
+    }
+
+    /// Reads change nothing: any token may call them, and they have no body.
+    pub fn reads(self) -> bool {
+        use Route::*;
+        matches!(self, Metrics | Status | History | Rules(_) | Rollout(_))
+    }
+}
+
+/// What an endpoint is given: the daemon, the connection, who calls, the
+/// call's parameters and its body (empty for a read).
+pub(super) struct Call<'a> {
+    pub admin: &'a Admin,
+    /// Who connected: an upgrade takes a binary path only from loopback.
+    pub peer: std::net::SocketAddr,
+    /// The token's name (see [`HistoryEntry::actor`]).
+    pub actor: String,
+    pub params: Params,
+    pub body: Bytes,
+}
+
+/// Answer `call` at `route`.
+pub(super) async fn answer(route: Route<'_>, call: Call<'_>) -> Reply {
+    let answer = match route {
+        Route::Metrics => Ok(metrics(&call)),
+        Route::Status => Ok(reply(200, call.admin.lock().status())),
+        Route::History => Ok(history(&call)),
+        Route::Rules(app) => rules(&call, app),
+        Route::SetRules(app) => set_rules(&call, app),
+        Route::DeleteRule(app, name) => apply(
+            &call,
+            Change::DeleteRule(app.into(), name.into()),
+            false,
+            false,
+        ),
+        Route::Flip(app) => flip(&call, app),
+        Route::Rollback(app) => rollback(&call, app),
+        Route::Shift(app) => shift(&call, app),
+        Route::Mirror(app) => mirror(&call, app),
+        Route::Server(app, addr) => server(&call, app, addr),
+        Route::Rollout(app) => rollout(&call, app),
+        Route::StartRollout(app) => start_rollout(&call, app),
+        Route::Steer(app, steer) => steer_rollout(&call, app, steer),
+        Route::Reload => reload(&call),
+        Route::Upgrade => upgrade(&call).await,
+    };
+    answer.unwrap_or_else(|Refused(status, why)| refusal(status, &why))
+}
+
+/// `body` as `T`; an empty body (or only white space) is `T::default()`.
+fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Refused> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| refuse(400, format!("bad JSON: {e}")))
+}
+
+/// Apply `change` with the call's `force` and `dry_run` (from the body or
+/// the query) and its `If-Match`: the new state, or why not.
+fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Answer {
+    let p = &call.params;
+    let result = call.admin.lock().apply(OpRequest {
+        change,
+        force: p.force(force),
+        dry_run: p.dry_run(dry_run),
+        if_match: p.if_match,
+        actor: call.actor.clone(),
+        reason: p.reason.clone(),
+    });
+    match result {
+        Ok(status) => Ok(reply(200, &status)),
+        Err(e @ OpError::Stale { current, .. }) => {
+            let why = api::Error {
+                epoch: Some(current),
+                ..api::Error::new(e.to_string())
+            };
+            Err(Refused(412, why))
+        }
+        Err(e) => Err(refuse(e.status(), e.to_string())),
+    }
+}
+
+/// The body of flip and rollback: `force` and `dry_run`, no percent.
+fn flags_only(call: &Call) -> Result<api::ChangeBody, Refused> {
+    let body: api::ChangeBody = optional_body(&call.body)?;
+    if body.percent.is_some() {
+        return Err(refuse(400, "percent: only shift and mirror take a percent"));
+    }
+    Ok(body)
+}
+
+/// `POST /v1/flip`, `POST /v1/apps/{app}/flip`.
+fn flip(call: &Call, app: Option<&str>) -> Answer {
+    let b = flags_only(call)?;
+    apply(call, Change::Flip(app.map(Into::into)), b.force, b.dry_run)
+}
+
+/// `POST /v1/rollback`, `POST /v1/apps/{app}/rollback`.
+fn rollback(call: &Call, app: Option<&str>) -> Answer {
+    let b = flags_only(call)?;
+    apply(
+        call,
+        Change::Rollback(app.map(Into::into)),
+        b.force,
+        b.dry_run,
+    )
+}
+
+/// `POST /v1/apps/{app}/shift` with `{"percent": P}`.
+fn shift(call: &Call, app: &str) -> Answer {
+    let b: api::ChangeBody = optional_body(&call.body)?;
+    let Some(p) = b.percent else {
+        return Err(refuse(400, "percent: missing (e.g. {\"percent\": 12.5})"));
+    };
+    apply(call, Change::Shift(app.into(), p), b.force, b.dry_run)
+}
+
+/// `PUT|POST /v1/apps/{app}/mirror` with `{"percent": P}`.
+fn mirror(call: &Call, app: &str) -> Answer {
+    let b: api::ChangeBody = optional_body(&call.body)?;
+    let Some(p) = b.percent else {
+        return Err(refuse(400, "percent: missing (e.g. {\"percent\": 10})"));
+    };
+    apply(call, Change::Mirror(app.into(), p), b.force, b.dry_run)
+}
+
+/// `POST /v1/apps/{app}/servers/{addr}`: drain, maint, ready, weight.
+fn server(call: &Call, app: &str, addr: &str) -> Answer {
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return Err(refuse(
+            400,
+            format!("{addr:?} is not a server address like 10.0.0.1:8080"),
+        ));
+    };
+    let b: api::ServerBody = serde_json::from_slice(&call.body).map_err(|e| {
+        refuse(
+            400,
+            format!("bad JSON: {e} (expected {{\"state\": \"ready\"|\"drain\"|\"maint\", \"weight\": N, \"color\": \"blue\"|\"green\"}})"),
+        )
+    })?;
+    let setting = crate::route::snapshot::ServerSetting {
+        state: b.state.unwrap_or_default(),
+        weight: b.weight,
+    };
+    let change = Change::Server(app.into(), b.color, addr, setting);
+    apply(call, change, b.force, b.dry_run)
+}
+
+/// `PUT /v1/apps/{app}/rules`: a list of rules, or `{"rules": [...]}`
+/// with `force` and `dry_run` beside it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum RulesBody {
+    List(Vec<crate::config::RuleSpec>),
+    Wrapped(RulesWrapped),
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesWrapped {
+    rules: Vec<crate::config::RuleSpec>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `PUT /v1/apps/{app}/rules`.
+fn set_rules(call: &Call, app: &str) -> Answer {
+    let (rules, force, dry_run) = match serde_json::from_slice::<RulesBody>(&call.body) {
+        Ok(RulesBody::List(rules)) => (rules, false, false),
+        Ok(RulesBody::Wrapped(w)) => (w.rules, w.force, w.dry_run),
+        Err(e) => {
+            // Untagged enums hide the cause: try each shape for a useful message.
+            let detail = serde_json::from_slice::<Vec<crate::config::RuleSpec>>(&call.body)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| e.to_string());
+            let message = format!("bad JSON: expected a list of rules: {detail}");
+            return Err(refuse(400, message));
+        }
+    };
+    apply(call, Change::SetRules(app.into(), rules), force, dry_run)
+}
+
+/// `GET /v1/apps/{app}/rules`.
+fn rules(call: &Call, app: &str) -> Answer {
+    let ctl = call.admin.lock();
+    let snap = ctl.shared.snapshot.load();
+    let Some(a) = snap.app(app) else {
+        return Err(refuse(404, format!("no app named {app:?}")));
+    };
+    let rules = a.state.rules.clone();
+    Ok(reply(
+        200,
+        &api::Rules {
+            epoch: ctl.epoch(),
+            rules,
+        },
+    ))
+}
+
+/// `GET /v1/history`: oldest first; with `?limit=N`, the newest N.
+fn history(call: &Call) -> Reply {
+    let ctl = call.admin.lock();
+    let all = ctl.history();
+    let skip = all
+        .len()
+        .saturating_sub(call.params.limit.unwrap_or(usize::MAX));
+    let history = all.iter().skip(skip).map(history_entry).collect();
+    reply(
+        200,
+        &api::History {
+            epoch: ctl.epoch(),
+            history,
+        },
+    )
+}
+
+/// An entry as stored, with what it changed in words (computed now).
+fn history_entry(e: &HistoryEntry) -> api::HistoryEntry {
+    api::HistoryEntry {
+        actor: e.actor.clone(),
+        after: e.after.clone(),
+        app: e.app.clone(),
+        before: e.before.clone(),
+        changes: e.changes(),
+        epoch: e.epoch,
+        forced: e.forced,
+        kind: e.kind.clone(),
+        reason: e.reason.clone(),
+        time: e.time.clone(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+fn metrics(call: &Call) -> Reply {
+    let text = crate::control::metrics::render(&call.admin.lock());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// `GET /v1/apps/{app}/rollout`.
+fn rollout(call: &Call, app: &str) -> Answer {
+    let ctl = call.admin.lock();
+    if ctl.config().app(app).is_none() {
+        return Err(refuse(404, format!("no app named {app:?}")));
+    }
+    let Some(rollout) = ctl.rollout_doc(app) else {
+        return Err(refuse(404, format!("app {app:?} has no rollout")));
+    };
+    Ok(reply(
+        200,
+        &api::RolloutAnswer {
+            epoch: ctl.epoch(),
+            rollout,
+        },
+    ))
+}
+
+/// `POST /v1/apps/{app}/rollout` with the plan (every field optional).
+fn start_rollout(call: &Call, app: &str) -> Answer {
+    let asked: rollout::Request = optional_body(&call.body)?;
+    let plan = asked.plan().map_err(|e| refuse(400, e))?;
+    let mut ctl = call.admin.lock();
+    let reason = call.params.reason.as_deref();
+    match ctl.start_rollout(app, plan, &call.actor, reason) {
+        Ok(rollout) => Ok(reply(
+            200,
+            &api::RolloutAnswer {
+                epoch: ctl.epoch(),
+                rollout,
+            },
+        )),
+        Err(e) => Err(refuse(e.status(), e.to_string())),
+    }
+}
+
+/// `POST /v1/apps/{app}/rollout/{pause|resume|abort}`: no body, or `{}`.
+fn steer_rollout(call: &Call, app: &str, steer: Steer) -> Answer {
+    let body = &call.body;
+    if !body.iter().all(u8::is_ascii_whitespace)
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err()
+    {
+        let message = "bad JSON: pause, resume and abort take no body (or {})";
+        return Err(refuse(400, message));
+    }
+    let mut ctl = call.admin.lock();
+    let reason = call.params.reason.as_deref();
+    match ctl.steer_rollout(app, steer, &call.actor, reason) {
+        Ok(rollout) => Ok(reply(
+            200,
+            &api::RolloutAnswer {
+                epoch: ctl.epoch(),
+                rollout,
+            },
+        )),
+        Err(e) => Err(refuse(e.status(), e.to_string())),
+    }
+}
+
+/// `POST /v1/reload`: re-read the config file.
+fn reload(call: &Call) -> Answer {
+    let b: api::ReloadBody = optional_body(&call.body)?;
+    let reason = call.params.reason.as_deref();
+    match call
+        .admin
+        .reload(b.take_rules_from_file, &call.actor, reason)
+    {
+        Ok(status) => Ok(reply(200, &status)),
+        Err(errors) => {
+            let why = api::Error {
+                errors: Some(errors.clone()),
+                ..api::Error::new(errors.join("; "))
+            };
+            Err(Refused(400, why))
+        }
+    }
+}
+
+/// `POST /v1/upgrade`: hand the listening sockets to a new process.
+async fn upgrade(call: &Call<'_>) -> Answer {
+    let b: api::UpgradeBody = optional_body(&call.body)?;
+    let (shared, binary) = {
+        let ctl = call.admin.lock();
+        let settings = &ctl.config().admin;
+        let binary = match b.binary {
+            None => crate::control::upgrade::installed_binary(settings),
+            Some(b) => match crate::control::upgrade::may_name_binary(settings, call.peer, &b) {
+                Ok(()) => Ok(b),
+                Err(why) => return Err(refuse(400, why)),
+            },
+        };
+        (ctl.shared.clone(), binary)
+    };
+    match crate::control::upgrade::upgrade(&shared, binary).await {
+        Ok(pid) => Ok(reply(
+            200,
+            &api::Upgraded {
+                old_pid: std::process::id(),
+                pid,
+                upgraded: true,
+            },
+        )),
+        Err((status, why)) => Err(refuse(status, why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where `method path` goes, in words.
+    fn find(method: Method, path: &str) -> String {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        format!("{:?}", Route::find(&method, &segments))
+    }
+
+    #[test]
+    fn every_path_names_one_endpoint_and_a_wrong_method_is_told_the_right_ones() {
+        for (method, path, to) in [
+            (Method::GET, "/v1/status", "Ok(Status)"),
+            (Method::HEAD, "/metrics", "Ok(Metrics)"),
+            (Method::POST, "/v1/flip", "Ok(Flip(None))"),
+            (
+                Method::POST,
+                "/v1/apps/shop/flip",
+                "Ok(Flip(Some(\"shop\")))",
+            ),
+            (Method::PUT, "/v1/apps/shop/mirror", "Ok(Mirror(\"shop\"))"),
+            (
+                Method::GET,
+                "/v1/apps/shop/rollout",
+                "Ok(Rollout(\"shop\"))",
+            ),
+            (
+                Method::POST,
+                "/v1/apps/shop/rollout",
+                "Ok(StartRollout(\"shop\"))",
+            ),
+            (
+                Method::POST,
+                "/v1/apps/shop/rollout/abort",
+                "Ok(Steer(\"shop\", Abort))",
+            ),
+            (
+                Method::DELETE,
+                "/v1/apps/shop/rules/x",
+                "Ok(DeleteRule(\"shop\", \"x\"))",
+            ),
+            (
+                Method::DELETE,
+                "/v1/apps/shop/flip",
+                "Err(Method(\"POST\"))",
+            ),
+            (
+                Method::HEAD,
+                "/v1/apps/shop/rules",
+                "Err(Method(\"GET, PUT\"))",
+            ),
+            (Method::POST, "/v1/status", "Err(Method(\"GET\"))"),
+            (Method::POST, "/v1/nowhere", "Err(NotFound)"),
+            (Method::POST, "/v1/apps/shop/rollout/skip", "Err(NotFound)"),
+        ] {
+            assert_eq!(find(method.clone(), path), to, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn only_changes_of_the_routing_take_force_dry_run_and_if_match() {
+        assert_eq!(Route::Shift("a").takes(), Takes::Change);
+        assert_eq!(Route::Server("a", "b").takes(), Takes::Change);
+        assert_eq!(Route::Reload.takes(), Takes::Nothing);
+        assert_eq!(Route::StartRollout("a").takes(), Takes::Nothing);
+        assert_eq!(Route::History.takes(), Takes::Limit);
+        assert!(Route::Rules("a").reads() && !Route::SetRules("a").reads());
+    }
+}
