@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::api;
 use crate::client::{self, Endpoint, EndpointArgs};
 use crate::config::{Config, HostPattern, Sticky};
+use crate::model::{Color, NameValue, RolloutPhase, RuleSpec, ServerState};
 
 /// Exit code for bad usage or a bad config (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -148,33 +150,8 @@ pub enum Command {
         /// `[APP] [start|status|pause|resume|abort]` (default: start).
         #[arg(num_args = 0..=2, value_names = ["APP", "ACTION"])]
         args: Vec<String>,
-        /// Green's share of split traffic at each step; the last is 100 (the flip).
-        #[arg(long, value_delimiter = ',', value_name = "PERCENTS")]
-        steps: Option<Vec<f64>>,
-        /// How long each step is observed at least (default 60s).
-        #[arg(long, value_name = "DURATION")]
-        every: Option<String>,
-        /// Largest acceptable share of bad responses: 5xx, connect errors, timeouts (default 1%).
-        #[arg(long, value_name = "PERCENT")]
-        max_error_rate: Option<String>,
-        /// A response whose head takes longer is slow (default: slowness not judged).
-        #[arg(long, value_name = "DURATION")]
-        max_slow: Option<String>,
-        /// Largest acceptable share of slow responses (default 5%).
-        #[arg(long, value_name = "PERCENT")]
-        max_slow_rate: Option<String>,
-        /// After the flip, watch the new live colour alone this long.
-        #[arg(long, value_name = "DURATION")]
-        bake: Option<String>,
-        /// Promote a step that ran its time without enough requests to judge.
-        #[arg(long)]
-        allow_low_traffic: bool,
-        /// Before the first step, compare shadow copies of live traffic this long.
-        #[arg(long, value_name = "DURATION")]
-        shadow: Option<String>,
-        /// Largest acceptable share of shadow copies that differ (default 1%).
-        #[arg(long, value_name = "PERCENT")]
-        max_mismatch: Option<String>,
+        #[command(flatten)]
+        plan: PlanArgs,
         /// Why: recorded in the history beside the token's name.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -286,8 +263,12 @@ pub struct ChangeFlags {
 }
 
 impl ChangeFlags {
-    fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "force": self.force, "dry_run": self.dry_run })
+    fn body(&self) -> api::ChangeBody {
+        api::ChangeBody {
+            force: self.force,
+            dry_run: self.dry_run,
+            percent: None,
+        }
     }
 }
 
@@ -338,6 +319,93 @@ pub struct RuleArgs {
     /// The rule has no condition on purpose: it takes every request (add).
     #[arg(long = "every-request", alias = "all")]
     pub every_request: bool,
+}
+
+impl RuleArgs {
+    /// The rule to add; `Err`: what is missing or malformed.
+    fn spec(&self) -> Result<RuleSpec, String> {
+        let (Some(name), Some(to)) = (self.name.clone(), self.to.clone()) else {
+            return Err("rules add needs --name and --to".into());
+        };
+        let pair = |s: &Option<String>, what: &str| -> Result<Option<NameValue>, String> {
+            let Some(s) = s else { return Ok(None) };
+            match s.split_once('=') {
+                Some((n, v)) => Ok(Some(NameValue {
+                    name: n.into(),
+                    value: v.into(),
+                })),
+                None => Err(format!("--{what} takes NAME=VALUE, got {s:?}")),
+            }
+        };
+        Ok(RuleSpec {
+            all: self.every_request.then_some(true),
+            client_ip: (!self.client_ip.is_empty()).then(|| self.client_ip.clone()),
+            cookie: pair(&self.cookie, "cookie")?,
+            header: pair(&self.header, "header")?,
+            name,
+            path_prefix: self.path_prefix.clone(),
+            percent: self.percent,
+            to,
+            user_agent: self.user_agent.clone(),
+        })
+    }
+}
+
+/// A rollout's plan as `rollout start` takes it; each flag left out is
+/// the daemon's default.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PlanArgs {
+    /// Green's share of split traffic at each step; the last is 100 (the flip).
+    #[arg(long, value_delimiter = ',', value_name = "PERCENTS")]
+    steps: Option<Vec<f64>>,
+    /// How long each step is observed at least (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    every: Option<String>,
+    /// Largest acceptable share of bad responses: 5xx, connect errors, timeouts (default 1%).
+    #[arg(long, value_name = "PERCENT")]
+    max_error_rate: Option<String>,
+    /// A response whose head takes longer is slow (default: slowness not judged).
+    #[arg(long, value_name = "DURATION")]
+    max_slow: Option<String>,
+    /// Largest acceptable share of slow responses (default 5%).
+    #[arg(long, value_name = "PERCENT")]
+    max_slow_rate: Option<String>,
+    /// After the flip, watch the new live colour alone this long.
+    #[arg(long, value_name = "DURATION")]
+    bake: Option<String>,
+    /// Promote a step that ran its time without enough requests to judge.
+    #[arg(long)]
+    allow_low_traffic: bool,
+    /// Before the first step, compare shadow copies of live traffic this long.
+    #[arg(long, value_name = "DURATION")]
+    shadow: Option<String>,
+    /// Largest acceptable share of shadow copies that differ (default 1%).
+    #[arg(long, value_name = "PERCENT")]
+    max_mismatch: Option<String>,
+}
+
+impl PlanArgs {
+    /// The flags given, as `POST /v1/apps/{app}/rollout` takes them.
+    fn body(self) -> serde_json::Map<String, serde_json::Value> {
+        let mut body = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<serde_json::Value>| {
+            if let Some(v) = v {
+                body.insert(k.to_string(), v);
+            }
+        };
+        put("steps", self.steps.map(|s| serde_json::json!(s)));
+        put("every", self.every.map(Into::into));
+        put("max_error_rate", self.max_error_rate.map(Into::into));
+        put("max_slow", self.max_slow.map(Into::into));
+        put("max_slow_rate", self.max_slow_rate.map(Into::into));
+        put("bake", self.bake.map(Into::into));
+        put("shadow", self.shadow.map(Into::into));
+        put("max_mismatch", self.max_mismatch.map(Into::into));
+        if self.allow_low_traffic {
+            body.insert("allow_low_traffic".into(), true.into());
+        }
+        body
+    }
 }
 
 impl Cli {
@@ -434,16 +502,17 @@ fn finish(result: anyhow::Result<String>) -> ExitCode {
     }
 }
 
-/// The JSON answer, or `text` of it.
-fn shown(
+/// The answer as it came (`--json`), or `text` of it read as the [`api`]
+/// type `T` it is.
+fn shown<T: serde::de::DeserializeOwned>(
     json: bool,
     v: serde_json::Value,
-    text: impl FnOnce(&serde_json::Value) -> String,
-) -> String {
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<String> {
     if json {
-        format!("{v:#}\n")
+        Ok(format!("{v:#}\n"))
     } else {
-        text(&v)
+        Ok(text(&client::read(v)?))
     }
 }
 
@@ -462,38 +531,43 @@ fn app_percent(command: &str, args: &[String]) -> Result<(Option<String>, f64), 
     }
 }
 
+/// A subcommand that calls the admin API: check what can be checked
+/// here, find the endpoint, and run it.
 fn client_command(cmd: Command) -> ExitCode {
-    let args = match &cmd {
+    let (args, reason) = match &cmd {
+        Command::Flip {
+            endpoint, change, ..
+        }
+        | Command::Shift {
+            endpoint, change, ..
+        }
+        | Command::Mirror {
+            endpoint, change, ..
+        }
+        | Command::Rollback {
+            endpoint, change, ..
+        }
+        | Command::Rules {
+            endpoint, change, ..
+        }
+        | Command::Server {
+            endpoint, change, ..
+        } => (endpoint, change.reason.clone()),
+        Command::Reload {
+            endpoint, reason, ..
+        }
+        | Command::Rollout {
+            endpoint, reason, ..
+        } => (endpoint, reason.clone()),
         Command::Status { endpoint, .. }
-        | Command::Flip { endpoint, .. }
-        | Command::Shift { endpoint, .. }
-        | Command::Mirror { endpoint, .. }
-        | Command::Rollback { endpoint, .. }
-        | Command::Rules { endpoint, .. }
-        | Command::Server { endpoint, .. }
-        | Command::Rollout { endpoint, .. }
-        | Command::Reload { endpoint, .. }
         | Command::Diff { endpoint, .. }
         | Command::Upgrade { endpoint, .. }
-        | Command::History { endpoint, .. } => endpoint,
-        _ => unreachable!("handled by execute"),
-    };
-    if let Command::Diff { endpoint, .. } = &cmd {
-        if endpoint.config.is_none() {
-            return usage(
-                "diff compares the running state with a config file: give it with -c FILE",
-            );
-        }
-    }
-    let reason = match &cmd {
-        Command::Flip { change, .. }
-        | Command::Shift { change, .. }
-        | Command::Mirror { change, .. }
-        | Command::Rollback { change, .. }
-        | Command::Rules { change, .. }
-        | Command::Server { change, .. } => change.reason.clone(),
-        Command::Reload { reason, .. } | Command::Rollout { reason, .. } => reason.clone(),
-        _ => None,
+        | Command::History { endpoint, .. } => (endpoint, None),
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Demo
+        | Command::Completions { .. }
+        | Command::Man => return usage("not a client command"),
     };
     if let Some(r) = &reason {
         if let Err(m) = check_reason(r) {
@@ -505,236 +579,264 @@ fn client_command(cmd: Command) -> ExitCode {
         Err(c) => return c,
     };
     ep.reason = reason;
+    run_client(&ep, cmd)
+}
+
+/// Each client subcommand, by its function.
+fn run_client(ep: &Endpoint, cmd: Command) -> ExitCode {
     match cmd {
         Command::Status { out, .. } => finish(
             ep.ok("GET", "/v1/status", None, None)
-                .map(|v| shown(out.json, v, client::status_table)),
+                .and_then(|v| shown(out.json, v, client::status_table)),
         ),
         Command::Flip {
-            app,
-            all,
-            change: c,
-            ..
-        } => {
-            // Every app only when asked for: with several apps, a flip
-            // without one names none.
-            let app = match (app, all) {
-                (Some(a), _) => Some(a),
-                (None, true) => None,
-                (None, false) => match client::pick_app(&ep, None) {
-                    Ok(a) => Some(a),
-                    Err(m) => return usage(format!("{m}, or pass --all to flip every app")),
-                },
-            };
-            change(&ep, "flip", app, c)
-        }
-        Command::Rollback { app, change: c, .. } => change(&ep, "rollback", app, c),
-        Command::Mirror {
-            args, change: c, ..
-        } => percent_change(&ep, "mirror", "PUT", &args, c),
-        Command::Shift {
-            args, change: c, ..
-        } => percent_change(&ep, "shift", "POST", &args, c),
+            app, all, change, ..
+        } => flip(ep, app, all, change),
+        Command::Rollback { app, change, .. } => self::change(ep, "rollback", app, change),
+        Command::Mirror { args, change, .. } => percent_change(ep, "mirror", "PUT", &args, change),
+        Command::Shift { args, change, .. } => percent_change(ep, "shift", "POST", &args, change),
         Command::Rules {
             args, rule, change, ..
-        } => rules_command(&ep, args, rule, change),
+        } => rules_command(ep, args, rule, change),
         Command::Rollout {
             args,
-            steps,
-            every,
-            max_error_rate,
-            max_slow,
-            max_slow_rate,
-            bake,
-            allow_low_traffic,
-            shadow,
-            max_mismatch,
+            plan,
+            reason: _,
             out,
             ..
-        } => {
-            const ACTIONS: [&str; 5] = ["start", "status", "pause", "resume", "abort"];
-            let (app, action) = match args.as_slice() {
-                [] => (None, "start"),
-                [a] if ACTIONS.contains(&a.as_str()) => (None, a.as_str()),
-                [a] => (Some(a.clone()), "start"),
-                [a, b] if ACTIONS.contains(&b.as_str()) => (Some(a.clone()), b.as_str()),
-                [_, b] => {
-                    return usage(format!(
-                        "rollout: {b:?} is not one of start, status, pause, resume, abort"
-                    ))
-                }
-                _ => return usage("rollout takes [APP] [start|status|pause|resume|abort]"),
-            };
-            let app = match client::pick_app(&ep, app) {
-                Ok(a) => a,
-                Err(m) => return usage(m),
-            };
-            let mut body = serde_json::Map::new();
-            let mut put = |k: &str, v: Option<serde_json::Value>| {
-                if let Some(v) = v {
-                    body.insert(k.to_string(), v);
-                }
-            };
-            put("steps", steps.map(|s| serde_json::json!(s)));
-            put("every", every.map(Into::into));
-            put("max_error_rate", max_error_rate.map(Into::into));
-            put("max_slow", max_slow.map(Into::into));
-            put("max_slow_rate", max_slow_rate.map(Into::into));
-            put("bake", bake.map(Into::into));
-            put("shadow", shadow.map(Into::into));
-            put("max_mismatch", max_mismatch.map(Into::into));
-            if allow_low_traffic {
-                body.insert("allow_low_traffic".into(), true.into());
-            }
-            if action != "start" && !body.is_empty() {
-                return usage(format!(
-                    "rollout {action}: the plan's flags (--steps, --every, ...) only go with start"
-                ));
-            }
-            let (method, path, body) = match action {
-                "start" => ("POST", format!("/v1/apps/{app}/rollout"), Some(body.into())),
-                "status" => ("GET", format!("/v1/apps/{app}/rollout"), None),
-                a => (
-                    "POST",
-                    format!("/v1/apps/{app}/rollout/{a}"),
-                    Some(serde_json::json!({})),
-                ),
-            };
-            let answer = ep.ok(method, &path, body, None);
-            let failed = action == "status"
-                && answer.as_ref().is_ok_and(|v| {
-                    matches!(
-                        v["rollout"]["state"].as_str(),
-                        Some("rolling_back" | "failed" | "aborted" | "superseded")
-                    )
-                });
-            let code =
-                finish(answer.map(|v| shown(out.json, v, |v| client::rollout_text(&v["rollout"]))));
-            if failed {
-                ExitCode::from(EXIT_FAILED)
-            } else {
-                code
-            }
-        }
+        } => rollout_command(ep, &args, plan, out),
         Command::Server {
             app,
             color,
             addr,
             action,
             weight,
-            change: c,
+            change,
             ..
-        } => {
-            let mut body = c.body();
-            body["color"] = serde_json::json!(match color {
-                ColorArg::Blue => "blue",
-                ColorArg::Green => "green",
-            });
-            body["state"] = serde_json::json!(match action {
-                ServerAction::Ready => "ready",
-                ServerAction::Drain => "drain",
-                ServerAction::Maint => "maint",
-            });
-            if let Some(w) = weight {
-                body["weight"] = serde_json::json!(w);
-            }
-            finish(
-                ep.ok(
-                    "POST",
-                    &format!("/v1/apps/{app}/servers/{addr}"),
-                    Some(body),
-                    c.if_match,
-                )
-                .map(|v| shown(c.json, v, client::describe_change)),
-            )
-        }
+        } => server_command(ep, &app, color, &addr, action, weight, change),
         Command::Reload {
             take_rules_from_file,
             out,
             ..
-        } => {
-            let body = serde_json::json!({ "take_rules_from_file": take_rules_from_file });
-            finish(ep.ok("POST", "/v1/reload", Some(body), None).map(|v| {
-                shown(out.json, v, |v| {
-                    let drift: Vec<&str> = v["apps"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .filter(|(_, a)| a["drift"] == true)
-                                .map(|(n, _)| n.as_str())
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let mut s = format!("reloaded (epoch {})\n", v["epoch"]);
-                    for name in drift {
-                        s.push_str(&format!(
+        } => reload(ep, take_rules_from_file, out),
+        Command::Diff { out, endpoint } => diff(ep, endpoint.config.as_deref(), out),
+        Command::Upgrade { binary, out, .. } => upgrade(ep, binary, out),
+        Command::History { limit, out, .. } => finish(
+            ep.ok("GET", &format!("/v1/history?limit={limit}"), None, None)
+                .and_then(|v| shown(out.json, v, |h| client::history_table(h, limit))),
+        ),
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Demo
+        | Command::Completions { .. }
+        | Command::Man => usage("not a client command"),
+    }
+}
+
+/// `flip [APP] [--all]`: every app only when asked for: with several
+/// apps, a flip without one names none.
+fn flip(ep: &Endpoint, app: Option<String>, all: bool, flags: ChangeFlags) -> ExitCode {
+    let app = match (app, all) {
+        (Some(a), _) => Some(a),
+        (None, true) => None,
+        (None, false) => match client::pick_app(ep, None) {
+            Ok(a) => Some(a),
+            Err(m) => return usage(format!("{m}, or pass --all to flip every app")),
+        },
+    };
+    change(ep, "flip", app, flags)
+}
+
+/// Where a rollout is, as `rollout status` exits: it failed, was aborted
+/// or superseded, or is rolling back.
+fn rollout_failed(state: RolloutPhase) -> bool {
+    matches!(
+        state,
+        RolloutPhase::RollingBack
+            | RolloutPhase::Failed
+            | RolloutPhase::Aborted
+            | RolloutPhase::Superseded
+    )
+}
+
+/// `rollout [APP] [start|status|pause|resume|abort]`.
+fn rollout_command(ep: &Endpoint, args: &[String], plan: PlanArgs, out: Output) -> ExitCode {
+    const ACTIONS: [&str; 5] = ["start", "status", "pause", "resume", "abort"];
+    let (app, action) = match args {
+        [] => (None, "start"),
+        [a] if ACTIONS.contains(&a.as_str()) => (None, a.as_str()),
+        [a] => (Some(a.clone()), "start"),
+        [a, b] if ACTIONS.contains(&b.as_str()) => (Some(a.clone()), b.as_str()),
+        [_, b] => {
+            return usage(format!(
+                "rollout: {b:?} is not one of start, status, pause, resume, abort"
+            ))
+        }
+        _ => return usage("rollout takes [APP] [start|status|pause|resume|abort]"),
+    };
+    let app = match client::pick_app(ep, app) {
+        Ok(a) => a,
+        Err(m) => return usage(m),
+    };
+    let body = plan.body();
+    if action != "start" && !body.is_empty() {
+        return usage(format!(
+            "rollout {action}: the plan's flags (--steps, --every, ...) only go with start"
+        ));
+    }
+    let (method, path, body) = match action {
+        "start" => ("POST", format!("/v1/apps/{app}/rollout"), Some(body.into())),
+        "status" => ("GET", format!("/v1/apps/{app}/rollout"), None),
+        a => (
+            "POST",
+            format!("/v1/apps/{app}/rollout/{a}"),
+            Some(serde_json::json!({})),
+        ),
+    };
+    let answer = ep.ok(method, &path, body, None).and_then(|v| {
+        let read: api::RolloutAnswer = client::read(v.clone())?;
+        Ok((read, v))
+    });
+    // Only `status` reports the rollout's outcome by its exit code: an
+    // abort that starts a rollback did what it was asked.
+    let failed = action == "status"
+        && answer
+            .as_ref()
+            .is_ok_and(|(a, _)| rollout_failed(a.rollout.state));
+    let code = finish(answer.and_then(|(_, v)| {
+        shown(out.json, v, |a: &api::RolloutAnswer| {
+            client::rollout_text(&a.rollout)
+        })
+    }));
+    if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        code
+    }
+}
+
+/// `server APP COLOR ADDR drain|maint|ready [--weight N]`.
+fn server_command(
+    ep: &Endpoint,
+    app: &str,
+    color: ColorArg,
+    addr: &str,
+    action: ServerAction,
+    weight: Option<u32>,
+    c: ChangeFlags,
+) -> ExitCode {
+    let body = api::ServerBody {
+        state: Some(match action {
+            ServerAction::Ready => ServerState::Ready,
+            ServerAction::Drain => ServerState::Drain,
+            ServerAction::Maint => ServerState::Maint,
+        }),
+        weight,
+        color: Some(match color {
+            ColorArg::Blue => Color::Blue,
+            ColorArg::Green => Color::Green,
+        }),
+        force: c.force,
+        dry_run: c.dry_run,
+    };
+    finish(
+        ep.ok(
+            "POST",
+            &format!("/v1/apps/{app}/servers/{addr}"),
+            Some(json_of(&body)),
+            c.if_match,
+        )
+        .and_then(|v| shown(c.json, v, client::describe_change)),
+    )
+}
+
+/// `reload [--take-rules-from-file]`: says which apps' file rules differ
+/// from the running ones, which stand.
+fn reload(ep: &Endpoint, take_rules_from_file: bool, out: Output) -> ExitCode {
+    let body = json_of(&api::ReloadBody {
+        take_rules_from_file,
+    });
+    finish(
+        ep.ok("POST", "/v1/reload", Some(body), None)
+            .and_then(|v| {
+                shown(out.json, v, |s: &api::Status| {
+                    let mut text = format!("reloaded (epoch {})\n", s.epoch);
+                    for (name, _) in s.apps.iter().filter(|(_, a)| a.drift) {
+                        text.push_str(&format!(
                             "{name}: the file's rules differ from the runtime rules, which stand (cutover diff; --take-rules-from-file applies the file's)\n"
                         ));
                     }
-                    s
+                    text
                 })
-            }))
+            }),
+    )
+}
+
+/// `diff -c FILE`: exit 0 when the running state matches the file, 1
+/// when it differs (like diff(1)), so that a script can tell.
+fn diff(ep: &Endpoint, path: Option<&Path>, out: Output) -> ExitCode {
+    let Some(path) = path else {
+        return usage("diff compares the running state with a config file: give it with -c FILE");
+    };
+    let config = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let status: api::Status = match ep.get("/v1/status") {
+        Ok(s) => s,
+        Err(e) => return finish(Err(e)),
+    };
+    let d = client::diff(&config, &status);
+    if out.json {
+        let apps: serde_json::Map<String, serde_json::Value> = d
+            .iter()
+            .map(|(a, l)| (a.clone(), serde_json::json!(l)))
+            .collect();
+        println!(
+            "{:#}",
+            serde_json::json!({ "differs": !d.is_empty(), "apps": apps })
+        );
+    } else {
+        print!("{}", diff_text(path, &d));
+    }
+    if d.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// `upgrade [--binary PATH]`.
+fn upgrade(ep: &Endpoint, binary: Option<PathBuf>, out: Output) -> ExitCode {
+    let mut body = api::UpgradeBody::default();
+    if let Some(b) = binary {
+        // A path means something only on the daemon's host; the
+        // daemon refuses it from anywhere else anyway.
+        if !ep.is_loopback() {
+            return usage(format!(
+                "--binary: {} is not on this host; a remote upgrade starts the installed binary ([admin] upgrade_binary on the daemon's host)",
+                ep.url()
+            ));
         }
-        Command::Diff { out, endpoint, .. } => {
-            let path = endpoint.config.expect("checked above");
-            let config = match load_or_report(&path) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let status = match ep.ok("GET", "/v1/status", None, None) {
-                Ok(s) => s,
-                Err(e) => return finish(Err(e)),
-            };
-            let d = client::diff(&config, &status);
-            if out.json {
-                let apps: serde_json::Map<String, serde_json::Value> = d
-                    .iter()
-                    .map(|(a, l)| (a.clone(), serde_json::json!(l)))
-                    .collect();
-                println!(
-                    "{:#}",
-                    serde_json::json!({ "differs": !d.is_empty(), "apps": apps })
-                );
-            } else {
-                print!("{}", diff_text(&path, &d));
-            }
-            // Like diff(1): a script can tell a drifted daemon by the code.
-            if d.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            }
-        }
-        Command::Upgrade { binary, out, .. } => {
-            let mut body = serde_json::json!({});
-            if let Some(b) = binary {
-                // A path means something only on the daemon's host; the
-                // daemon refuses it from anywhere else anyway.
-                if !ep.is_loopback() {
-                    return usage(format!(
-                        "--binary: {} is not on this host; a remote upgrade starts the installed binary ([admin] upgrade_binary on the daemon's host)",
-                        ep.url()
-                    ));
-                }
-                // The daemon resolves it from its own directory: make it absolute.
-                let b = std::fs::canonicalize(&b).unwrap_or(b);
-                body["binary"] = serde_json::json!(b);
-            }
-            finish(ep.ok("POST", "/v1/upgrade", Some(body), None).map(|v| {
-                shown(out.json, v, |v| {
+        // The daemon resolves it from its own directory: make it absolute.
+        body.binary = Some(std::fs::canonicalize(&b).unwrap_or(b));
+    }
+    finish(
+        ep.ok("POST", "/v1/upgrade", Some(json_of(&body)), None)
+            .and_then(|v| {
+                shown(out.json, v, |u: &api::Upgraded| {
                     format!(
                         "upgraded: pid {} serves now; pid {} drains and exits\n",
-                        v["pid"], v["old_pid"]
+                        u.pid, u.old_pid
                     )
                 })
-            }))
-        }
-        Command::History { limit, out, .. } => finish(
-            ep.ok("GET", &format!("/v1/history?limit={limit}"), None, None)
-                .map(|v| shown(out.json, v, |v| client::history_table(v, limit))),
-        ),
-        _ => unreachable!("handled by execute"),
-    }
+            }),
+    )
+}
+
+/// A request body as JSON.
+fn json_of(body: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(body).unwrap_or_default()
 }
 
 /// `--reason`: what the daemon records as is (it would drop other bytes
@@ -783,16 +885,18 @@ fn percent_change(
         Ok(a) => a,
         Err(m) => return usage(m),
     };
-    let mut body = c.body();
-    body["percent"] = serde_json::json!(percent);
+    let body = api::ChangeBody {
+        percent: Some(percent),
+        ..c.body()
+    };
     finish(
         ep.ok(
             method,
             &format!("/v1/apps/{app}/{verb}"),
-            Some(body),
+            Some(json_of(&body)),
             c.if_match,
         )
-        .map(|v| shown(c.json, v, client::describe_change)),
+        .and_then(|v| shown(c.json, v, client::describe_change)),
     )
 }
 
@@ -803,17 +907,52 @@ fn change(ep: &Endpoint, verb: &str, app: Option<String>, flags: ChangeFlags) ->
         None => format!("/v1/{verb}"),
     };
     finish(
-        ep.ok("POST", &path, Some(flags.body()), flags.if_match)
-            .map(|v| shown(flags.json, v, client::describe_change)),
+        ep.ok("POST", &path, Some(json_of(&flags.body())), flags.if_match)
+            .and_then(|v| shown(flags.json, v, client::describe_change)),
     )
 }
 
 /// `rules [APP] [list|add|remove] [NAME]`. Any other word where the
 /// action goes is a usage error: nothing is listed in place of a typo.
 fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs, flags: ChangeFlags) -> ExitCode {
+    let (app, action, rest) = match rules_words(&args) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let app = match client::pick_app(ep, app) {
+        Ok(a) => a,
+        Err(m) => return usage(m),
+    };
+    let path = format!("/v1/apps/{app}/rules");
+    match action.as_str() {
+        "list" if rest.is_empty() => finish(ep.ok("GET", &path, None, None).and_then(|v| {
+            shown(flags.json, v, |r: &api::Rules| {
+                client::rules_table(&r.rules)
+            })
+        })),
+        "list" => usage("rules list takes no more words"),
+        "remove" => match rest.as_slice() {
+            [name] => remove_rule(ep, &app, name, &flags),
+            _ => usage("rules remove takes the rule's NAME"),
+        },
+        _ if !rest.is_empty() => usage(format!(
+            "rules add takes its rule as flags, not {:?}",
+            rest.join(" ")
+        )),
+        _ => match rule.spec() {
+            Ok(spec) => add_rule(ep, &app, spec, &flags),
+            Err(message) => usage(message),
+        },
+    }
+}
+
+/// `[APP] [list|add|remove] [NAME]`: the app, the action, the words after.
+type RulesWords = (Option<String>, String, Vec<String>);
+
+fn rules_words(args: &[String]) -> Result<RulesWords, ExitCode> {
     const ACTIONS: [&str; 3] = ["list", "add", "remove"];
     let is_action = |a: &str| ACTIONS.contains(&a);
-    let (app, action, rest): (Option<String>, String, Vec<String>) = match args.as_slice() {
+    Ok(match args {
         [] => (None, "list".into(), vec![]),
         [a] if is_action(a) => (None, a.clone(), vec![]),
         [a, b, rest @ ..] if is_action(a) => {
@@ -827,137 +966,68 @@ fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs, flags: Change
             }
         }
         [app, a, rest @ ..] if is_action(a) => (Some(app.clone()), a.clone(), rest.to_vec()),
-        [app] if !app.starts_with('-') && args.len() == 1 => {
-            (Some(app.clone()), "list".into(), vec![])
-        }
+        [app] if !app.starts_with('-') => (Some(app.clone()), "list".into(), vec![]),
         [_, other, ..] | [other] => {
-            return usage(format!(
+            return Err(usage(format!(
                 "rules: unknown action {other:?}: use list, add or remove"
-            ))
+            )))
         }
-    };
-    let app = match client::pick_app(ep, app) {
-        Ok(a) => a,
-        Err(m) => return usage(m),
-    };
-    let path = format!("/v1/apps/{app}/rules");
-    let query = format!(
-        "{}{}",
-        if flags.force { "?force=true" } else { "" },
-        match (flags.dry_run, flags.force) {
-            (true, true) => "&dry_run=true",
-            (true, false) => "?dry_run=true",
-            _ => "",
-        }
-    );
-    match action.as_str() {
-        "list" => {
-            if !rest.is_empty() {
-                return usage("rules list takes no more words");
-            }
-            finish(
-                ep.ok("GET", &path, None, None)
-                    .map(|v| shown(flags.json, v, |v| client::rules_table(&v["rules"]))),
-            )
-        }
-        "remove" => {
-            let [name] = rest.as_slice() else {
-                return usage("rules remove takes the rule's NAME");
-            };
-            finish(
-                ep.ok(
-                    "DELETE",
-                    &format!("{path}/{name}{query}"),
-                    None,
-                    flags.if_match,
-                )
-                .map(|v| {
-                    shown(flags.json, v, |v| {
-                        let dry = if v["dry_run"] == true {
-                            "dry run: would remove"
-                        } else {
-                            "removed"
-                        };
-                        format!("{dry} rule {name:?} from {app}\n")
-                    })
-                }),
-            )
-        }
-        _ => {
-            if !rest.is_empty() {
-                return usage(format!(
-                    "rules add takes its rule as flags, not {:?}",
-                    rest.join(" ")
-                ));
-            }
-            let (Some(name), Some(to)) = (rule.name.clone(), rule.to.clone()) else {
-                return usage("rules add needs --name and --to");
-            };
-            let pair =
-                |s: &Option<String>, what: &str| -> Result<Option<serde_json::Value>, ExitCode> {
-                    match s {
-                        None => Ok(None),
-                        Some(s) => match s.split_once('=') {
-                            Some((n, v)) => Ok(Some(serde_json::json!({ "name": n, "value": v }))),
-                            None => Err(usage(format!("--{what} takes NAME=VALUE, got {s:?}"))),
-                        },
-                    }
-                };
-            let header = match pair(&rule.header, "header") {
-                Ok(h) => h,
-                Err(c) => return c,
-            };
-            let cookie = match pair(&rule.cookie, "cookie") {
-                Ok(c) => c,
-                Err(c) => return c,
-            };
-            let mut spec = serde_json::json!({ "name": name, "to": to });
-            if let Some(p) = rule.percent {
-                spec["percent"] = p.into();
-            }
-            if let Some(u) = rule.user_agent {
-                spec["user_agent"] = u.into();
-            }
-            if let Some(h) = header {
-                spec["header"] = h;
-            }
-            if let Some(c) = cookie {
-                spec["cookie"] = c;
-            }
-            if !rule.client_ip.is_empty() {
-                spec["client_ip"] = rule.client_ip.into();
-            }
-            if let Some(p) = rule.path_prefix {
-                spec["path_prefix"] = p.into();
-            }
-            if rule.every_request {
-                spec["all"] = true.into();
-            }
-            // Read, append, write back with If-Match: a concurrent change is
-            // refused (412) rather than lost.
-            let result = ep.ok("GET", &path, None, None).and_then(|current| {
-                let epoch = flags.if_match.or(current["epoch"].as_u64());
-                let mut rules = current["rules"].as_array().cloned().unwrap_or_default();
-                rules.push(spec);
-                ep.ok(
-                    "PUT",
-                    &format!("{path}{query}"),
-                    Some(serde_json::Value::Array(rules)),
-                    epoch,
-                )
-            });
-            finish(result.map(|v| {
-                shown(flags.json, v, |v| {
-                    let dry = if v["dry_run"] == true {
-                        "dry run, unchanged:\n"
-                    } else {
-                        ""
-                    };
-                    format!("{dry}{}", client::rules_table(&v["apps"][&app]["rules"]))
-                })
-            }))
-        }
+    })
+}
+
+/// `?force=true&dry_run=true` as the flags say (the rules calls take
+/// them in the query, their body being the rules).
+fn change_query(flags: &ChangeFlags) -> String {
+    let mut q = Vec::new();
+    if flags.force {
+        q.push("force=true");
     }
+    if flags.dry_run {
+        q.push("dry_run=true");
+    }
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+/// `rules [APP] remove NAME`.
+fn remove_rule(ep: &Endpoint, app: &str, name: &str, flags: &ChangeFlags) -> ExitCode {
+    let path = format!("/v1/apps/{app}/rules/{name}{}", change_query(flags));
+    finish(ep.ok("DELETE", &path, None, flags.if_match).and_then(|v| {
+        shown(flags.json, v, |s: &api::Status| {
+            let dry = if s.dry_run == Some(true) {
+                "dry run: would remove"
+            } else {
+                "removed"
+            };
+            format!("{dry} rule {name:?} from {app}\n")
+        })
+    }))
+}
+
+/// `rules [APP] add ...`: read, append, write back with If-Match, so a
+/// concurrent change is refused (412) rather than lost.
+fn add_rule(ep: &Endpoint, app: &str, spec: RuleSpec, flags: &ChangeFlags) -> ExitCode {
+    let path = format!("/v1/apps/{app}/rules");
+    let result = ep.get::<api::Rules>(&path).and_then(|mut current| {
+        let epoch = flags.if_match.or(Some(current.epoch));
+        current.rules.push(spec);
+        let put = format!("{path}{}", change_query(flags));
+        ep.ok("PUT", &put, Some(json_of(&current.rules)), epoch)
+    });
+    finish(result.and_then(|v| {
+        shown(flags.json, v, |s: &api::Status| {
+            let dry = if s.dry_run == Some(true) {
+                "dry run, unchanged:\n"
+            } else {
+                ""
+            };
+            let rules = s.apps.get(app).map_or(&[][..], |a| &a.rules[..]);
+            format!("{dry}{}", client::rules_table(rules))
+        })
+    }))
 }
 
 fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
@@ -1080,7 +1150,7 @@ fn runtime_diff(path: &Path) -> Option<Vec<(String, Vec<String>)>> {
     let a = ep.authority.to_socket_addrs().ok()?.next()?;
     std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(500)).ok()?;
     let config = Config::load(path).ok()?;
-    let status = ep.ok("GET", "/v1/status", None, None).ok()?;
+    let status: api::Status = ep.get("/v1/status").ok()?;
     Some(client::diff(&config, &status))
 }
 

@@ -11,9 +11,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
+use crate::api;
 use crate::config::Config;
+use crate::model::{Color, RuleSpec, ServerState};
 
 /// The admin API said no: its HTTP status (which the CLI's exit code
 /// follows) and its message.
@@ -246,7 +249,8 @@ impl Endpoint {
     }
 
     /// A call that must succeed: non-2xx becomes an error with the
-    /// server's message.
+    /// server's message. The answer as it came, for `--json`; read it as
+    /// an [`api`] type with [`read`].
     pub fn ok(
         &self,
         method: &str,
@@ -256,20 +260,24 @@ impl Endpoint {
     ) -> Result<Value> {
         let (status, v) = self.call(method, path, body, if_match)?;
         if (200..300).contains(&status) {
-            Ok(v)
-        } else {
-            let msg = v
-                .get("error")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string());
-            Err(Refused {
-                status,
-                message: msg,
-            }
-            .into())
+            return Ok(v);
         }
+        let message = match serde_json::from_value::<api::Error>(v.clone()) {
+            Ok(e) => e.error,
+            Err(_) => v.to_string(),
+        };
+        Err(Refused { status, message }.into())
     }
+
+    /// `GET path`, read as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        read(self.ok("GET", path, None, None)?)
+    }
+}
+
+/// An answer of the admin API as the [`api`] type it should be.
+pub fn read<T: DeserializeOwned>(v: Value) -> Result<T> {
+    serde_json::from_value(v).context("the daemon's answer is not what this cutover reads")
 }
 
 /// The host of `host:port` (an IPv6 address without its brackets).
@@ -314,21 +322,15 @@ pub fn pick_app(ep: &Endpoint, app: Option<String>) -> Result<String, String> {
     if let Some(a) = app {
         return Ok(a);
     }
-    let status = ep
-        .ok("GET", "/v1/status", None, None)
-        .map_err(|e| e.to_string())?;
-    let names: Vec<String> = status["apps"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
+    let status: api::Status = ep.get("/v1/status").map_err(|e| format!("{e:#}"))?;
+    let names: Vec<String> = status.apps.into_keys().collect();
     match names.as_slice() {
         [only] => Ok(only.clone()),
         _ => Err(format!("name the app: one of {}", names.join(", "))),
     }
 }
 
-fn percent(v: &Value) -> String {
-    let p = v.as_f64().unwrap_or(0.0);
+fn percent(p: f64) -> String {
     if p.fract() == 0.0 {
         format!("{p:.0}%")
     } else {
@@ -336,152 +338,98 @@ fn percent(v: &Value) -> String {
     }
 }
 
-/// A one-line summary per app of a status document, for the apps named.
-pub fn describe_change(v: &Value) -> String {
+/// A number as JSON writes it (`5.0`, `12.5`), as these texts always
+/// showed them.
+fn number(f: f64) -> String {
+    serde_json::to_string(&f).unwrap_or_else(|_| f.to_string())
+}
+
+/// A one-line summary per app of a change's answer, for the apps it
+/// changed.
+pub fn describe_change(v: &api::Status) -> String {
     let mut out = String::new();
-    let dry = v["dry_run"].as_bool().unwrap_or(false);
-    let changed: Vec<&str> = v["changed"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let dry = v.dry_run.unwrap_or(false);
+    let changed = v.changed.as_deref().unwrap_or_default();
     if changed.is_empty() {
-        let _ = writeln!(out, "nothing to change (epoch {})", v["epoch"]);
+        let _ = writeln!(out, "nothing to change (epoch {})", v.epoch);
         return out;
     }
     for name in changed {
-        let a = &v["apps"][name];
-        let mirror = match a["mirror"]["percent"].as_f64() {
-            Some(p) if p > 0.0 => format!(", {} of live traffic mirrored", percent(&json!(p))),
+        let Some(a) = v.apps.get(name) else { continue };
+        let mirror = match a.mirror.percent {
+            p if p > 0.0 => format!(", {} of live traffic mirrored", percent(p)),
             _ => String::new(),
         };
         let _ = writeln!(
             out,
             "{}{name}: live {}, {} of default traffic to standby {}, {} rule(s){mirror}",
             if dry { "dry run: " } else { "" },
-            a["live"].as_str().unwrap_or("?"),
-            percent(&a["standby_percent"]),
-            a["standby"].as_str().unwrap_or("?"),
-            a["rules"].as_array().map_or(0, Vec::len),
+            a.live,
+            percent(a.standby_percent),
+            a.standby,
+            a.rules.len(),
         );
     }
     let _ = writeln!(
         out,
         "epoch {}{}",
-        v["epoch"],
+        v.epoch,
         if dry { " (unchanged: dry run)" } else { "" }
     );
     out
 }
 
-/// A rule of the API's JSON in words, as history describes rules.
-fn rule_conditions(r: &Value) -> String {
-    serde_json::from_value::<crate::config::RuleSpec>(r.clone())
-        .map(|spec| crate::control::changes::conditions(&spec))
-        .unwrap_or_else(|_| "?".into())
-}
-
-pub fn rules_table(rules: &Value) -> String {
+pub fn rules_table(rules: &[RuleSpec]) -> String {
     let mut out = String::new();
-    let list = rules.as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if rules.is_empty() {
         out.push_str("no rules\n");
     }
-    for (i, r) in list.iter().enumerate() {
+    for (i, r) in rules.iter().enumerate() {
         let _ = writeln!(
             out,
             "{}. {} -> {} {} when {}",
             i + 1,
-            r["name"].as_str().unwrap_or("?"),
-            r["to"].as_str().unwrap_or("?"),
-            percent(&r.get("percent").cloned().unwrap_or(json!(100))),
-            rule_conditions(r)
+            r.name,
+            r.to,
+            percent(r.percent.unwrap_or(100.0)),
+            crate::control::changes::conditions(r)
         );
     }
     out
 }
 
 /// `cutover status`: apps, colours, split, rules, servers.
-pub fn status_table(v: &Value) -> String {
+pub fn status_table(v: &api::Status) -> String {
     let mut out = String::new();
-    let p = &v["process"];
-    if p.is_object() {
+    if let Some(p) = &v.process {
         let _ = writeln!(
             out,
             "cutover {} pid {} started {} upgrades {}",
-            p["version"].as_str().unwrap_or("?"),
-            p["pid"],
-            p["started"].as_str().unwrap_or("?"),
-            p["upgrades"]
+            p.version, p.pid, p.started, p.upgrades
         );
     }
-    let _ = writeln!(out, "epoch {}", v["epoch"]);
-    let Some(apps) = v["apps"].as_object() else {
-        return out;
-    };
-    for (name, a) in apps {
-        let hosts = a["hosts"]
-            .as_array()
-            .map(|h| {
-                h.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
+    let _ = writeln!(out, "epoch {}", v.epoch);
+    for (name, a) in &v.apps {
+        let hosts = a.hosts.join(", ");
         let _ = writeln!(
             out,
             "\napp {name}  ({}, prefix {})  live {}  standby {} {}  sticky {}",
             if hosts.is_empty() { "any host" } else { &hosts },
-            a["path_prefix"].as_str().unwrap_or("/"),
-            a["live"].as_str().unwrap_or("?"),
-            a["standby"].as_str().unwrap_or("?"),
-            percent(&a["standby_percent"]),
-            a["sticky"].as_str().unwrap_or("?")
+            a.path_prefix,
+            a.live,
+            a.standby,
+            percent(a.standby_percent),
+            a.sticky
         );
-        for color in ["blue", "green"] {
-            let p = &a["pools"][color];
-            let role = if a["live"] == color {
-                "live"
-            } else {
-                "standby"
-            };
-            let _ = writeln!(
-                out,
-                "  {color:<5} {role:<7}  {:<11} in-flight {:<4} tunnels {}",
-                if p["receives_traffic"].as_bool().unwrap_or(false) {
-                    "traffic"
-                } else {
-                    "no traffic"
-                },
-                p["in_flight"],
-                p["tunnels"]
-            );
-            let servers: Vec<&Value> = p["servers"].as_array().into_iter().flatten().collect();
-            for s in &servers {
-                let _ = writeln!(
-                    out,
-                    "    {:<22} {:<11} in-flight {:<4} conns {:<4} weight {}",
-                    s["addr"].as_str().unwrap_or("?"),
-                    server_state(s["state"].as_str().unwrap_or("ready"), s["healthy"] == true),
-                    s["in_flight"],
-                    s["open_connections"],
-                    s["weight"]
-                );
-            }
-            let takes_requests = |s: &&Value| s["healthy"] == true && s["state"] == "ready";
-            if p["receives_traffic"] == true && !servers.iter().any(takes_requests) {
-                let _ = writeln!(
-                    out,
-                    "    ! {color} receives traffic but has no healthy server in rotation: its requests get 503"
-                );
-            }
+        for color in Color::ALL {
+            pool_lines(color, a, &mut out);
         }
-        for line in rules_table(&a["rules"]).lines() {
+        for line in rules_table(&a.rules).lines() {
             let _ = writeln!(out, "  rule {line}");
         }
-        mirror_lines(&a["mirror"], a["standby"].as_str().unwrap_or("?"), &mut out);
-        if a["rollout"].is_object() {
-            for line in rollout_text(&a["rollout"]).lines() {
+        mirror_lines(&a.mirror, a.standby, &mut out);
+        if let Some(r) = &a.rollout {
+            for line in rollout_text(r).lines() {
                 let _ = writeln!(out, "  {line}");
             }
         }
@@ -489,58 +437,88 @@ pub fn status_table(v: &Value) -> String {
     out
 }
 
+/// One pool in `cutover status`: its role and traffic, each server with
+/// its state, and a warning when it receives traffic no server can take.
+fn pool_lines(color: Color, a: &api::App, out: &mut String) {
+    let p = a.pools.get(color);
+    let role = if a.live == color { "live" } else { "standby" };
+    let _ = writeln!(
+        out,
+        "  {color:<5} {role:<7}  {:<11} in-flight {:<4} tunnels {}",
+        if p.receives_traffic {
+            "traffic"
+        } else {
+            "no traffic"
+        },
+        p.in_flight,
+        p.tunnels
+    );
+    for s in &p.servers {
+        let _ = writeln!(
+            out,
+            "    {:<22} {:<11} in-flight {:<4} conns {:<4} weight {}",
+            s.addr.to_string(),
+            server_state(s),
+            s.in_flight,
+            s.open_connections,
+            s.weight
+        );
+    }
+    if p.receives_traffic && !p.any_usable() {
+        let _ = writeln!(
+            out,
+            "    ! {color} receives traffic but has no healthy server in rotation: its requests get 503"
+        );
+    }
+}
+
 /// A server's state as `cutover status` shows it: `ready`, `drain` or
 /// `maint` as set, and `down` for a server in rotation that fails its
 /// health checks (a drained one that fails them too: `drain, down`).
-fn server_state(state: &str, healthy: bool) -> String {
-    match (state, healthy) {
-        ("ready", true) => "ready".into(),
-        ("ready", false) => "down".into(),
-        ("drain", false) => "drain, down".into(),
-        (other, _) => other.into(),
+fn server_state(s: &api::Server) -> &'static str {
+    match (s.state, s.healthy) {
+        (ServerState::Ready, true) => "ready",
+        (ServerState::Ready, false) => "down",
+        (ServerState::Drain, true) => "drain",
+        (ServerState::Drain, false) => "drain, down",
+        (ServerState::Maint, _) => "maint",
     }
 }
 
 /// A rollout in a few lines: where it is, why, and what the judge sees.
-pub fn rollout_text(r: &Value) -> String {
+pub fn rollout_text(r: &api::Rollout) -> String {
     let mut out = String::new();
-    let steps: Vec<String> = r["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| s.to_string())
-        .collect();
+    let steps: Vec<String> = r.steps.iter().map(|s| number(*s)).collect();
     let _ = writeln!(
         out,
         "rollout of {}: {}, step {} of {} ({}), {} of traffic; steps {} every {}",
-        r["target"].as_str().unwrap_or("?"),
-        r["state"].as_str().unwrap_or("?"),
-        r["step"],
+        r.target,
+        r.state,
+        r.step,
         steps.len(),
         steps
-            .get(r["step"].as_u64().unwrap_or(1).saturating_sub(1) as usize)
+            .get(r.step.saturating_sub(1))
             .map_or("?".to_string(), |s| format!("{s} %")),
-        percent(&r["percent"]),
+        percent(r.percent),
         steps.join(","),
-        r["every"].as_str().unwrap_or("?")
+        r.every
     );
-    let _ = writeln!(out, "  reason: {}", r["reason"].as_str().unwrap_or(""));
-    let w = &r["window"];
-    if w.is_object() {
-        let counts = |c: &str| {
+    let _ = writeln!(out, "  reason: {}", r.reason);
+    if let Some(w) = &r.window {
+        let counts = |c: &str, n: &api::Counts| {
             format!(
                 "{c} {} bad / {} requests ({} slow)",
-                w[c]["bad"], w[c]["requests"], w[c]["slow"]
+                n.bad, n.requests, n.slow
             )
         };
         let _ = writeln!(
             out,
             "  since {} s: {}; {}",
-            w["age_seconds"],
-            counts("green"),
-            counts("blue")
+            number(w.age_seconds),
+            counts("green", &w.green),
+            counts("blue", &w.blue)
         );
-        let _ = writeln!(out, "  judge: {}", w["judge"].as_str().unwrap_or(""));
+        let _ = writeln!(out, "  judge: {}", w.judge);
     }
     out
 }
@@ -548,66 +526,66 @@ pub fn rollout_text(r: &Value) -> String {
 /// Shadow traffic in `cutover status`: the percent, the copies compared
 /// and mismatched, and the last few differences; nothing while it is off
 /// and has never run.
-fn mirror_lines(m: &Value, standby: &str, out: &mut String) {
-    let on = m["percent"].as_f64().unwrap_or(0.0) > 0.0;
-    let compared = m["compared"].as_u64().unwrap_or(0);
-    if !on && compared == 0 {
+fn mirror_lines(m: &api::Mirror, standby: Color, out: &mut String) {
+    if m.percent <= 0.0 && m.compared == 0 {
         return;
     }
     let _ = writeln!(
         out,
-        "  mirror {} to {standby}: {compared} compared, {} mismatched",
-        percent(&m["percent"]),
-        m["mismatched"].as_u64().unwrap_or(0),
+        "  mirror {} to {standby}: {} compared, {} mismatched",
+        percent(m.percent),
+        m.compared,
+        m.mismatched,
     );
-    for d in m["differences"].as_array().into_iter().flatten().take(5) {
-        let shadow = match d["shadow_status"].as_u64() {
-            Some(s) => s.to_string(),
-            None => d["error"].as_str().unwrap_or("error").to_string(),
+    for d in m.differences.iter().take(5) {
+        let shadow = match (d.shadow_status, &d.error) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => "error".to_string(),
         };
         let _ = writeln!(
             out,
             "    {} {} {} live {} shadow {} ({})",
-            d["time"].as_str().unwrap_or("?"),
-            d["method"].as_str().unwrap_or("?"),
-            d["path"].as_str().unwrap_or("?"),
-            d["live_status"],
-            shadow,
-            d["outcome"].as_str().unwrap_or("?"),
+            d.time, d.method, d.path, d.live_status, shadow, d.outcome,
         );
     }
 }
 
 /// `cutover history`: one line per change, newest last: time, epoch,
 /// app, kind, actor (the token's name), what changed in words, and the
-/// reason given, if any.
-pub fn history_table(v: &Value, limit: usize) -> String {
+/// reason given, if any. At most `limit` (the newest), though the daemon
+/// was asked for no more.
+pub fn history_table(v: &api::History, limit: usize) -> String {
     let mut out = String::new();
-    let list = v["history"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if v.history.is_empty() {
         out.push_str("no changes recorded\n");
     }
-    let skip = list.len().saturating_sub(limit);
-    for h in list.iter().skip(skip) {
-        let changes = history_changes(h);
+    let skip = v.history.len().saturating_sub(limit);
+    for h in v.history.iter().skip(skip) {
+        // A daemon too old to send `changes` sent `before` and `after`.
+        let changes = if h.changes.is_empty() {
+            crate::control::changes::describe(&h.before, &h.after)
+        } else {
+            h.changes.clone()
+        };
         let _ = write!(
             out,
             "{}  #{:<4} {:<10} {:<9} {:<12} {}",
-            h["time"].as_str().unwrap_or("?"),
-            h["epoch"].to_string(),
-            h["app"].as_str().unwrap_or("?"),
-            h["kind"].as_str().unwrap_or("?"),
-            h["actor"].as_str().unwrap_or("?"),
+            h.time,
+            h.epoch.to_string(),
+            h.app,
+            h.kind,
+            h.actor,
             if changes.is_empty() {
                 "(no visible change)".to_string()
             } else {
                 changes.join("; ")
             },
         );
-        if h["forced"].as_bool().unwrap_or(false) {
+        if h.forced {
             out.push_str("  (forced)");
         }
-        if let Some(r) = h["reason"].as_str() {
+        if let Some(r) = &h.reason {
             let _ = write!(out, "  reason: {r:?}");
         }
         out.push('\n');
@@ -615,120 +593,98 @@ pub fn history_table(v: &Value, limit: usize) -> String {
     out
 }
 
-/// An entry's `changes` as the daemon computed them; from its `before`
-/// and `after` for a daemon too old to send them.
-fn history_changes(h: &Value) -> Vec<String> {
-    if let Some(list) = h["changes"].as_array() {
-        return list
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect();
-    }
-    let side = |k: &str| serde_json::from_value::<crate::route::AppState>(h[k].clone()).ok();
-    match (side("before"), side("after")) {
-        (Some(b), Some(a)) => crate::control::changes::describe(&b, &a),
-        _ => Vec::new(),
-    }
-}
-
 /// How the running state (a status document) differs from a config file:
 /// one line per difference, per app. The file gives the initial live
 /// colour and split, and the rules it declares; the runtime state owns
 /// them once changed.
-pub fn diff(config: &Config, status: &Value) -> Vec<(String, Vec<String>)> {
+pub fn diff(config: &Config, status: &api::Status) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     for app in &config.apps {
-        let mut lines = Vec::new();
-        let run = &status["apps"][&app.name];
-        if run.is_null() {
-            lines.push("not running (the daemon's config has no such app: reload it)".into());
-            out.push((app.name.clone(), lines));
-            continue;
-        }
-        let live = run["live"].as_str().unwrap_or("?");
-        if live != app.live.to_string() {
-            lines.push(format!("live: {live} (file: {})", app.live));
-        }
-        let split = run["standby_percent"].as_f64().unwrap_or(0.0);
-        if split != app.standby_percent {
-            lines.push(format!(
-                "standby_percent: {split} (file: {})",
-                app.standby_percent
-            ));
-        }
-        // A daemon too old to report a mirror has none running.
-        let mirror = run["mirror"]["percent"].as_f64().unwrap_or(0.0);
-        if mirror != app.mirror.percent {
-            lines.push(format!(
-                "mirror percent: {mirror} (file: {})",
-                app.mirror.percent
-            ));
-        }
-        let running: Vec<crate::config::RuleSpec> =
-            serde_json::from_value(run["rules"].clone()).unwrap_or_default();
-        for r in &running {
-            match app.rules.iter().find(|f| f.name == r.name) {
-                None => lines.push(format!(
-                    "rule {:?}: added at runtime ({})",
-                    r.name,
-                    crate::control::changes::conditions(r)
-                )),
-                Some(f) if f != r => lines.push(format!(
-                    "rule {:?}: {} -> {} when {} (file: {} -> {} when {})",
-                    r.name,
-                    r.percent.unwrap_or(100.0),
-                    r.to,
-                    crate::control::changes::conditions(r),
-                    f.percent.unwrap_or(100.0),
-                    f.to,
-                    crate::control::changes::conditions(f),
-                )),
-                Some(_) => {}
-            }
-        }
-        for f in &app.rules {
-            if !running.iter().any(|r| r.name == f.name) {
-                lines.push(format!("rule {:?}: in the file, not running", f.name));
-            }
-        }
-        let order: Vec<&str> = running.iter().map(|r| r.name.as_str()).collect();
-        let file_order: Vec<&str> = app.rules.iter().map(|r| r.name.as_str()).collect();
-        if order.len() == file_order.len()
-            && order != file_order
-            && file_order.iter().all(|n| order.contains(n))
-        {
-            lines.push(format!(
-                "rule order: {} (file: {})",
-                order.join(", "),
-                file_order.join(", ")
-            ));
-        }
-        for color in ["blue", "green"] {
-            let servers = run["pools"][color]["servers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            for s in servers {
-                let state = s["state"].as_str().unwrap_or("ready");
-                if state != "ready" {
-                    lines.push(format!(
-                        "{color} server {}: {state}",
-                        s["addr"].as_str().unwrap_or("?")
-                    ));
-                }
-            }
-        }
+        let lines = match status.apps.get(&app.name) {
+            None => vec!["not running (the daemon's config has no such app: reload it)".into()],
+            Some(run) => app_diff(app, run),
+        };
         if !lines.is_empty() {
             out.push((app.name.clone(), lines));
         }
     }
-    if let Some(apps) = status["apps"].as_object() {
-        for name in apps.keys() {
-            if config.app(name).is_none() {
-                out.push((name.clone(), vec!["running, but not in the file".into()]));
-            }
+    for name in status.apps.keys() {
+        if config.app(name).is_none() {
+            out.push((name.clone(), vec!["running, but not in the file".into()]));
         }
     }
     out
+}
+
+/// How one running app differs from its config.
+fn app_diff(app: &crate::config::AppConfig, run: &api::App) -> Vec<String> {
+    let mut lines = Vec::new();
+    if run.live != app.live {
+        lines.push(format!("live: {} (file: {})", run.live, app.live));
+    }
+    if run.standby_percent != app.standby_percent {
+        lines.push(format!(
+            "standby_percent: {} (file: {})",
+            run.standby_percent, app.standby_percent
+        ));
+    }
+    // A daemon too old to report a mirror has none running.
+    if run.mirror.percent != app.mirror.percent {
+        lines.push(format!(
+            "mirror percent: {} (file: {})",
+            run.mirror.percent, app.mirror.percent
+        ));
+    }
+    rules_diff(&run.rules, &app.rules, &mut lines);
+    for color in Color::ALL {
+        for s in &run.pools.get(color).servers {
+            if s.state != ServerState::Ready {
+                lines.push(format!("{color} server {}: {}", s.addr, s.state.as_str()));
+            }
+        }
+    }
+    lines
+}
+
+/// The running rules against the file's: added, changed, missing, and
+/// their order.
+fn rules_diff(running: &[RuleSpec], file: &[RuleSpec], lines: &mut Vec<String>) {
+    use crate::control::changes::conditions;
+    for r in running {
+        match file.iter().find(|f| f.name == r.name) {
+            None => lines.push(format!(
+                "rule {:?}: added at runtime ({})",
+                r.name,
+                conditions(r)
+            )),
+            Some(f) if f != r => lines.push(format!(
+                "rule {:?}: {} -> {} when {} (file: {} -> {} when {})",
+                r.name,
+                r.percent.unwrap_or(100.0),
+                r.to,
+                conditions(r),
+                f.percent.unwrap_or(100.0),
+                f.to,
+                conditions(f),
+            )),
+            Some(_) => {}
+        }
+    }
+    for f in file {
+        if !running.iter().any(|r| r.name == f.name) {
+            lines.push(format!("rule {:?}: in the file, not running", f.name));
+        }
+    }
+    let order: Vec<&str> = running.iter().map(|r| r.name.as_str()).collect();
+    let file_order: Vec<&str> = file.iter().map(|r| r.name.as_str()).collect();
+    if order.len() == file_order.len()
+        && order != file_order
+        && file_order.iter().all(|n| order.contains(n))
+    {
+        lines.push(format!(
+            "rule order: {} (file: {})",
+            order.join(", "),
+            file_order.join(", ")
+        ));
+    }
 }
