@@ -21,6 +21,9 @@
 //! Around them:
 //! - [`model`]: the shared vocabulary (colours, rule specs, an app's
 //!   runtime state, a rollout's phases); imports nothing of ours.
+//! - [`timeouts`]: a client connection's phases (fresh, head, busy,
+//!   idle) and the deadline of each, for the proxy's listeners and the
+//!   admin API alike; pure state, imports nothing of ours.
 //! - [`api`]: the admin API's answers and request bodies as types, which
 //!   the daemon serializes and the CLI deserializes; imports only `model`.
 //! - [`config`]: the TOML file in two layers, raw serde types and the
@@ -29,7 +32,7 @@
 //! - [`tls`]: certificates by SNI behind an `ArcSwap`, the rustls server
 //!   config; the upstream socket (plain or TLS) and its `connect`.
 //!
-//! Imports point one way, lowest first: model, handover, demo ← api ← config ←
+//! Imports point one way, lowest first: model, handover, demo, timeouts ← api ← config ←
 //! tls ← route ← control ← proxy ← daemon, client ← cli. A module uses
 //! only those to its left; `tests/module_graph.rs` checks that, and that
 //! no modules import each other in a ring.
@@ -49,6 +52,7 @@ pub mod handover;
 pub mod model;
 pub mod proxy;
 pub mod route;
+pub mod timeouts;
 pub mod tls;
 
 pub use config::Config;

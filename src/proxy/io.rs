@@ -47,6 +47,7 @@ use super::body::Wait;
 use super::error::REQUEST_TIMEOUT_RESPONSE;
 use super::worker::OpenConnection;
 use crate::route::rule::ConnMemo;
+use crate::timeouts::{ConnTimeouts, Expired, Phase};
 
 /// What every request on one client connection shares.
 pub struct ConnInfo {
@@ -200,18 +201,6 @@ impl ConnState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Just accepted, nothing read yet.
-    Fresh,
-    /// Between requests.
-    Idle,
-    /// Part of a request head has arrived.
-    Head,
-    /// A request is being served; no downstream timeout applies.
-    Busy,
-}
-
 pub struct TimedIo<T> {
     // `None` once parked: the socket went back to the connection task.
     inner: Option<T>,
@@ -226,17 +215,15 @@ pub struct TimedIo<T> {
     // requests hyper may hold in its buffer): do not park.
     read_while_busy: bool,
     state: Arc<ConnState>,
-    phase: Phase,
-    // When the current phase times out.
-    deadline: Instant,
-    // Armed at or before `deadline`; re-armed when it fires early.
+    // The connection's phase and when it times out (shared with the admin
+    // API's connections).
+    timeouts: ConnTimeouts,
+    // Armed at or before the phase's deadline; re-armed when it fires early.
     timer: Pin<Box<Sleep>>,
     // The waker `timer` was last polled with, unless it was reset since:
     // while it stands, polling the timer again would only register the
     // same task again, several times a request.
     timer_waker: Option<Waker>,
-    header_timeout: Duration,
-    idle_timeout: Duration,
     // The client spoke HTTP/2 (prior knowledge): no 408, only idle.
     h2: bool,
     // HTTP/2 frames read, for the control-frame flood check.
@@ -457,7 +444,8 @@ impl<T> TimedIo<T> {
         park: Option<oneshot::Sender<T>>,
     ) -> Self {
         let now = Instant::now();
-        let deadline = now + header_timeout;
+        let timeouts = ConnTimeouts::new(now, header_timeout, idle_timeout);
+        let deadline = timeouts.deadline().unwrap_or(now);
         let park_after = park_after(idle_timeout);
         let seen_started = state.started();
         TimedIo {
@@ -468,12 +456,9 @@ impl<T> TimedIo<T> {
             flushed: true,
             read_while_busy: false,
             state,
-            phase: Phase::Fresh,
-            deadline,
+            timeouts,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             timer_waker: None,
-            header_timeout,
-            idle_timeout,
             h2: false,
             frames: None,
             seen_started,
@@ -543,14 +528,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
             if started != self.seen_started {
                 self.read_while_busy = false;
             }
-            self.phase = Phase::Busy;
+            self.timeouts.busy();
             self.seen_started = started;
-        } else if self.phase == Phase::Busy || started != self.seen_started {
+        } else if self.timeouts.phase() == Phase::Busy || started != self.seen_started {
             self.seen_started = started;
-            self.phase = Phase::Idle;
             let now = Instant::now();
-            self.deadline = now + self.idle_timeout;
-            self.pull_in(self.deadline);
+            self.timeouts.idle(now);
+            self.pull_in_deadline();
             if self.park.is_some() {
                 self.park_at = now + self.park_after;
                 self.pull_in(self.park_at);
@@ -561,7 +545,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
     /// Park now? See the module documentation for the conditions.
     fn should_park(&self) -> bool {
         self.park.is_some()
-            && self.phase == Phase::Idle
+            && self.timeouts.phase() == Phase::Idle
             && !self.h2
             && self.flushed
             && !self.read_while_busy
@@ -576,34 +560,40 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
         !self.timer.is_elapsed() && self.timer.deadline() <= self.park_at
     }
 
-    /// Poll the timer (which registers this task with it); `true` once the
-    /// current phase's deadline has passed.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.phase == Phase::Busy {
-            return false;
-        }
+    /// Poll the timer (which registers this task with it); what ran out,
+    /// once the current phase's deadline has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+        let deadline = self.timeouts.deadline()?; // none while busy
         if !self.timer.is_elapsed()
             && self
                 .timer_waker
                 .as_ref()
                 .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            return false; // armed, and it will wake this task
+            return None; // armed, and it will wake this task
         }
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            if now >= self.deadline {
-                return true;
+            if let Some(what) = self.timeouts.expired(now) {
+                return Some(what);
             }
             // Fired for an earlier phase, or to park: re-arm for this one.
-            let mut next = self.deadline.min(now + self.header_timeout);
-            if self.park.is_some() && self.phase == Phase::Idle && self.park_at > now {
+            let mut next = deadline.min(now + self.timeouts.header_timeout());
+            let idle = self.timeouts.phase() == Phase::Idle;
+            if self.park.is_some() && idle && self.park_at > now {
                 next = next.min(self.park_at);
             }
             self.timer.as_mut().reset(next);
         }
         self.timer_waker = Some(cx.waker().clone());
-        false
+        None
+    }
+
+    /// Make sure the timer fires no later than the phase's deadline.
+    fn pull_in_deadline(&mut self) {
+        if let Some(deadline) = self.timeouts.deadline() {
+            self.pull_in(deadline);
+        }
     }
 
     /// Make sure the timer fires no later than `deadline`.
@@ -643,14 +633,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
                 }
             }
         }
-        if this.phase == Phase::Fresh && this.state.shed.load(Relaxed) {
+        if this.timeouts.phase() == Phase::Fresh && this.state.shed.load(Relaxed) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "closed to make room: max_connections reached and the client had sent nothing",
             )));
         }
-        if this.expired(cx) {
-            let head = this.phase == Phase::Head && !this.h2;
+        if let Some(what) = this.expired(cx) {
+            let head = what == Expired::Head && !this.h2;
             if let (true, Some(inner)) = (head, this.inner.as_mut()) {
                 // Best effort: the socket is idle, so this small write
                 // normally goes out at once.
@@ -673,7 +663,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
             return Poll::Ready(Ok(()));
         };
         let result = Pin::new(inner).poll_read(cx, buf);
-        if this.phase == Phase::Fresh {
+        if this.timeouts.phase() == Phase::Fresh {
             match &result {
                 Poll::Pending => {
                     this.state.found_nothing();
@@ -684,7 +674,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         }
         if let Poll::Ready(Ok(())) = result {
             let got = &buf.filled()[before..];
-            if !got.is_empty() && this.phase == Phase::Busy {
+            let phase = this.timeouts.phase();
+            if !got.is_empty() && phase == Phase::Busy {
                 this.read_while_busy = true;
             }
             if !got.is_empty() {
@@ -700,25 +691,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
                         )));
                     }
                 }
-                let starts_head = matches!(this.phase, Phase::Idle | Phase::Fresh);
+                let starts_head = matches!(phase, Phase::Idle | Phase::Fresh);
                 if this.h2 {
                     // (Head: the preface came in pieces, and its first
                     // piece looked like the start of a request head.)
-                    if matches!(this.phase, Phase::Fresh | Phase::Head) {
-                        this.phase = Phase::Idle;
-                        this.deadline = Instant::now() + this.idle_timeout;
-                        this.pull_in(this.deadline);
+                    if matches!(phase, Phase::Fresh | Phase::Head) {
+                        this.timeouts.idle(Instant::now());
+                        this.pull_in_deadline();
                     }
                 } else if starts_head {
                     // A fresh connection's head timer runs from accept.
-                    if this.phase == Phase::Idle {
-                        this.deadline = Instant::now() + this.header_timeout;
-                        this.pull_in(this.deadline);
-                    }
-                    this.phase = Phase::Head;
+                    this.timeouts.head_began(Instant::now);
+                    this.pull_in_deadline();
                     this.scan = HeadScan::new_head();
                 }
-                if !this.h2 && this.phase == Phase::Head && this.scan.feed(got) {
+                let head = this.timeouts.phase() == Phase::Head;
+                if !this.h2 && head && this.scan.feed(got) {
                     this.state.bad_framing.store(true, Relaxed);
                 }
             }
@@ -811,7 +799,7 @@ impl<T: AsyncRead + AsyncWrite + ResetOnClose + Unpin> AsyncWrite for TimedIo<T>
         // hyper flushes a response after dropping its body, which ends the
         // request: start the idle timer here, since the read side may stay
         // parked on the socket without calling us again.
-        if this.phase == Phase::Busy {
+        if this.timeouts.phase() == Phase::Busy {
             this.track_requests();
             let _ = this.expired(cx);
         }

@@ -24,6 +24,7 @@ use super::routes::{self, Call, Miss, Route};
 use crate::api;
 use crate::config::Role;
 use crate::control::guard::{self, Listener};
+use crate::timeouts::{ConnTimeouts, Expired};
 
 /// Largest admin request body.
 const MAX_BODY: usize = 1 << 20;
@@ -186,84 +187,64 @@ struct Conn {
     header_timeout: Duration,
 }
 
-/// Where one admin connection is, and when that must end.
+/// Where one admin connection is, and when that must end: the phases
+/// and deadlines the proxy's listeners use too ([`ConnTimeouts`]), behind
+/// a lock shared by the socket (bytes arrive) and the service (a request
+/// starts, ends).
 struct Timing {
-    state: Mutex<(Phase, Option<Instant>)>,
-    /// Woken on every change of phase, so the watcher re-reads the deadline.
+    state: Mutex<ConnTimeouts>,
+    /// Woken when the deadline moves, so the watcher re-reads it.
     changed: tokio::sync::Notify,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Accepted; the first head must be complete `header_timeout` after.
-    Fresh,
-    /// A head has begun; it must be complete `header_timeout` after.
-    Head,
-    /// A request is being answered (its body read under its own deadline).
-    Busy,
-    /// Between requests, for at most `idle_timeout`.
-    Idle,
 }
 
 impl Timing {
     fn new(header_timeout: Duration, idle_timeout: Duration) -> Timing {
         Timing {
-            state: Mutex::new((Phase::Fresh, Some(after(header_timeout)))),
+            state: Mutex::new(ConnTimeouts::new(
+                Instant::now(),
+                header_timeout,
+                idle_timeout,
+            )),
             changed: tokio::sync::Notify::new(),
-            header_timeout,
-            idle_timeout,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Phase, Option<Instant>)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set(&self, phase: Phase, deadline: Option<Instant>) {
-        *self.lock() = (phase, deadline);
-        self.changed.notify_one();
+    /// Change the state with `f`; wake the watcher if the deadline moved.
+    fn update(&self, f: impl FnOnce(&mut ConnTimeouts)) {
+        let mut t = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = t.deadline();
+        f(&mut t);
+        if t.deadline() != before {
+            self.changed.notify_one();
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.lock().1
+        let t = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        t.deadline()
     }
 
-    /// Bytes arrived: on an idle connection, a new head has begun.
+    /// Bytes arrived: on a fresh or idle connection, a head has begun.
     fn read_some(&self) {
-        if self.lock().0 == Phase::Idle {
-            self.set(Phase::Head, Some(after(self.header_timeout)));
-        }
+        self.update(|t| t.head_began(Instant::now));
     }
 
     fn request_started(&self) {
-        self.set(Phase::Busy, None);
+        self.update(ConnTimeouts::busy);
     }
 
     fn request_ended(&self) {
-        self.set(Phase::Idle, Some(after(self.idle_timeout)));
+        self.update(|t| t.idle(Instant::now()));
     }
 
     /// Has the current phase's deadline passed? What timed out, if so.
     fn expired(&self) -> Option<&'static str> {
-        let (phase, deadline) = *self.lock();
-        if deadline.is_none_or(|d| Instant::now() < d) {
-            return None;
-        }
-        Some(match phase {
-            Phase::Fresh | Phase::Head => "request head not complete in time",
-            Phase::Idle => "idle",
-            Phase::Busy => return None,
+        let t = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Some(match t.expired(Instant::now())? {
+            Expired::Silent | Expired::Head => "request head not complete in time",
+            Expired::Idle => "idle",
         })
     }
-}
-
-/// `d` from now (a duration too long to add is 30 years).
-fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(86400 * 365 * 30))
 }
 
 /// The socket (or the TLS stream over it), telling [`Timing`] when bytes
