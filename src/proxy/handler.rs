@@ -722,12 +722,10 @@ fn answer_h1(
         framing,
         reuse,
         switched,
+        connection,
     } = head;
     let (mut parts, ()) = response.into_parts();
-    // The connection's own fields stay here; a `101` keeps `Upgrade` and
-    // `Connection: upgrade` for the tunnel (RFC 9110 §7.6.1).
-    let upgrade = switched && parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    connection_fields(&mut parts, connection, switched);
     if !switched {
         let body = h1::Body::new(c, framing, reuse);
         let body = ResponseBody::h1(body, lease, a.ex, a.read_timeout);
@@ -759,6 +757,22 @@ fn answer_h1(
         None,
         body,
     )
+}
+
+/// The upstream connection's own fields stay here (RFC 9110 §7.6.1): the
+/// codec kept them apart, and the fields its `Connection` named go too. A
+/// `101` keeps `Upgrade` and `Connection: upgrade` for the tunnel.
+fn connection_fields(parts: &mut http::response::Parts, c: h1::ConnectionFields, switched: bool) {
+    for name in c.named {
+        parts.headers.remove(name);
+    }
+    if switched && parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(protocol) = c.upgrade {
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        let upgrade = HeaderValue::from_static("upgrade");
+        parts.headers.insert(header::CONNECTION, upgrade);
+    }
 }
 
 /// Phase 5 and 6 with an HTTP/2 upstream (hyper's client), on the worker's

@@ -452,6 +452,7 @@ async fn send(
         framing,
         reuse,
         switched,
+        ..
     } = sent.map_err(|_| Failure::Upstream)?;
     if switched {
         return Err(Failure::Upstream);

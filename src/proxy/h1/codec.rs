@@ -16,18 +16,22 @@
 //!   an error;
 //! - neither: the body runs to the connection's close.
 //!
-//! The response head comes out with every field it had, hop-by-hop ones
-//! included: they are read here for framing and keep-alive, and what a
-//! proxy forwards of them is the proxy's business
-//! ([`crate::proxy::headers::strip_hop_by_hop`]). A response may keep its
-//! connection alive for the next request unless it says `Connection:
-//! close`, is an HTTP/1.0 response without `keep-alive`, or runs to the
-//! connection's close.
+//! The response head comes out in two parts: the message's own fields,
+//! and the fields of the connection it came on (RFC 9110 §7.6.1:
+//! `Connection`, `Keep-Alive`, `Transfer-Encoding`, `Upgrade`…), which are
+//! read here for framing and keep-alive and handed over as
+//! [`ConnectionFields`] — what a proxy makes of them (the fields
+//! `Connection` names, an upgrade's `Upgrade`) is the proxy's business. A
+//! response may keep its connection alive for the next request unless it
+//! says `Connection: close`, is an HTTP/1.0 response without
+//! `keep-alive`, or runs to the connection's close.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::Frame;
+
+use crate::proxy::headers;
 
 /// The most header fields a response head (or a trailer section) may
 /// have, as in hyper.
@@ -99,6 +103,17 @@ pub struct Head {
     /// The connection is now a tunnel (a `101` to an upgrade, a 2xx to
     /// `CONNECT`).
     pub switched: bool,
+    pub connection: ConnectionFields,
+}
+
+/// What a response said about its connection, apart from its message.
+#[derive(Debug, Default)]
+pub struct ConnectionFields {
+    /// The other fields its `Connection` field named (beyond `close`,
+    /// `keep-alive` and `upgrade`), which belong to the connection too.
+    pub named: Vec<HeaderName>,
+    /// Its `Upgrade` field: the protocol a `101` switched to.
+    pub upgrade: Option<HeaderValue>,
 }
 
 /// A head parsed from the front of the buffer.
@@ -261,6 +276,7 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Parsed>, Ma
         length,
         refold,
         reuse,
+        connection,
         ..
     } = fields;
     if let (true, Some(n)) = (refold, length) {
@@ -281,6 +297,7 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Parsed>, Ma
         framing,
         reuse,
         switched,
+        connection,
     })))
 }
 
@@ -297,6 +314,7 @@ struct Fields {
     keep_alive: bool,
     /// The connection may carry another request.
     reuse: bool,
+    connection: ConnectionFields,
 }
 
 /// The fields at `at` (name and value offsets into `head`), as shared
@@ -310,6 +328,7 @@ fn fields(head: &Bytes, at: &[(usize, usize, usize, usize)]) -> Result<Fields, M
         close: false,
         keep_alive: false,
         reuse: false,
+        connection: ConnectionFields::default(),
     };
     for &(ns, nl, vs, vl) in at {
         let name = HeaderName::from_bytes(&head[ns..ns + nl])
@@ -332,21 +351,47 @@ fn fields(head: &Bytes, at: &[(usize, usize, usize, usize)]) -> Result<Fields, M
                 f.refold = true;
                 continue;
             }
-        } else if name == header::TRANSFER_ENCODING {
-            let last = value.rsplit(|b| *b == b',').next();
-            f.coding = Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
-        } else if name == header::CONNECTION {
-            for token in value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                f.close |= token.eq_ignore_ascii_case(b"close");
-                f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+        } else if headers::is_hop_by_hop(&name) {
+            connection_field(&mut f, &name, value, head.slice(vs..vs + vl))?;
+            continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| Malformed::Why("header field value"))?;
         f.headers.append(name, value);
     }
     Ok(f)
+}
+
+/// A field of the connection (`name` is hop-by-hop): what it says about
+/// framing and keep-alive, the fields `Connection` names, `Upgrade`.
+fn connection_field(
+    f: &mut Fields,
+    name: &HeaderName,
+    value: &[u8],
+    shared: Bytes,
+) -> Result<(), Malformed> {
+    if name == header::TRANSFER_ENCODING {
+        let last = value.rsplit(|b| *b == b',').next();
+        f.coding = Some(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+    } else if name == header::CONNECTION {
+        for token in value.split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                f.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                f.keep_alive = true;
+            } else if !token.eq_ignore_ascii_case(b"upgrade") {
+                if let Ok(other) = HeaderName::from_bytes(token) {
+                    f.connection.named.push(other);
+                }
+            }
+        }
+    } else if name == header::UPGRADE {
+        let value = HeaderValue::from_maybe_shared(shared)
+            .map_err(|_| Malformed::Why("header field value"))?;
+        f.connection.upgrade = Some(value);
+    }
+    Ok(())
 }
 
 /// How the body is framed (RFC 9112 §6.3), and whether the connection may
@@ -713,9 +758,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        // What is forwarded of them is the proxy's choice, not the codec's.
-        assert_eq!(resp.headers().len(), 9);
-        assert_eq!(resp.headers()["connection"], "keep-alive, X-Secret");
+        // The connection's fields come apart from the message's; what is
+        // forwarded of either is the proxy's choice.
+        let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-secret", "trailer", "x-kept"]);
         assert_eq!((f, reuse), (Framing::Chunked, true));
     }
 
@@ -893,8 +939,8 @@ mod tests {
         let h = final_head(&mut buf, upgrade).unwrap().unwrap();
         assert!(h.switched && !h.reuse);
         assert_eq!(h.framing, Framing::Empty);
-        assert_eq!(h.response.headers()["upgrade"], "websocket");
-        assert_eq!(h.response.headers()["connection"], "Upgrade");
+        assert_eq!(h.connection.upgrade.as_ref().unwrap(), "websocket");
+        assert!(h.connection.named.is_empty());
         assert_eq!(&buf[..], b"frame", "the tunnel's first bytes stay");
         let connect = Asked::new(&Method::CONNECT, false);
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"[..]);

@@ -10,5 +10,5 @@
 pub mod codec;
 pub mod conn;
 
-pub use codec::{Asked, Forwarded, Head};
+pub use codec::{Asked, ConnectionFields, Forwarded, Head};
 pub use conn::{Body, Conn, Counted, Error, Outgoing};
