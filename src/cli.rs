@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::api;
 use crate::client::{self, Endpoint, EndpointArgs};
-use crate::config::{Config, HostPattern, Sticky};
+use crate::config::{AppConfig, Config, HostPattern, PoolConfig, Sticky};
 use crate::model::{Color, NameValue, RolloutPhase, RuleSpec, ServerState};
 
 /// Exit code for bad usage or a bad config (sysexits `EX_USAGE`).
@@ -1204,85 +1204,96 @@ pub fn summary(c: &Config) -> String {
         }
     }
     for app in &c.apps {
-        let hosts = if app.hosts.is_empty() {
-            "(any host)".to_string()
-        } else {
-            app.hosts
-                .iter()
-                .map(HostPattern::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let _ = writeln!(
-            s,
-            "app {}: {} {}  live {}  standby {}%  sticky {}",
-            app.name,
-            hosts,
-            app.path_prefix,
-            app.live,
-            app.standby_percent,
-            match &app.sticky {
-                Sticky::None => "none".to_string(),
-                other => other.to_string(),
-            }
-        );
-        for (color, pool) in ["blue", "green"].iter().zip(&app.pools) {
-            let servers: Vec<String> = pool
-                .servers
-                .iter()
-                .map(|s| {
-                    if s.weight == 1 {
-                        s.addr.to_string()
-                    } else {
-                        format!("{} (weight {})", s.addr, s.weight)
-                    }
-                })
-                .collect();
-            let mut marks = Vec::new();
-            if pool.health.is_some() {
-                marks.push("health checked".to_string());
-            }
-            match &pool.tls {
-                Some(t) if t.insecure_skip_verify => marks.push("tls, not verified".into()),
-                Some(_) => marks.push("tls".into()),
-                None => {}
-            }
-            match pool.proxy_protocol {
-                Some(crate::config::ProxyProtocol::V1) => marks.push("PROXY v1".into()),
-                Some(crate::config::ProxyProtocol::V2) => marks.push("PROXY v2".into()),
-                None => {}
-            }
-            let marks = if marks.is_empty() {
-                String::new()
-            } else {
-                format!("  [{}]", marks.join(", "))
-            };
-            let _ = writeln!(s, "  {color:<5} {}{marks}", servers.join(", "));
-        }
-        for r in &app.rules {
-            let _ = writeln!(
-                s,
-                "  rule {} -> {} ({}%)",
-                r.name,
-                r.to,
-                r.percent.unwrap_or(100.0)
-            );
-        }
-        let m = &app.mirror;
-        if m.percent > 0.0 {
-            let methods: Vec<&str> = m.methods.iter().map(http::Method::as_str).collect();
-            let _ = writeln!(
-                s,
-                "  mirror {}% of live traffic to standby ({}; bodies up to {} bytes; compare {}; timeout {})",
-                m.percent,
-                methods.join(", "),
-                m.max_body,
-                if m.compare_body { "status, body" } else { "status" },
-                humantime::format_duration(m.timeout)
-            );
-        }
+        summarize_app(&mut s, app);
     }
     s
+}
+
+/// The summary's lines for one app: hosts, pools, rules and mirroring.
+fn summarize_app(s: &mut String, app: &AppConfig) {
+    let hosts = if app.hosts.is_empty() {
+        "(any host)".to_string()
+    } else {
+        app.hosts
+            .iter()
+            .map(HostPattern::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        s,
+        "app {}: {} {}  live {}  standby {}%  sticky {}",
+        app.name,
+        hosts,
+        app.path_prefix,
+        app.live,
+        app.standby_percent,
+        match &app.sticky {
+            Sticky::None => "none".to_string(),
+            other => other.to_string(),
+        }
+    );
+    for (color, pool) in ["blue", "green"].iter().zip(&app.pools) {
+        let _ = writeln!(s, "  {color:<5} {}", pool_summary(pool));
+    }
+    for r in &app.rules {
+        let _ = writeln!(
+            s,
+            "  rule {} -> {} ({}%)",
+            r.name,
+            r.to,
+            r.percent.unwrap_or(100.0)
+        );
+    }
+    let m = &app.mirror;
+    if m.percent > 0.0 {
+        let methods: Vec<&str> = m.methods.iter().map(http::Method::as_str).collect();
+        let _ = writeln!(
+            s,
+            "  mirror {}% of live traffic to standby ({}; bodies up to {} bytes; compare {}; timeout {})",
+            m.percent,
+            methods.join(", "),
+            m.max_body,
+            if m.compare_body { "status, body" } else { "status" },
+            humantime::format_duration(m.timeout)
+        );
+    }
+}
+
+/// One pool's servers (with weights other than 1) and its marks: health
+/// checks, TLS, PROXY protocol.
+fn pool_summary(pool: &PoolConfig) -> String {
+    let servers: Vec<String> = pool
+        .servers
+        .iter()
+        .map(|s| {
+            if s.weight == 1 {
+                s.addr.to_string()
+            } else {
+                format!("{} (weight {})", s.addr, s.weight)
+            }
+        })
+        .collect();
+    let mut marks = Vec::new();
+    if pool.health.is_some() {
+        marks.push("health checked".to_string());
+    }
+    match &pool.tls {
+        Some(t) if t.insecure_skip_verify => marks.push("tls, not verified".into()),
+        Some(_) => marks.push("tls".into()),
+        None => {}
+    }
+    match pool.proxy_protocol {
+        Some(crate::config::ProxyProtocol::V1) => marks.push("PROXY v1".into()),
+        Some(crate::config::ProxyProtocol::V2) => marks.push("PROXY v2".into()),
+        None => {}
+    }
+    let marks = if marks.is_empty() {
+        String::new()
+    } else {
+        format!("  [{}]", marks.join(", "))
+    };
+    format!("{}{marks}", servers.join(", "))
 }
 
 fn demo() -> ExitCode {

@@ -222,116 +222,130 @@ fn rate(c: Counts) -> f64 {
     }
 }
 
-/// Where the rollout `r` goes after looking at `l`.
+/// Where the rollout `r` goes after looking at `l`: one step per phase.
 pub fn look(r: &Rollout, l: &Look) -> Next {
-    let plan = &r.plan;
-    let every = r.every();
-    let (target, baseline) = (r.target, r.baseline());
     match r.phase {
-        Phase::Preflight => {
-            if !l.target_healthy {
-                if l.age >= every * PREFLIGHT_LIMIT {
-                    return go(
-                        Phase::Failed,
-                        0,
-                        None,
-                        format!("preflight: {target} has no healthy server"),
-                    );
-                }
-                return Note::plain(format!("preflight: waiting for {target} to be healthy"));
-            }
-            if plan.shadow_ms > 0 {
-                return go(
-                    Phase::Shadow,
-                    0,
-                    None,
-                    format!("preflight: {target} is healthy; comparing shadow copies"),
-                );
-            }
-            go(
-                enter(plan, 0),
-                0,
-                None,
-                format!("preflight: {target} is healthy"),
-            )
-        }
+        Phase::Preflight => preflight(r, l),
         Phase::Shadow => shadow(r, l),
         Phase::Progressing => progressing(r, l),
-        Phase::Promoting => {
-            if l.draining > 0 && l.age < every {
-                return Note::plain(format!(
-                    "promoting: {} requests still on {baseline}",
-                    l.draining
-                ));
-            }
-            if plan.bake_ms > 0 {
-                go(
-                    Phase::Baking,
-                    r.step,
-                    None,
-                    format!("{target} is live; baking"),
-                )
-            } else {
-                go(Phase::Succeeded, r.step, None, format!("{target} is live"))
-            }
-        }
-        Phase::Baking => {
-            let level = plan.level();
-            let why = judge::absolute(l.target, plan.max_error_rate, level).or_else(|| {
-                plan.max_slow_ms
-                    .and_then(|_| judge::absolute(l.target_slow, plan.max_slow_rate, level))
-                    .map(|w| format!("slow responses: {w}"))
-            });
-            if let (Some(why), false) = (&why, l.baseline_healthy) {
-                // Rolling back would send everyone to a pool that cannot
-                // take them.
-                return go(
-                    Phase::Paused,
-                    r.step,
-                    Some(Phase::Baking),
-                    format!("baseline unhealthy: {baseline} has no healthy server to roll back to ({why})"),
-                );
-            }
-            if let Some(why) = why {
-                return go(
-                    Phase::RollingBack,
-                    r.step,
-                    Some(Phase::Failed),
-                    format!("baking: {why}"),
-                );
-            }
-            if l.age >= Duration::from_millis(plan.bake_ms) {
-                return go(
-                    Phase::Succeeded,
-                    r.step,
-                    None,
-                    format!(
-                        "baked: {} of {} {target} requests bad",
-                        l.target.bad, l.target.total
-                    ),
-                );
-            }
-            Note::plain(format!(
-                "baking: {:.2} % bad of {}",
-                100.0 * rate(l.target),
-                l.target.total
-            ))
-        }
-        Phase::RollingBack => {
-            if l.draining > 0 && l.age < every {
-                return Note::plain(format!(
-                    "rolling back: {} requests still on {target}",
-                    l.draining
-                ));
-            }
-            let end = r.then.unwrap_or(Phase::Failed);
-            go(end, r.step, None, r.reason.clone())
-        }
+        Phase::Promoting => promoting(r, l),
+        Phase::Baking => baking(r, l),
+        Phase::RollingBack => rolling_back(r, l),
         Phase::Paused => Note::plain(format!("paused: {}", r.reason)),
         Phase::Succeeded | Phase::Failed | Phase::Aborted | Phase::Superseded => {
             Note::plain(r.reason.clone())
         }
     }
+}
+
+/// Preflight: wait (a bounded time) for the target to have a healthy server.
+fn preflight(r: &Rollout, l: &Look) -> Next {
+    let plan = &r.plan;
+    let target = r.target;
+    if !l.target_healthy {
+        if l.age >= r.every() * PREFLIGHT_LIMIT {
+            return go(
+                Phase::Failed,
+                0,
+                None,
+                format!("preflight: {target} has no healthy server"),
+            );
+        }
+        return Note::plain(format!("preflight: waiting for {target} to be healthy"));
+    }
+    if plan.shadow_ms > 0 {
+        return go(
+            Phase::Shadow,
+            0,
+            None,
+            format!("preflight: {target} is healthy; comparing shadow copies"),
+        );
+    }
+    go(
+        enter(plan, 0),
+        0,
+        None,
+        format!("preflight: {target} is healthy"),
+    )
+}
+
+/// Promoting: the flip is done; let requests on the baseline drain.
+fn promoting(r: &Rollout, l: &Look) -> Next {
+    let (target, baseline) = (r.target, r.baseline());
+    if l.draining > 0 && l.age < r.every() {
+        return Note::plain(format!(
+            "promoting: {} requests still on {baseline}",
+            l.draining
+        ));
+    }
+    if r.plan.bake_ms > 0 {
+        go(
+            Phase::Baking,
+            r.step,
+            None,
+            format!("{target} is live; baking"),
+        )
+    } else {
+        go(Phase::Succeeded, r.step, None, format!("{target} is live"))
+    }
+}
+
+/// Baking: the target takes all traffic; judge it on absolute budgets.
+fn baking(r: &Rollout, l: &Look) -> Next {
+    let plan = &r.plan;
+    let (target, baseline) = (r.target, r.baseline());
+    let level = plan.level();
+    let why = judge::absolute(l.target, plan.max_error_rate, level).or_else(|| {
+        plan.max_slow_ms
+            .and_then(|_| judge::absolute(l.target_slow, plan.max_slow_rate, level))
+            .map(|w| format!("slow responses: {w}"))
+    });
+    if let (Some(why), false) = (&why, l.baseline_healthy) {
+        // Rolling back would send everyone to a pool that cannot
+        // take them.
+        return go(
+            Phase::Paused,
+            r.step,
+            Some(Phase::Baking),
+            format!("baseline unhealthy: {baseline} has no healthy server to roll back to ({why})"),
+        );
+    }
+    if let Some(why) = why {
+        return go(
+            Phase::RollingBack,
+            r.step,
+            Some(Phase::Failed),
+            format!("baking: {why}"),
+        );
+    }
+    if l.age >= Duration::from_millis(plan.bake_ms) {
+        return go(
+            Phase::Succeeded,
+            r.step,
+            None,
+            format!(
+                "baked: {} of {} {target} requests bad",
+                l.target.bad, l.target.total
+            ),
+        );
+    }
+    Note::plain(format!(
+        "baking: {:.2} % bad of {}",
+        100.0 * rate(l.target),
+        l.target.total
+    ))
+}
+
+/// Rolling back: let requests on the target drain, then end as planned.
+fn rolling_back(r: &Rollout, l: &Look) -> Next {
+    if l.draining > 0 && l.age < r.every() {
+        return Note::plain(format!(
+            "rolling back: {} requests still on {}",
+            l.draining, r.target
+        ));
+    }
+    let end = r.then.unwrap_or(Phase::Failed);
+    go(end, r.step, None, r.reason.clone())
 }
 
 fn shadow(r: &Rollout, l: &Look) -> Next {
@@ -376,27 +390,34 @@ fn shadow(r: &Rollout, l: &Look) -> Next {
     Note::plain(format!("shadow extended: samples {}/{need}", m.total))
 }
 
+/// Progressing: judge the current step against the baseline and act on it.
 fn progressing(r: &Rollout, l: &Look) -> Next {
-    let plan = &r.plan;
-    let every = r.every();
-    let (target, baseline) = (r.target, r.baseline());
-    let step = r.step;
     if !l.baseline_healthy {
         return go(
             Phase::Paused,
-            step,
+            r.step,
             Some(Phase::Progressing),
-            format!("baseline unhealthy: {baseline} has no healthy server"),
+            format!("baseline unhealthy: {} has no healthy server", r.baseline()),
         );
     }
+    let (verdict, what) = step_verdict(r, l);
+    act_on(r, l, verdict, what)
+}
+
+/// The stricter of the error and slow-response verdicts for this step, with
+/// the prefix that names which one it is.
+fn step_verdict(r: &Rollout, l: &Look) -> (Verdict, &'static str) {
+    let plan = &r.plan;
+    let every = r.every();
+    let budget = |max_error_rate| Budget {
+        max_error_rate,
+        allow_low_traffic: plan.allow_low_traffic,
+        level: plan.level(),
+    };
     let errors = judge::judge(
         l.target,
         l.baseline,
-        Budget {
-            max_error_rate: plan.max_error_rate,
-            allow_low_traffic: plan.allow_low_traffic,
-            level: plan.level(),
-        },
+        budget(plan.max_error_rate),
         l.age,
         every,
     );
@@ -404,11 +425,7 @@ fn progressing(r: &Rollout, l: &Look) -> Next {
         Some(_) => judge::judge(
             l.target_slow,
             l.baseline_slow,
-            Budget {
-                max_error_rate: plan.max_slow_rate,
-                allow_low_traffic: plan.allow_low_traffic,
-                level: plan.level(),
-            },
+            budget(plan.max_slow_rate),
             l.age,
             every,
         ),
@@ -423,11 +440,19 @@ fn progressing(r: &Rollout, l: &Look) -> Next {
         Verdict::Continue => 4,
         Verdict::Promote => 5,
     };
-    let (verdict, what) = if rank(&slow) < rank(&errors) {
+    if rank(&slow) < rank(&errors) {
         (slow, "slow responses: ")
     } else {
         (errors, "")
-    };
+    }
+}
+
+/// Where a progressing rollout goes on `verdict`; `what` prefixes the reason.
+fn act_on(r: &Rollout, l: &Look, verdict: Verdict, what: &str) -> Next {
+    let plan = &r.plan;
+    let every = r.every();
+    let (target, baseline) = (r.target, r.baseline());
+    let step = r.step;
     let percent = plan.share(step);
     let figures = format!(
         "{target} {}/{} bad, {baseline} {}/{} bad",

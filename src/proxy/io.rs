@@ -615,48 +615,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         if this.inner.is_none() {
             return Poll::Ready(Ok(())); // parked: hyper sees the end
         }
-        if let Some(head) = &mut this.head {
-            let n = head.len().min(buf.remaining());
-            buf.put_slice(&head.split_to(n));
-            if head.is_empty() {
-                this.head = None;
-            }
+        if this.head.is_some() {
+            this.replay_head(buf);
             return Poll::Ready(Ok(()));
         }
         this.track_requests();
-        if this.should_park() {
-            if let (Some(inner), Some(park)) = (this.inner.take(), this.park.take()) {
-                if let Err(inner) = park.send(inner) {
-                    this.inner = Some(inner); // nobody to take it: carry on
-                } else {
-                    return Poll::Ready(Ok(()));
-                }
-            }
+        if this.should_park() && this.park() {
+            return Poll::Ready(Ok(()));
         }
-        if this.timeouts.phase() == Phase::Fresh && this.state.shed.load(Relaxed) {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "closed to make room: max_connections reached and the client had sent nothing",
-            )));
-        }
-        if let Some(what) = this.expired(cx) {
-            let head = what == Expired::Head && !this.h2;
-            if let (true, Some(inner)) = (head, this.inner.as_mut()) {
-                // Best effort: the socket is idle, so this small write
-                // normally goes out at once.
-                let mut inner = Pin::new(inner);
-                let _ = inner.as_mut().poll_write(cx, REQUEST_TIMEOUT_RESPONSE);
-                let _ = inner.as_mut().poll_flush(cx);
-            }
-            let what = if head {
-                "request head"
-            } else {
-                "idle connection"
-            };
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{what} timed out"),
-            )));
+        if let Some(e) = this.refusal(cx) {
+            return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
         let Some(inner) = this.inner.as_mut() else {
@@ -674,44 +642,114 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<T> {
         }
         if let Poll::Ready(Ok(())) = result {
             let got = &buf.filled()[before..];
-            let phase = this.timeouts.phase();
-            if !got.is_empty() && phase == Phase::Busy {
-                this.read_while_busy = true;
-            }
             if !got.is_empty() {
-                if this.preface < PREFACE.len() {
-                    this.match_preface(got);
-                }
-                if let Some(frames) = &mut this.frames {
-                    if frames.flood(got) {
-                        tracing::debug!("closing an HTTP/2 connection: a PING or SETTINGS flood");
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "HTTP/2 control frame flood",
-                        )));
-                    }
-                }
-                let starts_head = matches!(phase, Phase::Idle | Phase::Fresh);
-                if this.h2 {
-                    // (Head: the preface came in pieces, and its first
-                    // piece looked like the start of a request head.)
-                    if matches!(phase, Phase::Fresh | Phase::Head) {
-                        this.timeouts.idle(Instant::now());
-                        this.pull_in_deadline();
-                    }
-                } else if starts_head {
-                    // A fresh connection's head timer runs from accept.
-                    this.timeouts.head_began(Instant::now);
-                    this.pull_in_deadline();
-                    this.scan = HeadScan::new_head();
-                }
-                let head = this.timeouts.phase() == Phase::Head;
-                if !this.h2 && head && this.scan.feed(got) {
-                    this.state.bad_framing.store(true, Relaxed);
+                if let Err(e) = this.saw(got) {
+                    return Poll::Ready(Err(e));
                 }
             }
         }
         result
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TimedIo<T> {
+    /// Hand out (the next part of) the head read before hyper took over.
+    fn replay_head(&mut self, buf: &mut ReadBuf<'_>) {
+        if let Some(head) = &mut self.head {
+            let n = head.len().min(buf.remaining());
+            buf.put_slice(&head.split_to(n));
+            if head.is_empty() {
+                self.head = None;
+            }
+        }
+    }
+
+    /// Hand the socket to the parking lot; `true` if it took it.
+    #[cold]
+    fn park(&mut self) -> bool {
+        if let (Some(inner), Some(park)) = (self.inner.take(), self.park.take()) {
+            if let Err(inner) = park.send(inner) {
+                self.inner = Some(inner); // nobody to take it: carry on
+            } else {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Why this connection must not read on: it was shed, or its time ran
+    /// out. Asked at every read.
+    #[inline]
+    fn refusal(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.timeouts.phase() == Phase::Fresh && self.state.shed.load(Relaxed) {
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed to make room: max_connections reached and the client had sent nothing",
+            ));
+        }
+        let what = self.expired(cx)?;
+        Some(self.timed_out(cx, what))
+    }
+
+    /// The error for a timeout; a request head's also answers 408.
+    #[cold]
+    fn timed_out(&mut self, cx: &mut Context<'_>, what: Expired) -> io::Error {
+        let head = what == Expired::Head && !self.h2;
+        if let (true, Some(inner)) = (head, self.inner.as_mut()) {
+            // Best effort: the socket is idle, so this small write
+            // normally goes out at once.
+            let mut inner = Pin::new(inner);
+            let _ = inner.as_mut().poll_write(cx, REQUEST_TIMEOUT_RESPONSE);
+            let _ = inner.as_mut().poll_flush(cx);
+        }
+        let what = if head {
+            "request head"
+        } else {
+            "idle connection"
+        };
+        io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+    }
+
+    /// Follow the bytes just read (`got`, not empty): the HTTP/2 preface
+    /// and control-frame flood, the start of a request head and its
+    /// framing. An error closes the connection.
+    #[inline]
+    fn saw(&mut self, got: &[u8]) -> io::Result<()> {
+        let phase = self.timeouts.phase();
+        if phase == Phase::Busy {
+            self.read_while_busy = true;
+        }
+        if self.preface < PREFACE.len() {
+            self.match_preface(got);
+        }
+        if let Some(frames) = &mut self.frames {
+            if frames.flood(got) {
+                tracing::debug!("closing an HTTP/2 connection: a PING or SETTINGS flood");
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "HTTP/2 control frame flood",
+                ));
+            }
+        }
+        let starts_head = matches!(phase, Phase::Idle | Phase::Fresh);
+        if self.h2 {
+            // (Head: the preface came in pieces, and its first
+            // piece looked like the start of a request head.)
+            if matches!(phase, Phase::Fresh | Phase::Head) {
+                self.timeouts.idle(Instant::now());
+                self.pull_in_deadline();
+            }
+        } else if starts_head {
+            // A fresh connection's head timer runs from accept.
+            self.timeouts.head_began(Instant::now);
+            self.pull_in_deadline();
+            self.scan = HeadScan::new_head();
+        }
+        let head = self.timeouts.phase() == Phase::Head;
+        if !self.h2 && head && self.scan.feed(got) {
+            self.state.bad_framing.store(true, Relaxed);
+        }
+        Ok(())
     }
 }
 

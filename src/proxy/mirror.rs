@@ -303,6 +303,45 @@ async fn run(worker: Rc<Worker>, job: Job) {
         stats.skip(Skip::NoServer);
         return;
     };
+    let shadow = ask_standby(&worker, &server, &head, body, &config, client).await;
+    drop(slot);
+    let live = match answer.await {
+        Ok(live) if live.status != 0 => live,
+        _ => {
+            stats.skip(Skip::LiveIncomplete);
+            return;
+        }
+    };
+    let Some(compared) = compare(&live, shadow) else {
+        stats.skip(Skip::LiveIncomplete);
+        return;
+    };
+    stats.count(compared.outcome);
+    tracing::debug!(
+        server = %server.addr,
+        method = %head.method,
+        path = head.uri.path(),
+        live = live.status,
+        shadow = ?compared.shadow_status,
+        outcome = compared.outcome.as_str(),
+        error = compared.error.map(Failure::as_str),
+        "mirrored request compared"
+    );
+    if compared.outcome != Outcome::Same {
+        stats.record_difference(difference(&head, live.status, &compared));
+    }
+}
+
+/// The standby's answer to the copy, or why there is none, within the
+/// mirror's `timeout` (which also caps the connect timeout).
+async fn ask_standby(
+    worker: &Worker,
+    server: &Arc<Server>,
+    head: &Head,
+    body: Option<Bytes>,
+    config: &MirrorConfig,
+    client: (SocketAddr, SocketAddr),
+) -> Shadow {
     let connect_timeout = worker
         .shared
         .snapshot
@@ -312,26 +351,33 @@ async fn run(worker: Rc<Worker>, job: Job) {
         .upstream_connect_timeout
         .min(config.timeout);
     let exchange = send(
-        &worker,
-        &server,
-        &head,
+        worker,
+        server,
+        head,
         body,
         config.max_body,
         connect_timeout,
         client,
     );
-    let shadow = match tokio::time::timeout(config.timeout, exchange).await {
+    match tokio::time::timeout(config.timeout, exchange).await {
         Ok(r) => r,
         Err(_) => Err(Failure::Timeout),
-    };
-    drop(slot);
-    let live = match answer.await {
-        Ok(live) if live.status != 0 => live,
-        _ => {
-            stats.skip(Skip::LiveIncomplete);
-            return;
-        }
-    };
+    }
+}
+
+/// How a copy's answer compared with the live one.
+struct Compared {
+    outcome: Outcome,
+    /// The standby's status, when it answered.
+    shadow_status: Option<u16>,
+    /// Why the standby gave no answer.
+    error: Option<Failure>,
+}
+
+/// Compare the standby's answer with the live one: the status class, then
+/// the body when both were hashed whole. `None` when the live body did not
+/// arrive whole, so there is nothing to compare with.
+fn compare(live: &LiveAnswer, shadow: Shadow) -> Option<Compared> {
     let class = |s: u16| s / 100;
     let (outcome, shadow_status, error) = match shadow {
         Err(why) => (Outcome::Error, None, Some(why)),
@@ -339,45 +385,38 @@ async fn run(worker: Rc<Worker>, job: Job) {
             (Outcome::StatusDiffers, Some(status), None)
         }
         Ok((status, shadow_body)) => match (live.body, shadow_body) {
-            (Some(Hashed::Incomplete), _) => {
-                stats.skip(Skip::LiveIncomplete);
-                return;
-            }
+            (Some(Hashed::Incomplete), _) => return None,
             (Some(a @ Hashed::Whole(..)), b @ Hashed::Whole(..)) if a != b => {
                 (Outcome::BodyDiffers, Some(status), None)
             }
             _ => (Outcome::Same, Some(status), None),
         },
     };
-    stats.count(outcome);
-    tracing::debug!(
-        server = %server.addr,
-        method = %head.method,
-        path = head.uri.path(),
-        live = live.status,
-        shadow = ?shadow_status,
-        outcome = outcome.as_str(),
-        error = error.map(Failure::as_str),
-        "mirrored request compared"
-    );
-    if outcome != Outcome::Same {
-        let mut path = head.uri.path().to_string();
-        if path.len() > MAX_PATH {
-            let mut cut = MAX_PATH;
-            while !path.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            path.truncate(cut);
+    Some(Compared {
+        outcome,
+        shadow_status,
+        error,
+    })
+}
+
+/// The record of a copy that differed, its path cut to `MAX_PATH` bytes.
+fn difference(head: &Head, live_status: u16, compared: &Compared) -> Difference {
+    let mut path = head.uri.path().to_string();
+    if path.len() > MAX_PATH {
+        let mut cut = MAX_PATH;
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
         }
-        stats.record_difference(Difference {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            method: head.method.to_string(),
-            path,
-            live_status: live.status,
-            shadow_status,
-            outcome: outcome.as_str(),
-            error: error.map(Failure::as_str),
-        });
+        path.truncate(cut);
+    }
+    Difference {
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        method: head.method.to_string(),
+        path,
+        live_status,
+        shadow_status: compared.shadow_status,
+        outcome: compared.outcome.as_str(),
+        error: compared.error.map(Failure::as_str),
     }
 }
 

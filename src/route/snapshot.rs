@@ -11,7 +11,7 @@ use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
     compile_rules, AppConfig, Balance, Color, Compression, Config, HealthConfig, HostPattern,
-    Limits, MirrorConfig, OwnAnswers, PassiveConfig, PoolConfig, Protocol, Sticky,
+    Limits, MirrorConfig, OwnAnswers, PassiveConfig, PoolConfig, Protocol, ServerConfig, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
 use crate::tls::{ServerTls, Transport};
@@ -695,6 +695,130 @@ impl HostTable {
     }
 }
 
+impl Settings {
+    fn from_config(config: &Config) -> Settings {
+        Settings {
+            limits: config.limits.clone(),
+            color_header: config.server.color_header,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            proxy_protocol: config.server.proxy_protocol.clone(),
+            request_id: config.server.request_id,
+            request_id_header: config.server.request_id_header.clone(),
+            access_log: (config.log.access != crate::config::AccessLog::Off)
+                .then_some(config.log.format),
+            access_query: config.log.query,
+            upgrades: config.server.upgrades.clone(),
+            answers: Arc::new(config.server.answers.clone()),
+        }
+    }
+}
+
+impl Shape {
+    /// The shape of `app_cfg`, reusing what `old_app` has that the config
+    /// did not change.
+    fn build(app_cfg: &AppConfig, state: &AppState, old_app: Option<&App>) -> Shape {
+        let name: Arc<str> = old_app
+            .map(|a| a.name.clone())
+            .unwrap_or_else(|| app_cfg.name.as_str().into());
+        // Kept when unchanged, so that the pools are too.
+        let answers = match old_app {
+            Some(a) if *a.answers == app_cfg.answers => a.answers.clone(),
+            _ => Arc::new(app_cfg.answers.clone()),
+        };
+        let pools = Color::ALL.map(|color| {
+            let cfg = &app_cfg.pools[color.index()];
+            let old_pool = old_app.map(|a| a.pool(color));
+            match old_pool {
+                Some(p) if p.config == *cfg && Arc::ptr_eq(&p.answers, &answers) => p.clone(),
+                _ => Pool::build(color, cfg, old_pool, &name, &answers, state),
+            }
+            .with_overrides(&state.servers)
+        });
+        Shape {
+            name,
+            hosts: app_cfg.hosts.clone(),
+            path_prefix: app_cfg.path_prefix.clone(),
+            sticky: app_cfg.sticky.clone(),
+            drain_timeout: app_cfg.drain_timeout,
+            compress: app_cfg.compress.clone().map(Arc::new),
+            pools,
+            answers,
+            mirror_config: Arc::new(app_cfg.mirror.clone()),
+            mirror_stats: old_app.map(|a| a.mirror_stats.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Pool {
+    /// A new pool for `cfg`, keeping the servers and statistics of
+    /// `old_pool` that still fit.
+    fn build(
+        color: Color,
+        cfg: &PoolConfig,
+        old_pool: Option<&Arc<Pool>>,
+        app: &Arc<str>,
+        answers: &Arc<OwnAnswers>,
+        state: &AppState,
+    ) -> Arc<Pool> {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|s| Pool::server_for(color, cfg, s, old_pool, app))
+            .collect();
+        let stats = old_pool.map(|p| p.stats.clone()).unwrap_or_default();
+        Arc::new(Pool::new(
+            color,
+            cfg.clone(),
+            servers,
+            stats,
+            answers.clone(),
+            &state.servers,
+        ))
+    }
+
+    /// Server `s` of `cfg`: the one in `old_pool` if it is reached the same
+    /// way, else a new one.
+    fn server_for(
+        color: Color,
+        cfg: &PoolConfig,
+        s: &ServerConfig,
+        old_pool: Option<&Arc<Pool>>,
+        app: &Arc<str>,
+    ) -> Arc<Server> {
+        let transport = Transport {
+            tls: cfg.tls.as_ref().map(|t| {
+                Arc::new(ServerTls {
+                    pool: t.clone(),
+                    name: t.name_for(s),
+                })
+            }),
+            proxy_protocol: cfg.proxy_protocol,
+        };
+        // Pooled connections are by server: one reached another way is
+        // another server.
+        old_pool
+            .and_then(|p| {
+                p.servers.iter().find(|o| {
+                    o.addr == s.addr
+                        && o.weight == s.weight
+                        && o.protocol == cfg.protocol
+                        && o.transport == transport
+                })
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(Server::new(
+                    app.clone(),
+                    color,
+                    s.addr,
+                    s.weight,
+                    cfg.protocol,
+                    transport,
+                ))
+            })
+    }
+}
+
 impl Snapshot {
     /// Build a snapshot of `config` with the runtime `states` (apps missing
     /// from `states` take the config's initial values). Servers, pools and
@@ -714,82 +838,7 @@ impl Snapshot {
                 .cloned()
                 .unwrap_or_else(|| AppState::initial(app_cfg));
             let old_app = old.and_then(|o| o.app(&app_cfg.name));
-            let name: Arc<str> = old_app
-                .map(|a| a.name.clone())
-                .unwrap_or_else(|| app_cfg.name.as_str().into());
-            // Kept when unchanged, so that the pools are too.
-            let answers = match old_app {
-                Some(a) if *a.answers == app_cfg.answers => a.answers.clone(),
-                _ => Arc::new(app_cfg.answers.clone()),
-            };
-            let pools = Color::ALL.map(|color| {
-                let cfg = &app_cfg.pools[color.index()];
-                let old_pool = old_app.map(|a| a.pool(color));
-                match old_pool {
-                    Some(p) if p.config == *cfg && Arc::ptr_eq(&p.answers, &answers) => p.clone(),
-                    _ => {
-                        let servers = cfg
-                            .servers
-                            .iter()
-                            .map(|s| {
-                                let transport = Transport {
-                                    tls: cfg.tls.as_ref().map(|t| {
-                                        Arc::new(ServerTls {
-                                            pool: t.clone(),
-                                            name: t.name_for(s),
-                                        })
-                                    }),
-                                    proxy_protocol: cfg.proxy_protocol,
-                                };
-                                // Pooled connections are by server: one
-                                // reached another way is another server.
-                                old_pool
-                                    .and_then(|p| {
-                                        p.servers.iter().find(|o| {
-                                            o.addr == s.addr
-                                                && o.weight == s.weight
-                                                && o.protocol == cfg.protocol
-                                                && o.transport == transport
-                                        })
-                                    })
-                                    .cloned()
-                                    .unwrap_or_else(|| {
-                                        Arc::new(Server::new(
-                                            name.clone(),
-                                            color,
-                                            s.addr,
-                                            s.weight,
-                                            cfg.protocol,
-                                            transport,
-                                        ))
-                                    })
-                            })
-                            .collect();
-                        let stats = old_pool.map(|p| p.stats.clone()).unwrap_or_default();
-                        Arc::new(Pool::new(
-                            color,
-                            cfg.clone(),
-                            servers,
-                            stats,
-                            answers.clone(),
-                            &state.servers,
-                        ))
-                    }
-                }
-                .with_overrides(&state.servers)
-            });
-            let shape = Shape {
-                name,
-                hosts: app_cfg.hosts.clone(),
-                path_prefix: app_cfg.path_prefix.clone(),
-                sticky: app_cfg.sticky.clone(),
-                drain_timeout: app_cfg.drain_timeout,
-                compress: app_cfg.compress.clone().map(Arc::new),
-                pools,
-                answers,
-                mirror_config: Arc::new(app_cfg.mirror.clone()),
-                mirror_stats: old_app.map(|a| a.mirror_stats.clone()).unwrap_or_default(),
-            };
+            let shape = Shape::build(app_cfg, &state, old_app.map(|a| &**a));
             match App::assemble(shape, state) {
                 Ok(app) => apps.push(Arc::new(app)),
                 Err(e) => errors.extend(e),
@@ -798,19 +847,7 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let settings = Arc::new(Settings {
-            limits: config.limits.clone(),
-            color_header: config.server.color_header,
-            trusted_proxies: config.server.trusted_proxies.clone(),
-            proxy_protocol: config.server.proxy_protocol.clone(),
-            request_id: config.server.request_id,
-            request_id_header: config.server.request_id_header.clone(),
-            access_log: (config.log.access != crate::config::AccessLog::Off)
-                .then_some(config.log.format),
-            access_query: config.log.query,
-            upgrades: config.server.upgrades.clone(),
-            answers: Arc::new(config.server.answers.clone()),
-        });
+        let settings = Arc::new(Settings::from_config(config));
         Ok(Snapshot::index(apps, settings, epoch))
     }
 
