@@ -9,6 +9,7 @@
 //! in here awaits, so the lock is never held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -219,6 +220,66 @@ fn clip(text: &str) -> String {
     ascii.chars().take(200).collect()
 }
 
+/// An app's name, its state before a change and its state after.
+type AppChange = (String, AppState, AppState);
+
+/// `If-Match: EPOCH`: refused (412) unless the state is still at `given`.
+fn check_if_match(given: Option<u64>, current: u64) -> Result<(), OpError> {
+    match given {
+        Some(given) if given != current => Err(OpError::Stale { given, current }),
+        _ => Ok(()),
+    }
+}
+
+/// The history of `req` at `epoch`: one entry per app it changed.
+fn history_entries(
+    req: &Request,
+    changed: &[AppChange],
+    epoch: u64,
+    time: &str,
+) -> Vec<HistoryEntry> {
+    changed
+        .iter()
+        .map(|(name, before, after)| HistoryEntry {
+            time: time.to_string(),
+            epoch,
+            actor: req.actor.clone(),
+            reason: req.reason.clone(),
+            app: name.clone(),
+            kind: req.change.kind().to_string(),
+            forced: req.force,
+            before: before.clone(),
+            after: after.clone(),
+        })
+        .collect()
+}
+
+/// The colour of `app`'s server `addr`: the one asked for if that pool
+/// has it, else the one pool that has it (`has`: `[blue, green]`).
+fn server_color(
+    app: &str,
+    addr: SocketAddr,
+    asked: Option<Color>,
+    has: [bool; 2],
+) -> Result<Color, OpError> {
+    match asked {
+        Some(c) if has[c.index()] => Ok(c),
+        Some(c) => Err(OpError::NotFound(format!(
+            "app {app:?} has no {c} server {addr}"
+        ))),
+        None => match has {
+            [true, false] => Ok(Color::Blue),
+            [false, true] => Ok(Color::Green),
+            [true, true] => Err(OpError::BadRequest(format!(
+                "{addr} is in both pools of app {app:?}: say which colour"
+            ))),
+            [false, false] => Err(OpError::NotFound(format!(
+                "app {app:?} has no server {addr}"
+            ))),
+        },
+    }
+}
+
 pub struct Control {
     pub shared: Arc<Shared>,
     config: Config,
@@ -269,39 +330,86 @@ impl Control {
         if self.shared.upgrading.load(Relaxed) && !req.dry_run {
             return Err(OpError::Upgrading);
         }
-        if let Some(given) = req.if_match {
-            if given != self.state.epoch {
-                return Err(OpError::Stale {
-                    given,
-                    current: self.state.epoch,
-                });
-            }
-        }
-        if let Change::Rollback(app) = &req.change {
-            // Rolling back an app whose rollout is under way aborts it.
-            let busy = self.rolling_back(app.as_deref());
-            if !busy.is_empty() {
-                if !req.dry_run {
-                    for name in &busy {
-                        // One already rolling back is on its way there.
-                        if self.state.rollouts[name].phase != Phase::RollingBack {
-                            self.steer_rollout(
-                                name,
-                                Steer::Abort,
-                                &req.actor,
-                                req.reason.as_deref(),
-                            )?;
-                        }
-                    }
-                }
-                let names: Vec<&str> = busy.iter().map(String::as_str).collect();
-                let snap = self.shared.snapshot.load_full();
-                return Ok(self.answer(snap, self.state.epoch, req.dry_run, &names));
-            }
+        check_if_match(req.if_match, self.state.epoch)?;
+        if let Some(answer) = self.roll_back_rollouts(&req)? {
+            return Ok(answer);
         }
         if !req.force {
             self.refuse_undoing_a_rollouts_rollback(&req.change)?;
         }
+        let (changed, superseded) = self.changes(&req)?;
+        let current = self.shared.snapshot.load_full();
+        if changed.is_empty() {
+            return self.change_nothing(&req, &superseded);
+        }
+        let mut states = self.state.apps.clone();
+        for (name, _, after) in &changed {
+            states.insert(name.clone(), after.clone());
+        }
+        let epoch = self.state.epoch + 1;
+        let next = current
+            .with_states(&states, epoch)
+            .map_err(|e| OpError::BadRequest(e.join("; ")))?;
+        let names: Vec<&str> = changed.iter().map(|(n, _, _)| n.as_str()).collect();
+        if !req.force {
+            health_gate(&current, &next, &changed)?;
+        }
+        if req.dry_run {
+            return Ok(self.answer(Arc::new(next), self.state.epoch, true, &names));
+        }
+        let time = now_rfc3339();
+        let rollouts = self.superseded_rollouts(&superseded, &req, &time);
+        let superseding = rollouts.is_some();
+        self.commit(Commit {
+            epoch,
+            apps: states,
+            rollouts,
+            history: history_entries(&req, &changed, epoch, &time),
+        })?;
+        if superseding {
+            for name in &superseded {
+                tracing::info!(app = %name, actor = %req.actor, kind = req.change.kind(), "rollout superseded by a forced change");
+                self.rollout_moved(name, "superseded");
+            }
+        }
+        self.shared.store(next);
+        self.changed(&req, &changed, epoch);
+        let snap = self.shared.snapshot.load_full();
+        Ok(self.answer(snap, epoch, false, &names))
+    }
+
+    /// Rolling back an app whose rollout is under way aborts the rollout
+    /// instead: `Some` answer when that is what `req` does.
+    fn roll_back_rollouts(&mut self, req: &Request) -> Result<Option<Status>, OpError> {
+        let Change::Rollback(app) = &req.change else {
+            return Ok(None);
+        };
+        let busy = self.rolling_back(app.as_deref());
+        if busy.is_empty() {
+            return Ok(None);
+        }
+        if !req.dry_run {
+            for name in &busy {
+                // One already rolling back is on its way there.
+                if self.state.rollouts[name].phase != Phase::RollingBack {
+                    self.steer_rollout(name, Steer::Abort, &req.actor, req.reason.as_deref())?;
+                }
+            }
+        }
+        let names: Vec<&str> = busy.iter().map(String::as_str).collect();
+        let snap = self.shared.snapshot.load_full();
+        Ok(Some(self.answer(
+            snap,
+            self.state.epoch,
+            req.dry_run,
+            &names,
+        )))
+    }
+
+    /// The apps `req` changes, each with its state before and after, and
+    /// the apps whose rollout it supersedes; refused (409) when it would
+    /// supersede one without being forced.
+    fn changes(&self, req: &Request) -> Result<(Vec<AppChange>, Vec<String>), OpError> {
         let mut targets = self.targets(&req.change)?;
         let manual = matches!(
             req.change,
@@ -327,7 +435,7 @@ impl Control {
                 req.change.kind()
             )));
         }
-        let changed: Vec<(String, AppState, AppState)> = targets
+        let changed = targets
             .into_iter()
             .filter(|(name, after)| self.state.apps[name] != *after)
             .map(|(name, after)| {
@@ -335,76 +443,45 @@ impl Control {
                 (name, before, after)
             })
             .collect();
-        let current = self.shared.snapshot.load_full();
-        if changed.is_empty() {
-            // Forced, it still ends the rollout it was forced past.
-            if !req.dry_run {
-                for name in &superseded {
-                    let mut r = self.state.rollouts[name].clone();
-                    supersede(&mut r, &req, now_rfc3339());
-                    self.commit_rollout(name, r, &req.actor, req.reason.as_deref())?;
-                }
-            }
-            let snap = self.shared.snapshot.load_full();
-            return Ok(self.answer(snap, self.state.epoch, req.dry_run, &[]));
-        }
-        let mut states = self.state.apps.clone();
-        for (name, _, after) in &changed {
-            states.insert(name.clone(), after.clone());
-        }
-        let epoch = self.state.epoch + 1;
-        let next = current
-            .with_states(&states, epoch)
-            .map_err(|e| OpError::BadRequest(e.join("; ")))?;
-        let names: Vec<&str> = changed.iter().map(|(n, _, _)| n.as_str()).collect();
-        if !req.force {
-            health_gate(&current, &next, &changed)?;
-        }
-        if req.dry_run {
-            return Ok(self.answer(Arc::new(next), self.state.epoch, true, &names));
-        }
-        let time = now_rfc3339();
-        let entries: Vec<HistoryEntry> = changed
-            .iter()
-            .map(|(name, before, after)| HistoryEntry {
-                time: time.clone(),
-                epoch,
-                actor: req.actor.clone(),
-                reason: req.reason.clone(),
-                app: name.clone(),
-                kind: req.change.kind().to_string(),
-                forced: req.force,
-                before: before.clone(),
-                after: after.clone(),
-            })
-            .collect();
-        let mut rollouts = None;
-        if !superseded.is_empty() {
-            let mut all = self.state.rollouts.clone();
-            for name in &superseded {
-                supersede(
-                    all.get_mut(name).expect("an active rollout"),
-                    &req,
-                    time.clone(),
-                );
-            }
-            rollouts = Some(all);
-        }
-        let superseding = rollouts.is_some();
-        self.commit(Commit {
-            epoch,
-            apps: states,
-            rollouts,
-            history: entries,
-        })?;
-        if superseding {
-            for name in &superseded {
-                tracing::info!(app = %name, actor = %req.actor, kind = req.change.kind(), "rollout superseded by a forced change");
-                self.rollout_moved(name, "superseded");
+        Ok((changed, superseded))
+    }
+
+    /// A change that leaves every app as it is; forced, it still ends the
+    /// rollouts it was forced past.
+    fn change_nothing(&mut self, req: &Request, superseded: &[String]) -> Result<Status, OpError> {
+        if !req.dry_run {
+            for name in superseded {
+                let mut r = self.state.rollouts[name].clone();
+                supersede(&mut r, req, now_rfc3339());
+                self.commit_rollout(name, r, &req.actor, req.reason.as_deref())?;
             }
         }
-        self.shared.store(next);
-        for (name, before, after) in &changed {
+        let snap = self.shared.snapshot.load_full();
+        Ok(self.answer(snap, self.state.epoch, req.dry_run, &[]))
+    }
+
+    /// Every rollout record, with those `req` supersedes ended; `None`
+    /// when it supersedes none (the records are not rewritten).
+    fn superseded_rollouts(
+        &self,
+        superseded: &[String],
+        req: &Request,
+        time: &str,
+    ) -> Option<BTreeMap<String, Rollout>> {
+        if superseded.is_empty() {
+            return None;
+        }
+        let mut all = self.state.rollouts.clone();
+        for name in superseded {
+            let r = all.get_mut(name).expect("an active rollout");
+            supersede(r, req, time.to_string());
+        }
+        Some(all)
+    }
+
+    /// After a change is stored: count and log it, app by app.
+    fn changed(&mut self, req: &Request, changed: &[AppChange], epoch: u64) {
+        for (name, before, after) in changed {
             *self
                 .stats
                 .state_changes
@@ -422,164 +499,166 @@ impl Control {
                 "state changed"
             );
         }
-        let snap = self.shared.snapshot.load_full();
-        Ok(self.answer(snap, epoch, false, &names))
     }
 
     /// The new state of every app the change touches.
     fn targets(&self, change: &Change) -> Result<Vec<(String, AppState)>, OpError> {
         match change {
-            Change::Flip(app) => {
-                let names: Vec<String> = match app {
-                    Some(a) => {
-                        self.require_app(a)?;
-                        vec![a.clone()]
-                    }
-                    None => self.config.apps.iter().map(|a| a.name.clone()).collect(),
-                };
-                Ok(names
-                    .into_iter()
-                    .map(|n| {
-                        let before = &self.state.apps[&n];
-                        let after = AppState {
-                            live: before.live.other(),
-                            standby_percent: 0.0,
-                            ..before.clone()
-                        };
-                        (n, after)
-                    })
-                    .collect())
-            }
-            Change::Shift(app, percent) | Change::Mirror(app, percent) => {
-                let before = self.require_app(app)?;
-                if !percent.is_finite() || !(0.0..=100.0).contains(percent) {
-                    return Err(OpError::BadRequest(format!(
-                        "percent: must be between 0 and 100, got {percent}"
-                    )));
-                }
-                let mut after = before.clone();
-                match change {
-                    Change::Shift(..) => after.standby_percent = *percent,
-                    _ => after.mirror_percent = Some(*percent),
-                }
+            Change::Flip(app) => self.flip(app.as_deref()),
+            Change::Shift(app, percent) => {
+                let mut after = self.with_percent(app, *percent)?;
+                after.standby_percent = *percent;
                 Ok(vec![(app.clone(), after)])
             }
-            Change::Rollback(Some(app)) => {
-                self.require_app(app)?;
-                let last = self
-                    .state
-                    .history
-                    .iter()
-                    .rev()
-                    .find(|h| h.app == *app && h.before != h.after)
-                    .ok_or_else(|| {
-                        OpError::Conflict(format!(
-                            "nothing to roll back: app {app:?} has no recorded change"
-                        ))
-                    })?;
-                Ok(vec![(app.clone(), last.before.clone())])
+            Change::Mirror(app, percent) => {
+                let mut after = self.with_percent(app, *percent)?;
+                after.mirror_percent = Some(*percent);
+                Ok(vec![(app.clone(), after)])
             }
-            Change::Rollback(None) => {
-                // A rollout's pause or resume changes no routing: not a change to undo.
-                let last = self
-                    .state
-                    .history
-                    .iter()
-                    .rev()
-                    .find(|h| h.before != h.after)
-                    .ok_or_else(|| {
-                        OpError::Conflict("nothing to roll back: no recorded change".into())
-                    })?;
-                Ok(self
-                    .state
-                    .history
-                    .iter()
-                    .filter(|h| h.epoch == last.epoch && self.config.app(&h.app).is_some())
-                    .map(|h| (h.app.clone(), h.before.clone()))
-                    .collect())
-            }
-            Change::SetRules(app, rules) => {
-                let before = self.require_app(app)?;
-                compile_rules(&format!("apps.{app}"), rules)
-                    .map_err(|e| OpError::BadRequest(e.join("; ")))?;
-                Ok(vec![(
-                    app.clone(),
-                    AppState {
-                        rules: rules.clone(),
-                        runtime_rules: true,
-                        ..before.clone()
-                    },
-                )])
-            }
+            Change::Rollback(Some(app)) => self.roll_back_app(app),
+            Change::Rollback(None) => self.roll_back_last(),
+            Change::SetRules(app, rules) => self.set_rules(app, rules),
+            Change::DeleteRule(app, rule) => self.delete_rule(app, rule),
             Change::Server(app, color, addr, setting) => {
-                let before = self.require_app(app)?;
-                let cfg = self.config.app(app).expect("required above");
-                let has = |c: Color| cfg.pools[c.index()].servers.iter().any(|s| s.addr == *addr);
-                let color = match color {
-                    Some(c) if has(*c) => *c,
-                    Some(c) => {
-                        return Err(OpError::NotFound(format!(
-                            "app {app:?} has no {c} server {addr}"
-                        )))
-                    }
-                    None => match (has(Color::Blue), has(Color::Green)) {
-                        (true, false) => Color::Blue,
-                        (false, true) => Color::Green,
-                        (true, true) => {
-                            return Err(OpError::BadRequest(format!(
-                                "{addr} is in both pools of app {app:?}: say which colour"
-                            )))
-                        }
-                        (false, false) => {
-                            return Err(OpError::NotFound(format!(
-                                "app {app:?} has no server {addr}"
-                            )))
-                        }
-                    },
-                };
-                if setting.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
-                    return Err(OpError::BadRequest(
-                        "weight: must be between 1 and 1000".into(),
-                    ));
-                }
-                let mut servers = before.servers.clone();
-                let key = crate::route::snapshot::server_key(color, *addr);
-                if setting.state == ServerState::Ready && setting.weight.is_none() {
-                    servers.remove(&key);
-                } else {
-                    servers.insert(key, *setting);
-                }
-                Ok(vec![(
-                    app.clone(),
-                    AppState {
-                        servers,
-                        ..before.clone()
-                    },
-                )])
-            }
-            Change::DeleteRule(app, rule) => {
-                let before = self.require_app(app)?;
-                if !before.rules.iter().any(|r| r.name == *rule) {
-                    return Err(OpError::NotFound(format!(
-                        "app {app:?} has no rule named {rule:?}"
-                    )));
-                }
-                let rules = before
-                    .rules
-                    .iter()
-                    .filter(|r| r.name != *rule)
-                    .cloned()
-                    .collect();
-                Ok(vec![(
-                    app.clone(),
-                    AppState {
-                        rules,
-                        runtime_rules: true,
-                        ..before.clone()
-                    },
-                )])
+                self.set_server(app, *color, *addr, setting)
             }
         }
+    }
+
+    /// One app's traffic (or every app's, `None`) to its standby colour.
+    fn flip(&self, app: Option<&str>) -> Result<Vec<(String, AppState)>, OpError> {
+        let names: Vec<String> = match app {
+            Some(a) => {
+                self.require_app(a)?;
+                vec![a.to_string()]
+            }
+            None => self.config.apps.iter().map(|a| a.name.clone()).collect(),
+        };
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let before = &self.state.apps[&n];
+                let after = AppState {
+                    live: before.live.other(),
+                    standby_percent: 0.0,
+                    ..before.clone()
+                };
+                (n, after)
+            })
+            .collect())
+    }
+
+    /// `app`'s state, once `percent` (of a split or a mirror) is known to
+    /// be one.
+    fn with_percent(&self, app: &str, percent: f64) -> Result<AppState, OpError> {
+        let before = self.require_app(app)?;
+        if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+            return Err(OpError::BadRequest(format!(
+                "percent: must be between 0 and 100, got {percent}"
+            )));
+        }
+        Ok(before.clone())
+    }
+
+    /// `app` back to its state before its last recorded change.
+    fn roll_back_app(&self, app: &str) -> Result<Vec<(String, AppState)>, OpError> {
+        self.require_app(app)?;
+        let last = self
+            .state
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.app == *app && h.before != h.after)
+            .ok_or_else(|| {
+                OpError::Conflict(format!(
+                    "nothing to roll back: app {app:?} has no recorded change"
+                ))
+            })?;
+        Ok(vec![(app.to_string(), last.before.clone())])
+    }
+
+    /// Every app the last change touched back to its state before it.
+    fn roll_back_last(&self) -> Result<Vec<(String, AppState)>, OpError> {
+        // A rollout's pause or resume changes no routing: not a change to undo.
+        let last = self
+            .state
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.before != h.after)
+            .ok_or_else(|| OpError::Conflict("nothing to roll back: no recorded change".into()))?;
+        Ok(self
+            .state
+            .history
+            .iter()
+            .filter(|h| h.epoch == last.epoch && self.config.app(&h.app).is_some())
+            .map(|h| (h.app.clone(), h.before.clone()))
+            .collect())
+    }
+
+    fn set_rules(&self, app: &str, rules: &[RuleSpec]) -> Result<Vec<(String, AppState)>, OpError> {
+        let before = self.require_app(app)?;
+        compile_rules(&format!("apps.{app}"), rules)
+            .map_err(|e| OpError::BadRequest(e.join("; ")))?;
+        let after = AppState {
+            rules: rules.to_vec(),
+            runtime_rules: true,
+            ..before.clone()
+        };
+        Ok(vec![(app.to_string(), after)])
+    }
+
+    fn delete_rule(&self, app: &str, rule: &str) -> Result<Vec<(String, AppState)>, OpError> {
+        let before = self.require_app(app)?;
+        if !before.rules.iter().any(|r| r.name == *rule) {
+            return Err(OpError::NotFound(format!(
+                "app {app:?} has no rule named {rule:?}"
+            )));
+        }
+        let rules = before
+            .rules
+            .iter()
+            .filter(|r| r.name != *rule)
+            .cloned()
+            .collect();
+        let after = AppState {
+            rules,
+            runtime_rules: true,
+            ..before.clone()
+        };
+        Ok(vec![(app.to_string(), after)])
+    }
+
+    /// One server's runtime setting; a ready server at its configured
+    /// weight needs no entry.
+    fn set_server(
+        &self,
+        app: &str,
+        color: Option<Color>,
+        addr: SocketAddr,
+        setting: &ServerSetting,
+    ) -> Result<Vec<(String, AppState)>, OpError> {
+        let before = self.require_app(app)?;
+        let cfg = self.config.app(app).expect("required above");
+        let has = |c: Color| cfg.pools[c.index()].servers.iter().any(|s| s.addr == addr);
+        let color = server_color(app, addr, color, [has(Color::Blue), has(Color::Green)])?;
+        if setting.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
+            return Err(OpError::BadRequest(
+                "weight: must be between 1 and 1000".into(),
+            ));
+        }
+        let mut servers = before.servers.clone();
+        let key = crate::route::snapshot::server_key(color, addr);
+        if setting.state == ServerState::Ready && setting.weight.is_none() {
+            servers.remove(&key);
+        } else {
+            servers.insert(key, *setting);
+        }
+        let after = AppState {
+            servers,
+            ..before.clone()
+        };
+        Ok(vec![(app.to_string(), after)])
     }
 
     /// Store a change and make it the state; refused, changing nothing,
@@ -670,87 +749,13 @@ impl Control {
         // No DNS under the control lock: known names keep their addresses,
         // new ones are looked up by `resolve::run`, woken below.
         let new = Config::load(&path)?.with_resolved(&self.config.resolved_names());
-        let mut errors = Vec::new();
-        if new.server.listen != self.config.server.listen
-            || new.server.listen_tls != self.config.server.listen_tls
-        {
-            errors.push(
-                "server.listen: listener addresses changed; restart cutover to apply them"
-                    .to_string(),
-            );
-        }
-        if new.admin.listen != self.config.admin.listen {
-            errors.push(
-                "admin.listen: the admin address changed; restart cutover to apply it".to_string(),
-            );
-        }
-        if new.admin.max_connections != self.config.admin.max_connections {
-            errors.push(
-                "admin.max_connections: the admin connection cap changed; restart cutover to apply it"
-                    .to_string(),
-            );
-        }
-        if new.state.file != self.config.state.file {
-            errors.push(
-                "state.file: the state file changed; restart cutover to apply it".to_string(),
-            );
-        }
-        if let (crate::config::AccessLog::File(path), true) =
-            (&new.log.access, new.log.access != self.config.log.access)
-        {
-            if let Err(e) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                errors.push(format!("log.access: {}: {e}", path.display()));
-            }
-        }
-        if new.log.buffer != self.config.log.buffer {
-            errors.push(
-                "log.access_buffer: the access log's queue changed; restart cutover to apply it"
-                    .to_string(),
-            );
-        }
+        let errors = fixed_at_start(&self.config, &new);
         if !errors.is_empty() {
             return Err(errors);
         }
         let epoch = self.state.epoch + 1;
-        let mut apps = self.state.apps.clone();
-        let mut history = Vec::new();
-        let time = now_rfc3339();
-        for app in &new.apps {
-            let Some(before) = apps.get(&app.name).cloned() else {
-                apps.insert(app.name.clone(), AppState::initial(app));
-                continue;
-            };
-            // Live colour and split stay as operators left them.
-            let Some(after) = rules_from_file(&app.name, &before, &app.rules, take) else {
-                continue;
-            };
-            if after.rules == before.rules {
-                // Only the owner changed back to the file: nothing to record.
-                apps.insert(app.name.clone(), after);
-                continue;
-            }
-            history.push(HistoryEntry {
-                time: time.clone(),
-                epoch,
-                actor: actor.to_string(),
-                reason: reason.map(str::to_string),
-                app: app.name.clone(),
-                kind: if before.runtime_rules {
-                    "rules-from-file"
-                } else {
-                    "reload"
-                }
-                .into(),
-                forced: false,
-                before,
-                after: after.clone(),
-            });
-            apps.insert(app.name.clone(), after);
-        }
+        let by = (actor, reason);
+        let (apps, history) = reloaded(&self.state.apps, &new, take, by, epoch, &now_rfc3339());
         let current = self.shared.snapshot.load_full();
         let next = Snapshot::build(&new, &apps, Some(&current), epoch)?;
         let certs = match (&self.shared.tls, new.tls.is_empty()) {
@@ -764,6 +769,13 @@ impl Control {
             history,
         };
         self.commit(change).map_err(|e| vec![e.to_string()])?;
+        self.swap_config(new, next, certs);
+        Ok(self.status())
+    }
+
+    /// After a reload is stored: the new config, certificates and snapshot
+    /// take over.
+    fn swap_config(&mut self, new: Config, next: Snapshot, certs: Option<crate::tls::CertStore>) {
         // Pools may be new (an app removed and added again): every
         // rollout's window starts afresh from the new snapshot's counters.
         self.windows.clear();
@@ -781,8 +793,97 @@ impl Control {
             tls.resolver.store.store(Arc::new(store));
         }
         self.shared.store(next);
-        Ok(self.status())
     }
+}
+
+/// What a reload cannot change (it takes a restart), each as an error;
+/// a new access log file must open.
+fn fixed_at_start(old: &Config, new: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    if new.server.listen != old.server.listen || new.server.listen_tls != old.server.listen_tls {
+        errors.push(
+            "server.listen: listener addresses changed; restart cutover to apply them".to_string(),
+        );
+    }
+    if new.admin.listen != old.admin.listen {
+        errors.push(
+            "admin.listen: the admin address changed; restart cutover to apply it".to_string(),
+        );
+    }
+    if new.admin.max_connections != old.admin.max_connections {
+        errors.push(
+            "admin.max_connections: the admin connection cap changed; restart cutover to apply it"
+                .to_string(),
+        );
+    }
+    if new.state.file != old.state.file {
+        errors.push("state.file: the state file changed; restart cutover to apply it".to_string());
+    }
+    if let (crate::config::AccessLog::File(path), true) =
+        (&new.log.access, new.log.access != old.log.access)
+    {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            errors.push(format!("log.access: {}: {e}", path.display()));
+        }
+    }
+    if new.log.buffer != old.log.buffer {
+        errors.push(
+            "log.access_buffer: the access log's queue changed; restart cutover to apply it"
+                .to_string(),
+        );
+    }
+    errors
+}
+
+/// Every app's state under the reloaded config `new`, and the history of
+/// the rules it changes, by `(actor, reason)`: new apps start from the
+/// config; live colour and split stay as operators left them.
+fn reloaded(
+    apps: &BTreeMap<String, AppState>,
+    new: &Config,
+    take: bool,
+    (actor, reason): (&str, Option<&str>),
+    epoch: u64,
+    time: &str,
+) -> (BTreeMap<String, AppState>, Vec<HistoryEntry>) {
+    let mut apps = apps.clone();
+    let mut history = Vec::new();
+    for app in &new.apps {
+        let Some(before) = apps.get(&app.name).cloned() else {
+            apps.insert(app.name.clone(), AppState::initial(app));
+            continue;
+        };
+        let Some(after) = rules_from_file(&app.name, &before, &app.rules, take) else {
+            continue;
+        };
+        if after.rules == before.rules {
+            // Only the owner changed back to the file: nothing to record.
+            apps.insert(app.name.clone(), after);
+            continue;
+        }
+        let kind = if before.runtime_rules {
+            "rules-from-file"
+        } else {
+            "reload"
+        };
+        history.push(HistoryEntry {
+            time: time.to_string(),
+            epoch,
+            actor: actor.to_string(),
+            reason: reason.map(str::to_string),
+            app: app.name.clone(),
+            kind: kind.into(),
+            forced: false,
+            before,
+            after: after.clone(),
+        });
+        apps.insert(app.name.clone(), after);
+    }
+    (apps, history)
 }
 
 impl Control {
