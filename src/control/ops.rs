@@ -1,5 +1,7 @@
-//! Runtime changes: flip, shift, rollback, rules, reload — and the moves
-//! of progressive rollouts ([`super::rollout`]), which are changes too.
+//! Runtime changes: flip, shift, rollback, rules, servers, mirror — and
+//! the moves of progressive rollouts ([`super::rollout`]), which are
+//! changes too. Reloading the config file, also done by [`Control`], is
+//! in [`super::reload`].
 //!
 //! [`Control`] is the only writer of the snapshot. Every change is
 //! validated whole first, then written to the state file, then stored in
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::judge::Counts;
 use super::rollout::{self, Look, Next, Phase, Plan, Rollout};
-use super::state::{Commit, FileStore, History, HistoryEntry, NoStore, State, StateFile, Store};
+use super::state::{Commit, History, HistoryEntry, State};
 use super::Shared;
 use crate::api::Status;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
@@ -282,14 +284,14 @@ fn server_color(
 
 pub struct Control {
     pub shared: Arc<Shared>,
-    config: Config,
+    pub(super) config: Config,
     /// The durable state; every change goes through its `commit`.
-    state: State,
+    pub(super) state: State,
     pub stats: ControlStats,
     windows: HashMap<String, Window>,
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -661,9 +663,15 @@ impl Control {
         Ok(vec![(app.to_string(), after)])
     }
 
+    /// Observe every rollout afresh: after a reload its pools may be new,
+    /// so each window starts again from the new snapshot's counters.
+    pub(super) fn restart_windows(&mut self) {
+        self.windows.clear();
+    }
+
     /// Store a change and make it the state; refused, changing nothing,
     /// if it cannot be stored.
-    fn commit(&mut self, next: Commit) -> Result<(), OpError> {
+    pub(super) fn commit(&mut self, next: Commit) -> Result<(), OpError> {
         self.state.commit(next).map_err(|e| {
             tracing::error!(error = %e, "state not written; change refused");
             OpError::Internal(e.to_string())
@@ -699,191 +707,6 @@ impl Control {
     pub fn status(&self) -> Status {
         self.view(&self.shared.snapshot.load(), self.state.epoch, None)
     }
-
-    /// SIGHUP and `POST /v1/reload`: re-read the config file. On any error
-    /// nothing changes and every error is returned.
-    pub fn reload(&mut self) -> Result<Status, Vec<String>> {
-        self.reload_with(false, "reload", None)
-    }
-
-    /// Re-read the config file. With `take_rules_from_file`, the file's
-    /// rules replace runtime-owned rules that differ from them (recorded
-    /// in history, by `actor`, with the rules they replaced); without it
-    /// such rules stay and the difference is reported as drift.
-    pub fn reload_with(
-        &mut self,
-        take_rules_from_file: bool,
-        actor: &str,
-        reason: Option<&str>,
-    ) -> Result<Status, Vec<String>> {
-        let result = self.try_reload(take_rules_from_file, actor, reason);
-        match &result {
-            Ok(_) => {
-                self.stats.reloads_ok += 1;
-                tracing::info!(epoch = self.state.epoch, "config reloaded");
-            }
-            Err(errors) => {
-                self.stats.reloads_error += 1;
-                for e in errors {
-                    tracing::error!(error = %e, "reload refused; still serving the previous config");
-                }
-            }
-        }
-        result
-    }
-
-    fn try_reload(
-        &mut self,
-        take: bool,
-        actor: &str,
-        reason: Option<&str>,
-    ) -> Result<Status, Vec<String>> {
-        let path = self
-            .config
-            .path
-            .clone()
-            .ok_or_else(|| vec!["no config file to reload (built-in config)".to_string()])?;
-        if self.shared.upgrading.load(Relaxed) {
-            return Err(vec![OpError::Upgrading.to_string()]);
-        }
-        // No DNS under the control lock: known names keep their addresses,
-        // new ones are looked up by `resolve::run`, woken below.
-        let new = Config::load(&path)?.with_resolved(&self.config.resolved_names());
-        let errors = fixed_at_start(&self.config, &new);
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let epoch = self.state.epoch + 1;
-        let by = (actor, reason);
-        let (apps, history) = reloaded(&self.state.apps, &new, take, by, epoch, &now_rfc3339());
-        let current = self.shared.snapshot.load_full();
-        let next = Snapshot::build(&new, &apps, Some(&current), epoch)?;
-        let certs = match (&self.shared.tls, new.tls.is_empty()) {
-            (Some(_), false) => Some(crate::tls::CertStore::load(&new.tls)?.0),
-            _ => None,
-        };
-        let change = Commit {
-            epoch,
-            apps,
-            rollouts: None,
-            history,
-        };
-        self.commit(change).map_err(|e| vec![e.to_string()])?;
-        self.swap_config(new, next, certs);
-        Ok(self.status())
-    }
-
-    /// After a reload is stored: the new config, certificates and snapshot
-    /// take over.
-    fn swap_config(&mut self, new: Config, next: Snapshot, certs: Option<crate::tls::CertStore>) {
-        // Pools may be new (an app removed and added again): every
-        // rollout's window starts afresh from the new snapshot's counters.
-        self.windows.clear();
-        if let Some(log) = self.shared.access_log.get() {
-            log.set_destination(&new.log.access);
-        }
-        let known = self.config.server_names();
-        if new.server_names().iter().any(|n| !known.contains(n)) {
-            self.shared.new_names.notify_one();
-        }
-        self.config = new;
-        if let (Some(tls), Some(store)) = (&self.shared.tls, certs) {
-            // New handshakes use the new certificates; open connections
-            // keep the session they have.
-            tls.resolver.store.store(Arc::new(store));
-        }
-        self.shared.store(next);
-    }
-}
-
-/// What a reload cannot change (it takes a restart), each as an error;
-/// a new access log file must open.
-fn fixed_at_start(old: &Config, new: &Config) -> Vec<String> {
-    let mut errors = Vec::new();
-    if new.server.listen != old.server.listen || new.server.listen_tls != old.server.listen_tls {
-        errors.push(
-            "server.listen: listener addresses changed; restart cutover to apply them".to_string(),
-        );
-    }
-    if new.admin.listen != old.admin.listen {
-        errors.push(
-            "admin.listen: the admin address changed; restart cutover to apply it".to_string(),
-        );
-    }
-    if new.admin.max_connections != old.admin.max_connections {
-        errors.push(
-            "admin.max_connections: the admin connection cap changed; restart cutover to apply it"
-                .to_string(),
-        );
-    }
-    if new.state.file != old.state.file {
-        errors.push("state.file: the state file changed; restart cutover to apply it".to_string());
-    }
-    if let (crate::config::AccessLog::File(path), true) =
-        (&new.log.access, new.log.access != old.log.access)
-    {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            errors.push(format!("log.access: {}: {e}", path.display()));
-        }
-    }
-    if new.log.buffer != old.log.buffer {
-        errors.push(
-            "log.access_buffer: the access log's queue changed; restart cutover to apply it"
-                .to_string(),
-        );
-    }
-    errors
-}
-
-/// Every app's state under the reloaded config `new`, and the history of
-/// the rules it changes, by `(actor, reason)`: new apps start from the
-/// config; live colour and split stay as operators left them.
-fn reloaded(
-    apps: &BTreeMap<String, AppState>,
-    new: &Config,
-    take: bool,
-    (actor, reason): (&str, Option<&str>),
-    epoch: u64,
-    time: &str,
-) -> (BTreeMap<String, AppState>, Vec<HistoryEntry>) {
-    let mut apps = apps.clone();
-    let mut history = Vec::new();
-    for app in &new.apps {
-        let Some(before) = apps.get(&app.name).cloned() else {
-            apps.insert(app.name.clone(), AppState::initial(app));
-            continue;
-        };
-        let Some(after) = rules_from_file(&app.name, &before, &app.rules, take) else {
-            continue;
-        };
-        if after.rules == before.rules {
-            // Only the owner changed back to the file: nothing to record.
-            apps.insert(app.name.clone(), after);
-            continue;
-        }
-        let kind = if before.runtime_rules {
-            "rules-from-file"
-        } else {
-            "reload"
-        };
-        history.push(HistoryEntry {
-            time: time.to_string(),
-            epoch,
-            actor: actor.to_string(),
-            reason: reason.map(str::to_string),
-            app: app.name.clone(),
-            kind: kind.into(),
-            forced: false,
-            before,
-            after: after.clone(),
-        });
-        apps.insert(app.name.clone(), after);
-    }
-    (apps, history)
 }
 
 impl Control {
@@ -1337,73 +1160,6 @@ fn describe(s: &AppState) -> String {
     )
 }
 
-/// The durable state from its store (the state file, if any), with every
-/// configured app filled in.
-pub fn initial_state(config: &Config, reset: bool) -> Result<State, super::state::StateError> {
-    let store: Box<dyn Store> = match &config.state.file {
-        Some(path) => Box::new(FileStore(path.clone())),
-        None => Box::new(NoStore),
-    };
-    State::open(store, reset, |state| start_state(config, state))
-}
-
-/// What the config makes of the stored state at start: an entry for each
-/// new app, and file-owned rules edited while cutover was down, applied
-/// and recorded like a reload.
-fn start_state(config: &Config, state: &mut StateFile) {
-    for app in &config.apps {
-        let Some(current) = state.apps.get(&app.name).cloned() else {
-            state.apps.insert(app.name.clone(), AppState::initial(app));
-            continue;
-        };
-        tracing::info!(app = %app.name, "runtime state from the state file overrides the config's initial values");
-        let Some(after) = rules_from_file(&app.name, &current, &app.rules, false) else {
-            continue;
-        };
-        tracing::info!(app = %app.name, "the config file's rules changed while cutover was stopped; applied");
-        state.epoch += 1;
-        state.push_history(HistoryEntry {
-            time: now_rfc3339(),
-            epoch: state.epoch,
-            actor: "start".into(),
-            reason: None,
-            app: app.name.clone(),
-            kind: "reload".into(),
-            forced: false,
-            before: current,
-            after: after.clone(),
-        });
-        state.apps.insert(app.name.clone(), after);
-    }
-    for name in state.apps.keys() {
-        if config.app(name).is_none() {
-            tracing::warn!(app = %name, "the state file names an app the config no longer has; kept but ignored");
-        }
-    }
-}
-
-/// What a reload or a start makes of an app's rules, given the config
-/// file's: the rules the file owns follow it; runtime-owned rules that
-/// differ stay (reported as drift, with a warning) unless `take` says to
-/// hand them back to the file. `None`: nothing changes.
-fn rules_from_file(app: &str, state: &AppState, file: &[RuleSpec], take: bool) -> Option<AppState> {
-    if state.rules == file {
-        return (take && state.runtime_rules).then(|| AppState {
-            runtime_rules: false,
-            ..state.clone()
-        });
-    }
-    if state.runtime_rules && !take {
-        tracing::warn!(app = %app, "the config file's rules differ from the runtime rules, which stand; `cutover diff` shows how, `cutover reload --take-rules-from-file` applies the file's");
-        return None;
-    }
-    Some(AppState {
-        rules: file.to_vec(),
-        runtime_rules: false,
-        ..state.clone()
-    })
-}
-
 /// The health gate. A change is refused (409) only when it would send
 /// traffic that now reaches a healthy server to a pool with no healthy
 /// server: for each app, a colour with no healthy server may not gain
@@ -1490,4 +1246,91 @@ fn gained(before: &AppState, after: &AppState, color: Color) -> Vec<String> {
         }
     }
     causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(live: Color, standby_percent: f64) -> AppState {
+        AppState {
+            live,
+            standby_percent,
+            rules: Vec::new(),
+            runtime_rules: false,
+            servers: BTreeMap::new(),
+            mirror_percent: None,
+        }
+    }
+
+    fn request(change: Change, force: bool) -> Request {
+        Request {
+            change,
+            force,
+            dry_run: false,
+            if_match: None,
+            actor: "ops".into(),
+            reason: Some("ticket 7".into()),
+        }
+    }
+
+    #[test]
+    fn if_match_passes_when_absent_or_current_and_is_stale_otherwise() {
+        assert_eq!(check_if_match(None, 4), Ok(()));
+        assert_eq!(check_if_match(Some(4), 4), Ok(()));
+        let stale = check_if_match(Some(3), 4).unwrap_err();
+        assert_eq!(
+            stale,
+            OpError::Stale {
+                given: 3,
+                current: 4
+            }
+        );
+        assert_eq!(stale.status(), 412);
+    }
+
+    #[test]
+    fn a_change_is_recorded_once_per_app_it_changed_by_its_actor_and_kind() {
+        let changed = vec![
+            (
+                "shop".to_string(),
+                state(Color::Blue, 0.0),
+                state(Color::Green, 0.0),
+            ),
+            (
+                "api".to_string(),
+                state(Color::Green, 10.0),
+                state(Color::Blue, 0.0),
+            ),
+        ];
+        let req = request(Change::Flip(None), true);
+        let entries = history_entries(&req, &changed, 9, "2026-12-06T10:00:00Z");
+        assert_eq!(entries.len(), 2);
+        for (entry, (app, before, after)) in entries.iter().zip(&changed) {
+            assert_eq!(entry.app, *app);
+            assert_eq!((&entry.before, &entry.after), (before, after));
+            assert_eq!(entry.epoch, 9);
+            assert_eq!(entry.time, "2026-12-06T10:00:00Z");
+            assert_eq!(entry.kind, "flip");
+            assert_eq!(entry.actor, "ops");
+            assert_eq!(entry.reason.as_deref(), Some("ticket 7"));
+            assert!(entry.forced);
+        }
+    }
+
+    #[test]
+    fn a_server_is_in_the_pool_asked_for_or_else_the_one_pool_that_has_it() {
+        let addr: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        let color = |asked, has| server_color("shop", addr, asked, has);
+        assert_eq!(color(Some(Color::Green), [true, true]), Ok(Color::Green));
+        assert_eq!(color(None, [true, false]), Ok(Color::Blue));
+        assert_eq!(color(None, [false, true]), Ok(Color::Green));
+        let missing = color(Some(Color::Blue), [false, true]).unwrap_err();
+        assert_eq!(missing.status(), 404);
+        assert!(missing.to_string().contains("no blue server"), "{missing}");
+        let both = color(None, [true, true]).unwrap_err();
+        assert_eq!(both.status(), 400);
+        assert!(both.to_string().contains("say which colour"), "{both}");
+        assert_eq!(color(None, [false, false]).unwrap_err().status(), 404);
+    }
 }
