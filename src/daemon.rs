@@ -10,7 +10,8 @@ use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::config::{Config, TokenSource};
 use crate::control::admin::{self, Admin};
-use crate::control::ops::{initial_state, Control};
+use crate::control::ops::Control;
+use crate::control::reload::initial_state;
 use crate::control::state::StateError;
 use crate::control::{Shared, TlsShared};
 use crate::route::Snapshot;

@@ -1,7 +1,8 @@
 //! The control plane: everything that is not per request. It owns the one
 //! [`ArcSwap`] of the routing snapshot and is the only writer of it.
 //!
-//! - [`ops`]: flip, shift, rollback, rules, reload — validate, persist, swap;
+//! - [`ops`]: flip, shift, rollback, rules, rollouts — validate, persist, swap;
+//! - [`reload`]: the config file re-read and swapped in, and met at start;
 //! - [`state`]: the runtime state file, written atomically;
 //! - [`admin`]: the admin HTTP API on its own listener;
 //! - [`guard`]: what keeps web pages out of it (Host, Origin, Content-Type);
@@ -21,6 +22,7 @@ pub mod health;
 pub mod judge;
 pub mod metrics;
 pub mod ops;
+pub mod reload;
 pub mod resolve;
 pub mod rollout;
 pub mod state;

@@ -1,5 +1,7 @@
-//! Runtime changes: flip, shift, rollback, rules, reload — and the moves
-//! of progressive rollouts ([`super::rollout`]), which are changes too.
+//! Runtime changes: flip, shift, rollback, rules, servers, mirror — and
+//! the moves of progressive rollouts ([`super::rollout`]), which are
+//! changes too. Reloading the config file, also done by [`Control`], is
+//! in [`super::reload`].
 //!
 //! [`Control`] is the only writer of the snapshot. Every change is
 //! validated whole first, then written to the state file, then stored in
@@ -9,13 +11,14 @@
 //! in here awaits, so the lock is never held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::judge::Counts;
 use super::rollout::{self, Look, Next, Phase, Plan, Rollout};
-use super::state::{Commit, FileStore, History, HistoryEntry, NoStore, State, StateFile, Store};
+use super::state::{Commit, History, HistoryEntry, State};
 use super::Shared;
 use crate::api::Status;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
@@ -219,16 +222,76 @@ fn clip(text: &str) -> String {
     ascii.chars().take(200).collect()
 }
 
+/// An app's name, its state before a change and its state after.
+type AppChange = (String, AppState, AppState);
+
+/// `If-Match: EPOCH`: refused (412) unless the state is still at `given`.
+fn check_if_match(given: Option<u64>, current: u64) -> Result<(), OpError> {
+    match given {
+        Some(given) if given != current => Err(OpError::Stale { given, current }),
+        _ => Ok(()),
+    }
+}
+
+/// The history of `req` at `epoch`: one entry per app it changed.
+fn history_entries(
+    req: &Request,
+    changed: &[AppChange],
+    epoch: u64,
+    time: &str,
+) -> Vec<HistoryEntry> {
+    changed
+        .iter()
+        .map(|(name, before, after)| HistoryEntry {
+            time: time.to_string(),
+            epoch,
+            actor: req.actor.clone(),
+            reason: req.reason.clone(),
+            app: name.clone(),
+            kind: req.change.kind().to_string(),
+            forced: req.force,
+            before: before.clone(),
+            after: after.clone(),
+        })
+        .collect()
+}
+
+/// The colour of `app`'s server `addr`: the one asked for if that pool
+/// has it, else the one pool that has it (`has`: `[blue, green]`).
+fn server_color(
+    app: &str,
+    addr: SocketAddr,
+    asked: Option<Color>,
+    has: [bool; 2],
+) -> Result<Color, OpError> {
+    match asked {
+        Some(c) if has[c.index()] => Ok(c),
+        Some(c) => Err(OpError::NotFound(format!(
+            "app {app:?} has no {c} server {addr}"
+        ))),
+        None => match has {
+            [true, false] => Ok(Color::Blue),
+            [false, true] => Ok(Color::Green),
+            [true, true] => Err(OpError::BadRequest(format!(
+                "{addr} is in both pools of app {app:?}: say which colour"
+            ))),
+            [false, false] => Err(OpError::NotFound(format!(
+                "app {app:?} has no server {addr}"
+            ))),
+        },
+    }
+}
+
 pub struct Control {
     pub shared: Arc<Shared>,
-    config: Config,
+    pub(super) config: Config,
     /// The durable state; every change goes through its `commit`.
-    state: State,
+    pub(super) state: State,
     pub stats: ControlStats,
     windows: HashMap<String, Window>,
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -269,39 +332,86 @@ impl Control {
         if self.shared.upgrading.load(Relaxed) && !req.dry_run {
             return Err(OpError::Upgrading);
         }
-        if let Some(given) = req.if_match {
-            if given != self.state.epoch {
-                return Err(OpError::Stale {
-                    given,
-                    current: self.state.epoch,
-                });
-            }
-        }
-        if let Change::Rollback(app) = &req.change {
-            // Rolling back an app whose rollout is under way aborts it.
-            let busy = self.rolling_back(app.as_deref());
-            if !busy.is_empty() {
-                if !req.dry_run {
-                    for name in &busy {
-                        // One already rolling back is on its way there.
-                        if self.state.rollouts[name].phase != Phase::RollingBack {
-                            self.steer_rollout(
-                                name,
-                                Steer::Abort,
-                                &req.actor,
-                                req.reason.as_deref(),
-                            )?;
-                        }
-                    }
-                }
-                let names: Vec<&str> = busy.iter().map(String::as_str).collect();
-                let snap = self.shared.snapshot.load_full();
-                return Ok(self.answer(snap, self.state.epoch, req.dry_run, &names));
-            }
+        check_if_match(req.if_match, self.state.epoch)?;
+        if let Some(answer) = self.roll_back_rollouts(&req)? {
+            return Ok(answer);
         }
         if !req.force {
             self.refuse_undoing_a_rollouts_rollback(&req.change)?;
         }
+        let (changed, superseded) = self.changes(&req)?;
+        let current = self.shared.snapshot.load_full();
+        if changed.is_empty() {
+            return self.change_nothing(&req, &superseded);
+        }
+        let mut states = self.state.apps.clone();
+        for (name, _, after) in &changed {
+            states.insert(name.clone(), after.clone());
+        }
+        let epoch = self.state.epoch + 1;
+        let next = current
+            .with_states(&states, epoch)
+            .map_err(|e| OpError::BadRequest(e.join("; ")))?;
+        let names: Vec<&str> = changed.iter().map(|(n, _, _)| n.as_str()).collect();
+        if !req.force {
+            health_gate(&current, &next, &changed)?;
+        }
+        if req.dry_run {
+            return Ok(self.answer(Arc::new(next), self.state.epoch, true, &names));
+        }
+        let time = now_rfc3339();
+        let rollouts = self.superseded_rollouts(&superseded, &req, &time);
+        let superseding = rollouts.is_some();
+        self.commit(Commit {
+            epoch,
+            apps: states,
+            rollouts,
+            history: history_entries(&req, &changed, epoch, &time),
+        })?;
+        if superseding {
+            for name in &superseded {
+                tracing::info!(app = %name, actor = %req.actor, kind = req.change.kind(), "rollout superseded by a forced change");
+                self.rollout_moved(name, "superseded");
+            }
+        }
+        self.shared.store(next);
+        self.changed(&req, &changed, epoch);
+        let snap = self.shared.snapshot.load_full();
+        Ok(self.answer(snap, epoch, false, &names))
+    }
+
+    /// Rolling back an app whose rollout is under way aborts the rollout
+    /// instead: `Some` answer when that is what `req` does.
+    fn roll_back_rollouts(&mut self, req: &Request) -> Result<Option<Status>, OpError> {
+        let Change::Rollback(app) = &req.change else {
+            return Ok(None);
+        };
+        let busy = self.rolling_back(app.as_deref());
+        if busy.is_empty() {
+            return Ok(None);
+        }
+        if !req.dry_run {
+            for name in &busy {
+                // One already rolling back is on its way there.
+                if self.state.rollouts[name].phase != Phase::RollingBack {
+                    self.steer_rollout(name, Steer::Abort, &req.actor, req.reason.as_deref())?;
+                }
+            }
+        }
+        let names: Vec<&str> = busy.iter().map(String::as_str).collect();
+        let snap = self.shared.snapshot.load_full();
+        Ok(Some(self.answer(
+            snap,
+            self.state.epoch,
+            req.dry_run,
+            &names,
+        )))
+    }
+
+    /// The apps `req` changes, each with its state before and after, and
+    /// the apps whose rollout it supersedes; refused (409) when it would
+    /// supersede one without being forced.
+    fn changes(&self, req: &Request) -> Result<(Vec<AppChange>, Vec<String>), OpError> {
         let mut targets = self.targets(&req.change)?;
         let manual = matches!(
             req.change,
@@ -327,7 +437,7 @@ impl Control {
                 req.change.kind()
             )));
         }
-        let changed: Vec<(String, AppState, AppState)> = targets
+        let changed = targets
             .into_iter()
             .filter(|(name, after)| self.state.apps[name] != *after)
             .map(|(name, after)| {
@@ -335,76 +445,45 @@ impl Control {
                 (name, before, after)
             })
             .collect();
-        let current = self.shared.snapshot.load_full();
-        if changed.is_empty() {
-            // Forced, it still ends the rollout it was forced past.
-            if !req.dry_run {
-                for name in &superseded {
-                    let mut r = self.state.rollouts[name].clone();
-                    supersede(&mut r, &req, now_rfc3339());
-                    self.commit_rollout(name, r, &req.actor, req.reason.as_deref())?;
-                }
-            }
-            let snap = self.shared.snapshot.load_full();
-            return Ok(self.answer(snap, self.state.epoch, req.dry_run, &[]));
-        }
-        let mut states = self.state.apps.clone();
-        for (name, _, after) in &changed {
-            states.insert(name.clone(), after.clone());
-        }
-        let epoch = self.state.epoch + 1;
-        let next = current
-            .with_states(&states, epoch)
-            .map_err(|e| OpError::BadRequest(e.join("; ")))?;
-        let names: Vec<&str> = changed.iter().map(|(n, _, _)| n.as_str()).collect();
-        if !req.force {
-            health_gate(&current, &next, &changed)?;
-        }
-        if req.dry_run {
-            return Ok(self.answer(Arc::new(next), self.state.epoch, true, &names));
-        }
-        let time = now_rfc3339();
-        let entries: Vec<HistoryEntry> = changed
-            .iter()
-            .map(|(name, before, after)| HistoryEntry {
-                time: time.clone(),
-                epoch,
-                actor: req.actor.clone(),
-                reason: req.reason.clone(),
-                app: name.clone(),
-                kind: req.change.kind().to_string(),
-                forced: req.force,
-                before: before.clone(),
-                after: after.clone(),
-            })
-            .collect();
-        let mut rollouts = None;
-        if !superseded.is_empty() {
-            let mut all = self.state.rollouts.clone();
-            for name in &superseded {
-                supersede(
-                    all.get_mut(name).expect("an active rollout"),
-                    &req,
-                    time.clone(),
-                );
-            }
-            rollouts = Some(all);
-        }
-        let superseding = rollouts.is_some();
-        self.commit(Commit {
-            epoch,
-            apps: states,
-            rollouts,
-            history: entries,
-        })?;
-        if superseding {
-            for name in &superseded {
-                tracing::info!(app = %name, actor = %req.actor, kind = req.change.kind(), "rollout superseded by a forced change");
-                self.rollout_moved(name, "superseded");
+        Ok((changed, superseded))
+    }
+
+    /// A change that leaves every app as it is; forced, it still ends the
+    /// rollouts it was forced past.
+    fn change_nothing(&mut self, req: &Request, superseded: &[String]) -> Result<Status, OpError> {
+        if !req.dry_run {
+            for name in superseded {
+                let mut r = self.state.rollouts[name].clone();
+                supersede(&mut r, req, now_rfc3339());
+                self.commit_rollout(name, r, &req.actor, req.reason.as_deref())?;
             }
         }
-        self.shared.store(next);
-        for (name, before, after) in &changed {
+        let snap = self.shared.snapshot.load_full();
+        Ok(self.answer(snap, self.state.epoch, req.dry_run, &[]))
+    }
+
+    /// Every rollout record, with those `req` supersedes ended; `None`
+    /// when it supersedes none (the records are not rewritten).
+    fn superseded_rollouts(
+        &self,
+        superseded: &[String],
+        req: &Request,
+        time: &str,
+    ) -> Option<BTreeMap<String, Rollout>> {
+        if superseded.is_empty() {
+            return None;
+        }
+        let mut all = self.state.rollouts.clone();
+        for name in superseded {
+            let r = all.get_mut(name).expect("an active rollout");
+            supersede(r, req, time.to_string());
+        }
+        Some(all)
+    }
+
+    /// After a change is stored: count and log it, app by app.
+    fn changed(&mut self, req: &Request, changed: &[AppChange], epoch: u64) {
+        for (name, before, after) in changed {
             *self
                 .stats
                 .state_changes
@@ -422,169 +501,177 @@ impl Control {
                 "state changed"
             );
         }
-        let snap = self.shared.snapshot.load_full();
-        Ok(self.answer(snap, epoch, false, &names))
     }
 
     /// The new state of every app the change touches.
     fn targets(&self, change: &Change) -> Result<Vec<(String, AppState)>, OpError> {
         match change {
-            Change::Flip(app) => {
-                let names: Vec<String> = match app {
-                    Some(a) => {
-                        self.require_app(a)?;
-                        vec![a.clone()]
-                    }
-                    None => self.config.apps.iter().map(|a| a.name.clone()).collect(),
-                };
-                Ok(names
-                    .into_iter()
-                    .map(|n| {
-                        let before = &self.state.apps[&n];
-                        let after = AppState {
-                            live: before.live.other(),
-                            standby_percent: 0.0,
-                            ..before.clone()
-                        };
-                        (n, after)
-                    })
-                    .collect())
-            }
-            Change::Shift(app, percent) | Change::Mirror(app, percent) => {
-                let before = self.require_app(app)?;
-                if !percent.is_finite() || !(0.0..=100.0).contains(percent) {
-                    return Err(OpError::BadRequest(format!(
-                        "percent: must be between 0 and 100, got {percent}"
-                    )));
-                }
-                let mut after = before.clone();
-                match change {
-                    Change::Shift(..) => after.standby_percent = *percent,
-                    _ => after.mirror_percent = Some(*percent),
-                }
+            Change::Flip(app) => self.flip(app.as_deref()),
+            Change::Shift(app, percent) => {
+                let mut after = self.with_percent(app, *percent)?;
+                after.standby_percent = *percent;
                 Ok(vec![(app.clone(), after)])
             }
-            Change::Rollback(Some(app)) => {
-                self.require_app(app)?;
-                let last = self
-                    .state
-                    .history
-                    .iter()
-                    .rev()
-                    .find(|h| h.app == *app && h.before != h.after)
-                    .ok_or_else(|| {
-                        OpError::Conflict(format!(
-                            "nothing to roll back: app {app:?} has no recorded change"
-                        ))
-                    })?;
-                Ok(vec![(app.clone(), last.before.clone())])
+            Change::Mirror(app, percent) => {
+                let mut after = self.with_percent(app, *percent)?;
+                after.mirror_percent = Some(*percent);
+                Ok(vec![(app.clone(), after)])
             }
-            Change::Rollback(None) => {
-                // A rollout's pause or resume changes no routing: not a change to undo.
-                let last = self
-                    .state
-                    .history
-                    .iter()
-                    .rev()
-                    .find(|h| h.before != h.after)
-                    .ok_or_else(|| {
-                        OpError::Conflict("nothing to roll back: no recorded change".into())
-                    })?;
-                Ok(self
-                    .state
-                    .history
-                    .iter()
-                    .filter(|h| h.epoch == last.epoch && self.config.app(&h.app).is_some())
-                    .map(|h| (h.app.clone(), h.before.clone()))
-                    .collect())
-            }
-            Change::SetRules(app, rules) => {
-                let before = self.require_app(app)?;
-                compile_rules(&format!("apps.{app}"), rules)
-                    .map_err(|e| OpError::BadRequest(e.join("; ")))?;
-                Ok(vec![(
-                    app.clone(),
-                    AppState {
-                        rules: rules.clone(),
-                        runtime_rules: true,
-                        ..before.clone()
-                    },
-                )])
-            }
+            Change::Rollback(Some(app)) => self.roll_back_app(app),
+            Change::Rollback(None) => self.roll_back_last(),
+            Change::SetRules(app, rules) => self.set_rules(app, rules),
+            Change::DeleteRule(app, rule) => self.delete_rule(app, rule),
             Change::Server(app, color, addr, setting) => {
-                let before = self.require_app(app)?;
-                let cfg = self.config.app(app).expect("required above");
-                let has = |c: Color| cfg.pools[c.index()].servers.iter().any(|s| s.addr == *addr);
-                let color = match color {
-                    Some(c) if has(*c) => *c,
-                    Some(c) => {
-                        return Err(OpError::NotFound(format!(
-                            "app {app:?} has no {c} server {addr}"
-                        )))
-                    }
-                    None => match (has(Color::Blue), has(Color::Green)) {
-                        (true, false) => Color::Blue,
-                        (false, true) => Color::Green,
-                        (true, true) => {
-                            return Err(OpError::BadRequest(format!(
-                                "{addr} is in both pools of app {app:?}: say which colour"
-                            )))
-                        }
-                        (false, false) => {
-                            return Err(OpError::NotFound(format!(
-                                "app {app:?} has no server {addr}"
-                            )))
-                        }
-                    },
-                };
-                if setting.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
-                    return Err(OpError::BadRequest(
-                        "weight: must be between 1 and 1000".into(),
-                    ));
-                }
-                let mut servers = before.servers.clone();
-                let key = crate::route::snapshot::server_key(color, *addr);
-                if setting.state == ServerState::Ready && setting.weight.is_none() {
-                    servers.remove(&key);
-                } else {
-                    servers.insert(key, *setting);
-                }
-                Ok(vec![(
-                    app.clone(),
-                    AppState {
-                        servers,
-                        ..before.clone()
-                    },
-                )])
-            }
-            Change::DeleteRule(app, rule) => {
-                let before = self.require_app(app)?;
-                if !before.rules.iter().any(|r| r.name == *rule) {
-                    return Err(OpError::NotFound(format!(
-                        "app {app:?} has no rule named {rule:?}"
-                    )));
-                }
-                let rules = before
-                    .rules
-                    .iter()
-                    .filter(|r| r.name != *rule)
-                    .cloned()
-                    .collect();
-                Ok(vec![(
-                    app.clone(),
-                    AppState {
-                        rules,
-                        runtime_rules: true,
-                        ..before.clone()
-                    },
-                )])
+                self.set_server(app, *color, *addr, setting)
             }
         }
     }
 
+    /// One app's traffic (or every app's, `None`) to its standby colour.
+    fn flip(&self, app: Option<&str>) -> Result<Vec<(String, AppState)>, OpError> {
+        let names: Vec<String> = match app {
+            Some(a) => {
+                self.require_app(a)?;
+                vec![a.to_string()]
+            }
+            None => self.config.apps.iter().map(|a| a.name.clone()).collect(),
+        };
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let before = &self.state.apps[&n];
+                let after = AppState {
+                    live: before.live.other(),
+                    standby_percent: 0.0,
+                    ..before.clone()
+                };
+                (n, after)
+            })
+            .collect())
+    }
+
+    /// `app`'s state, once `percent` (of a split or a mirror) is known to
+    /// be one.
+    fn with_percent(&self, app: &str, percent: f64) -> Result<AppState, OpError> {
+        let before = self.require_app(app)?;
+        if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+            return Err(OpError::BadRequest(format!(
+                "percent: must be between 0 and 100, got {percent}"
+            )));
+        }
+        Ok(before.clone())
+    }
+
+    /// `app` back to its state before its last recorded change.
+    fn roll_back_app(&self, app: &str) -> Result<Vec<(String, AppState)>, OpError> {
+        self.require_app(app)?;
+        let last = self
+            .state
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.app == *app && h.before != h.after)
+            .ok_or_else(|| {
+                OpError::Conflict(format!(
+                    "nothing to roll back: app {app:?} has no recorded change"
+                ))
+            })?;
+        Ok(vec![(app.to_string(), last.before.clone())])
+    }
+
+    /// Every app the last change touched back to its state before it.
+    fn roll_back_last(&self) -> Result<Vec<(String, AppState)>, OpError> {
+        // A rollout's pause or resume changes no routing: not a change to undo.
+        let last = self
+            .state
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.before != h.after)
+            .ok_or_else(|| OpError::Conflict("nothing to roll back: no recorded change".into()))?;
+        Ok(self
+            .state
+            .history
+            .iter()
+            .filter(|h| h.epoch == last.epoch && self.config.app(&h.app).is_some())
+            .map(|h| (h.app.clone(), h.before.clone()))
+            .collect())
+    }
+
+    fn set_rules(&self, app: &str, rules: &[RuleSpec]) -> Result<Vec<(String, AppState)>, OpError> {
+        let before = self.require_app(app)?;
+        compile_rules(&format!("apps.{app}"), rules)
+            .map_err(|e| OpError::BadRequest(e.join("; ")))?;
+        let after = AppState {
+            rules: rules.to_vec(),
+            runtime_rules: true,
+            ..before.clone()
+        };
+        Ok(vec![(app.to_string(), after)])
+    }
+
+    fn delete_rule(&self, app: &str, rule: &str) -> Result<Vec<(String, AppState)>, OpError> {
+        let before = self.require_app(app)?;
+        if !before.rules.iter().any(|r| r.name == *rule) {
+            return Err(OpError::NotFound(format!(
+                "app {app:?} has no rule named {rule:?}"
+            )));
+        }
+        let rules = before
+            .rules
+            .iter()
+            .filter(|r| r.name != *rule)
+            .cloned()
+            .collect();
+        let after = AppState {
+            rules,
+            runtime_rules: true,
+            ..before.clone()
+        };
+        Ok(vec![(app.to_string(), after)])
+    }
+
+    /// One server's runtime setting; a ready server at its configured
+    /// weight needs no entry.
+    fn set_server(
+        &self,
+        app: &str,
+        color: Option<Color>,
+        addr: SocketAddr,
+        setting: &ServerSetting,
+    ) -> Result<Vec<(String, AppState)>, OpError> {
+        let before = self.require_app(app)?;
+        let cfg = self.config.app(app).expect("required above");
+        let has = |c: Color| cfg.pools[c.index()].servers.iter().any(|s| s.addr == addr);
+        let color = server_color(app, addr, color, [has(Color::Blue), has(Color::Green)])?;
+        if setting.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
+            return Err(OpError::BadRequest(
+                "weight: must be between 1 and 1000".into(),
+            ));
+        }
+        let mut servers = before.servers.clone();
+        let key = crate::route::snapshot::server_key(color, addr);
+        if setting.state == ServerState::Ready && setting.weight.is_none() {
+            servers.remove(&key);
+        } else {
+            servers.insert(key, *setting);
+        }
+        let after = AppState {
+            servers,
+            ..before.clone()
+        };
+        Ok(vec![(app.to_string(), after)])
+    }
+
+    /// Observe every rollout afresh: after a reload its pools may be new,
+    /// so each window starts again from the new snapshot's counters.
+    pub(super) fn restart_windows(&mut self) {
+        self.windows.clear();
+    }
+
     /// Store a change and make it the state; refused, changing nothing,
     /// if it cannot be stored.
-    fn commit(&mut self, next: Commit) -> Result<(), OpError> {
+    pub(super) fn commit(&mut self, next: Commit) -> Result<(), OpError> {
         self.state.commit(next).map_err(|e| {
             tracing::error!(error = %e, "state not written; change refused");
             OpError::Internal(e.to_string())
@@ -619,169 +706,6 @@ impl Control {
     /// `GET /v1/status`.
     pub fn status(&self) -> Status {
         self.view(&self.shared.snapshot.load(), self.state.epoch, None)
-    }
-
-    /// SIGHUP and `POST /v1/reload`: re-read the config file. On any error
-    /// nothing changes and every error is returned.
-    pub fn reload(&mut self) -> Result<Status, Vec<String>> {
-        self.reload_with(false, "reload", None)
-    }
-
-    /// Re-read the config file. With `take_rules_from_file`, the file's
-    /// rules replace runtime-owned rules that differ from them (recorded
-    /// in history, by `actor`, with the rules they replaced); without it
-    /// such rules stay and the difference is reported as drift.
-    pub fn reload_with(
-        &mut self,
-        take_rules_from_file: bool,
-        actor: &str,
-        reason: Option<&str>,
-    ) -> Result<Status, Vec<String>> {
-        let result = self.try_reload(take_rules_from_file, actor, reason);
-        match &result {
-            Ok(_) => {
-                self.stats.reloads_ok += 1;
-                tracing::info!(epoch = self.state.epoch, "config reloaded");
-            }
-            Err(errors) => {
-                self.stats.reloads_error += 1;
-                for e in errors {
-                    tracing::error!(error = %e, "reload refused; still serving the previous config");
-                }
-            }
-        }
-        result
-    }
-
-    fn try_reload(
-        &mut self,
-        take: bool,
-        actor: &str,
-        reason: Option<&str>,
-    ) -> Result<Status, Vec<String>> {
-        let path = self
-            .config
-            .path
-            .clone()
-            .ok_or_else(|| vec!["no config file to reload (built-in config)".to_string()])?;
-        if self.shared.upgrading.load(Relaxed) {
-            return Err(vec![OpError::Upgrading.to_string()]);
-        }
-        // No DNS under the control lock: known names keep their addresses,
-        // new ones are looked up by `resolve::run`, woken below.
-        let new = Config::load(&path)?.with_resolved(&self.config.resolved_names());
-        let mut errors = Vec::new();
-        if new.server.listen != self.config.server.listen
-            || new.server.listen_tls != self.config.server.listen_tls
-        {
-            errors.push(
-                "server.listen: listener addresses changed; restart cutover to apply them"
-                    .to_string(),
-            );
-        }
-        if new.admin.listen != self.config.admin.listen {
-            errors.push(
-                "admin.listen: the admin address changed; restart cutover to apply it".to_string(),
-            );
-        }
-        if new.admin.max_connections != self.config.admin.max_connections {
-            errors.push(
-                "admin.max_connections: the admin connection cap changed; restart cutover to apply it"
-                    .to_string(),
-            );
-        }
-        if new.state.file != self.config.state.file {
-            errors.push(
-                "state.file: the state file changed; restart cutover to apply it".to_string(),
-            );
-        }
-        if let (crate::config::AccessLog::File(path), true) =
-            (&new.log.access, new.log.access != self.config.log.access)
-        {
-            if let Err(e) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                errors.push(format!("log.access: {}: {e}", path.display()));
-            }
-        }
-        if new.log.buffer != self.config.log.buffer {
-            errors.push(
-                "log.access_buffer: the access log's queue changed; restart cutover to apply it"
-                    .to_string(),
-            );
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let epoch = self.state.epoch + 1;
-        let mut apps = self.state.apps.clone();
-        let mut history = Vec::new();
-        let time = now_rfc3339();
-        for app in &new.apps {
-            let Some(before) = apps.get(&app.name).cloned() else {
-                apps.insert(app.name.clone(), AppState::initial(app));
-                continue;
-            };
-            // Live colour and split stay as operators left them.
-            let Some(after) = rules_from_file(&app.name, &before, &app.rules, take) else {
-                continue;
-            };
-            if after.rules == before.rules {
-                // Only the owner changed back to the file: nothing to record.
-                apps.insert(app.name.clone(), after);
-                continue;
-            }
-            history.push(HistoryEntry {
-                time: time.clone(),
-                epoch,
-                actor: actor.to_string(),
-                reason: reason.map(str::to_string),
-                app: app.name.clone(),
-                kind: if before.runtime_rules {
-                    "rules-from-file"
-                } else {
-                    "reload"
-                }
-                .into(),
-                forced: false,
-                before,
-                after: after.clone(),
-            });
-            apps.insert(app.name.clone(), after);
-        }
-        let current = self.shared.snapshot.load_full();
-        let next = Snapshot::build(&new, &apps, Some(&current), epoch)?;
-        let certs = match (&self.shared.tls, new.tls.is_empty()) {
-            (Some(_), false) => Some(crate::tls::CertStore::load(&new.tls)?.0),
-            _ => None,
-        };
-        let change = Commit {
-            epoch,
-            apps,
-            rollouts: None,
-            history,
-        };
-        self.commit(change).map_err(|e| vec![e.to_string()])?;
-        // Pools may be new (an app removed and added again): every
-        // rollout's window starts afresh from the new snapshot's counters.
-        self.windows.clear();
-        if let Some(log) = self.shared.access_log.get() {
-            log.set_destination(&new.log.access);
-        }
-        let known = self.config.server_names();
-        if new.server_names().iter().any(|n| !known.contains(n)) {
-            self.shared.new_names.notify_one();
-        }
-        self.config = new;
-        if let (Some(tls), Some(store)) = (&self.shared.tls, certs) {
-            // New handshakes use the new certificates; open connections
-            // keep the session they have.
-            tls.resolver.store.store(Arc::new(store));
-        }
-        self.shared.store(next);
-        Ok(self.status())
     }
 }
 
@@ -1236,73 +1160,6 @@ fn describe(s: &AppState) -> String {
     )
 }
 
-/// The durable state from its store (the state file, if any), with every
-/// configured app filled in.
-pub fn initial_state(config: &Config, reset: bool) -> Result<State, super::state::StateError> {
-    let store: Box<dyn Store> = match &config.state.file {
-        Some(path) => Box::new(FileStore(path.clone())),
-        None => Box::new(NoStore),
-    };
-    State::open(store, reset, |state| start_state(config, state))
-}
-
-/// What the config makes of the stored state at start: an entry for each
-/// new app, and file-owned rules edited while cutover was down, applied
-/// and recorded like a reload.
-fn start_state(config: &Config, state: &mut StateFile) {
-    for app in &config.apps {
-        let Some(current) = state.apps.get(&app.name).cloned() else {
-            state.apps.insert(app.name.clone(), AppState::initial(app));
-            continue;
-        };
-        tracing::info!(app = %app.name, "runtime state from the state file overrides the config's initial values");
-        let Some(after) = rules_from_file(&app.name, &current, &app.rules, false) else {
-            continue;
-        };
-        tracing::info!(app = %app.name, "the config file's rules changed while cutover was stopped; applied");
-        state.epoch += 1;
-        state.push_history(HistoryEntry {
-            time: now_rfc3339(),
-            epoch: state.epoch,
-            actor: "start".into(),
-            reason: None,
-            app: app.name.clone(),
-            kind: "reload".into(),
-            forced: false,
-            before: current,
-            after: after.clone(),
-        });
-        state.apps.insert(app.name.clone(), after);
-    }
-    for name in state.apps.keys() {
-        if config.app(name).is_none() {
-            tracing::warn!(app = %name, "the state file names an app the config no longer has; kept but ignored");
-        }
-    }
-}
-
-/// What a reload or a start makes of an app's rules, given the config
-/// file's: the rules the file owns follow it; runtime-owned rules that
-/// differ stay (reported as drift, with a warning) unless `take` says to
-/// hand them back to the file. `None`: nothing changes.
-fn rules_from_file(app: &str, state: &AppState, file: &[RuleSpec], take: bool) -> Option<AppState> {
-    if state.rules == file {
-        return (take && state.runtime_rules).then(|| AppState {
-            runtime_rules: false,
-            ..state.clone()
-        });
-    }
-    if state.runtime_rules && !take {
-        tracing::warn!(app = %app, "the config file's rules differ from the runtime rules, which stand; `cutover diff` shows how, `cutover reload --take-rules-from-file` applies the file's");
-        return None;
-    }
-    Some(AppState {
-        rules: file.to_vec(),
-        runtime_rules: false,
-        ..state.clone()
-    })
-}
-
 /// The health gate. A change is refused (409) only when it would send
 /// traffic that now reaches a healthy server to a pool with no healthy
 /// server: for each app, a colour with no healthy server may not gain
@@ -1389,4 +1246,91 @@ fn gained(before: &AppState, after: &AppState, color: Color) -> Vec<String> {
         }
     }
     causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(live: Color, standby_percent: f64) -> AppState {
+        AppState {
+            live,
+            standby_percent,
+            rules: Vec::new(),
+            runtime_rules: false,
+            servers: BTreeMap::new(),
+            mirror_percent: None,
+        }
+    }
+
+    fn request(change: Change, force: bool) -> Request {
+        Request {
+            change,
+            force,
+            dry_run: false,
+            if_match: None,
+            actor: "ops".into(),
+            reason: Some("ticket 7".into()),
+        }
+    }
+
+    #[test]
+    fn if_match_passes_when_absent_or_current_and_is_stale_otherwise() {
+        assert_eq!(check_if_match(None, 4), Ok(()));
+        assert_eq!(check_if_match(Some(4), 4), Ok(()));
+        let stale = check_if_match(Some(3), 4).unwrap_err();
+        assert_eq!(
+            stale,
+            OpError::Stale {
+                given: 3,
+                current: 4
+            }
+        );
+        assert_eq!(stale.status(), 412);
+    }
+
+    #[test]
+    fn a_change_is_recorded_once_per_app_it_changed_by_its_actor_and_kind() {
+        let changed = vec![
+            (
+                "shop".to_string(),
+                state(Color::Blue, 0.0),
+                state(Color::Green, 0.0),
+            ),
+            (
+                "api".to_string(),
+                state(Color::Green, 10.0),
+                state(Color::Blue, 0.0),
+            ),
+        ];
+        let req = request(Change::Flip(None), true);
+        let entries = history_entries(&req, &changed, 9, "2026-12-06T10:00:00Z");
+        assert_eq!(entries.len(), 2);
+        for (entry, (app, before, after)) in entries.iter().zip(&changed) {
+            assert_eq!(entry.app, *app);
+            assert_eq!((&entry.before, &entry.after), (before, after));
+            assert_eq!(entry.epoch, 9);
+            assert_eq!(entry.time, "2026-12-06T10:00:00Z");
+            assert_eq!(entry.kind, "flip");
+            assert_eq!(entry.actor, "ops");
+            assert_eq!(entry.reason.as_deref(), Some("ticket 7"));
+            assert!(entry.forced);
+        }
+    }
+
+    #[test]
+    fn a_server_is_in_the_pool_asked_for_or_else_the_one_pool_that_has_it() {
+        let addr: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        let color = |asked, has| server_color("shop", addr, asked, has);
+        assert_eq!(color(Some(Color::Green), [true, true]), Ok(Color::Green));
+        assert_eq!(color(None, [true, false]), Ok(Color::Blue));
+        assert_eq!(color(None, [false, true]), Ok(Color::Green));
+        let missing = color(Some(Color::Blue), [false, true]).unwrap_err();
+        assert_eq!(missing.status(), 404);
+        assert!(missing.to_string().contains("no blue server"), "{missing}");
+        let both = color(None, [true, true]).unwrap_err();
+        assert_eq!(both.status(), 400);
+        assert!(both.to_string().contains("say which colour"), "{both}");
+        assert_eq!(color(None, [false, false]).unwrap_err().status(), 404);
+    }
 }
