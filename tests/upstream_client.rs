@@ -573,13 +573,23 @@ async fn connect_becomes_a_tunnel_after_a_2xx_when_the_app_allows_it() {
     })
     .await;
     let refusing = Proxy::start(&config(addr));
-    let (codes, _) = raw_statuses(
+    let (codes, text) = raw_statuses(
         refusing.addr,
         b"CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\n\r\n",
         SHORT,
     )
     .await;
     assert_eq!(codes, [405], "CONNECT without allow_connect");
+    // RFC 9110 §15.5.6: a 405 lists the methods the target takes.
+    let allow = text.lines().find_map(|l| {
+        l.strip_prefix("allow: ")
+            .or_else(|| l.strip_prefix("Allow: "))
+    });
+    let allow = allow.expect("a 405 says what is allowed");
+    assert!(
+        !allow.contains("CONNECT") && allow.contains("GET"),
+        "{allow}"
+    );
     let allowing = config(addr).replace("[apps.shop]\n", "[apps.shop]\nallow_connect = true\n");
     let proxy = Proxy::start(&allowing);
     let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
