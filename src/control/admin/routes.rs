@@ -385,16 +385,20 @@ fn start_rollout(call: &Call, app: &str) -> Answer {
     let plan = asked.plan().map_err(|e| refuse(400, e))?;
     let mut ctl = call.admin.lock();
     let reason = call.params.reason.as_deref();
-    match ctl.start_rollout(app, plan, &call.actor, reason) {
-        Ok(rollout) => Ok(reply(
-            200,
-            &api::RolloutAnswer {
-                epoch: ctl.epoch(),
-                rollout,
-            },
-        )),
-        Err(e) => Err(refuse(e.status(), e.to_string())),
-    }
+    let started = ctl.start_rollout(app, plan, &call.actor, reason);
+    rollout_answer(&ctl, started)
+}
+
+/// A rollout call's answer: the rollout as it now stands, with the epoch.
+fn rollout_answer(ctl: &ops::Control, r: Result<api::Rollout, OpError>) -> Answer {
+    let rollout = r.map_err(|e| refuse(e.status(), e.to_string()))?;
+    Ok(reply(
+        200,
+        &api::RolloutAnswer {
+            epoch: ctl.epoch(),
+            rollout,
+        },
+    ))
 }
 
 /// `POST /v1/apps/{app}/rollout/{pause|resume|abort}`: no body, or `{}`.
@@ -408,16 +412,8 @@ fn steer_rollout(call: &Call, app: &str, steer: Steer) -> Answer {
     }
     let mut ctl = call.admin.lock();
     let reason = call.params.reason.as_deref();
-    match ctl.steer_rollout(app, steer, &call.actor, reason) {
-        Ok(rollout) => Ok(reply(
-            200,
-            &api::RolloutAnswer {
-                epoch: ctl.epoch(),
-                rollout,
-            },
-        )),
-        Err(e) => Err(refuse(e.status(), e.to_string())),
-    }
+    let steered = ctl.steer_rollout(app, steer, &call.actor, reason);
+    rollout_answer(&ctl, steered)
 }
 
 /// `POST /v1/reload`: re-read the config file.
