@@ -34,16 +34,7 @@ fn quoted(u: &Upstream) -> String {
 async fn cli(proxy: &Proxy, args: &[&str]) -> Output {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.extend(["--admin".to_string(), format!("http://{}", proxy.admin)]);
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args(&all)
-            .env_remove("CUTOVER_ADMIN")
-            .env_remove("CUTOVER_TOKEN")
-            .output()
-            .expect("run cutover")
-    })
-    .await
-    .unwrap()
+    run_cli(all).await
 }
 
 fn stdout(o: &Output) -> String {

@@ -18,16 +18,7 @@ async fn cli(proxy: &Proxy, args: &[&str]) -> Output {
 }
 
 async fn run(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args(&args)
-            .env_remove("CUTOVER_ADMIN")
-            .env_remove("CUTOVER_TOKEN")
-            .output()
-            .expect("run cutover")
-    })
-    .await
-    .unwrap()
+    run_cli(args).await
 }
 
 /// Every green server fails its health check; wait (bounded) until shop's

@@ -999,3 +999,18 @@ pub async fn raw_statuses(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (V
         .collect();
     (codes, text)
 }
+
+/// The `cutover` binary with `args`, off the async runtime, without the
+/// caller's `CUTOVER_ADMIN`/`CUTOVER_TOKEN`.
+pub async fn run_cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(&args)
+            .env_remove("CUTOVER_ADMIN")
+            .env_remove("CUTOVER_TOKEN")
+            .output()
+            .expect("run cutover")
+    })
+    .await
+    .unwrap()
+}
