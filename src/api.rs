@@ -28,8 +28,73 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
     pub epoch: u64,
+    /// This instance in its fleet; absent with the file backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetLink>,
     #[serde(default)]
     pub process: Option<Process>,
+    /// A change made with `?wait=`: which instances serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited: Option<Waited>,
+}
+
+/// How an instance stands with its fleet's shared store (etcd).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetLink {
+    pub cluster: String,
+    /// Reaching etcd now.
+    pub connected: bool,
+    /// This instance judges the fleet's rollouts.
+    pub judge: bool,
+    /// Seconds since this instance last knew it served the fleet's
+    /// latest state (0 while connected and in step).
+    pub lag_seconds: f64,
+    /// Why etcd could not be reached or a write failed, last time.
+    pub last_error: Option<String>,
+    /// This instance's name in the fleet.
+    pub instance: String,
+}
+
+/// The answer's part about a change made with `?wait=`: the instances
+/// that serve its epoch, and those that did not within the wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waited {
+    pub confirmed: Vec<String>,
+    pub epoch: u64,
+    pub missing: Vec<String>,
+}
+
+/// `GET /v1/fleet`: every instance of the fleet and what it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    /// `etcd`, or `file` for a lone instance.
+    pub backend: String,
+    pub cluster: Option<String>,
+    pub connected: bool,
+    /// The fleet's latest epoch, as this instance knows it.
+    pub epoch: u64,
+    pub instances: Vec<Instance>,
+}
+
+/// One instance as it reports itself to the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The admin API's address, for reaching it.
+    pub admin: Option<String>,
+    /// Per app the instance serves: the epoch it serves it at.
+    pub apps: BTreeMap<String, u64>,
+    pub epoch: u64,
+    pub id: String,
+    /// Serves the fleet's latest epoch.
+    pub in_sync: bool,
+    /// Holds the rollout judge's lease.
+    #[serde(default)]
+    pub judge: bool,
+    pub last_error: Option<String>,
+    pub pid: u32,
+    /// RFC 3339, UTC: when it last reported.
+    pub updated: String,
+    pub version: String,
 }
 
 /// Who serves: the daemon's process.

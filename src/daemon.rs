@@ -180,7 +180,15 @@ pub fn run_with(
     for w in unresolved {
         tracing::warn!("{w}");
     }
-    let state = initial_state(&config, options.reset_state)?;
+    let fleet = config.state.etcd.as_ref().map(|etcd| {
+        let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+        let id = etcd
+            .instance
+            .clone()
+            .unwrap_or_else(|| crate::control::fleet::default_id(admin));
+        crate::control::fleet::Fleet::new(etcd.clone(), id, admin.map(|a| a.to_string()))
+    });
+    let state = initial_state(&config, options.reset_state, fleet.clone())?;
     if options.reset_state {
         tracing::warn!("--reset-state: starting from the config's initial values");
     }
@@ -195,11 +203,17 @@ pub fn run_with(
         crate::control::access_log::AccessLog::start(&config.log.access, config.log.buffer)
             .map_err(|e| DaemonError::Invalid(vec![format!("log.access: {e}")]))?;
     let _ = shared.access_log.set(access_log);
-    let admin = Arc::new(Admin::new(Control::new(
-        shared.clone(),
-        config.clone(),
-        state,
-    )));
+    let mut control = Control::new(shared.clone(), config.clone(), state);
+    control.fleet = fleet.clone();
+    let admin = Arc::new(Admin::new(control));
+    let learned = match fleet {
+        Some(fleet) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            crate::control::fleet::link::start(fleet, shared.clone(), tx)?;
+            Some(rx)
+        }
+        None => None,
+    };
 
     let workers = config.server.worker_count();
     let groups = socket_groups(listeners.plain, listeners.tls, workers)?;
@@ -241,6 +255,9 @@ pub fn run_with(
     // A `LocalSet`: health probes use the data plane's connections, whose
     // HTTP/2 side runs in local tasks.
     let control = control_plane(&config, &shared, &admin, listeners.admin, shutdown);
+    if let Some(rx) = learned {
+        rt.spawn(follow_fleet(admin.clone(), rx));
+    }
     tokio::task::LocalSet::new().block_on(&rt, control)?;
     for t in threads {
         match t.join() {
@@ -386,6 +403,16 @@ async fn control_plane(
             .clear();
     }
     Ok(())
+}
+
+/// What the fleet thread learns, taken in by the control plane.
+async fn follow_fleet(
+    admin: Arc<Admin>,
+    mut learned: tokio::sync::mpsc::UnboundedReceiver<crate::control::fleet::Learned>,
+) {
+    while let Some(l) = learned.recv().await {
+        admin.lock().learned(l);
+    }
 }
 
 /// SIGUSR1 reopens the access log file (after logrotate moved it), as

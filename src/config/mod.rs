@@ -20,6 +20,7 @@ mod error;
 mod pool;
 pub mod raw;
 pub mod rule;
+mod state;
 mod types;
 pub(crate) mod upstream_tls;
 mod validate;

@@ -236,6 +236,18 @@ pub struct RawToken {
 #[serde(default)]
 pub struct RawState {
     pub file: Option<String>,
+    /// `file` (the default) or `etcd`.
+    pub backend: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub cluster: Option<String>,
+    pub instance: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub user: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

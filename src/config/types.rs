@@ -362,10 +362,33 @@ impl AdminSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateSettings {
     /// Runtime state file; `None` keeps state in memory only (tests, demo).
+    /// With etcd it is this instance's local copy of the fleet's state.
     pub file: Option<PathBuf>,
+    /// The fleet's shared store (`backend = "etcd"`); `None`: the file.
+    pub etcd: Option<EtcdSettings>,
+}
+
+/// Where a fleet keeps its one truth: `[state] backend = "etcd"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSettings {
+    /// `http://host:port` or `https://host:port`, one per etcd member.
+    pub endpoints: Vec<String>,
+    /// The fleet's name: instances with the same one share their state.
+    pub cluster: String,
+    /// This instance's name in the fleet; `None`: host name and admin
+    /// address (or pid).
+    pub instance: Option<String>,
+    /// How long one call to etcd may take.
+    pub timeout: Duration,
+    /// TLS to etcd: the CA that signed its certificate, and this
+    /// instance's own certificate and key when etcd asks for one.
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// etcd's own authentication.
+    pub user: Option<(String, Secret)>,
 }
 
 /// How a user is recognised so that they stay on their colour.

@@ -71,9 +71,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         limits: limits(raw.limits, errs),
         tls,
         admin,
-        state: StateSettings {
-            file: raw.state.file.map(|f| base.join(f)),
-        },
+        state: super::state::state_settings(raw.state, base, errs),
         log: log_settings(raw.log, base, errs),
         apps,
         warnings,

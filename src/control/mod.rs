@@ -16,7 +16,9 @@
 
 pub mod access_log;
 pub mod admin;
+mod adopt;
 pub mod changes;
+pub mod fleet;
 pub mod guard;
 pub mod health;
 pub mod judge;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::judge::Counts;
 use super::rollout::{self, Look, Next, Phase, Plan, Rollout};
-use super::state::{Commit, History, HistoryEntry, State};
+use super::state::{Commit, History, HistoryEntry, State, StateError};
 use super::Shared;
 use crate::api::Status;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
@@ -87,6 +87,9 @@ pub enum OpError {
     /// A hand-over to a new process is under way (503, retry shortly).
     #[error("cutover is handing over to a new process: retry in a few seconds")]
     Upgrading,
+    /// The fleet's store cannot be reached (503): nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl OpError {
@@ -97,7 +100,7 @@ impl OpError {
             OpError::Conflict(_) => 409,
             OpError::Stale { .. } => 412,
             OpError::Internal(_) => 500,
-            OpError::Upgrading => 503,
+            OpError::Upgrading | OpError::Unavailable(_) => 503,
         }
     }
 }
@@ -116,7 +119,7 @@ pub struct ControlStats {
 /// A rollout's observation window (in memory only: after a restart the
 /// current step is observed afresh).
 #[derive(Debug, Clone)]
-struct Window {
+pub(super) struct Window {
     since: Instant,
     /// Each colour's [`ColorStats::judged`] when it began, `[blue, green]`.
     ///
@@ -288,7 +291,9 @@ pub struct Control {
     /// The durable state; every change goes through its `commit`.
     pub(super) state: State,
     pub stats: ControlStats,
-    windows: HashMap<String, Window>,
+    pub(super) windows: HashMap<String, Window>,
+    /// The fleet this instance belongs to (`[state] backend = "etcd"`).
+    pub fleet: Option<Arc<super::fleet::Fleet>>,
 }
 
 pub(super) fn now_rfc3339() -> String {
@@ -305,6 +310,7 @@ impl Control {
             state,
             stats: ControlStats::default(),
             windows: HashMap::new(),
+            fleet: None,
         }
     }
 
@@ -674,7 +680,11 @@ impl Control {
     pub(super) fn commit(&mut self, next: Commit) -> Result<(), OpError> {
         self.state.commit(next).map_err(|e| {
             tracing::error!(error = %e, "state not written; change refused");
-            OpError::Internal(e.to_string())
+            match e {
+                StateError::Conflict { .. } => OpError::Conflict(e.to_string()),
+                StateError::Unavailable(_) => OpError::Unavailable(e.to_string()),
+                _ => OpError::Internal(e.to_string()),
+            }
         })
     }
 
@@ -691,6 +701,10 @@ impl Control {
             drift: &self.drifting(),
             rollouts: self.rollout_docs(),
             process: &self.shared.process,
+            fleet: self
+                .fleet
+                .as_ref()
+                .map(|f| f.link(*self.shared.swapped.borrow())),
         };
         super::view::status(snap, extras)
     }

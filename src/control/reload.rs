@@ -134,6 +134,10 @@ fn fixed_at_start(old: &Config, new: &Config) -> Vec<String> {
     }
     if new.state.file != old.state.file {
         errors.push("state.file: the state file changed; restart cutover to apply it".to_string());
+    } else if new.state != old.state {
+        errors.push(
+            "state: where the state is kept changed; restart cutover to apply it".to_string(),
+        );
     }
     if let (crate::config::AccessLog::File(path), true) =
         (&new.log.access, new.log.access != old.log.access)
@@ -204,10 +208,18 @@ fn reloaded(
 
 /// The durable state from its store (the state file, if any), with every
 /// configured app filled in.
-pub fn initial_state(config: &Config, reset: bool) -> Result<State, super::state::StateError> {
-    let store: Box<dyn Store> = match &config.state.file {
-        Some(path) => Box::new(FileStore(path.clone())),
-        None => Box::new(NoStore),
+pub fn initial_state(
+    config: &Config,
+    reset: bool,
+    fleet: Option<Arc<super::fleet::Fleet>>,
+) -> Result<State, super::state::StateError> {
+    let store: Box<dyn Store> = match (fleet, &config.state.file) {
+        (Some(fleet), cache) => Box::new(super::fleet::EtcdStore {
+            fleet,
+            cache: cache.clone(),
+        }),
+        (None, Some(path)) => Box::new(FileStore(path.clone())),
+        (None, None) => Box::new(NoStore),
     };
     State::open(store, reset, |state| start_state(config, state))
 }

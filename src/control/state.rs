@@ -109,6 +109,12 @@ pub enum StateError {
     Corrupt { path: PathBuf, message: String },
     #[error("state file {path}: cannot write: {source}")]
     Write { path: PathBuf, source: io::Error },
+    /// The fleet's state moved on since this instance read it.
+    #[error("the fleet's state moved on to epoch {epoch} while this change was made; nothing changed: look again and retry")]
+    Conflict { epoch: u64 },
+    /// The fleet's store cannot be reached: nothing changed.
+    #[error("the fleet's state store (etcd) cannot be reached, so nothing changed: {0}")]
+    Unavailable(String),
 }
 
 impl StateFile {
@@ -374,6 +380,13 @@ pub trait Store: Send {
     fn load(&self) -> Result<Option<StateFile>, StateError>;
     /// Store what `now` becomes with `next`, whole, or nothing.
     fn save(&self, now: &StateFile, next: &Commit) -> Result<(), StateError>;
+    /// `state` came from elsewhere (the fleet) and is now the state:
+    /// keep a copy if the store keeps one.
+    fn adopted(&self, _state: &StateFile) {}
+    /// Store `state` whole where nothing is stored yet (a fleet's first).
+    fn publish(&self, _state: &StateFile) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// The state file at a path.
@@ -443,6 +456,18 @@ impl State {
         let saved = self.store.save(&self.file, &next);
         self.take(next);
         saved
+    }
+
+    /// Make `state`, read from the fleet, the state: it is stored
+    /// already, so the store only keeps its local copy.
+    pub fn adopt(&mut self, state: StateFile) {
+        self.store.adopted(&state);
+        self.file = state;
+    }
+
+    /// Store the state whole where nothing is stored yet.
+    pub fn publish(&self) -> Result<(), StateError> {
+        self.store.publish(&self.file)
     }
 
     fn take(&mut self, next: Commit) {

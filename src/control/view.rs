@@ -20,6 +20,7 @@ pub struct Extras<'a> {
     /// Each app's latest rollout.
     pub rollouts: BTreeMap<String, api::Rollout>,
     pub process: &'a super::ProcessInfo,
+    pub fleet: Option<api::FleetLink>,
 }
 
 /// The status document: every app with its state, rules and pools.
@@ -43,12 +44,14 @@ pub fn status(snap: &Snapshot, mut extras: Extras<'_>) -> api::Status {
         changed,
         dry_run,
         epoch: extras.epoch,
+        fleet: extras.fleet,
         process: Some(api::Process {
             pid: p.pid,
             started: p.started.clone(),
             upgrades: p.upgrades,
             version: p.version.to_string(),
         }),
+        waited: None,
     }
 }
 
