@@ -61,6 +61,14 @@ pub enum Command {
     },
     /// Run the proxy on the embedded demo config with two demo upstreams.
     Demo,
+    /// List the instances of this instance's fleet: the epoch each
+    /// serves, whether it is in sync, the last error.
+    Fleet {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        endpoint: ClientArgs,
+    },
     /// Show apps, live colour, split, rules, servers with health.
     Status {
         #[command(flatten)]
@@ -260,6 +268,19 @@ pub struct ChangeFlags {
     /// ASCII, at most 200 characters).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// In a fleet: answer once every instance serves the change, or
+    /// after this long (at most 60s); exit 5 if some did not.
+    #[arg(long, value_name = "DURATION", value_parser = wait_duration)]
+    pub wait: Option<String>,
+}
+
+/// `--wait`: a duration as the admin API takes it.
+fn wait_duration(s: &str) -> Result<String, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(60) => Ok(s.to_string()),
+        Ok(_) => Err("must be above 0s and at most 60s".into()),
+        Err(e) => Err(format!("not a duration like 5s: {e}")),
+    }
 }
 
 impl ChangeFlags {
@@ -458,6 +479,9 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_REFUSED: u8 = 2;
 pub const EXIT_STALE: u8 = 3;
 pub const EXIT_UNAUTHORIZED: u8 = 4;
+/// A change made with `--wait` that some instance of the fleet did not
+/// confirm in time.
+pub const EXIT_UNCONFIRMED: u8 = 5;
 
 /// The exit code for a failed call: by the API's status when it answered.
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -534,6 +558,7 @@ fn app_percent(command: &str, args: &[String]) -> Result<(Option<String>, f64), 
 /// A subcommand that calls the admin API: check what can be checked
 /// here, find the endpoint, and run it.
 fn client_command(cmd: Command) -> ExitCode {
+    let wait = change_flags(&cmd).and_then(|c| c.wait.clone());
     let (args, reason) = match &cmd {
         Command::Flip {
             endpoint, change, ..
@@ -553,6 +578,7 @@ fn client_command(cmd: Command) -> ExitCode {
         | Command::Server {
             endpoint, change, ..
         } => (endpoint, change.reason.clone()),
+        Command::Fleet { endpoint, .. } => (endpoint, None),
         Command::Reload {
             endpoint, reason, ..
         }
@@ -579,12 +605,34 @@ fn client_command(cmd: Command) -> ExitCode {
         Err(c) => return c,
     };
     ep.reason = reason;
-    run_client(&ep, cmd)
+    ep.wait = wait;
+    let code = run_client(&ep, cmd);
+    match ep.unconfirmed.get() && code == ExitCode::SUCCESS {
+        true => ExitCode::from(EXIT_UNCONFIRMED),
+        false => code,
+    }
+}
+
+/// The change flags of a subcommand that changes the state.
+fn change_flags(cmd: &Command) -> Option<&ChangeFlags> {
+    match cmd {
+        Command::Flip { change, .. }
+        | Command::Shift { change, .. }
+        | Command::Mirror { change, .. }
+        | Command::Rollback { change, .. }
+        | Command::Rules { change, .. }
+        | Command::Server { change, .. } => Some(change),
+        _ => None,
+    }
 }
 
 /// Each client subcommand, by its function.
 fn run_client(ep: &Endpoint, cmd: Command) -> ExitCode {
     match cmd {
+        Command::Fleet { out, .. } => finish(
+            ep.ok("GET", "/v1/fleet", None, None)
+                .and_then(|v| shown(out.json, v, client::fleet_table)),
+        ),
         Command::Status { out, .. } => finish(
             ep.ok("GET", "/v1/status", None, None)
                 .and_then(|v| shown(out.json, v, client::status_table)),

@@ -38,6 +38,10 @@ pub struct Endpoint {
     pub token: Option<String>,
     /// Sent with every change as `x-cutover-reason`, for the history.
     pub reason: Option<String>,
+    /// Sent with every change as `?wait=`: answer once the fleet serves it.
+    pub wait: Option<String>,
+    /// A change made with `wait` was not confirmed by every instance.
+    pub unconfirmed: std::cell::Cell<bool>,
 }
 
 /// What the user gave on the command line.
@@ -128,6 +132,8 @@ impl Endpoint {
             tls,
             token,
             reason: None,
+            wait: None,
+            unconfirmed: std::cell::Cell::new(false),
         })
     }
 
@@ -172,6 +178,7 @@ impl Endpoint {
         body: Option<Value>,
         if_match: Option<u64>,
     ) -> Result<(u16, Value)> {
+        let read = matches!(method, "GET" | "HEAD");
         let stream = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             tokio::net::TcpStream::connect(&self.authority),
@@ -200,6 +207,13 @@ impl Endpoint {
                 tx
             }
         };
+        let path = match (&self.wait, read) {
+            (Some(w), false) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{path}{sep}wait={w}")
+            }
+            _ => path.to_string(),
+        };
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -222,7 +236,6 @@ impl Endpoint {
         // The daemon takes a change only as JSON (a web page cannot send
         // that cross-origin without asking first): every call but a read
         // says so, with `{}` when it has nothing to say.
-        let read = matches!(method, "GET" | "HEAD");
         if !read || body.is_some() {
             req = req.header("content-type", "application/json");
         }
@@ -260,6 +273,10 @@ impl Endpoint {
     ) -> Result<Value> {
         let (status, v) = self.call(method, path, body, if_match)?;
         if (200..300).contains(&status) {
+            let missing = &v["waited"]["missing"];
+            if missing.as_array().is_some_and(|m| !m.is_empty()) {
+                self.unconfirmed.set(true);
+            }
             return Ok(v);
         }
         let message = match serde_json::from_value::<api::Error>(v.clone()) {
@@ -376,6 +393,61 @@ pub fn describe_change(v: &api::Status) -> String {
         v.epoch,
         if dry { " (unchanged: dry run)" } else { "" }
     );
+    if let Some(w) = &v.waited {
+        let _ = writeln!(out, "{}", waited(w));
+    }
+    out
+}
+
+/// Which instances of the fleet serve a change made with `--wait`.
+pub fn waited(w: &api::Waited) -> String {
+    let all = w.confirmed.len() + w.missing.len();
+    match w.missing.is_empty() {
+        true => format!("fleet: all {all} instance(s) serve epoch {}", w.epoch),
+        false => format!(
+            "fleet: {} of {all} instance(s) serve epoch {}; not confirmed: {}",
+            w.confirmed.len(),
+            w.epoch,
+            w.missing.join(", ")
+        ),
+    }
+}
+
+/// `cutover fleet`: one line per instance.
+pub fn fleet_table(f: &api::Fleet) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "backend {}{}, epoch {}{}",
+        f.backend,
+        f.cluster
+            .as_deref()
+            .map_or(String::new(), |c| format!(", cluster {c}")),
+        f.epoch,
+        if f.connected {
+            ""
+        } else {
+            " (this instance cannot reach etcd)"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:>8} {:<8} {:<5} {:<22} {:<8} LAST ERROR",
+        "INSTANCE", "EPOCH", "IN SYNC", "JUDGE", "ADMIN", "VERSION"
+    );
+    for i in &f.instances {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>8} {:<8} {:<5} {:<22} {:<8} {}",
+            i.id,
+            i.epoch,
+            if i.in_sync { "yes" } else { "no" },
+            if i.judge { "yes" } else { "" },
+            i.admin.as_deref().unwrap_or("-"),
+            i.version,
+            i.last_error.as_deref().unwrap_or("-"),
+        );
+    }
     out
 }
 

@@ -8,6 +8,38 @@ use super::state::StateFile;
 use crate::route::{AppState, Snapshot};
 
 impl Control {
+    /// `GET /v1/fleet`: the fleet's instances; a lone instance (the file
+    /// backend) is a fleet of one.
+    pub fn fleet_answer(&self) -> crate::api::Fleet {
+        if let Some(f) = &self.fleet {
+            return f.answer();
+        }
+        let snap = self.shared.snapshot.load();
+        let p = &self.shared.process;
+        crate::api::Fleet {
+            backend: "file".into(),
+            cluster: None,
+            connected: true,
+            epoch: self.state.epoch,
+            instances: vec![crate::api::Instance {
+                admin: Some(self.config.admin.listen.to_string()),
+                apps: snap
+                    .apps
+                    .iter()
+                    .map(|a| (a.name.to_string(), snap.epoch))
+                    .collect(),
+                epoch: snap.epoch,
+                id: super::fleet::default_id(Some(self.config.admin.listen)),
+                in_sync: true,
+                judge: true,
+                last_error: None,
+                pid: p.pid,
+                updated: super::ops::now_rfc3339(),
+                version: p.version.to_string(),
+            }],
+        }
+    }
+
     pub fn learned(&mut self, learned: Learned) {
         match learned {
             Learned::State { state, first } => self.adopt(*state, first),

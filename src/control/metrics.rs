@@ -54,7 +54,7 @@ const COUNTERS: [(&str, &str); 10] = [
 ];
 
 /// Every gauge family, `(name, help)`, in the order they are exposed.
-const GAUGES: [(&str, &str); 13] = [
+const GAUGES: [(&str, &str); 15] = [
     (
         "cutover_in_flight_requests",
         "Requests bound to a colour and not finished.",
@@ -95,6 +95,14 @@ const GAUGES: [(&str, &str); 13] = [
         "1 while the app's runtime rules differ from the config file's.",
     ),
     ("cutover_state_epoch", "Epoch of the runtime state."),
+    (
+        "cutover_fleet_connected",
+        "1 while this instance reaches its fleet's state store (etcd), else 0.",
+    ),
+    (
+        "cutover_fleet_lag_seconds",
+        "Seconds since this instance last knew it served its fleet's latest state (0 when in step).",
+    ),
 ];
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -272,6 +280,13 @@ fn control_samples(g: &mut Gathered, ctl: &Control) {
         g.gauge("cutover_config_drift", labels(&[("app", &app)]), v);
     }
     g.gauge("cutover_state_epoch", Labels::new(), ctl.epoch() as f64);
+    if let Some(fleet) = &ctl.fleet {
+        let link = fleet.link(*ctl.shared.swapped.borrow());
+        let c = labels(&[("cluster", &link.cluster)]);
+        let connected = if link.connected { 1.0 } else { 0.0 };
+        g.gauge("cutover_fleet_connected", c.clone(), connected);
+        g.gauge("cutover_fleet_lag_seconds", c, link.lag_seconds);
+    }
 }
 
 /// Each configured app's latest rollout: its state and the rolled-out

@@ -125,6 +125,9 @@ pub(super) struct Window {
     ///
     /// [`ColorStats::judged`]: crate::route::snapshot::ColorStats::judged
     base: [[u64; 3]; 2],
+    /// In a fleet: the other instances' counts when it began, by
+    /// instance (see [`Remote`]).
+    remote_base: Remote,
     /// Shadow copies `(compared, differed)` when it began.
     mirror_base: (u64, u64),
     /// Since when the judge holds (both colours over budget).
@@ -133,28 +136,47 @@ pub(super) struct Window {
     note: String,
 }
 
+/// The other instances of a fleet: each one's judged counts of one app
+/// since it started, `[blue, green]` of `[total, bad, slow]`, as they
+/// last reported them.
+type Remote = BTreeMap<String, [[u64; 3]; 2]>;
+
 impl Window {
-    fn new(app: &App, now: Instant) -> Window {
+    fn new(app: &App, now: Instant, remote: Remote) -> Window {
         Window {
             since: now,
             base: Color::ALL.map(|c| app.pool(c).stats.judged()),
+            remote_base: remote,
             mirror_base: app.mirror_stats.compared(),
             held_since: None,
             note: String::new(),
         }
     }
 
-    /// `[total, bad, slow]` of `color` since the window began.
-    fn counts(&self, app: &App, color: Color) -> [u64; 3] {
-        let now = app.pool(color).stats.judged();
-        let base = self.base[color.index()];
-        [0, 1, 2].map(|i| now[i].saturating_sub(base[i]))
+    /// `[total, bad, slow]` of `color` since the window began, here and
+    /// on the other instances (`remote`). An instance that started since
+    /// counts from 0; one that restarted, from its restart.
+    fn counts(&self, app: &App, color: Color, remote: &Remote) -> [u64; 3] {
+        let since = |now: [u64; 3], base: [u64; 3]| match (0..3).all(|i| now[i] >= base[i]) {
+            true => [0, 1, 2].map(|i| now[i] - base[i]),
+            false => now,
+        };
+        let c = color.index();
+        let mut sum = since(app.pool(color).stats.judged(), self.base[c]);
+        for (id, counts) in remote {
+            let base = self.remote_base.get(id).map_or([0; 3], |b| b[c]);
+            let more = since(counts[c], base);
+            for i in 0..3 {
+                sum[i] += more[i];
+            }
+        }
+        sum
     }
 
-    fn look(&self, app: &App, r: &Rollout, now: Instant) -> Look {
+    fn look(&self, app: &App, r: &Rollout, now: Instant, remote: &Remote) -> Look {
         let (target, baseline) = (r.target, r.baseline());
-        let [tt, tb, ts] = self.counts(app, target);
-        let [bt, bb, bs] = self.counts(app, baseline);
+        let [tt, tb, ts] = self.counts(app, target, remote);
+        let [bt, bb, bs] = self.counts(app, baseline, remote);
         let in_flight = |c: Color| app.pool(c).stats.in_flight.load(Relaxed);
         Look {
             age: now.saturating_duration_since(self.since),
@@ -1050,6 +1072,16 @@ impl Control {
         if self.shared.upgrading.load(Relaxed) {
             return;
         }
+        if self
+            .fleet
+            .as_ref()
+            .is_some_and(|f| !f.judging.load(Relaxed))
+        {
+            // Another instance judges; should this one take over, it
+            // observes afresh, as after a restart.
+            self.windows.clear();
+            return;
+        }
         let now = Instant::now();
         let snap = self.shared.snapshot.load_full();
         let active: Vec<String> = self
@@ -1062,13 +1094,14 @@ impl Control {
         for name in active {
             let Some(app) = snap.app(&name) else { continue };
             let r = self.state.rollouts[&name].clone();
+            let remote = self.remote_counts(&name);
             let window = self.windows.entry(name.clone()).or_insert_with(|| {
                 // A new window (after a move, or a restart): slow responses
                 // are counted from now on.
                 set_slow(app, &r);
-                Window::new(app, now)
+                Window::new(app, now, remote.clone())
             });
-            match rollout::look(&r, &window.look(app, &r, now)) {
+            match rollout::look(&r, &window.look(app, &r, now, &remote)) {
                 Next::Stay(note) => {
                     window.held_since = match (note.holding, window.held_since) {
                         (true, since) => Some(since.unwrap_or(now)),
@@ -1092,6 +1125,20 @@ impl Control {
         }
     }
 
+    /// The other instances' counts of `app`, as they last reported them;
+    /// none without a fleet.
+    fn remote_counts(&self, app: &str) -> Remote {
+        let Some(fleet) = &self.fleet else {
+            return Remote::new();
+        };
+        let view = fleet.view.borrow();
+        view.instances
+            .iter()
+            .filter(|(id, _)| **id != fleet.id)
+            .filter_map(|(id, r)| Some((id.clone(), *r.counts.get(app)?)))
+            .collect()
+    }
+
     /// `app`'s rollout for status: the record, and what the judge sees in
     /// the current window.
     pub fn rollout_doc(&self, app: &str) -> Option<crate::api::Rollout> {
@@ -1105,8 +1152,9 @@ impl Control {
         };
         let window = match (self.windows.get(app), snap.app(app)) {
             (Some(w), Some(a)) if r.phase.is_active() => {
+                let remote = self.remote_counts(app);
                 let colour = |c: Color| {
-                    let [requests, bad, slow] = w.counts(a, c);
+                    let [requests, bad, slow] = w.counts(a, c, &remote);
                     crate::api::Counts {
                         bad,
                         requests,

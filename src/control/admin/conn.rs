@@ -398,6 +398,12 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
     if let Err(message) = params.check(route.takes(), &endpoint) {
         return error(400, message);
     }
+    if params.wait.is_some() && admin.lock().fleet.is_none() {
+        return error(
+            400,
+            "wait: only a fleet (state backend \"etcd\") has other instances to wait for",
+        );
+    }
     let body = if route.reads() {
         Bytes::new()
     } else {

@@ -22,6 +22,9 @@ pub struct Params {
     pub if_match: Option<u64>,
     /// Why, as the client says (`x-cutover-reason`), cleaned.
     pub reason: Option<String>,
+    /// `?wait=5s`: answer once every instance of the fleet serves the
+    /// change, or when this long has passed.
+    pub wait: Option<std::time::Duration>,
 }
 
 /// Which parameters an endpoint takes.
@@ -54,9 +57,10 @@ impl Params {
                 "force" => set(&mut p.force, name, flag(name, value)?)?,
                 "dry_run" => set(&mut p.dry_run, name, flag(name, value)?)?,
                 "limit" => set(&mut p.limit, name, count(name, value)?)?,
+                "wait" => set(&mut p.wait, name, wait(value)?)?,
                 _ => {
                     return Err(format!(
-                        "unknown query parameter {name:?}: this API takes force, dry_run and limit"
+                        "unknown query parameter {name:?}: this API takes force, dry_run, limit and wait"
                     ))
                 }
             }
@@ -72,6 +76,7 @@ impl Params {
             ("dry_run", self.dry_run.is_some(), Takes::Change),
             ("If-Match", self.if_match.is_some(), Takes::Change),
             ("limit", self.limit.is_some(), Takes::Limit),
+            ("wait", self.wait.is_some(), Takes::Change),
         ];
         match given.iter().find(|(_, set, needs)| *set && *needs != takes) {
             Some((name, ..)) => Err(format!("{name}: {endpoint} does not take it")),
@@ -104,6 +109,22 @@ fn flag(name: &str, value: &str) -> Result<bool, String> {
         "false" | "0" => Ok(false),
         other => Err(format!("{name}: must be true or false, got {other:?}")),
     }
+}
+
+/// The longest `?wait=`: a fleet that has not followed in a minute has
+/// an instance that is away, which the answer says.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `?wait=5s`: a duration from above 0 up to [`MAX_WAIT`].
+fn wait(value: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(value)
+        .map_err(|_| format!("wait: must be a duration like 5s, got {value:?}"))?;
+    if d.is_zero() || d > MAX_WAIT {
+        return Err(format!(
+            "wait: must be above 0s and at most 60s, got {value:?}"
+        ));
+    }
+    Ok(d)
 }
 
 fn count(name: &str, value: &str) -> Result<usize, String> {

@@ -19,6 +19,9 @@ use crate::control::state::HistoryEntry;
 /// An endpoint's answer; `Err` is a refusal, which changed nothing.
 type Answer = Result<Reply, Refused>;
 
+/// A change's answer, before it is sent: the new state, or a refusal.
+type Changed = Result<api::Status, Refused>;
+
 /// A refusal: its status and what it says.
 pub(super) struct Refused(u16, api::Error);
 
@@ -49,6 +52,7 @@ pub(super) enum Route<'p> {
     Steer(&'p str, Steer),
     Reload,
     Upgrade,
+    Fleet,
 }
 
 /// No route: no such path (404), or not with this method (405, with the
@@ -73,6 +77,7 @@ impl<'p> Route<'p> {
             ["metrics"] => only("GET", read, Metrics),
             ["v1", "status"] => only("GET", read, Status),
             ["v1", "history"] => only("GET", read, History),
+            ["v1", "fleet"] => only("GET", read, Fleet),
             ["v1", "reload"] => only("POST", post, Reload),
             ["v1", "upgrade"] => only("POST", post, Upgrade),
             ["v1", "flip"] => only("POST", post, Flip(None)),
@@ -113,14 +118,17 @@ impl<'p> Route<'p> {
             Flip(_) | Rollback(_) | Shift(_) | Mirror(_) | SetRules(_) | DeleteRule(..)
             | Server(..) => Takes::Change,
             Metrics | Status | Rules(_) | Rollout(_) | StartRollout(_) | Steer(..) | Reload
-            | Upgrade => Takes::Nothing,
+            | Upgrade | Fleet => Takes::Nothing,
         }
     }
 
     /// Reads change nothing: any token may call them, and they have no body.
     pub fn reads(self) -> bool {
         use Route::*;
-        matches!(self, Metrics | Status | History | Rules(_) | Rollout(_))
+        matches!(
+            self,
+            Metrics | Status | History | Rules(_) | Rollout(_) | Fleet
+        )
     }
 }
 
@@ -143,23 +151,22 @@ pub(super) async fn answer(route: Route<'_>, call: Call<'_>) -> Reply {
         Route::Status => Ok(reply(200, call.admin.lock().status())),
         Route::History => Ok(history(&call)),
         Route::Rules(app) => rules(&call, app),
-        Route::SetRules(app) => set_rules(&call, app),
-        Route::DeleteRule(app, name) => apply(
-            &call,
-            Change::DeleteRule(app.into(), name.into()),
-            false,
-            false,
-        ),
-        Route::Flip(app) => flip(&call, app),
-        Route::Rollback(app) => rollback(&call, app),
-        Route::Shift(app) => shift(&call, app),
-        Route::Mirror(app) => mirror(&call, app),
-        Route::Server(app, addr) => server(&call, app, addr),
+        Route::SetRules(app) => waited(&call, set_rules(&call, app)).await,
+        Route::DeleteRule(app, name) => {
+            let change = Change::DeleteRule(app.into(), name.into());
+            waited(&call, apply(&call, change, false, false)).await
+        }
+        Route::Flip(app) => waited(&call, flip(&call, app)).await,
+        Route::Rollback(app) => waited(&call, rollback(&call, app)).await,
+        Route::Shift(app) => waited(&call, shift(&call, app)).await,
+        Route::Mirror(app) => waited(&call, mirror(&call, app)).await,
+        Route::Server(app, addr) => waited(&call, server(&call, app, addr)).await,
         Route::Rollout(app) => rollout(&call, app),
         Route::StartRollout(app) => start_rollout(&call, app),
         Route::Steer(app, steer) => steer_rollout(&call, app, steer),
         Route::Reload => reload(&call),
         Route::Upgrade => upgrade(&call).await,
+        Route::Fleet => Ok(reply(200, call.admin.lock().fleet_answer())),
     };
     answer.unwrap_or_else(|Refused(status, why)| refusal(status, &why))
 }
@@ -172,9 +179,20 @@ fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Refus
     serde_json::from_slice(body).map_err(|e| refuse(400, format!("bad JSON: {e}")))
 }
 
+/// A change's answer; with `?wait=`, once every instance of the fleet
+/// serves it (or the wait is over), saying which did and which did not.
+async fn waited(call: &Call<'_>, changed: Changed) -> Answer {
+    let mut status = changed?;
+    let fleet = call.admin.lock().fleet.clone();
+    if let (Some(limit), Some(fleet), Some(false)) = (call.params.wait, fleet, status.dry_run) {
+        status.waited = Some(fleet.wait_for(status.epoch, limit).await);
+    }
+    Ok(reply(200, &status))
+}
+
 /// Apply `change` with the call's `force` and `dry_run` (from the body or
 /// the query) and its `If-Match`: the new state, or why not.
-fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Answer {
+fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Changed {
     let p = &call.params;
     let result = call.admin.lock().apply(OpRequest {
         change,
@@ -185,7 +203,7 @@ fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Answer {
         reason: p.reason.clone(),
     });
     match result {
-        Ok(status) => Ok(reply(200, &status)),
+        Ok(status) => Ok(status),
         Err(e @ OpError::Stale { current, .. }) => {
             let why = api::Error {
                 epoch: Some(current),
@@ -207,13 +225,13 @@ fn flags_only(call: &Call) -> Result<api::ChangeBody, Refused> {
 }
 
 /// `POST /v1/flip`, `POST /v1/apps/{app}/flip`.
-fn flip(call: &Call, app: Option<&str>) -> Answer {
+fn flip(call: &Call, app: Option<&str>) -> Changed {
     let b = flags_only(call)?;
     apply(call, Change::Flip(app.map(Into::into)), b.force, b.dry_run)
 }
 
 /// `POST /v1/rollback`, `POST /v1/apps/{app}/rollback`.
-fn rollback(call: &Call, app: Option<&str>) -> Answer {
+fn rollback(call: &Call, app: Option<&str>) -> Changed {
     let b = flags_only(call)?;
     apply(
         call,
@@ -224,7 +242,7 @@ fn rollback(call: &Call, app: Option<&str>) -> Answer {
 }
 
 /// `POST /v1/apps/{app}/shift` with `{"percent": P}`.
-fn shift(call: &Call, app: &str) -> Answer {
+fn shift(call: &Call, app: &str) -> Changed {
     let b: api::ChangeBody = optional_body(&call.body)?;
     let Some(p) = b.percent else {
         return Err(refuse(400, "percent: missing (e.g. {\"percent\": 12.5})"));
@@ -233,7 +251,7 @@ fn shift(call: &Call, app: &str) -> Answer {
 }
 
 /// `PUT|POST /v1/apps/{app}/mirror` with `{"percent": P}`.
-fn mirror(call: &Call, app: &str) -> Answer {
+fn mirror(call: &Call, app: &str) -> Changed {
     let b: api::ChangeBody = optional_body(&call.body)?;
     let Some(p) = b.percent else {
         return Err(refuse(400, "percent: missing (e.g. {\"percent\": 10})"));
@@ -242,7 +260,7 @@ fn mirror(call: &Call, app: &str) -> Answer {
 }
 
 /// `POST /v1/apps/{app}/servers/{addr}`: drain, maint, ready, weight.
-fn server(call: &Call, app: &str, addr: &str) -> Answer {
+fn server(call: &Call, app: &str, addr: &str) -> Changed {
     let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
         return Err(refuse(
             400,
@@ -283,7 +301,7 @@ struct RulesWrapped {
 }
 
 /// `PUT /v1/apps/{app}/rules`.
-fn set_rules(call: &Call, app: &str) -> Answer {
+fn set_rules(call: &Call, app: &str) -> Changed {
     let (rules, force, dry_run) = match serde_json::from_slice::<RulesBody>(&call.body) {
         Ok(RulesBody::List(rules)) => (rules, false, false),
         Ok(RulesBody::Wrapped(w)) => (w.rules, w.force, w.dry_run),
