@@ -409,7 +409,14 @@ async fn two_concurrent_flips_on_two_instances_never_lose_an_update() {
         for r in [x, y] {
             match r.status.as_u16() {
                 200 => applied += 1,
-                409 => assert!(r.text().contains("moved on"), "{}", r.text()),
+                409 => {
+                    assert!(r.text().contains("moved on"), "{}", r.text());
+                    assert!(
+                        r.json()["epoch"].is_u64(),
+                        "the fleet's epoch now: {}",
+                        r.text()
+                    );
+                }
                 other => panic!("flip answered {other}: {}", r.text()),
             }
         }

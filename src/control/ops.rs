@@ -90,6 +90,10 @@ pub enum OpError {
     /// The fleet's store cannot be reached (503): nothing changed.
     #[error("{0}")]
     Unavailable(String),
+    /// Another instance of the fleet changed the state first (409): the
+    /// fleet's epoch now, and why.
+    #[error("{1}")]
+    Moved(u64, String),
 }
 
 impl OpError {
@@ -97,7 +101,7 @@ impl OpError {
         match self {
             OpError::BadRequest(_) => 400,
             OpError::NotFound(_) => 404,
-            OpError::Conflict(_) => 409,
+            OpError::Conflict(_) | OpError::Moved(..) => 409,
             OpError::Stale { .. } => 412,
             OpError::Internal(_) => 500,
             OpError::Upgrading | OpError::Unavailable(_) => 503,
@@ -703,7 +707,7 @@ impl Control {
         self.state.commit(next).map_err(|e| {
             tracing::error!(error = %e, "state not written; change refused");
             match e {
-                StateError::Conflict { .. } => OpError::Conflict(e.to_string()),
+                StateError::Conflict { epoch } => OpError::Moved(epoch, e.to_string()),
                 StateError::Unavailable(_) => OpError::Unavailable(e.to_string()),
                 _ => OpError::Internal(e.to_string()),
             }

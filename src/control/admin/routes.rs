@@ -204,12 +204,12 @@ fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Changed {
     });
     match result {
         Ok(status) => Ok(status),
-        Err(e @ OpError::Stale { current, .. }) => {
+        Err(e @ (OpError::Stale { current, .. } | OpError::Moved(current, _))) => {
             let why = api::Error {
                 epoch: Some(current),
                 ..api::Error::new(e.to_string())
             };
-            Err(Refused(412, why))
+            Err(Refused(e.status(), why))
         }
         Err(e) => Err(refuse(e.status(), e.to_string())),
     }
