@@ -302,6 +302,22 @@ async fn fleet_of(n: usize, etcd: &str, dir: &Path, up: &(Upstream, Upstream)) -
     for i in &all {
         i.connected().await;
     }
+    // Each has seen every report: a change made now waits for them all.
+    for i in &all {
+        let end = Instant::now() + Duration::from_secs(15);
+        while i.call("GET", "/v1/fleet", "").await.json()["instances"]
+            .as_array()
+            .map(Vec::len)
+            != Some(n)
+        {
+            assert!(
+                Instant::now() < end,
+                "{} does not see the whole fleet",
+                i.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     all
 }
 

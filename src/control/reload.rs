@@ -214,7 +214,7 @@ pub fn initial_state(
     fleet: Option<Arc<super::fleet::Fleet>>,
 ) -> Result<State, super::state::StateError> {
     let store: Box<dyn Store> = match (fleet, &config.state.file) {
-        (Some(fleet), cache) => Box::new(super::fleet::EtcdStore {
+        (Some(fleet), cache) => Box::new(super::fleet::store::EtcdStore {
             fleet,
             cache: cache.clone(),
         }),

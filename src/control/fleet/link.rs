@@ -508,7 +508,7 @@ async fn connect(s: &crate::config::EtcdSettings) -> Result<Client, Error> {
     if let Some((user, password)) = &s.user {
         opts = opts.with_user(user.clone(), password.expose().to_string());
     }
-    if s.ca_file.is_some() || s.client_cert.is_some() {
+    if s.endpoints.iter().any(|e| e.starts_with("https://")) {
         opts = opts.with_tls(tls(s)?);
     }
     timed(s.timeout, Client::connect(&s.endpoints, Some(opts))).await
@@ -519,8 +519,9 @@ fn tls(s: &crate::config::EtcdSettings) -> Result<etcd_client::TlsOptions, Error
         std::fs::read(p).map_err(|e| format!("state: cannot read {}: {e}", p.display()))
     };
     let mut tls = etcd_client::TlsOptions::new();
-    if let Some(ca) = &s.ca_file {
-        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    match &s.ca_file {
+        Some(ca) => tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?)),
+        None => tls = tls.with_native_roots(),
     }
     if let Some((cert, key)) = &s.client_cert {
         tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));

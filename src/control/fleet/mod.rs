@@ -11,7 +11,7 @@
 //! - `instances/<id>`: what each instance serves, under its lease;
 //! - `judge`: which instance judges the rollouts, under its lease.
 //!
-//! [`EtcdStore`] is the state's store: a change is written to etcd
+//! [`store::EtcdStore`] is the state's store: a change is written to etcd
 //! first (by the fleet thread, [`link`]), and only then made in memory.
 //! The fleet thread also reads: it watches the prefix and sends every
 //! newer state to the control plane ([`crate::control::ops::Control::adopt`]),
@@ -21,7 +21,7 @@
 
 pub mod docs;
 pub mod link;
-mod store;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 pub use docs::{Keys, Report};
-pub use store::EtcdStore;
 
 use super::state::{HistoryEntry, StateError, StateFile};
 use crate::api;
