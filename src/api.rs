@@ -372,6 +372,10 @@ pub struct ChangeBody {
     /// Shift and mirror only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
+    /// Flip only: the colour to make live; an app already live there
+    /// with no split is left as it is. Absent: each app to its standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Color>,
 }
 
 /// The body of `POST /v1/apps/{app}/servers/{addr}`.

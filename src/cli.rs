@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::api;
 use crate::client::{self, Endpoint, EndpointArgs};
 use crate::config::{AppConfig, Config, HostPattern, PoolConfig, Sticky};
+use crate::control::state_lock::StateLock;
 use crate::model::{Color, NameValue, RolloutPhase, RuleSpec, ServerState};
 
 /// Exit code for bad usage or a bad config (sysexits `EX_USAGE`).
@@ -77,12 +78,16 @@ pub enum Command {
         endpoint: ClientArgs,
     },
     /// Send all traffic of APP to its standby colour (`--all`: every app,
-    /// atomically).
+    /// atomically); with `--to`, to that colour.
     Flip {
         app: Option<String>,
         /// Flip every app, in one atomic step.
         #[arg(long, conflicts_with = "app")]
         all: bool,
+        /// Make this colour live instead of toggling: an app already live
+        /// there with no split is left as it is (idempotent, for scripts).
+        #[arg(long, value_enum, value_name = "COLOR")]
+        to: Option<ColorArg>,
         #[command(flatten)]
         change: ChangeFlags,
         #[command(flatten)]
@@ -231,6 +236,15 @@ pub enum ColorArg {
     Green,
 }
 
+impl From<ColorArg> for Color {
+    fn from(c: ColorArg) -> Color {
+        match c {
+            ColorArg::Blue => Color::Blue,
+            ColorArg::Green => Color::Green,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ServerAction {
     /// Back in rotation.
@@ -289,6 +303,7 @@ impl ChangeFlags {
             force: self.force,
             dry_run: self.dry_run,
             percent: None,
+            to: None,
         }
     }
 }
@@ -446,12 +461,15 @@ impl Cli {
         }
     }
 
-    pub fn execute(self) -> ExitCode {
+    /// Run the subcommand. `handed_over_lock`: the state file's lock the
+    /// process this one replaces passed on (`cutover upgrade`), adopted by
+    /// `run`.
+    pub fn execute(self, handed_over_lock: Option<std::fs::File>) -> ExitCode {
         match self.command {
             Command::Run {
                 config,
                 reset_state,
-            } => run(&config, reset_state),
+            } => run(&config, reset_state, handed_over_lock),
             Command::Check { config, out } => check(&config, out.json),
             Command::Demo => demo(),
             Command::Completions { shell } => {
@@ -638,9 +656,15 @@ fn run_client(ep: &Endpoint, cmd: Command) -> ExitCode {
                 .and_then(|v| shown(out.json, v, client::status_table)),
         ),
         Command::Flip {
-            app, all, change, ..
-        } => flip(ep, app, all, change),
-        Command::Rollback { app, change, .. } => self::change(ep, "rollback", app, change),
+            app,
+            all,
+            to,
+            change,
+            ..
+        } => flip(ep, app, all, to.map(Color::from), change),
+        Command::Rollback { app, change, .. } => {
+            self::change(ep, "rollback", app, change.body(), change)
+        }
         Command::Mirror { args, change, .. } => percent_change(ep, "mirror", "PUT", &args, change),
         Command::Shift { args, change, .. } => percent_change(ep, "shift", "POST", &args, change),
         Command::Rules {
@@ -681,9 +705,15 @@ fn run_client(ep: &Endpoint, cmd: Command) -> ExitCode {
     }
 }
 
-/// `flip [APP] [--all]`: every app only when asked for: with several
-/// apps, a flip without one names none.
-fn flip(ep: &Endpoint, app: Option<String>, all: bool, flags: ChangeFlags) -> ExitCode {
+/// `flip [APP] [--all] [--to COLOR]`: every app only when asked for:
+/// with several apps, a flip without one names none.
+fn flip(
+    ep: &Endpoint,
+    app: Option<String>,
+    all: bool,
+    to: Option<Color>,
+    flags: ChangeFlags,
+) -> ExitCode {
     let app = match (app, all) {
         (Some(a), _) => Some(a),
         (None, true) => None,
@@ -692,7 +722,8 @@ fn flip(ep: &Endpoint, app: Option<String>, all: bool, flags: ChangeFlags) -> Ex
             Err(m) => return usage(format!("{m}, or pass --all to flip every app")),
         },
     };
-    change(ep, "flip", app, flags)
+    let body = api::ChangeBody { to, ..flags.body() };
+    change(ep, "flip", app, body, flags)
 }
 
 /// Where a rollout is, as `rollout status` exits: it failed, was aborted
@@ -780,10 +811,7 @@ fn server_command(
             ServerAction::Maint => ServerState::Maint,
         }),
         weight,
-        color: Some(match color {
-            ColorArg::Blue => Color::Blue,
-            ColorArg::Green => Color::Green,
-        }),
+        color: Some(color.into()),
         force: c.force,
         dry_run: c.dry_run,
     };
@@ -949,13 +977,19 @@ fn percent_change(
 }
 
 /// `flip` or `rollback` of one app, or of every app / the last change.
-fn change(ep: &Endpoint, verb: &str, app: Option<String>, flags: ChangeFlags) -> ExitCode {
+fn change(
+    ep: &Endpoint,
+    verb: &str,
+    app: Option<String>,
+    body: api::ChangeBody,
+    flags: ChangeFlags,
+) -> ExitCode {
     let path = match &app {
         Some(a) => format!("/v1/apps/{a}/{verb}"),
         None => format!("/v1/{verb}"),
     };
     finish(
-        ep.ok("POST", &path, Some(json_of(&flags.body())), flags.if_match)
+        ep.ok("POST", &path, Some(json_of(&body)), flags.if_match)
             .and_then(|v| shown(flags.json, v, client::describe_change)),
     )
 }
@@ -1088,7 +1122,7 @@ fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn run(path: &Path, reset_state: bool) -> ExitCode {
+fn run(path: &Path, reset_state: bool, handed_over_lock: Option<std::fs::File>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -1102,11 +1136,24 @@ fn run(path: &Path, reset_state: bool) -> ExitCode {
     // A successor is started with this same command line.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let timeout = config.server.upgrade_timeout;
+    // One daemon per state file, checked before anything is bound.
+    let state_lock = match &config.state.file {
+        None => None,
+        Some(file) => match StateLock::acquire(file, handed_over_lock) {
+            Ok(lock) => Some(std::sync::Arc::new(lock)),
+            Err(e) => {
+                crate::handover::signal_failure(&e.to_string());
+                eprintln!("cutover: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+    };
     serve(
         config,
         crate::Options {
             reset_state,
             upgrade: Some((args, timeout)),
+            state_lock,
         },
     )
 }

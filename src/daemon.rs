@@ -13,6 +13,7 @@ use crate::control::admin::{self, Admin};
 use crate::control::ops::Control;
 use crate::control::reload::initial_state;
 use crate::control::state::StateError;
+use crate::control::state_lock::StateLock;
 use crate::control::{Shared, TlsShared};
 use crate::route::Snapshot;
 use crate::tls::CertStore;
@@ -39,6 +40,10 @@ pub struct Options {
     /// how long it may take to be ready. `None`: this daemon runs inside
     /// another program (tests) and cannot upgrade itself.
     pub upgrade: Option<(Vec<String>, std::time::Duration)>,
+    /// The state file's lock, taken before anything is bound (`cutover
+    /// run` does); held until the daemon returns, and handed to a
+    /// successor. `None`: no state file, or the caller (a test) does not lock.
+    pub state_lock: Option<Arc<StateLock>>,
 }
 
 /// The sockets the daemon serves. Tests bind `127.0.0.1:0` themselves and
@@ -238,6 +243,7 @@ pub fn run_with(
                 args,
                 timeout,
                 sockets: std::sync::Mutex::new(handover),
+                state_lock: options.state_lock.clone(),
             });
         }
         None => drop(handover),

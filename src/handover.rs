@@ -8,7 +8,10 @@
 //! - **Handing over** ([`spawn_successor`]): `cutover upgrade` starts the
 //!   new binary with every listening socket at fd 3 onwards, named, plus
 //!   the write end of a pipe (`CUTOVER_READY_FD`) on which it says `ready`
-//!   once it serves. Until then the old process keeps serving; only then
+//!   once it serves; and the state file's lock (`CUTOVER_STATE_LOCK_FD`),
+//!   which the successor adopts rather than locks anew (a `flock` belongs
+//!   to the open file, so the two share it until the old one exits).
+//!   Until then the old process keeps serving; only then
 //!   does it stop accepting and drain. The sockets themselves never close,
 //!   so no connection waiting in an accept queue is lost.
 //!
@@ -29,6 +32,9 @@ use command_fds::{CommandFdExt, FdMapping};
 pub const READY_FD: &str = "CUTOVER_READY_FD";
 /// How many upgrades the listening sockets have been through.
 pub const UPGRADES: &str = "CUTOVER_UPGRADES";
+/// The environment variable naming the fd of the state file's lock,
+/// handed over by the process being replaced.
+pub const STATE_LOCK_FD: &str = "CUTOVER_STATE_LOCK_FD";
 
 /// A listening socket and its role.
 #[derive(Debug)]
@@ -126,13 +132,15 @@ pub enum Refused {
     Io(#[from] io::Error),
 }
 
-/// Start `binary` with `args`, handing it `sockets` (fd 3 onwards, named)
-/// and a pipe to say it is ready on; wait up to `timeout` for that. On
-/// failure the new process is stopped and its error output returned.
+/// Start `binary` with `args`, handing it `sockets` (fd 3 onwards, named),
+/// the state file's lock if any, and a pipe to say it is ready on; wait
+/// up to `timeout` for that. On failure the new process is stopped and
+/// its error output returned.
 pub fn spawn_successor(
     binary: &std::path::Path,
     args: &[String],
     sockets: &[(&str, &TcpListener)],
+    state_lock: Option<std::fs::File>,
     upgrades: u64,
     timeout: Duration,
 ) -> Result<Successor, Refused> {
@@ -149,8 +157,20 @@ pub fn spawn_successor(
         parent_fd: OwnedFd::from(ready_tx),
         child_fd: ready_fd,
     });
+    let lock_fd = state_lock.map(|lock| {
+        let child_fd = ready_fd + 1;
+        mappings.push(FdMapping {
+            parent_fd: OwnedFd::from(lock),
+            child_fd,
+        });
+        child_fd
+    });
     let names: Vec<&str> = sockets.iter().map(|(n, _)| *n).collect();
     let mut cmd = Command::new(binary);
+    match lock_fd {
+        Some(fd) => cmd.env(STATE_LOCK_FD, fd.to_string()),
+        None => cmd.env_remove(STATE_LOCK_FD),
+    };
     cmd.args(args)
         .env("LISTEN_FDS", sockets.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))

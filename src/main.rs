@@ -130,9 +130,29 @@ fn purge_thread() {
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR_EARLY: extern "C" fn() = tune_allocator;
 
+/// The state file's lock the process this one replaces handed over
+/// (`cutover upgrade`): a descriptor this process owns from here on.
+/// Taken before anything else runs, and the variable removed, so that
+/// nothing else can claim the descriptor.
+fn handed_over_lock() -> Option<std::fs::File> {
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    let var = std::env::var(cutover::handover::STATE_LOCK_FD).ok();
+    std::env::remove_var(cutover::handover::STATE_LOCK_FD);
+    let fd: RawFd = var?.parse().ok().filter(|fd| *fd > 2)?;
+    // An fd that is not open (the variable outlived its descriptor, say
+    // in a shell started by a daemon) is not adopted.
+    std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).ok()?;
+    // SAFETY: the descriptor is open (checked just above), and nothing in
+    // this process owns it: the parent mapped it here for us alone, named
+    // it in the variable removed above, and no other code reads that
+    // variable. From here the `File` is its only owner.
+    Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
 fn main() -> ExitCode {
     #[cfg(not(target_os = "linux"))]
     tune_allocator();
+    let handed_over_lock = handed_over_lock();
     let cli = Cli::parse_or_exit();
     let filter = EnvFilter::try_from_env("CUTOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal: a log file, a pipe or the
@@ -146,5 +166,5 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
     }
     purge_thread();
-    cli.execute()
+    cli.execute(handed_over_lock)
 }

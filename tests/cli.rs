@@ -333,3 +333,90 @@ fn check_json_gives_scripts_the_errors_and_warnings() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["errors"], serde_json::json!([]));
 }
+
+/// `cutover run -c CONFIG`, expected to exit at once: its output, or a
+/// failed test if it is still running after 10 s (it started serving).
+fn run_expecting_exit(config: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the second daemon started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Wait (bounded) until something accepts on `port`.
+fn until_listening(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_daemon_on_a_state_file_in_use_exits_1_naming_the_holder_until_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (port, admin) = (free(), free());
+    let config = dir.path().join("cutover.toml");
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[state]\nfile = \"state.json\"\n{GOOD_APP}"
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until_listening(admin);
+
+    // Same config, same ports: the lock is what refuses it, before it
+    // tries to bind anything.
+    let second = run_expecting_exit(&config);
+    assert_eq!(second.status.code(), Some(1));
+    let state = dir.path().join("state.json");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let expected = format!(
+        "state file {} is in use by another cutover (pid {}; lock {}.lock): stop it, or give this one its own [state] file",
+        state.display(),
+        first.id(),
+        state.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("cannot listen"), "{stderr}");
+    let lock = dir.path().join("state.json.lock");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&lock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // `check` reads the same config and takes no lock.
+    assert!(cutover(&["check", "-c", config.to_str().unwrap()])
+        .status
+        .success());
+
+    // Once the holder is gone (even killed), the next one starts.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut third = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until_listening(admin);
+    assert!(third.try_wait().unwrap().is_none(), "the third one serves");
+    third.kill().unwrap();
+    third.wait().unwrap();
+}

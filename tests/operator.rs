@@ -284,6 +284,118 @@ async fn diff_and_reload_show_and_settle_drift_between_the_file_and_the_running_
     .unwrap();
 }
 
+/// `history --json`: how many entries.
+async fn history_len(proxy: &Proxy) -> usize {
+    let o = cli(proxy, &["history", "--json", "--limit", "100"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["history"].as_array().unwrap().len()
+}
+
+/// `cli` with `--json`: the exit code and the answer.
+async fn cli_json(proxy: &Proxy, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let o = cli(proxy, &all).await;
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    (o.status.code(), v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flip_to_a_colour_sets_it_once_and_then_changes_nothing() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&two_apps(&b, &g, ""));
+
+        let (code, v) = cli_json(&proxy, &["flip", "shop", "--to", "green"]).await;
+        assert_eq!(code, Some(0));
+        assert_eq!(v["apps"]["shop"]["live"], "green");
+        assert_eq!(v["changed"], serde_json::json!(["shop"]));
+        let epoch = v["epoch"].as_u64().unwrap();
+        let entries = history_len(&proxy).await;
+
+        // Again: exit 0, nothing changed, no new epoch, no history entry.
+        let (code, v) = cli_json(&proxy, &["flip", "shop", "--to", "green"]).await;
+        assert_eq!(code, Some(0));
+        assert_eq!(v["apps"]["shop"]["live"], "green");
+        assert_eq!(v["changed"], serde_json::json!([]));
+        assert_eq!(v["epoch"], epoch);
+        assert_eq!(history_len(&proxy).await, entries);
+        let o = cli(&proxy, &["flip", "shop", "--to", "green"]).await;
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.starts_with("nothing to change"), "{}", text(&o));
+
+        // Live green with a split is not "already green": the split goes.
+        let (code, _) = cli_json(&proxy, &["shift", "shop", "10"]).await;
+        assert_eq!(code, Some(0));
+        let (code, v) = cli_json(&proxy, &["flip", "shop", "--to", "green"]).await;
+        assert_eq!(code, Some(0));
+        assert_eq!(v["changed"], serde_json::json!(["shop"]));
+        assert_eq!(v["apps"]["shop"]["standby_percent"], 0.0);
+
+        // Every app: only those not there yet change, in one epoch.
+        let (code, v) = cli_json(&proxy, &["flip", "--all", "--to", "green"]).await;
+        assert_eq!(code, Some(0));
+        assert_eq!(v["changed"], serde_json::json!(["api"]));
+        let (_, again) = cli_json(&proxy, &["flip", "--all", "--to", "green"]).await;
+        assert_eq!(again["changed"], serde_json::json!([]));
+        assert_eq!(again["epoch"], v["epoch"]);
+
+        // Without --to, flip still toggles; a colour that is none is usage.
+        let (_, v) = cli_json(&proxy, &["flip", "shop"]).await;
+        assert_eq!(v["apps"]["shop"]["live"], "blue");
+        let o = cli(&proxy, &["flip", "shop", "--to", "purple"]).await;
+        assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("purple"));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_takes_to_beside_force_and_dry_run_and_refuses_a_colour_that_is_none() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&two_apps(&b, &g, ""));
+        let c = client();
+        let post = |path: &'static str, body: &'static str| {
+            let (c, proxy) = (&c, &proxy);
+            async move { admin_call(c, proxy, "POST", path, body, &[]).await }
+        };
+
+        // A dry run says what would change, and changes nothing.
+        let r = post("/v1/apps/shop/flip", r#"{"to":"green","dry_run":true}"#).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["apps"]["shop"]["live"], "green");
+        assert_eq!(status(&c, &proxy).await["apps"]["shop"]["live"], "blue");
+
+        let r = post("/v1/apps/shop/flip", r#"{"to":"green"}"#).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let epoch = r.json()["epoch"].clone();
+        let r = post("/v1/apps/shop/flip", r#"{"to":"green"}"#).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["epoch"], epoch, "a second call bumps no epoch");
+        assert_eq!(r.json()["changed"], serde_json::json!([]));
+
+        // Every app to blue: shop changes, api is there already.
+        let r = post("/v1/flip", r#"{"to":"blue"}"#).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["changed"], serde_json::json!(["shop"]));
+
+        // A colour that is none, and `to` where it means nothing: 400.
+        let r = post("/v1/apps/shop/flip", r#"{"to":"purple"}"#).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("purple"), "{}", r.text());
+        let r = post("/v1/apps/shop/rollback", r#"{"to":"green"}"#).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("to: only flip"), "{}", r.text());
+        let r = post("/v1/apps/shop/shift", r#"{"percent":5,"to":"green"}"#).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(status(&c, &proxy).await["apps"]["shop"]["live"], "blue");
+    })
+    .await
+    .unwrap();
+}
+
 #[test]
 fn completions_and_the_man_page_are_generated() {
     let out = |args: &[&str]| {

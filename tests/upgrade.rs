@@ -857,3 +857,108 @@ async fn an_operate_token_never_makes_the_daemon_run_a_path_of_the_callers_choos
     .await
     .unwrap();
 }
+
+/// Has process `pid` exited (gone, or a zombie: its files are closed)?
+fn exited(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => s
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z')),
+        Err(_) => true,
+    }
+}
+
+async fn until_exited(pid: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !exited(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} never exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A second `cutover run` on `d`'s config (same state file, same ports)
+/// exits 1 at once, naming `holder` as the state file's user.
+async fn second_daemon_is_refused(d: &Daemon, holder: u64) {
+    let config = d.config_path();
+    let o = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&config)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("a second daemon started on a state file in use");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "is in use by another cutover (pid {holder}; lock "
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_file_stays_locked_through_upgrades_and_is_free_once_the_last_process_exits() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let mut d = Daemon::start(&b, &g, "");
+        let mut pid = d.status().await["process"]["pid"].as_u64().unwrap();
+        second_daemon_is_refused(&d, pid).await;
+        // Reaped here once it has handed over (a successor is not our child).
+        let mut first = d.first.take();
+
+        // Two hand-overs: the lock passes on each time, and the process
+        // before has exited, so only the successor holds it.
+        for _ in 0..2 {
+            let o = d.cli(&["upgrade", "--json"]).await;
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let next = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["pid"]
+                .as_u64()
+                .unwrap();
+            d.until_pid(next).await;
+            if let Some(mut c) = first.take() {
+                tokio::task::spawn_blocking(move || c.wait().unwrap())
+                    .await
+                    .unwrap();
+            }
+            until_exited(pid).await;
+            pid = next;
+            second_daemon_is_refused(&d, pid).await;
+        }
+
+        // The last holder stops: the state file is free for the next one.
+        std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        until_exited(pid).await;
+        let mut next = std::process::Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(d.config_path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.cli(&["status"]).await.status.code() != Some(0) {
+            assert!(next.try_wait().unwrap().is_none(), "the next daemon exited");
+            assert!(Instant::now() < deadline, "the next daemon never served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        next.kill().unwrap();
+        next.wait().unwrap();
+    })
+    .await
+    .unwrap();
+}

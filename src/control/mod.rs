@@ -4,6 +4,8 @@
 //! - [`ops`]: flip, shift, rollback, rules, rollouts — validate, persist, swap;
 //! - [`reload`]: the config file re-read and swapped in, and met at start;
 //! - [`state`]: the runtime state file, written atomically;
+//! - [`state_lock`]: one daemon per state file (`flock`, handed over on
+//!   upgrade);
 //! - [`admin`]: the admin HTTP API on its own listener;
 //! - [`guard`]: what keeps web pages out of it (Host, Origin, Content-Type);
 //! - [`changes`]: what each change in the history changed, in words;
@@ -28,6 +30,7 @@ pub mod reload;
 pub mod resolve;
 pub mod rollout;
 pub mod state;
+pub mod state_lock;
 pub mod upgrade;
 pub mod view;
 
@@ -83,6 +86,9 @@ pub struct Successor {
     /// (the kernel would go on accepting clients nobody serves). The lock
     /// is taken twice in a process's life: to hand over, and to empty.
     pub sockets: std::sync::Mutex<Vec<(String, std::net::TcpListener)>>,
+    /// The state file's lock, handed over with the sockets so that it is
+    /// never free between the two processes; `None` without a state file.
+    pub state_lock: Option<Arc<state_lock::StateLock>>,
 }
 
 /// Who serves: shown in status as `process`.

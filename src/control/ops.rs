@@ -28,8 +28,10 @@ use crate::route::{App, AppState, Snapshot};
 /// What a caller asks for.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// One app's traffic (or every app's, `None`) to its standby colour.
-    Flip(Option<String>),
+    /// One app's traffic (or every app's, `None`) to its standby colour,
+    /// or to the given colour: then an app already there, with no split,
+    /// is left as it is (`flip --to`, idempotent for scripts).
+    Flip(Option<String>, Option<Color>),
     Shift(String, f64),
     /// Back to the state before the app's last change; `None`: undo the
     /// last change whatever apps it touched.
@@ -47,7 +49,7 @@ pub enum Change {
 impl Change {
     fn kind(&self) -> &'static str {
         match self {
-            Change::Flip(_) => "flip",
+            Change::Flip(..) => "flip",
             Change::Shift(..) => "shift",
             Change::Rollback(_) => "rollback",
             Change::SetRules(..) | Change::DeleteRule(..) => "rules",
@@ -447,7 +449,7 @@ impl Control {
         let mut targets = self.targets(&req.change)?;
         let manual = matches!(
             req.change,
-            Change::Flip(_) | Change::Shift(..) | Change::SetRules(..) | Change::DeleteRule(..)
+            Change::Flip(..) | Change::Shift(..) | Change::SetRules(..) | Change::DeleteRule(..)
         );
         let superseded: Vec<String> = targets
             .iter()
@@ -538,7 +540,7 @@ impl Control {
     /// The new state of every app the change touches.
     fn targets(&self, change: &Change) -> Result<Vec<(String, AppState)>, OpError> {
         match change {
-            Change::Flip(app) => self.flip(app.as_deref()),
+            Change::Flip(app, to) => self.flip(app.as_deref(), *to),
             Change::Shift(app, percent) => {
                 let mut after = self.with_percent(app, *percent)?;
                 after.standby_percent = *percent;
@@ -559,8 +561,13 @@ impl Control {
         }
     }
 
-    /// One app's traffic (or every app's, `None`) to its standby colour.
-    fn flip(&self, app: Option<&str>) -> Result<Vec<(String, AppState)>, OpError> {
+    /// One app's traffic (or every app's, `None`) to its standby colour,
+    /// or to `to`; either way with no split left.
+    fn flip(
+        &self,
+        app: Option<&str>,
+        to: Option<Color>,
+    ) -> Result<Vec<(String, AppState)>, OpError> {
         let names: Vec<String> = match app {
             Some(a) => {
                 self.require_app(a)?;
@@ -573,7 +580,7 @@ impl Control {
             .map(|n| {
                 let before = &self.state.apps[&n];
                 let after = AppState {
-                    live: before.live.other(),
+                    live: to.unwrap_or(before.live.other()),
                     standby_percent: 0.0,
                     ..before.clone()
                 };
@@ -1369,7 +1376,7 @@ mod tests {
                 state(Color::Blue, 0.0),
             ),
         ];
-        let req = request(Change::Flip(None), true);
+        let req = request(Change::Flip(None, None), true);
         let entries = history_entries(&req, &changed, 9, "2026-12-06T10:00:00Z");
         assert_eq!(entries.len(), 2);
         for (entry, (app, before, after)) in entries.iter().zip(&changed) {

@@ -110,12 +110,20 @@ pub async fn upgrade(
             return Err((500, format!("cannot hand the sockets over: {e}")));
         }
     };
+    let state_lock = match plan.state_lock.as_ref().map(|l| l.file().try_clone()) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            shared.upgrading.store(false, SeqCst);
+            return Err((500, format!("cannot hand the state file's lock over: {e}")));
+        }
+    };
     let (args, timeout, upgrades) = (plan.args.clone(), plan.timeout, shared.process.upgrades);
     tracing::info!(binary = %binary.display(), "upgrade: starting the new process");
     let started = tokio::task::spawn_blocking(move || {
         let refs: Vec<(&str, &std::net::TcpListener)> =
             sockets.iter().map(|(n, l)| (n.as_str(), l)).collect();
-        crate::handover::spawn_successor(&binary, &args, &refs, upgrades, timeout)
+        crate::handover::spawn_successor(&binary, &args, &refs, state_lock, upgrades, timeout)
     })
     .await;
     match started {
@@ -135,6 +143,10 @@ pub async fn upgrade(
         }
         Ok(Err(e)) => {
             shared.upgrading.store(false, SeqCst);
+            // The successor that gave up may have written its pid.
+            if let Some(Err(e)) = plan.state_lock.as_ref().map(|l| l.stamp()) {
+                tracing::warn!(error = %e, "cannot write this pid into the state file's lock");
+            }
             tracing::error!(error = %e, "upgrade failed; this process keeps serving");
             Err((502, format!("upgrade failed, still serving: {e}")))
         }

@@ -215,24 +215,30 @@ fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Changed {
     }
 }
 
-/// The body of flip and rollback: `force` and `dry_run`, no percent.
-fn flags_only(call: &Call) -> Result<api::ChangeBody, Refused> {
+/// The body of a change: `force`, `dry_run`, and `percent` or `to` only
+/// where the change takes one (`bad JSON` names a `to` that is no colour).
+fn change_body(call: &Call, percent: bool, to: bool) -> Result<api::ChangeBody, Refused> {
     let body: api::ChangeBody = optional_body(&call.body)?;
-    if body.percent.is_some() {
+    if body.percent.is_some() && !percent {
         return Err(refuse(400, "percent: only shift and mirror take a percent"));
+    }
+    if body.to.is_some() && !to {
+        return Err(refuse(400, "to: only flip takes a colour"));
     }
     Ok(body)
 }
 
-/// `POST /v1/flip`, `POST /v1/apps/{app}/flip`.
+/// `POST /v1/flip`, `POST /v1/apps/{app}/flip`, with `{"to": "green"}`
+/// to set the live colour rather than toggle it.
 fn flip(call: &Call, app: Option<&str>) -> Changed {
-    let b = flags_only(call)?;
-    apply(call, Change::Flip(app.map(Into::into)), b.force, b.dry_run)
+    let b = change_body(call, false, true)?;
+    let change = Change::Flip(app.map(Into::into), b.to);
+    apply(call, change, b.force, b.dry_run)
 }
 
 /// `POST /v1/rollback`, `POST /v1/apps/{app}/rollback`.
 fn rollback(call: &Call, app: Option<&str>) -> Changed {
-    let b = flags_only(call)?;
+    let b = change_body(call, false, false)?;
     apply(
         call,
         Change::Rollback(app.map(Into::into)),
@@ -243,7 +249,7 @@ fn rollback(call: &Call, app: Option<&str>) -> Changed {
 
 /// `POST /v1/apps/{app}/shift` with `{"percent": P}`.
 fn shift(call: &Call, app: &str) -> Changed {
-    let b: api::ChangeBody = optional_body(&call.body)?;
+    let b = change_body(call, true, false)?;
     let Some(p) = b.percent else {
         return Err(refuse(400, "percent: missing (e.g. {\"percent\": 12.5})"));
     };
@@ -252,7 +258,7 @@ fn shift(call: &Call, app: &str) -> Changed {
 
 /// `PUT|POST /v1/apps/{app}/mirror` with `{"percent": P}`.
 fn mirror(call: &Call, app: &str) -> Changed {
-    let b: api::ChangeBody = optional_body(&call.body)?;
+    let b = change_body(call, true, false)?;
     let Some(p) = b.percent else {
         return Err(refuse(400, "percent: missing (e.g. {\"percent\": 10})"));
     };
