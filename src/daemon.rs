@@ -185,14 +185,7 @@ pub fn run_with(
     for w in unresolved {
         tracing::warn!("{w}");
     }
-    let fleet = config.state.etcd.as_ref().map(|etcd| {
-        let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
-        let id = etcd
-            .instance
-            .clone()
-            .unwrap_or_else(|| crate::control::fleet::default_id(admin));
-        crate::control::fleet::Fleet::new(etcd.clone(), id, admin.map(|a| a.to_string()))
-    });
+    let fleet = fleet_of(&config, &listeners);
     let state = initial_state(&config, options.reset_state, fleet.clone())?;
     if options.reset_state {
         tracing::warn!("--reset-state: starting from the config's initial values");
@@ -211,14 +204,7 @@ pub fn run_with(
     let mut control = Control::new(shared.clone(), config.clone(), state);
     control.fleet = fleet.clone();
     let admin = Arc::new(Admin::new(control));
-    let learned = match fleet {
-        Some(fleet) => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            crate::control::fleet::link::start(fleet, shared.clone(), tx)?;
-            Some(rx)
-        }
-        None => None,
-    };
+    let learned = fleet.map(|f| link_fleet(f, &shared)).transpose()?;
 
     let workers = config.server.worker_count();
     let groups = socket_groups(listeners.plain, listeners.tls, workers)?;
@@ -409,6 +395,29 @@ async fn control_plane(
             .clear();
     }
     Ok(())
+}
+
+/// This instance's link to its fleet, when `[state] backend = "etcd"`:
+/// named by the config, else by its host and admin port.
+fn fleet_of(config: &Config, listeners: &Listeners) -> Option<Arc<crate::control::fleet::Fleet>> {
+    let etcd = config.state.etcd.as_ref()?;
+    let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+    let id = etcd
+        .instance
+        .clone()
+        .unwrap_or_else(|| crate::control::fleet::default_id(admin));
+    let admin = admin.map(|a| a.to_string());
+    Some(crate::control::fleet::Fleet::new(etcd.clone(), id, admin))
+}
+
+/// Start the fleet thread; what it learns comes out of the receiver.
+fn link_fleet(
+    fleet: Arc<crate::control::fleet::Fleet>,
+    shared: &Arc<Shared>,
+) -> io::Result<tokio::sync::mpsc::UnboundedReceiver<crate::control::fleet::Learned>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    crate::control::fleet::link::start(fleet, shared.clone(), tx)?;
+    Ok(rx)
 }
 
 /// What the fleet thread learns, taken in by the control plane.

@@ -147,6 +147,17 @@ impl Instance {
     /// `name` in `dir` (its config and local copy), reaching etcd at
     /// `etcd`, with blue and green servers.
     fn start(name: &str, dir: &Path, etcd: &str, blue: SocketAddr, green: SocketAddr) -> Instance {
+        Instance::start_with(name, dir, etcd, (blue, green), "")
+    }
+
+    /// With more `[state]` keys.
+    fn start_with(
+        name: &str,
+        dir: &Path,
+        etcd: &str,
+        (blue, green): (SocketAddr, SocketAddr),
+        state: &str,
+    ) -> Instance {
         let (port, admin) = (free_port(), free_port());
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -165,6 +176,7 @@ endpoints = ["{etcd}"]
 cluster = "test"
 instance = "{name}"
 timeout = "1s"
+{state}
 [apps.shop]
 [apps.shop.blue]
 servers = ["{blue}"]
@@ -695,4 +707,42 @@ async fn wait_is_refused_without_a_fleet() {
         .json();
     assert_eq!(f["backend"], "file");
     assert_eq!(f["instances"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_signs_in_to_an_etcd_with_authentication_on() {
+    let etcd = Etcd::start();
+    let mut e = etcd.client().await;
+    e.user_add("root", "root-secret", None).await.unwrap();
+    e.user_grant_role("root", "root").await.unwrap();
+    e.auth_enable().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("right"), "root-secret\n").unwrap();
+    std::fs::write(dir.path().join("wrong"), "guess\n").unwrap();
+    let up = blue_green().await;
+    let keys = |file: &str| format!("user = \"root\"\npassword_file = \"../{file}\"");
+    let a = Instance::start_with(
+        "a",
+        dir.path(),
+        &etcd.url(),
+        (up.0.addr, up.1.addr),
+        &keys("right"),
+    );
+    let b = Instance::start_with(
+        "b",
+        dir.path(),
+        &etcd.url(),
+        (up.0.addr, up.1.addr),
+        &keys("wrong"),
+    );
+    a.connected().await;
+    let s = b
+        .until(Duration::from_secs(15), |s| {
+            s["fleet"]["last_error"].is_string()
+        })
+        .await;
+    assert_eq!(s["fleet"]["connected"], false, "{s:#}");
+    let r = a.call("POST", "/v1/apps/shop/flip", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(b.serves().await, "blue", "b never got in");
 }
