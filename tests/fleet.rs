@@ -23,28 +23,56 @@ struct Etcd {
     client: u16,
     peer: u16,
     child: Option<Child>,
+    /// Serving TLS (with `etcd.pem`, `etcd.key` and `ca.pem` in `dir`)
+    /// and asking clients for certificates.
+    tls: bool,
 }
 
 impl Etcd {
     fn start() -> Etcd {
+        Etcd::start_tls(None)
+    }
+
+    /// With a certificate from `ca`: TLS both ways.
+    fn start_tls(ca: Option<&TestCa>) -> Etcd {
         let mut etcd = Etcd {
             dir: tempfile::tempdir().unwrap(),
             client: free_port(),
             peer: free_port(),
             child: None,
+            tls: ca.is_some(),
         };
+        if let Some(ca) = ca {
+            ca.issue(etcd.dir.path(), "etcd", &["127.0.0.1"]);
+            std::fs::write(etcd.dir.path().join("ca.pem"), &ca.pem).unwrap();
+        }
         etcd.launch();
         etcd
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client)
     }
 
     /// Start (again, on the same data) and wait until it answers.
     fn launch(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer);
+        let dir = self.dir.path();
+        let tls: Vec<std::ffi::OsString> = match self.tls {
+            true => vec![
+                "--cert-file".into(),
+                dir.join("etcd.pem").into(),
+                "--key-file".into(),
+                dir.join("etcd.key").into(),
+                "--trusted-ca-file".into(),
+                dir.join("ca.pem").into(),
+                "--client-cert-auth".into(),
+            ],
+            false => vec![],
+        };
         let child = Command::new("etcd")
+            .args(tls)
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &self.url()])
@@ -745,4 +773,43 @@ async fn an_instance_signs_in_to_an_etcd_with_authentication_on() {
     let r = a.call("POST", "/v1/apps/shop/flip", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(b.serves().await, "blue", "b never got in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reaches_etcd_over_tls_with_its_own_certificate() {
+    let ca = TestCa::new();
+    let etcd = Etcd::start_tls(Some(&ca));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    ca.issue(dir.path(), "client", &["cutover"]);
+    let up = blue_green().await;
+    let with_cert =
+        "ca_file = \"../ca.pem\"\ncert_file = \"../client.pem\"\nkey_file = \"../client.key\"";
+    let a = Instance::start_with(
+        "a",
+        dir.path(),
+        &etcd.url(),
+        (up.0.addr, up.1.addr),
+        with_cert,
+    );
+    let b = Instance::start_with(
+        "b",
+        dir.path(),
+        &etcd.url(),
+        (up.0.addr, up.1.addr),
+        "ca_file = \"../ca.pem\"",
+    );
+    a.connected().await;
+    let s = b
+        .until(Duration::from_secs(15), |s| {
+            s["fleet"]["last_error"].is_string()
+        })
+        .await;
+    assert_eq!(
+        s["fleet"]["connected"], false,
+        "without a client certificate: {s:#}"
+    );
+    let r = a.call("POST", "/v1/apps/shop/flip?wait=5s", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(a.serves().await, "green");
 }
