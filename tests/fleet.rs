@@ -99,6 +99,16 @@ impl Etcd {
         }
     }
 
+    /// SIGSTOP or SIGCONT: etcd stops answering without closing a thing.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     async fn client(&self) -> etcd_client::Client {
         etcd_client::Client::connect([self.url()], None)
             .await
@@ -812,4 +822,41 @@ async fn an_instance_reaches_etcd_over_tls_with_its_own_certificate() {
     let r = a.call("POST", "/v1/apps/shop/flip?wait=5s", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(a.serves().await, "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_etcd_never_answers_is_answered_honestly_and_the_fleet_converges() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let up = blue_green().await;
+    let a = Instance::start("a", dir.path(), &etcd.url(), up.0.addr, up.1.addr);
+    a.connected().await;
+    etcd.signal("-STOP");
+    let started = Instant::now();
+    let r = a.call("POST", "/v1/apps/shop/flip", "").await;
+    etcd.signal("-CONT");
+    // The write and the check of its outcome each had a second.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("may still be applied"), "{}", r.text());
+    // Whatever etcd did with the write once it woke, the instance ends up
+    // serving what etcd holds.
+    a.connected().await;
+    let mut e = etcd.client().await;
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc = e.get("/cutover/v1/test/apps/shop", None).await.unwrap();
+        let stored: Value = serde_json::from_slice(doc.kvs()[0].value()).unwrap();
+        let s = a.status().await;
+        if stored["state"]["live"] == s["apps"]["shop"]["live"] {
+            assert_eq!(a.serves().await, stored["state"]["live"].as_str().unwrap());
+            break;
+        }
+        assert!(Instant::now() < end, "etcd holds {stored}, a serves {s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

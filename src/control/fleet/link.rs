@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
-    Txn, TxnOp, WatchOptions, WatchStream,
+    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use tokio::sync::mpsc;
 
@@ -113,6 +113,9 @@ struct Session<'a> {
     /// or written.
     epoch: u64,
     epoch_revision: i64,
+    /// That document as etcd holds it, to fence off a write whose answer
+    /// was lost.
+    epoch_doc: Option<Vec<u8>>,
     /// The last epoch sent to the control plane.
     sent: Option<u64>,
     /// No state was read since the process started (taken whatever its
@@ -139,6 +142,7 @@ impl<'a> Session<'a> {
             lease: 0,
             epoch: 0,
             epoch_revision: 0,
+            epoch_doc: None,
             sent: None,
             first,
             judge: None,
@@ -227,6 +231,12 @@ impl<'a> Session<'a> {
             .find(|kv| kv.key() == self.fleet.keys.judge().as_bytes())
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
         self.epoch_revision = read.epoch_revision;
+        let epoch_key = self.fleet.keys.epoch();
+        self.epoch_doc = resp
+            .kvs()
+            .iter()
+            .find(|kv| kv.key() == epoch_key.as_bytes())
+            .map(|kv| kv.value().to_vec());
         let rolling = read
             .state
             .as_ref()
@@ -322,7 +332,11 @@ impl<'a> Session<'a> {
         let answer = match timed(self.fleet.settings.timeout, self.client().txn(txn)).await {
             Ok(resp) if resp.succeeded() => {
                 let revision = resp.header().map_or(0, |h| h.revision());
-                self.written(w.epoch, revision);
+                let doc = EpochDoc {
+                    epoch: w.epoch,
+                    write_id: w.write_id.clone(),
+                };
+                self.written(w.epoch, revision, json(&doc).ok());
                 Ok(())
             }
             Ok(_) => {
@@ -344,30 +358,68 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// A write etcd did not answer may still have been applied: look for
-    /// its write id before saying it failed.
+    /// A write etcd did not answer may still be applied later (it may sit
+    /// in etcd's queue). Fence it: rewrite the epoch document unchanged if
+    /// it is still the one the write compared against — then the write's
+    /// compare can never succeed — else look for the write's id.
     async fn outcome(&mut self, w: &Write, e: Error) -> Result<(), StateError> {
-        let key = self.fleet.keys.epoch();
-        let got = self
-            .timed(self.client().get(key, None))
-            .await
-            .map_err(|again| StateError::Unavailable(format!("{e}; then {again}")))?;
-        let kv = got.kvs().first();
-        let doc = kv.and_then(|kv| serde_json::from_slice::<EpochDoc>(kv.value()).ok());
-        match (doc, kv) {
-            (Some(d), Some(kv)) if d.write_id == w.write_id => {
-                self.written(w.epoch, kv.mod_revision());
+        let (key, doc) = (self.fleet.keys.epoch(), self.epoch_doc.clone());
+        let Some(doc) = doc else {
+            return Err(StateError::Unavailable(format!(
+                "etcd did not confirm the first write of this cluster ({e}); it may still be applied"
+            )));
+        };
+        let fence = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                self.epoch_revision,
+            )])
+            .and_then([TxnOp::put(key.clone(), doc, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.timed(self.client().txn(fence)).await.map_err(|again| {
+            StateError::Unavailable(format!(
+                "etcd did not confirm the write ({e}) nor answer a check of it ({again}): the change may still be applied; the status shows what is served once etcd answers"
+            ))
+        })?;
+        if resp.succeeded() {
+            self.epoch_revision = resp.header().map_or(0, |h| h.revision());
+            return Err(StateError::Unavailable(format!(
+                "etcd did not confirm the write in time ({e}); it is fenced off and will not be applied: nothing changed"
+            )));
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        let ours = current.as_ref().and_then(|kv| {
+            let d = serde_json::from_slice::<EpochDoc>(kv.value()).ok()?;
+            (d.write_id == w.write_id).then(|| kv.mod_revision())
+        });
+        match ours {
+            Some(revision) => {
+                self.written(
+                    w.epoch,
+                    revision,
+                    json(&EpochDoc {
+                        epoch: w.epoch,
+                        write_id: w.write_id.clone(),
+                    })
+                    .ok(),
+                );
                 Ok(())
             }
-            _ => Err(StateError::Unavailable(format!(
-                "the write was not confirmed ({e}) and is not in etcd"
-            ))),
+            None => {
+                let _ = self.read().await;
+                Err(StateError::Conflict { epoch: self.epoch })
+            }
         }
     }
 
-    fn written(&mut self, epoch: u64, revision: i64) {
+    fn written(&mut self, epoch: u64, revision: i64, doc: Option<Vec<u8>>) {
         self.epoch = epoch;
         self.epoch_revision = revision;
+        self.epoch_doc = doc;
         self.sent = Some(epoch);
         self.fleet.view.send_modify(|v| v.epoch = epoch);
     }
