@@ -567,19 +567,30 @@ async fn an_instance_cut_off_catches_up_even_past_a_compaction() {
     let c = Instance::start("c", dir.path(), &relay.url(), up.0.addr, up.1.addr);
     a.connected().await;
     c.connected().await;
+    let end = Instant::now() + Duration::from_secs(15);
+    while a.call("GET", "/v1/fleet", "").await.json()["instances"]
+        .as_array()
+        .map(Vec::len)
+        != Some(2)
+    {
+        assert!(Instant::now() < end, "a does not see c");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     relay.cut();
     c.until(Duration::from_secs(15), |s| {
         s["fleet"]["connected"] == false
     })
     .await;
-    // Three changes it misses, then the history it would watch from is
-    // compacted away.
-    for path in [
-        "/v1/apps/shop/flip",
-        "/v1/apps/shop/flip",
-        "/v1/apps/shop/flip",
-    ] {
-        assert_eq!(a.call("POST", path, "").await.status, 200);
+    // Three changes it misses — the first made waiting for the fleet,
+    // which says c did not confirm it (exit 5) — then the history it
+    // would watch from is compacted away.
+    let args = ["flip", "shop", "--wait=1s", &a.admin_arg()];
+    let out = run_cli(args.iter().map(|s| s.to_string()).collect()).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(text.contains("not confirmed: c"), "{text}");
+    for _ in 0..2 {
+        assert_eq!(a.call("POST", "/v1/apps/shop/flip", "").await.status, 200);
     }
     let mut e = etcd.client().await;
     let rev = e.get("x", None).await.unwrap().header().unwrap().revision();
