@@ -28,6 +28,9 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
     pub epoch: u64,
+    /// `[tls.acme]`: the certificate that renews itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<Acme>,
     /// This instance in its fleet; absent with the file backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetLink>,
@@ -36,6 +39,20 @@ pub struct Status {
     /// A change made with `?wait=`: which instances serve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waited: Option<Waited>,
+}
+
+/// `[tls.acme]` in status: the certificate that renews itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Acme {
+    pub domains: Vec<String>,
+    /// Attempts that failed since the last success.
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// RFC 3339: the next attempt (a renewal, or a retry).
+    pub next_renewal: Option<String>,
+    /// RFC 3339: when the certificate in use expires; `None` before the
+    /// first is obtained.
+    pub not_after: Option<String>,
 }
 
 /// How an instance stands with its fleet's shared store (etcd).

@@ -197,6 +197,9 @@ pub fn run_with(
         false => Some(certificates(&config)?),
     };
     let shared = Arc::new(Shared::new(snapshot, config.server.shutdown_timeout, tls));
+    if let Some(acme) = &config.acme {
+        crate::control::acme::serve_cached(acme, &shared);
+    }
     let access_log =
         crate::control::access_log::AccessLog::start(&config.log.access, config.log.buffer)
             .map_err(|e| DaemonError::Invalid(vec![format!("log.access: {e}")]))?;
@@ -363,6 +366,9 @@ async fn control_plane(
         shared.shutdown.subscribe(),
     ));
     tokio::spawn(drive_rollouts(admin.clone(), shared.shutdown.subscribe()));
+    if let Some(acme) = config.acme.clone() {
+        tokio::spawn(crate::control::acme::run(acme, shared.clone()));
+    }
     // Serving: the process being replaced (if any) may stop now, and a
     // service manager may consider us started.
     crate::handover::signal_ready();

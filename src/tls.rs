@@ -48,13 +48,19 @@ impl CertStore {
         Ok((CertStore { entries }, infos, warnings))
     }
 
-    /// The certificate for `sni`: an exact name first, then a `*.` wildcard
-    /// covering it (one label, as RFC 6125 §6.4.3 has it), else the default.
-    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    /// The certificate for `sni`: an exact name first (the config's, then
+    /// those `issued` by ACME), then a `*.` wildcard covering it (one
+    /// label, as RFC 6125 §6.4.3 has it), else the default: the config's
+    /// first, or the first issued.
+    fn pick(&self, sni: Option<&str>, issued: &[Cert]) -> Option<Arc<CertifiedKey>> {
         if let Some(sni) = sni {
             let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(e) = self.entries.iter().find(|e| e.names.contains(&sni)) {
-                return Some(e.key.clone());
+            let exact = |list: &[Cert]| {
+                let found = list.iter().find(|e| e.names.contains(&sni));
+                found.map(|e| e.key.clone())
+            };
+            if let Some(key) = exact(&self.entries).or_else(|| exact(issued)) {
+                return Some(key);
             }
             if let Some((_, parent)) = sni.split_once('.') {
                 let wildcard = format!("*.{parent}");
@@ -63,23 +69,55 @@ impl CertStore {
                 }
             }
         }
-        self.entries.first().map(|e| e.key.clone())
+        self.entries
+            .first()
+            .or(issued.first())
+            .map(|e| e.key.clone())
     }
 }
+
+/// The ALPN protocol of ACME's tls-alpn-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Chooses the certificate at each handshake from the current store.
 #[derive(Debug)]
 pub struct Resolver {
     pub store: ArcSwap<CertStore>,
+    /// Certificates obtained by ACME (`control::acme`), beside the
+    /// config's; a reload replaces the store, not these.
+    pub issued: ArcSwap<Vec<Cert>>,
+    /// tls-alpn-01: the challenge certificate of each name being
+    /// validated, shown only to a client offering `acme-tls/1`.
+    pub challenges: ArcSwap<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl Resolver {
+    pub fn new(store: CertStore) -> Resolver {
+        Resolver {
+            store: ArcSwap::from_pointee(store),
+            issued: ArcSwap::from_pointee(Vec::new()),
+            challenges: ArcSwap::from_pointee(Default::default()),
+        }
+    }
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.store.load().pick(hello.server_name())
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+        {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.challenges.load().get(&name).cloned();
+        }
+        self.store
+            .load()
+            .pick(hello.server_name(), &self.issued.load())
     }
 }
 
-/// The rustls server config: TLS 1.2 and 1.3, ALPN h2 then http/1.1,
+/// The rustls server config: TLS 1.2 and 1.3, ALPN h2 then http/1.1 (and
+/// ACME's `acme-tls/1`),
 /// certificates from `resolver`.
 pub fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -88,7 +126,9 @@ pub fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: chosen only by a CA's validation, which offers
+    // nothing else (and gets no HTTP).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     Arc::new(config)
 }
 

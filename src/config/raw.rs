@@ -176,6 +176,19 @@ impl Default for RawLimits {
 #[serde(default)]
 pub struct RawTls {
     pub certs: Vec<RawCert>,
+    pub acme: Option<RawAcme>,
+}
+
+/// `[tls.acme]`: certificates obtained and renewed from an ACME CA.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawAcme {
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    pub domains: Vec<String>,
+    pub ca_file: Option<String>,
+    pub challenge: Option<String>,
+    pub cache_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -565,6 +578,7 @@ fn known_keys(path: &[Segment]) -> &'static [&'static str] {
         [s] if k(s, "limits") => fields_of::<RawLimits>(),
         [s] if k(s, "tls") => fields_of::<RawTls>(),
         [s, c, Index(_)] if k(s, "tls") && k(c, "certs") => fields_of::<RawCert>(),
+        [s, a] if k(s, "tls") && k(a, "acme") => fields_of::<RawAcme>(),
         [s] if k(s, "admin") => fields_of::<RawAdmin>(),
         [s, t, Index(_)] if k(s, "admin") && k(t, "tokens") => fields_of::<RawToken>(),
         [s] if k(s, "state") => fields_of::<RawState>(),

@@ -21,6 +21,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub limits: Limits,
     pub tls: Vec<CertPaths>,
+    /// `[tls.acme]`: certificates that renew themselves.
+    pub acme: Option<AcmeSettings>,
     pub admin: AdminSettings,
     pub state: StateSettings,
     pub log: LogSettings,
@@ -369,6 +371,33 @@ pub struct StateSettings {
     pub file: Option<PathBuf>,
     /// The fleet's shared store (`backend = "etcd"`); `None`: the file.
     pub etcd: Option<EtcdSettings>,
+}
+
+/// `[tls.acme]`: certificates for `domains` from an ACME CA (RFC 8555),
+/// obtained at start when the cache has none and renewed at two thirds
+/// of their lifetime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeSettings {
+    /// The CA's directory URL (`https://…/directory`).
+    pub directory: String,
+    /// The account's contact, if any.
+    pub email: Option<String>,
+    pub domains: Vec<String>,
+    /// PEM: the CA that signed the ACME server's own certificate, for a
+    /// private ACME CA; default the system's roots.
+    pub ca_file: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    /// The account and the certificates, kept across restarts (mode 0700).
+    pub cache_dir: PathBuf,
+}
+
+/// How the CA checks that this server answers for a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// A plain HTTP request for `/.well-known/acme-challenge/TOKEN`.
+    Http01,
+    /// A TLS handshake offering ALPN `acme-tls/1`.
+    TlsAlpn01,
 }
 
 /// Where a fleet keeps its one truth: `[state] backend = "etcd"`.

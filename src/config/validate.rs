@@ -50,10 +50,11 @@ pub fn parse_config(text: &str, path: Option<&Path>) -> Result<Config, ConfigErr
     }
 }
 
-fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) -> Config {
+fn build(mut raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) -> Config {
     let mut warnings = Vec::new();
     let server = server_settings(raw.server, base, errs);
-    let tls = certs(raw.tls, &server, base, errs, &mut warnings);
+    let acme = super::acme::acme(raw.tls.acme.take(), &server, base, errs);
+    let tls = certs(raw.tls, &server, acme.is_some(), base, errs, &mut warnings);
     let admin = admin(raw.admin, base, errs, &mut warnings);
     listeners_once(&server, &admin, errs);
     let apps = raw
@@ -70,6 +71,7 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         server,
         limits: limits(raw.limits, errs),
         tls,
+        acme,
         admin,
         state: super::state::state_settings(raw.state, base, errs),
         log: log_settings(raw.log, base, errs),
@@ -244,6 +246,7 @@ fn limits(l: RawLimits, errs: &mut Errors) -> Limits {
 fn certs(
     raw: RawTls,
     server: &ServerSettings,
+    acme: bool,
     base: &Path,
     errs: &mut Errors,
     warnings: &mut Vec<String>,
@@ -256,10 +259,10 @@ fn certs(
             key: base.join(c.key),
         })
         .collect();
-    if !server.listen_tls.is_empty() && tls.is_empty() {
+    if !server.listen_tls.is_empty() && tls.is_empty() && !acme {
         errs.push(
             "server.listen_tls",
-            "TLS listeners need at least one [[tls.certs]] entry",
+            "TLS listeners need at least one [[tls.certs]] entry or [tls.acme]",
         );
     }
     if !tls.is_empty() {

@@ -54,7 +54,7 @@ const COUNTERS: [(&str, &str); 10] = [
 ];
 
 /// Every gauge family, `(name, help)`, in the order they are exposed.
-const GAUGES: [(&str, &str); 15] = [
+const GAUGES: [(&str, &str); 17] = [
     (
         "cutover_in_flight_requests",
         "Requests bound to a colour and not finished.",
@@ -95,6 +95,14 @@ const GAUGES: [(&str, &str); 15] = [
         "1 while the app's runtime rules differ from the config file's.",
     ),
     ("cutover_state_epoch", "Epoch of the runtime state."),
+    (
+        "cutover_acme_certificate_expiry_seconds",
+        "Unix time at which the ACME certificate in use expires.",
+    ),
+    (
+        "cutover_acme_failures",
+        "ACME attempts that failed since the last success.",
+    ),
     (
         "cutover_fleet_connected",
         "1 while this instance reaches its fleet's state store (etcd), else 0.",
@@ -280,6 +288,17 @@ fn control_samples(g: &mut Gathered, ctl: &Control) {
         g.gauge("cutover_config_drift", labels(&[("app", &app)]), v);
     }
     g.gauge("cutover_state_epoch", Labels::new(), ctl.epoch() as f64);
+    if let Some(acme) = ctl.shared.acme.load_full() {
+        let expiry = acme
+            .not_after
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let d = labels(&[("domains", &acme.domains.join(","))]);
+        g.gauge("cutover_acme_certificate_expiry_seconds", d.clone(), expiry);
+        g.gauge("cutover_acme_failures", d, acme.failures as f64);
+    }
     if let Some(fleet) = &ctl.fleet {
         let link = fleet.link(*ctl.shared.swapped.borrow());
         let c = labels(&[("cluster", &link.cluster)]);

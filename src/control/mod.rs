@@ -17,6 +17,7 @@
 //! - [`metrics`]: the Prometheus exposition.
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 mod adopt;
 pub mod changes;
@@ -72,6 +73,11 @@ pub struct Shared {
     /// Woken when a reload brings host names the resolver has not looked
     /// up yet, so that their servers join without waiting an interval.
     pub new_names: tokio::sync::Notify,
+    /// `[tls.acme]`: where the certificate stands, for status.
+    pub acme: arc_swap::ArcSwapOption<crate::api::Acme>,
+    /// ACME http-01: the answer to each token the CA asks for, on the
+    /// plain listeners (empty but while a challenge is open).
+    pub acme_http: ArcSwap<std::collections::HashMap<String, String>>,
 }
 
 /// What a successor needs, set once at start by the daemon.
@@ -122,9 +128,7 @@ pub struct TlsShared {
 
 impl TlsShared {
     pub fn new(store: crate::tls::CertStore) -> TlsShared {
-        let resolver = Arc::new(crate::tls::Resolver {
-            store: ArcSwap::from_pointee(store),
-        });
+        let resolver = Arc::new(crate::tls::Resolver::new(store));
         let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(resolver.clone()));
         TlsShared { acceptor, resolver }
     }
@@ -147,6 +151,8 @@ impl Shared {
             upgrade: std::sync::OnceLock::new(),
             access_log: std::sync::OnceLock::new(),
             new_names: tokio::sync::Notify::new(),
+            acme: arc_swap::ArcSwapOption::empty(),
+            acme_http: ArcSwap::from_pointee(Default::default()),
         }
     }
 

@@ -734,6 +734,7 @@ impl Control {
             drift: &self.drifting(),
             rollouts: self.rollout_docs(),
             process: &self.shared.process,
+            acme: self.shared.acme.load_full().map(|a| (*a).clone()),
             fleet: self
                 .fleet
                 .as_ref()

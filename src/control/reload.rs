@@ -121,6 +121,9 @@ fn fixed_at_start(old: &Config, new: &Config) -> Vec<String> {
             "server.listen: listener addresses changed; restart cutover to apply them".to_string(),
         );
     }
+    if new.acme != old.acme {
+        errors.push("tls.acme: ACME settings changed; restart cutover to apply them".to_string());
+    }
     if new.admin.listen != old.admin.listen {
         errors.push(
             "admin.listen: the admin address changed; restart cutover to apply it".to_string(),

@@ -21,6 +21,7 @@ pub struct Extras<'a> {
     pub rollouts: BTreeMap<String, api::Rollout>,
     pub process: &'a super::ProcessInfo,
     pub fleet: Option<api::FleetLink>,
+    pub acme: Option<api::Acme>,
 }
 
 /// The status document: every app with its state, rules and pools.
@@ -40,6 +41,7 @@ pub fn status(snap: &Snapshot, mut extras: Extras<'_>) -> api::Status {
     };
     let p = extras.process;
     api::Status {
+        acme: extras.acme,
         apps,
         changed,
         dry_run,

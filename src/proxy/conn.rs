@@ -303,6 +303,10 @@ async fn serve_tls(
             return tracing::debug!(%peer, "closed within its TLS handshake to make room (max_connections)")
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+        // A CA validating tls-alpn-01: the handshake was the answer.
+        return tracing::debug!(%peer, "ACME tls-alpn-01 validation answered");
+    }
     let detail = {
         let (_, session) = tls.get_ref();
         let version = match session.protocol_version() {

@@ -296,6 +296,13 @@ fn prepare(
         Ok(t) => t,
         Err(why) => return Err(refuse(ex, conn, why, answers)),
     };
+    // ACME http-01 (`[tls.acme]`): the CA asks a plain listener for the
+    // answer to a token; nothing else is served under the prefix then.
+    if !conn.tls && req.uri().path().starts_with(ACME_CHALLENGE) {
+        if let Some(answer) = acme_answer(&worker.shared, req.uri().path()) {
+            return Err(answer_text(ex, answer));
+        }
+    }
     // Phase 2: route.
     let routed = match route(&snap, conn, &req, &target, client_ip, &mut ex) {
         Ok(r) => r,
@@ -1069,6 +1076,24 @@ fn cookie_header(name: &str, id: &[u8; 32], tls: bool) -> Option<HeaderValue> {
 }
 
 /// A request refused before routing: 400, with the reason logged.
+/// Where ACME's http-01 challenge is asked for (RFC 8555 §8.3).
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// The key authorization for the token in `path`, while its challenge is
+/// open.
+fn acme_answer(shared: &crate::control::Shared, path: &str) -> Option<String> {
+    let token = &path[ACME_CHALLENGE.len()..];
+    shared.acme_http.load().get(token).cloned()
+}
+
+/// 200 with `text` as the body (`text/plain`).
+fn answer_text(ex: Exchange, text: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(text), Some(ex)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
 fn refuse(
     ex: Exchange,
     conn: &ConnInfo,

@@ -586,6 +586,28 @@ impl TestCa {
         cert.der().to_vec()
     }
 
+    /// [`TestCa::issue`], valid from the first date to the second
+    /// (year, month, day).
+    pub fn issue_dated(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        names: &[&str],
+        (from, until): ((i32, u8, u8), (i32, u8, u8)),
+    ) {
+        let from = rcgen::date_time_ymd(from.0, from.1, from.2);
+        let until = rcgen::date_time_ymd(until.0, until.1, until.2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = from;
+        params.not_after = until;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+    }
+
     /// A TLS client trusting this CA, offering `alpn`.
     pub fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
