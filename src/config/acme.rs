@@ -94,3 +94,52 @@ fn domain(d: &str) -> Result<(), &'static str> {
         });
     ok.then_some(()).ok_or("not a host name")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn errors(acme: &str, listen_tls: bool) -> String {
+        let tls = if listen_tls {
+            "listen_tls = [\"127.0.0.1:8443\"]"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n{tls}\n[tls.acme]\n{acme}\n\
+             [apps.a]\n[apps.a.blue]\nservers = [\"127.0.0.1:1\"]\n[apps.a.green]\nservers = [\"127.0.0.1:2\"]\n"
+        );
+        match Config::from_toml(&text) {
+            Ok(_) => String::new(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_acme_table_needs_no_certificate_files() {
+        let ok = "directory = \"https://ca.test/dir\"\ndomains = [\"shop.test\"]";
+        assert_eq!(errors(ok, true), "");
+    }
+
+    #[test]
+    fn each_wrong_acme_key_is_named() {
+        let cases = [
+            ("directory = \"http://ca.test/dir\"\ndomains = [\"a.test\"]", "tls.acme.directory"),
+            ("domains = [\"a.test\"]", "tls.acme.directory"),
+            ("directory = \"https://ca.test/dir\"", "tls.acme.domains"),
+            ("directory = \"https://ca.test/dir\"\ndomains = [\"*.a.test\"]", "dns-01"),
+            ("directory = \"https://ca.test/dir\"\ndomains = [\"10.0.0.1\"]", "IP address"),
+            ("directory = \"https://ca.test/dir\"\ndomains = [\"a.test\"]\nchallenge = \"dns-01\"", "tls.acme.challenge"),
+            ("directory = \"https://ca.test/dir\"\ndomains = [\"a.test\"]\nrenew = true", "renew"),
+        ];
+        for (acme, want) in cases {
+            let e = errors(acme, true);
+            assert!(e.contains(want), "{acme}: {e}");
+        }
+        let no_tls = errors(
+            "directory = \"https://ca.test/dir\"\ndomains = [\"a.test\"]",
+            false,
+        );
+        assert!(no_tls.contains("listen_tls"), "{no_tls}");
+    }
+}
