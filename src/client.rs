@@ -595,6 +595,31 @@ pub fn rollout_text(r: &api::Rollout) -> String {
     out
 }
 
+/// The moves in `all` after `seen` (the last one printed); all of them
+/// when `seen` is no longer among them (a new rollout, or more moves
+/// than a rollout keeps).
+pub fn transitions_after<'a>(
+    seen: Option<&crate::model::RolloutTransition>,
+    all: &'a [crate::model::RolloutTransition],
+) -> &'a [crate::model::RolloutTransition] {
+    match seen.and_then(|s| all.iter().rposition(|t| t == s)) {
+        Some(i) => &all[i + 1..],
+        None => all,
+    }
+}
+
+/// One move of a rollout, as `rollout --wait` prints it.
+pub fn transition_line(t: &crate::model::RolloutTransition) -> String {
+    format!(
+        "{} {} -> {} at {}: {}\n",
+        t.time,
+        t.from,
+        t.to,
+        percent(t.percent),
+        t.reason
+    )
+}
+
 /// Shadow traffic in `cutover status`: the percent, the copies compared
 /// and mismatched, and the last few differences; nothing while it is off
 /// and has never run.
