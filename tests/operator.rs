@@ -538,6 +538,10 @@ async fn rules_set_changes_one_rules_percent_in_place() {
         let c = client();
         let o = cli(&proxy, &[&ADD_TESTERS[..], &["--percent", "5"]].concat()).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let canary = r#"[{"name": "testers", "to": "green", "percent": 5, "header": {"name": "x-preview", "value": "1"}},
+                         {"name": "canary", "to": "green", "percent": 1, "all": true}]"#;
+        let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", canary, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
 
         let o = cli(
             &proxy,
@@ -552,6 +556,8 @@ async fn rules_set_changes_one_rules_percent_in_place() {
         assert_eq!(rule["percent"], 25.0, "{rules}");
         assert_eq!(rule["to"], "green", "the rest of the rule is as it was");
         assert_eq!(rule["header"]["name"], "x-preview", "{rules}");
+        assert_eq!(rules["rules"][1]["name"], "canary", "the other rules stay");
+        assert_eq!(rules["rules"][1]["percent"], 1.0, "{rules}");
         let h = admin_call(&c, &proxy, "GET", "/v1/history?limit=1", "", &[])
             .await
             .json();
