@@ -1574,3 +1574,25 @@ fn demo() -> ExitCode {
     println!("Ctrl-C stops it.");
     serve(config, crate::Options::default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_status_exits_0_succeeded_2_not_rolled_out_6_under_way() {
+        for phase in RolloutPhase::ALL {
+            let expected = match phase {
+                RolloutPhase::Succeeded => 0,
+                RolloutPhase::Failed
+                | RolloutPhase::Aborted
+                | RolloutPhase::Superseded
+                | RolloutPhase::RollingBack => 2,
+                _ => 6,
+            };
+            assert_eq!(rollout_exit(phase), expected, "{phase}");
+            let stops = !phase.is_active() || phase == RolloutPhase::Paused;
+            assert_eq!(rollout_settled(phase), stops, "{phase}");
+        }
+    }
+}

@@ -785,3 +785,40 @@ fn rules_diff(running: &[RuleSpec], file: &[RuleSpec], lines: &mut Vec<String>) 
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RolloutPhase as P, RolloutTransition};
+
+    fn moved(to: P, time: &str) -> RolloutTransition {
+        RolloutTransition {
+            from: P::Preflight,
+            percent: 5.0,
+            reason: "r".into(),
+            time: time.into(),
+            to,
+        }
+    }
+
+    #[test]
+    fn only_the_moves_after_the_last_one_printed_are_printed_again() {
+        let all = [
+            moved(P::Preflight, "t0"),
+            moved(P::Progressing, "t1"),
+            moved(P::Promoting, "t2"),
+        ];
+        assert_eq!(transitions_after(Some(&all[0]), &all), &all[1..]);
+        assert!(transitions_after(Some(&all[2]), &all).is_empty());
+        let gone = moved(P::Failed, "t9");
+        assert_eq!(
+            transitions_after(Some(&gone), &all),
+            &all[..],
+            "a new rollout"
+        );
+        assert_eq!(
+            transition_line(&all[1]),
+            "t1 preflight -> progressing at 5%: r\n"
+        );
+    }
+}
