@@ -122,9 +122,10 @@ pub enum Command {
         #[command(flatten)]
         endpoint: ClientArgs,
     },
-    /// List, add or remove canary rules: `rules [APP] [list | add --name N --to C ... | remove NAME]`.
+    /// List, add, change or remove canary rules: `rules [APP] [list | add
+    /// --name N --to C ... | set NAME --percent P | remove NAME]`.
     Rules {
-        /// `[APP] [list|add|remove] [NAME]`.
+        /// `[APP] [list|add|set|remove] [NAME]`.
         args: Vec<String>,
         #[command(flatten)]
         rule: RuleArgs,
@@ -155,16 +156,25 @@ pub enum Command {
     /// against the live colour, rolled back by itself if it fails:
     /// `rollout [APP] [start|status|pause|resume|abort]`.
     ///
-    /// `rollout status` exits 0 while the rollout runs (paused included)
-    /// or once it succeeded, and 1 once it failed (the judge rolled it
-    /// back), was aborted or superseded by a manual change, or while it
-    /// rolls back.
+    /// `rollout status` exits 0 once the rollout succeeded; 2 once it
+    /// failed (the judge rolled it back), was aborted or superseded by a
+    /// manual change, or while it rolls back; 6 while it runs (paused
+    /// included). With `--wait`, `start` and `status` follow it, printing
+    /// each move, until it ends or pauses, and exit the same way.
     Rollout {
         /// `[APP] [start|status|pause|resume|abort]` (default: start).
         #[arg(num_args = 0..=2, value_names = ["APP", "ACTION"])]
         args: Vec<String>,
         #[command(flatten)]
         plan: PlanArgs,
+        /// Start even though the standby colour has no healthy server
+        /// (its preflight then waits for one, as long as a step).
+        #[arg(long)]
+        force: bool,
+        /// Follow the rollout (start, status): print each move as it
+        /// happens until it ends or pauses; exit by its outcome.
+        #[arg(long)]
+        wait: bool,
         /// Why: recorded in the history beside the token's name.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -334,7 +344,7 @@ pub struct RuleArgs {
     /// Colour the rule sends to: blue or green (add).
     #[arg(long)]
     pub to: Option<String>,
-    /// Share of matching users, 0-100 (add; default 100).
+    /// Share of matching users, 0-100 (add, default 100; set).
     #[arg(long)]
     pub percent: Option<f64>,
     /// User-agent regex (add).
@@ -358,6 +368,26 @@ pub struct RuleArgs {
 }
 
 impl RuleArgs {
+    /// The percent `rules set` takes, and nothing else of a rule.
+    fn only_percent(&self) -> Result<f64, String> {
+        let others = self.name.is_some()
+            || self.to.is_some()
+            || self.user_agent.is_some()
+            || self.header.is_some()
+            || self.cookie.is_some()
+            || !self.client_ip.is_empty()
+            || self.path_prefix.is_some()
+            || self.every_request;
+        match (self.percent, others) {
+            (_, true) => Err(
+                "rules set changes a rule's --percent only (remove and add it to change the rest)"
+                    .into(),
+            ),
+            (None, false) => Err("rules set needs --percent P".into()),
+            (Some(p), false) => Ok(p),
+        }
+    }
+
     /// The rule to add; `Err`: what is missing or malformed.
     fn spec(&self) -> Result<RuleSpec, String> {
         let (Some(name), Some(to)) = (self.name.clone(), self.to.clone()) else {
@@ -500,6 +530,12 @@ pub const EXIT_UNAUTHORIZED: u8 = 4;
 /// A change made with `--wait` that some instance of the fleet did not
 /// confirm in time.
 pub const EXIT_UNCONFIRMED: u8 = 5;
+/// `rollout status`: a rollout that did not succeed (failed, aborted,
+/// superseded, or rolling back) exits as a refused change does: it did
+/// not happen.
+pub const EXIT_NOT_ROLLED_OUT: u8 = EXIT_REFUSED;
+/// `rollout status`: a rollout still under way, paused included.
+pub const EXIT_RUNNING: u8 = 6;
 
 /// The exit code for a failed call: by the API's status when it answered.
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -673,10 +709,11 @@ fn run_client(ep: &Endpoint, cmd: Command) -> ExitCode {
         Command::Rollout {
             args,
             plan,
-            reason: _,
+            force,
+            wait,
             out,
             ..
-        } => rollout_command(ep, &args, plan, out),
+        } => rollout_command(ep, &args, plan, RolloutFlags { force, wait, out }),
         Command::Server {
             app,
             color,
@@ -726,42 +763,85 @@ fn flip(
     change(ep, "flip", app, body, flags)
 }
 
-/// Where a rollout is, as `rollout status` exits: it failed, was aborted
-/// or superseded, or is rolling back.
-fn rollout_failed(state: RolloutPhase) -> bool {
-    matches!(
-        state,
+/// How `rollout status` exits for a rollout in `state`: 0 it succeeded;
+/// 2 it failed, was aborted or superseded, or is rolling back (it will
+/// end failed or aborted); 6 it is still under way, paused included.
+fn rollout_exit(state: RolloutPhase) -> u8 {
+    match state {
+        RolloutPhase::Succeeded => 0,
         RolloutPhase::RollingBack
-            | RolloutPhase::Failed
-            | RolloutPhase::Aborted
-            | RolloutPhase::Superseded
-    )
+        | RolloutPhase::Failed
+        | RolloutPhase::Aborted
+        | RolloutPhase::Superseded => EXIT_NOT_ROLLED_OUT,
+        _ => EXIT_RUNNING,
+    }
 }
 
-/// `rollout [APP] [start|status|pause|resume|abort]`.
-fn rollout_command(ep: &Endpoint, args: &[String], plan: PlanArgs, out: Output) -> ExitCode {
+/// Where `rollout --wait` stops following: the rollout ended, or it is
+/// paused (it waits for a person, and a script should not).
+fn rollout_settled(state: RolloutPhase) -> bool {
+    !state.is_active() || state == RolloutPhase::Paused
+}
+
+/// The flags of `rollout` beside its plan.
+struct RolloutFlags {
+    force: bool,
+    wait: bool,
+    out: Output,
+}
+
+/// `rollout [APP] [start|status|pause|resume|abort]`: the app and the action.
+fn rollout_words(ep: &Endpoint, args: &[String]) -> Result<(String, &'static str), ExitCode> {
     const ACTIONS: [&str; 5] = ["start", "status", "pause", "resume", "abort"];
+    let action = |a: &str| ACTIONS.into_iter().find(|x| *x == a);
     let (app, action) = match args {
         [] => (None, "start"),
-        [a] if ACTIONS.contains(&a.as_str()) => (None, a.as_str()),
-        [a] => (Some(a.clone()), "start"),
-        [a, b] if ACTIONS.contains(&b.as_str()) => (Some(a.clone()), b.as_str()),
-        [_, b] => {
-            return usage(format!(
-                "rollout: {b:?} is not one of start, status, pause, resume, abort"
+        [a] => match action(a) {
+            Some(x) => (None, x),
+            None => (Some(a.clone()), "start"),
+        },
+        [a, b] => match action(b) {
+            Some(x) => (Some(a.clone()), x),
+            None => {
+                return Err(usage(format!(
+                    "rollout: {b:?} is not one of start, status, pause, resume, abort"
+                )))
+            }
+        },
+        _ => {
+            return Err(usage(
+                "rollout takes [APP] [start|status|pause|resume|abort]",
             ))
         }
-        _ => return usage("rollout takes [APP] [start|status|pause|resume|abort]"),
     };
-    let app = match client::pick_app(ep, app) {
-        Ok(a) => a,
-        Err(m) => return usage(m),
+    let app = client::pick_app(ep, app).map_err(usage)?;
+    Ok((app, action))
+}
+
+/// `rollout [APP] [start|status|pause|resume|abort] [--wait]`.
+fn rollout_command(
+    ep: &Endpoint,
+    args: &[String],
+    plan: PlanArgs,
+    flags: RolloutFlags,
+) -> ExitCode {
+    let (app, action) = match rollout_words(ep, args) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
-    let body = plan.body();
-    if action != "start" && !body.is_empty() {
+    let mut body = plan.body();
+    if action != "start" && (!body.is_empty() || flags.force) {
         return usage(format!(
-            "rollout {action}: the plan's flags (--steps, --every, ...) only go with start"
+            "rollout {action}: the plan's flags (--steps, --every, ...) and --force only go with start"
         ));
+    }
+    if flags.wait && !matches!(action, "start" | "status") {
+        return usage(format!(
+            "rollout {action}: --wait only goes with start and status"
+        ));
+    }
+    if flags.force {
+        body.insert("force".into(), true.into());
     }
     let (method, path, body) = match action {
         "start" => ("POST", format!("/v1/apps/{app}/rollout"), Some(body.into())),
@@ -776,22 +856,74 @@ fn rollout_command(ep: &Endpoint, args: &[String], plan: PlanArgs, out: Output) 
         let read: api::RolloutAnswer = client::read(v.clone())?;
         Ok((read, v))
     });
+    let (read, v) = match answer {
+        Ok(a) => a,
+        Err(e) => return finish(Err(e)),
+    };
+    if flags.wait {
+        return follow_rollout(ep, &app, read, v, flags.out.json);
+    }
+    let state = read.rollout.state;
+    let code = finish(shown(flags.out.json, v, |a: &api::RolloutAnswer| {
+        client::rollout_text(&a.rollout)
+    }));
     // Only `status` reports the rollout's outcome by its exit code: an
     // abort that starts a rollback did what it was asked.
-    let failed = action == "status"
-        && answer
-            .as_ref()
-            .is_ok_and(|(a, _)| rollout_failed(a.rollout.state));
-    let code = finish(answer.and_then(|(_, v)| {
-        shown(out.json, v, |a: &api::RolloutAnswer| {
-            client::rollout_text(&a.rollout)
-        })
-    }));
-    if failed {
-        ExitCode::from(EXIT_FAILED)
+    if action == "status" && code == ExitCode::SUCCESS {
+        ExitCode::from(rollout_exit(state))
     } else {
         code
     }
+}
+
+/// `rollout --wait`: print where the rollout is, then each move as it
+/// happens (asking the daemon to answer once it moves), until it ends
+/// or pauses; exit as `rollout status` would then. With `--json`, only
+/// the last answer is printed.
+fn follow_rollout(
+    ep: &Endpoint,
+    app: &str,
+    mut read: api::RolloutAnswer,
+    mut v: serde_json::Value,
+    json: bool,
+) -> ExitCode {
+    let say = |text: &str| {
+        if !json {
+            print!("{text}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+    };
+    say(&client::rollout_text(&read.rollout));
+    let path = format!("/v1/apps/{app}/rollout?wait=30s");
+    while !rollout_settled(read.rollout.state) {
+        let seen = read.rollout.transitions.last().cloned();
+        let next = ep.ok("GET", &path, None, None).and_then(|next| {
+            let r: api::RolloutAnswer = client::read(next.clone())?;
+            Ok((r, next))
+        });
+        (read, v) = match next {
+            Ok(n) => n,
+            Err(e) => return finish(Err(e)),
+        };
+        for t in client::transitions_after(seen.as_ref(), &read.rollout.transitions) {
+            say(&client::transition_line(t));
+        }
+    }
+    let r = &read.rollout;
+    if json {
+        println!("{v:#}");
+    } else if r.state == RolloutPhase::Paused {
+        say(&format!(
+            "rollout of {} paused: {} (resume or abort it: cutover rollout {app} resume|abort)\n",
+            r.target, r.reason
+        ));
+    } else {
+        say(&format!(
+            "rollout of {} {}: {}\n",
+            r.target, r.state, r.reason
+        ));
+    }
+    ExitCode::from(rollout_exit(r.state))
 }
 
 /// `server APP COLOR ADDR drain|maint|ready [--weight N]`.
@@ -994,7 +1126,7 @@ fn change(
     )
 }
 
-/// `rules [APP] [list|add|remove] [NAME]`. Any other word where the
+/// `rules [APP] [list|add|set|remove] [NAME]`. Any other word where the
 /// action goes is a usage error: nothing is listed in place of a typo.
 fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs, flags: ChangeFlags) -> ExitCode {
     let (app, action, rest) = match rules_words(&args) {
@@ -1017,6 +1149,11 @@ fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs, flags: Change
             [name] => remove_rule(ep, &app, name, &flags),
             _ => usage("rules remove takes the rule's NAME"),
         },
+        "set" => match (rest.as_slice(), rule.only_percent()) {
+            ([name], Ok(percent)) => set_rule(ep, &app, name, percent, &flags),
+            ([_], Err(message)) => usage(message),
+            _ => usage("rules set takes the rule's NAME and --percent P"),
+        },
         _ if !rest.is_empty() => usage(format!(
             "rules add takes its rule as flags, not {:?}",
             rest.join(" ")
@@ -1028,18 +1165,18 @@ fn rules_command(ep: &Endpoint, args: Vec<String>, rule: RuleArgs, flags: Change
     }
 }
 
-/// `[APP] [list|add|remove] [NAME]`: the app, the action, the words after.
+/// `[APP] [list|add|set|remove] [NAME]`: the app, the action, the words after.
 type RulesWords = (Option<String>, String, Vec<String>);
 
 fn rules_words(args: &[String]) -> Result<RulesWords, ExitCode> {
-    const ACTIONS: [&str; 3] = ["list", "add", "remove"];
+    const ACTIONS: [&str; 4] = ["list", "add", "set", "remove"];
     let is_action = |a: &str| ACTIONS.contains(&a);
     Ok(match args {
         [] => (None, "list".into(), vec![]),
         [a] if is_action(a) => (None, a.clone(), vec![]),
         [a, b, rest @ ..] if is_action(a) => {
-            // `rules remove APP NAME` or `rules remove NAME`.
-            if a == "remove" && !rest.is_empty() {
+            // `rules remove APP NAME` or `rules remove NAME` (and set).
+            if (a == "remove" || a == "set") && !rest.is_empty() {
                 (Some(b.clone()), a.clone(), rest.to_vec())
             } else {
                 let mut r = vec![b.clone()];
@@ -1051,7 +1188,7 @@ fn rules_words(args: &[String]) -> Result<RulesWords, ExitCode> {
         [app] if !app.starts_with('-') => (Some(app.clone()), "list".into(), vec![]),
         [_, other, ..] | [other] => {
             return Err(usage(format!(
-                "rules: unknown action {other:?}: use list, add or remove"
+                "rules: unknown action {other:?}: use list, add, set or remove"
             )))
         }
     })
@@ -1085,6 +1222,28 @@ fn remove_rule(ep: &Endpoint, app: &str, name: &str, flags: &ChangeFlags) -> Exi
                 "removed"
             };
             format!("{dry} rule {name:?} from {app}\n")
+        })
+    }))
+}
+
+/// `rules [APP] set NAME --percent P`: the daemon changes that rule as
+/// it stands when the change is applied, so nothing read here goes stale.
+fn set_rule(ep: &Endpoint, app: &str, name: &str, percent: f64, flags: &ChangeFlags) -> ExitCode {
+    let body = api::ChangeBody {
+        percent: Some(percent),
+        ..flags.body()
+    };
+    let path = format!("/v1/apps/{app}/rules/{name}");
+    let result = ep.ok("PATCH", &path, Some(json_of(&body)), flags.if_match);
+    finish(result.and_then(|v| {
+        shown(flags.json, v, |s: &api::Status| {
+            let dry = if s.dry_run == Some(true) {
+                "dry run, unchanged:\n"
+            } else {
+                ""
+            };
+            let rules = s.apps.get(app).map_or(&[][..], |a| &a.rules[..]);
+            format!("{dry}{}", client::rules_table(rules))
         })
     }))
 }
@@ -1414,4 +1573,26 @@ fn demo() -> ExitCode {
     println!();
     println!("Ctrl-C stops it.");
     serve(config, crate::Options::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_status_exits_0_succeeded_2_not_rolled_out_6_under_way() {
+        for phase in RolloutPhase::ALL {
+            let expected = match phase {
+                RolloutPhase::Succeeded => 0,
+                RolloutPhase::Failed
+                | RolloutPhase::Aborted
+                | RolloutPhase::Superseded
+                | RolloutPhase::RollingBack => 2,
+                _ => 6,
+            };
+            assert_eq!(rollout_exit(phase), expected, "{phase}");
+            let stops = !phase.is_active() || phase == RolloutPhase::Paused;
+            assert_eq!(rollout_settled(phase), stops, "{phase}");
+        }
+    }
 }

@@ -595,6 +595,31 @@ pub fn rollout_text(r: &api::Rollout) -> String {
     out
 }
 
+/// The moves in `all` after `seen` (the last one printed); all of them
+/// when `seen` is no longer among them (a new rollout, or more moves
+/// than a rollout keeps).
+pub fn transitions_after<'a>(
+    seen: Option<&crate::model::RolloutTransition>,
+    all: &'a [crate::model::RolloutTransition],
+) -> &'a [crate::model::RolloutTransition] {
+    match seen.and_then(|s| all.iter().rposition(|t| t == s)) {
+        Some(i) => &all[i + 1..],
+        None => all,
+    }
+}
+
+/// One move of a rollout, as `rollout --wait` prints it.
+pub fn transition_line(t: &crate::model::RolloutTransition) -> String {
+    format!(
+        "{} {} -> {} at {}: {}\n",
+        t.time,
+        t.from,
+        t.to,
+        percent(t.percent),
+        t.reason
+    )
+}
+
 /// Shadow traffic in `cutover status`: the percent, the copies compared
 /// and mismatched, and the last few differences; nothing while it is off
 /// and has never run.
@@ -758,5 +783,42 @@ fn rules_diff(running: &[RuleSpec], file: &[RuleSpec], lines: &mut Vec<String>) 
             order.join(", "),
             file_order.join(", ")
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RolloutPhase as P, RolloutTransition};
+
+    fn moved(to: P, time: &str) -> RolloutTransition {
+        RolloutTransition {
+            from: P::Preflight,
+            percent: 5.0,
+            reason: "r".into(),
+            time: time.into(),
+            to,
+        }
+    }
+
+    #[test]
+    fn only_the_moves_after_the_last_one_printed_are_printed_again() {
+        let all = [
+            moved(P::Preflight, "t0"),
+            moved(P::Progressing, "t1"),
+            moved(P::Promoting, "t2"),
+        ];
+        assert_eq!(transitions_after(Some(&all[0]), &all), &all[1..]);
+        assert!(transitions_after(Some(&all[2]), &all).is_empty());
+        let gone = moved(P::Failed, "t9");
+        assert_eq!(
+            transitions_after(Some(&gone), &all),
+            &all[..],
+            "a new rollout"
+        );
+        assert_eq!(
+            transition_line(&all[1]),
+            "t1 preflight -> progressing at 5%: r\n"
+        );
     }
 }

@@ -486,3 +486,193 @@ async fn in_an_outage_cutover_rollback_brings_users_back_without_force() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_of_a_dead_green_is_refused_at_once_unless_forced() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&two_apps(&b, &g, ""));
+        let c = client();
+        green_dies(&g, &c, &proxy).await;
+
+        let o = cli(&proxy, &["rollout", "shop", "start", "--every", "1s"]).await;
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("green has no healthy server") && text(&o).contains("--force"),
+            "{}",
+            text(&o)
+        );
+        let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollout", "{}", &[]).await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        let r = admin_call(&c, &proxy, "GET", "/v1/apps/shop/rollout", "", &[]).await;
+        assert_eq!(r.status, 404, "nothing started: {}", r.text());
+
+        // Forced, it starts, and its preflight fails once a step passed.
+        let o = cli(
+            &proxy,
+            &[
+                "rollout", "shop", "start", "--every", "1s", "--force", "--wait",
+            ],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("forced: green had no healthy server"), "{out}");
+        assert!(
+            out.contains("preflight -> failed") && out.contains("green has no healthy server"),
+            "{out}"
+        );
+        let o = cli(&proxy, &["rollout", "shop", "status", "--force"]).await;
+        assert_eq!(o.status.code(), Some(64), "--force goes with start only");
+        g.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_set_changes_one_rules_percent_in_place() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&two_apps(&b, &g, ""));
+        let c = client();
+        let o = cli(&proxy, &[&ADD_TESTERS[..], &["--percent", "5"]].concat()).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let canary = r#"[{"name": "testers", "to": "green", "percent": 5, "header": {"name": "x-preview", "value": "1"}},
+                         {"name": "canary", "to": "green", "percent": 1, "all": true}]"#;
+        let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", canary, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+
+        let o = cli(
+            &proxy,
+            &["rules", "shop", "set", "testers", "--percent", "25"],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let rules = admin_call(&c, &proxy, "GET", "/v1/apps/shop/rules", "", &[])
+            .await
+            .json();
+        let rule = &rules["rules"][0];
+        assert_eq!(rule["percent"], 25.0, "{rules}");
+        assert_eq!(rule["to"], "green", "the rest of the rule is as it was");
+        assert_eq!(rule["header"]["name"], "x-preview", "{rules}");
+        assert_eq!(rules["rules"][1]["name"], "canary", "the other rules stay");
+        assert_eq!(rules["rules"][1]["percent"], 1.0, "{rules}");
+        let h = admin_call(&c, &proxy, "GET", "/v1/history?limit=1", "", &[])
+            .await
+            .json();
+        assert_eq!(h["history"][0]["kind"], "rules", "{h}");
+
+        // A dry run shows the change and makes none; a stale epoch is refused.
+        let o = cli(
+            &proxy,
+            &[
+                "rules",
+                "shop",
+                "set",
+                "testers",
+                "--percent",
+                "75",
+                "--dry-run",
+            ],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(text(&o).contains("dry run, unchanged"), "{}", text(&o));
+        let now = admin_call(&c, &proxy, "GET", "/v1/apps/shop/rules", "", &[])
+            .await
+            .json();
+        assert_eq!(
+            now["rules"][0]["percent"], 25.0,
+            "a dry run changes nothing"
+        );
+        let o = cli(
+            &proxy,
+            &[
+                "rules",
+                "shop",
+                "set",
+                "testers",
+                "--percent",
+                "50",
+                "--if-match",
+                "1",
+            ],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let epoch = rules["epoch"].to_string();
+        let r = admin_call(
+            &c,
+            &proxy,
+            "PATCH",
+            "/v1/apps/shop/rules/testers",
+            r#"{"percent": 50}"#,
+            &[("if-match", &epoch)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["apps"]["shop"]["rules"][0]["percent"], 50.0);
+
+        // Unknown rule: 404 (exit 1); a percent out of range: 400; no percent: 400.
+        let r = admin_call(
+            &c,
+            &proxy,
+            "PATCH",
+            "/v1/apps/shop/rules/nope",
+            r#"{"percent": 5}"#,
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 404, "{}", r.text());
+        let o = cli(&proxy, &["rules", "shop", "set", "nope", "--percent", "5"]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        for (body, needle) in [
+            (r#"{"percent": 150}"#, "percent"),
+            (r#"{"percent": -1}"#, "percent"),
+            ("{}", "percent: missing"),
+            (r#"{"percent": 5, "to": "blue"}"#, "to:"),
+        ] {
+            let r = admin_call(
+                &c,
+                &proxy,
+                "PATCH",
+                "/v1/apps/shop/rules/testers",
+                body,
+                &[],
+            )
+            .await;
+            assert_eq!(r.status, 400, "{body}: {}", r.text());
+            assert!(r.text().contains(needle), "{body}: {}", r.text());
+        }
+        let o = cli(
+            &proxy,
+            &[
+                "rules",
+                "shop",
+                "set",
+                "testers",
+                "--percent",
+                "5",
+                "--to",
+                "blue",
+            ],
+        )
+        .await;
+        assert_eq!(
+            o.status.code(),
+            Some(64),
+            "set changes the percent only: {}",
+            text(&o)
+        );
+        let rules = admin_call(&c, &proxy, "GET", "/v1/apps/shop/rules", "", &[])
+            .await
+            .json();
+        assert_eq!(
+            rules["rules"][0]["percent"], 50.0,
+            "refusals changed nothing"
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -796,24 +796,32 @@ async fn the_judge_rolls_back_even_when_the_state_file_cannot_be_written() {
     assert_eq!(r.status, 500, "{}", r.text());
 }
 
+/// Run the CLI with `args` against `proxy`'s admin API.
+async fn cli(proxy: &Proxy, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["--admin".to_string(), proxy.admin_url("")]);
+    run_cli(all).await
+}
+
+fn said(o: &std::process::Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollout_status_exits_0_while_it_runs_and_1_once_the_judge_rolled_it_back() {
+async fn rollout_status_exits_6_while_it_runs_and_2_once_the_judge_rolled_it_back() {
     let (blue, green) = (
         Flaky::start("blue", 0).await,
         Flaky::start("green", 1000).await,
     );
     let proxy = Proxy::start(&config(&blue, &green, None));
     let c = client();
-    let admin = proxy.admin_url("");
-    let status = || {
-        let admin = admin.clone();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
-                .args(["rollout", "shop", "status", "--admin", &admin])
-                .output()
-                .unwrap()
-        })
-    };
+    let o = cli(&proxy, &["rollout", "shop", "status"]).await;
+    assert_eq!(o.status.code(), Some(1), "no rollout yet: {}", said(&o));
+    assert!(said(&o).contains("has no rollout"), "{}", said(&o));
     let load = load(&proxy, 4, Some(Duration::from_millis(10)));
     start(
         &c,
@@ -821,20 +829,129 @@ async fn rollout_status_exits_0_while_it_runs_and_1_once_the_judge_rolled_it_bac
         r#"{"steps": [50, 100], "every": "30s", "max_error_rate": "1%"}"#,
     )
     .await;
-    let out = status().await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "a running rollout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let o = cli(&proxy, &["rollout", "shop", "status"]).await;
+    assert_eq!(o.status.code(), Some(6), "a running rollout: {}", said(&o));
     until(&c, &proxy, Duration::from_secs(20), |r| {
         r["state"] == "failed"
     })
     .await;
     load.stop().await;
-    let out = status().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "a failed rollout: {text}");
-    assert!(text.contains("failed"), "{text}");
+    let o = cli(&proxy, &["rollout", "shop", "status"]).await;
+    assert_eq!(o.status.code(), Some(2), "a failed rollout: {}", said(&o));
+    assert!(said(&o).contains("failed"), "{}", said(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_start_wait_prints_every_move_and_exits_0_once_green_is_live() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let load = load(&proxy, 8, None);
+    let o = cli(
+        &proxy,
+        &[
+            "rollout",
+            "shop",
+            "start",
+            "--steps",
+            "50,100",
+            "--every",
+            "1s",
+            "--max-error-rate",
+            "10%",
+            "--wait",
+        ],
+    )
+    .await;
+    load.stop().await;
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let moves: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(" -> ").map(|(_, to)| to))
+        .map(|to| to.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(moves, ["progressing", "promoting", "succeeded"], "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("rollout of green succeeded: green is live"),
+        "{out}"
+    );
+    let o = cli(&proxy, &["rollout", "shop", "status", "--wait"]).await;
+    assert_eq!(o.status.code(), Some(0), "ended: at once: {}", said(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_rollout_with_wait_answers_once_it_moves_or_at_the_limit() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    progressing(&c, &proxy, r#"{"steps": [50, 100], "every": "60s"}"#).await;
+
+    // Nothing moves without traffic: the answer comes at the limit.
+    let began = Instant::now();
+    let r = admin_call(&c, &proxy, "GET", "/v1/apps/shop/rollout?wait=1s", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rollout"]["state"], "progressing");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // A pause moves it: the answer comes at once, with the pause.
+    let (c2, url) = (client(), proxy.admin_url("/v1/apps/shop/rollout?wait=30s"));
+    let waiting = tokio::spawn(async move {
+        let began = Instant::now();
+        let r = send(&c2, "GET", &url, &[], String::new()).await;
+        (r, began.elapsed())
+    });
+    // The watch must have begun before the pause it waits for; there is
+    // no signal of that from outside, so give the call a moment to land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, text) = post(&c, &proxy, "/v1/apps/shop/rollout/pause", "").await;
+    assert_eq!(code, 200, "{text}");
+    let (r, took) = waiting.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rollout"]["state"], "paused");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let o = cli(&proxy, &["rollout", "shop", "status"]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "paused is still under way: {}",
+        said(&o)
+    );
+    let o = cli(&proxy, &["rollout", "shop", "status", "--wait"]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "--wait stops at a pause: {}",
+        said(&o)
+    );
+    assert!(said(&o).contains("resume|abort"), "{}", said(&o));
+
+    // `wait` goes with a rollout's read and with changes, nowhere else.
+    for (path, needle) in [
+        (
+            "/v1/status?wait=1s",
+            "wait: GET /v1/status does not take it",
+        ),
+        ("/v1/apps/shop/rollout?wait=0s", "wait: must be above 0s"),
+        ("/v1/apps/shop/rollout?wait=2m", "at most 60s"),
+        ("/v1/apps/nope/rollout?wait=1s", "no app named"),
+    ] {
+        let r = admin_call(&c, &proxy, "GET", path, "", &[]).await;
+        assert!(
+            matches!(r.status.as_u16(), 400 | 404),
+            "{path}: {}",
+            r.text()
+        );
+        assert!(r.text().contains(needle), "{path}: {}", r.text());
+    }
 }

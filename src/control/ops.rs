@@ -38,6 +38,9 @@ pub enum Change {
     Rollback(Option<String>),
     SetRules(String, Vec<RuleSpec>),
     DeleteRule(String, String),
+    /// One rule's percent (app, rule, percent), its other fields as they
+    /// are when the change is applied.
+    PatchRule(String, String, f64),
     /// One server's runtime setting: app, colour (`None`: the one pool
     /// that has the address), address, setting.
     Server(String, Option<Color>, std::net::SocketAddr, ServerSetting),
@@ -52,7 +55,7 @@ impl Change {
             Change::Flip(..) => "flip",
             Change::Shift(..) => "shift",
             Change::Rollback(_) => "rollback",
-            Change::SetRules(..) | Change::DeleteRule(..) => "rules",
+            Change::SetRules(..) | Change::DeleteRule(..) | Change::PatchRule(..) => "rules",
             Change::Server(..) => "server",
             Change::Mirror(..) => "mirror",
         }
@@ -449,7 +452,11 @@ impl Control {
         let mut targets = self.targets(&req.change)?;
         let manual = matches!(
             req.change,
-            Change::Flip(..) | Change::Shift(..) | Change::SetRules(..) | Change::DeleteRule(..)
+            Change::Flip(..)
+                | Change::Shift(..)
+                | Change::SetRules(..)
+                | Change::DeleteRule(..)
+                | Change::PatchRule(..)
         );
         let superseded: Vec<String> = targets
             .iter()
@@ -555,6 +562,7 @@ impl Control {
             Change::Rollback(None) => self.roll_back_last(),
             Change::SetRules(app, rules) => self.set_rules(app, rules),
             Change::DeleteRule(app, rule) => self.delete_rule(app, rule),
+            Change::PatchRule(app, rule, percent) => self.patch_rule(app, rule, *percent),
             Change::Server(app, color, addr, setting) => {
                 self.set_server(app, *color, *addr, setting)
             }
@@ -668,6 +676,25 @@ impl Control {
             ..before.clone()
         };
         Ok(vec![(app.to_string(), after)])
+    }
+
+    /// `app`'s rules with `rule`'s percent changed, read from the state
+    /// as it is now (under the lock), and checked as any rule list is.
+    fn patch_rule(
+        &self,
+        app: &str,
+        rule: &str,
+        percent: f64,
+    ) -> Result<Vec<(String, AppState)>, OpError> {
+        let before = self.require_app(app)?;
+        let mut rules = before.rules.clone();
+        let Some(r) = rules.iter_mut().find(|r| r.name == *rule) else {
+            return Err(OpError::NotFound(format!(
+                "app {app:?} has no rule named {rule:?}"
+            )));
+        };
+        r.percent = Some(percent);
+        self.set_rules(app, &rules)
     }
 
     /// One server's runtime setting; a ready server at its configured
@@ -891,11 +918,14 @@ impl Control {
         }
     }
 
-    /// Start a rollout of `app`'s standby colour.
+    /// Start a rollout of `app`'s standby colour; refused (409) while that
+    /// colour has no healthy server, unless `force` (then its preflight
+    /// waits for one, as long as a step).
     pub fn start_rollout(
         &mut self,
         app: &str,
         plan: Plan,
+        force: bool,
         actor: &str,
         reason: Option<&str>,
     ) -> Result<crate::api::Rollout, OpError> {
@@ -910,10 +940,20 @@ impl Control {
             )));
         }
         let target = state.live.other();
+        let healthy = self.standby_healthy(app, target);
+        if !healthy && !force {
+            return Err(OpError::Conflict(format!(
+                "app {app:?}: {target} has no healthy server, so the rollout would fail its preflight (use --force, or \"force\": true, to start it anyway and let the preflight wait for {target})"
+            )));
+        }
         let mut r = Rollout::new(plan, target, now_rfc3339());
         let steps: Vec<String> = r.plan.steps.iter().map(|s| s.to_string()).collect();
+        let forced = match healthy {
+            true => String::new(),
+            false => format!(" (forced: {target} had no healthy server)"),
+        };
         let why = format!(
-            "started by {actor}: {target} in steps {} every {}",
+            "started by {actor}{forced}: {target} in steps {} every {}",
             steps.join(","),
             humantime::format_duration(r.every())
         );
@@ -921,6 +961,12 @@ impl Control {
         self.commit_rollout(app, r, actor, reason)?;
         self.rollout_doc(app)
             .ok_or_else(|| OpError::Internal(format!("app {app:?} has no rollout record")))
+    }
+
+    /// Whether `app`'s `color` pool has a server to take traffic now.
+    fn standby_healthy(&self, app: &str, color: Color) -> bool {
+        let snap = self.shared.snapshot.load();
+        snap.app(app).is_some_and(|a| a.pool(color).any_healthy())
     }
 
     /// Pause, resume or abort `app`'s rollout.

@@ -533,6 +533,10 @@ pub struct Request {
     pub shadow: Option<String>,
     #[serde(default)]
     pub max_mismatch: Option<Rate>,
+    /// Start even though the target has no healthy server: its preflight
+    /// then waits for one (not part of the plan).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// A rate given as `"1%"`, `"0.5 %"` or a number of percent.

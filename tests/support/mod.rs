@@ -406,7 +406,7 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> St
 }
 
 /// Call the admin API with an optional bearer token and JSON body. A
-/// change (POST, PUT, DELETE) says `Content-Type: application/json`, as
+/// change (POST, PUT, PATCH, DELETE) says `Content-Type: application/json`, as
 /// the admin API requires, unless `extra` gives a content type of its own.
 pub async fn admin_call(
     c: &Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
@@ -422,10 +422,10 @@ pub async fn admin_call(
 }
 
 /// `extra`, plus `Content-Type: application/json` for a change (POST,
-/// PUT, DELETE) that names no content type itself.
+/// PUT, PATCH, DELETE) that names no content type itself.
 pub fn with_json<'a>(method: &str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut headers = extra.to_vec();
-    let change = matches!(method, "POST" | "PUT" | "DELETE");
+    let change = matches!(method, "POST" | "PUT" | "PATCH" | "DELETE");
     if change
         && !extra
             .iter()

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio::time::Instant;
 
-use super::params::Params;
+use super::params::{Params, Takes};
 use super::plane::Admin;
 use super::reply::{error, method_not_allowed, reply};
 use super::routes::{self, Call, Miss, Route};
@@ -398,10 +398,13 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
     if let Err(message) = params.check(route.takes(), &endpoint) {
         return error(400, message);
     }
-    if params.wait.is_some() && admin.lock().fleet.is_none() {
+    // A change's `wait` is for the fleet; a rollout's (`Takes::Watch`)
+    // is for the rollout to move, with or without a fleet.
+    let waits_for_fleet = route.takes() == Takes::Change && params.wait.is_some();
+    if waits_for_fleet && admin.lock().fleet.is_none() {
         return error(
             400,
-            "wait: only a fleet (state backend \"etcd\") has other instances to wait for",
+            "wait: on a change, only a fleet (state backend \"etcd\") has other instances to wait for",
         );
     }
     let body = if route.reads() {

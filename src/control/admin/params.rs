@@ -1,5 +1,5 @@
 //! What a call says beside its path and body, read in one place for every
-//! endpoint: `force`, `dry_run` and `limit` in the query string,
+//! endpoint: `force`, `dry_run`, `limit` and `wait` in the query string,
 //! `If-Match` and `x-cutover-reason` in the head. A value that does not
 //! parse, a parameter this API does not know, and one the endpoint does
 //! not take are all refused (400, naming the parameter): a dry run asked
@@ -22,8 +22,9 @@ pub struct Params {
     pub if_match: Option<u64>,
     /// Why, as the client says (`x-cutover-reason`), cleaned.
     pub reason: Option<String>,
-    /// `?wait=5s`: answer once every instance of the fleet serves the
-    /// change, or when this long has passed.
+    /// `?wait=5s`. On a change: answer once every instance of the fleet
+    /// serves it, or when this long has passed. On `GET` of a rollout:
+    /// answer once the rollout moves, or when this long has passed.
     pub wait: Option<std::time::Duration>,
 }
 
@@ -34,8 +35,11 @@ pub enum Takes {
     Nothing,
     /// `limit` (the history).
     Limit,
-    /// `force`, `dry_run` and `If-Match` (changes of the routing state).
+    /// `force`, `dry_run`, `If-Match` and `wait` (changes of the routing
+    /// state; `wait` for the fleet).
     Change,
+    /// `wait` (a rollout, read once it moves).
+    Watch,
 }
 
 /// The longest reason recorded.
@@ -71,14 +75,18 @@ impl Params {
     /// Refuse a parameter that `endpoint` (`"POST /v1/reload"`) does not
     /// take.
     pub fn check(&self, takes: Takes, endpoint: &str) -> Result<(), String> {
-        let given = [
-            ("force", self.force.is_some(), Takes::Change),
-            ("dry_run", self.dry_run.is_some(), Takes::Change),
-            ("If-Match", self.if_match.is_some(), Takes::Change),
-            ("limit", self.limit.is_some(), Takes::Limit),
-            ("wait", self.wait.is_some(), Takes::Change),
+        use Takes::{Change, Limit, Watch};
+        let given: [(&str, bool, &[Takes]); 5] = [
+            ("force", self.force.is_some(), &[Change]),
+            ("dry_run", self.dry_run.is_some(), &[Change]),
+            ("If-Match", self.if_match.is_some(), &[Change]),
+            ("limit", self.limit.is_some(), &[Limit]),
+            ("wait", self.wait.is_some(), &[Change, Watch]),
         ];
-        match given.iter().find(|(_, set, needs)| *set && *needs != takes) {
+        match given
+            .iter()
+            .find(|(_, set, takers)| *set && !takers.contains(&takes))
+        {
             Some((name, ..)) => Err(format!("{name}: {endpoint} does not take it")),
             None => Ok(()),
         }
@@ -112,7 +120,8 @@ fn flag(name: &str, value: &str) -> Result<bool, String> {
 }
 
 /// The longest `?wait=`: a fleet that has not followed in a minute has
-/// an instance that is away, which the answer says.
+/// an instance that is away, which the answer says; a rollout watched
+/// longer is asked again (the CLI asks every 30 s).
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `?wait=5s`: a duration from above 0 up to [`MAX_WAIT`].
@@ -233,6 +242,18 @@ mod tests {
         let p = params("/v1/history?limit=2", &[]).unwrap();
         assert!(p.check(Takes::Limit, "GET /v1/history").is_ok());
         assert!(p.check(Takes::Change, "POST /v1/flip").is_err());
+    }
+
+    #[test]
+    fn wait_goes_with_changes_and_with_a_rollout_read_only() {
+        let p = params("/v1/apps/a/rollout?wait=30s", &[]).unwrap();
+        assert_eq!(p.wait, Some(std::time::Duration::from_secs(30)));
+        assert!(p.check(Takes::Watch, "GET /v1/apps/a/rollout").is_ok());
+        assert!(p.check(Takes::Change, "POST /v1/flip").is_ok());
+        let e = p.check(Takes::Nothing, "GET /v1/status").unwrap_err();
+        assert_eq!(e, "wait: GET /v1/status does not take it");
+        let p = params("/v1/apps/a/rollout?force", &[]).unwrap();
+        assert!(p.check(Takes::Watch, "GET /v1/apps/a/rollout").is_err());
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub(super) enum Route<'p> {
     Rules(&'p str),
     SetRules(&'p str),
     DeleteRule(&'p str, &'p str),
+    /// App and rule: one rule's percent.
+    PatchRule(&'p str, &'p str),
     /// One app, or every app in one step (`None`).
     Flip(Option<&'p str>),
     /// One app's last change, or the last change (`None`).
@@ -91,9 +93,14 @@ impl<'p> Route<'p> {
             }
             ["v1", "apps", app, "rules"] if get => Ok(Rules(app)),
             ["v1", "apps", app, "rules"] => only("GET, PUT", *method == Method::PUT, SetRules(app)),
-            ["v1", "apps", app, "rules", name] => {
-                only("DELETE", *method == Method::DELETE, DeleteRule(app, name))
+            ["v1", "apps", app, "rules", name] if *method == Method::PATCH => {
+                Ok(PatchRule(app, name))
             }
+            ["v1", "apps", app, "rules", name] => only(
+                "DELETE, PATCH",
+                *method == Method::DELETE,
+                DeleteRule(app, name),
+            ),
             ["v1", "apps", app, "servers", addr] => only("POST", post, Server(app, addr)),
             ["v1", "apps", app, "rollout"] if get => Ok(Rollout(app)),
             ["v1", "apps", app, "rollout"] => only("GET, POST", post, StartRollout(app)),
@@ -116,9 +123,10 @@ impl<'p> Route<'p> {
         match self {
             History => Takes::Limit,
             Flip(_) | Rollback(_) | Shift(_) | Mirror(_) | SetRules(_) | DeleteRule(..)
-            | Server(..) => Takes::Change,
-            Metrics | Status | Rules(_) | Rollout(_) | StartRollout(_) | Steer(..) | Reload
-            | Upgrade | Fleet => Takes::Nothing,
+            | PatchRule(..) | Server(..) => Takes::Change,
+            Rollout(_) => Takes::Watch,
+            Metrics | Status | Rules(_) | StartRollout(_) | Steer(..) | Reload | Upgrade
+            | Fleet => Takes::Nothing,
         }
     }
 
@@ -156,12 +164,13 @@ pub(super) async fn answer(route: Route<'_>, call: Call<'_>) -> Reply {
             let change = Change::DeleteRule(app.into(), name.into());
             waited(&call, apply(&call, change, false, false)).await
         }
+        Route::PatchRule(app, name) => waited(&call, patch_rule(&call, app, name)).await,
         Route::Flip(app) => waited(&call, flip(&call, app)).await,
         Route::Rollback(app) => waited(&call, rollback(&call, app)).await,
         Route::Shift(app) => waited(&call, shift(&call, app)).await,
         Route::Mirror(app) => waited(&call, mirror(&call, app)).await,
         Route::Server(app, addr) => waited(&call, server(&call, app, addr)).await,
-        Route::Rollout(app) => rollout(&call, app),
+        Route::Rollout(app) => watched_rollout(&call, app).await,
         Route::StartRollout(app) => start_rollout(&call, app),
         Route::Steer(app, steer) => steer_rollout(&call, app, steer),
         Route::Reload => reload(&call),
@@ -324,6 +333,23 @@ fn set_rules(call: &Call, app: &str) -> Changed {
     apply(call, Change::SetRules(app.into(), rules), force, dry_run)
 }
 
+/// `PATCH /v1/apps/{app}/rules/{name}` with `{"percent": P}`: that
+/// rule's percent, the rest of it and the other rules as they are.
+fn patch_rule(call: &Call, app: &str, name: &str) -> Changed {
+    let b: api::ChangeBody = optional_body(&call.body)?;
+    if b.to.is_some() {
+        return Err(refuse(
+            400,
+            "to: a rule's colour is not changed in place (PUT the rules)",
+        ));
+    }
+    let Some(p) = b.percent else {
+        return Err(refuse(400, "percent: missing (e.g. {\"percent\": 25})"));
+    };
+    let change = Change::PatchRule(app.into(), name.into(), p);
+    apply(call, change, b.force, b.dry_run)
+}
+
 /// `GET /v1/apps/{app}/rules`.
 fn rules(call: &Call, app: &str) -> Answer {
     let ctl = call.admin.lock();
@@ -385,6 +411,41 @@ fn metrics(call: &Call) -> Reply {
     r
 }
 
+/// `GET /v1/apps/{app}/rollout?wait=30s`: once the rollout record moves
+/// (phase, step, a transition; or one starts), or the wait is over, or
+/// shutdown begins: then the rollout as it stands. Every move of a
+/// rollout stores a snapshot, which the `swapped` watch announces; the
+/// lock is taken only to compare, never across the wait.
+async fn watched_rollout(call: &Call<'_>, app: &str) -> Answer {
+    let Some(limit) = call.params.wait else {
+        return rollout(call, app);
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    let (mut swapped, mut shutdown, began) = {
+        let ctl = call.admin.lock();
+        if ctl.config().app(app).is_none() {
+            return Err(refuse(404, format!("no app named {app:?}")));
+        }
+        let record = ctl.rollouts().get(app).cloned();
+        (
+            ctl.shared.swapped.subscribe(),
+            ctl.shared.shutdown.subscribe(),
+            record,
+        )
+    };
+    loop {
+        let woke = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, swapped.changed()) => {
+                matches!(changed, Ok(Ok(())))
+            }
+            _ = shutdown.wait_for(|s| *s) => false,
+        };
+        if !woke || call.admin.lock().rollouts().get(app) != began.as_ref() {
+            return rollout(call, app);
+        }
+    }
+}
+
 /// `GET /v1/apps/{app}/rollout`.
 fn rollout(call: &Call, app: &str) -> Answer {
     let ctl = call.admin.lock();
@@ -409,7 +470,7 @@ fn start_rollout(call: &Call, app: &str) -> Answer {
     let plan = asked.plan().map_err(|e| refuse(400, e))?;
     let mut ctl = call.admin.lock();
     let reason = call.params.reason.as_deref();
-    let started = ctl.start_rollout(app, plan, &call.actor, reason);
+    let started = ctl.start_rollout(app, plan, asked.force, &call.actor, reason);
     rollout_answer(&ctl, started)
 }
 
@@ -530,6 +591,16 @@ mod tests {
                 "Ok(DeleteRule(\"shop\", \"x\"))",
             ),
             (
+                Method::PATCH,
+                "/v1/apps/shop/rules/x",
+                "Ok(PatchRule(\"shop\", \"x\"))",
+            ),
+            (
+                Method::PUT,
+                "/v1/apps/shop/rules/x",
+                "Err(Method(\"DELETE, PATCH\"))",
+            ),
+            (
                 Method::DELETE,
                 "/v1/apps/shop/flip",
                 "Err(Method(\"POST\"))",
@@ -554,6 +625,8 @@ mod tests {
         assert_eq!(Route::Reload.takes(), Takes::Nothing);
         assert_eq!(Route::StartRollout("a").takes(), Takes::Nothing);
         assert_eq!(Route::History.takes(), Takes::Limit);
+        assert_eq!(Route::PatchRule("a", "r").takes(), Takes::Change);
+        assert_eq!(Route::Rollout("a").takes(), Takes::Watch);
         assert!(Route::Rules("a").reads() && !Route::SetRules("a").reads());
     }
 }
