@@ -387,6 +387,11 @@ pub trait Store: Send {
     fn publish(&self, _state: &StateFile) -> Result<(), StateError> {
         Ok(())
     }
+    /// Others read this store too (a fleet): what it refused must not
+    /// become this instance's state alone, even for a judge's rollback.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// The state file at a path.
@@ -451,8 +456,14 @@ impl State {
     /// [`State::commit`], but the state changes in memory even if the
     /// store refused it (the error is returned to be logged): for a
     /// judge's rollback, which a store that cannot be written must not
-    /// hold back. The next commit that succeeds stores it.
+    /// hold back. The next commit that succeeds stores it. With a shared
+    /// store (a fleet) it is [`State::commit`]: the fleet's state rules.
     pub fn commit_anyway(&mut self, next: Commit) -> Result<(), StateError> {
+        if self.store.shared() {
+            // The fleet's judge tries again in a second, on the fleet's
+            // state; one instance rolled back alone would be a split brain.
+            return self.commit(next);
+        }
         let saved = self.store.save(&self.file, &next);
         self.take(next);
         saved

@@ -53,10 +53,9 @@ async fn run(
 ) {
     let mut stop = shared.shutdown.subscribe();
     let mut backoff = BACKOFF.0;
-    let mut first = true;
     loop {
         let started = Instant::now();
-        let mut session = Session::new(&fleet, &shared, &learned, first);
+        let mut session = Session::new(&fleet, &shared, &learned);
         let ended = tokio::select! {
             e = session.serve(&mut writes) => e,
             _ = stop.wait_for(|s| *s) => {
@@ -64,7 +63,6 @@ async fn run(
                 return;
             }
         };
-        first = session.first;
         lost(&fleet, &ended);
         if started.elapsed() > BACKOFF.1 {
             backoff = BACKOFF.0;
@@ -118,8 +116,9 @@ struct Session<'a> {
     epoch_doc: Option<Vec<u8>>,
     /// The last epoch sent to the control plane.
     sent: Option<u64>,
-    /// No state was read since the process started (taken whatever its
-    /// epoch).
+    /// No state was read in this session yet: the first is taken whatever
+    /// its epoch, since etcd is the truth (restored from a backup, its
+    /// epoch may be lower than this instance's).
     first: bool,
     /// Who holds the judge's lease.
     judge: Option<String>,
@@ -132,7 +131,6 @@ impl<'a> Session<'a> {
         fleet: &'a Fleet,
         shared: &'a Shared,
         learned: &'a mpsc::UnboundedSender<Learned>,
-        first: bool,
     ) -> Session<'a> {
         Session {
             fleet,
@@ -144,7 +142,7 @@ impl<'a> Session<'a> {
             epoch_revision: 0,
             epoch_doc: None,
             sent: None,
-            first,
+            first: true,
             judge: None,
             reported: None,
         }

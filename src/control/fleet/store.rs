@@ -95,6 +95,10 @@ impl Store for EtcdStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn adopted(&self, state: &StateFile) {
         if let Some(path) = &self.cache {
             keep_copy(path, state);
