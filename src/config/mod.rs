@@ -13,6 +13,7 @@
 //! is asked while a config is validated; the daemon resolves them
 //! (`control::resolve`).
 
+mod access;
 mod admin;
 mod app;
 pub mod certs;
@@ -27,6 +28,7 @@ mod validate;
 mod values;
 
 pub use crate::model::{Color, NameValue, RuleSpec};
+pub use access::{AccessConfig, BasicAuth, RateKey, RateLimitConfig};
 pub use app::compile_rules;
 pub use error::{ConfigError, ConfigErrors};
 pub use rule::Rule;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use super::access::{RawBasicAuth, RawRateLimit};
 use super::error::{key_of, ConfigError, Segment};
 use super::types::{AdminSettings, MirrorConfig, PassiveConfig};
 use crate::model::RuleSpec;
@@ -277,6 +278,11 @@ pub struct RawApp {
     pub allow_connect: bool,
     /// `[apps.NAME.mirror]`: shadow traffic to the standby colour.
     pub mirror: RawMirror,
+    /// Front-door checks (`super::access`).
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 impl Default for RawApp {
@@ -300,6 +306,10 @@ impl Default for RawApp {
             error_pages: BTreeMap::new(),
             allow_connect: false,
             mirror: RawMirror::default(),
+            allow: vec![],
+            deny: vec![],
+            basic_auth: None,
+            rate_limit: None,
         }
     }
 }
@@ -571,6 +581,8 @@ fn known_keys(path: &[Segment]) -> &'static [&'static str] {
         [s] if k(s, "log") => fields_of::<RawLog>(),
         [s, Key(_)] if k(s, "apps") => fields_of::<RawApp>(),
         [s, Key(_), m] if k(s, "apps") && k(m, "mirror") => fields_of::<RawMirror>(),
+        [s, Key(_), m] if k(s, "apps") && k(m, "basic_auth") => fields_of::<RawBasicAuth>(),
+        [s, Key(_), m] if k(s, "apps") && k(m, "rate_limit") => fields_of::<RawRateLimit>(),
         [s, Key(_), p] if k(s, "apps") && (k(p, "blue") || k(p, "green")) => fields_of::<RawPool>(),
         [s, Key(_), _, h] if k(s, "apps") && k(h, "health") => fields_of::<RawHealth>(),
         [s, Key(_), _, v, Index(_)] if k(s, "apps") && k(v, "servers") => {

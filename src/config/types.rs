@@ -456,6 +456,10 @@ pub struct AppConfig {
     /// `[apps.NAME.mirror]`: shadow traffic. Without the table, the
     /// defaults (off until a runtime percent is set).
     pub mirror: MirrorConfig,
+    /// `allow`, `deny`, `basic_auth`; `None` (the default) when none is set.
+    pub access: Option<super::AccessConfig>,
+    /// `rate_limit`; `None` (the default): no limit.
+    pub rate_limit: Option<super::RateLimitConfig>,
 }
 
 /// `[apps.NAME.mirror]`: a share of the live colour's requests copied to
