@@ -149,7 +149,7 @@ async fn basic_auth_asks_with_401_and_keeps_the_password_from_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_answers_429_with_retry_after_counts_it_and_survives_a_flip() {
+async fn rate_limit_answers_429_with_retry_after_counts_it_and_survives_a_flip_and_a_reload() {
     let (b, _g) = blue_green().await;
     let dir = tempfile::tempdir().unwrap();
     let apps = app(
@@ -158,7 +158,8 @@ async fn rate_limit_answers_429_with_retry_after_counts_it_and_survives_a_flip()
         b.addr,
         "rate_limit = { key = \"client_ip\", rate = \"1/m\", burst = 2 }",
     );
-    let proxy = Proxy::start_file(&write_config(dir.path(), &apps));
+    let path = write_config(dir.path(), &apps);
+    let proxy = Proxy::start_file(&path);
     let c = client();
     let url = proxy.url("/");
     let from = |ip: &'static str| [("host", "api.test"), ("x-forwarded-for", ip)];
@@ -179,19 +180,33 @@ async fn rate_limit_answers_429_with_retry_after_counts_it_and_survives_a_flip()
     let r = admin_call(&c, &proxy, "POST", "/v1/apps/api/flip", "", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(&c, &url, &from("10.0.0.1")).await.status, 429);
+    // So does a reload of the same config.
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &url, &from("10.0.0.1")).await.status, 429);
     let metrics = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
         .await
         .text();
     assert!(
-        metrics.contains("cutover_rate_limited_total{app=\"api\"} 2"),
+        metrics.contains("cutover_rate_limited_total{app=\"api\"} 3"),
         "{metrics}"
     );
     let s = status(&c, &proxy).await;
     let rl = &s["apps"]["api"]["rate_limit"];
-    assert_eq!(rl["limited"], 2);
+    assert_eq!(rl["limited"], 3);
     assert_eq!(rl["rate"], "1/m");
     assert_eq!(rl["key"], "client_ip");
     assert_eq!(rl["keys"], 2);
+
+    // A reload that changes the limit starts a new table; the count of
+    // refusals goes on.
+    write_config(dir.path(), &apps.replace("burst = 2", "burst = 3"));
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &url, &from("10.0.0.1")).await.status, 200);
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["api"]["rate_limit"]["burst"], 3);
+    assert_eq!(s["apps"]["api"]["rate_limit"]["limited"], 3);
 }
 
 #[test]

@@ -1,93 +1,16 @@
-//! `[apps.NAME]`'s front-door checks: `allow` / `deny` by client address,
-//! `basic_auth` (an htpasswd file of bcrypt entries, read now) and
-//! `rate_limit`. Raw serde tables, their typed forms, and the step
-//! between.
+//! `[apps.NAME]`'s front-door checks — `allow` / `deny` by client
+//! address, `basic_auth` (an htpasswd file of bcrypt entries, read now)
+//! and `rate_limit` — from their raw tables (`raw.rs`) to their typed
+//! forms (`types.rs`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::error::Errors;
+use super::raw::{RawBasicAuth, RawRateLimit};
+use super::types::{AccessConfig, BasicAuth, RateKey, RateLimitConfig};
 use super::values::{int_range, networks};
-
-/// `basic_auth = { realm, users_file, forward }`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RawBasicAuth {
-    pub realm: Option<String>,
-    pub users_file: Option<String>,
-    pub forward: bool,
-}
-
-/// `rate_limit = { key, rate, burst, max_keys }`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RawRateLimit {
-    pub key: Option<String>,
-    pub rate: Option<String>,
-    pub burst: Option<i64>,
-    pub max_keys: Option<i64>,
-}
-
-/// Who may reach an app: by address, then by password.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AccessConfig {
-    /// `allow`: networks let in. Empty (the default): every address not
-    /// denied.
-    pub allow: Vec<ipnet::IpNet>,
-    /// `deny`: networks refused. Default none.
-    pub deny: Vec<ipnet::IpNet>,
-    pub basic_auth: Option<BasicAuth>,
-}
-
-/// `basic_auth`: users and their bcrypt hashes, as read from the file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BasicAuth {
-    /// `realm`, sent in `WWW-Authenticate`. Default "restricted".
-    pub realm: String,
-    /// `users_file`, relative to the config file's directory.
-    pub users_file: PathBuf,
-    /// User name → bcrypt hash (`$2y$…`, `$2b$…`, `$2a$…`).
-    pub users: BTreeMap<String, String>,
-    /// `forward`: the client's `Authorization` goes upstream. Default false.
-    pub forward: bool,
-}
-
-/// What a rate limit counts requests by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RateKey {
-    ClientIp,
-    Header(http::HeaderName),
-    Cookie(String),
-}
-
-impl std::fmt::Display for RateKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RateKey::ClientIp => f.write_str("client_ip"),
-            RateKey::Header(h) => write!(f, "header:{h}"),
-            RateKey::Cookie(c) => write!(f, "cookie:{c}"),
-        }
-    }
-}
-
-/// `rate_limit`: a token bucket (GCRA) per key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitConfig {
-    pub key: RateKey,
-    /// `rate` as written (`"20/s"`), for status.
-    pub rate: String,
-    /// One request's share of the rate: a key earns a request back every
-    /// `interval`.
-    pub interval: Duration,
-    /// `burst`: requests a key may make at once after being idle. Default
-    /// the rate's count.
-    pub burst: u32,
-    /// `max_keys`: keys remembered at once. Default 100000.
-    pub max_keys: u32,
-}
 
 /// The default of `rate_limit.max_keys`.
 pub const DEFAULT_MAX_KEYS: u32 = 100_000;

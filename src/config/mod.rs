@@ -28,7 +28,6 @@ mod validate;
 mod values;
 
 pub use crate::model::{Color, NameValue, RuleSpec};
-pub use access::{AccessConfig, BasicAuth, RateKey, RateLimitConfig};
 pub use app::compile_rules;
 pub use error::{ConfigError, ConfigErrors};
 pub use rule::Rule;

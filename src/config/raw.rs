@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-pub use super::access::{RawBasicAuth, RawRateLimit};
 use super::error::{key_of, ConfigError, Segment};
 use super::types::{AdminSettings, MirrorConfig, PassiveConfig};
 use crate::model::RuleSpec;
@@ -643,4 +642,23 @@ impl<'de> Deserializer<'de> for FieldNames {
         bytes byte_buf option unit unit_struct newtype_struct seq tuple
         tuple_struct map enum identifier ignored_any
     }
+}
+
+/// `basic_auth = { realm, users_file, forward }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawBasicAuth {
+    pub realm: Option<String>,
+    pub users_file: Option<String>,
+    pub forward: bool,
+}
+
+/// `rate_limit = { key, rate, burst, max_keys }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawRateLimit {
+    pub key: Option<String>,
+    pub rate: Option<String>,
+    pub burst: Option<i64>,
+    pub max_keys: Option<i64>,
 }
