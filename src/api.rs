@@ -128,6 +128,9 @@ pub struct Process {
 /// One app in [`Status`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct App {
+    /// `allow`, `deny` and `basic_auth`; absent when none is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
     /// The runtime rules differ from the config file's (`cutover diff`).
     #[serde(default)]
     pub drift: bool,
@@ -137,6 +140,9 @@ pub struct App {
     pub mirror: Mirror,
     pub path_prefix: String,
     pub pools: Pools,
+    /// `rate_limit`; absent when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// The latest rollout, under way or ended; `null` when none ran.
     #[serde(default)]
     pub rollout: Option<Rollout>,
@@ -147,6 +153,39 @@ pub struct App {
     pub standby: Color,
     pub standby_percent: f64,
     pub sticky: String,
+}
+
+/// Who may reach an app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    pub deny: Vec<String>,
+}
+
+/// An app's `basic_auth`, without its hashes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    pub forward: bool,
+    pub realm: String,
+    /// How many users the file holds.
+    pub users: u64,
+    pub users_file: String,
+}
+
+/// An app's `rate_limit` and what it did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub burst: u32,
+    /// `client_ip`, `header:NAME` or `cookie:NAME`.
+    pub key: String,
+    /// Keys the limiter holds now (their buckets not yet full again).
+    pub keys: u64,
+    /// Requests refused with 429 so far.
+    pub limited: u64,
+    pub max_keys: u32,
+    pub rate: String,
 }
 
 /// Whose rules an app runs.

@@ -8,7 +8,8 @@
 //!   tunnels, shadow traffic to the standby colour.
 //! - [`route`]: the immutable routing [`route::Snapshot`] and the routing
 //!   decision (hosts, prefixes, canary rules, sticky buckets,
-//!   server pick). Pure data, no I/O.
+//!   server pick), and an app's door (`allow`/`deny`, basic auth, the
+//!   rate limiter's table of atomics). Pure data, no I/O.
 //!
 //! Control plane (runs beside it, never per request):
 //! - [`control`]: the one `ArcSwap` of the snapshot and its only writer:

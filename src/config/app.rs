@@ -7,6 +7,7 @@ use std::path::Path;
 
 use http::HeaderValue;
 
+use super::access::{access, rate_limit};
 use super::error::{ConfigError, Errors};
 use super::pool::pool;
 use super::raw::{RawApp, RawDuration, RawMirror};
@@ -65,6 +66,10 @@ pub fn build_app(
     };
     let mut answers = answers(&key, own, defaults, base, errs);
     answers.allow_connect = raw.allow_connect;
+    let access = access(&key, &raw.allow, &raw.deny, raw.basic_auth, base, errs);
+    let rate_limit = raw
+        .rate_limit
+        .and_then(|r| rate_limit(&format!("{key}.rate_limit"), r, errs));
     AppConfig {
         hosts,
         live: color(&format!("{key}.live"), &raw.live, errs),
@@ -76,6 +81,8 @@ pub fn build_app(
         rules: raw.rules,
         answers,
         mirror: mirror(&format!("{key}.mirror"), raw.mirror, errs),
+        access,
+        rate_limit,
         path_prefix: raw.path_prefix,
         name,
     }

@@ -13,6 +13,7 @@
 //! is asked while a config is validated; the daemon resolves them
 //! (`control::resolve`).
 
+mod access;
 mod acme;
 mod admin;
 mod app;

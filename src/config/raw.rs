@@ -290,6 +290,11 @@ pub struct RawApp {
     pub allow_connect: bool,
     /// `[apps.NAME.mirror]`: shadow traffic to the standby colour.
     pub mirror: RawMirror,
+    /// Front-door checks (`super::access`).
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 impl Default for RawApp {
@@ -313,6 +318,10 @@ impl Default for RawApp {
             error_pages: BTreeMap::new(),
             allow_connect: false,
             mirror: RawMirror::default(),
+            allow: vec![],
+            deny: vec![],
+            basic_auth: None,
+            rate_limit: None,
         }
     }
 }
@@ -585,6 +594,8 @@ fn known_keys(path: &[Segment]) -> &'static [&'static str] {
         [s] if k(s, "log") => fields_of::<RawLog>(),
         [s, Key(_)] if k(s, "apps") => fields_of::<RawApp>(),
         [s, Key(_), m] if k(s, "apps") && k(m, "mirror") => fields_of::<RawMirror>(),
+        [s, Key(_), m] if k(s, "apps") && k(m, "basic_auth") => fields_of::<RawBasicAuth>(),
+        [s, Key(_), m] if k(s, "apps") && k(m, "rate_limit") => fields_of::<RawRateLimit>(),
         [s, Key(_), p] if k(s, "apps") && (k(p, "blue") || k(p, "green")) => fields_of::<RawPool>(),
         [s, Key(_), _, h] if k(s, "apps") && k(h, "health") => fields_of::<RawHealth>(),
         [s, Key(_), _, v, Index(_)] if k(s, "apps") && k(v, "servers") => {
@@ -645,4 +656,23 @@ impl<'de> Deserializer<'de> for FieldNames {
         bytes byte_buf option unit unit_struct newtype_struct seq tuple
         tuple_struct map enum identifier ignored_any
     }
+}
+
+/// `basic_auth = { realm, users_file, forward }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawBasicAuth {
+    pub realm: Option<String>,
+    pub users_file: Option<String>,
+    pub forward: bool,
+}
+
+/// `rate_limit = { key, rate, burst, max_keys }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawRateLimit {
+    pub key: Option<String>,
+    pub rate: Option<String>,
+    pub burst: Option<i64>,
+    pub max_keys: Option<i64>,
 }

@@ -485,6 +485,10 @@ pub struct AppConfig {
     /// `[apps.NAME.mirror]`: shadow traffic. Without the table, the
     /// defaults (off until a runtime percent is set).
     pub mirror: MirrorConfig,
+    /// `allow`, `deny`, `basic_auth`; `None` (the default) when none is set.
+    pub access: Option<AccessConfig>,
+    /// `rate_limit`; `None` (the default): no limit.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// `[apps.NAME.mirror]`: a share of the live colour's requests copied to
@@ -805,4 +809,62 @@ impl PoolConfig {
             ..self.clone()
         }
     }
+}
+
+/// Who may reach an app: by address, then by password.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessConfig {
+    /// `allow`: networks let in. Empty (the default): every address not
+    /// denied.
+    pub allow: Vec<ipnet::IpNet>,
+    /// `deny`: networks refused. Default none.
+    pub deny: Vec<ipnet::IpNet>,
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// `basic_auth`: users and their bcrypt hashes, as read from the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicAuth {
+    /// `realm`, sent in `WWW-Authenticate`. Default "restricted".
+    pub realm: String,
+    /// `users_file`, relative to the config file's directory.
+    pub users_file: PathBuf,
+    /// User name → bcrypt hash (`$2y$…`, `$2b$…`, `$2a$…`).
+    pub users: std::collections::BTreeMap<String, String>,
+    /// `forward`: the client's `Authorization` goes upstream. Default false.
+    pub forward: bool,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl std::fmt::Display for RateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateKey::ClientIp => f.write_str("client_ip"),
+            RateKey::Header(h) => write!(f, "header:{h}"),
+            RateKey::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
+}
+
+/// `rate_limit`: a token bucket (GCRA) per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub key: RateKey,
+    /// `rate` as written (`"20/s"`), for status.
+    pub rate: String,
+    /// One request's share of the rate: a key earns a request back every
+    /// `interval`.
+    pub interval: Duration,
+    /// `burst`: requests a key may make at once after being idle. Default
+    /// the rate's count.
+    pub burst: u32,
+    /// `max_keys`: keys remembered at once. Default 100000.
+    pub max_keys: u32,
 }

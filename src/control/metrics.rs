@@ -40,7 +40,7 @@ struct Gathered {
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Every counter family, `(name, help)`, in the order they are exposed.
-const COUNTERS: [(&str, &str); 10] = [
+const COUNTERS: [(&str, &str); 11] = [
     ("cutover_requests", "Responses sent, by app, colour and status class."),
     ("cutover_client_aborts", "Requests whose client went away before sending all of it."),
     ("cutover_timeouts", "Requests and connections cut off by a timeout, by app and phase."),
@@ -51,6 +51,7 @@ const COUNTERS: [(&str, &str); 10] = [
     ("cutover_access_log_dropped", "Access log lines dropped because the writer's queue was full."),
     ("cutover_mirror", "Live requests sampled for shadow traffic, by how their copy to the standby colour ended."),
     ("cutover_mirror_skipped", "Sampled live requests not compared with a copy, by reason (their sum is outcome=\"skipped\")."),
+    ("cutover_rate_limited", "Requests refused with 429 by the app's rate_limit."),
 ];
 
 /// Every gauge family, `(name, help)`, in the order they are exposed.
@@ -180,6 +181,10 @@ fn app_samples(g: &mut Gathered, app: &App) {
     );
     let in_flight = m.in_flight.load(Relaxed) as f64;
     g.gauge("cutover_mirror_in_flight", labels(&[("app", a)]), in_flight);
+    if let Some(rate) = app.gate.as_ref().and_then(|g| g.rate.as_ref()) {
+        let n = rate.limited.load(Relaxed);
+        g.count("cutover_rate_limited", labels(&[("app", a)]), n);
+    }
     for (i, phase) in Timeout::ALL.iter().enumerate() {
         let n = Color::ALL
             .iter()

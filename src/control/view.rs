@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::api;
 use crate::config::Color;
+use crate::route::access::Access;
+use crate::route::rate::RateLimiter;
 use crate::route::snapshot::ServerState;
 use crate::route::{App, Pool, Snapshot};
 
@@ -63,7 +65,9 @@ fn app(app: &App, drift: bool, rollout: Option<api::Rollout>) -> api::App {
     } else {
         api::RulesOwner::File
     };
+    let gate = app.gate.as_deref();
     api::App {
+        access: gate.and_then(|g| g.access.as_deref()).map(access),
         drift,
         hosts: app.hosts.iter().map(|h| h.to_string()).collect(),
         live: app.state.live,
@@ -73,12 +77,41 @@ fn app(app: &App, drift: bool, rollout: Option<api::Rollout>) -> api::App {
             blue: pool(app, Color::Blue),
             green: pool(app, Color::Green),
         },
+        rate_limit: gate.and_then(|g| g.rate.as_deref()).map(rate_limit),
         rollout,
         rules: app.state.rules.clone(),
         rules_owner: owner,
         standby: app.state.standby(),
         standby_percent: app.state.standby_percent,
         sticky: app.sticky.to_string(),
+    }
+}
+
+/// `allow`, `deny` and `basic_auth`, without the hashes.
+fn access(a: &Access) -> api::Access {
+    let nets = |list: &[ipnet::IpNet]| list.iter().map(|n| n.to_string()).collect();
+    let c = &a.config;
+    api::Access {
+        allow: nets(&c.allow),
+        basic_auth: c.basic_auth.as_ref().map(|b| api::BasicAuth {
+            forward: b.forward,
+            realm: b.realm.clone(),
+            users: b.users.len() as u64,
+            users_file: b.users_file.display().to_string(),
+        }),
+        deny: nets(&c.deny),
+    }
+}
+
+fn rate_limit(r: &RateLimiter) -> api::RateLimit {
+    let c = &r.config;
+    api::RateLimit {
+        burst: c.burst,
+        key: c.key.to_string(),
+        keys: r.keys(std::time::Instant::now()) as u64,
+        limited: r.limited.load(Relaxed),
+        max_keys: c.max_keys,
+        rate: c.rate.clone(),
     }
 }
 

@@ -27,6 +27,15 @@ pub enum ProxyError {
     /// The client paused within its body past `client_body_timeout`.
     #[error("client body timed out")]
     ClientTimeout,
+    /// The client's address is not let into the app (`allow`/`deny`).
+    #[error("forbidden")]
+    Forbidden,
+    /// No user and password of the app's `basic_auth`.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// Over the app's `rate_limit`.
+    #[error("too many requests")]
+    TooManyRequests,
     /// The client went away before its request was complete (nginx logs
     /// these as 499); nobody reads the answer.
     #[error("client closed the request")]
@@ -48,6 +57,9 @@ impl ProxyError {
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClientAbort => {
                 StatusCode::from_u16(CLIENT_ABORT).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -65,6 +77,9 @@ impl ProxyError {
             ProxyError::BadRequest => "bad request\n",
             ProxyError::MethodNotAllowed => "method not allowed\n",
             ProxyError::ClientTimeout => "request timeout\n",
+            ProxyError::Forbidden => "forbidden\n",
+            ProxyError::Unauthorized => "unauthorized\n",
+            ProxyError::TooManyRequests => "too many requests\n",
             ProxyError::ClientAbort => "client closed request\n",
         }
     }

@@ -34,6 +34,7 @@ use super::session;
 use super::upstream::{Lease, Pooled, Sender};
 use super::worker::Worker;
 use crate::config::{AccessFormat, OwnAnswers, Protocol, RequestId, Sticky};
+use crate::route::access::Refusal;
 use crate::route::rule::RequestView;
 use crate::route::snapshot::{Placed, Settings, Snapshot};
 use crate::route::{Pool, Server, Timeout};
@@ -239,6 +240,9 @@ enum Stop<'a> {
     /// A plain request of an app that wants https.
     Redirect(&'a OwnAnswers),
     Error(ProxyError, &'a OwnAnswers),
+    /// Turned away by the app's `allow`/`deny`, `basic_auth` or
+    /// `rate_limit`.
+    Refused(Refusal, &'a OwnAnswers),
 }
 
 impl Stop<'_> {
@@ -252,8 +256,35 @@ impl Stop<'_> {
         match self {
             Stop::Redirect(own) => redirect(ex, own, host, req.uri()),
             Stop::Error(err, own) => fail(ex, err, own, conn.tls),
+            Stop::Refused(why, own) => refused(ex, why, own, conn.tls),
         }
     }
+}
+
+/// The answer of a request the app's door turned away: 403; 401 with the
+/// challenge (RFC 7235 §3.1); 429 with when to come back, in whole
+/// seconds (RFC 6585 §4).
+fn refused(ex: Exchange, why: Refusal, own: &OwnAnswers, tls: bool) -> Response<ResponseBody> {
+    let (err, field) = match why {
+        Refusal::Forbidden => (ProxyError::Forbidden, None),
+        Refusal::Unauthorized(challenge) => (
+            ProxyError::Unauthorized,
+            Some((header::WWW_AUTHENTICATE, challenge)),
+        ),
+        Refusal::TooManyRequests(wait) => {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let value = HeaderValue::from(secs.max(1));
+            (
+                ProxyError::TooManyRequests,
+                Some((header::RETRY_AFTER, value)),
+            )
+        }
+    };
+    let mut resp = fail(ex, err, own, tls);
+    if let Some((name, value)) = field {
+        resp.headers_mut().insert(name, value);
+    }
+    resp
 }
 
 /// What routing decided for a request (phase 2), for the phases after it.
@@ -304,7 +335,7 @@ fn prepare(
         }
     }
     // Phase 2: route.
-    let routed = match route(&snap, conn, &req, &target, client_ip, &mut ex) {
+    let routed = match route(&snap, conn, &mut req, &target, client_ip, &mut ex) {
         Ok(r) => r,
         Err(stop) => return Err(stop.answer(ex, conn, &req, target.host())),
     };
@@ -433,7 +464,7 @@ fn checked(conn: &ConnInfo, req: &Request<Incoming>) -> Result<request::Target, 
 fn route<'s>(
     snap: &'s Snapshot,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &mut Request<Incoming>,
     target: &request::Target,
     client_ip: std::net::IpAddr,
     ex: &mut Exchange,
@@ -460,6 +491,21 @@ fn route<'s>(
     if req.method() == Method::CONNECT && !own.allow_connect {
         return Err(Stop::Error(ProxyError::MethodNotAllowed, own));
     }
+    // The app's door. `true`: the client's `Authorization` was for us,
+    // and is taken out once routing has read the request.
+    let mut strip_authorization = false;
+    if let Some(gate) = &app.gate {
+        let now = ex.started().into_std();
+        match gate.admit(req.headers(), client_ip, now) {
+            Ok(strip) => strip_authorization = strip,
+            Err(why) => {
+                if let Some(f) = ex.log_fields() {
+                    f.app = Some(app.name.clone());
+                }
+                return Err(Stop::Refused(why, own));
+            }
+        }
+    }
     let view = RequestView::new(path, req.headers(), client_ip, Some(&conn.memo));
     let decision = app.decide(&view);
     if let Some(f) = ex.log_fields() {
@@ -477,6 +523,9 @@ fn route<'s>(
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
         _ => None,
     };
+    if strip_authorization {
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
     let hop = headers::HopFields::scan(req.headers());
     Ok(Routed {
         pool: app.pool(decision.color).clone(),

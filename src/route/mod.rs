@@ -7,10 +7,13 @@
 //! [`Pool::pick`]. What a decision may remember between requests lives in
 //! the caller's [`rule::ConnMemo`], one per client connection. Long-lived
 //! objects whose state must survive a swap (servers with their health and
-//! counters, per-colour statistics, shadow traffic's counts in [`mirror`])
-//! are `Arc`s that successive snapshots share.
+//! counters, per-colour statistics, shadow traffic's counts in [`mirror`],
+//! an app's rate limiter in [`rate`] and its remembered logins in
+//! [`access`]) are `Arc`s that successive snapshots share.
 
+pub mod access;
 pub mod mirror;
+pub mod rate;
 pub mod rule;
 pub mod snapshot;
 pub mod sticky;

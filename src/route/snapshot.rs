@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::access::Gate;
 use super::mirror::MirrorStats;
 use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
@@ -473,6 +474,9 @@ pub struct App {
     standby_bp: u32,
     /// A partial split or a partial rule is in force: new users get a cookie.
     set_cookie: bool,
+    /// `allow`/`deny`, `basic_auth`, `rate_limit`; `None` (all off) costs
+    /// the request path one pointer test.
+    pub gate: Option<Arc<Gate>>,
 }
 
 /// What an app is besides its runtime state: fixed by the config.
@@ -487,6 +491,7 @@ struct Shape {
     answers: Arc<OwnAnswers>,
     mirror_config: Arc<MirrorConfig>,
     mirror_stats: Arc<MirrorStats>,
+    gate: Option<Arc<Gate>>,
 }
 
 impl App {
@@ -528,6 +533,7 @@ impl App {
             mirror_bp,
             standby_bp,
             set_cookie,
+            gate: shape.gate,
         }
     }
 }
@@ -745,6 +751,7 @@ impl Shape {
             answers,
             mirror_config: Arc::new(app_cfg.mirror.clone()),
             mirror_stats: old_app.map(|a| a.mirror_stats.clone()).unwrap_or_default(),
+            gate: Gate::build(app_cfg, old_app.and_then(|a| a.gate.as_ref())),
         }
     }
 }
@@ -875,6 +882,7 @@ impl Snapshot {
                         answers: app.answers.clone(),
                         mirror_config: app.mirror_config.clone(),
                         mirror_stats: app.mirror_stats.clone(),
+                        gate: app.gate.clone(),
                     };
                     if state.rules == app.state.rules {
                         Arc::new(App::with_rules(shape, state.clone(), app.rules.clone()))
