@@ -15,6 +15,7 @@
 
 mod admin;
 mod app;
+pub mod edits;
 pub mod certs;
 mod error;
 mod pool;
@@ -28,6 +29,7 @@ mod values;
 
 pub use crate::model::{Color, NameValue, RuleSpec};
 pub use app::compile_rules;
+pub use edits::{AppLimits, HeaderRules, PathRewrite, RequestLimits};
 pub use error::{ConfigError, ConfigErrors};
 pub use rule::Rule;
 pub use types::*;

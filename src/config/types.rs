@@ -65,6 +65,10 @@ pub struct ServerSettings {
     /// What cutover answers by itself for every app that does not say
     /// otherwise, and for a request no app matches (its 404).
     pub answers: OwnAnswers,
+    /// `request_headers` and `response_headers`: every app's rules, unless
+    /// it has its own. Default none.
+    pub request_headers: Option<Arc<super::edits::HeaderRules>>,
+    pub response_headers: Option<Arc<super::edits::HeaderRules>>,
 }
 
 /// Which listeners expect a PROXY protocol (v1 or v2) header, from an L4
@@ -178,6 +182,12 @@ pub struct ErrorPage {
 }
 
 impl ServerSettings {
+    /// The request id's field when cutover writes it: no header rule may
+    /// touch it.
+    pub fn own_request_id(&self) -> Option<&http::HeaderName> {
+        (self.request_id != RequestId::Off).then_some(&self.request_id_header)
+    }
+
     /// The number of worker threads to start: `workers`, or one per core.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
@@ -456,6 +466,15 @@ pub struct AppConfig {
     /// `[apps.NAME.mirror]`: shadow traffic. Without the table, the
     /// defaults (off until a runtime percent is set).
     pub mirror: MirrorConfig,
+    /// Its own `max_body_bytes` and request timeouts; each absent one is
+    /// `[limits]`'s.
+    pub limits: super::edits::AppLimits,
+    /// Header rules for the request sent upstream and the answer sent
+    /// back: its own, or `[server]`'s. `None`: fields pass as they are.
+    pub request_headers: Option<Arc<super::edits::HeaderRules>>,
+    pub response_headers: Option<Arc<super::edits::HeaderRules>>,
+    /// `strip_prefix` and `rewrite`; `None`: the path is sent as routed.
+    pub paths: Option<Arc<super::edits::PathRewrite>>,
 }
 
 /// `[apps.NAME.mirror]`: a share of the live colour's requests copied to

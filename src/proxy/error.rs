@@ -31,6 +31,10 @@ pub enum ProxyError {
     /// these as 499); nobody reads the answer.
     #[error("client closed the request")]
     ClientAbort,
+    /// An app's `rewrite` made a path no client could have sent: the
+    /// config's fault, not the client's.
+    #[error("rewrite made no path")]
+    BadRewrite,
 }
 
 /// The status recorded for a client abort: not an HTTP status any client
@@ -51,6 +55,7 @@ impl ProxyError {
             ProxyError::ClientAbort => {
                 StatusCode::from_u16(CLIENT_ABORT).unwrap_or(StatusCode::BAD_REQUEST)
             }
+            ProxyError::BadRewrite => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -66,6 +71,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "method not allowed\n",
             ProxyError::ClientTimeout => "request timeout\n",
             ProxyError::ClientAbort => "client closed request\n",
+            ProxyError::BadRewrite => "internal server error\n",
         }
     }
 
@@ -92,6 +98,7 @@ impl ProxyError {
                 | ProxyError::BadRequest
                 | ProxyError::ClientAbort
                 | ProxyError::ClientTimeout
+                | ProxyError::BadRewrite
         ) {
             // The rest of the body is not read: the connection cannot be reused.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
