@@ -7,11 +7,11 @@ use std::path::Path;
 
 use http::HeaderValue;
 
+use super::edits::{AppLimits, HeaderRules, PathRewrite};
 use super::error::{ConfigError, Errors};
 use super::pool::pool;
 use super::raw::{RawApp, RawDuration, RawMirror};
 use super::rule::Rule;
-use super::edits::{AppLimits, HeaderRules, PathRewrite};
 use super::types::*;
 use super::values::{
     color, duration, host_pattern, hsts, int_range, media_range, page_type, percent,

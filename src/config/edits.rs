@@ -71,9 +71,9 @@ pub(crate) fn app_limits(key: &str, raw: &RawApp, errs: &mut Errors) -> AppLimit
             .map(|v| positive_duration(&format!("{key}.{name}"), v, errs))
     };
     AppLimits {
-        max_body_bytes: raw.max_body_bytes.map(|n| {
-            int_range(&format!("{key}.max_body_bytes"), n, 0, i64::MAX, errs) as u64
-        }),
+        max_body_bytes: raw
+            .max_body_bytes
+            .map(|n| int_range(&format!("{key}.max_body_bytes"), n, 0, i64::MAX, errs) as u64),
         client_body_timeout: d("client_body_timeout", &raw.client_body_timeout, errs),
         upstream_connect_timeout: d(
             "upstream_connect_timeout",
@@ -209,10 +209,11 @@ impl Template {
         for p in &self.pieces {
             match p {
                 Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
-                Piece::Var(Var::ClientIp) => out.extend_from_slice(vars.client_ip.to_string().as_bytes()),
-                Piece::Var(Var::RequestId) => {
-                    out.extend_from_slice(vars.request_id.as_ref().map_or(&b""[..], |v| v.as_bytes()))
+                Piece::Var(Var::ClientIp) => {
+                    out.extend_from_slice(vars.client_ip.to_string().as_bytes())
                 }
+                Piece::Var(Var::RequestId) => out
+                    .extend_from_slice(vars.request_id.as_ref().map_or(&b""[..], |v| v.as_bytes())),
                 Piece::Var(Var::Color) => out.extend_from_slice(vars.color.to_string().as_bytes()),
                 Piece::Var(Var::Host) => {
                     out.extend_from_slice(vars.host.as_ref().map_or(&b""[..], |v| v.as_bytes()))
@@ -289,15 +290,16 @@ pub(crate) fn header_rules(
         .enumerate()
         .filter_map(|(i, n)| name_of(format!("{key}.remove[{i}]"), n, errs))
         .collect();
-    let pairs = |table: &str, map: &std::collections::BTreeMap<String, String>, errs: &mut Errors| {
-        map.iter()
-            .filter_map(|(n, v)| {
-                let k = format!("{key}.{table}.{n}");
-                let name = name_of(k.clone(), n, errs)?;
-                Some((name, Template::parse(&k, v, errs)?))
-            })
-            .collect()
-    };
+    let pairs =
+        |table: &str, map: &std::collections::BTreeMap<String, String>, errs: &mut Errors| {
+            map.iter()
+                .filter_map(|(n, v)| {
+                    let k = format!("{key}.{table}.{n}");
+                    let name = name_of(k.clone(), n, errs)?;
+                    Some((name, Template::parse(&k, v, errs)?))
+                })
+                .collect()
+        };
     let set = pairs("set", &raw.set, errs);
     let add = pairs("add", &raw.add, errs);
     HeaderRules { remove, set, add }
@@ -396,17 +398,14 @@ impl PathRewrite {
 /// a server could read two ways (`\`, `%5c`, `..;`)?
 fn client_like(p: &str) -> bool {
     p.starts_with('/')
-        && p.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b)
-        })
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b))
         && !p.contains('\\')
         && !p.to_ascii_lowercase().contains("%5c")
-        && !p
-            .split('/')
-            .any(|seg| {
-                let s = seg.split(';').next().unwrap_or("").to_ascii_lowercase();
-                s == "." || s == ".." || s == "%2e" || s == "%2e%2e" || s == ".%2e" || s == "%2e."
-            })
+        && !p.split('/').any(|seg| {
+            let s = seg.split(';').next().unwrap_or("").to_ascii_lowercase();
+            s == "." || s == ".." || s == "%2e" || s == "%2e%2e" || s == ".%2e" || s == "%2e."
+        })
 }
 
 /// `strip_prefix` and `rewrite` of `[apps.NAME]`; `None` when neither is
@@ -484,7 +483,10 @@ fn rewrite_rule(key: &str, raw: &RawRewrite, errs: &mut Errors) -> Option<Rewrit
     if !client_like(&probe) {
         errs.push(
             &k,
-            format!("{:?} is not a path (no dot segments, '?', '#', spaces or backslashes)", raw.to),
+            format!(
+                "{:?} is not a path (no dot segments, '?', '#', spaces or backslashes)",
+                raw.to
+            ),
         );
         return None;
     }
@@ -525,7 +527,11 @@ mod tests {
     fn the_first_rule_that_matches_gives_the_path() {
         let r = rewrite(
             None,
-            &[("^/old/(.*)$", "/new/$1"), ("^/old/x$", "/never"), ("^/a/(?P<rest>.*)$", "/b/${rest}")],
+            &[
+                ("^/old/(.*)$", "/new/$1"),
+                ("^/old/x$", "/never"),
+                ("^/a/(?P<rest>.*)$", "/b/${rest}"),
+            ],
         );
         assert_eq!(r.apply("/old/x"), Ok(Some("/new/x".into())));
         assert_eq!(r.apply("/a/y"), Ok(Some("/b/y".into())));
@@ -556,6 +562,9 @@ mod tests {
         };
         assert_eq!(t.value(&vars).unwrap(), "https://a.test/ green $ r1");
         assert!(Template::parse("k", "$nope", &mut errs).is_none());
-        assert!(errs.0[0].to_string().starts_with("k: $nope is no variable"), "{errs:?}");
+        assert!(
+            errs.0[0].to_string().starts_with("k: $nope is no variable"),
+            "{errs:?}"
+        );
     }
 }

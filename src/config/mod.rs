@@ -15,8 +15,8 @@
 
 mod admin;
 mod app;
-pub mod edits;
 pub mod certs;
+pub mod edits;
 mod error;
 mod pool;
 pub mod raw;

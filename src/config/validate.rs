@@ -61,7 +61,15 @@ fn build(raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors) ->
         .apps
         .into_iter()
         .map(|(name, app)| {
-            build_app(name, app, &server.answers, &server, base, errs, &mut warnings)
+            build_app(
+                name,
+                app,
+                &server.answers,
+                &server,
+                base,
+                errs,
+                &mut warnings,
+            )
         })
         .collect::<Vec<_>>();
     if apps.is_empty() {

@@ -97,7 +97,8 @@ fn app(app: &App, drift: bool, rollout: Option<api::Rollout>) -> api::App {
 
 /// An app's own limits keys; `None` when it has none.
 fn own_limits(l: &crate::config::AppLimits) -> Option<api::AppLimits> {
-    let text = |d: Option<std::time::Duration>| d.map(|d| humantime::format_duration(d).to_string());
+    let text =
+        |d: Option<std::time::Duration>| d.map(|d| humantime::format_duration(d).to_string());
     let out = api::AppLimits {
         client_body_timeout: text(l.client_body_timeout),
         max_body_bytes: l.max_body_bytes,

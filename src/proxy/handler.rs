@@ -346,10 +346,15 @@ fn prepare(
     // An app's own edits, with the values of their variables.
     let edits = routed.edits.map(|e| {
         let host = target.authority.as_ref();
-        (e, edits::vars(client_ip, ex.request_id(), server.color, host, conn.tls))
+        (
+            e,
+            edits::vars(client_ip, ex.request_id(), server.color, host, conn.tls),
+        )
     });
     let response_edits = edits.as_ref().and_then(|(e, v)| edits::response(e, v));
-    let forwarded_host = match rewrite(&mut parts, conn, &server, target, routed.hop, upgrade, edits) {
+    let forwarded_host = match rewrite(
+        &mut parts, conn, &server, target, routed.hop, upgrade, edits,
+    ) {
         Ok(f) => f,
         Err(err) => return Err(fail(ex, err, &pool.answers, conn.tls)),
     };
@@ -786,15 +791,7 @@ fn answer_h1(
         super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone(), log);
     }
     let body = ResponseBody::full(Bytes::new(), Some(a.ex));
-    respond(
-        parts,
-        a.pool,
-        a.set_cookie,
-        a.marks,
-        conn.tls,
-        None,
-        body,
-    )
+    respond(parts, a.pool, a.set_cookie, a.marks, conn.tls, None, body)
 }
 
 /// The upstream connection's own fields stay here (RFC 9110 §7.6.1): the

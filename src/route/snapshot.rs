@@ -10,8 +10,8 @@ use super::mirror::MirrorStats;
 use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
-    compile_rules, AppConfig, Balance, Color, Compression, Config, HealthConfig, HostPattern,
-    HeaderRules, Limits, MirrorConfig, OwnAnswers, PassiveConfig, PathRewrite, PoolConfig,
+    compile_rules, AppConfig, Balance, Color, Compression, Config, HeaderRules, HealthConfig,
+    HostPattern, Limits, MirrorConfig, OwnAnswers, PassiveConfig, PathRewrite, PoolConfig,
     Protocol, RequestLimits, ServerConfig, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
