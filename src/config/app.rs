@@ -7,7 +7,6 @@ use std::path::Path;
 
 use http::HeaderValue;
 
-use super::edits::{AppLimits, HeaderRules, PathRewrite};
 use super::error::{ConfigError, Errors};
 use super::pool::pool;
 use super::raw::{RawApp, RawDuration, RawMirror};
@@ -54,7 +53,7 @@ pub fn build_app(
         .as_ref()
         .map(|d| duration(&format!("{key}.drain_timeout"), d, errs));
     let compress = compression(&key, &raw, errs, warnings);
-    let edits = edits(&key, &raw, server, errs);
+    let edits = super::edits::app_edits(&key, &raw, server, errs);
     let pools = [
         pool(&format!("{key}.blue"), raw.blue, base, errs, warnings),
         pool(&format!("{key}.green"), raw.green, base, errs, warnings),
@@ -79,46 +78,13 @@ pub fn build_app(
         rules: raw.rules,
         answers,
         mirror: mirror(&format!("{key}.mirror"), raw.mirror, errs),
-        limits: edits.0,
-        request_headers: edits.1,
-        response_headers: edits.2,
-        paths: edits.3,
+        limits: edits.limits,
+        request_headers: edits.request_headers,
+        response_headers: edits.response_headers,
+        paths: edits.paths,
         path_prefix: raw.path_prefix,
         name,
     }
-}
-
-/// An app's own limits, header rules and path rewriting
-/// ([`super::edits`]).
-fn edits(
-    key: &str,
-    raw: &RawApp,
-    server: &ServerSettings,
-    errs: &mut Errors,
-) -> (
-    AppLimits,
-    Option<std::sync::Arc<HeaderRules>>,
-    Option<std::sync::Arc<HeaderRules>>,
-    Option<std::sync::Arc<PathRewrite>>,
-) {
-    use super::edits::{app_header_rules, app_limits, path_rewrite};
-    let own = server.own_request_id();
-    let request = app_header_rules(
-        &format!("{key}.request_headers"),
-        raw.request_headers.as_ref(),
-        &server.request_headers,
-        own,
-        errs,
-    );
-    let response = app_header_rules(
-        &format!("{key}.response_headers"),
-        raw.response_headers.as_ref(),
-        &server.response_headers,
-        own,
-        errs,
-    );
-    let paths = path_rewrite(key, &raw.path_prefix, raw.strip_prefix, &raw.rewrite, errs);
-    (app_limits(key, raw, errs), request, response, paths)
 }
 
 /// `[apps.NAME.mirror]`; an absent table is every default.

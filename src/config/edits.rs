@@ -16,9 +16,46 @@ use regex::Regex;
 
 use super::error::Errors;
 use super::raw::{RawApp, RawDuration, RawHeaderRules, RawRewrite};
-use super::types::Limits;
+use super::types::{Limits, ServerSettings};
 use super::values::{int_range, positive_duration};
 use crate::model::Color;
+
+/// An app's own limits, header rules and path rewriting.
+pub(crate) struct AppEdits {
+    pub limits: AppLimits,
+    pub request_headers: Option<Arc<HeaderRules>>,
+    pub response_headers: Option<Arc<HeaderRules>>,
+    pub paths: Option<Arc<PathRewrite>>,
+}
+
+/// The edits of `[apps.NAME]` (`key`); header rules it has none of are
+/// `server`'s.
+pub(crate) fn app_edits(
+    key: &str,
+    raw: &RawApp,
+    server: &ServerSettings,
+    errs: &mut Errors,
+) -> AppEdits {
+    let own = server.own_request_id();
+    AppEdits {
+        limits: app_limits(key, raw, errs),
+        request_headers: app_header_rules(
+            &format!("{key}.request_headers"),
+            raw.request_headers.as_ref(),
+            &server.request_headers,
+            own,
+            errs,
+        ),
+        response_headers: app_header_rules(
+            &format!("{key}.response_headers"),
+            raw.response_headers.as_ref(),
+            &server.response_headers,
+            own,
+            errs,
+        ),
+        paths: path_rewrite(key, &raw.path_prefix, raw.strip_prefix, &raw.rewrite, errs),
+    }
+}
 
 /// The `[limits]` keys an app may set for its own requests; `None` takes
 /// `[limits]`'s.
