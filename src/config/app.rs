@@ -53,7 +53,7 @@ pub fn build_app(
         .as_ref()
         .map(|d| duration(&format!("{key}.drain_timeout"), d, errs));
     let compress = compression(&key, &raw, errs, warnings);
-    let edits = super::edits::app_edits(&key, &raw, server, errs);
+    let edits = super::app_edits::app_edits(&key, &raw, server, errs);
     let pools = [
         pool(&format!("{key}.blue"), raw.blue, base, errs, warnings),
         pool(&format!("{key}.green"), raw.green, base, errs, warnings),

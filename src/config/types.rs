@@ -234,6 +234,29 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// An app's limits for one request: its own keys, `[limits]`' for the
+/// others.
+impl super::edits::AppLimits {
+    /// `limits` with this app's keys over it.
+    pub fn over(&self, limits: &Limits) -> super::edits::RequestLimits {
+        super::edits::RequestLimits {
+            max_body_bytes: self.max_body_bytes.unwrap_or(limits.max_body_bytes),
+            client_body_timeout: self
+                .client_body_timeout
+                .unwrap_or(limits.client_body_timeout),
+            upstream_connect_timeout: self
+                .upstream_connect_timeout
+                .unwrap_or(limits.upstream_connect_timeout),
+            upstream_response_timeout: self
+                .upstream_response_timeout
+                .unwrap_or(limits.upstream_response_timeout),
+            upstream_read_timeout: self
+                .upstream_read_timeout
+                .unwrap_or(limits.upstream_read_timeout),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertPaths {
     pub cert: PathBuf,

@@ -119,7 +119,7 @@ fn server_settings(raw: RawServer, base: &Path, errs: &mut Errors) -> ServerSett
         });
     let own = (request_id != RequestId::Off).then_some(&request_id_header);
     let headers = |key: &str, raw: &Option<RawHeaderRules>, errs: &mut Errors| {
-        let rules = super::edits::header_rules(key, raw.as_ref()?, own, errs);
+        let rules = super::app_edits::header_rules(key, raw.as_ref()?, own, errs);
         (rules != HeaderRules::default()).then(|| std::sync::Arc::new(rules))
     };
     let request_headers = headers("server.request_headers", &raw.request_headers, errs);

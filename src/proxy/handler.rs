@@ -545,7 +545,16 @@ fn rewrite(
     let request_rules = edits
         .as_ref()
         .and_then(|(e, v)| Some((e.request_headers.as_deref()?, v)));
-    let authority = target.authority.clone();
+    // The app's path, from the path the request was routed by (`CONNECT`
+    // and `OPTIONS *` have none to rewrite).
+    let paths = edits.as_ref().and_then(|(e, _)| e.paths.as_deref());
+    let rewritten = match paths {
+        Some(paths) if target.path.is_some() || parts.uri.path().starts_with('/') => {
+            edits::path(paths, target.path(&parts.uri), &parts.uri)?
+        }
+        _ => None,
+    };
+    let authority = target.authority;
     let forwarded_host = if h1 && !claims && request_rules.is_none() {
         Some(authority.clone())
     } else {
@@ -574,13 +583,10 @@ fn rewrite(
         rules.apply(&mut parts.headers, vars);
     }
     let bad = ProxyError::BadRequest;
-    let paths = edits.as_ref().and_then(|(e, _)| e.paths.as_deref());
-    let new_pq = match (paths, &target.path) {
-        (Some(paths), _) if target.path.is_some() || parts.uri.path().starts_with('/') => {
-            edits::path(paths, target.path(&parts.uri), &parts.uri)?
-        }
-        (_, Some(p)) => Some(request::path_and_query(p, &parts.uri).ok_or(bad)?),
-        (_, None) => None,
+    let new_pq = match (rewritten, &target.path) {
+        (Some(pq), _) => Some(pq),
+        (None, Some(p)) => Some(request::path_and_query(p, &parts.uri).ok_or(bad)?),
+        (None, None) => None,
     };
     request::target_for(parts, server, authority, new_pq).ok_or(bad)?;
     Ok(forwarded_host)
