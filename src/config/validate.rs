@@ -433,7 +433,7 @@ mod tests {
 
     /// Timeouts and periods: `0s` would time every request out or spin a
     /// timer.
-    const NEVER_ZERO: [&str; 15] = [
+    const NEVER_ZERO: [&str; 19] = [
         "server.resolve_interval",
         "server.upgrade_timeout",
         "limits.client_header_timeout",
@@ -447,6 +447,10 @@ mod tests {
         "admin.header_timeout",
         "admin.idle_timeout",
         "apps.a.mirror.timeout",
+        "apps.a.client_body_timeout",
+        "apps.a.upstream_connect_timeout",
+        "apps.a.upstream_response_timeout",
+        "apps.a.upstream_read_timeout",
         "apps.a.blue.health.interval",
         "apps.a.blue.health.timeout",
     ];
