@@ -135,6 +135,9 @@ pub struct App {
     #[serde(default)]
     pub drift: bool,
     pub hosts: Vec<String>,
+    /// The app's own `[limits]` keys; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<AppLimits>,
     pub live: Color,
     #[serde(default)]
     pub mirror: Mirror,
@@ -143,6 +146,15 @@ pub struct App {
     /// `rate_limit`; absent when off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Header rules in force (the app's own or `[server]`'s); absent when
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderRules>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderRules>,
+    /// `rewrite`, as written; absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<Rewrite>,
     /// The latest rollout, under way or ended; `null` when none ran.
     #[serde(default)]
     pub rollout: Option<Rollout>,
@@ -153,6 +165,44 @@ pub struct App {
     pub standby: Color,
     pub standby_percent: f64,
     pub sticky: String,
+    /// `strip_prefix = true`; absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
+}
+
+/// An app's own limits for one request; durations as written in the
+/// config's units (`"250ms"`, `"2s"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_body_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_connect_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_read_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_response_timeout: Option<String>,
+}
+
+/// `request_headers` / `response_headers`: field names lowercase, values
+/// as written (variables unexpanded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeaderRules {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+}
+
+/// One `rewrite` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rewrite {
+    pub from: String,
+    pub to: String,
 }
 
 /// Who may reach an app.

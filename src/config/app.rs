@@ -23,6 +23,7 @@ pub fn build_app(
     name: String,
     raw: RawApp,
     defaults: &OwnAnswers,
+    server: &ServerSettings,
     base: &Path,
     errs: &mut Errors,
     warnings: &mut Vec<String>,
@@ -53,6 +54,7 @@ pub fn build_app(
         .as_ref()
         .map(|d| duration(&format!("{key}.drain_timeout"), d, errs));
     let compress = compression(&key, &raw, errs, warnings);
+    let edits = super::app_edits::app_edits(&key, &raw, server, errs);
     let pools = [
         pool(&format!("{key}.blue"), raw.blue, base, errs, warnings),
         pool(&format!("{key}.green"), raw.green, base, errs, warnings),
@@ -83,6 +85,10 @@ pub fn build_app(
         mirror: mirror(&format!("{key}.mirror"), raw.mirror, errs),
         access,
         rate_limit,
+        limits: edits.limits,
+        request_headers: edits.request_headers,
+        response_headers: edits.response_headers,
+        paths: edits.paths,
         path_prefix: raw.path_prefix,
         name,
     }

@@ -1,7 +1,9 @@
 //! Configuration in two layers: [`raw`] mirrors the TOML through serde,
 //! with every default and the unknown keys it collects; [`validate`] turns
 //! it into the typed [`Config`] (`types.rs`) — with `app`, `pool` and
-//! `admin` for those tables and `values` for single values — or into every
+//! `admin` for those tables, `app_edits` for an app's own limits, header
+//! rules and path rewriting (typed in [`edits`]), and `values` for single
+//! values — or into every
 //! [`ConfigError`] found, each naming its key path and line (`error.rs`).
 //! A rule is compiled by [`rule`]. The children import from
 //! [`crate::model`] and from each other, never from this file, which only
@@ -17,7 +19,9 @@ mod access;
 mod acme;
 mod admin;
 mod app;
+mod app_edits;
 pub mod certs;
+pub mod edits;
 mod error;
 mod pool;
 pub mod raw;
@@ -30,6 +34,7 @@ mod values;
 
 pub use crate::model::{Color, NameValue, RuleSpec};
 pub use app::compile_rules;
+pub use edits::{AppLimits, HeaderRules, PathRewrite, RequestLimits};
 pub use error::{ConfigError, ConfigErrors};
 pub use rule::Rule;
 pub use types::*;

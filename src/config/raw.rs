@@ -80,6 +80,9 @@ pub struct RawServer {
     pub upgrades: Vec<String>,
     /// `[server.error_pages]`: status → file.
     pub error_pages: BTreeMap<String, String>,
+    /// Every app's header rules, unless it has its own.
+    pub request_headers: Option<RawHeaderRules>,
+    pub response_headers: Option<RawHeaderRules>,
 }
 
 impl Default for RawServer {
@@ -102,6 +105,8 @@ impl Default for RawServer {
             retry_after: secs(5),
             upgrades: vec!["websocket".into()],
             error_pages: BTreeMap::new(),
+            request_headers: None,
+            response_headers: None,
         }
     }
 }
@@ -295,6 +300,34 @@ pub struct RawApp {
     pub deny: Vec<String>,
     pub basic_auth: Option<RawBasicAuth>,
     pub rate_limit: Option<RawRateLimit>,
+    /// The `[limits]` of one request, for this app; `None` takes
+    /// `[limits]`'s.
+    pub max_body_bytes: Option<i64>,
+    pub client_body_timeout: Option<RawDuration>,
+    pub upstream_connect_timeout: Option<RawDuration>,
+    pub upstream_response_timeout: Option<RawDuration>,
+    pub upstream_read_timeout: Option<RawDuration>,
+    /// `None` takes `[server]`'s rules.
+    pub request_headers: Option<RawHeaderRules>,
+    pub response_headers: Option<RawHeaderRules>,
+    pub strip_prefix: bool,
+    pub rewrite: Vec<RawRewrite>,
+}
+
+/// `request_headers` / `response_headers = { set, add, remove }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct RawHeaderRules {
+    pub set: BTreeMap<String, String>,
+    pub add: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+/// One `rewrite = [{ from, to }]` entry; both keys are needed.
+#[derive(Debug, Deserialize)]
+pub struct RawRewrite {
+    pub from: String,
+    pub to: String,
 }
 
 impl Default for RawApp {
@@ -322,6 +355,15 @@ impl Default for RawApp {
             deny: vec![],
             basic_auth: None,
             rate_limit: None,
+            max_body_bytes: None,
+            client_body_timeout: None,
+            upstream_connect_timeout: None,
+            upstream_response_timeout: None,
+            upstream_read_timeout: None,
+            request_headers: None,
+            response_headers: None,
+            strip_prefix: false,
+            rewrite: vec![],
         }
     }
 }
@@ -596,6 +638,13 @@ fn known_keys(path: &[Segment]) -> &'static [&'static str] {
         [s, Key(_), m] if k(s, "apps") && k(m, "mirror") => fields_of::<RawMirror>(),
         [s, Key(_), m] if k(s, "apps") && k(m, "basic_auth") => fields_of::<RawBasicAuth>(),
         [s, Key(_), m] if k(s, "apps") && k(m, "rate_limit") => fields_of::<RawRateLimit>(),
+        [s, h] if k(s, "server") && (k(h, "request_headers") || k(h, "response_headers")) => {
+            fields_of::<RawHeaderRules>()
+        }
+        [s, Key(_), h] if k(s, "apps") && (k(h, "request_headers") || k(h, "response_headers")) => {
+            fields_of::<RawHeaderRules>()
+        }
+        [s, Key(_), r, Index(_)] if k(s, "apps") && k(r, "rewrite") => fields_of::<RawRewrite>(),
         [s, Key(_), p] if k(s, "apps") && (k(p, "blue") || k(p, "green")) => fields_of::<RawPool>(),
         [s, Key(_), _, h] if k(s, "apps") && k(h, "health") => fields_of::<RawHealth>(),
         [s, Key(_), _, v, Index(_)] if k(s, "apps") && k(v, "servers") => {

@@ -67,6 +67,10 @@ pub struct ServerSettings {
     /// What cutover answers by itself for every app that does not say
     /// otherwise, and for a request no app matches (its 404).
     pub answers: OwnAnswers,
+    /// `request_headers` and `response_headers`: every app's rules, unless
+    /// it has its own. Default none.
+    pub request_headers: Option<Arc<super::edits::HeaderRules>>,
+    pub response_headers: Option<Arc<super::edits::HeaderRules>>,
 }
 
 /// Which listeners expect a PROXY protocol (v1 or v2) header, from an L4
@@ -180,6 +184,12 @@ pub struct ErrorPage {
 }
 
 impl ServerSettings {
+    /// The request id's field when cutover writes it: no header rule may
+    /// touch it.
+    pub fn own_request_id(&self) -> Option<&http::HeaderName> {
+        (self.request_id != RequestId::Off).then_some(&self.request_id_header)
+    }
+
     /// The number of worker threads to start: `workers`, or one per core.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
@@ -224,6 +234,29 @@ pub struct Limits {
     pub upstream_max_lifetime: Duration,
     /// Downstream connections at once (default 20000); beyond it accept waits.
     pub max_connections: usize,
+}
+
+/// An app's limits for one request: its own keys, `[limits]`' for the
+/// others.
+impl super::edits::AppLimits {
+    /// `limits` with this app's keys over it.
+    pub fn over(&self, limits: &Limits) -> super::edits::RequestLimits {
+        super::edits::RequestLimits {
+            max_body_bytes: self.max_body_bytes.unwrap_or(limits.max_body_bytes),
+            client_body_timeout: self
+                .client_body_timeout
+                .unwrap_or(limits.client_body_timeout),
+            upstream_connect_timeout: self
+                .upstream_connect_timeout
+                .unwrap_or(limits.upstream_connect_timeout),
+            upstream_response_timeout: self
+                .upstream_response_timeout
+                .unwrap_or(limits.upstream_response_timeout),
+            upstream_read_timeout: self
+                .upstream_read_timeout
+                .unwrap_or(limits.upstream_read_timeout),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -489,6 +522,15 @@ pub struct AppConfig {
     pub access: Option<AccessConfig>,
     /// `rate_limit`; `None` (the default): no limit.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Its own `max_body_bytes` and request timeouts; each absent one is
+    /// `[limits]`'s.
+    pub limits: super::edits::AppLimits,
+    /// Header rules for the request sent upstream and the answer sent
+    /// back: its own, or `[server]`'s. `None`: fields pass as they are.
+    pub request_headers: Option<Arc<super::edits::HeaderRules>>,
+    pub response_headers: Option<Arc<super::edits::HeaderRules>>,
+    /// `strip_prefix` and `rewrite`; `None`: the path is sent as routed.
+    pub paths: Option<Arc<super::edits::PathRewrite>>,
 }
 
 /// `[apps.NAME.mirror]`: a share of the live colour's requests copied to

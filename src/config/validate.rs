@@ -11,6 +11,7 @@ use std::path::Path;
 use super::admin::admin;
 use super::app::{answers, build_app, check_overlaps, RawAnswers};
 use super::certs::PairFile;
+use super::edits::HeaderRules;
 use super::error::{ConfigErrors, Errors};
 use super::raw::*;
 use super::types::*;
@@ -60,7 +61,17 @@ fn build(mut raw: RawConfig, base: &Path, path: Option<&Path>, errs: &mut Errors
     let apps = raw
         .apps
         .into_iter()
-        .map(|(name, app)| build_app(name, app, &server.answers, base, errs, &mut warnings))
+        .map(|(name, app)| {
+            build_app(
+                name,
+                app,
+                &server.answers,
+                &server,
+                base,
+                errs,
+                &mut warnings,
+            )
+        })
         .collect::<Vec<_>>();
     if apps.is_empty() {
         errs.push("apps", "at least one app is needed");
@@ -99,6 +110,22 @@ fn server_settings(raw: RawServer, base: &Path, errs: &mut Errors) -> ServerSett
         );
     }
     let answers = server_answers(&raw, &listen_tls, base, errs);
+    let request_id = request_id(&raw.request_id, errs);
+    let request_id_header = http::HeaderName::from_bytes(raw.request_id_header.as_bytes())
+        .unwrap_or_else(|_| {
+            errs.push(
+                "server.request_id_header",
+                format!("{:?} is not a header field name", raw.request_id_header),
+            );
+            http::HeaderName::from_static("x-request-id")
+        });
+    let own = (request_id != RequestId::Off).then_some(&request_id_header);
+    let headers = |key: &str, raw: &Option<RawHeaderRules>, errs: &mut Errors| {
+        let rules = super::app_edits::header_rules(key, raw.as_ref()?, own, errs);
+        (rules != HeaderRules::default()).then(|| std::sync::Arc::new(rules))
+    };
+    let request_headers = headers("server.request_headers", &raw.request_headers, errs);
+    let response_headers = headers("server.response_headers", &raw.response_headers, errs);
     ServerSettings {
         workers: int_range("server.workers", raw.workers, 0, 1024, errs) as usize,
         shutdown_timeout: duration("server.shutdown_timeout", &raw.shutdown_timeout, errs),
@@ -107,15 +134,10 @@ fn server_settings(raw: RawServer, base: &Path, errs: &mut Errors) -> ServerSett
         upgrade_timeout: positive_duration("server.upgrade_timeout", &raw.upgrade_timeout, errs),
         trusted_proxies,
         proxy_protocol,
-        request_id: request_id(&raw.request_id, errs),
-        request_id_header: http::HeaderName::from_bytes(raw.request_id_header.as_bytes())
-            .unwrap_or_else(|_| {
-                errs.push(
-                    "server.request_id_header",
-                    format!("{:?} is not a header field name", raw.request_id_header),
-                );
-                http::HeaderName::from_static("x-request-id")
-            }),
+        request_id,
+        request_id_header,
+        request_headers,
+        response_headers,
         upgrades: upgrades(&raw.upgrades, errs),
         answers,
         listen,
@@ -414,7 +436,7 @@ mod tests {
 
     /// Timeouts and periods: `0s` would time every request out or spin a
     /// timer.
-    const NEVER_ZERO: [&str; 15] = [
+    const NEVER_ZERO: [&str; 19] = [
         "server.resolve_interval",
         "server.upgrade_timeout",
         "limits.client_header_timeout",
@@ -428,6 +450,10 @@ mod tests {
         "admin.header_timeout",
         "admin.idle_timeout",
         "apps.a.mirror.timeout",
+        "apps.a.client_body_timeout",
+        "apps.a.upstream_connect_timeout",
+        "apps.a.upstream_response_timeout",
+        "apps.a.upstream_read_timeout",
         "apps.a.blue.health.interval",
         "apps.a.blue.health.timeout",
     ];

@@ -66,10 +66,25 @@ fn app(app: &App, drift: bool, rollout: Option<api::Rollout>) -> api::App {
         api::RulesOwner::File
     };
     let gate = app.gate.as_deref();
+    let edits = app.edits.as_deref();
+    let paths = edits.and_then(|e| e.paths.as_deref());
     api::App {
         access: gate.and_then(|g| g.access.as_deref()).map(access),
         drift,
         hosts: app.hosts.iter().map(|h| h.to_string()).collect(),
+        limits: edits.and_then(|e| own_limits(&e.own_limits)),
+        request_headers: edits.and_then(|e| header_rules(e.request_headers.as_deref())),
+        response_headers: edits.and_then(|e| header_rules(e.response_headers.as_deref())),
+        rewrite: paths.map_or(vec![], |p| {
+            p.rules
+                .iter()
+                .map(|r| api::Rewrite {
+                    from: r.from.as_str().to_string(),
+                    to: r.to.clone(),
+                })
+                .collect()
+        }),
+        strip_prefix: paths.is_some_and(|p| p.strip.is_some()),
         live: app.state.live,
         mirror: mirror(app),
         path_prefix: app.path_prefix.to_string(),
@@ -113,6 +128,34 @@ fn rate_limit(r: &RateLimiter) -> api::RateLimit {
         max_keys: c.max_keys,
         rate: c.rate.clone(),
     }
+}
+
+/// An app's own limits keys; `None` when it has none.
+fn own_limits(l: &crate::config::AppLimits) -> Option<api::AppLimits> {
+    let text =
+        |d: Option<std::time::Duration>| d.map(|d| humantime::format_duration(d).to_string());
+    let out = api::AppLimits {
+        client_body_timeout: text(l.client_body_timeout),
+        max_body_bytes: l.max_body_bytes,
+        upstream_connect_timeout: text(l.upstream_connect_timeout),
+        upstream_read_timeout: text(l.upstream_read_timeout),
+        upstream_response_timeout: text(l.upstream_response_timeout),
+    };
+    (out != api::AppLimits::default()).then_some(out)
+}
+
+fn header_rules(rules: Option<&crate::config::HeaderRules>) -> Option<api::HeaderRules> {
+    let r = rules?;
+    let pairs = |list: &[(http::HeaderName, crate::config::edits::Template)]| {
+        list.iter()
+            .map(|(n, t)| (n.to_string(), t.text.clone()))
+            .collect()
+    };
+    Some(api::HeaderRules {
+        add: pairs(&r.add),
+        remove: r.remove.iter().map(|n| n.to_string()).collect(),
+        set: pairs(&r.set),
+    })
 }
 
 /// Shadow traffic: the percent in force, the copies compared, and the

@@ -40,6 +40,10 @@ pub enum ProxyError {
     /// these as 499); nobody reads the answer.
     #[error("client closed the request")]
     ClientAbort,
+    /// An app's `rewrite` made a path no client could have sent: the
+    /// config's fault, not the client's.
+    #[error("rewrite made no path")]
+    BadRewrite,
 }
 
 /// The status recorded for a client abort: not an HTTP status any client
@@ -63,6 +67,7 @@ impl ProxyError {
             ProxyError::ClientAbort => {
                 StatusCode::from_u16(CLIENT_ABORT).unwrap_or(StatusCode::BAD_REQUEST)
             }
+            ProxyError::BadRewrite => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -81,6 +86,7 @@ impl ProxyError {
             ProxyError::Unauthorized => "unauthorized\n",
             ProxyError::TooManyRequests => "too many requests\n",
             ProxyError::ClientAbort => "client closed request\n",
+            ProxyError::BadRewrite => "internal server error\n",
         }
     }
 
@@ -107,6 +113,7 @@ impl ProxyError {
                 | ProxyError::BadRequest
                 | ProxyError::ClientAbort
                 | ProxyError::ClientTimeout
+                | ProxyError::BadRewrite
         ) {
             // The rest of the body is not read: the connection cannot be reused.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -23,6 +23,7 @@ use super::access;
 use super::body::{BodyTimeout, ClientBody, RequestBody, TooLarge};
 use super::compress::{self, Decision};
 use super::deadline;
+use super::edits;
 use super::error::ProxyError;
 use super::exchange::{Exchange, Extra};
 use super::h1;
@@ -229,9 +230,17 @@ struct Answer {
     /// The client's side of an upgrade or `CONNECT`, for the tunnel.
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     set_cookie: Option<HeaderValue>,
-    color_header: bool,
+    marks: Marks,
     /// The app compresses responses, and this request's may be.
     compress: Option<compress::Allowed>,
+}
+
+/// Fields the answer gets from the config besides the upstream's.
+struct Marks {
+    color_header: bool,
+    /// The app's `response_headers`, with this request's values; `None`
+    /// (no rules) costs the answer one test.
+    edits: Option<Box<edits::ResponseEdits>>,
 }
 
 /// Why a request goes no further than the proxy, and whose answers say so
@@ -288,7 +297,11 @@ fn refused(ex: Exchange, why: Refusal, own: &OwnAnswers, tls: bool) -> Response<
 }
 
 /// What routing decided for a request (phase 2), for the phases after it.
-struct Routed {
+struct Routed<'s> {
+    /// The app's limits for one request.
+    limits: &'s crate::config::RequestLimits,
+    /// The app's header rules and path rewriting, if it has any.
+    edits: Option<&'s crate::route::snapshot::Edits>,
     pool: Arc<Pool>,
     /// Placed by a rule (not by the split or the live colour).
     by_rule: bool,
@@ -340,7 +353,7 @@ fn prepare(
         Err(stop) => return Err(stop.answer(ex, conn, &req, target.host())),
     };
     // Phase 2b: limits that need no upstream, and the server.
-    let limits = &snap.settings.limits;
+    let limits = routed.limits;
     let pool = routed.pool.clone();
     ex.choose(&pool, !routed.by_rule);
     let server = match server_for(&pool, &req, limits.max_body_bytes) {
@@ -368,9 +381,20 @@ fn prepare(
         .sampled
         .as_ref()
         .and_then(|_| target.authority.clone());
-    let forwarded_host = match rewrite(&mut parts, conn, &server, target, routed.hop, upgrade) {
-        Some(f) => f,
-        None => return Err(fail(ex, ProxyError::BadRequest, &pool.answers, conn.tls)),
+    // An app's own edits, with the values of their variables.
+    let edits = routed.edits.map(|e| {
+        let host = target.authority.as_ref();
+        (
+            e,
+            edits::vars(client_ip, ex.request_id(), server.color, host, conn.tls),
+        )
+    });
+    let response_edits = edits.as_ref().and_then(|(e, v)| edits::response(e, v));
+    let forwarded_host = match rewrite(
+        &mut parts, conn, &server, target, routed.hop, upgrade, edits,
+    ) {
+        Ok(f) => f,
+        Err(err) => return Err(fail(ex, err, &pool.answers, conn.tls)),
     };
     let asked = h1::Asked::new(&parts.method, upgrade);
     // The hook of shadow traffic: the copy starts from the rewritten
@@ -407,7 +431,10 @@ fn prepare(
             pool,
             client_upgrade,
             set_cookie: routed.set_cookie,
-            color_header: snap.settings.color_header,
+            marks: Marks {
+                color_header: snap.settings.color_header,
+                edits: response_edits,
+            },
             compress,
         },
     })
@@ -468,7 +495,7 @@ fn route<'s>(
     target: &request::Target,
     client_ip: std::net::IpAddr,
     ex: &mut Exchange,
-) -> Result<Routed, Stop<'s>> {
+) -> Result<Routed<'s>, Stop<'s>> {
     let host = target
         .authority
         .as_ref()
@@ -528,6 +555,8 @@ fn route<'s>(
     }
     let hop = headers::HopFields::scan(req.headers());
     Ok(Routed {
+        limits: &app.limits,
+        edits: app.edits.as_deref(),
         pool: app.pool(decision.color).clone(),
         by_rule: matches!(decision.placed, Placed::Rule(_)),
         // Drawn while the app is at hand; the copy starts in phase 3.
@@ -545,7 +574,9 @@ fn route<'s>(
 /// trusted proxy made them, ours in, `Host` from the routed authority, and
 /// the target in the form the upstream's protocol wants. `Some(host)`:
 /// the `X-Forwarded-*` fields are left to the HTTP/1.1 client to write,
-/// with `host` as `X-Forwarded-Host`. `None`: the target cannot be sent.
+/// with `host` as `X-Forwarded-Host`. `Err`: the target cannot be sent.
+/// An app's `edits` come last: its path rewriting, and its header rules
+/// after cutover's own fields (which are then written into the map).
 #[allow(clippy::option_option)]
 fn rewrite(
     parts: &mut http::request::Parts,
@@ -554,7 +585,8 @@ fn rewrite(
     target: request::Target,
     hop: headers::HopFields,
     upgrade: bool,
-) -> Option<Option<Option<HeaderValue>>> {
+    edits: Option<(&crate::route::snapshot::Edits, crate::config::edits::Vars)>,
+) -> Result<Option<Option<HeaderValue>>, ProxyError> {
     let named_removed = headers::strip_found(&mut parts.headers, hop, upgrade);
     // Who the client is and how it came is believed only from a trusted
     // proxy; anyone else's claims are removed before ours are added.
@@ -566,8 +598,20 @@ fn rewrite(
     // HTTP/1.1 client writes ours after the others (`forwarded_host`), and
     // the header map is left as it is.
     let h1 = server.protocol != Protocol::H2;
+    let request_rules = edits
+        .as_ref()
+        .and_then(|(e, v)| Some((e.request_headers.as_deref()?, v)));
+    // The app's path, from the path the request was routed by (`CONNECT`
+    // and `OPTIONS *` have none to rewrite).
+    let paths = edits.as_ref().and_then(|(e, _)| e.paths.as_deref());
+    let rewritten = match paths {
+        Some(paths) if target.path.is_some() || parts.uri.path().starts_with('/') => {
+            edits::path(paths, target.path(&parts.uri), &parts.uri)?
+        }
+        _ => None,
+    };
     let authority = target.authority;
-    let forwarded_host = if h1 && !claims {
+    let forwarded_host = if h1 && !claims && request_rules.is_none() {
         Some(authority.clone())
     } else {
         headers::add_forwarded(
@@ -591,12 +635,17 @@ fn rewrite(
             }
         }
     }
-    let new_pq = match &target.path {
-        Some(p) => Some(request::path_and_query(p, &parts.uri)?),
-        None => None,
+    if let Some((rules, vars)) = request_rules {
+        rules.apply(&mut parts.headers, vars);
+    }
+    let bad = ProxyError::BadRequest;
+    let new_pq = match (rewritten, &target.path) {
+        (Some(pq), _) => Some(pq),
+        (None, Some(p)) => Some(request::path_and_query(p, &parts.uri).ok_or(bad)?),
+        (None, None) => None,
     };
-    request::target_for(parts, server, authority, new_pq)?;
-    Some(forwarded_host)
+    request::target_for(parts, server, authority, new_pq).ok_or(bad)?;
+    Ok(forwarded_host)
 }
 
 /// Phases 4–6. A plain `fn` returning an `async move` block, which captures
@@ -789,7 +838,7 @@ fn answer_h1(
             parts,
             a.pool,
             a.set_cookie,
-            a.color_header,
+            a.marks,
             conn.tls,
             a.compress,
             body,
@@ -804,15 +853,7 @@ fn answer_h1(
         super::tunnel::spawn(shared, pool, lease.server, client, *c, conn.clone(), log);
     }
     let body = ResponseBody::full(Bytes::new(), Some(a.ex));
-    respond(
-        parts,
-        a.pool,
-        a.set_cookie,
-        a.color_header,
-        conn.tls,
-        None,
-        body,
-    )
+    respond(parts, a.pool, a.set_cookie, a.marks, conn.tls, None, body)
 }
 
 /// The upstream connection's own fields stay here (RFC 9110 §7.6.1): the
@@ -911,7 +952,7 @@ async fn send_h2(
         parts,
         a.pool,
         a.set_cookie,
-        a.color_header,
+        a.marks,
         conn.tls,
         a.compress,
         body,
@@ -986,7 +1027,7 @@ fn respond(
     mut parts: http::response::Parts,
     pool: Arc<Pool>,
     set_cookie: Option<HeaderValue>,
-    color_header: bool,
+    marks: Marks,
     tls: bool,
     compress: Option<compress::Allowed>,
     mut body: ResponseBody,
@@ -1014,7 +1055,7 @@ fn respond(
     // An HTTP/1.1 client gets an HTTP/1.1 status line whatever the
     // upstream spoke (hyper answers an HTTP/1.0 client in its version).
     parts.version = Version::HTTP_11;
-    if color_header {
+    if marks.color_header {
         parts.headers.insert(
             headers::X_CUTOVER_COLOR.clone(),
             COLOR_VALUES[pool.color.index()].clone(),
@@ -1022,6 +1063,11 @@ fn respond(
     }
     if let Some(c) = set_cookie {
         parts.headers.append(header::SET_COOKIE, c);
+    }
+    // The app's rules come after cutover's own fields, whatever the
+    // status (nginx's `add_header … always`).
+    if let Some(e) = marks.edits {
+        e.apply(&mut parts.headers);
     }
     if let Some(ex) = body.exchange() {
         if let Some((name, id)) = ex.request_id() {

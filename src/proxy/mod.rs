@@ -12,6 +12,7 @@
 //! - [`handler`]: the request phases, route → forward → respond;
 //! - [`request`]: Host, target and path checks before routing;
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
+//! - [`edits`]: an app's header rules and path rewriting, applied;
 //! - [`h1`]: the HTTP/1.1 upstream client (codec, connection);
 //! - [`upstream`]: per-worker, per-server connection pools, and opening
 //!   a connection;
@@ -32,13 +33,14 @@
 //! `conn → handler → {response → exchange → upstream → h1::conn →
 //! h1::codec}`, and `handler → mirror → {exchange, body, upstream, h1}`,
 //! each also free to use the leaves `headers`, `io`, `deadline`, `error`,
-//! `request`, `compress` and `worker`.
+//! `request`, `compress`, `edits` and `worker`.
 
 mod access;
 pub mod body;
 mod compress;
 mod conn;
 mod deadline;
+mod edits;
 pub mod error;
 mod exchange;
 mod exec;

@@ -11,8 +11,9 @@ use super::mirror::MirrorStats;
 use super::rule::{RequestView, RuleTable};
 use super::sticky::{self, CookieId, BUCKETS};
 use crate::config::{
-    compile_rules, AppConfig, Balance, Color, Compression, Config, HealthConfig, HostPattern,
-    Limits, MirrorConfig, OwnAnswers, PassiveConfig, PoolConfig, Protocol, ServerConfig, Sticky,
+    compile_rules, AppConfig, Balance, Color, Compression, Config, HeaderRules, HealthConfig,
+    HostPattern, Limits, MirrorConfig, OwnAnswers, PassiveConfig, PathRewrite, PoolConfig,
+    Protocol, RequestLimits, ServerConfig, Sticky,
 };
 pub use crate::model::{server_key, AppState, ServerSetting, ServerState};
 use crate::tls::{ServerTls, Transport};
@@ -477,6 +478,40 @@ pub struct App {
     /// `allow`/`deny`, `basic_auth`, `rate_limit`; `None` (all off) costs
     /// the request path one pointer test.
     pub gate: Option<Arc<Gate>>,
+    /// `[limits]` with the app's own keys over it: what one request of
+    /// the app runs under.
+    pub limits: RequestLimits,
+    /// Header rules, path rewriting and the app's own limits as written.
+    /// `None` (the default) costs a request one test.
+    pub edits: Option<Arc<Edits>>,
+}
+
+/// What an app changes in the requests and answers it passes.
+#[derive(Debug, PartialEq)]
+pub struct Edits {
+    /// The app's own limits keys (for `status`; [`App::limits`] is what
+    /// requests read).
+    pub own_limits: crate::config::AppLimits,
+    pub request_headers: Option<Arc<HeaderRules>>,
+    pub response_headers: Option<Arc<HeaderRules>>,
+    pub paths: Option<Arc<PathRewrite>>,
+}
+
+impl Edits {
+    /// `None` when the app changes nothing.
+    fn of(app: &AppConfig) -> Option<Arc<Edits>> {
+        let edits = Edits {
+            own_limits: app.limits.clone(),
+            request_headers: app.request_headers.clone(),
+            response_headers: app.response_headers.clone(),
+            paths: app.paths.clone(),
+        };
+        let none = edits.own_limits == crate::config::AppLimits::default()
+            && edits.request_headers.is_none()
+            && edits.response_headers.is_none()
+            && edits.paths.is_none();
+        (!none).then(|| Arc::new(edits))
+    }
 }
 
 /// What an app is besides its runtime state: fixed by the config.
@@ -492,6 +527,8 @@ struct Shape {
     mirror_config: Arc<MirrorConfig>,
     mirror_stats: Arc<MirrorStats>,
     gate: Option<Arc<Gate>>,
+    limits: RequestLimits,
+    edits: Option<Arc<Edits>>,
 }
 
 impl App {
@@ -534,6 +571,8 @@ impl App {
             standby_bp,
             set_cookie,
             gate: shape.gate,
+            limits: shape.limits,
+            edits: shape.edits,
         }
     }
 }
@@ -722,7 +761,12 @@ impl Settings {
 impl Shape {
     /// The shape of `app_cfg`, reusing what `old_app` has that the config
     /// did not change.
-    fn build(app_cfg: &AppConfig, state: &AppState, old_app: Option<&App>) -> Shape {
+    fn build(
+        app_cfg: &AppConfig,
+        limits: &Limits,
+        state: &AppState,
+        old_app: Option<&App>,
+    ) -> Shape {
         let name: Arc<str> = old_app
             .map(|a| a.name.clone())
             .unwrap_or_else(|| app_cfg.name.as_str().into());
@@ -752,6 +796,8 @@ impl Shape {
             mirror_config: Arc::new(app_cfg.mirror.clone()),
             mirror_stats: old_app.map(|a| a.mirror_stats.clone()).unwrap_or_default(),
             gate: Gate::build(app_cfg, old_app.and_then(|a| a.gate.as_ref())),
+            limits: app_cfg.limits.over(limits),
+            edits: Edits::of(app_cfg),
         }
     }
 }
@@ -845,7 +891,7 @@ impl Snapshot {
                 .cloned()
                 .unwrap_or_else(|| AppState::initial(app_cfg));
             let old_app = old.and_then(|o| o.app(&app_cfg.name));
-            let shape = Shape::build(app_cfg, &state, old_app.map(|a| &**a));
+            let shape = Shape::build(app_cfg, &config.limits, &state, old_app.map(|a| &**a));
             match App::assemble(shape, state) {
                 Ok(app) => apps.push(Arc::new(app)),
                 Err(e) => errors.extend(e),
@@ -883,6 +929,8 @@ impl Snapshot {
                         mirror_config: app.mirror_config.clone(),
                         mirror_stats: app.mirror_stats.clone(),
                         gate: app.gate.clone(),
+                        limits: app.limits,
+                        edits: app.edits.clone(),
                     };
                     if state.rules == app.state.rules {
                         Arc::new(App::with_rules(shape, state.clone(), app.rules.clone()))
