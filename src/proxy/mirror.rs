@@ -10,6 +10,10 @@
 //! `timeout`, with at most `max_in_flight` copies under way per app. A
 //! slow or dead standby holds its copies' slots and sockets, nothing else.
 //! (nginx's `mirror` holds the main request until its subrequest ends.)
+//! While bodies are compared, the live answer's body frames are kept by
+//! reference (up to `max_body`) until the copy's answer is in; the
+//! comparison itself, in [`crate::route::mirror`], runs in the copy's
+//! task. A request that is not copied keeps nothing.
 //!
 //! A copy is never sent again once the standby may have seen it: only a
 //! pooled connection the standby had already closed, which fails before

@@ -1,7 +1,9 @@
 //! What shadow traffic leaves behind: per-app counts of how each copy
-//! ended and the last differences found. The copies themselves are sent by
-//! `proxy::mirror`; this is the record the snapshot carries from one
-//! state of the world to the next, as it does a colour's statistics.
+//! ended and the last differences found, and the pure comparison that
+//! says where two answers first differ ([`body_divergence`],
+//! [`header_divergence`]). The copies themselves are sent by
+//! `proxy::mirror`; the counts are the record the snapshot carries from
+//! one state of the world to the next, as it does a colour's statistics.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
