@@ -654,6 +654,27 @@ async fn json_answers_differing_only_in_ignored_fields_match_and_others_name_the
         );
         let mismatched = &st["apps"]["shop"]["mirror"]["mismatched"];
         assert_eq!(mismatched, 1);
+        // `cutover status` says it in words.
+        let admin = format!("http://{}", proxy.admin);
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .args(["status", "--admin", &admin])
+                .env_remove("CUTOVER_ADMIN")
+                .env_remove("CUTOVER_TOKEN")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("compared, 1 mismatched (compare status, body)"),
+            "{said}"
+        );
+        assert!(
+            said.contains("at $.cart.items[0].price: live \"10\" shadow \"12\""),
+            "{said}"
+        );
     })
     .await
     .expect("test timed out");
