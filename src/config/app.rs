@@ -8,6 +8,7 @@ use std::path::Path;
 use http::HeaderValue;
 
 use super::error::{ConfigError, Errors};
+use super::json_path::JsonPath;
 use super::pool::pool;
 use super::raw::{RawApp, RawDuration, RawMirror};
 use super::rule::Rule;
@@ -16,7 +17,6 @@ use super::values::{
     color, duration, host_pattern, hsts, int_range, media_range, page_type, percent,
     positive_duration,
 };
-use super::JsonPath;
 use crate::model::{Compared, RuleSpec};
 
 pub fn build_app(

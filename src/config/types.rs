@@ -482,7 +482,7 @@ pub struct MirrorConfig {
     pub compare_headers: bool,
     /// `ignore_json_fields`: JSON paths left out when both bodies are JSON
     /// (`$.timestamp`, `$.items[*].id`). Default none.
-    pub ignore_json_fields: Vec<super::JsonPath>,
+    pub ignore_json_fields: Vec<super::json_path::JsonPath>,
     /// `ignore_headers`: header fields whose values are not compared
     /// (with `compare` naming `"headers"`), lowercase. Default none.
     pub ignore_headers: Vec<http::HeaderName>,
