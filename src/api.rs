@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AppState, Color, RolloutPhase, RolloutTransition, RuleSpec, ServerState};
+use crate::model::{
+    AppState, Color, Compared, RolloutPhase, RolloutTransition, RuleSpec, ServerState,
+};
 
 /// `GET /v1/status`, and the answer to every change (with `changed` and
 /// `dry_run`) and to `POST /v1/reload`.
@@ -253,6 +255,12 @@ pub enum RulesOwner {
 /// and the last differences, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Mirror {
+    /// What copies are compared by now: `["status", "body"]`.
+    #[serde(default)]
+    pub compare: Vec<Compared>,
+    /// `runtime` when `compare` was set at runtime, else `config`.
+    #[serde(default)]
+    pub compare_source: String,
     pub compared: u64,
     pub differences: Vec<MirrorDifference>,
     pub in_flight: u64,
@@ -270,7 +278,7 @@ pub struct MirrorDifference {
     pub error: Option<String>,
     pub live_status: u16,
     pub method: String,
-    /// `status_differs`, `body_differs` or `error`.
+    /// `status_differs`, `body_differs`, `headers_differ` or `error`.
     pub outcome: String,
     /// Without its query.
     pub path: String,
@@ -278,6 +286,18 @@ pub struct MirrorDifference {
     pub shadow_status: Option<u16>,
     /// RFC 3339, UTC, to the millisecond.
     pub time: String,
+    /// For `body_differs` and `headers_differ`: where the answers first
+    /// differ — a JSON path (`$.items[0].price`) when both bodies are
+    /// JSON, `byte N` otherwise, `header NAME` for a header field.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// The live answer's value there, cut to 64 bytes (`null`: it has
+    /// none there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_value: Option<String>,
+    /// The standby's value there, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_value: Option<String>,
 }
 
 /// An app's two pools.
@@ -478,6 +498,10 @@ pub struct ChangeBody {
     /// Shift and mirror only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
+    /// Mirror only: what copies are compared by from now on (`["status",
+    /// "body"]`), in place of the config's `compare`. Absent: unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<Vec<Compared>>,
     /// Flip only: the colour to make live; an app already live there
     /// with no split is left as it is. Absent: each app to its standby.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -109,6 +109,11 @@ pub enum Command {
         /// `[APP] PERCENT`.
         #[arg(num_args = 1..=2, value_names = ["APP", "PERCENT"], required = true)]
         args: Vec<String>,
+        /// What the copies are compared by from now on, in place of the
+        /// config's `compare`: `status`, `status,body`,
+        /// `status,body,headers`.
+        #[arg(long, value_name = "LIST", value_parser = compare_list)]
+        compare: Option<CompareList>,
         #[command(flatten)]
         change: ChangeFlags,
         #[command(flatten)]
@@ -313,9 +318,18 @@ impl ChangeFlags {
             force: self.force,
             dry_run: self.dry_run,
             percent: None,
+            compare: None,
             to: None,
         }
     }
+}
+
+/// `--compare status,body`.
+#[derive(Debug, Clone)]
+pub struct CompareList(Vec<crate::model::Compared>);
+
+fn compare_list(s: &str) -> Result<CompareList, String> {
+    crate::model::Compared::parse_list(s).map(CompareList)
 }
 
 /// How the client subcommands reach the admin API.
@@ -701,8 +715,18 @@ fn run_client(ep: &Endpoint, cmd: Command) -> ExitCode {
         Command::Rollback { app, change, .. } => {
             self::change(ep, "rollback", app, change.body(), change)
         }
-        Command::Mirror { args, change, .. } => percent_change(ep, "mirror", "PUT", &args, change),
-        Command::Shift { args, change, .. } => percent_change(ep, "shift", "POST", &args, change),
+        Command::Mirror {
+            args,
+            compare,
+            change,
+            ..
+        } => {
+            let compare = compare.map(|c| c.0);
+            percent_change(ep, "mirror", "PUT", &args, compare, change)
+        }
+        Command::Shift { args, change, .. } => {
+            percent_change(ep, "shift", "POST", &args, None, change)
+        }
         Command::Rules {
             args, rule, change, ..
         } => rules_command(ep, args, rule, change),
@@ -1077,12 +1101,14 @@ fn diff_text(path: &Path, d: &[(String, Vec<String>)]) -> String {
     s
 }
 
-/// `shift` or `mirror`: `[APP] PERCENT`, sent to `/v1/apps/{app}/{verb}`.
+/// `shift` or `mirror`: `[APP] PERCENT` (and the mirror's `--compare`),
+/// sent to `/v1/apps/{app}/{verb}`.
 fn percent_change(
     ep: &Endpoint,
     verb: &str,
     method: &str,
     args: &[String],
+    compare: Option<Vec<crate::model::Compared>>,
     c: ChangeFlags,
 ) -> ExitCode {
     let (app, percent) = match app_percent(verb, args) {
@@ -1095,6 +1121,7 @@ fn percent_change(
     };
     let body = api::ChangeBody {
         percent: Some(percent),
+        compare,
         ..c.body()
     };
     finish(
@@ -1508,7 +1535,7 @@ fn summarize_app(s: &mut String, app: &AppConfig) {
             m.percent,
             methods.join(", "),
             m.max_body,
-            if m.compare_body { "status, body" } else { "status" },
+            crate::model::Compared::join(&m.compared()),
             humantime::format_duration(m.timeout)
         );
     }

@@ -629,10 +629,11 @@ fn mirror_lines(m: &api::Mirror, standby: Color, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "  mirror {} to {standby}: {} compared, {} mismatched",
+        "  mirror {} to {standby}: {} compared, {} mismatched (compare {})",
         percent(m.percent),
         m.compared,
         m.mismatched,
+        crate::model::Compared::join(&m.compare),
     );
     for d in m.differences.iter().take(5) {
         let shadow = match (d.shadow_status, &d.error) {
@@ -645,6 +646,16 @@ fn mirror_lines(m: &api::Mirror, standby: Color, out: &mut String) {
             "    {} {} {} live {} shadow {} ({})",
             d.time, d.method, d.path, d.live_status, shadow, d.outcome,
         );
+        if let Some(at) = &d.at {
+            let shown =
+                |v: &Option<String>| v.as_deref().map_or("(none)".into(), |v| format!("{v:?}"));
+            let _ = writeln!(
+                out,
+                "      at {at}: live {} shadow {}",
+                shown(&d.live_value),
+                shown(&d.shadow_value)
+            );
+        }
     }
 }
 

@@ -96,6 +96,11 @@ pub struct NameValue {
 #[serde(deny_unknown_fields)]
 pub struct AppState {
     pub live: Color,
+    /// What shadow copies are compared by, as set at runtime (`cutover
+    /// mirror APP PERCENT --compare status,body`). `None`: the config's
+    /// `[apps.NAME.mirror] compare`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_compare: Option<Vec<Compared>>,
     /// The share (0-100) of live-colour requests copied to the standby
     /// colour, as set at runtime. `None`: the config's `[apps.NAME.mirror]
     /// percent` (0 when the app has no such table).
@@ -116,6 +121,54 @@ pub struct AppState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub servers: BTreeMap<String, ServerSetting>,
     pub standby_percent: f64,
+}
+
+/// What a shadow copy's answer is compared with the live one by: one
+/// item of `[apps.NAME.mirror] compare` (and of `--compare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compared {
+    /// The status class (2xx, 3xx, ...); always compared.
+    Status,
+    /// The body, up to `max_body` bytes.
+    Body,
+    /// The response's end-to-end header fields, but those in
+    /// `ignore_headers` and those that differ by nature (`Date`, framing).
+    Headers,
+}
+
+impl Compared {
+    pub const ALL: [Compared; 3] = [Compared::Status, Compared::Body, Compared::Headers];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compared::Status => "status",
+            Compared::Body => "body",
+            Compared::Headers => "headers",
+        }
+    }
+
+    /// One item as written in the config or on the command line.
+    pub fn parse(s: &str) -> Option<Compared> {
+        Compared::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// A list as `--compare` takes it: `status,body`.
+    pub fn parse_list(s: &str) -> Result<Vec<Compared>, String> {
+        s.split(',')
+            .map(|w| {
+                Compared::parse(w.trim()).ok_or_else(|| {
+                    format!("must be status, body or headers, comma-separated; got {w:?}")
+                })
+            })
+            .collect()
+    }
+
+    /// A list as status shows it: `status, body`.
+    pub fn join(list: &[Compared]) -> String {
+        let words: Vec<&str> = list.iter().map(|c| c.as_str()).collect();
+        words.join(", ")
+    }
 }
 
 fn runtime_owned() -> bool {

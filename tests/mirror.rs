@@ -33,6 +33,9 @@ enum Behaviour {
     Sleep(Duration),
     /// 200, once the sender says `true`.
     Hold(watch::Receiver<bool>),
+    /// 200, with the body this gives for the request's path (JSON when it
+    /// starts with `{`).
+    Say(fn(&str) -> String),
 }
 
 /// One request the standby received.
@@ -79,13 +82,18 @@ impl Green {
                             s.lock().unwrap().push(Copy {
                                 version,
                                 method,
-                                path,
+                                path: path.clone(),
                                 mirror,
                                 body,
                             });
                             a.notify_waiters();
+                            let mut said = None;
                             let status = match b {
                                 Behaviour::Answer(n) => n,
+                                Behaviour::Say(say) => {
+                                    said = Some(say(&path));
+                                    200
+                                }
                                 Behaviour::Sleep(d) => {
                                     tokio::time::sleep(d).await;
                                     200
@@ -95,8 +103,17 @@ impl Green {
                                     200
                                 }
                             };
-                            let mut r = Response::new(Full::new(Bytes::from_static(b"green")));
+                            let body = said.clone().unwrap_or_else(|| "green".into());
+                            let mut r = Response::new(Full::new(Bytes::from(body)));
                             *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                            r.headers_mut()
+                                .insert("x-upstream", http::HeaderValue::from_static("green"));
+                            if said.is_some_and(|b| b.starts_with('{')) {
+                                r.headers_mut().insert(
+                                    "content-type",
+                                    http::HeaderValue::from_static("application/json"),
+                                );
+                            }
                             Ok::<_, Infallible>(r)
                         }
                     });
@@ -223,7 +240,9 @@ async fn a_tenth_of_live_gets_reach_the_standby_marked_as_copies() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let blue = Upstream::start("blue").await;
         let green = Green::start(Behaviour::Answer(200)).await;
-        let proxy = Proxy::start(&config(blue.addr, green.addr, "percent = 10"));
+        // Blue and green answer other bodies: statuses only, here.
+        let mirror = "percent = 10\ncompare = [\"status\"]";
+        let proxy = Proxy::start(&config(blue.addr, green.addr, mirror));
         let c = client();
         const N: usize = 1000;
         for i in 0..N {
@@ -273,12 +292,14 @@ async fn a_post_is_copied_only_when_methods_name_it_and_its_body_fits() {
             Green::start(Behaviour::Answer(200)).await,
             Green::start(Behaviour::Answer(200)).await,
         );
+        // Blue and green answer other bodies: statuses only, here.
         let toml = format!(
             r#"
 [apps.shop]
 hosts = ["shop.test"]
 [apps.shop.mirror]
 percent = 100
+compare = ["status"]
 [apps.shop.blue]
 servers = ["{b}"]
 [apps.shop.green]
@@ -290,6 +311,7 @@ hosts = ["api.test"]
 percent = 100
 methods = ["GET", "POST"]
 max_body = 1024
+compare = ["status"]
 [apps.api.blue]
 servers = ["{b}"]
 [apps.api.green]
@@ -355,7 +377,7 @@ async fn copies_past_max_in_flight_are_dropped_and_counted() {
         let blue = Upstream::start("blue").await;
         let (release, hold) = watch::channel(false);
         let green = Green::start(Behaviour::Hold(hold)).await;
-        let mirror = "percent = 100\nmax_in_flight = 1\ntimeout = \"30s\"";
+        let mirror = "percent = 100\nmax_in_flight = 1\ntimeout = \"30s\"\ncompare = [\"status\"]";
         let proxy = Proxy::start(&config(blue.addr, green.addr, mirror));
         let c = client();
         // The first copy takes the only place and is held by green; the
@@ -545,11 +567,11 @@ async fn upgrades_are_never_copied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_are_compared_when_asked_and_only_up_to_max_body() {
+async fn bodies_are_compared_by_default_and_only_up_to_max_body() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let blue = Upstream::start("blue").await;
         let green = Green::start(Behaviour::Answer(200)).await;
-        let mirror = "percent = 100\ncompare = [\"status\", \"body\"]\nmax_body = 4096";
+        let mirror = "percent = 100\nmax_body = 4096";
         let proxy = Proxy::start(&config(blue.addr, green.addr, mirror));
         let c = client();
         // Blue answers "blue", green "green": same status, other body.
@@ -564,11 +586,232 @@ async fn bodies_are_compared_when_asked_and_only_up_to_max_body() {
         assert_eq!(outcome(&text, "shop", "body_differs"), 1, "{text}");
         assert_eq!(outcome(&text, "shop", "same"), 1, "{text}");
         let st = status(&c, &proxy).await;
-        let d = &st["apps"]["shop"]["mirror"]["differences"][0];
+        let m = &st["apps"]["shop"]["mirror"];
+        assert_eq!(m["compare"], serde_json::json!(["status", "body"]));
+        assert_eq!(m["compare_source"], "config");
+        let d = &m["differences"][0];
         assert_eq!(
             (d["path"].as_str(), d["outcome"].as_str()),
             (Some("/page"), Some("body_differs"))
         );
+        // Plain text differs at its first differing byte, both sides shown.
+        assert_eq!(d["where"], "byte 0", "{d}");
+        assert_eq!(
+            (d["live_value"].as_str(), d["shadow_value"].as_str()),
+            (Some("blue"), Some("green"))
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Blue's cart: a time and a request id that differ on every answer.
+fn blue_cart(_: &str) -> String {
+    r#"{"timestamp": "12:00:01", "request_id": "a1", "cart": {"items": [{"sku": "x", "price": 10}]}}"#.into()
+}
+
+/// Green's: other times and ids; on `/cart/other`, another price too.
+fn green_cart(path: &str) -> String {
+    let price = if path == "/cart/other" { 12 } else { 10 };
+    format!(
+        r#"{{"cart": {{"items": [{{"price": {price}, "sku": "x"}}]}}, "request_id": "b2", "timestamp": "12:00:02"}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_answers_differing_only_in_ignored_fields_match_and_others_name_their_path() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let blue = Green::start(Behaviour::Say(blue_cart)).await;
+        let green = Green::start(Behaviour::Say(green_cart)).await;
+        let mirror = "percent = 100\nignore_json_fields = [\"$.timestamp\", \"$.request_id\"]";
+        let proxy = Proxy::start(&config(blue.addr, green.addr, mirror));
+        let c = client();
+        let r = get(&c, &shop("/cart/same", &proxy), HOST).await;
+        assert_eq!(r.text(), blue_cart(""));
+        let text = metrics_until(&c, &proxy, Duration::from_secs(5), |t| {
+            outcome(t, "shop", "same") + outcome(t, "shop", "body_differs") == 1
+        })
+        .await;
+        assert_eq!(
+            outcome(&text, "shop", "same"),
+            1,
+            "other order, ignored fields: {text}"
+        );
+
+        get(&c, &shop("/cart/other", &proxy), HOST).await;
+        metrics_until(&c, &proxy, Duration::from_secs(5), |t| {
+            outcome(t, "shop", "body_differs") == 1
+        })
+        .await;
+        let st = status(&c, &proxy).await;
+        let d = &st["apps"]["shop"]["mirror"]["differences"][0];
+        assert_eq!(d["path"], "/cart/other");
+        assert_eq!(d["outcome"], "body_differs");
+        assert_eq!(d["where"], "$.cart.items[0].price", "{d}");
+        assert_eq!(
+            (d["live_value"].as_str(), d["shadow_value"].as_str()),
+            (Some("10"), Some("12"))
+        );
+        let mismatched = &st["apps"]["shop"]["mirror"]["mismatched"];
+        assert_eq!(mismatched, 1);
+        // `cutover status` says it in words.
+        let admin = format!("http://{}", proxy.admin);
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .args(["status", "--admin", &admin])
+                .env_remove("CUTOVER_ADMIN")
+                .env_remove("CUTOVER_TOKEN")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("compared, 1 mismatched (compare status, body)"),
+            "{said}"
+        );
+        assert!(
+            said.contains("at $.cart.items[0].price: live \"10\" shadow \"12\""),
+            "{said}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_fields_are_compared_when_asked_but_not_those_ignored() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let blue = Upstream::start("blue").await;
+        // Green adds `x-upstream: green`; blue has no such field.
+        let green = Green::start(Behaviour::Answer(200)).await;
+        let mirror = "percent = 100\ncompare = [\"status\", \"headers\"]";
+        let proxy = Proxy::start(&config(blue.addr, green.addr, mirror));
+        let c = client();
+        get(&c, &shop("/h", &proxy), HOST).await;
+        metrics_until(&c, &proxy, Duration::from_secs(5), |t| {
+            outcome(t, "shop", "headers_differ") == 1
+        })
+        .await;
+        let st = status(&c, &proxy).await;
+        let d = &st["apps"]["shop"]["mirror"]["differences"][0];
+        assert_eq!(d["where"], "header x-upstream", "{d}");
+        assert_eq!(d["live_value"], serde_json::Value::Null, "{d}");
+        assert_eq!(d["shadow_value"], "green", "{d}");
+
+        let ignored = format!("{mirror}\nignore_headers = [\"X-Upstream\"]");
+        let proxy = Proxy::start(&config(blue.addr, green.addr, &ignored));
+        get(&c, &shop("/h", &proxy), HOST).await;
+        let text = metrics_until(&c, &proxy, Duration::from_secs(5), |t| {
+            outcome(t, "shop", "same") + outcome(t, "shop", "headers_differ") == 1
+        })
+        .await;
+        assert_eq!(outcome(&text, "shop", "same"), 1, "{text}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_copies_are_compared_by_is_switched_at_runtime() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let blue = Upstream::start("blue").await;
+        let green = Green::start(Behaviour::Answer(200)).await;
+        let mirror = "percent = 100\ncompare = [\"status\"]";
+        let proxy = Proxy::start(&config(blue.addr, green.addr, mirror));
+        let c = client();
+        // Status only, as the file says: "blue" and "green" are the same.
+        get(&c, &shop("/a", &proxy), HOST).await;
+        metrics_until(&c, &proxy, Duration::from_secs(5), |t| {
+            outcome(t, "shop", "same") == 1
+        })
+        .await;
+
+        let admin = format!("http://{}", proxy.admin);
+        let cli = |args: &'static [&'static str]| {
+            let admin = admin.clone();
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                    .args(args)
+                    .args(["--admin", &admin])
+                    .env_remove("CUTOVER_ADMIN")
+                    .env_remove("CUTOVER_TOKEN")
+                    .output()
+                    .unwrap()
+            })
+        };
+        let out = cli(&["mirror", "shop", "100", "--compare", "status,body"])
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = &status(&c, &proxy).await["apps"]["shop"]["mirror"];
+        assert_eq!(m["compare"], serde_json::json!(["status", "body"]));
+        assert_eq!(m["compare_source"], "runtime");
+        get(&c, &shop("/b", &proxy), HOST).await;
+        metrics_until(&c, &proxy, Duration::from_secs(5), |t| {
+            outcome(t, "shop", "body_differs") == 1
+        })
+        .await;
+        let h = admin_call(&c, &proxy, "GET", "/v1/history", "", &[])
+            .await
+            .json();
+        let last = h["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            last["changes"],
+            serde_json::json!([
+                "mirror configured -> 100%",
+                "mirror compare configured -> [status, body]"
+            ])
+        );
+
+        // A list without status, a word that is no item, or a compare
+        // list given to shift: refused.
+        let bad = cli(&["mirror", "shop", "100", "--compare", "status,bodies"])
+            .await
+            .unwrap();
+        assert_eq!(
+            bad.status.code(),
+            Some(64),
+            "{}",
+            String::from_utf8_lossy(&bad.stderr)
+        );
+        for (path, body) in [
+            (
+                "/v1/apps/shop/mirror",
+                r#"{"percent": 100, "compare": ["body"]}"#,
+            ),
+            (
+                "/v1/apps/shop/shift",
+                r#"{"percent": 10, "compare": ["status"]}"#,
+            ),
+        ] {
+            let r = admin_call(&c, &proxy, "POST", path, body, &[]).await;
+            assert_eq!(r.status, 400, "{path}: {}", r.text());
+            assert!(r.text().contains("compare"), "{}", r.text());
+        }
+
+        // Back to status only, through the API.
+        let r = admin_call(
+            &c,
+            &proxy,
+            "PUT",
+            "/v1/apps/shop/mirror",
+            r#"{"percent": 100, "compare": ["status"]}"#,
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        get(&c, &shop("/c", &proxy), HOST).await;
+        let text = metrics_until(&c, &proxy, Duration::from_secs(5), |t| {
+            outcome(t, "shop", "same") == 2
+        })
+        .await;
+        assert_eq!(outcome(&text, "shop", "body_differs"), 1, "{text}");
     })
     .await
     .expect("test timed out");
@@ -586,6 +829,7 @@ hosts = ["shop.test"]
 [apps.shop.mirror]
 percent = 100
 methods = ["GET", "POST"]
+compare = ["status"]
 [apps.shop.blue]
 servers = ["{}"]
 [apps.shop.green]

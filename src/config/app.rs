@@ -9,6 +9,7 @@ use http::HeaderValue;
 
 use super::access::{access, rate_limit};
 use super::error::{ConfigError, Errors};
+use super::json_path::JsonPath;
 use super::pool::pool;
 use super::raw::{RawApp, RawDuration, RawMirror};
 use super::rule::Rule;
@@ -17,7 +18,7 @@ use super::values::{
     color, duration, host_pattern, hsts, int_range, media_range, page_type, percent,
     positive_duration,
 };
-use crate::model::RuleSpec;
+use crate::model::{Compared, RuleSpec};
 
 pub fn build_app(
     name: String,
@@ -99,18 +100,41 @@ fn mirror(key: &str, raw: RawMirror, errs: &mut Errors) -> MirrorConfig {
     percent(&format!("{key}.percent"), raw.percent, errs);
     let d = MirrorConfig::default();
     let methods = match raw.methods {
-        None => d.methods,
+        None => d.methods.clone(),
         Some(list) => mirror_methods(key, &list, errs),
     };
-    let compare_body = match raw.compare {
-        None => d.compare_body,
-        Some(list) => compare_body(&format!("{key}.compare"), &list, errs),
+    let compared = match raw.compare {
+        None => d.compared(),
+        Some(list) => compare(&format!("{key}.compare"), &list, errs),
     };
+    let ignore_json_fields = (raw.ignore_json_fields.iter().enumerate())
+        .filter_map(|(i, p)| match JsonPath::parse(p) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                errs.push(format!("{key}.ignore_json_fields[{i}]"), why);
+                None
+            }
+        })
+        .collect();
+    let ignore_headers = (raw.ignore_headers.iter().enumerate())
+        .filter_map(|(i, h)| match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                let why = format!("{h:?} is not a header field name");
+                errs.push(format!("{key}.ignore_headers[{i}]"), why);
+                None
+            }
+        })
+        .collect();
+    let d = d.with_compared(&compared);
     MirrorConfig {
         percent: raw.percent,
         methods,
         max_body: int_range(&format!("{key}.max_body"), raw.max_body, 0, 1 << 30, errs) as u64,
-        compare_body,
+        compare_body: d.compare_body,
+        compare_headers: d.compare_headers,
+        ignore_json_fields,
+        ignore_headers,
         timeout: positive_duration(&format!("{key}.timeout"), &raw.timeout, errs),
         max_in_flight: int_range(
             &format!("{key}.max_in_flight"),
@@ -141,14 +165,18 @@ fn mirror_methods(key: &str, list: &[String], errs: &mut Errors) -> Vec<http::Me
     out
 }
 
-/// `compare`: `["status"]` or `["status", "body"]`; whether bodies are.
-fn compare_body(k: &str, list: &[String], errs: &mut Errors) -> bool {
+/// `compare`: `"status"` (which must be there: status classes are always
+/// compared), `"body"`, `"headers"`.
+fn compare(k: &str, list: &[String], errs: &mut Errors) -> Vec<Compared> {
+    let mut out = Vec::new();
     for (i, c) in list.iter().enumerate() {
-        if c != "status" && c != "body" {
-            errs.push(
+        match Compared::parse(c) {
+            Some(c) if !out.contains(&c) => out.push(c),
+            Some(_) => errs.push(format!("{k}[{i}]"), format!("{c:?} is listed twice")),
+            None => errs.push(
                 format!("{k}[{i}]"),
-                format!("must be \"status\" or \"body\", got {c:?}"),
-            );
+                format!("must be \"status\", \"body\" or \"headers\", got {c:?}"),
+            ),
         }
     }
     if !list.iter().any(|c| c == "status") {
@@ -157,7 +185,7 @@ fn compare_body(k: &str, list: &[String], errs: &mut Errors) -> bool {
             "status classes are always compared: write [\"status\"] or [\"status\", \"body\"]",
         );
     }
-    list.iter().any(|c| c == "body")
+    out
 }
 
 /// A method `methods` may list: a token as the request line carries it

@@ -375,8 +375,10 @@ pub struct RawMirror {
     /// `None`: [`MirrorConfig`]'s default methods.
     pub methods: Option<Vec<String>>,
     pub max_body: i64,
-    /// `None`: status classes only.
+    /// `None`: status classes and bodies.
     pub compare: Option<Vec<String>>,
+    pub ignore_json_fields: Vec<String>,
+    pub ignore_headers: Vec<String>,
     pub timeout: RawDuration,
     pub max_in_flight: i64,
 }
@@ -389,6 +391,8 @@ impl Default for RawMirror {
             methods: None,
             max_body: d.max_body as i64,
             compare: None,
+            ignore_json_fields: Vec::new(),
+            ignore_headers: Vec::new(),
             timeout: d.timeout.into(),
             max_in_flight: d.max_in_flight as i64,
         }

@@ -548,9 +548,19 @@ pub struct MirrorConfig {
     /// known and at most this; answers' bodies are compared (and read)
     /// only up to it. Default 65536.
     pub max_body: u64,
-    /// `compare = ["status", "body"]`: compare a hash of the two answers'
-    /// bodies too, not only their status classes. Default false.
+    /// `compare`: what answers are compared by, besides their status
+    /// classes (always compared): `"body"` (up to `max_body`) and
+    /// `"headers"`. Default `["status", "body"]`; the runtime state's
+    /// list, when set, replaces it.
     pub compare_body: bool,
+    /// `"headers"` in `compare`. Default false.
+    pub compare_headers: bool,
+    /// `ignore_json_fields`: JSON paths left out when both bodies are JSON
+    /// (`$.timestamp`, `$.items[*].id`). Default none.
+    pub ignore_json_fields: Vec<super::json_path::JsonPath>,
+    /// `ignore_headers`: header fields whose values are not compared
+    /// (with `compare` naming `"headers"`), lowercase. Default none.
+    pub ignore_headers: Vec<http::HeaderName>,
     /// `timeout`: the longest a copy may take, from connect to the end of
     /// its answer. Default 2 s.
     pub timeout: Duration,
@@ -565,7 +575,10 @@ impl Default for MirrorConfig {
             percent: 0.0,
             methods: vec![http::Method::GET, http::Method::HEAD, http::Method::OPTIONS],
             max_body: MirrorConfig::DEFAULT_MAX_BODY,
-            compare_body: false,
+            compare_body: true,
+            compare_headers: false,
+            ignore_json_fields: Vec::new(),
+            ignore_headers: Vec::new(),
             timeout: MirrorConfig::DEFAULT_TIMEOUT,
             max_in_flight: MirrorConfig::DEFAULT_MAX_IN_FLIGHT,
         }
@@ -573,6 +586,25 @@ impl Default for MirrorConfig {
 }
 
 impl MirrorConfig {
+    /// The `compare` list in force.
+    pub fn compared(&self) -> Vec<crate::model::Compared> {
+        use crate::model::Compared;
+        let mut list = vec![Compared::Status];
+        list.extend(self.compare_body.then_some(Compared::Body));
+        list.extend(self.compare_headers.then_some(Compared::Headers));
+        list
+    }
+
+    /// With `list` as its `compare` (the runtime state's).
+    pub fn with_compared(&self, list: &[crate::model::Compared]) -> MirrorConfig {
+        use crate::model::Compared;
+        MirrorConfig {
+            compare_body: list.contains(&Compared::Body),
+            compare_headers: list.contains(&Compared::Headers),
+            ..self.clone()
+        }
+    }
+
     pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
     /// Short: a copy that takes longer tells nothing a live request would
     /// wait for, and holds a slot of `max_in_flight` meanwhile.

@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::RuleSpec;
+use crate::model::Compared;
 use crate::route::snapshot::ServerSetting;
 use crate::route::AppState;
 
@@ -49,6 +50,17 @@ pub fn describe(before: &AppState, after: &AppState) -> Vec<String> {
             "mirror {} -> {}",
             shown(before.mirror_percent),
             shown(after.mirror_percent)
+        ));
+    }
+    if before.mirror_compare != after.mirror_compare {
+        let shown = |c: &Option<Vec<Compared>>| {
+            c.as_deref()
+                .map_or("configured".into(), |c| format!("[{}]", Compared::join(c)))
+        };
+        out.push(format!(
+            "mirror compare {} -> {}",
+            shown(&before.mirror_compare),
+            shown(&after.mirror_compare)
         ));
     }
     out
@@ -189,6 +201,7 @@ mod tests {
             runtime_rules: true,
             servers: Default::default(),
             mirror_percent: None,
+            mirror_compare: None,
         }
     }
 

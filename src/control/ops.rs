@@ -22,6 +22,7 @@ use super::state::{Commit, History, HistoryEntry, State, StateError};
 use super::Shared;
 use crate::api::Status;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
+use crate::model::Compared;
 use crate::route::snapshot::{ServerSetting, ServerState};
 use crate::route::{App, AppState, Snapshot};
 
@@ -45,8 +46,8 @@ pub enum Change {
     /// that has the address), address, setting.
     Server(String, Option<Color>, std::net::SocketAddr, ServerSetting),
     /// The share (0-100) of an app's live-colour requests copied to its
-    /// standby colour.
-    Mirror(String, f64),
+    /// standby colour and, when given, what the copies are compared by.
+    Mirror(String, f64, Option<Vec<Compared>>),
 }
 
 impl Change {
@@ -553,9 +554,12 @@ impl Control {
                 after.standby_percent = *percent;
                 Ok(vec![(app.clone(), after)])
             }
-            Change::Mirror(app, percent) => {
+            Change::Mirror(app, percent, compare) => {
                 let mut after = self.with_percent(app, *percent)?;
                 after.mirror_percent = Some(*percent);
+                if let Some(list) = compare {
+                    after.mirror_compare = Some(compare_list(list)?);
+                }
                 Ok(vec![(app.clone(), after)])
             }
             Change::Rollback(Some(app)) => self.roll_back_app(app),
@@ -1266,6 +1270,26 @@ fn set_slow(app: &App, r: &Rollout) {
     }
 }
 
+/// A runtime `compare` list, checked as the config's is: `status` in it
+/// (status classes are always compared), nothing twice.
+fn compare_list(list: &[Compared]) -> Result<Vec<Compared>, OpError> {
+    if !list.contains(&Compared::Status) {
+        return Err(OpError::BadRequest(
+            "compare: status classes are always compared: give [\"status\"] or [\"status\", \"body\"]"
+                .into(),
+        ));
+    }
+    let mut out: Vec<Compared> = Vec::new();
+    for c in list {
+        if out.contains(c) {
+            let why = format!("compare: {:?} is listed twice", c.as_str());
+            return Err(OpError::BadRequest(why));
+        }
+        out.push(*c);
+    }
+    Ok(out)
+}
+
 /// A one-line description of an app state for logs.
 fn describe(s: &AppState) -> String {
     let mirror = match s.mirror_percent {
@@ -1380,6 +1404,7 @@ mod tests {
             runtime_rules: false,
             servers: BTreeMap::new(),
             mirror_percent: None,
+            mirror_compare: None,
         }
     }
 

@@ -514,6 +514,7 @@ mod tests {
             runtime_rules: false,
             servers: Default::default(),
             mirror_percent: None,
+            mirror_compare: None,
         }
     }
 

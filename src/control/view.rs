@@ -174,6 +174,9 @@ fn mirror(app: &App) -> api::Mirror {
             path: d.path,
             shadow_status: d.shadow_status,
             time: d.time,
+            at: d.divergence.as_ref().map(|v| v.at.clone()),
+            live_value: d.divergence.as_ref().and_then(|v| v.live_value.clone()),
+            shadow_value: d.divergence.and_then(|v| v.shadow_value),
         })
         .collect();
     // Where the percent comes from: set at runtime, or the config's.
@@ -182,7 +185,13 @@ fn mirror(app: &App) -> api::Mirror {
     } else {
         "config"
     };
+    let compare_source = match app.state.mirror_compare {
+        Some(_) => "runtime",
+        None => "config",
+    };
     api::Mirror {
+        compare: app.mirror_in_force.compared(),
+        compare_source: compare_source.into(),
         compared,
         differences,
         in_flight: stats.in_flight.load(Relaxed),

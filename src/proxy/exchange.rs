@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
+
 use super::io::ConnState;
 use super::upstream::Pooled;
 use super::worker::Worker;
@@ -44,23 +46,30 @@ pub struct Exchange {
 }
 
 /// What a mirrored request's copy will be compared with: the live
-/// upstream's status and, when bodies are compared, a hash of its body as
-/// the upstream sent it (before cutover compresses it).
+/// upstream's status and, as the comparison asks, its header fields and
+/// its body as the upstream sent it (before cutover compresses it).
 pub struct Tap {
     /// The live upstream's status; 0 until its head arrives.
     status: u16,
-    body: Option<BodyHash>,
+    /// `Some` while header fields are compared; filled when the head
+    /// arrives.
+    headers: Option<http::HeaderMap>,
+    body: Option<BodyCopy>,
     to: tokio::sync::oneshot::Sender<LiveAnswer>,
 }
 
 impl Tap {
-    /// `hash_up_to`: hash the body, up to this many bytes (`None`: bodies
-    /// are not compared).
-    pub fn new(hash_up_to: Option<u64>) -> (Tap, tokio::sync::oneshot::Receiver<LiveAnswer>) {
+    /// `keep_up_to`: keep the body, up to this many bytes (`None`: bodies
+    /// are not compared); `headers`: keep the head's header fields.
+    pub fn new(
+        keep_up_to: Option<u64>,
+        headers: bool,
+    ) -> (Tap, tokio::sync::oneshot::Receiver<LiveAnswer>) {
         let (to, rx) = tokio::sync::oneshot::channel();
         let tap = Tap {
             status: 0,
-            body: hash_up_to.map(BodyHash::new),
+            headers: headers.then(http::HeaderMap::new),
+            body: keep_up_to.map(BodyCopy::new),
             to,
         };
         (tap, rx)
@@ -72,43 +81,49 @@ impl Tap {
 pub struct LiveAnswer {
     /// The live upstream's status; 0: it gave none.
     pub status: u16,
+    /// `None` when header fields are not compared.
+    pub headers: Option<http::HeaderMap>,
     /// `None` when bodies are not compared.
-    pub body: Option<Hashed>,
+    pub body: Option<Kept>,
 }
 
-/// A body's hash, up to a limit: CRC-32 and length, enough to tell two
-/// answers apart (1 in 4 billion differing bodies would pass as equal).
+/// A body kept as it arrives, up to a limit: the frames themselves
+/// (reference-counted, so keeping one copies nothing), to be compared
+/// byte by byte, or as JSON, once both answers are in.
 #[derive(Debug)]
-pub struct BodyHash {
-    crc: crc32fast::Hasher,
+pub struct BodyCopy {
+    frames: Vec<Bytes>,
     len: u64,
     limit: u64,
 }
 
-/// What hashing a body came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hashed {
-    /// The whole body: its length and CRC-32.
-    Whole(u64, u32),
+/// What keeping a body came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// The whole body.
+    Whole(Bytes),
     /// Longer than the limit: not compared.
     Over,
     /// It did not arrive whole.
     Incomplete,
 }
 
-impl BodyHash {
-    pub fn new(limit: u64) -> BodyHash {
-        BodyHash {
-            crc: crc32fast::Hasher::new(),
+impl BodyCopy {
+    pub fn new(limit: u64) -> BodyCopy {
+        BodyCopy {
+            frames: Vec::new(),
             len: 0,
             limit,
         }
     }
 
-    pub fn update(&mut self, data: &[u8]) {
+    pub fn update(&mut self, data: &Bytes) {
         self.len += data.len() as u64;
         if self.len <= self.limit {
-            self.crc.update(data);
+            self.frames.push(data.clone());
+        } else {
+            // Past the limit it will not be compared: let the frames go.
+            self.frames = Vec::new();
         }
     }
 
@@ -118,14 +133,21 @@ impl BodyHash {
     }
 
     /// `complete`: the body arrived to its end.
-    pub fn finish(self, complete: bool) -> Hashed {
+    pub fn finish(self, complete: bool) -> Kept {
         if self.over() {
-            Hashed::Over
-        } else if !complete {
-            Hashed::Incomplete
-        } else {
-            Hashed::Whole(self.len, self.crc.finalize())
+            return Kept::Over;
         }
+        if !complete {
+            return Kept::Incomplete;
+        }
+        if self.frames.len() == 1 {
+            return Kept::Whole(self.frames.into_iter().next().unwrap_or_default());
+        }
+        let mut all = BytesMut::with_capacity(self.len as usize);
+        for f in self.frames {
+            all.extend_from_slice(&f);
+        }
+        Kept::Whole(all.freeze())
     }
 }
 
@@ -204,17 +226,21 @@ impl Exchange {
         }
     }
 
-    /// The upstream answered `status` (what a copy is compared with).
-    pub fn answered(&mut self, status: u16) {
+    /// The upstream answered `status` with `headers` (what a copy is
+    /// compared with).
+    pub fn answered(&mut self, status: u16, headers: &http::HeaderMap) {
         if let Some(tap) = &mut self.mirror {
             tap.status = status;
+            if let Some(h) = &mut tap.headers {
+                h.clone_from(headers);
+            }
         }
     }
 
     /// A frame of the upstream's response body, as it sent it.
-    pub fn upstream_data(&mut self, data: &[u8]) {
-        if let Some(hash) = self.mirror.as_mut().and_then(|t| t.body.as_mut()) {
-            hash.update(data);
+    pub fn upstream_data(&mut self, data: &Bytes) {
+        if let Some(kept) = self.mirror.as_mut().and_then(|t| t.body.as_mut()) {
+            kept.update(data);
         }
     }
 
@@ -375,9 +401,18 @@ impl Drop for Exchange {
             }
         }
         if let Some(tap) = self.mirror.take() {
-            let Tap { status, body, to } = *tap;
+            let Tap {
+                status,
+                headers,
+                body,
+                to,
+            } = *tap;
             let body = body.map(|b| b.finish(self.complete.get()));
-            let _ = to.send(LiveAnswer { status, body });
+            let _ = to.send(LiveAnswer {
+                status,
+                headers,
+                body,
+            });
         }
         if let Some(up) = self.upstream.take() {
             if self.complete.get() {

@@ -821,7 +821,12 @@ fn answer_h1(
         Ok(head) => head,
         Err(why) => return failed(conn, a, &lease.server, why),
     };
-    record_head(&mut a, &lease.server, head.response.status());
+    record_head(
+        &mut a,
+        &lease.server,
+        head.response.status(),
+        head.response.headers(),
+    );
     let h1::Head {
         response,
         framing,
@@ -943,7 +948,7 @@ async fn send_h2(
             return failed(&conn, a, &lease.server, why);
         }
     };
-    record_head(&mut a, &lease.server, resp.status());
+    record_head(&mut a, &lease.server, resp.status(), resp.headers());
     // (HTTP/2 has no hop-by-hop fields: the h2 codec refuses a response
     // that carries any, RFC 9113 §8.2.2.)
     let (parts, body) = resp.into_parts();
@@ -976,9 +981,9 @@ fn unprocessed(e: &hyper::Error) -> bool {
 
 /// Passive health counts only what the upstream did: the 5xx it sends
 /// (timeouts in [`failed`], connect failures where they happen).
-fn record_head(a: &mut Answer, server: &Server, status: StatusCode) {
+fn record_head(a: &mut Answer, server: &Server, status: StatusCode, headers: &http::HeaderMap) {
     a.ex.head_arrived();
-    a.ex.answered(status.as_u16());
+    a.ex.answered(status.as_u16(), headers);
     if status.is_server_error() {
         server.record_failure(&a.pool.config.passive);
     } else {

@@ -10,6 +10,10 @@
 //! `timeout`, with at most `max_in_flight` copies under way per app. A
 //! slow or dead standby holds its copies' slots and sockets, nothing else.
 //! (nginx's `mirror` holds the main request until its subrequest ends.)
+//! While bodies are compared, the live answer's body frames are kept by
+//! reference (up to `max_body`) until the copy's answer is in; the
+//! comparison itself, in [`crate::route::mirror`], runs in the copy's
+//! task. A request that is not copied keeps nothing.
 //!
 //! A copy is never sent again once the standby may have seen it: only a
 //! pooled connection the standby had already closed, which fails before
@@ -34,7 +38,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{RequestBody, Tee};
-use super::exchange::{BodyHash, Hashed, LiveAnswer, Tap};
+use super::exchange::{BodyCopy, Kept, LiveAnswer, Tap};
 use super::h1;
 use super::headers;
 use super::io::ConnInfo;
@@ -43,7 +47,7 @@ use super::session;
 use super::upstream::{Pooled, Sender};
 use super::worker::Worker;
 use crate::config::{Color, MirrorConfig, Protocol};
-use crate::route::mirror::{Difference, MirrorStats, Outcome, Skip};
+use crate::route::mirror::{self as record, Difference, Divergence, MirrorStats, Outcome, Skip};
 use crate::route::sticky::BUCKETS;
 use crate::route::{App, Pool, Server};
 
@@ -74,7 +78,7 @@ pub fn sample(app: &App, color: Color) -> Option<Sampled> {
         return None;
     }
     Some(Sampled {
-        config: app.mirror_config.clone(),
+        config: app.mirror_in_force.clone(),
         stats: app.mirror_stats.clone(),
         standby: app.pool(app.state.standby()).clone(),
     })
@@ -163,7 +167,8 @@ pub fn start(
         tls: conn.tls,
         trusted: conn.trusted,
     };
-    let (tap, answer) = Tap::new(config.compare_body.then_some(config.max_body));
+    let keep = config.compare_body.then_some(config.max_body);
+    let (tap, answer) = Tap::new(keep, config.compare_headers);
     let job = Job {
         head,
         body,
@@ -254,9 +259,16 @@ struct Job {
     slot: Slot,
 }
 
-/// What the standby gave: its status and (up to `max_body`) its body's
-/// hash, or why it gave nothing.
-type Shadow = Result<(u16, Hashed), Failure>;
+/// What the standby gave, or why it gave nothing.
+type Shadow = Result<ShadowAnswer, Failure>;
+
+/// The standby's answer to a copy.
+struct ShadowAnswer {
+    status: u16,
+    headers: HeaderMap,
+    /// Up to `max_body`, as the live body is kept.
+    body: Kept,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Failure {
@@ -312,7 +324,7 @@ async fn run(worker: Rc<Worker>, job: Job) {
             return;
         }
     };
-    let Some(compared) = compare(&live, shadow) else {
+    let Some(compared) = compare(&live, shadow, &config) else {
         stats.skip(Skip::LiveIncomplete);
         return;
     };
@@ -372,31 +384,52 @@ struct Compared {
     shadow_status: Option<u16>,
     /// Why the standby gave no answer.
     error: Option<Failure>,
+    /// Where the bodies or header fields differ.
+    divergence: Option<Divergence>,
 }
 
-/// Compare the standby's answer with the live one: the status class, then
-/// the body when both were hashed whole. `None` when the live body did not
-/// arrive whole, so there is nothing to compare with.
-fn compare(live: &LiveAnswer, shadow: Shadow) -> Option<Compared> {
+/// Compare the standby's answer with the live one: the status class,
+/// then the bodies when both were kept whole, then the header fields
+/// when they are compared. `None` when the live body did not arrive
+/// whole, so there is nothing to compare with.
+fn compare(live: &LiveAnswer, shadow: Shadow, config: &MirrorConfig) -> Option<Compared> {
     let class = |s: u16| s / 100;
-    let (outcome, shadow_status, error) = match shadow {
-        Err(why) => (Outcome::Error, None, Some(why)),
-        Ok((status, _)) if class(status) != class(live.status) => {
-            (Outcome::StatusDiffers, Some(status), None)
-        }
-        Ok((status, shadow_body)) => match (live.body, shadow_body) {
-            (Some(Hashed::Incomplete), _) => return None,
-            (Some(a @ Hashed::Whole(..)), b @ Hashed::Whole(..)) if a != b => {
-                (Outcome::BodyDiffers, Some(status), None)
-            }
-            _ => (Outcome::Same, Some(status), None),
-        },
-    };
-    Some(Compared {
+    let differs = |outcome, status, divergence| Compared {
         outcome,
-        shadow_status,
-        error,
-    })
+        shadow_status: Some(status),
+        error: None,
+        divergence,
+    };
+    let shadow = match shadow {
+        Err(why) => {
+            return Some(Compared {
+                outcome: Outcome::Error,
+                shadow_status: None,
+                error: Some(why),
+                divergence: None,
+            })
+        }
+        Ok(s) if class(s.status) != class(live.status) => {
+            return Some(differs(Outcome::StatusDiffers, s.status, None))
+        }
+        Ok(s) => s,
+    };
+    if let Some(Kept::Incomplete) = live.body {
+        return None;
+    }
+    if let (Some(Kept::Whole(a)), Kept::Whole(b)) = (&live.body, &shadow.body) {
+        let d = record::body_divergence(a, b, &config.ignore_json_fields);
+        if d.is_some() {
+            return Some(differs(Outcome::BodyDiffers, shadow.status, d));
+        }
+    }
+    if let Some(h) = &live.headers {
+        let d = record::header_divergence(h, &shadow.headers, &config.ignore_headers);
+        if d.is_some() {
+            return Some(differs(Outcome::HeadersDiffer, shadow.status, d));
+        }
+    }
+    Some(differs(Outcome::Same, shadow.status, None))
 }
 
 /// The record of a copy that differed, its path cut to `MAX_PATH` bytes.
@@ -417,6 +450,7 @@ fn difference(head: &Head, live_status: u16, compared: &Compared) -> Difference 
         shadow_status: compared.shadow_status,
         outcome: compared.outcome.as_str(),
         error: compared.error.map(Failure::as_str),
+        divergence: compared.divergence.clone(),
     }
 }
 
@@ -456,19 +490,22 @@ async fn send(
                 .send_request(Request::from_parts(parts, body))
                 .await
                 .map_err(|_| Failure::Upstream)?;
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut hash = BodyHash::new(max_body);
+            let (head, mut body) = resp.into_parts();
+            let mut kept = BodyCopy::new(max_body);
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|_| Failure::Upstream)?;
                 if let Some(d) = frame.data_ref() {
-                    hash.update(d);
-                    if hash.over() {
+                    kept.update(d);
+                    if kept.over() {
                         break; // dropping the body resets the stream
                     }
                 }
             }
-            return Ok((status, hash.finish(true)));
+            return Ok(ShadowAnswer {
+                status: head.status.as_u16(),
+                headers: head.headers,
+                body: kept.finish(true),
+            });
         }
     };
     let mut copy = body.clone().map(RequestBody::copy);
@@ -496,16 +533,16 @@ async fn send(
     if switched {
         return Err(Failure::Upstream);
     }
-    let status = response.status().as_u16();
+    let (head, ()) = response.into_parts();
     let mut body = h1::Body::new(c, framing, reuse);
-    let mut hash = BodyHash::new(max_body);
+    let mut kept = BodyCopy::new(max_body);
     let mut complete = true;
     loop {
         match std::future::poll_fn(|cx| body.poll_frame(cx)).await {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
-                    hash.update(d);
-                    if hash.over() {
+                    kept.update(d);
+                    if kept.over() {
                         complete = false;
                         break;
                     }
@@ -527,7 +564,11 @@ async fn send(
             );
         }
     }
-    Ok((status, hash.finish(complete)))
+    Ok(ShadowAnswer {
+        status: head.status.as_u16(),
+        headers: head.headers,
+        body: kept.finish(complete),
+    })
 }
 
 /// The copy's head for cutover's HTTP/1.1 client.

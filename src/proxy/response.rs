@@ -354,7 +354,8 @@ impl Body for ResponseBody {
 }
 
 /// The next frame of the body as the upstream sent it (a mirrored
-/// request's answer is hashed here, before any compression).
+/// request's answer is kept here for its copy's comparison, before any
+/// compression).
 fn poll_inner(
     inner: &mut Inner,
     exchange: &mut Option<Exchange>,

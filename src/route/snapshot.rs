@@ -27,6 +27,7 @@ impl AppState {
             runtime_rules: false,
             servers: BTreeMap::new(),
             mirror_percent: None,
+            mirror_compare: None,
         }
     }
 }
@@ -464,8 +465,12 @@ pub struct App {
     pub pools: [Arc<Pool>; 2],
     /// Redirect, HSTS and error pages, merged with `[server]`'s.
     pub answers: Arc<OwnAnswers>,
-    /// `[apps.NAME.mirror]`: what is copied to the standby colour and how.
+    /// `[apps.NAME.mirror]`: what is copied to the standby colour and how,
+    /// as the config file says (the next snapshot's starting point).
     pub mirror_config: Arc<MirrorConfig>,
+    /// The same with the runtime state's `mirror_compare` applied: what
+    /// copies are compared by now.
+    pub mirror_in_force: Arc<MirrorConfig>,
     /// How the copies went. Always there, mirroring on or off, and carried
     /// over by every rebuild, so the counts only ever grow.
     pub mirror_stats: Arc<MirrorStats>,
@@ -554,6 +559,10 @@ impl App {
             || rules.rules().iter().any(|r| r.percent_bp < BUCKETS);
         let mirror_percent = state.mirror_percent.unwrap_or(shape.mirror_config.percent);
         let mirror_bp = (mirror_percent * 100.0).round().clamp(0.0, BUCKETS as f64) as u32;
+        let mirror_in_force = match &state.mirror_compare {
+            Some(list) => Arc::new(shape.mirror_config.with_compared(list)),
+            None => shape.mirror_config.clone(),
+        };
         App {
             name: shape.name,
             hosts: shape.hosts,
@@ -566,6 +575,7 @@ impl App {
             pools: shape.pools,
             answers: shape.answers,
             mirror_config: shape.mirror_config,
+            mirror_in_force,
             mirror_stats: shape.mirror_stats,
             mirror_bp,
             standby_bp,

@@ -224,10 +224,15 @@ fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Changed {
     }
 }
 
+const COMPARE_ONLY_MIRROR: &str = "compare: only mirror takes a compare list";
+
 /// The body of a change: `force`, `dry_run`, and `percent` or `to` only
 /// where the change takes one (`bad JSON` names a `to` that is no colour).
 fn change_body(call: &Call, percent: bool, to: bool) -> Result<api::ChangeBody, Refused> {
     let body: api::ChangeBody = optional_body(&call.body)?;
+    if body.compare.is_some() && !percent {
+        return Err(refuse(400, COMPARE_ONLY_MIRROR));
+    }
     if body.percent.is_some() && !percent {
         return Err(refuse(400, "percent: only shift and mirror take a percent"));
     }
@@ -259,19 +264,24 @@ fn rollback(call: &Call, app: Option<&str>) -> Changed {
 /// `POST /v1/apps/{app}/shift` with `{"percent": P}`.
 fn shift(call: &Call, app: &str) -> Changed {
     let b = change_body(call, true, false)?;
+    if b.compare.is_some() {
+        return Err(refuse(400, COMPARE_ONLY_MIRROR));
+    }
     let Some(p) = b.percent else {
         return Err(refuse(400, "percent: missing (e.g. {\"percent\": 12.5})"));
     };
     apply(call, Change::Shift(app.into(), p), b.force, b.dry_run)
 }
 
-/// `PUT|POST /v1/apps/{app}/mirror` with `{"percent": P}`.
+/// `PUT|POST /v1/apps/{app}/mirror` with `{"percent": P}` and, to change
+/// what copies are compared by, `"compare": ["status", "body"]`.
 fn mirror(call: &Call, app: &str) -> Changed {
     let b = change_body(call, true, false)?;
     let Some(p) = b.percent else {
         return Err(refuse(400, "percent: missing (e.g. {\"percent\": 10})"));
     };
-    apply(call, Change::Mirror(app.into(), p), b.force, b.dry_run)
+    let change = Change::Mirror(app.into(), p, b.compare);
+    apply(call, change, b.force, b.dry_run)
 }
 
 /// `POST /v1/apps/{app}/servers/{addr}`: drain, maint, ready, weight.
