@@ -1074,8 +1074,9 @@ impl Control {
         let before = self.state.apps[app].clone();
         let mut routed = routing(&before, &after);
         // The shadow phase copies every live request it may (bounded by
-        // the mirror's `max_in_flight`); leaving it hands the mirror back
-        // to the config.
+        // the mirror's `max_in_flight`), and so does a step short of
+        // evidence ([`Control::copy_for_evidence`]); leaving either hands
+        // the mirror back to the config.
         let was = self.state.rollouts.get(app);
         let copying = was.is_some_and(|r| r.phase == Phase::Shadow || r.shadowing);
         if after.phase == Phase::Shadow {

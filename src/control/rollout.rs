@@ -594,6 +594,9 @@ fn copies_missing(l: &Look) -> String {
     if !parts.is_empty() {
         return format!("shadow copies not possible: {}", parts.join(", "));
     }
+    if l.baseline.total == 0 {
+        return "no live traffic to copy".into();
+    }
     if l.copies.total == 0 {
         return format!(
             "shadow copies not possible: none made of {} live requests",
