@@ -134,6 +134,18 @@ fn load_of(
     path: &str,
     headers: &[(&'static str, &'static str)],
 ) -> Load {
+    load_with(proxy, tasks, pace, "GET", path, headers)
+}
+
+/// The same with `method` (and no body).
+fn load_with(
+    proxy: &Proxy,
+    tasks: usize,
+    pace: Option<Duration>,
+    method: &'static str,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let url = proxy.url(path);
@@ -150,8 +162,11 @@ fn load_of(
                         t.tick().await;
                     }
                     tally.sent.fetch_add(1, SeqCst);
-                    let r =
-                        tokio::time::timeout(Duration::from_secs(5), get(&c, &url, &headers)).await;
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        send(&c, method, &url, &headers, Bytes::new()),
+                    )
+                    .await;
                     if !matches!(r, Ok(ref r) if r.status.as_u16() < 500) {
                         tally.failed.fetch_add(1, SeqCst);
                     }
@@ -341,7 +356,12 @@ async fn a_healthy_green_walks_every_step_and_ends_live() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["rollout"; 7], "every transition is in history");
+    // Every transition, and shadow copies turned on where a small step
+    // lacked requests.
+    assert!(
+        kinds.len() >= 7 && kinds.iter().all(|k| *k == "rollout"),
+        "{kinds:?}"
+    );
     assert_eq!(get(&c, &proxy.url("/"), &[]).await.text(), "green");
 }
 
@@ -952,4 +972,98 @@ async fn get_rollout_with_wait_answers_once_it_moves_or_at_the_limit() {
         );
         assert!(r.text().contains(needle), "{path}: {}", r.text());
     }
+}
+
+/// A 2-request-a-second app: at 10 %, green alone would see one request
+/// every 5 s.
+fn two_a_second(proxy: &Proxy, method: &'static str) -> Load {
+    load_with(proxy, 1, Some(Duration::from_millis(500)), method, "/", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_per_second_app_completes_its_rollout_on_shadow_evidence() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    let load = two_a_second(&proxy, "GET");
+    // 30 requests a step for a 10 % budget: about 15 s of the whole app's
+    // traffic, far past what the steps' shares of it would give in 30 s.
+    start(
+        &c,
+        &proxy,
+        r#"{"steps": [10, 50, 100], "every": "3s", "max_error_rate": "10%"}"#,
+    )
+    .await;
+    let copying = until(&c, &proxy, Duration::from_secs(10), |r| {
+        text_at(r, "/window/judge").contains("shadow copies to green")
+    })
+    .await;
+    assert_eq!(copying["step"], 1, "{copying:#}");
+    assert_eq!(
+        status(&c, &proxy).await["apps"]["shop"]["mirror"]["percent"],
+        100.0
+    );
+    let r = until(&c, &proxy, Duration::from_secs(50), |r| {
+        r["state"] != "progressing" && r["state"] != "preflight" && r["state"] != "promoting"
+    })
+    .await;
+    load.stop().await;
+    assert_eq!(r["state"], "succeeded", "{r:#}");
+    assert_eq!(
+        states(&r),
+        [
+            "preflight@0.0",
+            "progressing@10.0",
+            "progressing@50.0",
+            "promoting@100.0",
+            "succeeded@100.0",
+        ]
+    );
+    for t in &r["transitions"].as_array().unwrap()[2..4] {
+        let why = t["reason"].as_str().unwrap();
+        assert!(why.contains("on live and shadow evidence"), "{why}");
+    }
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["mirror"]["percent"], 0.0, "handed back");
+    assert_eq!(s["apps"]["shop"]["live"], "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_app_that_cannot_be_shadowed_pauses_and_says_why() {
+    let (blue, green) = (
+        Flaky::start("blue", 0).await,
+        Flaky::start("green", 0).await,
+    );
+    let proxy = Proxy::start(&config(&blue, &green, None));
+    let c = client();
+    // POSTs only: the mirror copies GET, HEAD and OPTIONS by default.
+    let load = two_a_second(&proxy, "POST");
+    start(
+        &c,
+        &proxy,
+        r#"{"steps": [10, 100], "every": "1s", "max_error_rate": "10%"}"#,
+    )
+    .await;
+    let r = until(&c, &proxy, Duration::from_secs(20), |r| {
+        r["state"] != "progressing" && r["state"] != "preflight"
+    })
+    .await;
+    load.stop().await;
+    assert_eq!(r["state"], "paused", "{r:#}");
+    let why = text_at(&r, "/reason");
+    for part in [
+        "inconclusive: samples",
+        "/30 at 10 % after 10 × every",
+        "shadow copies not possible",
+        "not copied (their method is not among the mirror's `methods`)",
+    ] {
+        assert!(why.contains(part), "{part:?} in {why}");
+    }
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["live"], "blue", "not promoted");
+    assert_eq!(s["apps"]["shop"]["standby_percent"], 10.0);
+    assert_eq!(s["apps"]["shop"]["mirror"]["percent"], 0.0, "handed back");
 }

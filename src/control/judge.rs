@@ -15,9 +15,10 @@
 //!   schedule, conservative, and valid however the looks fall), see
 //!   `Plan::level`.
 //! - **Evidence gate**: no promotion before green has ⌈3 / budget⌉
-//!   requests in the step; short of it the step is extended, and after
-//!   10 × the step's length without evidence the rollout pauses as
-//!   inconclusive.
+//!   requests in the step (its own, and the shadow copies the rollout
+//!   adds to them, see `rollout::wants_copies`); short of it the step is
+//!   extended, and after 10 × the step's length without evidence the
+//!   rollout pauses as inconclusive.
 //! - **Both over budget** with no significant difference: hold (the fault
 //!   is not green's).
 
@@ -402,6 +403,27 @@ mod tests {
             "1.2 % is noise"
         );
         assert!(absolute(c(0, 0), 0.01, LEVEL).is_none());
+    }
+
+    /// The minimum-traffic table of `docs/rollouts.md`, computed here so
+    /// that it is not guessed: for each budget, the requests a step needs,
+    /// the app's requests a second to promote a step after `every` (1 min)
+    /// and before it pauses (10 × `every`) when shadow copies count every
+    /// request, and the first without copies at a 1 % step.
+    #[test]
+    fn the_docs_minimum_traffic_table_is_what_the_judge_needs() {
+        let docs = include_str!("../../docs/rollouts.md");
+        let every = EVERY.as_secs_f64();
+        for percent in [0.1, 0.5, 1.0, 2.0, 5.0, 10.0] {
+            let n = needed(percent / 100.0);
+            let rps = n as f64 / every;
+            let row = format!(
+                "| {percent} % | {n} | {rps} | {} | {} |",
+                n as f64 / (10.0 * every),
+                n as f64 * 100.0 / every
+            );
+            assert!(docs.contains(&row), "{row} is not in docs/rollouts.md");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::Shared;
 use crate::api::Status;
 use crate::config::{compile_rules, Color, Config, RuleSpec};
 use crate::model::Compared;
+use crate::route::mirror::{Outcome, Skip};
 use crate::route::snapshot::{ServerSetting, ServerState};
 use crate::route::{App, AppState, Snapshot};
 
@@ -140,6 +141,10 @@ pub(super) struct Window {
     remote_base: Remote,
     /// Shadow copies `(compared, differed)` when it began.
     mirror_base: (u64, u64),
+    /// The copies' own answers, `[answered, bad, slow]`, when it began.
+    copies_base: [u64; 3],
+    /// Requests not copied, by why, and copies dropped, when it began.
+    not_copied_base: ([u64; Skip::ALL.len()], u64),
     /// Since when the judge holds (both colours over budget).
     held_since: Option<Instant>,
     /// The latest look, in words.
@@ -158,6 +163,8 @@ impl Window {
             base: Color::ALL.map(|c| app.pool(c).stats.judged()),
             remote_base: remote,
             mirror_base: app.mirror_stats.compared(),
+            copies_base: app.mirror_stats.evidence.counts(),
+            not_copied_base: not_copied(app),
             held_since: None,
             note: String::new(),
         }
@@ -188,6 +195,9 @@ impl Window {
         let [tt, tb, ts] = self.counts(app, target, remote);
         let [bt, bb, bs] = self.counts(app, baseline, remote);
         let in_flight = |c: Color| app.pool(c).stats.in_flight.load(Relaxed);
+        let copies = app.mirror_stats.evidence.counts();
+        let [ct, cb, cs] = [0, 1, 2].map(|i| copies[i].saturating_sub(self.copies_base[i]));
+        let (skipped, dropped) = not_copied(app);
         Look {
             age: now.saturating_duration_since(self.since),
             target: Counts { total: tt, bad: tb },
@@ -209,8 +219,23 @@ impl Window {
                     bad: differed.saturating_sub(self.mirror_base.1),
                 }
             },
+            copies: Counts { total: ct, bad: cb },
+            copies_slow: Counts { total: ct, bad: cs },
+            not_copied: std::array::from_fn(|i| {
+                skipped[i].saturating_sub(self.not_copied_base.0[i])
+            }),
+            dropped: dropped.saturating_sub(self.not_copied_base.1),
         }
     }
+}
+
+/// `app`'s requests not copied so far, by [`Skip`], and copies dropped.
+fn not_copied(app: &App) -> ([u64; Skip::ALL.len()], u64) {
+    let m = &app.mirror_stats;
+    (
+        Skip::ALL.map(|why| m.skipped(why)),
+        m.outcome(Outcome::Dropped),
+    )
 }
 
 /// What an operator does to a rollout under way.
@@ -466,8 +491,11 @@ impl Control {
             .cloned()
             .collect();
         for (name, after) in &mut targets {
-            // A rollout superseded in its shadow phase hands the mirror back.
-            if superseded.contains(name) && self.state.rollouts[name].phase == Phase::Shadow {
+            // A rollout superseded while it copies traffic (its shadow
+            // phase, or a step short of evidence) hands the mirror back.
+            let r = self.state.rollouts.get(name);
+            let copying = r.is_some_and(|r| r.phase == Phase::Shadow || r.shadowing);
+            if superseded.contains(name) && copying {
                 after.mirror_percent = None;
             }
         }
@@ -1050,12 +1078,14 @@ impl Control {
         let before = self.state.apps[app].clone();
         let mut routed = routing(&before, &after);
         // The shadow phase copies every live request it may (bounded by
-        // the mirror's `max_in_flight`); leaving it hands the mirror back
-        // to the config.
-        let was = self.state.rollouts.get(app).map(|r| r.phase);
+        // the mirror's `max_in_flight`), and so does a step short of
+        // evidence ([`Control::copy_for_evidence`]); leaving either hands
+        // the mirror back to the config.
+        let was = self.state.rollouts.get(app);
+        let copying = was.is_some_and(|r| r.phase == Phase::Shadow || r.shadowing);
         if after.phase == Phase::Shadow {
             routed.mirror_percent = Some(100.0);
-        } else if was == Some(Phase::Shadow) {
+        } else if copying {
             routed.mirror_percent = None;
         }
         let mut states = self.state.apps.clone();
@@ -1163,13 +1193,17 @@ impl Control {
                 set_slow(app, &r);
                 Window::new(app, now, remote.clone())
             });
-            match rollout::look(&r, &window.look(app, &r, now, &remote)) {
+            let look = window.look(app, &r, now, &remote);
+            match rollout::look(&r, &look) {
                 Next::Stay(note) => {
                     window.held_since = match (note.holding, window.held_since) {
                         (true, since) => Some(since.unwrap_or(now)),
                         (false, _) => None,
                     };
                     window.note = note.text;
+                    if rollout::wants_copies(&r, &look) {
+                        self.copy_for_evidence(&name, r, &look);
+                    }
                 }
                 Next::Go {
                     phase,
@@ -1185,6 +1219,61 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Copy every copyable live request of `app` to the rollout's target
+    /// for the rest of the step (`look` found its live requests too few):
+    /// the mirror percent at 100, recorded with the rollout so that its
+    /// next move hands the mirror back. The step's window goes on.
+    fn copy_for_evidence(&mut self, app: &str, mut r: Rollout, look: &Look) {
+        let before = self.state.apps[app].clone();
+        let after = AppState {
+            mirror_percent: Some(100.0),
+            ..before.clone()
+        };
+        r.shadowing = true;
+        let why = format!(
+            "rollout progressing: {} of {} samples so far at {} %; shadow copies of live traffic to {} for evidence",
+            look.target.total,
+            r.plan.samples_needed(),
+            r.plan.share(r.step),
+            r.target
+        );
+        let mut states = self.state.apps.clone();
+        states.insert(app.to_string(), after.clone());
+        let epoch = self.state.epoch + 1;
+        let next = match self.shared.snapshot.load_full().with_states(&states, epoch) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(app = %app, error = %e.join("; "), "no shadow copies for evidence");
+                return;
+            }
+        };
+        let mut rollouts = self.state.rollouts.clone();
+        rollouts.insert(app.to_string(), r);
+        let entry = HistoryEntry {
+            time: now_rfc3339(),
+            epoch,
+            actor: "rollout".into(),
+            reason: Some(clip(&why)),
+            app: app.to_string(),
+            kind: "rollout".into(),
+            forced: false,
+            before,
+            after,
+        };
+        let change = Commit {
+            epoch,
+            apps: states,
+            rollouts: Some(rollouts),
+            history: vec![entry],
+        };
+        if self.commit(change).is_err() {
+            // Tried again next second; the step is judged meanwhile.
+            return;
+        }
+        self.shared.store(next);
+        tracing::info!(app = %app, reason = %why, "shadow copies for evidence");
     }
 
     /// The other instances' counts of `app`, as they last reported them;
@@ -1268,6 +1357,7 @@ fn set_slow(app: &App, r: &Rollout) {
     for color in Color::ALL {
         app.pool(color).stats.slow_micros.store(micros, Relaxed);
     }
+    app.mirror_stats.evidence.slow_micros.store(micros, Relaxed);
 }
 
 /// A runtime `compare` list, checked as the config's is: `status` in it

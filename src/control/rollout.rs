@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::judge::{self, Budget, Counts, Verdict};
 use crate::config::Color;
+use crate::route::mirror::Skip;
 
 /// What the operator asked for. Rates are fractions (0.01 = 1 %).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +74,11 @@ pub struct Rollout {
     /// Why it is where it is (the last transition's reason).
     pub reason: String,
     pub transitions: Vec<Transition>,
+    /// The current step lacked live requests, so the rollout turned every
+    /// copyable live request into a shadow copy to the target (the app's
+    /// mirror percent at 100); its next move hands the mirror back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadowing: bool,
 }
 
 impl Rollout {
@@ -86,6 +92,7 @@ impl Rollout {
             started: time,
             reason: "started".into(),
             transitions: Vec::new(),
+            shadowing: false,
         }
     }
 
@@ -122,6 +129,8 @@ impl Rollout {
         self.step = step;
         self.then = then;
         self.reason = reason.clone();
+        // A new phase or step asks for copies afresh, if it needs them.
+        self.shadowing = false;
         let percent = self
             .percent()
             .or_else(|| self.transitions.last().map(|t| t.percent))
@@ -158,6 +167,15 @@ pub struct Look {
     pub held_for: Option<Duration>,
     /// Shadow copies compared and how many differed.
     pub mirrored: Counts,
+    /// Shadow copies the target answered, `bad` as for live requests:
+    /// evidence about it besides its own live requests.
+    pub copies: Counts,
+    /// The same copies, `bad` counting the slow ones.
+    pub copies_slow: Counts,
+    /// Live requests on the baseline that were not copied, by why
+    /// ([`Skip`] order), and those dropped at `max_in_flight`.
+    pub not_copied: [u64; Skip::ALL.len()],
+    pub dropped: u64,
 }
 
 /// What a look decides.
@@ -404,6 +422,30 @@ fn progressing(r: &Rollout, l: &Look) -> Next {
     act_on(r, l, verdict, what)
 }
 
+/// Does the step need shadow copies for its evidence? It does when the
+/// target's live requests, at the pace seen so far, fall short of what the
+/// budgets need by the end of the step (`every`), as at a small share of
+/// a small app's traffic. Asked once a step: copies, once on, stay on
+/// until the step ends, so their evidence accrues over all of it.
+pub fn wants_copies(r: &Rollout, l: &Look) -> bool {
+    if r.phase != Phase::Progressing || r.shadowing || l.age < Duration::from_secs(1) {
+        return false;
+    }
+    let (age, every) = (l.age.as_secs_f64(), r.every().as_secs_f64());
+    let by_the_end = l.target.total as f64 * every.max(age) / age;
+    by_the_end < r.plan.samples_needed() as f64
+}
+
+/// The target's evidence in a step: its own live requests and the
+/// standby's answers to copies of the baseline's (each a request the
+/// target would have had to answer had the split sent it there).
+fn evidence(live: Counts, copies: Counts) -> Counts {
+    Counts {
+        total: live.total + copies.total,
+        bad: live.bad + copies.bad,
+    }
+}
+
 /// The stricter of the error and slow-response verdicts for this step, with
 /// the prefix that names which one it is.
 fn step_verdict(r: &Rollout, l: &Look) -> (Verdict, &'static str) {
@@ -415,7 +457,7 @@ fn step_verdict(r: &Rollout, l: &Look) -> (Verdict, &'static str) {
         level: plan.level(),
     };
     let errors = judge::judge(
-        l.target,
+        evidence(l.target, l.copies),
         l.baseline,
         budget(plan.max_error_rate),
         l.age,
@@ -423,7 +465,7 @@ fn step_verdict(r: &Rollout, l: &Look) -> (Verdict, &'static str) {
     );
     let slow = match plan.max_slow_ms {
         Some(_) => judge::judge(
-            l.target_slow,
+            evidence(l.target_slow, l.copies_slow),
             l.baseline_slow,
             budget(plan.max_slow_rate),
             l.age,
@@ -454,10 +496,16 @@ fn act_on(r: &Rollout, l: &Look, verdict: Verdict, what: &str) -> Next {
     let (target, baseline) = (r.target, r.baseline());
     let step = r.step;
     let percent = plan.share(step);
-    let figures = format!(
+    let mut figures = format!(
         "{target} {}/{} bad, {baseline} {}/{} bad",
         l.target.bad, l.target.total, l.baseline.bad, l.baseline.total
     );
+    if l.copies.total > 0 {
+        figures += &format!(
+            ", shadow copies to {target} {}/{} bad",
+            l.copies.bad, l.copies.total
+        );
+    }
     match verdict {
         Verdict::Rollback(why) => go(
             Phase::RollingBack,
@@ -490,7 +538,12 @@ fn act_on(r: &Rollout, l: &Look, verdict: Verdict, what: &str) -> Next {
             if samples >= needed {
                 format!("inconclusive: {what}{target} over budget but not significantly worse than {baseline} at {percent} %: {figures}")
             } else {
-                format!("inconclusive: {what}samples {samples}/{needed} at {percent} %")
+                format!(
+                    "inconclusive: {what}samples {samples}/{needed} at {percent} % after 10 × every ({} live, {} shadow copies); {}",
+                    l.target.total,
+                    l.copies.total,
+                    copies_missing(l)
+                )
             },
         ),
         Verdict::Unproven(why) => Note::plain(format!("step extended: {what}{why}")),
@@ -500,14 +553,57 @@ fn act_on(r: &Rollout, l: &Look, verdict: Verdict, what: &str) -> Next {
         Verdict::Continue => Note::plain(format!("observing {percent} %: {figures}")),
         Verdict::Promote => {
             let next = step + 1;
+            let on = if l.copies.total > 0 {
+                " on live and shadow evidence"
+            } else {
+                ""
+            };
             go(
                 enter(plan, next),
                 next,
                 None,
-                format!("promoted from {percent} %: {figures}"),
+                format!("promoted from {percent} %{on}: {figures}"),
             )
         }
     }
+}
+
+/// Why the shadow copies did not make up for the live requests a step
+/// lacked, in words for the pause's reason.
+fn copies_missing(l: &Look) -> String {
+    let words = |why: Skip| match why {
+        Skip::Method => "their method is not among the mirror's `methods`",
+        Skip::Upgrade => "upgrades and CONNECT are never copied",
+        Skip::BodyLengthUnknown => "bodies of unknown length",
+        Skip::BodyTooLarge => "bodies over the mirror's `max_body`",
+        Skip::NoServer => "the target had no healthy server",
+        Skip::LiveIncomplete => "the live request got no whole answer",
+    };
+    let mut parts: Vec<String> = Skip::ALL
+        .iter()
+        .zip(l.not_copied)
+        .filter(|(_, n)| *n > 0)
+        .map(|(why, n)| format!("{n} not copied ({})", words(*why)))
+        .collect();
+    if l.dropped > 0 {
+        parts.push(format!(
+            "{} dropped (over the mirror's `max_in_flight`)",
+            l.dropped
+        ));
+    }
+    if !parts.is_empty() {
+        return format!("shadow copies not possible: {}", parts.join(", "));
+    }
+    if l.baseline.total == 0 {
+        return "no live traffic to copy".into();
+    }
+    if l.copies.total == 0 {
+        return format!(
+            "shadow copies not possible: none made of {} live requests",
+            l.baseline.total
+        );
+    }
+    "too little traffic, even with shadow copies".into()
 }
 
 /// What `POST /v1/apps/{app}/rollout` takes. Durations as `60s`, `5m`;
@@ -657,6 +753,15 @@ impl Request {
 }
 
 impl Plan {
+    /// The target requests a step needs before it may promote: enough for
+    /// each budget judged.
+    pub fn samples_needed(&self) -> u64 {
+        let slow = self
+            .max_slow_ms
+            .map_or(0, |_| judge::needed(self.max_slow_rate));
+        judge::needed(self.max_error_rate).max(slow)
+    }
+
     /// Green's share at step `step` (100 past the last).
     pub fn share(&self, step: usize) -> f64 {
         self.steps.get(step).copied().unwrap_or(100.0)
@@ -989,6 +1094,73 @@ mod tests {
         assert_eq!(phase(&look(&r, &l)), Some(Phase::Failed));
         l.mirrored = Counts { total: 30, bad: 0 };
         assert_eq!(phase(&look(&r, &l)), None);
+    }
+
+    #[test]
+    fn a_step_short_of_live_requests_asks_for_copies_once_and_promotes_on_them() {
+        let mut r = at(Phase::Progressing, 0);
+        let mut l = healthy(2);
+        l.target = Counts { total: 4, bad: 0 };
+        l.baseline = Counts { total: 396, bad: 0 };
+        assert!(wants_copies(&r, &l), "20 by the end of 10 s, of 300");
+        l.target.total = 70;
+        assert!(!wants_copies(&r, &l), "350 by the end of the step");
+        l.target.total = 4;
+        r.shadowing = true;
+        assert!(!wants_copies(&r, &l), "asked already");
+        l.age = Duration::from_secs(10);
+        l.copies = Counts { total: 390, bad: 1 };
+        match look(&r, &l) {
+            Next::Go { phase, reason, .. } => {
+                assert_eq!(phase, Phase::Progressing);
+                assert!(
+                    reason.contains("on live and shadow evidence")
+                        && reason.contains("shadow copies to green 1/390 bad"),
+                    "{reason}"
+                );
+            }
+            n => panic!("{n:?}"),
+        }
+        r.go(Phase::Progressing, 1, None, "next".into(), "t".into());
+        assert!(!r.shadowing, "each step asks afresh");
+    }
+
+    #[test]
+    fn failing_copies_roll_the_step_back() {
+        let r = at(Phase::Progressing, 0);
+        let mut l = healthy(3);
+        l.target = Counts { total: 2, bad: 0 };
+        l.baseline = Counts { total: 200, bad: 0 };
+        l.copies = Counts {
+            total: 150,
+            bad: 150,
+        };
+        assert_eq!(phase(&look(&r, &l)), Some(Phase::RollingBack));
+    }
+
+    #[test]
+    fn a_step_that_cannot_be_shadowed_pauses_and_says_why() {
+        let r = at(Phase::Progressing, 0);
+        let mut l = healthy(100);
+        l.target = Counts { total: 9, bad: 0 };
+        l.baseline = Counts { total: 900, bad: 0 };
+        l.not_copied[Skip::Method as usize] = 900;
+        let Next::Go {
+            phase,
+            then,
+            reason,
+            ..
+        } = look(&r, &l)
+        else {
+            panic!("stayed")
+        };
+        assert_eq!((phase, then), (Phase::Paused, Some(Phase::Progressing)));
+        for part in [
+            "inconclusive: samples 9/300 at 1 % after 10 × every (9 live, 0 shadow copies)",
+            "shadow copies not possible: 900 not copied (their method is not among the mirror's `methods`)",
+        ] {
+            assert!(reason.contains(part), "{part:?} in {reason}");
+        }
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! What a copy does stays out of everything that judges the standby's real
 //! traffic: no passive health, no per-colour statistics, no access log
 //! line. It shows only in [`MirrorStats`] (`cutover_mirror_total`,
-//! `cutover_mirror_skipped_total`, and status' last differences).
+//! `cutover_mirror_skipped_total`, status' last differences, and the
+//! copies' own answers a rollout's judge may weigh).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -315,8 +316,12 @@ async fn run(worker: Rc<Worker>, job: Job) {
         stats.skip(Skip::NoServer);
         return;
     };
+    let asked = std::time::Instant::now();
     let shadow = ask_standby(&worker, &server, &head, body, &config, client).await;
     drop(slot);
+    // The standby's own answer is evidence about it, compared or not.
+    let status = shadow.as_ref().ok().map(|a| a.status);
+    stats.evidence.record(status, asked.elapsed());
     let live = match answer.await {
         Ok(live) if live.status != 0 => live,
         _ => {

@@ -161,6 +161,8 @@ pub struct MirrorStats {
     /// path: only a copy's own task, once it found a difference, and a
     /// status call take it, each for a push or a clone.
     differences: Mutex<VecDeque<Difference>>,
+    /// The copies' own answers, as evidence about the standby.
+    pub evidence: CopyEvidence,
 }
 
 impl MirrorStats {
@@ -356,6 +358,44 @@ pub fn header_divergence(
     })
 }
 
+/// How the standby itself answered the copies, whatever the live answer
+/// was: a rollout whose step gets too few live requests judges the
+/// standby on these too. Counted apart from the colour's own statistics,
+/// which stay the standby's real traffic.
+#[derive(Debug, Default)]
+pub struct CopyEvidence {
+    /// Copies the standby answered, or failed to.
+    answered: AtomicU64,
+    /// Of those, a 5xx, a failed connect, a timeout or a broken answer:
+    /// what a live request would count as bad.
+    bad: AtomicU64,
+    /// Of those, the ones whose whole exchange took longer than
+    /// `slow_micros`.
+    slow: AtomicU64,
+    /// What counts as slow, in microseconds (0: nothing), set like a
+    /// colour's while a rollout judges slowness.
+    pub slow_micros: AtomicU64,
+}
+
+impl CopyEvidence {
+    /// One copy's answer: `status` (`None`: none came) after `took`.
+    pub fn record(&self, status: Option<u16>, took: std::time::Duration) {
+        self.answered.fetch_add(1, Relaxed);
+        if status.is_none_or(|s| s >= 500) {
+            self.bad.fetch_add(1, Relaxed);
+        }
+        let slow = self.slow_micros.load(Relaxed);
+        if slow > 0 && took.as_micros() > u128::from(slow) {
+            self.slow.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `[answered, bad, slow]`, in the order of a colour's judged counts.
+    pub fn counts(&self) -> [u64; 3] {
+        [&self.answered, &self.bad, &self.slow].map(|c| c.load(Relaxed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,5 +510,17 @@ mod tests {
         assert_eq!(kept.len(), KEPT_DIFFERENCES);
         assert_eq!(kept[0].path, "/24");
         assert_eq!(kept[19].path, "/5");
+    }
+
+    #[test]
+    fn a_copy_is_bad_on_a_5xx_or_no_answer_and_slow_past_the_threshold() {
+        let e = CopyEvidence::default();
+        let ms = std::time::Duration::from_millis;
+        e.record(Some(200), ms(900));
+        e.slow_micros.store(500_000, Relaxed);
+        e.record(Some(404), ms(10));
+        e.record(Some(503), ms(10));
+        e.record(None, ms(600));
+        assert_eq!(e.counts(), [4, 2, 1]);
     }
 }
