@@ -76,6 +76,14 @@ pub fn build_app(
         rules: raw.rules,
         answers,
         mirror: mirror(&format!("{key}.mirror"), raw.mirror, errs),
+        guard: match raw.guard.as_deref().map(crate::model::guard_window) {
+            None => DEFAULT_GUARD,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                errs.push(format!("{key}.guard"), e);
+                DEFAULT_GUARD
+            }
+        },
         path_prefix: raw.path_prefix,
         name,
     }

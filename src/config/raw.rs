@@ -290,6 +290,8 @@ pub struct RawApp {
     pub allow_connect: bool,
     /// `[apps.NAME.mirror]`: shadow traffic to the standby colour.
     pub mirror: RawMirror,
+    /// `"off"` or a duration; `None`: [`crate::config::DEFAULT_GUARD`].
+    pub guard: Option<String>,
 }
 
 impl Default for RawApp {
@@ -313,6 +315,7 @@ impl Default for RawApp {
             error_pages: BTreeMap::new(),
             allow_connect: false,
             mirror: RawMirror::default(),
+            guard: None,
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct Request {
     pub actor: String,
     /// Why, as the client gave it; recorded beside the actor.
     pub reason: Option<String>,
+    /// A flip's or shift's guard window, when the call gives one
+    /// (`Duration::ZERO`: no guard); `None`: the app's `guard`.
+    pub guard: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -248,7 +251,7 @@ fn supersede(r: &mut Rollout, req: &Request, time: String) {
 }
 
 /// At most what a history entry's reason holds.
-fn clip(text: &str) -> String {
+pub(super) fn clip(text: &str) -> String {
     let ascii: String = text
         .chars()
         .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
@@ -284,6 +287,7 @@ fn history_entries(
             app: name.clone(),
             kind: req.change.kind().to_string(),
             forced: req.force,
+            guard: None,
             before: before.clone(),
             after: after.clone(),
         })
@@ -325,6 +329,8 @@ pub struct Control {
     pub(super) windows: HashMap<String, Window>,
     /// The fleet this instance belongs to (`[state] backend = "etcd"`).
     pub fleet: Option<Arc<super::fleet::Fleet>>,
+    /// Guarded changes ([`super::guarding`]).
+    pub(super) watch: super::guard_watch::Watch,
 }
 
 pub(super) fn now_rfc3339() -> String {
@@ -342,6 +348,7 @@ impl Control {
             stats: ControlStats::default(),
             windows: HashMap::new(),
             fleet: None,
+            watch: Default::default(),
         }
     }
 
@@ -399,11 +406,14 @@ impl Control {
         let time = now_rfc3339();
         let rollouts = self.superseded_rollouts(&superseded, &req, &time);
         let superseding = rollouts.is_some();
+        let mut history = history_entries(&req, &changed, epoch, &time);
+        self.mark_guarded(&req, &mut history);
+        let guarded = Self::guard_answer(&history);
         self.commit(Commit {
             epoch,
             apps: states,
             rollouts,
-            history: history_entries(&req, &changed, epoch, &time),
+            history,
         })?;
         if superseding {
             for name in &superseded {
@@ -413,8 +423,11 @@ impl Control {
         }
         self.shared.store(next);
         self.changed(&req, &changed, epoch);
+        self.start_guards(Instant::now());
         let snap = self.shared.snapshot.load_full();
-        Ok(self.answer(snap, epoch, false, &names))
+        let mut answer = self.answer(snap, epoch, false, &names);
+        answer.guard = guarded;
+        Ok(answer)
     }
 
     /// Rolling back an app whose rollout is under way aborts the rollout
@@ -1076,6 +1089,7 @@ impl Control {
             app: app.to_string(),
             kind: "rollout".into(),
             forced: false,
+            guard: None,
             before: before.clone(),
             after: routed.clone(),
         };
@@ -1185,7 +1199,7 @@ impl Control {
 
     /// The other instances' counts of `app`, as they last reported them;
     /// none without a fleet.
-    fn remote_counts(&self, app: &str) -> Remote {
+    pub(super) fn remote_counts(&self, app: &str) -> Remote {
         let Some(fleet) = &self.fleet else {
             return Remote::new();
         };
@@ -1391,6 +1405,7 @@ mod tests {
             if_match: None,
             actor: "ops".into(),
             reason: Some("ticket 7".into()),
+            guard: None,
         }
     }
 
