@@ -180,6 +180,7 @@ async fn a_green_answering_500_flipped_without_a_rollout_is_reverted_within_5_s(
     assert_eq!(last["actor"], "guard");
     assert_eq!(last["after"]["live"], "blue");
     let reason = last["reason"].as_str().unwrap();
+    println!("history: {reason}");
     assert!(
         reason.contains("fast fail") && reason.contains("green") && reason.contains("bad"),
         "{reason}"
