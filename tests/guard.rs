@@ -190,6 +190,10 @@ async fn a_green_answering_500_flipped_without_a_rollout_is_reverted_within_5_s(
         (&flip["kind"], &flip["guard"]),
         (&"flip".into(), &"2m".into())
     );
+    // Undoing the revert would send users back to the failing green.
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/rollback", "", &[]).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("its guard reverting"), "{}", r.text());
     let m = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
         .await
         .text();

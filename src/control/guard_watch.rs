@@ -26,9 +26,10 @@
 //!   watches afresh until its window ends.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::judge::{self, Budget, Counts, Verdict};
+use super::state::{HistoryEntry, StateFile};
 use crate::config::Color;
 use crate::route::AppState;
 
@@ -124,6 +125,24 @@ pub struct Watch {
     pub guards: HashMap<String, Guard>,
     /// Reverts since start, by app (`cutover_guard_reverts_total`).
     pub reverts: BTreeMap<String, u64>,
+}
+
+/// The window of change `e`'s guard and when it ends, if it has one.
+pub fn window_of(e: &HistoryEntry) -> Option<(Duration, SystemTime)> {
+    let window = humantime::parse_duration(e.guard.as_deref()?).ok()?;
+    let time = humantime::parse_rfc3339(&e.time).ok()?;
+    Some((window, time + window))
+}
+
+/// Some app's last change has a guard whose window is not over at `now`.
+pub fn under_way(state: &StateFile, now: SystemTime) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    state
+        .history
+        .iter()
+        .rev()
+        .filter(|e| seen.insert(e.app.as_str()))
+        .any(|e| window_of(e).is_some_and(|(_, end)| end > now))
 }
 
 /// `color`'s share (0-100) of an app's default traffic in `s`.

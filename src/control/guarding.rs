@@ -50,9 +50,8 @@ impl Control {
         let watched: BTreeMap<String, crate::api::Guard> = entries
             .iter()
             .filter_map(|e| {
-                let window = humantime::parse_duration(e.guard.as_deref()?).ok()?;
-                let time = humantime::parse_rfc3339(&e.time).ok()?;
-                let until = humantime::format_rfc3339_seconds(time + window).to_string();
+                let (window, end) = watch::window_of(e)?;
+                let until = humantime::format_rfc3339_seconds(end).to_string();
                 let guard = crate::api::Guard {
                     until,
                     window_seconds: window.as_secs(),
@@ -135,10 +134,9 @@ impl Control {
 
     /// The guard of change `e` of `app`, if it has one still under way.
     fn guard_of(&self, e: &HistoryEntry, app: &App, now: Instant) -> Option<Guard> {
-        let window = humantime::parse_duration(e.guard.as_deref()?).ok()?;
-        let time = humantime::parse_rfc3339(&e.time).ok()?;
+        let (window, end) = watch::window_of(e)?;
         // Over already (a restart after the window): nothing to watch.
-        let left = (time + window).duration_since(SystemTime::now()).ok()?;
+        let left = end.duration_since(SystemTime::now()).ok()?;
         let new = watch::gainer(&e.before, &e.after)?;
         let base = self.tally(app);
         let baseline = self

@@ -746,6 +746,8 @@ impl Control {
     /// so each window starts again from the new snapshot's counters.
     pub(super) fn restart_windows(&mut self) {
         self.windows.clear();
+        // Guards too: each starts again from the history, counting afresh.
+        self.watch.guards.clear();
     }
 
     /// Store a change and make it the state; refused, changing nothing,
@@ -907,8 +909,9 @@ impl Control {
             .collect()
     }
 
-    /// Undoing the move by which a rollout rolled back would send traffic
-    /// back to the colour it judged bad: 409 unless forced.
+    /// Undoing the move by which a rollout rolled back, or a guard
+    /// reverted a change, would send traffic back to the colour judged
+    /// bad: 409 unless forced.
     fn refuse_undoing_a_rollouts_rollback(&self, change: &Change) -> Result<(), OpError> {
         let Change::Rollback(app) = change else {
             return Ok(());
@@ -919,6 +922,12 @@ impl Control {
             .iter()
             .rev()
             .find(|h| h.before != h.after && app.as_ref().is_none_or(|a| h.app == *a));
+        if let Some(last) = last.filter(|h| h.kind == "guard") {
+            return Err(OpError::Conflict(format!(
+                "the last change of app {:?} is its guard reverting a change that hurt: undoing it would send traffic back to {}; shift or flip it explicitly, or force the rollback",
+                last.app, last.before.live
+            )));
+        }
         let Some(last) = last.filter(|h| h.kind == "rollout") else {
             return Ok(());
         };
