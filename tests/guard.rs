@@ -212,6 +212,28 @@ async fn a_good_green_flipped_stays_flipped_after_its_guard() {
     both_healthy(&c, &proxy).await;
     let load = Load::start(&proxy, 20);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    for (path, body, why) in [
+        ("flip", r#"{"guard": "soon"}"#, "is neither"),
+        ("flip", r#"{"guard": "0s"}"#, "shorter than 1s"),
+        ("rollback", r#"{"guard": "off"}"#, "only flip and shift"),
+        (
+            "mirror",
+            r#"{"percent": 5, "guard": "off"}"#,
+            "only flip and shift",
+        ),
+    ] {
+        let r = admin_call(
+            &c,
+            &proxy,
+            "POST",
+            &format!("/v1/apps/shop/{path}"),
+            body,
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 400, "{path} {body}: {}", r.text());
+        assert!(r.text().contains(why), "{path} {body}: {}", r.text());
+    }
     let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["guard"]["shop"]["window_seconds"], 3);

@@ -246,6 +246,10 @@ fn change_body(call: &Call, percent: bool, to: bool) -> Result<api::ChangeBody, 
     if body.to.is_some() && !to {
         return Err(refuse(400, "to: only flip takes a colour"));
     }
+    // Flip takes a colour and shift a percent; mirror refuses it itself.
+    if body.guard.is_some() && !(to || percent) {
+        return Err(refuse(400, GUARD_ONLY));
+    }
     Ok(body)
 }
 
