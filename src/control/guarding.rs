@@ -193,7 +193,8 @@ impl Control {
     /// Put `name` back to the live colour and split before the change
     /// `g` watches: one history entry, never held back by the health gate
     /// (it goes back toward the colour that was healthy) nor by a state
-    /// file that cannot be written (as a rollout's rollback).
+    /// file that cannot be written (as a rollout's rollback); in a fleet,
+    /// made only once etcd has it.
     fn revert(&mut self, name: &str, g: &Guard, why: &str) -> Result<(), OpError> {
         let before = self.state.apps[name].clone();
         let after = AppState {
@@ -229,6 +230,12 @@ impl Control {
             history: vec![entry],
         };
         if let Err(e) = self.state.commit_anyway(change) {
+            if self.fleet.is_some() {
+                // Nothing changed: the fleet's state rules, and one
+                // instance reverting alone would split the fleet. The
+                // guard tries again in a second.
+                return Err(OpError::Unavailable(e.to_string()));
+            }
             tracing::error!(app = %name, error = %e, "reverting although the state file could not be written");
         }
         self.shared.store(next);
