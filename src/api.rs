@@ -36,6 +36,10 @@ pub struct Status {
     /// This instance in its fleet; absent with the file backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetLink>,
+    /// A flip's or shift's answer: each app a guard now watches, and
+    /// until when (see `docs/rollouts.md`, guarded changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<BTreeMap<String, Guard>>,
     #[serde(default)]
     pub process: Option<Process>,
     /// A change made with `?wait=`: which instances serve it.
@@ -55,6 +59,14 @@ pub struct Acme {
     /// RFC 3339: when the certificate in use expires; `None` before the
     /// first is obtained.
     pub not_after: Option<String>,
+}
+
+/// A guard watching a change: it may revert the change until `until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Guard {
+    /// RFC 3339, UTC.
+    pub until: String,
+    pub window_seconds: u64,
 }
 
 /// How an instance stands with its fleet's shared store (etcd).
@@ -440,7 +452,11 @@ pub struct HistoryEntry {
     /// Forced past a health check.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
-    /// `flip`, `shift`, `rules`, `rollback`, `reload`, …
+    /// A flip or shift watched by a guard: the guard's window (`2m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
+    /// `flip`, `shift`, `rules`, `rollback`, `reload`, `guard` (a guard's
+    /// revert), …
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -506,6 +522,10 @@ pub struct ChangeBody {
     /// with no split is left as it is. Absent: each app to its standby.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<Color>,
+    /// Flip and shift only: the guard window, `"30s"`, or `"off"` for no
+    /// guard. Absent: the app's `guard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
 }
 
 /// The body of `POST /v1/apps/{app}/servers/{addr}`.

@@ -89,6 +89,8 @@ pub enum Command {
         #[arg(long, value_enum, value_name = "COLOR")]
         to: Option<ColorArg>,
         #[command(flatten)]
+        guard: GuardFlags,
+        #[command(flatten)]
         change: ChangeFlags,
         #[command(flatten)]
         endpoint: ClientArgs,
@@ -98,6 +100,8 @@ pub enum Command {
         /// `[APP] PERCENT`.
         #[arg(num_args = 1..=2, value_names = ["APP", "PERCENT"], required = true)]
         args: Vec<String>,
+        #[command(flatten)]
+        guard: GuardFlags,
         #[command(flatten)]
         change: ChangeFlags,
         #[command(flatten)]
@@ -320,6 +324,29 @@ impl ChangeFlags {
             percent: None,
             compare: None,
             to: None,
+            guard: None,
+        }
+    }
+}
+
+/// How long a flip or shift is watched, and undone if it hurts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuardFlags {
+    /// Watch the change this long (else the app's `guard`, default 2m)
+    /// and revert it if the colour that took the traffic is clearly worse.
+    #[arg(long, value_name = "DURATION", value_parser = guard_duration)]
+    pub guard: Option<String>,
+    /// No guard: leave the change alone whatever follows.
+    #[arg(long, conflicts_with = "guard")]
+    pub no_guard: bool,
+}
+
+impl GuardFlags {
+    /// The body's `guard`.
+    fn body(&self) -> Option<String> {
+        match self.no_guard {
+            true => Some("off".into()),
+            false => self.guard.clone(),
         }
     }
 }
@@ -330,6 +357,11 @@ pub struct CompareList(Vec<crate::model::Compared>);
 
 fn compare_list(s: &str) -> Result<CompareList, String> {
     crate::model::Compared::parse_list(s).map(CompareList)
+}
+
+/// `--guard`: a duration as the admin API takes it.
+fn guard_duration(s: &str) -> Result<String, String> {
+    crate::model::guard_window(s).map(|_| s.to_string())
 }
 
 /// How the client subcommands reach the admin API.
@@ -709,9 +741,10 @@ fn run_client(ep: &Endpoint, cmd: Command) -> ExitCode {
             app,
             all,
             to,
+            guard,
             change,
             ..
-        } => flip(ep, app, all, to.map(Color::from), change),
+        } => flip(ep, app, all, to.map(Color::from), guard, change),
         Command::Rollback { app, change, .. } => {
             self::change(ep, "rollback", app, change.body(), change)
         }
@@ -722,11 +755,14 @@ fn run_client(ep: &Endpoint, cmd: Command) -> ExitCode {
             ..
         } => {
             let compare = compare.map(|c| c.0);
-            percent_change(ep, "mirror", "PUT", &args, compare, change)
+            percent_change(ep, "mirror", "PUT", &args, (compare, None), change)
         }
-        Command::Shift { args, change, .. } => {
-            percent_change(ep, "shift", "POST", &args, None, change)
-        }
+        Command::Shift {
+            args,
+            guard,
+            change,
+            ..
+        } => percent_change(ep, "shift", "POST", &args, (None, guard.body()), change),
         Command::Rules {
             args, rule, change, ..
         } => rules_command(ep, args, rule, change),
@@ -773,6 +809,7 @@ fn flip(
     app: Option<String>,
     all: bool,
     to: Option<Color>,
+    guard: GuardFlags,
     flags: ChangeFlags,
 ) -> ExitCode {
     let app = match (app, all) {
@@ -783,7 +820,11 @@ fn flip(
             Err(m) => return usage(format!("{m}, or pass --all to flip every app")),
         },
     };
-    let body = api::ChangeBody { to, ..flags.body() };
+    let body = api::ChangeBody {
+        to,
+        guard: guard.body(),
+        ..flags.body()
+    };
     change(ep, "flip", app, body, flags)
 }
 
@@ -1108,7 +1149,7 @@ fn percent_change(
     verb: &str,
     method: &str,
     args: &[String],
-    compare: Option<Vec<crate::model::Compared>>,
+    (compare, guard): (Option<Vec<crate::model::Compared>>, Option<String>),
     c: ChangeFlags,
 ) -> ExitCode {
     let (app, percent) = match app_percent(verb, args) {
@@ -1122,6 +1163,7 @@ fn percent_change(
     let body = api::ChangeBody {
         percent: Some(percent),
         compare,
+        guard,
         ..c.body()
     };
     finish(

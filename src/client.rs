@@ -393,6 +393,14 @@ pub fn describe_change(v: &api::Status) -> String {
         v.epoch,
         if dry { " (unchanged: dry run)" } else { "" }
     );
+    for (name, g) in v.guard.iter().flatten() {
+        let _ = writeln!(
+            out,
+            "guard: watching {name} for {} (until {}); the change is reverted if it hurts",
+            humantime::format_duration(std::time::Duration::from_secs(g.window_seconds)),
+            g.until
+        );
+    }
     if let Some(w) = &v.waited {
         let _ = writeln!(out, "{}", waited(w));
     }

@@ -470,14 +470,19 @@ async fn upgrade_on_sigusr2(admin: Arc<Admin>) {
 }
 
 /// SIGHUP re-reads the config file, like `POST /v1/reload`.
-/// Once a second, one look at every rollout under way (until shutdown).
+/// Once a second, one look at every rollout and every guard under way
+/// (until shutdown).
 async fn drive_rollouts(admin: Arc<Admin>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
-            _ = tick.tick() => admin.lock().tick_rollouts(),
+            _ = tick.tick() => {
+                let mut control = admin.lock();
+                control.tick_rollouts();
+                control.tick_guards();
+            }
         }
     }
 }

@@ -300,3 +300,26 @@ pub struct RolloutTransition {
     pub time: String,
     pub to: RolloutPhase,
 }
+
+/// The longest guard window a flip or shift may ask for.
+pub const GUARD_MAX: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// A guard window as the config file, the admin API and the command line
+/// give it: `"off"` (no guard, `Duration::ZERO`) or a duration from 1s to
+/// a day (`"2m"`, `"30s"`).
+pub fn guard_window(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(std::time::Duration::ZERO);
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) if d < std::time::Duration::from_secs(1) => Err(format!(
+            "{text:?} is shorter than 1s (say \"off\" for no guard)"
+        )),
+        Ok(d) if d > GUARD_MAX => Err(format!("{text:?} is longer than a day (\"24h\")")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{text:?} is neither \"off\" nor a duration like \"2m\" ({e})"
+        )),
+    }
+}

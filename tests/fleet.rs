@@ -873,3 +873,38 @@ async fn a_write_etcd_never_answers_is_answered_honestly_and_the_fleet_converges
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_on_an_instance_that_does_not_judge_is_guarded_by_the_one_that_does() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let blue = Upstream::start("blue").await;
+    let green = failing_green().await;
+    let a = Instance::start("a", dir.path(), &etcd.url(), blue.addr, green);
+    a.until(Duration::from_secs(15), |s| s["fleet"]["judge"] == true)
+        .await;
+    let b = Instance::start("b", dir.path(), &etcd.url(), blue.addr, green);
+    b.connected().await;
+    // Traffic only through b, which does not judge: a guards b's flip on
+    // b's reports.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(&b, stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = b.call("POST", "/v1/apps/shop/flip", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["guard"]["shop"]["window_seconds"], 120);
+    a.until(Duration::from_secs(20), |s| live(s) == "blue")
+        .await;
+    let s = b.until(Duration::from_secs(5), |s| live(s) == "blue").await;
+    stop.store(true, SeqCst);
+    traffic.await.unwrap();
+    let h = b.call("GET", "/v1/history", "").await.json();
+    let last = h["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["kind"], &last["actor"]),
+        (&"guard".into(), &"guard".into()),
+        "{last:#}"
+    );
+    assert!(s["epoch"].as_u64().unwrap() >= 2);
+    assert_eq!(b.serves().await, "blue");
+}

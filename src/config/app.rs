@@ -90,6 +90,14 @@ pub fn build_app(
         request_headers: edits.request_headers,
         response_headers: edits.response_headers,
         paths: edits.paths,
+        guard: match raw.guard.as_deref().map(crate::model::guard_window) {
+            None => DEFAULT_GUARD,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                errs.push(format!("{key}.guard"), e);
+                DEFAULT_GUARD
+            }
+        },
         path_prefix: raw.path_prefix,
         name,
     }

@@ -312,6 +312,8 @@ pub struct RawApp {
     pub response_headers: Option<RawHeaderRules>,
     pub strip_prefix: bool,
     pub rewrite: Vec<RawRewrite>,
+    /// `"off"` or a duration; `None`: [`crate::config::DEFAULT_GUARD`].
+    pub guard: Option<String>,
 }
 
 /// `request_headers` / `response_headers = { set, add, remove }`.
@@ -364,6 +366,7 @@ impl Default for RawApp {
             response_headers: None,
             strip_prefix: false,
             rewrite: vec![],
+            guard: None,
         }
     }
 }

@@ -531,7 +531,14 @@ pub struct AppConfig {
     pub response_headers: Option<Arc<super::edits::HeaderRules>>,
     /// `strip_prefix` and `rewrite`; `None`: the path is sent as routed.
     pub paths: Option<Arc<super::edits::PathRewrite>>,
+    /// `guard`: how long a flip or shift made outside a rollout is
+    /// watched, and undone if the colour that took the traffic is clearly
+    /// worse. Default [`DEFAULT_GUARD`] (2 minutes); `"off"`: zero, none.
+    pub guard: std::time::Duration,
 }
+
+/// An app's `guard` when it sets none.
+pub const DEFAULT_GUARD: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// `[apps.NAME.mirror]`: a share of the live colour's requests copied to
 /// the standby colour, whose answers are compared with the live ones and

@@ -434,6 +434,23 @@ mod tests {
         )
     }
 
+    #[test]
+    fn an_apps_guard_is_two_minutes_unless_off_or_a_duration_from_1s_to_a_day() {
+        let guard = |v: &str| Config::from_toml(&with_duration("apps.a.guard", v));
+        let of = |c: Config| c.app("a").unwrap().guard;
+        let default = Config::from_toml(&with_duration("apps.a.drain_timeout", "1s")).unwrap();
+        assert_eq!(of(default), Duration::from_secs(120));
+        assert_eq!(of(guard("off").unwrap()), Duration::ZERO);
+        assert_eq!(of(guard("30s").unwrap()), Duration::from_secs(30));
+        for bad in ["0s", "500ms", "25h", "soon"] {
+            let errors = guard(bad).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.key == "apps.a.guard"),
+                "guard = {bad:?}: {errors:?}"
+            );
+        }
+    }
+
     /// Timeouts and periods: `0s` would time every request out or spin a
     /// timer.
     const NEVER_ZERO: [&str; 19] = [

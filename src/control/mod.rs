@@ -13,6 +13,8 @@
 //! - [`resolve`]: servers given by host name, resolved at start and again
 //!   on an interval, never under the control lock (the one DNS path);
 //! - [`judge`] and [`rollout`]: progressive rollouts, judged each second;
+//! - [`guard_watch`] and `guarding`: guarded changes — a flip or shift watched
+//!   for a while by the same judge, and undone by itself when it hurts;
 //! - [`upgrade`]: handing the sockets to a new binary (`cutover upgrade`);
 //! - [`metrics`]: the Prometheus exposition.
 
@@ -23,6 +25,8 @@ mod adopt;
 pub mod changes;
 pub mod fleet;
 pub mod guard;
+pub mod guard_watch;
+mod guarding;
 pub mod health;
 pub mod judge;
 pub mod metrics;

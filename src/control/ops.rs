@@ -77,6 +77,9 @@ pub struct Request {
     pub actor: String,
     /// Why, as the client gave it; recorded beside the actor.
     pub reason: Option<String>,
+    /// A flip's or shift's guard window, when the call gives one
+    /// (`Duration::ZERO`: no guard); `None`: the app's `guard`.
+    pub guard: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -274,7 +277,7 @@ fn supersede(r: &mut Rollout, req: &Request, time: String) {
 }
 
 /// At most what a history entry's reason holds.
-fn clip(text: &str) -> String {
+pub(super) fn clip(text: &str) -> String {
     let ascii: String = text
         .chars()
         .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
@@ -310,6 +313,7 @@ fn history_entries(
             app: name.clone(),
             kind: req.change.kind().to_string(),
             forced: req.force,
+            guard: None,
             before: before.clone(),
             after: after.clone(),
         })
@@ -351,6 +355,8 @@ pub struct Control {
     pub(super) windows: HashMap<String, Window>,
     /// The fleet this instance belongs to (`[state] backend = "etcd"`).
     pub fleet: Option<Arc<super::fleet::Fleet>>,
+    /// Guarded changes ([`super::guarding`]).
+    pub(super) watch: super::guard_watch::Watch,
 }
 
 pub(super) fn now_rfc3339() -> String {
@@ -368,6 +374,7 @@ impl Control {
             stats: ControlStats::default(),
             windows: HashMap::new(),
             fleet: None,
+            watch: Default::default(),
         }
     }
 
@@ -425,11 +432,14 @@ impl Control {
         let time = now_rfc3339();
         let rollouts = self.superseded_rollouts(&superseded, &req, &time);
         let superseding = rollouts.is_some();
+        let mut history = history_entries(&req, &changed, epoch, &time);
+        self.mark_guarded(&req, &mut history);
+        let guarded = Self::guard_answer(&history);
         self.commit(Commit {
             epoch,
             apps: states,
             rollouts,
-            history: history_entries(&req, &changed, epoch, &time),
+            history,
         })?;
         if superseding {
             for name in &superseded {
@@ -439,8 +449,11 @@ impl Control {
         }
         self.shared.store(next);
         self.changed(&req, &changed, epoch);
+        self.start_guards(Instant::now());
         let snap = self.shared.snapshot.load_full();
-        Ok(self.answer(snap, epoch, false, &names))
+        let mut answer = self.answer(snap, epoch, false, &names);
+        answer.guard = guarded;
+        Ok(answer)
     }
 
     /// Rolling back an app whose rollout is under way aborts the rollout
@@ -765,6 +778,8 @@ impl Control {
     /// so each window starts again from the new snapshot's counters.
     pub(super) fn restart_windows(&mut self) {
         self.windows.clear();
+        // Guards too: each starts again from the history, counting afresh.
+        self.watch.guards.clear();
     }
 
     /// Store a change and make it the state; refused, changing nothing,
@@ -926,8 +941,9 @@ impl Control {
             .collect()
     }
 
-    /// Undoing the move by which a rollout rolled back would send traffic
-    /// back to the colour it judged bad: 409 unless forced.
+    /// Undoing the move by which a rollout rolled back, or a guard
+    /// reverted a change, would send traffic back to the colour judged
+    /// bad: 409 unless forced.
     fn refuse_undoing_a_rollouts_rollback(&self, change: &Change) -> Result<(), OpError> {
         let Change::Rollback(app) = change else {
             return Ok(());
@@ -938,6 +954,12 @@ impl Control {
             .iter()
             .rev()
             .find(|h| h.before != h.after && app.as_ref().is_none_or(|a| h.app == *a));
+        if let Some(last) = last.filter(|h| h.kind == "guard") {
+            return Err(OpError::Conflict(format!(
+                "the last change of app {:?} is its guard reverting a change that hurt: undoing it would send traffic back to {}; shift or flip it explicitly, or force the rollback",
+                last.app, last.before.live
+            )));
+        }
         let Some(last) = last.filter(|h| h.kind == "rollout") else {
             return Ok(());
         };
@@ -1110,6 +1132,7 @@ impl Control {
             app: app.to_string(),
             kind: "rollout".into(),
             forced: false,
+            guard: None,
             before: before.clone(),
             after: routed.clone(),
         };
@@ -1259,6 +1282,7 @@ impl Control {
             app: app.to_string(),
             kind: "rollout".into(),
             forced: false,
+            guard: None,
             before,
             after,
         };
@@ -1278,7 +1302,7 @@ impl Control {
 
     /// The other instances' counts of `app`, as they last reported them;
     /// none without a fleet.
-    fn remote_counts(&self, app: &str) -> Remote {
+    pub(super) fn remote_counts(&self, app: &str) -> Remote {
         let Some(fleet) = &self.fleet else {
             return Remote::new();
         };
@@ -1506,6 +1530,7 @@ mod tests {
             if_match: None,
             actor: "ops".into(),
             reason: Some("ticket 7".into()),
+            guard: None,
         }
     }
 

@@ -201,6 +201,7 @@ fn reloaded(
             app: app.name.clone(),
             kind: kind.into(),
             forced: false,
+            guard: None,
             before,
             after: after.clone(),
         });
@@ -250,6 +251,7 @@ fn start_state(config: &Config, state: &mut StateFile) {
             app: app.name.clone(),
             kind: "reload".into(),
             forced: false,
+            guard: None,
             before: current,
             after: after.clone(),
         });

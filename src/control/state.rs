@@ -76,6 +76,11 @@ pub struct HistoryEntry {
     /// The change was forced past a health check.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
+    /// A flip or shift watched by a guard: for how long (`2m`), see
+    /// [`super::watch`]. Kept with the change so that whichever instance
+    /// of a fleet judges can watch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
     pub before: AppState,
     pub after: AppState,
 }
@@ -635,6 +640,7 @@ mod tests {
             app: "a".into(),
             kind: "flip".into(),
             forced: epoch % 2 == 0,
+            guard: None,
             before: app(Color::Blue, 0.0),
             after: app(Color::Green, 2.5),
         }

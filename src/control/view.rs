@@ -49,6 +49,7 @@ pub fn status(snap: &Snapshot, mut extras: Extras<'_>) -> api::Status {
         dry_run,
         epoch: extras.epoch,
         fleet: extras.fleet,
+        guard: None,
         process: Some(api::Process {
             pid: p.pid,
             started: p.started.clone(),

@@ -202,6 +202,17 @@ async fn waited(call: &Call<'_>, changed: Changed) -> Answer {
 /// Apply `change` with the call's `force` and `dry_run` (from the body or
 /// the query) and its `If-Match`: the new state, or why not.
 fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Changed {
+    apply_guarded(call, change, force, dry_run, None)
+}
+
+/// [`apply`] with a flip's or shift's own guard window.
+fn apply_guarded(
+    call: &Call,
+    change: Change,
+    force: bool,
+    dry_run: bool,
+    guard: Option<std::time::Duration>,
+) -> Changed {
     let p = &call.params;
     let result = call.admin.lock().apply(OpRequest {
         change,
@@ -210,6 +221,7 @@ fn apply(call: &Call, change: Change, force: bool, dry_run: bool) -> Changed {
         if_match: p.if_match,
         actor: call.actor.clone(),
         reason: p.reason.clone(),
+        guard,
     });
     match result {
         Ok(status) => Ok(status),
@@ -239,7 +251,22 @@ fn change_body(call: &Call, percent: bool, to: bool) -> Result<api::ChangeBody, 
     if body.to.is_some() && !to {
         return Err(refuse(400, "to: only flip takes a colour"));
     }
+    // Flip takes a colour and shift a percent; mirror refuses it itself.
+    if body.guard.is_some() && !(to || percent) {
+        return Err(refuse(400, GUARD_ONLY));
+    }
     Ok(body)
+}
+
+const GUARD_ONLY: &str = "guard: only flip and shift take a guard";
+
+/// A flip's or shift's `guard`: `"off"` or a duration.
+fn guard_of(b: &api::ChangeBody) -> Result<Option<std::time::Duration>, Refused> {
+    b.guard
+        .as_deref()
+        .map(crate::model::guard_window)
+        .transpose()
+        .map_err(|e| refuse(400, format!("guard: {e}")))
 }
 
 /// `POST /v1/flip`, `POST /v1/apps/{app}/flip`, with `{"to": "green"}`
@@ -247,7 +274,7 @@ fn change_body(call: &Call, percent: bool, to: bool) -> Result<api::ChangeBody, 
 fn flip(call: &Call, app: Option<&str>) -> Changed {
     let b = change_body(call, false, true)?;
     let change = Change::Flip(app.map(Into::into), b.to);
-    apply(call, change, b.force, b.dry_run)
+    apply_guarded(call, change, b.force, b.dry_run, guard_of(&b)?)
 }
 
 /// `POST /v1/rollback`, `POST /v1/apps/{app}/rollback`.
@@ -270,7 +297,8 @@ fn shift(call: &Call, app: &str) -> Changed {
     let Some(p) = b.percent else {
         return Err(refuse(400, "percent: missing (e.g. {\"percent\": 12.5})"));
     };
-    apply(call, Change::Shift(app.into(), p), b.force, b.dry_run)
+    let change = Change::Shift(app.into(), p);
+    apply_guarded(call, change, b.force, b.dry_run, guard_of(&b)?)
 }
 
 /// `PUT|POST /v1/apps/{app}/mirror` with `{"percent": P}` and, to change
@@ -280,6 +308,9 @@ fn mirror(call: &Call, app: &str) -> Changed {
     let Some(p) = b.percent else {
         return Err(refuse(400, "percent: missing (e.g. {\"percent\": 10})"));
     };
+    if b.guard.is_some() {
+        return Err(refuse(400, GUARD_ONLY));
+    }
     let change = Change::Mirror(app.into(), p, b.compare);
     apply(call, change, b.force, b.dry_run)
 }
@@ -404,6 +435,7 @@ fn history_entry(e: &HistoryEntry) -> api::HistoryEntry {
         changes: e.changes(),
         epoch: e.epoch,
         forced: e.forced,
+        guard: e.guard.clone(),
         kind: e.kind.clone(),
         reason: e.reason.clone(),
         time: e.time.clone(),

@@ -235,10 +235,11 @@ impl<'a> Session<'a> {
             .iter()
             .find(|kv| kv.key() == epoch_key.as_bytes())
             .map(|kv| kv.value().to_vec());
-        let rolling = read
-            .state
-            .as_ref()
-            .is_some_and(|s| s.rollouts.values().any(|r| r.phase.is_active()));
+        // A guard judges on every instance's counts, as a rollout does.
+        let rolling = read.state.as_ref().is_some_and(|s| {
+            s.rollouts.values().any(|r| r.phase.is_active())
+                || crate::control::guard_watch::under_way(s, std::time::SystemTime::now())
+        });
         self.fleet.rolling.store(rolling, Relaxed);
         self.epoch = read.state.as_ref().map_or(0, |s| s.epoch);
         let epoch = self.epoch;

@@ -86,7 +86,8 @@ pub struct Fleet {
     pub view: watch::Sender<View>,
     /// This instance holds the judge's lease.
     pub judging: AtomicBool,
-    /// Any rollout under way in the fleet (counts are reported then).
+    /// Any rollout or guard under way in the fleet (counts are reported
+    /// then).
     pub rolling: AtomicBool,
     writes: mpsc::UnboundedSender<Write>,
     /// The receiving end, taken once by the fleet thread.
