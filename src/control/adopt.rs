@@ -2,6 +2,8 @@
 //! state of the fleet becomes this instance's (one snapshot swap), and an
 //! empty cluster gets this instance's state as its first.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::fleet::Learned;
 use super::ops::Control;
 use super::state::StateFile;
@@ -42,7 +44,18 @@ impl Control {
 
     pub fn learned(&mut self, learned: Learned) {
         match learned {
-            Learned::State { state, first } => self.adopt(*state, first),
+            Learned::State {
+                state,
+                first,
+                writes,
+            } => {
+                // Read before a write of this instance that etcd stored
+                // since: this instance already serves something newer.
+                let stored = self.fleet.as_ref().map_or(0, |f| f.stored.load(Relaxed));
+                if writes >= stored {
+                    self.adopt(*state, first);
+                }
+            }
             Learned::Empty => self.publish(),
         }
     }

@@ -256,6 +256,7 @@ impl<'a> Session<'a> {
                 let _ = self.learned.send(Learned::State {
                     state: Box::new(state),
                     first,
+                    writes: self.fleet.stored.load(Relaxed),
                 });
             }
             Some(_) => {}
@@ -416,6 +417,7 @@ impl<'a> Session<'a> {
     }
 
     fn written(&mut self, epoch: u64, revision: i64, doc: Option<Vec<u8>>) {
+        self.fleet.stored.fetch_add(1, Relaxed);
         self.epoch = epoch;
         self.epoch_revision = revision;
         self.epoch_doc = doc;

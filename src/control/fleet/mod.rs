@@ -53,8 +53,14 @@ pub struct Write {
 /// What the fleet thread learned, for the control plane.
 pub enum Learned {
     /// The fleet's state, newer than the last one sent (`first`: the
-    /// first read after connecting, taken whatever its epoch).
-    State { state: Box<StateFile>, first: bool },
+    /// first read after connecting, taken whatever its epoch). `writes`:
+    /// this instance's writes stored when it was read — a state read
+    /// before a later write of this instance is stale, whatever `first`.
+    State {
+        state: Box<StateFile>,
+        first: bool,
+        writes: u64,
+    },
     /// etcd holds no state for this cluster yet: this instance's becomes
     /// the fleet's.
     Empty,
@@ -94,6 +100,8 @@ pub struct Fleet {
     pending: Mutex<Option<mpsc::UnboundedReceiver<Write>>>,
     /// Writes made by this instance, counted into write ids.
     written: AtomicU64,
+    /// Writes of this instance etcd has stored.
+    pub stored: AtomicU64,
 }
 
 impl Fleet {
@@ -110,6 +118,7 @@ impl Fleet {
             writes,
             pending: Mutex::new(Some(pending)),
             written: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
         })
     }
 
