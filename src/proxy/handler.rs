@@ -340,12 +340,8 @@ fn prepare(
         Ok(t) => t,
         Err(why) => return Err(refuse(ex, conn, why, answers)),
     };
-    // ACME http-01 (`[tls.acme]`): the CA asks a plain listener for the
-    // answer to a token; nothing else is served under the prefix then.
-    if !conn.tls && req.uri().path().starts_with(ACME_CHALLENGE) {
-        if let Some(answer) = acme_answer(&worker.shared, req.uri().path()) {
-            return Err(answer_text(ex, answer));
-        }
+    if let Some(answer) = acme_answer(&worker.shared, conn, &req) {
+        return Err(answer_text(ex, answer));
     }
     // Phase 2: route.
     let routed = match route(&snap, conn, &mut req, &target, client_ip, &mut ex) {
@@ -384,10 +380,8 @@ fn prepare(
     // An app's own edits, with the values of their variables.
     let edits = routed.edits.map(|e| {
         let host = target.authority.as_ref();
-        (
-            e,
-            edits::vars(client_ip, ex.request_id(), server.color, host, conn.tls),
-        )
+        let vars = edits::vars(client_ip, ex.request_id(), server.color, host, conn.tls);
+        (e, vars)
     });
     let response_edits = edits.as_ref().and_then(|(e, v)| edits::response(e, v));
     let forwarded_host = match rewrite(
@@ -1179,10 +1173,19 @@ fn cookie_header(name: &str, id: &[u8; 32], tls: bool) -> Option<HeaderValue> {
 /// Where ACME's http-01 challenge is asked for (RFC 8555 §8.3).
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
-/// The key authorization for the token in `path`, while its challenge is
-/// open.
-fn acme_answer(shared: &crate::control::Shared, path: &str) -> Option<String> {
-    let token = &path[ACME_CHALLENGE.len()..];
+/// ACME http-01 (`[tls.acme]`): the CA asks a plain listener for the
+/// key authorization of a token; while its challenge is open, that is
+/// the answer (and nothing is proxied under the prefix then).
+#[inline]
+fn acme_answer(
+    shared: &crate::control::Shared,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+) -> Option<String> {
+    let token = req.uri().path().strip_prefix(ACME_CHALLENGE)?;
+    if conn.tls {
+        return None;
+    }
     shared.acme_http.load().get(token).cloned()
 }
 
