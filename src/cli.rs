@@ -1304,17 +1304,20 @@ fn set_rule(ep: &Endpoint, app: &str, name: &str, percent: f64, flags: &ChangeFl
     };
     let path = format!("/v1/apps/{app}/rules/{name}");
     let result = ep.ok("PATCH", &path, Some(json_of(&body)), flags.if_match);
-    finish(result.and_then(|v| {
-        shown(flags.json, v, |s: &api::Status| {
-            let dry = if s.dry_run == Some(true) {
-                "dry run, unchanged:\n"
-            } else {
-                ""
-            };
-            let rules = s.apps.get(app).map_or(&[][..], |a| &a.rules[..]);
-            format!("{dry}{}", client::rules_table(rules))
-        })
-    }))
+    finish(result.and_then(|v| rules_answer(flags, app, v)))
+}
+
+/// A rules change's answer: the app's rules as they now stand (or would).
+fn rules_answer(flags: &ChangeFlags, app: &str, v: serde_json::Value) -> anyhow::Result<String> {
+    shown(flags.json, v, |s: &api::Status| {
+        let dry = if s.dry_run == Some(true) {
+            "dry run, unchanged:\n"
+        } else {
+            ""
+        };
+        let rules = s.apps.get(app).map_or(&[][..], |a| &a.rules[..]);
+        format!("{dry}{}", client::rules_table(rules))
+    })
 }
 
 /// `rules [APP] add ...`: read, append, write back with If-Match, so a
@@ -1327,17 +1330,7 @@ fn add_rule(ep: &Endpoint, app: &str, spec: RuleSpec, flags: &ChangeFlags) -> Ex
         let put = format!("{path}{}", change_query(flags));
         ep.ok("PUT", &put, Some(json_of(&current.rules)), epoch)
     });
-    finish(result.and_then(|v| {
-        shown(flags.json, v, |s: &api::Status| {
-            let dry = if s.dry_run == Some(true) {
-                "dry run, unchanged:\n"
-            } else {
-                ""
-            };
-            let rules = s.apps.get(app).map_or(&[][..], |a| &a.rules[..]);
-            format!("{dry}{}", client::rules_table(rules))
-        })
-    }))
+    finish(result.and_then(|v| rules_answer(flags, app, v)))
 }
 
 fn load_or_report(path: &Path) -> Result<Config, ExitCode> {

@@ -330,6 +330,23 @@ servers = ["{green}"]
         }
     }
 
+    /// Wait until this instance lists `n` instances in its fleet.
+    async fn sees(&self, n: usize) {
+        let end = Instant::now() + Duration::from_secs(15);
+        while self.call("GET", "/v1/fleet", "").await.json()["instances"]
+            .as_array()
+            .map(Vec::len)
+            != Some(n)
+        {
+            assert!(
+                Instant::now() < end,
+                "{} does not see {n} instances",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn connected(&self) -> Value {
         self.until(Duration::from_secs(15), |s| s["fleet"]["connected"] == true)
             .await
@@ -567,15 +584,7 @@ async fn an_instance_cut_off_catches_up_even_past_a_compaction() {
     let c = Instance::start("c", dir.path(), &relay.url(), up.0.addr, up.1.addr);
     a.connected().await;
     c.connected().await;
-    let end = Instant::now() + Duration::from_secs(15);
-    while a.call("GET", "/v1/fleet", "").await.json()["instances"]
-        .as_array()
-        .map(Vec::len)
-        != Some(2)
-    {
-        assert!(Instant::now() < end, "a does not see c");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    a.sees(2).await;
     relay.cut();
     c.until(Duration::from_secs(15), |s| {
         s["fleet"]["connected"] == false
