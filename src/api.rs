@@ -64,6 +64,10 @@ pub struct Acme {
 /// A guard watching a change: it may revert the change until `until`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Guard {
+    /// What the guard counts as slow (the app's `guard_max_slow`, `500ms`);
+    /// absent: slowness is not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slow: Option<String>,
     /// RFC 3339, UTC.
     pub until: String,
     pub window_seconds: u64,

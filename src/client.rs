@@ -394,9 +394,13 @@ pub fn describe_change(v: &api::Status) -> String {
         if dry { " (unchanged: dry run)" } else { "" }
     );
     for (name, g) in v.guard.iter().flatten() {
+        let hurts = match &g.max_slow {
+            Some(slow) => format!("errors, or responses slower than {slow}, rise"),
+            None => "errors rise".to_string(),
+        };
         let _ = writeln!(
             out,
-            "guard: watching {name} for {} (until {}); the change is reverted if it hurts",
+            "guard: watching {name} for {} (until {}); the change is reverted if it hurts ({hurts})",
             humantime::format_duration(std::time::Duration::from_secs(g.window_seconds)),
             g.until
         );

@@ -301,6 +301,44 @@ pub struct RolloutTransition {
     pub to: RolloutPhase,
 }
 
+/// What may count as slow (a rollout's `max_slow`, an app's
+/// `guard_max_slow`), in milliseconds: from 1 ms to an hour.
+pub const MAX_SLOW_MS: (u64, u64) = (1, 3_600_000);
+
+/// An app's `guard_max_slow` when it sets none: a guard counts a response
+/// whose head takes longer than this as slow.
+pub const DEFAULT_GUARD_MAX_SLOW: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `text` as a duration within `range` (milliseconds, both ends
+/// included), or why not; the message leads with the text as given.
+pub fn duration_within(text: &str, range: (u64, u64)) -> Result<std::time::Duration, String> {
+    let ms = std::time::Duration::from_millis;
+    let (min, max) = (ms(range.0), ms(range.1));
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d < min => Err(format!(
+            "{text:?} is shorter than {}",
+            humantime::format_duration(min)
+        )),
+        Ok(d) if d > max => Err(format!(
+            "{text:?} is longer than {}",
+            humantime::format_duration(max)
+        )),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{text:?} is not a duration like 60s: {e}")),
+    }
+}
+
+/// An app's `guard_max_slow`: `"off"` (slowness not judged, `None`) or
+/// what counts as slow, as a rollout's `max_slow` (1ms to 1h).
+pub fn guard_max_slow(text: &str) -> Result<Option<std::time::Duration>, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    duration_within(text, MAX_SLOW_MS)
+        .map(Some)
+        .map_err(|e| format!("{e} (or \"off\")"))
+}
+
 /// The longest guard window a flip or shift may ask for.
 pub const GUARD_MAX: std::time::Duration = std::time::Duration::from_secs(86_400);
 

@@ -1,6 +1,7 @@
 //! Guarded changes end to end: a plain flip to a green that passes its
-//! health check and fails real requests is undone by the guard, a good
-//! flip stays, and `--no-guard` leaves a bad flip alone.
+//! health check and fails real requests, or answers them slowly, is undone
+//! by the guard, a good flip stays, and `--no-guard` leaves a bad flip
+//! alone.
 
 mod support;
 
@@ -16,9 +17,19 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use support::*;
 
-/// An upstream that passes `/healthz` and answers `name`, or 500 to
-/// every other request when `failing`.
-async fn upstream(name: &'static str, failing: bool) -> SocketAddr {
+/// How an upstream answers every request but `/healthz` (which it
+/// answers 200 at once).
+#[derive(Clone, Copy)]
+enum Answers {
+    Ok,
+    /// 500 to everything.
+    Failing,
+    /// 200, each after this long.
+    After(Duration),
+}
+
+/// An upstream that passes `/healthz` and answers `name` as `answers`.
+async fn upstream(name: &'static str, answers: Answers) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -27,15 +38,19 @@ async fn upstream(name: &'static str, failing: bool) -> SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let status = match req.uri().path() {
-                        "/healthz" => StatusCode::OK,
-                        _ if failing => StatusCode::INTERNAL_SERVER_ERROR,
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let health = req.uri().path() == "/healthz";
+                    let status = match answers {
+                        Answers::Failing if !health => StatusCode::INTERNAL_SERVER_ERROR,
+                        Answers::After(delay) if !health => {
+                            tokio::time::sleep(delay).await;
+                            StatusCode::OK
+                        }
                         _ => StatusCode::OK,
                     };
                     let mut r = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
                     *r.status_mut() = status;
-                    async move { Ok::<_, std::convert::Infallible>(r) }
+                    Ok::<_, std::convert::Infallible>(r)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -154,7 +169,10 @@ async fn history(c: &TestClient, proxy: &Proxy) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_green_answering_500_flipped_without_a_rollout_is_reverted_within_5_s() {
-    let (blue, green) = (upstream("blue", false).await, upstream("green", true).await);
+    let (blue, green) = (
+        upstream("blue", Answers::Ok).await,
+        upstream("green", Answers::Failing).await,
+    );
     let proxy = Proxy::start(&config(blue, green, ""));
     let c = client();
     both_healthy(&c, &proxy).await;
@@ -202,10 +220,62 @@ async fn a_green_answering_500_flipped_without_a_rollout_is_reverted_within_5_s(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_answering_slowly_flipped_without_a_rollout_is_reverted_for_slowness() {
+    // Every answer three times the default `guard_max_slow` (500ms).
+    let slow = Answers::After(Duration::from_millis(1500));
+    let (blue, green) = (
+        upstream("blue", Answers::Ok).await,
+        upstream("green", slow).await,
+    );
+    let proxy = Proxy::start(&config(blue, green, ""));
+    let c = client();
+    both_healthy(&c, &proxy).await;
+    let load = Load::start(&proxy, 20);
+    // The guard's baseline: blue's requests, none slow, before the flip.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
+    let flipped = Instant::now();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["guard"]["shop"]["max_slow"], "500ms", "{answer:#}");
+    let took = live_becomes(&c, &proxy, "blue", Duration::from_secs(10))
+        .await
+        .map(|_| flipped.elapsed());
+    let (sent, failed) = load.stop().await;
+    println!("guard reverted a green answering in 1.5 s {took:?} after the flip at 20 req/s; {failed} of {sent} requests failed");
+    let took = took.expect("the guard did not revert within 10 s");
+    // Green's first answers end 1.5 s after the flip; the judge looks
+    // once a second.
+    assert!(took <= Duration::from_secs(5), "reverted after {took:?}");
+    let h = history(&c, &proxy).await;
+    let last = h.last().unwrap();
+    assert_eq!(
+        (&last["kind"], &last["actor"]),
+        (&"guard".into(), &"guard".into())
+    );
+    assert_eq!(last["after"]["live"], "blue");
+    let reason = last["reason"].as_str().unwrap();
+    println!("history: {reason}");
+    assert!(
+        reason.starts_with("guard (slow responses, ") && reason.contains("slower than 500ms"),
+        "{reason}"
+    );
+    let m = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
+        .await
+        .text();
+    for line in [
+        "cutover_guard_reverts_total{app=\"shop\"} 1",
+        "cutover_guard_slow_reverts_total{app=\"shop\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} not in\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_green_flipped_stays_flipped_after_its_guard() {
     let (blue, green) = (
-        upstream("blue", false).await,
-        upstream("green", false).await,
+        upstream("blue", Answers::Ok).await,
+        upstream("green", Answers::Ok).await,
     );
     let proxy = Proxy::start(&config(blue, green, "guard = \"3s\""));
     let c = client();
@@ -251,7 +321,10 @@ async fn a_good_green_flipped_stays_flipped_after_its_guard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_guard_leaves_a_bad_flip_alone_and_the_cli_says_when_a_guard_watches() {
-    let (blue, green) = (upstream("blue", false).await, upstream("green", true).await);
+    let (blue, green) = (
+        upstream("blue", Answers::Ok).await,
+        upstream("green", Answers::Failing).await,
+    );
     let proxy = Proxy::start(&config(blue, green, ""));
     let c = client();
     both_healthy(&c, &proxy).await;

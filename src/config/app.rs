@@ -98,6 +98,13 @@ pub fn build_app(
                 DEFAULT_GUARD
             }
         },
+        guard_max_slow: match raw.guard_max_slow.as_deref() {
+            None => Some(crate::model::DEFAULT_GUARD_MAX_SLOW),
+            Some(text) => crate::model::guard_max_slow(text).unwrap_or_else(|e| {
+                errs.push(format!("{key}.guard_max_slow"), e);
+                None
+            }),
+        },
         path_prefix: raw.path_prefix,
         name,
     }

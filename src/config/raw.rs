@@ -314,6 +314,9 @@ pub struct RawApp {
     pub rewrite: Vec<RawRewrite>,
     /// `"off"` or a duration; `None`: [`crate::config::DEFAULT_GUARD`].
     pub guard: Option<String>,
+    /// `"off"` or a duration; `None`:
+    /// [`crate::model::DEFAULT_GUARD_MAX_SLOW`].
+    pub guard_max_slow: Option<String>,
 }
 
 /// `request_headers` / `response_headers = { set, add, remove }`.
@@ -367,6 +370,7 @@ impl Default for RawApp {
             strip_prefix: false,
             rewrite: vec![],
             guard: None,
+            guard_max_slow: None,
         }
     }
 }

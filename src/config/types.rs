@@ -535,6 +535,12 @@ pub struct AppConfig {
     /// watched, and undone if the colour that took the traffic is clearly
     /// worse. Default [`DEFAULT_GUARD`] (2 minutes); `"off"`: zero, none.
     pub guard: std::time::Duration,
+    /// `guard_max_slow`: a guard counts a response whose head takes longer
+    /// than this as slow, and reverts a change whose new colour answers
+    /// slowly more often than the old one beyond doubt. Default
+    /// [`crate::model::DEFAULT_GUARD_MAX_SLOW`] (500 ms); `"off"`: `None`,
+    /// slowness not judged.
+    pub guard_max_slow: Option<std::time::Duration>,
 }
 
 /// An app's `guard` when it sets none.

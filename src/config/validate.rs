@@ -451,6 +451,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_apps_guard_max_slow_is_500ms_unless_off_or_a_duration_from_1ms_to_1h() {
+        let slow = |v: &str| Config::from_toml(&with_duration("apps.a.guard_max_slow", v));
+        let of = |c: Config| c.app("a").unwrap().guard_max_slow;
+        let default = Config::from_toml(&with_duration("apps.a.drain_timeout", "1s")).unwrap();
+        assert_eq!(of(default), Some(Duration::from_millis(500)));
+        assert_eq!(of(slow("off").unwrap()), None);
+        assert_eq!(of(slow("2s").unwrap()), Some(Duration::from_secs(2)));
+        for bad in ["0s", "2h", "soon"] {
+            let errors = slow(bad).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.key == "apps.a.guard_max_slow"),
+                "guard_max_slow = {bad:?}: {errors:?}"
+            );
+        }
+    }
+
     /// Timeouts and periods: `0s` would time every request out or spin a
     /// timer.
     const NEVER_ZERO: [&str; 19] = [

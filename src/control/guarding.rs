@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::guard_watch::{self as watch, Guard, Tally};
-use super::judge::Counts;
-use super::ops::{clip, now_rfc3339, Change, Control, OpError, Request};
+use super::guard_watch::{self as watch, Cause, Guard, Seen, Tally};
+use super::ops::{clip, now_rfc3339, set_slow, Change, Control, OpError, Request};
 use super::state::{Commit, HistoryEntry};
 use crate::config::Color;
 use crate::route::{App, AppState, Snapshot};
@@ -18,6 +17,11 @@ impl Control {
     /// Reverts since start, by app.
     pub fn guard_reverts(&self) -> &BTreeMap<String, u64> {
         &self.watch.reverts
+    }
+
+    /// Of those, the reverts for slow responses, by app.
+    pub fn guard_slow_reverts(&self) -> &BTreeMap<String, u64> {
+        &self.watch.slow_reverts
     }
 
     /// The guard window `req` asks for on `app`: its own, else the app's
@@ -43,8 +47,9 @@ impl Control {
     }
 
     /// A change's answer on guards: each app of `entries` a guard watches,
-    /// and until when; `None` when none is.
+    /// until when, and what it counts as slow; `None` when none is.
     pub(super) fn guard_answer(
+        &self,
         entries: &[HistoryEntry],
     ) -> Option<BTreeMap<String, crate::api::Guard>> {
         let watched: BTreeMap<String, crate::api::Guard> = entries
@@ -52,7 +57,11 @@ impl Control {
             .filter_map(|e| {
                 let (window, end) = watch::window_of(e)?;
                 let until = humantime::format_rfc3339_seconds(end).to_string();
+                let max_slow = (self.config.app(&e.app))
+                    .and_then(|a| a.guard_max_slow)
+                    .map(|d| humantime::format_duration(d).to_string());
                 let guard = crate::api::Guard {
+                    max_slow,
                     until,
                     window_seconds: window.as_secs(),
                 };
@@ -72,11 +81,14 @@ impl Control {
         Tally {
             local: Color::ALL.map(|c| app.pool(c).stats.judged()),
             remote: self.remote_counts(&app.name),
+            slow_micros: app.pool(Color::Blue).stats.slow_micros.load(Relaxed),
         }
     }
 
-    /// Once a second: keep each app's recent counts, start the guards of
-    /// changes not yet watched, and look at every guard under way.
+    /// Once a second: keep each app's slow threshold in force (a reload
+    /// may have changed it or added the app) and its recent counts, start
+    /// the guards of changes not yet watched, and look at every guard
+    /// under way.
     pub fn tick_guards(&mut self) {
         if self.shared.upgrading.load(Relaxed) {
             return;
@@ -85,6 +97,7 @@ impl Control {
         let snap = self.shared.snapshot.load_full();
         for a in &self.config.apps {
             if let Some(app) = snap.app(&a.name) {
+                set_slow(app, self.slow_micros(&a.name));
                 let tally = self.tally(app);
                 let recent = self.watch.recent.entry(a.name.clone()).or_default();
                 recent.record(now, tally);
@@ -143,7 +156,8 @@ impl Control {
             .watch
             .recent
             .get(&e.app)
-            .map_or_else(Counts::default, |r| r.baseline(&base, new.other()));
+            .map_or_else(Seen::default, |r| r.baseline(&base, new.other()));
+        let slow_micros = base.slow_micros;
         Some(Guard {
             epoch: e.epoch,
             kind: e.kind.clone(),
@@ -154,7 +168,8 @@ impl Control {
             window,
             base,
             baseline,
-            level: watch::level(window),
+            slow_micros,
+            level: watch::level(window, slow_micros > 0),
         })
     }
 
@@ -171,16 +186,15 @@ impl Control {
         let Some(app) = snap.app(name) else { return };
         let tally = self.tally(app);
         let new = tally.since(&g.base, g.new);
-        let since = tally.since(&g.base, g.old);
-        let old = Counts {
-            total: g.baseline.total + since.total,
-            bad: g.baseline.bad + since.bad,
-        };
-        let Some(rule) = watch::verdict(new, old, g.level) else {
+        let old = g.baseline.plus(tally.since(&g.base, g.old));
+        // Slow counts read under another threshold (a reload) do not
+        // compare with those the guard began with.
+        let slow_judged = g.slow_micros > 0 && tally.slow_micros == g.slow_micros;
+        let Some(revert) = watch::verdict(new, old, g.level, slow_judged) else {
             return;
         };
-        let why = watch::reason(&g, rule, new, old);
-        match self.revert(name, &g, &why) {
+        let why = watch::reason(&g, revert, new, old);
+        match self.revert(name, &g, revert.cause, &why) {
             Ok(()) => {
                 self.watch.guards.remove(name);
             }
@@ -195,7 +209,7 @@ impl Control {
     /// (it goes back toward the colour that was healthy) nor by a state
     /// file that cannot be written (as a rollout's rollback); in a fleet,
     /// made only once etcd has it.
-    fn revert(&mut self, name: &str, g: &Guard, why: &str) -> Result<(), OpError> {
+    fn revert(&mut self, name: &str, g: &Guard, cause: Cause, why: &str) -> Result<(), OpError> {
         let before = self.state.apps[name].clone();
         let after = AppState {
             live: g.back.0,
@@ -240,12 +254,15 @@ impl Control {
         }
         self.shared.store(next);
         *self.watch.reverts.entry(name.to_string()).or_default() += 1;
+        if cause == Cause::Slowness {
+            *self.watch.slow_reverts.entry(name.to_string()).or_default() += 1;
+        }
         *self
             .stats
             .state_changes
             .entry((name.to_string(), "guard".to_string()))
             .or_default() += 1;
-        tracing::warn!(app = %name, epoch, reason = %why, "guard reverted the change");
+        tracing::warn!(app = %name, epoch, cause = cause.as_str(), reason = %why, "guard reverted the change");
         Ok(())
     }
 }

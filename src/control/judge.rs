@@ -4,7 +4,8 @@
 //!
 //! - **Fast fail**: at least 5 bad green requests and the lower 99.9 %
 //!   Wilson bound of green's bad rate above max(10 × budget, 5 %), while
-//!   blue's rate is not above that too.
+//!   blue's rate is not above that too, nor its upper 99.9 % bound above
+//!   green's lower one (two colours failing alike near the threshold).
 //! - **Fail**: green over budget and worse than blue by an exact
 //!   conditional binomial test: given the bad requests of both colours,
 //!   how unlikely is it that green got this many of them if both had the
@@ -62,12 +63,29 @@ pub enum Verdict {
     Inconclusive { samples: u64, needed: u64 },
 }
 
+/// A rollout's `max_error_rate` when it gives none, and a guard's budget.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.01;
+
+/// A rollout's `max_slow_rate` when it gives none, and a guard's budget
+/// for slow responses.
+pub const DEFAULT_MAX_SLOW_RATE: f64 = 0.05;
+
 /// The whole rollout's chance of a false rollback.
 pub const ROLLOUT_ALPHA: f64 = 0.001;
 
 /// Green requests needed to tell its rate from `budget`.
 pub fn needed(budget: f64) -> u64 {
     (3.0 / budget.max(1e-6)).ceil() as u64
+}
+
+/// A colour's judged counts `[total, bad, slow]` since `base` was read;
+/// a counter that went down (a reload's new pool, an instance that
+/// restarted) counts from 0 again.
+pub fn counted_since(now: [u64; 3], base: [u64; 3]) -> [u64; 3] {
+    match (0..3).all(|i| now[i] >= base[i]) {
+        true => [0, 1, 2].map(|i| now[i] - base[i]),
+        false => now,
+    }
 }
 
 /// One look at a step `age` old of length `every`.
@@ -87,8 +105,16 @@ pub fn judge(
             c.bad as f64 / c.total as f64
         }
     };
-    // (Unless blue fails as badly: then it is not green's doing.)
-    if green.bad >= 5 && wilson_lower(green.bad, green.total, 3.29) > fast && rate(blue) <= fast {
+    // (Unless blue fails as badly: then it is not green's doing. Blue's
+    // rate near `fast` is not enough to tell: green's bound must also be
+    // above blue's upper one, or two colours failing alike at about
+    // `fast` would trip it now and then.)
+    let green_low = wilson_lower(green.bad, green.total, 3.29);
+    let blue_high = match blue.total {
+        0 => 0.0,
+        n => wilson_upper(blue.bad, n, 3.29),
+    };
+    if green.bad >= 5 && green_low > fast && rate(blue) <= fast && green_low > blue_high {
         return Verdict::Rollback(format!(
             "fast fail: {} of {} green requests bad",
             green.bad, green.total
@@ -192,14 +218,28 @@ fn z_for(level: f64) -> f64 {
 
 /// The lower Wilson score bound of `bad` in `n` at `z`.
 pub fn wilson_lower(bad: u64, n: u64, z: f64) -> f64 {
+    wilson(bad, n, z).0
+}
+
+/// The upper Wilson score bound of `bad` in `n` at `z`.
+pub fn wilson_upper(bad: u64, n: u64, z: f64) -> f64 {
+    wilson(bad, n, z).1
+}
+
+/// Both Wilson score bounds of `bad` in `n` at `z`; `(0, 1)` for none.
+fn wilson(bad: u64, n: u64, z: f64) -> (f64, f64) {
     if n == 0 {
-        return 0.0;
+        return (0.0, 1.0);
     }
     let (n, p) = (n as f64, bad as f64 / n as f64);
     let z2 = z * z;
     let centre = p + z2 / (2.0 * n);
     let margin = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((centre - margin) / (1.0 + z2 / n)).max(0.0)
+    let scale = 1.0 + z2 / n;
+    (
+        ((centre - margin) / scale).max(0.0),
+        ((centre + margin) / scale).min(1.0),
+    )
 }
 
 /// P(green gets at least its share of the bad requests | both colours
@@ -430,8 +470,9 @@ mod tests {
     fn the_tail_and_the_bound_match_known_values() {
         // P(X >= 8 | Binomial(10, 0.5)) = 56 / 1024.
         assert!((binomial_tail(10, 0.5, 8) - 56.0 / 1024.0).abs() < 1e-12);
-        // Wilson 95 % lower bound of 5 in 10: 0.2366.
+        // Wilson 95 % bounds of 5 in 10: 0.2366 and 0.7634.
         assert!((wilson_lower(5, 10, 1.96) - 0.2366).abs() < 1e-3);
+        assert!((wilson_upper(5, 10, 1.96) - 0.7634).abs() < 1e-3);
         // One-sided normal quantiles: 1e-4 -> 3.719, 1e-8 -> 5.612.
         assert!((z_for(1e-4) - 3.719).abs() < 0.01, "{}", z_for(1e-4));
         assert!((z_for(1e-8) - 5.612).abs() < 0.01, "{}", z_for(1e-8));

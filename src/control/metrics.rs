@@ -40,7 +40,7 @@ struct Gathered {
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Every counter family, `(name, help)`, in the order they are exposed.
-const COUNTERS: [(&str, &str); 12] = [
+const COUNTERS: [(&str, &str); 13] = [
     ("cutover_requests", "Responses sent, by app, colour and status class."),
     ("cutover_client_aborts", "Requests whose client went away before sending all of it."),
     ("cutover_timeouts", "Requests and connections cut off by a timeout, by app and phase."),
@@ -49,6 +49,7 @@ const COUNTERS: [(&str, &str); 12] = [
     ("cutover_config_reloads", "Config reloads, by result."),
     ("cutover_rollout_transitions", "Rollout moves since start, by app and the state moved to."),
     ("cutover_guard_reverts", "Flips and shifts undone by their guard since start, by app."),
+    ("cutover_guard_slow_reverts", "Of those, the ones undone for slow responses, by app."),
     ("cutover_access_log_dropped", "Access log lines dropped because the writer's queue was full."),
     ("cutover_mirror", "Live requests sampled for shadow traffic, by how their copy to the standby colour ended."),
     ("cutover_mirror_skipped", "Sampled live requests not compared with a copy, by reason (their sum is outcome=\"skipped\")."),
@@ -287,6 +288,9 @@ fn control_samples(g: &mut Gathered, ctl: &Control) {
     }
     for (app, n) in ctl.guard_reverts() {
         g.count("cutover_guard_reverts", labels(&[("app", app)]), *n);
+    }
+    for (app, n) in ctl.guard_slow_reverts() {
+        g.count("cutover_guard_slow_reverts", labels(&[("app", app)]), *n);
     }
     let dropped = ctl.shared.access_log.get().map_or(0, |l| l.dropped());
     g.count("cutover_access_log_dropped", Labels::new(), dropped);

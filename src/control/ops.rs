@@ -177,10 +177,7 @@ impl Window {
     /// on the other instances (`remote`). An instance that started since
     /// counts from 0; one that restarted, from its restart.
     fn counts(&self, app: &App, color: Color, remote: &Remote) -> [u64; 3] {
-        let since = |now: [u64; 3], base: [u64; 3]| match (0..3).all(|i| now[i] >= base[i]) {
-            true => [0, 1, 2].map(|i| now[i] - base[i]),
-            false => now,
-        };
+        let since = super::judge::counted_since;
         let c = color.index();
         let mut sum = since(app.pool(color).stats.judged(), self.base[c]);
         for (id, counts) in remote {
@@ -434,7 +431,7 @@ impl Control {
         let superseding = rollouts.is_some();
         let mut history = history_entries(&req, &changed, epoch, &time);
         self.mark_guarded(&req, &mut history);
-        let guarded = Self::guard_answer(&history);
+        let guarded = self.guard_answer(&history);
         self.commit(Commit {
             epoch,
             apps: states,
@@ -1177,8 +1174,8 @@ impl Control {
             .or_default() += 1;
         self.windows.remove(app);
         let snap = self.shared.snapshot.load_full();
-        if let (Some(a), Some(r)) = (snap.app(app), self.state.rollouts.get(app)) {
-            set_slow(a, r);
+        if let Some(a) = snap.app(app) {
+            set_slow(a, self.slow_micros(app));
         }
     }
 
@@ -1210,10 +1207,11 @@ impl Control {
             let Some(app) = snap.app(&name) else { continue };
             let r = self.state.rollouts[&name].clone();
             let remote = self.remote_counts(&name);
+            let slow = self.slow_micros(&name);
             let window = self.windows.entry(name.clone()).or_insert_with(|| {
                 // A new window (after a move, or a restart): slow responses
-                // are counted from now on.
-                set_slow(app, &r);
+                // are counted by the rollout's `max_slow` from now on.
+                set_slow(app, slow);
                 Window::new(app, now, remote.clone())
             });
             let look = window.look(app, &r, now, &remote);
@@ -1314,6 +1312,22 @@ impl Control {
             .collect()
     }
 
+    /// What counts as slow for `app` now, in microseconds (0: nothing):
+    /// while a rollout runs, its `max_slow` (none: nothing, as it judges
+    /// no slowness); otherwise the app's `guard_max_slow`, kept in force so
+    /// that a guard has the old colour's slow responses from before the
+    /// change to compare with.
+    pub(super) fn slow_micros(&self, app: &str) -> u64 {
+        match self.state.rollouts.get(app) {
+            Some(r) if r.phase.is_active() => {
+                r.plan.max_slow_ms.map_or(0, |ms| ms.saturating_mul(1000))
+            }
+            _ => (self.config.app(app))
+                .and_then(|a| a.guard_max_slow)
+                .map_or(0, |d| d.as_micros() as u64),
+        }
+    }
+
     /// `app`'s rollout for status: the record, and what the judge sees in
     /// the current window.
     pub fn rollout_doc(&self, app: &str) -> Option<crate::api::Rollout> {
@@ -1372,12 +1386,9 @@ impl Control {
     }
 }
 
-/// Count `app`'s slow responses as `r` defines them (while it runs).
-fn set_slow(app: &App, r: &Rollout) {
-    let micros = match (r.phase.is_active(), r.plan.max_slow_ms) {
-        (true, Some(ms)) => ms.saturating_mul(1000),
-        _ => 0,
-    };
+/// Count `app`'s responses slower than `micros` as slow (0: none), live
+/// and shadow copies alike; see [`Control::slow_micros`].
+pub(super) fn set_slow(app: &App, micros: u64) {
     for color in Color::ALL {
         app.pool(color).stats.slow_micros.store(micros, Relaxed);
     }

@@ -648,8 +648,8 @@ pub const DEFAULT_STEPS: [f64; 5] = [1.0, 5.0, 25.0, 50.0, 100.0];
 /// `every`, in milliseconds: from 1 s (a step needs requests to judge) to
 /// a day.
 const EVERY_MS: (u64, u64) = (1000, 86_400_000);
-/// `max_slow`: from 1 ms to an hour.
-const MAX_SLOW_MS: (u64, u64) = (1, 3_600_000);
+// `max_slow`: from 1 ms to an hour, as an app's `guard_max_slow`.
+use crate::model::MAX_SLOW_MS;
 /// `bake` and `shadow`: from none to a week.
 const WATCH_MS: (u64, u64) = (0, 7 * 86_400_000);
 
@@ -677,31 +677,10 @@ impl Request {
         // rollout that starts can be read back after a restart.
         let mut duration = |key: &str, v: &Option<String>, default: Duration, range: (u64, u64)| {
             let Some(text) = v else { return default };
-            let (min, max) = (
-                Duration::from_millis(range.0),
-                Duration::from_millis(range.1),
-            );
-            match humantime::parse_duration(text.trim()) {
-                Ok(d) if d < min => {
-                    problems.push(format!(
-                        "{key}: {text:?} is shorter than {}",
-                        humantime::format_duration(min)
-                    ));
-                    default
-                }
-                Ok(d) if d > max => {
-                    problems.push(format!(
-                        "{key}: {text:?} is longer than {}",
-                        humantime::format_duration(max)
-                    ));
-                    default
-                }
-                Ok(d) => d,
-                Err(e) => {
-                    problems.push(format!("{key}: {text:?} is not a duration like 60s: {e}"));
-                    default
-                }
-            }
+            crate::model::duration_within(text, range).unwrap_or_else(|e| {
+                problems.push(format!("{key}: {e}"));
+                default
+            })
         };
         let every = duration("every", &self.every, Duration::from_secs(60), EVERY_MS);
         let bake = duration("bake", &self.bake, Duration::ZERO, WATCH_MS);
@@ -726,8 +705,16 @@ impl Request {
                 }
             }
         };
-        let max_error_rate = rate("max_error_rate", &self.max_error_rate, 0.01);
-        let max_slow_rate = rate("max_slow_rate", &self.max_slow_rate, 0.05);
+        let max_error_rate = rate(
+            "max_error_rate",
+            &self.max_error_rate,
+            judge::DEFAULT_MAX_ERROR_RATE,
+        );
+        let max_slow_rate = rate(
+            "max_slow_rate",
+            &self.max_slow_rate,
+            judge::DEFAULT_MAX_SLOW_RATE,
+        );
         let max_mismatch = rate("max_mismatch", &self.max_mismatch, 0.01);
         if self.max_slow_rate.is_some() && self.max_slow.is_none() {
             problems.push("max_slow_rate: give max_slow too (what counts as slow)".into());
