@@ -276,8 +276,8 @@ impl Exchange {
 
     /// The upstream's response head arrived (for the access log).
     pub fn head_arrived(&mut self) {
-        // A clock read only for those who use it: a rollout judging
-        // slowness, and the access log.
+        // A clock read only for those who use it: a rollout or a guard
+        // judging slowness, and the access log.
         let slow_judged = self.judged
             && (self.pool.as_ref()).is_some_and(|p| p.stats.slow_micros.load(Relaxed) > 0);
         if !slow_judged && self.log_fields().is_none() {

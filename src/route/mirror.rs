@@ -372,8 +372,8 @@ pub struct CopyEvidence {
     /// Of those, the ones whose whole exchange took longer than
     /// `slow_micros`.
     slow: AtomicU64,
-    /// What counts as slow, in microseconds (0: nothing), set like a
-    /// colour's while a rollout judges slowness.
+    /// What counts as slow, in microseconds (0: nothing), set with the
+    /// colours' (a rollout's `max_slow`, else the guard's).
     pub slow_micros: AtomicU64,
 }
 

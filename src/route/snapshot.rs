@@ -228,8 +228,9 @@ pub struct ColorStats {
     /// (cutover's own 502/503/504 for connect errors, no healthy server
     /// and timeouts included) or an upstream that stalled mid-body.
     pub judged: [AtomicU64; 3],
-    /// A rollout's `max_slow`, in microseconds to the response head; 0
-    /// while no rollout judges slowness.
+    /// What counts as slow, in microseconds to the response head: a
+    /// running rollout's `max_slow`, else the app's `guard_max_slow`; 0
+    /// while neither judges slowness (see `Control::slow_micros`).
     pub slow_micros: AtomicU64,
 }
 
