@@ -169,13 +169,7 @@ impl Control {
             return;
         }
         let Some(app) = snap.app(name) else { return };
-        let tally = self.tally(app);
-        let new = tally.since(&g.base, g.new);
-        let since = tally.since(&g.base, g.old);
-        let old = Counts {
-            total: g.baseline.total + since.total,
-            bad: g.baseline.bad + since.bad,
-        };
+        let (new, old) = self.guard_figures(&g, app);
         let Some(rule) = watch::verdict(new, old, g.level) else {
             return;
         };
@@ -188,6 +182,19 @@ impl Control {
                 tracing::error!(app = %name, error = %e, "guard could not revert; trying again in a second")
             }
         }
+    }
+
+    /// What guard `g` of `app` judges now: the new colour's answers since
+    /// the change, and the old colour's in the baseline and since.
+    pub(super) fn guard_figures(&self, g: &Guard, app: &App) -> (Counts, Counts) {
+        let tally = self.tally(app);
+        let new = tally.since(&g.base, g.new);
+        let since = tally.since(&g.base, g.old);
+        let old = Counts {
+            total: g.baseline.total + since.total,
+            bad: g.baseline.bad + since.bad,
+        };
+        (new, old)
     }
 
     /// Put `name` back to the live colour and split before the change

@@ -12,12 +12,15 @@ pub struct Admin {
     /// The tokens accepted are the config's (`[admin]`), so a reload
     /// that re-reads the token files applies them.
     pub control: Mutex<Control>,
+    /// The dashboard's series and live feed (`GET /v1/events`).
+    pub events: super::events::Events,
 }
 
 impl Admin {
     pub fn new(control: Control) -> Admin {
         Admin {
             control: Mutex::new(control),
+            events: Default::default(),
         }
     }
 
