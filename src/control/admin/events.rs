@@ -1,6 +1,6 @@
 //! `GET /v1/events`: the dashboard's live feed, as server-sent events.
 //!
-//! Once a second [`run`] reads every colour's counters into the series
+//! Once a second [`Events::sample`] reads every colour's counters into the series
 //! (five minutes, fixed size) and, while any page is open, builds one
 //! `tick` event for all of them; each open stream is handed that same
 //! text. So a hundred pages cost one series and one tick a second, not a
@@ -8,8 +8,8 @@
 //! series) and the newest tick, and ends when the daemon shuts down (a
 //! page then reconnects, to the successor after an upgrade).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -18,11 +18,11 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::watch;
 
-use super::plane::Admin;
 use super::reply::Reply;
 use crate::api;
 use crate::config::Role;
 use crate::control::dashboard::series::Series;
+use crate::control::ops::Control;
 
 /// The series and the newest tick, shared by every open stream.
 pub struct Events {
@@ -40,41 +40,34 @@ impl Default for Events {
     }
 }
 
-/// Once a second until shutdown: one reading of every colour and, while
-/// a page is open, one tick for all of them.
-pub async fn run(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            _ = tick.tick() => sample(&admin),
-        }
-    }
-}
-
-fn sample(admin: &Admin) {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    let snap = admin.lock().shared.snapshot.load_full();
-    let points = {
-        let mut series = admin.events.series();
-        series.sample(now, &snap);
-        series.newest()
-    };
-    if admin.events.ticks.receiver_count() == 0 {
-        return;
-    }
-    let tick = admin.lock().tick_view(points);
-    admin.events.ticks.send_replace(event("tick", &tick));
-}
-
 impl Events {
     fn series(&self) -> std::sync::MutexGuard<'_, Series> {
         self.series.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// One reading of every colour and, while a page is open, one tick
+    /// for all of them (once a second: [`super::Admin::feed`]).
+    pub fn sample(&self, control: &Mutex<Control>) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let snap = lock(control).shared.snapshot.load_full();
+        let points = {
+            let mut series = self.series();
+            series.sample(now, &snap);
+            series.newest()
+        };
+        if self.ticks.receiver_count() == 0 {
+            return;
+        }
+        let tick = lock(control).tick_view(points);
+        self.ticks.send_replace(event("tick", &tick));
+    }
+}
+
+fn lock(control: &Mutex<Control>) -> std::sync::MutexGuard<'_, Control> {
+    control.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One server-sent event: its name and a line of JSON.
@@ -111,19 +104,19 @@ impl Stream {
 }
 
 /// `GET /v1/events` for a caller with token `actor` of `role`.
-pub fn stream(admin: &Admin, actor: String, role: Role) -> Reply {
+pub fn stream(events: &Events, control: &Mutex<Control>, actor: String, role: Role) -> Reply {
     let hello = api::Hello {
         actor,
         role: role.as_str().to_string(),
-        series: admin.events.series().all(),
+        series: events.series().all(),
     };
-    let mut ticks = admin.events.ticks.subscribe();
+    let mut ticks = events.ticks.subscribe();
     let mut first = vec![event("hello", &hello)];
     let newest = ticks.borrow_and_update().clone();
     if !newest.is_empty() {
         first.push(newest);
     }
-    let shutdown = admin.lock().shared.shutdown.subscribe();
+    let shutdown = lock(control).shared.shutdown.subscribe();
     let state = Stream {
         first,
         ticks,

@@ -24,5 +24,4 @@ mod reply;
 mod routes;
 
 pub use conn::serve;
-pub use events::run as run_events;
 pub use plane::Admin;

@@ -50,6 +50,21 @@ impl Admin {
         result
     }
 
+    /// The dashboard's feed, once a second until shutdown.
+    pub async fn feed(
+        self: std::sync::Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tick.tick() => self.events.sample(&self.control),
+            }
+        }
+    }
+
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Control> {
         self.control
             .lock()

@@ -182,11 +182,16 @@ pub(super) async fn answer(route: Route<'_>, call: Call<'_>) -> Reply {
         Route::Reload => reload(&call),
         Route::Upgrade => upgrade(&call).await,
         Route::Fleet => Ok(reply(200, call.admin.lock().fleet_answer())),
-        Route::Events => Ok(super::events::stream(
-            call.admin,
-            call.actor.clone(),
-            call.role,
-        )),
+        Route::Events => {
+            let admin = call.admin;
+            let actor = call.actor.clone();
+            Ok(super::events::stream(
+                &admin.events,
+                &admin.control,
+                actor,
+                call.role,
+            ))
+        }
     };
     answer.unwrap_or_else(|Refused(status, why)| refusal(status, &why))
 }
