@@ -457,6 +457,7 @@ impl RuleArgs {
             name,
             path_prefix: self.path_prefix.clone(),
             percent: self.percent,
+            rate_limit: None,
             to,
             user_agent: self.user_agent.clone(),
         })

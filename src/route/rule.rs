@@ -8,11 +8,14 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use regex::bytes::Regex;
 
+use super::rate::RateLimiter;
 pub use crate::config::Rule;
 
 /// Does `path` lie under `prefix`, by whole segments? `/api` takes `/api`,
@@ -475,6 +478,9 @@ pub struct RuleTable {
     /// Bit `n` set: a name in `header_names` is `n` bytes long (63: longer).
     header_lens: u64,
     chunks: Vec<Chunk>,
+    /// The rules' own `rate_limit`s, by rule index; empty when no rule
+    /// has one. Set by [`Self::with_limiters`].
+    limiters: Vec<Option<Arc<RateLimiter>>>,
 }
 
 static NEXT_TABLE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -540,7 +546,41 @@ impl RuleTable {
             header_names,
             header_lens,
             chunks,
+            limiters: Vec::new(),
         }
+    }
+
+    /// This table with a limiter for each rule that has a `rate_limit`:
+    /// `old`'s for a rule of the same name and the same limit, so that a
+    /// reload or a change of the other rules hands out no fresh bursts;
+    /// else a new one. Refusals are counted in `limited` (the app's).
+    pub fn with_limiters(mut self, old: Option<&RuleTable>, limited: &Arc<AtomicU64>) -> RuleTable {
+        if self.rules.iter().all(|r| r.rate_limit.is_none()) {
+            return self;
+        }
+        let kept = |rule: &Rule| {
+            let old = old?;
+            let i = old.rules.iter().position(|o| o.name == rule.name)?;
+            let l = old.limiters.get(i)?.as_ref()?;
+            (Some(&l.config) == rule.rate_limit.as_ref()).then(|| l.clone())
+        };
+        self.limiters = (self.rules.iter())
+            .map(|rule| {
+                let config = rule.rate_limit.clone()?;
+                kept(rule).or_else(|| Some(Arc::new(RateLimiter::new(config, limited.clone()))))
+            })
+            .collect();
+        self
+    }
+
+    /// The limiter of the rule at `index`, if it has a `rate_limit`.
+    pub fn limiter(&self, index: usize) -> Option<&RateLimiter> {
+        self.limiters.get(index)?.as_deref()
+    }
+
+    /// Does any rule have a `rate_limit`?
+    pub fn limits_any(&self) -> bool {
+        !self.limiters.is_empty()
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -783,6 +823,7 @@ mod tests {
             client_ip: None,
             path_prefix: None,
             all: None,
+            rate_limit: None,
         }
     }
 
