@@ -1220,4 +1220,43 @@ mod tests {
             }
         }
     }
+
+    /// A rule's limit of `burst` requests a minute.
+    fn limited(name: &str, burst: u32) -> Rule {
+        let mut r = compiled(&spec(name));
+        r.rate_limit = Some(crate::config::RateLimitConfig {
+            key: crate::config::RateKey::ClientIp,
+            rate: "1/m".into(),
+            interval: std::time::Duration::from_secs(60),
+            burst,
+            max_keys: 16,
+        });
+        r
+    }
+
+    #[test]
+    fn a_rules_limiter_is_kept_by_name_while_its_limit_is_the_same() {
+        let counter = Arc::default();
+        let old = RuleTable::new(vec![compiled(&spec("plain")), limited("beta", 2)], None)
+            .with_limiters(None, &counter);
+        assert!(old.limits_any());
+        assert!(old.limiter(0).is_none());
+        let beta = old.limiter(1).unwrap() as *const RateLimiter;
+        // Moved to the front, same limit: the same table.
+        let moved = RuleTable::new(vec![limited("beta", 2), limited("new", 2)], None)
+            .with_limiters(Some(&old), &counter);
+        assert!(std::ptr::eq(moved.limiter(0).unwrap(), beta));
+        assert!(moved.limiter(1).is_some());
+        // Another limit, or another name: a new table.
+        let changed =
+            RuleTable::new(vec![limited("beta", 3)], None).with_limiters(Some(&moved), &counter);
+        assert!(!std::ptr::eq(changed.limiter(0).unwrap(), beta));
+        let renamed =
+            RuleTable::new(vec![limited("gamma", 2)], None).with_limiters(Some(&moved), &counter);
+        assert!(!std::ptr::eq(renamed.limiter(0).unwrap(), beta));
+        // No limit anywhere: nothing to look up.
+        let none = RuleTable::new(vec![compiled(&spec("plain"))], None)
+            .with_limiters(Some(&old), &counter);
+        assert!(!none.limits_any());
+    }
 }
