@@ -299,5 +299,15 @@ mod tests {
             words,
             ["rules: \"canary\" to green -> blue, when header x-preview=1 -> path /beta*"]
         );
+        let mut limited = later.clone();
+        limited.rules[0].rate_limit = Some(crate::model::RateLimitSpec {
+            rate: Some("5/s".into()),
+            burst: Some(10),
+            ..Default::default()
+        });
+        assert_eq!(
+            describe(&later, &limited),
+            ["rules: \"canary\" no rate_limit -> rate_limit 5/s burst 10 by client_ip"]
+        );
     }
 }
