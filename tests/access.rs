@@ -338,6 +338,13 @@ async fn a_rules_own_rate_limit_holds_its_requests_only_and_survives_a_reload_an
     );
     let s = status(&c, &proxy).await;
     assert_eq!(s["apps"]["shop"]["rules"][1]["rate_limit"]["rate"], "1/m");
+    // One table all along: its refusals and its two keys (ann, bob).
+    let table = &s["apps"]["shop"]["rule_rate_limits"]["beta"];
+    assert_eq!(
+        (table["limited"].as_u64(), table["keys"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(table["key"], "header:x-user");
 
     // A bad limit through the API is refused naming the key, and changes
     // nothing; so is a key the limit does not know.
