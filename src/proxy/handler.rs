@@ -250,7 +250,7 @@ enum Stop<'a> {
     Redirect(&'a OwnAnswers),
     Error(ProxyError, &'a OwnAnswers),
     /// Turned away by the app's `allow`/`deny`, `basic_auth` or
-    /// `rate_limit`.
+    /// `rate_limit`, or by the `rate_limit` of the rule that placed it.
     Refused(Refusal, &'a OwnAnswers),
 }
 

@@ -42,8 +42,9 @@ struct Slot {
 #[repr(align(64))]
 struct Bucket([Slot; WAYS]);
 
-/// One app's limiter. Kept across snapshots while its config is
-/// unchanged, so that a flip or a reload does not hand out fresh bursts.
+/// One app's limiter, or one rule's. Kept across snapshots while its
+/// config is unchanged, so that a flip or a reload does not hand out
+/// fresh bursts.
 pub struct RateLimiter {
     pub config: RateLimitConfig,
     buckets: Box<[Bucket]>,
