@@ -172,6 +172,11 @@ pub struct App {
     /// The latest rollout, under way or ended; `null` when none ran.
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// Each rule's own `rate_limit` in force, by rule name, with its
+    /// table's `keys` and `limited` (refused by that table since it was
+    /// made); absent when no rule has one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rule_rate_limits: BTreeMap<String, RateLimit>,
     pub rules: Vec<RuleSpec>,
     /// `runtime` once the rules were changed at runtime, else `file`.
     #[serde(default)]
