@@ -660,6 +660,8 @@ mod tests {
                 "Err(Method(\"GET, PUT\"))",
             ),
             (Method::POST, "/v1/status", "Err(Method(\"GET\"))"),
+            (Method::GET, "/v1/events", "Ok(Events)"),
+            (Method::POST, "/v1/events", "Err(Method(\"GET\"))"),
             (Method::POST, "/v1/nowhere", "Err(NotFound)"),
             (Method::POST, "/v1/apps/shop/rollout/skip", "Err(NotFound)"),
         ] {
@@ -676,6 +678,9 @@ mod tests {
         assert_eq!(Route::History.takes(), Takes::Limit);
         assert_eq!(Route::PatchRule("a", "r").takes(), Takes::Change);
         assert_eq!(Route::Rollout("a").takes(), Takes::Watch);
+        assert_eq!(Route::Steer("a", Steer::Pause).takes(), Takes::IfMatch);
+        assert_eq!(Route::Events.takes(), Takes::Nothing);
         assert!(Route::Rules("a").reads() && !Route::SetRules("a").reads());
+        assert!(Route::Events.reads());
     }
 }
