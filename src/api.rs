@@ -176,6 +176,11 @@ pub struct App {
     /// The latest rollout, under way or ended; `null` when none ran.
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// Each rule's own `rate_limit` in force, by rule name, with its
+    /// table's `keys` and `limited` (refused by that table since it was
+    /// made); absent when no rule has one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rule_rate_limits: BTreeMap<String, RateLimit>,
     pub rules: Vec<RuleSpec>,
     /// `runtime` once the rules were changed at runtime, else `file`.
     #[serde(default)]
@@ -568,4 +573,75 @@ pub struct UpgradeBody {
     /// daemon's own host, and only when its config says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<std::path::PathBuf>,
+}
+
+/// `GET /v1/events`, first event (`hello`): who is looking, and each
+/// colour's last five minutes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The token's name (`local` with none configured).
+    pub actor: String,
+    /// `read` or `operate`: a page shows its buttons to `operate` only.
+    pub role: String,
+    /// Per app, per colour: one point a second, oldest first.
+    pub series: BTreeMap<String, ColorSeries>,
+}
+
+/// One app's points, by colour.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ColorSeries {
+    pub blue: Vec<Point>,
+    pub green: Vec<Point>,
+}
+
+/// One colour's second: answers per second, the share of 5xx, and the
+/// median and 99th percentile of the time to answer, estimated from the
+/// duration histogram's buckets (`null` with no answer that second).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Unix time, seconds.
+    pub t: u64,
+    pub rps: f64,
+    /// Percent of that second's answers.
+    pub error_pct: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Requests bound to the colour and not finished, at the sample.
+    pub in_flight: u64,
+}
+
+/// `GET /v1/events`, every second (`tick`): the state as status shows
+/// it, the last changes, the guards, the fleet, and each colour's newest
+/// point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub epoch: u64,
+    /// The fleet's instances; `null` with the file backend.
+    pub fleet: Option<Fleet>,
+    /// Each guard under way, by app.
+    pub guards: BTreeMap<String, GuardView>,
+    /// The newest changes, oldest first.
+    pub history: Vec<HistoryEntry>,
+    /// Per app: this second's point of each colour.
+    pub points: BTreeMap<String, ColorSeries>,
+    pub status: Status,
+    /// RFC 3339, UTC.
+    pub time: String,
+}
+
+/// A guard watching a change, as its judge sees it now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardView {
+    /// The epoch of the change it watches.
+    pub epoch: u64,
+    /// `flip` or `shift`.
+    pub kind: String,
+    /// The colour that took the traffic, and its answers since.
+    pub new: Color,
+    pub new_counts: Counts,
+    /// The colour that had it, and its answers in the baseline.
+    pub old: Color,
+    pub old_counts: Counts,
+    pub remaining_seconds: u64,
+    pub window_seconds: u64,
 }

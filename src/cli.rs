@@ -12,7 +12,7 @@ use crate::api;
 use crate::client::{self, Endpoint, EndpointArgs};
 use crate::config::{AppConfig, Config, HostPattern, PoolConfig, Sticky};
 use crate::control::state_lock::StateLock;
-use crate::model::{Color, NameValue, RolloutPhase, RuleSpec, ServerState};
+use crate::model::{Color, NameValue, RateLimitSpec, RolloutPhase, RuleSpec, ServerState};
 
 /// Exit code for bad usage or a bad config (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -411,6 +411,15 @@ pub struct RuleArgs {
     /// The rule has no condition on purpose: it takes every request (add).
     #[arg(long = "every-request", alias = "all")]
     pub every_request: bool,
+    /// The rule's own rate limit on the requests it places: N/s, N/m or N/h (add).
+    #[arg(long, value_name = "RATE")]
+    pub rate_limit: Option<String>,
+    /// Its burst, requests a key may make at once (add, with --rate-limit; default N).
+    #[arg(long, value_name = "N", requires = "rate_limit")]
+    pub rate_burst: Option<i64>,
+    /// What it counts by: client_ip, header:NAME or cookie:NAME (add, with --rate-limit; default client_ip).
+    #[arg(long, value_name = "KEY", requires = "rate_limit")]
+    pub rate_key: Option<String>,
 }
 
 impl RuleArgs {
@@ -423,7 +432,8 @@ impl RuleArgs {
             || self.cookie.is_some()
             || !self.client_ip.is_empty()
             || self.path_prefix.is_some()
-            || self.every_request;
+            || self.every_request
+            || self.rate_limit.is_some();
         match (self.percent, others) {
             (_, true) => Err(
                 "rules set changes a rule's --percent only (remove and add it to change the rest)"
@@ -457,6 +467,13 @@ impl RuleArgs {
             name,
             path_prefix: self.path_prefix.clone(),
             percent: self.percent,
+            // Checked by the daemon, which names the key it refuses.
+            rate_limit: self.rate_limit.clone().map(|rate| RateLimitSpec {
+                rate: Some(rate),
+                burst: self.rate_burst,
+                key: self.rate_key.clone(),
+                max_keys: None,
+            }),
             to,
             user_agent: self.user_agent.clone(),
         })

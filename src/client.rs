@@ -469,9 +469,12 @@ pub fn rules_table(rules: &[RuleSpec]) -> String {
         out.push_str("no rules\n");
     }
     for (i, r) in rules.iter().enumerate() {
+        let limit = crate::control::changes::limit(r)
+            .map(|l| format!(", {l}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{}. {} -> {} {} when {}",
+            "{}. {} -> {} {} when {}{limit}",
             i + 1,
             r.name,
             r.to,

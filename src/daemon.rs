@@ -355,6 +355,7 @@ async fn control_plane(
         let l = tokio::net::TcpListener::from_std(l)?;
         tracing::info!(admin = %l.local_addr()?, "admin API listening");
         tokio::spawn(admin::serve(l, admin.clone(), shared.shutdown.subscribe()));
+        tokio::spawn(admin.clone().feed(shared.shutdown.subscribe()));
     }
     tokio::spawn(reload_on_sighup(admin.clone()));
     tokio::spawn(upgrade_on_sigusr2(admin.clone()));

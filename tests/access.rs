@@ -243,3 +243,153 @@ fn check_names_the_key_of_each_mistake() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
 }
+
+/// `[apps.shop]` on `shop.test`, blue on `b` and green on `g`, with a
+/// rule sending `X-Beta: 1` to green under its own `rate_limit`.
+fn beta_rule_app(b: std::net::SocketAddr, g: std::net::SocketAddr, limit: &str) -> String {
+    format!(
+        "[apps.shop]\nhosts = [\"shop.test\"]\n\
+         [[apps.shop.rules]]\nname = \"beta\"\nto = \"green\"\n\
+         header = {{ name = \"x-beta\", value = \"1\" }}\nrate_limit = {limit}\n\
+         [apps.shop.blue]\nservers = [\"{b}\"]\n[apps.shop.green]\nservers = [\"{g}\"]\n"
+    )
+}
+
+/// Line `n` (from 0) of the JSON access log at `path`, once written.
+async fn access_line(path: &std::path::Path, n: usize) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text.lines().nth(n) {
+            return serde_json::from_str(line).unwrap();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no line {n} in:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_own_rate_limit_holds_its_requests_only_and_survives_a_reload_and_a_rule_change() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (b, g) = blue_green().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let limit = "{ key = \"header:x-user\", rate = \"1/m\", burst = 2 }";
+    let apps = format!(
+        "[log]\naccess = \"{}\"\n{}",
+        log.display(),
+        beta_rule_app(b.addr, g.addr, limit)
+    );
+    let path = write_config(dir.path(), &apps);
+    let proxy = Proxy::start_file(&path);
+    let c = client();
+    let url = proxy.url("/");
+    let beta = |user: &'static str| [("host", "shop.test"), ("x-beta", "1"), ("x-user", user)];
+    let plain = [("host", "shop.test"), ("x-user", "ann")];
+    for _ in 0..2 {
+        assert_eq!(get(&c, &url, &beta("ann")).await.status, 200);
+    }
+    assert_eq!(g.requests.load(SeqCst), 2, "the rule sent them to green");
+    let limited = get(&c, &url, &beta("ann")).await;
+    assert_eq!(limited.status, 429);
+    let after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&after), "Retry-After {after}");
+    // The app's other traffic, from the same user, is not limited…
+    for _ in 0..5 {
+        assert_eq!(get(&c, &url, &plain).await.status, 200);
+    }
+    assert_eq!(b.requests.load(SeqCst), 5);
+    // …and another user of the rule has a bucket of its own.
+    assert_eq!(get(&c, &url, &beta("bob")).await.status, 200);
+    // The refusal is in the access log, with the rule that placed it.
+    let line = access_line(&log, 2).await;
+    assert_eq!(
+        (line["status"].as_u64(), line["placed"].as_str()),
+        (Some(429), Some("beta"))
+    );
+
+    // A reload of the same config keeps the rule's buckets.
+    let r = admin_call(&c, &proxy, "POST", "/v1/reload", "", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &url, &beta("ann")).await.status, 429);
+    // So does a change of the rules at runtime that leaves this one's
+    // limit alone, even moving it down the list.
+    let rules = r#"[
+        {"name": "mobile", "to": "green", "user_agent": "(?i)android"},
+        {"name": "beta", "to": "green", "header": {"name": "x-beta", "value": "1"},
+         "rate_limit": {"key": "header:x-user", "rate": "1/m", "burst": 2}}
+    ]"#;
+    let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", rules, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &url, &beta("ann")).await.status, 429);
+    let metrics = admin_call(&c, &proxy, "GET", "/metrics", "", &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains("cutover_rate_limited_total{app=\"shop\"} 3"),
+        "{metrics}"
+    );
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["rules"][1]["rate_limit"]["rate"], "1/m");
+    // One table all along: its refusals and its two keys (ann, bob).
+    let table = &s["apps"]["shop"]["rule_rate_limits"]["beta"];
+    assert_eq!(
+        (table["limited"].as_u64(), table["keys"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(table["key"], "header:x-user");
+
+    // A bad limit through the API is refused naming the key, and changes
+    // nothing; so is a key the limit does not know.
+    for (bad, names) in [
+        (r#"{"rate": "fast"}"#, "apps.shop.rules[0].rate_limit.rate"),
+        (
+            r#"{"rate": "1/s", "key": "query:q"}"#,
+            "apps.shop.rules[0].rate_limit.key",
+        ),
+        (r#"{"rate": "1/s", "bust": 3}"#, "bust"),
+    ] {
+        let body = format!(r#"[{{"name": "x", "to": "green", "all": true, "rate_limit": {bad}}}]"#);
+        let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", &body, &[]).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert!(r.text().contains(names), "{bad}: {}", r.text());
+    }
+    let s = status(&c, &proxy).await;
+    assert_eq!(s["apps"]["shop"]["rules"][1]["name"], "beta");
+    assert_eq!(get(&c, &url, &beta("ann")).await.status, 429);
+
+    // A new limit for the rule is a new table: ann may come again.
+    let rules = rules.replace("\"burst\": 2", "\"burst\": 5");
+    let r = admin_call(&c, &proxy, "PUT", "/v1/apps/shop/rules", &rules, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &url, &beta("ann")).await.status, 200);
+}
+
+#[test]
+fn check_names_the_key_of_a_rules_rate_limit_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let up: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let bad_rate = beta_rule_app(up, up, "{ rate = \"20/d\", burst = 0 }");
+    let path = write_config(dir.path(), &bad_rate);
+    let text = cutover::Config::load(&path).unwrap_err().join("\n");
+    for want in [
+        "apps.shop.rules[0].rate_limit.rate: \"20/d\" is not a rate",
+        "apps.shop.rules[0].rate_limit.burst: ",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let typo = beta_rule_app(up, up, "{ rate = \"20/s\", bust = 1 }");
+    let path = write_config(dir.path(), &typo);
+    let text = cutover::Config::load(&path).unwrap_err().join("\n");
+    assert!(
+        text.contains("apps.shop.rules[0].rate_limit.bust: unknown field `bust`"),
+        "{text}"
+    );
+}

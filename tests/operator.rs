@@ -218,6 +218,54 @@ async fn rules_refuse_typos_and_conditionless_rules_unless_meant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_add_gives_a_rule_its_own_rate_limit_and_a_bad_one_is_refused_by_key() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let proxy = Proxy::start(&two_apps(&b, &g, ""));
+        let limited = [
+            &ADD_TESTERS[..],
+            &[
+                "--rate-limit",
+                "1/m",
+                "--rate-burst",
+                "1",
+                "--rate-key",
+                "header:x-user",
+            ],
+        ]
+        .concat();
+        let bad: Vec<&str> = (limited.iter())
+            .map(|a| if *a == "1/m" { "fast" } else { a })
+            .collect();
+        let o = cli(&proxy, &bad).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("apps.shop.rules[0].rate_limit.rate"),
+            "{}",
+            text(&o)
+        );
+        let o = cli(&proxy, &limited).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = cli(&proxy, &["rules", "shop", "list"]).await;
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("rate_limit 1/m burst 1 by header:x-user"),
+            "{}",
+            text(&o)
+        );
+        // The rule's requests are held to it; the app's others are not.
+        let c = client();
+        let url = proxy.url("/");
+        let tester = [("host", "shop.test"), ("x-preview", "1"), ("x-user", "ann")];
+        assert_eq!(get(&c, &url, &tester).await.status, 200);
+        assert_eq!(get(&c, &url, &tester).await.status, 429);
+        let other = [("host", "shop.test"), ("x-user", "ann")];
+        assert_eq!(get(&c, &url, &other).await.status, 200);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_and_reload_show_and_settle_drift_between_the_file_and_the_running_state() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let dir = tempfile::tempdir().unwrap();

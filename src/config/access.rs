@@ -8,9 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::Errors;
-use super::raw::{RawBasicAuth, RawRateLimit};
+use super::raw::RawBasicAuth;
 use super::types::{AccessConfig, BasicAuth, RateKey, RateLimitConfig};
 use super::values::{int_range, networks};
+use crate::model::RateLimitSpec;
 
 /// The default of `rate_limit.max_keys`.
 pub const DEFAULT_MAX_KEYS: u32 = 100_000;
@@ -122,8 +123,9 @@ pub fn htpasswd(text: &str) -> Result<BTreeMap<String, String>, (usize, String)>
     Ok(users)
 }
 
-/// `rate_limit` of `[apps.NAME]` (`key` is its key).
-pub fn rate_limit(key: &str, raw: RawRateLimit, errs: &mut Errors) -> Option<RateLimitConfig> {
+/// `rate_limit` of `[apps.NAME]` or of one of its rules (`key` is its
+/// key: `apps.NAME.rate_limit`, `apps.NAME.rules[i].rate_limit`).
+pub fn rate_limit(key: &str, raw: RateLimitSpec, errs: &mut Errors) -> Option<RateLimitConfig> {
     let by = match raw.key.as_deref() {
         None => Some(RateKey::ClientIp),
         Some(s) => rate_key(&format!("{key}.key"), s, errs),

@@ -72,7 +72,7 @@ pub fn build_app(
     let access = access(&key, &raw.allow, &raw.deny, raw.basic_auth, base, errs);
     let rate_limit = raw
         .rate_limit
-        .and_then(|r| rate_limit(&format!("{key}.rate_limit"), r, errs));
+        .and_then(|r| rate_limit(&format!("{key}.rate_limit"), r.into(), errs));
     AppConfig {
         hosts,
         live: color(&format!("{key}.live"), &raw.live, errs),
@@ -384,8 +384,15 @@ fn compile_rules_into(app_key: &str, specs: &[RuleSpec], errs: &mut Errors) -> V
                 format!("{:?} is already the name of rules[{j}]", spec.name),
             );
         }
+        // Checked here rather than in `Rule::compile`, by the function that
+        // checks an app's, so that both say the same about the same keys.
+        let limit = (spec.rate_limit.clone())
+            .and_then(|r| rate_limit(&format!("{key}.rate_limit"), r, errs));
         match Rule::compile(spec) {
-            Ok(rule) => out.push(rule),
+            Ok(mut rule) => {
+                rule.rate_limit = limit;
+                out.push(rule);
+            }
             Err(list) => {
                 for (field, msg) in list {
                     errs.push(format!("{key}.{field}"), msg);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::error::{key_of, ConfigError, Segment};
 use super::types::{AdminSettings, MirrorConfig, PassiveConfig};
-use crate::model::RuleSpec;
+use crate::model::{RateLimitSpec, RuleSpec};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -727,7 +727,8 @@ pub struct RawBasicAuth {
     pub forward: bool,
 }
 
-/// `rate_limit = { key, rate, burst, max_keys }`.
+/// `rate_limit = { key, rate, burst, max_keys }` of an app. A rule's is
+/// the shared [`RateLimitSpec`], which refuses unknown keys as rules do.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RawRateLimit {
@@ -735,4 +736,15 @@ pub struct RawRateLimit {
     pub rate: Option<String>,
     pub burst: Option<i64>,
     pub max_keys: Option<i64>,
+}
+
+impl From<RawRateLimit> for RateLimitSpec {
+    fn from(r: RawRateLimit) -> RateLimitSpec {
+        RateLimitSpec {
+            key: r.key,
+            rate: r.rate,
+            burst: r.burst,
+            max_keys: r.max_keys,
+        }
+    }
 }

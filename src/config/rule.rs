@@ -25,6 +25,9 @@ pub struct Rule {
     pub cookie: Option<(String, String)>,
     pub client_ip: Option<Vec<IpNet>>,
     pub user_agent: Option<Regex>,
+    /// The rule's own `rate_limit`, on the requests it places; set by
+    /// `config::compile_rules`, which checks it.
+    pub rate_limit: Option<super::types::RateLimitConfig>,
 }
 
 /// A rule's errors: `(field, message)` pairs.
@@ -83,6 +86,7 @@ impl Rule {
             cookie,
             client_ip,
             user_agent,
+            rate_limit: None,
         })
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 
-use super::rule::Rule;
 use crate::model::{Color, RuleSpec};
 
 /// The whole validated configuration.
@@ -863,9 +862,6 @@ impl Config {
         next
     }
 }
-
-/// Compiled rules of one app, with the key prefix used in errors.
-pub type CompiledRules = Vec<Rule>;
 
 impl PoolConfig {
     /// This pool with its host names' addresses replaced by `resolved`

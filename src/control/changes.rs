@@ -147,6 +147,18 @@ pub fn conditions(r: &RuleSpec) -> String {
     }
 }
 
+/// A rule's own `rate_limit` in words: `rate_limit 5/s burst 10 by
+/// header:x-api-key`; `None` without one.
+pub fn limit(r: &RuleSpec) -> Option<String> {
+    let l = r.rate_limit.as_ref()?;
+    let mut out = format!("rate_limit {}", l.rate.as_deref().unwrap_or("?"));
+    if let Some(b) = l.burst {
+        out.push_str(&format!(" burst {b}"));
+    }
+    out.push_str(&format!(" by {}", l.key.as_deref().unwrap_or("client_ip")));
+    Some(out)
+}
+
 /// How one rule (same name) changed: `5% -> 20%`, `to green -> blue`,
 /// `when header a=1 -> header a=2`.
 fn rule_change(b: &RuleSpec, a: &RuleSpec) -> String {
@@ -161,6 +173,10 @@ fn rule_change(b: &RuleSpec, a: &RuleSpec) -> String {
     let (bc, ac) = (conditions(b), conditions(a));
     if bc != ac {
         parts.push(format!("when {bc} -> {ac}"));
+    }
+    if b.rate_limit != a.rate_limit {
+        let words = |r: &RuleSpec| limit(r).unwrap_or_else(|| "no rate_limit".into());
+        parts.push(format!("{} -> {}", words(b), words(a)));
     }
     if parts.is_empty() {
         "changed".into()
@@ -219,6 +235,7 @@ mod tests {
             client_ip: None,
             path_prefix: None,
             all: None,
+            rate_limit: None,
         }
     }
 
@@ -281,6 +298,16 @@ mod tests {
         assert_eq!(
             words,
             ["rules: \"canary\" to green -> blue, when header x-preview=1 -> path /beta*"]
+        );
+        let mut limited = later.clone();
+        limited.rules[0].rate_limit = Some(crate::model::RateLimitSpec {
+            rate: Some("5/s".into()),
+            burst: Some(10),
+            ..Default::default()
+        });
+        assert_eq!(
+            describe(&later, &limited),
+            ["rules: \"canary\" no rate_limit -> rate_limit 5/s burst 10 by client_ip"]
         );
     }
 }

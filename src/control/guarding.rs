@@ -184,12 +184,7 @@ impl Control {
             return;
         }
         let Some(app) = snap.app(name) else { return };
-        let tally = self.tally(app);
-        let new = tally.since(&g.base, g.new);
-        let old = g.baseline.plus(tally.since(&g.base, g.old));
-        // Slow counts read under another threshold (a reload) do not
-        // compare with those the guard began with.
-        let slow_judged = g.slow_micros > 0 && tally.slow_micros == g.slow_micros;
+        let (new, old, slow_judged) = self.guard_figures(&g, app);
         let Some(revert) = watch::verdict(new, old, g.level, slow_judged) else {
             return;
         };
@@ -202,6 +197,18 @@ impl Control {
                 tracing::error!(app = %name, error = %e, "guard could not revert; trying again in a second")
             }
         }
+    }
+
+    /// What guard `g` of `app` judges now: the new colour's answers since
+    /// the change, the old colour's in the baseline and since, and
+    /// whether their slow counts are judged — counted by the threshold the
+    /// guard began with (a reload may have changed it).
+    pub(super) fn guard_figures(&self, g: &Guard, app: &App) -> (Seen, Seen, bool) {
+        let tally = self.tally(app);
+        let new = tally.since(&g.base, g.new);
+        let old = g.baseline.plus(tally.since(&g.base, g.old));
+        let slow_judged = g.slow_micros > 0 && tally.slow_micros == g.slow_micros;
+        (new, old, slow_judged)
     }
 
     /// Put `name` back to the live colour and split before the change

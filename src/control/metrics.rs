@@ -53,7 +53,7 @@ const COUNTERS: [(&str, &str); 13] = [
     ("cutover_access_log_dropped", "Access log lines dropped because the writer's queue was full."),
     ("cutover_mirror", "Live requests sampled for shadow traffic, by how their copy to the standby colour ended."),
     ("cutover_mirror_skipped", "Sampled live requests not compared with a copy, by reason (their sum is outcome=\"skipped\")."),
-    ("cutover_rate_limited", "Requests refused with 429 by the app's rate_limit."),
+    ("cutover_rate_limited", "Requests refused with 429 by the app's rate_limit or a rule's."),
 ];
 
 /// Every gauge family, `(name, help)`, in the order they are exposed.
@@ -183,8 +183,9 @@ fn app_samples(g: &mut Gathered, app: &App) {
     );
     let in_flight = m.in_flight.load(Relaxed) as f64;
     g.gauge("cutover_mirror_in_flight", labels(&[("app", a)]), in_flight);
-    if let Some(rate) = app.gate.as_ref().and_then(|g| g.rate.as_ref()) {
-        let n = rate.limited.load(Relaxed);
+    // One series per app, for its own limit and its rules' alike.
+    if app.gate.as_ref().is_some_and(|g| g.rate.is_some()) || app.rules.limits_any() {
+        let n = app.rate_limited.load(Relaxed);
         g.count("cutover_rate_limited", labels(&[("app", a)]), n);
     }
     for (i, phase) in Timeout::ALL.iter().enumerate() {

@@ -6,7 +6,10 @@
 //! - [`state`]: the runtime state file, written atomically;
 //! - [`state_lock`]: one daemon per state file (`flock`, handed over on
 //!   upgrade);
-//! - [`admin`]: the admin HTTP API on its own listener;
+//! - [`admin`]: the admin HTTP API on its own listener, and the dashboard
+//!   page it serves;
+//! - [`dashboard`]: what that page is sent each second, and the
+//!   per-colour series behind its charts;
 //! - [`guard`]: what keeps web pages out of it (Host, Origin, Content-Type);
 //! - [`changes`]: what each change in the history changed, in words;
 //! - [`health`]: active health checks and passive-check recovery;
@@ -23,6 +26,7 @@ pub mod acme;
 pub mod admin;
 mod adopt;
 pub mod changes;
+pub mod dashboard;
 pub mod fleet;
 pub mod guard;
 pub mod guard_watch;

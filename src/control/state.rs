@@ -90,6 +90,24 @@ impl HistoryEntry {
     pub fn changes(&self) -> Vec<String> {
         super::changes::describe(&self.before, &self.after)
     }
+
+    /// The entry as the admin API shows it, with what it changed in words
+    /// (computed now).
+    pub fn answer(&self) -> crate::api::HistoryEntry {
+        crate::api::HistoryEntry {
+            actor: self.actor.clone(),
+            after: self.after.clone(),
+            app: self.app.clone(),
+            before: self.before.clone(),
+            changes: self.changes(),
+            epoch: self.epoch,
+            forced: self.forced,
+            guard: self.guard.clone(),
+            kind: self.kind.clone(),
+            reason: self.reason.clone(),
+            time: self.time.clone(),
+        }
+    }
 }
 
 impl Default for StateFile {

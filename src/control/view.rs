@@ -95,6 +95,7 @@ fn app(app: &App, drift: bool, rollout: Option<api::Rollout>) -> api::App {
         },
         rate_limit: gate.and_then(|g| g.rate.as_deref()).map(rate_limit),
         rollout,
+        rule_rate_limits: rule_rate_limits(app),
         rules: app.state.rules.clone(),
         rules_owner: owner,
         standby: app.state.standby(),
@@ -129,6 +130,22 @@ fn rate_limit(r: &RateLimiter) -> api::RateLimit {
         max_keys: c.max_keys,
         rate: c.rate.clone(),
     }
+}
+
+/// The rules' own limits, by rule name; each `limited` is its own table's
+/// count (the app's `limited` sums every table of the app).
+fn rule_rate_limits(app: &App) -> BTreeMap<String, api::RateLimit> {
+    let rules = app.rules.rules().iter().enumerate();
+    rules
+        .filter_map(|(i, rule)| {
+            let r = app.rules.limiter(i)?;
+            let view = api::RateLimit {
+                limited: r.refused(),
+                ..rate_limit(r)
+            };
+            Some((rule.name.clone(), view))
+        })
+        .collect()
 }
 
 /// An app's own limits keys; `None` when it has none.

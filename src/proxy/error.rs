@@ -33,7 +33,7 @@ pub enum ProxyError {
     /// No user and password of the app's `basic_auth`.
     #[error("unauthorized")]
     Unauthorized,
-    /// Over the app's `rate_limit`.
+    /// Over the app's `rate_limit`, or that of the rule that placed it.
     #[error("too many requests")]
     TooManyRequests,
     /// The client went away before its request was complete (nginx logs

@@ -38,7 +38,7 @@ use crate::config::{AccessFormat, OwnAnswers, Protocol, RequestId, Sticky};
 use crate::route::access::Refusal;
 use crate::route::rule::RequestView;
 use crate::route::snapshot::{Placed, Settings, Snapshot};
-use crate::route::{Pool, Server, Timeout};
+use crate::route::{App, Pool, Server, Timeout};
 
 static COLOR_VALUES: [HeaderValue; 2] = [
     HeaderValue::from_static("blue"),
@@ -250,7 +250,7 @@ enum Stop<'a> {
     Redirect(&'a OwnAnswers),
     Error(ProxyError, &'a OwnAnswers),
     /// Turned away by the app's `allow`/`deny`, `basic_auth` or
-    /// `rate_limit`.
+    /// `rate_limit`, or by the `rate_limit` of the rule that placed it.
     Refused(Refusal, &'a OwnAnswers),
 }
 
@@ -540,6 +540,10 @@ fn route<'s>(
             Placed::Live => "live".into(),
         });
     }
+    if let Placed::Rule(i) = decision.placed {
+        rule_limit(app, i as usize, req.headers(), client_ip, ex)
+            .map_err(|r| Stop::Refused(r, own))?;
+    }
     let set_cookie = match (&decision.new_cookie, &app.sticky) {
         (Some(id), Sticky::Cookie(name)) => cookie_header(name, &id.as_hex(), conn.tls),
         _ => None,
@@ -561,6 +565,24 @@ fn route<'s>(
         upgrade: hop.upgrade_requested(req.headers())
             && headers::upgrade_allowed(req.headers(), &snap.settings.upgrades),
     })
+}
+
+/// The `rate_limit` of the rule at `index`, which placed the request; it
+/// counts after the app's own, which the door checked first.
+fn rule_limit(
+    app: &App,
+    index: usize,
+    headers: &HeaderMap,
+    client_ip: std::net::IpAddr,
+    ex: &Exchange,
+) -> Result<(), Refusal> {
+    let Some(limiter) = app.rules.limiter(index) else {
+        return Ok(());
+    };
+    let now = ex.started().into_std();
+    limiter
+        .check(headers, client_ip, now)
+        .map_err(Refusal::TooManyRequests)
 }
 
 /// Phase 3: the request's fields and target as `server` takes them —

@@ -41,8 +41,13 @@ pub struct Gate {
 
 impl Gate {
     /// The gate of `cfg`, reusing what `old` has that did not change:
-    /// `None` when the app checks nothing.
-    pub fn build(cfg: &AppConfig, old: Option<&Arc<Gate>>) -> Option<Arc<Gate>> {
+    /// `None` when the app checks nothing. A new limiter counts its
+    /// refusals in `limited` (the app's).
+    pub fn build(
+        cfg: &AppConfig,
+        old: Option<&Arc<Gate>>,
+        limited: &Arc<AtomicU64>,
+    ) -> Option<Arc<Gate>> {
         if cfg.access.is_none() && cfg.rate_limit.is_none() {
             return None;
         }
@@ -54,10 +59,7 @@ impl Gate {
         });
         let rate = cfg.rate_limit.as_ref().map(|r| match old_rate {
             Some(o) if o.config == *r => o.clone(),
-            _ => {
-                let counter = old_rate.map(|o| o.limited.clone()).unwrap_or_default();
-                Arc::new(RateLimiter::new(r.clone(), counter))
-            }
+            _ => Arc::new(RateLimiter::new(r.clone(), limited.clone())),
         });
         let same = |a: Option<&Arc<Access>>, b: Option<&Arc<Access>>| match (a, b) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),

@@ -8,8 +8,8 @@
 //! the caller's [`rule::ConnMemo`], one per client connection. Long-lived
 //! objects whose state must survive a swap (servers with their health and
 //! counters, per-colour statistics, shadow traffic's counts in [`mirror`],
-//! an app's rate limiter in [`rate`] and its remembered logins in
-//! [`access`]) are `Arc`s that successive snapshots share.
+//! the rate limiters of an app and its rules in [`rate`], its remembered
+//! logins in [`access`]) are `Arc`s that successive snapshots share.
 
 pub mod access;
 pub mod mirror;

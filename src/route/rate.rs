@@ -42,8 +42,9 @@ struct Slot {
 #[repr(align(64))]
 struct Bucket([Slot; WAYS]);
 
-/// One app's limiter. Kept across snapshots while its config is
-/// unchanged, so that a flip or a reload does not hand out fresh bursts.
+/// One app's limiter, or one rule's. Kept across snapshots while its
+/// config is unchanged, so that a flip or a reload does not hand out
+/// fresh bursts.
 pub struct RateLimiter {
     pub config: RateLimitConfig,
     buckets: Box<[Bucket]>,
@@ -57,9 +58,12 @@ pub struct RateLimiter {
     interval: u64,
     /// How far ahead of now a key's TAT may be: `burst` requests.
     tolerance: u64,
-    /// Requests refused (`cutover_rate_limited_total`); handed from each
-    /// limiter to the next, so the count only grows.
+    /// Requests refused by any limiter of the app
+    /// (`cutover_rate_limited_total`); the app's counter, which every
+    /// rebuild carries over, so the count only grows.
     pub limited: Arc<AtomicU64>,
+    /// Requests this table refused, for a rule's status.
+    refused: AtomicU64,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -86,8 +90,14 @@ impl RateLimiter {
             interval,
             tolerance: interval.saturating_mul(u64::from(config.burst)),
             limited,
+            refused: AtomicU64::new(0),
             config,
         }
+    }
+
+    /// Requests this table refused since it was made.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
     }
 
     /// Keys the table can hold at once (`max_keys` rounded up).
@@ -121,6 +131,7 @@ impl RateLimiter {
         let verdict = self.check_key(key, self.nanos(now));
         if verdict.is_err() {
             self.limited.fetch_add(1, Relaxed);
+            self.refused.fetch_add(1, Relaxed);
         }
         verdict
     }

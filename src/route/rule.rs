@@ -8,11 +8,14 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use regex::bytes::Regex;
 
+use super::rate::RateLimiter;
 pub use crate::config::Rule;
 
 /// Does `path` lie under `prefix`, by whole segments? `/api` takes `/api`,
@@ -475,6 +478,9 @@ pub struct RuleTable {
     /// Bit `n` set: a name in `header_names` is `n` bytes long (63: longer).
     header_lens: u64,
     chunks: Vec<Chunk>,
+    /// The rules' own `rate_limit`s, by rule index; empty when no rule
+    /// has one. Set by [`Self::with_limiters`].
+    limiters: Vec<Option<Arc<RateLimiter>>>,
 }
 
 static NEXT_TABLE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -540,7 +546,41 @@ impl RuleTable {
             header_names,
             header_lens,
             chunks,
+            limiters: Vec::new(),
         }
+    }
+
+    /// This table with a limiter for each rule that has a `rate_limit`:
+    /// `old`'s for a rule of the same name and the same limit, so that a
+    /// reload or a change of the other rules hands out no fresh bursts;
+    /// else a new one. Refusals are counted in `limited` (the app's).
+    pub fn with_limiters(mut self, old: Option<&RuleTable>, limited: &Arc<AtomicU64>) -> RuleTable {
+        if self.rules.iter().all(|r| r.rate_limit.is_none()) {
+            return self;
+        }
+        let kept = |rule: &Rule| {
+            let old = old?;
+            let i = old.rules.iter().position(|o| o.name == rule.name)?;
+            let l = old.limiters.get(i)?.as_ref()?;
+            (Some(&l.config) == rule.rate_limit.as_ref()).then(|| l.clone())
+        };
+        self.limiters = (self.rules.iter())
+            .map(|rule| {
+                let config = rule.rate_limit.clone()?;
+                kept(rule).or_else(|| Some(Arc::new(RateLimiter::new(config, limited.clone()))))
+            })
+            .collect();
+        self
+    }
+
+    /// The limiter of the rule at `index`, if it has a `rate_limit`.
+    pub fn limiter(&self, index: usize) -> Option<&RateLimiter> {
+        self.limiters.get(index)?.as_deref()
+    }
+
+    /// Does any rule have a `rate_limit`?
+    pub fn limits_any(&self) -> bool {
+        !self.limiters.is_empty()
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -783,6 +823,7 @@ mod tests {
             client_ip: None,
             path_prefix: None,
             all: None,
+            rate_limit: None,
         }
     }
 
@@ -1178,5 +1219,44 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A rule's limit of `burst` requests a minute.
+    fn limited(name: &str, burst: u32) -> Rule {
+        let mut r = compiled(&spec(name));
+        r.rate_limit = Some(crate::config::RateLimitConfig {
+            key: crate::config::RateKey::ClientIp,
+            rate: "1/m".into(),
+            interval: std::time::Duration::from_secs(60),
+            burst,
+            max_keys: 16,
+        });
+        r
+    }
+
+    #[test]
+    fn a_rules_limiter_is_kept_by_name_while_its_limit_is_the_same() {
+        let counter = Arc::default();
+        let old = RuleTable::new(vec![compiled(&spec("plain")), limited("beta", 2)], None)
+            .with_limiters(None, &counter);
+        assert!(old.limits_any());
+        assert!(old.limiter(0).is_none());
+        let beta = old.limiter(1).unwrap() as *const RateLimiter;
+        // Moved to the front, same limit: the same table.
+        let moved = RuleTable::new(vec![limited("beta", 2), limited("new", 2)], None)
+            .with_limiters(Some(&old), &counter);
+        assert!(std::ptr::eq(moved.limiter(0).unwrap(), beta));
+        assert!(moved.limiter(1).is_some());
+        // Another limit, or another name: a new table.
+        let changed =
+            RuleTable::new(vec![limited("beta", 3)], None).with_limiters(Some(&moved), &counter);
+        assert!(!std::ptr::eq(changed.limiter(0).unwrap(), beta));
+        let renamed =
+            RuleTable::new(vec![limited("gamma", 2)], None).with_limiters(Some(&moved), &counter);
+        assert!(!std::ptr::eq(renamed.limiter(0).unwrap(), beta));
+        // No limit anywhere: nothing to look up.
+        let none = RuleTable::new(vec![compiled(&spec("plain"))], None)
+            .with_limiters(Some(&old), &counter);
+        assert!(!none.limits_any());
     }
 }

@@ -484,6 +484,10 @@ pub struct App {
     /// `allow`/`deny`, `basic_auth`, `rate_limit`; `None` (all off) costs
     /// the request path one pointer test.
     pub gate: Option<Arc<Gate>>,
+    /// Requests refused by the app's `rate_limit` or a rule's
+    /// (`cutover_rate_limited_total{app}`): every limiter of the app counts
+    /// here, and every rebuild carries it over, so the count only grows.
+    pub rate_limited: Arc<AtomicU64>,
     /// `[limits]` with the app's own keys over it: what one request of
     /// the app runs under.
     pub limits: RequestLimits,
@@ -533,20 +537,27 @@ struct Shape {
     mirror_config: Arc<MirrorConfig>,
     mirror_stats: Arc<MirrorStats>,
     gate: Option<Arc<Gate>>,
+    rate_limited: Arc<AtomicU64>,
     limits: RequestLimits,
     edits: Option<Arc<Edits>>,
 }
 
 impl App {
     /// An app from its shape and runtime state; the rules are compiled
-    /// (errors keyed `apps.NAME.rules[i]…`).
-    fn assemble(shape: Shape, state: AppState) -> Result<App, Vec<String>> {
+    /// (errors keyed `apps.NAME.rules[i]…`), their limiters taken from
+    /// `old_rules` where unchanged.
+    fn assemble(
+        shape: Shape,
+        state: AppState,
+        old_rules: Option<&RuleTable>,
+    ) -> Result<App, Vec<String>> {
         let compiled = compile_rules(&format!("apps.{}", shape.name), &state.rules)?;
         let sticky_cookie = match &shape.sticky {
             Sticky::Cookie(name) => Some(name.as_str()),
             _ => None,
         };
-        let rules = Arc::new(RuleTable::new(compiled, sticky_cookie));
+        let rules = RuleTable::new(compiled, sticky_cookie);
+        let rules = Arc::new(rules.with_limiters(old_rules, &shape.rate_limited));
         Ok(App::with_rules(shape, state, rules))
     }
 
@@ -582,6 +593,7 @@ impl App {
             standby_bp,
             set_cookie,
             gate: shape.gate,
+            rate_limited: shape.rate_limited,
             limits: shape.limits,
             edits: shape.edits,
         }
@@ -795,6 +807,7 @@ impl Shape {
             }
             .with_overrides(&state.servers)
         });
+        let rate_limited = old_app.map(|a| a.rate_limited.clone()).unwrap_or_default();
         Shape {
             name,
             hosts: app_cfg.hosts.clone(),
@@ -806,7 +819,12 @@ impl Shape {
             answers,
             mirror_config: Arc::new(app_cfg.mirror.clone()),
             mirror_stats: old_app.map(|a| a.mirror_stats.clone()).unwrap_or_default(),
-            gate: Gate::build(app_cfg, old_app.and_then(|a| a.gate.as_ref())),
+            gate: Gate::build(
+                app_cfg,
+                old_app.and_then(|a| a.gate.as_ref()),
+                &rate_limited,
+            ),
+            rate_limited,
             limits: app_cfg.limits.over(limits),
             edits: Edits::of(app_cfg),
         }
@@ -903,7 +921,7 @@ impl Snapshot {
                 .unwrap_or_else(|| AppState::initial(app_cfg));
             let old_app = old.and_then(|o| o.app(&app_cfg.name));
             let shape = Shape::build(app_cfg, &config.limits, &state, old_app.map(|a| &**a));
-            match App::assemble(shape, state) {
+            match App::assemble(shape, state, old_app.map(|a| &*a.rules)) {
                 Ok(app) => apps.push(Arc::new(app)),
                 Err(e) => errors.extend(e),
             }
@@ -940,13 +958,14 @@ impl Snapshot {
                         mirror_config: app.mirror_config.clone(),
                         mirror_stats: app.mirror_stats.clone(),
                         gate: app.gate.clone(),
+                        rate_limited: app.rate_limited.clone(),
                         limits: app.limits,
                         edits: app.edits.clone(),
                     };
                     if state.rules == app.state.rules {
                         Arc::new(App::with_rules(shape, state.clone(), app.rules.clone()))
                     } else {
-                        match App::assemble(shape, state.clone()) {
+                        match App::assemble(shape, state.clone(), Some(&app.rules)) {
                             Ok(new) => Arc::new(new),
                             Err(e) => {
                                 errors.extend(e);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::params::{Params, Takes};
 use super::plane::Admin;
-use super::reply::{error, method_not_allowed, reply};
+use super::reply::{error, method_not_allowed, reply, Body, Reply};
 use super::routes::{self, Call, Miss, Route};
 use crate::api;
 use crate::config::Role;
@@ -137,8 +137,7 @@ where
         async move {
             timing.request_started();
             let resp = handle(&admin, &conn, req).await;
-            timing.request_ended();
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|body| Sent { body, timing }))
         }
     });
     let io = TimedIo {
@@ -300,6 +299,40 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for TimedIo<S> {
     }
 }
 
+/// An answer's body, which tells [`Timing`] that its request ended once
+/// it is sent (or dropped): a stream of events is a request, busy, until
+/// it ends; the idle timeout runs only after.
+struct Sent {
+    body: Body,
+    timing: Arc<Timing>,
+}
+
+impl http_body::Body for Sent {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.timing.request_ended();
+    }
+}
+
 /// Resolves once shutdown begins (without holding the watch guard).
 async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
@@ -365,11 +398,14 @@ fn admissible(admin: &Admin, conn: &Conn, req: &Request<Incoming>) -> Result<(),
 /// One request: the listener's checks, `/healthz`, the token, the
 /// parameters, the route; for a change also the token's role, the JSON
 /// content type and the body. Then the endpoint answers ([`routes`]).
-async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Reply {
     if let Err((status, message)) = admissible(admin, conn, &req) {
         return error(status, message);
     }
     let path = req.uri().path().to_string();
+    if let Some(page) = super::page::serve(req.method(), &path[1.min(path.len())..]) {
+        return page;
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segments == ["healthz"] {
         return match *req.method() {
@@ -418,6 +454,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
     let call = Call {
         admin,
         peer: conn.peer,
+        role: caller.role,
         actor: caller.name,
         params,
         body,
@@ -428,11 +465,7 @@ async fn handle(admin: &Admin, conn: &Conn, req: Request<Incoming>) -> Response<
 /// A change's body, once its caller may change things (an `operate`
 /// token) and it says it is JSON; it must arrive within `header_timeout`
 /// of the head.
-async fn change_body(
-    conn: &Conn,
-    caller: &Caller,
-    req: Request<Incoming>,
-) -> Result<Bytes, Response<Full<Bytes>>> {
+async fn change_body(conn: &Conn, caller: &Caller, req: Request<Incoming>) -> Result<Bytes, Reply> {
     if caller.role != Role::Operate {
         let message = format!(
             "token {:?} has role {}: changes need an operate token",

@@ -9,11 +9,15 @@
 //! - `routes`: the route table and one function per endpoint;
 //! - `params`: the one reader of `force`, `dry_run`, `limit`, `If-Match`;
 //! - `reply`: JSON answers and refusals; `plane`: the lock on the control
-//!   state the endpoints share.
+//!   state the endpoints share;
+//! - `page`: the dashboard's page (`GET /`); `events`: its live feed
+//!   (`GET /v1/events`) and the once-a-second series behind it.
 //!
 //! The answers are the types of [`crate::api`], which the CLI reads back.
 
 mod conn;
+mod events;
+mod page;
 mod params;
 mod plane;
 mod reply;

@@ -40,6 +40,8 @@ pub enum Takes {
     Change,
     /// `wait` (a rollout, read once it moves).
     Watch,
+    /// `If-Match` only (a rollout's pause, resume and abort).
+    IfMatch,
 }
 
 /// The longest reason recorded.
@@ -75,11 +77,11 @@ impl Params {
     /// Refuse a parameter that `endpoint` (`"POST /v1/reload"`) does not
     /// take.
     pub fn check(&self, takes: Takes, endpoint: &str) -> Result<(), String> {
-        use Takes::{Change, Limit, Watch};
+        use Takes::{Change, IfMatch, Limit, Watch};
         let given: [(&str, bool, &[Takes]); 5] = [
             ("force", self.force.is_some(), &[Change]),
             ("dry_run", self.dry_run.is_some(), &[Change]),
-            ("If-Match", self.if_match.is_some(), &[Change]),
+            ("If-Match", self.if_match.is_some(), &[Change, IfMatch]),
             ("limit", self.limit.is_some(), &[Limit]),
             ("wait", self.wait.is_some(), &[Change, Watch]),
         ];

@@ -12,12 +12,15 @@ pub struct Admin {
     /// The tokens accepted are the config's (`[admin]`), so a reload
     /// that re-reads the token files applies them.
     pub control: Mutex<Control>,
+    /// The dashboard's series and live feed (`GET /v1/events`).
+    pub events: super::events::Events,
 }
 
 impl Admin {
     pub fn new(control: Control) -> Admin {
         Admin {
             control: Mutex::new(control),
+            events: Default::default(),
         }
     }
 
@@ -45,6 +48,21 @@ impl Admin {
             }
         }
         result
+    }
+
+    /// The dashboard's feed, once a second until shutdown.
+    pub async fn feed(
+        self: std::sync::Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tick.tick() => self.events.sample(&self.control),
+            }
+        }
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Control> {

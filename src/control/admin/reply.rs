@@ -1,20 +1,31 @@
 //! How the admin API answers: pretty JSON (an [`api`] type), and
 //! refusals as `{"error": ...}`.
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 
 use crate::api;
 
-pub type Reply = Response<Full<Bytes>>;
+/// An answer's body: whole, or a stream of events (`GET /v1/events`).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub type Reply = Response<Body>;
+
+/// `bytes` as a whole answer.
+pub fn whole(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
 
 /// `body` as pretty JSON, with a final newline.
 pub fn reply(status: u16, body: impl serde::Serialize) -> Reply {
     let mut text = serde_json::to_vec_pretty(&body).unwrap_or_default();
     text.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(whole(text));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -5,12 +5,11 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Response};
-use http_body_util::Full;
 use serde::de::DeserializeOwned;
 
 use super::params::{Params, Takes};
 use super::plane::Admin;
-use super::reply::{refusal, reply, Reply};
+use super::reply::{refusal, reply, whole, Reply};
 use crate::api;
 use crate::control::ops::{self, Change, OpError, Request as OpRequest, Steer};
 use crate::control::rollout;
@@ -55,6 +54,8 @@ pub(super) enum Route<'p> {
     Reload,
     Upgrade,
     Fleet,
+    /// The dashboard's live feed.
+    Events,
 }
 
 /// No route: no such path (404), or not with this method (405, with the
@@ -80,6 +81,7 @@ impl<'p> Route<'p> {
             ["v1", "status"] => only("GET", read, Status),
             ["v1", "history"] => only("GET", read, History),
             ["v1", "fleet"] => only("GET", read, Fleet),
+            ["v1", "events"] => only("GET", get, Events),
             ["v1", "reload"] => only("POST", post, Reload),
             ["v1", "upgrade"] => only("POST", post, Upgrade),
             ["v1", "flip"] => only("POST", post, Flip(None)),
@@ -125,8 +127,10 @@ impl<'p> Route<'p> {
             Flip(_) | Rollback(_) | Shift(_) | Mirror(_) | SetRules(_) | DeleteRule(..)
             | PatchRule(..) | Server(..) => Takes::Change,
             Rollout(_) => Takes::Watch,
-            Metrics | Status | Rules(_) | StartRollout(_) | Steer(..) | Reload | Upgrade
-            | Fleet => Takes::Nothing,
+            Steer(..) => Takes::IfMatch,
+            Metrics | Status | Rules(_) | StartRollout(_) | Reload | Upgrade | Fleet | Events => {
+                Takes::Nothing
+            }
         }
     }
 
@@ -135,7 +139,7 @@ impl<'p> Route<'p> {
         use Route::*;
         matches!(
             self,
-            Metrics | Status | History | Rules(_) | Rollout(_) | Fleet
+            Metrics | Status | History | Rules(_) | Rollout(_) | Fleet | Events
         )
     }
 }
@@ -148,6 +152,8 @@ pub(super) struct Call<'a> {
     pub peer: std::net::SocketAddr,
     /// The token's name (see [`HistoryEntry::actor`]).
     pub actor: String,
+    /// What the token may do.
+    pub role: crate::config::Role,
     pub params: Params,
     pub body: Bytes,
 }
@@ -176,6 +182,16 @@ pub(super) async fn answer(route: Route<'_>, call: Call<'_>) -> Reply {
         Route::Reload => reload(&call),
         Route::Upgrade => upgrade(&call).await,
         Route::Fleet => Ok(reply(200, call.admin.lock().fleet_answer())),
+        Route::Events => {
+            let admin = call.admin;
+            let actor = call.actor.clone();
+            Ok(super::events::stream(
+                &admin.events,
+                &admin.control,
+                actor,
+                call.role,
+            ))
+        }
     };
     answer.unwrap_or_else(|Refused(status, why)| refusal(status, &why))
 }
@@ -415,7 +431,7 @@ fn history(call: &Call) -> Reply {
     let skip = all
         .len()
         .saturating_sub(call.params.limit.unwrap_or(usize::MAX));
-    let history = all.iter().skip(skip).map(history_entry).collect();
+    let history = all.iter().skip(skip).map(HistoryEntry::answer).collect();
     reply(
         200,
         &api::History {
@@ -425,27 +441,10 @@ fn history(call: &Call) -> Reply {
     )
 }
 
-/// An entry as stored, with what it changed in words (computed now).
-fn history_entry(e: &HistoryEntry) -> api::HistoryEntry {
-    api::HistoryEntry {
-        actor: e.actor.clone(),
-        after: e.after.clone(),
-        app: e.app.clone(),
-        before: e.before.clone(),
-        changes: e.changes(),
-        epoch: e.epoch,
-        forced: e.forced,
-        guard: e.guard.clone(),
-        kind: e.kind.clone(),
-        reason: e.reason.clone(),
-        time: e.time.clone(),
-    }
-}
-
 /// `GET /metrics`: Prometheus text.
 fn metrics(call: &Call) -> Reply {
     let text = crate::control::metrics::render(&call.admin.lock());
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(whole(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -538,6 +537,14 @@ fn steer_rollout(call: &Call, app: &str, steer: Steer) -> Answer {
         return Err(refuse(400, message));
     }
     let mut ctl = call.admin.lock();
+    if let Some(given) = call.params.if_match.filter(|e| *e != ctl.epoch()) {
+        let current = ctl.epoch();
+        let why = api::Error {
+            epoch: Some(current),
+            ..api::Error::new(OpError::Stale { given, current }.to_string())
+        };
+        return Err(Refused(412, why));
+    }
     let reason = call.params.reason.as_deref();
     let steered = ctl.steer_rollout(app, steer, &call.actor, reason);
     rollout_answer(&ctl, steered)
@@ -653,6 +660,8 @@ mod tests {
                 "Err(Method(\"GET, PUT\"))",
             ),
             (Method::POST, "/v1/status", "Err(Method(\"GET\"))"),
+            (Method::GET, "/v1/events", "Ok(Events)"),
+            (Method::POST, "/v1/events", "Err(Method(\"GET\"))"),
             (Method::POST, "/v1/nowhere", "Err(NotFound)"),
             (Method::POST, "/v1/apps/shop/rollout/skip", "Err(NotFound)"),
         ] {
@@ -669,6 +678,9 @@ mod tests {
         assert_eq!(Route::History.takes(), Takes::Limit);
         assert_eq!(Route::PatchRule("a", "r").takes(), Takes::Change);
         assert_eq!(Route::Rollout("a").takes(), Takes::Watch);
+        assert_eq!(Route::Steer("a", Steer::Pause).takes(), Takes::IfMatch);
+        assert_eq!(Route::Events.takes(), Takes::Nothing);
         assert!(Route::Rules("a").reads() && !Route::SetRules("a").reads());
+        assert!(Route::Events.reads());
     }
 }
