@@ -220,9 +220,10 @@ class RateLimit:
     "client_ip" or "header:NAME", `rate` "N/s" or "N/m", `burst` the
     requests a key may make at once."""
 
-    # What nginx's zone needs per key: a state of up to 128 bytes (a
-    # slab chunk, for keys of up to 48 bytes) and its share of the slab's
-    # page descriptors (24 bytes per 4 KiB page), with some room to spare.
+    # What nginx's zone needs per key: a state of 128 bytes (the slab
+    # chunk that holds a tree node and a key of up to 48 bytes) and its
+    # share of the slab's page descriptors (24 bytes per 4 KiB page), with
+    # some room to spare.
     NGINX_BYTES_PER_KEY = 128 * 1.06
 
     def __init__(self, key, rate, burst, max_keys):
@@ -272,9 +273,11 @@ def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_l
     head = nginx_head(work, name)
     if access_log:
         head = head.replace("access_log off;", f"access_log {access_log} combined;")
-    zone, limit_req = rate_limit.nginx() if rate_limit else ("", "")
-    if zone:
+    limit_req = ""
+    if rate_limit:
+        zone, limit_req = rate_limit.nginx()
         head += "\n    " + zone
+        limit_req = "\n            " + limit_req
     ids = ("proxy_set_header X-Request-Id $request_id;\n"
            "            add_header X-Request-Id $request_id always;") if request_id else ""
     h2_listen = f"\n        listen 127.0.0.1:{h2_port} http2;" if h2_port else ""
@@ -297,8 +300,7 @@ def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_l
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
-            {ids}
-            {limit_req}
+            {ids}{limit_req}
         }}
     }}
 }}
