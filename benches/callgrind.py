@@ -10,6 +10,7 @@ to the hot path can be compared where wall-clock numbers are noise.
     python3 benches/callgrind.py --proxy hyper-floor [--floor-features N]
     python3 benches/callgrind.py --cache            # and simulated cache misses
     python3 benches/callgrind.py --access-log json  # with the access log on (nginx: combined)
+    python3 benches/callgrind.py --rate-limit       # with a rate limit that refuses nothing
 
 Starts an nginx upstream, runs the proxy (`cutover run`, or nginx with
 `master_process off`, or HAProxy) under `valgrind --tool=callgrind`, sends
@@ -30,6 +31,12 @@ With `--cache`, callgrind also simulates the caches and branch predictor
 caches) and the report adds L1 misses and mispredicted branches per
 request: how much code and data a request touches, which decides how
 fast its instructions run when other processes share the cores.
+
+With `--rate-limit`, the benchmarked app (cutover's `bench` or `shop`)
+gets a `rate_limit` by client address at a rate no request reaches
+(RATE_LIMIT), and nginx the same limit (`limit_req_zone
+$binary_remote_addr` + `limit_req ... nodelay`): the check's cost, every
+request looked up and counted, none refused.
 """
 
 import argparse
@@ -51,6 +58,10 @@ import compare  # noqa: E402
 # the mobile regex checks, a sticky cookie).
 REQUEST = ("GET / HTTP/1.1\r\nHost: shop.example.com\r\n"
            + "".join(h + "\r\n" for h in compare.BROWSER) + "\r\n").encode()
+
+# `--rate-limit`: the highest rate and burst the config takes, by the one
+# client address every request comes from.
+RATE_LIMIT = compare.RateLimit("client_ip", "1000000/s", 1000000, 100000)
 
 
 def client(n, request, errors):
@@ -160,15 +171,19 @@ def hyper_floor_binary():
     return os.path.join(compare.TARGET, "release", "examples", "hyper_floor")
 
 
-def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=None, h2_port=None):
+def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=None, h2_port=None,
+               rate_limit=None):
     """The command line of the proxy to measure; nginx with `h2_port` also
-    speaks h2c there (cutover does on its one port)."""
+    speaks h2c there (cutover does on its one port); with `rate_limit` (a
+    `compare.RateLimit`), the benchmarked app limited by it."""
     if kind == "hyper-floor":
         return [hyper_floor_binary(), f"127.0.0.1:{compare.PROXY}",
                 f"127.0.0.1:{compare.UP_BLUE}", str(floor_features)]
     if kind == "cutover":
         conf = (compare.cutover_minimal_conf(work) if config == "minimal"
                 else compare.cutover_realistic_conf(work))
+        if rate_limit:
+            compare.with_rate_limit(conf, "bench" if config == "minimal" else "shop", rate_limit)
         if state:  # a state file, written (and fsynced) at every change
             with open(conf, "a") as f:
                 f.write(f'\n[state]\nfile = "{os.path.join(work, "cutover.state.json")}"\n')
@@ -179,7 +194,7 @@ def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=Non
         return [compare.CUTOVER, "run", "-c", conf]
     if kind == "nginx":
         # One process: the master would otherwise fork the worker.
-        path = compare.nginx_proxy_conf(work, h2_port=h2_port)
+        path = compare.nginx_proxy_conf(work, h2_port=h2_port, rate_limit=rate_limit)
         with open(path) as f:
             text = f.read().replace("master_process on;", "master_process off;")
         if access_log:  # nginx writes combined (its default), unbuffered
@@ -210,6 +225,8 @@ def main():
                     help="also simulate the L1 caches and branch prediction")
     ap.add_argument("--access-log", choices=["json", "combined"],
                     help="with the access log on, to a file (nginx: combined)")
+    ap.add_argument("--rate-limit", action="store_true",
+                    help="with a rate limit by client address that refuses nothing")
     ap.add_argument("--binary", metavar="PATH",
                     help="cutover: the binary (default target/release/cutover; "
                          "target/pgo/cutover for the profile-guided build)")
@@ -222,7 +239,8 @@ def main():
     out = os.path.join(work, "callgrind.out")
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if args.cache else []
     argv = proxy_argv(args.proxy, args.config, work, args.floor_features,
-                      state=args.flips, access_log=args.access_log)
+                      state=args.flips, access_log=args.access_log,
+                      rate_limit=RATE_LIMIT if args.rate_limit else None)
     try:
         with under_callgrind(argv, out, sim) as proc:
             measure(args, out, proc)
@@ -246,6 +264,8 @@ def measure(args, out, proc):
     name = {"cutover": f"cutover, {args.config} config"
                        + (f", {args.access_log} access log" if args.access_log else ""),
             "hyper-floor": f"hyper floor, features {args.floor_features}"}.get(args.proxy, args.proxy)
+    if args.rate_limit:
+        name += ", rate limit on"
     print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
     print(f"{name}: {measured / (2 * n):.0f} instructions per request "
           f"(callgrind, {2 * n} requests after {n} warm-up)", flush=True)

@@ -213,19 +213,71 @@ def nginx_upstream_conf(work):
     return path
 
 
+class RateLimit:
+    """One rate limit, written for cutover (`rate_limit = {...}` of an
+    app) and for nginx (`limit_req_zone` + `limit_req`), so that both
+    proxies are measured with the same limit. In cutover's terms: `key`
+    "client_ip" or "header:NAME", `rate` "N/s" or "N/m", `burst` the
+    requests a key may make at once."""
+
+    # What nginx's zone needs per key: a state of 128 bytes (the slab
+    # chunk that holds a tree node and a key of up to 48 bytes) and its
+    # share of the slab's page descriptors (24 bytes per 4 KiB page), with
+    # some room to spare.
+    NGINX_BYTES_PER_KEY = 128 * 1.06
+
+    def __init__(self, key, rate, burst, max_keys):
+        self.key, self.rate, self.burst, self.max_keys = key, rate, burst, max_keys
+
+    def cutover(self):
+        return (f'{{ key = "{self.key}", rate = "{self.rate}", burst = {self.burst}, '
+                f'max_keys = {self.max_keys} }}')
+
+    def nginx_zone_mib(self):
+        return -(-int(self.max_keys * self.NGINX_BYTES_PER_KEY) // (1 << 20))
+
+    def nginx(self):
+        """The `limit_req_zone` (for `http`) and the `limit_req` (for the
+        location). nginx's `burst` is on top of the one request it always
+        lets through; it answers 429 as cutover does."""
+        var = ("$binary_remote_addr" if self.key == "client_ip"
+               else "$http_" + self.key.split(":", 1)[1].replace("-", "_"))
+        rate = self.rate.replace("/", "r/")
+        burst = f" burst={self.burst - 1}" if self.burst > 1 else ""
+        return (f"limit_req_zone {var} zone=limit:{self.nginx_zone_mib()}m rate={rate};",
+                f"limit_req zone=limit{burst} nodelay; limit_req_status 429;")
+
+
+def with_rate_limit(path, app, limit):
+    """Give `app` of the cutover config at `path` the `limit`."""
+    with open(path) as f:
+        text = f.read()
+    table = f"[apps.{app}.blue]"
+    assert table in text, f"{path} has no {table}"
+    with open(path, "w") as f:
+        f.write(text.replace(table, f"rate_limit = {limit.cutover()}\n{table}", 1))
+    return path
+
+
 def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_log=None, h2_port=None,
-                     request_id=True):
+                     request_id=True, rate_limit=None):
     """nginx on `port` (PROXY) proxying to the upstream on `upstream_port`
     (UP_BLUE); with `access_log` (a path), its combined access log on;
     with `h2_port`, h2c (prior knowledge) on that port too (nginx speaks it
     on a port of its own); without `request_id`, no `X-Request-Id` either
-    way (cutover's `request_id = "off"`)."""
+    way (cutover's `request_id = "off"`); with `rate_limit` (a
+    `RateLimit`), that limit on every request."""
     upstream_port, port = upstream_port or UP_BLUE, port or PROXY
     with open(os.path.join(work, "nginx-upstream.inc"), "w") as f:
         f.write(f"server 127.0.0.1:{upstream_port};\n")
     head = nginx_head(work, name)
     if access_log:
         head = head.replace("access_log off;", f"access_log {access_log} combined;")
+    limit_req = ""
+    if rate_limit:
+        zone, limit_req = rate_limit.nginx()
+        head += "\n    " + zone
+        limit_req = "\n            " + limit_req
     ids = ("proxy_set_header X-Request-Id $request_id;\n"
            "            add_header X-Request-Id $request_id always;") if request_id else ""
     h2_listen = f"\n        listen 127.0.0.1:{h2_port} http2;" if h2_port else ""
@@ -248,7 +300,7 @@ def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_l
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
-            {ids}
+            {ids}{limit_req}
         }}
     }}
 }}
