@@ -189,6 +189,25 @@ async fn a_rollout_is_steered_with_the_epoch_the_caller_saw() {
     .expect("test timed out");
 }
 
+#[tokio::test]
+async fn a_feed_outlives_the_admin_idle_timeout_it_is_a_request_in_progress() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (b, g) = blue_green().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), &b, &g, false, "");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("[admin]\n", "[admin]\nidle_timeout = \"1s\"\n");
+        std::fs::write(&path, text).unwrap();
+        let proxy = Proxy::start_file(&path);
+        // Five ticks take about four seconds: four idle timeouts.
+        let events = first_events(proxy.admin, "any", 6).await;
+        assert_eq!(events.len(), 6);
+        assert!(events[1..].iter().all(|(name, _)| name == "tick"));
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// The daemon's CPU time so far (user + system), from `/proc`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
