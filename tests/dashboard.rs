@@ -158,30 +158,19 @@ async fn a_rollout_is_steered_with_the_epoch_the_caller_saw() {
             assert!(start.elapsed() < Duration::from_secs(10), "{s}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let stale = (epoch - 1).to_string();
-        let headers = [("if-match", stale.as_str())];
-        let r = admin_call(
-            &c,
-            &proxy,
-            "POST",
-            "/v1/apps/shop/rollout/pause",
-            "",
-            &headers,
-        )
-        .await;
+        let pause = |seen: u64| {
+            let (c, proxy) = (&c, &proxy);
+            async move {
+                let seen = seen.to_string();
+                let headers = [("if-match", seen.as_str())];
+                let path = "/v1/apps/shop/rollout/pause";
+                admin_call(c, proxy, "POST", path, "", &headers).await
+            }
+        };
+        let r = pause(epoch - 1).await;
         assert_eq!(r.status, 412, "{}", r.text());
         assert_eq!(r.json()["epoch"], epoch);
-        let now = epoch.to_string();
-        let headers = [("if-match", now.as_str())];
-        let r = admin_call(
-            &c,
-            &proxy,
-            "POST",
-            "/v1/apps/shop/rollout/pause",
-            "",
-            &headers,
-        )
-        .await;
+        let r = pause(epoch).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["rollout"]["state"], "paused");
     })
