@@ -97,6 +97,11 @@ struct HeaderBlock {
     /// Set to true if decoding went over the max header list size.
     is_over_size: bool,
 
+    /// cutover patch: set once a field of the block makes the message
+    /// malformed. Kept here rather than per `load` call, so that a field in
+    /// a HEADERS frame still counts when the block ends in a CONTINUATION.
+    malformed: bool,
+
     /// Pseudo headers, these are broken out as they must be sent as part of the
     /// headers frame.
     pseudo: Pseudo,
@@ -125,6 +130,7 @@ impl Headers {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                malformed: false,
                 pseudo,
             },
             flags: HeadersFlag::default(),
@@ -142,6 +148,7 @@ impl Headers {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                malformed: false,
                 pseudo: Pseudo::default(),
             },
             flags,
@@ -207,6 +214,7 @@ impl Headers {
                 fields: HeaderMap::with_capacity(capacity),
                 field_size: 0,
                 is_over_size: false,
+                malformed: false,
                 pseudo: Pseudo::default(),
             },
             flags,
@@ -367,6 +375,7 @@ impl PushPromise {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                malformed: false,
                 pseudo,
             },
             promised_id,
@@ -458,6 +467,7 @@ impl PushPromise {
                 fields: HeaderMap::with_capacity(capacity),
                 field_size: 0,
                 is_over_size: false,
+                malformed: false,
                 pseudo: Pseudo::default(),
             },
             promised_id,
@@ -866,7 +876,6 @@ impl HeaderBlock {
         decoder: &mut hpack::Decoder,
     ) -> Result<(), Error> {
         let mut reg = !self.fields.is_empty();
-        let mut malformed = false;
         let mut header_list_way_too_large = false;
         let mut headers_size = self.calculate_header_list_size();
         let max_header_list_abuse_size =
@@ -892,10 +901,10 @@ impl HeaderBlock {
             ($field:ident, $val:expr) => {{
                 if reg {
                     tracing::trace!("load_hpack; header malformed -- pseudo not at head of block");
-                    malformed = true;
+                    self.malformed = true;
                 } else if self.pseudo.$field.is_some() {
                     tracing::trace!("load_hpack; header malformed -- repeated pseudo");
-                    malformed = true;
+                    self.malformed = true;
                 } else {
                     let __val = $val;
                     headers_size +=
@@ -931,13 +940,13 @@ impl HeaderBlock {
                         || name == "proxy-connection"
                     {
                         tracing::trace!("load_hpack; connection level header");
-                        malformed = true;
+                        self.malformed = true;
                     } else if name == header::TE && value != "trailers" {
                         tracing::trace!(
                             "load_hpack; TE header not set to trailers; val={:?}",
                             value
                         );
-                        malformed = true;
+                        self.malformed = true;
                     } else {
                         reg = true;
 
@@ -963,6 +972,13 @@ impl HeaderBlock {
                 Path(v) => set_pseudo!(path, v),
                 Protocol(v) => set_pseudo!(protocol, v),
                 Status(v) => set_pseudo!(status, v),
+                // cutover patch: decoded (and, if so represented, already
+                // in the dynamic table) but not a valid field: the request
+                // is malformed, a stream error (RFC 9113 §8.1.1).
+                Invalid { .. } => {
+                    tracing::trace!("load_hpack; header malformed -- invalid field");
+                    self.malformed = true;
+                }
             }
 
             ControlFlow::Continue(())
@@ -981,7 +997,7 @@ impl HeaderBlock {
             return Err(Error::HeaderListWayTooLarge);
         }
 
-        if malformed {
+        if self.malformed {
             tracing::trace!("malformed message");
             return Err(Error::MalformedMessage);
         }

@@ -17,6 +17,14 @@ pub enum Header<T = HeaderName> {
     Path(BytesStr),
     Protocol(Protocol),
     Status(StatusCode),
+    /// cutover patch (CUTOVER-PATCH.md): a field that HPACK decoded but that
+    /// is not a valid HTTP/2 field (an uppercase or otherwise invalid name,
+    /// CR, LF or NUL in a value, an unknown pseudo-header, a pseudo-header
+    /// value that does not parse). Kept with its raw bytes, so that the
+    /// decoder still inserts it into the dynamic table (with its true size)
+    /// and a later reference to it decodes; the block that carries it is
+    /// malformed, a stream error (RFC 9113 §8.1.1), not a connection error.
+    Invalid { name: Bytes, value: Bytes },
 }
 
 /// The header field name
@@ -29,6 +37,8 @@ pub enum Name<'a> {
     Path,
     Protocol,
     Status,
+    /// cutover patch: the name of a `Header::Invalid`.
+    Invalid(&'a Bytes),
 }
 
 #[doc(hidden)]
@@ -56,12 +66,21 @@ impl Header<Option<HeaderName>> {
             Path(v) => Path(v),
             Protocol(v) => Protocol(v),
             Status(v) => Status(v),
+            Invalid { name, value } => Invalid { name, value },
         })
     }
 }
 
 impl Header {
+    /// Decodes a literal field. cutover patch: never fails; a field that is
+    /// not valid HTTP/2 becomes `Header::Invalid` (the `Result` is kept so
+    /// that callers stay as upstream wrote them).
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
+        Ok(Header::validate(name.clone(), value.clone())
+            .unwrap_or_else(|_| Header::Invalid { name, value }))
+    }
+
+    fn validate(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
         }
@@ -114,6 +133,10 @@ impl Header {
             Header::Path(ref v) => 32 + 5 + v.len(),
             Header::Protocol(ref v) => 32 + 9 + v.as_str().len(),
             Header::Status(_) => 32 + 7 + 3,
+            Header::Invalid {
+                ref name,
+                ref value,
+            } => 32 + name.len() + value.len(),
         }
     }
 
@@ -127,6 +150,7 @@ impl Header {
             Header::Path(..) => Name::Path,
             Header::Protocol(..) => Name::Protocol,
             Header::Status(..) => Name::Status,
+            Header::Invalid { ref name, .. } => Name::Invalid(name),
         }
     }
 
@@ -139,6 +163,7 @@ impl Header {
             Header::Path(ref v) => v.as_ref(),
             Header::Protocol(ref v) => v.as_ref(),
             Header::Status(ref v) => v.as_str().as_ref(),
+            Header::Invalid { ref value, .. } => value.as_ref(),
         }
     }
 
@@ -173,6 +198,10 @@ impl Header {
             },
             Header::Status(ref a) => match *other {
                 Header::Status(ref b) => a == b,
+                _ => false,
+            },
+            Header::Invalid { value: ref a, .. } => match *other {
+                Header::Invalid { value: ref b, .. } => a == b,
                 _ => false,
             },
         }
@@ -222,13 +251,26 @@ impl From<Header> for Header<Option<HeaderName>> {
             Header::Path(v) => Header::Path(v),
             Header::Protocol(v) => Header::Protocol(v),
             Header::Status(v) => Header::Status(v),
+            Header::Invalid { name, value } => Header::Invalid { name, value },
         }
     }
 }
 
 impl<'a> Name<'a> {
+    /// A literal field whose name is a table entry's. cutover patch: never
+    /// fails; a value the name does not allow (or any value for a name that
+    /// is itself invalid) makes a `Header::Invalid`, as in `Header::new`.
     pub fn into_entry(self, value: Bytes) -> Result<Header, DecoderError> {
-        match self {
+        Ok(self
+            .validate_entry(value.clone())
+            .unwrap_or_else(|_| Header::Invalid {
+                name: Bytes::copy_from_slice(self.as_slice()),
+                value,
+            }))
+    }
+
+    fn validate_entry(&self, value: Bytes) -> Result<Header, DecoderError> {
+        match *self {
             Name::Field(name) => Ok(Header::Field {
                 name: name.clone(),
                 value: HeaderValue::from_bytes(&value)?,
@@ -245,6 +287,7 @@ impl<'a> Name<'a> {
                     Err(_) => Err(DecoderError::InvalidStatusCode),
                 }
             }
+            Name::Invalid(_) => Err(DecoderError::InvalidUtf8),
         }
     }
 
@@ -257,6 +300,7 @@ impl<'a> Name<'a> {
             Name::Path => b":path",
             Name::Protocol => b":protocol",
             Name::Status => b":status",
+            Name::Invalid(name) => name.as_ref(),
         }
     }
 }
