@@ -287,7 +287,9 @@ impl<'a> Name<'a> {
                     Err(_) => Err(DecoderError::InvalidStatusCode),
                 }
             }
-            Name::Invalid(_) => Err(DecoderError::InvalidUtf8),
+            // The entry may have been invalid for its value only: the name
+            // with this value is judged afresh.
+            Name::Invalid(name) => Header::validate(name.clone(), value),
         }
     }
 
