@@ -460,6 +460,242 @@ async fn split_http2_cookies_reach_an_http1_upstream_joined() {
     assert_eq!(r.json()["cookie"], serde_json::json!(["a=1; b=2; c=3"]));
 }
 
+/// An HPACK literal field with incremental indexing and a new name, not
+/// Huffman-coded (RFC 7541 §6.2.1): it enters the connection's dynamic
+/// table at index 62, pushing the older entries one up.
+fn hpack_indexed_literal(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x40, name.len() as u8];
+    f.extend_from_slice(name);
+    f.push(value.len() as u8);
+    f.extend_from_slice(value);
+    f
+}
+
+/// The head of `GET http://shop.test/echo`, leaving the dynamic table as
+/// it was: indexed `:method` and `:scheme`, literal `:path` and
+/// `:authority` without indexing.
+fn hpack_get_echo() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x04, 5];
+    b.extend_from_slice(b"/echo");
+    b.extend_from_slice(&[0x01, 9]);
+    b.extend_from_slice(b"shop.test");
+    b
+}
+
+/// What a raw HTTP/2 client saw of one stream.
+#[derive(Default, Debug)]
+struct RawStream {
+    /// First byte of the response's header block: 0x88 is `:status: 200`.
+    head: Option<u8>,
+    body: Vec<u8>,
+    ended: bool,
+    /// The RST_STREAM error code, if the stream was reset.
+    reset: Option<u32>,
+}
+
+/// An HTTP/2 client written frame by frame, so it can send what a real
+/// client library refuses to.
+struct RawH2 {
+    socket: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    streams: std::collections::HashMap<u32, RawStream>,
+}
+
+impl RawH2 {
+    async fn connect(addr: std::net::SocketAddr) -> RawH2 {
+        let mut raw = RawH2 {
+            socket: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+            streams: Default::default(),
+        };
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(h2_frame(4, 0, 0, &[]));
+        raw.send(&[hello]).await;
+        raw
+    }
+
+    async fn send(&mut self, frames: &[Vec<u8>]) {
+        use tokio::io::AsyncWriteExt;
+        self.socket.write_all(&frames.concat()).await.unwrap();
+    }
+
+    /// Reads frames until each of `ids` has ended or been reset. A GOAWAY
+    /// or the end of the connection fails the test.
+    async fn until_done(&mut self, ids: &[u32]) {
+        while !ids.iter().all(|id| {
+            self.streams
+                .get(id)
+                .is_some_and(|s| s.ended || s.reset.is_some())
+        }) {
+            let (kind, flags, id, payload) = self.next_frame().await;
+            let stream = self.streams.entry(id).or_default();
+            match kind {
+                0 => stream.body.extend_from_slice(&payload),
+                1 => stream.head = payload.first().copied(),
+                3 => stream.reset = Some(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+                4 if flags & 1 == 0 => self.send(&[h2_frame(4, 1, 0, &[])]).await,
+                7 => panic!("GOAWAY {:?} while waiting on {ids:?}", &payload[4..8]),
+                _ => {}
+            }
+            if matches!(kind, 0 | 1) && flags & 1 == 1 {
+                self.streams.entry(id).or_default().ended = true;
+            }
+        }
+    }
+
+    async fn next_frame(&mut self) -> (u8, u8, u32, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+                if self.buf.len() >= 9 + len {
+                    let frame: Vec<u8> = self.buf.drain(..9 + len).collect();
+                    let id = u32::from_be_bytes(frame[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                    return (frame[3], frame[4], id, frame[9..].to_vec());
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the proxy closed the connection: {:?}", self.streams);
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Asserts that stream `id` was reset with PROTOCOL_ERROR.
+    fn assert_reset(&self, id: u32) {
+        assert_eq!(
+            self.streams[&id].reset,
+            Some(1),
+            "stream {id}: {:?}",
+            self.streams[&id]
+        );
+    }
+
+    /// Asserts that stream `id` got a 200 and returns its body as JSON.
+    fn ok_json(&self, id: u32) -> serde_json::Value {
+        let s = &self.streams[&id];
+        assert_eq!((s.head, s.reset), (Some(0x88), None), "stream {id}: {s:?}");
+        serde_json::from_slice(&s.body).unwrap()
+    }
+}
+
+/// On one connection: `bad_field` (HPACK bytes, with incremental
+/// indexing) in stream 1, then requests that show the connection and its
+/// HPACK table went on as the client expects. `valid_name` is the bad
+/// field's name when only its value was wrong.
+async fn a_malformed_field_costs_only_its_stream(
+    addr: std::net::SocketAddr,
+    bad_field: &[u8],
+    valid_name: Option<&str>,
+) {
+    use serde_json::json;
+    let mut h2 = RawH2::connect(addr).await;
+    let (end_both, end_headers) = (0x5, 0x4);
+    // Table after this step: 62 x-after, 63 the bad field, 64 x-before.
+    let mut bad = hpack_get_echo();
+    bad.extend(hpack_indexed_literal(b"x-before", b"b"));
+    bad.extend_from_slice(bad_field);
+    let mut good = hpack_get_echo();
+    good.extend(hpack_indexed_literal(b"x-after", b"a"));
+    h2.send(&[
+        h2_frame(1, end_both, 1, &bad),
+        h2_frame(1, end_both, 3, &good),
+    ])
+    .await;
+    h2.until_done(&[1, 3]).await;
+    h2.assert_reset(1);
+    assert_eq!(h2.ok_json(3)["x-after"], json!(["a"]));
+
+    // By index: x-after and x-before decode; the bad field does not.
+    let mut by_index = hpack_get_echo();
+    by_index.extend([0x80 | 62, 0x80 | 64]);
+    let mut names_bad = hpack_get_echo();
+    names_bad.push(0x80 | 63);
+    h2.send(&[
+        h2_frame(1, end_both, 5, &by_index),
+        h2_frame(1, end_both, 7, &names_bad),
+    ])
+    .await;
+    h2.until_done(&[5, 7]).await;
+    let seen = h2.ok_json(5);
+    assert_eq!(
+        (&seen["x-after"], &seen["x-before"]),
+        (&json!(["a"]), &json!(["b"]))
+    );
+    h2.assert_reset(7);
+
+    // The bad field in HEADERS, the block's end in CONTINUATION, which
+    // adds x-late: 62 x-late, 63 x-after, 64 the bad field, 65 x-before.
+    let mut split = hpack_get_echo();
+    split.push(0x80 | 63);
+    let late = hpack_indexed_literal(b"x-late", b"l");
+    let mut after = hpack_get_echo();
+    after.extend([0x80 | 62, 0x80 | 65]);
+    h2.send(&[
+        h2_frame(1, 0x1, 9, &split),
+        h2_frame(9, end_headers, 9, &late),
+        h2_frame(1, end_both, 11, &after),
+    ])
+    .await;
+    h2.until_done(&[9, 11]).await;
+    h2.assert_reset(9);
+    let seen = h2.ok_json(11);
+    assert_eq!(
+        (&seen["x-late"], &seen["x-before"]),
+        (&json!(["l"]), &json!(["b"]))
+    );
+
+    // The bad field's name (index 64) with a good value, not indexed: a
+    // valid field if the name was, else malformed again.
+    let mut reuse = hpack_get_echo();
+    reuse.extend([0x0f, 64 - 15, 2, b'o', b'k']);
+    h2.send(&[h2_frame(1, end_both, 13, &reuse)]).await;
+    h2.until_done(&[13]).await;
+    match valid_name {
+        Some(name) => assert_eq!(h2.ok_json(13)[name], json!(["ok"])),
+        None => h2.assert_reset(13),
+    }
+}
+
+/// A request with a field HTTP/2 does not allow is malformed (RFC 9113
+/// §8.1.1, §8.2.1): that stream is reset with PROTOCOL_ERROR and the
+/// connection's other streams go on. Each bad field is sent with
+/// incremental indexing, so it still takes its place in the connection's
+/// HPACK table: later requests that name entries older and newer than it
+/// decode to what the client meant, and one that names it is malformed
+/// too. The same holds when the block ends in a CONTINUATION frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_http2_field_resets_its_stream_and_the_connection_goes_on() {
+    let (b, g) = blue_green().await;
+    let proxy = Proxy::start(&format!(
+        "[apps.shop]\n[apps.shop.blue]\nservers = [\"{}\"]\n[apps.shop.green]\nservers = [\"{}\"]\n",
+        b.addr, g.addr
+    ));
+    let field = hpack_indexed_literal;
+    let cases = [
+        ("an uppercase name", field(b"X-Upper", b"x"), None),
+        ("a space in a name", field(b"x bad", b"x"), None),
+        ("an unknown pseudo-header", field(b":foo", b"x"), None),
+        ("CR in a value", field(b"x-bad", b"a\rb"), Some("x-bad")),
+        ("LF in a value", field(b"x-bad", b"a\nb"), Some("x-bad")),
+        ("NUL in a value", field(b"x-bad", b"a\0b"), Some("x-bad")),
+        // The name by its static-table index (58, user-agent).
+        (
+            "CR in the value of a known name",
+            vec![0x40 | 58, 3, b'a', b'\r', b'b'],
+            Some("user-agent"),
+        ),
+    ];
+    for (case, bad_field, valid_name) in cases {
+        eprintln!("case: {case}");
+        let on_one_connection =
+            a_malformed_field_costs_only_its_stream(proxy.addr, &bad_field, valid_name);
+        tokio::time::timeout(Duration::from_secs(10), on_one_connection)
+            .await
+            .unwrap_or_else(|_| panic!("{case}: no answer within 10 s"));
+    }
+}
+
 /// An h2c upstream whose first connection refuses everything with a
 /// GOAWAY whose last stream id is 0 — none of the streams was processed —
 /// once `streams` requests have arrived on it (or after 300 ms); later
