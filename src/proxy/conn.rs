@@ -354,12 +354,16 @@ async fn serve_tls(worker: Rc<Worker>, accepted: Box<Accepted>) {
         (version, session.server_name().map(Arc::from))
     };
     let (info, t) = conn_info(&worker, peer, local, Some(detail), slot, state);
-    let io =
+    let mut io =
         TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
-    run_http(&worker, &info, io).await;
+    if io.read_head(t.max_head).await {
+        run_http(&worker, &info, io).await;
+    }
 }
 
-/// Serve HTTP on `io` until the connection ends (or is parked).
+/// Serve HTTP on `io` until the connection ends (or is parked): HTTP/2
+/// if its first bytes were the HTTP/2 preface ([`TimedIo::read_head`]
+/// read them), else HTTP/1.1.
 async fn run_http<T>(worker: &Rc<Worker>, info: &Rc<ConnInfo>, io: TimedIo<T>)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + ResetOnClose + Unpin + Send + 'static,
@@ -368,31 +372,31 @@ where
     let svc = hyper::service::service_fn(move |req| {
         handler::handle(svc_worker.clone(), svc_info.clone(), req)
     });
+    let io = TokioIo::new(io);
     // Boxed, so that a parked connection's task does not keep hyper's
     // connection state inline.
-    let mut conn = Box::pin(
-        worker
-            .http
-            .serve_connection_with_upgrades(TokioIo::new(io), svc),
-    );
-    // When shutdown begins, an HTTP/2 connection gets GOAWAY at once (its
-    // client opens new streams elsewhere; those under way finish). An
-    // HTTP/1.1 connection is left to finish on its own: each response
-    // from now on carries `Connection: close` ([`handler::handle`]), and
-    // an idle one waits for its next request or its idle timeout, so that
-    // a request already on its way is answered, not lost.
-    let watch = StopWatch::new(worker);
-    let mut running = true;
-    let result = std::future::poll_fn(|cx| {
-        if running && watch.stopping(cx) {
-            running = false;
-            if info.state.is_h2() {
+    let result = if info.state.is_h2() {
+        // GOAWAY as soon as shutdown begins: the client opens new streams
+        // elsewhere; those under way finish.
+        let mut conn = Box::pin(worker.http2.serve_connection(io, svc));
+        let watch = StopWatch::new(worker);
+        let mut running = true;
+        std::future::poll_fn(|cx| {
+            if running && watch.stopping(cx) {
+                running = false;
                 conn.as_mut().graceful_shutdown();
             }
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
+            conn.as_mut().poll(cx)
+        })
+        .await
+    } else {
+        // Left to finish on its own when shutdown begins: each response
+        // from then on carries `Connection: close` ([`handler::handle`]),
+        // and an idle connection waits for its next request or its idle
+        // timeout, so that a request already on its way is answered, not
+        // lost.
+        Box::pin(worker.http1.serve_connection(io, svc).with_upgrades()).await
+    };
     if let Err(e) = result {
         tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
     }

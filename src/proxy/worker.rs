@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioTimer;
-use hyper_util::server::conn::auto;
 use slab::Slab;
 use tokio::sync::Notify;
 
@@ -25,7 +25,8 @@ pub struct Worker {
     pub(super) mirror_upstreams: upstream::Upstreams,
     /// Requests waiting for an upstream's response head.
     pub(super) deadlines: deadline::Deadlines,
-    pub(super) http: auto::Builder<LocalExec>,
+    pub(super) http1: http1::Builder,
+    pub(super) http2: http2::Builder<LocalExec>,
     /// Open client connections on this worker (drain waits for zero).
     pub(super) open: Cell<usize>,
     pub(super) all_closed: Notify,
@@ -104,14 +105,15 @@ impl Worker {
 impl Worker {
     pub(super) fn new(shared: Arc<Shared>) -> Worker {
         let limits = shared.snapshot.load().settings.limits.clone();
-        let mut http = auto::Builder::new(LocalExec);
-        http.http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // Head and idle timeouts are ours (see `io`), with a 408.
             .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(limits.max_header_bytes.max(8192));
-        http.http2()
+        let mut http2 = http2::Builder::new(LocalExec);
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .max_header_list_size(limits.max_header_bytes as u32)
@@ -123,7 +125,8 @@ impl Worker {
             mirror_upstreams: upstream::Upstreams::new(&limits),
             deadlines: deadline::Deadlines::default(),
             shared,
-            http,
+            http1,
+            http2,
             open: Cell::new(0),
             all_closed: Notify::new(),
             stopping: Cell::new(false),
