@@ -59,6 +59,7 @@ fn behind_tls(conn: &ConnInfo, h: &HeaderMap) -> bool {
 /// as nginx's `return 308 https://$host$request_uri`. 308 keeps the
 /// method and body (RFC 9110 §15.4.9), where 301 may turn a POST into a
 /// GET. A request with no host has nowhere to go: 400.
+#[cold]
 fn redirect(mut ex: Exchange, own: &OwnAnswers, host: &str, uri: &Uri) -> Response<ResponseBody> {
     let host = without_port(host);
     // `OPTIONS *` has no path of its own.
@@ -127,6 +128,7 @@ fn close_if_draining(ex: &Exchange, headers: &mut HeaderMap) {
 
 /// The answer for a request that goes no further than the proxy, as the
 /// app's (or `[server]`'s) `own` answers have it.
+#[cold]
 fn fail(mut ex: Exchange, err: ProxyError, own: &OwnAnswers, tls: bool) -> Response<ResponseBody> {
     ex.set_status(err.status().as_u16());
     let resp: Response<Bytes> = err.answer(own, tls);
@@ -255,6 +257,7 @@ enum Stop<'a> {
 }
 
 impl Stop<'_> {
+    #[cold]
     fn answer(
         self,
         ex: Exchange,
@@ -1179,6 +1182,9 @@ fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<Failed> {
 
 /// The sticky cookie; `Secure` when it is set over TLS, so that it never
 /// travels in clear text afterwards.
+// Not inlined: only some requests need it, and inlined it spread
+// the request path's code over more cache lines.
+#[inline(never)]
 fn cookie_header(name: &str, id: &[u8; 32], tls: bool) -> Option<HeaderValue> {
     let mut v = Vec::with_capacity(name.len() + 80);
     v.extend_from_slice(name.as_bytes());
@@ -1212,6 +1218,7 @@ fn acme_answer(
 }
 
 /// 200 with `text` as the body (`text/plain`).
+#[cold]
 fn answer_text(ex: Exchange, text: String) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::full(Bytes::from(text), Some(ex)));
     resp.headers_mut()
@@ -1219,6 +1226,7 @@ fn answer_text(ex: Exchange, text: String) -> Response<ResponseBody> {
     resp
 }
 
+#[cold]
 fn refuse(
     ex: Exchange,
     conn: &ConnInfo,

@@ -148,6 +148,9 @@ impl HopFields {
 /// every check cutover makes on requests (h2c smuggling). A request whose
 /// upgrade is refused is forwarded as a plain request, without `Upgrade`
 /// (RFC 9110 §7.8 lets a server ignore it).
+// Not inlined: only some requests need it, and inlined it spread
+// the request path's code over more cache lines.
+#[inline(never)]
 pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let mut any = false;
     for v in headers.get_all(header::UPGRADE) {

@@ -77,6 +77,9 @@ impl Gate {
 
     /// May this request in? `Ok(true)`: it may, and its `Authorization`
     /// (the app's password) must not go upstream.
+    // Not inlined: only some requests need it, and inlined it spread
+    // the request path's code over more cache lines.
+    #[inline(never)]
     pub fn admit(
         &self,
         headers: &HeaderMap,
