@@ -363,7 +363,14 @@ impl Conn {
         asked: Asked,
     ) -> Poll<Result<Head, Error>> {
         loop {
-            match codec::parse_head(&mut self.buf, asked)? {
+            // Nothing read yet (the usual case when first polled, and when
+            // woken before the answer came): no head to parse.
+            let parsed = if self.buf.is_empty() {
+                None
+            } else {
+                codec::parse_head(&mut self.buf, asked)?
+            };
+            match parsed {
                 Some(Parsed::Final(mut head)) => {
                     if !matches!(p.sending, Sending::Done) || p.at < self.out.len() {
                         // Answered early: the rest of the body is not
