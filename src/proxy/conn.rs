@@ -100,12 +100,8 @@ struct Accepted {
 /// The client's address: the peer's, or on a `proxy_protocol` listener
 /// the one its PROXY header names (`None`: the connection is closed — a
 /// peer not among `trusted_proxies`, a missing or malformed header).
-async fn client_of(
-    worker: &Worker,
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    listening: SocketAddr,
-) -> Option<SocketAddr> {
+async fn client_of(worker: &Worker, accepted: &mut Accepted) -> Option<SocketAddr> {
+    let (peer, listening) = (accepted.peer, accepted.listening);
     let (applies, trusted, limit) = {
         let snap = worker.shared.snapshot.load();
         let s = &snap.settings;
@@ -126,7 +122,7 @@ async fn client_of(
     // room for the connection's whole life.
     match Box::pin(tokio::time::timeout(
         limit,
-        super::proxy_protocol::read_header(stream),
+        super::proxy_protocol::read_header(&mut accepted.stream),
     ))
     .await
     {
@@ -242,11 +238,9 @@ async fn serve_plain(worker: Rc<Worker>, accepted: Box<Accepted>) {
         // state. hyper's connection (and its buffers) is made once a
         // request head is here.
         Box::pin(async {
-            let mut io = TimedIo::new(stream, info.state.clone(), t.header, t.idle, Some(park))
+            let io = TimedIo::new(stream, info.state.clone(), t.header, t.idle, Some(park))
                 .with_send_timeout(t.send);
-            if io.read_head(t.max_head).await {
-                run_http(&worker, &info, io).await;
-            }
+            run_http(&worker, &info, io, t.max_head).await;
         })
         .await;
         // The wrapper is gone with hyper's connection: it either sent the
@@ -266,17 +260,11 @@ async fn plain_info(
     worker: &Rc<Worker>,
     accepted: Box<Accepted>,
 ) -> Option<(Rc<ConnInfo>, ClientTimeouts, TcpStream)> {
-    let Accepted {
-        mut stream,
-        peer,
-        listening,
-        slot,
-        state,
-    } = *accepted;
-    let peer = client_of(worker, &mut stream, peer, listening).await?;
-    let local = stream.local_addr().unwrap_or(peer);
-    let (info, t) = conn_info(worker, peer, local, None, slot, state);
-    Some((info, t, stream))
+    let mut a = *accepted;
+    let peer = client_of(worker, &mut a).await?;
+    let local = a.stream.local_addr().unwrap_or(peer);
+    let (info, t) = conn_info(worker, peer, local, None, a.slot, a.state);
+    Some((info, t, a.stream))
 }
 
 /// A parked connection waits for its next request: `true` when the client
@@ -304,16 +292,16 @@ async fn wait_parked(stream: &TcpStream, idle_timeout: Duration) -> bool {
 /// The TLS handshake, then HTTP on the decrypted stream (ALPN `h2` or
 /// `http/1.1`; the HTTP layer tells them apart by the preface).
 async fn serve_tls(worker: Rc<Worker>, accepted: Box<Accepted>) {
-    let Accepted {
-        mut stream,
-        peer,
-        listening,
-        slot,
-        state,
-    } = *accepted;
-    let Some(peer) = client_of(&worker, &mut stream, peer, listening).await else {
+    let mut a = *accepted;
+    let Some(peer) = client_of(&worker, &mut a).await else {
         return;
     };
+    let Accepted {
+        stream,
+        slot,
+        state,
+        ..
+    } = a;
     let Some(acceptor) = worker.shared.tls.as_ref().map(|t| t.acceptor.clone()) else {
         return;
     };
@@ -354,20 +342,22 @@ async fn serve_tls(worker: Rc<Worker>, accepted: Box<Accepted>) {
         (version, session.server_name().map(Arc::from))
     };
     let (info, t) = conn_info(&worker, peer, local, Some(detail), slot, state);
-    let mut io =
+    let io =
         TimedIo::new(tls, info.state.clone(), t.header, t.idle, None).with_send_timeout(t.send);
-    if io.read_head(t.max_head).await {
-        run_http(&worker, &info, io).await;
-    }
+    run_http(&worker, &info, io, t.max_head).await;
 }
 
-/// Serve HTTP on `io` until the connection ends (or is parked): HTTP/2
-/// if its first bytes were the HTTP/2 preface ([`TimedIo::read_head`]
-/// read them), else HTTP/1.1.
-async fn run_http<T>(worker: &Rc<Worker>, info: &Rc<ConnInfo>, io: TimedIo<T>)
+/// Serve HTTP on `io` until the connection ends (or is parked). hyper's
+/// connection is made once the first request head (of at most `max_head`
+/// bytes) has arrived ([`TimedIo::read_head`]): HTTP/2 if it began with
+/// the HTTP/2 preface, else HTTP/1.1.
+async fn run_http<T>(worker: &Rc<Worker>, info: &Rc<ConnInfo>, mut io: TimedIo<T>, max_head: usize)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + ResetOnClose + Unpin + Send + 'static,
 {
+    if !io.read_head(max_head).await {
+        return;
+    }
     let (svc_worker, svc_info) = (worker.clone(), info.clone());
     let svc = hyper::service::service_fn(move |req| {
         handler::handle(svc_worker.clone(), svc_info.clone(), req)
