@@ -757,7 +757,7 @@ def main():
     ap.add_argument("--ab", metavar="BINARY",
                     help="only an A/B: this build beside another cutover binary")
     ap.add_argument("--headline", action="store_true",
-                    help="only the README's headline figures (side by side with nginx, memory, flip "
+                    help="only the README's headline figures (against nginx one at a time and both at once, memory, flip "
                          "storm), judged against the targets, and the table in README.md rewritten")
     ap.add_argument("--binary", metavar="PATH",
                     help="the cutover binary to measure (default target/release/cutover; "
@@ -982,9 +982,53 @@ def pair_rounds(a, b, secs, rounds, conns=64, headers=(), script=None):
     return ratios, stats
 
 
-def pair(start_a, start_b, secs, rounds, conns=64, headers=(), script=None):
+def load_alone(server, conns, secs):
+    """`server` alone under `wrk -c{conns}` for `secs`: its requests, CPU
+    seconds, requests/s, p99 and errors."""
+    pids = server.pids()
+    before = cpu_seconds(pids)
+    r = wrk(server.port, conns, secs)
+    return r["requests"], cpu_seconds(pids) - before, r["rps"], r["p99"], r["errors"]
+
+
+def pair_rounds_alone(a, b, secs, rounds, conns=64):
+    """Two running servers `a` and `b`, loaded one at a time: each round
+    is four runs of `secs` in the order a, b, b, a (b, a, a, b the next
+    round), so that a machine speeding up or slowing down during a round
+    falls on both alike. Unlike `pair_rounds`, the two never compete for
+    the cores: each has what nginx or cutover alone would have beside
+    its load generator and upstream. Returns what `pair_rounds` does,
+    each round's figures being its two runs of each server together."""
+    for s in (a, b):
+        wrk(s.port, conns, 2)  # warm-up: connections, pools, caches
+    ratios, totals = [], {"a": [0, 0.0], "b": [0, 0.0]}
+    rps, p99, errors = [], [], 0
+    for i in range(rounds):
+        log(f"one at a time: {a.name} and {b.name}, round {i + 1} of {rounds}")
+        order = ("a", "b", "b", "a") if i % 2 == 0 else ("b", "a", "a", "b")
+        runs = {"a": [], "b": []}
+        for k in order:
+            runs[k].append(load_alone(a if k == "a" else b, conns, secs))
+        per = {}
+        for k, rs in runs.items():
+            n, cpu = sum(r[0] for r in rs), sum(r[1] for r in rs)
+            totals[k][0] += n
+            totals[k][1] += cpu
+            per[k] = (cpu * 1e6 / n if n else float("nan"), statistics.mean(r[2] for r in rs),
+                      statistics.mean(r[3] for r in rs))
+            errors += sum(r[4] for r in rs)
+        ratios.append(per["b"][0] / per["a"][0])
+        rps.append(per["b"][1] / per["a"][1])
+        p99.append(per["b"][2] / per["a"][2])
+    stats = {k: v[1] * 1e6 / v[0] if v[0] else float("nan") for k, v in totals.items()}
+    stats.update(rps=rps, p99=p99, errors=errors)
+    return ratios, stats
+
+
+def pair(start_a, start_b, secs, rounds, conns=64, headers=(), script=None, alone=False):
     """Start two servers (`start_a`, `start_b`: callables returning a
-    Server), run `pair_rounds` on them, and stop both."""
+    Server), run `pair_rounds` on them (with `alone`,
+    `pair_rounds_alone`), and stop both."""
     a = start_a()
     try:
         b = start_b()
@@ -992,6 +1036,8 @@ def pair(start_a, start_b, secs, rounds, conns=64, headers=(), script=None):
         a.stop()
         raise
     try:
+        if alone:
+            return pair_rounds_alone(a, b, secs, rounds, conns)
         return pair_rounds(a, b, secs, rounds, conns, headers, script)
     finally:
         b.stop()
@@ -1047,23 +1093,40 @@ def median(xs):
     return statistics.median(xs)
 
 
-def headline(work, secs, rounds, idle, verdict):
-    """The README's headline table from this build: side by side with
-    nginx (CPU per request, requests/s, p99; the median of the rounds),
-    RSS with `idle` kept-alive clients and its peak while they each made
-    a request, and the flip storm against a steady twin. Judged against
-    the targets, and written into README.md between its headline
-    markers, with the date and the commit."""
+# Seconds of each run when nginx and cutover are loaded one at a time:
+# short runs, many of them, so that the machine's drift falls on both.
+ALONE_SECS = 3
+
+
+def speed(work, secs, rounds):
+    """cutover over nginx — CPU per request, requests/s, p99, each the
+    median of the rounds — measured two ways: one at a time (2 × `rounds`
+    rounds of `ALONE_SECS` runs, in turn) and both at once (`rounds` of
+    `secs`, side by side); each way with request ids on in both and off in
+    both. Keyed by (alone, ids)."""
     def cutover(server=""):
         conf = side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN, server=server)
         return Server("cutover", [CUTOVER, "run", "-c", conf], SIDE_PROXY)
-    log(f"headline: side by side with nginx, {rounds} rounds")
-    ratios, stats = pair(lambda: start_proxy("nginx", work), cutover, secs, rounds, 64)
-    cpu, rps, p99 = median(ratios), median(stats["rps"]), median(stats["p99"])
-    log(f"headline: side by side with nginx, request ids off in both, {rounds} rounds")
-    ratios0, stats0 = pair(lambda: start_proxy("nginx-no-ids", work),
-                           lambda: cutover('request_id = "off"\n'), secs, rounds, 64)
-    cpu0, rps0, p990 = median(ratios0), median(stats0["rps"]), median(stats0["p99"])
+    out = {}
+    for alone in (True, False):
+        n, s = (2 * rounds, ALONE_SECS) if alone else (rounds, secs)
+        for ids in (True, False):
+            log(f"headline: {'one at a time' if alone else 'both at once'} with nginx, "
+                f"request ids {'on' if ids else 'off'}, {n} rounds")
+            ratios, stats = pair(lambda: start_proxy("nginx" if ids else "nginx-no-ids", work),
+                                 lambda: cutover("" if ids else 'request_id = "off"\n'), s, n, 64, alone=alone)
+            out[(alone, ids)] = (median(ratios), median(stats["rps"]), median(stats["p99"]))
+    return out
+
+
+def headline(work, secs, rounds, idle, verdict):
+    """The README's headline table from this build: against nginx, CPU
+    per request, requests/s and p99 (`speed`: one at a time and both at
+    once), RSS with `idle` kept-alive clients and its peak while they each
+    made a request, and the flip storm against a steady twin. Judged
+    against the targets, and written into README.md between its headline
+    markers, with the date and the commit."""
+    fig = speed(work, secs, rounds)
     # The storm before the memory runs: a thousand sockets closing and
     # their upstream transfers ending would still be loading the machine.
     log("headline: flip storm beside a steady twin")
@@ -1079,10 +1142,15 @@ def headline(work, secs, rounds, idle, verdict):
     storm = median(tput)
     held = (mem["cutover"]["held_mib"], mem["nginx"]["held_mib"])
     peak = (mem["cutover"]["peak_mib"], mem["nginx"]["peak_mib"])
-    targets = [
-        ("CPU per request", f"{cpu:.2f} ({cpu0:.2f})", "≤ 0.95", cpu <= 0.95),
-        ("requests per second", f"{rps:.2f} ({rps0:.2f})", "≥ 1.05", rps >= 1.05),
-        ("p99 latency", f"{p99:.2f} ({p990:.2f})", "≤ 1.00", p99 <= 1.0),
+    targets = []
+    for i, (name, bound, met) in enumerate((("CPU per request", "≤ 0.95", lambda v: v <= 0.95),
+                                            ("requests per second", "≥ 1.05", lambda v: v >= 1.05),
+                                            ("p99 latency", "≤ 1.00", lambda v: v <= 1.0))):
+        for alone in (True, False):
+            on, off = fig[(alone, True)][i], fig[(alone, False)][i]
+            targets.append((f"{name}, {'one at a time' if alone else 'both at once'}",
+                            f"{on:.2f} ({off:.2f})", bound, met(on)))
+    targets += [
         (f"RSS, {idle:,} idle keep-alive clients", f"{held[0]:.1f} MiB / {held[1]:.1f} MiB", "≤ nginx",
          held[0] <= held[1]),
         (f"peak RSS while {idle:,} clients each make a request", f"{peak[0]:.1f} MiB / {peak[1]:.1f} MiB",
@@ -1107,8 +1175,11 @@ def headline(work, secs, rounds, idle, verdict):
              f"Measured {when} at commit {commit}{' (with local changes)' if dirty else ''}, plain "
              f"`cargo build --release`, against {version('nginx').replace('nginx version: ', '')} "
              f"on a {os.cpu_count()}-core VM, one "
-             f"worker each, `wrk -t1 -c64` side by side, median of {rounds} rounds, both "
-             "sending a request id upstream and back (cutover's default; nginx `$request_id`); "
+             f"worker each, `wrk -t1 -c64`; one at a time: the two loaded in turn, "
+             f"{2 * rounds} rounds of four {ALONE_SECS} s runs (nginx, cutover, cutover, nginx, "
+             f"then the other way round); both at once: each with its own wrk in the same "
+             f"seconds, {rounds} rounds of {secs} s; the median round. Both "
+             "send a request id upstream and back (cutover's default; nginx `$request_id`); "
              "in brackets, both without "
              "(`bash benches/compare.sh --plain --headline` rewrites this table):",
              "",
