@@ -434,12 +434,17 @@ def wrk(port, conns, secs, headers=(), script=None):
     return res
 
 
-def measure(server, port, conns, secs, headers=()):
-    wrk(port, conns, 2, headers)  # warm-up: connections, pools, caches
+def measure(server, port, conns, secs, headers=(), script=None, warm=2):
+    """wrk on `port` for `secs` (after `warm` seconds of warm-up:
+    connections, pools, caches), with `server`'s CPU seconds ("cpu_s")
+    and CPU µs per request ("cpu_us") added to wrk's figures."""
+    if warm:
+        wrk(port, conns, warm, headers, script)
     pids = server.pids() if server else []
     before = cpu_seconds(pids)
-    res = wrk(port, conns, secs, headers)
+    res = wrk(port, conns, secs, headers, script)
     after = cpu_seconds(pids)
+    res["cpu_s"] = after - before
     res["cpu_us"] = (after - before) * 1e6 / res["requests"] if server and res["requests"] else float("nan")
     res["rss_mib"] = rss_kib(server.pids()) / 1024 if server else float("nan")
     return res
@@ -982,16 +987,7 @@ def pair_rounds(a, b, secs, rounds, conns=64, headers=(), script=None):
     return ratios, stats
 
 
-def load_alone(server, conns, secs):
-    """`server` alone under `wrk -c{conns}` for `secs`: its requests, CPU
-    seconds, requests/s, p99 and errors."""
-    pids = server.pids()
-    before = cpu_seconds(pids)
-    r = wrk(server.port, conns, secs)
-    return r["requests"], cpu_seconds(pids) - before, r["rps"], r["p99"], r["errors"]
-
-
-def pair_rounds_alone(a, b, secs, rounds, conns=64):
+def pair_rounds_alone(a, b, secs, rounds, conns=64, headers=(), script=None):
     """Two running servers `a` and `b`, loaded one at a time: each round
     is four runs of `secs` in the order a, b, b, a (b, a, a, b the next
     round), so that a machine speeding up or slowing down during a round
@@ -1000,7 +996,7 @@ def pair_rounds_alone(a, b, secs, rounds, conns=64):
     its load generator and upstream. Returns what `pair_rounds` does,
     each round's figures being its two runs of each server together."""
     for s in (a, b):
-        wrk(s.port, conns, 2)  # warm-up: connections, pools, caches
+        wrk(s.port, conns, 2, headers, script)  # warm-up: connections, pools, caches
     ratios, totals = [], {"a": [0, 0.0], "b": [0, 0.0]}
     rps, p99, errors = [], [], 0
     for i in range(rounds):
@@ -1008,15 +1004,16 @@ def pair_rounds_alone(a, b, secs, rounds, conns=64):
         order = ("a", "b", "b", "a") if i % 2 == 0 else ("b", "a", "a", "b")
         runs = {"a": [], "b": []}
         for k in order:
-            runs[k].append(load_alone(a if k == "a" else b, conns, secs))
+            server = a if k == "a" else b
+            runs[k].append(measure(server, server.port, conns, secs, headers, script, warm=0))
         per = {}
         for k, rs in runs.items():
-            n, cpu = sum(r[0] for r in rs), sum(r[1] for r in rs)
+            n, cpu = sum(r["requests"] for r in rs), sum(r["cpu_s"] for r in rs)
             totals[k][0] += n
             totals[k][1] += cpu
-            per[k] = (cpu * 1e6 / n if n else float("nan"), statistics.mean(r[2] for r in rs),
-                      statistics.mean(r[3] for r in rs))
-            errors += sum(r[4] for r in rs)
+            per[k] = (cpu * 1e6 / n if n else float("nan"), statistics.mean(r["rps"] for r in rs),
+                      statistics.mean(r["p99"] for r in rs))
+            errors += sum(r["errors"] for r in rs)
         ratios.append(per["b"][0] / per["a"][0])
         rps.append(per["b"][1] / per["a"][1])
         p99.append(per["b"][2] / per["a"][2])
@@ -1037,7 +1034,7 @@ def pair(start_a, start_b, secs, rounds, conns=64, headers=(), script=None, alon
         raise
     try:
         if alone:
-            return pair_rounds_alone(a, b, secs, rounds, conns)
+            return pair_rounds_alone(a, b, secs, rounds, conns, headers, script)
         return pair_rounds(a, b, secs, rounds, conns, headers, script)
     finally:
         b.stop()
