@@ -1126,11 +1126,11 @@ def headline(work, secs, rounds, idle, verdict, storm_rounds=SIDE_STORM_ROUNDS):
     """The README's headline table from this build: against nginx, CPU
     per request, requests/s and p99 (`speed`: one at a time and both at
     once), RSS with `idle` kept-alive clients and its peak while they each
-    made a request, and the flip storm against a steady twin
-    (`storm_rounds` rounds: a round's ratio spreads a few percent, and the
-    target is 2%). Judged
-    against the targets, and written into README.md between its headline
-    markers, with the date and the commit."""
+    made a request, the flip storm against a steady twin (`storm_rounds`
+    rounds: a round's ratio spreads a few percent, and the target is 2%),
+    and RSS under slowloris and slow readers (`HOSTILE_RUNS` runs each).
+    Judged against the targets, and written into README.md between its
+    headline markers, with the date and the commit."""
     fig = speed(work, secs, rounds)
     # The storm before the memory runs: a thousand sockets closing and
     # their upstream transfers ending would still be loading the machine.
@@ -1187,7 +1187,8 @@ def headline(work, secs, rounds, idle, verdict, storm_rounds=SIDE_STORM_ROUNDS):
              f"{2 * rounds} rounds of four {ALONE_SECS} s runs (nginx, cutover, cutover, nginx, "
              f"then the other way round); both at once: each with its own wrk in the same "
              f"seconds, {rounds} rounds of {secs} s; the median round; the flip storm: "
-             f"{storm_rounds} rounds of {secs} s, the mean round. Both "
+             f"{storm_rounds} rounds of {secs} s, the mean round; slowloris and slow readers: "
+             f"the median of {HOSTILE_RUNS} runs of each. Both "
              "send a request id upstream and back (cutover's default; nginx `$request_id`); "
              "in brackets, both without "
              "(`bash benches/compare.sh --plain --headline` rewrites this table):",
