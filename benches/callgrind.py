@@ -11,6 +11,7 @@ to the hot path can be compared where wall-clock numbers are noise.
     python3 benches/callgrind.py --cache            # and simulated cache misses
     python3 benches/callgrind.py --access-log json  # with the access log on (nginx: combined)
     python3 benches/callgrind.py --rate-limit       # with a rate limit that refuses nothing
+    python3 benches/callgrind.py --no-request-ids   # request ids off (nginx: no $request_id)
 
 Starts an nginx upstream, runs the proxy (`cutover run`, or nginx with
 `master_process off`, or HAProxy) under `valgrind --tool=callgrind`, sends
@@ -172,10 +173,11 @@ def hyper_floor_binary():
 
 
 def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=None, h2_port=None,
-               rate_limit=None):
+               rate_limit=None, request_id=True):
     """The command line of the proxy to measure; nginx with `h2_port` also
     speaks h2c there (cutover does on its one port); with `rate_limit` (a
-    `compare.RateLimit`), the benchmarked app limited by it."""
+    `compare.RateLimit`), the benchmarked app limited by it; without
+    `request_id`, no request id either way in cutover or nginx."""
     if kind == "hyper-floor":
         return [hyper_floor_binary(), f"127.0.0.1:{compare.PROXY}",
                 f"127.0.0.1:{compare.UP_BLUE}", str(floor_features)]
@@ -184,6 +186,12 @@ def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=Non
                 else compare.cutover_realistic_conf(work))
         if rate_limit:
             compare.with_rate_limit(conf, "bench" if config == "minimal" else "shop", rate_limit)
+        if not request_id:
+            with open(conf) as f:
+                text = f.read()
+            assert "[server]\n" in text, f"{conf} has no [server] table"
+            with open(conf, "w") as f:
+                f.write(text.replace("[server]\n", '[server]\nrequest_id = "off"\n', 1))
         if state:  # a state file, written (and fsynced) at every change
             with open(conf, "a") as f:
                 f.write(f'\n[state]\nfile = "{os.path.join(work, "cutover.state.json")}"\n')
@@ -194,7 +202,8 @@ def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=Non
         return [compare.CUTOVER, "run", "-c", conf]
     if kind == "nginx":
         # One process: the master would otherwise fork the worker.
-        path = compare.nginx_proxy_conf(work, h2_port=h2_port, rate_limit=rate_limit)
+        path = compare.nginx_proxy_conf(work, h2_port=h2_port, rate_limit=rate_limit,
+                                        request_id=request_id)
         with open(path) as f:
             text = f.read().replace("master_process on;", "master_process off;")
         if access_log:  # nginx writes combined (its default), unbuffered
@@ -227,6 +236,8 @@ def main():
                     help="with the access log on, to a file (nginx: combined)")
     ap.add_argument("--rate-limit", action="store_true",
                     help="with a rate limit by client address that refuses nothing")
+    ap.add_argument("--no-request-ids", action="store_true",
+                    help="request ids off (cutover's request_id = \"off\"; nginx without $request_id)")
     ap.add_argument("--binary", metavar="PATH",
                     help="cutover: the binary (default target/release/cutover; "
                          "target/pgo/cutover for the profile-guided build)")
@@ -240,7 +251,8 @@ def main():
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if args.cache else []
     argv = proxy_argv(args.proxy, args.config, work, args.floor_features,
                       state=args.flips, access_log=args.access_log,
-                      rate_limit=RATE_LIMIT if args.rate_limit else None)
+                      rate_limit=RATE_LIMIT if args.rate_limit else None,
+                      request_id=not args.no_request_ids)
     try:
         with under_callgrind(argv, out, sim) as proc:
             measure(args, out, proc)
@@ -266,6 +278,8 @@ def measure(args, out, proc):
             "hyper-floor": f"hyper floor, features {args.floor_features}"}.get(args.proxy, args.proxy)
     if args.rate_limit:
         name += ", rate limit on"
+    if args.no_request_ids:
+        name += ", request ids off"
     print(f"profile: {out}*.2  (callgrind_annotate)", file=sys.stderr)
     print(f"{name}: {measured / (2 * n):.0f} instructions per request "
           f"(callgrind, {2 * n} requests after {n} warm-up)", flush=True)
