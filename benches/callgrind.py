@@ -12,6 +12,7 @@ to the hot path can be compared where wall-clock numbers are noise.
     python3 benches/callgrind.py --access-log json  # with the access log on (nginx: combined)
     python3 benches/callgrind.py --rate-limit       # with a rate limit that refuses nothing
     python3 benches/callgrind.py --no-request-ids   # request ids off (nginx: no $request_id)
+    python3 benches/callgrind.py --cache --top 15   # and the functions that cost the most
 
 Starts an nginx upstream, runs the proxy (`cutover run`, or nginx with
 `master_process off`, or HAProxy) under `valgrind --tool=callgrind`, sends
@@ -151,6 +152,54 @@ def dump_ir(out_file, pid, part, events=None):
     return total
 
 
+def self_costs(out_file, part):
+    """Each function's own cost (inlined code counted where it landed) in
+    dump `part`, every event: {name: [Ir, ...]}, and the event names. A
+    call's inclusive cost, the line after `calls=`, is not the caller's
+    own and is skipped; names are given once and then by their number."""
+    d = os.path.dirname(out_file)
+    base, suffix = os.path.basename(out_file), f".{part}"
+    costs, kinds = {}, []
+    for name in os.listdir(d):
+        if not (name.startswith(base) and name.endswith(suffix)):
+            continue
+        names, fn, skip = {}, None, False
+        with open(os.path.join(d, name)) as f:
+            for line in f:
+                if line.startswith("events:"):
+                    kinds = line.split()[1:]
+                elif line.startswith(("fn=", "cfn=")):
+                    key, _, text = line.split("=", 1)[1].rstrip("\n").partition(" ")
+                    if text:
+                        names[key] = text
+                    if line.startswith("fn="):
+                        fn = names[key]
+                elif line.startswith("calls="):
+                    skip = True
+                elif line[:1].isdigit() or line[:1] in "+-*":
+                    if skip:
+                        skip = False
+                    elif fn is not None:
+                        row = costs.setdefault(fn, [0] * len(kinds))
+                        for i, v in enumerate(line.split()[1:1 + len(kinds)]):
+                            row[i] += int(v)
+    return costs, kinds
+
+
+def print_top(out_file, part, requests, n):
+    """The `n` functions with the most instructions of their own per
+    request in dump `part`, and with the cache simulated, the `n` with the
+    most L1 instruction-cache misses."""
+    costs, kinds = self_costs(out_file, part)
+    for event, label in (("Ir", "instructions"), ("I1mr", "L1i misses")):
+        if event not in kinds:
+            continue
+        i = kinds.index(event)
+        print(f"the {n} functions with the most {label} of their own, per request:")
+        for fn, row in sorted(costs.items(), key=lambda kv: -kv[1][i])[:n]:
+            print(f"  {row[i] / requests:8.0f}  {fn[:110]}")
+
+
 def flip_storm(stop, flips):
     """Flip every 100 ms until `stop` is set; with `stop` None, once."""
     while stop is None or not stop.is_set():
@@ -238,6 +287,9 @@ def main():
                     help="with a rate limit by client address that refuses nothing")
     ap.add_argument("--no-request-ids", action="store_true",
                     help="request ids off (cutover's request_id = \"off\"; nginx without $request_id)")
+    ap.add_argument("--top", type=int, metavar="N", default=0,
+                    help="also list the N functions with the most instructions (and with --cache, "
+                         "L1i misses) of their own per request")
     ap.add_argument("--binary", metavar="PATH",
                     help="cutover: the binary (default target/release/cutover; "
                          "target/pgo/cutover for the profile-guided build)")
@@ -289,6 +341,8 @@ def measure(args, out, proc):
               f"{per.get('D1mr', 0) + per.get('D1mw', 0):.0f} (read + write), mispredicted "
               f"branches {per.get('Bcm', 0):.0f} + {per.get('Bim', 0):.0f} (conditional + indirect)",
               flush=True)
+    if args.top:
+        print_top(out, 2, 2 * n, args.top)
     if args.flips and args.proxy == "cutover":
         stop = threading.Event()
         flips = [0]
