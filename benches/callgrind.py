@@ -119,26 +119,30 @@ def under_callgrind(argv, out, sim=()):
             proc.wait()
 
 
+def dump_files(out_file, part):
+    """The paths of dump `part` (one per process that callgrind followed)."""
+    d = os.path.dirname(out_file)
+    return [os.path.join(d, n) for n in os.listdir(d)
+            if n.startswith(os.path.basename(out_file)) and n.endswith(f".{part}")]
+
+
 def dump_ir(out_file, pid, part, events=None):
     """Dump the running callgrind's counters (which zeroes them) and read
     the Ir of that dump: the cost since the previous one. A process that
     forks (nginx, HAProxy) dumps for each pid; all are summed. With
     `events`, a dict is filled with every event's total."""
     subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-    d = os.path.dirname(out_file)
-    suffix = f".{part}"
     for _ in range(100):
-        names = [n for n in os.listdir(d)
-                 if n.startswith(os.path.basename(out_file)) and n.endswith(suffix)]
-        if names:
+        paths = dump_files(out_file, part)
+        if paths:
             break
         time.sleep(0.1)
     else:
         raise RuntimeError(f"callgrind wrote no dump part {part}")
     time.sleep(0.5)  # let the writer finish
     total = 0
-    for name in names:
-        with open(os.path.join(d, name)) as f:
+    for path in paths:
+        with open(path) as f:
             kinds = []
             for line in f:
                 if line.startswith("events:"):
@@ -157,14 +161,10 @@ def self_costs(out_file, part):
     dump `part`, every event: {name: [Ir, ...]}, and the event names. A
     call's inclusive cost, the line after `calls=`, is not the caller's
     own and is skipped; names are given once and then by their number."""
-    d = os.path.dirname(out_file)
-    base, suffix = os.path.basename(out_file), f".{part}"
     costs, kinds = {}, []
-    for name in os.listdir(d):
-        if not (name.startswith(base) and name.endswith(suffix)):
-            continue
+    for path in dump_files(out_file, part):
         names, fn, skip = {}, None, False
-        with open(os.path.join(d, name)) as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith("events:"):
                     kinds = line.split()[1:]
