@@ -281,32 +281,37 @@ impl HeadScan {
     fn feed(&mut self, mut b: &[u8]) -> bool {
         while !self.done && !b.is_empty() {
             if self.alive == 0 {
-                // Nothing to match on this line: skip to its end.
-                match memchr::memchr(b'\n', b) {
-                    Some(0) => {}
-                    Some(i) => {
-                        b = &b[i..];
-                        self.col = self.col.saturating_add(1).max(2);
-                        self.cr = false;
-                    }
-                    None => return false,
+                // Nothing to match on this line (it has a byte already):
+                // its end, with one `memchr`.
+                let Some(i) = memchr::memchr(b'\n', b) else {
+                    self.col = self.col.max(2);
+                    return false;
+                };
+                if i == 0 && self.col == 1 && self.cr {
+                    return self.head_ended();
                 }
+                b = &b[i + 1..];
+                self.next_line();
+                continue;
             }
             let c = b[0];
             b = &b[1..];
             if c == b'\n' {
                 if self.col == 0 || (self.col == 1 && self.cr) {
-                    self.done = true;
-                    return self.seen & 3 == 3 || self.seen & TWO_LENGTHS != 0;
+                    return self.head_ended();
                 }
-                *self = HeadScan {
-                    seen: self.seen,
-                    ..HeadScan::new_head()
-                };
+                self.next_line();
                 continue;
             }
             let i = self.col as usize;
             let lc = c.to_ascii_lowercase();
+            if i == 0 && lc != CONTENT_LENGTH[0] && lc != TRANSFER_ENCODING[0] {
+                // Most lines: neither name, told by their first byte.
+                self.alive = 0;
+                self.cr = c == b'\r';
+                self.col = 1;
+                continue;
+            }
             for (bit, name) in [(1u8, CONTENT_LENGTH), (2u8, TRANSFER_ENCODING)] {
                 if self.alive & bit != 0 {
                     if name.get(i) != Some(&lc) {
@@ -320,10 +325,25 @@ impl HeadScan {
                     }
                 }
             }
-            self.cr = i == 0 && c == b'\r';
+            self.cr = false;
             self.col = self.col.saturating_add(1);
         }
         false
+    }
+
+    /// A line ended that was not the head's last: the next one starts.
+    fn next_line(&mut self) {
+        *self = HeadScan {
+            seen: self.seen,
+            ..HeadScan::new_head()
+        };
+    }
+
+    /// The head's empty line came: did it name both fields, or
+    /// `Content-Length` twice?
+    fn head_ended(&mut self) -> bool {
+        self.done = true;
+        self.seen & 3 == 3 || self.seen & TWO_LENGTHS != 0
     }
 }
 
@@ -1083,5 +1103,58 @@ mod tests {
         assert!(!both(&[
             b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
         ]));
+    }
+
+    /// What the scan must find, read off the whole head at once: its lines
+    /// up to the first empty one (`""` or `"\r"`), each matched by its
+    /// lowercase start.
+    fn reference(head: &[u8]) -> bool {
+        let (mut lengths, mut te) = (0, false);
+        for line in head.split(|c| *c == b'\n') {
+            if line.is_empty() || line == b"\r" {
+                return (lengths > 0 && te) || lengths > 1;
+            }
+            let lower = line.to_ascii_lowercase();
+            lengths += usize::from(lower.starts_with(b"content-length:"));
+            te |= lower.starts_with(b"transfer-encoding:");
+        }
+        false
+    }
+
+    #[test]
+    fn the_head_scan_agrees_with_a_whole_head_reading_however_the_head_is_split() {
+        let lines: [&[u8]; 12] = [
+            b"Content-Length: 5",
+            b"content-length:5",
+            b"Transfer-Encoding: chunked",
+            b"TRANSFER-ENCODING:x",
+            b"Content-Type: text/plain",
+            b"Connection: close",
+            b"Cookie: a=b",
+            b"Transfer-Encodin: x",
+            b"X-Content-Length: 1",
+            b"te: trailers",
+            b"C",
+            b"Host: a",
+        ];
+        let mut rng = fastrand::Rng::with_seed(35);
+        for _ in 0..3000 {
+            let mut head = b"POST / HTTP/1.1".to_vec();
+            for _ in 0..rng.usize(0..6) {
+                head.extend_from_slice(if rng.bool() { b"\r\n" } else { b"\n" });
+                head.extend_from_slice(lines[rng.usize(..lines.len())]);
+            }
+            head.extend_from_slice(b"\r\n\r\nContent-Length: 1\r\n\r\n");
+            let want = reference(&head);
+            let mut s = HeadScan::new_head();
+            let mut rest = &head[..];
+            let mut got = false;
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len().min(9));
+                got |= s.feed(&rest[..n]);
+                rest = &rest[n..];
+            }
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&head));
+        }
     }
 }

@@ -335,6 +335,9 @@ fn fields(head: &Bytes, at: &[(usize, usize, usize, usize)]) -> Result<Fields, M
             .map_err(|_| Malformed::Why("header field name"))?;
         let value = &head[vs..vs + vl];
         if name == header::CONTENT_LENGTH {
+            // A `Content-Length` before this one is in the map, or was
+            // refolded already.
+            let again = f.length.is_some();
             for part in value.split(|b| *b == b',') {
                 let n = parse_length(part.trim_ascii())
                     .ok_or(Malformed::Why("malformed Content-Length"))?;
@@ -345,9 +348,7 @@ fn fields(head: &Bytes, at: &[(usize, usize, usize, usize)]) -> Result<Fields, M
             }
             // Plain digits (the common case) go on as they came, a slice
             // of the buffer; anything else (`5, 5`) as the parsed number.
-            if !value.iter().all(u8::is_ascii_digit)
-                || f.headers.contains_key(header::CONTENT_LENGTH)
-            {
+            if again || !value.iter().all(u8::is_ascii_digit) {
                 f.refold = true;
                 continue;
             }
