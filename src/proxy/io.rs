@@ -1123,7 +1123,9 @@ mod tests {
 
     #[test]
     fn the_head_scan_agrees_with_a_whole_head_reading_however_the_head_is_split() {
-        let lines: [&[u8]; 12] = [
+        let lines: [&[u8]; 14] = [
+            b"",
+            b"\r",
             b"Content-Length: 5",
             b"content-length:5",
             b"Transfer-Encoding: chunked",
