@@ -1179,9 +1179,11 @@ def headline(work, secs, rounds, idle, verdict, storm_rounds=SIDE_STORM_ROUNDS):
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     when = time.strftime("%Y-%m-%d", time.gmtime())
+    plain = os.path.realpath(CUTOVER) == os.path.realpath(os.path.join(TARGET, "release", "cutover"))
     table = [HEADLINE_START,
-             f"Measured {when} at commit {commit}{' (with local changes)' if dirty else ''}, plain "
-             f"`cargo build --release`, against {version('nginx').replace('nginx version: ', '')} "
+             f"Measured {when} at commit {commit}{' (with local changes)' if dirty else ''}, "
+             f"{'plain `cargo build --release`' if plain else os.path.relpath(CUTOVER, ROOT)}, "
+             f"against {version('nginx').replace('nginx version: ', '')} "
              f"on a {os.cpu_count()}-core VM, one "
              f"worker each, `wrk -t1 -c64`; one at a time: the two loaded in turn, "
              f"{2 * rounds} rounds of four {ALONE_SECS} s runs (nginx, cutover, cutover, nginx, "
@@ -1202,7 +1204,6 @@ def headline(work, secs, rounds, idle, verdict, storm_rounds=SIDE_STORM_ROUNDS):
     with open(readme) as f:
         text = f.read()
     a, b = text.find(HEADLINE_START), text.find(HEADLINE_END)
-    plain = os.path.realpath(CUTOVER) == os.path.realpath(os.path.join(TARGET, "release", "cutover"))
     if not plain:
         log("not the plain release build: the table is printed only (the README's is the plain build's)")
     elif a < 0 or b < 0:
