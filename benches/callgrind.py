@@ -236,11 +236,7 @@ def proxy_argv(kind, config, work, floor_features=0, state=False, access_log=Non
         if rate_limit:
             compare.with_rate_limit(conf, "bench" if config == "minimal" else "shop", rate_limit)
         if not request_id:
-            with open(conf) as f:
-                text = f.read()
-            assert "[server]\n" in text, f"{conf} has no [server] table"
-            with open(conf, "w") as f:
-                f.write(text.replace("[server]\n", '[server]\nrequest_id = "off"\n', 1))
+            compare.without_request_ids(conf)
         if state:  # a state file, written (and fsynced) at every change
             with open(conf, "a") as f:
                 f.write(f'\n[state]\nfile = "{os.path.join(work, "cutover.state.json")}"\n')

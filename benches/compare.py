@@ -259,6 +259,16 @@ def with_rate_limit(path, app, limit):
     return path
 
 
+def without_request_ids(path):
+    """Turn request ids off in the cutover config at `path`."""
+    with open(path) as f:
+        text = f.read()
+    assert "[server]\n" in text, f"{path} has no [server] table"
+    with open(path, "w") as f:
+        f.write(text.replace("[server]\n", '[server]\nrequest_id = "off"\n', 1))
+    return path
+
+
 def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_log=None, h2_port=None,
                      request_id=True, rate_limit=None):
     """nginx on `port` (PROXY) proxying to the upstream on `upstream_port`

@@ -287,7 +287,7 @@ impl HeadScan {
                     self.col = self.col.max(2);
                     return false;
                 };
-                if i == 0 && self.col == 1 && self.cr {
+                if i == 0 && self.blank() {
                     return self.head_ended();
                 }
                 b = &b[i + 1..];
@@ -297,7 +297,7 @@ impl HeadScan {
             let c = b[0];
             b = &b[1..];
             if c == b'\n' {
-                if self.col == 0 || (self.col == 1 && self.cr) {
+                if self.blank() {
                     return self.head_ended();
                 }
                 self.next_line();
@@ -329,6 +329,11 @@ impl HeadScan {
             self.col = self.col.saturating_add(1);
         }
         false
+    }
+
+    /// The current line so far is empty or `\r`: a `\n` now ends the head.
+    fn blank(&self) -> bool {
+        self.col == 0 || (self.col == 1 && self.cr)
     }
 
     /// A line ended that was not the head's last: the next one starts.
