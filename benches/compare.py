@@ -5,8 +5,10 @@ Run it with `bash benches/compare.sh` (installs nginx, haproxy and wrk with
 apt-get when missing, builds cutover in release mode, then runs this).
 The method is written down in benches/README.md; in short:
 
-- one fast upstream: an nginx (1 worker) answering a 5-byte body on
-  127.0.0.1:18080 (and the same on 18082, the "green" pool);
+- a fast upstream: an nginx (1 worker) answering a 5-byte body on
+  127.0.0.1:18080 (and the same on 18082, the "green" pool), and a second
+  one like it on 18090 and 18092 for the proxy on the side port (18083),
+  so that two proxies loaded at once never share an upstream;
 - each proxy in turn on 127.0.0.1:18081 with one worker/thread: nginx
   (upstream keepalive), HAProxy (`http-reuse always`), cutover (minimal
   config) and cutover (realistic config); plus "direct" (wrk straight to
@@ -61,6 +63,11 @@ CUTOVER = os.path.join(TARGET, "release", "cutover")
 UP_BLUE, UP_GREEN, PROXY, ADMIN = 18080, 18082, 18081, 19901
 # cutover's ports when it runs beside nginx (the side-by-side section).
 SIDE_PROXY, SIDE_ADMIN = 18083, 19903
+# The upstream of the proxy on SIDE_PROXY: an nginx of its own, the same as
+# the one on UP_BLUE/UP_GREEN. Two proxies loaded at once never share an
+# upstream: a shared one, when it is the busiest process, answers both in
+# turn and so hands them the same requests/s whatever each proxy costs.
+SIDE_UP_BLUE, SIDE_UP_GREEN = 18090, 18092
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -192,14 +199,23 @@ http {{
     keepalive_timeout 300s;"""
 
 
-def nginx_upstream_conf(work):
-    conf = nginx_head(work, "upstream") + f"""
-    server {{ listen 127.0.0.1:{UP_BLUE}; location / {{ return 200 "hello"; }}
+def upstreams_for(port):
+    """The blue and green upstream ports of the proxy on `port`: the proxy
+    on SIDE_PROXY has an upstream of its own."""
+    return (SIDE_UP_BLUE, SIDE_UP_GREEN) if port == SIDE_PROXY else (UP_BLUE, UP_GREEN)
+
+
+def nginx_upstream_conf(work, proxy_port=None):
+    """The upstream nginx of the proxy on `proxy_port` (PROXY)."""
+    blue, green = upstreams_for(proxy_port or PROXY)
+    name = f"upstream-{blue}"
+    conf = nginx_head(work, name) + f"""
+    server {{ listen 127.0.0.1:{blue}; location / {{ return 200 "hello"; }}
              location = /big {{ alias {work}/big.bin; }} }}
-    server {{ listen 127.0.0.1:{UP_GREEN}; location / {{ return 200 "hello"; }} }}
+    server {{ listen 127.0.0.1:{green}; location / {{ return 200 "hello"; }} }}
 }}
 """
-    path = os.path.join(work, "upstream.conf")
+    path = os.path.join(work, f"{name}.conf")
     with open(path, "w") as f:
         f.write(conf)
     # A sparse 1 GiB file for the large-response run: read from the page
@@ -211,6 +227,13 @@ def nginx_upstream_conf(work):
     os.chmod(os.path.join(work, "big.bin"), 0o644)
     os.chmod(work, 0o755)
     return path
+
+
+def start_upstreams(work):
+    """Both upstreams: the proxy's on PROXY and the side proxy's."""
+    return [Server(f"upstream-{port}", ["nginx", "-c", nginx_upstream_conf(work, port), "-p", work,
+                                        "-g", "daemon off;"], upstreams_for(port)[0])
+            for port in (PROXY, SIDE_PROXY)]
 
 
 class RateLimit:
@@ -272,13 +295,14 @@ def without_request_ids(path):
 def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_log=None, h2_port=None,
                      request_id=True, rate_limit=None):
     """nginx on `port` (PROXY) proxying to the upstream on `upstream_port`
-    (UP_BLUE); with `access_log` (a path), its combined access log on;
+    (by default that port's upstream, `upstreams_for`); with `access_log` (a path), its combined access log on;
     with `h2_port`, h2c (prior knowledge) on that port too (nginx speaks it
     on a port of its own); without `request_id`, no `X-Request-Id` either
     way (cutover's `request_id = "off"`); with `rate_limit` (a
     `RateLimit`), that limit on every request."""
-    upstream_port, port = upstream_port or UP_BLUE, port or PROXY
-    with open(os.path.join(work, "nginx-upstream.inc"), "w") as f:
+    port = port or PROXY
+    upstream_port = upstream_port or upstreams_for(port)[0]
+    with open(os.path.join(work, f"{name}-upstream.inc"), "w") as f:
         f.write(f"server 127.0.0.1:{upstream_port};\n")
     head = nginx_head(work, name)
     if access_log:
@@ -293,7 +317,7 @@ def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_l
     h2_listen = f"\n        listen 127.0.0.1:{h2_port} http2;" if h2_port else ""
     conf = "\ndaemon off;\nmaster_process on;" + head + f"""
     upstream app {{
-        include {work}/nginx-upstream.inc;
+        include {work}/{name}-upstream.inc;
         keepalive 128;
         keepalive_requests 1000000;
     }}
@@ -374,14 +398,17 @@ servers = ["127.0.0.1:{UP_GREEN}"]
     return path
 
 
-def cutover_realistic_conf(work):
+def cutover_realistic_conf(work, port=None, admin=None):
+    """benches/realistic.toml on `port` (PROXY), its admin API on `admin`
+    (ADMIN), in front of that port's upstream."""
+    port, admin = port or PROXY, admin or ADMIN
     with open(os.path.join(ROOT, "benches", "realistic.toml")) as f:
         text = f.read()
-    text = (text.replace("UPSTREAM", f"127.0.0.1:{UP_BLUE}")
-                .replace('"127.0.0.1:18081"', f'"127.0.0.1:{PROXY}"')
-                .replace('"127.0.0.1:19901"', f'"127.0.0.1:{ADMIN}"'))
+    text = (text.replace("UPSTREAM", f"127.0.0.1:{upstreams_for(port)[0]}")
+                .replace('"127.0.0.1:18081"', f'"127.0.0.1:{port}"')
+                .replace('"127.0.0.1:19901"', f'"127.0.0.1:{admin}"'))
     text = text.replace("[admin]", '[limits]\nclient_idle_timeout = "300s"\n\n[admin]')
-    path = os.path.join(work, "cutover-realistic.toml")
+    path = os.path.join(work, f"cutover-realistic-{port}.toml")
     with open(path, "w") as f:
         f.write(text)
     return path
@@ -671,12 +698,15 @@ def cutover_flip_storm(work, conns, secs):
 
 
 def side_conf(work, name, port, admin, state_dir=None, server="", extra=""):
-    """The minimal cutover config on `port`/`admin`, with its own state file
-    (in `work`, or in `state_dir`); `server` is added to `[server]`,
-    `extra` at the end."""
+    """The minimal cutover config on `port`/`admin`, in front of that
+    port's upstream, with its own state file (in `work`, or in
+    `state_dir`); `server` is added to `[server]`, `extra` at the end."""
+    blue, green = upstreams_for(port)
     with open(cutover_minimal_conf(work)) as f:
         conf = (f.read().replace(f"127.0.0.1:{PROXY}", f"127.0.0.1:{port}")
-                .replace(f"127.0.0.1:{ADMIN}", f"127.0.0.1:{admin}"))
+                .replace(f"127.0.0.1:{ADMIN}", f"127.0.0.1:{admin}")
+                .replace(f"127.0.0.1:{UP_BLUE}", f"127.0.0.1:{blue}")
+                .replace(f"127.0.0.1:{UP_GREEN}", f"127.0.0.1:{green}"))
     conf = conf.replace("workers = 1\n", "workers = 1\n" + server) + extra
     conf += f'\n[state]\nfile = "{os.path.join(state_dir or work, name + ".state.json")}"\n'
     path = os.path.join(work, f"{name}.toml")
@@ -738,7 +768,7 @@ def nginx_reload_storm(work, conns, secs):
 
         def reload():
             state["port"] = UP_GREEN if state["port"] == UP_BLUE else UP_BLUE
-            with open(os.path.join(work, "nginx-upstream.inc"), "w") as f:
+            with open(os.path.join(work, "proxy-upstream.inc"), "w") as f:
                 f.write(f"server 127.0.0.1:{state['port']};\n")
             subprocess.run(["nginx", "-c", os.path.join(work, "proxy.conf"), "-p", work, "-s", "reload"],
                            check=True, capture_output=True, timeout=5)
@@ -793,7 +823,7 @@ def main():
         sys.exit("build cutover first: cargo build --release")
 
     work = tempfile.mkdtemp(prefix="cutover-bench-")
-    upstream = Server("upstream", ["nginx", "-c", nginx_upstream_conf(work), "-p", work, "-g", "daemon off;"], UP_BLUE)
+    upstreams = start_upstreams(work)
     out = []
     verdict = Verdict()
     try:
@@ -829,7 +859,8 @@ def main():
         if verdict.rows:
             out.append(verdict.section())
     finally:
-        upstream.stop()
+        for upstream in upstreams:
+            upstream.stop()
     report = "\n".join(out)
     path = os.path.join(ROOT, "target", "bench-report.md")
     with open(path, "w") as f:
@@ -1235,7 +1266,8 @@ def hyper_floor_server(port, features=0):
     subprocess.run(["cargo", "build", "--release", "--locked", "--example", "hyper_floor"],
                    cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "examples", "hyper_floor")
-    return Server(f"hyper-floor-{features}", [binary, f"127.0.0.1:{port}", f"127.0.0.1:{UP_BLUE}", str(features)],
+    return Server(f"hyper-floor-{features}", [binary, f"127.0.0.1:{port}", f"127.0.0.1:{upstreams_for(port)[0]}",
+                                                    str(features)],
                   port)
 
 
@@ -1264,12 +1296,7 @@ def side_realistic(work, secs, rounds, verdict):
     """What the features cost, side by side: cutover with the minimal
     config and cutover with the realistic one, both sent the same browser
     request, at 64 and 256 connections."""
-    text = open(cutover_realistic_conf(work)).read()
-    text = (text.replace(f'"127.0.0.1:{PROXY}"', f'"127.0.0.1:{SIDE_PROXY}"')
-                .replace(f'"127.0.0.1:{ADMIN}"', f'"127.0.0.1:{SIDE_ADMIN}"'))
-    real_conf = os.path.join(work, "cutover-realistic-side.toml")
-    with open(real_conf, "w") as f:
-        f.write(text)
+    real_conf = cutover_realistic_conf(work, SIDE_PROXY, SIDE_ADMIN)
     lines = ["## Side by side: the realistic config beside the minimal one\n",
              f"{rounds} rounds of {secs} s per row, each cutover with its own `wrk -t1`, both at once, "
              "both sent the same browser request (user agent, a sticky cookie).\n"]

@@ -45,7 +45,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
-from compare import ADMIN, PROXY, SIDE_ADMIN, SIDE_PROXY, UP_BLUE, Server, log  # noqa: E402
+from compare import ADMIN, PROXY, SIDE_ADMIN, SIDE_PROXY, Server, log, upstreams_for  # noqa: E402
 
 SLEEPER = 18084
 SLEEP_S = 5
@@ -88,7 +88,7 @@ listen = "127.0.0.1:{admin}"
 sticky = "none"
 {mirror}
 [apps.bench.blue]
-servers = ["127.0.0.1:{UP_BLUE}"]
+servers = ["127.0.0.1:{upstreams_for(port)[0]}"]
 [apps.bench.green]
 servers = ["127.0.0.1:{SLEEPER}"]
 """
@@ -177,8 +177,7 @@ def main():
         ("percent 100, max_in_flight 5000, paced", "[apps.bench.mirror]\npercent = 100\nmax_in_flight = 5000",
          paced),
     ]
-    upstream = Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
-                                   "-g", "daemon off;"], UP_BLUE)
+    upstreams = compare.start_upstreams(work)
     green = Server("green", [sys.executable, os.path.abspath(__file__), "--sleeper", str(SLEEPER)], SLEEPER)
     results = []
     try:
@@ -187,7 +186,8 @@ def main():
                                              args.rounds)))
     finally:
         green.stop()
-        upstream.stop()
+        for upstream in upstreams:
+            upstream.stop()
     print(f"\nwrk -t1 -c64 on each side, {args.rounds} rounds of {args.seconds} s; "
           f"green answers after {SLEEP_S} s\n")
     print("| mirror on | p99 on ÷ off | p50 on ÷ off | req/s on ÷ off | CPU/req on ÷ off "
