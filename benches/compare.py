@@ -716,7 +716,8 @@ def side_conf(work, name, port, admin, state_dir=None, server="", extra=""):
 
 
 def flip_side_by_side(work, conns, secs, rounds, state_dir=None, own_session=True):
-    """Two identical cutovers loaded at the same time, each by its own wrk;
+    """Two identical cutovers loaded at the same time, each by its own wrk
+    in front of its own upstream;
     in each round one of them (alternately) is flipped every 100 ms. The
     storm/steady ratio of each round compares seconds the machine spent
     alike on both, so it is free of the drift between sequential runs.
@@ -1102,10 +1103,11 @@ PAIR_HEADER = ["| a, b | a CPU µs/req | b CPU µs/req | b / a, totals (rounds: 
 def side_by_side(work, secs, rounds, verdict):
     """nginx (then HAProxy) on PROXY and cutover (minimal config) on
     SIDE_PROXY, both running, each loaded by its own wrk in the same
-    seconds. A machine that slows down or speeds up does so for both: the
-    per-round ratio of their CPU per request is free of the drift between
-    runs that the sequential rounds suffer, though not of the two competing
-    with each other (which they do alike: same upstream, same cores)."""
+    seconds, each in front of its own upstream. A machine that slows down
+    or speeds up does so for both: the per-round ratio of their CPU per
+    request is free of the drift between runs that the sequential rounds
+    suffer, though not of the two competing with each other for the
+    cores (which they do alike)."""
     def cutover():
         return Server("cutover", [CUTOVER, "run", "-c", side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN)],
                       SIDE_PROXY)
@@ -1228,7 +1230,7 @@ def headline(work, secs, rounds, idle, verdict, storm_rounds=SIDE_STORM_ROUNDS):
              f"on a {os.cpu_count()}-core VM, one "
              f"worker each, `wrk -t1 -c64`; one at a time: the two loaded in turn, "
              f"{2 * rounds} rounds of four {ALONE_SECS} s runs (nginx, cutover, cutover, nginx, "
-             f"then the other way round); both at once: each with its own wrk in the same "
+             f"then the other way round); both at once: each with its own wrk and upstream in the same "
              f"seconds, {rounds} rounds of {secs} s; the median round; the flip storm: "
              f"{storm_rounds} rounds of {secs} s, the mean round; slowloris and slow readers: "
              f"the median of {HOSTILE_RUNS} runs of each. Both "
