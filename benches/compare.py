@@ -295,11 +295,12 @@ def without_request_ids(path):
 def nginx_proxy_conf(work, upstream_port=None, port=None, name="proxy", access_log=None, h2_port=None,
                      request_id=True, rate_limit=None):
     """nginx on `port` (PROXY) proxying to the upstream on `upstream_port`
-    (by default that port's upstream, `upstreams_for`); with `access_log` (a path), its combined access log on;
-    with `h2_port`, h2c (prior knowledge) on that port too (nginx speaks it
-    on a port of its own); without `request_id`, no `X-Request-Id` either
-    way (cutover's `request_id = "off"`); with `rate_limit` (a
-    `RateLimit`), that limit on every request."""
+    (by default that port's own, `upstreams_for`); with `access_log` (a
+    path), its combined access log on; with `h2_port`, h2c (prior
+    knowledge) on that port too (nginx speaks it on a port of its own);
+    without `request_id`, no `X-Request-Id` either way (cutover's
+    `request_id = "off"`); with `rate_limit` (a `RateLimit`), that limit
+    on every request."""
     port = port or PROXY
     upstream_port = upstream_port or upstreams_for(port)[0]
     with open(os.path.join(work, f"{name}-upstream.inc"), "w") as f:
@@ -1268,9 +1269,8 @@ def hyper_floor_server(port, features=0):
     subprocess.run(["cargo", "build", "--release", "--locked", "--example", "hyper_floor"],
                    cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "examples", "hyper_floor")
-    return Server(f"hyper-floor-{features}", [binary, f"127.0.0.1:{port}", f"127.0.0.1:{upstreams_for(port)[0]}",
-                                                    str(features)],
-                  port)
+    upstream = f"127.0.0.1:{upstreams_for(port)[0]}"
+    return Server(f"hyper-floor-{features}", [binary, f"127.0.0.1:{port}", upstream, str(features)], port)
 
 
 def side_floor(work, secs, rounds):
