@@ -293,8 +293,7 @@ def main():
     if args.binary:
         compare.CUTOVER = os.path.abspath(args.binary)
     work = tempfile.mkdtemp(prefix="cutover-callgrind-")
-    upstream = compare.Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
-                                           "-g", "daemon off;"], compare.UP_BLUE)
+    upstream = compare.start_upstream(work)
     out = os.path.join(work, "callgrind.out")
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if args.cache else []
     argv = proxy_argv(args.proxy, args.config, work, args.floor_features,

@@ -229,11 +229,16 @@ def nginx_upstream_conf(work, proxy_port=None):
     return path
 
 
+def start_upstream(work, proxy_port=None):
+    """The upstream nginx of the proxy on `proxy_port` (PROXY), running."""
+    port = proxy_port or PROXY
+    return Server(f"upstream-{port}", ["nginx", "-c", nginx_upstream_conf(work, port), "-p", work,
+                                       "-g", "daemon off;"], upstreams_for(port)[0])
+
+
 def start_upstreams(work):
     """Both upstreams: the proxy's on PROXY and the side proxy's."""
-    return [Server(f"upstream-{port}", ["nginx", "-c", nginx_upstream_conf(work, port), "-p", work,
-                                        "-g", "daemon off;"], upstreams_for(port)[0])
-            for port in (PROXY, SIDE_PROXY)]
+    return [start_upstream(work, port) for port in (PROXY, SIDE_PROXY)]
 
 
 class RateLimit:

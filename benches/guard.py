@@ -180,8 +180,7 @@ def main():
     signal.alarm(args.timeout)
     start = time.monotonic()
     work = tempfile.mkdtemp(prefix="cutover-guard-")
-    upstream = compare.Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
-                                           "-g", "daemon off;"], compare.UP_BLUE)
+    upstream = compare.start_upstream(work)
     figures = {}
     try:
         if args.only != "memory":

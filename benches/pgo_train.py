@@ -147,8 +147,7 @@ def phase(binary, conf, name, body):
 def main():
     binary = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="cutover-pgo-")
-    upstream = c.Server("upstream", ["nginx", "-c", c.nginx_upstream_conf(work), "-p", work,
-                                     "-g", "daemon off;"], c.UP_BLUE)
+    upstream = c.start_upstream(work)
     plain = f"http://127.0.0.1:{c.PROXY}/"
     try:
         def minimal():

@@ -140,8 +140,7 @@ def main():
     if args.binary:
         compare.CUTOVER = os.path.abspath(args.binary)
     work = tempfile.mkdtemp(prefix="cutover-ratelimit-")
-    upstream = compare.Server("upstream", ["nginx", "-c", compare.nginx_upstream_conf(work), "-p", work,
-                                           "-g", "daemon off;"], compare.UP_BLUE)
+    upstream = compare.start_upstream(work)
     try:
         for kind in (["cutover", "nginx"] if args.proxy == "both" else [args.proxy]):
             measure(kind, work, args.keys, args.max_keys)
