@@ -25,7 +25,8 @@ The method is written down in benches/README.md; in short:
   side by side with nginx, then with cutover; (`--only side-realistic`)
   the realistic config side by side with the minimal one;
   (`--only flip-tmpfs`) the side-by-side flip storm with the state files
-  on disk and on tmpfs, which tells what the fsyncs cost; (`--only
+  on disk, on tmpfs and with none, which tells what the durable write
+  costs; (`--only
   flip-groups`) the same storm with each proxy in its own session (its
   own scheduling group) and with all in the benchmark's session; and
   (`--ab BINARY`) this build side by side with another cutover binary,
@@ -706,7 +707,8 @@ def cutover_flip_storm(work, conns, secs):
 def side_conf(work, name, port, admin, state_dir=None, server="", extra=""):
     """The minimal cutover config on `port`/`admin`, in front of that
     port's upstream, with its own state file (in `work`, or in
-    `state_dir`); `server` is added to `[server]`, `extra` at the end."""
+    `state_dir`; none when `state_dir` is False); `server` is added to
+    `[server]`, `extra` at the end."""
     blue, green = upstreams_for(port)
     with open(cutover_minimal_conf(work)) as f:
         conf = (f.read().replace(f"127.0.0.1:{PROXY}", f"127.0.0.1:{port}")
@@ -714,7 +716,8 @@ def side_conf(work, name, port, admin, state_dir=None, server="", extra=""):
                 .replace(f"127.0.0.1:{UP_BLUE}", f"127.0.0.1:{blue}")
                 .replace(f"127.0.0.1:{UP_GREEN}", f"127.0.0.1:{green}"))
     conf = conf.replace("workers = 1\n", "workers = 1\n" + server) + extra
-    conf += f'\n[state]\nfile = "{os.path.join(state_dir or work, name + ".state.json")}"\n'
+    if state_dir is not False:
+        conf += f'\n[state]\nfile = "{os.path.join(state_dir or work, name + ".state.json")}"\n'
     path = os.path.join(work, f"{name}.toml")
     with open(path, "w") as f:
         f.write(conf)
@@ -723,12 +726,12 @@ def side_conf(work, name, port, admin, state_dir=None, server="", extra=""):
 
 def flip_side_by_side(work, conns, secs, rounds, state_dir=None, own_session=True):
     """Two identical cutovers loaded at the same time, each by its own wrk
-    in front of its own upstream;
-    in each round one of them (alternately) is flipped every 100 ms. The
-    storm/steady ratio of each round compares seconds the machine spent
-    alike on both, so it is free of the drift between sequential runs.
-    The state files are in `work`, or in `state_dir`; without
-    `own_session` the proxies stay in this script's session."""
+    in front of its own upstream; in each round one of them (alternately)
+    is flipped every 100 ms. The storm/steady ratio of each round compares
+    seconds the machine spent alike on both, so it is free of the drift
+    between sequential runs. The state files are in `work`, or in
+    `state_dir` (none when it is False); without `own_session` the
+    proxies stay in this script's session."""
     a = Server("cutover-a", [CUTOVER, "run", "-c", side_conf(work, "a", PROXY, ADMIN, state_dir)], PROXY,
                own_session=own_session)
     b = Server("cutover-b", [CUTOVER, "run", "-c", side_conf(work, "b", SIDE_PROXY, SIDE_ADMIN, state_dir)],
@@ -797,12 +800,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive clients for the memory test")
     ap.add_argument("--storm-rounds", type=int, default=SIDE_STORM_ROUNDS,
-                    help="rounds of the side-by-side flip storm (the one the target is judged on)")
+                    help="rounds of the side-by-side flip storm (the one the target is judged on), "
+                         "and of each setup of flip-tmpfs")
     ap.add_argument("--only", default="",
                     help="comma list of sections: throughput,side,memory,flip; "
                          "also side-floor (the hyper floor beside nginx and beside cutover) "
                          "and side-realistic (the realistic config beside the minimal one), "
-                         "flip-tmpfs (the storm with the state files on disk and on tmpfs), "
+                         "flip-tmpfs (the storm with the state files on disk, on tmpfs and with none), "
                          "flip-groups (the storm with the proxies in their own sessions and in this one), "
                          "big (a 1 GiB response through nginx and cutover at the same time), "
                          "features (access log and request ids, on against off)")
@@ -852,7 +856,7 @@ def main():
         if "flip" in sections:
             out.append(flips(work, args.seconds, verdict, args.storm_rounds))
         if "flip-tmpfs" in sections:
-            out.append(flips_tmpfs(work, args.seconds))
+            out.append(flips_tmpfs(work, args.seconds, args.storm_rounds))
         if "flip-groups" in sections:
             out.append(flips_groups(work, args.seconds))
         if "big" in sections:
@@ -1491,16 +1495,16 @@ def flips(work, secs, verdict, side_rounds=SIDE_STORM_ROUNDS):
     return "\n".join(lines) + "\n"
 
 
-def storm_setups(work, secs, first, setups):
+def storm_setups(work, secs, rounds, first, setups):
     """The side-by-side storm under each of `setups` (name -> (state
-    directory or None, each proxy in its own session)), interleaved in
-    blocks of half the rounds (A, B, A, B): the table, a row per setup,
-    its first column headed `first`."""
+    directory, None or False as for `side_conf`; each proxy in its own
+    session)), `rounds` each, interleaved in blocks of half (A, B, A, B):
+    the table, a row per setup, its first column headed `first`."""
     got = {name: ([], [], 0, 0) for name in setups}
     for name in list(setups) * 2:
         state_dir, own_session = setups[name]
         log(f"flip storm side by side: {name}")
-        n, errors, tput, cpu = flip_side_by_side(work, 64, secs, STORM_ROUNDS // 2, state_dir, own_session)
+        n, errors, tput, cpu = flip_side_by_side(work, 64, secs, rounds // 2, state_dir, own_session)
         t, c, n0, e0 = got[name]
         got[name] = (t + tput, c + cpu, n0 + n, e0 + errors)
     return [f"| {first} | flips | errors | throughput vs twin (mean; rounds min–max) | CPU/request vs twin |",
@@ -1509,19 +1513,21 @@ def storm_setups(work, secs, first, setups):
             for name, (tput, cpu, n, errors) in got.items()]
 
 
-def flips_tmpfs(work, secs):
-    """The side-by-side storm twice, interleaved: with the state files on
-    the work directory's disk, and on tmpfs (`/dev/shm`), where `fsync`
-    costs nothing. The difference is what the durable state write costs a
-    storm on this machine; the rest is the admin request and the swap."""
+def flips_tmpfs(work, secs, rounds):
+    """The side-by-side storm three times, interleaved: with the state
+    files on the work directory's disk, on tmpfs (`/dev/shm`), where
+    `fsync` costs nothing, and with no state file. Disk against tmpfs is
+    what the durable write costs a storm on this machine; none is the
+    admin request and the swap alone."""
     lines = ["## What the durable state write costs the flip storm\n",
-             f"Side by side with a steady twin as in the flip section: {STORM_ROUNDS} rounds of {secs} s "
-             f"for each place, in blocks of {STORM_ROUNDS // 2} (disk, tmpfs, disk, tmpfs).\n"]
+             f"Side by side with a steady twin as in the flip section: {rounds} rounds of {secs} s "
+             f"for each place, in blocks of {rounds // 2} (disk, tmpfs, none, then again).\n"]
     if not os.path.isdir("/dev/shm"):
         return "\n".join(lines + ["(skipped: this machine has no /dev/shm)"]) + "\n"
     shm = tempfile.mkdtemp(prefix="cutover-state-", dir="/dev/shm")
     try:
-        lines += storm_setups(work, secs, "state files", {"disk": (None, True), "tmpfs": (shm, True)})
+        lines += storm_setups(work, secs, rounds, "state files",
+                              {"disk": (None, True), "tmpfs": (shm, True), "none": (False, True)})
     finally:
         shutil.rmtree(shm, ignore_errors=True)
     return "\n".join(lines) + "\n"
@@ -1543,7 +1549,8 @@ def flips_groups(work, secs):
              f"Side by side with a steady twin as in the flip section: {STORM_ROUNDS} rounds of {secs} s "
              f"for each setup, in blocks of {STORM_ROUNDS // 2} (own, shared, own, shared). "
              f"Autogroup is {'on' if autogroup else 'off (both setups schedule alike)'}.\n"]
-    lines += storm_setups(work, secs, "proxies", {"own sessions": (None, True), "this session": (None, False)})
+    lines += storm_setups(work, secs, STORM_ROUNDS, "proxies",
+                          {"own sessions": (None, True), "this session": (None, False)})
     return "\n".join(lines) + "\n"
 
 
