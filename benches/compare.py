@@ -26,12 +26,12 @@ The method is written down in benches/README.md; in short:
   the realistic config side by side with the minimal one;
   (`--only flip-tmpfs`) the side-by-side flip storm with the state files
   on disk, on tmpfs and with none, which tells what the durable write
-  costs; (`--only
-  flip-groups`) the same storm with each proxy in its own session (its
-  own scheduling group) and with all in the benchmark's session; and
-  (`--ab BINARY`) this build side by side with another cutover binary,
-  for GETs and 4 KiB POSTs; (`--only big`) a 1 GiB response through
-  nginx and through cutover at the same time, and cutover's peak RSS;
+  costs; (`--only flip-groups`) the same storm with each proxy in its own
+  session (its own scheduling group) and with all in the benchmark's
+  session; and (`--ab BINARY`) this build side by side with another
+  cutover binary, for GETs and 4 KiB POSTs; (`--only big`) a 1 GiB
+  response through nginx and through cutover at the same time, and
+  cutover's peak RSS;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
   interleaved with steady runs; the same storm on one of two identical
   cutovers loaded side by side (24 rounds, `--storm-rounds`); and nginx's
@@ -1498,7 +1498,7 @@ def flips(work, secs, verdict, side_rounds=SIDE_STORM_ROUNDS):
 def storm_setups(work, secs, rounds, first, setups):
     """The side-by-side storm under each of `setups` (name -> (state
     directory, None or False as for `side_conf`; each proxy in its own
-    session)), `rounds` each, interleaved in blocks of half (A, B, A, B):
+    session)), `rounds` each, in two blocks of half (A, B, …, then again):
     the table, a row per setup, its first column headed `first`."""
     got = {name: ([], [], 0, 0) for name in setups}
     for name in list(setups) * 2:
