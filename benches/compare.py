@@ -1498,15 +1498,15 @@ def flips(work, secs, verdict, side_rounds=SIDE_STORM_ROUNDS):
 def storm_setups(work, secs, rounds, first, setups):
     """The side-by-side storm under each of `setups` (name -> (state
     directory, None or False as for `side_conf`; each proxy in its own
-    session)), `rounds` each, in two blocks of half (A, B, …, then again):
-    the table, a row per setup, its first column headed `first`."""
+    session)), `rounds` each, in two blocks (A, B, …, then again): the
+    table, a row per setup, its first column headed `first`."""
     got = {name: ([], [], 0, 0) for name in setups}
-    for name in list(setups) * 2:
-        state_dir, own_session = setups[name]
-        log(f"flip storm side by side: {name}")
-        n, errors, tput, cpu = flip_side_by_side(work, 64, secs, rounds // 2, state_dir, own_session)
-        t, c, n0, e0 = got[name]
-        got[name] = (t + tput, c + cpu, n0 + n, e0 + errors)
+    for block in (rounds // 2, rounds - rounds // 2):
+        for name, (state_dir, own_session) in setups.items():
+            log(f"flip storm side by side: {name}")
+            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, block, state_dir, own_session)
+            t, c, n0, e0 = got[name]
+            got[name] = (t + tput, c + cpu, n0 + n, e0 + errors)
     return [f"| {first} | flips | errors | throughput vs twin (mean; rounds min–max) | CPU/request vs twin |",
             "|---|---|---|---|---|"] + [f"| {name} | {n} | {errors} | {statistics.mean(tput):.3f} "
             f"({min(tput):.2f}–{max(tput):.2f}) | {statistics.mean(cpu):.3f} |"
@@ -1516,9 +1516,9 @@ def storm_setups(work, secs, rounds, first, setups):
 def flips_tmpfs(work, secs, rounds):
     """The side-by-side storm three times, interleaved: with the state
     files on the work directory's disk, on tmpfs (`/dev/shm`), where
-    `fsync` costs nothing, and with no state file. Disk against tmpfs is
-    what the durable write costs a storm on this machine; none is the
-    admin request and the swap alone."""
+    `fsync` costs nothing, and with no state file: none is the admin
+    request and the swap alone, disk adds the durable write, whose cost
+    on a shared VM moves with the host's disk from run to run."""
     lines = ["## What the durable state write costs the flip storm\n",
              f"Side by side with a steady twin as in the flip section: {rounds} rounds of {secs} s "
              f"for each place, in blocks of {rounds // 2} (disk, tmpfs, none, then again).\n"]
