@@ -646,11 +646,11 @@ def wrk_at_once(ports, conns, secs, headers=(), script=None):
 STORM_ROUNDS = 8
 # Rounds of the side-by-side storm the target is judged on. With the
 # flips alternating between the twins in short windows, a round's ratio
-# spread by a standard deviation of 0.013-0.018 on a day when whole
+# spread by a standard deviation of 0.015-0.03 on a day when whole
 # rounds, one twin storming throughout, spread by 0.087: 24 rounds give
-# about ±0.007 at two standard errors. The headline prints that beside
-# the mean and judges the target with `judge`, as the report's "Against
-# the targets" rows are judged.
+# about ±0.007-0.012 at two standard errors. The headline prints that
+# beside the mean and judges the target with `judge`, as the report's
+# "Against the targets" rows are judged.
 SIDE_STORM_ROUNDS = 24
 
 
