@@ -33,8 +33,9 @@ The method is written down in benches/README.md; in short:
   response through nginx and through cutover at the same time, and
   cutover's peak RSS;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
-  interleaved with steady runs; the same storm on one of two identical
-  cutovers loaded side by side (24 rounds, `--storm-rounds`); and nginx's
+  interleaved with steady runs; the same storm on two identical cutovers
+  loaded side by side, each flipped in turn, three flips at a time (24
+  rounds, `--storm-rounds`); and nginx's
   way of doing it (rewrite the upstream, `nginx -s reload` every 100 ms)
   for contrast.
 
@@ -773,6 +774,8 @@ def storm_factors(windows):
     for (s1, w1), (s2, w2) in zip(windows[0::2], windows[1::2]):
         if s1 != s2 and all(req for req, _ in w1 + w2):
             logs.append([math.log(a * b) / 2 for a, b in zip(ratios(s1, w1), ratios(s2, w2))])
+    if not logs:
+        raise RuntimeError("the flip storm: no pair of windows served requests (a round too short?)")
     return tuple(math.exp(statistics.mean(col)) for col in zip(*logs))
 
 
