@@ -1591,8 +1591,7 @@ def flips_tmpfs(work, secs, rounds):
     """The side-by-side storm three times, interleaved: with the state
     files on the work directory's disk, on tmpfs (`/dev/shm`), where
     `fsync` costs nothing, and with no state file: none is the admin
-    request and the swap alone, disk adds the durable write, whose cost
-    on a shared VM moves with the host's disk from run to run."""
+    request and the swap alone, disk adds the durable write."""
     lines = ["## What the durable state write costs the flip storm\n",
              f"Side by side with a twin as in the flip section: {rounds} rounds of {secs} s "
              f"for each place, in blocks of {rounds // 2} (disk, tmpfs, none, then again).\n"]
