@@ -446,13 +446,23 @@ pub async fn status(
     r.json()
 }
 
-/// Free loopback ports for a daemon started as a separate process.
+/// A free loopback port for a daemon started as a separate process, never
+/// one this test process handed out before: the kernel may give a port
+/// just released to the next bind, and two listeners of one daemon, or
+/// two tests running at once, would then share it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// An HTTP/1.1 upstream written by hand that closes a keep-alive
