@@ -828,7 +828,7 @@ def flip_side_by_side(work, conns, secs, rounds, state_dir=None, own_session=Tru
             stormer.start()
             ends = threading.Timer(secs + 1, stop.set)
             ends.start()
-            results = wrk_at_once({"a": PROXY, "b": SIDE_PROXY}, conns, secs + 2)
+            results = wrk_at_once({i: t["port"] for i, t in enumerate(twins)}, conns, secs + 2)
             ends.join()
             stormer.join()
             flips += got["flips"]
