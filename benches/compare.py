@@ -28,8 +28,11 @@ The method is written down in benches/README.md; in short:
   on disk, on tmpfs and with none, which tells what the durable write
   costs; (`--only flip-groups`) the same storm with each proxy in its own
   session (its own scheduling group) and with all in the benchmark's
-  session; and (`--ab BINARY`) this build side by side with another
-  cutover binary, for GETs and 4 KiB POSTs; (`--only big`) a 1 GiB
+  session; (`--only flip-parts`) the same storm with the flip replaced
+  by a stored change that moves no traffic, by a status read and by
+  nothing, which tells what each part of a flip costs; and (`--ab
+  BINARY`) this build side by side with another cutover binary, for GETs
+  and 4 KiB POSTs; (`--only big`) a 1 GiB
   response through nginx and through cutover at the same time, and
   cutover's peak RSS;
 - a flip storm: wrk runs while cutover's admin API flips every 100 ms,
@@ -44,6 +47,7 @@ Only loopback addresses are used. Every run is bounded in time.
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import re
@@ -617,15 +621,22 @@ def storm(stop, action):
         stop.wait(0.1)
 
 
-def post_flip(admin_port):
-    """`POST /v1/flip` on a new connection, as `cutover flip` makes one."""
+def admin_call(admin_port, method, path, body=None):
+    """One admin request on a new connection, as the `cutover` command
+    makes each; anything but 200 raises."""
     admin = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
-    admin.request("POST", "/v1/flip", body=b"{}", headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    admin.request(method, path, body=None if body is None else json.dumps(body).encode(), headers=headers)
     resp = admin.getresponse()
     resp.read()
     admin.close()
     if resp.status != 200:
-        raise RuntimeError(f"flip answered {resp.status}")
+        raise RuntimeError(f"{method} {path} answered {resp.status}")
+
+
+def post_flip(admin_port):
+    """`POST /v1/flip`, as `cutover flip` sends it."""
+    admin_call(admin_port, "POST", "/v1/flip", {})
 
 
 def wrk_at_once(ports, conns, secs, headers=(), script=None):
@@ -779,7 +790,7 @@ def storm_factors(windows):
     return tuple(math.exp(statistics.mean(col)) for col in zip(*logs))
 
 
-def flip_side_by_side(work, conns, secs, rounds, state_dir=None, own_session=True):
+def flip_side_by_side(work, conns, secs, rounds, state_dir=None, own_session=True, change=None):
     """Two identical cutovers loaded at the same time, each by its own wrk
     in front of its own upstream, for `rounds` runs of `secs`; the admin
     API flips one of them every 100 ms, STORM_WINDOW_FLIPS times, then the
@@ -790,7 +801,8 @@ def flip_side_by_side(work, conns, secs, rounds, state_dir=None, own_session=Tru
     Per round: the geometric mean of its pairs, for throughput and for CPU
     per request. The state files are in `work`, or in `state_dir` (none
     when it is False); without `own_session` the proxies stay in this
-    script's session."""
+    script's session. `change(twin)` replaces the flip (`flip-parts`)."""
+    change = change or (lambda twin: post_flip(twin["admin"]))
     twins = []
     for name, port, admin in (("a", PROXY, ADMIN), ("b", SIDE_PROXY, SIDE_ADMIN)):
         server = Server(f"cutover-{name}", [CUTOVER, "run", "-c", side_conf(work, name, port, admin, state_dir)],
@@ -812,7 +824,7 @@ def flip_side_by_side(work, conns, secs, rounds, state_dir=None, own_session=Tru
                 out["windows"].append((stormy, [(b[0] - a[0], b[1] - a[1]) for a, b in zip(at, now)]))
                 at, stormy = now, 1 - stormy
             try:
-                post_flip(twins[stormy]["admin"])
+                change(twins[stormy])
                 out["flips"] += 1
             except Exception as e:  # keep storming; the window counts what was served
                 log("flip failed:", e)
@@ -874,13 +886,15 @@ def main():
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive clients for the memory test")
     ap.add_argument("--storm-rounds", type=int, default=SIDE_STORM_ROUNDS,
                     help="rounds of the side-by-side flip storm (the one the target is judged on), "
-                         "and of each setup of flip-tmpfs")
+                         "and of each setup of flip-tmpfs and flip-parts")
     ap.add_argument("--only", default="",
                     help="comma list of sections: throughput,side,memory,flip; "
                          "also side-floor (the hyper floor beside nginx and beside cutover) "
                          "and side-realistic (the realistic config beside the minimal one), "
                          "flip-tmpfs (the storm with the state files on disk, on tmpfs and with none), "
                          "flip-groups (the storm with the proxies in their own sessions and in this one), "
+                         "flip-parts (the storm with the flip replaced by a stored change that moves no "
+                         "traffic, a status read, nothing), "
                          "big (a 1 GiB response through nginx and cutover at the same time), "
                          "features (access log and request ids, on against off)")
     ap.add_argument("--ab", metavar="BINARY",
@@ -932,6 +946,8 @@ def main():
             out.append(flips_tmpfs(work, args.seconds, args.storm_rounds))
         if "flip-groups" in sections:
             out.append(flips_groups(work, args.seconds))
+        if "flip-parts" in sections:
+            out.append(flips_parts(work, args.seconds, args.storm_rounds))
         if "big" in sections:
             out.append(big_response(work, 2 * args.rounds))
         if "features" in sections:
@@ -1224,15 +1240,16 @@ ALONE_SECS = 3
 def speed(work, secs, rounds):
     """cutover over nginx — CPU per request, requests/s, p99, each the
     median of the rounds — measured two ways: one at a time (2 × `rounds`
-    rounds of `ALONE_SECS` runs, in turn) and both at once (`rounds` of
-    `secs`, side by side); each way with request ids on in both and off in
-    both. Keyed by (alone, ids)."""
+    rounds of `ALONE_SECS` runs, in turn) and both at once (2 × `rounds`
+    of `secs`, side by side: a round's requests/s moves by several percent
+    with where the scheduler put whom); each way with request ids on in
+    both and off in both. Keyed by (alone, ids)."""
     def cutover(server=""):
         conf = side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN, server=server)
         return Server("cutover", [CUTOVER, "run", "-c", conf], SIDE_PROXY)
     out = {}
     for alone in (True, False):
-        n, s = (2 * rounds, ALONE_SECS) if alone else (rounds, secs)
+        n, s = 2 * rounds, ALONE_SECS if alone else secs
         for ids in (True, False):
             log(f"headline: {'one at a time' if alone else 'both at once'} with nginx, "
                 f"request ids {'on' if ids else 'off'}, {n} rounds")
@@ -1314,7 +1331,7 @@ def headline(work, secs, rounds, idle, verdict, storm_rounds=SIDE_STORM_ROUNDS):
              f"worker each, `wrk -t1 -c64`; one at a time: the two loaded in turn, "
              f"{2 * rounds} rounds of four {ALONE_SECS} s runs (nginx, cutover, cutover, nginx, "
              f"then the other way round); both at once: each with its own wrk and upstream in the same "
-             f"seconds, {rounds} rounds of {secs} s; the median round; the flip storm: "
+             f"seconds, {2 * rounds} rounds of {secs} s; the median round; the flip storm: "
              f"{storm_rounds} rounds of {secs} s, the flips going to each twin in turn for "
              f"{STORM_WINDOW_FLIPS} flips, the mean round ± two standard errors; slowloris and slow readers: "
              f"the median of {HOSTILE_RUNS} runs of each. Both "
@@ -1572,13 +1589,14 @@ def flips(work, secs, verdict, side_rounds=SIDE_STORM_ROUNDS):
 def storm_setups(work, secs, rounds, first, setups):
     """The side-by-side storm under each of `setups` (name -> (state
     directory, None or False as for `side_conf`; each proxy in its own
-    session)), `rounds` each, in two blocks (A, B, …, then again): the
-    table, a row per setup, its first column headed `first`."""
+    session; what is sent instead of a flip, None for the flip)),
+    `rounds` each, in two blocks (A, B, …, then again): the table, a row
+    per setup, its first column headed `first`."""
     got = {name: ([], [], 0, 0) for name in setups}
     for block in (rounds // 2, rounds - rounds // 2):
-        for name, (state_dir, own_session) in setups.items():
+        for name, (state_dir, own_session, change) in setups.items():
             log(f"flip storm side by side: {name}")
-            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, block, state_dir, own_session)
+            n, errors, tput, cpu = flip_side_by_side(work, 64, secs, block, state_dir, own_session, change)
             t, c, n0, e0 = got[name]
             got[name] = (t + tput, c + cpu, n0 + n, e0 + errors)
     return [f"| {first} | flips | errors | throughput vs twin (mean; rounds min–max) | CPU/request vs twin |",
@@ -1600,9 +1618,36 @@ def flips_tmpfs(work, secs, rounds):
     shm = tempfile.mkdtemp(prefix="cutover-state-", dir="/dev/shm")
     try:
         lines += storm_setups(work, secs, rounds, "state files",
-                              {"disk": (None, True), "tmpfs": (shm, True), "none": (False, True)})
+                              {"disk": (None, True, None), "tmpfs": (shm, True, None),
+                               "none": (False, True, None)})
     finally:
         shutil.rmtree(shm, ignore_errors=True)
+    return "\n".join(lines) + "\n"
+
+
+def standby_weight(twin):
+    """A stored change that moves no traffic: the standby (green) server's
+    weight, 2 and 1 in turn."""
+    twin["weight"] = 3 - twin.get("weight", 1)
+    addr = f"127.0.0.1:{upstreams_for(twin['port'])[1]}"
+    admin_call(twin["admin"], "POST", f"/v1/apps/bench/servers/{addr}", {"weight": twin["weight"]})
+
+
+def flips_parts(work, secs, rounds):
+    """The side-by-side storm with the flip replaced, interleaved: the
+    flip; a stored change that moves no traffic (the standby server's
+    weight); a status read (`GET /v1/status`: the admin connection and
+    an answer, nothing stored); nothing. The steps between them are what
+    the traffic's move, the stored change and the admin request each cost."""
+    lines = ["## What a flip's parts cost the flip storm\n",
+             f"Side by side with a twin as in the flip section: {rounds} rounds of {secs} s "
+             f"for each setup, in blocks of {rounds // 2} (in the table's order, then again); "
+             "every 100 ms the twin in turn gets the row's request instead of a flip.\n"]
+    lines += storm_setups(work, secs, rounds, "every 100 ms", {
+        "flip": (None, True, None),
+        "standby server's weight": (None, True, standby_weight),
+        "GET /v1/status": (None, True, lambda twin: admin_call(twin["admin"], "GET", "/v1/status")),
+        "nothing": (None, True, lambda twin: None)})
     return "\n".join(lines) + "\n"
 
 
@@ -1623,7 +1668,7 @@ def flips_groups(work, secs):
              f"for each setup, in blocks of {STORM_ROUNDS // 2} (own, shared, own, shared). "
              f"Autogroup is {'on' if autogroup else 'off (both setups schedule alike)'}.\n"]
     lines += storm_setups(work, secs, STORM_ROUNDS, "proxies",
-                          {"own sessions": (None, True), "this session": (None, False)})
+                          {"own sessions": (None, True, None), "this session": (None, False, None)})
     return "\n".join(lines) + "\n"
 
 
