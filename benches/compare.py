@@ -621,22 +621,24 @@ def storm(stop, action):
         stop.wait(0.1)
 
 
-def admin_call(admin_port, method, path, body=None):
-    """One admin request on a new connection, as the `cutover` command
-    makes each; anything but 200 raises."""
-    admin = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+def call(port, method, path, body=None, timeout=5):
+    """One request on a new connection to a loopback port (`body`: sent as
+    JSON), as the `cutover` command makes each admin request: the
+    answer's body; anything but 200 raises."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     headers = {"Content-Type": "application/json"} if body is not None else {}
-    admin.request(method, path, body=None if body is None else json.dumps(body).encode(), headers=headers)
-    resp = admin.getresponse()
-    resp.read()
-    admin.close()
+    conn.request(method, path, body=None if body is None else json.dumps(body).encode(), headers=headers)
+    resp = conn.getresponse()
+    text = resp.read()
+    conn.close()
     if resp.status != 200:
-        raise RuntimeError(f"{method} {path} answered {resp.status}")
+        raise RuntimeError(f"{method} {path} on port {port} answered {resp.status}")
+    return text
 
 
-def post_flip(admin_port):
+def post_flip(admin_port, timeout=5):
     """`POST /v1/flip`, as `cutover flip` sends it."""
-    admin_call(admin_port, "POST", "/v1/flip", {})
+    call(admin_port, "POST", "/v1/flip", {}, timeout)
 
 
 def wrk_at_once(ports, conns, secs, headers=(), script=None):
@@ -753,11 +755,7 @@ STORM_WINDOW_FLIPS = 3
 
 def upstream_requests(port):
     """The requests an upstream nginx has served (its stub_status)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/")
-    body = conn.getresponse().read().decode()
-    conn.close()
-    return int(body.splitlines()[2].split()[2])
+    return int(call(port, "GET", "/").decode().splitlines()[2].split()[2])
 
 
 def cpu_ns(pid):
@@ -1630,7 +1628,7 @@ def standby_weight(twin):
     weight, 2 and 1 in turn."""
     twin["weight"] = 3 - twin.get("weight", 1)
     addr = f"127.0.0.1:{upstreams_for(twin['port'])[1]}"
-    admin_call(twin["admin"], "POST", f"/v1/apps/bench/servers/{addr}", {"weight": twin["weight"]})
+    call(twin["admin"], "POST", f"/v1/apps/bench/servers/{addr}", {"weight": twin["weight"]})
 
 
 def flips_parts(work, secs, rounds):
@@ -1642,11 +1640,12 @@ def flips_parts(work, secs, rounds):
     lines = ["## What a flip's parts cost the flip storm\n",
              f"Side by side with a twin as in the flip section: {rounds} rounds of {secs} s "
              f"for each setup, in blocks of {rounds // 2} (in the table's order, then again); "
-             "every 100 ms the twin in turn gets the row's request instead of a flip.\n"]
+             "every 100 ms the twin in turn gets the row's request instead of a flip "
+             "(the flips column counts those turns).\n"]
     lines += storm_setups(work, secs, rounds, "every 100 ms", {
         "flip": (None, True, None),
         "standby server's weight": (None, True, standby_weight),
-        "GET /v1/status": (None, True, lambda twin: admin_call(twin["admin"], "GET", "/v1/status")),
+        "GET /v1/status": (None, True, lambda twin: call(twin["admin"], "GET", "/v1/status")),
         "nothing": (None, True, lambda twin: None)})
     return "\n".join(lines) + "\n"
 

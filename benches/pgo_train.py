@@ -23,7 +23,6 @@ carries over to traffic the training did not see).
 Each phase runs a fresh daemon process and stops it with SIGTERM, which
 writes its profile (LLVM_PROFILE_FILE, set by pgo.sh)."""
 
-import http.client
 import os
 import re
 import shutil
@@ -41,10 +40,7 @@ MOBILE = "User-Agent: Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mob
 
 
 def admin_get(path):
-    conn = http.client.HTTPConnection("127.0.0.1", c.ADMIN, timeout=5)
-    conn.request("GET", path)
-    conn.getresponse().read()
-    conn.close()
+    c.call(c.ADMIN, "GET", path)
 
 
 def post_script(work):
