@@ -998,7 +998,7 @@ THROUGHPUT_KINDS = ("direct", "nginx", "haproxy", "cutover", "cutover-realistic"
 
 
 class Verdict:
-    """Issue 5's targets, judged from what this run measured: each section
+    """The performance targets, judged from what this run measured: each section
     adds the rows it can decide, and the report ends with them."""
 
     def __init__(self):
@@ -1010,10 +1010,11 @@ class Verdict:
         self.rows.append((target, measured, met))
 
     def section(self):
-        lines = ["## Against the targets (issue 5)\n",
+        lines = ["## Against the targets\n",
                  "Judged from this run only; the side-by-side rows are the steadiest on a shared machine. "
-                 "Where rounds are given, a target is met (or missed) only when the mean of the rounds "
-                 "is on that side of it by more than two standard errors; otherwise it is at the line. "
+                 "The headline's rows and the flip storm are judged by their median round; where only a "
+                 "mean ± two standard errors is given, a target is met (or missed) only when the mean is "
+                 "on that side of it by more than two standard errors; otherwise it is at the line. "
                  "The routing decision (< 250 ns) is measured by `cargo bench --bench routing`.\n",
                  "| target | measured | met |", "|---|---|---|"]
         word = {True: "yes", False: "**no**", None: "at the line (within two standard errors)"}
