@@ -1244,20 +1244,25 @@ def median(xs):
 # short runs, many of them, so that the machine's drift falls on both.
 ALONE_SECS = 3
 
+# Rounds both at once, per round asked for (`--rounds`): a round's CPU
+# ratio there moves with where the scheduler put whom (20 rounds of one
+# run spread from 0.79 to 1.15), so a median of 10 moved by ±0.04 from run
+# to run; four per round asked for (20 by default) narrow that.
+BOTH_ROUNDS_PER_ROUND = 4
+
 
 def speed(work, secs, rounds):
     """cutover over nginx — CPU per request, requests/s, p99, each the
     median of the rounds — measured two ways: one at a time (2 × `rounds`
-    rounds of `ALONE_SECS` runs, in turn) and both at once (2 × `rounds`
-    of `secs`, side by side: a round's requests/s moves by several percent
-    with where the scheduler put whom); each way with request ids on in
+    rounds of `ALONE_SECS` runs, in turn) and both at once
+    (`BOTH_ROUNDS_PER_ROUND` × `rounds` of `secs`, side by side); each way with request ids on in
     both and off in both. Keyed by (alone, ids)."""
     def cutover(server=""):
         conf = side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN, server=server)
         return Server("cutover", [CUTOVER, "run", "-c", conf], SIDE_PROXY)
     out = {}
     for alone in (True, False):
-        n, s = 2 * rounds, ALONE_SECS if alone else secs
+        n, s = (2 * rounds, ALONE_SECS) if alone else (BOTH_ROUNDS_PER_ROUND * rounds, secs)
         for ids in (True, False):
             log(f"headline: {'one at a time' if alone else 'both at once'} with nginx, "
                 f"request ids {'on' if ids else 'off'}, {n} rounds")
@@ -1340,7 +1345,7 @@ def headline(work, secs, rounds, idle, verdict, storm_rounds=SIDE_STORM_ROUNDS):
              f"worker each, `wrk -t1 -c64`; one at a time: the two loaded in turn, "
              f"{2 * rounds} rounds of four {ALONE_SECS} s runs (nginx, cutover, cutover, nginx, "
              f"then the other way round); both at once: each with its own wrk and upstream in the same "
-             f"seconds, {2 * rounds} rounds of {secs} s; the median round; the flip storm: "
+             f"seconds, {BOTH_ROUNDS_PER_ROUND * rounds} rounds of {secs} s; the median round; the flip storm: "
              f"{storm_rounds} rounds of {secs} s, the flips going to each twin in turn for "
              f"{STORM_WINDOW_FLIPS} flips, the median round and the mean ± two standard errors; slowloris and slow readers: "
              f"the median of {HOSTILE_RUNS} runs of each. Both "
