@@ -998,8 +998,8 @@ THROUGHPUT_KINDS = ("direct", "nginx", "haproxy", "cutover", "cutover-realistic"
 
 
 class Verdict:
-    """The performance targets, judged from what this run measured: each section
-    adds the rows it can decide, and the report ends with them."""
+    """The performance targets, judged from what this run measured: each
+    section adds the rows it can decide, and the report ends with them."""
 
     def __init__(self):
         self.rows = []
@@ -1245,9 +1245,9 @@ def median(xs):
 ALONE_SECS = 3
 
 # Rounds both at once, per round asked for (`--rounds`): a round's CPU
-# ratio there moves with where the scheduler put whom (20 rounds of one
-# run spread from 0.79 to 1.15), so a median of 10 moved by ±0.04 from run
-# to run; four per round asked for (20 by default) narrow that.
+# ratio there moves widely with where the scheduler put whom
+# (benches/README.md), so the median takes twice as many rounds as one
+# at a time does.
 BOTH_ROUNDS_PER_ROUND = 4
 
 
@@ -1255,8 +1255,9 @@ def speed(work, secs, rounds):
     """cutover over nginx — CPU per request, requests/s, p99, each the
     median of the rounds — measured two ways: one at a time (2 × `rounds`
     rounds of `ALONE_SECS` runs, in turn) and both at once
-    (`BOTH_ROUNDS_PER_ROUND` × `rounds` of `secs`, side by side); each way with request ids on in
-    both and off in both. Keyed by (alone, ids)."""
+    (`BOTH_ROUNDS_PER_ROUND` × `rounds` of `secs`, side by side); each
+    way with request ids on in both and off in both. Keyed by (alone,
+    ids)."""
     def cutover(server=""):
         conf = side_conf(work, "side", SIDE_PROXY, SIDE_ADMIN, server=server)
         return Server("cutover", [CUTOVER, "run", "-c", conf], SIDE_PROXY)
