@@ -674,7 +674,8 @@ def storm_figure(rounds):
     other targets are; the mean ± two standard errors is given beside it
     for the spread."""
     _, spread = judge(rounds, 0.98, at_most=False)
-    return median(rounds) >= 0.98, f"{median(rounds):.3f} the median round; the mean {spread}"
+    m = median(rounds)
+    return m >= 0.98, f"{m:.3f} the median round; the mean {spread}"
 
 
 def under_storm(server, conns, secs, action, cpu=True):
