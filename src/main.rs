@@ -77,6 +77,13 @@ unsafe impl GlobalAlloc for Allocator {
 /// - lazy arena commit: an eagerly committed first arena stays resident
 ///   at rest, used or not.
 ///
+/// And on Linux, no transparent huge pages for this process (as mimalloc's
+/// `MIMALLOC_ALLOW_THP=0` does; `prctl` directly, because mimalloc may
+/// read its options before this runs): where the host's THP setting is
+/// `always`, each 2 MiB region of an arena the process touches at all
+/// becomes resident whole. They saved no CPU a request measurable here,
+/// and cost several MiB at rest (benches/README.md).
+///
 /// An operator's own `MIMALLOC_*` environment settings win.
 extern "C" fn tune_allocator() {
     // Option numbers from mimalloc.h (v2 and v3 agree); the sys crate does
@@ -97,6 +104,15 @@ extern "C" fn tune_allocator() {
             // table; both values are in the documented ranges, and mimalloc
             // reads the options when it next needs them.
             unsafe { libmimalloc_sys::mi_option_set(option, value) };
+        }
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: as above, `getenv` with a NUL-terminated name before `main`;
+    // `PR_SET_THP_DISABLE` takes integer arguments and changes only how the
+    // kernel backs this process's memory (its children inherit it).
+    unsafe {
+        if libc::getenv(c"MIMALLOC_ALLOW_THP".as_ptr()).is_null() {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
         }
     }
 }

@@ -274,12 +274,13 @@ fn check_reads_certificates_naming_a_bad_file_and_warning_of_an_expired_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.key"));
 }
 
-#[test]
-fn logs_to_a_pipe_are_plain_text() {
+/// `cutover run` with a config that serves on free ports, with `env` set:
+/// the running child and its log lines up to the one that says it serves
+/// (or all of them, if it exits first; the wait is bounded).
+fn run_until_serving(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
+    let path = dir.join("c.toml");
     std::fs::write(
         &path,
         format!(
@@ -289,11 +290,10 @@ fn logs_to_a_pipe_are_plain_text() {
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(["run", "-c", path.to_str().unwrap()])
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run cutover");
-    // The lines up to the one that says it serves, or all of them if it
-    // exits first; waiting for them is bounded.
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -307,9 +307,16 @@ fn logs_to_a_pipe_are_plain_text() {
         }
         let _ = tx.send(lines);
     });
-    let line = rx
+    let lines = rx
         .recv_timeout(std::time::Duration::from_secs(20))
         .unwrap_or_default();
+    (child, lines)
+}
+
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, line) = run_until_serving(dir.path(), &[]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(line.contains("cutover is serving"), "{line}");
@@ -317,6 +324,28 @@ fn logs_to_a_pipe_are_plain_text() {
         !line.contains('\x1b'),
         "terminal colour codes in a pipe: {line:?}"
     );
+}
+
+/// Transparent huge pages are off for the daemon (where the host has them
+/// `always`, a 2 MiB page is resident for every region it touches), unless
+/// the operator asked mimalloc for them.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_daemon_runs_without_transparent_huge_pages_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    for (env, want) in [(&[][..], "0"), (&[("MIMALLOC_ALLOW_THP", "1")][..], "1")] {
+        let (mut child, lines) = run_until_serving(dir.path(), env);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(lines.contains("cutover is serving"), "{lines}");
+        let status = status.unwrap();
+        let thp = status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .expect("/proc/PID/status has THP_enabled (Linux 5.0 on)");
+        assert_eq!(thp.trim(), want, "with {env:?}");
+    }
 }
 
 #[test]
