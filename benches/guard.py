@@ -9,10 +9,12 @@ Instructions (callgrind, as benches/callgrind.py counts them): cutover
 (the release build, benches/realistic.toml) and then nginx (one process,
 configured by compare.py to send the upstream the same request) each run
 under callgrind in front of the same nginx upstream and get one fixed mix:
-a warm-up of every kind, then keep-alive GETs over four connections,
-4 KiB keep-alive POSTs over four, and one HTTP/2 client (h2load, h2c with
-prior knowledge, one stream at a time: nginx speaks h2c on a port of its
-own). A counter dump after each part gives its instructions; the weighted
+a warm-up of every kind, then GETs and then 4 KiB POSTs on one keep-alive
+connection, one request at a time, and one HTTP/2 client (h2load, h2c
+with prior knowledge, one stream at a time: nginx speaks h2c on a port of
+its own). One at a time, every request takes the same path through the
+proxy's event loop; over several connections at once the count moved
+with how many requests each wake-up happened to find ready. A counter dump after each part gives its instructions; the weighted
 total is all the parts' instructions over all their requests. The budget
 is on the ratio cutover / nginx: what the machine's CPU, libc and
 valgrind do to both counts cancels out, and nothing else on the machine
@@ -74,9 +76,9 @@ def h2(port, n):
 
 def parts(n, h2_port):
     """The mix: (name, requests, how to send them)."""
-    return [("GET, keep-alive, 4 connections", n, lambda: callgrind.send(n)),
-            ("POST 4 KiB, keep-alive, 4 connections", n // 2,
-             lambda: callgrind.send(n // 2, request=POST)),
+    return [("GET, keep-alive, 1 connection", n, lambda: callgrind.send(n, conns=1)),
+            ("POST 4 KiB, keep-alive, 1 connection", n // 2,
+             lambda: callgrind.send(n // 2, conns=1, request=POST)),
             ("HTTP/2 (h2c), 1 connection", n // 2, lambda: h2(h2_port, n // 2))]
 
 
