@@ -16,14 +16,14 @@
 //!   afresh (a rollout is judged again from its current step).
 //!
 //! Stores: [`FileStore`], the state file (`[state] file`), written
-//! atomically — a temporary file in the same directory, fdatasync, the
-//! two names exchanged, fsync of the directory, so that a crash leaves the
+//! atomically — a temporary file in the same directory, fsync, rename
+//! over the old file, fsync of the directory, so that a crash leaves the
 //! old file or the new one, never a mix; and [`NoStore`] when no file is
 //! configured, where nothing outlives the process.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -197,7 +197,7 @@ impl StateFile {
         Ok(state)
     }
 
-    /// Write atomically (see [`write_atomically`]).
+    /// Write atomically: temp file, fsync, rename, fsync the directory.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         self.save_next(path, self.epoch, &self.apps, &self.rollouts, &[])
     }
@@ -339,16 +339,9 @@ impl<'de> Deserialize<'de> for History {
     }
 }
 
-/// The write that keeps a crash from leaving a mix: the new state goes
-/// into the temp file beside `path` (`<name>.tmp`) and is fdatasynced, the
-/// two names are exchanged (`renameat2(RENAME_EXCHANGE)`), and the
-/// directory is fsynced. The temp file then holds the state before, and
-/// the next write overwrites it in place: the filesystem neither makes nor
-/// frees an inode and its blocks for every change, which is about a third
-/// of a write's CPU in the kernel (benches/README.md). The first write,
-/// and a filesystem that cannot exchange names, rename over `path`.
+/// Temp file in the same directory, fsync, rename over `path`, fsync the
+/// directory: a crash leaves the old file or the new one, never a mix.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    use std::os::unix::fs::FileExt;
     let err = |source| StateError::Write {
         path: path.to_path_buf(),
         source,
@@ -358,61 +351,26 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = tmp_file_of(dir, path);
-    let f = reusable_temp(&tmp).map_err(err)?;
-    f.write_all_at(bytes, 0).map_err(err)?;
-    // Cut only what an older, longer state left: setting the same length
-    // would dirty the inode, one more synchronous write.
-    if f.metadata().map_err(err)?.len() > bytes.len() as u64 {
-        f.set_len(bytes.len() as u64).map_err(err)?;
+    let mut f = match create_private(&tmp) {
+        // Left by a write that crashed: its contents are not the state.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp).and_then(|()| create_private(&tmp))
+        }
+        r => r,
     }
-    f.sync_data().map_err(err)?;
+    .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
     drop(f);
-    let exchanged = rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        &tmp,
-        rustix::fs::CWD,
-        path,
-        rustix::fs::RenameFlags::EXCHANGE,
-    );
-    if exchanged.is_err() {
-        // No state yet (ENOENT), or no exchange here (EINVAL): whatever
-        // else failed, the plain rename says it.
-        fs::rename(&tmp, path).map_err(err)?;
-    }
+    fs::rename(&tmp, path).map_err(err)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
 }
 
-/// The temp file at `tmp`, to be written over: the one a previous write
-/// left if it is a plain file of this user's, mode 0600 or less, with no
-/// other name (not a hard link to a state an operator kept); else a new
-/// one ([`create_private`]). A symbolic link at `tmp` is never followed.
-fn reusable_temp(tmp: &Path) -> io::Result<File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let kept = fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(tmp)
-        .and_then(|f| {
-            let m = f.metadata()?;
-            let ours = m.is_file()
-                && m.nlink() == 1
-                && m.uid() == rustix::process::geteuid().as_raw()
-                && m.mode() & 0o077 == 0;
-            Ok(ours.then_some(f))
-        });
-    match kept {
-        Ok(Some(f)) => Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private(tmp),
-        // Not ours to write over (or not openable as one): replaced.
-        _ => fs::remove_file(tmp).and_then(|()| create_private(tmp)),
-    }
-}
-
 /// A new file at `tmp`, mode 0600 (less, by the umask): the state says how
 /// traffic is routed and who changed it, so it is the owner's alone, and
-/// the exchange gives the state file that mode too. `create_new` never
-/// follows a symbolic link at `tmp`.
+/// the rename gives the state file that mode too. `create_new` never
+/// follows a symbolic link at `tmp`; `remove_file` removes the link itself.
 fn create_private(tmp: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
@@ -422,6 +380,7 @@ fn create_private(tmp: &Path) -> io::Result<File> {
         .open(tmp)
 }
 
+/// `tmp`'s path, as [`write_atomically`] names it.
 fn tmp_file_of(dir: &Path, path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
@@ -619,32 +578,7 @@ mod tests {
         s.save(&path).unwrap();
         assert_eq!(mode(&path), 0o600, "a state file that was readable to all");
         assert_eq!(StateFile::load(&path).unwrap().unwrap().epoch, 2);
-        // The wider file, exchanged out with the state before, is not
-        // written over: the next write replaces it.
-        s.epoch = 3;
-        s.save(&path).unwrap();
-        assert_eq!((mode(&path), mode(&tmp)), (0o600, 0o600));
-    }
-
-    #[test]
-    fn the_temp_file_keeps_the_state_before_and_is_written_over_in_place() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.json");
-        let tmp = dir.path().join("s.json.tmp");
-        let inode = |p: &Path| fs::metadata(p).unwrap().ino();
-        let mut s = StateFile::default();
-        for epoch in 1..=2 {
-            s.epoch = epoch;
-            s.save(&path).unwrap();
-        }
-        assert_eq!(StateFile::load(&tmp).unwrap().unwrap().epoch, 1);
-        let before = inode(&tmp);
-        s.epoch = 3;
-        s.save(&path).unwrap();
-        assert_eq!(inode(&path), before, "no new file for a write");
-        assert_eq!(StateFile::load(&path).unwrap().unwrap().epoch, 3);
-        assert_eq!(StateFile::load(&tmp).unwrap().unwrap().epoch, 2);
+        assert!(!tmp.exists());
     }
 
     #[test]
@@ -654,10 +588,6 @@ mod tests {
         let tmp = dir.path().join("s.json.tmp");
         // A longer leftover in the temp file (a crash mid-write) is cut off.
         fs::write(&tmp, "x".repeat(100_000)).unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
-        }
         let mut s = StateFile::default();
         s.apps.insert("shop".into(), app(Color::Green, 12.5));
         for i in 0..30 {
