@@ -271,48 +271,6 @@ async fn a_flip_undone_at_once_keeps_the_connections_to_blue() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flips_back_and_forth_trim_none_of_the_connections_a_burst_needs() {
-    let (b, g) = blue_green().await;
-    let proxy = Proxy::start(&one_worker(
-        &b,
-        &g,
-        "[limits]\nupstream_idle_timeout = \"60s\"",
-    ));
-    let c = client();
-    // Eight requests at once, each held by the upstream, each on its own
-    // upstream connection.
-    let burst = || async {
-        let all: Vec<_> = (0..8)
-            .map(|_| {
-                let (c, url) = (c.clone(), proxy.url("/delay/300"));
-                tokio::spawn(async move { get(&c, &url, &[]).await.text() })
-            })
-            .collect();
-        for t in all {
-            assert_eq!(t.await.unwrap(), "blue");
-        }
-    };
-    burst().await;
-    let accepted = b.accepted.load(SeqCst);
-    assert!(accepted >= 8, "{accepted} connections to blue");
-    // Flips away and back every 100 ms for 1.6 s: three trim intervals in
-    // which blue never receives traffic throughout, each flip within the
-    // grace. Nothing blue's pool holds is surplus.
-    for _ in 0..8 {
-        for _ in 0..2 {
-            admin_call(&c, &proxy, "POST", "/v1/apps/shop/flip", "", &[]).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    burst().await;
-    assert_eq!(
-        b.accepted.load(SeqCst),
-        accepted,
-        "the burst after the flips found every connection it needed"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_flip_no_connection_to_blue_stays_open() {
     let (b, g) = blue_green().await;

@@ -14,15 +14,12 @@
 //! connection per server per worker instead, shared by every request.
 //!
 //! A pool also shrinks to its demand: connections that sat idle through a
-//! whole [`TRIM_EVERY`] interval in which the pool received traffic
-//! throughout were not needed, and half of them (the longest idle) are
-//! closed at the end of it. After a burst of clients the surplus is gone
-//! within a few seconds instead of lingering until `upstream_idle_timeout`
-//! — each idle HTTP/1.1 connection holds a socket and a read buffer of up
-//! to 8 KiB — while a steady load keeps every connection it uses. An
-//! interval with a flip to or from the pool showed only part of its
-//! demand and trims nothing: flips back and forth within the [`GRACE`]
-//! reuse every connection instead of closing and reopening some each time.
+//! whole [`TRIM_EVERY`] interval were not needed, and half of them (the
+//! longest idle) are closed at the end of it. After a burst of clients the
+//! surplus is gone within a few seconds instead of lingering until
+//! `upstream_idle_timeout` — each idle HTTP/1.1 connection holds a socket
+//! and a read buffer of up to 8 KiB — while a steady load keeps every
+//! connection it uses.
 //!
 //! HTTP/1.1 connections are cutover's own client's ([`super::h1`]), for
 //! every request, over plain TCP or TLS alike ([`crate::tls::Stream`]).
@@ -118,8 +115,7 @@ pub struct Upstreams {
     /// Idle connections by server id, most recently used last.
     idle: RefCell<Vec<Vec<Idle>>>,
     /// By server id: the fewest idle connections seen since the last
-    /// trim — that many were not needed in the interval; 0 once the pool
-    /// did not receive traffic at a sweep in it.
+    /// trim — that many were not needed in the interval.
     unused: RefCell<Vec<usize>>,
     /// When pools were last trimmed to their demand.
     trimmed: Cell<Instant>,
@@ -357,14 +353,10 @@ impl Upstreams {
                     && now.duration_since(c.since) < idle_timeout
                     && now.duration_since(c.created) < lifetime
             });
-            // A pool that did not receive traffic at some sweep of the
-            // interval (a flip away from it or to it) has not shown its
-            // demand for the whole interval: no surplus is judged from it.
-            let on = self.receiving.borrow().get(id).copied().unwrap_or(true);
-            unused[id] = match (on, trim) {
-                (false, _) => 0,
-                (true, true) => list.len(),
-                (true, false) => unused[id].min(list.len()),
+            unused[id] = if trim {
+                list.len()
+            } else {
+                unused[id].min(list.len())
             };
         }
         // A shared HTTP/2 connection goes the same way; requests still in
