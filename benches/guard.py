@@ -14,8 +14,9 @@ connection, one request at a time, and one HTTP/2 client (h2load, h2c
 with prior knowledge, one stream at a time: nginx speaks h2c on a port of
 its own). One at a time, every request takes the same path through the
 proxy's event loop; over several connections at once the count moved
-with how many requests each wake-up happened to find ready. A counter dump after each part gives its instructions; the weighted
-total is all the parts' instructions over all their requests. The budget
+with how many requests each wake-up happened to find ready. A counter
+dump after each part gives its instructions; the weighted total is all
+the parts' instructions over all their requests. The budget
 is on the ratio cutover / nginx: what the machine's CPU, libc and
 valgrind do to both counts cancels out, and nothing else on the machine
 moves either.
